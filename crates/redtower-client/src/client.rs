@@ -1,0 +1,375 @@
+//! [`Redis`]: the cheap-`Clone` handle every redtower crate talks to Redis through.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use fred::{
+    clients::{Client, SubscriberClient},
+    interfaces::{ClientLike, EventInterface, KeysInterface},
+    types::{
+        Builder, Key as FredKey,
+        config::Options,
+        scan::{ScanResult, ScanType, Scanner},
+    },
+};
+use futures::{Stream, StreamExt, TryStreamExt};
+
+use crate::{Error, Health, HealthStatus, KeyPattern, Keyspace, RedisConfig, Result};
+
+/// A handle to Redis: one auto-pipelined connection (one per primary on a Cluster), the
+/// [`Keyspace`], and the registry of Lua [`Script`](crate::Script)s to reload after reconnects.
+///
+/// Build one in `main`, keep it in your state and clone it freely: clones share everything.
+/// Connecting is lazy: [`Redis::new`] returns at once, and the connection (and every reconnect,
+/// forever, with backoff and jitter) happens in the background. Until it is up, commands wait
+/// for it up to the command timeout and then fail with a [timeout](crate::ErrorKind::Timeout).
+///
+/// ```no_run
+/// use redtower_client::{Redis, RedisConfig};
+///
+/// # async fn run() -> Result<(), redtower_client::Error> {
+/// let redis = Redis::new(RedisConfig::from_env()?)?;
+/// assert!(redis.health().await.is_up());
+/// let key = redis.keyspace().namespace("demo").key("user-1").push("visits");
+/// let visits: u64 = redis.client().incr(key.as_str()).await?;
+/// # let _ = visits;
+/// # Ok(()) }
+/// # use fred::interfaces::KeysInterface as _;
+/// ```
+#[derive(Clone)]
+pub struct Redis {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    builder: Builder,
+    config: RedisConfig,
+    keyspace: Keyspace,
+    scripts: Arc<ScriptRegistry>,
+    fail_fast: Options,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let client = self.client.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = client.quit().await;
+            });
+        }
+    }
+}
+
+impl fmt::Debug for Redis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redis")
+            .field("url", &self.inner.config.redacted_url())
+            .field("keyspace", &self.inner.keyspace)
+            .field("state", &self.inner.client.state())
+            .finish()
+    }
+}
+
+/// Scripts seen by this handle, by SHA-1, reloaded on every reconnect.
+#[derive(Default)]
+pub(crate) struct ScriptRegistry {
+    scripts: RwLock<HashMap<String, fred::types::scripts::Script>>,
+}
+
+impl ScriptRegistry {
+    pub(crate) fn contains(&self, sha: &str) -> bool {
+        self.scripts.read().is_ok_and(|s| s.contains_key(sha))
+    }
+
+    pub(crate) fn insert(&self, script: &fred::types::scripts::Script) {
+        if let Ok(mut s) = self.scripts.write() {
+            s.entry(script.sha1().to_string())
+                .or_insert_with(|| script.clone());
+        }
+    }
+
+    fn all(&self) -> Vec<fred::types::scripts::Script> {
+        self.scripts
+            .read()
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Redis {
+    /// Builds the client and starts connecting in the background. Returns at once, even when
+    /// Redis is down: see [`health`](Self::health) and [`wait_ready`](Self::wait_ready).
+    ///
+    /// Must be called inside a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when a setting is out of range.
+    pub fn new(config: RedisConfig) -> Result<Self> {
+        let keyspace = config.validate()?;
+        let builder = config.fred_builder()?;
+        let client = builder.build()?;
+        let scripts = Arc::new(ScriptRegistry::default());
+        let up = Arc::new(AtomicBool::new(false));
+
+        {
+            let up = up.clone();
+            let url = config.redacted_url();
+            client.on_error(move |(error, server)| {
+                let up = up.clone();
+                let url = url.clone();
+                async move {
+                    if up.swap(false, Ordering::AcqRel) {
+                        tracing::warn!(
+                            target: "redtower::redis",
+                            url = %url,
+                            server = ?server.map(|s| s.to_string()),
+                            error = %error,
+                            "redis connection lost"
+                        );
+                    } else {
+                        tracing::debug!(target: "redtower::redis", error = %error, "redis error");
+                    }
+                    Ok(())
+                }
+            });
+        }
+        {
+            let up = up.clone();
+            let scripts = scripts.clone();
+            let reloader = client.clone();
+            client.on_reconnect(move |server| {
+                let up = up.clone();
+                let scripts = scripts.clone();
+                let client = reloader.clone();
+                async move {
+                    if !up.swap(true, Ordering::AcqRel) {
+                        tracing::info!(target: "redtower::redis", server = %server, "redis connected");
+                    }
+                    // SCRIPT LOAD is per node and lost on restart or failover: load again.
+                    for script in scripts.all() {
+                        if let Err(error) = script.load(&client).await {
+                            tracing::warn!(
+                                target: "redtower::redis",
+                                error = %error,
+                                "reloading a Lua script after reconnect failed; it will load on first use"
+                            );
+                        }
+                    }
+                    Ok(())
+                }
+            });
+        }
+        let _connection_task = client.connect();
+
+        let fail_fast = Options {
+            fail_fast: true,
+            ..Options::default()
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                builder,
+                config,
+                keyspace,
+                scripts,
+                fail_fast,
+            }),
+        })
+    }
+
+    /// Waits until the connection is up, or `timeout` passes.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) when Redis was not reachable in time.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let health = self
+                .health_within(left.min(self.inner.config.get_health_timeout()))
+                .await;
+            if health.is_up() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::from(fred::error::Error::new(
+                    fred::error::ErrorKind::Timeout,
+                    format!(
+                        "redis not ready after {timeout:?}: {}",
+                        health.error.unwrap_or_default()
+                    ),
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20).min(left)).await;
+        }
+    }
+
+    /// The fred client, for commands. It is auto-pipelined: concurrent callers share one
+    /// connection per server without waiting for each other. Never send blocking commands
+    /// (`BLPOP`, `XREAD BLOCK`, ...) on it: use [`dedicated`](Self::dedicated).
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The keyspace built from the configured prefix.
+    pub fn keyspace(&self) -> &Keyspace {
+        &self.inner.keyspace
+    }
+
+    /// The configuration this handle was built from.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// Whether this handle talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.config.is_cluster()
+    }
+
+    /// Command options that fail at once while the connection is down instead of waiting for a
+    /// reconnect: for request paths whose failure policy would rather answer now.
+    pub fn fail_fast_options(&self) -> &Options {
+        &self.inner.fail_fast
+    }
+
+    /// A new connection of its own (same configuration, reconnects included), connected in the
+    /// background, for blocking commands such as `BLMOVE` or `XREAD BLOCK` that must not stall
+    /// the shared connection.
+    ///
+    /// # Errors
+    ///
+    /// When the client cannot be built.
+    pub fn dedicated(&self) -> Result<Client> {
+        let client = self.inner.builder.build()?;
+        let _task = client.connect();
+        Ok(client)
+    }
+
+    /// A new subscriber connection that re-subscribes to its channels after every reconnect.
+    ///
+    /// # Errors
+    ///
+    /// When the client cannot be built.
+    pub fn subscriber(&self) -> Result<SubscriberClient> {
+        let client = self.inner.builder.build_subscriber_client()?;
+        let _task = client.connect();
+        let _resubscriber = client.manage_subscriptions();
+        Ok(client)
+    }
+
+    pub(crate) fn scripts(&self) -> &ScriptRegistry {
+        &self.inner.scripts
+    }
+
+    /// Every key matching `pattern`, streamed page by page with `SCAN` (on every primary of a
+    /// Cluster). The pattern always carries the keyspace prefix, so this never walks other
+    /// applications' keys. Keys may repeat if the keyspace is resharded during the scan, as
+    /// `SCAN` allows.
+    ///
+    /// ```no_run
+    /// # async fn run(redis: redtower_client::Redis) -> Result<(), redtower_client::Error> {
+    /// use futures::TryStreamExt;
+    /// let pattern = redis.keyspace().namespace("c").pattern();
+    /// let keys: Vec<String> = redis.scan(&pattern).try_collect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn scan(
+        &self,
+        pattern: &KeyPattern,
+    ) -> impl Stream<Item = Result<String>> + Send + 'static {
+        let pattern = pattern.as_str().to_owned();
+        let client = self.inner.client.clone();
+        let pages = if self.is_cluster() {
+            client
+                .scan_cluster(pattern, Some(500), None::<ScanType>)
+                .boxed()
+        } else {
+            client.scan(pattern, Some(500), None::<ScanType>).boxed()
+        };
+        pages
+            .map_err(Error::from)
+            .map_ok(|mut page: ScanResult| {
+                let keys: Vec<FredKey> = page.take_results().unwrap_or_default();
+                // Dropping the page asks for the next one.
+                drop(page);
+                futures::stream::iter(
+                    keys.into_iter()
+                        .filter_map(|k| k.into_string())
+                        .map(Ok::<_, Error>),
+                )
+            })
+            .try_flatten()
+    }
+
+    /// Deletes every key matching `pattern` (found with [`scan`](Self::scan)), returning how
+    /// many were deleted. Keys are deleted one by one (`UNLINK`), so this works on a Cluster.
+    ///
+    /// # Errors
+    ///
+    /// The first Redis error.
+    pub async fn delete_matching(&self, pattern: &KeyPattern) -> Result<u64> {
+        let mut keys = std::pin::pin!(self.scan(pattern));
+        let mut deleted = 0;
+        while let Some(key) = keys.try_next().await? {
+            let n: u64 = self.inner.client.unlink(key).await?;
+            deleted += n;
+        }
+        Ok(deleted)
+    }
+
+    /// `PING` within the configured [health budget](RedisConfig::health_timeout), plus the
+    /// connection state. Never fails: an outage is a [`HealthStatus::Down`] value.
+    pub async fn health(&self) -> Health {
+        self.health_within(self.inner.config.get_health_timeout())
+            .await
+    }
+
+    async fn health_within(&self, budget: Duration) -> Health {
+        let started = Instant::now();
+        let options = Options {
+            timeout: Some(budget.max(Duration::from_millis(1))),
+            max_attempts: Some(1),
+            ..Options::default()
+        };
+        let client = self.inner.client.with_options(&options);
+        let ping = client.ping::<String>(None);
+        let result = tokio::time::timeout(budget + Duration::from_millis(50), ping).await;
+        let state = self.inner.client.state().into();
+        match result {
+            Ok(Ok(_)) => Health {
+                status: HealthStatus::Up,
+                state,
+                latency: Some(started.elapsed()),
+                error: None,
+            },
+            Ok(Err(e)) => Health {
+                status: HealthStatus::Down,
+                state,
+                latency: None,
+                error: Some(Error::from(e).to_string()),
+            },
+            Err(_) => Health {
+                status: HealthStatus::Down,
+                state,
+                latency: None,
+                error: Some(format!("no PING reply within {budget:?}")),
+            },
+        }
+    }
+
+    /// Closes the connection(s). Commands sent afterwards fail. Dropping the last handle does
+    /// the same in the background.
+    pub async fn quit(&self) {
+        let _ = self.inner.client.quit().await;
+    }
+}

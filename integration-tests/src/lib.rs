@@ -1,0 +1,1 @@
+//! Black-box tests of redtower against real Redis servers; see `tests/`.
