@@ -64,6 +64,39 @@ async fn connects_by_sentinel_url() {
     assert_eq!(keys, 5);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_by_tls_url() {
+    let server = RedisServer::options().tls(true).start();
+    let url = server.tls_url().unwrap();
+    let config = RedisConfig::from_url(&url)
+        .unwrap()
+        .key_prefix(unique_prefix("tls"))
+        .tls_ca_pem(server.tls_ca_pem().unwrap().as_bytes())
+        .unwrap();
+    assert!(config.is_tls());
+    let redis = Redis::new(config).unwrap();
+    set_get_roundtrip(&redis).await;
+    assert_eq!(server.cmd(&["DBSIZE"]).as_int(), Some(5));
+
+    // A server whose certificate is not signed by a trusted CA is refused.
+    let untrusted = Redis::new(
+        RedisConfig::from_url(&url)
+            .unwrap()
+            .tls_ca_pem(
+                RedisServer::options()
+                    .tls(true)
+                    .start()
+                    .tls_ca_pem()
+                    .unwrap()
+                    .as_bytes(),
+            )
+            .unwrap()
+            .command_timeout(Duration::from_millis(300)),
+    )
+    .unwrap();
+    assert!(!untrusted.health().await.is_up());
+}
+
 static ADD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "add",

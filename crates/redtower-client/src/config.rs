@@ -157,6 +157,7 @@ impl RedisConfig {
     /// | `REDIS_MAX_ATTEMPTS` | [`max_command_attempts`](Self::max_command_attempts) | 3 |
     /// | `REDIS_RECONNECT_MAX_MS` | the upper bound of [`reconnect_delay`](Self::reconnect_delay) | 1000 |
     /// | `REDIS_PUBSUB_BUFFER` | [`pubsub_buffer`](Self::pubsub_buffer) | 4096 |
+    /// | `REDIS_TLS_CA_FILE` | a PEM file of CA certificates to trust (feature `rustls`) | system roots |
     ///
     /// # Errors
     ///
@@ -221,8 +222,25 @@ impl RedisConfig {
                 .map_err(|_| Error::config("REDIS_PUBSUB_BUFFER is too large"))?;
             config = config.pubsub_buffer(n);
         }
+        if let Some(path) = lookup("REDIS_TLS_CA_FILE").filter(|p| !p.is_empty()) {
+            config = config.tls_ca_file(&path)?;
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    #[cfg(feature = "rustls")]
+    fn tls_ca_file(self, path: &str) -> Result<Self> {
+        let pem = std::fs::read(path)
+            .map_err(|e| Error::config(format!("REDIS_TLS_CA_FILE {path:?}: {e}")))?;
+        self.tls_ca_pem(&pem)
+    }
+
+    #[cfg(not(feature = "rustls"))]
+    fn tls_ca_file(self, _path: &str) -> Result<Self> {
+        Err(Error::config(
+            "REDIS_TLS_CA_FILE needs TLS: enable the `rustls` feature of redtower-client",
+        ))
     }
 
     /// The prefix of every key (see [`Keyspace`]). Defaults to `rt`.
@@ -301,6 +319,45 @@ impl RedisConfig {
     pub fn health_timeout(mut self, timeout: Duration) -> Self {
         self.health_timeout = timeout;
         self
+    }
+
+    /// Trusts the CA certificate(s) in `pem` (instead of the system roots) for `rediss://`
+    /// connections: for servers with a private CA. `REDIS_TLS_CA_FILE` names such a file in
+    /// [`from_env`](Self::from_env).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when `pem` holds no usable certificate.
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn tls_ca_pem(mut self, pem: &[u8]) -> Result<Self> {
+        use fred::rustls::{
+            ClientConfig, RootCertStore,
+            pki_types::{CertificateDer, pem::PemObject},
+        };
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| Error::config(format!("CA certificate PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| Error::config(format!("CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(Error::config("no CA certificate found in the PEM data"));
+        }
+        let provider = std::sync::Arc::new(fred::rustls::crypto::ring::default_provider());
+        let tls = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::config(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        self.fred.tls = Some(tls.into());
+        Ok(self)
+    }
+
+    /// Whether connections use TLS.
+    pub fn is_tls(&self) -> bool {
+        uses_tls(&self.url)
     }
 
     /// The configured command timeout.

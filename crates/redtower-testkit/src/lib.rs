@@ -51,6 +51,26 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port found")
 }
 
+/// Writes `ca.crt`, `server.crt` and `server.key` into `dir` (a fresh CA, and a certificate
+/// for `127.0.0.1` and `localhost` signed by it); returns the CA's PEM.
+fn write_test_certs(dir: &Path) -> String {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let key = KeyPair::generate().expect("server key");
+    let params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("server params");
+    let cert = params
+        .signed_by(&key, &ca, &ca_key)
+        .expect("server certificate");
+    std::fs::write(dir.join("ca.crt"), ca.pem()).expect("write ca.crt");
+    std::fs::write(dir.join("server.crt"), cert.pem()).expect("write server.crt");
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write server.key");
+    ca.pem()
+}
+
 /// A unique key prefix for one test, so tests sharing a server never see each other's keys.
 pub fn unique_prefix(test: &str) -> String {
     let clean: String = test
@@ -129,6 +149,7 @@ impl Drop for Supervised {
 pub struct ServerOptions {
     aof: bool,
     cluster: bool,
+    tls: bool,
     port: Option<u16>,
     args: Vec<String>,
 }
@@ -137,6 +158,13 @@ impl ServerOptions {
     /// Persist with an append-only file (`appendfsync always`), so a restart keeps the data.
     pub fn aof(mut self, on: bool) -> Self {
         self.aof = on;
+        self
+    }
+
+    /// Also listen with TLS on [`RedisServer::tls_port`], with a certificate for `127.0.0.1` and
+    /// `localhost` signed by a fresh test CA ([`RedisServer::tls_ca_pem`]).
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
         self
     }
 
@@ -169,8 +197,11 @@ impl ServerOptions {
             .prefix("redtower-redis-")
             .tempdir()
             .expect("temp dir");
+        let tls = self.tls.then(|| write_test_certs(dir.path()));
         let mut server = RedisServer {
             port: 0,
+            tls_port: None,
+            tls_ca_pem: tls,
             dir,
             options: self,
             process: None,
@@ -178,6 +209,9 @@ impl ServerOptions {
         let mut last = String::new();
         for _ in 0..5 {
             server.port = server.options.port.unwrap_or_else(free_port);
+            if server.options.tls {
+                server.tls_port = Some(free_port());
+            }
             match server.launch() {
                 Ok(()) => return server,
                 Err(e) => {
@@ -195,6 +229,8 @@ impl ServerOptions {
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
+    tls_port: Option<u16>,
+    tls_ca_pem: Option<String>,
     dir: tempfile::TempDir,
     options: ServerOptions,
     process: Option<Supervised>,
@@ -256,6 +292,24 @@ impl RedisServer {
                 .map(|s| (*s).to_owned()),
             );
         }
+        if let Some(tls_port) = self.tls_port {
+            args.extend(
+                [
+                    "--tls-port",
+                    &tls_port.to_string(),
+                    "--tls-cert-file",
+                    "server.crt",
+                    "--tls-key-file",
+                    "server.key",
+                    "--tls-ca-cert-file",
+                    "ca.crt",
+                    "--tls-auth-clients",
+                    "no",
+                ]
+                .iter()
+                .map(|s| (*s).to_owned()),
+            );
+        }
         args.extend(self.options.args.iter().cloned());
         let process = Supervised::spawn("redis-server", &args);
         self.process = Some(process);
@@ -295,6 +349,21 @@ impl RedisServer {
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The TLS port, for a server started with [`ServerOptions::tls`].
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    /// `rediss://127.0.0.1:<tls port>`, for a server started with [`ServerOptions::tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("rediss://127.0.0.1:{p}"))
+    }
+
+    /// The PEM of the CA that signed the server's TLS certificate.
+    pub fn tls_ca_pem(&self) -> Option<&str> {
+        self.tls_ca_pem.as_deref()
     }
 
     /// The data directory (AOF, logs).
