@@ -11,6 +11,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Layers decide between "fail open", "fail closed" and "retry" on this, so the classification is
 /// deliberately coarse. See [`Error::kind`].
+///
+/// ```
+/// use redtower_client::{Error, ErrorKind};
+///
+/// fn fail_open(err: &Error) -> bool {
+///     matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Unavailable)
+/// }
+/// assert!(!fail_open(&Error::config("bad")));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {

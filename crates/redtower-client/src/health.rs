@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use fred::types::ClientState;
 
-/// Whether Redis answered the health check.
+/// Whether Redis answered the health check. See [`Health`] for an example.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HealthStatus {
     /// `PING` answered within its budget.
@@ -14,6 +14,7 @@ pub enum HealthStatus {
 }
 
 /// The state of the connection(s), as the driver sees them (on a Cluster, the least healthy).
+/// See [`Health`] for an example.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ConnectionState {

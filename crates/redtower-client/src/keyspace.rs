@@ -26,6 +26,12 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use sha2::{Digest, Sha256};
 
 /// A key, prefix or namespace name was rejected.
+///
+/// ```
+/// use redtower_client::{KeyError, Keyspace};
+///
+/// assert!(matches!(Keyspace::new("bad{prefix}"), Err(KeyError::InvalidPrefix(_))));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
@@ -186,6 +192,17 @@ impl Namespace {
 
 /// A complete key. Built only through [`Namespace::key`] and [`Key::push`], so it always holds
 /// exactly one hash tag.
+///
+/// ```
+/// use redtower_client::Keyspace;
+///
+/// let ns = Keyspace::default().namespace("s");
+/// let record = ns.key("alice").push("r1");
+/// let index = ns.key("alice").push("idx");
+/// assert_eq!(record.tag(), "alice");
+/// // Same tag, same Cluster slot: one script may touch both.
+/// assert_eq!(record.slot(), index.slot());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key(String);
 
@@ -255,6 +272,14 @@ impl From<&Key> for fred::types::Key {
 
 /// A SCAN `MATCH` pattern that always starts with the keyspace prefix. Built by
 /// [`Keyspace::pattern`], [`Namespace::pattern`] and [`Namespace::tag_pattern`].
+///
+/// ```
+/// use redtower_client::Keyspace;
+///
+/// let ns = Keyspace::new("app")?.namespace("c");
+/// assert_eq!(ns.tag_pattern("*").as_str(), "app:c:{%2A}*"); // user input stays literal
+/// # Ok::<(), redtower_client::KeyError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyPattern(String);
 
