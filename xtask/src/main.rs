@@ -1,10 +1,11 @@
 //! Project tasks.
 //!
-//! * `cargo xtask test`: makes sure `redis-server` (7+) is installed, installing it with the
-//!   system package manager when it is missing (apt-get on Debian/Ubuntu, Homebrew on macOS), or
-//!   saying exactly what to run when it cannot; then runs every test of the workspace: unit,
+//! * `cargo xtask test`: makes sure `redis-server` (7+) and, for the browser test of the example
+//!   app, Chromium and ChromeDriver are installed, installing them with the system package
+//!   manager when they are missing (apt-get on Debian/Ubuntu, Homebrew on macOS), or saying
+//!   exactly what to run when it cannot; then runs every test of the workspace: unit,
 //!   integration (against real servers the tests start themselves) and doc tests.
-//! * `cargo xtask ensure-redis`: only the first half.
+//! * `cargo xtask ensure-deps`: only the first half.
 //!
 //! Extra arguments after `test` go to `cargo test` (e.g. `cargo xtask test -p redtower-client`).
 
@@ -18,9 +19,9 @@ fn main() -> ExitCode {
     let task = args.next().unwrap_or_default();
     let rest: Vec<String> = args.collect();
     let result = match task.as_str() {
-        "test" => ensure_redis().and_then(|()| test(&rest)),
-        "ensure-redis" => ensure_redis(),
-        _ => Err("usage: cargo xtask <test [cargo test args]|ensure-redis>".to_owned()),
+        "test" => ensure_deps().and_then(|()| test(&rest)),
+        "ensure-deps" => ensure_deps(),
+        _ => Err("usage: cargo xtask <test [cargo test args]|ensure-deps>".to_owned()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -67,6 +68,59 @@ fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Installs packages with apt-get (Debian/Ubuntu) or Homebrew (macOS).
+fn install(apt_packages: &[&str], brew_args: &[&str]) -> Result<(), String> {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if cfg!(target_os = "macos") && has("brew") {
+        let mut args = vec!["install"];
+        args.extend_from_slice(brew_args);
+        run("brew", &args)
+    } else if has("apt-get") {
+        let sudo: &[&str] = if is_root { &[] } else { &["sudo", "-n"] };
+        let apt = |args: &[&str]| {
+            let mut full: Vec<&str> = sudo.to_vec();
+            full.extend_from_slice(&["env", "DEBIAN_FRONTEND=noninteractive", "apt-get"]);
+            full.extend_from_slice(args);
+            run(full[0], &full[1..])
+        };
+        let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+        args.extend_from_slice(apt_packages);
+        apt(&args).or_else(|_| apt(&["update", "-qq"]).and_then(|()| apt(&args)))
+    } else {
+        Err("no supported package manager found".to_owned())
+    }
+}
+
+fn ensure_deps() -> Result<(), String> {
+    ensure_redis()?;
+    ensure_chromium()
+}
+
+fn ensure_chromium() -> Result<(), String> {
+    let found = || has("chromedriver") && (has("chromium") || has("chromium-browser"));
+    if found() {
+        eprintln!("xtask: chromium and chromedriver found");
+        return Ok(());
+    }
+    let attempt = install(
+        &["chromium", "chromium-driver"],
+        &["--cask", "chromium", "chromedriver"],
+    );
+    if found() {
+        return Ok(());
+    }
+    Err(format!(
+        "the browser test needs Chromium and ChromeDriver, which could not be installed ({}).\n\
+         Install them, then run this command again:\n  \
+         Debian:  sudo apt-get install -y chromium chromium-driver\n  \
+         macOS:   brew install --cask chromium chromedriver",
+        attempt.err().unwrap_or_default()
+    ))
+}
+
 fn ensure_redis() -> Result<(), String> {
     if let Some((major, v)) = redis_version() {
         if major >= 7 {
@@ -75,25 +129,7 @@ fn ensure_redis() -> Result<(), String> {
         }
         eprintln!("xtask: redis-server {v} is older than 7; trying to install a newer one");
     }
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let attempt = if cfg!(target_os = "macos") && has("brew") {
-        run("brew", &["install", "redis"])
-    } else if has("apt-get") {
-        let sudo: &[&str] = if is_root { &[] } else { &["sudo", "-n"] };
-        let apt = |args: &[&str]| {
-            let mut full: Vec<&str> = sudo.to_vec();
-            full.push("apt-get");
-            full.extend_from_slice(args);
-            run(full[0], &full[1..])
-        };
-        apt(&["update", "-qq"])
-            .and_then(|()| apt(&["install", "-y", "-qq", "redis-server", "redis-tools"]))
-    } else {
-        Err("no supported package manager found".to_owned())
-    };
+    let attempt = install(&["redis-server", "redis-tools"], &["redis"]);
     match (attempt, redis_version()) {
         (_, Some((major, v))) if major >= 7 => {
             eprintln!("xtask: redis-server {v} installed");
