@@ -1,0 +1,247 @@
+//! Handlers: async fns or `tower::Service`s, their context and their errors.
+
+use std::{fmt, future::Future, marker::PhantomData, pin::Pin, sync::Arc, time::Duration};
+
+use crate::job::{Job, JobId};
+
+/// Why an attempt failed, and what to do about it. Any `std::error::Error` converts into a
+/// retryable `JobError`, so `?` works in handlers.
+///
+/// ```
+/// use std::time::Duration;
+/// use redtower_jobs::JobError;
+///
+/// let e = JobError::retry("smtp busy").after(Duration::from_secs(30));
+/// assert_eq!(e.retry_delay(), Some(Duration::from_secs(30)));
+/// assert!(!JobError::fatal("no such user").is_retryable());
+/// let from_io: JobError = std::io::Error::other("reset").into();
+/// assert!(from_io.is_retryable());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobError {
+    message: String,
+    retry: Option<Option<Duration>>,
+}
+
+impl JobError {
+    /// A failure worth retrying (after the job's backoff) unless attempts are exhausted.
+    pub fn retry(error: impl fmt::Display) -> Self {
+        Self {
+            message: error.to_string(),
+            retry: Some(None),
+        }
+    }
+
+    /// A permanent failure: the job is dead at once, whatever attempts are left.
+    pub fn fatal(error: impl fmt::Display) -> Self {
+        Self {
+            message: error.to_string(),
+            retry: None,
+        }
+    }
+
+    /// Retries after `delay` instead of the job's backoff (a retryable error only).
+    #[must_use]
+    pub fn after(mut self, delay: Duration) -> Self {
+        if self.retry.is_some() {
+            self.retry = Some(Some(delay));
+        }
+        self
+    }
+
+    /// Whether another attempt may follow.
+    pub fn is_retryable(&self) -> bool {
+        self.retry.is_some()
+    }
+
+    /// The explicit retry delay, if any.
+    pub fn retry_delay(&self) -> Option<Duration> {
+        self.retry.flatten()
+    }
+
+    /// The message stored as the job's last error.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
+    fn from(e: E) -> Self {
+        let mut message = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        Self {
+            message,
+            retry: Some(None),
+        }
+    }
+}
+
+/// What a handler knows about the attempt it runs. Cloning is cheap.
+#[derive(Clone, Debug)]
+pub struct JobContext {
+    inner: Arc<CtxInner>,
+}
+
+#[derive(Debug)]
+struct CtxInner {
+    queue: Arc<str>,
+    id: JobId,
+    name: String,
+    attempt: u32,
+    max_attempts: u32,
+}
+
+impl JobContext {
+    pub(crate) fn new(
+        queue: Arc<str>,
+        id: JobId,
+        name: String,
+        attempt: u32,
+        max_attempts: u32,
+    ) -> Self {
+        Self {
+            inner: Arc::new(CtxInner {
+                queue,
+                id,
+                name,
+                attempt,
+                max_attempts,
+            }),
+        }
+    }
+
+    /// The queue's name.
+    pub fn queue(&self) -> &str {
+        &self.inner.queue
+    }
+
+    /// The job id (stable across attempts: use it as an idempotency key).
+    pub fn id(&self) -> &JobId {
+        &self.inner.id
+    }
+
+    /// The job type's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// This attempt's number, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+
+    /// The attempt limit.
+    pub fn max_attempts(&self) -> u32 {
+        self.inner.max_attempts
+    }
+
+    /// Whether a retryable failure now makes the job dead.
+    pub fn is_last_attempt(&self) -> bool {
+        self.inner.attempt >= self.inner.max_attempts
+    }
+}
+
+/// A job handler: implemented for `async fn(J, JobContext) -> Result<(), JobError>` and
+/// closures of that shape.
+pub trait Handler<J>: Clone + Send + Sync + 'static {
+    /// The future of one attempt.
+    type Future: Future<Output = Result<(), JobError>> + Send + 'static;
+
+    /// Runs one attempt.
+    fn call(&self, job: J, ctx: JobContext) -> Self::Future;
+}
+
+impl<J, F, Fut> Handler<J> for F
+where
+    F: Fn(J, JobContext) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+{
+    type Future = Fut;
+
+    fn call(&self, job: J, ctx: JobContext) -> Fut {
+        self(job, ctx)
+    }
+}
+
+/// The request a `tower::Service` handler receives (see
+/// [`Worker::service`](crate::Worker::service)).
+#[derive(Debug)]
+pub struct JobRequest<J> {
+    /// The payload.
+    pub job: J,
+    /// The attempt's context.
+    pub ctx: JobContext,
+}
+
+/// Adapts a `tower::Service<JobRequest<J>>` into a [`Handler`].
+#[derive(Debug)]
+pub struct ServiceHandler<S, J> {
+    service: S,
+    _job: PhantomData<fn(J)>,
+}
+
+impl<S: Clone, J> Clone for ServiceHandler<S, J> {
+    fn clone(&self) -> Self {
+        Self {
+            service: self.service.clone(),
+            _job: PhantomData,
+        }
+    }
+}
+
+impl<S, J> ServiceHandler<S, J> {
+    pub(crate) fn new(service: S) -> Self {
+        Self {
+            service,
+            _job: PhantomData,
+        }
+    }
+}
+
+impl<S, J> Handler<J> for ServiceHandler<S, J>
+where
+    J: Job,
+    S: tower_service::Service<JobRequest<J>, Response = ()> + Clone + Send + Sync + 'static,
+    S::Error: Into<JobError>,
+    S::Future: Send + 'static,
+{
+    type Future = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send>>;
+
+    fn call(&self, job: J, ctx: JobContext) -> Self::Future {
+        let mut svc = self.service.clone();
+        Box::pin(async move {
+            futures::future::poll_fn(|cx| svc.poll_ready(cx))
+                .await
+                .map_err(Into::into)?;
+            svc.call(JobRequest { job, ctx }).await.map_err(Into::into)
+        })
+    }
+}
+
+pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send>>;
+
+/// A handler with its payload type erased: decodes, then runs.
+pub(crate) type ErasedHandler = Arc<dyn Fn(&str, JobContext) -> BoxFuture + Send + Sync>;
+
+pub(crate) fn erase<J: Job, H: Handler<J>>(h: H) -> ErasedHandler {
+    Arc::new(move |data: &str, ctx: JobContext| -> BoxFuture {
+        match serde_json::from_str::<J>(data) {
+            Ok(job) => Box::pin(h.call(job, ctx)),
+            Err(e) => {
+                let msg = format!("payload does not deserialize as job `{}`: {e}", J::NAME);
+                Box::pin(async move { Err(JobError::fatal(msg)) })
+            }
+        }
+    })
+}

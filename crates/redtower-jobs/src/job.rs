@@ -1,0 +1,322 @@
+//! Typed jobs, ids, options and backoff.
+
+use std::{fmt, time::Duration};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// A job type: a serde payload with a stable name.
+///
+/// The name is stored with every job and picks the handler on the worker side, so keep it stable
+/// across deploys (rename the Rust type freely, never the `NAME`).
+///
+/// ```
+/// use redtower_jobs::Job;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Welcome { to: String }
+///
+/// impl Job for Welcome {
+///     const NAME: &'static str = "welcome";
+/// }
+/// assert_eq!(Welcome::NAME, "welcome");
+/// ```
+pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The stable name of this job type.
+    const NAME: &'static str;
+}
+
+/// The id of a job, unique within its queue. Assigned by the store when the job is added.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(String);
+
+impl JobId {
+    /// Wraps an id (as returned by [`Queue::add`](crate::Queue::add) or read back from a log).
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for JobId {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+/// How long to wait before retrying a failed attempt.
+///
+/// The delay is a duration relative to the moment the failure is settled, measured by the
+/// store's clock (Redis `TIME` for Redis), never the worker's.
+///
+/// ```
+/// use std::time::Duration;
+/// use redtower_jobs::Backoff;
+///
+/// let b = Backoff::exponential(Duration::from_secs(2));
+/// assert_eq!(b.delay(1), Duration::from_secs(2)); // after the 1st failed attempt
+/// assert_eq!(b.delay(2), Duration::from_secs(4));
+/// assert_eq!(b.delay(3), Duration::from_secs(8));
+/// assert_eq!(Backoff::fixed(Duration::from_millis(500)).delay(7), Duration::from_millis(500));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Backoff {
+    #[serde(rename = "k")]
+    kind: BackoffKind,
+    #[serde(rename = "ms")]
+    base_ms: u64,
+    #[serde(rename = "max", default)]
+    max_ms: u64,
+    #[serde(rename = "j", default)]
+    jitter: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum BackoffKind {
+    Fixed,
+    Exponential,
+}
+
+impl Default for Backoff {
+    /// Exponential from one second, capped at one hour, no jitter.
+    fn default() -> Self {
+        Self::exponential(Duration::from_secs(1))
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Backoff {
+    /// The same delay after every failed attempt.
+    pub fn fixed(delay: Duration) -> Self {
+        Self {
+            kind: BackoffKind::Fixed,
+            base_ms: ms(delay),
+            max_ms: 0,
+            jitter: 0.0,
+        }
+    }
+
+    /// `base`, `2 * base`, `4 * base`, ... after the 1st, 2nd, 3rd failed attempt (BullMQ's
+    /// `exponential`), capped at one hour unless [`max`](Self::max) says otherwise.
+    pub fn exponential(base: Duration) -> Self {
+        Self {
+            kind: BackoffKind::Exponential,
+            base_ms: ms(base),
+            max_ms: 3_600_000,
+            jitter: 0.0,
+        }
+    }
+
+    /// Caps every delay at `max`. Defaults to one hour for exponential backoff.
+    #[must_use]
+    pub fn max(mut self, max: Duration) -> Self {
+        self.max_ms = ms(max);
+        self
+    }
+
+    /// Randomizes each delay by up to `ratio` of itself, downwards (`0.2`: between 80% and
+    /// 100% of the delay), so that jobs failing together do not retry together. Clamped to
+    /// `0.0..=1.0`. Defaults to `0.0`.
+    #[must_use]
+    pub fn jitter(mut self, ratio: f64) -> Self {
+        self.jitter = if ratio.is_finite() {
+            ratio.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self
+    }
+
+    /// The delay after failed attempt number `attempt` (1-based), before jitter.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let raw = match self.kind {
+            BackoffKind::Fixed => self.base_ms,
+            BackoffKind::Exponential => {
+                let shift = attempt.saturating_sub(1).min(63);
+                self.base_ms.saturating_mul(1u64 << shift)
+            }
+        };
+        let capped = if self.max_ms > 0 {
+            raw.min(self.max_ms)
+        } else {
+            raw
+        };
+        Duration::from_millis(capped)
+    }
+
+    /// The delay after failed attempt `attempt`, with jitter applied.
+    pub fn delay_with_jitter(&self, attempt: u32) -> Duration {
+        let d = self.delay(attempt);
+        if self.jitter <= 0.0 {
+            return d;
+        }
+        let cut = rand::random::<f64>() * self.jitter;
+        d.mul_f64(1.0 - cut)
+    }
+}
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum JobState {
+    /// Waiting for its run time (delayed, or backing off before a retry).
+    Scheduled,
+    /// Ready to be picked up by a worker.
+    Ready,
+    /// Held by a worker under a lease.
+    Active,
+    /// Finished successfully (kept under the completed retention).
+    Completed,
+    /// Failed for good: out of attempts, failed permanently, or lost too often (kept under the
+    /// dead retention).
+    Dead,
+}
+
+impl JobState {
+    /// Every state, in life order.
+    pub const ALL: [JobState; 5] = [
+        JobState::Scheduled,
+        JobState::Ready,
+        JobState::Active,
+        JobState::Completed,
+        JobState::Dead,
+    ];
+
+    pub(crate) fn code(self) -> &'static str {
+        match self {
+            JobState::Scheduled => "scheduled",
+            JobState::Ready => "ready",
+            JobState::Active => "active",
+            JobState::Completed => "completed",
+            JobState::Dead => "dead",
+        }
+    }
+
+    pub(crate) fn from_code(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.code() == s)
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// The stored record of a job (the same JSON shape in every backend).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) data: String,
+    pub(crate) attempt: u32,
+    pub(crate) max: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) prio: u32,
+    pub(crate) seq: u64,
+    pub(crate) created: u64,
+    #[serde(default)]
+    pub(crate) stalls: u32,
+    #[serde(default, deserialize_with = "null_string")]
+    pub(crate) err: Option<String>,
+    #[serde(default, deserialize_with = "null_string")]
+    pub(crate) uniq: Option<String>,
+    #[serde(default, deserialize_with = "null_u64")]
+    pub(crate) started: Option<u64>,
+    #[serde(default, deserialize_with = "null_u64")]
+    pub(crate) fin: Option<u64>,
+}
+
+// Lua's cjson writes a missing value as `null` and may write integers as floats.
+fn null_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(
+        Option::<serde_json::Value>::deserialize(d)?.and_then(|v| match v {
+            serde_json::Value::String(s) if !s.is_empty() => Some(s),
+            _ => None,
+        }),
+    )
+}
+
+fn null_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(Option::<serde_json::Value>::deserialize(d)?.and_then(|v| v.as_f64().map(|f| f as u64)))
+}
+
+/// What the admin API shows of a job.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct JobInfo {
+    /// The id.
+    pub id: JobId,
+    /// The job type's [`Job::NAME`].
+    pub name: String,
+    /// The payload as JSON text.
+    pub data: String,
+    /// The current state.
+    pub state: JobState,
+    /// Attempts started so far (a lease lost to a crashed worker does not count).
+    pub attempts_made: u32,
+    /// The attempt limit.
+    pub max_attempts: u32,
+    /// How often a worker lost the job's lease (crashed, partitioned, too slow).
+    pub stalls: u32,
+    /// The priority (`0` is the most urgent).
+    pub priority: u32,
+    /// The last error, after a failed attempt.
+    pub last_error: Option<String>,
+    /// When it was added, in ms since the Unix epoch by the store's clock.
+    pub created_at_ms: u64,
+    /// When the last attempt started, in ms since the Unix epoch by the store's clock.
+    pub started_at_ms: Option<u64>,
+    /// When it finished, in ms since the Unix epoch by the store's clock.
+    pub finished_at_ms: Option<u64>,
+    /// For scheduled jobs: when it becomes ready; for active jobs: when the lease ends (ms since
+    /// the Unix epoch by the store's clock).
+    pub due_at_ms: Option<u64>,
+    /// The dedup key, if any.
+    pub unique_key: Option<String>,
+}
+
+impl JobInfo {
+    pub(crate) fn from_record(rec: Record, state: JobState, due: Option<u64>) -> Self {
+        Self {
+            id: JobId(rec.id),
+            name: rec.name,
+            data: rec.data,
+            state,
+            attempts_made: rec.attempt,
+            max_attempts: rec.max,
+            stalls: rec.stalls,
+            priority: rec.prio,
+            last_error: rec.err,
+            created_at_ms: rec.created,
+            started_at_ms: rec.started,
+            finished_at_ms: rec.fin,
+            due_at_ms: due,
+            unique_key: rec.uniq,
+        }
+    }
+
+    /// Decodes the payload as `J`, if it is one.
+    pub fn decode<J: Job>(&self) -> Option<J> {
+        if self.name != J::NAME {
+            return None;
+        }
+        serde_json::from_str(&self.data).ok()
+    }
+}

@@ -1,0 +1,114 @@
+//! A reliable Redis job queue for tokio: the BullMQ of this stack, with typed jobs.
+//!
+//! ```
+//! use std::time::Duration;
+//! use redtower_jobs::{Backoff, Job, JobContext, JobError, JobState, MemoryStore, Queue, Worker};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct WelcomeEmail { to: String }
+//!
+//! impl Job for WelcomeEmail {
+//!     const NAME: &'static str = "welcome"; // stable: it picks the handler
+//! }
+//!
+//! async fn send_welcome(email: WelcomeEmail, ctx: JobContext) -> Result<(), JobError> {
+//!     if ctx.attempt() == 1 {
+//!         return Err(JobError::retry("smtp: 421 try again later")); // retried after backoff
+//!     }
+//!     println!("welcome mail to {} (attempt {})", email.to, ctx.attempt());
+//!     Ok(())
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), redtower_jobs::Error> {
+//! let store = MemoryStore::new(); // or RedisStore::new(redis)
+//!
+//! // Producer: like BullMQ's
+//! // emailQueue.add('welcome', data, { delay: 5 min, attempts: 3, backoff: exponential 2 s })
+//! let emails = Queue::<WelcomeEmail>::new(store.clone(), "email");
+//! let id = emails
+//!     .add(WelcomeEmail { to: "ada@example.com".into() })
+//!     .delay(Duration::from_secs(5 * 60))
+//!     .attempts(3)
+//!     .backoff(Backoff::exponential(Duration::from_secs(2)))
+//!     .await?;
+//!
+//! // Worker: like `new Worker('email', ...)` plus `worker.on('failed', ...)`.
+//! let worker = Worker::new(store.clone(), "email")
+//!     .concurrency(50)
+//!     .timeout(Duration::from_secs(30))
+//!     .handle::<WelcomeEmail>(send_welcome)
+//!     .on_failed(|f| async move {
+//!         eprintln!("job {} attempt {} failed: {:?}", f.id, f.attempt, f.error());
+//!     })
+//!     .start();
+//!
+//! // (The clock is paused in this example, so the 5 minutes pass at once.)
+//! tokio::time::sleep(Duration::from_secs(5 * 60 + 3)).await;
+//! let job = emails.get(&id).await?.expect("kept by retention");
+//! assert_eq!(job.state, JobState::Completed);
+//! assert_eq!(job.attempts_made, 2);
+//!
+//! worker.shutdown().await?; // stop fetching, wait, hand unfinished jobs back
+//! # Ok(()) }
+//! ```
+//!
+//! The same on Redis (standalone or Cluster): only the store changes.
+//!
+//! ```no_run
+//! # use redtower_jobs::{Job, Queue, RedisStore, Worker};
+//! # #[derive(serde::Serialize, serde::Deserialize)] struct WelcomeEmail { to: String }
+//! # impl Job for WelcomeEmail { const NAME: &'static str = "welcome"; }
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use redtower_client::{Redis, RedisConfig};
+//!
+//! let redis = Redis::new(RedisConfig::from_env()?)?; // REDIS_URL
+//! let store = RedisStore::new(redis);
+//! let emails = Queue::<WelcomeEmail>::new(store.clone(), "email");
+//! emails.add(WelcomeEmail { to: "ada@example.com".into() }).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Guarantees
+//!
+//! * **At least once, never lost.** A fetched job is leased (deadline + fencing token). A
+//!   worker that crashes loses its lease and the job runs again after it ends; its late result
+//!   is rejected. Write handlers to be idempotent (the [`JobId`] is stable across attempts).
+//!   Lost leases do not use attempts; after [`Worker::max_stalls`] of them the job is dead.
+//! * **Server time only.** Every state change is one Lua script that reads Redis `TIME`;
+//!   producers and workers send durations, never timestamps, so their clocks do not matter.
+//! * **Cluster-safe.** Every key of a queue is `rt:q:{<queue>}:<structure>`: one hash tag,
+//!   every key declared to the scripts.
+//! * **Bounded.** Completed and dead jobs are trimmed by count and age ([`Retention`]); the
+//!   event stream is capped ([`RedisStore::events_max_len`]).
+//! * **Fast.** A busy worker settles finished jobs and fetches new ones in one round trip; an
+//!   idle one blocks on one dedicated connection and polls as a watchdog.
+//!
+//! # Redis
+//!
+//! Use `maxmemory-policy noeviction` (an evicted queue key loses jobs) and AOF for durability
+//! across Redis restarts.
+//!
+//! # Metrics
+//!
+//! Through the [`metrics`] facade, labelled by `queue`: counters
+//! `redtower_jobs_{enqueued,started,completed,failed,retried,dead,released,lease_lost}_total`,
+//! histograms `redtower_jobs_wait_seconds` and `redtower_jobs_run_seconds`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod error;
+mod event;
+mod handler;
+mod job;
+mod queue;
+pub mod store;
+mod worker;
+
+pub use error::{Error, Result};
+pub use event::{EventKind, QueueEvent};
+pub use handler::{Handler, JobContext, JobError, JobRequest, ServiceHandler};
+pub use job::{Backoff, Job, JobId, JobInfo, JobState};
+pub use queue::{AddJob, JobOptions, MAX_PRIORITY, Queue};
+pub use store::{Counts, MemoryStore, QueueStore, RedisStore, Retention};
+pub use worker::{Finished, Outcome, ShutdownReport, Worker, WorkerHandle};

@@ -1,0 +1,434 @@
+//! [`Queue`]: the typed producer and admin handle of one queue.
+
+use std::{
+    fmt,
+    future::{Future, IntoFuture},
+    marker::PhantomData,
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::stream::BoxStream;
+
+use crate::{
+    Error, Result,
+    event::QueueEvent,
+    job::{Backoff, Job, JobId, JobInfo, JobState},
+    store::{Counts, Enqueued, NewJob, QueueStore},
+};
+
+/// Per-add options; unset ones take the queue's defaults.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct JobOptions {
+    /// Delay before the job becomes ready. Defaults to none.
+    pub delay: Option<Duration>,
+    /// The attempt limit. Defaults to the queue's (3).
+    pub attempts: Option<u32>,
+    /// The retry schedule. Defaults to the queue's (exponential from 1 s).
+    pub backoff: Option<Backoff>,
+    /// `0` is the most urgent, at most [`MAX_PRIORITY`]. Defaults to `0`.
+    pub priority: Option<u32>,
+    /// A dedup key: while a job with this key is unfinished, adding another returns its id.
+    pub unique_key: Option<String>,
+}
+
+/// The largest priority value (the least urgent).
+pub const MAX_PRIORITY: u32 = (1 << 20) - 1;
+
+impl JobOptions {
+    /// Options with everything unset.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`delay`](Self::delay).
+    #[must_use]
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = Some(d);
+        self
+    }
+
+    /// Sets [`attempts`](Self::attempts).
+    #[must_use]
+    pub fn attempts(mut self, n: u32) -> Self {
+        self.attempts = Some(n);
+        self
+    }
+
+    /// Sets [`backoff`](Self::backoff).
+    #[must_use]
+    pub fn backoff(mut self, b: Backoff) -> Self {
+        self.backoff = Some(b);
+        self
+    }
+
+    /// Sets [`priority`](Self::priority).
+    #[must_use]
+    pub fn priority(mut self, p: u32) -> Self {
+        self.priority = Some(p);
+        self
+    }
+
+    /// Sets [`unique_key`](Self::unique_key).
+    #[must_use]
+    pub fn unique(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
+    }
+}
+
+struct Shared {
+    store: Arc<dyn QueueStore>,
+    name: String,
+    attempts: u32,
+    backoff: Backoff,
+    max_payload: usize,
+}
+
+/// The producer and admin handle of one queue for job type `J`. Cloning is cheap.
+///
+/// See the [crate docs](crate) for an example.
+pub struct Queue<J> {
+    shared: Arc<Shared>,
+    _job: PhantomData<fn(J)>,
+}
+
+impl<J> Clone for Queue<J> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            _job: PhantomData,
+        }
+    }
+}
+
+impl<J> fmt::Debug for Queue<J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("name", &self.shared.name)
+            .field("store", &self.shared.store)
+            .field("attempts", &self.shared.attempts)
+            .field("backoff", &self.shared.backoff)
+            .field("max_payload", &self.shared.max_payload)
+            .finish()
+    }
+}
+
+impl<J: Job> Queue<J> {
+    /// The queue `name` in `store`. Jobs of several types may share one queue name (one
+    /// [`Worker`](crate::Worker) then handles them all).
+    pub fn new(store: impl QueueStore, name: impl Into<String>) -> Self {
+        Self::from_arc(Arc::new(store), name)
+    }
+
+    /// Like [`new`](Self::new), with a shared store.
+    pub fn from_arc(store: Arc<dyn QueueStore>, name: impl Into<String>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                name: name.into(),
+                attempts: 3,
+                backoff: Backoff::default(),
+                max_payload: 256 * 1024,
+            }),
+            _job: PhantomData,
+        }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
+        if let Some(s) = Arc::get_mut(&mut self.shared) {
+            f(s);
+        } else {
+            let old = &self.shared;
+            let mut s = Shared {
+                store: old.store.clone(),
+                name: old.name.clone(),
+                attempts: old.attempts,
+                backoff: old.backoff,
+                max_payload: old.max_payload,
+            };
+            f(&mut s);
+            self.shared = Arc::new(s);
+        }
+        self
+    }
+
+    /// The default attempt limit of jobs added through this handle. Defaults to 3.
+    #[must_use]
+    pub fn default_attempts(self, n: u32) -> Self {
+        self.edit(|s| s.attempts = n.max(1))
+    }
+
+    /// The default retry schedule. Defaults to [`Backoff::default`] (exponential from 1 s).
+    #[must_use]
+    pub fn default_backoff(self, b: Backoff) -> Self {
+        self.edit(|s| s.backoff = b)
+    }
+
+    /// The largest serialized payload accepted by [`add`](Self::add), in bytes. Defaults to
+    /// 256 KiB.
+    #[must_use]
+    pub fn max_payload(self, bytes: usize) -> Self {
+        self.edit(|s| s.max_payload = bytes)
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn QueueStore> {
+        &self.shared.store
+    }
+
+    /// Adds a job; set options on the returned builder, then `.await` it for the [`JobId`].
+    ///
+    /// ```
+    /// # use redtower_jobs::{Job, Queue, MemoryStore, Backoff};
+    /// # use std::time::Duration;
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
+    /// # impl Job for Ping { const NAME: &'static str = "ping"; }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), redtower_jobs::Error> {
+    /// let queue = Queue::<Ping>::new(MemoryStore::new(), "pings");
+    /// let id = queue
+    ///     .add(Ping)
+    ///     .delay(Duration::from_secs(60))
+    ///     .attempts(5)
+    ///     .backoff(Backoff::fixed(Duration::from_secs(10)))
+    ///     .priority(1)
+    ///     .unique("ping-1")
+    ///     .await?;
+    /// // Same dedup key while the first is unfinished: same id.
+    /// assert_eq!(queue.add(Ping).unique("ping-1").await?, id);
+    /// # Ok(()) }
+    /// ```
+    pub fn add(&self, job: J) -> AddJob<'_, J> {
+        AddJob {
+            queue: self,
+            job,
+            options: JobOptions::default(),
+        }
+    }
+
+    /// Adds a job with explicit options.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PayloadTooLarge`], [`Error::Serialize`], [`Error::InvalidOption`], or a store
+    /// error (the job may or may not have been added after a timeout).
+    pub async fn add_with(&self, job: J, options: JobOptions) -> Result<JobId> {
+        let new = self.prepare(&job, options)?;
+        let mut out = self
+            .shared
+            .store
+            .enqueue(&self.shared.name, vec![new])
+            .await?;
+        let first = out
+            .pop()
+            .ok_or_else(|| Error::Protocol("empty enqueue reply".into()))?;
+        let id = first.id().clone();
+        if matches!(first, Enqueued::New(_)) {
+            metrics::counter!("redtower_jobs_enqueued_total", "queue" => self.shared.name.clone())
+                .increment(1);
+        }
+        Ok(id)
+    }
+
+    /// Adds many jobs in one atomic step (one round trip for Redis). Returns one id per job, in
+    /// order. The whole batch is checked before anything is sent.
+    ///
+    /// # Errors
+    ///
+    /// As [`add_with`](Self::add_with).
+    pub async fn add_bulk(
+        &self,
+        jobs: impl IntoIterator<Item = (J, JobOptions)>,
+    ) -> Result<Vec<JobId>> {
+        let batch = jobs
+            .into_iter()
+            .map(|(j, o)| self.prepare(&j, o))
+            .collect::<Result<Vec<_>>>()?;
+        let n = batch.len();
+        let out = self.shared.store.enqueue(&self.shared.name, batch).await?;
+        metrics::counter!("redtower_jobs_enqueued_total", "queue" => self.shared.name.clone())
+            .increment(n as u64);
+        Ok(out.into_iter().map(|e| e.id().clone()).collect())
+    }
+
+    fn prepare(&self, job: &J, o: JobOptions) -> Result<NewJob> {
+        let data = serde_json::to_string(job).map_err(Error::Serialize)?;
+        if data.len() > self.shared.max_payload {
+            return Err(Error::PayloadTooLarge {
+                size: data.len(),
+                limit: self.shared.max_payload,
+            });
+        }
+        let max_attempts = o.attempts.unwrap_or(self.shared.attempts);
+        if max_attempts == 0 {
+            return Err(Error::InvalidOption("attempts must be at least 1"));
+        }
+        let priority = o.priority.unwrap_or(0);
+        if priority > MAX_PRIORITY {
+            return Err(Error::InvalidOption("priority is above MAX_PRIORITY"));
+        }
+        if o.unique_key.as_ref().is_some_and(|k| k.len() > 1024) {
+            return Err(Error::InvalidOption("unique key is over 1024 bytes"));
+        }
+        Ok(NewJob {
+            name: J::NAME.to_owned(),
+            data,
+            max_attempts,
+            backoff: o.backoff.unwrap_or(self.shared.backoff),
+            priority,
+            delay: o.delay.unwrap_or_default(),
+            unique_key: o.unique_key,
+        })
+    }
+}
+
+impl<J> Queue<J> {
+    /// Job counts per state, and whether the queue is paused.
+    ///
+    /// # Errors
+    ///
+    /// Store errors.
+    pub async fn counts(&self) -> Result<Counts> {
+        self.shared.store.counts(&self.shared.name).await
+    }
+
+    /// One job, in any state.
+    ///
+    /// # Errors
+    ///
+    /// Store errors.
+    pub async fn get(&self, id: &JobId) -> Result<Option<JobInfo>> {
+        self.shared.store.get(&self.shared.name, id).await
+    }
+
+    /// Jobs in `state` (ready and scheduled in run order, active by lease end, completed and
+    /// dead newest first), paginated.
+    ///
+    /// # Errors
+    ///
+    /// Store errors.
+    pub async fn list(&self, state: JobState, offset: usize, limit: usize) -> Result<Vec<JobInfo>> {
+        self.shared
+            .store
+            .list(&self.shared.name, state, offset, limit)
+            .await
+    }
+
+    /// Moves a dead job back to ready with fresh attempts. `false` if it is not dead.
+    ///
+    /// # Errors
+    ///
+    /// Store errors.
+    pub async fn retry_dead(&self, id: &JobId) -> Result<bool> {
+        self.shared.store.retry_dead(&self.shared.name, id).await
+    }
+
+    /// Deletes a job in any state; a worker still running it is fenced out. `false` if absent.
+    ///
+    /// # Errors
+    ///
+    /// Store errors.
+    pub async fn remove(&self, id: &JobId) -> Result<bool> {
+        self.shared.store.remove(&self.shared.name, id).await
+    }
+
+    /// Stops every worker of this queue from fetching (running jobs finish).
+    ///
+    /// # Errors
+    ///
+    /// Store errors.
+    pub async fn pause(&self) -> Result<()> {
+        self.shared.store.set_paused(&self.shared.name, true).await
+    }
+
+    /// Lets workers fetch again.
+    ///
+    /// # Errors
+    ///
+    /// Store errors.
+    pub async fn resume(&self) -> Result<()> {
+        self.shared.store.set_paused(&self.shared.name, false).await
+    }
+
+    /// The queue's events from now on, for any process (Redis: a capped stream read with
+    /// `XREAD BLOCK` on a dedicated connection). Advisory: under heavy load old entries may be
+    /// trimmed before they are read.
+    ///
+    /// # Errors
+    ///
+    /// Store errors while finding the stream's current end.
+    pub async fn events(&self) -> Result<BoxStream<'static, Result<QueueEvent>>> {
+        self.shared.store.events(&self.shared.name).await
+    }
+}
+
+/// The builder returned by [`Queue::add`]; `.await` it to add the job.
+#[must_use = "a job is only added when the builder is awaited"]
+pub struct AddJob<'a, J> {
+    queue: &'a Queue<J>,
+    job: J,
+    options: JobOptions,
+}
+
+impl<J> fmt::Debug for AddJob<'_, J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AddJob")
+            .field("queue", &self.queue.shared.name)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl<J: Job> AddJob<'_, J> {
+    /// Delay before the job becomes ready, measured by the store's clock. Defaults to none.
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.options.delay = Some(d);
+        self
+    }
+
+    /// The attempt limit (at least 1). Defaults to the queue's (3).
+    pub fn attempts(mut self, n: u32) -> Self {
+        self.options.attempts = Some(n);
+        self
+    }
+
+    /// The retry schedule. Defaults to the queue's.
+    pub fn backoff(mut self, b: Backoff) -> Self {
+        self.options.backoff = Some(b);
+        self
+    }
+
+    /// `0` (the default) is the most urgent, up to [`MAX_PRIORITY`].
+    pub fn priority(mut self, p: u32) -> Self {
+        self.options.priority = Some(p);
+        self
+    }
+
+    /// A dedup key: while a job with this key is not finished, adding returns that job's id.
+    pub fn unique(mut self, key: impl Into<String>) -> Self {
+        self.options.unique_key = Some(key.into());
+        self
+    }
+
+    /// Replaces all options.
+    pub fn options(mut self, o: JobOptions) -> Self {
+        self.options = o;
+        self
+    }
+}
+
+impl<'a, J: Job> IntoFuture for AddJob<'a, J> {
+    type Output = Result<JobId>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<JobId>> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move { self.queue.add_with(self.job, self.options).await })
+    }
+}

@@ -1,0 +1,76 @@
+-- Shared prelude of every redtower-jobs script. All keys of one queue share one hash tag.
+local K_JOBS, K_READY, K_SCHED, K_ACTIVE = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local K_DONE, K_DEAD, K_LEASE, K_UNIQ = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local K_META, K_WAKE, K_EVENTS, K_SEQ = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local EV_MAX = tonumber(ARGV[1])
+local PRIO = 4294967296
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function n2s(x) return string.format('%.0f', x) end
+
+local function present(v) return v ~= nil and v ~= cjson.null and v ~= '' end
+
+local function emit(kind, id, rec, err)
+  if EV_MAX > 0 then
+    if present(err) then
+      redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EV_MAX, '*', 'e', kind, 'id', id,
+        'name', rec.name, 'attempt', rec.attempt, 'error', err)
+    else
+      redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EV_MAX, '*', 'e', kind, 'id', id,
+        'name', rec.name, 'attempt', rec.attempt)
+    end
+  end
+end
+
+local function wake()
+  if redis.call('LLEN', K_WAKE) == 0 then redis.call('RPUSH', K_WAKE, '1') end
+end
+
+local function ready_add(id, rec)
+  redis.call('ZADD', K_READY, n2s(rec.prio * PRIO + rec.seq), id)
+end
+
+-- Adds to the schedule; wakes a waiting worker when this becomes the earliest due job.
+local function sched_add(id, due)
+  local head = redis.call('ZRANGE', K_SCHED, 0, 0, 'WITHSCORES')
+  redis.call('ZADD', K_SCHED, n2s(due), id)
+  if head[2] == nil or tonumber(head[2]) > due then wake() end
+end
+
+local function drop_uniq(id, rec)
+  if present(rec.uniq) and redis.call('HGET', K_UNIQ, rec.uniq) == id then
+    redis.call('HDEL', K_UNIQ, rec.uniq)
+  end
+end
+
+local function trim(set, keep_n, keep_age)
+  if keep_age > 0 then
+    local old = redis.call('ZRANGEBYSCORE', set, '-inf', n2s(now - keep_age), 'LIMIT', 0, 100)
+    for _, id in ipairs(old) do
+      redis.call('ZREM', set, id)
+      redis.call('HDEL', K_JOBS, id)
+    end
+  end
+  local excess = redis.call('ZCARD', set) - keep_n
+  if excess > 0 then
+    local ids = redis.call('ZRANGE', set, 0, math.min(excess, 100) - 1)
+    for _, id in ipairs(ids) do
+      redis.call('ZREM', set, id)
+      redis.call('HDEL', K_JOBS, id)
+    end
+  end
+end
+
+-- Moves a job out of the active set into done/dead under retention.
+local function finish(id, rec, set, keep_n, keep_age)
+  drop_uniq(id, rec)
+  rec.fin = now
+  if keep_n <= 0 then
+    redis.call('HDEL', K_JOBS, id)
+    return
+  end
+  redis.call('HSET', K_JOBS, id, cjson.encode(rec))
+  redis.call('ZADD', set, now, id)
+  trim(set, keep_n, keep_age)
+end

@@ -1,0 +1,117 @@
+-- ARGV: ev_max, lease_ms, fetch_n, max_stalls, keep_done_n, keep_done_age_ms, keep_dead_n,
+--       keep_dead_age_ms, n_settle, then n_settle x (id, token, kind, delay_ms, error)
+-- kind: c = complete, r = retry, f = fail, x = release
+-- Returns { settled codes, { {id, token, record, age_ms}, ... }, next_due_ms | -1 }
+-- codes: 0 stale, 1 completed, 2 retrying, 3 dead, 4 released
+local lease_ms = tonumber(ARGV[2])
+local fetch_n = tonumber(ARGV[3])
+local max_stalls = tonumber(ARGV[4])
+local keep_done_n, keep_done_age = tonumber(ARGV[5]), tonumber(ARGV[6])
+local keep_dead_n, keep_dead_age = tonumber(ARGV[7]), tonumber(ARGV[8])
+local n_settle = tonumber(ARGV[9])
+
+local codes = {}
+for i = 0, n_settle - 1 do
+  local b = 10 + i * 5
+  local id, tok, kind = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+  local code = 0
+  if redis.call('HGET', K_LEASE, id) == tok then
+    redis.call('HDEL', K_LEASE, id)
+    redis.call('ZREM', K_ACTIVE, id)
+    local raw = redis.call('HGET', K_JOBS, id)
+    if raw then
+      local rec = cjson.decode(raw)
+      if kind == 'c' then
+        finish(id, rec, K_DONE, keep_done_n, keep_done_age)
+        emit('completed', id, rec, nil)
+        code = 1
+      elseif kind == 'x' then
+        rec.attempt = rec.attempt - 1
+        redis.call('HSET', K_JOBS, id, cjson.encode(rec))
+        ready_add(id, rec)
+        wake()
+        emit('released', id, rec, nil)
+        code = 4
+      else
+        rec.err = ARGV[b + 4]
+        if kind == 'r' and rec.attempt < rec.max then
+          redis.call('HSET', K_JOBS, id, cjson.encode(rec))
+          sched_add(id, now + tonumber(ARGV[b + 3]))
+          emit('retrying', id, rec, rec.err)
+          code = 2
+        else
+          finish(id, rec, K_DEAD, keep_dead_n, keep_dead_age)
+          emit('dead', id, rec, rec.err)
+          code = 3
+        end
+      end
+    end
+  end
+  codes[#codes + 1] = code
+end
+
+-- Promote due scheduled jobs (bounded).
+local due = redis.call('ZRANGEBYSCORE', K_SCHED, '-inf', n2s(now), 'LIMIT', 0, 1000)
+if #due > 0 then
+  for _, id in ipairs(due) do
+    redis.call('ZREM', K_SCHED, id)
+    local raw = redis.call('HGET', K_JOBS, id)
+    if raw then ready_add(id, cjson.decode(raw)) end
+  end
+end
+
+-- Reclaim expired leases (bounded): back to ready without using an attempt, or dead after
+-- too many stalls.
+local expired = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', n2s(now), 'LIMIT', 0, 100)
+for _, id in ipairs(expired) do
+  redis.call('ZREM', K_ACTIVE, id)
+  redis.call('HDEL', K_LEASE, id)
+  local raw = redis.call('HGET', K_JOBS, id)
+  if raw then
+    local rec = cjson.decode(raw)
+    rec.stalls = rec.stalls + 1
+    if rec.stalls > max_stalls then
+      rec.err = 'lease lost ' .. rec.stalls .. ' times (worker crashed or too slow)'
+      finish(id, rec, K_DEAD, keep_dead_n, keep_dead_age)
+      emit('dead', id, rec, rec.err)
+    else
+      rec.attempt = rec.attempt - 1
+      redis.call('HSET', K_JOBS, id, cjson.encode(rec))
+      ready_add(id, rec)
+      emit('stalled', id, rec, nil)
+    end
+  end
+end
+
+local jobs = {}
+if fetch_n > 0 and redis.call('HGET', K_META, 'paused') ~= '1' then
+  local popped = redis.call('ZPOPMIN', K_READY, fetch_n)
+  for i = 1, #popped, 2 do
+    local id = popped[i]
+    local raw = redis.call('HGET', K_JOBS, id)
+    if raw then
+      local rec = cjson.decode(raw)
+      rec.attempt = rec.attempt + 1
+      rec.started = now
+      raw = cjson.encode(rec)
+      redis.call('HSET', K_JOBS, id, raw)
+      local tok = tostring(redis.call('INCR', K_SEQ))
+      redis.call('HSET', K_LEASE, id, tok)
+      redis.call('ZADD', K_ACTIVE, n2s(now + lease_ms), id)
+      jobs[#jobs + 1] = { id, tok, raw, n2s(now - rec.created) }
+    end
+  end
+  if #popped >= fetch_n * 2 and redis.call('ZCARD', K_READY) > 0 then wake() end
+elseif #due > 0 or #expired > 0 then
+  wake()
+end
+
+local hint = -1
+local s = redis.call('ZRANGE', K_SCHED, 0, 0, 'WITHSCORES')
+if s[2] then hint = math.max(0, tonumber(s[2]) - now) end
+local a = redis.call('ZRANGE', K_ACTIVE, 0, 0, 'WITHSCORES')
+if a[2] then
+  local h = math.max(0, tonumber(a[2]) - now)
+  if hint < 0 or h < hint then hint = h end
+end
+return { codes, jobs, n2s(hint) }

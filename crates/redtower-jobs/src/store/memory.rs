@@ -1,0 +1,603 @@
+//! [`MemoryStore`]: the in-process backend, with the same semantics as Redis and the tokio
+//! clock (so tests can pause and advance time).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use futures::stream::{BoxStream, StreamExt};
+use tokio::{
+    sync::{broadcast, watch},
+    time::Instant,
+};
+
+use super::{
+    Counts, Enqueued, Fetched, Lease, NewJob, QueueStore, Retention, Settle, Settled, Waiter,
+    WorkReply, WorkRequest,
+};
+use crate::{
+    Result,
+    event::{EventKind, QueueEvent},
+    job::{JobId, JobInfo, JobState, Record},
+};
+
+const PRIO: u64 = 1 << 32;
+
+/// The in-memory backend of [`QueueStore`], for single-instance apps, tests and the example
+/// app without Redis. Jobs are lost when the process exits.
+///
+/// Time comes from `tokio::time`, so `tokio::time::pause()` makes tests deterministic.
+/// Cloning is cheap and clones share the queues.
+#[derive(Clone, Debug)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    base: Instant,
+    base_unix_ms: u64,
+    queues: Mutex<HashMap<String, Q>>,
+    events_cap: usize,
+}
+
+#[derive(Debug, Default)]
+struct ZSet {
+    by_score: BTreeSet<(u64, u64)>,
+    score: HashMap<u64, u64>,
+}
+
+impl ZSet {
+    fn add(&mut self, id: u64, score: u64) {
+        if let Some(old) = self.score.insert(id, score) {
+            self.by_score.remove(&(old, id));
+        }
+        self.by_score.insert((score, id));
+    }
+    fn rem(&mut self, id: u64) -> bool {
+        match self.score.remove(&id) {
+            Some(s) => self.by_score.remove(&(s, id)),
+            None => false,
+        }
+    }
+    fn len(&self) -> u64 {
+        self.by_score.len() as u64
+    }
+    fn first(&self) -> Option<(u64, u64)> {
+        self.by_score.first().copied()
+    }
+    fn due(&self, now: u64, limit: usize) -> Vec<u64> {
+        self.by_score
+            .iter()
+            .take_while(|(s, _)| *s <= now)
+            .take(limit)
+            .map(|(_, id)| *id)
+            .collect()
+    }
+}
+
+#[derive(Debug)]
+struct Q {
+    seq: u64,
+    jobs: HashMap<u64, Record>,
+    ready: ZSet,
+    sched: ZSet,
+    active: ZSet,
+    done: ZSet,
+    dead: ZSet,
+    lease: HashMap<u64, String>,
+    uniq: HashMap<String, u64>,
+    paused: bool,
+    wake: watch::Sender<u64>,
+    events: broadcast::Sender<QueueEvent>,
+}
+
+impl Q {
+    fn new(cap: usize) -> Self {
+        Self {
+            seq: 0,
+            jobs: HashMap::new(),
+            ready: ZSet::default(),
+            sched: ZSet::default(),
+            active: ZSet::default(),
+            done: ZSet::default(),
+            dead: ZSet::default(),
+            lease: HashMap::new(),
+            uniq: HashMap::new(),
+            paused: false,
+            wake: watch::channel(0).0,
+            events: broadcast::channel(cap.max(1)).0,
+        }
+    }
+
+    fn wake(&self) {
+        self.wake.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    fn emit(&self, kind: EventKind, rec: &Record) {
+        let _ = self.events.send(QueueEvent {
+            kind,
+            id: JobId::new(rec.id.clone()),
+            name: rec.name.clone(),
+            attempt: rec.attempt,
+            error: if matches!(kind, EventKind::Retrying | EventKind::Dead) {
+                rec.err.clone()
+            } else {
+                None
+            },
+        });
+    }
+
+    fn ready_add(&mut self, id: u64) {
+        if let Some(rec) = self.jobs.get(&id) {
+            self.ready
+                .add(id, u64::from(rec.prio).saturating_mul(PRIO) + rec.seq);
+        }
+    }
+
+    fn sched_add(&mut self, id: u64, due: u64) {
+        let earliest = self.sched.first().is_none_or(|(s, _)| s > due);
+        self.sched.add(id, due);
+        if earliest {
+            self.wake();
+        }
+    }
+
+    fn drop_uniq(&mut self, id: u64) {
+        if let Some(u) = self.jobs.get(&id).and_then(|r| r.uniq.clone()) {
+            if self.uniq.get(&u) == Some(&id) {
+                self.uniq.remove(&u);
+            }
+        }
+    }
+
+    fn finish(&mut self, id: u64, dead: bool, now: u64, r: &Retention) {
+        self.drop_uniq(id);
+        let (keep_n, keep_age) = if dead {
+            (r.dead_count, r.dead_age)
+        } else {
+            (r.completed_count, r.completed_age)
+        };
+        if keep_n == 0 {
+            self.jobs.remove(&id);
+            return;
+        }
+        if let Some(rec) = self.jobs.get_mut(&id) {
+            rec.fin = Some(now);
+        }
+        let set = if dead { &mut self.dead } else { &mut self.done };
+        set.add(id, now);
+        let mut drop = Vec::new();
+        let age_ms = u64::try_from(keep_age.as_millis()).unwrap_or(u64::MAX);
+        if age_ms > 0 {
+            drop.extend(set.due(now.saturating_sub(age_ms), 100));
+        }
+        for id in &drop {
+            set.rem(*id);
+        }
+        let excess = set.len().saturating_sub(keep_n).min(100);
+        let oldest: Vec<u64> = set
+            .by_score
+            .iter()
+            .take(excess as usize)
+            .map(|(_, i)| *i)
+            .collect();
+        for id in &oldest {
+            set.rem(*id);
+        }
+        for id in drop.into_iter().chain(oldest) {
+            self.jobs.remove(&id);
+        }
+    }
+
+    fn state_of(&self, id: u64) -> Option<(JobState, u64)> {
+        [
+            (JobState::Active, &self.active),
+            (JobState::Ready, &self.ready),
+            (JobState::Scheduled, &self.sched),
+            (JobState::Completed, &self.done),
+            (JobState::Dead, &self.dead),
+        ]
+        .into_iter()
+        .find_map(|(st, set)| set.score.get(&id).map(|s| (st, *s)))
+    }
+
+    fn info(&self, id: u64) -> Option<JobInfo> {
+        let rec = self.jobs.get(&id)?.clone();
+        let (state, score) = self.state_of(id).unwrap_or((JobState::Ready, 0));
+        let due = matches!(state, JobState::Scheduled | JobState::Active).then_some(score);
+        Some(JobInfo::from_record(rec, state, due))
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        let base_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Self {
+            inner: Arc::new(Inner {
+                base: Instant::now(),
+                base_unix_ms,
+                queues: Mutex::new(HashMap::new()),
+                events_cap: 1_024,
+            }),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.inner.base_unix_ms + self.inner.base.elapsed().as_millis() as u64
+    }
+
+    fn with<R>(&self, queue: &str, f: impl FnOnce(&mut Q, u64) -> R) -> R {
+        let now = self.now();
+        let mut guard: MutexGuard<'_, HashMap<String, Q>> = match self.inner.queues.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let q = guard
+            .entry(queue.to_owned())
+            .or_insert_with(|| Q::new(self.inner.events_cap));
+        f(q, now)
+    }
+}
+
+fn parse_id(id: &JobId) -> Option<u64> {
+    id.as_str().parse().ok()
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[async_trait::async_trait]
+impl QueueStore for MemoryStore {
+    async fn enqueue(&self, queue: &str, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        Ok(self.with(queue, |q, now| {
+            let mut woke = false;
+            let out = jobs
+                .into_iter()
+                .map(|j| {
+                    if let Some(existing) = j.unique_key.as_ref().and_then(|u| q.uniq.get(u)) {
+                        return Enqueued::Duplicate(JobId::new(existing.to_string()));
+                    }
+                    q.seq += 1;
+                    let id = q.seq;
+                    let rec = Record {
+                        id: id.to_string(),
+                        name: j.name,
+                        data: j.data,
+                        attempt: 0,
+                        max: j.max_attempts,
+                        backoff: j.backoff,
+                        prio: j.priority,
+                        seq: id,
+                        created: now,
+                        stalls: 0,
+                        err: None,
+                        uniq: j.unique_key.clone(),
+                        started: None,
+                        fin: None,
+                    };
+                    if let Some(u) = j.unique_key {
+                        q.uniq.insert(u, id);
+                    }
+                    q.emit(EventKind::Added, &rec);
+                    q.jobs.insert(id, rec);
+                    if j.delay.is_zero() {
+                        q.ready_add(id);
+                        woke = true;
+                    } else {
+                        q.sched_add(id, now + ms(j.delay));
+                    }
+                    Enqueued::New(JobId::new(id.to_string()))
+                })
+                .collect();
+            if woke {
+                q.wake();
+            }
+            out
+        }))
+    }
+
+    async fn work(&self, queue: &str, req: WorkRequest) -> Result<WorkReply> {
+        Ok(self.with(queue, |q, now| {
+            let mut settled = Vec::with_capacity(req.settle.len());
+            for (lease, s) in req.settle {
+                let Some(id) = parse_id(&lease.id) else {
+                    settled.push(Settled::Stale);
+                    continue;
+                };
+                if q.lease.get(&id) != Some(&lease.token) {
+                    settled.push(Settled::Stale);
+                    continue;
+                }
+                q.lease.remove(&id);
+                q.active.rem(id);
+                let Some(rec) = q.jobs.get_mut(&id) else {
+                    settled.push(Settled::Stale);
+                    continue;
+                };
+                let code = match s {
+                    Settle::Complete => {
+                        let rec = rec.clone();
+                        q.finish(id, false, now, &req.retention);
+                        q.emit(EventKind::Completed, &rec);
+                        Settled::Completed
+                    }
+                    Settle::Release => {
+                        rec.attempt = rec.attempt.saturating_sub(1);
+                        let rec = rec.clone();
+                        q.ready_add(id);
+                        q.wake();
+                        q.emit(EventKind::Released, &rec);
+                        Settled::Released
+                    }
+                    Settle::Retry { delay, error } if rec.attempt < rec.max => {
+                        rec.err = Some(error);
+                        let rec = rec.clone();
+                        q.sched_add(id, now + ms(delay));
+                        q.emit(EventKind::Retrying, &rec);
+                        Settled::Retrying
+                    }
+                    Settle::Retry { error, .. } | Settle::Fail { error } => {
+                        rec.err = Some(error);
+                        let mut rec = rec.clone();
+                        q.finish(id, true, now, &req.retention);
+                        rec.fin = Some(now);
+                        q.emit(EventKind::Dead, &rec);
+                        Settled::Dead
+                    }
+                };
+                settled.push(code);
+            }
+
+            let due = q.sched.due(now, 1000);
+            for id in &due {
+                q.sched.rem(*id);
+                q.ready_add(*id);
+            }
+            let expired = q.active.due(now, 100);
+            for id in &expired {
+                q.active.rem(*id);
+                q.lease.remove(id);
+                let Some(rec) = q.jobs.get_mut(id) else {
+                    continue;
+                };
+                rec.stalls += 1;
+                if rec.stalls > req.max_stalls {
+                    rec.err = Some(format!(
+                        "lease lost {} times (worker crashed or too slow)",
+                        rec.stalls
+                    ));
+                    let rec = rec.clone();
+                    q.finish(*id, true, now, &req.retention);
+                    q.emit(EventKind::Dead, &rec);
+                } else {
+                    rec.attempt = rec.attempt.saturating_sub(1);
+                    let rec = rec.clone();
+                    q.ready_add(*id);
+                    q.emit(EventKind::Stalled, &rec);
+                }
+            }
+
+            let mut jobs = Vec::new();
+            if req.fetch > 0 && !q.paused {
+                while jobs.len() < req.fetch {
+                    let Some((_, id)) = q.ready.first() else {
+                        break;
+                    };
+                    q.ready.rem(id);
+                    let Some(rec) = q.jobs.get_mut(&id) else {
+                        continue;
+                    };
+                    rec.attempt += 1;
+                    rec.started = Some(now);
+                    let rec = rec.clone();
+                    q.seq += 1;
+                    let token = q.seq.to_string();
+                    q.lease.insert(id, token.clone());
+                    q.active.add(id, now + ms(req.lease).max(1));
+                    jobs.push(Fetched {
+                        lease: Lease {
+                            id: JobId::new(rec.id),
+                            token,
+                        },
+                        name: rec.name,
+                        data: rec.data,
+                        attempt: rec.attempt,
+                        max_attempts: rec.max,
+                        backoff: rec.backoff,
+                        waited: Duration::from_millis(now.saturating_sub(rec.created)),
+                    });
+                }
+                if jobs.len() == req.fetch && q.ready.len() > 0 {
+                    q.wake();
+                }
+            } else if !due.is_empty() || !expired.is_empty() {
+                q.wake();
+            }
+            let next = [q.sched.first(), q.active.first()]
+                .into_iter()
+                .flatten()
+                .map(|(s, _)| s.saturating_sub(now))
+                .min();
+            WorkReply {
+                settled,
+                jobs,
+                next_due: next.map(Duration::from_millis),
+            }
+        }))
+    }
+
+    async fn extend(&self, queue: &str, leases: Vec<Lease>, lease: Duration) -> Result<Vec<JobId>> {
+        Ok(self.with(queue, |q, now| {
+            let mut lost = Vec::new();
+            for l in leases {
+                match parse_id(&l.id) {
+                    Some(id) if q.lease.get(&id) == Some(&l.token) => {
+                        q.active.add(id, now + ms(lease).max(1));
+                    }
+                    _ => lost.push(l.id),
+                }
+            }
+            lost
+        }))
+    }
+
+    async fn waiter(&self, queue: &str) -> Result<Box<dyn Waiter>> {
+        let rx = self.with(queue, |q, _| q.wake.subscribe());
+        Ok(Box::new(MemoryWaiter { rx }))
+    }
+
+    async fn counts(&self, queue: &str) -> Result<Counts> {
+        Ok(self.with(queue, |q, _| Counts {
+            scheduled: q.sched.len(),
+            ready: q.ready.len(),
+            active: q.active.len(),
+            completed: q.done.len(),
+            dead: q.dead.len(),
+            paused: q.paused,
+        }))
+    }
+
+    async fn get(&self, queue: &str, id: &JobId) -> Result<Option<JobInfo>> {
+        Ok(self.with(queue, |q, _| parse_id(id).and_then(|id| q.info(id))))
+    }
+
+    async fn list(
+        &self,
+        queue: &str,
+        state: JobState,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<JobInfo>> {
+        Ok(self.with(queue, |q, _| {
+            let set = match state {
+                JobState::Scheduled => &q.sched,
+                JobState::Ready => &q.ready,
+                JobState::Active => &q.active,
+                JobState::Completed => &q.done,
+                JobState::Dead => &q.dead,
+            };
+            let ids: Vec<u64> = if matches!(state, JobState::Completed | JobState::Dead) {
+                set.by_score
+                    .iter()
+                    .rev()
+                    .skip(offset)
+                    .take(limit)
+                    .map(|(_, i)| *i)
+                    .collect()
+            } else {
+                set.by_score
+                    .iter()
+                    .skip(offset)
+                    .take(limit)
+                    .map(|(_, i)| *i)
+                    .collect()
+            };
+            ids.into_iter().filter_map(|id| q.info(id)).collect()
+        }))
+    }
+
+    async fn retry_dead(&self, queue: &str, id: &JobId) -> Result<bool> {
+        Ok(self.with(queue, |q, _| {
+            let Some(id) = parse_id(id) else {
+                return false;
+            };
+            if !q.dead.rem(id) {
+                return false;
+            }
+            let Some(rec) = q.jobs.get_mut(&id) else {
+                return false;
+            };
+            rec.attempt = 0;
+            rec.stalls = 0;
+            rec.fin = None;
+            if let Some(u) = rec.uniq.clone() {
+                match q.uniq.entry(u) {
+                    std::collections::hash_map::Entry::Occupied(_) => rec.uniq = None,
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(id);
+                    }
+                }
+            }
+            let rec = rec.clone();
+            q.ready_add(id);
+            q.wake();
+            q.emit(EventKind::Added, &rec);
+            true
+        }))
+    }
+
+    async fn remove(&self, queue: &str, id: &JobId) -> Result<bool> {
+        Ok(self.with(queue, |q, _| {
+            let Some(id) = parse_id(id) else {
+                return false;
+            };
+            if !q.jobs.contains_key(&id) {
+                return false;
+            }
+            q.drop_uniq(id);
+            for set in [
+                &mut q.ready,
+                &mut q.sched,
+                &mut q.active,
+                &mut q.done,
+                &mut q.dead,
+            ] {
+                set.rem(id);
+            }
+            q.lease.remove(&id);
+            q.jobs.remove(&id);
+            true
+        }))
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        self.with(queue, |q, _| {
+            q.paused = paused;
+            if !paused {
+                q.wake();
+            }
+        });
+        Ok(())
+    }
+
+    async fn events(&self, queue: &str) -> Result<BoxStream<'static, Result<QueueEvent>>> {
+        let rx = self.with(queue, |q, _| q.events.subscribe());
+        Ok(futures::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => return Some((Ok(ev), rx)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .boxed())
+    }
+}
+
+#[derive(Debug)]
+struct MemoryWaiter {
+    rx: watch::Receiver<u64>,
+}
+
+#[async_trait::async_trait]
+impl Waiter for MemoryWaiter {
+    async fn wait(&mut self, timeout: Duration) -> Result<()> {
+        let _ = tokio::time::timeout(timeout, self.rx.changed()).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,312 @@
+//! The storage contract ([`QueueStore`]) and its two backends.
+
+use std::{fmt, time::Duration};
+
+use futures::stream::BoxStream;
+
+use crate::{
+    Result,
+    event::QueueEvent,
+    job::{Backoff, JobId, JobInfo, JobState},
+};
+
+pub(crate) mod memory;
+pub(crate) mod redis;
+
+pub use memory::MemoryStore;
+pub use redis::RedisStore;
+
+/// A job to add, already serialized.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct NewJob {
+    /// The job type's name.
+    pub name: String,
+    /// The payload as JSON text.
+    pub data: String,
+    /// The attempt limit (at least 1).
+    pub max_attempts: u32,
+    /// The retry schedule.
+    pub backoff: Backoff,
+    /// `0` is the most urgent; jobs of equal priority run in the order they were added.
+    pub priority: u32,
+    /// How long from now (store clock) before the job becomes ready.
+    pub delay: Duration,
+    /// A dedup key: while a job with this key is not finished, adding another returns its id.
+    pub unique_key: Option<String>,
+}
+
+/// The result of adding one job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Enqueued {
+    /// A new job.
+    New(JobId),
+    /// A job with the same dedup key is not finished yet: this is its id.
+    Duplicate(JobId),
+}
+
+impl Enqueued {
+    /// The job id, new or existing.
+    pub fn id(&self) -> &JobId {
+        match self {
+            Enqueued::New(id) | Enqueued::Duplicate(id) => id,
+        }
+    }
+}
+
+/// A lease on a job: its id and the fencing token of the current holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The job.
+    pub id: JobId,
+    /// The token handed out when the job was fetched.
+    pub token: String,
+}
+
+/// How an attempt ended, as reported to the store.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Settle {
+    /// Done.
+    Complete,
+    /// Failed; retry after `delay` unless it was the last attempt (then the job is dead).
+    Retry {
+        /// Delay before the next attempt.
+        delay: Duration,
+        /// The error.
+        error: String,
+    },
+    /// Failed permanently: the job is dead at once.
+    Fail {
+        /// The error.
+        error: String,
+    },
+    /// Not run to the end (shutdown): back to ready at once, the attempt is not counted.
+    Release,
+}
+
+/// What happened to one settlement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Settled {
+    /// The token no longer holds the lease (it expired and the job moved on): ignored.
+    Stale,
+    /// Completed.
+    Completed,
+    /// Scheduled for another attempt.
+    Retrying,
+    /// Dead (out of attempts, or failed permanently).
+    Dead,
+    /// Back in ready.
+    Released,
+}
+
+/// Retention of finished jobs: each kept while both limits hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// At most this many completed jobs. Defaults to 1,000. `0` deletes at once.
+    pub completed_count: u64,
+    /// Completed jobs older than this are deleted. Defaults to 24 hours.
+    pub completed_age: Duration,
+    /// At most this many dead jobs. Defaults to 10,000.
+    pub dead_count: u64,
+    /// Dead jobs older than this are deleted. Defaults to 30 days.
+    pub dead_age: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            completed_count: 1_000,
+            completed_age: Duration::from_secs(24 * 3600),
+            dead_count: 10_000,
+            dead_age: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// One round trip of a worker: settle finished attempts, then fetch up to `fetch` jobs.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct WorkRequest {
+    /// Attempts to settle, each fenced by its lease token.
+    pub settle: Vec<(Lease, Settle)>,
+    /// How many jobs to fetch (0: settle only).
+    pub fetch: usize,
+    /// The lease length of fetched jobs.
+    pub lease: Duration,
+    /// Leases lost more often than this make a job dead.
+    pub max_stalls: u32,
+    /// Retention of finished jobs.
+    pub retention: Retention,
+}
+
+impl WorkRequest {
+    /// A request with the given settlements and fetch count and default policy.
+    pub fn new(settle: Vec<(Lease, Settle)>, fetch: usize, lease: Duration) -> Self {
+        Self {
+            settle,
+            fetch,
+            lease,
+            max_stalls: 5,
+            retention: Retention::default(),
+        }
+    }
+
+    /// Sets the stall limit.
+    #[must_use]
+    pub fn max_stalls(mut self, n: u32) -> Self {
+        self.max_stalls = n;
+        self
+    }
+
+    /// Sets the retention.
+    #[must_use]
+    pub fn retention(mut self, r: Retention) -> Self {
+        self.retention = r;
+        self
+    }
+}
+
+/// A job handed to a worker.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Fetched {
+    /// The lease (id + fencing token).
+    pub lease: Lease,
+    /// The job's type name.
+    pub name: String,
+    /// The payload as JSON text.
+    pub data: String,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+    /// The attempt limit.
+    pub max_attempts: u32,
+    /// The retry schedule.
+    pub backoff: Backoff,
+    /// How long the job waited since it was added or last became due (store clock).
+    pub waited: Duration,
+}
+
+/// The answer to a [`WorkRequest`].
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct WorkReply {
+    /// One outcome per settlement, in order.
+    pub settled: Vec<Settled>,
+    /// The fetched jobs.
+    pub jobs: Vec<Fetched>,
+    /// How long until the next scheduled job is due or the next lease ends, if any.
+    pub next_due: Option<Duration>,
+}
+
+/// Job counts per state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counts {
+    /// Delayed or backing off.
+    pub scheduled: u64,
+    /// Ready.
+    pub ready: u64,
+    /// Held by workers.
+    pub active: u64,
+    /// Completed (retained).
+    pub completed: u64,
+    /// Dead (retained).
+    pub dead: u64,
+    /// Whether the queue is paused.
+    pub paused: bool,
+}
+
+impl Counts {
+    /// The count for one state.
+    pub fn get(&self, state: JobState) -> u64 {
+        match state {
+            JobState::Scheduled => self.scheduled,
+            JobState::Ready => self.ready,
+            JobState::Active => self.active,
+            JobState::Completed => self.completed,
+            JobState::Dead => self.dead,
+        }
+    }
+}
+
+/// Waits for a "jobs may be ready" signal. Each worker holds one (for Redis: a dedicated
+/// connection blocked on the queue's wake list).
+#[async_trait::async_trait]
+pub trait Waiter: Send + fmt::Debug {
+    /// Returns when signalled, or after `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// Store errors (the caller backs off and polls).
+    async fn wait(&mut self, timeout: Duration) -> Result<()>;
+}
+
+/// The storage contract of a job queue, at the level of its semantics. Every method is one
+/// atomic step in the store (for Redis, one Lua script using Redis `TIME`).
+///
+/// Implemented by [`RedisStore`] and [`MemoryStore`]; they pass the same conformance suite.
+#[async_trait::async_trait]
+pub trait QueueStore: fmt::Debug + Send + Sync + 'static {
+    /// Adds jobs to `queue`, atomically as a batch.
+    async fn enqueue(&self, queue: &str, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>>;
+
+    /// Settles finished attempts (fenced by token), promotes due scheduled jobs, reclaims
+    /// expired leases, then fetches up to `fetch` ready jobs under new leases (none while the
+    /// queue is paused).
+    async fn work(&self, queue: &str, request: WorkRequest) -> Result<WorkReply>;
+
+    /// Extends the leases still held by these tokens; returns the ids whose lease is lost.
+    async fn extend(&self, queue: &str, leases: Vec<Lease>, lease: Duration) -> Result<Vec<JobId>>;
+
+    /// A waiter for `queue`'s wake-up signal.
+    async fn waiter(&self, queue: &str) -> Result<Box<dyn Waiter>>;
+
+    /// Counts per state.
+    async fn counts(&self, queue: &str) -> Result<Counts>;
+
+    /// One job.
+    async fn get(&self, queue: &str, id: &JobId) -> Result<Option<JobInfo>>;
+
+    /// Jobs in `state`: ready and scheduled in the order they will run, active by lease end,
+    /// completed and dead newest first.
+    async fn list(
+        &self,
+        queue: &str,
+        state: JobState,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<JobInfo>>;
+
+    /// Moves a dead job back to ready with a fresh set of attempts. `false` if it is not dead.
+    async fn retry_dead(&self, queue: &str, id: &JobId) -> Result<bool>;
+
+    /// Deletes a job in any state (an active job's worker is then fenced out). `false` if it
+    /// does not exist.
+    async fn remove(&self, queue: &str, id: &JobId) -> Result<bool>;
+
+    /// Pauses (no job is fetched) or resumes the queue.
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()>;
+
+    /// The queue's event stream, from the moment this returns (advisory: bounded, may skip
+    /// under load).
+    async fn events(&self, queue: &str) -> Result<BoxStream<'static, Result<QueueEvent>>>;
+}
+
+impl NewJob {
+    /// A job named `name` with payload `data` (JSON text). Defaults: 3 attempts, the default
+    /// backoff, priority 0, no delay, no dedup key.
+    pub fn new(name: impl Into<String>, data: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            data: data.into(),
+            max_attempts: 3,
+            backoff: Backoff::default(),
+            priority: 0,
+            delay: Duration::ZERO,
+            unique_key: None,
+        }
+    }
+}

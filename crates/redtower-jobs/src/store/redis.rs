@@ -1,0 +1,538 @@
+//! [`RedisStore`]: the production backend. Every state change is one Lua script using Redis
+//! `TIME`; every key of a queue shares one hash tag (`rt:q:{<queue>}:<structure>`).
+
+use std::{sync::LazyLock, time::Duration};
+
+use fred::{
+    clients::Client,
+    interfaces::{ClientLike, ListInterface, StreamsInterface},
+    types::{Value, config::Options},
+};
+use futures::stream::{self, BoxStream, StreamExt};
+use redtower_client::{Key, Redis, Script};
+
+use super::{
+    Counts, Enqueued, Fetched, Lease, NewJob, QueueStore, Settle, Settled, Waiter, WorkReply,
+    WorkRequest,
+};
+use crate::{
+    Error, Result,
+    event::{EventKind, QueueEvent},
+    job::{JobId, JobInfo, JobState, Record},
+};
+
+macro_rules! script {
+    ($name:literal, $file:literal) => {
+        LazyLock::new(|| {
+            Script::new(
+                $name,
+                concat!(include_str!("lua/common.lua"), include_str!($file)),
+            )
+        })
+    };
+}
+
+static ENQUEUE: LazyLock<Script> = script!("jobs_enqueue", "lua/enqueue.lua");
+static WORK: LazyLock<Script> = script!("jobs_work", "lua/work.lua");
+static EXTEND: LazyLock<Script> = script!("jobs_extend", "lua/extend.lua");
+static ADMIN: LazyLock<Script> = script!("jobs_admin", "lua/admin.lua");
+
+const PARTS: [&str; 12] = [
+    "jobs", "ready", "sched", "active", "done", "dead", "lease", "uniq", "meta", "wake", "events",
+    "seq",
+];
+const WAKE: usize = 9;
+const EVENTS: usize = 10;
+
+/// The Redis backend of [`QueueStore`].
+///
+/// Keys of queue `email` (prefix `rt`): `rt:q:{email}:jobs` (HASH id → record),
+/// `:ready` (ZSET by priority then order), `:sched` (ZSET by due time), `:active` (ZSET by lease
+/// end), `:done` and `:dead` (ZSET by finish time, trimmed by retention), `:lease` (HASH id →
+/// fencing token), `:uniq` (HASH dedup key → id), `:meta` (paused), `:wake` (LIST, the signal
+/// idle workers block on), `:events` (STREAM, capped) and `:seq` (ids and tokens). They are not
+/// given TTLs: retention bounds them.
+///
+/// Cloning is cheap.
+///
+/// ```no_run
+/// use redtower_client::{Redis, RedisConfig};
+/// use redtower_jobs::RedisStore;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let redis = Redis::new(RedisConfig::from_env()?)?;
+/// let store = RedisStore::new(redis).events_max_len(10_000);
+/// # let _ = store; Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct RedisStore {
+    redis: Redis,
+    events_max_len: u64,
+}
+
+impl RedisStore {
+    /// A store over `redis`.
+    pub fn new(redis: Redis) -> Self {
+        Self {
+            redis,
+            events_max_len: 1_000,
+        }
+    }
+
+    /// The approximate cap (`MAXLEN ~`) of each queue's event stream; `0` turns events off.
+    /// Defaults to 1,000.
+    #[must_use]
+    pub fn events_max_len(mut self, n: u64) -> Self {
+        self.events_max_len = n;
+        self
+    }
+
+    /// The Redis handle.
+    pub fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
+    fn keys(&self, queue: &str) -> Vec<Key> {
+        let base = self.redis.keyspace().namespace("q").key(queue);
+        PARTS.iter().map(|p| base.clone().push(*p)).collect()
+    }
+
+    async fn admin(&self, queue: &str, args: Vec<Value>) -> Result<Value> {
+        let mut argv = vec![Value::from(self.events_max_len as i64)];
+        argv.extend(args);
+        Ok(ADMIN
+            .run::<Value, _, _>(&self.redis, self.keys(queue), argv)
+            .await?)
+    }
+}
+
+fn text(v: Value) -> Result<String> {
+    v.into_string()
+        .ok_or_else(|| Error::Protocol("expected a string".into()))
+}
+
+fn num(v: &Value) -> Result<i64> {
+    v.as_i64()
+        .ok_or_else(|| Error::Protocol("expected a number".into()))
+}
+
+fn record(raw: &str) -> Result<Record> {
+    serde_json::from_str(raw).map_err(|e| Error::Protocol(format!("bad job record: {e}")))
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn due_at(state: JobState, score: f64) -> Option<u64> {
+    matches!(state, JobState::Scheduled | JobState::Active).then_some(score as u64)
+}
+
+#[async_trait::async_trait]
+impl QueueStore for RedisStore {
+    async fn enqueue(&self, queue: &str, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut argv: Vec<Value> = Vec::with_capacity(2 + jobs.len() * 7);
+        argv.push((self.events_max_len as i64).into());
+        argv.push((jobs.len() as i64).into());
+        for j in jobs {
+            let backoff = serde_json::to_string(&j.backoff).map_err(Error::Serialize)?;
+            argv.push(j.name.into());
+            argv.push(j.data.into());
+            argv.push(i64::from(j.max_attempts).into());
+            argv.push(backoff.into());
+            argv.push(i64::from(j.priority).into());
+            argv.push(ms(j.delay).into());
+            argv.push(j.unique_key.unwrap_or_default().into());
+        }
+        let reply: Value = ENQUEUE.run(&self.redis, self.keys(queue), argv).await?;
+        let flat = reply.into_array();
+        let mut out = Vec::with_capacity(flat.len() / 2);
+        let mut it = flat.into_iter();
+        while let (Some(id), Some(new)) = (it.next(), it.next()) {
+            let id = JobId::new(text(id)?);
+            out.push(if num(&new)? == 1 {
+                Enqueued::New(id)
+            } else {
+                Enqueued::Duplicate(id)
+            });
+        }
+        Ok(out)
+    }
+
+    async fn work(&self, queue: &str, req: WorkRequest) -> Result<WorkReply> {
+        let r = req.retention;
+        let mut argv: Vec<Value> = Vec::with_capacity(9 + req.settle.len() * 5);
+        argv.push((self.events_max_len as i64).into());
+        argv.push(ms(req.lease).max(1).into());
+        argv.push((req.fetch as i64).into());
+        argv.push(i64::from(req.max_stalls).into());
+        argv.push((r.completed_count as i64).into());
+        argv.push(ms(r.completed_age).into());
+        argv.push((r.dead_count as i64).into());
+        argv.push(ms(r.dead_age).into());
+        argv.push((req.settle.len() as i64).into());
+        for (lease, s) in req.settle {
+            argv.push(lease.id.as_str().into());
+            argv.push(lease.token.into());
+            let (kind, delay, err) = match s {
+                Settle::Complete => ("c", 0, String::new()),
+                Settle::Retry { delay, error } => ("r", ms(delay), error),
+                Settle::Fail { error } => ("f", 0, error),
+                Settle::Release => ("x", 0, String::new()),
+            };
+            argv.push(kind.into());
+            argv.push(delay.into());
+            argv.push(err.into());
+        }
+        let reply: Value = WORK.run(&self.redis, self.keys(queue), argv).await?;
+        let mut parts = reply.into_array().into_iter();
+        let (Some(codes), Some(jobs), Some(hint)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Error::Protocol("work reply".into()));
+        };
+        let settled = codes
+            .into_array()
+            .iter()
+            .map(|c| {
+                Ok(match num(c)? {
+                    1 => Settled::Completed,
+                    2 => Settled::Retrying,
+                    3 => Settled::Dead,
+                    4 => Settled::Released,
+                    _ => Settled::Stale,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut fetched = Vec::new();
+        for job in jobs.into_array() {
+            let mut f = job.into_array().into_iter();
+            let (Some(id), Some(tok), Some(raw), Some(age)) =
+                (f.next(), f.next(), f.next(), f.next())
+            else {
+                return Err(Error::Protocol("fetched job".into()));
+            };
+            let rec = record(&text(raw)?)?;
+            let age: i64 = text(age)?.parse().unwrap_or(0);
+            fetched.push(Fetched {
+                lease: Lease {
+                    id: JobId::new(text(id)?),
+                    token: text(tok)?,
+                },
+                name: rec.name,
+                data: rec.data,
+                attempt: rec.attempt,
+                max_attempts: rec.max,
+                backoff: rec.backoff,
+                waited: Duration::from_millis(age.max(0) as u64),
+            });
+        }
+        let hint: i64 = text(hint)?.parse().unwrap_or(-1);
+        Ok(WorkReply {
+            settled,
+            jobs: fetched,
+            next_due: (hint >= 0).then(|| Duration::from_millis(hint as u64)),
+        })
+    }
+
+    async fn extend(&self, queue: &str, leases: Vec<Lease>, lease: Duration) -> Result<Vec<JobId>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut argv: Vec<Value> = vec![(self.events_max_len as i64).into(), ms(lease).into()];
+        for l in leases {
+            argv.push(l.id.as_str().into());
+            argv.push(l.token.into());
+        }
+        let reply: Value = EXTEND.run(&self.redis, self.keys(queue), argv).await?;
+        reply
+            .into_array()
+            .into_iter()
+            .map(|v| text(v).map(JobId::new))
+            .collect()
+    }
+
+    async fn waiter(&self, queue: &str) -> Result<Box<dyn Waiter>> {
+        let wake = self.keys(queue).swap_remove(WAKE);
+        Ok(Box::new(RedisWaiter {
+            redis: self.redis.clone(),
+            client: None,
+            wake,
+        }))
+    }
+
+    async fn counts(&self, queue: &str) -> Result<Counts> {
+        let v = self.admin(queue, vec!["counts".into()]).await?.into_array();
+        let n = |i: usize| v.get(i).and_then(Value::as_u64).unwrap_or(0);
+        Ok(Counts {
+            scheduled: n(0),
+            ready: n(1),
+            active: n(2),
+            completed: n(3),
+            dead: n(4),
+            paused: n(5) == 1,
+        })
+    }
+
+    async fn get(&self, queue: &str, id: &JobId) -> Result<Option<JobInfo>> {
+        let v = self
+            .admin(queue, vec!["get".into(), id.as_str().into()])
+            .await?
+            .into_array();
+        let mut it = v.into_iter();
+        let (Some(raw), Some(state), Some(score)) = (it.next(), it.next(), it.next()) else {
+            return Ok(None);
+        };
+        let state = JobState::from_code(&text(state)?).unwrap_or(JobState::Ready);
+        let score = score.as_f64().unwrap_or(-1.0);
+        Ok(Some(JobInfo::from_record(
+            record(&text(raw)?)?,
+            state,
+            due_at(state, score),
+        )))
+    }
+
+    async fn list(
+        &self,
+        queue: &str,
+        state: JobState,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<JobInfo>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let v = self
+            .admin(
+                queue,
+                vec![
+                    "list".into(),
+                    state.code().into(),
+                    (offset as i64).into(),
+                    (limit as i64).into(),
+                ],
+            )
+            .await?
+            .into_array();
+        let mut out = Vec::with_capacity(v.len() / 2);
+        let mut it = v.into_iter();
+        while let (Some(raw), Some(score)) = (it.next(), it.next()) {
+            let score = score.as_f64().unwrap_or(-1.0);
+            out.push(JobInfo::from_record(
+                record(&text(raw)?)?,
+                state,
+                due_at(state, score),
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn retry_dead(&self, queue: &str, id: &JobId) -> Result<bool> {
+        let v = self
+            .admin(queue, vec!["retry".into(), id.as_str().into()])
+            .await?;
+        Ok(num(&v)? == 1)
+    }
+
+    async fn remove(&self, queue: &str, id: &JobId) -> Result<bool> {
+        let v = self
+            .admin(queue, vec!["remove".into(), id.as_str().into()])
+            .await?;
+        Ok(num(&v)? == 1)
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        let op = if paused { "pause" } else { "resume" };
+        self.admin(queue, vec![op.into()]).await?;
+        Ok(())
+    }
+
+    async fn events(&self, queue: &str) -> Result<BoxStream<'static, Result<QueueEvent>>> {
+        let key = self.keys(queue).swap_remove(EVENTS);
+        let redis = self.redis.clone();
+        // Start after the newest entry now, so nothing that happens after this call is missed.
+        let last: Value = redis
+            .client()
+            .xrevrange(key.as_str(), "+", "-", Some(1))
+            .await
+            .map_err(redtower_client::Error::from)?;
+        let last = last
+            .into_array()
+            .into_iter()
+            .next()
+            .and_then(|e| e.into_array().into_iter().next())
+            .and_then(Value::into_string)
+            .unwrap_or_else(|| "0-0".to_owned());
+        let state = (redis, None::<Client>, key, last);
+        Ok(
+            stream::unfold(state, |(redis, client, key, last)| async move {
+                let client = match client {
+                    Some(c) => c,
+                    None => match redis.dedicated() {
+                        Ok(c) => c,
+                        Err(e) => {
+                            return Some((vec![Err(Error::from(e))], (redis, None, key, last)));
+                        }
+                    },
+                };
+                let opts = Options {
+                    timeout: Some(Duration::from_secs(7)),
+                    max_attempts: Some(1),
+                    ..Options::default()
+                };
+                let reply: std::result::Result<Value, _> = client
+                    .with_options(&opts)
+                    .xread(Some(100), Some(5_000), key.as_str(), last.as_str())
+                    .await;
+                match reply {
+                    Ok(v) => {
+                        let (events, next) = parse_xread(v, &last);
+                        Some((
+                            events.into_iter().map(Ok).collect(),
+                            (redis, Some(client), key, next),
+                        ))
+                    }
+                    Err(e) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Some((
+                            vec![Err(Error::from(redtower_client::Error::from(e)))],
+                            (redis, Some(client), key, last),
+                        ))
+                    }
+                }
+            })
+            .flat_map(stream::iter)
+            .boxed(),
+        )
+    }
+}
+
+// XREAD reply: [[key, [[id, [f, v, ...]], ...]]] (or a map key -> entries on RESP3).
+fn parse_xread(v: Value, last: &str) -> (Vec<QueueEvent>, String) {
+    let mut out = Vec::new();
+    let mut next = last.to_owned();
+    let streams = match v {
+        Value::Map(m) => m.inner().into_values().collect::<Vec<_>>(),
+        Value::Array(a) => a
+            .into_iter()
+            .filter_map(|s| s.into_array().into_iter().nth(1))
+            .collect(),
+        _ => Vec::new(),
+    };
+    for entries in streams {
+        for entry in entries.into_array() {
+            let mut e = entry.into_array().into_iter();
+            let (Some(id), Some(fields)) = (e.next(), e.next()) else {
+                continue;
+            };
+            if let Some(id) = id.into_string() {
+                next = id;
+            }
+            let mut kind = None;
+            let mut job = String::new();
+            let mut name = String::new();
+            let mut attempt = 0;
+            let mut error = None;
+            let flat: Vec<Value> = match fields {
+                Value::Map(m) => m
+                    .inner()
+                    .into_iter()
+                    .flat_map(|(k, v)| [Value::from(k.into_string().unwrap_or_default()), v])
+                    .collect(),
+                other => other.into_array(),
+            };
+            let mut it = flat.into_iter();
+            while let (Some(f), Some(v)) = (it.next(), it.next()) {
+                let v = v.as_string().unwrap_or_default();
+                match f.as_string().as_deref() {
+                    Some("e") => kind = EventKind::from_code(&v),
+                    Some("id") => job = v,
+                    Some("name") => name = v,
+                    Some("attempt") => attempt = v.parse().unwrap_or(0),
+                    Some("error") => error = Some(v),
+                    _ => {}
+                }
+            }
+            if let Some(kind) = kind {
+                out.push(QueueEvent {
+                    kind,
+                    id: JobId::new(job),
+                    name,
+                    attempt,
+                    error,
+                });
+            }
+        }
+    }
+    (out, next)
+}
+
+/// Blocks on the queue's wake list with `BLPOP` on a dedicated connection, recycled by a
+/// watchdog when a call outlives its timeout (a wedged blocking connection).
+#[derive(Debug)]
+struct RedisWaiter {
+    redis: Redis,
+    client: Option<Client>,
+    wake: Key,
+}
+
+#[async_trait::async_trait]
+impl Waiter for RedisWaiter {
+    async fn wait(&mut self, timeout: Duration) -> Result<()> {
+        let client = match &self.client {
+            Some(c) => c.clone(),
+            None => {
+                let c = self.redis.dedicated()?;
+                self.client = Some(c.clone());
+                c
+            }
+        };
+        // BLPOP takes seconds with millisecond resolution; 0 would block forever.
+        let secs = (timeout.as_millis().max(1) as f64) / 1000.0;
+        let opts = Options {
+            timeout: Some(timeout + Duration::from_secs(2)),
+            max_attempts: Some(1),
+            ..Options::default()
+        };
+        let with = client.with_options(&opts);
+        let call = with.blpop::<Value, _>(self.wake.as_str(), secs);
+        match tokio::time::timeout(timeout + Duration::from_secs(3), call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                if !e.is_canceled() {
+                    self.recycle();
+                }
+                Err(redtower_client::Error::from(e).into())
+            }
+            Err(_) => {
+                tracing::warn!(target: "redtower::jobs", "blocking wait outlived its timeout; recycling its connection");
+                self.recycle();
+                Ok(())
+            }
+        }
+    }
+}
+
+impl RedisWaiter {
+    fn recycle(&mut self) {
+        if let Some(c) = self.client.take() {
+            tokio::spawn(async move {
+                let _ = c.quit().await;
+            });
+        }
+    }
+}
+
+impl Drop for RedisWaiter {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = c.quit().await;
+                });
+            }
+        }
+    }
+}
