@@ -1,0 +1,279 @@
+//! What identifies a cached response: the request URI, the declared and learned headers.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, Uri, header, request::Parts};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    key::{Canonical, combine, short},
+    store::EntryKey,
+};
+
+/// Which query parameters are part of the cache key.
+///
+/// ```
+/// use redtower_cache::QueryKey;
+///
+/// let all = QueryKey::Sorted;                 // the default
+/// let some = QueryKey::allow(["page", "q"]);  // others are dropped before the handler sees them
+/// # let _ = (all, some);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QueryKey {
+    /// Every parameter, sorted, so `?a=1&b=2` and `?b=2&a=1` share an entry. The default.
+    #[default]
+    Sorted,
+    /// Only these parameters (sorted). The others are removed from the request before it
+    /// reaches the handler, so an unkeyed parameter can never influence (poison) a stored
+    /// response.
+    Allow(Arc<[String]>),
+    /// No parameters: the query is removed before the handler sees it.
+    Ignore,
+}
+
+impl QueryKey {
+    /// Keys on (and passes to the handler) only the parameters `names`.
+    pub fn allow<I, S>(names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::Allow(names.into_iter().map(Into::into).collect())
+    }
+
+    /// The normalized query (sorted pairs, allow-listed), or `None` when it is empty.
+    fn normalize(&self, query: Option<&str>) -> Option<String> {
+        let query = query.filter(|q| !q.is_empty())?;
+        let mut pairs: Vec<&str> = match self {
+            Self::Ignore => return None,
+            Self::Sorted => query.split('&').filter(|p| !p.is_empty()).collect(),
+            Self::Allow(names) => query
+                .split('&')
+                .filter(|p| {
+                    let name = p.split_once('=').map_or(*p, |(n, _)| n);
+                    names.iter().any(|a| a == name)
+                })
+                .collect(),
+        };
+        pairs.sort_unstable();
+        (!pairs.is_empty()).then(|| pairs.join("&"))
+    }
+
+    /// Whether the handler's URI must be rewritten (parameters dropped).
+    pub(crate) fn filters(&self) -> bool {
+        !matches!(self, Self::Sorted)
+    }
+
+    /// The request URI with only the keyed parameters.
+    pub(crate) fn rewrite(&self, uri: &Uri) -> Option<Uri> {
+        let normalized = self.normalize(uri.query());
+        let path = uri.path();
+        let pq = match normalized {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = pq.parse().ok();
+        Uri::from_parts(parts).ok()
+    }
+}
+
+/// What to do with requests that carry credentials (`Authorization` or a session cookie).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Credentials {
+    /// Bypass the cache (neither read nor store). The default, as RFC 9111 3.5 asks of shared
+    /// caches.
+    #[default]
+    Bypass,
+    /// Cache per credential: the `Authorization` value and session cookie are hashed into the
+    /// key, so each user gets their own entries.
+    PerUser,
+    /// Cache and share across users: only for routes whose response does not depend on who
+    /// asks.
+    Shared,
+}
+
+/// The key of one request, before and after the variant headers.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestKey {
+    pub(crate) entry: EntryKey,
+    pub(crate) digest: [u8; 32],
+    /// The header names the variant was keyed on (declared + learned), sorted.
+    pub(crate) names: Arc<[HeaderName]>,
+}
+
+/// The primary (URI) canonical key of a request: method GET, scheme, host, path, query.
+pub(crate) fn primary(parts: &Parts, query: &QueryKey) -> [u8; 32] {
+    let uri = &parts.uri;
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(http::uri::Authority::as_str))
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let q = query.normalize(uri.query());
+    let mut c = Canonical::new("http");
+    c.push(b"GET")
+        .push(scheme.as_bytes())
+        .push(host.as_bytes())
+        .push(uri.path().as_bytes());
+    match q {
+        Some(q) => c.push(b"?").push(q.as_bytes()),
+        None => c.push(b""),
+    };
+    c.digest()
+}
+
+/// Normalizes `Accept-Encoding` into a bucket, so each browser's spelling does not fragment
+/// the cache.
+fn encoding_bucket(value: &str) -> &'static str {
+    let v = value.to_ascii_lowercase();
+    if v.contains("br") {
+        "br"
+    } else if v.contains("zstd") {
+        "zstd"
+    } else if v.contains("gzip") {
+        "gzip"
+    } else {
+        "identity"
+    }
+}
+
+fn header_values(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
+    let mut values = headers.get_all(name).iter().peekable();
+    values.peek()?;
+    let mut out = Vec::new();
+    for (i, v) in values.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(v.as_bytes());
+    }
+    Some(out)
+}
+
+/// The cookie values of `names` in the request, hashed.
+pub(crate) fn session_cookie(headers: &HeaderMap, names: &[String]) -> Option<Vec<u8>> {
+    let mut found = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(value) = value.to_str() else { continue };
+        for pair in value.split(';') {
+            let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if names.iter().any(|want| want == n.trim()) {
+                found.extend_from_slice(n.trim().as_bytes());
+                found.push(b'=');
+                found.extend_from_slice(v.trim().as_bytes());
+                found.push(b';');
+            }
+        }
+    }
+    (!found.is_empty()).then_some(found)
+}
+
+/// The full key of a request for the given header names.
+pub(crate) fn request_key(
+    parts: &Parts,
+    query: &QueryKey,
+    names: Arc<[HeaderName]>,
+    per_user: Option<&[String]>,
+) -> RequestKey {
+    let p = primary(parts, query);
+    let group = short(&p);
+    if names.is_empty() && per_user.is_none() {
+        return RequestKey {
+            entry: EntryKey::new(group, None),
+            digest: p,
+            names,
+        };
+    }
+    let mut c = Canonical::new("variant");
+    for name in names.iter() {
+        c.push(name.as_str().as_bytes());
+        match header_values(&parts.headers, name) {
+            Some(v) if *name == header::ACCEPT_ENCODING => c
+                .push(b"=")
+                .push(encoding_bucket(&String::from_utf8_lossy(&v)).as_bytes()),
+            Some(v) => c.push(b"=").push(&v),
+            None => c.push(b"-"),
+        };
+    }
+    if let Some(cookies) = per_user {
+        let auth = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default();
+        let session = session_cookie(&parts.headers, cookies).unwrap_or_default();
+        c.push(b"user")
+            .push(&Sha256::digest(auth))
+            .push(&Sha256::digest(session));
+    }
+    let v = c.digest();
+    RequestKey {
+        entry: EntryKey::new(group, Some(short(&v))),
+        digest: combine(&p, &v),
+        names,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = Request::get(uri);
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn query_order_does_not_matter_but_values_do() {
+        let q = QueryKey::Sorted;
+        let a = primary(&parts("http://h/p?a=1&b=2", &[]), &q);
+        assert_eq!(a, primary(&parts("http://h/p?b=2&a=1", &[]), &q));
+        assert_ne!(a, primary(&parts("http://h/p?a=1&b=3", &[]), &q));
+        assert_ne!(a, primary(&parts("http://other/p?a=1&b=2", &[]), &q));
+        assert_ne!(a, primary(&parts("https://h/p?a=1&b=2", &[]), &q));
+    }
+
+    #[test]
+    fn allow_list_ignores_and_strips_other_parameters() {
+        let q = QueryKey::allow(["page"]);
+        let a = primary(&parts("/p?page=2&utm=x", &[("host", "h")]), &q);
+        assert_eq!(a, primary(&parts("/p?page=2", &[("host", "h")]), &q));
+        let uri: Uri = "/p?utm=x&page=2&z".parse().unwrap();
+        assert_eq!(q.rewrite(&uri).unwrap(), "/p?page=2");
+        assert_eq!(QueryKey::Ignore.rewrite(&uri).unwrap(), "/p");
+    }
+
+    #[test]
+    fn variants_differ_by_header_value() {
+        let names: Arc<[HeaderName]> = Arc::from(vec![header::ACCEPT_LANGUAGE]);
+        let q = QueryKey::Sorted;
+        let en = request_key(
+            &parts("/p", &[("accept-language", "en")]),
+            &q,
+            names.clone(),
+            None,
+        );
+        let fr = request_key(
+            &parts("/p", &[("accept-language", "fr")]),
+            &q,
+            names.clone(),
+            None,
+        );
+        let none = request_key(&parts("/p", &[]), &q, names, None);
+        assert_eq!(en.entry.group(), fr.entry.group());
+        assert_ne!(en.entry, fr.entry);
+        assert_ne!(en.entry, none.entry);
+        assert_ne!(en.digest, fr.digest);
+    }
+}

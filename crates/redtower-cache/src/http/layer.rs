@@ -1,0 +1,268 @@
+//! [`ResponseCacheLayer`]: per-route configuration of the response cache.
+
+use std::{
+    fmt,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use http::HeaderName;
+use tower_layer::Layer;
+
+use super::{Credentials, QueryKey, ResponseCache};
+use crate::Cache;
+
+/// A [`Layer`] that caches a route's `GET` responses in a [`Cache`] (Redis or memory), shared
+/// by every instance.
+///
+/// Put it on the routes that opt in (`.route_layer(..)` or `get(h).layer(..)`), after routing,
+/// so path parameters and `MatchedPath` reach the handler unchanged. See the
+/// [crate docs](crate) for an example and the full list of rules.
+///
+/// Cloning is cheap; the layer and every service it builds share one configuration.
+#[derive(Clone)]
+#[must_use]
+pub struct ResponseCacheLayer {
+    pub(crate) cache: Cache,
+    pub(crate) config: Arc<Config>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) ttl: Duration,
+    pub(crate) swr: Duration,
+    pub(crate) sie: Duration,
+    pub(crate) negative_ttl: Option<Duration>,
+    pub(crate) max_body: usize,
+    pub(crate) query: QueryKey,
+    pub(crate) key_headers: Vec<HeaderName>,
+    pub(crate) credentials: Credentials,
+    pub(crate) session_cookies: Vec<String>,
+    pub(crate) tags: Vec<String>,
+    pub(crate) invalidate_unsafe: bool,
+    pub(crate) route: &'static str,
+    pub(crate) status_name: String,
+    /// `Vary` names learned from responses, added to `key_headers` (sorted, merged).
+    pub(crate) names: RwLock<Arc<[HeaderName]>>,
+}
+
+impl Clone for Config {
+    fn clone(&self) -> Self {
+        Self {
+            ttl: self.ttl,
+            swr: self.swr,
+            sie: self.sie,
+            negative_ttl: self.negative_ttl,
+            max_body: self.max_body,
+            query: self.query.clone(),
+            key_headers: self.key_headers.clone(),
+            credentials: self.credentials,
+            session_cookies: self.session_cookies.clone(),
+            tags: self.tags.clone(),
+            invalidate_unsafe: self.invalidate_unsafe,
+            route: self.route,
+            status_name: self.status_name.clone(),
+            names: RwLock::new(self.names()),
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn names(&self) -> Arc<[HeaderName]> {
+        self.names
+            .read()
+            .map(|n| n.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Adds `Vary` names to the key names. Returns whether any was new.
+    pub(crate) fn learn(&self, vary: &[HeaderName]) -> bool {
+        let mut guard = self
+            .names
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if vary.iter().all(|n| guard.contains(n)) {
+            return false;
+        }
+        let mut all: Vec<HeaderName> = guard.iter().cloned().chain(vary.iter().cloned()).collect();
+        sort_names(&mut all);
+        *guard = Arc::from(all);
+        true
+    }
+
+    fn reset_names(&mut self) {
+        let mut names = self.key_headers.clone();
+        sort_names(&mut names);
+        self.names = RwLock::new(Arc::from(names));
+    }
+}
+
+fn sort_names(names: &mut Vec<HeaderName>) {
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+}
+
+impl fmt::Debug for ResponseCacheLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseCacheLayer")
+            .field("cache", &self.cache)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl ResponseCacheLayer {
+    /// The default cap on stored bodies: 1 MiB.
+    pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+
+    /// Caches responses in `cache`, fresh for `ttl` when the response states no freshness of
+    /// its own (`s-maxage`, `max-age`, `Expires` take precedence).
+    pub fn new(cache: Cache, ttl: Duration) -> Self {
+        let mut config = Config {
+            ttl,
+            swr: Duration::ZERO,
+            sie: Duration::ZERO,
+            negative_ttl: None,
+            max_body: Self::DEFAULT_MAX_BODY,
+            query: QueryKey::Sorted,
+            key_headers: Vec::new(),
+            credentials: Credentials::Bypass,
+            session_cookies: vec!["id".to_owned()],
+            tags: Vec::new(),
+            invalidate_unsafe: true,
+            route: "default",
+            status_name: "redtower".to_owned(),
+            names: RwLock::new(Arc::from(Vec::new())),
+        };
+        config.reset_names();
+        Self {
+            cache,
+            config: Arc::new(config),
+        }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        let config = Arc::make_mut(&mut self.config);
+        f(config);
+        config.reset_names();
+        self
+    }
+
+    /// The default freshness lifetime (see [`new`](Self::new)).
+    pub fn ttl(self, ttl: Duration) -> Self {
+        self.edit(|c| c.ttl = ttl)
+    }
+
+    /// After freshness ends, serve the stale response for this long while one background
+    /// request refreshes it (the requester never waits). A response's own
+    /// `stale-while-revalidate` directive overrides it; `must-revalidate`, `proxy-revalidate`
+    /// and `s-maxage` forbid it unless the response also states `stale-while-revalidate`.
+    /// Defaults to zero.
+    pub fn stale_while_revalidate(self, window: Duration) -> Self {
+        self.edit(|c| c.swr = window)
+    }
+
+    /// After freshness ends, serve the stale response for this long when the handler errors or
+    /// answers 5xx. A response's own `stale-if-error` overrides it. Defaults to zero.
+    pub fn stale_if_error(self, window: Duration) -> Self {
+        self.edit(|c| c.sie = window)
+    }
+
+    /// Also store 404, 405, 410, 414 and 501 responses, for this long unless they state their
+    /// own freshness. Defaults to off.
+    pub fn negative_ttl(self, ttl: Duration) -> Self {
+        self.edit(|c| c.negative_ttl = Some(ttl))
+    }
+
+    /// The largest body stored. Larger responses stream through untouched and are not stored;
+    /// responses whose length is unknown are read up to this size to find out. Defaults to
+    /// [`DEFAULT_MAX_BODY`](Self::DEFAULT_MAX_BODY) (1 MiB).
+    pub fn max_body(self, bytes: usize) -> Self {
+        self.edit(|c| c.max_body = bytes)
+    }
+
+    /// Which query parameters are keyed. Defaults to [`QueryKey::Sorted`] (all of them).
+    pub fn query(self, query: QueryKey) -> Self {
+        self.edit(|c| c.query = query)
+    }
+
+    /// Request headers the route's response depends on: each value gets its own entry.
+    /// `Vary` names of a response are learned and added automatically, but declaring them
+    /// keeps the very first request of each instance from missing. `Accept-Encoding` is
+    /// bucketed (`br`, `zstd`, `gzip`, `identity`). Defaults to none.
+    ///
+    /// # Panics
+    ///
+    /// If a name is not a valid header name (a programmer error).
+    pub fn key_headers<I, S>(self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let names: Vec<HeaderName> = names
+            .into_iter()
+            .map(|n| {
+                HeaderName::from_bytes(n.as_ref().to_ascii_lowercase().as_bytes())
+                    .unwrap_or_else(|_| panic!("invalid header name {:?}", n.as_ref()))
+            })
+            .collect();
+        self.edit(|c| c.key_headers = names)
+    }
+
+    /// What to do with requests carrying `Authorization` or a session cookie. Defaults to
+    /// [`Credentials::Bypass`].
+    pub fn credentials(self, credentials: Credentials) -> Self {
+        self.edit(|c| c.credentials = credentials)
+    }
+
+    /// The cookie names that identify a session (treated like `Authorization`). Defaults to
+    /// `["id"]`, the tower-sessions default.
+    pub fn session_cookies<I, S>(self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let names = names.into_iter().map(Into::into).collect();
+        self.edit(|c| c.session_cookies = names)
+    }
+
+    /// Tags every stored response, for [`Cache::invalidate_tag`]. Defaults to none.
+    pub fn tags<I, S>(self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let tags = tags.into_iter().map(Into::into).collect();
+        self.edit(|c| c.tags = tags)
+    }
+
+    /// Whether a successful `POST`, `PUT`, `PATCH` or `DELETE` through this layer invalidates
+    /// the entries of its URI (RFC 9111 4.4). Defaults to `true`.
+    pub fn invalidate_on_unsafe(self, on: bool) -> Self {
+        self.edit(|c| c.invalidate_unsafe = on)
+    }
+
+    /// The `route` label of this layer's metrics (use the route template, never a raw URI).
+    /// Defaults to `"default"`.
+    pub fn route_name(self, route: &'static str) -> Self {
+        self.edit(|c| c.route = route)
+    }
+
+    /// The cache name in `Cache-Status` headers. Defaults to `"redtower"`.
+    pub fn status_name(self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.edit(|c| c.status_name = name)
+    }
+}
+
+impl<S> Layer<S> for ResponseCacheLayer {
+    type Service = ResponseCache<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ResponseCache {
+            inner,
+            cache: self.cache.clone(),
+            config: self.config.clone(),
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! RFC 9111 pieces: `Cache-Control`, `Expires`, `Vary`, conditional requests.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderName, StatusCode, header};
+
+/// The `Cache-Control` directives the cache acts on (request or response).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Directives {
+    pub(crate) no_store: bool,
+    pub(crate) no_cache: bool,
+    pub(crate) private: bool,
+    pub(crate) public: bool,
+    pub(crate) must_revalidate: bool,
+    pub(crate) max_age: Option<u64>,
+    pub(crate) s_maxage: Option<u64>,
+    pub(crate) swr: Option<u64>,
+    pub(crate) sie: Option<u64>,
+    /// Header names from qualified `no-cache="..."` / `private="..."`: stripped before storing.
+    pub(crate) strip: Vec<String>,
+}
+
+impl Directives {
+    pub(crate) fn parse(headers: &HeaderMap) -> Self {
+        let mut d = Self::default();
+        for value in headers.get_all(header::CACHE_CONTROL) {
+            let Ok(value) = value.to_str() else {
+                // Unparseable: be conservative.
+                d.no_store = true;
+                continue;
+            };
+            for item in split_directives(value) {
+                let (name, arg) = match item.split_once('=') {
+                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
+                    None => (item.trim(), None),
+                };
+                let secs = || arg.and_then(|a| a.parse::<u64>().ok());
+                match name.to_ascii_lowercase().as_str() {
+                    "no-store" => d.no_store = true,
+                    "no-cache" => match arg {
+                        Some(fields) if !fields.is_empty() => d.strip.extend(fields_of(fields)),
+                        _ => d.no_cache = true,
+                    },
+                    "private" => match arg {
+                        Some(fields) if !fields.is_empty() => d.strip.extend(fields_of(fields)),
+                        _ => d.private = true,
+                    },
+                    "public" => d.public = true,
+                    "must-revalidate" | "proxy-revalidate" => d.must_revalidate = true,
+                    // A malformed max-age is treated as stale (RFC 9111 4.2.1).
+                    "max-age" => d.max_age = Some(secs().unwrap_or(0)),
+                    "s-maxage" => d.s_maxage = Some(secs().unwrap_or(0)),
+                    "stale-while-revalidate" => d.swr = secs(),
+                    "stale-if-error" => d.sie = secs(),
+                    _ => {}
+                }
+            }
+        }
+        d
+    }
+}
+
+/// Splits on commas outside quotes.
+fn split_directives(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut quoted = false;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out.into_iter().filter(|p| !p.trim().is_empty()).collect()
+}
+
+fn fields_of(list: &str) -> impl Iterator<Item = String> + '_ {
+    list.split(',')
+        .map(|f| f.trim().to_ascii_lowercase())
+        .filter(|f| !f.is_empty())
+}
+
+/// The response's `Vary` names, lowercased and sorted; `None` for `Vary: *`.
+pub(crate) fn vary(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    for value in headers.get_all(header::VARY) {
+        let Ok(value) = value.to_str() else {
+            return None;
+        };
+        for name in value.split(',') {
+            let name = name.trim();
+            if name.is_empty() {
+                continue;
+            }
+            if name == "*" {
+                return None;
+            }
+            names.push(HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok()?);
+        }
+    }
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    Some(names)
+}
+
+/// Status codes stored by default (RFC 9111 4.2.2 heuristically cacheable, minus the ones we
+/// only store as negative results, minus 206 which needs range support).
+pub(crate) fn cacheable_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 200 | 203 | 204 | 300 | 301 | 308)
+}
+
+/// Statuses stored only when the route opts in to negative caching.
+pub(crate) fn negative_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 404 | 405 | 410 | 414 | 501)
+}
+
+/// The freshness lifetime the response grants a shared cache, if it states one:
+/// `s-maxage`, then `max-age`, then `Expires` minus `Date` (or now).
+pub(crate) fn explicit_lifetime(
+    d: &Directives,
+    headers: &HeaderMap,
+    now_ms: u64,
+) -> Option<Duration> {
+    if let Some(s) = d.s_maxage.or(d.max_age) {
+        return Some(Duration::from_secs(s));
+    }
+    let expires = headers.get(header::EXPIRES)?;
+    let Some(expires) = expires
+        .to_str()
+        .ok()
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    else {
+        // An invalid Expires (such as "0") means already expired.
+        return Some(Duration::ZERO);
+    };
+    let date = headers
+        .get(header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .unwrap_or_else(|| UNIX_EPOCH + Duration::from_millis(now_ms));
+    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+}
+
+/// The `Age` the origin already reported.
+pub(crate) fn origin_age(headers: &HeaderMap) -> Duration {
+    headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs)
+}
+
+/// Whether an `If-None-Match` list matches `etag` (weak comparison, RFC 9110 13.1.2).
+pub(crate) fn none_match(if_none_match: &str, etag: Option<&str>) -> bool {
+    let strip = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    if if_none_match.trim() == "*" {
+        return true;
+    }
+    let Some(etag) = etag else {
+        return false;
+    };
+    let etag = strip(etag);
+    if_none_match.split(',').any(|t| strip(t) == etag)
+}
+
+/// Whether the entry is unmodified since the request's `If-Modified-Since`.
+pub(crate) fn not_modified_since(ims: &str, last_modified: Option<&str>) -> bool {
+    let (Ok(ims), Some(Ok(lm))) = (
+        httpdate::parse_http_date(ims),
+        last_modified.map(httpdate::parse_http_date),
+    ) else {
+        return false;
+    };
+    lm <= ims
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(*n, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn parses_cache_control_case_insensitively_across_lines() {
+        let d = Directives::parse(&headers(&[
+            (
+                "cache-control",
+                "Public, MAX-AGE=60, stale-while-revalidate=30",
+            ),
+            (
+                "cache-control",
+                "no-cache=\"set-cookie, x-a\", stale-if-error=\"90\"",
+            ),
+        ]));
+        assert!(d.public && !d.no_cache && !d.no_store);
+        assert_eq!(d.max_age, Some(60));
+        assert_eq!(d.swr, Some(30));
+        assert_eq!(d.sie, Some(90));
+        assert_eq!(d.strip, vec!["set-cookie", "x-a"]);
+        let d = Directives::parse(&headers(&[("cache-control", "private, max-age=abc")]));
+        assert!(d.private);
+        assert_eq!(d.max_age, Some(0));
+    }
+
+    #[test]
+    fn lifetime_prefers_s_maxage_then_max_age_then_expires() {
+        let h = headers(&[("cache-control", "max-age=10, s-maxage=20")]);
+        let d = Directives::parse(&h);
+        assert_eq!(explicit_lifetime(&d, &h, 0), Some(Duration::from_secs(20)));
+        let h = headers(&[
+            ("expires", "Thu, 01 Jan 1970 00:01:40 GMT"),
+            ("date", "Thu, 01 Jan 1970 00:00:40 GMT"),
+        ]);
+        assert_eq!(
+            explicit_lifetime(&Directives::parse(&h), &h, 0),
+            Some(Duration::from_secs(60))
+        );
+        let h = headers(&[("expires", "0")]);
+        assert_eq!(
+            explicit_lifetime(&Directives::parse(&h), &h, 0),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            explicit_lifetime(&Directives::default(), &HeaderMap::new(), 0),
+            None
+        );
+    }
+
+    #[test]
+    fn vary_merges_lines_and_rejects_star() {
+        let h = headers(&[
+            ("vary", "Accept-Language, accept-encoding"),
+            ("vary", "Accept-Language"),
+        ]);
+        let names: Vec<_> = vary(&h)
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().to_owned())
+            .collect();
+        assert_eq!(names, ["accept-encoding", "accept-language"]);
+        assert_eq!(vary(&headers(&[("vary", "accept, *")])), None);
+    }
+
+    #[test]
+    fn etag_matching_is_weak() {
+        assert!(none_match("W/\"a\", \"b\"", Some("\"a\"")));
+        assert!(none_match("*", None));
+        assert!(!none_match("\"c\"", Some("\"a\"")));
+    }
+}

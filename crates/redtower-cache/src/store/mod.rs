@@ -1,0 +1,132 @@
+//! [`CacheStore`]: the few atomic operations the cache needs, and its two backends.
+
+use std::{fmt, time::Duration};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::Result;
+
+pub(crate) mod memory;
+pub(crate) mod redis;
+
+/// Where one entry lives: a `group` (the hashed primary key: the cache-aside key, or the request
+/// URI of a response) and, for responses that vary on request headers, a `variant` inside it.
+///
+/// Both are base64url digests produced by the cache. On Redis the group is the Cluster hash tag,
+/// so an entry, its variants, its fill lock and its variant index share one slot:
+/// `rt:c:{<group>}`, `rt:c:{<group>}:<variant>`, `rt:c:{<group>}:lk`, `rt:c:{<group>}:ix`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EntryKey {
+    group: String,
+    variant: Option<String>,
+}
+
+impl EntryKey {
+    /// A key from its parts (digests built by the cache; any text is escaped by the stores).
+    pub fn new(group: impl Into<String>, variant: Option<String>) -> Self {
+        Self {
+            group: group.into(),
+            variant,
+        }
+    }
+
+    /// The group (primary key digest).
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The variant digest, if the entry is one variant of its group.
+    pub fn variant(&self) -> Option<&str> {
+        self.variant.as_deref()
+    }
+}
+
+impl fmt::Display for EntryKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.variant {
+            Some(v) => write!(f, "{}:{}", self.group, v),
+            None => f.write_str(&self.group),
+        }
+    }
+}
+
+/// Proof of holding an entry's fill lock (a fencing token): unlocking and filling check it, so
+/// a holder whose lock expired can neither release nor clobber a newer holder's work.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LockToken(pub(crate) String);
+
+impl LockToken {
+    /// A new unique token.
+    pub(crate) fn generate() -> Self {
+        Self(format!("{:032x}", rand::random::<u128>()))
+    }
+
+    /// The token text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The storage operations of the cache, written once per backend.
+///
+/// Every write carries a TTL: nothing a store writes lives forever. A conformance suite in the
+/// crate's tests runs the same checks against [`MemoryStore`](crate::MemoryStore) and
+/// [`RedisStore`](crate::RedisStore) (standalone and Cluster).
+#[async_trait]
+pub trait CacheStore: fmt::Debug + Send + Sync + 'static {
+    /// The current time in unix milliseconds, the time base of stored entries.
+    ///
+    /// [`RedisStore`](crate::RedisStore) uses the wall clock (entries are shared between
+    /// instances); [`MemoryStore`](crate::MemoryStore) follows `tokio::time`, so tests can
+    /// pause and advance it.
+    fn now_ms(&self) -> u64;
+
+    /// The stored bytes of an entry, if present and not expired. On Redis this is one `GET`.
+    async fn get(&self, key: &EntryKey) -> Result<Option<Bytes>>;
+
+    /// Stores `value` for `ttl`. With a variant, the variant is added to its group's index
+    /// (so [`invalidate`](Self::invalidate) finds it).
+    ///
+    /// With `token`: if the token still holds the entry's fill lock, the value is written and the
+    /// lock released at once; if the lock was lost, the value is written only when no entry
+    /// exists (it never overwrites a newer holder's fill). Returns whether it was written.
+    async fn put(
+        &self,
+        key: &EntryKey,
+        value: Bytes,
+        ttl: Duration,
+        token: Option<&LockToken>,
+    ) -> Result<bool>;
+
+    /// Deletes the group's entry and all its indexed variants.
+    async fn invalidate(&self, group: &str) -> Result<()>;
+
+    /// Tries to take the fill lock of `key` for `ttl` (`SET NX PX`). `None` if someone holds it.
+    async fn try_lock(&self, key: &EntryKey, ttl: Duration) -> Result<Option<LockToken>>;
+
+    /// Releases the fill lock if `token` still holds it (compare-and-delete). Returns whether
+    /// it did.
+    async fn unlock(&self, key: &EntryKey, token: &LockToken) -> Result<bool>;
+
+    /// The current generation of each tag (0 for a tag never seen or expired).
+    async fn tag_generations(&self, tags: &[String]) -> Result<Vec<u64>>;
+
+    /// The generation of each tag for an entry about to be stored for `ttl`: a tag without one
+    /// gets a new random non-zero generation, and each tag's TTL is extended to cover `ttl`,
+    /// so an entry never outlives the generation it records.
+    async fn ensure_tags(&self, tags: &[String], ttl: Duration) -> Result<Vec<u64>>;
+
+    /// Invalidates every entry filled under `tag` in O(1): drops the tag's generation, so no
+    /// stored entry matches it any more (the next fill draws a new random one).
+    async fn bump_tag(&self, tag: &str) -> Result<()>;
+}
+
+pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// A non-zero random generation.
+pub(crate) fn new_generation() -> u64 {
+    rand::random::<u64>() | 1
+}

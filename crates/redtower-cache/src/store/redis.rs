@@ -1,0 +1,288 @@
+//! [`RedisStore`]: the shared backend. One `GET` per hit, Lua for fenced fills.
+
+use std::{
+    fmt,
+    future::Future,
+    sync::LazyLock,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redtower_client::{
+    Key, Namespace, Redis, Script,
+    fred::{
+        interfaces::{ClientLike, KeysInterface, SetsInterface},
+        types::{Expiration, SetOptions, Value, config::Options},
+    },
+};
+
+use super::{CacheStore, EntryKey, LockToken, new_generation, ttl_ms};
+use crate::{Error, Result};
+
+static PUT: LazyLock<Script> = LazyLock::new(|| Script::new("cache_put", include_str!("put.lua")));
+static UNLOCK: LazyLock<Script> =
+    LazyLock::new(|| Script::new("cache_unlock", include_str!("unlock.lua")));
+static ENSURE_TAG: LazyLock<Script> =
+    LazyLock::new(|| Script::new("cache_ensure_tag", include_str!("ensure_tag.lua")));
+
+/// The Redis [`CacheStore`]: entries shared by every instance, Cluster-safe.
+///
+/// Keys (prefix `rt` by default, from the [`Redis`] handle's keyspace):
+///
+/// | key | what | TTL |
+/// | --- | --- | --- |
+/// | `rt:c:{<h>}` | an entry (binary envelope); `<h>` = hash of the cache-aside key or URI | fresh + stale windows |
+/// | `rt:c:{<h>}:<v>` | one variant of a response that varies on request headers | same |
+/// | `rt:c:{<h>}:ix` | the set of variants of `<h>` (for invalidation) | longest variant |
+/// | `rt:c:{<h>}[:<v>]:lk` | the fill lock (`SET NX PX`, fencing token) | lock TTL |
+/// | `rt:c:t:{<tag>}` | a tag's generation | longest entry filled under it |
+///
+/// An entry, its variants, index and lock share the hash tag `<h>`, so each script touches one
+/// slot. Tags live in their own slots and are only read or written one at a time.
+///
+/// A hit is exactly one `GET` (plus one `GET` per tag for tagged entries, sent concurrently).
+/// Every command has a short timeout (see [`timeout`](Self::timeout)) and fails at once while
+/// the connection is down, so an outage costs a request almost nothing: the
+/// [`Cache`](crate::Cache) then fails open.
+///
+/// ```no_run
+/// use redtower_cache::{Cache, RedisStore};
+/// use redtower_client::{Redis, RedisConfig};
+///
+/// # async fn run() -> Result<(), redtower_client::Error> {
+/// let redis = Redis::new(RedisConfig::from_env()?)?;
+/// let cache = Cache::new(RedisStore::new(redis));
+/// # let _ = cache;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    redis: Redis,
+    entries: Namespace,
+    tags: Namespace,
+    options: Options,
+    timeout: Duration,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("redis", &self.redis)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// The default per-command timeout: 500 ms.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+
+    /// A store over `redis`, under its keyspace's namespace `c`.
+    pub fn new(redis: Redis) -> Self {
+        let entries = redis.keyspace().namespace("c");
+        let tags = redis.keyspace().namespace("c:t");
+        let mut store = Self {
+            redis,
+            entries,
+            tags,
+            options: Options::default(),
+            timeout: Self::DEFAULT_TIMEOUT,
+        };
+        store.options = store.command_options();
+        store
+    }
+
+    /// How long one cache command may take before the cache gives up on it and fails open.
+    /// Defaults to [`DEFAULT_TIMEOUT`](Self::DEFAULT_TIMEOUT) (500 ms). Size it to your largest
+    /// entries.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self.options = self.command_options();
+        self
+    }
+
+    /// The Redis handle.
+    pub fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
+    fn command_options(&self) -> Options {
+        Options {
+            timeout: Some(self.timeout),
+            fail_fast: true,
+            max_attempts: Some(1),
+            ..Options::default()
+        }
+    }
+
+    /// The Redis key of an entry.
+    pub fn entry_key(&self, key: &EntryKey) -> Key {
+        let k = self.entries.key(key.group());
+        match key.variant() {
+            Some(v) => k.push(v),
+            None => k,
+        }
+    }
+
+    /// The Redis key of an entry's fill lock.
+    pub fn lock_key(&self, key: &EntryKey) -> Key {
+        self.entry_key(key).push("lk")
+    }
+
+    /// The Redis key of a group's variant index.
+    pub fn index_key(&self, group: &str) -> Key {
+        self.entries.key(group).push("ix")
+    }
+
+    /// The Redis key of a tag's generation.
+    pub fn tag_key(&self, tag: &str) -> Key {
+        self.tags.key(tag)
+    }
+
+    async fn bounded<T>(&self, fut: impl Future<Output = redtower_client::Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r.map_err(Error::from),
+            Err(_) => Err(Error::Timeout(self.timeout)),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn fred(e: redtower_client::fred::error::Error) -> redtower_client::Error {
+    redtower_client::Error::from(e)
+}
+
+#[async_trait]
+impl CacheStore for RedisStore {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+
+    async fn get(&self, key: &EntryKey) -> Result<Option<Bytes>> {
+        let k = self.entry_key(key);
+        let client = self.redis.client().with_options(&self.options);
+        self.bounded(async move { client.get::<Option<Bytes>, _>(k).await.map_err(fred) })
+            .await
+    }
+
+    async fn put(
+        &self,
+        key: &EntryKey,
+        value: Bytes,
+        ttl: Duration,
+        token: Option<&LockToken>,
+    ) -> Result<bool> {
+        let keys = vec![
+            self.entry_key(key),
+            self.lock_key(key),
+            self.index_key(key.group()),
+        ];
+        let args: Vec<Value> = vec![
+            Value::Bytes(value),
+            Value::from(ttl_ms(ttl).to_string()),
+            Value::from(token.map_or("", LockToken::as_str).to_owned()),
+            Value::from(key.variant().unwrap_or("").to_owned()),
+        ];
+        let n: i64 = self.bounded(PUT.run(&self.redis, keys, args)).await?;
+        Ok(n == 1)
+    }
+
+    async fn invalidate(&self, group: &str) -> Result<()> {
+        let index = self.index_key(group);
+        let client = self.redis.client().with_options(&self.options);
+        let variants: Vec<String> = {
+            let client = client.clone();
+            let index = index.clone();
+            self.bounded(async move { client.smembers(index).await.map_err(fred) })
+                .await?
+        };
+        let mut keys: Vec<String> = Vec::with_capacity(variants.len() + 2);
+        keys.push(self.entries.key(group).into_string());
+        keys.push(index.into_string());
+        for v in &variants {
+            keys.push(self.entries.key(group).push(v.as_str()).into_string());
+        }
+        // Same hash tag: one multi-key DEL is valid on a Cluster.
+        self.bounded(async move { client.del::<i64, _>(keys).await.map_err(fred) })
+            .await?;
+        Ok(())
+    }
+
+    async fn try_lock(&self, key: &EntryKey, ttl: Duration) -> Result<Option<LockToken>> {
+        let token = LockToken::generate();
+        let k = self.lock_key(key);
+        let client = self.redis.client().with_options(&self.options);
+        let px = i64::try_from(ttl_ms(ttl)).unwrap_or(i64::MAX);
+        let value = token.0.clone();
+        let reply: Value = self
+            .bounded(async move {
+                client
+                    .set(
+                        k,
+                        value,
+                        Some(Expiration::PX(px)),
+                        Some(SetOptions::NX),
+                        false,
+                    )
+                    .await
+                    .map_err(fred)
+            })
+            .await?;
+        Ok((!reply.is_null()).then_some(token))
+    }
+
+    async fn unlock(&self, key: &EntryKey, token: &LockToken) -> Result<bool> {
+        let n: i64 = self
+            .bounded(UNLOCK.run(&self.redis, vec![self.lock_key(key)], vec![token.0.clone()]))
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn tag_generations(&self, tags: &[String]) -> Result<Vec<u64>> {
+        let client = self.redis.client().with_options(&self.options);
+        let reads = tags.iter().map(|t| {
+            let client = client.clone();
+            let k = self.tag_key(t);
+            async move { client.get::<Option<String>, _>(k).await.map_err(fred) }
+        });
+        let values = self
+            .bounded(async move { futures::future::try_join_all(reads).await })
+            .await?;
+        Ok(values
+            .into_iter()
+            .map(|v| v.and_then(|s| s.parse().ok()).unwrap_or(0))
+            .collect())
+    }
+
+    async fn ensure_tags(&self, tags: &[String], ttl: Duration) -> Result<Vec<u64>> {
+        let ttl = ttl_ms(ttl).to_string();
+        let runs = tags.iter().map(|t| {
+            let k = self.tag_key(t);
+            let args = vec![new_generation().to_string(), ttl.clone()];
+            async move {
+                ENSURE_TAG
+                    .run::<String, _, _>(&self.redis, vec![k], args)
+                    .await
+            }
+        });
+        let values = self
+            .bounded(async move { futures::future::try_join_all(runs).await })
+            .await?;
+        Ok(values.into_iter().map(|s| s.parse().unwrap_or(0)).collect())
+    }
+
+    async fn bump_tag(&self, tag: &str) -> Result<()> {
+        let k = self.tag_key(tag);
+        let client = self.redis.client().with_options(&self.options);
+        self.bounded(async move { client.unlink::<i64, _>(k).await.map_err(fred) })
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,367 @@
+//! The behaviour every `CacheStore` must have, written once and run per backend
+//! (memory in `tests/memory.rs`, Redis standalone and Cluster in `tests/redis.rs`).
+
+#![allow(dead_code)]
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use redtower_cache::{Cache, CacheStore, EntryKey, FetchError};
+
+const MIN: Duration = Duration::from_secs(60);
+
+/// Runs each named check against a store made by `$make(test_name)` (an async fn).
+#[macro_export]
+macro_rules! conformance {
+    ($make:path; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let store = $make(stringify!($check)).await;
+                conformance::$check(store).await;
+            }
+        )*
+    };
+}
+
+/// Every check, for the macro.
+#[macro_export]
+macro_rules! all_conformance {
+    ($make:path) => {
+        conformance!($make;
+            get_put_round_trip,
+            variants_are_invalidated_with_their_group,
+            lock_is_exclusive_and_fenced,
+            lost_lock_never_clobbers_a_newer_fill,
+            tag_generations,
+            get_or_fetch_caches_falsy_values,
+            fetch_errors_are_never_stored,
+            negative_results_only_with_negative_ttl,
+            invalidate_removes_a_value,
+            invalidate_tag_drops_tagged_values,
+            undecodable_entry_is_a_miss_and_overwritten,
+            concurrent_get_or_fetch_runs_the_fetcher_once,
+        );
+    };
+}
+
+fn key(group: &str, variant: Option<&str>) -> EntryKey {
+    EntryKey::new(group, variant.map(str::to_owned))
+}
+
+pub(crate) async fn get_put_round_trip(store: impl CacheStore) {
+    let k = key("g1", None);
+    assert_eq!(store.get(&k).await.unwrap(), None);
+    assert!(
+        store
+            .put(&k, Bytes::from_static(b"v1"), MIN, None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get(&k).await.unwrap().unwrap(), "v1");
+    assert!(
+        store
+            .put(&k, Bytes::from_static(b"v2"), MIN, None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get(&k).await.unwrap().unwrap(), "v2");
+    // Binary-safe.
+    let bin = Bytes::from((0..=255u8).collect::<Vec<_>>());
+    store.put(&k, bin.clone(), MIN, None).await.unwrap();
+    assert_eq!(store.get(&k).await.unwrap().unwrap(), bin);
+    assert!(store.now_ms() > 1_600_000_000_000);
+}
+
+pub(crate) async fn variants_are_invalidated_with_their_group(store: impl CacheStore) {
+    let plain = key("g2", None);
+    let a = key("g2", Some("va"));
+    let b = key("g2", Some("vb"));
+    let other = key("g3", Some("va"));
+    for k in [&plain, &a, &b, &other] {
+        store
+            .put(k, Bytes::from_static(b"x"), MIN, None)
+            .await
+            .unwrap();
+    }
+    store.invalidate("g2").await.unwrap();
+    for k in [&plain, &a, &b] {
+        assert_eq!(store.get(k).await.unwrap(), None, "{k}");
+    }
+    assert!(store.get(&other).await.unwrap().is_some());
+    // A group without entries is fine.
+    store.invalidate("nothing-here").await.unwrap();
+}
+
+pub(crate) async fn lock_is_exclusive_and_fenced(store: impl CacheStore) {
+    let k = key("g4", None);
+    let t1 = store.try_lock(&k, MIN).await.unwrap().expect("free lock");
+    assert!(store.try_lock(&k, MIN).await.unwrap().is_none());
+    // A variant has its own lock.
+    assert!(
+        store
+            .try_lock(&key("g4", Some("v")), MIN)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let stranger = {
+        let other = key("g5", None);
+        store.try_lock(&other, MIN).await.unwrap().unwrap()
+    };
+    assert!(
+        !store.unlock(&k, &stranger).await.unwrap(),
+        "wrong token must not unlock"
+    );
+    assert!(store.try_lock(&k, MIN).await.unwrap().is_none());
+    assert!(store.unlock(&k, &t1).await.unwrap());
+    assert!(!store.unlock(&k, &t1).await.unwrap(), "released twice");
+    assert!(store.try_lock(&k, MIN).await.unwrap().is_some());
+}
+
+pub(crate) async fn lost_lock_never_clobbers_a_newer_fill(store: impl CacheStore) {
+    let k = key("g6", None);
+    let old = store.try_lock(&k, MIN).await.unwrap().unwrap();
+    // The lock is lost (released by someone else's compare-and-delete after expiry) and a
+    // newer fill lands.
+    assert!(store.unlock(&k, &old).await.unwrap());
+    let newer = store.try_lock(&k, MIN).await.unwrap().unwrap();
+    assert!(
+        store
+            .put(&k, Bytes::from_static(b"newer"), MIN, Some(&newer))
+            .await
+            .unwrap()
+    );
+    // The fill put released the lock.
+    let probe = store
+        .try_lock(&k, MIN)
+        .await
+        .unwrap()
+        .expect("fill released the lock");
+    store.unlock(&k, &probe).await.unwrap();
+    // The old holder finishes late: not written.
+    assert!(
+        !store
+            .put(&k, Bytes::from_static(b"old"), MIN, Some(&old))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get(&k).await.unwrap().unwrap(), "newer");
+    // With no entry at all, a late fill is still useful and is written.
+    let empty = key("g7", None);
+    assert!(
+        store
+            .put(&empty, Bytes::from_static(b"late"), MIN, Some(&old))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get(&empty).await.unwrap().unwrap(), "late");
+}
+
+pub(crate) async fn tag_generations(store: impl CacheStore) {
+    let tags = vec!["t:a".to_owned(), "t:b".to_owned()];
+    assert_eq!(store.tag_generations(&tags).await.unwrap(), vec![0, 0]);
+    let g = store.ensure_tags(&tags, MIN).await.unwrap();
+    assert!(g.iter().all(|g| *g != 0));
+    assert_ne!(g[0], g[1]);
+    assert_eq!(
+        store.ensure_tags(&tags, MIN).await.unwrap(),
+        g,
+        "stable once created"
+    );
+    assert_eq!(store.tag_generations(&tags).await.unwrap(), g);
+    store.bump_tag("t:a").await.unwrap();
+    assert_eq!(store.tag_generations(&tags).await.unwrap(), vec![0, g[1]]);
+    let g2 = store.ensure_tags(&tags, MIN).await.unwrap();
+    assert_ne!(g2[0], g[0], "a bumped tag gets a new generation");
+    assert_eq!(g2[1], g[1]);
+}
+
+pub(crate) async fn get_or_fetch_caches_falsy_values(store: impl CacheStore) {
+    let cache = Cache::new(store);
+    async fn twice<T>(cache: &Cache, key: &str, first: T, second: T) -> (T, T)
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Send + Clone + 'static,
+    {
+        let a = cache
+            .get_or_fetch(key, MIN, move || async move { Ok::<_, String>(first) })
+            .await
+            .unwrap();
+        let b = cache
+            .get_or_fetch(key, MIN, move || async move { Ok::<_, String>(second) })
+            .await
+            .unwrap();
+        (a, b)
+    }
+    assert_eq!(twice(&cache, "zero", 0u32, 9).await, (0, 0));
+    assert_eq!(twice(&cache, "false", false, true).await, (false, false));
+    assert_eq!(
+        twice(&cache, "empty", String::new(), "x".into()).await,
+        (String::new(), String::new())
+    );
+    assert_eq!(
+        twice(&cache, "list", Vec::<u8>::new(), vec![1]).await,
+        (vec![], vec![])
+    );
+    assert_eq!(cache.stats().fetches, 4);
+    assert_eq!(cache.stats().hits, 4);
+}
+
+pub(crate) async fn fetch_errors_are_never_stored(store: impl CacheStore) {
+    let cache = Cache::new(store);
+    let err: Result<u32, _> = cache
+        .get_or_fetch("flaky", MIN, || async { Err::<u32, _>("db down") })
+        .await;
+    assert!(matches!(err, Err(FetchError::Fetch("db down"))));
+    let ok: u32 = cache
+        .get_or_fetch("flaky", MIN, || async { Ok::<_, &str>(5) })
+        .await
+        .unwrap();
+    assert_eq!(ok, 5, "the error was not cached");
+    assert_eq!(cache.stats().stored, 1);
+}
+
+pub(crate) async fn negative_results_only_with_negative_ttl(store: impl CacheStore) {
+    let cache = Cache::new(store);
+    let calls = Arc::new(AtomicUsize::new(0));
+    for _ in 0..2 {
+        let c = calls.clone();
+        let v: Option<u8> = cache
+            .fetch("absent")
+            .ttl(MIN)
+            .run(move || async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, String>(None)
+            })
+            .await
+            .unwrap();
+        assert_eq!(v, None);
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "None is not cached by default"
+    );
+    for _ in 0..2 {
+        let c = calls.clone();
+        let v: Option<u8> = cache
+            .fetch("absent-neg")
+            .ttl(MIN)
+            .negative_ttl(MIN)
+            .run(move || async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, String>(None)
+            })
+            .await
+            .unwrap();
+        assert_eq!(v, None);
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "None cached with a negative TTL"
+    );
+}
+
+pub(crate) async fn invalidate_removes_a_value(store: impl CacheStore) {
+    let cache = Cache::new(store);
+    let v: u32 = cache
+        .get_or_fetch("inv", MIN, || async { Ok::<_, String>(1) })
+        .await
+        .unwrap();
+    assert_eq!(v, 1);
+    cache.invalidate("inv").await.unwrap();
+    let v: u32 = cache
+        .get_or_fetch("inv", MIN, || async { Ok::<_, String>(2) })
+        .await
+        .unwrap();
+    assert_eq!(v, 2);
+}
+
+pub(crate) async fn invalidate_tag_drops_tagged_values(store: impl CacheStore) {
+    let cache = Cache::new(store);
+    let get = |key: &'static str, tag: &'static str, v: u32| {
+        let cache = cache.clone();
+        async move {
+            cache
+                .fetch(key)
+                .ttl(MIN)
+                .tags([tag])
+                .run(move || async move { Ok::<_, String>(v) })
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(get("p1", "product", 1).await, 1);
+    assert_eq!(get("p2", "product", 2).await, 2);
+    assert_eq!(get("u1", "user", 3).await, 3);
+    assert_eq!(get("p1", "product", 10).await, 1, "cached");
+    cache.invalidate_tag("product").await.unwrap();
+    assert_eq!(get("p1", "product", 10).await, 10);
+    assert_eq!(get("p2", "product", 20).await, 20);
+    assert_eq!(get("u1", "user", 30).await, 3, "other tags untouched");
+    assert_eq!(
+        get("p1", "product", 100).await,
+        10,
+        "refilled under the new generation"
+    );
+}
+
+pub(crate) async fn undecodable_entry_is_a_miss_and_overwritten(store: impl CacheStore) {
+    let cache = Cache::new(store);
+    let k = cache.entry_key("corrupt");
+    cache
+        .store()
+        .put(
+            &k,
+            Bytes::from_static(b"{\"not\":\"an envelope\"}"),
+            MIN,
+            None,
+        )
+        .await
+        .unwrap();
+    let v: u32 = cache
+        .get_or_fetch("corrupt", MIN, || async { Ok::<_, String>(7) })
+        .await
+        .unwrap();
+    assert_eq!(v, 7);
+    assert_eq!(cache.stats().corrupt, 1);
+    let stored = cache.store().get(&k).await.unwrap().unwrap();
+    assert!(stored.starts_with(b"RTC"), "overwritten with an envelope");
+    let v: u32 = cache
+        .get_or_fetch("corrupt", MIN, || async { Ok::<_, String>(8) })
+        .await
+        .unwrap();
+    assert_eq!(v, 7);
+}
+
+pub(crate) async fn concurrent_get_or_fetch_runs_the_fetcher_once(store: impl CacheStore) {
+    let cache = Cache::new(store);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let cache = cache.clone();
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_fetch("hot", MIN, move || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok::<_, String>(42u32)
+                    })
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 42);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
