@@ -303,12 +303,13 @@ impl Worker {
         let want = Arc::new(Notify::new());
         let wake = Arc::new(Notify::new());
         let hint_ms = Arc::new(AtomicU64::new(me.poll_interval.as_millis() as u64));
-        let waiter = tokio::spawn(wait_loop(
+        // Aborted when this task ends, even when it is itself aborted.
+        let waiter = AbortOnDrop(tokio::spawn(wait_loop(
             me.clone(),
             want.clone(),
             wake.clone(),
             hint_ms.clone(),
-        ));
+        )));
         let mut extend = tokio::time::interval(me.lease / 3);
         extend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut need_fetch = true;
@@ -381,7 +382,7 @@ impl Worker {
             }
         }
 
-        waiter.abort();
+        drop(waiter);
         me.shutdown(running, tasks, pending).await
     }
 
@@ -645,6 +646,14 @@ impl Worker {
                 tracing::warn!(target: "redtower::jobs", queue = %self.queue, error = %e, "lease extension failed");
             }
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

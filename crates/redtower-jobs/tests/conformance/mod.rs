@@ -655,7 +655,7 @@ pub async fn shutdown_hands_jobs_back(store: Store, q: &str) {
     assert_eq!((info.state, info.attempts_made), (JobState::Ready, 0));
     let again = fetch(&store, q, 1).await;
     assert_eq!(again[0].lease.id, id);
-    assert_eq!(again[0].attempt, 1);
+    assert_eq!(again[0].attempt, 1, "a released attempt is not counted");
 }
 
 /// Per-job timeout cancels the handler's future; panics become failures.

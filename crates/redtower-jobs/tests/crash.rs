@@ -1,0 +1,325 @@
+//! Reliability on real Redis: a worker process killed with SIGKILL mid-job, server-time
+//! scheduling, and a chaos loop (workers crashing at random, Redis with AOF restarted).
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use fred::interfaces::{HashesInterface, SortedSetsInterface};
+use redtower_client::{Redis, RedisConfig, Script};
+use redtower_jobs::{
+    Job, JobContext, JobError, JobOptions, JobState, Queue, RedisStore, Retention, Worker,
+    store::{Lease, QueueStore, Settle, Settled, WorkRequest},
+};
+use redtower_testkit::{RedisServer, unique_prefix};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[derive(Serialize, Deserialize)]
+struct Crash {
+    n: u32,
+}
+
+impl Job for Crash {
+    const NAME: &'static str = "crash";
+}
+
+async fn connect(url: &str, prefix: &str) -> Redis {
+    let redis = Redis::new(RedisConfig::from_url(url).unwrap().key_prefix(prefix)).unwrap();
+    redis.wait_ready(Duration::from_secs(10)).await.unwrap();
+    redis
+}
+
+/// The `crash_worker` example binary, built next to this test (cargo builds examples for
+/// `cargo test`); built on demand otherwise.
+fn crash_worker() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
+    let bin = dir.join("crash_worker");
+    if !bin.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "redtower-jobs", "--example", "crash_worker"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    bin
+}
+
+static TIME: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        "time_ms",
+        "local t = redis.call('TIME') return t[1] * 1000 + math.floor(t[2] / 1000)",
+    )
+});
+
+async fn redis_time_ms(redis: &Redis) -> u64 {
+    TIME.run::<u64, _, _>(redis, Vec::<String>::new(), Vec::<String>::new())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_worker_job_is_reprocessed_once_and_stale_token_rejected() {
+    let url = redtower_testkit::shared_url();
+    let prefix = unique_prefix("crash");
+    let redis = connect(&url, &prefix).await;
+    let store = RedisStore::new(redis.clone());
+    let queue = Queue::<Crash>::new(store.clone(), "crash");
+    let id = queue.add(Crash { n: 1 }).await.unwrap();
+
+    let mut child = tokio::process::Command::new(crash_worker())
+        .env("REDIS_URL", &url)
+        .env("JOBS_PREFIX", &prefix)
+        .env("JOBS_QUEUE", "crash")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("child worker started the job")
+        .unwrap()
+        .unwrap();
+    assert_eq!(line, format!("started {id} 1"));
+
+    // The child's lease token, straight from Redis.
+    let lease_key = redis.keyspace().namespace("q").key("crash").push("lease");
+    let stale_token: String = redis
+        .client()
+        .hget(lease_key.as_str(), id.as_str())
+        .await
+        .unwrap();
+    child.kill().await.unwrap(); // SIGKILL mid-job
+    let killed_at = Instant::now();
+
+    let completions = Arc::new(AtomicU32::new(0));
+    let c2 = completions.clone();
+    let worker = Worker::new(store.clone(), "crash")
+        .poll_interval(Duration::from_millis(100))
+        .handle::<Crash>(move |_job: Crash, ctx: JobContext| {
+            let c = c2.clone();
+            async move {
+                assert_eq!(ctx.attempt(), 1, "a lost lease does not use an attempt");
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok::<(), JobError>(())
+            }
+        })
+        .start();
+    for _ in 0..200 {
+        if queue.counts().await.unwrap().completed == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let info = queue.get(&id).await.unwrap().unwrap();
+    assert_eq!(info.state, JobState::Completed);
+    assert_eq!(info.stalls, 1, "reprocessed because the lease expired");
+    assert!(killed_at.elapsed() < Duration::from_secs(5));
+
+    // The killed worker's late result is fenced out.
+    let late = store
+        .work(
+            "crash",
+            WorkRequest::new(
+                vec![(
+                    Lease {
+                        id: id.clone(),
+                        token: stale_token,
+                    },
+                    Settle::Complete,
+                )],
+                0,
+                Duration::from_secs(30),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(late.settled, vec![Settled::Stale]);
+    worker.shutdown().await.unwrap();
+    assert_eq!(
+        completions.load(Ordering::SeqCst),
+        1,
+        "exactly one completion"
+    );
+    let c = queue.counts().await.unwrap();
+    assert_eq!(
+        (c.completed, c.ready, c.active, c.scheduled, c.dead),
+        (1, 0, 0, 0, 0)
+    );
+}
+
+/// Delays are computed by Redis from `TIME`: the client sends only a duration, so its clock
+/// (however wrong) never enters the schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delays_follow_redis_time_not_the_client_clock() {
+    let redis = connect(&redtower_testkit::shared_url(), &unique_prefix("skew")).await;
+    let store = RedisStore::new(redis.clone());
+    let queue = Queue::<Crash>::new(store.clone(), "skew");
+    let before = redis_time_ms(&redis).await;
+    let id = queue
+        .add(Crash { n: 2 })
+        .delay(Duration::from_millis(700))
+        .await
+        .unwrap();
+    let after = redis_time_ms(&redis).await;
+    let sched = redis.keyspace().namespace("q").key("skew").push("sched");
+    let due: f64 = redis
+        .client()
+        .zscore(sched.as_str(), id.as_str())
+        .await
+        .unwrap();
+    let due = due as u64;
+    assert!(
+        due >= before + 700 && due <= after + 700,
+        "due {due} not in [{before}+700, {after}+700]"
+    );
+    // Not handed out before Redis reaches the due time, handed out right after.
+    loop {
+        let now = redis_time_ms(&redis).await;
+        let jobs = store
+            .work("skew", WorkRequest::new(vec![], 1, Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .jobs;
+        if let Some(job) = jobs.first() {
+            let got = redis_time_ms(&redis).await;
+            assert!(got >= due, "fetched at {got}, due {due}");
+            assert_eq!(job.lease.id, id);
+            break;
+        }
+        assert!(now < due + 1_000, "not fetched 1 s after due");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Noop {
+    n: u32,
+}
+
+impl Job for Noop {
+    const NAME: &'static str = "noop";
+}
+
+/// 10,000 jobs; workers crash (abort) and restart at random; Redis (AOF) restarts once. Every
+/// job completes, none is lost, a job runs twice only after a lease expired, counts add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_workers_crash_and_redis_restarts() {
+    const N: u32 = 10_000;
+    let server = Arc::new(Mutex::new(RedisServer::options().aof(true).start()));
+    let url = server.lock().unwrap().url();
+    let redis = connect(&url, "chaos").await;
+    let store = RedisStore::new(redis.clone()).events_max_len(100);
+    let queue = Queue::<Noop>::new(store.clone(), "chaos");
+    for chunk in (0..N).collect::<Vec<_>>().chunks(1000) {
+        queue
+            .add_bulk(chunk.iter().map(|&n| (Noop { n }, JobOptions::new())))
+            .await
+            .unwrap();
+    }
+    assert_eq!(queue.counts().await.unwrap().ready, u64::from(N));
+
+    let runs: Arc<Vec<AtomicU32>> = Arc::new((0..N).map(|_| AtomicU32::new(0)).collect());
+    let start_worker = |runs: Arc<Vec<AtomicU32>>| {
+        Worker::new(store.clone(), "chaos")
+            .concurrency(50)
+            .lease(Duration::from_millis(800))
+            .max_stalls(1_000)
+            .poll_interval(Duration::from_millis(200))
+            .retention(Retention {
+                completed_count: 100_000,
+                ..Retention::default()
+            })
+            .handle::<Noop>(move |job: Noop, _ctx: JobContext| {
+                let runs = runs.clone();
+                async move {
+                    runs[job.n as usize].fetch_add(1, Ordering::Relaxed);
+                    Ok::<(), JobError>(())
+                }
+            })
+            .start()
+    };
+    let mut workers: Vec<_> = (0..3).map(|_| start_worker(runs.clone())).collect();
+    let started = Instant::now();
+    let mut restarted = false;
+    let mut kills = 0;
+    loop {
+        let c = queue.counts().await;
+        if let Ok(c) = c {
+            if c.completed == u64::from(N) {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "chaos did not finish: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100 + rand::random::<u64>() % 150)).await;
+        // Crash a random worker and start a fresh one.
+        let i = rand::random::<u32>() as usize % workers.len();
+        workers.swap_remove(i).abort();
+        kills += 1;
+        workers.push(start_worker(runs.clone()));
+        if !restarted && started.elapsed() > Duration::from_millis(400) {
+            restarted = true;
+            let s = server.clone();
+            tokio::task::spawn_blocking(move || s.lock().unwrap().restart())
+                .await
+                .unwrap();
+        }
+    }
+    for w in workers {
+        w.shutdown().await.unwrap();
+    }
+    assert!(restarted && kills > 3);
+    let c = queue.counts().await.unwrap();
+    assert_eq!(
+        (c.completed, c.ready, c.active, c.scheduled, c.dead),
+        (u64::from(N), 0, 0, 0, 0)
+    );
+
+    // Every payload completed exactly once as a job (no job lost or duplicated by the queue).
+    let done = queue
+        .list(JobState::Completed, 0, N as usize + 10)
+        .await
+        .unwrap();
+    assert_eq!(done.len(), N as usize);
+    let mut seen = vec![false; N as usize];
+    let mut stalls: HashMap<u32, u32> = HashMap::new();
+    for info in &done {
+        let n = info.decode::<Noop>().unwrap().n;
+        assert!(!seen[n as usize], "payload {n} completed twice");
+        seen[n as usize] = true;
+        stalls.insert(n, info.stalls);
+    }
+    // Ran at least once; more only after lost leases.
+    let mut duplicates = 0;
+    for n in 0..N {
+        let r = runs[n as usize].load(Ordering::Relaxed);
+        assert!(r >= 1, "payload {n} never ran");
+        if r > 1 {
+            duplicates += 1;
+            assert!(
+                r - 1 <= stalls[&n],
+                "payload {n} ran {r} times with {} lease expiries",
+                stalls[&n]
+            );
+        }
+    }
+    let jobs_key = redis.keyspace().namespace("q").key("chaos").push("jobs");
+    let records: u64 = redis.client().hlen(jobs_key.as_str()).await.unwrap();
+    assert_eq!(records, u64::from(N));
+    eprintln!(
+        "chaos: {kills} worker crashes, 1 redis restart, {duplicates} duplicate runs, {:?}",
+        started.elapsed()
+    );
+}
