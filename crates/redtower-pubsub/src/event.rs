@@ -1,0 +1,230 @@
+//! [`EventId`] and [`Event`]: what a publish returns and what subscribers receive.
+
+use std::{fmt, str::FromStr, sync::Arc};
+
+use crate::Channel;
+
+/// The position of an event in its channel: `<epoch>:<offset>`.
+///
+/// Offsets grow by one per publish on a channel, so a subscriber can tell a gap from a
+/// duplicate. The epoch names one lifetime of the channel's history: when the history is lost
+/// (expired, Redis restarted without persistence, a new in-process store) a new epoch starts
+/// at offset 1, and ids from the old epoch can no longer be resumed from.
+///
+/// ```
+/// use redtower_pubsub::EventId;
+///
+/// let id: EventId = "k3J9x2pQ:42".parse()?;
+/// assert_eq!(id.epoch(), "k3J9x2pQ");
+/// assert_eq!(id.offset(), 42);
+/// assert_eq!(id.to_string(), "k3J9x2pQ:42");
+/// assert!("no-offset".parse::<EventId>().is_err());
+/// # Ok::<(), redtower_pubsub::InvalidEventId>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct EventId {
+    epoch: Arc<str>,
+    offset: u64,
+}
+
+/// A string that is not an `<epoch>:<offset>` event id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid event id: expected <epoch>:<offset>")]
+pub struct InvalidEventId;
+
+impl EventId {
+    /// The longest epoch accepted when parsing.
+    pub const MAX_EPOCH_LEN: usize = 32;
+
+    /// An id from its parts.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidEventId`] unless `epoch` is 1 to 32 ASCII letters or digits.
+    pub fn new(epoch: impl AsRef<str>, offset: u64) -> Result<Self, InvalidEventId> {
+        let epoch = epoch.as_ref();
+        if !valid_epoch(epoch) {
+            return Err(InvalidEventId);
+        }
+        Ok(Self {
+            epoch: Arc::from(epoch),
+            offset,
+        })
+    }
+
+    pub(crate) fn from_parts(epoch: Arc<str>, offset: u64) -> Self {
+        Self { epoch, offset }
+    }
+
+    /// The epoch of the history this event belongs to.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    pub(crate) fn epoch_arc(&self) -> &Arc<str> {
+        &self.epoch
+    }
+
+    /// The offset of the event in its epoch, from 1.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// A fresh random epoch (12 base62 characters).
+    pub(crate) fn random_epoch() -> String {
+        use rand::Rng;
+        const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        let mut rng = rand::rng();
+        (0..12)
+            .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+            .collect()
+    }
+}
+
+fn valid_epoch(epoch: &str) -> bool {
+    !epoch.is_empty()
+        && epoch.len() <= EventId::MAX_EPOCH_LEN
+        && epoch.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.epoch, self.offset)
+    }
+}
+
+impl fmt::Debug for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EventId({}:{})", self.epoch, self.offset)
+    }
+}
+
+impl FromStr for EventId {
+    type Err = InvalidEventId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (epoch, offset) = s.trim().split_once(':').ok_or(InvalidEventId)?;
+        if offset.is_empty() || !offset.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(InvalidEventId);
+        }
+        let offset = offset.parse().map_err(|_| InvalidEventId)?;
+        Self::new(epoch, offset)
+    }
+}
+
+impl serde::Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for EventId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One published event: its id, its channel and its data (JSON text).
+///
+/// Events are shared between subscribers behind an `Arc`.
+#[derive(Clone)]
+pub struct Event {
+    id: EventId,
+    channel: Channel,
+    data: Arc<str>,
+    /// The single-channel SSE frame, encoded once for every client.
+    frame: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && self.channel == other.channel && self.data == other.data
+    }
+}
+
+impl Eq for Event {}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("id", &self.id)
+            .field("channel", &self.channel)
+            .field("len", &self.data.len())
+            .finish()
+    }
+}
+
+impl Event {
+    pub(crate) fn new(id: EventId, channel: Channel, data: Arc<str>) -> Self {
+        Self {
+            id,
+            channel,
+            data,
+            frame: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// `id: <id>` and `data: <data>` as an SSE frame, encoded on first use.
+    pub(crate) fn sse_frame(&self) -> &bytes::Bytes {
+        self.frame.get_or_init(|| {
+            let mut buf = bytes::BytesMut::with_capacity(self.data.len() + 32);
+            crate::sse::frame::event(&mut buf, Some(&self.id.to_string()), None, &self.data);
+            buf.freeze()
+        })
+    }
+
+    /// The event's id.
+    pub fn id(&self) -> &EventId {
+        &self.id
+    }
+
+    /// The channel it was published on.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// The data, as published (JSON text for [`PubSub::publish`](crate::PubSub::publish)).
+    pub fn data(&self) -> &str {
+        &self.data
+    }
+
+    /// Deserializes the data.
+    ///
+    /// # Errors
+    ///
+    /// When the data is not a JSON `T`.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> serde_json::Result<T> {
+        serde_json::from_str(&self.data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_reject_garbage() {
+        let id = EventId::new("abc123", 7).unwrap();
+        assert_eq!(id.to_string().parse::<EventId>().unwrap(), id);
+        for bad in [
+            "",
+            ":",
+            "a:",
+            ":1",
+            "a:b",
+            "a:-1",
+            "a:1:2",
+            "a b:1",
+            "{x}:1",
+            "a:+1",
+            "a:99999999999999999999999",
+        ] {
+            assert!(bad.parse::<EventId>().is_err(), "{bad:?}");
+        }
+        assert!(EventId::new("x".repeat(33), 1).is_err());
+        let epoch = EventId::random_epoch();
+        assert_eq!(epoch.len(), 12);
+        assert!(EventId::new(&epoch, 1).is_ok());
+    }
+}

@@ -1,0 +1,24 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod auth;
+mod channel;
+mod error;
+mod event;
+mod sse;
+mod store;
+
+pub use auth::{Access, AllowAll, ChannelAuthorizer};
+pub use channel::{Channel, ChannelError};
+pub use error::{Error, Result};
+pub use event::{Event, EventId, InvalidEventId};
+pub use sse::{SseEndpoint, SseRejection};
+#[cfg(feature = "memory")]
+pub use store::memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use store::redis::{RedisStore, RedisStoreBuilder};
+pub use store::{PubSub, PubSubStore, Received, Replay, Subscription};
+pub use tokio_util::sync::CancellationToken;
+
+/// The JavaScript client helper (also in `assets/client.js`): serve it to your pages.
+pub const CLIENT_JS: &str = include_str!("../assets/client.js");

@@ -1,0 +1,384 @@
+//! The axum SSE endpoint: [`SseEndpoint`].
+
+use std::{fmt, ops::RangeInclusive, sync::Arc, time::Duration};
+
+use axum::{
+    body::Body,
+    extract::{FromRequestParts, RawPathParams, Request},
+    response::{IntoResponse, Response},
+    routing::MethodRouter,
+};
+use http::{HeaderValue, StatusCode, header, request::Parts};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Access, AllowAll, Channel, ChannelAuthorizer, ChannelError, EventId, PubSub, auth::Named,
+};
+
+pub(crate) mod frame;
+mod stream;
+
+pub(crate) const TARGET: &str = "redtower::pubsub::sse";
+
+/// An axum handler that streams channels to browsers with Server-Sent Events.
+///
+/// Serve it on a route with a `{channel}` path parameter (`GET /events/{channel}`), or on one
+/// without, where the channels come from the query (`GET /events?channel=a&channel=b`, for
+/// browsers' limit of 6 HTTP/1.1 connections per origin). Per request it:
+///
+/// 1. validates every channel name (`400 Bad Request` otherwise), and asks the
+///    [`ChannelAuthorizer`] for each (`403 Forbidden` when one is refused), before it
+///    subscribes to anything;
+/// 2. subscribes (`503 Service Unavailable` with `Retry-After` when the store is down), then
+///    resumes from the `Last-Event-ID` header or the `last_event_id` query parameter: the
+///    missed events come from the history, then live ones follow, without gap or duplicate;
+/// 3. when the history cannot cover the gap (trimmed, expired, new epoch), sends
+///    `event: resync` whose `id:` is the newest event id, so the page reloads its state and a
+///    later reconnect resumes from there; the stream then goes on live;
+/// 4. catches a slow client that lagged behind the live broadcast up from the history, and
+///    only when the history cannot cover it sends `resync` and ends the stream; slow clients
+///    never slow the others down;
+/// 5. sends a random `retry:` hint first, a keep-alive comment after every
+///    [`keep_alive`](Self::keep_alive) of silence, and ends the stream after a randomized
+///    [`max_lifetime`](Self::max_lifetime) or at once on [`shutdown`](Self::shutdown).
+///
+/// Responses carry `Content-Type: text/event-stream`, `Cache-Control: no-cache` and
+/// `X-Accel-Buffering: no` (nginx would buffer otherwise). Event ids are `<epoch>:<offset>`;
+/// with several channels an id is the list of every channel's position, comma-separated in
+/// query order (`-` for none yet), and `data` is `{"channel": "<name>", "data": <event>}`.
+///
+/// Cloning is cheap. See the [crate docs](crate) for an example.
+#[derive(Clone)]
+pub struct SseEndpoint {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) pubsub: PubSub,
+    authorizer: Named,
+    pub(crate) keep_alive: Duration,
+    pub(crate) retry: RangeInclusive<Duration>,
+    pub(crate) max_lifetime: Duration,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) max_replay: usize,
+    max_channels: usize,
+}
+
+impl fmt::Debug for SseEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SseEndpoint")
+            .field("pubsub", &self.inner.pubsub)
+            .field("keep_alive", &self.inner.keep_alive)
+            .field("retry", &self.inner.retry)
+            .field("max_lifetime", &self.inner.max_lifetime)
+            .field("max_replay", &self.inner.max_replay)
+            .field("max_channels", &self.inner.max_channels)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SseEndpoint {
+    /// An endpoint streaming from `pubsub`, allowing every channel ([`AllowAll`]).
+    pub fn new(pubsub: PubSub) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                pubsub,
+                authorizer: Named(Arc::new(AllowAll)),
+                keep_alive: Duration::from_secs(15),
+                retry: Duration::from_secs(2)..=Duration::from_secs(5),
+                max_lifetime: Duration::from_secs(15 * 60),
+                shutdown: CancellationToken::new(),
+                max_replay: 500,
+                max_channels: 16,
+            }),
+        }
+    }
+
+    fn with(mut self, f: impl FnOnce(&mut Inner)) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => f(inner),
+            None => {
+                let old = &self.inner;
+                let mut inner = Inner {
+                    pubsub: old.pubsub.clone(),
+                    authorizer: Named(old.authorizer.0.clone()),
+                    keep_alive: old.keep_alive,
+                    retry: old.retry.clone(),
+                    max_lifetime: old.max_lifetime,
+                    shutdown: old.shutdown.clone(),
+                    max_replay: old.max_replay,
+                    max_channels: old.max_channels,
+                };
+                f(&mut inner);
+                self.inner = Arc::new(inner);
+            }
+        }
+        self
+    }
+
+    /// Who may subscribe to which channel. Defaults to [`AllowAll`].
+    #[must_use]
+    pub fn authorizer(self, authorizer: impl ChannelAuthorizer) -> Self {
+        let authorizer: Arc<dyn ChannelAuthorizer> = Arc::new(authorizer);
+        self.with(|i| i.authorizer = Named(authorizer))
+    }
+
+    /// Silence after which a keep-alive comment is sent. Defaults to 15 seconds.
+    #[must_use]
+    pub fn keep_alive(self, interval: Duration) -> Self {
+        self.with(|i| i.keep_alive = interval.max(Duration::from_millis(1)))
+    }
+
+    /// The range the per-connection random `retry:` hint (the browser's reconnect delay) is
+    /// drawn from, so that clients of a restarted server do not all come back at once.
+    /// Defaults to 2 to 5 seconds.
+    #[must_use]
+    pub fn retry(self, min: Duration, max: Duration) -> Self {
+        self.with(|i| i.retry = min.min(max)..=max.max(min))
+    }
+
+    /// The longest a stream lives; each one ends after a random time between two thirds of it
+    /// and all of it, and the browser reconnects (and resumes). This spreads reconnects and
+    /// moves clients onto new instances after a deploy. Defaults to 15 minutes.
+    #[must_use]
+    pub fn max_lifetime(self, lifetime: Duration) -> Self {
+        self.with(|i| i.max_lifetime = lifetime.max(Duration::from_millis(1)))
+    }
+
+    /// A token whose cancellation ends every open stream at once, so that axum's graceful
+    /// shutdown does not wait for them. Defaults to a token that is never cancelled.
+    ///
+    /// ```
+    /// use redtower_pubsub::{CancellationToken, PubSub, SseEndpoint};
+    ///
+    /// let shutdown = CancellationToken::new();
+    /// let sse = SseEndpoint::new(PubSub::memory()).shutdown(shutdown.clone());
+    /// // axum::serve(listener, app)
+    /// //     .with_graceful_shutdown(async move { ctrl_c().await; shutdown.cancel() })
+    /// # let _ = sse;
+    /// ```
+    #[must_use]
+    pub fn shutdown(self, token: CancellationToken) -> Self {
+        self.with(|i| i.shutdown = token)
+    }
+
+    /// The most events replayed to resume one channel; a client further behind gets
+    /// `resync`. Defaults to 500.
+    #[must_use]
+    pub fn max_replay(self, n: usize) -> Self {
+        self.with(|i| i.max_replay = n.max(1))
+    }
+
+    /// The most channels one request may ask for (`400` beyond). Defaults to 16.
+    #[must_use]
+    pub fn max_channels(self, n: usize) -> Self {
+        self.with(|i| i.max_channels = n.max(1))
+    }
+
+    /// A `GET` method router serving this endpoint: `.route("/events/{channel}",
+    /// sse.method_router())`. Chain more methods on it (`.post(publish)`).
+    pub fn method_router<S>(&self) -> MethodRouter<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let this = self.clone();
+        axum::routing::get(move |req: Request| async move { this.handle(req).await })
+    }
+
+    /// Serves one request (for custom wiring; [`method_router`](Self::method_router) calls it).
+    pub async fn handle(&self, req: Request) -> Response {
+        let (mut parts, _body) = req.into_parts();
+        match self.open(&mut parts).await {
+            Ok(response) => response,
+            Err(rejection) => rejection.into_response(),
+        }
+    }
+
+    async fn open(&self, parts: &mut Parts) -> Result<Response, SseRejection> {
+        let path_channel = RawPathParams::from_request_parts(parts, &())
+            .await
+            .ok()
+            .and_then(|params| {
+                params
+                    .iter()
+                    .find(|(k, _)| *k == "channel")
+                    .map(|(_, v)| v.to_owned())
+            });
+        let mut names = Vec::new();
+        let mut query_cursor = None;
+        for (k, v) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
+            match &*k {
+                "channel" if path_channel.is_none() => names.push(v.into_owned()),
+                "last_event_id" => query_cursor = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        let multi = path_channel.is_none();
+        if let Some(name) = path_channel {
+            names = vec![name];
+        }
+        if names.is_empty() {
+            return Err(SseRejection::NoChannel);
+        }
+        let mut channels: Vec<Channel> = Vec::with_capacity(names.len());
+        for name in &names {
+            let channel = Channel::new(name).map_err(SseRejection::InvalidChannel)?;
+            if !channels.contains(&channel) {
+                channels.push(channel);
+            }
+        }
+        if channels.len() > self.inner.max_channels {
+            return Err(SseRejection::TooManyChannels(self.inner.max_channels));
+        }
+        for channel in &channels {
+            if !self
+                .inner
+                .authorizer
+                .0
+                .authorize(parts, channel, Access::Subscribe)
+                .await
+            {
+                tracing::debug!(target: TARGET, channel = %channel, "subscription forbidden");
+                return Err(SseRejection::Forbidden);
+            }
+        }
+        let header_cursor = parts
+            .headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let cursor = header_cursor
+            .or(query_cursor)
+            .filter(|c| !c.trim().is_empty());
+        let cursors = parse_cursors(cursor.as_deref(), channels.len(), multi);
+        let body = stream::open(self.inner.clone(), channels, cursors, multi)
+            .await
+            .map_err(SseRejection::Unavailable)?;
+        let mut response = Response::new(Body::from_stream(body));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        Ok(response)
+    }
+}
+
+/// What the request asked to resume from, per channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Cursor {
+    /// Nothing: start live.
+    None,
+    /// After this event.
+    After(EventId),
+    /// `0`: the channel had no history; everything in it now is new.
+    Start,
+    /// Something that is not an event id (or not for these channels): resync.
+    Invalid,
+}
+
+fn parse_cursors(raw: Option<&str>, n: usize, multi: bool) -> Vec<Cursor> {
+    let Some(raw) = raw else {
+        return vec![Cursor::None; n];
+    };
+    let parts: Vec<&str> = if multi {
+        raw.split(',').collect()
+    } else {
+        vec![raw]
+    };
+    if parts.len() != n {
+        return vec![Cursor::Invalid; n];
+    }
+    parts
+        .into_iter()
+        .map(|p| match p.trim() {
+            "-" if multi => Cursor::None,
+            "0" => Cursor::Start,
+            p => p.parse().map_or(Cursor::Invalid, Cursor::After),
+        })
+        .collect()
+}
+
+/// Why the SSE endpoint refused a request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SseRejection {
+    /// No channel in the path or the query.
+    #[error("no channel given")]
+    NoChannel,
+    /// A channel name is invalid.
+    #[error("invalid channel: {0}")]
+    InvalidChannel(#[source] ChannelError),
+    /// More channels than [`SseEndpoint::max_channels`].
+    #[error("too many channels: at most {0}")]
+    TooManyChannels(usize),
+    /// The [`ChannelAuthorizer`] refused a channel.
+    #[error("forbidden")]
+    Forbidden,
+    /// The store could not subscribe or read the history.
+    #[error("events are unavailable right now")]
+    Unavailable(#[source] crate::Error),
+}
+
+impl SseRejection {
+    /// The response status: 400, 403 or 503.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoChannel | Self::InvalidChannel(_) | Self::TooManyChannels(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The response body.
+    pub fn body_text(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl IntoResponse for SseRejection {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let Self::Unavailable(error) = &self {
+            tracing::warn!(target: TARGET, error = %error, "cannot open an event stream");
+        } else {
+            tracing::trace!(target: "redtower::pubsub::rejection", status = %status.as_u16(), body = %self, "rejected");
+        }
+        let mut response = (status, self.body_text()).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_parse() {
+        let id: EventId = "e:3".parse().unwrap();
+        assert_eq!(parse_cursors(None, 2, true), vec![Cursor::None; 2]);
+        assert_eq!(
+            parse_cursors(Some("e:3"), 1, false),
+            vec![Cursor::After(id.clone())]
+        );
+        assert_eq!(
+            parse_cursors(Some("-,e:3"), 2, true),
+            vec![Cursor::None, Cursor::After(id)]
+        );
+        assert_eq!(
+            parse_cursors(Some("e:3"), 2, true),
+            vec![Cursor::Invalid; 2]
+        );
+        assert_eq!(parse_cursors(Some("junk"), 1, false), vec![Cursor::Invalid]);
+        assert_eq!(parse_cursors(Some("0"), 1, false), vec![Cursor::Start]);
+    }
+}

@@ -1,0 +1,265 @@
+//! The [`PubSubStore`] trait, its two backends and the [`PubSub`] handle.
+
+use std::{any::Any, fmt, sync::Arc};
+
+use tokio::sync::broadcast;
+
+use crate::{Channel, Event, EventId, Result};
+
+#[cfg(feature = "memory")]
+pub(crate) mod memory;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
+
+/// What a store sends to the subscribers of a channel.
+#[derive(Debug, Clone)]
+pub(crate) enum Delivery {
+    /// The next event, in offset order.
+    Event(Arc<Event>),
+    /// Events were lost and the history cannot give them back: subscribers must resync,
+    /// then go on after `latest`.
+    Lost {
+        /// The newest event id known, if any.
+        latest: Option<EventId>,
+    },
+}
+
+/// What [`PubSubStore::replay`] found in the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Replay {
+    /// Every event after the cursor, oldest first (empty when the cursor is the newest event).
+    Events(Vec<Arc<Event>>),
+    /// The history cannot cover the gap: it was trimmed or expired, its epoch changed, or more
+    /// events are missing than the caller's limit. `latest` is the newest event id, if any, from
+    /// which a subscriber can go on after reloading its state.
+    Gap {
+        /// The newest event id of the channel, when it has one.
+        latest: Option<EventId>,
+    },
+}
+
+/// A channel's pub/sub backend: publish with history, subscribe to live events, replay.
+///
+/// Two implementations ship with the crate: [`RedisStore`](crate::RedisStore) (many app
+/// instances over Redis or a Redis Cluster) and [`MemoryStore`](crate::MemoryStore) (one
+/// process). Both give every event an [`EventId`] whose offset grows by one per publish, keep
+/// a bounded history per channel, and deliver live events to every subscriber of the process
+/// through one shared broadcast per channel. Use them through [`PubSub`].
+#[async_trait::async_trait]
+pub trait PubSubStore: fmt::Debug + Send + Sync + 'static {
+    /// Appends `data` to the channel's history and delivers it to every subscriber, returning
+    /// the new event's id.
+    async fn publish(&self, channel: &Channel, data: Arc<str>) -> Result<EventId>;
+
+    /// Subscribes to the channel's live events. When this returns, every event published
+    /// afterwards is delivered to the subscription, so a caller may subscribe first and then
+    /// [`replay`](Self::replay) without missing anything in between.
+    async fn subscribe(&self, channel: &Channel) -> Result<Subscription>;
+
+    /// The events after `after`, at most `limit` of them; [`Replay::Gap`] when the history
+    /// cannot give every one.
+    async fn replay(&self, channel: &Channel, after: &EventId, limit: usize) -> Result<Replay>;
+
+    /// The newest event id of the channel, if it has a history.
+    async fn latest(&self, channel: &Channel) -> Result<Option<EventId>>;
+
+    /// How many channels this process is subscribed to right now (on Redis: how many Redis
+    /// subscriptions the hub holds, lingering ones included).
+    fn active_channels(&self) -> usize;
+}
+
+/// One subscriber's view of a channel's live events. Dropping it unsubscribes.
+pub struct Subscription {
+    channel: Channel,
+    rx: broadcast::Receiver<Delivery>,
+    _guard: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Subscription::recv`] returns.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Received {
+    /// The next live event.
+    Event(Arc<Event>),
+    /// This subscriber fell behind and `n` events were skipped: read them with
+    /// [`PubSubStore::replay`] from the last event seen.
+    Lagged(u64),
+    /// Events were lost for every subscriber (a Redis outage longer than the history, for
+    /// example); state must be reloaded from its source of truth. Live events go on after
+    /// `latest`.
+    Lost {
+        /// The newest event id of the channel, if known.
+        latest: Option<EventId>,
+    },
+    /// The store was dropped.
+    Closed,
+}
+
+impl Subscription {
+    pub(crate) fn new(
+        channel: Channel,
+        rx: broadcast::Receiver<Delivery>,
+        guard: Option<Box<dyn Any + Send + Sync>>,
+    ) -> Self {
+        Self {
+            channel,
+            rx,
+            _guard: guard,
+        }
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Waits for the next live event.
+    pub async fn recv(&mut self) -> Received {
+        match self.rx.recv().await {
+            Ok(Delivery::Event(e)) => Received::Event(e),
+            Ok(Delivery::Lost { latest }) => Received::Lost { latest },
+            Err(broadcast::error::RecvError::Lagged(n)) => Received::Lagged(n),
+            Err(broadcast::error::RecvError::Closed) => Received::Closed,
+        }
+    }
+
+    pub(crate) fn into_parts(
+        self,
+    ) -> (
+        broadcast::Receiver<Delivery>,
+        Option<Box<dyn Any + Send + Sync>>,
+    ) {
+        (self.rx, self._guard)
+    }
+}
+
+/// The handle an app publishes and subscribes through: a cheap-`Clone` wrapper over a
+/// [`PubSubStore`].
+///
+/// ```
+/// use redtower_pubsub::{PubSub, Received};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), redtower_pubsub::Error> {
+/// let pubsub = PubSub::memory();
+/// let mut sub = pubsub.subscribe("news").await?;
+/// let id = pubsub.publish("news", &serde_json::json!({"title": "hello"})).await?;
+/// match sub.recv().await {
+///     Received::Event(event) => {
+///         assert_eq!(event.id(), &id);
+///         assert_eq!(event.data(), r#"{"title":"hello"}"#);
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct PubSub {
+    store: Arc<dyn PubSubStore>,
+}
+
+impl PubSub {
+    /// A handle over `store`.
+    pub fn new(store: impl PubSubStore) -> Self {
+        Self {
+            store: Arc::new(store),
+        }
+    }
+
+    /// A handle over a [`MemoryStore`](crate::MemoryStore) with default settings.
+    #[cfg(feature = "memory")]
+    pub fn memory() -> Self {
+        Self::new(crate::MemoryStore::new())
+    }
+
+    /// The store.
+    pub fn store(&self) -> &dyn PubSubStore {
+        &*self.store
+    }
+
+    /// Serializes `value` to JSON and publishes it on `channel`, returning the event id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidChannel`](crate::Error::InvalidChannel),
+    /// [`Error::Serialize`](crate::Error::Serialize), or the store's error (on Redis, an
+    /// outage: nothing was published, or a timeout: it may have been).
+    pub async fn publish<T>(&self, channel: impl AsRef<str>, value: &T) -> Result<EventId>
+    where
+        T: serde::Serialize + ?Sized,
+    {
+        let channel = Channel::new(channel)?;
+        let data = serde_json::to_string(value)?;
+        self.publish_json(&channel, data).await
+    }
+
+    /// Publishes text that already is JSON (it is not checked).
+    ///
+    /// # Errors
+    ///
+    /// The store's error.
+    pub async fn publish_json(
+        &self,
+        channel: &Channel,
+        json: impl Into<Arc<str>>,
+    ) -> Result<EventId> {
+        let started = std::time::Instant::now();
+        let result = self.store.publish(channel, json.into()).await;
+        metrics::histogram!("redtower_pubsub_publish_seconds").record(started.elapsed());
+        match &result {
+            Ok(id) => {
+                metrics::counter!("redtower_pubsub_published_total").increment(1);
+                tracing::trace!(target: "redtower::pubsub", channel = %channel, id = %id, "published");
+            }
+            Err(error) => {
+                tracing::warn!(target: "redtower::pubsub", channel = %channel, error = %error, "publish failed");
+            }
+        }
+        result
+    }
+
+    /// Subscribes to `channel` (see [`PubSubStore::subscribe`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidChannel`](crate::Error::InvalidChannel) or the store's error.
+    pub async fn subscribe(&self, channel: impl AsRef<str>) -> Result<Subscription> {
+        let channel = Channel::new(channel)?;
+        self.store.subscribe(&channel).await
+    }
+
+    /// The events after `after` (see [`PubSubStore::replay`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidChannel`](crate::Error::InvalidChannel) or the store's error.
+    pub async fn replay(
+        &self,
+        channel: impl AsRef<str>,
+        after: &EventId,
+        limit: usize,
+    ) -> Result<Replay> {
+        let channel = Channel::new(channel)?;
+        self.store.replay(&channel, after, limit).await
+    }
+
+    /// The newest event id of `channel`: hand it to a page you render, so its `EventSource`
+    /// resumes right after the state the page shows (`?last_event_id=`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidChannel`](crate::Error::InvalidChannel) or the store's error.
+    pub async fn latest(&self, channel: impl AsRef<str>) -> Result<Option<EventId>> {
+        let channel = Channel::new(channel)?;
+        self.store.latest(&channel).await
+    }
+}

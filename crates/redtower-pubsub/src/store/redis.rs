@@ -1,0 +1,735 @@
+//! [`RedisStore`]: history in a capped Redis Stream, live events through one Redis
+//! subscription per channel per process (the hub), fanned out with `tokio::sync::broadcast`.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, LazyLock, Mutex, MutexGuard, Weak},
+    time::Duration,
+};
+
+use fred::{
+    clients::SubscriberClient,
+    interfaces::{EventInterface, PubsubInterface},
+    types::Value,
+};
+use redtower_client::{Key, Namespace, Redis, Script};
+use tokio::{
+    sync::{OnceCell, broadcast, mpsc},
+    task::JoinHandle,
+};
+
+use super::{Delivery, PubSubStore, Replay, Subscription};
+use crate::{Channel, Event, EventId, Result};
+
+static PUBLISH: LazyLock<Script> =
+    LazyLock::new(|| Script::new("pubsub_publish", include_str!("publish.lua")));
+static HISTORY: LazyLock<Script> =
+    LazyLock::new(|| Script::new("pubsub_history", include_str!("history.lua")));
+
+const TARGET: &str = "redtower::pubsub";
+
+/// The Redis backend: many app instances over one Redis (standalone, Sentinel or Cluster).
+///
+/// * **Publish** is one Lua script: it appends the event to the channel's history, a Redis
+///   Stream capped with `MAXLEN ~` [`history_len`](RedisStoreBuilder::history_len) and
+///   expiring [`history_ttl`](RedisStoreBuilder::history_ttl) after the last publish, bumps the
+///   offset, and `PUBLISH`es (`SPUBLISH` on a Cluster) `<epoch>:<offset>:<data>`. Keys:
+///   `<prefix>:ps:{<channel>}` is the pub/sub channel, `<prefix>:ps:{<channel>}:h` the stream
+///   and `<prefix>:ps:{<channel>}:m` the epoch and offset, all in one Cluster slot.
+/// * **The hub** (one per `RedisStore`, build one per process and clone it): one Redis
+///   subscription per channel however many local subscribers, on a dedicated subscriber
+///   connection; subscribed on the first local subscriber, unsubscribed
+///   [`linger`](RedisStoreBuilder::linger) after the last one left. After every reconnect it
+///   subscribes again and replays from the history what was published meanwhile; when fred's
+///   message buffer overflows it repairs the gap from the history too. Events reach local
+///   subscribers in offset order, without gaps or duplicates; when the history cannot cover a
+///   gap, subscribers are told to resync.
+///
+/// Cloning is cheap; clones share the hub.
+///
+/// ```no_run
+/// use redtower_client::{Redis, RedisConfig};
+/// use redtower_pubsub::{PubSub, RedisStore};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let redis = Redis::new(RedisConfig::from_env()?)?;
+/// let store = RedisStore::builder(redis)
+///     .history_len(1000)
+///     .history_ttl(std::time::Duration::from_secs(3600))
+///     .build()?;
+/// let pubsub = PubSub::new(store);
+/// let id = pubsub.publish("news", &serde_json::json!({"title": "hello"})).await?;
+/// println!("published {id}");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    hub: Arc<Hub>,
+}
+
+/// Builds a [`RedisStore`]; see [`RedisStore::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct RedisStoreBuilder {
+    redis: Redis,
+    config: Config,
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    history_len: u64,
+    history_ttl: Duration,
+    capacity: usize,
+    linger: Duration,
+    sharded: bool,
+}
+
+impl RedisStoreBuilder {
+    /// How many events of each channel the history keeps (`XADD MAXLEN ~`, so a few more may
+    /// stay). Defaults to 1000.
+    pub fn history_len(mut self, n: u64) -> Self {
+        self.config.history_len = n.max(1);
+        self
+    }
+
+    /// How long a channel's history lives after its last publish. Defaults to 1 hour.
+    pub fn history_ttl(mut self, ttl: Duration) -> Self {
+        self.config.history_ttl = ttl.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How many live events a local subscriber may fall behind before it lags (and catches up
+    /// from the history). Defaults to 256.
+    pub fn channel_capacity(mut self, n: usize) -> Self {
+        self.config.capacity = n.max(1);
+        self
+    }
+
+    /// How long the hub keeps a channel's Redis subscription after its last local subscriber
+    /// left, so that a quick reconnect does not unsubscribe and subscribe again. Defaults to 5
+    /// seconds.
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.config.linger = linger;
+        self
+    }
+
+    /// Whether to use sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7). Defaults to `true`
+    /// on a Cluster (classic `PUBLISH` is broadcast to every node there) and `false` otherwise.
+    pub fn sharded(mut self, sharded: bool) -> Self {
+        self.config.sharded = sharded;
+        self
+    }
+
+    /// Builds the store and starts its hub (a subscriber connection and its tasks). Must be
+    /// called inside a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// When the subscriber connection cannot be built.
+    pub fn build(self) -> Result<RedisStore> {
+        let subscriber = self.redis.subscriber()?;
+        let messages = subscriber.message_rx();
+        let reconnects = subscriber.reconnect_rx();
+        let hub = Arc::new_cyclic(|weak: &Weak<Hub>| Hub {
+            ns: self.redis.keyspace().namespace("ps"),
+            redis: self.redis,
+            subscriber,
+            config: self.config,
+            slots: Mutex::new(HashMap::new()),
+            sub_lock: tokio::sync::Mutex::new(()),
+            tasks: vec![
+                tokio::spawn(dispatch(weak.clone(), messages)),
+                tokio::spawn(watch_reconnects(weak.clone(), reconnects)),
+            ],
+        });
+        Ok(RedisStore { hub })
+    }
+}
+
+struct Hub {
+    redis: Redis,
+    subscriber: SubscriberClient,
+    ns: Namespace,
+    config: Config,
+    /// Redis channel name -> slot.
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Serializes SUBSCRIBE/UNSUBSCRIBE so a lingering unsubscribe never undoes a new subscribe.
+    sub_lock: tokio::sync::Mutex<()>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        let subscriber = self.subscriber.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = fred::interfaces::ClientLike::quit(&subscriber).await;
+            });
+        }
+    }
+}
+
+struct Slot {
+    channel: Channel,
+    name: String,
+    tx: broadcast::Sender<Delivery>,
+    inbox: mpsc::UnboundedSender<Msg>,
+    /// Local subscribers; changed only under the hub's `slots` lock.
+    refs: std::sync::atomic::AtomicUsize,
+    ready: OnceCell<()>,
+}
+
+enum Msg {
+    /// The channel's newest id when the subscription was confirmed.
+    Init(Option<EventId>),
+    /// A pub/sub message.
+    Raw(String),
+    /// Check the history for events the subscription may have missed.
+    Repair,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("namespace", &self.hub.ns)
+            .field("config", &self.hub.config)
+            .field("channels", &self.active_channels())
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// A store with the default settings (see [`RedisStoreBuilder`]).
+    ///
+    /// # Errors
+    ///
+    /// When the subscriber connection cannot be built.
+    pub fn new(redis: Redis) -> Result<Self> {
+        Self::builder(redis).build()
+    }
+
+    /// A builder over `redis`.
+    pub fn builder(redis: Redis) -> RedisStoreBuilder {
+        let sharded = redis.is_cluster();
+        RedisStoreBuilder {
+            redis,
+            config: Config {
+                history_len: 1000,
+                history_ttl: Duration::from_secs(3600),
+                capacity: 256,
+                linger: Duration::from_secs(5),
+                sharded,
+            },
+        }
+    }
+
+    /// The Redis pub/sub channel that carries `channel`'s events (`<prefix>:ps:{<channel>}`),
+    /// for `PUBSUB NUMSUB` / `SHARDNUMSUB` and debugging.
+    pub fn redis_channel(&self, channel: &Channel) -> Key {
+        self.hub.ns.key(channel.as_str())
+    }
+
+    /// The Redis Stream holding `channel`'s history (`<prefix>:ps:{<channel>}:h`).
+    pub fn history_key(&self, channel: &Channel) -> Key {
+        self.hub.ns.key(channel.as_str()).push("h")
+    }
+
+    /// The hash holding `channel`'s epoch and last offset (`<prefix>:ps:{<channel>}:m`).
+    pub fn meta_key(&self, channel: &Channel) -> Key {
+        self.hub.ns.key(channel.as_str()).push("m")
+    }
+
+    /// Whether this store uses sharded pub/sub.
+    pub fn is_sharded(&self) -> bool {
+        self.hub.config.sharded
+    }
+}
+
+impl Hub {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Slot>>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn history(&self, channel: &Channel) -> History {
+        let tag = self.ns.key(channel.as_str());
+        History {
+            redis: self.redis.clone(),
+            channel: channel.clone(),
+            meta: tag.clone().push("m"),
+            stream: tag.push("h"),
+        }
+    }
+
+    async fn redis_subscribe(&self, name: &str) -> Result<()> {
+        let result = if self.config.sharded {
+            self.subscriber.ssubscribe(name).await
+        } else {
+            self.subscriber.subscribe(name).await
+        };
+        result.map_err(|e| redtower_client::Error::from(e).into())
+    }
+
+    async fn redis_unsubscribe(&self, name: &str) -> Result<()> {
+        let result = if self.config.sharded {
+            self.subscriber.sunsubscribe(name).await
+        } else {
+            self.subscriber.unsubscribe(name).await
+        };
+        result.map_err(|e| redtower_client::Error::from(e).into())
+    }
+}
+
+/// Decrements the slot's local subscriber count on drop and lingers out the last one.
+struct Guard {
+    hub: Weak<Hub>,
+    slot: Arc<Slot>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let Some(hub) = self.hub.upgrade() else {
+            return;
+        };
+        let last = {
+            let _slots = hub.lock();
+            self.slot
+                .refs
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+                == 1
+        };
+        if last {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(linger(self.hub.clone(), self.slot.clone()));
+            }
+        }
+    }
+}
+
+async fn linger(hub: Weak<Hub>, slot: Arc<Slot>) {
+    let Some(wait) = hub.upgrade().map(|h| h.config.linger) else {
+        return;
+    };
+    tokio::time::sleep(wait).await;
+    let Some(hub) = hub.upgrade() else {
+        return;
+    };
+    let _serial = hub.sub_lock.lock().await;
+    let removed = {
+        let mut slots = hub.lock();
+        let idle = slot.refs.load(std::sync::atomic::Ordering::Acquire) == 0;
+        let current = slots.get(&slot.name).is_some_and(|s| Arc::ptr_eq(s, &slot));
+        if idle && current {
+            slots.remove(&slot.name);
+        }
+        idle && current
+    };
+    if removed {
+        metrics::gauge!("redtower_pubsub_subscriptions").decrement(1);
+        tracing::debug!(target: TARGET, channel = %slot.channel, "unsubscribing after linger");
+        if let Err(error) = hub.redis_unsubscribe(&slot.name).await {
+            tracing::warn!(target: TARGET, channel = %slot.channel, error = %error, "unsubscribe failed");
+        }
+    }
+}
+
+/// The only reader of the subscriber's messages: routes each to its channel's task, never
+/// waiting on subscribers.
+async fn dispatch(hub: Weak<Hub>, mut messages: broadcast::Receiver<fred::types::Message>) {
+    loop {
+        match messages.recv().await {
+            Ok(message) => {
+                let Some(hub) = hub.upgrade() else { return };
+                let slot = hub.lock().get(&*message.channel).cloned();
+                metrics::counter!("redtower_pubsub_redis_messages_total").increment(1);
+                if let (Some(slot), Some(text)) = (slot, message.value.into_string()) {
+                    let _ = slot.inbox.send(Msg::Raw(text));
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                let Some(hub) = hub.upgrade() else { return };
+                metrics::counter!("redtower_pubsub_redis_lagged_total").increment(n);
+                tracing::warn!(target: TARGET, skipped = n, "pub/sub buffer overflowed; repairing from history");
+                for slot in hub.lock().values() {
+                    let _ = slot.inbox.send(Msg::Repair);
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// After every reconnect of the subscriber: subscribe again to every channel, then replay
+/// from the history what was published while the subscription was down.
+async fn watch_reconnects(
+    hub: Weak<Hub>,
+    mut reconnects: broadcast::Receiver<fred::types::config::Server>,
+) {
+    loop {
+        match reconnects.recv().await {
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+        let Some(hub) = hub.upgrade() else { return };
+        let _serial = hub.sub_lock.lock().await;
+        let slots: Vec<Arc<Slot>> = hub
+            .lock()
+            .values()
+            .filter(|s| s.ready.initialized())
+            .cloned()
+            .collect();
+        if slots.is_empty() {
+            continue;
+        }
+        metrics::counter!("redtower_pubsub_resubscribes_total").increment(1);
+        tracing::info!(target: TARGET, channels = slots.len(), "resubscribing after reconnect");
+        for slot in &slots {
+            if let Err(error) = hub.redis_subscribe(&slot.name).await {
+                tracing::warn!(target: TARGET, channel = %slot.channel, error = %error, "resubscribe failed");
+            }
+            let _ = slot.inbox.send(Msg::Repair);
+        }
+    }
+}
+
+/// Reads one channel's history.
+#[derive(Clone)]
+struct History {
+    redis: Redis,
+    channel: Channel,
+    meta: Key,
+    stream: Key,
+}
+
+struct Read {
+    /// `None` when the channel has no history at all.
+    epoch: Option<Arc<str>>,
+    top: u64,
+    events: Vec<Arc<Event>>,
+}
+
+impl History {
+    async fn read(&self, from: u64, count: u64) -> Result<Read> {
+        let reply: Value = HISTORY
+            .run(
+                &self.redis,
+                vec![self.meta.clone(), self.stream.clone()],
+                vec![from.to_string(), count.to_string()],
+            )
+            .await?;
+        self.decode(reply)
+    }
+
+    fn decode(&self, reply: Value) -> Result<Read> {
+        let bad = || redtower_client::Error::reply("unexpected pubsub_history reply");
+        let mut parts = reply.into_array().into_iter();
+        let (Some(epoch), Some(top), Some(entries)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad().into());
+        };
+        let epoch = epoch.into_string().ok_or_else(bad)?;
+        let top = top.as_u64().ok_or_else(bad)?;
+        if epoch.is_empty() {
+            return Ok(Read {
+                epoch: None,
+                top: 0,
+                events: Vec::new(),
+            });
+        }
+        let epoch: Arc<str> = Arc::from(epoch);
+        let mut events = Vec::new();
+        for entry in entries.into_array() {
+            let mut entry = entry.into_array().into_iter();
+            let (Some(id), Some(fields)) = (entry.next(), entry.next()) else {
+                return Err(bad().into());
+            };
+            let id = id.into_string().ok_or_else(bad)?;
+            let offset = id
+                .split_once('-')
+                .and_then(|(o, _)| o.parse::<u64>().ok())
+                .ok_or_else(bad)?;
+            let mut fields = fields.into_array().into_iter();
+            let mut data = None;
+            while let (Some(k), Some(v)) = (fields.next(), fields.next()) {
+                if k.as_str().as_deref() == Some("d") {
+                    data = v.into_string();
+                }
+            }
+            let data = data.ok_or_else(bad)?;
+            events.push(Arc::new(Event::new(
+                EventId::from_parts(epoch.clone(), offset),
+                self.channel.clone(),
+                Arc::from(data),
+            )));
+        }
+        Ok(Read {
+            epoch: Some(epoch),
+            top,
+            events,
+        })
+    }
+
+    async fn latest(&self) -> Result<Option<EventId>> {
+        let read = self.read(1, 0).await?;
+        Ok(read
+            .epoch
+            .filter(|_| read.top > 0)
+            .map(|e| EventId::from_parts(e, read.top)))
+    }
+
+    /// The events after `after` (epoch, offset), at most `limit`.
+    async fn replay(&self, after: &EventId, limit: u64) -> Result<Replay> {
+        let read = self
+            .read(after.offset() + 1, limit.saturating_add(1))
+            .await?;
+        Ok(judge(read, after, limit))
+    }
+}
+
+fn judge(read: Read, after: &EventId, limit: u64) -> Replay {
+    let Some(epoch) = read.epoch else {
+        return Replay::Gap { latest: None };
+    };
+    let latest = (read.top > 0).then(|| EventId::from_parts(epoch.clone(), read.top));
+    if *epoch != *after.epoch() || read.top < after.offset() {
+        return Replay::Gap { latest };
+    }
+    let missing = read.top - after.offset();
+    if missing == 0 {
+        return Replay::Events(Vec::new());
+    }
+    let complete = missing <= limit
+        && read.events.first().map(|e| e.id().offset()) == Some(after.offset() + 1)
+        && read.events.len() as u64 >= missing;
+    if !complete {
+        return Replay::Gap { latest };
+    }
+    let mut events = read.events;
+    events.truncate(usize::try_from(missing).unwrap_or(usize::MAX));
+    Replay::Events(events)
+}
+
+/// One task per subscribed channel: orders, de-duplicates and repairs what the subscription
+/// delivers, then broadcasts it to the local subscribers.
+struct ChannelTask {
+    history: History,
+    tx: broadcast::Sender<Delivery>,
+    last: Option<EventId>,
+    repair_limit: u64,
+}
+
+async fn run_channel(mut task: ChannelTask, mut inbox: mpsc::UnboundedReceiver<Msg>) {
+    let mut pending: Option<Vec<String>> = Some(Vec::new());
+    while let Some(msg) = inbox.recv().await {
+        match msg {
+            Msg::Init(latest) => {
+                task.last = latest;
+                for raw in pending.take().unwrap_or_default() {
+                    task.on_raw(&raw).await;
+                }
+            }
+            Msg::Raw(raw) => match &mut pending {
+                Some(buffer) => buffer.push(raw),
+                None => task.on_raw(&raw).await,
+            },
+            Msg::Repair if pending.is_none() => {
+                let after = match &task.last {
+                    Some(last) => Some(last.clone()),
+                    None => task.history.latest().await.ok().flatten().map(|l| {
+                        // Nothing was seen since subscribing to a channel without history:
+                        // everything in the current epoch is new.
+                        EventId::from_parts(l.epoch_arc().clone(), 0)
+                    }),
+                };
+                if let Some(after) = after {
+                    task.repair(&after).await;
+                }
+            }
+            Msg::Repair => {}
+        }
+    }
+}
+
+impl ChannelTask {
+    async fn on_raw(&mut self, raw: &str) {
+        let Some((id, data)) = parse_message(raw) else {
+            tracing::warn!(target: TARGET, channel = %self.history.channel, "ignoring a malformed pub/sub message");
+            return;
+        };
+        let expected = match &self.last {
+            Some(last) if last.epoch() == id.epoch() => {
+                if id.offset() <= last.offset() {
+                    return; // already delivered (by a repair)
+                }
+                last.offset() + 1
+            }
+            _ => 1,
+        };
+        if id.offset() != expected {
+            let after = EventId::from_parts(id.epoch_arc().clone(), expected - 1);
+            self.repair(&after).await;
+            if self
+                .last
+                .as_ref()
+                .is_some_and(|l| l.epoch() == id.epoch() && l.offset() >= id.offset())
+            {
+                return;
+            }
+        }
+        let event = Event::new(id.clone(), self.history.channel.clone(), Arc::from(data));
+        self.last = Some(id);
+        let _ = self.tx.send(Delivery::Event(Arc::new(event)));
+    }
+
+    /// Delivers the events after `after` from the history; tells subscribers to resync when
+    /// the history cannot cover them.
+    async fn repair(&mut self, after: &EventId) {
+        match self.history.replay(after, self.repair_limit).await {
+            Ok(Replay::Events(events)) => {
+                if !events.is_empty() {
+                    metrics::counter!("redtower_pubsub_repaired_total")
+                        .increment(events.len() as u64);
+                    tracing::debug!(target: TARGET, channel = %self.history.channel, events = events.len(), "repaired a gap from history");
+                }
+                for event in events {
+                    self.last = Some(event.id().clone());
+                    let _ = self.tx.send(Delivery::Event(event));
+                }
+            }
+            Ok(Replay::Gap { latest }) => {
+                tracing::warn!(target: TARGET, channel = %self.history.channel, "events lost and not in history: subscribers resync");
+                metrics::counter!("redtower_pubsub_lost_total").increment(1);
+                self.last = latest.clone();
+                let _ = self.tx.send(Delivery::Lost { latest });
+            }
+            Err(error) => {
+                tracing::warn!(target: TARGET, channel = %self.history.channel, error = %error, "reading history to repair a gap failed: subscribers resync");
+                metrics::counter!("redtower_pubsub_lost_total").increment(1);
+                let _ = self.tx.send(Delivery::Lost { latest: None });
+            }
+        }
+    }
+}
+
+/// `<epoch>:<offset>:<data>`.
+fn parse_message(raw: &str) -> Option<(EventId, &str)> {
+    let (epoch, rest) = raw.split_once(':')?;
+    let (offset, data) = rest.split_once(':')?;
+    let id = EventId::new(epoch, offset.parse().ok()?).ok()?;
+    Some((id, data))
+}
+
+#[async_trait::async_trait]
+impl PubSubStore for RedisStore {
+    async fn publish(&self, channel: &Channel, data: Arc<str>) -> Result<EventId> {
+        let hub = &self.hub;
+        let tag = hub.ns.key(channel.as_str());
+        let ttl_ms = u64::try_from(hub.config.history_ttl.as_millis()).unwrap_or(u64::MAX);
+        let reply: Value = PUBLISH
+            .run(
+                &hub.redis,
+                vec![tag.clone().push("m"), tag.clone().push("h")],
+                vec![
+                    EventId::random_epoch(),
+                    data.to_string(),
+                    hub.config.history_len.to_string(),
+                    ttl_ms.to_string(),
+                    tag.into_string(),
+                    if hub.config.sharded { "1" } else { "0" }.to_owned(),
+                ],
+            )
+            .await?;
+        let mut parts = reply.into_array().into_iter();
+        let epoch = parts.next().and_then(Value::into_string);
+        let offset = parts.next().and_then(|v| v.as_u64());
+        match (epoch, offset) {
+            (Some(epoch), Some(offset)) => Ok(EventId::new(epoch, offset)
+                .map_err(|_| redtower_client::Error::reply("bad epoch from pubsub_publish"))?),
+            _ => Err(redtower_client::Error::reply("unexpected pubsub_publish reply").into()),
+        }
+    }
+
+    async fn subscribe(&self, channel: &Channel) -> Result<Subscription> {
+        let hub = &self.hub;
+        let name = hub.ns.key(channel.as_str()).into_string();
+        let (slot, rx) = {
+            let mut slots = hub.lock();
+            let slot = slots
+                .entry(name.clone())
+                .or_insert_with(|| {
+                    let (tx, _) = broadcast::channel(hub.config.capacity);
+                    let (inbox, inbox_rx) = mpsc::unbounded_channel();
+                    let task = ChannelTask {
+                        history: hub.history(channel),
+                        tx: tx.clone(),
+                        last: None,
+                        repair_limit: hub.config.history_len.saturating_add(200),
+                    };
+                    tokio::spawn(run_channel(task, inbox_rx));
+                    metrics::gauge!("redtower_pubsub_subscriptions").increment(1);
+                    Arc::new(Slot {
+                        channel: channel.clone(),
+                        name,
+                        tx,
+                        inbox,
+                        refs: std::sync::atomic::AtomicUsize::new(0),
+                        ready: OnceCell::new(),
+                    })
+                })
+                .clone();
+            slot.refs.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            let rx = slot.tx.subscribe();
+            (slot, rx)
+        };
+        let guard = Guard {
+            hub: Arc::downgrade(hub),
+            slot: slot.clone(),
+        };
+        slot.ready
+            .get_or_try_init(|| async {
+                let _serial = hub.sub_lock.lock().await;
+                hub.redis_subscribe(&slot.name).await?;
+                let latest = hub.history(channel).latest().await?;
+                tracing::debug!(target: TARGET, channel = %channel, "subscribed");
+                let _ = slot.inbox.send(Msg::Init(latest));
+                Ok::<_, crate::Error>(())
+            })
+            .await?;
+        Ok(Subscription::new(
+            channel.clone(),
+            rx,
+            Some(Box::new(guard)),
+        ))
+    }
+
+    async fn replay(&self, channel: &Channel, after: &EventId, limit: usize) -> Result<Replay> {
+        self.hub.history(channel).replay(after, limit as u64).await
+    }
+
+    async fn latest(&self, channel: &Channel) -> Result<Option<EventId>> {
+        self.hub.history(channel).latest().await
+    }
+
+    fn active_channels(&self) -> usize {
+        self.hub.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_parse() {
+        let (id, data) = parse_message("abc:12:{\"a\":\"x:y\"}").unwrap();
+        assert_eq!(id.to_string(), "abc:12");
+        assert_eq!(data, "{\"a\":\"x:y\"}");
+        assert!(parse_message("abc:x:1").is_none());
+        assert!(parse_message("abc").is_none());
+    }
+}
