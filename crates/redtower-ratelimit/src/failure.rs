@@ -1,0 +1,214 @@
+//! Degraded operation: [`FailurePolicy`], the circuit breaker, the local cache of denied
+//! subjects, and [`MissingKey`].
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+use crate::{Decision, model::Outcome};
+
+/// What the layer does when the store cannot answer (Redis down, slower than the
+/// [timeout](crate::RateLimitLayer::timeout), circuit breaker open, script error).
+///
+/// Every policy logs one WARN when the store starts failing and one INFO when it recovers
+/// (not one per request), and counts `redtower_ratelimit_fail_open_total` /
+/// `redtower_ratelimit_fail_closed_total` / `redtower_ratelimit_fallback_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// Let the request through without rate limit headers (the default: an outage of the
+    /// limiter should not become an outage of the API).
+    #[default]
+    FailOpen,
+    /// Answer `503 Service Unavailable` with `Retry-After` (the breaker's cool-down): for
+    /// endpoints where an unlimited flood is worse than refusing, such as login or OTP.
+    FailClosed,
+    /// Check the same policies against an in-process [`MemoryStore`](crate::MemoryStore) owned
+    /// by the layer. Each instance then enforces the limits on its own, so the effective limit
+    /// is up to `limit × instances` during the outage.
+    LocalFallback,
+}
+
+/// Circuit breaker settings: after `failures` consecutive store failures, the store is not
+/// called for `cool_down`; then one request probes it, and its success closes the breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitBreaker {
+    /// Consecutive failures that open the breaker. Defaults to 5.
+    pub failures: u32,
+    /// How long it stays open before a probe. Defaults to 1 s.
+    pub cool_down: Duration,
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            cool_down: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What to do when the key extractor finds no identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum MissingKey {
+    /// Answer the extractor's [`KeyRejection`](crate::KeyRejection) status with a problem
+    /// body (the default: a misconfiguration is loud, and clients cannot dodge the limit by
+    /// omitting a header).
+    #[default]
+    Reject,
+    /// Let the request through unlimited.
+    Allow,
+}
+
+pub(crate) struct Breaker {
+    config: CircuitBreaker,
+    base: Instant,
+    failures: AtomicU32,
+    /// µs since `base` until which the breaker is open; 0 = closed.
+    open_until: AtomicU64,
+    probing: AtomicBool,
+}
+
+impl Breaker {
+    pub(crate) fn new(config: CircuitBreaker) -> Self {
+        Self {
+            config,
+            base: Instant::now(),
+            failures: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX) + 1
+    }
+
+    /// Whether the store may be called now.
+    pub(crate) fn allow(&self) -> bool {
+        let until = self.open_until.load(Ordering::Acquire);
+        if until == 0 {
+            return true;
+        }
+        if self.now() < until {
+            return false;
+        }
+        // Half-open: one probe at a time.
+        self.probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    pub(crate) fn success(&self) {
+        self.failures.store(0, Ordering::Release);
+        self.open_until.store(0, Ordering::Release);
+        self.probing.store(false, Ordering::Release);
+    }
+
+    pub(crate) fn failure(&self) {
+        let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let probing = self.probing.swap(false, Ordering::AcqRel);
+        if n >= self.config.failures.max(1) || probing {
+            let cool = u64::try_from(self.config.cool_down.as_micros()).unwrap_or(u64::MAX);
+            self.open_until
+                .store(self.now().saturating_add(cool), Ordering::Release);
+        }
+    }
+
+    pub(crate) fn cool_down(&self) -> Duration {
+        self.config.cool_down
+    }
+}
+
+/// Subjects denied recently, until their retry time: answered locally, with no store call.
+pub(crate) struct DeniedCache {
+    capacity: usize,
+    entries: Mutex<HashMap<u64, Denied>>,
+}
+
+struct Denied {
+    at: Instant,
+    until: Instant,
+    cost: u32,
+    decision: Decision,
+}
+
+impl DeniedCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A still-valid denial for `key` covering `cost`, with its times aged.
+    pub(crate) fn get(&self, key: u64, cost: u32) -> Option<Decision> {
+        if self.capacity == 0 {
+            return None;
+        }
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = entries.get(&key)?;
+        if now >= hit.until {
+            entries.remove(&key);
+            return None;
+        }
+        if cost < hit.cost {
+            return None;
+        }
+        let aged = u64::try_from((now - hit.at).as_micros()).unwrap_or(u64::MAX);
+        let policies: Vec<_> = hit
+            .decision
+            .policies()
+            .iter()
+            .map(|d| *d.policy())
+            .collect();
+        let outcomes = hit.decision.policies().iter().map(|d| {
+            let o = d.outcome();
+            Outcome {
+                reset_us: o.reset_us.saturating_sub(aged),
+                retry_after_us: if o.allowed {
+                    0
+                } else {
+                    o.retry_after_us.saturating_sub(aged).max(1)
+                },
+                ..*o
+            }
+        });
+        Some(Decision::new(&policies, outcomes))
+    }
+
+    pub(crate) fn insert(&self, key: u64, cost: u32, decision: &Decision) {
+        if self.capacity == 0 {
+            return;
+        }
+        let Some(wait) = decision.retry_after() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= self.capacity {
+            entries.retain(|_, d| d.until > now);
+            if entries.len() >= self.capacity {
+                return;
+            }
+        }
+        entries.insert(
+            key,
+            Denied {
+                at: now,
+                until: now + wait,
+                cost,
+                decision: decision.clone(),
+            },
+        );
+    }
+}

@@ -1,0 +1,486 @@
+//! Who a request counts against: [`Subject`] and the [`KeyExtractor`]s that find it.
+//!
+//! | extractor | subject | when missing |
+//! | --- | --- | --- |
+//! | [`PeerIp`] (default) | the TCP peer (`ConnectInfo<SocketAddr>`), IPv6 grouped by /64 | 500: serve with `into_make_service_with_connect_info` |
+//! | [`ClientIp::trusted_proxies`] | the right-most untrusted address of `X-Forwarded-For` (or `Forwarded`), read only when the peer is a trusted proxy | as `PeerIp` |
+//! | [`Header`] | an API key header, hashed (SHA-256) | 401 |
+//! | [`BearerToken`] | `Authorization: Bearer …`, hashed | 401 |
+//! | [`FromExtension`] | a request extension set by an earlier layer (user id) | 500: the earlier layer is missing |
+//! | [`Global`] | one subject for everyone | never |
+//! | a closure `Fn(&Parts) -> Option<Subject>` | anything; `None` skips the limit | — |
+//!
+//! An extractor answers `Ok(Some(subject))`, `Ok(None)` to skip limiting (an allow-list), or
+//! `Err(KeyRejection)` when the identity is missing; the layer then answers with the
+//! rejection's status (or lets the request through with
+//! [`MissingKey::Allow`](crate::MissingKey::Allow)). Use [`KeyExtractorExt::or`] to fall back
+//! to another extractor, e.g. an API key, else the client IP.
+
+use std::{
+    fmt,
+    marker::PhantomData,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use axum::extract::ConnectInfo;
+use http::{HeaderName, StatusCode, header::AUTHORIZATION, request::Parts};
+use ipnet::IpNet;
+use redtower_client::Segment;
+
+/// The identity a request is counted against, already escaped (or hashed) for use in a Redis
+/// key. Never log it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Subject(Segment<'static>);
+
+impl fmt::Debug for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Subject(..)")
+    }
+}
+
+impl Subject {
+    /// A subject from arbitrary text (escaped; long values are hashed).
+    pub fn new(raw: impl AsRef<str>) -> Self {
+        Self(Segment::new(raw.as_ref()).into_owned())
+    }
+
+    /// A subject from a secret (API key, token): only its SHA-256 is kept.
+    pub fn secret(raw: impl AsRef<[u8]>) -> Self {
+        Self(Segment::secret(raw.as_ref()))
+    }
+
+    /// The one subject of [`Global`].
+    pub fn global() -> Self {
+        Self::new("global")
+    }
+
+    /// The subject for an IP address (already grouped to a network if wanted).
+    pub fn ip(ip: IpAddr) -> Self {
+        Self::new(format!("ip/{ip}"))
+    }
+
+    /// The subject for a network (`2001:db8::/64`).
+    pub fn network(net: IpNet) -> Self {
+        Self::new(format!("ip/{net}"))
+    }
+
+    /// The escaped text used in keys.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The key segment.
+    pub fn segment(&self) -> &Segment<'static> {
+        &self.0
+    }
+}
+
+/// The identity is missing: the layer answers `status` (unless configured to allow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRejection {
+    /// The status to answer.
+    pub status: StatusCode,
+    /// Why, for the problem body and logs (no request data).
+    pub reason: &'static str,
+}
+
+impl KeyRejection {
+    /// A rejection with `status` and `reason`.
+    pub const fn new(status: StatusCode, reason: &'static str) -> Self {
+        Self { status, reason }
+    }
+}
+
+/// Finds the [`Subject`] of a request. Implemented for closures
+/// `Fn(&Parts) -> Option<Subject>` (where `None` skips limiting).
+pub trait KeyExtractor: Send + Sync + 'static {
+    /// `Ok(Some(s))`: count against `s`; `Ok(None)`: do not limit this request;
+    /// `Err(_)`: the identity is missing.
+    ///
+    /// # Errors
+    ///
+    /// A [`KeyRejection`] when the request carries no identity.
+    fn extract(&self, parts: &Parts) -> Result<Option<Subject>, KeyRejection>;
+}
+
+impl<F> KeyExtractor for F
+where
+    F: Fn(&Parts) -> Option<Subject> + Send + Sync + 'static,
+{
+    fn extract(&self, parts: &Parts) -> Result<Option<Subject>, KeyRejection> {
+        Ok(self(parts))
+    }
+}
+
+impl<K: KeyExtractor + ?Sized> KeyExtractor for Arc<K> {
+    fn extract(&self, parts: &Parts) -> Result<Option<Subject>, KeyRejection> {
+        (**self).extract(parts)
+    }
+}
+
+/// Combinators for [`KeyExtractor`]s.
+pub trait KeyExtractorExt: KeyExtractor + Sized {
+    /// Uses `other` when `self` finds no identity (`Err`). `Ok(None)` (skip) is kept.
+    ///
+    /// ```
+    /// use redtower_ratelimit::{BearerToken, KeyExtractorExt, PeerIp};
+    /// let key = BearerToken.or(PeerIp);
+    /// # let _ = key;
+    /// ```
+    fn or<O: KeyExtractor>(self, other: O) -> Or<Self, O> {
+        Or(self, other)
+    }
+}
+
+impl<K: KeyExtractor> KeyExtractorExt for K {}
+
+/// See [`KeyExtractorExt::or`].
+#[derive(Debug, Clone)]
+pub struct Or<A, B>(A, B);
+
+impl<A: KeyExtractor, B: KeyExtractor> KeyExtractor for Or<A, B> {
+    fn extract(&self, parts: &Parts) -> Result<Option<Subject>, KeyRejection> {
+        self.0.extract(parts).or_else(|_| self.1.extract(parts))
+    }
+}
+
+/// One limit shared by every request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Global;
+
+impl KeyExtractor for Global {
+    fn extract(&self, _: &Parts) -> Result<Option<Subject>, KeyRejection> {
+        Ok(Some(Subject::global()))
+    }
+}
+
+const NO_PEER: KeyRejection = KeyRejection::new(
+    StatusCode::INTERNAL_SERVER_ERROR,
+    "no peer address: serve the app with into_make_service_with_connect_info::<SocketAddr>()",
+);
+
+/// The TCP peer's address, from axum's `ConnectInfo<SocketAddr>` (or a plain `SocketAddr`
+/// extension). IPv6 addresses are grouped by /64 (one subscriber's allocation; see
+/// [`ClientIp::ipv6_prefix`]), IPv4-mapped IPv6 addresses count as IPv4.
+///
+/// Behind a reverse proxy every client has the proxy's address: use
+/// [`ClientIp::trusted_proxies`] there.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PeerIp;
+
+impl PeerIp {
+    /// The peer address, grouping IPv6 addresses by `/len` instead of /64.
+    ///
+    /// # Panics
+    ///
+    /// If `len > 128`.
+    pub fn ipv6_prefix(self, len: u8) -> ClientIp {
+        ClientIp::peer().ipv6_prefix(len)
+    }
+}
+
+impl KeyExtractor for PeerIp {
+    fn extract(&self, parts: &Parts) -> Result<Option<Subject>, KeyRejection> {
+        let ip = peer(parts).ok_or(NO_PEER)?;
+        Ok(Some(group(ip, 32, 64)))
+    }
+}
+
+fn peer(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .or_else(|| parts.extensions.get::<SocketAddr>().map(SocketAddr::ip))
+}
+
+fn group(ip: IpAddr, v4: u8, v6: u8) -> Subject {
+    let ip = ip.to_canonical();
+    let len = if ip.is_ipv4() { v4 } else { v6 };
+    let full = if ip.is_ipv4() { 32 } else { 128 };
+    if len >= full {
+        return Subject::ip(ip);
+    }
+    match IpNet::new(ip, len) {
+        Ok(net) => Subject::network(net.trunc()),
+        Err(_) => Subject::ip(ip),
+    }
+}
+
+/// Which header a trusted proxy writes the client address into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (the default).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client;proto=https, for="[2001:db8::1]:4711"`.
+    Forwarded,
+}
+
+/// The client's IP address, optionally through trusted reverse proxies.
+///
+/// With no trusted proxy it is [`PeerIp`]. With [`trusted_proxies`](Self::trusted_proxies), the
+/// forwarding header is read only when the TCP peer is inside one of the trusted networks, and
+/// walked right to left, skipping trusted hops: the first untrusted address is the client.
+/// Addresses a client writes itself sit to the left of what its first proxy appends, so they
+/// are never reached. Exactly one header is read ([`ForwardedHeader`]): reading a second one
+/// that the proxy passes through untouched would let clients choose their key. An unparsable
+/// entry stops the walk at the last trusted hop.
+///
+/// ```
+/// use redtower_ratelimit::{ClientIp, ForwardedHeader};
+///
+/// let key = ClientIp::trusted_proxies(["10.0.0.0/8".parse().unwrap()])
+///     .header(ForwardedHeader::XForwardedFor)
+///     .ipv6_prefix(56);
+/// # let _ = key;
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientIp {
+    trusted: Arc<[IpNet]>,
+    header: ForwardedHeader,
+    v4_prefix: u8,
+    v6_prefix: u8,
+    max_hops: usize,
+}
+
+impl ClientIp {
+    /// The TCP peer only (same as [`PeerIp`]).
+    pub fn peer() -> Self {
+        Self::trusted_proxies([])
+    }
+
+    /// Reads the forwarding header when the peer is in one of `networks`.
+    pub fn trusted_proxies(networks: impl IntoIterator<Item = IpNet>) -> Self {
+        Self {
+            trusted: networks.into_iter().map(|n| n.trunc()).collect(),
+            header: ForwardedHeader::XForwardedFor,
+            v4_prefix: 32,
+            v6_prefix: 64,
+            max_hops: 16,
+        }
+    }
+
+    /// The header the proxies write. Defaults to [`ForwardedHeader::XForwardedFor`].
+    #[must_use]
+    pub fn header(mut self, header: ForwardedHeader) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// Groups IPv6 clients by `/len`. Defaults to 64 (one subscriber's LAN; some ISPs hand out a
+    /// /56 per customer, where 56 stops a client rotating through its 256 /64s).
+    ///
+    /// # Panics
+    ///
+    /// If `len > 128`.
+    #[must_use]
+    pub fn ipv6_prefix(mut self, len: u8) -> Self {
+        assert!(len <= 128, "IPv6 prefix /{len} is longer than 128");
+        self.v6_prefix = len;
+        self
+    }
+
+    /// Groups IPv4 clients by `/len`. Defaults to 32 (one address).
+    ///
+    /// # Panics
+    ///
+    /// If `len > 32`.
+    #[must_use]
+    pub fn ipv4_prefix(mut self, len: u8) -> Self {
+        assert!(len <= 32, "IPv4 prefix /{len} is longer than 32");
+        self.v4_prefix = len;
+        self
+    }
+
+    /// The most forwarding entries walked before giving up (using the last trusted hop).
+    /// Defaults to 16.
+    #[must_use]
+    pub fn max_hops(mut self, hops: usize) -> Self {
+        self.max_hops = hops;
+        self
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The client address of a request (before grouping).
+    pub fn client_addr(&self, parts: &Parts) -> Option<IpAddr> {
+        let peer = peer(parts)?.to_canonical();
+        if !self.is_trusted(peer) {
+            return Some(peer);
+        }
+        let name = match self.header {
+            ForwardedHeader::XForwardedFor => HeaderName::from_static("x-forwarded-for"),
+            ForwardedHeader::Forwarded => http::header::FORWARDED,
+        };
+        let mut entries: Vec<&str> = Vec::new();
+        for value in parts.headers.get_all(&name) {
+            let Ok(value) = value.to_str() else {
+                return Some(peer);
+            };
+            entries.extend(value.split(',').map(str::trim));
+        }
+        let mut client = peer;
+        for entry in entries.iter().rev().take(self.max_hops) {
+            let parsed = match self.header {
+                ForwardedHeader::XForwardedFor => parse_addr(entry),
+                ForwardedHeader::Forwarded => forwarded_for(entry).and_then(parse_addr),
+            };
+            let Some(ip) = parsed.map(|ip| ip.to_canonical()) else {
+                break;
+            };
+            client = ip;
+            if !self.is_trusted(ip) {
+                break;
+            }
+        }
+        Some(client)
+    }
+}
+
+impl Default for ClientIp {
+    fn default() -> Self {
+        Self::peer()
+    }
+}
+
+impl KeyExtractor for ClientIp {
+    fn extract(&self, parts: &Parts) -> Result<Option<Subject>, KeyRejection> {
+        let ip = self.client_addr(parts).ok_or(NO_PEER)?;
+        Ok(Some(group(ip, self.v4_prefix, self.v6_prefix)))
+    }
+}
+
+/// `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`, `[2001:db8::1]:80`, optionally quoted.
+fn parse_addr(s: &str) -> Option<IpAddr> {
+    let s = s.trim().trim_matches('"');
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some(sa.ip());
+    }
+    s.strip_prefix('[')
+        .and_then(|r| r.split(']').next())
+        .and_then(|v6| v6.parse().ok())
+}
+
+/// The `for=` value of one `Forwarded` element.
+fn forwarded_for(element: &str) -> Option<&str> {
+    element.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
+    })
+}
+
+const NO_HEADER: KeyRejection = KeyRejection::new(
+    StatusCode::UNAUTHORIZED,
+    "missing credentials for rate limiting",
+);
+
+/// The value of a header (an API key), hashed: neither Redis nor logs see it.
+#[derive(Debug, Clone)]
+pub struct Header(HeaderName);
+
+impl Header {
+    /// The header `name`.
+    pub fn new(name: HeaderName) -> Self {
+        Self(name)
+    }
+
+    /// The `X-Api-Key` header.
+    pub fn api_key() -> Self {
+        Self(HeaderName::from_static("x-api-key"))
+    }
+}
+
+impl KeyExtractor for Header {
+    fn extract(&self, parts: &Parts) -> Result<Option<Subject>, KeyRejection> {
+        let value = parts.headers.get(&self.0).ok_or(NO_HEADER)?;
+        if value.is_empty() {
+            return Err(NO_HEADER);
+        }
+        let mut raw = b"h/".to_vec();
+        raw.extend_from_slice(self.0.as_str().as_bytes());
+        raw.push(b'/');
+        raw.extend_from_slice(value.as_bytes());
+        Ok(Some(Subject::secret(raw)))
+    }
+}
+
+/// The token of `Authorization: Bearer <token>`, hashed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BearerToken;
+
+impl KeyExtractor for BearerToken {
+    fn extract(&self, parts: &Parts) -> Result<Option<Subject>, KeyRejection> {
+        let value = parts.headers.get(AUTHORIZATION).ok_or(NO_HEADER)?;
+        let bytes = value.as_bytes();
+        if bytes.len() <= 7 || !bytes[..7].eq_ignore_ascii_case(b"bearer ") {
+            return Err(NO_HEADER);
+        }
+        let token = bytes[7..].trim_ascii();
+        if token.is_empty() {
+            return Err(NO_HEADER);
+        }
+        let mut raw = b"bearer/".to_vec();
+        raw.extend_from_slice(token);
+        Ok(Some(Subject::secret(raw)))
+    }
+}
+
+/// A request extension `T` set by an earlier layer (e.g. the user id from an auth layer),
+/// through its `Display` text.
+///
+/// ```
+/// use redtower_ratelimit::FromExtension;
+///
+/// #[derive(Clone)]
+/// struct UserId(u64);
+/// impl std::fmt::Display for UserId {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { self.0.fmt(f) }
+/// }
+/// let key = FromExtension::<UserId>::new();
+/// # let _ = key;
+/// ```
+pub struct FromExtension<T>(PhantomData<fn() -> T>);
+
+impl<T> FromExtension<T> {
+    /// Reads the extension `T`.
+    pub fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T> Default for FromExtension<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Clone for FromExtension<T> {
+    fn clone(&self) -> Self {
+        Self::new()
+    }
+}
+
+impl<T> fmt::Debug for FromExtension<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(std::any::type_name::<Self>())
+    }
+}
+
+impl<T: fmt::Display + Send + Sync + 'static> KeyExtractor for FromExtension<T> {
+    fn extract(&self, parts: &Parts) -> Result<Option<Subject>, KeyRejection> {
+        let value = parts.extensions.get::<T>().ok_or(KeyRejection::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "rate limit key extension missing: add the layer that sets it before the rate limit layer",
+        ))?;
+        Ok(Some(Subject::new(format!("x/{value}"))))
+    }
+}

@@ -1,0 +1,300 @@
+//! [`RateLimitLayer`]: configuration, validated once, shared by every service it builds.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Response, request::Parts};
+use tower_layer::Layer;
+
+use crate::{
+    CircuitBreaker, ConfigError, Decision, FailurePolicy, Headers, KeyExtractor, MemoryStore,
+    MissingKey, PeerIp, Policy, RateLimit, RateLimitStore,
+    failure::{Breaker, DeniedCache},
+    quota::validate_set,
+};
+
+/// The weight of a request.
+#[derive(Clone)]
+pub(crate) enum Cost {
+    Fixed(u32),
+    Dynamic(Arc<dyn Fn(&Parts) -> u32 + Send + Sync>),
+}
+
+/// Builds a custom 429 response from the decision. The layer adds `Retry-After` and the rate
+/// limit headers afterwards.
+pub type LimitedResponse = Arc<dyn Fn(&Decision) -> Response<Bytes> + Send + Sync>;
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) store: Arc<dyn RateLimitStore>,
+    pub(crate) policies: Arc<[Policy]>,
+    pub(crate) routes: Arc<HashMap<String, Arc<[Policy]>>>,
+    pub(crate) key: Arc<dyn KeyExtractor>,
+    pub(crate) cost: Cost,
+    pub(crate) headers: Headers,
+    pub(crate) failure: FailurePolicy,
+    pub(crate) timeout: Duration,
+    pub(crate) breaker: CircuitBreaker,
+    pub(crate) denied_cache: usize,
+    pub(crate) missing_key: MissingKey,
+    pub(crate) limited: Option<LimitedResponse>,
+    pub(crate) shadow: bool,
+}
+
+/// State shared by every service of one layer (and its clones).
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) breaker: Breaker,
+    pub(crate) denied: DeniedCache,
+    pub(crate) fallback: MemoryStore,
+    pub(crate) degraded: std::sync::atomic::AtomicBool,
+}
+
+/// Rate limits requests against one or more [`Policy`]s, counted in a [`RateLimitStore`].
+///
+/// Required inputs go in [`new`](Self::new); every other setting has a documented default.
+/// Cloning is cheap, and clones (and every service built from them) share the circuit breaker,
+/// the denied cache and the fallback counters. See the [crate docs](crate) for an example.
+///
+/// Setters take effect on the layer they are called on; call them before `layer()`.
+#[must_use]
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    config: Config,
+    /// Built on first use and shared by every clone made after that.
+    shared: Arc<OnceLock<Arc<Shared>>>,
+}
+
+impl fmt::Debug for RateLimitLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("store", &self.config.store)
+            .field("policies", &self.config.policies)
+            .field("routes", &self.config.routes.len())
+            .field("headers", &self.config.headers)
+            .field("failure", &self.config.failure)
+            .field("timeout", &self.config.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimitLayer {
+    /// Limits every request by `policy` (a [`Quota`](crate::Quota) becomes a policy named
+    /// `default`), keyed by [`PeerIp`], with the defaults below.
+    pub fn new(store: impl RateLimitStore, policy: impl Into<Policy>) -> Self {
+        Self::with_store(store).policy(policy)
+    }
+
+    /// A layer with no policy yet: add them with [`policy`](Self::policy) or
+    /// [`route`](Self::route). Requests that no policy applies to pass unlimited.
+    pub fn with_store(store: impl RateLimitStore) -> Self {
+        Self {
+            config: Config {
+                store: Arc::new(store),
+                policies: Arc::from(Vec::new()),
+                routes: Arc::new(HashMap::new()),
+                key: Arc::new(PeerIp),
+                cost: Cost::Fixed(1),
+                headers: Headers::default(),
+                failure: FailurePolicy::FailOpen,
+                timeout: Duration::from_millis(100),
+                breaker: CircuitBreaker::default(),
+                denied_cache: 10_000,
+                missing_key: MissingKey::Reject,
+                limited: None,
+                shadow: false,
+            },
+            shared: Arc::default(),
+        }
+    }
+
+    fn mark(p: Policy, shadow: bool) -> Policy {
+        if shadow { p.shadow(true) } else { p }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(&mut self.config);
+        self.shared = Arc::default();
+        self
+    }
+
+    /// Adds a policy checked for every request without a [`route`](Self::route) of its own.
+    /// All policies of a request are checked in one atomic step: if one denies, none is
+    /// consumed.
+    pub fn policy(self, policy: impl Into<Policy>) -> Self {
+        let policy = policy.into();
+        self.edit(|c| {
+            let mut v = c.policies.to_vec();
+            v.push(Self::mark(policy, c.shadow));
+            c.policies = v.into();
+        })
+    }
+
+    /// Uses `policies` instead of the layer's own for requests whose axum
+    /// [`MatchedPath`](axum::extract::MatchedPath) is `path` (the route template, such as
+    /// `/users/{id}`, never the raw path). Needs the layer inside the router
+    /// (`Router::layer`, `route_layer`, or on the route).
+    pub fn route(self, path: &str, policies: impl IntoIterator<Item = Policy>) -> Self {
+        let list: Arc<[Policy]> = policies.into_iter().collect();
+        let path = path.to_owned();
+        self.edit(|c| {
+            let list: Arc<[Policy]> = list.iter().map(|p| Self::mark(*p, c.shadow)).collect();
+            Arc::make_mut(&mut c.routes).insert(path, list);
+        })
+    }
+
+    /// How requests are identified. Defaults to [`PeerIp`].
+    pub fn key(self, key: impl KeyExtractor) -> Self {
+        let key: Arc<dyn KeyExtractor> = Arc::new(key);
+        self.edit(|c| c.key = key)
+    }
+
+    /// The weight of every request. Defaults to 1. Must not exceed any policy's
+    /// [capacity](crate::Quota::capacity) (checked by [`build`](Self::build)).
+    pub fn cost(self, cost: u32) -> Self {
+        self.edit(|c| c.cost = Cost::Fixed(cost))
+    }
+
+    /// The weight of each request, computed from it (0 counts as 1). A request heavier than a
+    /// policy's capacity can never pass: it is answered 429 without `Retry-After` and without a
+    /// store call.
+    pub fn cost_fn(self, cost: impl Fn(&Parts) -> u32 + Send + Sync + 'static) -> Self {
+        let f: Arc<dyn Fn(&Parts) -> u32 + Send + Sync> = Arc::new(cost);
+        self.edit(|c| c.cost = Cost::Dynamic(f))
+    }
+
+    /// Which headers to send. Defaults to [`Headers::default`] (the IETF draft fields).
+    pub fn headers(self, headers: Headers) -> Self {
+        self.edit(|c| c.headers = headers)
+    }
+
+    /// Also send legacy `X-RateLimit-Limit/-Remaining/-Reset`. Defaults to `false`.
+    pub fn legacy_headers(self, on: bool) -> Self {
+        self.edit(|c| c.headers.legacy = on)
+    }
+
+    /// What to do when the store fails. Defaults to [`FailurePolicy::FailOpen`].
+    pub fn on_store_error(self, policy: FailurePolicy) -> Self {
+        self.edit(|c| c.failure = policy)
+    }
+
+    /// The longest a request waits for the store before the failure policy applies.
+    /// Defaults to 100 ms.
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.edit(|c| c.timeout = timeout)
+    }
+
+    /// Circuit breaker settings. Defaults to [`CircuitBreaker::default`] (5 failures, 1 s).
+    pub fn circuit_breaker(self, breaker: CircuitBreaker) -> Self {
+        self.edit(|c| c.breaker = breaker)
+    }
+
+    /// How many denied subjects are remembered locally until their retry time, answered with
+    /// no store call. 0 disables it. Defaults to 10,000.
+    pub fn denied_cache(self, capacity: usize) -> Self {
+        self.edit(|c| c.denied_cache = capacity)
+    }
+
+    /// What to do when the key extractor finds no identity. Defaults to
+    /// [`MissingKey::Reject`].
+    pub fn on_missing_key(self, missing: MissingKey) -> Self {
+        self.edit(|c| c.missing_key = missing)
+    }
+
+    /// Replaces the 429 response (by default [`too_many_requests`](crate::too_many_requests),
+    /// a problem+json body). `Retry-After` and the rate limit headers are added to it.
+    pub fn limited_response(
+        self,
+        f: impl Fn(&Decision) -> Response<Bytes> + Send + Sync + 'static,
+    ) -> Self {
+        let f: LimitedResponse = Arc::new(f);
+        self.edit(|c| c.limited = Some(f))
+    }
+
+    /// Shadow (dry-run) mode for every policy of this layer, present and future: evaluate,
+    /// count and send headers, never reject. Defaults to `false`.
+    pub fn shadow(self, on: bool) -> Self {
+        self.edit(|c| {
+            c.shadow = on;
+            if on {
+                c.policies = c.policies.iter().map(|p| p.shadow(true)).collect();
+                let routes = Arc::make_mut(&mut c.routes);
+                for list in routes.values_mut() {
+                    *list = list.iter().map(|p| p.shadow(true)).collect();
+                }
+            }
+        })
+    }
+
+    /// Checks the configuration and prepares the shared state.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`]: no policy, a bad or duplicate policy name, a quota too large, a
+    /// fixed cost of 0 or above a policy's capacity.
+    pub fn build(self) -> Result<Self, ConfigError> {
+        self.validate()?;
+        let _ = self.shared.get_or_init(|| self.new_shared());
+        Ok(self)
+    }
+
+    fn new_shared(&self) -> Arc<Shared> {
+        Arc::new(Shared {
+            breaker: Breaker::new(self.config.breaker),
+            denied: DeniedCache::new(self.config.denied_cache),
+            fallback: MemoryStore::new(),
+            degraded: Default::default(),
+            config: self.config.clone(),
+        })
+    }
+
+    /// Checks the configuration (see [`build`](Self::build)).
+    ///
+    /// # Errors
+    ///
+    /// See [`build`](Self::build).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let cost = match self.config.cost {
+            Cost::Fixed(n) => Some(n),
+            Cost::Dynamic(_) => None,
+        };
+        if self.config.policies.is_empty() && self.config.routes.is_empty() {
+            return Err(ConfigError::NoPolicy);
+        }
+        if !self.config.policies.is_empty() {
+            validate_set(&self.config.policies, cost)?;
+        }
+        for list in self.config.routes.values() {
+            validate_set(list, cost)?;
+        }
+        Ok(())
+    }
+
+    fn shared(&self) -> Arc<Shared> {
+        self.shared
+            .get_or_init(|| {
+                if let Err(e) = self.validate() {
+                    panic!("invalid RateLimitLayer: {e}");
+                }
+                self.new_shared()
+            })
+            .clone()
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    /// # Panics
+    ///
+    /// If the configuration is invalid and [`build`](RateLimitLayer::build) was not called to
+    /// get the error as a value.
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::from_shared(inner, self.shared())
+    }
+}

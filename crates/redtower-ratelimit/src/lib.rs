@@ -1,0 +1,117 @@
+//! Rate limiting for tower and axum, with exact limits shared by every instance through Redis.
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use axum::{Router, body::Body, extract::ConnectInfo, routing::get};
+//! use http::{Request, StatusCode};
+//! use redtower_ratelimit::{MemoryStore, Quota, RateLimitLayer, nonzero};
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let limit = RateLimitLayer::new(MemoryStore::new(), Quota::per_minute(nonzero!(2)));
+//! let app = Router::new().route("/", get(|| async { "hi" })).layer(limit);
+//!
+//! let request = || {
+//!     let peer: SocketAddr = "203.0.113.7:50000".parse().unwrap();
+//!     Request::get("/").extension(ConnectInfo(peer)).body(Body::empty()).unwrap()
+//! };
+//! assert_eq!(app.clone().oneshot(request()).await.unwrap().status(), StatusCode::OK);
+//! let second = app.clone().oneshot(request()).await.unwrap();
+//! assert_eq!(second.headers()["ratelimit"], "\"default\";r=0;t=60");
+//! let third = app.clone().oneshot(request()).await.unwrap();
+//! assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+//! assert_eq!(third.headers()["retry-after"], "30"); // one request every 30 s
+//! # }
+//! ```
+//!
+//! In an application, serve with `into_make_service_with_connect_info::<SocketAddr>()` so
+//! [`PeerIp`] (the default key) sees the client address. With Redis, every instance shares the
+//! counters:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use axum::{Router, routing::{get, post}};
+//! use redtower_client::{Redis, RedisConfig};
+//! use redtower_ratelimit::{
+//!     ClientIp, FailurePolicy, Policy, Quota, RateLimitLayer, RedisStore, nonzero,
+//! };
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let redis = Redis::new(RedisConfig::from_env()?)?;
+//! let store = RedisStore::new(redis);
+//! let api = RateLimitLayer::new(
+//!     store.clone(),
+//!     Policy::new("burst", Quota::per_second(nonzero!(10)).burst(nonzero!(20))),
+//! )
+//! .policy(Policy::new("daily", Quota::per_day(nonzero!(10_000)).fixed_window()))
+//! .key(ClientIp::trusted_proxies(["10.0.0.0/8".parse()?]))
+//! .legacy_headers(true)
+//! .build()?;
+//! let login = RateLimitLayer::new(store, Policy::new("login", Quota::per_minute(nonzero!(5))))
+//!     .on_store_error(FailurePolicy::FailClosed)
+//!     .build()?;
+//! let app: Router = Router::new()
+//!     .route("/api/items", get(|| async { "items" }))
+//!     .layer(api)
+//!     .route("/login", post(|| async { "ok" }).layer(login));
+//! # let _ = (app, Duration::ZERO);
+//! # Ok(()) }
+//! ```
+//!
+//! # What it does
+//!
+//! * **Algorithms** ([`Algorithm`]): GCRA (default; a token bucket with `burst`),
+//!   sliding-window counter, and calendar-aligned fixed window. Integer math, one key per
+//!   policy and subject, denied requests never counted, a TTL on every key.
+//! * **Several policies per request**, checked in one atomic step and one Redis round trip
+//!   ([`RedisStore`]): if one denies, none is consumed. A subject's keys share a hash tag
+//!   (`rt:rl:{<subject>}:<policy>`), so this works on Redis Cluster.
+//! * **Keys** ([`KeyExtractor`]): [`PeerIp`] (default), [`ClientIp::trusted_proxies`] (reads
+//!   `X-Forwarded-For`/`Forwarded` right to left, only from trusted peers), IPv6 grouped by
+//!   /64, [`Header`] and [`BearerToken`] (hashed), [`FromExtension`], [`Global`], closures;
+//!   `None` skips the limit.
+//! * **Per route**: put a layer on a route (`route_layer`, `MethodRouter::layer`), or one
+//!   layer with [`RateLimitLayer::route`] choosing policies by axum `MatchedPath`.
+//! * **Responses**: IETF draft `RateLimit-Policy` / `RateLimit` fields (legacy
+//!   `X-RateLimit-*` optional), `Retry-After` rounded up so a retry at that time succeeds, and a
+//!   429 `application/problem+json` body ([`too_many_requests`], replaceable). Handlers read
+//!   the [`Decision`] from the request extensions.
+//! * **Failure policy** ([`FailurePolicy`]): fail open (default), fail closed (503), or a
+//!   local fallback limiter; a per-call timeout (100 ms) and a [`CircuitBreaker`]. Subjects
+//!   already denied are answered from a local cache until their retry time, with no Redis call.
+//! * **Shadow mode** per policy ([`Policy::shadow`]) or per layer: evaluate and record, never
+//!   reject.
+//! * **Observability**: `tracing` (target `redtower::ratelimit`) and `metrics` counters
+//!   `redtower_ratelimit_{allowed,limited,shadow_limited,fail_open,fail_closed,fallback,local_cache_hit}_total`,
+//!   labelled by `policy` (never by subject).
+//!
+//! # Missing identities
+//!
+//! When the key extractor finds no identity (no `ConnectInfo`, no API key header), the layer
+//! answers the extractor's status (500 for a missing `ConnectInfo` or extension, 401 for
+//! missing credentials) with a problem body, so clients cannot dodge a limit by omitting a
+//! header. [`MissingKey::Allow`] lets such requests through instead; [`KeyExtractorExt::or`]
+//! falls back to another key.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod error;
+mod failure;
+mod key;
+mod layer;
+pub mod model;
+mod quota;
+mod response;
+mod service;
+mod store;
+
+pub use error::{ConfigError, Error, Result};
+pub use failure::{CircuitBreaker, FailurePolicy, MissingKey};
+pub use key::{
+    BearerToken, ClientIp, ForwardedHeader, FromExtension, Global, Header, KeyExtractor,
+    KeyExtractorExt, KeyRejection, Or, PeerIp, Subject,
+};
+pub use layer::{LimitedResponse, RateLimitLayer};
+pub use quota::{Algorithm, Policy, Quota};
+pub use response::{Headers, ResponseBody, ceil_secs, too_many_requests, write_headers};
+pub use service::{RateLimit, ResponseFuture};
+pub use store::{Decision, ManualClock, MemoryStore, PolicyDecision, RateLimitStore, RedisStore};

@@ -1,0 +1,260 @@
+//! The reference model: the integer math of every [`Algorithm`], written once.
+//!
+//! [`MemoryStore`](crate::MemoryStore) runs it directly; the Redis Lua script implements the
+//! same arithmetic and is checked against this module by a differential property test. All
+//! times are integer microseconds since the Unix epoch; nothing is rounded except where stated.
+//!
+//! ```
+//! use redtower_ratelimit::{Quota, model, nonzero};
+//!
+//! let quota = Quota::per_second(nonzero!(2)); // GCRA, burst 2
+//! let now = 1_700_000_000_000_000;
+//! let (first, state) = model::evaluate(&quota, None, now, 1);
+//! assert!(first.allowed && first.remaining == 1);
+//! let (second, state) = model::evaluate(&quota, Some(state.state), now, 1);
+//! assert!(second.allowed && second.remaining == 0);
+//! let (third, _) = model::evaluate(&quota, Some(state.state), now, 1);
+//! assert!(!third.allowed);
+//! assert_eq!(third.retry_after_us, 500_000); // one token every 500 ms
+//! ```
+
+use crate::{Algorithm, Quota};
+
+/// What is stored per policy and subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// GCRA: the theoretical arrival time (µs since the epoch).
+    Gcra {
+        /// Theoretical arrival time.
+        tat: u64,
+    },
+    /// Fixed or sliding window: the window index (`now / period`), its count, and (sliding
+    /// only) the previous window's count.
+    Window {
+        /// `now / period` when last written.
+        window: u64,
+        /// Count in that window.
+        count: u64,
+        /// Count in the window before it (sliding window; 0 for fixed).
+        prev: u64,
+    },
+}
+
+/// The answer for one policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Outcome {
+    /// Whether this policy admits the request.
+    pub allowed: bool,
+    /// Units left after this request (counting it if it is admitted).
+    pub remaining: u64,
+    /// Time until the policy is fully replenished if nothing else arrives (GCRA: bucket full;
+    /// fixed window: end of the window; sliding window: until no counted request weighs).
+    pub reset_us: u64,
+    /// When denied: the exact wait until the same request would be admitted by this policy if
+    /// nothing else arrives. 0 when allowed.
+    pub retry_after_us: u64,
+}
+
+/// The state to store if the request is admitted, and its TTL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Update {
+    /// The new state.
+    pub state: State,
+    /// How long the state matters; the key's TTL (rounded up to whole ms in Redis).
+    pub ttl_us: u64,
+}
+
+/// Evaluates `quota` for a request of `cost` units at `now`, given the stored `state` (`None`
+/// when there is none, or it has expired). Returns the outcome, and the update to store if the
+/// request is admitted (callers store nothing for a denied request). A state of another
+/// algorithm's shape counts as absent.
+pub fn evaluate(quota: &Quota, state: Option<State>, now: u64, cost: u64) -> (Outcome, Update) {
+    match quota.get_algorithm() {
+        Algorithm::Gcra => gcra(quota, state, now, cost),
+        Algorithm::FixedWindow => fixed(quota, state, now, cost),
+        Algorithm::SlidingWindow => sliding(quota, state, now, cost),
+    }
+}
+
+fn gcra(quota: &Quota, state: Option<State>, now: u64, cost: u64) -> (Outcome, Update) {
+    let t = quota.emission_interval_us();
+    let tau = u64::from(quota.capacity()) * t;
+    let stored = match state {
+        Some(State::Gcra { tat }) => tat,
+        _ => 0,
+    };
+    let tat = stored.max(now);
+    let new = tat + cost * t;
+    let outcome = if new - now <= tau {
+        Outcome {
+            allowed: true,
+            remaining: (tau - (new - now)) / t,
+            reset_us: new - now,
+            retry_after_us: 0,
+        }
+    } else {
+        Outcome {
+            allowed: false,
+            remaining: tau.saturating_sub(tat - now) / t,
+            reset_us: tat - now,
+            retry_after_us: new - tau - now,
+        }
+    };
+    let update = Update {
+        state: State::Gcra { tat: new },
+        ttl_us: new - now,
+    };
+    (outcome, update)
+}
+
+fn fixed(quota: &Quota, state: Option<State>, now: u64, cost: u64) -> (Outcome, Update) {
+    let p = quota.period_us();
+    let limit = u64::from(quota.limit().get());
+    let w = now / p;
+    let count = match state {
+        Some(State::Window { window, count, .. }) if window == w => count,
+        _ => 0,
+    };
+    let allowed = count + cost <= limit;
+    let after = if allowed { count + cost } else { count };
+    let end = (w + 1) * p - now;
+    let outcome = Outcome {
+        allowed,
+        remaining: limit.saturating_sub(after),
+        reset_us: end,
+        retry_after_us: if allowed { 0 } else { end },
+    };
+    let update = Update {
+        state: State::Window {
+            window: w,
+            count: count + cost,
+            prev: 0,
+        },
+        ttl_us: end,
+    };
+    (outcome, update)
+}
+
+/// The smallest offset `e` in `0..=p` into a window such that `prev * (p - e) / p` (rounded
+/// down) is at most `k`.
+fn weight_drops_at(prev: u64, p: u64, k: u64) -> u64 {
+    if prev <= k {
+        return 0;
+    }
+    // prev * (p - e) < (k + 1) * p  <=>  p - e <= ((k + 1) * p - 1) / prev
+    let m = ((u128::from(k) + 1) * u128::from(p) - 1) / u128::from(prev);
+    p - (m as u64).min(p)
+}
+
+fn sliding(quota: &Quota, state: Option<State>, now: u64, cost: u64) -> (Outcome, Update) {
+    let p = quota.period_us();
+    let limit = u64::from(quota.limit().get());
+    let w = now / p;
+    let (cur, prev) = match state {
+        Some(State::Window {
+            window,
+            count,
+            prev,
+        }) if window == w => (count, prev),
+        Some(State::Window { window, count, .. }) if window + 1 == w => (0, count),
+        _ => (0, 0),
+    };
+    let e = now - w * p;
+    let weighted = (u128::from(prev) * u128::from(p - e) / u128::from(p)) as u64;
+    let allowed = weighted + cur + cost <= limit;
+    let cur_after = if allowed { cur + cost } else { cur };
+    let reset_us = if cur_after > 0 {
+        (w + 2) * p - now
+    } else if prev > 0 {
+        (w + 1) * p - now
+    } else {
+        0
+    };
+    let retry_after_us = if allowed {
+        0
+    } else {
+        // Later in this window, once the previous window's weight has dropped enough?
+        let this_window = (limit >= cur + cost)
+            .then(|| weight_drops_at(prev, p, limit - cur - cost))
+            .filter(|&e2| e2 < p);
+        match this_window {
+            Some(e2) => w * p + e2 - now,
+            None => {
+                // Next window: this window's count becomes the weighted one.
+                let k2 = limit.saturating_sub(cost);
+                let e3 = weight_drops_at(cur, p, k2);
+                if e3 < p {
+                    (w + 1) * p + e3 - now
+                } else {
+                    (w + 2) * p - now
+                }
+            }
+        }
+    };
+    let outcome = Outcome {
+        allowed,
+        remaining: limit.saturating_sub(weighted + cur_after),
+        reset_us,
+        retry_after_us,
+    };
+    let update = Update {
+        state: State::Window {
+            window: w,
+            count: cur + cost,
+            prev,
+        },
+        ttl_us: (w + 2) * p - now,
+    };
+    (outcome, update)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nonzero;
+
+    const T0: u64 = 1_700_000_000_000_000;
+
+    /// Steps through time one µs at a time from `now` until the request is admitted.
+    fn brute_retry(quota: &Quota, state: Option<State>, now: u64, cost: u64, step: u64) -> u64 {
+        let mut t = now;
+        loop {
+            if evaluate(quota, state, t, cost).0.allowed {
+                return t - now;
+            }
+            t += step;
+        }
+    }
+
+    #[test]
+    fn sliding_retry_is_exact() {
+        let quota = Quota::with_period(nonzero!(5), std::time::Duration::from_micros(1000))
+            .unwrap()
+            .sliding_window();
+        let mut state = None;
+        let mut now = T0 + 123;
+        for i in 0..40u64 {
+            let (o, u) = evaluate(&quota, state, now, 1 + i % 3);
+            if o.allowed {
+                state = Some(u.state);
+            } else {
+                let exact = brute_retry(&quota, state, now, 1 + i % 3, 1);
+                assert_eq!(o.retry_after_us, exact, "step {i}");
+            }
+            now += 37 * (i % 7);
+        }
+    }
+
+    #[test]
+    fn gcra_refills_one_token_per_interval() {
+        let quota = Quota::per_second(nonzero!(4)).burst(nonzero!(2));
+        let (_, u) = evaluate(&quota, None, T0, 2);
+        let (o, _) = evaluate(&quota, Some(u.state), T0, 1);
+        assert!(!o.allowed);
+        assert_eq!(o.retry_after_us, 250_000);
+        assert_eq!(o.reset_us, 500_000);
+        let (o, _) = evaluate(&quota, Some(u.state), T0 + 250_000, 1);
+        assert!(o.allowed);
+        assert_eq!(o.remaining, 0);
+    }
+}

@@ -1,0 +1,207 @@
+//! What the layer writes: `RateLimit*` headers, `Retry-After`, problem+json bodies, and the
+//! [`ResponseBody`] that carries either the inner body or ours.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::Decision;
+
+/// Which rate limit headers to send on every limited response (allowed or not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Headers {
+    /// IETF draft `RateLimit-Policy` and `RateLimit` (structured lists naming every policy).
+    pub draft: bool,
+    /// Legacy `X-RateLimit-Limit`, `-Remaining` and `-Reset` (Unix time, seconds) for the most
+    /// restrictive policy.
+    pub legacy: bool,
+}
+
+impl Default for Headers {
+    /// Draft headers only.
+    fn default() -> Self {
+        Self {
+            draft: true,
+            legacy: false,
+        }
+    }
+}
+
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// Whole seconds, rounded up, so a client that waits this long is never early.
+pub fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// Writes the rate limit headers for `decision` into `headers`.
+pub fn write_headers(headers: &mut HeaderMap, decision: &Decision, which: Headers) {
+    if which.draft && !decision.policies().is_empty() {
+        let mut policy = String::new();
+        let mut state = String::new();
+        for (i, d) in decision.policies().iter().enumerate() {
+            if i > 0 {
+                policy.push_str(", ");
+                state.push_str(", ");
+            }
+            let q = d.policy().quota();
+            policy.push_str(&format!(
+                "\"{}\";q={};w={}",
+                d.name(),
+                q.limit(),
+                ceil_secs(q.period()).max(1)
+            ));
+            state.push_str(&format!(
+                "\"{}\";r={};t={}",
+                d.name(),
+                d.remaining(),
+                ceil_secs(d.reset())
+            ));
+        }
+        if let Ok(v) = HeaderValue::from_str(&policy) {
+            headers.insert(RATELIMIT_POLICY.clone(), v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&state) {
+            headers.insert(RATELIMIT.clone(), v);
+        }
+    }
+    if which.legacy {
+        if let Some(d) = decision.most_restrictive() {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            headers.insert(X_LIMIT.clone(), d.policy().quota().limit().get().into());
+            headers.insert(X_REMAINING.clone(), d.remaining().into());
+            headers.insert(X_RESET.clone(), ceil_secs(now + d.reset()).into());
+        }
+    }
+}
+
+/// The default 429 response: `application/problem+json` (RFC 9457) with the draft's
+/// `quota-exceeded` problem type and the violated policies.
+pub fn too_many_requests(decision: &Decision) -> Response<Bytes> {
+    let violated: Vec<&str> = decision.violated().map(|d| d.name()).collect();
+    let retry = decision.retry_after().map(ceil_secs);
+    let body = serde_json::json!({
+        "type": "https://iana.org/assignments/http-problem-types#quota-exceeded",
+        "title": "Too Many Requests",
+        "status": 429,
+        "detail": match retry {
+            Some(s) => format!("Rate limit exceeded; retry in {s} s."),
+            None => "Rate limit exceeded.".to_owned(),
+        },
+        "violated-policies": violated,
+    });
+    problem(StatusCode::TOO_MANY_REQUESTS, body)
+}
+
+pub(crate) fn problem(status: StatusCode, body: serde_json::Value) -> Response<Bytes> {
+    let mut res = Response::new(Bytes::from(body.to_string()));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    res
+}
+
+pub(crate) fn simple_problem(status: StatusCode, detail: &str) -> Response<Bytes> {
+    problem(
+        status,
+        serde_json::json!({
+            "type": "about:blank",
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "detail": detail,
+        }),
+    )
+}
+
+pub(crate) fn set_retry_after(res: &mut Response<Bytes>, wait: Duration) {
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, ceil_secs(wait).max(1).into());
+}
+
+pin_project! {
+    /// The body of a rate limited service's response: the inner service's body, or the one the
+    /// layer wrote (429, 503, ...).
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Inner { #[pin] body: B },
+        Full { data: Option<Bytes> },
+    }
+}
+
+impl<B> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.kind {
+            Kind::Inner { .. } => "ResponseBody::Inner",
+            Kind::Full { .. } => "ResponseBody::Full",
+        })
+    }
+}
+
+impl<B> ResponseBody<B> {
+    pub(crate) fn inner(body: B) -> Self {
+        Self {
+            kind: Kind::Inner { body },
+        }
+    }
+
+    pub(crate) fn full(data: Bytes) -> Self {
+        Self {
+            kind: Kind::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Inner { body } => body.poll_frame(cx),
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Where counters live: the [`RateLimitStore`] trait, [`RedisStore`] and [`MemoryStore`].
+
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use crate::{Policy, Result, Subject, model::Outcome};
+
+mod memory;
+mod redis;
+
+pub use memory::MemoryStore;
+pub use redis::RedisStore;
+
+/// A backend that checks several policies for one subject in one atomic step.
+///
+/// Implementations must evaluate every policy against the same instant, admit the request only
+/// if every policy that is not in [shadow mode](Policy::shadow) admits it, and then consume
+/// `cost` from every policy that admits it; a denied request consumes nothing anywhere
+/// (all-or-nothing). Callers guarantee `1 <= cost <= capacity` of every policy and unique policy
+/// names (the layer checks both when it is built).
+///
+/// The arithmetic is the one of [`model`](crate::model).
+#[async_trait::async_trait]
+pub trait RateLimitStore: fmt::Debug + Send + Sync + 'static {
+    /// Checks and, if admitted, consumes.
+    ///
+    /// # Errors
+    ///
+    /// When the backend cannot answer (Redis down, slow, script error).
+    async fn check(&self, subject: &Subject, policies: &[Policy], cost: u32) -> Result<Decision>;
+}
+
+#[async_trait::async_trait]
+impl<T: RateLimitStore + ?Sized> RateLimitStore for Arc<T> {
+    async fn check(&self, subject: &Subject, policies: &[Policy], cost: u32) -> Result<Decision> {
+        (**self).check(subject, policies, cost).await
+    }
+}
+
+/// The result of checking one request against its policies. Cheap to clone.
+///
+/// The layer inserts it into the request's extensions, so handlers can read it:
+///
+/// ```
+/// use axum::Extension;
+/// use redtower_ratelimit::Decision;
+///
+/// async fn handler(Extension(decision): Extension<Decision>) -> String {
+///     format!("{} requests left", decision.remaining().unwrap_or(0))
+/// }
+/// # let _ = handler;
+/// ```
+#[derive(Debug, Clone)]
+pub struct Decision {
+    allowed: bool,
+    policies: Arc<[PolicyDecision]>,
+}
+
+/// One policy's part of a [`Decision`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyDecision {
+    policy: Policy,
+    outcome: Outcome,
+}
+
+impl PolicyDecision {
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The policy's name.
+    pub fn name(&self) -> &'static str {
+        self.policy.name()
+    }
+
+    /// Whether this policy admitted the request (a shadow policy may say no without denying).
+    pub fn allowed(&self) -> bool {
+        self.outcome.allowed
+    }
+
+    /// Units left after this request.
+    pub fn remaining(&self) -> u64 {
+        self.outcome.remaining
+    }
+
+    /// Time until fully replenished (see [`Outcome::reset_us`]).
+    pub fn reset(&self) -> Duration {
+        Duration::from_micros(self.outcome.reset_us)
+    }
+
+    /// When this policy denied: the exact wait until the same request would be admitted.
+    pub fn retry_after(&self) -> Option<Duration> {
+        (!self.outcome.allowed).then(|| Duration::from_micros(self.outcome.retry_after_us))
+    }
+
+    /// The raw outcome.
+    pub fn outcome(&self) -> &Outcome {
+        &self.outcome
+    }
+}
+
+impl Decision {
+    /// Builds a decision from one outcome per policy, in order. The request is admitted when
+    /// every policy not in shadow mode admits it.
+    ///
+    /// # Panics
+    ///
+    /// If the lengths differ (a store bug).
+    pub fn new(policies: &[Policy], outcomes: impl IntoIterator<Item = Outcome>) -> Self {
+        let list: Arc<[PolicyDecision]> = policies
+            .iter()
+            .zip(outcomes)
+            .map(|(policy, outcome)| PolicyDecision {
+                policy: *policy,
+                outcome,
+            })
+            .collect();
+        assert_eq!(list.len(), policies.len(), "one outcome per policy");
+        let allowed = list
+            .iter()
+            .all(|d| d.outcome.allowed || d.policy.is_shadow());
+        Self {
+            allowed,
+            policies: list,
+        }
+    }
+
+    /// Whether the request is admitted.
+    pub fn is_allowed(&self) -> bool {
+        self.allowed
+    }
+
+    /// Every policy's part, in the order the policies were given.
+    pub fn policies(&self) -> &[PolicyDecision] {
+        &self.policies
+    }
+
+    /// The part of the policy named `name`.
+    pub fn get(&self, name: &str) -> Option<&PolicyDecision> {
+        self.policies.iter().find(|d| d.name() == name)
+    }
+
+    /// The enforcing policies that denied the request.
+    pub fn violated(&self) -> impl Iterator<Item = &PolicyDecision> {
+        self.policies
+            .iter()
+            .filter(|d| !d.allowed() && !d.policy.is_shadow())
+    }
+
+    /// When denied: how long until the same request would be admitted by every policy (the
+    /// longest exact wait among the policies that denied).
+    pub fn retry_after(&self) -> Option<Duration> {
+        if self.allowed {
+            return None;
+        }
+        self.violated()
+            .filter_map(PolicyDecision::retry_after)
+            .max()
+    }
+
+    /// The enforcing policy with the fewest units left (ties: the longest reset): what legacy
+    /// single-policy headers show.
+    pub fn most_restrictive(&self) -> Option<&PolicyDecision> {
+        let enforcing = self.policies.iter().filter(|d| !d.policy.is_shadow());
+        enforcing
+            .min_by_key(|d| (d.allowed(), d.remaining(), std::cmp::Reverse(d.reset())))
+            .or_else(|| self.policies.first())
+    }
+
+    /// Units left under the most restrictive policy.
+    pub fn remaining(&self) -> Option<u64> {
+        self.most_restrictive().map(PolicyDecision::remaining)
+    }
+}
+
+/// A clock set by hand, for tests: a store built with one (`RedisStore::clock`,
+/// `MemoryStore::clock`) reads time from it instead of Redis `TIME` or the Tokio clock.
+/// Production code never needs it. Cloning shares the clock.
+///
+/// ```
+/// use std::time::Duration;
+/// use redtower_ratelimit::ManualClock;
+///
+/// let clock = ManualClock::at_micros(1_000_000);
+/// clock.advance(Duration::from_millis(1500));
+/// assert_eq!(clock.now_micros(), 2_500_000);
+/// ```
+#[derive(Clone, Default)]
+pub struct ManualClock(Arc<AtomicU64>);
+
+impl fmt::Debug for ManualClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ManualClock")
+            .field(&self.now_micros())
+            .finish()
+    }
+}
+
+impl ManualClock {
+    /// A clock at the current wall-clock time.
+    pub fn new() -> Self {
+        Self::at_micros(wall_clock_micros())
+    }
+
+    /// A clock at `micros` since the Unix epoch.
+    pub fn at_micros(micros: u64) -> Self {
+        Self(Arc::new(AtomicU64::new(micros)))
+    }
+
+    /// The time, µs since the Unix epoch.
+    pub fn now_micros(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Sets the time (µs since the Unix epoch).
+    pub fn set_micros(&self, micros: u64) {
+        self.0.store(micros, Ordering::SeqCst);
+    }
+
+    /// Moves the time forward.
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(
+            u64::try_from(by.as_micros()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+    }
+}
+
+pub(crate) fn wall_clock_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}

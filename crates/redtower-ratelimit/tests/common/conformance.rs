@@ -1,0 +1,256 @@
+//! The behaviour every [`RateLimitStore`] must have, written once and run per backend by
+//! `conformance!` (memory, Redis standalone, Redis Cluster). Time comes from a
+//! [`ManualClock`], so every number is exact.
+
+use std::time::Duration;
+
+use redtower_ratelimit::{
+    Algorithm, Decision, ManualClock, Policy, Quota, RateLimitStore, Subject, ceil_secs, nonzero,
+};
+
+/// A day-aligned instant (so also hour, minute and second aligned), in µs.
+pub const T0: u64 = 19_676 * 86_400 * 1_000_000;
+
+pub fn subject(name: &str) -> Subject {
+    Subject::new(format!("{name}-{:08x}", rand_u32()))
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::Instant::now()) as u32
+}
+
+async fn ok(store: &impl RateLimitStore, s: &Subject, p: &[Policy], cost: u32) -> Decision {
+    store.check(s, p, cost).await.expect("store answers")
+}
+
+pub async fn check_gcra_burst_and_refill(store: impl RateLimitStore, clock: ManualClock) {
+    clock.set_micros(T0);
+    let p = [Policy::new(
+        "gcra",
+        Quota::per_second(nonzero!(10)).burst(nonzero!(20)),
+    )];
+    let s = subject("gcra");
+    for i in 0..20u64 {
+        let d = ok(&store, &s, &p, 1).await;
+        assert!(d.is_allowed(), "request {i} of the burst");
+        assert_eq!(d.policies()[0].remaining(), 19 - i);
+        assert_eq!(
+            d.policies()[0].reset(),
+            Duration::from_millis(100 * (i + 1))
+        );
+    }
+    let denied = ok(&store, &s, &p, 1).await;
+    assert!(!denied.is_allowed());
+    assert_eq!(denied.retry_after(), Some(Duration::from_millis(100)));
+    assert_eq!(denied.policies()[0].remaining(), 0);
+    assert_eq!(denied.policies()[0].reset(), Duration::from_secs(2));
+    // Denied requests are not counted: the wait does not grow.
+    let again = ok(&store, &s, &p, 1).await;
+    assert_eq!(again.retry_after(), Some(Duration::from_millis(100)));
+
+    clock.advance(Duration::from_millis(100));
+    let refilled = ok(&store, &s, &p, 1).await;
+    assert!(refilled.is_allowed());
+    assert_eq!(refilled.policies()[0].remaining(), 0);
+    assert!(!ok(&store, &s, &p, 1).await.is_allowed());
+
+    // Fully replenished after 2 s of silence.
+    clock.advance(Duration::from_secs(2));
+    let full = ok(&store, &s, &p, 1).await;
+    assert_eq!(full.policies()[0].remaining(), 19);
+}
+
+pub async fn check_fixed_window_boundaries(store: impl RateLimitStore, clock: ManualClock) {
+    let p = [Policy::new(
+        "fixed",
+        Quota::per_minute(nonzero!(3)).fixed_window(),
+    )];
+    let s = subject("fixed");
+    clock.set_micros(T0 + 59_500_000);
+    for i in 0..3u64 {
+        let d = ok(&store, &s, &p, 1).await;
+        assert!(d.is_allowed());
+        assert_eq!(d.policies()[0].remaining(), 2 - i);
+        assert_eq!(d.policies()[0].reset(), Duration::from_millis(500));
+    }
+    let denied = ok(&store, &s, &p, 1).await;
+    assert!(!denied.is_allowed());
+    assert_eq!(denied.retry_after(), Some(Duration::from_millis(500)));
+    clock.advance(Duration::from_micros(499_999));
+    assert!(
+        !ok(&store, &s, &p, 1).await.is_allowed(),
+        "1 µs before the boundary"
+    );
+    clock.advance(Duration::from_micros(1));
+    let next = ok(&store, &s, &p, 1).await;
+    assert!(next.is_allowed(), "a new calendar minute");
+    assert_eq!(next.policies()[0].remaining(), 2);
+    assert_eq!(next.policies()[0].reset(), Duration::from_secs(60));
+}
+
+pub async fn check_sliding_window_weights_previous(store: impl RateLimitStore, clock: ManualClock) {
+    let p = [Policy::new(
+        "sliding",
+        Quota::per_second(nonzero!(4)).algorithm(Algorithm::SlidingWindow),
+    )];
+    let s = subject("sliding");
+    clock.set_micros(T0);
+    for i in 0..4u64 {
+        let d = ok(&store, &s, &p, 1).await;
+        assert!(d.is_allowed());
+        assert_eq!(d.policies()[0].remaining(), 3 - i);
+        assert_eq!(d.policies()[0].reset(), Duration::from_secs(2));
+    }
+    let denied = ok(&store, &s, &p, 1).await;
+    // Next window, the previous 4 weigh floor(4 × (1 s − e) / 1 s): 3 once e >= 1 µs.
+    assert_eq!(denied.retry_after(), Some(Duration::from_micros(1_000_001)));
+    clock.advance(Duration::from_micros(1_000_000));
+    assert!(!ok(&store, &s, &p, 1).await.is_allowed());
+    clock.advance(Duration::from_micros(1));
+    let d = ok(&store, &s, &p, 1).await;
+    assert!(d.is_allowed());
+    assert_eq!(d.policies()[0].remaining(), 0);
+    // Half-way: the previous window weighs 2, this one 1.
+    clock.set_micros(T0 + 1_500_000);
+    let d = ok(&store, &s, &p, 1).await;
+    assert!(d.is_allowed());
+    assert_eq!(d.policies()[0].remaining(), 0);
+    assert!(!ok(&store, &s, &p, 1).await.is_allowed());
+}
+
+pub async fn check_cost(store: impl RateLimitStore, clock: ManualClock) {
+    clock.set_micros(T0);
+    let p = [Policy::new("cost", Quota::per_second(nonzero!(10)))];
+    let s = subject("cost");
+    let d = ok(&store, &s, &p, 4).await;
+    assert_eq!(d.policies()[0].remaining(), 6);
+    let d = ok(&store, &s, &p, 4).await;
+    assert_eq!(d.policies()[0].remaining(), 2);
+    let denied = ok(&store, &s, &p, 4).await;
+    assert!(!denied.is_allowed());
+    assert_eq!(denied.retry_after(), Some(Duration::from_millis(200)));
+    let d = ok(&store, &s, &p, 2).await;
+    assert!(d.is_allowed(), "a lighter request still fits");
+    assert_eq!(d.policies()[0].remaining(), 0);
+
+    let w = [Policy::new(
+        "cost-fixed",
+        Quota::per_minute(nonzero!(10)).fixed_window(),
+    )];
+    assert_eq!(ok(&store, &s, &w, 10).await.policies()[0].remaining(), 0);
+    assert!(!ok(&store, &s, &w, 1).await.is_allowed());
+}
+
+pub async fn check_multiple_policies_all_or_nothing(
+    store: impl RateLimitStore,
+    clock: ManualClock,
+) {
+    clock.set_micros(T0);
+    let burst = Policy::new("burst", Quota::per_second(nonzero!(5)));
+    let hourly = Policy::new("hourly", Quota::per_hour(nonzero!(3)).fixed_window());
+    let both = [burst, hourly];
+    let s = subject("multi");
+    for i in 0..3u64 {
+        let d = ok(&store, &s, &both, 1).await;
+        assert!(d.is_allowed());
+        assert_eq!(d.get("burst").unwrap().remaining(), 4 - i);
+        assert_eq!(d.get("hourly").unwrap().remaining(), 2 - i);
+    }
+    let denied = ok(&store, &s, &both, 1).await;
+    assert!(!denied.is_allowed());
+    assert!(denied.get("burst").unwrap().allowed());
+    let violated: Vec<_> = denied.violated().map(|d| d.name()).collect();
+    assert_eq!(violated, ["hourly"]);
+    assert_eq!(denied.retry_after(), Some(Duration::from_secs(3600)));
+    // "burst" was not consumed by the denied request (nor by a second one).
+    let _ = ok(&store, &s, &both, 1).await;
+    let d = ok(&store, &s, &[burst], 1).await;
+    assert_eq!(d.policies()[0].remaining(), 1);
+    // The longest wait wins when several deny.
+    let d = ok(&store, &s, &[burst, hourly], 2).await;
+    assert_eq!(d.retry_after(), Some(Duration::from_secs(3600)));
+}
+
+pub async fn check_retry_after_never_early(store: impl RateLimitStore, clock: ManualClock) {
+    let quotas = [
+        Quota::per_second(nonzero!(3)),
+        Quota::per_minute(nonzero!(7)).burst(nonzero!(2)),
+        Quota::per_second(nonzero!(3)).fixed_window(),
+        Quota::per_second(nonzero!(5)).sliding_window(),
+        Quota::per_minute(nonzero!(7)).sliding_window(),
+    ];
+    for (i, q) in quotas.iter().enumerate() {
+        let p = [Policy::new("retry", *q)];
+        let s = subject(&format!("retry{i}"));
+        clock.set_micros(T0 + 123_457 * i as u64);
+        let denied = loop {
+            let d = ok(&store, &s, &p, 1).await;
+            if !d.is_allowed() {
+                break d;
+            }
+        };
+        let wait = denied.retry_after().expect("a denial has a wait");
+        let start = clock.now_micros();
+        clock.set_micros(start + wait.as_micros() as u64 - 1);
+        assert!(
+            !ok(&store, &s, &p, 1).await.is_allowed(),
+            "quota {i}: 1 µs early"
+        );
+        // Retry-After (whole seconds, rounded up) is never early.
+        clock.set_micros(start + ceil_secs(wait) * 1_000_000);
+        assert!(
+            ok(&store, &s, &p, 1).await.is_allowed(),
+            "quota {i}: at Retry-After"
+        );
+    }
+}
+
+pub async fn check_shadow_policy_never_denies(store: impl RateLimitStore, clock: ManualClock) {
+    clock.set_micros(T0);
+    let p = [
+        Policy::new("enforced", Quota::per_second(nonzero!(10))),
+        Policy::new("dry", Quota::per_second(nonzero!(1))).shadow(true),
+    ];
+    let s = subject("shadow");
+    assert!(ok(&store, &s, &p, 1).await.is_allowed());
+    let d = ok(&store, &s, &p, 1).await;
+    assert!(d.is_allowed());
+    assert!(!d.get("dry").unwrap().allowed());
+    assert_eq!(d.get("enforced").unwrap().remaining(), 8);
+    assert_eq!(d.violated().count(), 0);
+}
+
+pub async fn check_subjects_are_independent(store: impl RateLimitStore, clock: ManualClock) {
+    clock.set_micros(T0);
+    let p = [Policy::new("indep", Quota::per_minute(nonzero!(1)))];
+    let (a, b) = (subject("a"), subject("b"));
+    assert!(ok(&store, &a, &p, 1).await.is_allowed());
+    assert!(!ok(&store, &a, &p, 1).await.is_allowed());
+    assert!(ok(&store, &b, &p, 1).await.is_allowed());
+}
+
+/// `conformance!(make)` where `make` is an expression of type `fn(ManualClock) -> impl Store`.
+#[macro_export]
+macro_rules! conformance {
+    ($flavor:meta, $make:expr) => {
+        $crate::conformance!(@one $flavor, $make,
+            check_gcra_burst_and_refill,
+            check_fixed_window_boundaries,
+            check_sliding_window_weights_previous,
+            check_cost,
+            check_multiple_policies_all_or_nothing,
+            check_retry_after_never_early,
+            check_shadow_policy_never_denies,
+            check_subjects_are_independent
+        );
+    };
+    (@one $flavor:meta, $make:expr, $($check:ident),*) => {$(
+        #[$flavor]
+        async fn $check() {
+            let clock = redtower_ratelimit::ManualClock::at_micros($crate::common::conformance::T0);
+            let store = ($make)(clock.clone()).await;
+            $crate::common::conformance::$check(store, clock).await;
+        }
+    )*};
+}

@@ -1,0 +1,462 @@
+//! Against real Redis (standalone and Cluster): the conformance suite, the Lua script against
+//! the reference model, over-admission across instances, outages, round trips and TTLs.
+
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{Router, body::Body, routing::get};
+use futures::TryStreamExt;
+use http::{Request, StatusCode};
+use proptest::prelude::*;
+use redtower_client::{Redis, RedisConfig};
+use redtower_ratelimit::{
+    Algorithm, CircuitBreaker, FailurePolicy, Global, ManualClock, MemoryStore, Policy, Quota,
+    RateLimitLayer, RateLimitStore, RedisStore, Subject, nonzero,
+};
+use redtower_testkit::{RedisServer, unique_prefix};
+use tower::ServiceExt;
+
+async fn connect(url: &str, test: &str) -> Redis {
+    let redis = Redis::new(
+        RedisConfig::from_url(url)
+            .unwrap()
+            .key_prefix(unique_prefix(test)),
+    )
+    .unwrap();
+    redis.wait_ready(Duration::from_secs(20)).await.unwrap();
+    redis
+}
+
+mod standalone {
+    use super::*;
+    conformance!(
+        tokio::test(flavor = "multi_thread", worker_threads = 2),
+        |clock: ManualClock| async move {
+            RedisStore::new(connect(&redtower_testkit::shared_url(), "conf").await).clock(clock)
+        }
+    );
+}
+
+mod cluster {
+    use super::*;
+    conformance!(
+        tokio::test(flavor = "multi_thread", worker_threads = 2),
+        |clock: ManualClock| async move {
+            RedisStore::new(connect(&redtower_testkit::shared_cluster().url(), "conf").await)
+                .clock(clock)
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_time_is_used_when_no_clock_is_given() {
+    let store = RedisStore::new(connect(&redtower_testkit::shared_url(), "time").await);
+    let p = [Policy::new("t", Quota::per_hour(nonzero!(2)))];
+    let s = Subject::new("alice");
+    let d = store.check(&s, &p, 1).await.unwrap();
+    assert!(d.is_allowed());
+    assert_eq!(d.policies()[0].remaining(), 1);
+    assert_eq!(d.policies()[0].reset(), Duration::from_secs(1800));
+    let key = store.key(&s, "t");
+    assert!(key.as_str().ends_with(":rl:{alice}:t"), "{key}");
+    let pttl = redtower_testkit::shared()
+        .cmd(&["PTTL", key.as_str()])
+        .as_int()
+        .unwrap();
+    assert!((1_799_000..=1_800_000).contains(&pttl), "PTTL {pttl}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Differential test: the Lua script against the Rust model (the memory store runs the model).
+
+#[derive(Debug, Clone)]
+struct Case {
+    policies: Vec<Policy>,
+    steps: Vec<(u64, u32)>,
+}
+
+const NAMES: [&str; 3] = ["p0", "p1", "p2"];
+
+fn quota() -> impl Strategy<Value = Quota> {
+    let period = prop_oneof![
+        Just(1_000u64),
+        Just(7_919),
+        Just(1_000_000),
+        Just(60_000_000),
+        Just(86_400_000_000)
+    ];
+    let algo = prop_oneof![
+        Just(Algorithm::Gcra),
+        Just(Algorithm::FixedWindow),
+        Just(Algorithm::SlidingWindow)
+    ];
+    (1u32..12, period, algo, proptest::option::of(1u32..16)).prop_map(|(limit, us, algo, burst)| {
+        let mut q = Quota::new(limit, Duration::from_micros(us))
+            .unwrap()
+            .algorithm(algo);
+        if let Some(b) = burst {
+            q = q.burst(std::num::NonZeroU32::new(b).unwrap());
+        }
+        q
+    })
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    proptest::collection::vec(quota(), 1..=3).prop_flat_map(|quotas| {
+        let cap = quotas.iter().map(|q| q.capacity()).min().unwrap();
+        let longest = quotas.iter().map(|q| q.period_us()).max().unwrap();
+        let policies: Vec<Policy> = quotas
+            .iter()
+            .enumerate()
+            .map(|(i, q)| Policy::new(NAMES[i], *q).shadow(i == 2))
+            .collect();
+        let step = (
+            prop_oneof![Just(0u64), 0..longest / 4 + 2, 0..longest * 2 + 2],
+            1..=cap,
+        );
+        proptest::collection::vec(step, 1..40).prop_map(move |steps| Case {
+            policies: policies.clone(),
+            steps,
+        })
+    })
+}
+
+#[test]
+fn lua_script_matches_the_reference_model() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let redis = rt.block_on(connect(&redtower_testkit::shared_url(), "diff"));
+    let config = ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let counter = AtomicUsize::new(0);
+    proptest!(config, |(case in case(), start in 0u64..86_400_000_000)| {
+        let clock = ManualClock::at_micros(common::conformance::T0 + start);
+        let lua = RedisStore::new(redis.clone()).clock(clock.clone());
+        let model = MemoryStore::new().clock(clock.clone());
+        let subject = Subject::new(format!("case{}", counter.fetch_add(1, Ordering::SeqCst)));
+        for (i, (advance, cost)) in case.steps.iter().enumerate() {
+            clock.advance(Duration::from_micros(*advance));
+            let got = rt.block_on(lua.check(&subject, &case.policies, *cost)).unwrap();
+            let want = model.check_now(&subject, &case.policies, *cost);
+            prop_assert_eq!(got.is_allowed(), want.is_allowed(), "step {}", i);
+            for (g, w) in got.policies().iter().zip(want.policies()) {
+                prop_assert_eq!(g.outcome(), w.outcome(), "step {} policy {}", i, g.name());
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Over-admission: two app instances, one Redis, 64 concurrent clients.
+
+fn instance(redis: Redis, policy: Policy) -> Router {
+    let layer = RateLimitLayer::new(RedisStore::new(redis), policy)
+        .key(Global)
+        .timeout(Duration::from_secs(5))
+        .on_store_error(FailurePolicy::FailClosed)
+        .build()
+        .unwrap();
+    Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(layer)
+}
+
+async fn admitted(url: &str, quota: Quota) -> (usize, usize) {
+    let prefix = unique_prefix("over");
+    let mk = || {
+        Redis::new(
+            RedisConfig::from_url(url)
+                .unwrap()
+                .key_prefix(prefix.clone()),
+        )
+        .unwrap()
+    };
+    let (a, b) = (mk(), mk());
+    a.wait_ready(Duration::from_secs(20)).await.unwrap();
+    b.wait_ready(Duration::from_secs(20)).await.unwrap();
+    let policy = Policy::new("shared", quota);
+    let apps = [instance(a, policy), instance(b, policy)];
+    let ok = Arc::new(AtomicUsize::new(0));
+    let other = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for client in 0..64 {
+        let app = apps[client % 2].clone();
+        let (ok, other) = (ok.clone(), other.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..4 {
+                let res = app
+                    .clone()
+                    .oneshot(Request::get("/").body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                match res.status() {
+                    StatusCode::OK => ok.fetch_add(1, Ordering::SeqCst),
+                    StatusCode::TOO_MANY_REQUESTS => 0,
+                    s => panic!("unexpected status {s}"),
+                };
+                let _ = &other;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (ok.load(Ordering::SeqCst), other.load(Ordering::SeqCst))
+}
+
+async fn check_no_over_admission(url: &str) {
+    let (gcra, _) = admitted(url, Quota::per_day(nonzero!(100))).await;
+    assert_eq!(gcra, 100, "GCRA admits exactly its burst");
+    let (fixed, _) = admitted(url, Quota::per_day(nonzero!(100)).fixed_window()).await;
+    assert_eq!(fixed, 100, "fixed window admits exactly its limit");
+    let (sliding, _) = admitted(url, Quota::per_day(nonzero!(100)).sliding_window()).await;
+    assert!(
+        sliding <= 100,
+        "sliding window stays within its limit in one window: {sliding}"
+    );
+    assert!(sliding >= 99, "and admits (almost) all of it: {sliding}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_never_over_admit_standalone() {
+    check_no_over_admission(&redtower_testkit::shared_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_never_over_admit_cluster() {
+    check_no_over_admission(&redtower_testkit::shared_cluster().url()).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Round trips, TTLs, outages.
+
+fn cmdstat(server: &RedisServer, cmd: &str) -> i64 {
+    let info = server
+        .cmd(&["INFO", "commandstats"])
+        .as_text()
+        .unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_round_trip_per_request_whatever_the_policies_and_none_when_cached() {
+    let server = RedisServer::start();
+    let redis = connect(&server.url(), "rtt").await;
+    let layer = RateLimitLayer::new(
+        RedisStore::new(redis),
+        Policy::new("a", Quota::per_second(nonzero!(100))),
+    )
+    .policy(Policy::new(
+        "b",
+        Quota::per_hour(nonzero!(5)).fixed_window(),
+    ))
+    .policy(Policy::new(
+        "c",
+        Quota::per_day(nonzero!(1000)).sliding_window(),
+    ))
+    .key(Global)
+    .timeout(Duration::from_secs(5));
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(layer);
+    let send = || {
+        app.clone()
+            .oneshot(Request::get("/").body(Body::empty()).unwrap())
+    };
+    assert_eq!(send().await.unwrap().status(), StatusCode::OK); // loads the script
+    let before = cmdstat(&server, "evalsha");
+    for _ in 0..4 {
+        assert_eq!(send().await.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(
+        send().await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        cmdstat(&server, "evalsha") - before,
+        5,
+        "one EVALSHA per request, 3 policies"
+    );
+    for _ in 0..10 {
+        assert_eq!(
+            send().await.unwrap().status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+    assert_eq!(
+        cmdstat(&server, "evalsha") - before,
+        5,
+        "denied subject: no Redis call"
+    );
+    assert_eq!(cmdstat(&server, "eval"), 0);
+}
+
+async fn assert_every_key_has_a_ttl(redis: &Redis, store: &RedisStore, pttl: impl Fn(&str) -> i64) {
+    let keys: Vec<String> = redis
+        .scan(&store.namespace().pattern())
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(keys.len() >= 30, "the run wrote keys: {}", keys.len());
+    for key in keys {
+        let ttl = pttl(&key);
+        assert!(ttl > 0, "{key} has PTTL {ttl}");
+    }
+}
+
+async fn write_many(store: &RedisStore) {
+    let policies = [
+        Policy::new("g", Quota::per_minute(nonzero!(3))),
+        Policy::new("f", Quota::per_hour(nonzero!(3)).fixed_window()),
+        Policy::new("s", Quota::per_second(nonzero!(3)).sliding_window()),
+    ];
+    for i in 0..12 {
+        let s = Subject::new(format!("user{i}"));
+        for _ in 0..5 {
+            store.check(&s, &policies, 1).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_has_a_ttl_standalone() {
+    let redis = connect(&redtower_testkit::shared_url(), "ttl").await;
+    let store = RedisStore::new(redis.clone());
+    write_many(&store).await;
+    let server = redtower_testkit::shared();
+    assert_every_key_has_a_ttl(&redis, &store, |k| {
+        server.cmd(&["PTTL", k]).as_int().unwrap()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_has_a_ttl_cluster() {
+    let cluster = redtower_testkit::shared_cluster();
+    let redis = connect(&cluster.url(), "ttl").await;
+    let store = RedisStore::new(redis.clone());
+    write_many(&store).await;
+    assert_every_key_has_a_ttl(&redis, &store, |k| {
+        let slot = redtower_client::fred::util::redis_keyslot(k.as_bytes());
+        cluster
+            .node_for_slot(slot)
+            .cmd(&["PTTL", k])
+            .as_int()
+            .unwrap()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_flush_is_transparent() {
+    let server = RedisServer::start();
+    let store = RedisStore::new(connect(&server.url(), "flush").await);
+    let p = [Policy::new("f", Quota::per_hour(nonzero!(3)))];
+    let s = Subject::new("x");
+    assert!(store.check(&s, &p, 1).await.unwrap().is_allowed());
+    server.cmd(&["SCRIPT", "FLUSH"]);
+    let d = store.check(&s, &p, 1).await.unwrap();
+    assert_eq!(d.policies()[0].remaining(), 1);
+}
+
+fn outage_app(redis: Redis, failure: FailurePolicy) -> Router {
+    let layer = RateLimitLayer::new(RedisStore::new(redis), Quota::per_hour(nonzero!(2)))
+        .key(Global)
+        .on_store_error(failure)
+        .timeout(Duration::from_millis(300))
+        .circuit_breaker(CircuitBreaker {
+            failures: 2,
+            cool_down: Duration::from_millis(400),
+        })
+        .denied_cache(0);
+    Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(layer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_follows_each_failure_policy_and_recovers() {
+    let mut server = RedisServer::start();
+    let redis = connect(&server.url(), "outage").await;
+    let open = outage_app(redis.clone(), FailurePolicy::FailOpen);
+    let closed = outage_app(redis.clone(), FailurePolicy::FailClosed);
+    let local = outage_app(redis.clone(), FailurePolicy::LocalFallback);
+    let send = |app: &Router| {
+        app.clone()
+            .oneshot(Request::get("/").body(Body::empty()).unwrap())
+    };
+    let res = send(&open).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers().contains_key("ratelimit"));
+
+    server.kill();
+    // Fail open: allowed without headers, never slower than the timeout, and once the breaker
+    // is open, immediately.
+    for i in 0..6 {
+        let started = Instant::now();
+        let res = send(&open).await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(!res.headers().contains_key("ratelimit"));
+        assert!(
+            took < Duration::from_millis(300 + 250),
+            "request {i} took {took:?}"
+        );
+        if i >= 2 {
+            assert!(
+                took < Duration::from_millis(50),
+                "breaker open: request {i} took {took:?}"
+            );
+        }
+    }
+    // Fail closed: 503 + Retry-After.
+    for _ in 0..3 {
+        let res = send(&closed).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()["retry-after"], "1");
+    }
+    // Local fallback: the limit holds in this instance.
+    assert_eq!(send(&local).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(send(&local).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        send(&local).await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    server.restart();
+    // Recovery: within a few seconds (reconnect + breaker probe) the limits come back.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let res = send(&open).await.unwrap();
+        if res.headers().contains_key("ratelimit") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while send(&closed).await.unwrap().status() == StatusCode::SERVICE_UNAVAILABLE {
+        assert!(
+            Instant::now() < deadline,
+            "fail-closed layer did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
