@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     sync::{
         Mutex,
-        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -74,7 +74,9 @@ pub(crate) struct Breaker {
     failures: AtomicU32,
     /// µs since `base` until which the breaker is open; 0 = closed.
     open_until: AtomicU64,
-    probing: AtomicBool,
+    /// µs since `base` when the current half-open probe started; 0 = none. A probe whose
+    /// request was dropped never reports back, so a new one may start after a cool-down.
+    probe_started: AtomicU64,
 }
 
 impl Breaker {
@@ -84,7 +86,7 @@ impl Breaker {
             base: Instant::now(),
             failures: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
-            probing: AtomicBool::new(false),
+            probe_started: AtomicU64::new(0),
         }
     }
 
@@ -98,28 +100,39 @@ impl Breaker {
         if until == 0 {
             return true;
         }
-        if self.now() < until {
+        let now = self.now();
+        if now < until {
             return false;
         }
-        // Half-open: one probe at a time.
-        self.probing
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+        // Half-open: one probe at a time (or a new one if the last never reported back).
+        let started = self.probe_started.load(Ordering::Acquire);
+        let stale = started != 0 && now.saturating_sub(started) >= self.cool_down_us();
+        if started != 0 && !stale {
+            return false;
+        }
+        self.probe_started
+            .compare_exchange(started, now, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
+    }
+
+    fn cool_down_us(&self) -> u64 {
+        u64::try_from(self.config.cool_down.as_micros()).unwrap_or(u64::MAX)
     }
 
     pub(crate) fn success(&self) {
         self.failures.store(0, Ordering::Release);
         self.open_until.store(0, Ordering::Release);
-        self.probing.store(false, Ordering::Release);
+        self.probe_started.store(0, Ordering::Release);
     }
 
     pub(crate) fn failure(&self) {
         let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        let probing = self.probing.swap(false, Ordering::AcqRel);
+        let probing = self.probe_started.swap(0, Ordering::AcqRel) != 0;
         if n >= self.config.failures.max(1) || probing {
-            let cool = u64::try_from(self.config.cool_down.as_micros()).unwrap_or(u64::MAX);
-            self.open_until
-                .store(self.now().saturating_add(cool), Ordering::Release);
+            self.open_until.store(
+                self.now().saturating_add(self.cool_down_us()),
+                Ordering::Release,
+            );
         }
     }
 
@@ -210,5 +223,35 @@ impl DeniedCache {
                 decision: decision.clone(),
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn breaker_opens_probes_once_and_survives_a_dropped_probe() {
+        let b = Breaker::new(CircuitBreaker {
+            failures: 2,
+            cool_down: Duration::from_secs(1),
+        });
+        assert!(b.allow());
+        b.failure();
+        assert!(b.allow(), "one failure is not enough");
+        b.failure();
+        assert!(!b.allow(), "open");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(b.allow(), "half-open: one probe");
+        assert!(!b.allow(), "only one probe at a time");
+        // The probe's request is dropped and never reports; a new probe may start later.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(b.allow());
+        b.failure();
+        assert!(!b.allow(), "a failed probe re-opens");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(b.allow());
+        b.success();
+        assert!(b.allow() && b.allow(), "closed again");
     }
 }
