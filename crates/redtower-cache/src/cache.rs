@@ -134,6 +134,7 @@ impl CacheBuilder {
             moka::sync::Cache::builder()
                 .max_capacity(max)
                 .time_to_live(ttl)
+                .support_invalidation_closures()
                 .build()
         });
         Cache {
@@ -255,20 +256,20 @@ pub(crate) enum Filled<R, F> {
     Own(F),
 }
 
-struct FlightGuard<'a> {
-    cache: &'a Inner,
+struct FlightGuard {
+    cache: Arc<Inner>,
     key: EntryKey,
     id: u64,
     tx: watch::Sender<Option<Option<Arc<Entry>>>>,
 }
 
-impl FlightGuard<'_> {
+impl FlightGuard {
     fn publish(&self, entry: Option<Arc<Entry>>) {
         self.tx.send_replace(Some(entry));
     }
 }
 
-impl Drop for FlightGuard<'_> {
+impl Drop for FlightGuard {
     fn drop(&mut self) {
         let mut flights = lock(&self.cache.flights);
         if flights.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
@@ -281,8 +282,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-enum Role<'a> {
-    Leader(FlightGuard<'a>),
+enum Role {
+    Leader(FlightGuard),
     Waiter(FlightRx),
 }
 
@@ -502,7 +503,7 @@ impl Cache {
         }
     }
 
-    fn join(&self, key: &EntryKey) -> Role<'_> {
+    fn join(&self, key: &EntryKey) -> Role {
         let mut flights = lock(&self.inner.flights);
         if let Some((_, rx)) = flights.get(key) {
             return Role::Waiter(rx.clone());
@@ -511,16 +512,11 @@ impl Cache {
         let (tx, rx) = watch::channel(None);
         flights.insert(key.clone(), (id, rx));
         Role::Leader(FlightGuard {
-            cache: &self.inner,
+            cache: self.inner.clone(),
             key: key.clone(),
             id,
             tx,
         })
-    }
-
-    /// Whether a fill for `key` is in flight in this instance.
-    pub(crate) fn in_flight(&self, key: &EntryKey) -> bool {
-        lock(&self.inner.flights).contains_key(key)
     }
 
     /// Fills `key` with single-flight: one fetch per key per instance, and across instances
@@ -566,7 +562,7 @@ impl Cache {
 
     async fn lead<R, F, Fut>(
         &self,
-        guard: FlightGuard<'_>,
+        guard: FlightGuard,
         key: &EntryKey,
         digest: &[u8; 32],
         tags: &[String],
@@ -738,14 +734,12 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Outcome> + Send + 'static,
     {
-        if self.in_flight(&key) {
+        // Join synchronously, so stale hits racing this one see the refresh in flight.
+        let Role::Leader(guard) = self.join(&key) else {
             return;
-        }
+        };
         let cache = self.clone();
         tokio::spawn(async move {
-            let Role::Leader(guard) = cache.join(&key) else {
-                return;
-            };
             let token = match cache
                 .guard(
                     cache

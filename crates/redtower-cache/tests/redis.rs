@@ -37,3 +37,313 @@ mod cluster {
     use super::conformance;
     all_conformance!(super::cluster);
 }
+
+mod specific {
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        },
+        time::Duration,
+    };
+
+    use axum::{Router, body::Body, http::Request, routing::get};
+    use futures::TryStreamExt;
+    use http_body_util::BodyExt;
+    use redtower_cache::{Cache, CacheStore, RedisStore, ResponseCacheLayer};
+    use redtower_client::{
+        Redis, RedisConfig,
+        fred::interfaces::{ClientLike, KeysInterface},
+    };
+    use redtower_testkit::{RedisServer, unique_prefix};
+    use tower::ServiceExt;
+
+    async fn handle(url: &str, prefix: &str) -> Redis {
+        let redis = Redis::new(RedisConfig::from_url(url).unwrap().key_prefix(prefix)).unwrap();
+        redis.wait_ready(Duration::from_secs(20)).await.unwrap();
+        redis
+    }
+
+    fn slow_app(cache: Cache, calls: Arc<AtomicUsize>) -> Router {
+        Router::new().route(
+            "/featured",
+            get(move || {
+                let calls = calls.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    "[1,2,3]"
+                }
+            })
+            .layer(ResponseCacheLayer::new(cache, Duration::from_secs(60))),
+        )
+    }
+
+    async fn send(app: &Router, uri: &str) -> (u16, String, String) {
+        let resp = app
+            .clone()
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let x = resp
+            .headers()
+            .get("x-cache")
+            .map_or(String::new(), |v| v.to_str().unwrap().to_owned());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, x, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stampede_across_two_layers_runs_the_handler_once() {
+        let prefix = unique_prefix("stampede-layer");
+        let url = redtower_testkit::shared_url();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let a = slow_app(
+            Cache::new(RedisStore::new(handle(&url, &prefix).await)),
+            calls.clone(),
+        );
+        let b = slow_app(
+            Cache::new(RedisStore::new(handle(&url, &prefix).await)),
+            calls.clone(),
+        );
+        let requests = (0..500).map(|i| {
+            let app = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { send(&app, "/featured").await })
+        });
+        let results = futures::future::join_all(requests).await;
+        for r in results {
+            let (status, _, body) = r.unwrap();
+            assert_eq!((status, body.as_str()), (200, "[1,2,3]"));
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "one handler run for 500 requests on 2 instances"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stampede_across_two_caches_runs_the_fetcher_once() {
+        let prefix = unique_prefix("stampede-aside");
+        let url = redtower_testkit::shared_url();
+        let a = Cache::new(RedisStore::new(handle(&url, &prefix).await));
+        let b = Cache::new(RedisStore::new(handle(&url, &prefix).await));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let tasks = (0..500).map(|i| {
+            let cache = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_fetch("report", Duration::from_secs(60), move || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Ok::<_, String>(vec![1u32, 2, 3])
+                    })
+                    .await
+                    .unwrap()
+            })
+        });
+        for r in futures::future::join_all(tasks).await {
+            assert_eq!(r.unwrap(), vec![1, 2, 3]);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let (sa, sb) = (a.stats(), b.stats());
+        assert_eq!(sa.fetches + sb.fetches, 1);
+        assert_eq!(
+            sa.remote_fills + sb.remote_fills,
+            1,
+            "the other instance waited for the fill"
+        );
+        assert_eq!(
+            sa.coalesced + sb.coalesced,
+            498,
+            "the rest joined their instance's flight"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn outage_fails_open_and_recovers() {
+        let mut server = RedisServer::start();
+        let redis = handle(&server.url(), "outage").await;
+        let cache = Cache::new(RedisStore::new(redis.clone()));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let app = Router::new().route("/r", {
+            let calls = calls.clone();
+            get(move || {
+                let calls = calls.clone();
+                async move { format!("{}", calls.fetch_add(1, Ordering::SeqCst) + 1) }
+            })
+            .layer(ResponseCacheLayer::new(
+                cache.clone(),
+                Duration::from_secs(60),
+            ))
+        });
+        assert_eq!(send(&app, "/r").await.1, "MISS");
+        assert_eq!(send(&app, "/r").await.1, "HIT");
+
+        server.kill();
+        for i in 0..20 {
+            let (status, x, body) = send(&app, "/r").await;
+            assert_eq!(
+                (status, x.as_str()),
+                (200, "MISS"),
+                "request {i} during the outage"
+            );
+            assert_eq!(body, format!("{}", i + 2), "served by the handler");
+        }
+        let v: u32 = cache
+            .get_or_fetch("k", Duration::from_secs(60), || async {
+                Ok::<_, String>(9)
+            })
+            .await
+            .unwrap();
+        assert_eq!(v, 9, "get_or_fetch fails open too");
+        assert!(cache.stats().fail_open >= 1);
+
+        server.restart();
+        redis.wait_ready(Duration::from_secs(20)).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let (status, x, _) = send(&app, "/r").await;
+            assert_eq!(status, 200);
+            if x == "HIT" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cache never recovered"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hit_is_exactly_one_get() {
+        let server = RedisServer::start();
+        let redis = handle(&server.url(), "one-get").await;
+        let cache = Cache::new(RedisStore::new(redis));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let app = slow_app(cache, calls);
+        assert_eq!(send(&app, "/featured").await.1, "MISS");
+        server.cmd(&["CONFIG", "RESETSTAT"]);
+        for _ in 0..10 {
+            assert_eq!(send(&app, "/featured").await.1, "HIT");
+        }
+        let stats = server.cmd(&["INFO", "commandstats"]).as_text().unwrap();
+        let calls_of = |cmd: &str| {
+            stats
+                .lines()
+                .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
+                .and_then(|l| l.split("calls=").nth(1))
+                .and_then(|r| r.split(',').next())
+                .map_or(0, |n| n.parse::<u64>().unwrap())
+        };
+        assert_eq!(calls_of("get"), 10, "{stats}");
+        for other in [
+            "set", "evalsha", "eval", "del", "smembers", "pttl", "exists",
+        ] {
+            assert_eq!(calls_of(other), 0, "{other} on the hit path: {stats}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scripts_are_reloaded_after_script_flush() {
+        let server = RedisServer::start();
+        let redis = handle(&server.url(), "flush").await;
+        let cache = Cache::new(RedisStore::new(redis));
+        let v: u32 = cache
+            .get_or_fetch("a", Duration::from_secs(60), || async {
+                Ok::<_, String>(1)
+            })
+            .await
+            .unwrap();
+        assert_eq!(v, 1);
+        server.cmd(&["SCRIPT", "FLUSH"]);
+        let v: u32 = cache
+            .get_or_fetch("b", Duration::from_secs(60), || async {
+                Ok::<_, String>(2)
+            })
+            .await
+            .unwrap();
+        assert_eq!(v, 2);
+        assert_eq!(cache.stats().stored, 2);
+        assert_eq!(cache.stats().fail_open, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_key_has_a_ttl_covering_the_stale_windows() {
+        for url in [
+            redtower_testkit::shared_url(),
+            redtower_testkit::shared_cluster().url(),
+        ] {
+            let prefix = unique_prefix("ttl");
+            let redis = handle(&url, &prefix).await;
+            let store = RedisStore::new(redis.clone());
+            let cache = Cache::new(store.clone());
+            let v: u32 = cache
+                .fetch("v")
+                .ttl(Duration::from_secs(60))
+                .stale_while_revalidate(Duration::from_secs(30))
+                .tags(["t1"])
+                .run(|| async { Ok::<_, String>(1) })
+                .await
+                .unwrap();
+            assert_eq!(v, 1);
+            let layer = ResponseCacheLayer::new(cache.clone(), Duration::from_secs(60))
+                .key_headers(["accept-language"])
+                .stale_if_error(Duration::from_secs(600))
+                .tags(["t2"]);
+            let app = Router::new().route("/r", get(|| async { "x" }).layer(layer));
+            for lang in ["en", "fr"] {
+                let resp = app
+                    .clone()
+                    .oneshot(
+                        Request::get("/r")
+                            .header("accept-language", lang)
+                            .body(Body::empty())
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(resp.headers()["x-cache"], "MISS");
+            }
+            let held = store
+                .try_lock(&cache.entry_key("locked"), Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert!(held.is_some());
+
+            let keys: Vec<String> = redis
+                .scan(&redis.keyspace().pattern())
+                .try_collect()
+                .await
+                .unwrap();
+            assert_eq!(
+                keys.len(),
+                7,
+                "entry, 2 variants, index, 2 tags, 1 lock: {keys:?}"
+            );
+            for key in &keys {
+                let pttl: i64 = redis.client().pttl(key.as_str()).await.unwrap();
+                assert!(pttl > 0, "{key} has no TTL ({pttl})");
+            }
+            let entry = store.entry_key(&cache.entry_key("v")).into_string();
+            let pttl: i64 = redis.client().pttl(entry.as_str()).await.unwrap();
+            assert!(
+                (85_000..=90_000).contains(&pttl),
+                "TTL covers fresh + stale: {pttl}"
+            );
+            let raw: Vec<u8> = redis.client().get(entry.as_str()).await.unwrap();
+            assert_eq!(&raw[..4], b"RTC\x01");
+            let variant = keys.iter().find(|k| k.ends_with(":ix")).unwrap();
+            assert!(variant.starts_with(&format!("{prefix}:c:{{")));
+            let pttl: i64 = redis.client().pttl(variant.as_str()).await.unwrap();
+            assert!(
+                pttl > 600_000,
+                "the index lives as long as its variants: {pttl}"
+            );
+            let _ = redis.client().quit().await;
+        }
+    }
+}
