@@ -702,6 +702,56 @@ pub async fn timeout_and_panic(store: Store, q: &str) {
     assert!(e.contains("handler panicked: kaboom"), "{e}");
 }
 
+/// An idle worker (poll interval 5 s) is woken by the store's signal: new jobs run at once and
+/// delayed jobs run when due, not early and not at the next poll.
+pub async fn idle_worker_wakes_for_new_and_delayed_jobs(store: Store, q: &str) {
+    let queue = queue(&store, q);
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let d2 = done.clone();
+    let worker = Worker::from_arc(store.clone(), q)
+        .handle::<Welcome>(|_j: Welcome, _c: JobContext| async { Ok(()) })
+        .on_completed(move |f| {
+            let d = d2.clone();
+            async move {
+                d.lock().unwrap().push((
+                    f.decode::<Welcome>().unwrap().to,
+                    tokio::time::Instant::now(),
+                ))
+            }
+        })
+        .start();
+    tokio::time::sleep(Duration::from_millis(300)).await; // idle, blocked on the signal
+    let t = tokio::time::Instant::now();
+    queue.add(w("now")).await.unwrap();
+    wait_for("immediate job", || async {
+        done.lock().unwrap().len() == 1
+    })
+    .await;
+    let took = done.lock().unwrap()[0].1 - t;
+    assert!(
+        took < Duration::from_secs(2),
+        "new job waited {took:?} (poll is 5 s)"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = tokio::time::Instant::now();
+    queue
+        .add(w("later"))
+        .delay(Duration::from_millis(400))
+        .await
+        .unwrap();
+    wait_for("delayed job", || async { done.lock().unwrap().len() == 2 }).await;
+    let took = done.lock().unwrap()[1].1 - t;
+    assert!(
+        took >= Duration::from_millis(400),
+        "delayed job ran early: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(2_500),
+        "delayed job ran late: {took:?}"
+    );
+    worker.shutdown().await.unwrap();
+}
+
 /// Instantiates every conformance check as a test for one backend.
 #[macro_export]
 macro_rules! conformance_tests {
@@ -710,7 +760,7 @@ macro_rules! conformance_tests {
             delay_is_honoured, attempts_and_backoff_schedule, worker_retries_then_dead,
             priorities, dedup, retention, pause_resume, admin, lease_expiry_and_fencing,
             bad_payload_is_dead, events, oversize_payload_rejected, shutdown_hands_jobs_back,
-            timeout_and_panic
+            timeout_and_panic, idle_worker_wakes_for_new_and_delayed_jobs
         ]);
     };
     (@each $attr:meta, $make:path, [$($check:ident),*]) => {

@@ -1,0 +1,66 @@
+// BullMQ side of the redtower-jobs benchmark. Usage: REDIS_PORT=6390 N=50000 node bullmq-bench.mjs
+// Prints one JSON line: jobs/s for bulk enqueue, single enqueue and processing at concurrency 50.
+import { Queue, Worker } from 'bullmq';
+
+const port = Number(process.env.REDIS_PORT ?? 6379);
+const N = Number(process.env.N ?? 50000);
+const BATCH = 1000; // jobs per addBulk call
+const INFLIGHT = 50; // concurrent single adds
+const connection = { host: '127.0.0.1', port };
+const opts = { removeOnComplete: { count: 1000 }, removeOnFail: { count: 10000 } };
+
+async function fresh(name) {
+  const q = new Queue(name, { connection });
+  await q.obliterate({ force: true }).catch(() => {});
+  return q;
+}
+
+async function bulk(q) {
+  const t = performance.now();
+  for (let i = 0; i < N; i += BATCH) {
+    const jobs = [];
+    for (let j = i; j < Math.min(N, i + BATCH); j++) jobs.push({ name: 'noop', data: { n: j }, opts });
+    await q.addBulk(jobs);
+  }
+  return N / ((performance.now() - t) / 1000);
+}
+
+async function single(q) {
+  const t = performance.now();
+  for (let i = 0; i < N; i += INFLIGHT) {
+    const adds = [];
+    for (let j = i; j < Math.min(N, i + INFLIGHT); j++) adds.push(q.add('noop', { n: j }, opts));
+    await Promise.all(adds);
+  }
+  return N / ((performance.now() - t) / 1000);
+}
+
+async function processing(q, name) {
+  let done = 0;
+  let resolve;
+  const finished = new Promise((r) => (resolve = r));
+  const t = performance.now();
+  const worker = new Worker(name, async () => {}, { connection, concurrency: 50 });
+  worker.on('completed', () => {
+    done += 1;
+    if (done === N) resolve();
+  });
+  await finished;
+  const rate = N / ((performance.now() - t) / 1000);
+  await worker.close();
+  return rate;
+}
+
+const q1 = await fresh('bench-bulk');
+const bulkRate = await bulk(q1);
+await q1.obliterate({ force: true });
+const q2 = await fresh('bench-single');
+const singleRate = await single(q2);
+await q2.obliterate({ force: true });
+const q3 = await fresh('bench-process');
+await bulk(q3);
+const processRate = await processing(q3, 'bench-process');
+await q3.obliterate({ force: true });
+await Promise.all([q1.close(), q2.close(), q3.close()]);
+console.log(JSON.stringify({ bulk: bulkRate, single: singleRate, process: processRate }));
+process.exit(0);

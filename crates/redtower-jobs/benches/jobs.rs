@@ -1,0 +1,152 @@
+//! redtower-jobs versus BullMQ on the same fresh Redis, in the same run: 50,000 no-op jobs,
+//! bulk enqueue, single enqueue (50 in flight) and processing at concurrency 50.
+//!
+//! Run with: `cargo bench -p redtower-jobs --bench jobs` (BullMQ runs too when
+//! `crates/redtower-jobs/bench/node_modules` exists: `npm ci` in that folder). `N=...` changes
+//! the job count.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::future::join_all;
+use redtower_client::{Redis, RedisConfig};
+use redtower_jobs::{Job, JobContext, JobError, JobOptions, Queue, RedisStore, Worker};
+use redtower_testkit::RedisServer;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct Noop {
+    n: u32,
+}
+
+impl Job for Noop {
+    const NAME: &'static str = "noop";
+}
+
+fn evalsha_calls(server: &RedisServer) -> u64 {
+    let info = server
+        .cmd(&["INFO", "commandstats"])
+        .as_text()
+        .unwrap_or_default();
+    info.lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn bulk(queue: &Queue<Noop>, n: u32) -> f64 {
+    let t = Instant::now();
+    let all: Vec<u32> = (0..n).collect();
+    for chunk in all.chunks(1000) {
+        queue
+            .add_bulk(chunk.iter().map(|&n| (Noop { n }, JobOptions::new())))
+            .await
+            .unwrap();
+    }
+    f64::from(n) / t.elapsed().as_secs_f64()
+}
+
+async fn single(queue: &Queue<Noop>, n: u32) -> f64 {
+    let t = Instant::now();
+    let all: Vec<u32> = (0..n).collect();
+    for chunk in all.chunks(50) {
+        join_all(
+            chunk
+                .iter()
+                .map(|&n| async move { queue.add(Noop { n }).await.unwrap() }),
+        )
+        .await;
+    }
+    f64::from(n) / t.elapsed().as_secs_f64()
+}
+
+async fn processing(store: &RedisStore, server: &RedisServer, n: u32) -> (f64, f64) {
+    let done = Arc::new(AtomicU64::new(0));
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let (d2, n2) = (done.clone(), notify.clone());
+    let calls = evalsha_calls(server);
+    let t = Instant::now();
+    let worker = Worker::new(store.clone(), "bench-process")
+        .concurrency(50)
+        .handle::<Noop>(|_j: Noop, _c: JobContext| async { Ok::<(), JobError>(()) })
+        .on_completed(move |_| {
+            let (d, nt) = (d2.clone(), n2.clone());
+            async move {
+                if d.fetch_add(1, Ordering::Relaxed) + 1 == u64::from(n) {
+                    nt.notify_one();
+                }
+            }
+        })
+        .start();
+    notify.notified().await;
+    let rate = f64::from(n) / t.elapsed().as_secs_f64();
+    let rtt = (evalsha_calls(server) - calls) as f64 / f64::from(n);
+    worker.shutdown().await.unwrap();
+    (rate, rtt)
+}
+
+fn bullmq(port: u16, n: u32) -> Option<serde_json::Value> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/bench");
+    if !std::path::Path::new(dir).join("node_modules").exists() {
+        eprintln!("BullMQ skipped: run `npm ci` in {dir}");
+        return None;
+    }
+    let out = std::process::Command::new("node")
+        .arg("bullmq-bench.mjs")
+        .current_dir(dir)
+        .env("REDIS_PORT", port.to_string())
+        .env("N", n.to_string())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last()?).ok()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n: u32 = std::env::var("N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50_000);
+    let server = RedisServer::start();
+    let redis = Redis::new(RedisConfig::from_url(&server.url()).unwrap()).unwrap();
+    redis.wait_ready(Duration::from_secs(10)).await.unwrap();
+    let store = RedisStore::new(redis);
+
+    let q = Queue::<Noop>::new(store.clone(), "bench-bulk");
+    let rt_bulk = bulk(&q, n).await;
+    let q = Queue::<Noop>::new(store.clone(), "bench-single");
+    let rt_single = single(&q, n).await;
+    let q = Queue::<Noop>::new(store.clone(), "bench-process");
+    bulk(&q, n).await;
+    let (rt_process, rtt) = processing(&store, &server, n).await;
+    server.cmd(&["FLUSHALL"]);
+
+    println!(
+        "redtower-jobs ({n} jobs): bulk {rt_bulk:.0}/s, single {rt_single:.0}/s, processing {rt_process:.0}/s, {rtt:.3} scripts per processed job"
+    );
+    if let Some(b) = bullmq(server.port(), n) {
+        let get = |k: &str| {
+            b.get(k)
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(f64::NAN)
+        };
+        let (bb, bs, bp) = (get("bulk"), get("single"), get("process"));
+        println!(
+            "BullMQ        ({n} jobs): bulk {bb:.0}/s, single {bs:.0}/s, processing {bp:.0}/s"
+        );
+        println!(
+            "ratio redtower/BullMQ: bulk {:.2}x, single {:.2}x, processing {:.2}x",
+            rt_bulk / bb,
+            rt_single / bs,
+            rt_process / bp
+        );
+    }
+}
