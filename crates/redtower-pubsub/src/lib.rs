@@ -16,7 +16,7 @@ pub use sse::{SseEndpoint, SseRejection};
 #[cfg(feature = "memory")]
 pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
-pub use store::redis::{RedisStore, RedisStoreBuilder};
+pub use store::redis::{HubStats, RedisStore, RedisStoreBuilder};
 pub use store::{PubSub, PubSubStore, Received, Replay, Subscription};
 pub use tokio_util::sync::CancellationToken;
 

@@ -248,7 +248,8 @@ async fn trimmed_or_lost_history_resyncs() {
 async fn resubscribes_and_replays_after_client_kill() {
     let server = RedisServer::start();
     let prefix = unique_prefix("ps-kill");
-    let pubsub = PubSub::new(store(&server.url(), &prefix, Opts::default()).await);
+    let hub = store(&server.url(), &prefix, Opts::default()).await;
+    let pubsub = PubSub::new(hub.clone());
     let publisher = PubSub::new(store(&server.url(), &prefix, Opts::default()).await);
     let app = router(SseEndpoint::new(pubsub.clone()));
     let mut a = SseClient::connect(&app, "/events/k", None).await;
@@ -271,6 +272,13 @@ async fn resubscribes_and_replays_after_client_kill() {
         assert_eq!(a.next_ns(5).await, want);
         assert_eq!(b.next_ns(5).await, want);
     }
+    let stats = hub.stats();
+    assert!(stats.resubscribes >= 3, "{stats:?}");
+    assert!(
+        stats.repaired_events > 0,
+        "nothing came from the history: {stats:?}"
+    );
+    assert_eq!(stats.lost, 0);
 }
 
 /// redis-server killed and restarted (AOF keeps the history): open streams stay open and get
@@ -318,4 +326,45 @@ async fn unavailable_redis_answers_503() {
     assert_eq!(client.headers["retry-after"], "5");
     let err = pubsub.publish("d", &1).await.unwrap_err();
     assert!(err.is_outage(), "{err}");
+}
+
+/// fred's pub/sub buffer overflows (a burst larger than `pubsub_buffer`): the hub notices the
+/// `Lagged` and repairs the gap from the history, so clients still get every event in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fred_buffer_overflow_is_repaired_from_history() {
+    let url = redtower_testkit::shared_url();
+    let prefix = unique_prefix("ps-lag");
+    let redis = Redis::new(
+        RedisConfig::from_url(&url)
+            .unwrap()
+            .key_prefix(&prefix)
+            .pubsub_buffer(2),
+    )
+    .unwrap();
+    redis.wait_ready(WAIT).await.unwrap();
+    let lagging = RedisStore::builder(redis).linger(LINGER).build().unwrap();
+    let hub = PubSub::new(lagging.clone());
+    let publisher = PubSub::new(store(&url, &prefix, Opts::default()).await);
+    let app = router(SseEndpoint::new(hub.clone()));
+    let mut client = SseClient::connect(&app, "/events/burst", None).await;
+    // Concurrent publishes are pipelined, so their messages reach the subscriber in one burst.
+    let publishes = (1..=300).map(|n| {
+        let p = publisher.clone();
+        async move { p.publish("burst", &json_n(n)).await.unwrap() }
+    });
+    let mut ids = futures::future::join_all(publishes).await;
+    ids.sort_by_key(|id| id.offset());
+    let mut offsets = Vec::new();
+    for _ in 0..300 {
+        let (_, id) = client.next_json().await;
+        offsets.push(id.parse::<redtower_pubsub::EventId>().unwrap().offset());
+    }
+    assert_eq!(offsets, (1..=300).collect::<Vec<u64>>());
+    let stats = lagging.stats();
+    assert!(
+        stats.lagged_messages > 0,
+        "the burst did not overflow: {stats:?}"
+    );
+    assert!(stats.repaired_events > 0, "{stats:?}");
+    assert_eq!(stats.lost, 0);
 }

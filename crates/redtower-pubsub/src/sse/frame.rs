@@ -57,9 +57,10 @@ pub(crate) fn comment(buf: &mut BytesMut, text: &str) {
     field(buf, "", text);
 }
 
-/// Appends the reconnection delay hint.
+/// Appends the reconnection delay hint field (browsers apply it as soon as it is parsed; it
+/// needs a following frame end, which the next frame gives).
 pub(crate) fn retry(buf: &mut BytesMut, millis: u64) {
-    buf.put_slice(format!("retry: {millis}\n\n").as_bytes());
+    buf.put_slice(format!("retry: {millis}\n").as_bytes());
 }
 
 fn first_line(s: &str) -> &str {
@@ -86,5 +87,84 @@ mod tests {
         let mut buf = BytesMut::new();
         comment(&mut buf, "hi\nthere");
         assert_eq!(&buf[..], b": hi\n: there\n");
+    }
+
+    /// Parses `bytes` with `eventsource-stream` (an independent parser), fed in chunks of
+    /// `chunk` bytes to exercise split lines.
+    fn parse(bytes: &[u8], chunk: usize) -> Vec<eventsource_stream::Event> {
+        use eventsource_stream::Eventsource;
+        use futures::StreamExt;
+        let chunks: Vec<Result<Bytes, std::convert::Infallible>> = bytes
+            .chunks(chunk.max(1))
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        futures::executor::block_on(
+            futures::stream::iter(chunks)
+                .eventsource()
+                .map(|e| e.unwrap())
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn round_trip_through_an_independent_parser() {
+        let mut buf = BytesMut::new();
+        comment(&mut buf, "ok");
+        retry(&mut buf, 3456);
+        event(&mut buf, Some("ep:1"), None, "{\"a\":1}");
+        comment(&mut buf, "keep\nalive");
+        buf.extend_from_slice(&keep_alive());
+        event(
+            &mut buf,
+            Some("ep:2"),
+            Some("resync"),
+            "line one\nline two\r\nthree\rfour",
+        );
+        event(&mut buf, Some("ep:3"), None, " leading space and : colons");
+        event(&mut buf, Some("ep:4"), None, "");
+        event(&mut buf, Some("ep:5"), None, "\n\n");
+        event_id_only(&mut buf, "ep:6");
+        event(&mut buf, Some(""), None, "reset id");
+        for chunk in [1, 3, 7, usize::MAX] {
+            let events = parse(&buf, chunk);
+            let seen: Vec<(&str, &str, &str)> = events
+                .iter()
+                .filter(|e| !e.data.is_empty() || e.event != "message")
+                .map(|e| (e.event.as_str(), e.id.as_str(), e.data.as_str()))
+                .collect();
+            assert_eq!(
+                seen,
+                vec![
+                    ("message", "ep:1", "{\"a\":1}"),
+                    ("resync", "ep:2", "line one\nline two\nthree\nfour"),
+                    ("message", "ep:3", " leading space and : colons"),
+                    ("message", "ep:5", "\n\n"),
+                    ("message", "", "reset id"),
+                ],
+                "chunk size {chunk}"
+            );
+            assert_eq!(
+                events[0].retry,
+                Some(std::time::Duration::from_millis(3456))
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_survives_framing(data in "\\PC*( |\n|\r\n|\r|:|\\PC)*", id in "[A-Za-z0-9]{1,12}:[0-9]{1,6}") {
+            let mut buf = BytesMut::new();
+            event(&mut buf, Some(&id), None, &data);
+            let events = parse(&buf, 5);
+            let normalized = data.replace("\r\n", "\n").replace('\r', "\n");
+            let got: Vec<_> = events.iter().filter(|e| !e.data.is_empty()).collect();
+            if normalized.is_empty() {
+                proptest::prop_assert!(got.is_empty());
+            } else {
+                proptest::prop_assert_eq!(got.len(), 1);
+                proptest::prop_assert_eq!(&got[0].data, &normalized);
+                proptest::prop_assert_eq!(&got[0].id, &id);
+            }
+        }
     }
 }

@@ -185,6 +185,70 @@ impl SseEndpoint {
         axum::routing::get(move |req: Request| async move { this.handle(req).await })
     }
 
+    /// A `POST` method router that publishes the JSON request body on the `{channel}` path
+    /// parameter and answers `202 Accepted` with `{"id": "<event id>"}`. The channel is
+    /// validated (`400`) and the [`ChannelAuthorizer`] asked for [`Access::Publish`] (`403`);
+    /// a body that is not JSON gets axum's JSON rejection (`400`/`415`/`422`), a store outage
+    /// `503`. Combine it with the stream: `sse.method_router().merge(sse.publish_method_router())`.
+    pub fn publish_method_router<S>(&self) -> MethodRouter<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let this = self.clone();
+        axum::routing::post(move |req: Request| async move { this.handle_publish(req).await })
+    }
+
+    /// Serves one publish request (for custom wiring; see
+    /// [`publish_method_router`](Self::publish_method_router)).
+    pub async fn handle_publish(&self, req: Request) -> Response {
+        let (mut parts, body) = req.into_parts();
+        let name = RawPathParams::from_request_parts(&mut parts, &())
+            .await
+            .ok()
+            .and_then(|params| {
+                params
+                    .iter()
+                    .find(|(k, _)| *k == "channel")
+                    .map(|(_, v)| v.to_owned())
+            });
+        let Some(name) = name else {
+            return SseRejection::NoChannel.into_response();
+        };
+        let channel = match Channel::new(&name) {
+            Ok(channel) => channel,
+            Err(e) => return SseRejection::InvalidChannel(e).into_response(),
+        };
+        if !self
+            .inner
+            .authorizer
+            .0
+            .authorize(&parts, &channel, Access::Publish)
+            .await
+        {
+            return SseRejection::Forbidden.into_response();
+        }
+        let req = Request::from_parts(parts, body);
+        let axum::Json(value) =
+            match <axum::Json<serde_json::Value> as axum::extract::FromRequest<()>>::from_request(
+                req,
+                &(),
+            )
+            .await
+            {
+                Ok(json) => json,
+                Err(rejection) => return rejection.into_response(),
+            };
+        let json = value.to_string();
+        match self.inner.pubsub.publish_json(&channel, json).await {
+            Ok(id) => (
+                StatusCode::ACCEPTED,
+                axum::Json(serde_json::json!({ "id": id })),
+            )
+                .into_response(),
+            Err(error) => SseRejection::Unavailable(error).into_response(),
+        }
+    }
+
     /// Serves one request (for custom wiring; [`method_router`](Self::method_router) calls it).
     pub async fn handle(&self, req: Request) -> Response {
         let (mut parts, _body) = req.into_parts();

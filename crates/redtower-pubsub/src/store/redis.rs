@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     fmt,
+    sync::atomic::{AtomicU64, Ordering},
     sync::{Arc, LazyLock, Mutex, MutexGuard, Weak},
     time::Duration,
 };
@@ -138,6 +139,7 @@ impl RedisStoreBuilder {
             config: self.config,
             slots: Mutex::new(HashMap::new()),
             sub_lock: tokio::sync::Mutex::new(()),
+            stats: Arc::default(),
             tasks: vec![
                 tokio::spawn(dispatch(weak.clone(), messages)),
                 tokio::spawn(watch_reconnects(weak.clone(), reconnects)),
@@ -157,6 +159,30 @@ struct Hub {
     /// Serializes SUBSCRIBE/UNSUBSCRIBE so a lingering unsubscribe never undoes a new subscribe.
     sub_lock: tokio::sync::Mutex<()>,
     tasks: Vec<JoinHandle<()>>,
+    stats: Arc<Counters>,
+}
+
+#[derive(Default)]
+struct Counters {
+    lagged: AtomicU64,
+    resubscribes: AtomicU64,
+    repaired: AtomicU64,
+    lost: AtomicU64,
+}
+
+/// What the hub of a [`RedisStore`] went through since it was built; see [`RedisStore::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HubStats {
+    /// Pub/sub messages fred dropped because its buffer overflowed (each gap was then
+    /// repaired from the history).
+    pub lagged_messages: u64,
+    /// Times the hub subscribed again to its channels after the subscriber reconnected.
+    pub resubscribes: u64,
+    /// Events delivered from the history instead of live (after a reconnect or an overflow).
+    pub repaired_events: u64,
+    /// Times events were lost and not in the history, so subscribers were told to resync.
+    pub lost: u64,
 }
 
 impl Drop for Hub {
@@ -241,6 +267,17 @@ impl RedisStore {
     /// The hash holding `channel`'s epoch and last offset (`<prefix>:ps:{<channel>}:m`).
     pub fn meta_key(&self, channel: &Channel) -> Key {
         self.hub.ns.key(channel.as_str()).push("m")
+    }
+
+    /// Counters of the hub's repairs, for tests and readiness checks.
+    pub fn stats(&self) -> HubStats {
+        let c = &self.hub.stats;
+        HubStats {
+            lagged_messages: c.lagged.load(Ordering::Relaxed),
+            resubscribes: c.resubscribes.load(Ordering::Relaxed),
+            repaired_events: c.repaired.load(Ordering::Relaxed),
+            lost: c.lost.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether this store uses sharded pub/sub.
@@ -354,6 +391,7 @@ async fn dispatch(hub: Weak<Hub>, mut messages: broadcast::Receiver<fred::types:
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 let Some(hub) = hub.upgrade() else { return };
                 metrics::counter!("redtower_pubsub_redis_lagged_total").increment(n);
+                hub.stats.lagged.fetch_add(n, Ordering::Relaxed);
                 tracing::warn!(target: TARGET, skipped = n, "pub/sub buffer overflowed; repairing from history");
                 for slot in hub.lock().values() {
                     let _ = slot.inbox.send(Msg::Repair);
@@ -387,6 +425,7 @@ async fn watch_reconnects(
             continue;
         }
         metrics::counter!("redtower_pubsub_resubscribes_total").increment(1);
+        hub.stats.resubscribes.fetch_add(1, Ordering::Relaxed);
         tracing::info!(target: TARGET, channels = slots.len(), "resubscribing after reconnect");
         for slot in &slots {
             if let Err(error) = hub.redis_subscribe(&slot.name).await {
@@ -518,6 +557,7 @@ fn judge(read: Read, after: &EventId, limit: u64) -> Replay {
 /// delivers, then broadcasts it to the local subscribers.
 struct ChannelTask {
     history: History,
+    stats: Arc<Counters>,
     tx: broadcast::Sender<Delivery>,
     last: Option<EventId>,
     repair_limit: u64,
@@ -594,6 +634,9 @@ impl ChannelTask {
                 if !events.is_empty() {
                     metrics::counter!("redtower_pubsub_repaired_total")
                         .increment(events.len() as u64);
+                    self.stats
+                        .repaired
+                        .fetch_add(events.len() as u64, Ordering::Relaxed);
                     tracing::debug!(target: TARGET, channel = %self.history.channel, events = events.len(), "repaired a gap from history");
                 }
                 for event in events {
@@ -604,12 +647,14 @@ impl ChannelTask {
             Ok(Replay::Gap { latest }) => {
                 tracing::warn!(target: TARGET, channel = %self.history.channel, "events lost and not in history: subscribers resync");
                 metrics::counter!("redtower_pubsub_lost_total").increment(1);
+                self.stats.lost.fetch_add(1, Ordering::Relaxed);
                 self.last = latest.clone();
                 let _ = self.tx.send(Delivery::Lost { latest });
             }
             Err(error) => {
                 tracing::warn!(target: TARGET, channel = %self.history.channel, error = %error, "reading history to repair a gap failed: subscribers resync");
                 metrics::counter!("redtower_pubsub_lost_total").increment(1);
+                self.stats.lost.fetch_add(1, Ordering::Relaxed);
                 let _ = self.tx.send(Delivery::Lost { latest: None });
             }
         }
@@ -666,6 +711,7 @@ impl PubSubStore for RedisStore {
                     let (inbox, inbox_rx) = mpsc::unbounded_channel();
                     let task = ChannelTask {
                         history: hub.history(channel),
+                        stats: hub.stats.clone(),
                         tx: tx.clone(),
                         last: None,
                         repair_limit: hub.config.history_len.saturating_add(200),

@@ -299,3 +299,51 @@ pub async fn fan_out_shares_one_subscription(make: Make) {
     })
     .await;
 }
+
+/// `POST /events/{channel}` publishes the JSON body: 202 `{"id"}`; 403 when the authorizer
+/// refuses publishing, 400 on bad names or bodies; stream clients get the event.
+pub async fn publish_route(make: Make) {
+    use axum::{body::Body, http::Request};
+    use tower::ServiceExt;
+
+    let pubsub = make(Opts::default()).await;
+    let sse = SseEndpoint::new(pubsub.clone()).authorizer(
+        |_: &http::request::Parts, ch: &Channel, access: Access| {
+            access == Access::Subscribe || ch.as_str() != "readonly"
+        },
+    );
+    let app = Router::new().route(
+        "/events/{channel}",
+        sse.method_router().merge(sse.publish_method_router()),
+    );
+    let mut client = SseClient::connect(&app, "/events/post", None).await;
+    let post = |uri: &str, body: &str| {
+        Request::post(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    };
+    let response = app
+        .clone()
+        .oneshot(post("/events/post", r#"{"n": 1}"#))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    let reply: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let id = reply["id"].as_str().unwrap().to_owned();
+    let (v, got) = client.next_json().await;
+    assert_eq!((v, got), (json_n(1), id));
+    for (uri, body, status) in [
+        ("/events/readonly", r#"{"n": 1}"#, 403),
+        ("/events/a%20b", r#"{"n": 1}"#, 400),
+        ("/events/post", "not json", 400),
+    ] {
+        let response = app.clone().oneshot(post(uri, body)).await.unwrap();
+        assert_eq!(response.status(), status, "{uri} {body}");
+    }
+    // The refused publish left nothing behind.
+    assert_eq!(pubsub.latest("readonly").await.unwrap(), None);
+}

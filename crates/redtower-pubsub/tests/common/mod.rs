@@ -129,6 +129,7 @@ macro_rules! conformance {
             slow_consumer_beyond_history_resyncs,
             shutdown_ends_streams,
             fan_out_shares_one_subscription,
+            publish_route,
         );
     };
     ($make:expr; $($name:ident),* $(,)?) => {
