@@ -1,0 +1,3 @@
+//! Session benchmarks (see BENCHMARKS.md).
+
+fn main() {}

@@ -1,0 +1,47 @@
+//! The crate's error type.
+
+/// A `Result` whose error is [`enum@Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error from a session store or from the per-user index API.
+///
+/// The [`SessionStore`](tower_sessions_core::SessionStore) methods must return
+/// `tower_sessions_core::session_store::Error`; they carry this error's text in
+/// `session_store::Error::Backend`, and the [`SessionLayer`](crate::SessionLayer) learns the
+/// typed cause through a per-request flag (see [`status_for`](crate::status_for)).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Redis failed (down, slow, Cluster trouble, script error). See
+    /// [`redtower_client::Error::is_outage`].
+    #[error("redis unavailable: {0}")]
+    Redis(#[from] redtower_client::Error),
+    /// The session no longer exists (deleted, expired or revoked) and was not written, so a
+    /// concurrent logout or revocation is never undone.
+    #[error("session gone: it was deleted, expired or revoked")]
+    Gone,
+    /// The serialized session data is larger than the configured cap.
+    #[error("session data is {size} bytes, more than the {max} allowed")]
+    TooLarge {
+        /// The serialized size.
+        size: usize,
+        /// The configured cap.
+        max: usize,
+    },
+    /// Session data could not be encoded or decoded.
+    #[error("session data encoding: {0}")]
+    Encoding(#[from] serde_json::Error),
+    /// Creating a session collided with existing ids too many times (a broken random source).
+    #[error("could not find a free session id")]
+    Collision,
+}
+
+impl Error {
+    /// Whether this error means "Redis is down or slow" (requests that need the session get 503).
+    pub fn is_outage(&self) -> bool {
+        match self {
+            Self::Redis(e) => e.is_outage() || e.is_cluster(),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Sessions for axum/tower on [`tower-sessions`](tower_sessions), stored in Redis (or
+//! memory), with a per-user session list and instant revocation.
+//!
+//! * [`RedisStore`] and [`MemoryStore`]: drop-in `SessionStore`s. `create` never overwrites,
+//!   `save` never resurrects a deleted or revoked session, keys are HMACs of the ids, TTLs
+//!   have millisecond precision, idle timeouts slide on reads without rewriting the record,
+//!   an absolute timeout caps everything, and session data has a size cap.
+//! * [`bind_user`] at login (cycles the id against fixation), [`UserSessions`] for
+//!   `list` / `revoke` / `revoke_all` ("log out everywhere"), [`AuthSession`] for handlers.
+//! * [`SessionLayer`]: `SessionManagerLayer` with signed cookies and secure defaults that
+//!   answers 401 (and clears the cookie) when a session is revoked mid-request, and 503 when
+//!   Redis is down, instead of a bare 500.
+//!
+//! ```
+//! use axum::{Json, Router, extract::State, http::{HeaderMap, StatusCode}, routing::{delete, get, post}};
+//! use redtower_session::{
+//!     AuthSession, MemoryStore, SessionLayer, SessionMeta, UserSessions, bind_user,
+//!     tower_sessions::{Session, cookie::Key},
+//! };
+//! use tower::ServiceExt as _;
+//!
+//! async fn login(session: Session, headers: HeaderMap, body: String) -> StatusCode {
+//!     match bind_user(&session, &body, SessionMeta::from_headers(&headers, None)).await {
+//!         Ok(()) => StatusCode::NO_CONTENT,
+//!         Err(e) => redtower_session::status_for(&e),
+//!     }
+//! }
+//! async fn me(auth: AuthSession) -> String {
+//!     auth.user
+//! }
+//! async fn sessions(State(store): State<MemoryStore>, auth: AuthSession) -> Json<serde_json::Value> {
+//!     let list = store.list(&auth.user, auth.session.id()).await.unwrap_or_default();
+//!     Json(serde_json::to_value(list).unwrap_or_default())
+//! }
+//! async fn logout_everywhere(State(store): State<MemoryStore>, auth: AuthSession) -> StatusCode {
+//!     match store.revoke_all(&auth.user).await {
+//!         Ok(_) => StatusCode::NO_CONTENT,
+//!         Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+//!     }
+//! }
+//! async fn logout(auth: AuthSession) -> StatusCode {
+//!     match auth.session.flush().await {
+//!         Ok(()) => StatusCode::NO_CONTENT,
+//!         Err(e) => redtower_session::status_for(&e),
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let store = MemoryStore::new();
+//! let app = Router::new()
+//!     .route("/login", post(login))
+//!     .route("/me", get(me))
+//!     .route("/logout", post(logout))
+//!     .route("/me/sessions", get(sessions))
+//!     .route("/logout-everywhere", post(logout_everywhere))
+//!     .layer(SessionLayer::new(store.clone(), Key::generate()))
+//!     .with_state(store.clone());
+//!
+//! # use axum::{body::Body, http::Request};
+//! # let send = |req: Request<Body>| app.clone().oneshot(req);
+//! # let cookie_of = |res: &axum::response::Response| {
+//! #     res.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned()
+//! # };
+//! // Log in twice (two devices).
+//! let res = send(Request::post("/login").body(Body::from("alice")).unwrap()).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::NO_CONTENT);
+//! let phone = cookie_of(&res);
+//! assert!(res.headers()["set-cookie"].to_str().unwrap().contains("HttpOnly"));
+//! let res = send(Request::post("/login").body(Body::from("alice")).unwrap()).await.unwrap();
+//! let laptop = cookie_of(&res);
+//!
+//! let me = |c: &str| Request::get("/me").header("cookie", c).body(Body::empty()).unwrap();
+//! assert_eq!(send(me(&phone)).await.unwrap().status(), StatusCode::OK);
+//! assert_eq!(store.list("alice", None).await.unwrap().len(), 2);
+//!
+//! // Log out everywhere from the laptop: the phone's next request is rejected.
+//! let req = Request::post("/logout-everywhere").header("cookie", &laptop).body(Body::empty()).unwrap();
+//! assert_eq!(send(req).await.unwrap().status(), StatusCode::NO_CONTENT);
+//! assert_eq!(send(me(&phone)).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+//! assert_eq!(send(me(&laptop)).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+//! assert!(store.list("alice", None).await.unwrap().is_empty());
+//! # }
+//! ```
+//!
+//! The same with Redis (every instance sees a revocation on its next request):
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use redtower_client::{Redis, RedisConfig};
+//! use redtower_session::{RedisStore, SessionLayer, tower_sessions::cookie::Key};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let redis = Redis::new(RedisConfig::from_env()?)?;
+//! let secret = std::env::var("SESSION_SECRET")?; // >= 64 bytes, the same on every instance
+//! let store = RedisStore::new(redis, &secret.as_bytes()[..32])
+//!     .idle_timeout(Duration::from_secs(30 * 60))
+//!     .absolute_timeout(Duration::from_secs(12 * 3600));
+//! let layer = SessionLayer::new(store.clone(), Key::from(secret.as_bytes()));
+//! # let _ = layer; Ok(()) }
+//! ```
+//!
+//! # Design
+//!
+//! A record is a Redis HASH `<prefix>:s:{<bucket>}:<HMAC(id)>`; a user has an index
+//! `<prefix>:s:{<bucket>}:u:<user>` (a ZSET of handles scored by expiry, whose own TTL is
+//! always its highest score, so it disappears with its last session) and a revocation epoch
+//! `<prefix>:s:{<bucket>}:g:<user>`. `bucket = HMAC(secret, user) mod 2^14` is carried in the
+//! top 14 bits of a logged-in session's id (the other 114 bits are random), so the store finds
+//! the user's slot from the cookie alone: record, index and epoch share one Cluster slot and
+//! every operation (load with idle refresh, save, create, delete, list, revoke, revoke_all)
+//! is one atomic Lua script, one round trip. A session records the epoch at login; bumping it
+//! (`revoke_all`) kills every session of the user at its next use, even ones missing from the
+//! index. The epoch key lives at least as long as the user's longest session.
+//!
+//! The trade-off: two cookies of the same user share 14 bits, which reveals only that they
+//! may belong to the same user (1 in 16384 by chance); the cookie is signed, not encrypted.
+//!
+//! Round trips per request: 0 when the handler does not touch the session, 1 for a read
+//! (including the idle refresh), 1 for a write (with index upkeep), 1 for login from an
+//! anonymous session (2 from an existing one: delete the old id, create the new one).
+//!
+//! # Features
+//!
+//! * `rustls`: TLS for Redis, forwarded to `redtower-client`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod error;
+mod extract;
+mod keys;
+mod layer;
+mod outcome;
+mod store;
+mod user;
+
+pub use error::{Error, Result};
+pub use extract::{AuthSession, SessionRejection, status_for};
+pub use layer::{SessionGuard, SessionLayer};
+pub use store::{memory::MemoryStore, redis::RedisStore};
+pub use user::{
+    Binding, SessionError, SessionInfo, SessionMeta, USER_KEY, UserSessions, bind_user,
+    current_user,
+};
+
+pub use tower_sessions;

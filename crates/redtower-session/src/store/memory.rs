@@ -1,0 +1,444 @@
+//! [`MemoryStore`]: the same semantics as [`RedisStore`](crate::RedisStore), in process.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+use tower_sessions_core::{
+    SessionStore,
+    session::{Id, Record},
+    session_store,
+};
+
+use super::{Policy, from_unix_ms, ms, to_store_error, unix_ms};
+use crate::{
+    Error, Result, SessionInfo, UserSessions,
+    keys::{Keys, valid_handle},
+    user::{Binding, binding_of},
+};
+
+/// A [`SessionStore`] in process memory with the same semantics as
+/// [`RedisStore`](crate::RedisStore): NX create, XX save, idle and absolute timeouts, size cap,
+/// and the per-user index with epoch revocation of [`UserSessions`].
+///
+/// For single-instance apps, development and tests. Its clock is `tokio::time`, so tests can
+/// pause and advance time. Expired entries are swept as the store grows. Cloning is cheap and
+/// clones share the sessions.
+///
+/// ```
+/// use redtower_session::MemoryStore;
+/// use std::time::Duration;
+///
+/// let store = MemoryStore::new().idle_timeout(Duration::from_secs(1800));
+/// # let _ = store;
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    keys: Keys,
+    policy: Policy,
+    base_ms: i64,
+    base: Instant,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    records: HashMap<String, Rec>,
+    users: HashMap<String, UserState>,
+    sweep_at: usize,
+}
+
+struct Rec {
+    data: String,
+    e: i64,
+    c: i64,
+    a: i64,
+    x: i64,
+    bound: Option<(Binding, u64)>,
+}
+
+#[derive(Default)]
+struct UserState {
+    epoch: u64,
+    /// The epoch lives as long as any session of the user (like the Redis key's TTL).
+    epoch_until: i64,
+    index: HashMap<String, i64>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("policy", &self.inner.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store with a random secret for handles.
+    pub fn new() -> Self {
+        let secret: [u8; 32] = rand::random();
+        Self {
+            inner: Arc::new(Inner {
+                keys: Keys::new(&redtower_client::Keyspace::default(), &secret),
+                policy: Policy::default(),
+                base_ms: unix_ms(time::OffsetDateTime::now_utc()),
+                base: Instant::now(),
+                state: Mutex::default(),
+            }),
+        }
+    }
+
+    fn policy_mut(&mut self) -> &mut Policy {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => &mut inner.policy,
+            None => panic!("configure a MemoryStore before cloning it"),
+        }
+    }
+
+    /// See [`RedisStore::idle_timeout`](crate::RedisStore::idle_timeout). Defaults to none.
+    ///
+    /// # Panics
+    ///
+    /// If the store was already cloned (configure it first).
+    #[must_use]
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.policy_mut().idle = Some(idle);
+        self
+    }
+
+    /// See [`RedisStore::absolute_timeout`](crate::RedisStore::absolute_timeout). Defaults to
+    /// 7 days.
+    ///
+    /// # Panics
+    ///
+    /// If the store was already cloned.
+    #[must_use]
+    pub fn absolute_timeout(mut self, absolute: Duration) -> Self {
+        self.policy_mut().absolute = absolute;
+        self
+    }
+
+    /// See [`RedisStore::max_data_size`](crate::RedisStore::max_data_size). Defaults to 16 KiB.
+    ///
+    /// # Panics
+    ///
+    /// If the store was already cloned.
+    #[must_use]
+    pub fn max_data_size(mut self, bytes: usize) -> Self {
+        self.policy_mut().max_data = bytes;
+        self
+    }
+
+    /// See [`RedisStore::touch_interval`](crate::RedisStore::touch_interval). Defaults to 1 s.
+    ///
+    /// # Panics
+    ///
+    /// If the store was already cloned.
+    #[must_use]
+    pub fn touch_interval(mut self, interval: Duration) -> Self {
+        self.policy_mut().touch_interval = interval;
+        self
+    }
+
+    /// How many users have an index entry (live or not yet pruned). For tests of index hygiene.
+    pub fn indexed_users(&self) -> usize {
+        let now = self.now();
+        let mut st = self.lock();
+        st.users.retain(|_, u| {
+            u.index.retain(|_, e| *e > now);
+            !u.index.is_empty() || u.epoch_until > now
+        });
+        st.users.values().filter(|u| !u.index.is_empty()).count()
+    }
+
+    fn now(&self) -> i64 {
+        self.inner.base_ms + ms(self.inner.base.elapsed())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    fn kill(&mut self, handle: &str) {
+        if let Some(rec) = self.records.remove(handle) {
+            if let Some((b, _)) = rec.bound {
+                if let Some(u) = self.users.get_mut(&b.user) {
+                    u.index.remove(handle);
+                }
+            }
+        }
+    }
+
+    /// The live record `handle`, killing it when expired or revoked.
+    fn live(&mut self, handle: &str, now: i64) -> Option<&mut Rec> {
+        let dead = match self.records.get(handle) {
+            None => return None,
+            Some(rec) => {
+                now >= rec.e
+                    || now >= rec.x
+                    || rec.bound.as_ref().is_some_and(|(b, g)| {
+                        self.users
+                            .get(&b.user)
+                            .is_none_or(|u| u.epoch != *g || u.epoch_until <= now)
+                    })
+            }
+        };
+        if dead {
+            self.kill(handle);
+            return None;
+        }
+        self.records.get_mut(handle)
+    }
+
+    fn reindex(&mut self, handle: &str, user: &str, e: i64) {
+        if let Some(u) = self.users.get_mut(user) {
+            if let Some(score) = u.index.get_mut(handle) {
+                *score = e;
+            }
+            u.epoch_until = u.epoch_until.max(e);
+        }
+    }
+
+    fn sweep(&mut self, now: i64) {
+        if self.records.len() < self.sweep_at {
+            return;
+        }
+        let dead: Vec<String> = self
+            .records
+            .iter()
+            .filter(|(_, r)| now >= r.e || now >= r.x)
+            .map(|(h, _)| h.clone())
+            .collect();
+        for h in dead {
+            self.kill(&h);
+        }
+        self.users.retain(|_, u| {
+            u.index.retain(|_, e| *e > now);
+            !u.index.is_empty() || u.epoch_until > now
+        });
+        self.sweep_at = (self.records.len() * 2).max(1024);
+    }
+}
+
+impl MemoryStore {
+    fn create_inner(&self, record: &mut Record) -> Result<()> {
+        let Inner { keys, policy, .. } = &*self.inner;
+        let binding = binding_of(&record.data);
+        let data = policy.encode(&record.data)?;
+        let now = self.now();
+        let x = now.saturating_add(ms(policy.absolute));
+        let e = policy.expiry(unix_ms(record.expiry_date), x, now);
+        let mut st = self.lock();
+        st.sweep(now);
+        let bucket = binding
+            .as_ref()
+            .map_or_else(|| rand::random::<u16>() >> 2, |b| keys.user_bucket(&b.user));
+        let (id, handle) = loop {
+            let id = Keys::new_id(bucket);
+            let handle = keys.handle(&id);
+            if !st.records.contains_key(&handle) {
+                break (id, handle);
+            }
+        };
+        record.id = id;
+        if e <= now {
+            return Ok(());
+        }
+        record.expiry_date = from_unix_ms(e);
+        let bound = binding.map(|b| {
+            let u = st.users.entry(b.user.clone()).or_default();
+            if u.epoch_until <= now {
+                // The epoch expired with the user's last session.
+                u.epoch = 0;
+            }
+            u.index.retain(|_, score| *score > now);
+            u.index.insert(handle.clone(), e);
+            u.epoch_until = u.epoch_until.max(e);
+            let g = u.epoch;
+            (b, g)
+        });
+        st.records.insert(
+            handle,
+            Rec {
+                data,
+                e,
+                c: now,
+                a: now,
+                x,
+                bound,
+            },
+        );
+        Ok(())
+    }
+
+    fn load_inner(&self, id: &Id) -> Result<Option<Record>> {
+        let Inner { keys, policy, .. } = &*self.inner;
+        let handle = keys.handle(id);
+        let now = self.now();
+        let mut st = self.lock();
+        let Some(rec) = st.live(&handle, now) else {
+            return Ok(None);
+        };
+        let mut reindex = None;
+        if now - rec.a >= ms(policy.touch_interval) {
+            rec.a = now;
+            if let Some(idle) = policy.idle {
+                let ne = now.saturating_add(ms(idle)).min(rec.x);
+                if ne > rec.e {
+                    rec.e = ne;
+                    reindex = rec.bound.as_ref().map(|(b, _)| (b.user.clone(), ne));
+                }
+            }
+        }
+        let record = Record {
+            id: *id,
+            data: serde_json::from_str(&rec.data)?,
+            expiry_date: from_unix_ms(rec.e),
+        };
+        if let Some((user, e)) = reindex {
+            st.reindex(&handle, &user, e);
+        }
+        Ok(Some(record))
+    }
+
+    fn save_inner(&self, record: &Record) -> Result<()> {
+        let Inner { keys, policy, .. } = &*self.inner;
+        let data = policy.encode(&record.data)?;
+        let handle = keys.handle(&record.id);
+        let now = self.now();
+        let mut st = self.lock();
+        let Some(rec) = st.live(&handle, now) else {
+            return Err(Error::Gone);
+        };
+        let e = policy.expiry(unix_ms(record.expiry_date), rec.x, now);
+        if e <= now {
+            st.kill(&handle);
+            return Ok(());
+        }
+        rec.data = data;
+        rec.e = e;
+        rec.a = now;
+        if let Some(user) = rec.bound.as_ref().map(|(b, _)| b.user.clone()) {
+            st.reindex(&handle, &user, e);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        self.create_inner(record).map_err(to_store_error)
+    }
+
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        self.save_inner(record).map_err(to_store_error)
+    }
+
+    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+        self.load_inner(id).map_err(to_store_error)
+    }
+
+    async fn delete(&self, id: &Id) -> session_store::Result<()> {
+        let handle = self.inner.keys.handle(id);
+        self.lock().kill(&handle);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl UserSessions for MemoryStore {
+    fn handle(&self, id: &Id) -> String {
+        self.inner.keys.handle(id)
+    }
+
+    async fn list(&self, user: &str, current: Option<Id>) -> Result<Vec<SessionInfo>> {
+        let now = self.now();
+        let current = current.map(|id| self.inner.keys.handle(&id));
+        let mut st = self.lock();
+        let handles: Vec<String> = match st.users.get_mut(user) {
+            Some(u) => {
+                u.index.retain(|_, e| *e > now);
+                u.index.keys().cloned().collect()
+            }
+            None => return Ok(Vec::new()),
+        };
+        let mut out = Vec::new();
+        for h in handles {
+            let Some(rec) = st.live(&h, now) else {
+                if let Some(u) = st.users.get_mut(user) {
+                    u.index.remove(&h);
+                }
+                continue;
+            };
+            let meta = rec
+                .bound
+                .as_ref()
+                .map(|(b, _)| b.meta.clone())
+                .unwrap_or_default();
+            out.push(SessionInfo {
+                current: current.as_deref() == Some(h.as_str()),
+                created_at: from_unix_ms(rec.c),
+                last_seen_at: from_unix_ms(rec.a),
+                expires_at: from_unix_ms(rec.e),
+                user_agent: meta.user_agent,
+                ip: meta.ip,
+                handle: h,
+            });
+        }
+        out.sort_by_key(|i| i.created_at);
+        Ok(out)
+    }
+
+    async fn revoke(&self, user: &str, handle: &str) -> Result<bool> {
+        if !valid_handle(handle) {
+            return Ok(false);
+        }
+        let mut st = self.lock();
+        let owned = st
+            .records
+            .get(handle)
+            .and_then(|r| r.bound.as_ref())
+            .is_some_and(|(b, _)| b.user == user);
+        if owned {
+            st.kill(handle);
+        }
+        Ok(owned)
+    }
+
+    async fn revoke_all(&self, user: &str) -> Result<u64> {
+        let now = self.now();
+        let absolute = ms(self.inner.policy.absolute);
+        let mut st = self.lock();
+        let u = st.users.entry(user.to_owned()).or_default();
+        let handles: Vec<String> = u.index.drain().map(|(h, _)| h).collect();
+        if u.epoch_until <= now {
+            u.epoch = 0;
+            u.epoch_until = now.saturating_add(absolute);
+        }
+        u.epoch += 1;
+        let mut n = 0;
+        for h in handles {
+            if st.records.remove(&h).is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,386 @@
+//! [`RedisStore`]: sessions in Redis, one Lua script (one round trip) per operation.
+
+use std::{
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use fred::types::Value;
+use redtower_client::{Redis, Script};
+use tower_sessions_core::{
+    SessionStore,
+    session::{Id, Record},
+    session_store,
+};
+
+use super::{Policy, from_unix_ms, ms, to_store_error, unix_ms};
+use crate::{
+    Error, Result, SessionInfo, SessionMeta, UserSessions,
+    keys::{Keys, valid_handle},
+    user::binding_of,
+};
+
+macro_rules! script {
+    ($name:ident, $file:literal) => {
+        static $name: LazyLock<Script> = LazyLock::new(|| {
+            Script::new(
+                concat!("session_", $file),
+                concat!(
+                    include_str!("../lua/common.lua"),
+                    include_str!(concat!("../lua/", $file, ".lua"))
+                ),
+            )
+        });
+    };
+}
+
+script!(LOAD, "load");
+script!(SAVE, "save");
+script!(CREATE, "create");
+script!(DELETE, "delete");
+script!(LIST, "list");
+script!(REVOKE, "revoke");
+script!(REVOKE_ALL, "revoke_all");
+
+const CREATE_ATTEMPTS: usize = 8;
+
+/// A [`SessionStore`] in Redis, with the per-user index of [`UserSessions`].
+///
+/// * Keys: `<prefix>:s:{<bucket>}:<HMAC(id)>` for a record (a HASH), and for each user
+///   `<prefix>:s:{<bucket>}:u:<user>` (index, a ZSET scored by expiry) and
+///   `<prefix>:s:{<bucket>}:g:<user>` (revocation epoch). A logged-in session's id carries its
+///   user's bucket, so the record, index and epoch share a Cluster slot and every operation is
+///   one atomic script.
+/// * `create` never overwrites (it rolls a new id on collision), `save` only updates a live,
+///   unrevoked record (a concurrent logout or revocation is never undone), `load` of a
+///   missing, expired or revoked session is `None`.
+/// * TTLs are set with millisecond precision (`PEXPIREAT`) from the record's expiry, capped by
+///   the absolute timeout and the idle timeout; time is Redis `TIME`.
+///
+/// Cloning is cheap.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use redtower_client::{Redis, RedisConfig};
+/// use redtower_session::RedisStore;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let redis = Redis::new(RedisConfig::from_env()?)?;
+/// let secret = std::env::var("SESSION_KEY_SECRET")?; // at least 32 bytes
+/// let store = RedisStore::new(redis, secret.as_bytes())
+///     .idle_timeout(Duration::from_secs(30 * 60))
+///     .absolute_timeout(Duration::from_secs(12 * 3600));
+/// # let _ = store; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    redis: Redis,
+    keys: Keys,
+    policy: Policy,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("redis", &self.inner.redis)
+            .field("policy", &self.inner.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// The shortest secret [`new`](Self::new) accepts, in bytes.
+    pub const MIN_SECRET_LEN: usize = 32;
+
+    /// A store on `redis`, deriving keys and handles from session ids with HMAC-SHA256 keyed by
+    /// `secret`. Every instance of an app must use the same secret; changing it logs everyone
+    /// out.
+    ///
+    /// # Panics
+    ///
+    /// If `secret` is shorter than [`MIN_SECRET_LEN`](Self::MIN_SECRET_LEN) bytes.
+    pub fn new(redis: Redis, secret: impl AsRef<[u8]>) -> Self {
+        let secret = secret.as_ref();
+        assert!(
+            secret.len() >= Self::MIN_SECRET_LEN,
+            "the session key secret must be at least {} bytes",
+            Self::MIN_SECRET_LEN
+        );
+        let keys = Keys::new(redis.keyspace(), secret);
+        Self {
+            inner: Arc::new(Inner {
+                redis,
+                keys,
+                policy: Policy::default(),
+            }),
+        }
+    }
+
+    fn policy_mut(&mut self) -> &mut Policy {
+        &mut Arc::make_mut(&mut self.inner).policy
+    }
+
+    /// Sliding idle timeout: a session not used for this long expires, and every read or write
+    /// pushes its expiry forward (reads do it without rewriting the record). Defaults to none
+    /// (the record's own expiry, from `SessionManagerLayer::with_expiry`, is used as is).
+    #[must_use]
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.policy_mut().idle = Some(idle);
+        self
+    }
+
+    /// Absolute timeout: no activity extends a session beyond this much time after it was
+    /// created (login). Defaults to 7 days.
+    #[must_use]
+    pub fn absolute_timeout(mut self, absolute: Duration) -> Self {
+        self.policy_mut().absolute = absolute;
+        self
+    }
+
+    /// The largest serialized session data accepted, in bytes; a bigger save fails. Defaults to
+    /// 16 KiB.
+    #[must_use]
+    pub fn max_data_size(mut self, bytes: usize) -> Self {
+        self.policy_mut().max_data = bytes;
+        self
+    }
+
+    /// A read updates "last seen" and slides the idle timeout at most once per this interval.
+    /// Defaults to 1 second.
+    #[must_use]
+    pub fn touch_interval(mut self, interval: Duration) -> Self {
+        self.policy_mut().touch_interval = interval;
+        self
+    }
+
+    /// The Redis handle.
+    pub fn redis(&self) -> &Redis {
+        &self.inner.redis
+    }
+
+    /// The key of the record of session `id` (for inspection and operations).
+    pub fn record_key(&self, id: &Id) -> redtower_client::Key {
+        self.inner.keys.record(id)
+    }
+
+    /// The key of `user`'s session index (a ZSET of handles scored by expiry in ms).
+    pub fn index_key(&self, user: &str) -> redtower_client::Key {
+        self.inner.keys.index(user)
+    }
+
+    /// The key of `user`'s revocation epoch.
+    pub fn epoch_key(&self, user: &str) -> redtower_client::Key {
+        self.inner.keys.epoch(user)
+    }
+
+    async fn create_inner(&self, record: &mut Record) -> Result<()> {
+        let Inner {
+            redis,
+            keys,
+            policy,
+        } = &*self.inner;
+        let binding = binding_of(&record.data);
+        let data = policy.encode(&record.data)?;
+        let wanted = unix_ms(record.expiry_date);
+        for _ in 0..CREATE_ATTEMPTS {
+            let bucket = match &binding {
+                Some(b) => keys.user_bucket(&b.user),
+                None => rand::random::<u16>() >> 2,
+            };
+            let id = Keys::new_id(bucket);
+            let handle = keys.handle(&id);
+            let mut key_list = vec![keys.record_by_handle(bucket, &handle)];
+            let mut args: Vec<Value> = vec![
+                data.clone().into(),
+                wanted.into(),
+                policy.idle_ms().into(),
+                ms(policy.absolute).into(),
+                handle.into(),
+            ];
+            if let Some(b) = &binding {
+                key_list.push(keys.epoch(&b.user));
+                key_list.push(keys.index(&b.user));
+                args.push(b.user.clone().into());
+                args.push(serde_json::to_string(&b.meta)?.into());
+            }
+            let reply: String = CREATE.run(redis, key_list, args).await?;
+            if reply == "COLLISION" {
+                tracing::warn!(target: "redtower::session", "session id collision; retrying");
+                continue;
+            }
+            record.id = id;
+            if let Ok(e) = reply.parse::<i64>() {
+                record.expiry_date = from_unix_ms(e);
+            }
+            return Ok(());
+        }
+        Err(Error::Collision)
+    }
+
+    async fn load_inner(&self, id: &Id) -> Result<Option<Record>> {
+        let Inner {
+            redis,
+            keys,
+            policy,
+        } = &*self.inner;
+        let reply: Option<Vec<String>> = LOAD
+            .run(
+                redis,
+                vec![keys.record(id)],
+                vec![policy.idle_ms(), ms(policy.touch_interval)],
+            )
+            .await?;
+        let Some([data, expiry]) = reply.and_then(|v| <[String; 2]>::try_from(v).ok()) else {
+            return Ok(None);
+        };
+        Ok(Some(Record {
+            id: *id,
+            data: serde_json::from_str(&data)?,
+            expiry_date: from_unix_ms(expiry.parse().unwrap_or(0)),
+        }))
+    }
+
+    async fn save_inner(&self, record: &Record) -> Result<()> {
+        let Inner {
+            redis,
+            keys,
+            policy,
+        } = &*self.inner;
+        let data = policy.encode(&record.data)?;
+        let reply: String = SAVE
+            .run(
+                redis,
+                vec![keys.record(&record.id)],
+                vec![
+                    Value::from(data),
+                    unix_ms(record.expiry_date).into(),
+                    policy.idle_ms().into(),
+                ],
+            )
+            .await?;
+        if reply == "GONE" {
+            return Err(Error::Gone);
+        }
+        Ok(())
+    }
+
+    async fn delete_inner(&self, id: &Id) -> Result<()> {
+        let Inner { redis, keys, .. } = &*self.inner;
+        let _: i64 = DELETE
+            .run(redis, vec![keys.record(id)], Vec::<Value>::new())
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        self.create_inner(record).await.map_err(to_store_error)
+    }
+
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        self.save_inner(record).await.map_err(to_store_error)
+    }
+
+    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+        self.load_inner(id).await.map_err(to_store_error)
+    }
+
+    async fn delete(&self, id: &Id) -> session_store::Result<()> {
+        self.delete_inner(id).await.map_err(to_store_error)
+    }
+}
+
+fn parse_i64(s: &str) -> i64 {
+    s.parse().unwrap_or(0)
+}
+
+#[async_trait]
+impl UserSessions for RedisStore {
+    fn handle(&self, id: &Id) -> String {
+        self.inner.keys.handle(id)
+    }
+
+    async fn list(&self, user: &str, current: Option<Id>) -> Result<Vec<SessionInfo>> {
+        let Inner { redis, keys, .. } = &*self.inner;
+        let rows: Vec<Vec<String>> = LIST
+            .run(
+                redis,
+                vec![keys.index(user), keys.epoch(user)],
+                vec![keys.record_prefix(keys.user_bucket(user))],
+            )
+            .await?;
+        let current = current.map(|id| keys.handle(&id));
+        let mut out: Vec<SessionInfo> = rows
+            .into_iter()
+            .filter_map(|row| <[String; 5]>::try_from(row).ok())
+            .map(|[handle, c, a, e, m]| {
+                let meta: SessionMeta = serde_json::from_str(&m).unwrap_or_default();
+                SessionInfo {
+                    current: current.as_deref() == Some(handle.as_str()),
+                    handle,
+                    created_at: from_unix_ms(parse_i64(&c)),
+                    last_seen_at: from_unix_ms(parse_i64(&a)),
+                    expires_at: from_unix_ms(parse_i64(&e)),
+                    user_agent: meta.user_agent,
+                    ip: meta.ip,
+                }
+            })
+            .collect();
+        out.sort_by_key(|i| i.created_at);
+        Ok(out)
+    }
+
+    async fn revoke(&self, user: &str, handle: &str) -> Result<bool> {
+        if !valid_handle(handle) {
+            return Ok(false);
+        }
+        let Inner { redis, keys, .. } = &*self.inner;
+        let bucket = keys.user_bucket(user);
+        let n: i64 = REVOKE
+            .run(
+                redis,
+                vec![keys.record_by_handle(bucket, handle), keys.index(user)],
+                vec![user.to_owned()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn revoke_all(&self, user: &str) -> Result<u64> {
+        let Inner {
+            redis,
+            keys,
+            policy,
+        } = &*self.inner;
+        let n: i64 = REVOKE_ALL
+            .run(
+                redis,
+                vec![keys.epoch(user), keys.index(user)],
+                vec![
+                    Value::from(keys.record_prefix(keys.user_bucket(user))),
+                    ms(policy.absolute).into(),
+                ],
+            )
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_compile_in() {
+        assert!(LOAD.sha1().len() == 40);
+        let _ = crate::keys::bucket_of(&Id(0));
+    }
+}

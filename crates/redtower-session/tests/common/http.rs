@@ -1,0 +1,232 @@
+//! HTTP-level checks through `SessionLayer`, written once and run per backend.
+
+use axum::http::StatusCode;
+use redtower_session::{UserSessions, tower_sessions::cookie::Key};
+use serde_json::json;
+
+use super::app::{Counting, app, id_of, login_as, send};
+
+pub async fn http_cookie_defaults<S: UserSessions + Clone>(store: S) {
+    let (router, _) = app(store, Key::generate());
+    let r = send(
+        &router,
+        "POST",
+        "/login",
+        None,
+        Some(json!({"user": "alice"})),
+    )
+    .await;
+    let c = r.set_cookie.unwrap();
+    for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
+        assert!(c.contains(attr), "{attr} in {c}");
+    }
+    assert!(!c.contains("Max-Age"), "a browser-session cookie: {c}");
+    assert!(c.starts_with("id="));
+}
+
+pub async fn http_fixation<S: UserSessions + Clone>(store: S) {
+    let (router, _) = app(store.clone(), Key::generate());
+    // An anonymous session with data.
+    let r = send(&router, "GET", "/anon", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let before = r.cookie();
+    let old_id = id_of(&before);
+    assert!(store.load(&old_id).await.unwrap().is_some());
+    // Login through that session.
+    let r = send(
+        &router,
+        "POST",
+        "/login",
+        Some(&before),
+        Some(json!({"user": "alice"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let after = r.cookie();
+    assert_ne!(id_of(&after), old_id, "login cycles the id");
+    assert!(
+        store.load(&old_id).await.unwrap().is_none(),
+        "the pre-login id is dead"
+    );
+    let r = send(&router, "GET", "/whoami", Some(&before), None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = send(&router, "GET", "/me", Some(&after), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json, json!({"user": "alice", "visits": 1}));
+    // Data from before login survives the cycle.
+    let r = send(&router, "GET", "/anon", Some(&after), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+pub async fn http_logout_and_list<S: UserSessions + Clone>(store: S) {
+    let (router, _) = app(store, Key::generate());
+    let phone = login_as(&router, "alice").await;
+    let laptop = login_as(&router, "alice").await;
+    let r = send(&router, "GET", "/me/sessions", Some(&laptop), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let list = r.json.as_array().unwrap().clone();
+    assert_eq!(list.len(), 2);
+    let current: Vec<_> = list
+        .iter()
+        .filter(|s| s["current"] == json!(true))
+        .collect();
+    assert_eq!(current.len(), 1);
+    assert_eq!(current[0]["user_agent"], json!("test-agent/1"));
+    assert_eq!(current[0]["ip"], json!("127.0.0.1"));
+    let phone_handle = list.iter().find(|s| s["current"] == json!(false)).unwrap()["handle"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/me/sessions/{phone_handle}");
+    assert_eq!(
+        send(&router, "DELETE", &path, Some(&laptop), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let r = send(&router, "GET", "/me", Some(&phone), None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "revoked device");
+    assert!(
+        r.set_cookie.unwrap().contains("Max-Age=0"),
+        "cookie cleared"
+    );
+    assert_eq!(
+        send(&router, "DELETE", &path, Some(&laptop), None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    // Logout.
+    let r = send(&router, "POST", "/logout", Some(&laptop), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(r.set_cookie.unwrap().contains("Max-Age=0"));
+    assert_eq!(
+        send(&router, "GET", "/me", Some(&laptop), None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+pub async fn http_forged_cookies_never_reach_the_store<S: UserSessions + Clone>(store: S) {
+    let counting = Counting::new(store);
+    let (router, _) = app(counting.clone(), Key::generate());
+    let good = login_as(&router, "alice").await;
+    let (name, value) = good.split_once('=').unwrap();
+    let mut flipped = value.as_bytes().to_vec();
+    flipped[3] = if flipped[3] == b'A' { b'B' } else { b'A' };
+    let other_key_cookie = {
+        let (other, _) = app(counting.clone(), Key::generate());
+        login_as(&other, "mallory").await
+    };
+    let forged = [
+        format!("{name}={}", String::from_utf8(flipped).unwrap()),
+        format!("{name}={}", &value[..value.len() - 5]),
+        format!("{name}={}", &value[44..]),
+        format!("{name}={}", "A".repeat(16 * 1024)),
+        format!("{name}=garbage;;==%00<>\\\"x\""),
+        format!("{name}="),
+        other_key_cookie,
+    ];
+    let before = counting.calls();
+    for cookie in &forged {
+        for path in ["/me", "/whoami", "/public"] {
+            let r = send(&router, "GET", path, Some(cookie), None).await;
+            let want = if path == "/public" {
+                StatusCode::OK
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            assert_eq!(r.status, want, "{path} with {:.60}", cookie);
+            assert!(r.set_cookie.is_none(), "no new session for a forged cookie");
+        }
+    }
+    assert_eq!(
+        counting.calls(),
+        before,
+        "forged cookies never reach the store"
+    );
+    assert_eq!(
+        send(&router, "GET", "/whoami", Some(&good), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+pub async fn http_revoked_mid_request_is_401<S: UserSessions + Clone>(store: S) {
+    let (router, state) = app(store.clone(), Key::generate());
+    let cookie = login_as(&router, "alice").await;
+    let id = id_of(&cookie);
+    let slow = {
+        let router = router.clone();
+        let cookie = cookie.clone();
+        tokio::spawn(async move { send(&router, "POST", "/slow", Some(&cookie), None).await })
+    };
+    // The request has loaded its session; now another request revokes it.
+    state.loaded.notified().await;
+    assert!(store.revoke("alice", &store.handle(&id)).await.unwrap());
+    state.release.notify_one();
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "not a bare 500");
+    assert!(
+        r.set_cookie.unwrap().contains("Max-Age=0"),
+        "cookie cleared"
+    );
+    assert!(store.load(&id).await.unwrap().is_none(), "not resurrected");
+    assert_eq!(
+        send(&router, "GET", "/me", Some(&cookie), None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+pub async fn http_logout_everywhere<S: UserSessions + Clone>(store: S) {
+    let (router, state) = app(store.clone(), Key::generate());
+    let a1 = login_as(&router, "alice").await;
+    let a2 = login_as(&router, "alice").await;
+    let bob = login_as(&router, "bob").await;
+    // A request of a1 is in flight (session loaded) while a2 logs out everywhere.
+    let slow = {
+        let router = router.clone();
+        let a1 = a1.clone();
+        tokio::spawn(async move { send(&router, "POST", "/slow", Some(&a1), None).await })
+    };
+    state.loaded.notified().await;
+    let r = send(&router, "POST", "/logout-everywhere", Some(&a2), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    state.release.notify_one();
+    assert_eq!(slow.await.unwrap().status, StatusCode::UNAUTHORIZED);
+    for c in [&a1, &a2] {
+        assert_eq!(
+            send(&router, "GET", "/me", Some(c), None).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        send(&router, "GET", "/me", Some(&bob), None).await.status,
+        StatusCode::OK
+    );
+    assert!(store.list("alice", None).await.unwrap().is_empty());
+}
+
+/// Instantiates every HTTP check for one store expression.
+#[macro_export]
+macro_rules! http_checks {
+    (@each $attrs:tt $store:expr; $($check:ident),*) => {
+        $( $crate::http_checks!(@one $attrs $store; $check); )*
+    };
+    (@one [$(#[$m:meta])*] $store:expr; $check:ident) => {
+        $(#[$m])*
+        async fn $check() {
+            common::http::$check($store).await;
+        }
+    };
+    ($attrs:tt $store:expr) => {
+        $crate::http_checks!(@each $attrs $store;
+            http_cookie_defaults, http_fixation, http_logout_and_list,
+            http_forged_cookies_never_reach_the_store, http_revoked_mid_request_is_401,
+            http_logout_everywhere);
+    };
+}

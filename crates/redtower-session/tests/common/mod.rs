@@ -1,0 +1,408 @@
+//! The conformance suite: every check written once, run per backend by `conformance!`.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod app;
+pub mod http;
+
+use std::{collections::HashMap, time::Duration};
+
+use redtower_session::{Binding, SessionMeta, USER_KEY, UserSessions};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tower_sessions_core::SessionStore as _;
+use tower_sessions_core::session::{Id, Record};
+
+/// Store settings a check asks for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Opts {
+    pub idle: Option<Duration>,
+    pub absolute: Option<Duration>,
+    pub max_data: Option<usize>,
+}
+
+pub trait Backend {
+    type Store: UserSessions + Clone;
+    /// A fresh, empty store (own key prefix) with touch interval 0.
+    fn store(&self, opts: Opts) -> impl Future<Output = Self::Store>;
+    /// Whether `user`'s index exists in the backend (the Redis key, or a memory entry).
+    fn index_exists(&self, store: &Self::Store, user: &str) -> impl Future<Output = bool>;
+    /// Deletes `user`'s index behind the store's back; false when the backend cannot.
+    fn break_index(&self, store: &Self::Store, user: &str) -> impl Future<Output = bool>;
+}
+
+pub fn record(data: Vec<(&str, Value)>, ttl: Duration) -> Record {
+    Record {
+        id: Id::default(),
+        data: data.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        expiry_date: OffsetDateTime::now_utc() + ttl,
+    }
+}
+
+pub fn bound(user: &str, ua: &str) -> Record {
+    let binding = serde_json::to_value(Binding::new(
+        user,
+        SessionMeta::new()
+            .user_agent(ua)
+            .ip("203.0.113.7".parse().unwrap()),
+    ))
+    .unwrap();
+    let _ = HashMap::<String, Value>::new();
+    record(
+        vec![(USER_KEY, binding), ("n", json!(1))],
+        Duration::from_secs(3600),
+    )
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+async fn create<S: UserSessions>(s: &S, mut r: Record) -> Record {
+    s.create(&mut r).await.unwrap();
+    r
+}
+
+async fn alive<S: UserSessions>(s: &S, id: &Id) -> bool {
+    s.load(id).await.unwrap().is_some()
+}
+
+pub async fn check_crud<B: Backend>(b: B) {
+    let s = b.store(Opts::default()).await;
+    let input = record(vec![("n", json!(1))], HOUR);
+    let input_id = input.id;
+    let mut r = create(&s, input).await;
+    assert_ne!(r.id, input_id, "create assigns a fresh id");
+    let loaded = s.load(&r.id).await.unwrap().expect("created session loads");
+    assert_eq!(loaded.data["n"], json!(1));
+    assert_eq!(loaded.expiry_date, r.expiry_date, "expiry kept to the ms");
+    let drift = (loaded.expiry_date - (OffsetDateTime::now_utc() + HOUR)).abs();
+    assert!(drift < time::Duration::seconds(5), "{drift}");
+
+    r.data.insert("n".into(), json!(2));
+    s.save(&r).await.unwrap();
+    assert_eq!(s.load(&r.id).await.unwrap().unwrap().data["n"], json!(2));
+
+    s.delete(&r.id).await.unwrap();
+    assert!(!alive(&s, &r.id).await);
+    assert!(s.save(&r).await.is_err(), "save after delete fails");
+    assert!(!alive(&s, &r.id).await, "save never resurrects");
+    s.delete(&r.id).await.unwrap();
+    assert!(!alive(&s, &Id::default()).await);
+}
+
+pub async fn check_create_never_overwrites<B: Backend>(b: B) {
+    let s = b.store(Opts::default()).await;
+    let base = record(vec![("who", json!("a"))], HOUR);
+    let a = create(&s, base.clone()).await;
+    let mut other = base;
+    other.data.insert("who".into(), json!("b"));
+    let b2 = create(&s, other).await;
+    assert_ne!(a.id, b2.id);
+    assert_eq!(
+        s.load(&a.id).await.unwrap().unwrap().data["who"],
+        json!("a")
+    );
+    assert_eq!(
+        s.load(&b2.id).await.unwrap().unwrap().data["who"],
+        json!("b")
+    );
+}
+
+pub async fn check_record_expiry<B: Backend>(b: B) {
+    let s = b.store(Opts::default()).await;
+    let r = create(
+        &s,
+        record(vec![("n", json!(1))], Duration::from_millis(700)),
+    )
+    .await;
+    assert!(alive(&s, &r.id).await);
+    sleep_ms(900).await;
+    assert!(!alive(&s, &r.id).await, "expired session loads as None");
+    assert!(s.save(&r).await.is_err());
+    assert!(!alive(&s, &r.id).await);
+}
+
+pub async fn check_idle_timeout_slides_on_read<B: Backend>(b: B) {
+    let s = b
+        .store(Opts {
+            idle: Some(Duration::from_millis(1000)),
+            ..Opts::default()
+        })
+        .await;
+    let r = create(&s, record(vec![("n", json!(1))], HOUR)).await;
+    let until = r.expiry_date - OffsetDateTime::now_utc();
+    assert!(
+        until <= time::Duration::milliseconds(1000),
+        "idle caps expiry: {until}"
+    );
+    sleep_ms(600).await;
+    assert!(alive(&s, &r.id).await);
+    sleep_ms(600).await; // 1.2 s after create, 0.6 s after the read
+    let again = s
+        .load(&r.id)
+        .await
+        .unwrap()
+        .expect("reads slide the idle timeout");
+    assert!(again.expiry_date > r.expiry_date);
+    sleep_ms(1300).await;
+    assert!(!alive(&s, &r.id).await, "idle session expires");
+}
+
+pub async fn check_absolute_timeout_caps_activity<B: Backend>(b: B) {
+    let s = b
+        .store(Opts {
+            idle: Some(Duration::from_millis(800)),
+            absolute: Some(Duration::from_millis(1400)),
+            ..Opts::default()
+        })
+        .await;
+    let mut r = create(&s, record(vec![("n", json!(1))], HOUR)).await;
+    // Created with expiry = login + 800 ms (idle), so the absolute deadline is that + 600 ms.
+    let deadline = r.expiry_date + time::Duration::milliseconds(600);
+    for _ in 0..3 {
+        sleep_ms(400).await;
+        assert!(alive(&s, &r.id).await);
+    }
+    r.data.insert("n".into(), json!(2));
+    // tower-sessions sets the expiry it wants on every save.
+    r.expiry_date = OffsetDateTime::now_utc() + HOUR;
+    s.save(&r).await.unwrap();
+    let e = s.load(&r.id).await.unwrap().unwrap().expiry_date;
+    assert!(e <= deadline, "capped by absolute: {e} > {deadline}");
+    sleep_ms(500).await; // 1.7 s after login
+    assert!(
+        !alive(&s, &r.id).await,
+        "activity never extends past the absolute timeout"
+    );
+}
+
+pub async fn check_size_cap<B: Backend>(b: B) {
+    let s = b
+        .store(Opts {
+            max_data: Some(100),
+            ..Opts::default()
+        })
+        .await;
+    let mut big = record(vec![("blob", json!("x".repeat(200)))], HOUR);
+    assert!(s.create(&mut big).await.is_err(), "oversized create fails");
+    let mut r = create(&s, record(vec![("n", json!(1))], HOUR)).await;
+    r.data.insert("blob".into(), json!("x".repeat(200)));
+    assert!(s.save(&r).await.is_err(), "oversized save fails");
+    let loaded = s.load(&r.id).await.unwrap().unwrap();
+    assert!(!loaded.data.contains_key("blob"), "old data kept");
+}
+
+pub async fn check_bind_and_list<B: Backend>(b: B) {
+    let s = b.store(Opts::default()).await;
+    let a1 = create(&s, bound("alice", "UA1")).await;
+    let a2 = create(&s, bound("alice", "UA2")).await;
+    let _b1 = create(&s, bound("bob", "UA3")).await;
+    let list = s.list("alice", Some(a1.id)).await.unwrap();
+    assert_eq!(list.len(), 2);
+    let mine: Vec<_> = list.iter().filter(|i| i.current).collect();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].handle, s.handle(&a1.id));
+    assert_eq!(mine[0].user_agent.as_deref(), Some("UA1"));
+    assert_eq!(mine[0].ip.as_deref(), Some("203.0.113.7"));
+    for info in &list {
+        assert!(!info.handle.contains(&a1.id.to_string()));
+        assert!(!info.handle.contains(&a2.id.to_string()));
+        assert!(info.created_at <= info.last_seen_at);
+        assert!(info.expires_at > OffsetDateTime::now_utc());
+    }
+    assert_eq!(s.list("bob", None).await.unwrap().len(), 1);
+    assert!(s.list("carol", None).await.unwrap().is_empty());
+    let json = serde_json::to_value(&list[0]).unwrap();
+    for field in [
+        "handle",
+        "created_at",
+        "last_seen_at",
+        "user_agent",
+        "ip",
+        "current",
+    ] {
+        assert!(json.get(field).is_some(), "{field}");
+    }
+}
+
+pub async fn check_revoke_one<B: Backend>(b: B) {
+    let s = b.store(Opts::default()).await;
+    let a1 = create(&s, bound("alice", "UA1")).await;
+    let a2 = create(&s, bound("alice", "UA2")).await;
+    let h1 = s.handle(&a1.id);
+    assert!(
+        !s.revoke("bob", &h1).await.unwrap(),
+        "another user's handle"
+    );
+    assert!(!s.revoke("alice", "not a handle").await.unwrap());
+    assert!(!s.revoke("alice", "{x}:*").await.unwrap());
+    assert!(s.revoke("alice", &h1).await.unwrap());
+    assert!(!alive(&s, &a1.id).await);
+    assert!(alive(&s, &a2.id).await);
+    let list = s.list("alice", None).await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].handle, s.handle(&a2.id));
+    assert!(!s.revoke("alice", &h1).await.unwrap(), "already gone");
+}
+
+pub async fn check_revoke_all_kills_only_that_user<B: Backend>(b: B) {
+    let s = b.store(Opts::default()).await;
+    let a1 = create(&s, bound("alice", "UA1")).await;
+    let a2 = create(&s, bound("alice", "UA2")).await;
+    let b1 = create(&s, bound("bob", "UA3")).await;
+    let anon = create(&s, record(vec![("n", json!(1))], HOUR)).await;
+    assert_eq!(s.revoke_all("alice").await.unwrap(), 2);
+    assert!(!alive(&s, &a1.id).await);
+    assert!(!alive(&s, &a2.id).await);
+    assert!(alive(&s, &b1.id).await);
+    assert!(alive(&s, &anon.id).await);
+    assert!(s.list("alice", None).await.unwrap().is_empty());
+    assert!(!b.index_exists(&s, "alice").await);
+    assert_eq!(s.list("bob", None).await.unwrap().len(), 1);
+    // Logging in again afterwards works.
+    let a3 = create(&s, bound("alice", "UA4")).await;
+    assert!(alive(&s, &a3.id).await);
+    assert_eq!(s.list("alice", None).await.unwrap().len(), 1);
+    assert_eq!(s.revoke_all("nobody").await.unwrap(), 0);
+}
+
+pub async fn check_revoke_all_without_index<B: Backend>(b: B) {
+    let s = b.store(Opts::default()).await;
+    let a1 = create(&s, bound("alice", "UA1")).await;
+    let a2 = create(&s, bound("alice", "UA2")).await;
+    if !b.break_index(&s, "alice").await {
+        return;
+    }
+    assert_eq!(s.revoke_all("alice").await.unwrap(), 0, "nothing indexed");
+    assert!(
+        !alive(&s, &a1.id).await,
+        "the epoch kills unindexed sessions"
+    );
+    assert!(!alive(&s, &a2.id).await);
+}
+
+pub async fn check_race_save_vs_revoke<B: Backend>(b: B) {
+    let s = b.store(Opts::default()).await;
+    let a = create(&s, bound("alice", "UA1")).await;
+    // Request A has loaded the session ...
+    let mut in_flight = s.load(&a.id).await.unwrap().unwrap();
+    // ... when request B revokes it ...
+    assert!(s.revoke("alice", &s.handle(&a.id)).await.unwrap());
+    // ... and A then saves.
+    in_flight.data.insert("n".into(), json!(99));
+    assert!(
+        s.save(&in_flight).await.is_err(),
+        "the save reports the session gone"
+    );
+    assert!(!alive(&s, &a.id).await, "no resurrection");
+    assert!(s.list("alice", None).await.unwrap().is_empty());
+    assert!(!b.index_exists(&s, "alice").await);
+}
+
+pub async fn check_race_save_vs_delete<B: Backend>(b: B) {
+    let s = b.store(Opts::default()).await;
+    let a = create(&s, bound("alice", "UA1")).await;
+    let mut in_flight = s.load(&a.id).await.unwrap().unwrap();
+    s.delete(&a.id).await.unwrap(); // logout in another tab
+    in_flight.data.insert("n".into(), json!(99));
+    assert!(s.save(&in_flight).await.is_err());
+    assert!(!alive(&s, &a.id).await, "no resurrection");
+    assert!(s.list("alice", None).await.unwrap().is_empty());
+}
+
+pub async fn check_race_touch_vs_revoke_all<B: Backend>(b: B) {
+    let s = b
+        .store(Opts {
+            idle: Some(Duration::from_secs(60)),
+            ..Opts::default()
+        })
+        .await;
+    let a = create(&s, bound("alice", "UA1")).await;
+    let other = create(&s, bound("alice", "UA2")).await;
+    // A read (with idle refresh) is in flight while revoke_all runs.
+    let touched = s.load(&a.id).await.unwrap().unwrap();
+    s.revoke_all("alice").await.unwrap();
+    assert!(s.save(&touched).await.is_err(), "no lost revocation");
+    assert!(!alive(&s, &a.id).await);
+    assert!(!alive(&s, &other.id).await);
+    // revoke_all first, then the touch: the touch sees nothing.
+    let c = create(&s, bound("alice", "UA3")).await;
+    s.revoke_all("alice").await.unwrap();
+    assert!(s.load(&c.id).await.unwrap().is_none());
+}
+
+pub async fn check_race_login_vs_login<B: Backend>(b: B) {
+    let s = b.store(Opts::default()).await;
+    let (mut r1, mut r2) = (bound("alice", "UA1"), bound("alice", "UA2"));
+    let (x, y) = tokio::join!(s.create(&mut r1), s.create(&mut r2));
+    x.unwrap();
+    y.unwrap();
+    assert_ne!(r1.id, r2.id);
+    assert!(alive(&s, &r1.id).await);
+    assert!(alive(&s, &r2.id).await);
+    let list = s.list("alice", None).await.unwrap();
+    assert_eq!(list.len(), 2, "no lost index entry");
+}
+
+pub async fn check_index_hygiene<B: Backend>(b: B) {
+    let s = b
+        .store(Opts {
+            idle: Some(Duration::from_millis(900)),
+            ..Opts::default()
+        })
+        .await;
+    let first = create(&s, bound("alice", "UA1")).await;
+    sleep_ms(500).await;
+    let second = create(&s, bound("alice", "UA2")).await;
+    assert_eq!(s.list("alice", None).await.unwrap().len(), 2);
+    sleep_ms(600).await; // first: 1.1 s idle, second: 0.6 s
+    let list = s.list("alice", None).await.unwrap();
+    assert_eq!(list.len(), 1, "only live sessions are listed");
+    assert_eq!(list[0].handle, s.handle(&second.id));
+    assert!(!alive(&s, &first.id).await);
+    assert!(b.index_exists(&s, "alice").await);
+    sleep_ms(1000).await;
+    assert!(
+        !b.index_exists(&s, "alice").await,
+        "the index expires with its last session"
+    );
+    assert!(s.list("alice", None).await.unwrap().is_empty());
+}
+
+pub async fn check_delete_prunes_index<B: Backend>(b: B) {
+    let s = b.store(Opts::default()).await;
+    let a = create(&s, bound("alice", "UA1")).await;
+    assert!(b.index_exists(&s, "alice").await);
+    s.delete(&a.id).await.unwrap();
+    assert!(s.list("alice", None).await.unwrap().is_empty());
+    assert!(
+        !b.index_exists(&s, "alice").await,
+        "no index without sessions"
+    );
+}
+
+/// Instantiates every check for one backend: `conformance!([#[attr]] backend_expr);`.
+#[macro_export]
+macro_rules! conformance {
+    (@each $attrs:tt $backend:expr; $($check:ident),*) => {
+        $( $crate::conformance!(@one $attrs $backend; $check); )*
+    };
+    (@one [$(#[$m:meta])*] $backend:expr; $check:ident) => {
+        $(#[$m])*
+        async fn $check() {
+            common::$check($backend).await;
+        }
+    };
+    ($attrs:tt $backend:expr) => {
+        $crate::conformance!(@each $attrs $backend;
+            check_crud, check_create_never_overwrites, check_record_expiry,
+            check_idle_timeout_slides_on_read, check_absolute_timeout_caps_activity,
+            check_size_cap, check_bind_and_list, check_revoke_one,
+            check_revoke_all_kills_only_that_user, check_revoke_all_without_index,
+            check_race_save_vs_revoke, check_race_save_vs_delete,
+            check_race_touch_vs_revoke_all, check_race_login_vs_login,
+            check_index_hygiene, check_delete_prunes_index);
+    };
+}

@@ -1,0 +1,43 @@
+//! The conformance suite on [`MemoryStore`], with paused tokio time.
+
+mod common;
+
+use common::{Backend, Opts};
+use redtower_session::{MemoryStore, UserSessions};
+
+struct Memory;
+
+impl Backend for Memory {
+    type Store = MemoryStore;
+
+    async fn store(&self, o: Opts) -> MemoryStore {
+        let mut s = MemoryStore::new().touch_interval(std::time::Duration::ZERO);
+        if let Some(d) = o.idle {
+            s = s.idle_timeout(d);
+        }
+        if let Some(d) = o.absolute {
+            s = s.absolute_timeout(d);
+        }
+        if let Some(n) = o.max_data {
+            s = s.max_data_size(n);
+        }
+        s
+    }
+
+    async fn index_exists(&self, store: &MemoryStore, user: &str) -> bool {
+        // Listing prunes; the entry counts as existing while it holds live sessions.
+        !store.list(user, None).await.unwrap().is_empty() && store.indexed_users() > 0
+    }
+
+    async fn break_index(&self, _: &MemoryStore, _: &str) -> bool {
+        false
+    }
+}
+
+conformance!([#[tokio::test(start_paused = true)]] Memory);
+
+mod http_memory {
+    use super::common;
+
+    crate::http_checks!([#[tokio::test]] redtower_session::MemoryStore::new());
+}

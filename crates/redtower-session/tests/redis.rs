@@ -1,0 +1,376 @@
+//! The conformance suite and HTTP checks on Redis standalone and Cluster, plus Redis-only
+//! tests: key layout and TTLs, two app instances, outages, round trips per request.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use common::{
+    Backend, Opts,
+    app::{Counting, app, id_of, login_as, send},
+};
+use fred::interfaces::KeysInterface as _;
+use redtower_client::{Redis, RedisConfig};
+use redtower_session::{RedisStore, UserSessions, tower_sessions::cookie::Key};
+use redtower_testkit::{RedisServer, unique_prefix};
+use serde_json::json;
+use tower_sessions_core::SessionStore as _;
+
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test";
+
+async fn redis_at(url: &str, prefix: &str) -> Redis {
+    let redis = Redis::new(RedisConfig::from_url(url).unwrap().key_prefix(prefix)).unwrap();
+    redis.wait_ready(Duration::from_secs(10)).await.unwrap();
+    redis
+}
+
+fn url(cluster: bool) -> String {
+    if cluster {
+        redtower_testkit::shared_cluster().url()
+    } else {
+        redtower_testkit::shared_url()
+    }
+}
+
+async fn store(cluster: bool) -> RedisStore {
+    RedisStore::new(
+        redis_at(&url(cluster), &unique_prefix("session")).await,
+        SECRET,
+    )
+}
+
+struct RedisBackend(bool);
+
+impl Backend for RedisBackend {
+    type Store = RedisStore;
+
+    async fn store(&self, o: Opts) -> RedisStore {
+        let mut s = store(self.0).await.touch_interval(Duration::ZERO);
+        if let Some(d) = o.idle {
+            s = s.idle_timeout(d);
+        }
+        if let Some(d) = o.absolute {
+            s = s.absolute_timeout(d);
+        }
+        if let Some(n) = o.max_data {
+            s = s.max_data_size(n);
+        }
+        s
+    }
+
+    async fn index_exists(&self, store: &RedisStore, user: &str) -> bool {
+        let n: i64 = store
+            .redis()
+            .client()
+            .exists(store.index_key(user).as_str())
+            .await
+            .unwrap();
+        n == 1
+    }
+
+    async fn break_index(&self, store: &RedisStore, user: &str) -> bool {
+        let n: i64 = store
+            .redis()
+            .client()
+            .del(store.index_key(user).as_str())
+            .await
+            .unwrap();
+        n == 1
+    }
+}
+
+mod standalone {
+    use super::*;
+
+    conformance!([#[tokio::test(flavor = "multi_thread", worker_threads = 2)]] RedisBackend(false));
+    http_checks!([#[tokio::test(flavor = "multi_thread", worker_threads = 2)]] store(false).await);
+}
+
+mod cluster {
+    use super::*;
+
+    conformance!([#[tokio::test(flavor = "multi_thread", worker_threads = 2)]] RedisBackend(true));
+    http_checks!([#[tokio::test(flavor = "multi_thread", worker_threads = 2)]] store(true).await);
+}
+
+fn cmd_int(server: &RedisServer, args: &[&str]) -> i64 {
+    server.cmd(args).as_int().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_hmacs_with_ms_ttls_and_one_slot_per_user() {
+    let server = redtower_testkit::shared();
+    let s = store(false).await;
+    let mut r = common::bound("alice", "UA");
+    r.expiry_date = time::OffsetDateTime::now_utc() + Duration::from_secs(30);
+    s.create(&mut r).await.unwrap();
+    let rk = s.record_key(&r.id);
+    let (ik, gk) = (s.index_key("alice"), s.epoch_key("alice"));
+    assert!(
+        !rk.as_str().contains(&r.id.to_string()),
+        "no raw id in keys"
+    );
+    assert!(rk.as_str().contains(":s:{"));
+    assert_eq!(rk.slot(), ik.slot());
+    assert_eq!(rk.slot(), gk.slot());
+    let want_ms = i64::try_from(r.expiry_date.unix_timestamp_nanos() / 1_000_000).unwrap();
+    assert_eq!(
+        cmd_int(server, &["PEXPIRETIME", rk.as_str()]),
+        want_ms,
+        "ms precision"
+    );
+    assert_eq!(
+        cmd_int(server, &["PEXPIRETIME", ik.as_str()]),
+        want_ms,
+        "index lives as long as its last session"
+    );
+    assert!(
+        cmd_int(server, &["PEXPIRETIME", gk.as_str()]) >= want_ms,
+        "epoch outlives the session"
+    );
+    let pttl = cmd_int(server, &["PTTL", rk.as_str()]);
+    assert!(pttl > 25_000 && pttl <= 30_000, "{pttl}");
+    // A second, longer session raises the index TTL; deleting it lowers it back.
+    let mut r2 = common::bound("alice", "UA2");
+    r2.expiry_date = time::OffsetDateTime::now_utc() + Duration::from_secs(60);
+    s.create(&mut r2).await.unwrap();
+    let want2 = i64::try_from(r2.expiry_date.unix_timestamp_nanos() / 1_000_000).unwrap();
+    assert_eq!(cmd_int(server, &["PEXPIRETIME", ik.as_str()]), want2);
+    s.delete(&r2.id).await.unwrap();
+    assert_eq!(cmd_int(server, &["PEXPIRETIME", ik.as_str()]), want_ms);
+    s.delete(&r.id).await.unwrap();
+    assert_eq!(cmd_int(server, &["EXISTS", ik.as_str()]), 0);
+    assert_eq!(cmd_int(server, &["EXISTS", rk.as_str()]), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_refresh_idle_without_rewriting_data() {
+    let server = redtower_testkit::shared();
+    let s = store(false)
+        .await
+        .idle_timeout(Duration::from_secs(60))
+        .touch_interval(Duration::ZERO);
+    let mut r = common::bound("alice", "UA");
+    s.create(&mut r).await.unwrap();
+    let rk = s.record_key(&r.id);
+    let data_before = server.cmd(&["HGET", rk.as_str(), "d"]).as_text();
+    let e0 = cmd_int(server, &["PEXPIRETIME", rk.as_str()]);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let loaded = s.load(&r.id).await.unwrap().unwrap();
+    let e1 = cmd_int(server, &["PEXPIRETIME", rk.as_str()]);
+    assert!(e1 > e0, "the read slid the expiry");
+    assert_eq!(
+        i64::try_from(loaded.expiry_date.unix_timestamp_nanos() / 1_000_000).unwrap(),
+        e1
+    );
+    assert_eq!(
+        server.cmd(&["HGET", rk.as_str(), "d"]).as_text(),
+        data_before
+    );
+    let score = server
+        .cmd(&["ZSCORE", s.index_key("alice").as_str(), &s.handle(&r.id)])
+        .as_text()
+        .unwrap();
+    assert_eq!(
+        score.parse::<i64>().unwrap(),
+        e1,
+        "index score follows the record"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_across_instances() {
+    let prefix = unique_prefix("instances");
+    let key = Key::generate();
+    let a = RedisStore::new(redis_at(&url(false), &prefix).await, SECRET);
+    let b = RedisStore::new(redis_at(&url(false), &prefix).await, SECRET);
+    let (app_a, _) = app(a, key.clone());
+    let (app_b, _) = app(b, key);
+    let alice = login_as(&app_a, "alice").await;
+    let alice2 = login_as(&app_b, "alice").await;
+    let bob = login_as(&app_a, "bob").await;
+    assert_eq!(
+        send(&app_b, "GET", "/me", Some(&alice), None).await.status,
+        StatusCode::OK
+    );
+    // Revoke one through B: A rejects it on its next request.
+    let list = send(&app_b, "GET", "/me/sessions", Some(&alice2), None)
+        .await
+        .json;
+    let handle = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["current"] == json!(false))
+        .unwrap()["handle"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = send(
+        &app_b,
+        "DELETE",
+        &format!("/me/sessions/{handle}"),
+        Some(&alice2),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        send(&app_a, "GET", "/me", Some(&alice), None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // Log out everywhere through A: B rejects alice, not bob.
+    let alice3 = login_as(&app_b, "alice").await;
+    let r = send(&app_a, "POST", "/logout-everywhere", Some(&alice2), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    for c in [&alice2, &alice3] {
+        assert_eq!(
+            send(&app_b, "GET", "/me", Some(c), None).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        send(&app_b, "GET", "/me", Some(&bob), None).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_is_503_and_keeps_the_user_logged_in() {
+    let mut server = RedisServer::start();
+    let redis = Redis::new(
+        RedisConfig::from_url(&server.url())
+            .unwrap()
+            .key_prefix("outage")
+            .command_timeout(Duration::from_millis(300))
+            .max_command_attempts(1)
+            .reconnect_delay(Duration::from_millis(20), Duration::from_millis(100)),
+    )
+    .unwrap();
+    redis.wait_ready(Duration::from_secs(10)).await.unwrap();
+    let (router, _) = app(RedisStore::new(redis.clone(), SECRET), Key::generate());
+    let cookie = login_as(&router, "alice").await;
+    server.kill();
+    for path in ["/me", "/whoami", "/anon"] {
+        let r = send(&router, "GET", path, Some(&cookie), None).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert_eq!(r.retry_after.as_deref(), Some("1"));
+        assert!(
+            r.set_cookie.is_none(),
+            "the cookie is neither cleared nor replaced"
+        );
+    }
+    let r = send(
+        &router,
+        "POST",
+        "/login",
+        None,
+        Some(json!({"user": "bob"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        send(&router, "GET", "/public", Some(&cookie), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    server.restart();
+    redis.wait_ready(Duration::from_secs(10)).await.unwrap();
+    // No AOF: the data is gone, so the session is now unknown (401), never a 500 or a panic.
+    let r = send(&router, "GET", "/whoami", Some(&cookie), None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_cookies_cause_no_redis_command() {
+    let server = RedisServer::start();
+    let redis = redis_at(&server.url(), "forged").await;
+    let counting = Counting::new(RedisStore::new(redis, SECRET));
+    let (router, _) = app(counting, Key::generate());
+    let good = login_as(&router, "alice").await;
+    let (name, value) = good.split_once('=').unwrap();
+    server.cmd(&["CONFIG", "RESETSTAT"]);
+    for cookie in [
+        format!("{name}={}x", &value[..value.len() - 1]),
+        format!("{name}={}", &value[..30]),
+        format!("{name}={}", "B".repeat(8000)),
+    ] {
+        assert_eq!(
+            send(&router, "GET", "/me", Some(&cookie), None)
+                .await
+                .status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let stats = server.cmd(&["INFO", "commandstats"]).as_text().unwrap();
+    assert!(!stats.contains("cmdstat_evalsha"), "{stats}");
+    assert!(!stats.contains("cmdstat_set"), "{stats}");
+}
+
+/// Round trips per request, counted with `INFO commandstats` on a private server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trips_per_request() {
+    let server = RedisServer::start();
+    let redis = redis_at(&server.url(), "rtt").await;
+    let store = RedisStore::new(redis, SECRET).idle_timeout(Duration::from_secs(600));
+    let (router, _) = app(store, Key::generate());
+    let cookie = login_as(&router, "alice").await;
+    let calls = |server: &RedisServer| -> i64 {
+        let stats = server.cmd(&["INFO", "commandstats"]).as_text().unwrap();
+        stats
+            .lines()
+            // Commands run inside scripts are counted too; a round trip is one EVALSHA (or
+            // EVAL / SCRIPT) sent by the client.
+            .filter(|l| {
+                ["cmdstat_evalsha:", "cmdstat_eval:", "cmdstat_script|"]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
+            .map(|l| {
+                l.split("calls=")
+                    .nth(1)
+                    .unwrap()
+                    .split(',')
+                    .next()
+                    .unwrap()
+                    .parse::<i64>()
+                    .unwrap()
+            })
+            .sum()
+    };
+    let measure =
+        async |method: &str, path: &str, body: Option<serde_json::Value>, c: Option<&str>| {
+            server.cmd(&["CONFIG", "RESETSTAT"]);
+            let r = send(&router, method, path, c, body).await;
+            assert!(r.status.is_success(), "{path}: {}", r.status);
+            calls(&server)
+        };
+    // Warm up: every script loaded once.
+    for (m, p) in [("GET", "/whoami"), ("GET", "/me"), ("POST", "/logout")] {
+        let c = login_as(&router, "warm").await;
+        send(&router, m, p, Some(&c), None).await;
+    }
+    assert_eq!(
+        measure("GET", "/public", None, Some(&cookie)).await,
+        0,
+        "untouched"
+    );
+    assert_eq!(
+        measure("GET", "/whoami", None, Some(&cookie)).await,
+        1,
+        "read + idle refresh"
+    );
+    assert_eq!(
+        measure("GET", "/me", None, Some(&cookie)).await,
+        2,
+        "read + write"
+    );
+    let anon_login = measure("POST", "/login", Some(json!({"user": "bob"})), None).await;
+    assert_eq!(
+        anon_login, 2,
+        "login from no session: create + the layer's save"
+    );
+    let _ = id_of(&cookie);
+}
