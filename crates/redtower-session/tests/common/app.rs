@@ -168,6 +168,7 @@ pub struct Reply {
     pub set_cookie: Option<String>,
     pub retry_after: Option<String>,
     pub json: Value,
+    pub text: String,
 }
 
 impl Reply {
@@ -215,7 +216,9 @@ pub async fn send(
         .unwrap()
         .to_bytes();
     let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let text = String::from_utf8_lossy(&bytes).into_owned();
     Reply {
+        text,
         status,
         set_cookie,
         retry_after,

@@ -227,6 +227,84 @@ macro_rules! http_checks {
         $crate::http_checks!(@each $attrs $store;
             http_cookie_defaults, http_fixation, http_logout_and_list,
             http_forged_cookies_never_reach_the_store, http_revoked_mid_request_is_401,
-            http_logout_everywhere);
+            http_logout_everywhere, http_secure_switch_for_development,
+            http_drop_in_for_session_manager_layer);
     };
+}
+
+pub async fn http_secure_switch_for_development<S: UserSessions + Clone>(store: S) {
+    use redtower_session::SessionLayer;
+    let router = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(|s: redtower_session::tower_sessions::Session| async move {
+                s.insert("n", 1).await.unwrap();
+            }),
+        )
+        .layer(SessionLayer::new(store, Key::generate()).with_secure(false));
+    let c = send(&router, "GET", "/", None, None)
+        .await
+        .set_cookie
+        .unwrap();
+    assert!(!c.contains("Secure"), "{c}");
+    assert!(c.contains("HttpOnly") && c.contains("SameSite=Lax"), "{c}");
+}
+
+/// tower-sessions' own expectations of a store, through its plain `SessionManagerLayer`.
+pub async fn http_drop_in_for_session_manager_layer<S: UserSessions + Clone>(store: S) {
+    use axum::routing::get;
+    use redtower_session::tower_sessions::{Session, SessionManagerLayer};
+    let router = axum::Router::new()
+        .route(
+            "/insert",
+            get(|s: Session| async move { s.insert("foo", 42).await.unwrap() }),
+        )
+        .route(
+            "/get",
+            get(|s: Session| async move { format!("{:?}", s.get::<i32>("foo").await.unwrap()) }),
+        )
+        .route("/noop", get(|| async {}))
+        .route(
+            "/cycle",
+            get(|s: Session| async move { s.cycle_id().await.unwrap() }),
+        )
+        .route(
+            "/flush",
+            get(|s: Session| async move { s.flush().await.unwrap() }),
+        )
+        .layer(SessionManagerLayer::new(store).with_secure(false));
+    assert!(
+        send(&router, "GET", "/noop", None, None)
+            .await
+            .set_cookie
+            .is_none()
+    );
+    let c = send(&router, "GET", "/insert", None, None).await.cookie();
+    let r = send(&router, "GET", "/get", Some(&c), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.set_cookie.is_none(), "reads write no cookie");
+    assert_eq!(r.text, "Some(42)");
+    for bogus in ["id=bogus", "id=AAAAAAAAAAAAAAAAAAAAAA"] {
+        let r = send(&router, "GET", "/insert", Some(bogus), None).await;
+        assert_ne!(r.cookie(), bogus, "an unknown id gets a new session");
+    }
+    let cycled = send(&router, "GET", "/cycle", Some(&c), None)
+        .await
+        .cookie();
+    assert_ne!(cycled, c);
+    assert_eq!(
+        send(&router, "GET", "/get", Some(&cycled), None).await.text,
+        "Some(42)"
+    );
+    assert_eq!(
+        send(&router, "GET", "/get", Some(&c), None).await.text,
+        "None",
+        "the old id is dead"
+    );
+    let r = send(&router, "GET", "/flush", Some(&cycled), None).await;
+    assert!(r.set_cookie.unwrap().contains("Max-Age=0"));
+    assert_eq!(
+        send(&router, "GET", "/get", Some(&cycled), None).await.text,
+        "None"
+    );
 }
