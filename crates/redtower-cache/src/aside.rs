@@ -130,12 +130,18 @@ impl<'a> Fetch<'a> {
                     if let Ok(v) = decode::<T>(&e) {
                         cache.record("stale", "aside");
                         let opts = self.options();
-                        cache.spawn_refresh(key, self.tags.clone(), move || async move {
-                            match fetch().await {
-                                Ok(v) => opts.outcome(&v).1,
-                                Err(_) => Outcome::Nothing,
-                            }
-                        });
+                        cache.spawn_refresh(
+                            key,
+                            digest,
+                            seen,
+                            self.tags.clone(),
+                            move || async move {
+                                match fetch().await {
+                                    Ok(v) => opts.outcome(&v).1,
+                                    Err(_) => Outcome::Nothing,
+                                }
+                            },
+                        );
                         return Ok(v);
                     }
                     bump_corrupt(cache);

@@ -278,6 +278,26 @@ impl Drop for FlightGuard {
     }
 }
 
+/// Releases a fill lock in the background if the fill is dropped (cancelled) before it
+/// finished, so other instances do not wait for the lock to expire.
+struct Unlocker {
+    store: Arc<dyn CacheStore>,
+    key: EntryKey,
+    token: Option<LockToken>,
+}
+
+impl Drop for Unlocker {
+    fn drop(&mut self) {
+        if let (Some(token), Ok(rt)) = (self.token.take(), tokio::runtime::Handle::try_current()) {
+            let store = self.store.clone();
+            let key = self.key.clone();
+            rt.spawn(async move {
+                let _ = store.unlock(&key, &token).await;
+            });
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -623,8 +643,14 @@ impl Cache {
             }
         }
         bump(&self.inner.stats.fetches);
+        let mut unlocker = Unlocker {
+            store: store.clone(),
+            key: key.clone(),
+            token: token.clone(),
+        };
         let tag_gens = self.tag_generations_for_fill(tags).await;
         let (r, outcome) = fetch().await;
+        unlocker.token = None;
         let shared = self
             .finish(key, tags, tag_gens, token.as_ref(), outcome)
             .await;
@@ -729,8 +755,14 @@ impl Cache {
 
     /// Starts one background refresh of `key` unless one is already running here or on
     /// another instance (the fill lock). Never blocks the caller.
-    pub(crate) fn spawn_refresh<F, Fut>(&self, key: EntryKey, tags: Vec<String>, fetch: F)
-    where
+    pub(crate) fn spawn_refresh<F, Fut>(
+        &self,
+        key: EntryKey,
+        digest: [u8; 32],
+        seen: u64,
+        tags: Vec<String>,
+        fetch: F,
+    ) where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Outcome> + Send + 'static,
     {
@@ -757,6 +789,14 @@ impl Cache {
                     return;
                 }
             };
+            // Another instance may have refreshed it between our read and our lock.
+            if let Some(e) = cache.read_with(&key, &digest, &tags, false).await {
+                if e.stored_at > seen && freshness(&e, cache.now_ms()) == Freshness::Fresh {
+                    cache.release(&key, Some(&token)).await;
+                    guard.publish(Some(e));
+                    return;
+                }
+            }
             bump(&cache.inner.stats.refreshes);
             bump(&cache.inner.stats.fetches);
             let tag_gens = cache.tag_generations_for_fill(&tags).await;
@@ -770,6 +810,16 @@ impl Cache {
 
     /// Records a lookup outcome in the counters and metrics.
     pub(crate) fn record(&self, outcome: &'static str, route: &'static str) {
+        self.record_reason(outcome, route, "");
+    }
+
+    /// Records a lookup outcome with a reason (bypass and uncacheable causes).
+    pub(crate) fn record_reason(
+        &self,
+        outcome: &'static str,
+        route: &'static str,
+        reason: &'static str,
+    ) {
         let s = &self.inner.stats;
         match outcome {
             "hit" => bump(&s.hits),
@@ -782,7 +832,8 @@ impl Cache {
             "redtower_cache_requests_total",
             "cache" => self.name(),
             "route" => route,
-            "outcome" => outcome
+            "outcome" => outcome,
+            "reason" => reason
         )
         .increment(1);
     }

@@ -99,7 +99,8 @@
 //!
 //! # Metrics
 //!
-//! `redtower_cache_requests_total{cache,route,outcome}` (`hit|stale|miss|bypass`),
+//! `redtower_cache_requests_total{cache,route,outcome,reason}` (`hit|stale|miss|bypass`, with
+//! the bypass reason), `redtower_cache_not_stored_total{cache,route,reason}`,
 //! `redtower_cache_coalesced_total{cache}`, `redtower_cache_lock_wait_seconds{cache}` and
 //! `redtower_cache_fail_open_total{cache,op}`, through the `metrics` facade. Routes are labelled
 //! with [`route_name`](ResponseCacheLayer::route_name), never the raw URI.

@@ -150,6 +150,13 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once_in_background() 
     assert_eq!(calls.get(), 2, "one background refresh for 20 stale hits");
     let fresh = send(&app, get_req("/r")).await;
     assert_eq!((fresh.x_cache(), fresh.text().as_str()), ("HIT", "v2"));
+    // A stale HEAD refreshes the GET entry (with its body).
+    tokio::time::advance(TTL + Duration::from_secs(1)).await;
+    let head = send(&app, Request::head("/r").body(Body::empty()).unwrap()).await;
+    assert_eq!(head.x_cache(), "STALE");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let fresh = send(&app, get_req("/r")).await;
+    assert_eq!((fresh.x_cache(), fresh.text().as_str()), ("HIT", "v3"));
 }
 
 #[tokio::test(start_paused = true)]

@@ -163,6 +163,58 @@ mod specific {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stale_while_revalidate_refreshes_once_across_instances() {
+        let prefix = unique_prefix("swr");
+        let url = redtower_testkit::shared_url();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let app = |cache: Cache| {
+            let calls = calls.clone();
+            Router::new().route(
+                "/r",
+                get(move || {
+                    let calls = calls.clone();
+                    async move {
+                        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        format!("v{n}")
+                    }
+                })
+                .layer(
+                    ResponseCacheLayer::new(cache, Duration::from_secs(1))
+                        .stale_while_revalidate(Duration::from_secs(60)),
+                ),
+            )
+        };
+        let a = app(Cache::new(RedisStore::new(handle(&url, &prefix).await)));
+        let b = app(Cache::new(RedisStore::new(handle(&url, &prefix).await)));
+        assert_eq!(send(&a, "/r").await.2, "v1");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let stale = futures::future::join_all((0..50).map(|i| {
+            let app = if i % 2 == 0 { a.clone() } else { b.clone() };
+            async move { send(&app, "/r").await }
+        }))
+        .await;
+        for (status, x, body) in &stale {
+            assert_eq!((*status, x.as_str(), body.as_str()), (200, "STALE", "v1"));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, x, body) = send(&b, "/r").await;
+            if x == "HIT" {
+                assert_eq!(body, "v2");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never refreshed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "one background refresh for both instances"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn outage_fails_open_and_recovers() {
         let mut server = RedisServer::start();
         let redis = handle(&server.url(), "outage").await;

@@ -220,7 +220,7 @@ impl Run {
         let (mut parts, body) = req.into_parts();
         let req_cc = Directives::parse(&parts.headers);
         if let Some(reason) = self.bypass_reason(&parts, &req_cc) {
-            self.cache.record("bypass", self.route());
+            self.cache.record_reason("bypass", self.route(), reason);
             tracing::debug!(target: "redtower::cache", route = self.route(), outcome = "bypass", reason, "cache bypass");
             let resp = call(inner, Request::from_parts(parts, body)).await?;
             return Ok(self.decorate(resp.map(ResponseBody::inner), Served::Bypass(reason), None));
@@ -263,7 +263,7 @@ impl Run {
                 }
                 Freshness::Stale if !too_old => {
                     self.cache.record("stale", self.route());
-                    self.refresh(inner, parts, key);
+                    self.refresh(inner, parts, key, seen);
                     return Ok(self.respond(&e, &conditionals, head, Served::Stale));
                 }
                 Freshness::Stale | Freshness::ErrorOnly => fallback = Some(e),
@@ -310,7 +310,17 @@ impl Run {
                     let status = Served::StaleError(resp.status().as_u16());
                     Ok(self.respond(&stale, &conditionals, false, status))
                 }
-                _ => Ok(self.decorate(resp, Served::Miss(reason), None)),
+                _ => {
+                    metrics::counter!(
+                        "redtower_cache_not_stored_total",
+                        "cache" => self.cache.name(),
+                        "route" => self.route(),
+                        "reason" => reason
+                    )
+                    .increment(1);
+                    tracing::debug!(target: "redtower::cache", route = self.route(), outcome = "miss", reason, "response not stored");
+                    Ok(self.decorate(resp, Served::Miss(reason), None))
+                }
             },
             Err(err) => match fallback {
                 Some(stale) if stale_ok(&stale) => {
@@ -374,7 +384,7 @@ impl Run {
     }
 
     /// Starts one background refresh of a stale entry.
-    fn refresh<S, ReqBody, ResBody>(&self, inner: S, mut parts: Parts, key: RequestKey)
+    fn refresh<S, ReqBody, ResBody>(&self, inner: S, mut parts: Parts, key: RequestKey, seen: u64)
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
         S::Future: Send + 'static,
@@ -383,17 +393,24 @@ impl Run {
         ResBody: Body<Data = Bytes> + Send + 'static,
         ResBody::Error: Send + 'static,
     {
+        // A stale HEAD refreshes the GET entry.
+        parts.method = Method::GET;
         parts.headers.remove(header::IF_NONE_MATCH);
         parts.headers.remove(header::IF_MODIFIED_SINCE);
         let run = self.clone();
         let entry = key.entry.clone();
-        self.cache
-            .spawn_refresh(entry, self.config.tags.clone(), move || async move {
+        self.cache.spawn_refresh(
+            entry,
+            key.digest,
+            seen,
+            self.config.tags.clone(),
+            move || async move {
                 match call(inner, Request::from_parts(parts, ReqBody::default())).await {
                     Ok(resp) => run.analyze(resp, &key).await.1,
                     Err(_) => Outcome::Nothing,
                 }
-            });
+            },
+        );
     }
 
     /// Decides whether a handler response is stored (RFC 9111 section 3) and reads its body.
