@@ -106,6 +106,18 @@ impl RedisStore {
     }
 }
 
+#[derive(serde::Serialize)]
+struct RecordTail<'a> {
+    name: &'a str,
+    data: &'a str,
+    attempt: u32,
+    max: u32,
+    backoff: &'a crate::job::Backoff,
+    prio: u32,
+    stalls: u32,
+    uniq: Option<&'a str>,
+}
+
 fn text(v: Value) -> Result<String> {
     v.into_string()
         .ok_or_else(|| Error::Protocol("expected a string".into()))
@@ -124,8 +136,14 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn due_at(state: JobState, score: f64) -> Option<u64> {
-    matches!(state, JobState::Scheduled | JobState::Active).then_some(score as u64)
+fn info(rec: Record, state: JobState, score: f64) -> JobInfo {
+    let due = matches!(state, JobState::Scheduled | JobState::Active).then_some(score as u64);
+    let mut info = JobInfo::from_record(rec, state, due);
+    if matches!(state, JobState::Completed | JobState::Dead) && score >= 0.0 {
+        // The finish time is the score of the done/dead set.
+        info.finished_at_ms = Some(score as u64);
+    }
+    info
 }
 
 #[async_trait::async_trait]
@@ -138,11 +156,23 @@ impl QueueStore for RedisStore {
         argv.push((self.events_max_len as i64).into());
         argv.push((jobs.len() as i64).into());
         for j in jobs {
-            let backoff = serde_json::to_string(&j.backoff).map_err(Error::Serialize)?;
+            // The record minus its opening brace and the fields the script adds (id, seq,
+            // created), so the script stores it without a JSON round trip.
+            let tail = serde_json::to_string(&RecordTail {
+                name: &j.name,
+                data: &j.data,
+                attempt: 0,
+                max: j.max_attempts,
+                backoff: &j.backoff,
+                prio: j.priority,
+                stalls: 0,
+                uniq: j.unique_key.as_deref(),
+            })
+            .map_err(Error::Serialize)?;
             argv.push(j.name.into());
-            argv.push(j.data.into());
+            argv.push(tail.get(1..).unwrap_or_default().into());
             argv.push(i64::from(j.max_attempts).into());
-            argv.push(backoff.into());
+            argv.push("".into());
             argv.push(i64::from(j.priority).into());
             argv.push(ms(j.delay).into());
             argv.push(j.unique_key.unwrap_or_default().into());
@@ -287,11 +317,7 @@ impl QueueStore for RedisStore {
         };
         let state = JobState::from_code(&text(state)?).unwrap_or(JobState::Ready);
         let score = score.as_f64().unwrap_or(-1.0);
-        Ok(Some(JobInfo::from_record(
-            record(&text(raw)?)?,
-            state,
-            due_at(state, score),
-        )))
+        Ok(Some(info(record(&text(raw)?)?, state, score)))
     }
 
     async fn list(
@@ -320,11 +346,7 @@ impl QueueStore for RedisStore {
         let mut it = v.into_iter();
         while let (Some(raw), Some(score)) = (it.next(), it.next()) {
             let score = score.as_f64().unwrap_or(-1.0);
-            out.push(JobInfo::from_record(
-                record(&text(raw)?)?,
-                state,
-                due_at(state, score),
-            ));
+            out.push(info(record(&text(raw)?)?, state, score));
         }
         Ok(out)
     }

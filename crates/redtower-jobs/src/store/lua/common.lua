@@ -62,15 +62,28 @@ local function trim(set, keep_n, keep_age)
   end
 end
 
--- Moves a job out of the active set into done/dead under retention.
-local function finish(id, rec, set, keep_n, keep_age)
+-- Moves a job out of the active set into done/dead; the caller trims the set once per call.
+-- The finish time is the set's score; the record is rewritten only when it changed (dirty).
+local function finish(id, rec, set, keep_n, dirty)
   drop_uniq(id, rec)
-  rec.fin = now
   if keep_n <= 0 then
     redis.call('HDEL', K_JOBS, id)
     return
   end
-  redis.call('HSET', K_JOBS, id, cjson.encode(rec))
+  if dirty then redis.call('HSET', K_JOBS, id, cjson.encode(rec)) end
   redis.call('ZADD', set, now, id)
-  trim(set, keep_n, keep_age)
+end
+
+-- A fetched record: attempt + 1 and started = now, edited in place without a JSON round trip.
+-- Safe: inside JSON strings every quote is escaped, so `"attempt":` only matches the key.
+local function start_record(raw)
+  raw = string.gsub(raw, '"attempt":(%-?%d+)', function(n)
+    return '"attempt":' .. (tonumber(n) + 1)
+  end, 1)
+  if string.find(raw, '"started":', 1, true) then
+    raw = string.gsub(raw, '"started":[^,}]*', '"started":' .. n2s(now), 1)
+  else
+    raw = '{"started":' .. n2s(now) .. ',' .. string.sub(raw, 2)
+  end
+  return raw
 end

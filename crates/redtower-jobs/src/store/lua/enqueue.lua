@@ -1,4 +1,5 @@
--- ARGV: ev_max, n, then n x (name, data, max_attempts, backoff_json, priority, delay_ms, uniq)
+-- ARGV: ev_max, n, then n x (name, record_tail, max_attempts, unused, priority, delay_ms, uniq)
+-- record_tail is the record's JSON without its opening brace and without id, seq and created.
 -- Returns a flat array: id, 1 (new) | 0 (duplicate), ...
 local n = tonumber(ARGV[2])
 local out = {}
@@ -14,16 +15,10 @@ for i = 0, n - 1 do
   else
     local seq = redis.call('INCR', K_SEQ)
     local id = tostring(seq)
-    local rec = {
-      id = id, name = ARGV[b], data = ARGV[b + 1], attempt = 0, max = tonumber(ARGV[b + 2]),
-      backoff = cjson.decode(ARGV[b + 3]), prio = tonumber(ARGV[b + 4]), seq = seq,
-      created = now, stalls = 0,
-    }
-    if uniq ~= '' then
-      rec.uniq = uniq
-      redis.call('HSET', K_UNIQ, uniq, id)
-    end
-    redis.call('HSET', K_JOBS, id, cjson.encode(rec))
+    local rec = { name = ARGV[b], attempt = 0, prio = tonumber(ARGV[b + 4]), seq = seq }
+    if uniq ~= '' then redis.call('HSET', K_UNIQ, uniq, id) end
+    redis.call('HSET', K_JOBS, id,
+      '{"id":"' .. id .. '","seq":' .. seq .. ',"created":' .. n2s(now) .. ',' .. ARGV[b + 1])
     local delay = tonumber(ARGV[b + 5])
     if delay > 0 then
       sched_add(id, now + delay)

@@ -22,7 +22,7 @@ for i = 0, n_settle - 1 do
     if raw then
       local rec = cjson.decode(raw)
       if kind == 'c' then
-        finish(id, rec, K_DONE, keep_done_n, keep_done_age)
+        finish(id, rec, K_DONE, keep_done_n, false)
         emit('completed', id, rec, nil)
         code = 1
       elseif kind == 'x' then
@@ -40,7 +40,7 @@ for i = 0, n_settle - 1 do
           emit('retrying', id, rec, rec.err)
           code = 2
         else
-          finish(id, rec, K_DEAD, keep_dead_n, keep_dead_age)
+          finish(id, rec, K_DEAD, keep_dead_n, true)
           emit('dead', id, rec, rec.err)
           code = 3
         end
@@ -48,6 +48,11 @@ for i = 0, n_settle - 1 do
     end
   end
   codes[#codes + 1] = code
+end
+
+if n_settle > 0 then
+  if keep_done_n > 0 then trim(K_DONE, keep_done_n, keep_done_age) end
+  if keep_dead_n > 0 then trim(K_DEAD, keep_dead_n, keep_dead_age) end
 end
 
 -- Promote due scheduled jobs (bounded).
@@ -72,7 +77,8 @@ for _, id in ipairs(expired) do
     rec.stalls = rec.stalls + 1
     if rec.stalls > max_stalls then
       rec.err = 'lease lost ' .. rec.stalls .. ' times (worker crashed or too slow)'
-      finish(id, rec, K_DEAD, keep_dead_n, keep_dead_age)
+      finish(id, rec, K_DEAD, keep_dead_n, true)
+      if keep_dead_n > 0 then trim(K_DEAD, keep_dead_n, keep_dead_age) end
       emit('dead', id, rec, rec.err)
     else
       rec.attempt = rec.attempt - 1
@@ -90,15 +96,13 @@ if fetch_n > 0 and redis.call('HGET', K_META, 'paused') ~= '1' then
     local id = popped[i]
     local raw = redis.call('HGET', K_JOBS, id)
     if raw then
-      local rec = cjson.decode(raw)
-      rec.attempt = rec.attempt + 1
-      rec.started = now
-      raw = cjson.encode(rec)
+      raw = start_record(raw)
       redis.call('HSET', K_JOBS, id, raw)
       local tok = tostring(redis.call('INCR', K_SEQ))
       redis.call('HSET', K_LEASE, id, tok)
       redis.call('ZADD', K_ACTIVE, n2s(now + lease_ms), id)
-      jobs[#jobs + 1] = { id, tok, raw, n2s(now - rec.created) }
+      local created = tonumber(string.match(raw, '"created":(%d+)')) or now
+      jobs[#jobs + 1] = { id, tok, raw, n2s(now - created) }
     end
   end
   if #popped >= fetch_n * 2 and redis.call('ZCARD', K_READY) > 0 then wake() end
