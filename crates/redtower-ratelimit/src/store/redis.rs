@@ -3,8 +3,8 @@
 use std::{sync::LazyLock, time::Duration};
 
 use fred::{
-    interfaces::{ClientLike, LuaInterface},
-    types::config::Options,
+    interfaces::ClientLike,
+    types::{ClusterHash, CustomCommand, Value, config::Options},
 };
 use redtower_client::{Key, Namespace, Redis, Script};
 
@@ -96,18 +96,23 @@ impl RedisStore {
         &self.ns
     }
 
-    async fn eval(&self, keys: Vec<Key>, args: Vec<String>) -> Result<Vec<i64>> {
+    /// `EVALSHA` sent as a custom command: fred never auto-pipelines its own `EVALSHA` (it
+    /// waits for each reply before sending the next command on the connection), which caps a
+    /// busy limiter at one script per round trip. Pipelining is safe here: each script is atomic
+    /// on the server, and a `NOSCRIPT` reply is handled per call by loading and running again.
+    async fn eval(&self, slot: u16, args: Vec<Value>) -> Result<Vec<i64>> {
         let client = self.redis.client().with_options(&self.options);
-        let sha = CHECK.sha1().to_owned();
+        // Route by the keys' slot (they all share one hash tag).
+        let cmd = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
         match client
-            .evalsha::<Vec<i64>, _, _, _>(sha.clone(), keys.clone(), args.clone())
+            .custom::<Vec<i64>, _>(cmd.clone(), args.clone())
             .await
         {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
                 tracing::debug!(target: "redtower::ratelimit", "NOSCRIPT: loading the script");
                 CHECK.load(&self.redis).await?;
                 client
-                    .evalsha(sha, keys, args)
+                    .custom(cmd, args)
                     .await
                     .map_err(|e| Error::Redis(e.into()))
             }
@@ -127,26 +132,33 @@ fn algo(a: Algorithm) -> &'static str {
 #[async_trait::async_trait]
 impl crate::RateLimitStore for RedisStore {
     async fn check(&self, subject: &Subject, policies: &[Policy], cost: u32) -> Result<Decision> {
-        let keys: Vec<Key> = policies
-            .iter()
-            .map(|p| self.key(subject, p.name()))
-            .collect();
-        let mut args = Vec::with_capacity(2 + policies.len() * 5);
-        args.push(
-            self.clock
-                .as_ref()
-                .map_or_else(String::new, |c| c.now_micros().to_string()),
-        );
-        args.push(cost.to_string());
+        let mut args: Vec<Value> = Vec::with_capacity(4 + policies.len() * 6);
+        args.push(Value::from(CHECK.sha1()));
+        args.push(Value::from(policies.len() as i64));
+        let mut slot = 0;
+        for p in policies {
+            let key = self.key(subject, p.name());
+            slot = key.slot();
+            args.push(Value::from(key.into_string()));
+        }
+        args.push(match &self.clock {
+            Some(c) => Value::from(c.now_micros() as i64),
+            None => Value::from_static_str(""),
+        });
+        args.push(Value::from(i64::from(cost)));
         for p in policies {
             let q = p.quota();
-            args.push(algo(q.get_algorithm()).to_owned());
-            args.push(q.limit().to_string());
-            args.push(q.period_us().to_string());
-            args.push(q.capacity().to_string());
-            args.push(if p.is_shadow() { "1" } else { "0" }.to_owned());
+            args.push(Value::from_static_str(algo(q.get_algorithm())));
+            args.push(Value::from(i64::from(q.limit().get())));
+            args.push(Value::from(q.period_us() as i64));
+            args.push(Value::from(i64::from(q.capacity())));
+            args.push(Value::from_static_str(if p.is_shadow() {
+                "1"
+            } else {
+                "0"
+            }));
         }
-        let reply = self.eval(keys, args).await?;
+        let reply = self.eval(slot, args).await?;
         if reply.len() != 1 + 4 * policies.len() || reply.iter().any(|&v| v < 0) {
             return Err(Error::Reply(format!("{reply:?}")));
         }
