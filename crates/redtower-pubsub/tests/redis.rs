@@ -368,3 +368,39 @@ async fn fred_buffer_overflow_is_repaired_from_history() {
     assert!(stats.repaired_events > 0, "{stats:?}");
     assert_eq!(stats.lost, 0);
 }
+
+/// On a Cluster, the node holding the channel's slot kills the sharded subscription: the hub
+/// subscribes again (`SSUBSCRIBE` to that node) and replays what it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_resubscribes_and_replays_after_client_kill() {
+    let cluster = redtower_testkit::RedisCluster::start();
+    let prefix = unique_prefix("ps-cluster-kill");
+    let hub = store(&cluster.url(), &prefix, Opts::default()).await;
+    assert!(hub.is_sharded());
+    let pubsub = PubSub::new(hub.clone());
+    let publisher = PubSub::new(store(&cluster.url(), &prefix, Opts::default()).await);
+    let app = router(SseEndpoint::new(pubsub.clone()));
+    let mut client = SseClient::connect(&app, "/events/ck", None).await;
+    publisher.publish("ck", &json_n(1)).await.unwrap();
+    assert_eq!(client.next_ns(1).await, vec![1]);
+    let slot = hub.redis_channel(&Channel::new("ck").unwrap()).slot();
+    for round in 0..2 {
+        let killed = cluster
+            .node_for_slot(slot)
+            .cmd(&["CLIENT", "KILL", "TYPE", "pubsub"])
+            .as_int()
+            .unwrap();
+        assert!(killed >= 1);
+        let base = 2 + round * 5;
+        for n in base..base + 5 {
+            publisher.publish("ck", &json_n(n)).await.unwrap();
+        }
+        assert_eq!(
+            client.next_ns(5).await,
+            (base..base + 5).collect::<Vec<_>>()
+        );
+    }
+    let stats = hub.stats();
+    assert!(stats.resubscribes >= 2, "{stats:?}");
+    assert_eq!(stats.lost, 0);
+}

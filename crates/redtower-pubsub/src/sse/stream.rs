@@ -76,6 +76,7 @@ pub(crate) async fn open(
         _guards: guards,
         first: None,
         closing: false,
+        resynced: false,
     };
     metrics::gauge!("redtower_pubsub_sse_connections").increment(1);
 
@@ -114,6 +115,8 @@ struct Conn {
     first: Option<Bytes>,
     /// Send what is buffered, then end.
     closing: bool,
+    /// A `resync` was written since this was last cleared.
+    resynced: bool,
     keep_alive: Pin<Box<Sleep>>,
     deadline: Pin<Box<Sleep>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -173,6 +176,7 @@ impl Conn {
                 Wake::Item(Some((i, Err(BroadcastStreamRecvError::Lagged(n))))) => {
                     metrics::counter!("redtower_pubsub_sse_lagged_total").increment(1);
                     tracing::debug!(target: TARGET, channel = %self.channels[i], skipped = n, "client lagged; catching up from history");
+                    self.resynced = false;
                     match self.catch_up(&mut buf, i).await {
                         Ok(_) => {}
                         Err(error) => {
@@ -180,7 +184,7 @@ impl Conn {
                             self.resync(&mut buf, i, "unavailable");
                         }
                     }
-                    if buf.windows(13).any(|w| w == b"event: resync") {
+                    if self.resynced {
                         // A client too slow for the history too: it reloads and reconnects.
                         self.closing = true;
                     }
@@ -297,7 +301,8 @@ impl Conn {
         frame::event(buf, Some(&self.cursor()), None, &data);
     }
 
-    fn resync(&self, buf: &mut BytesMut, i: usize, reason: &'static str) {
+    fn resync(&mut self, buf: &mut BytesMut, i: usize, reason: &'static str) {
+        self.resynced = true;
         metrics::counter!("redtower_pubsub_sse_resync_total", "reason" => reason).increment(1);
         tracing::debug!(target: TARGET, channel = %self.channels[i], reason, "resync");
         let data = serde_json::json!({ "reason": reason, "channel": self.channels[i].as_str() });
