@@ -1,102 +1,639 @@
-//! The redtower example app: one axum service that wires in the redtower layers.
+//! The redtower example app: one axum service wiring in every redtower layer.
 //!
 //! Run with: `cargo run -p redtower-example` (no Redis needed: every feature then runs on its
-//! in-process backend), or `REDIS_URL=redis://127.0.0.1:6379 cargo run -p redtower-example`.
+//! in-process backend), or `REDIS_URL=redis://127.0.0.1:6379 cargo run -p redtower-example` to
+//! share everything between instances. The routes and environment variables are listed in
+//! `examples/app/README.md`.
 //!
-//! Routes so far: `GET /health`. The feature routes arrive with their layers.
+//! Each route shows one feature the way an application should write it:
+//!
+//! * `GET /products/featured`: a slow "database" call behind [`ResponseCacheLayer`];
+//! * `GET /api/hello` and `POST /orders`: [`RateLimitLayer`] per client IP;
+//! * `/login`, `/me`, `/me/sessions`, `/logout-everywhere`: sessions with revocation;
+//! * `GET|POST /events/{channel}`: pub/sub to the browser over SSE;
+//! * `POST /orders`: a `ship-order` job with delay, attempts and backoff, run by a worker.
 
-use std::time::Duration;
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
-use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use redtower_client::{Redis, RedisConfig};
-use serde_json::json;
+use axum::{
+    Extension, Json, Router,
+    extract::{ConnectInfo, DefaultBodyLimit, Path, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{Html, IntoResponse, Response},
+    routing::{delete, get, post},
+};
+use redtower_cache::{Cache, Credentials, ResponseCacheLayer};
+use redtower_client::Redis;
+use redtower_jobs::{Backoff, Job, JobContext, JobError, Queue, Worker, WorkerHandle};
+use redtower_pubsub::{CancellationToken, Channel, PubSub, SseEndpoint};
+use redtower_ratelimit::{ClientIp, Policy, Quota, RateLimitLayer};
+use redtower_session::{
+    AuthSession, SessionLayer, SessionMeta, UserSessions, bind_user,
+    tower_sessions::{Session, cookie::Key},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
-/// Where the app keeps its state: Redis, or in-process backends.
-#[derive(Debug, Clone)]
-pub enum Backend {
-    /// In-process backends; nothing is shared between instances.
-    Memory,
-    /// Redis, shared by every instance.
-    Redis(Redis),
+pub mod config;
+pub mod error;
+pub mod orders;
+
+pub use config::{Config, Rate};
+use error::{ApiError, AppJson};
+use orders::{Order, OrderStatus, Orders};
+
+/// The largest body `POST /events/{channel}` and the JSON routes accept.
+pub const MAX_BODY: usize = 64 * 1024;
+/// The channel order updates are published on.
+pub const ORDER_UPDATES: &str = "order:updates";
+/// The queue of `ship-order` jobs.
+pub const SHIP_QUEUE: &str = "orders";
+
+/// Everything the routes share: one of each backend, built once in `main`.
+#[derive(Clone)]
+pub struct Services {
+    config: Config,
+    redis: Option<Redis>,
+    cache: Cache,
+    limits: Limits,
+    sessions: Arc<dyn UserSessions>,
+    session_layer: SessionLayerKind,
+    pubsub: PubSub,
+    queue: Queue<ShipOrder>,
+    orders: Orders,
+    featured_db_calls: Arc<AtomicU64>,
+    shutdown: CancellationToken,
 }
 
-/// The app's configuration, from the environment.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// `BIND`, default `127.0.0.1:3000`.
-    pub bind: String,
-    /// `REDIS_URL` (with `REDIS_KEY_PREFIX`, default `redtower-example`), or `None` for memory.
-    pub redis: Option<RedisConfig>,
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services")
+            .field("backend", &self.backend_name())
+            .finish_non_exhaustive()
+    }
 }
 
-impl Config {
-    /// Reads `BIND`, `REDIS_URL` and `REDIS_KEY_PREFIX`.
+#[derive(Clone)]
+enum Limits {
+    Memory(redtower_ratelimit::MemoryStore),
+    Redis(redtower_ratelimit::RedisStore),
+}
+
+#[derive(Clone)]
+enum SessionLayerKind {
+    Memory(SessionLayer<redtower_session::MemoryStore>),
+    Redis(SessionLayer<redtower_session::RedisStore>),
+}
+
+/// The `ship-order` job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShipOrder {
+    /// The order.
+    pub order_id: String,
+    /// Where the confirmation goes.
+    pub email: String,
+    /// What was ordered.
+    pub item: String,
+    /// Fail this many attempts first (to show retries).
+    pub fail_times: u32,
+}
+
+impl Job for ShipOrder {
+    const NAME: &'static str = "ship-order";
+}
+
+/// An error while building the services.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Redis configuration.
+    #[error(transparent)]
+    Redis(#[from] redtower_client::Error),
+    /// Pub/sub store.
+    #[error(transparent)]
+    PubSub(#[from] redtower_pubsub::Error),
+    /// A rate limit.
+    #[error("rate limit: {0}")]
+    RateLimit(#[from] redtower_ratelimit::ConfigError),
+}
+
+impl Services {
+    /// Builds every backend: in-process when `config.redis` is `None`, else over Redis
+    /// (connected lazily, so the app starts while Redis is down).
     ///
     /// # Errors
     ///
-    /// A message naming the invalid variable.
-    pub fn from_env() -> Result<Self, String> {
-        let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
-        let redis = match std::env::var("REDIS_URL") {
-            Ok(url) if !url.trim().is_empty() => {
-                let prefix = std::env::var("REDIS_KEY_PREFIX")
-                    .unwrap_or_else(|_| "redtower-example".to_owned());
-                Some(
-                    RedisConfig::from_env()
-                        .map_err(|e| e.to_string())?
-                        .key_prefix(prefix),
-                )
+    /// When a configuration value cannot be used.
+    pub fn new(config: Config) -> Result<Self, BuildError> {
+        let secret: Vec<u8> = match &config.session_secret {
+            Some(s) => s.as_bytes().to_vec(),
+            None => {
+                tracing::warn!(
+                    "SESSION_SECRET is not set: using a random one, so sessions do not survive a \
+                     restart and are not shared between instances"
+                );
+                (0..64).map(|_| rand::random::<u8>()).collect()
             }
-            _ => None,
         };
-        Ok(Self { bind, redis })
+        let key = Key::from(&secret);
+        let services = match &config.redis {
+            None => {
+                tracing::info!(
+                    "REDIS_URL is not set: every feature runs on its in-process backend"
+                );
+                let sessions = redtower_session::MemoryStore::new();
+                let jobs = redtower_jobs::MemoryStore::new();
+                Self {
+                    redis: None,
+                    cache: Cache::new(redtower_cache::MemoryStore::new()),
+                    limits: Limits::Memory(redtower_ratelimit::MemoryStore::new()),
+                    sessions: Arc::new(sessions.clone()),
+                    session_layer: SessionLayerKind::Memory(
+                        SessionLayer::new(sessions, key).with_secure(config.cookie_secure),
+                    ),
+                    pubsub: PubSub::memory(),
+                    queue: Queue::new(jobs, SHIP_QUEUE),
+                    orders: Orders::memory(),
+                    featured_db_calls: Arc::default(),
+                    shutdown: CancellationToken::new(),
+                    config,
+                }
+            }
+            Some(redis_config) => {
+                let redis = Redis::new(redis_config.clone())?;
+                tracing::info!(url = %redis_config.redacted_url(), "using Redis");
+                let sessions = redtower_session::RedisStore::new(redis.clone(), &secret[..32]);
+                Self {
+                    cache: Cache::builder(redtower_cache::RedisStore::new(redis.clone()))
+                        .l1(1_000, Duration::from_millis(500))
+                        .build(),
+                    limits: Limits::Redis(redtower_ratelimit::RedisStore::new(redis.clone())),
+                    sessions: Arc::new(sessions.clone()),
+                    session_layer: SessionLayerKind::Redis(
+                        SessionLayer::new(sessions, key).with_secure(config.cookie_secure),
+                    ),
+                    pubsub: PubSub::new(redtower_pubsub::RedisStore::new(redis.clone())?),
+                    queue: Queue::new(redtower_jobs::RedisStore::new(redis.clone()), SHIP_QUEUE),
+                    orders: Orders::redis(redis.clone()),
+                    featured_db_calls: Arc::default(),
+                    shutdown: CancellationToken::new(),
+                    redis: Some(redis),
+                    config,
+                }
+            }
+        };
+        Ok(services)
+    }
+
+    fn backend_name(&self) -> &'static str {
+        if self.redis.is_some() {
+            "redis"
+        } else {
+            "memory"
+        }
+    }
+
+    /// Cancelled on shutdown: ends every open SSE stream.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Starts the `ship-order` worker in this process. Stop it with
+    /// [`WorkerHandle::shutdown`], which hands unfinished jobs back to the queue.
+    pub fn start_worker(&self) -> WorkerHandle {
+        let store = self.queue.store().clone();
+        let on_done = self.clone();
+        let on_dead = self.clone();
+        let runner = self.clone();
+        Worker::from_arc(store, SHIP_QUEUE)
+            .concurrency(16)
+            .timeout(Duration::from_secs(30))
+            .handle::<ShipOrder>(move |job: ShipOrder, ctx: JobContext| {
+                let services = runner.clone();
+                async move { services.ship(job, ctx).await }
+            })
+            .on_completed(move |finished| {
+                let services = on_done.clone();
+                async move {
+                    if let Some(job) = finished.decode::<ShipOrder>() {
+                        services
+                            .announce(&job.order_id, OrderStatus::Shipped, finished.attempt)
+                            .await;
+                    }
+                }
+            })
+            .on_failed(move |finished| {
+                let services = on_dead.clone();
+                async move {
+                    if !finished.is_dead() {
+                        return;
+                    }
+                    if let Some(job) = finished.decode::<ShipOrder>() {
+                        services
+                            .announce(&job.order_id, OrderStatus::Failed, finished.attempt)
+                            .await;
+                    }
+                }
+            })
+            .start()
+    }
+
+    /// The job handler: fails the first `fail_times` attempts, then "ships".
+    async fn ship(&self, job: ShipOrder, ctx: JobContext) -> Result<(), JobError> {
+        let order = Order {
+            order_id: job.order_id.clone(),
+            status: OrderStatus::Pending,
+            attempts: ctx.attempt(),
+        };
+        self.orders.put(&order).await.map_err(JobError::retry)?;
+        if ctx.attempt() <= job.fail_times {
+            return Err(JobError::retry(format!(
+                "simulated failure {} of {}",
+                ctx.attempt(),
+                job.fail_times
+            )));
+        }
+        tracing::info!(order = %job.order_id, item = %job.item, "order shipped");
+        Ok(())
+    }
+
+    /// Records the final status and publishes it on `order:updates`.
+    async fn announce(&self, order_id: &str, status: OrderStatus, attempts: u32) {
+        let order = Order {
+            order_id: order_id.to_owned(),
+            status,
+            attempts,
+        };
+        if let Err(error) = self.orders.put(&order).await {
+            tracing::warn!(order = %order_id, %error, "could not record the order status");
+        }
+        let update = json!({ "orderId": order_id, "status": status });
+        if let Err(error) = self.pubsub.publish(ORDER_UPDATES, &update).await {
+            tracing::warn!(order = %order_id, %error, "could not publish the order update");
+        }
     }
 }
 
-/// Connects to the configured backend (lazily: the app starts while Redis is down).
+/// The app's router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so
+/// rate limits see client addresses.
 ///
 /// # Errors
 ///
-/// When the Redis configuration is invalid.
-pub fn backend(config: &Config) -> Result<Backend, redtower_client::Error> {
-    match &config.redis {
-        None => {
-            tracing::info!("REDIS_URL is not set: every feature runs on its in-process backend");
-            Ok(Backend::Memory)
-        }
-        Some(redis) => {
-            tracing::info!(url = %redis.redacted_url(), "using Redis");
-            Ok(Backend::Redis(Redis::new(redis.clone())?))
+/// When a rate limit from the configuration is invalid.
+pub fn app(services: &Services) -> Result<Router, BuildError> {
+    let config = &services.config;
+    let client_ip = if config.trusted_proxies.is_empty() {
+        ClientIp::peer()
+    } else {
+        ClientIp::trusted_proxies(config.trusted_proxies.iter().copied())
+    };
+    let limit = |name: &'static str, rate: Rate| -> Result<_, BuildError> {
+        let quota = Quota::with_period(rate.count, rate.period)?;
+        let layer = match &services.limits {
+            Limits::Memory(store) => RateLimitLayer::new(store.clone(), Policy::new(name, quota)),
+            Limits::Redis(store) => RateLimitLayer::new(store.clone(), Policy::new(name, quota)),
+        };
+        Ok(layer.key(client_ip.clone()).legacy_headers(true).build()?)
+    };
+    let api_limit = limit("api", config.api_rate)?;
+    let order_limit = limit("orders", config.order_rate)?;
+
+    let featured_cache = ResponseCacheLayer::new(services.cache.clone(), Duration::from_secs(300))
+        .stale_while_revalidate(Duration::from_secs(60))
+        // The featured list is the same for everyone, logged in or not.
+        .credentials(Credentials::Shared)
+        .route_name("/products/featured");
+
+    let sse = SseEndpoint::new(services.pubsub.clone())
+        .authorizer(ChannelOwner {
+            sessions: services.clone(),
+        })
+        .shutdown(services.shutdown.clone());
+
+    let router = Router::new()
+        .route("/", get(index))
+        .route("/client.js", get(client_js))
+        .route("/health", get(health))
+        .route("/stats", get(stats))
+        .route("/products/featured", get(featured).layer(featured_cache))
+        .route("/api/hello", get(hello).layer(api_limit))
+        .route("/login", post(login))
+        .route("/me", get(me))
+        .route("/logout", post(logout))
+        .route("/me/sessions", get(my_sessions))
+        .route("/me/sessions/{handle}", delete(revoke_session))
+        .route("/logout-everywhere", post(logout_everywhere))
+        .route("/events/{channel}", sse.method_router().post(publish))
+        .route("/orders", post(place_order).layer(order_limit))
+        .route("/orders/{id}", get(get_order))
+        .fallback(error::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(services.clone());
+    Ok(match &services.session_layer {
+        SessionLayerKind::Memory(layer) => router.layer(layer.clone()),
+        SessionLayerKind::Redis(layer) => router.layer(layer.clone()),
+    })
+}
+
+/// `user:<name>:...` channels belong to that logged-in user; other channels are public to
+/// read. (Publishing is checked in [`publish`] so it can answer 401 before 403.)
+#[derive(Clone)]
+struct ChannelOwner {
+    sessions: Services,
+}
+
+#[async_trait::async_trait]
+impl redtower_pubsub::ChannelAuthorizer for ChannelOwner {
+    async fn authorize(
+        &self,
+        request: &http::request::Parts,
+        channel: &Channel,
+        _access: redtower_pubsub::Access,
+    ) -> bool {
+        let _ = &self.sessions;
+        match owner_of(channel.as_str()) {
+            None => true,
+            Some(owner) => {
+                let Some(session) = request.extensions.get::<Session>() else {
+                    return false;
+                };
+                matches!(redtower_session::current_user(session).await, Ok(Some(user)) if user == owner)
+            }
         }
     }
 }
 
-/// The app's router.
-pub fn app(backend: Backend) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .with_state(backend)
+fn owner_of(channel: &str) -> Option<&str> {
+    channel
+        .strip_prefix("user:")
+        .map(|rest| rest.split(':').next().unwrap_or(""))
 }
 
-async fn health(State(backend): State<Backend>) -> impl IntoResponse {
-    match backend {
-        Backend::Memory => (
-            StatusCode::OK,
-            Json(json!({"status": "ok", "backend": "memory"})),
-        ),
-        Backend::Redis(redis) => {
-            let health = redis.health().await;
-            if health.is_up() {
-                (
-                    StatusCode::OK,
-                    Json(json!({"status": "ok", "backend": "redis"})),
-                )
+async fn index() -> Html<&'static str> {
+    Html(include_str!("../assets/index.html"))
+}
+
+async fn client_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        redtower_pubsub::CLIENT_JS,
+    )
+}
+
+async fn health(State(services): State<Services>) -> Response {
+    match &services.redis {
+        None => Json(json!({"status": "ok", "backend": "memory"})).into_response(),
+        Some(redis) => {
+            if redis.health().await.is_up() {
+                Json(json!({"status": "ok", "backend": "redis"})).into_response()
             } else {
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     Json(json!({"status": "degraded", "backend": "redis"})),
                 )
+                    .into_response()
             }
+        }
+    }
+}
+
+async fn stats(State(services): State<Services>) -> Json<Value> {
+    Json(json!({ "featured_db_calls": services.featured_db_calls.load(Ordering::Relaxed) }))
+}
+
+/// The "database query" the cache protects.
+async fn featured(State(services): State<Services>) -> Json<Value> {
+    services.featured_db_calls.fetch_add(1, Ordering::Relaxed);
+    tokio::time::sleep(services.config.featured_delay).await;
+    Json(json!([
+        {"id": 1, "name": "Rust mug", "price_cents": 1200},
+        {"id": 2, "name": "Ferris plush", "price_cents": 2400},
+        {"id": 3, "name": "Tower of Redis poster", "price_cents": 900},
+    ]))
+}
+
+async fn hello() -> Json<Value> {
+    Json(json!({"hello": "world"}))
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginBody {
+    user: String,
+}
+
+fn valid_user(user: &str) -> bool {
+    (1..=64).contains(&user.len())
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-@".contains(&b))
+}
+
+fn session_error(error: &redtower_session::tower_sessions::session::Error) -> ApiError {
+    let status = redtower_session::status_for(error);
+    if status.is_server_error() {
+        tracing::warn!(%error, "session store failed");
+    }
+    ApiError::new(status, "session store unavailable, try again")
+}
+
+async fn login(
+    session: Session,
+    headers: HeaderMap,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    AppJson(body): AppJson<LoginBody>,
+) -> Result<Json<Value>, ApiError> {
+    if !valid_user(&body.user) {
+        return Err(ApiError::bad_request(
+            "user must be 1 to 64 characters of letters, digits, '_', '.', '-' or '@'",
+        ));
+    }
+    let ip: Option<IpAddr> = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    bind_user(
+        &session,
+        &body.user,
+        SessionMeta::from_headers(&headers, ip),
+    )
+    .await
+    .map_err(|e| session_error(&e))?;
+    Ok(Json(json!({ "user": body.user })))
+}
+
+async fn me(auth: AuthSession) -> Result<Json<Value>, ApiError> {
+    let visits: u64 = auth
+        .session
+        .get("visits")
+        .await
+        .map_err(|e| session_error(&e))?
+        .unwrap_or(0)
+        + 1;
+    auth.session
+        .insert("visits", visits)
+        .await
+        .map_err(|e| session_error(&e))?;
+    Ok(Json(json!({ "user": auth.user, "visits": visits })))
+}
+
+async fn logout(session: Session) -> Result<StatusCode, ApiError> {
+    session.flush().await.map_err(|e| session_error(&e))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn my_sessions(
+    State(services): State<Services>,
+    auth: AuthSession,
+) -> Result<Json<Value>, ApiError> {
+    let list = services
+        .sessions
+        .list(&auth.user, auth.session.id())
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "listing sessions failed");
+            ApiError::unavailable()
+        })?;
+    Ok(Json(
+        serde_json::to_value(list).unwrap_or_else(|_| json!([])),
+    ))
+}
+
+async fn revoke_session(
+    State(services): State<Services>,
+    auth: AuthSession,
+    Path(handle): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    match services.sessions.revoke(&auth.user, &handle).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(ApiError::not_found("no such session")),
+        Err(error) => {
+            tracing::warn!(%error, "revoking a session failed");
+            Err(ApiError::unavailable())
+        }
+    }
+}
+
+async fn logout_everywhere(
+    State(services): State<Services>,
+    auth: AuthSession,
+) -> Result<StatusCode, ApiError> {
+    services
+        .sessions
+        .revoke_all(&auth.user)
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "revoking all sessions failed");
+            ApiError::unavailable()
+        })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /events/{channel}`: publish the JSON body. Needs a login (401); `user:<name>:...`
+/// channels only by that user (403).
+async fn publish(
+    State(services): State<Services>,
+    session: Session,
+    Path(channel): Path<String>,
+    AppJson(body): AppJson<Value>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let channel = Channel::new(&channel).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let user = redtower_session::current_user(&session)
+        .await
+        .map_err(|e| session_error(&e))?
+        .ok_or_else(ApiError::unauthorized)?;
+    if owner_of(channel.as_str()).is_some_and(|owner| owner != user) {
+        return Err(ApiError::forbidden("this channel belongs to another user"));
+    }
+    let id = services
+        .pubsub
+        .publish(channel.as_str(), &body)
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "publish failed");
+            ApiError::unavailable()
+        })?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id.to_string() }))))
+}
+
+#[derive(Debug, Deserialize)]
+struct OrderBody {
+    email: String,
+    item: String,
+    #[serde(default)]
+    fail_times: u32,
+}
+
+async fn place_order(
+    State(services): State<Services>,
+    AppJson(body): AppJson<OrderBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if !body.email.contains('@') || body.email.len() > 254 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "email is not an address",
+        ));
+    }
+    if body.item.is_empty() || body.item.len() > 200 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "item must be 1 to 200 characters",
+        ));
+    }
+    if body.fail_times > 10 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "fail_times is at most 10",
+        ));
+    }
+    let order_id = format!("ord-{:016x}", rand::random::<u64>());
+    services.orders.create(&order_id).await.map_err(|error| {
+        tracing::warn!(%error, "creating an order failed");
+        ApiError::unavailable()
+    })?;
+    let job = ShipOrder {
+        order_id: order_id.clone(),
+        email: body.email,
+        item: body.item,
+        fail_times: body.fail_times,
+    };
+    let job_id = services
+        .queue
+        .add(job)
+        .delay(services.config.order_ship_delay)
+        .attempts(3)
+        .backoff(Backoff::exponential(Duration::from_millis(200)))
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "enqueueing an order failed");
+            ApiError::unavailable()
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "order_id": order_id, "job_id": job_id.to_string() })),
+    ))
+}
+
+async fn get_order(
+    State(services): State<Services>,
+    Path(id): Path<String>,
+) -> Result<Json<Order>, ApiError> {
+    if id.len() > 64 {
+        return Err(ApiError::not_found("no such order"));
+    }
+    match services.orders.get(&id).await {
+        Ok(Some(order)) => Ok(Json(order)),
+        Ok(None) => Err(ApiError::not_found("no such order")),
+        Err(error) => {
+            tracing::warn!(%error, "reading an order failed");
+            Err(ApiError::unavailable())
         }
     }
 }
@@ -120,28 +657,4 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutting down");
-    // Leave in-flight requests a moment; the server stops accepting at once.
-    tokio::time::sleep(Duration::from_millis(10)).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use axum::body::Body;
-    use http::Request;
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn health_on_memory() {
-        let res = app(Backend::Memory)
-            .oneshot(Request::get("/health").body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::OK);
-        let body = res.into_body().collect().await.unwrap().to_bytes();
-        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(body, json!({"status": "ok", "backend": "memory"}));
-    }
 }

@@ -1,6 +1,8 @@
-//! Run with: `cargo run -p redtower-example` (see the crate docs for the environment).
+//! Run with: `cargo run -p redtower-example` (see `examples/app/README.md` for the environment).
 
-use redtower_example::{Config, app, backend, shutdown_signal};
+use std::net::SocketAddr;
+
+use redtower_example::{Config, Services, app, shutdown_signal};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -9,11 +11,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let config = Config::from_env()?;
-    let backend = backend(&config)?;
+    let services = Services::new(config.clone())?;
+    let worker = config.worker.then(|| services.start_worker());
+    let router = app(&services)?;
+
     let listener = tokio::net::TcpListener::bind(&config.bind).await?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app(backend))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let stop = services.shutdown_token();
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        stop.cancel(); // ends open SSE streams, so the server can stop
+    })
+    .await?;
+    if let Some(worker) = worker {
+        // Unfinished jobs go back to the queue at once for another instance.
+        let report = worker.shutdown().await?;
+        tracing::info!(?report, "worker stopped");
+    }
     Ok(())
 }

@@ -1,0 +1,224 @@
+//! The app's configuration, from the environment (the contract in the README).
+
+use std::{net::SocketAddr, num::NonZeroU32, time::Duration};
+
+use redtower_client::RedisConfig;
+
+/// A `<count>/<duration>` rate such as `100/1h` or `10/1m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// How many requests...
+    pub count: NonZeroU32,
+    /// ...per this period.
+    pub period: Duration,
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+
+    /// Parses `<count>/<n><unit>` with unit `ms`, `s`, `m`, `h` or `d` (`100/1h`, `5/30s`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not <count>/<duration> such as 100/1h or 10/1m");
+        let (count, period) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: NonZeroU32 = count.trim().parse().map_err(|_| bad())?;
+        let period = period.trim();
+        let split = period.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (n, unit) = period.split_at(split);
+        let n: u64 = if n.is_empty() {
+            1
+        } else {
+            n.parse().map_err(|_| bad())?
+        };
+        let unit_ms: u64 = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        let ms = n
+            .checked_mul(unit_ms)
+            .filter(|ms| *ms > 0)
+            .ok_or_else(bad)?;
+        Ok(Rate {
+            count,
+            period: Duration::from_millis(ms),
+        })
+    }
+}
+
+/// Everything the app reads from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `BIND`, default `127.0.0.1:3000`.
+    pub bind: String,
+    /// `REDIS_URL` (+ `REDIS_KEY_PREFIX`, default `redtower-example`, and the other `REDIS_*`
+    /// knobs), or `None`: in-process backends.
+    pub redis: Option<RedisConfig>,
+    /// `API_RATE_LIMIT`, default `100/1h`.
+    pub api_rate: Rate,
+    /// `ORDER_RATE_LIMIT`, default `10/1m`.
+    pub order_rate: Rate,
+    /// `TRUSTED_PROXIES`: CIDRs whose forwarding headers are believed. Default none.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `SESSION_SECRET` (64+ characters), or `None`: a random one per process.
+    pub session_secret: Option<String>,
+    /// `WORKER` (`on`/`off`), default on.
+    pub worker: bool,
+    /// `ORDER_SHIP_DELAY_MS`, default 2000.
+    pub order_ship_delay: Duration,
+    /// `FEATURED_DELAY_MS`, default 100.
+    pub featured_delay: Duration,
+    /// `COOKIE_SECURE` (`on`/`off`): mark cookies `Secure`. Default off, since the app serves
+    /// plain HTTP on loopback; turn it on behind TLS.
+    pub cookie_secure: bool,
+}
+
+impl Config {
+    /// Reads the process environment.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the variable that is invalid.
+    pub fn from_env() -> Result<Self, String> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads variables through `lookup` (for tests).
+    ///
+    /// # Errors
+    ///
+    /// A message naming the variable that is invalid.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let get = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
+        let redis = match get("REDIS_URL") {
+            None => None,
+            Some(_) => {
+                let prefix = get("REDIS_KEY_PREFIX").unwrap_or_else(|| "redtower-example".into());
+                let config = RedisConfig::from_lookup(|k| {
+                    if k == "REDIS_KEY_PREFIX" {
+                        Some(prefix.clone())
+                    } else {
+                        lookup(k)
+                    }
+                })
+                .map_err(|e| format!("REDIS_URL: {e}"))?;
+                Some(config)
+            }
+        };
+        let rate = |k: &str, default: &str| -> Result<Rate, String> {
+            get(k)
+                .unwrap_or_else(|| default.to_owned())
+                .parse()
+                .map_err(|e| format!("{k}: {e}"))
+        };
+        let ms = |k: &str, default: u64| -> Result<Duration, String> {
+            match get(k) {
+                None => Ok(Duration::from_millis(default)),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map(Duration::from_millis)
+                    .map_err(|_| format!("{k}: {v:?} is not a number of milliseconds")),
+            }
+        };
+        let switch = |k: &str, default: bool| -> Result<bool, String> {
+            match get(k).map(|v| v.trim().to_ascii_lowercase()) {
+                None => Ok(default),
+                Some(v) if ["on", "true", "1", "yes"].contains(&v.as_str()) => Ok(true),
+                Some(v) if ["off", "false", "0", "no"].contains(&v.as_str()) => Ok(false),
+                Some(v) => Err(format!("{k}: {v:?} is not on or off")),
+            }
+        };
+        let trusted_proxies = match get("TRUSTED_PROXIES") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse::<ipnet::IpNet>()
+                        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| format!("TRUSTED_PROXIES: {s:?} is not a CIDR"))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let session_secret = match get("SESSION_SECRET") {
+            Some(s) if s.len() < 64 => {
+                return Err("SESSION_SECRET must have at least 64 characters".into());
+            }
+            other => other,
+        };
+        let bind = get("BIND").unwrap_or_else(|| "127.0.0.1:3000".into());
+        bind.parse::<SocketAddr>()
+            .map_err(|_| format!("BIND: {bind:?} is not an address such as 127.0.0.1:3000"))?;
+        Ok(Self {
+            bind,
+            redis,
+            api_rate: rate("API_RATE_LIMIT", "100/1h")?,
+            order_rate: rate("ORDER_RATE_LIMIT", "10/1m")?,
+            trusted_proxies,
+            session_secret,
+            worker: switch("WORKER", true)?,
+            order_ship_delay: ms("ORDER_SHIP_DELAY_MS", 2000)?,
+            featured_delay: ms("FEATURED_DELAY_MS", 100)?,
+            cookie_secure: switch("COOKIE_SECURE", false)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse() {
+        let r: Rate = "100/1h".parse().unwrap();
+        assert_eq!((r.count.get(), r.period), (100, Duration::from_secs(3600)));
+        let r: Rate = "10/1m".parse().unwrap();
+        assert_eq!((r.count.get(), r.period), (10, Duration::from_secs(60)));
+        let r: Rate = "5/250ms".parse().unwrap();
+        assert_eq!(r.period, Duration::from_millis(250));
+        let r: Rate = "1000/d".parse().unwrap();
+        assert_eq!(r.period, Duration::from_secs(86_400));
+        for bad in ["", "100", "0/1m", "10/0s", "10/1y", "x/1m", "10/m1"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_and_errors() {
+        let c = Config::from_lookup(|_| None).unwrap();
+        assert!(c.redis.is_none());
+        assert_eq!(c.bind, "127.0.0.1:3000");
+        assert!(c.worker);
+        assert_eq!(c.order_ship_delay, Duration::from_millis(2000));
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let c = Config::from_lookup(env(&[
+            ("REDIS_URL", "redis://127.0.0.1:1"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1"),
+            ("WORKER", "off"),
+        ]))
+        .unwrap();
+        assert_eq!(c.redis.unwrap().get_key_prefix(), "redtower-example");
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(!c.worker);
+        for bad in [
+            &[("API_RATE_LIMIT", "lots")][..],
+            &[("TRUSTED_PROXIES", "nope")],
+            &[("SESSION_SECRET", "short")],
+            &[("WORKER", "maybe")],
+            &[("BIND", "nowhere")],
+        ] {
+            assert!(Config::from_lookup(env(bad)).is_err(), "{bad:?}");
+        }
+    }
+}

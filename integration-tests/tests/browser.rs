@@ -1,0 +1,134 @@
+//! A real browser (headless Chromium through ChromeDriver) drives the example app's page: logs
+//! in, places an order, and sees the `shipped` update arrive live over SSE.
+
+use std::{
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use fantoccini::{ClientBuilder, Locator};
+use redtower_example::{Config, Services, app};
+use serde_json::json;
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn chromium() -> String {
+    for candidate in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
+        if std::path::Path::new(candidate).exists() {
+            return candidate.to_owned();
+        }
+    }
+    "chromium".to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_logs_in_orders_and_sees_the_shipped_update() {
+    // The app, on the in-process backends, as the README's first command runs it.
+    let config = Config::from_lookup(|k| match k {
+        "ORDER_SHIP_DELAY_MS" => Some("300".to_owned()),
+        _ => None,
+    })
+    .unwrap();
+    let services = Services::new(config).unwrap();
+    let worker = services.start_worker();
+    let router = app(&services).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = services.shutdown_token();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .unwrap();
+    });
+
+    let port = redtower_testkit::free_port();
+    let _driver = Driver(
+        Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver is installed (cargo xtask test installs it)"),
+    );
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".to_owned(),
+        json!({
+            "binary": chromium(),
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync",
+            ],
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let webdriver = format!("http://127.0.0.1:{port}");
+    let mut browser = None;
+    for _ in 0..100 {
+        match ClientBuilder::new(connector.clone())
+            .capabilities(caps.clone())
+            .connect(&webdriver)
+            .await
+        {
+            Ok(c) => {
+                browser = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let browser = browser.expect("a ChromeDriver session");
+
+    let result = async {
+        browser.goto(&format!("http://{addr}/")).await?;
+        browser
+            .wait()
+            .for_element(Locator::XPath("//span[@id='stream-state'][text()='open']"))
+            .await?;
+        let user = browser.find(Locator::Id("user")).await?;
+        user.clear().await?;
+        user.send_keys("dana").await?;
+        browser.find(Locator::Id("login")).await?.click().await?;
+        browser
+            .wait()
+            .for_element(Locator::XPath(
+                "//p[@id='whoami'][contains(., 'Logged in as dana')]",
+            ))
+            .await?;
+        browser.find(Locator::Id("order")).await?.click().await?;
+        // Pending first, then the live update flips it to shipped without a reload.
+        let order = browser
+            .wait()
+            .for_element(Locator::Css("#orders li.order"))
+            .await?;
+        let order_id = order.attr("data-order-id").await?.unwrap_or_default();
+        assert!(order_id.starts_with("ord-"), "{order_id}");
+        let shipped = browser
+            .wait()
+            .at_most(Duration::from_secs(15))
+            .for_element(Locator::Css("#orders li.status-shipped"))
+            .await?;
+        assert_eq!(shipped.text().await?, format!("{order_id}: shipped"));
+        let log = browser.find(Locator::Id("log")).await?.text().await?;
+        assert!(log.contains("\"status\":\"shipped\""), "{log}");
+        Ok::<_, fantoccini::error::CmdError>(())
+    }
+    .await;
+    let _ = browser.close().await;
+    result.unwrap();
+    services.shutdown_token().cancel();
+    worker.shutdown().await.unwrap();
+}
