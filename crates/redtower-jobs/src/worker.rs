@@ -347,7 +347,7 @@ impl Worker {
                         let pause = Duration::from_millis(50u64 << errors.min(7))
                             .min(Duration::from_secs(5));
                         tokio::select! {
-                            _ = stop.changed() => {}
+                            () = stopped(&mut stop) => {}
                             _ = tokio::time::sleep(pause) => {}
                         }
                         continue;
@@ -365,7 +365,7 @@ impl Worker {
             }
             tokio::select! {
                 biased;
-                _ = stop.changed() => {}
+                () = stopped(&mut stop) => {}
                 Some(res) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     me.collect(res, &mut running, &mut pending);
                 }
@@ -646,6 +646,14 @@ impl Worker {
                 tracing::warn!(target: "redtower::jobs", queue = %self.queue, error = %e, "lease extension failed");
             }
         }
+    }
+}
+
+/// Resolves once shutdown is requested; never, if the handle was dropped (the worker then
+/// runs until the runtime ends).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -107,3 +107,31 @@ mod worker_api {
         );
     }
 }
+
+/// Dropping the handle leaves the worker running (it does not stop or spin).
+#[tokio::test(start_paused = true)]
+async fn dropped_handle_keeps_the_worker_running() {
+    use redtower_jobs::{JobContext, Queue, Worker};
+    use std::time::Duration;
+
+    let store = MemoryStore::new();
+    let queue = Queue::<conformance::Welcome>::new(store.clone(), "detached");
+    drop(
+        Worker::new(store.clone(), "detached")
+            .handle::<conformance::Welcome>(|_j: conformance::Welcome, _c: JobContext| async {
+                Ok(())
+            })
+            .start(),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..3 {
+        queue
+            .add(conformance::Welcome { to: i.to_string() })
+            .await
+            .unwrap();
+    }
+    conformance::wait_for("completions", || async {
+        queue.counts().await.unwrap().completed == 3
+    })
+    .await;
+}

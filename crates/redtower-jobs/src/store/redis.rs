@@ -387,14 +387,15 @@ impl QueueStore for RedisStore {
             .and_then(|e| e.into_array().into_iter().next())
             .and_then(Value::into_string)
             .unwrap_or_else(|| "0-0".to_owned());
-        let state = (redis, None::<Client>, key, last);
+        let state = (redis, None::<QuitOnDrop>, key, last);
         Ok(
             stream::unfold(state, |(redis, client, key, last)| async move {
                 let client = match client {
                     Some(c) => c,
                     None => match redis.dedicated() {
-                        Ok(c) => c,
+                        Ok(c) => QuitOnDrop(c),
                         Err(e) => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
                             return Some((vec![Err(Error::from(e))], (redis, None, key, last)));
                         }
                     },
@@ -405,6 +406,7 @@ impl QueueStore for RedisStore {
                     ..Options::default()
                 };
                 let reply: std::result::Result<Value, _> = client
+                    .0
                     .with_options(&opts)
                     .xread(Some(100), Some(5_000), key.as_str(), last.as_str())
                     .await;
@@ -489,6 +491,21 @@ fn parse_xread(v: Value, last: &str) -> (Vec<QueueEvent>, String) {
         }
     }
     (out, next)
+}
+
+/// A dedicated connection closed when the stream reading from it is dropped.
+#[derive(Debug)]
+struct QuitOnDrop(Client);
+
+impl Drop for QuitOnDrop {
+    fn drop(&mut self) {
+        let c = self.0.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = c.quit().await;
+            });
+        }
+    }
 }
 
 /// Blocks on the queue's wake list with `BLPOP` on a dedicated connection, recycled by a
