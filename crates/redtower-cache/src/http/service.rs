@@ -271,6 +271,31 @@ impl Run {
             }
         }
         self.cache.record("miss", self.route());
+        // The miss path is boxed so the hit path's future stays small.
+        Box::pin(self.miss(inner, parts, body, key, conditionals, fallback, seen, head)).await
+    }
+
+    /// A miss: fill through single-flight, store when allowed, or serve stale on errors.
+    #[allow(clippy::too_many_arguments)]
+    async fn miss<S, ReqBody, ResBody>(
+        self,
+        inner: S,
+        parts: Parts,
+        body: ReqBody,
+        key: RequestKey,
+        conditionals: Conditionals,
+        fallback: Option<Arc<Entry>>,
+        seen: u64,
+        head: bool,
+    ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Default + Send + 'static,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Send + 'static,
+    {
         if head {
             // HEAD is never stored; only served from a stored GET.
             let resp = call(inner, Request::from_parts(parts, body)).await?;
