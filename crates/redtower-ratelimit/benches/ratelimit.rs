@@ -1,5 +1,5 @@
 //! Benchmarks: the same axum route bare, behind the memory limiter, behind the Redis limiter
-//! (1 and 3 policies), and behind a naive `INCR` + `EXPIRE` pipeline limiter (the Node
+//! (1 and 3 policies), behind `tower_governor` (in-process GCRA), and behind a naive `INCR` + `EXPIRE` pipeline limiter (the Node
 //! original), all in one run against one `redis-server` started for it.
 //!
 //! Run with `cargo bench -p redtower-ratelimit --bench ratelimit`. Besides criterion's groups
@@ -15,15 +15,15 @@ use std::{
 use axum::{
     Router,
     body::Body,
-    extract::{Request, State},
+    extract::{ConnectInfo, Request, State},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
 use criterion::{BenchmarkId, Criterion, criterion_group};
-use http::{HeaderName, StatusCode};
+use http::StatusCode;
 use redtower_client::{Redis, RedisConfig, fred::interfaces::KeysInterface};
-use redtower_ratelimit::{Header, MemoryStore, Policy, Quota, RateLimitLayer, RedisStore, nonzero};
+use redtower_ratelimit::{MemoryStore, PeerIp, Policy, Quota, RateLimitLayer, RedisStore, nonzero};
 use redtower_testkit::RedisServer;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tower::ServiceExt;
@@ -38,18 +38,23 @@ fn route() -> Router {
     Router::new().route("/", get(|| async { "ok" }))
 }
 
-fn key() -> Header {
-    Header::new(HeaderName::from_static("x-client"))
-}
-
 fn limited(layer: RateLimitLayer) -> Router {
     route().layer(
         layer
-            .key(key())
+            .key(PeerIp)
             .timeout(Duration::from_secs(2))
             .build()
             .unwrap(),
     )
+}
+
+fn governor() -> Router {
+    let config = tower_governor::governor::GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(1_000_000_000)
+        .finish()
+        .unwrap();
+    route().layer(tower_governor::GovernorLayer::new(config))
 }
 
 /// The Node original: `INCR` then `EXPIRE` in a pipeline on every request.
@@ -96,6 +101,7 @@ fn apps(rt: &tokio::runtime::Runtime, url: &str) -> Apps {
                     "memory",
                     limited(RateLimitLayer::new(MemoryStore::new(), huge())),
                 ),
+                ("tower_governor", governor()),
                 (
                     "redis-1-policy",
                     limited(RateLimitLayer::new(store.clone(), huge())),
@@ -111,8 +117,10 @@ fn apps(rt: &tokio::runtime::Runtime, url: &str) -> Apps {
 }
 
 fn request(client: usize) -> http::Request<Body> {
+    let peer = SocketAddr::from(([10, 0, (client / 250) as u8, (client % 250) as u8], 40_000));
     http::Request::get("/")
         .header("x-client", client.to_string())
+        .extension(ConnectInfo(peer))
         .body(Body::empty())
         .unwrap()
 }

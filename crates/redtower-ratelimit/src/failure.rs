@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     sync::{
         Mutex,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -144,6 +144,8 @@ impl Breaker {
 /// Subjects denied recently, until their retry time: answered locally, with no store call.
 pub(crate) struct DeniedCache {
     capacity: usize,
+    /// Entries held, so the common case (nobody denied) takes no lock.
+    len: AtomicUsize,
     entries: Mutex<HashMap<u64, Denied>>,
 }
 
@@ -158,13 +160,14 @@ impl DeniedCache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             capacity,
+            len: AtomicUsize::new(0),
             entries: Mutex::new(HashMap::new()),
         }
     }
 
     /// A still-valid denial for `key` covering `cost`, with its times aged.
     pub(crate) fn get(&self, key: u64, cost: u32) -> Option<Decision> {
-        if self.capacity == 0 {
+        if self.capacity == 0 || self.len.load(Ordering::Acquire) == 0 {
             return None;
         }
         let now = Instant::now();
@@ -172,6 +175,7 @@ impl DeniedCache {
         let hit = entries.get(&key)?;
         if now >= hit.until {
             entries.remove(&key);
+            self.len.store(entries.len(), Ordering::Release);
             return None;
         }
         if cost < hit.cost {
@@ -223,6 +227,7 @@ impl DeniedCache {
                 decision: decision.clone(),
             },
         );
+        self.len.store(entries.len(), Ordering::Release);
     }
 }
 

@@ -183,7 +183,23 @@ impl PeerIp {
 impl KeyExtractor for PeerIp {
     fn extract(&self, parts: &Parts) -> Result<Option<Subject>, KeyRejection> {
         let ip = peer(parts).ok_or(NO_PEER)?;
+        warn_if_proxied(parts);
         Ok(Some(group(ip, 32, 64)))
+    }
+}
+
+/// Behind a reverse proxy every client has the proxy's address: say so once.
+fn warn_if_proxied(parts: &Parts) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if (parts.headers.contains_key("x-forwarded-for")
+        || parts.headers.contains_key(http::header::FORWARDED))
+        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::warn!(
+            target: "redtower::ratelimit",
+            "requests carry X-Forwarded-For/Forwarded but the rate limit key is the TCP peer: \
+             behind a reverse proxy, use ClientIp::trusted_proxies"
+        );
     }
 }
 
@@ -351,6 +367,9 @@ impl Default for ClientIp {
 
 impl KeyExtractor for ClientIp {
     fn extract(&self, parts: &Parts) -> Result<Option<Subject>, KeyRejection> {
+        if self.trusted.is_empty() {
+            warn_if_proxied(parts);
+        }
         let ip = self.client_addr(parts).ok_or(NO_PEER)?;
         Ok(Some(group(ip, self.v4_prefix, self.v6_prefix)))
     }

@@ -460,3 +460,21 @@ async fn outage_follows_each_failure_policy_and_recovers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_a_policys_algorithm_under_the_same_name_just_works() {
+    let store = RedisStore::new(connect(&redtower_testkit::shared_url(), "algo").await);
+    let s = Subject::new("x");
+    let quotas = [
+        Quota::per_hour(nonzero!(3)),
+        Quota::per_hour(nonzero!(3)).fixed_window(),
+        Quota::per_hour(nonzero!(3)),
+        Quota::per_hour(nonzero!(3)).sliding_window(),
+    ];
+    for q in quotas {
+        // The old key has another type: it counts as no state, and is replaced.
+        let d = store.check(&s, &[Policy::new("p", q)], 1).await.unwrap();
+        assert!(d.is_allowed());
+        assert_eq!(d.policies()[0].remaining(), 2, "{q:?}");
+    }
+}

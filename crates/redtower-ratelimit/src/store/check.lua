@@ -54,7 +54,10 @@ for i = 1, n do
   if algo == 'g' then
     local t = idiv(p + limit - 1, limit)
     local tau = cap * t
-    local tat = tonumber(redis.call('GET', key) or '0') or 0
+    -- A key of another type (the policy's algorithm changed) counts as no state.
+    local raw = redis.pcall('GET', key)
+    if type(raw) ~= 'string' then raw = '0' end
+    local tat = tonumber(raw) or 0
     if tat < now then tat = now end
     local new = tat + cost * t
     if new - now <= tau then
@@ -65,7 +68,9 @@ for i = 1, n do
       if remaining < 0 then remaining = 0 end
     end
   else
-    local h = redis.call('HMGET', key, 'w', 'c', 'p')
+    local h = redis.pcall('HMGET', key, 'w', 'c', 'p')
+    local stale = h.err ~= nil
+    if stale then h = {} end
     local sw, sc, sp = tonumber(h[1] or ''), tonumber(h[2] or '0') or 0, tonumber(h[3] or '0') or 0
     local w = idiv(now, p)
     if algo == 'f' then
@@ -76,6 +81,7 @@ for i = 1, n do
         allowed, remaining, reset, retry = 1, limit - count - cost, stop, 0
         writes[i] = { 'HSET', key, 'w', int(w), 'c', int(count + cost), 'p', '0' }
         writes[i].ttl = ms(stop)
+        writes[i].stale = stale
       else
         allowed, remaining, reset, retry = 0, limit - count, stop, stop
       end
@@ -91,6 +97,7 @@ for i = 1, n do
         after = cur + cost
         writes[i] = { 'HSET', key, 'w', int(w), 'c', int(after), 'p', int(prev) }
         writes[i].ttl = ms((w + 2) * p - now)
+        writes[i].stale = stale
       else
         allowed = 0
         local e2 = p
@@ -121,6 +128,7 @@ if admitted then
   for i = 1, n do
     local wr = writes[i]
     if wr then
+      if wr.stale then redis.call('DEL', KEYS[i]) end
       redis.call(unpack(wr))
       if wr.ttl then redis.call('PEXPIRE', KEYS[i], wr.ttl) end
     end

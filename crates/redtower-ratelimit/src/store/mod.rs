@@ -45,14 +45,19 @@ impl<T: RateLimitStore + ?Sized> RateLimitStore for Arc<T> {
 
 /// The result of checking one request against its policies. Cheap to clone.
 ///
-/// The layer inserts it into the request's extensions, so handlers can read it:
+/// The layer inserts it into the request's extensions, so handlers can read it. It is absent
+/// when no limit applied (skipped key, store down with [fail open](crate::FailurePolicy)), so
+/// take it as an `Option`:
 ///
 /// ```
 /// use axum::Extension;
 /// use redtower_ratelimit::Decision;
 ///
-/// async fn handler(Extension(decision): Extension<Decision>) -> String {
-///     format!("{} requests left", decision.remaining().unwrap_or(0))
+/// async fn handler(decision: Option<Extension<Decision>>) -> String {
+///     match decision {
+///         Some(Extension(d)) => format!("{} requests left", d.remaining().unwrap_or(0)),
+///         None => "not limited".to_owned(),
+///     }
 /// }
 /// # let _ = handler;
 /// ```
