@@ -14,7 +14,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// Redis failed (down, slow, Cluster trouble, script error). See
     /// [`redtower_client::Error::is_outage`].
-    #[error("redis unavailable: {0}")]
+    #[error("redis {word}: {0}", word = availability(.0))]
     Redis(#[from] redtower_client::Error),
     /// The session no longer exists (deleted, expired or revoked) and was not written, so a
     /// concurrent logout or revocation is never undone.
@@ -43,5 +43,13 @@ impl Error {
             Self::Redis(e) => e.is_outage() || e.is_cluster(),
             _ => false,
         }
+    }
+}
+
+fn availability(err: &redtower_client::Error) -> &'static str {
+    if err.is_outage() || err.is_cluster() {
+        "unavailable"
+    } else {
+        "error"
     }
 }

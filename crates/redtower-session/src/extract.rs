@@ -75,13 +75,26 @@ impl IntoResponse for SessionRejection {
 }
 
 /// The status a handler should answer when a [`Session`] method fails: 503 when the store
-/// (Redis) could not be reached, 500 otherwise.
+/// (Redis) could not be reached, 500 otherwise (under [`SessionLayer`](crate::SessionLayer),
+/// a 500 caused by a session revoked mid-request becomes 401 and clears the cookie).
+///
+/// ```
+/// use http::StatusCode;
+/// use redtower_session::{status_for, tower_sessions::session_store};
+///
+/// let down = session_store::Error::Backend("redis unavailable: timeout".into());
+/// assert_eq!(status_for(&down.into()), StatusCode::SERVICE_UNAVAILABLE);
+/// let bug = session_store::Error::Decode("bad json".into());
+/// assert_eq!(status_for(&bug.into()), StatusCode::INTERNAL_SERVER_ERROR);
+/// ```
 pub fn status_for(err: &session::Error) -> StatusCode {
     if outcome::current() & outcome::OUTAGE != 0 {
         return StatusCode::SERVICE_UNAVAILABLE;
     }
     match err {
-        session::Error::Store(session_store::Error::Backend(msg)) if msg.starts_with("redis") => {
+        session::Error::Store(session_store::Error::Backend(msg))
+            if msg.starts_with("redis unavailable") =>
+        {
             StatusCode::SERVICE_UNAVAILABLE
         }
         _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -161,6 +161,23 @@ pub struct SessionGuard<S> {
     cookie: Arc<CookieSettings>,
 }
 
+impl<S> SessionGuard<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the guard, returning the wrapped service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
 impl CookieSettings {
     fn removal(&self) -> Option<HeaderValue> {
         let mut c = Cookie::build((self.name.clone(), ""))

@@ -41,3 +41,11 @@ mod http_memory {
 
     crate::http_checks!([#[tokio::test]] redtower_session::MemoryStore::new());
 }
+
+mod http_any_store {
+    use super::common;
+
+    crate::http_checks!([#[tokio::test]] redtower_session::AnyStore::from(
+        redtower_session::MemoryStore::new()
+    ));
+}

@@ -6,6 +6,7 @@ use tower_sessions_core::session_store;
 
 use crate::{Error, outcome};
 
+pub(crate) mod any;
 pub(crate) mod memory;
 pub(crate) mod redis;
 
