@@ -611,3 +611,59 @@ async fn two_instances_share_everything_through_redis() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_follows_each_failure_policy() {
+    let mut server = redtower_testkit::RedisServer::start();
+    let app = TestApp::spawn(
+        Some(&server.url()),
+        &unique_prefix("outage"),
+        &[("REDIS_COMMAND_TIMEOUT_MS", "300")],
+    )
+    .await;
+    let c = browser();
+    c.post(app.url("/login"))
+        .json(&json!({"user": "erin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        c.get(app.url("/me")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    server.kill();
+    let (status, body) = json_of(c.get(app.url("/health")).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body, json!({"status": "degraded", "backend": "redis"}));
+    // The rate limit fails open, the cache calls the handler, sessions answer 503.
+    let res = c.get(app.url("/api/hello")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = c.get(app.url("/products/featured")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.json::<Value>().await.unwrap().as_array().unwrap().len(),
+        3
+    );
+    assert_eq!(
+        c.get(app.url("/me")).send().await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    server.restart();
+    let mut healthy = false;
+    for _ in 0..300 {
+        if c.get(app.url("/health")).send().await.unwrap().status() == StatusCode::OK {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(healthy, "healthy again after Redis returns");
+    // The restarted server kept nothing: the session is gone, so 401, not a crash.
+    assert_eq!(
+        c.get(app.url("/me")).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    app.stop().await;
+}

@@ -316,9 +316,7 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
         .route_name("/products/featured");
 
     let sse = SseEndpoint::new(services.pubsub.clone())
-        .authorizer(ChannelOwner {
-            sessions: services.clone(),
-        })
+        .authorizer(ChannelOwner)
         .shutdown(services.shutdown.clone());
 
     let router = Router::new()
@@ -348,10 +346,8 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
 
 /// `user:<name>:...` channels belong to that logged-in user; other channels are public to
 /// read. (Publishing is checked in [`publish`] so it can answer 401 before 403.)
-#[derive(Clone)]
-struct ChannelOwner {
-    sessions: Services,
-}
+#[derive(Debug, Clone, Copy)]
+struct ChannelOwner;
 
 #[async_trait::async_trait]
 impl redtower_pubsub::ChannelAuthorizer for ChannelOwner {
@@ -361,7 +357,6 @@ impl redtower_pubsub::ChannelAuthorizer for ChannelOwner {
         channel: &Channel,
         _access: redtower_pubsub::Access,
     ) -> bool {
-        let _ = &self.sessions;
         match owner_of(channel.as_str()) {
             None => true,
             Some(owner) => {
