@@ -271,6 +271,39 @@ mod specific {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_frozen_redis_is_bypassed_after_the_command_timeout() {
+        let server = RedisServer::start();
+        let redis = handle(&server.url(), "frozen").await;
+        let store = RedisStore::new(redis).timeout(Duration::from_millis(200));
+        let cache = Cache::new(store);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let app = Router::new().route("/r", {
+            let calls = calls.clone();
+            get(move || {
+                let calls = calls.clone();
+                async move { format!("{}", calls.fetch_add(1, Ordering::SeqCst) + 1) }
+            })
+            .layer(ResponseCacheLayer::new(
+                cache.clone(),
+                Duration::from_secs(60),
+            ))
+        });
+        assert_eq!(send(&app, "/r").await.1, "MISS");
+        server.pause();
+        for i in 0..5 {
+            let (status, x, body) = send(&app, "/r").await;
+            assert_eq!(
+                (status, x.as_str()),
+                (200, "MISS"),
+                "request {i} while Redis is frozen"
+            );
+            assert_eq!(body, format!("{}", i + 2));
+        }
+        assert!(cache.stats().fail_open >= 1);
+        server.resume();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hit_is_exactly_one_get() {
         let server = RedisServer::start();
         let redis = handle(&server.url(), "one-get").await;
