@@ -202,7 +202,7 @@ async fn client() {
                     if let Some(data) = line.strip_prefix(b"data: {\"seq\":") {
                         // {"seq":N,"t":T}: read T without a JSON parser, to keep the clients light.
                         let t = data
-                            .windows(5)
+                            .windows(4)
                             .position(|w| w == b"\"t\":")
                             .map(|at| &data[at + 4..])
                             .map(|rest| {

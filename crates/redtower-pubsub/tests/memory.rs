@@ -107,9 +107,16 @@ async fn first_frame_keep_alive_and_lifetime() {
         );
         assert_eq!(before.elapsed(), Duration::from_secs(15));
     }
-    // An event resets the keep-alive.
+    // An event resets the keep-alive: the next comment comes 15 s after it.
+    tokio::time::advance(Duration::from_secs(5)).await;
     pubsub.publish("ka", &1).await.unwrap();
     assert!(chunk(&mut body).await.unwrap().starts_with(b"id: "));
+    let after_event = tokio::time::Instant::now();
+    assert_eq!(
+        chunk(&mut body).await.unwrap(),
+        Bytes::from_static(b":\n\n")
+    );
+    assert_eq!(after_event.elapsed(), Duration::from_secs(15));
 
     // The stream ends between 2/3 of the lifetime and all of it.
     while chunk(&mut body).await.is_some() {}

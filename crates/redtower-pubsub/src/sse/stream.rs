@@ -66,6 +66,7 @@ pub(crate) async fn open(
     let now = Instant::now();
     let mut conn = Conn {
         keep_alive: Box::pin(tokio::time::sleep_until(now + inner.keep_alive)),
+        last_write: now,
         deadline: Box::pin(tokio::time::sleep_until(now + lifetime)),
         shutdown: Box::pin(inner.shutdown.clone().cancelled_owned()),
         inner,
@@ -118,6 +119,9 @@ struct Conn {
     /// A `resync` was written since this was last cleared.
     resynced: bool,
     keep_alive: Pin<Box<Sleep>>,
+    /// When the last bytes were sent. The keep-alive timer is re-armed from it only when it
+    /// fires, not on every event (a timer reset per event is costly with many connections).
+    last_write: Instant,
     deadline: Pin<Box<Sleep>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
 }
@@ -157,7 +161,14 @@ impl Conn {
                     return None;
                 }
                 Wake::KeepAlive => {
+                    let due = self.last_write + self.inner.keep_alive;
+                    if due > Instant::now() {
+                        self.keep_alive.as_mut().reset(due);
+                        continue;
+                    }
                     self.reset_keep_alive();
+                    let at = self.last_write + self.inner.keep_alive;
+                    self.keep_alive.as_mut().reset(at);
                     return Some(frame::keep_alive());
                 }
                 Wake::Item(None) => return None,
@@ -198,8 +209,7 @@ impl Conn {
     }
 
     fn reset_keep_alive(&mut self) {
-        let at = Instant::now() + self.inner.keep_alive;
-        self.keep_alive.as_mut().reset(at);
+        self.last_write = Instant::now();
     }
 
     /// Handles one live event; returns the shared frame when it can be sent as is.
