@@ -12,7 +12,7 @@
 //!   Redis is down, instead of a bare 500.
 //!
 //! ```
-//! use axum::{Json, Router, extract::State, http::{HeaderMap, StatusCode}, routing::{delete, get, post}};
+//! use axum::{Json, Router, extract::{Path, State}, http::{HeaderMap, StatusCode}, routing::{delete, get, post}};
 //! use redtower_session::{
 //!     AuthSession, MemoryStore, SessionLayer, SessionMeta, UserSessions, bind_user,
 //!     tower_sessions::{Session, cookie::Key},
@@ -38,6 +38,13 @@
 //!         Err(_) => StatusCode::SERVICE_UNAVAILABLE,
 //!     }
 //! }
+//! async fn revoke(State(store): State<MemoryStore>, auth: AuthSession, Path(handle): Path<String>) -> StatusCode {
+//!     match store.revoke(&auth.user, &handle).await {
+//!         Ok(true) => StatusCode::NO_CONTENT,
+//!         Ok(false) => StatusCode::NOT_FOUND,
+//!         Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+//!     }
+//! }
 //! async fn logout(auth: AuthSession) -> StatusCode {
 //!     match auth.session.flush().await {
 //!         Ok(()) => StatusCode::NO_CONTENT,
@@ -53,6 +60,7 @@
 //!     .route("/me", get(me))
 //!     .route("/logout", post(logout))
 //!     .route("/me/sessions", get(sessions))
+//!     .route("/me/sessions/{handle}", delete(revoke))
 //!     .route("/logout-everywhere", post(logout_everywhere))
 //!     .layer(SessionLayer::new(store.clone(), Key::generate()))
 //!     .with_state(store.clone());
@@ -73,6 +81,18 @@
 //! let me = |c: &str| Request::get("/me").header("cookie", c).body(Body::empty()).unwrap();
 //! assert_eq!(send(me(&phone)).await.unwrap().status(), StatusCode::OK);
 //! assert_eq!(store.list("alice", None).await.unwrap().len(), 2);
+//!
+//! // Revoke the phone from the laptop (handles come from GET /me/sessions).
+//! let req = Request::get("/me/sessions").header("cookie", &laptop).body(Body::empty()).unwrap();
+//! let body = axum::body::to_bytes(send(req).await.unwrap().into_body(), 1 << 20).await.unwrap();
+//! let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+//! let phone_handle = list.as_array().unwrap().iter()
+//!     .find(|s| s["current"] == false).unwrap()["handle"].as_str().unwrap().to_owned();
+//! let req = Request::delete(format!("/me/sessions/{phone_handle}"))
+//!     .header("cookie", &laptop).body(Body::empty()).unwrap();
+//! assert_eq!(send(req).await.unwrap().status(), StatusCode::NO_CONTENT);
+//! assert_eq!(send(me(&phone)).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+//! let phone = cookie_of(&send(Request::post("/login").body(Body::from("alice")).unwrap()).await.unwrap());
 //!
 //! // Log out everywhere from the laptop: the phone's next request is rejected.
 //! let req = Request::post("/logout-everywhere").header("cookie", &laptop).body(Body::empty()).unwrap();

@@ -442,3 +442,34 @@ impl UserSessions for MemoryStore {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn create_one(store: &MemoryStore) {
+        let mut r = Record {
+            id: Id::default(),
+            data: HashMap::new(),
+            expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        };
+        store.create(&mut r).await.unwrap();
+    }
+
+    /// Sweeps run when the store doubles (from 1024 up), so it holds at most about twice its
+    /// live sessions.
+    #[tokio::test(start_paused = true)]
+    async fn expired_sessions_are_swept_as_the_store_grows() {
+        let store = MemoryStore::new().idle_timeout(Duration::from_secs(1));
+        for _ in 0..1500 {
+            create_one(&store).await;
+        }
+        assert_eq!(store.lock().records.len(), 1500);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        for _ in 0..600 {
+            create_one(&store).await;
+        }
+        let left = store.lock().records.len();
+        assert!(left <= 600, "expired records were swept: {left}");
+    }
+}
