@@ -192,6 +192,10 @@ impl PubSubStore for MemoryStore {
 
     async fn replay(&self, channel: &Channel, after: &EventId, limit: usize) -> Result<Replay> {
         let mut state = self.lock();
+        // Reading never creates a channel: unknown names cost nothing.
+        if !state.channels.contains_key(channel) {
+            return Ok(Replay::Gap { latest: None });
+        }
         let slot = self.slot(&mut state, channel, Instant::now());
         let latest =
             (slot.offset > 0).then(|| EventId::from_parts(slot.epoch.clone(), slot.offset));
@@ -214,6 +218,9 @@ impl PubSubStore for MemoryStore {
 
     async fn latest(&self, channel: &Channel) -> Result<Option<EventId>> {
         let mut state = self.lock();
+        if !state.channels.contains_key(channel) {
+            return Ok(None);
+        }
         let slot = self.slot(&mut state, channel, Instant::now());
         Ok((slot.offset > 0).then(|| EventId::from_parts(slot.epoch.clone(), slot.offset)))
     }
