@@ -97,3 +97,27 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
 pub async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
+
+/// Turns a plain-text error answer of a library route (such as the SSE endpoint's 400 or 403)
+/// into the app's JSON shape, keeping status and headers.
+pub async fn json_errors(response: Response) -> Response {
+    let is_text = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/plain"));
+    if !(is_text && (response.status().is_client_error() || response.status().is_server_error())) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(&text).trim().to_owned();
+    parts.headers.remove(axum::http::header::CONTENT_TYPE);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let json = (parts.status, Json(json!({ "error": message }))).into_response();
+    let (json_parts, json_body) = json.into_parts();
+    parts.headers.extend(json_parts.headers);
+    Response::from_parts(parts, json_body)
+}

@@ -332,7 +332,12 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
         .route("/me/sessions", get(my_sessions))
         .route("/me/sessions/{handle}", delete(revoke_session))
         .route("/logout-everywhere", post(logout_everywhere))
-        .route("/events/{channel}", sse.method_router().post(publish))
+        .route(
+            "/events/{channel}",
+            sse.method_router()
+                .layer(axum::middleware::map_response(error::json_errors))
+                .post(publish),
+        )
         .route("/orders", post(place_order).layer(order_limit))
         .route("/orders/{id}", get(get_order))
         .fallback(error::not_found)
