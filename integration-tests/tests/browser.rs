@@ -2,14 +2,16 @@
 //! in, places an order, and sees the `shipped` update arrive live over SSE.
 
 use std::{
-    net::SocketAddr,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
 use fantoccini::{ClientBuilder, Locator};
-use redtower_example::{Config, Services, app};
 use serde_json::json;
+
+mod common;
+
+use common::TestApp;
 
 struct Driver(Child);
 
@@ -32,26 +34,7 @@ fn chromium() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_logs_in_orders_and_sees_the_shipped_update() {
     // The app, on the in-process backends, as the README's first command runs it.
-    let config = Config::from_lookup(|k| match k {
-        "ORDER_SHIP_DELAY_MS" => Some("300".to_owned()),
-        _ => None,
-    })
-    .unwrap();
-    let services = Services::new(config).unwrap();
-    let worker = services.start_worker();
-    let router = app(&services).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = services.shutdown_token();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-        .unwrap();
-    });
+    let app = TestApp::spawn(None, "", &[("ORDER_SHIP_DELAY_MS", "300")]).await;
 
     let port = redtower_testkit::free_port();
     let _driver = Driver(
@@ -93,7 +76,7 @@ async fn page_logs_in_orders_and_sees_the_shipped_update() {
     let browser = browser.expect("a ChromeDriver session");
 
     let result = async {
-        browser.goto(&format!("http://{addr}/")).await?;
+        browser.goto(&app.url("/")).await?;
         browser
             .wait()
             .for_element(Locator::XPath("//span[@id='stream-state'][text()='open']"))
@@ -129,6 +112,5 @@ async fn page_logs_in_orders_and_sees_the_shipped_update() {
     .await;
     let _ = browser.close().await;
     result.unwrap();
-    services.shutdown_token().cancel();
-    worker.shutdown().await.unwrap();
+    app.stop().await;
 }
