@@ -78,6 +78,9 @@
 //!   Lost leases do not use attempts; after [`Worker::max_stalls`] of them the job is dead.
 //! * **Server time only.** Every state change is one Lua script that reads Redis `TIME`;
 //!   producers and workers send durations, never timestamps, so their clocks do not matter.
+//!   Their local [`Clock`] is only read to report skew ([`Queue::clock_skew`], a worker's
+//!   start-up check); the `clock_skew` test injects offsets of minutes into it and checks that
+//!   delays, backoff and timestamps still follow Redis time.
 //! * **Cluster-safe.** Every key of a queue is `rt:q:{<queue>}:<structure>`: one hash tag,
 //!   every key declared to the scripts.
 //! * **Bounded.** Completed and dead jobs are trimmed by count and age ([`Retention`]); the
@@ -94,9 +97,11 @@
 //!
 //! Through the [`metrics`] facade, labelled by `queue`: counters
 //! `redtower_jobs_{enqueued,started,completed,failed,retried,dead,released,lease_lost}_total`,
-//! histograms `redtower_jobs_wait_seconds` and `redtower_jobs_run_seconds`.
+//! histograms `redtower_jobs_wait_seconds` and `redtower_jobs_run_seconds`, and the gauge
+//! `redtower_jobs_clock_skew_seconds` (a worker's clock minus the store's, set when it starts).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod clock;
 mod error;
 mod event;
 mod handler;
@@ -105,6 +110,7 @@ mod queue;
 pub mod store;
 mod worker;
 
+pub use clock::{Clock, ClockSkew};
 pub use error::{Error, Result};
 pub use event::{EventKind, QueueEvent};
 pub use handler::{Handler, JobContext, JobError, JobRequest, ServiceHandler};

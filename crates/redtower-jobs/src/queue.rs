@@ -13,6 +13,7 @@ use futures::stream::BoxStream;
 
 use crate::{
     Error, Result,
+    clock::{Clock, ClockSkew},
     event::QueueEvent,
     job::{Backoff, Job, JobId, JobInfo, JobState},
     store::{Counts, Enqueued, NewJob, QueueStore},
@@ -85,6 +86,7 @@ struct Shared {
     attempts: u32,
     backoff: Backoff,
     max_payload: usize,
+    clock: Clock,
 }
 
 /// The producer and admin handle of one queue for job type `J`. Cloning is cheap.
@@ -112,6 +114,7 @@ impl<J> fmt::Debug for Queue<J> {
             .field("attempts", &self.shared.attempts)
             .field("backoff", &self.shared.backoff)
             .field("max_payload", &self.shared.max_payload)
+            .field("clock", &self.shared.clock)
             .finish()
     }
 }
@@ -132,6 +135,7 @@ impl<J: Job> Queue<J> {
                 attempts: 3,
                 backoff: Backoff::default(),
                 max_payload: 256 * 1024,
+                clock: Clock::system(),
             }),
             _job: PhantomData,
         }
@@ -148,6 +152,7 @@ impl<J: Job> Queue<J> {
                 attempts: old.attempts,
                 backoff: old.backoff,
                 max_payload: old.max_payload,
+                clock: old.clock.clone(),
             };
             f(&mut s);
             self.shared = Arc::new(s);
@@ -172,6 +177,16 @@ impl<J: Job> Queue<J> {
     #[must_use]
     pub fn max_payload(self, bytes: usize) -> Self {
         self.edit(|s| s.max_payload = bytes)
+    }
+
+    /// This producer's local wall clock. Defaults to [`Clock::system`].
+    ///
+    /// Adding a job never reads it: the delay is sent as a duration and the store stamps the
+    /// job with its own time, so a producer whose clock is minutes off still gets exact delays.
+    /// It is only read by [`clock_skew`](Self::clock_skew). See [`Clock`].
+    #[must_use]
+    pub fn clock(self, clock: Clock) -> Self {
+        self.edit(|s| s.clock = clock)
     }
 
     /// The queue's name.
@@ -290,6 +305,30 @@ impl<J: Job> Queue<J> {
 }
 
 impl<J> Queue<J> {
+    /// How far this producer's [`clock`](Self::clock) is from the store's clock (one round
+    /// trip). For monitoring: scheduling never depends on it.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use redtower_jobs::{Clock, Job, MemoryStore, Queue};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
+    /// # impl Job for Ping { const NAME: &'static str = "ping"; }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), redtower_jobs::Error> {
+    /// let queue = Queue::<Ping>::new(MemoryStore::new(), "pings")
+    ///     .clock(Clock::system().ahead(Duration::from_secs(300)));
+    /// let skew = queue.clock_skew().await?;
+    /// assert!(skew.is_ahead() && skew.magnitude() >= Duration::from_secs(299));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Store errors.
+    pub async fn clock_skew(&self) -> Result<ClockSkew> {
+        let s = &self.shared;
+        s.clock.skew(s.store.time(&s.name)).await
+    }
+
     /// Job counts per state, and whether the queue is paused.
     ///
     /// # Errors

@@ -22,6 +22,7 @@ use tokio::{
 
 use crate::{
     Result,
+    clock::Clock,
     handler::{ErasedHandler, Handler, JobContext, JobError, JobRequest, ServiceHandler, erase},
     job::{Job, JobId},
     store::{Fetched, Lease, QueueStore, Retention, Settle, Settled, WorkRequest},
@@ -138,6 +139,7 @@ pub struct Worker {
     grace: Duration,
     on_completed: Vec<Hook>,
     on_failed: Vec<Hook>,
+    clock: Clock,
 }
 
 impl fmt::Debug for Worker {
@@ -152,6 +154,7 @@ impl fmt::Debug for Worker {
             .field("retention", &self.retention)
             .field("poll_interval", &self.poll_interval)
             .field("grace", &self.grace)
+            .field("clock", &self.clock)
             .finish()
     }
 }
@@ -177,6 +180,7 @@ impl Worker {
             grace: Duration::from_secs(10),
             on_completed: Vec::new(),
             on_failed: Vec::new(),
+            clock: Clock::system(),
         }
     }
 
@@ -247,6 +251,19 @@ impl Worker {
         self
     }
 
+    /// This worker's local wall clock. Defaults to [`Clock::system`].
+    ///
+    /// Fetching, settling, retry backoff and lease deadlines never read it: the worker sends
+    /// durations and the store applies them to its own clock (Redis `TIME`), so a worker whose
+    /// clock is minutes off still runs delayed jobs and retries on time. It is read once at
+    /// [`start`](Self::start), to compare with the store's clock: the difference is set on the
+    /// gauge `redtower_jobs_clock_skew_seconds` and logged (`warn` from one second on). See
+    /// [`Clock`].
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Called (in a task of its own) after each completed job, like BullMQ's
     /// `worker.on('completed')`.
     pub fn on_completed<F, Fut>(mut self, hook: F) -> Self
@@ -297,6 +314,8 @@ impl Worker {
 
     async fn run(self, mut stop: watch::Receiver<bool>) -> Result<ShutdownReport> {
         let me = Arc::new(self);
+        // Reporting only, in its own task so that a slow store never delays the first fetch.
+        let skew_check = AbortOnDrop(tokio::spawn(report_skew(me.clone())));
         let mut running: HashMap<task::Id, Running> = HashMap::new();
         let mut tasks: JoinSet<Result<(), JobError>> = JoinSet::new();
         let mut pending: Vec<(Running, Settle, Option<Outcome>)> = Vec::new();
@@ -383,6 +402,7 @@ impl Worker {
         }
 
         drop(waiter);
+        drop(skew_check);
         me.shutdown(running, tasks, pending).await
     }
 
@@ -669,6 +689,24 @@ struct Running {
     job: Fetched,
     started: Instant,
     abort: task::AbortHandle,
+}
+
+/// Compares the worker's clock with the store's and reports the difference.
+async fn report_skew(w: Arc<Worker>) {
+    match w.clock.skew(w.store.time(&w.queue)).await {
+        Ok(skew) => {
+            metrics::gauge!("redtower_jobs_clock_skew_seconds", "queue" => w.queue.to_string())
+                .set(skew.as_millis() as f64 / 1000.0);
+            if skew.magnitude() >= Duration::from_secs(1) {
+                tracing::warn!(target: "redtower::jobs", queue = %w.queue, %skew, "this worker's clock disagrees with the store's; harmless for scheduling (the store's clock is used), but timestamps in local logs will not match the store's");
+            } else {
+                tracing::debug!(target: "redtower::jobs", queue = %w.queue, %skew, "clock skew");
+            }
+        }
+        Err(e) => {
+            tracing::debug!(target: "redtower::jobs", queue = %w.queue, error = %e, "cannot read the store's clock");
+        }
+    }
 }
 
 async fn wait_loop(w: Arc<Worker>, want: Arc<Notify>, wake: Arc<Notify>, hint_ms: Arc<AtomicU64>) {

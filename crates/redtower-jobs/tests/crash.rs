@@ -1,5 +1,5 @@
-//! Reliability on real Redis: a worker process killed with SIGKILL mid-job, server-time
-//! scheduling, and a chaos loop (workers crashing at random, Redis with AOF restarted).
+//! Reliability on real Redis: a worker process killed with SIGKILL mid-job, and a chaos loop
+//! (workers crashing at random, Redis with AOF restarted). Clock skew: `clock_skew.rs`.
 
 use std::{
     collections::HashMap,
@@ -12,8 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fred::interfaces::{HashesInterface, SortedSetsInterface};
-use redtower_client::{Redis, RedisConfig, Script};
+use fred::interfaces::HashesInterface;
+use redtower_client::{Redis, RedisConfig};
 use redtower_jobs::{
     Job, JobContext, JobError, JobOptions, JobState, Queue, RedisStore, Retention, Worker,
     store::{Lease, QueueStore, Settle, Settled, WorkRequest},
@@ -51,19 +51,6 @@ fn crash_worker() -> PathBuf {
         assert!(status.success());
     }
     bin
-}
-
-static TIME: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
-    Script::new(
-        "time_ms",
-        "local t = redis.call('TIME') return t[1] * 1000 + math.floor(t[2] / 1000)",
-    )
-});
-
-async fn redis_time_ms(redis: &Redis) -> u64 {
-    TIME.run::<u64, _, _>(redis, Vec::<String>::new(), Vec::<String>::new())
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,50 +142,6 @@ async fn sigkilled_worker_job_is_reprocessed_once_and_stale_token_rejected() {
         (c.completed, c.ready, c.active, c.scheduled, c.dead),
         (1, 0, 0, 0, 0)
     );
-}
-
-/// Delays are computed by Redis from `TIME`: the client sends only a duration, so its clock
-/// (however wrong) never enters the schedule.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delays_follow_redis_time_not_the_client_clock() {
-    let redis = connect(&redtower_testkit::shared_url(), &unique_prefix("skew")).await;
-    let store = RedisStore::new(redis.clone());
-    let queue = Queue::<Crash>::new(store.clone(), "skew");
-    let before = redis_time_ms(&redis).await;
-    let id = queue
-        .add(Crash { n: 2 })
-        .delay(Duration::from_millis(700))
-        .await
-        .unwrap();
-    let after = redis_time_ms(&redis).await;
-    let sched = redis.keyspace().namespace("q").key("skew").push("sched");
-    let due: f64 = redis
-        .client()
-        .zscore(sched.as_str(), id.as_str())
-        .await
-        .unwrap();
-    let due = due as u64;
-    assert!(
-        due >= before + 700 && due <= after + 700,
-        "due {due} not in [{before}+700, {after}+700]"
-    );
-    // Not handed out before Redis reaches the due time, handed out right after.
-    loop {
-        let now = redis_time_ms(&redis).await;
-        let jobs = store
-            .work("skew", WorkRequest::new(vec![], 1, Duration::from_secs(30)))
-            .await
-            .unwrap()
-            .jobs;
-        if let Some(job) = jobs.first() {
-            let got = redis_time_ms(&redis).await;
-            assert!(got >= due, "fetched at {got}, due {due}");
-            assert_eq!(job.lease.id, id);
-            break;
-        }
-        assert!(now < due + 1_000, "not fetched 1 s after due");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[derive(Serialize, Deserialize)]

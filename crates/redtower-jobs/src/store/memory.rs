@@ -28,7 +28,10 @@ const PRIO: u64 = 1 << 32;
 /// The in-memory backend of [`QueueStore`], for single-instance apps, tests and the example
 /// app without Redis. Jobs are lost when the process exits.
 ///
-/// Time comes from `tokio::time`, so `tokio::time::pause()` makes tests deterministic.
+/// Time comes from `tokio::time`, so `tokio::time::pause()` makes tests deterministic. This is
+/// the store's clock (the system clock read once when the store is created, then advanced by
+/// tokio time); like Redis `TIME` for [`RedisStore`](crate::RedisStore), it is the only clock
+/// scheduling uses.
 /// Cloning is cheap and clones share the queues.
 #[derive(Clone, Debug)]
 pub struct MemoryStore {
@@ -572,6 +575,10 @@ impl QueueStore for MemoryStore {
             }
         });
         Ok(())
+    }
+
+    async fn time(&self, _queue: &str) -> Result<u64> {
+        Ok(self.now())
     }
 
     async fn events(&self, queue: &str) -> Result<BoxStream<'static, Result<QueueEvent>>> {

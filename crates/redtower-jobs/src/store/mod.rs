@@ -290,6 +290,11 @@ pub trait QueueStore: fmt::Debug + Send + Sync + 'static {
     /// Pauses (no job is fetched) or resumes the queue.
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()>;
 
+    /// The store's clock, in ms since the Unix epoch: the clock every timestamp and schedule of
+    /// `queue` is taken from (for Redis: `TIME` on the node that holds the queue). Only used
+    /// to report how far a local [`Clock`](crate::Clock) is from it.
+    async fn time(&self, queue: &str) -> Result<u64>;
+
     /// The queue's event stream, from the moment this returns (advisory: bounded, may skip
     /// under load).
     async fn events(&self, queue: &str) -> Result<BoxStream<'static, Result<QueueEvent>>>;

@@ -371,6 +371,12 @@ impl QueueStore for RedisStore {
         Ok(())
     }
 
+    async fn time(&self, queue: &str) -> Result<u64> {
+        // Through the admin script, so the TIME is the queue's node's (Cluster).
+        let v = self.admin(queue, vec!["time".into()]).await?;
+        u64::try_from(num(&v)?).map_err(|_| Error::Protocol("negative TIME".into()))
+    }
+
     async fn events(&self, queue: &str) -> Result<BoxStream<'static, Result<QueueEvent>>> {
         let key = self.keys(queue).swap_remove(EVENTS);
         let redis = self.redis.clone();

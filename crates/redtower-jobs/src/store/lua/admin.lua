@@ -1,5 +1,6 @@
 -- ARGV: ev_max, op, ...
 local op = ARGV[2]
+if op == 'time' then return now end
 if op == 'counts' then
   return { redis.call('ZCARD', K_SCHED), redis.call('ZCARD', K_READY),
     redis.call('ZCARD', K_ACTIVE), redis.call('ZCARD', K_DONE), redis.call('ZCARD', K_DEAD),
