@@ -4,6 +4,13 @@
 //! Run with: `cargo bench -p redtower-jobs --bench jobs` (BullMQ runs too when
 //! `crates/redtower-jobs/bench/node_modules` exists: `npm ci` in that folder). `N=...` changes
 //! the job count.
+//!
+//! Besides the human lines, it prints one machine-readable line per scenario, starting with
+//! `RESULT ` and followed by one JSON object:
+//! `{"bench":"redtower-jobs","scenario":"bulk_enqueue"|"single_enqueue"|"processing_c50",
+//! "jobs":N,"redtower_per_s":..,"bullmq_per_s":..|null,"ratio":..|null,
+//! "round_trips_per_job":..|null,"load_avg_1m":..|null}` (`ratio` = redtower / BullMQ, measured
+//! in the same run; `load_avg_1m` read when the scenario ended).
 
 use std::{
     sync::{
@@ -92,6 +99,37 @@ async fn processing(store: &RedisStore, server: &RedisServer, n: u32) -> (f64, f
     (rate, rtt)
 }
 
+/// The 1-minute load average (Linux), for the record.
+fn load_avg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn result_line(
+    scenario: &str,
+    n: u32,
+    ours: f64,
+    bullmq: Option<f64>,
+    rtt: Option<f64>,
+    load: Option<f64>,
+) -> String {
+    let json = serde_json::json!({
+        "bench": "redtower-jobs",
+        "scenario": scenario,
+        "jobs": n,
+        "redtower_per_s": ours.round(),
+        "bullmq_per_s": bullmq.map(f64::round),
+        "ratio": bullmq.map(|b| (ours / b * 100.0).round() / 100.0),
+        "round_trips_per_job": rtt.map(|r| (r * 1000.0).round() / 1000.0),
+        "load_avg_1m": load,
+    });
+    format!("RESULT {json}")
+}
+
 fn bullmq(port: u16, n: u32) -> Option<serde_json::Value> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/bench");
     if !std::path::Path::new(dir).join("node_modules").exists() {
@@ -120,6 +158,7 @@ async fn main() {
     redis.wait_ready(Duration::from_secs(10)).await.unwrap();
     let store = RedisStore::new(redis);
 
+    println!("load average at start: {:?}", load_avg());
     let q = Queue::<Noop>::new(store.clone(), "bench-bulk");
     let rt_bulk = bulk(&q, n).await;
     let q = Queue::<Noop>::new(store.clone(), "bench-single");
@@ -127,18 +166,21 @@ async fn main() {
     let q = Queue::<Noop>::new(store.clone(), "bench-process");
     bulk(&q, n).await;
     let (rt_process, rtt) = processing(&store, &server, n).await;
+    let ours_load = load_avg();
     server.cmd(&["FLUSHALL"]);
 
     println!(
         "redtower-jobs ({n} jobs): bulk {rt_bulk:.0}/s, single {rt_single:.0}/s, processing {rt_process:.0}/s, {rtt:.3} scripts per processed job"
     );
-    if let Some(b) = bullmq(server.port(), n) {
-        let get = |k: &str| {
-            b.get(k)
-                .and_then(serde_json::Value::as_f64)
-                .unwrap_or(f64::NAN)
-        };
-        let (bb, bs, bp) = (get("bulk"), get("single"), get("process"));
+    let b = bullmq(server.port(), n);
+    let load = load_avg().or(ours_load);
+    let get = |k: &str| {
+        b.as_ref()
+            .and_then(|b| b.get(k))
+            .and_then(serde_json::Value::as_f64)
+    };
+    let (ob, os, op) = (get("bulk"), get("single"), get("process"));
+    if let (Some(bb), Some(bs), Some(bp)) = (ob, os, op) {
         println!(
             "BullMQ        ({n} jobs): bulk {bb:.0}/s, single {bs:.0}/s, processing {bp:.0}/s"
         );
@@ -149,4 +191,17 @@ async fn main() {
             rt_process / bp
         );
     }
+    println!("load average at end: {load:?}");
+    println!(
+        "{}",
+        result_line("bulk_enqueue", n, rt_bulk, ob, None, load)
+    );
+    println!(
+        "{}",
+        result_line("single_enqueue", n, rt_single, os, None, load)
+    );
+    println!(
+        "{}",
+        result_line("processing_c50", n, rt_process, op, Some(rtt), load)
+    );
 }
