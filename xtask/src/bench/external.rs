@@ -1,0 +1,180 @@
+//! The scenarios measured by the crates' own load programs, run as they are and read from
+//! their output: SSE fan-out (`redtower-pubsub`'s `load` bench) and jobs against BullMQ
+//! (`redtower-jobs`'s `jobs` bench).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use super::Row;
+
+/// Builds a bench target without running it and returns its executable.
+pub(crate) fn build_bench(cargo: &str, package: &str, bench: &str) -> Result<PathBuf, String> {
+    eprintln!("xtask: building cargo bench -p {package} --bench {bench}");
+    let out = Command::new(cargo)
+        .args(["bench", "-p", package, "--bench", bench, "--no-run"])
+        .args(["--message-format", "json-render-diagnostics"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("building the {bench} bench of {package} failed"));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == bench)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| format!("no executable for the {bench} bench of {package}"))
+}
+
+fn run(exe: &Path, dir: &Path, env: &[(&str, String)]) -> Result<String, String> {
+    eprintln!("xtask: running {}", exe.display());
+    let out = Command::new(exe)
+        .current_dir(dir)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .map_err(|e| format!("{}: {e}", exe.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed: {text}{}",
+            exe.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(text)
+}
+
+/// The number after `key` in `text` (`key` followed by optional spaces, then digits).
+fn number_after(text: &str, key: &str) -> Option<f64> {
+    let rest = if key.is_empty() {
+        text
+    } else {
+        text.split(key).nth(1)?
+    }
+    .trim_start();
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+fn row(id: &str, scenario: &str, variant: &str, ours: bool, unit: &'static str) -> Row {
+    Row {
+        id: id.to_owned(),
+        scenario: scenario.to_owned(),
+        variant: variant.to_owned(),
+        ours,
+        unit,
+        ..Row::default()
+    }
+}
+
+/// SSE fan-out: `conns` streams on `channels` channels, `rate` publishes/s for `secs`.
+pub(crate) fn sse(exe: &Path, crate_dir: &Path, conns: u32, secs: u32) -> Result<Row, String> {
+    let channels = 10;
+    let env = [
+        ("LOAD_CONNS", conns.to_string()),
+        ("LOAD_CHANNELS", channels.to_string()),
+        ("LOAD_RATE", "100".to_owned()),
+        ("LOAD_SECS", secs.to_string()),
+        ("LOAD_BACKEND", "redis".to_owned()),
+    ];
+    let text = run(exe, crate_dir, &env)?;
+    let delivery = text
+        .lines()
+        .find(|l| l.starts_with("delivery:"))
+        .ok_or_else(|| format!("no delivery line in the SSE load output:\n{text}"))?;
+    let delivered = delivery
+        .trim_start_matches("delivery:")
+        .trim()
+        .split('/')
+        .next()
+        .and_then(|n| n.parse::<f64>().ok())
+        .ok_or_else(|| format!("cannot read {delivery:?}"))?;
+    let expected = number_after(delivery, "/").unwrap_or(0.0);
+    let mut r = row(
+        "sse/redis",
+        "SSE fan-out",
+        &format!("{conns} streams, 100 publishes/s, Redis"),
+        true,
+        "events/s",
+    );
+    r.rate = Some(delivered / f64::from(secs));
+    r.p50_ms = number_after(delivery, "p50");
+    r.p99_ms = number_after(delivery, "p99");
+    r.peak_rss_kib = text
+        .lines()
+        .find(|l| l.starts_with("server RSS:"))
+        .and_then(|l| number_after(l, "streams,"))
+        .map(|kib| kib as u64);
+    r.errors = (expected - delivered).max(0.0) as u64;
+    r.note = "latency is publish-to-delivery; errors = events not delivered".to_owned();
+    Ok(r)
+}
+
+/// Jobs: redtower-jobs and BullMQ on the same fresh Redis, `n` no-op jobs each.
+pub(crate) fn jobs(exe: &Path, crate_dir: &Path, n: u32) -> Result<Vec<Row>, String> {
+    let text = run(exe, crate_dir, &[("N", n.to_string())])?;
+    let ours = text
+        .lines()
+        .find(|l| l.starts_with("redtower-jobs"))
+        .ok_or_else(|| format!("no redtower-jobs line in the jobs bench output:\n{text}"))?;
+    let bull = text.lines().find(|l| l.starts_with("BullMQ"));
+    let mut rows = Vec::new();
+    for (what, key, scenario) in [
+        ("bulk", "bulk", "jobs: bulk enqueue"),
+        ("single", "single", "jobs: enqueue, 50 in flight"),
+        ("process", "processing", "jobs: process, concurrency 50"),
+    ] {
+        let mut r = row(
+            &format!("jobs/{what}"),
+            scenario,
+            "redtower-jobs",
+            true,
+            "jobs/s",
+        );
+        r.rate = number_after(ours, &format!("{key} "));
+        if what == "process" {
+            r.cmds_per_req = ours
+                .rsplit("/s,")
+                .next()
+                .and_then(|tail| number_after(tail, ""));
+            r.note = "Redis cmds/req = scripts per processed job".to_owned();
+        }
+        rows.push(r);
+        if let Some(bull) = bull {
+            let mut b = row(
+                &format!("jobs/{what}-bullmq"),
+                scenario,
+                "BullMQ",
+                false,
+                "jobs/s",
+            );
+            b.rate = number_after(bull, &format!("{key} "));
+            rows.push(b);
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::number_after;
+
+    #[test]
+    fn reads_numbers() {
+        let line = "redtower-jobs (20000 jobs): bulk 17055/s, single 12088/s, processing 7168/s, 0.031 scripts per processed job";
+        assert_eq!(number_after(line, "bulk "), Some(17055.0));
+        assert_eq!(number_after(line, "processing "), Some(7168.0));
+        assert_eq!(
+            number_after(line.rsplit("/s,").next().unwrap(), ""),
+            Some(0.031)
+        );
+        let d = "delivery: 1990/2000 events delivered; publish-to-delivery p50 1.5 ms, p99 12.0 ms, max 20.1 ms";
+        assert_eq!(number_after(d, "p99"), Some(12.0));
+        assert_eq!(number_after(d, "/"), Some(2000.0));
+    }
+}

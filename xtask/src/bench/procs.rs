@@ -1,0 +1,134 @@
+//! The processes of a run: a private `redis-server`, the app instances and the baselines, each
+//! on a free loopback port, killed when dropped; and their peak resident memory.
+
+use std::{
+    fs::File,
+    net::{TcpListener, TcpStream},
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use super::http;
+
+/// A child process, killed (and reaped) when dropped.
+pub(crate) struct Proc {
+    pub(crate) name: String,
+    pub(crate) port: u16,
+    child: Child,
+}
+
+impl Proc {
+    /// Starts `cmd` with its output in `<log_dir>/<name>.log`.
+    pub(crate) fn spawn(
+        name: &str,
+        port: u16,
+        mut cmd: Command,
+        log_dir: &Path,
+    ) -> Result<Self, String> {
+        let log = File::create(log_dir.join(format!("{name}.log"))).map_err(|e| e.to_string())?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("starting {name}: {e}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            port,
+            child,
+        })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails when the process has exited.
+    pub(crate) fn check_alive(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!(
+                "{} exited ({status}); see its log in target/xtask-bench/",
+                self.name
+            )),
+            Err(e) => Err(format!("{}: {e}", self.name)),
+        }
+    }
+
+    /// Waits until the port accepts connections and, when `health` is given, until that path
+    /// answers 200.
+    pub(crate) fn wait_ready(&mut self, health: Option<&str>) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.check_alive()?;
+            let up = match health {
+                None => TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+                Some(path) => http::get(self.port, path, None).is_ok_and(|r| r.status == 200),
+            };
+            if up {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{} not ready on port {}", self.name, self.port));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Resets the process's peak resident memory (`VmHWM`) to its current size (Linux).
+    pub(crate) fn reset_peak_rss(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5");
+    }
+
+    /// The peak resident memory in KiB since the last reset (Linux `VmHWM`).
+    pub(crate) fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nobody listens on right now.
+pub(crate) fn free_port() -> Result<u16, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+/// A `redis-server` of its own: loopback only, no RDB, no AOF.
+pub(crate) fn redis_server(log_dir: &Path) -> Result<Proc, String> {
+    let port = free_port()?;
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "yes",
+    ]);
+    let mut proc = Proc::spawn("redis-server", port, cmd, log_dir)?;
+    proc.wait_ready(None)?;
+    Ok(proc)
+}

@@ -1,0 +1,234 @@
+//! The table, the targets and `BENCHMARKS.md`.
+
+use std::{fmt::Write as _, path::Path};
+
+use super::{
+    Row,
+    cases::{GOALS, Goal, ONE_COMMAND},
+};
+
+/// Where the run happened.
+#[derive(Debug, Default)]
+pub(crate) struct Machine {
+    pub(crate) nproc: String,
+    pub(crate) cpu: String,
+    pub(crate) load_before: String,
+    pub(crate) load_after: String,
+    pub(crate) redis: String,
+    pub(crate) node: String,
+    pub(crate) wrk: String,
+    pub(crate) date: String,
+    pub(crate) commit: String,
+}
+
+fn find<'a>(rows: &'a [Row], id: &str) -> Option<&'a Row> {
+    rows.iter().find(|r| r.id == id)
+}
+
+/// `num / den` when both rows have a rate.
+pub(crate) fn ratio(rows: &[Row], goal: &Goal) -> Option<f64> {
+    let num = find(rows, goal.num)?.rate?;
+    let den = find(rows, goal.den)?.rate?;
+    (den > 0.0).then(|| num / den)
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+fn thousands(v: f64) -> String {
+    let n = v.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn ratio_cell(rows: &[Row], row: &Row) -> String {
+    let mut parts = Vec::new();
+    for goal in GOALS.iter().filter(|g| g.num == row.id) {
+        let Some(r) = ratio(rows, goal) else { continue };
+        parts.push(match goal.min {
+            Some(min) => format!(
+                "{r:.2}x {} (target {min}x: {})",
+                goal.versus,
+                if r >= min { "met" } else { "**missed**" }
+            ),
+            None => format!("{r:.2}x {}", goal.versus),
+        });
+    }
+    if parts.is_empty() && !row.ours {
+        "baseline".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// `0.72x plain, 1.31x naive Rust`: every ratio of `row` (targets and informative).
+pub(crate) fn short_ratios(rows: &[Row], row: &Row) -> String {
+    GOALS
+        .iter()
+        .filter(|g| g.num == row.id)
+        .filter_map(|g| Some(format!("{:.2}x {}", ratio(rows, g)?, g.versus)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The run's table, in Markdown.
+pub(crate) fn table(rows: &[Row]) -> String {
+    let mut t = String::from(
+        "| scenario | variant | throughput | ratio | p50 ms | p99 ms | Redis cmds/req | peak RSS MiB |\n\
+         | --- | --- | ---: | --- | ---: | ---: | ---: | ---: |\n",
+    );
+    for row in rows {
+        let mut variant = row.variant.clone();
+        if row.errors > 0 {
+            let _ = write!(variant, " ({} errors)", row.errors);
+        }
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.scenario,
+            variant,
+            row.rate.map_or_else(
+                || "-".to_owned(),
+                |r| format!("{} {}", thousands(r), row.unit)
+            ),
+            ratio_cell(rows, row),
+            opt(row.p50_ms, 2),
+            opt(row.p99_ms, 2),
+            opt(row.cmds_per_req, 2),
+            opt(row.peak_rss_kib.map(|k| k as f64 / 1024.0), 1),
+        );
+    }
+    t
+}
+
+/// The targets of the issue: met or missed, and by how much.
+pub(crate) fn targets(rows: &[Row]) -> String {
+    let mut t = String::from("| target | measured | result |\n| --- | ---: | --- |\n");
+    for goal in GOALS.iter().filter(|g| g.min.is_some()) {
+        let min = goal.min.unwrap_or_default();
+        let name = |id: &str| {
+            find(rows, id).map_or_else(
+                || id.to_owned(),
+                |r| format!("{} {}", r.scenario, r.variant),
+            )
+        };
+        let (measured, result) = match ratio(rows, goal) {
+            None => ("-".to_owned(), "not measured in this run".to_owned()),
+            Some(r) if r >= min => (format!("{r:.2}x"), "met".to_owned()),
+            Some(r) => (
+                format!("{r:.2}x"),
+                format!("**missed by {:.0}%**", (1.0 - r / min) * 100.0),
+            ),
+        };
+        let _ = writeln!(
+            t,
+            "| {} >= {min}x {} | {measured} | {result} |",
+            name(goal.num),
+            name(goal.den)
+        );
+    }
+    for id in ONE_COMMAND {
+        let Some(row) = find(rows, id) else { continue };
+        let c = row.cmds_per_req.unwrap_or(f64::NAN);
+        let result = if (c - 1.0).abs() < 0.02 {
+            "met".to_owned()
+        } else {
+            format!("**missed: {c:.2}**")
+        };
+        let _ = writeln!(
+            t,
+            "| {} {}: 1 Redis command per request | {c:.2} | {result} |",
+            row.scenario, row.variant
+        );
+    }
+    t
+}
+
+const BEGIN: &str =
+    "<!-- bench:begin (written by `cargo xtask bench`; edit outside the markers) -->";
+const END: &str = "<!-- bench:end -->";
+
+const MEANING: &str = "\
+What the columns mean:
+
+- **throughput**: requests per second over the timed run (`wrk`, all connections), after a \
+warm-up on the same connections count. Jobs: jobs per second; SSE: events delivered per second.
+- **ratio**: this row's throughput divided by the named row's, both from this run on this \
+machine. `plain` is `GET /plain` of the same app binary (no layer at all: the ceiling); \
+`naive Rust` is the blog post's `INCR`+`EXPIRE` pipeline limiter ported to Rust on fred \
+(`benches/baselines`); `Node` is the blog post's express + ioredis original (`benches/node`), \
+route for route; `tower_governor` is the in-process governor layer on the same route; \
+`tower-sessions-redis-store` reads the same session through tower-sessions. A ratio above 1 \
+means redtower serves more requests per second than that baseline.
+- **p50 / p99**: latency percentiles reported by `wrk --latency` (SSE: publish-to-delivery).
+- **Redis cmds/req**: commands the private `redis-server` executed during the timed run \
+(`INFO commandstats` delta, all commands) divided by the requests served.
+- **peak RSS**: the server process's `VmHWM`, reset before the warm-up (Linux).
+";
+
+/// The generated part of `BENCHMARKS.md`.
+pub(crate) fn markdown(rows: &[Row], machine: &Machine, command: &str, usec: &str) -> String {
+    let mut m = String::new();
+    let _ = writeln!(m, "{BEGIN}\n");
+    let _ = writeln!(
+        m,
+        "## Run of {} (commit {})\n",
+        machine.date, machine.commit
+    );
+    let _ = writeln!(
+        m,
+        "Machine: {} CPUs ({}), load average {} before and {} after the run; {}; Node {}; {}.\n",
+        machine.nproc,
+        machine.cpu,
+        machine.load_before,
+        machine.load_after,
+        machine.redis,
+        machine.node,
+        machine.wrk
+    );
+    let _ = writeln!(
+        m,
+        "Command (from the repository root):\n\n```sh\n{command}\n```\n"
+    );
+    let _ = writeln!(m, "{}", table(rows));
+    let _ = writeln!(
+        m,
+        "![throughput of each scenario next to its baselines](benchmarks.svg)\n"
+    );
+    let _ = writeln!(m, "### Targets\n\n{}", targets(rows));
+    let _ = writeln!(m, "{MEANING}");
+    let _ = writeln!(
+        m,
+        "Redis time per command over the HTTP scenarios (`INFO commandstats`):\n\n{usec}\n"
+    );
+    let _ = writeln!(m, "{END}");
+    m
+}
+
+/// Writes `BENCHMARKS.md`, keeping whatever is outside the markers.
+pub(crate) fn write(path: &Path, generated: &str) -> Result<(), String> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if b < e => {
+            format!(
+                "{}{}{}",
+                &old[..b],
+                generated.trim_end(),
+                &old[e + END.len()..]
+            )
+        }
+        _ => format!(
+            "# Benchmarks\n\nThe whole app under load, redtower against the baselines, all in one \
+             run on one machine (`cargo xtask bench`).\n\n{generated}\n## Notes\n"
+        ),
+    };
+    std::fs::write(path, new).map_err(|e| format!("{}: {e}", path.display()))
+}

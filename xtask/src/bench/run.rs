@@ -1,0 +1,207 @@
+//! Starting the servers and measuring the HTTP cases.
+
+use std::{
+    collections::{BTreeMap, btree_map::Entry},
+    path::Path,
+    process::Command,
+};
+
+use super::{
+    Options, Row,
+    cases::{Case, Server},
+    http,
+    procs::{self, Proc},
+    wrk::{self, Load},
+};
+
+const SECRET: &str = "bench-secret-bench-secret-bench-secret-bench-secret-bench-secret-0123";
+
+/// The binaries the run starts.
+pub(crate) struct Bins<'a> {
+    pub(crate) release: &'a Path,
+    pub(crate) node_dir: &'a Path,
+}
+
+fn start(server: Server, bins: &Bins<'_>, redis: u16, logs: &Path) -> Result<Proc, String> {
+    let port = procs::free_port()?;
+    let redis_url = format!("redis://127.0.0.1:{redis}");
+    let mut cmd;
+    if server.is_app() {
+        cmd = Command::new(bins.release.join("redtower-example"));
+        cmd.env("BIND", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .env("WORKER", "off")
+            .env("SESSION_SECRET", SECRET)
+            .env("API_RATE_LIMIT", "4000000000/1h")
+            .env("REDIS_KEY_PREFIX", server.name())
+            .env_remove("REDIS_URL");
+        match server {
+            Server::AppRedis => {
+                cmd.env("REDIS_URL", &redis_url).env("CACHE_L1", "off");
+            }
+            Server::AppRedisL1 => {
+                cmd.env("REDIS_URL", &redis_url).env("CACHE_L1", "on");
+            }
+            _ => {}
+        }
+    } else if server == Server::Node {
+        cmd = Command::new("node");
+        cmd.arg("server.mjs")
+            .arg(port.to_string())
+            .current_dir(bins.node_dir)
+            .env("REDIS_URL", &redis_url);
+    } else {
+        cmd = Command::new(bins.release.join(server.name()));
+        cmd.arg(port.to_string()).env("REDIS_URL", &redis_url);
+    }
+    let mut proc = Proc::spawn(server.name(), port, cmd, logs)?;
+    proc.wait_ready(server.is_app().then_some("/health"))?;
+    Ok(proc)
+}
+
+/// Logs in on `server` and returns the `Cookie` header to replay.
+fn login(proc: &Proc) -> Result<String, String> {
+    let res = http::post_json(proc.port, "/login", r#"{"user":"bench"}"#)?;
+    let cookie = res.cookie_header();
+    if res.status != 200 || cookie.is_empty() {
+        return Err(format!(
+            "{}: POST /login answered {} without a cookie: {}",
+            proc.name, res.status, res.body
+        ));
+    }
+    Ok(cookie)
+}
+
+fn redis_calls(redis: u16) -> Result<u64, String> {
+    Ok(http::commandstats(redis)?
+        .iter()
+        .filter(|(name, _)| name.as_str() != "info")
+        .map(|(_, (calls, _))| calls)
+        .sum())
+}
+
+/// Measures one case: a sanity request, a warm-up, then the timed run with `INFO
+/// commandstats` around it and the peak RSS reset before it.
+fn measure(
+    case: &Case,
+    proc: &mut Proc,
+    cookie: Option<&str>,
+    redis: u16,
+    opts: &Options,
+) -> Result<Row, String> {
+    proc.check_alive()?;
+    let first = http::get(proc.port, case.path, cookie)?;
+    if first.status != 200 {
+        return Err(format!(
+            "{} {} answered {}: {}",
+            proc.name, case.path, first.status, first.body
+        ));
+    }
+    let load = Load {
+        threads: opts.threads,
+        connections: opts.connections,
+        seconds: opts.duration,
+    };
+    proc.reset_peak_rss();
+    if opts.warmup > 0 {
+        let warm = Load {
+            seconds: opts.warmup,
+            ..load.clone()
+        };
+        wrk::run(&warm, proc.port, case.path, cookie)?;
+    }
+    let last = http::get(proc.port, case.path, cookie)?;
+    let cache_state = last.header("x-cache").map(str::to_owned);
+    let before = redis_calls(redis)?;
+    let r = wrk::run(&load, proc.port, case.path, cookie)?;
+    let after = redis_calls(redis)?;
+    proc.check_alive()?;
+    let mut note = String::new();
+    if let Some(state) = cache_state.filter(|s| s != "HIT") {
+        note = format!("X-Cache {state} after warm-up");
+    }
+    Ok(Row {
+        id: case.id.to_owned(),
+        scenario: case.scenario.to_owned(),
+        variant: case.variant.to_owned(),
+        ours: case.ours,
+        unit: "req/s",
+        rate: Some(r.rps),
+        p50_ms: Some(r.p50_ms),
+        p99_ms: Some(r.p99_ms),
+        cmds_per_req: (r.requests > 0)
+            .then(|| after.saturating_sub(before) as f64 / r.requests as f64),
+        peak_rss_kib: proc.peak_rss_kib(),
+        errors: r.errors,
+        note,
+    })
+}
+
+/// Starts a private Redis and every server `cases` need, then measures each case in order.
+pub(crate) fn http_cases(
+    cases: &[&Case],
+    bins: &Bins<'_>,
+    logs: &Path,
+    opts: &Options,
+) -> Result<(Vec<Row>, String), String> {
+    let redis = procs::redis_server(logs)?;
+    let mut servers: BTreeMap<Server, Proc> = BTreeMap::new();
+    for case in cases {
+        if let Entry::Vacant(slot) = servers.entry(case.server) {
+            eprintln!("xtask: starting {}", case.server.name());
+            slot.insert(start(case.server, bins, redis.port, logs)?);
+        }
+    }
+    let mut cookies: BTreeMap<Server, String> = BTreeMap::new();
+    let mut rows = Vec::new();
+    for case in cases {
+        let Some(proc) = servers.get_mut(&case.server) else {
+            continue;
+        };
+        let cookie = if case.login {
+            if let Entry::Vacant(slot) = cookies.entry(case.server) {
+                slot.insert(login(proc)?);
+            }
+            cookies.get(&case.server).map(String::as_str)
+        } else {
+            None
+        };
+        eprintln!(
+            "xtask: {} / {} ({} {})",
+            case.scenario,
+            case.variant,
+            case.server.name(),
+            case.path
+        );
+        let row = measure(case, proc, cookie, redis.port, opts)?;
+        eprintln!(
+            "xtask:   {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {:.2} Redis cmds/req, errors {}",
+            row.rate.unwrap_or(0.0),
+            row.p50_ms.unwrap_or(0.0),
+            row.p99_ms.unwrap_or(0.0),
+            row.cmds_per_req.unwrap_or(0.0),
+            row.errors
+        );
+        rows.push(row);
+    }
+    let usec = usec_per_call(redis.port)?;
+    Ok((rows, usec))
+}
+
+/// `INFO commandstats` of the whole HTTP part: calls and `usec_per_call` per command.
+fn usec_per_call(redis: u16) -> Result<String, String> {
+    let stats = http::commandstats(redis)?;
+    let mut lines = vec![
+        "| command | calls | usec per call |".to_owned(),
+        "| --- | ---: | ---: |".to_owned(),
+    ];
+    for (name, (calls, usec)) in stats {
+        if calls >= 100 {
+            lines.push(format!(
+                "| {name} | {calls} | {:.2} |",
+                usec as f64 / calls as f64
+            ));
+        }
+    }
+    Ok(lines.join("\n"))
+}
