@@ -1,19 +1,36 @@
 //! Response cache benchmarks: a cached route (hit) against the same handler without the layer,
-//! measured in the same run. Each iteration sends a batch of concurrent requests, so the
-//! numbers are throughput. Redis comes from `REDIS_URL` or a `redis-server` started here.
+//! measured in the same run. Redis comes from `REDIS_URL` or a `redis-server` started here.
 //!
-//! Run with: `cargo bench -p redtower-cache --bench cache`
+//! Two parts:
+//!
+//! * criterion groups (in-process `oneshot`, batches of concurrent requests) and the envelope
+//!   codec;
+//! * a load run over real HTTP/1.1 keep-alive connections on loopback (an axum server, 64
+//!   connections, a few seconds per variant, like `wrk -c64`): requests per second, p50/p99
+//!   latency, the ratio to the uncached route, and Redis commands per request from
+//!   `INFO commandstats`. The 50 ms handler runs at 1 and at 64 connections.
+//!
+//! Run with: `cargo bench -p redtower-cache --bench cache` (everything), `... -- load` (only
+//! the load run), or a criterion filter such as `... -- envelope` (no load run).
 #![allow(missing_docs)]
 
-use std::{hint::black_box, time::Duration};
+use std::{
+    hint::black_box,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use axum::{Router, body::Body, http::Request, routing::get};
 use bytes::Bytes;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput};
 use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 use redtower_cache::{Cache, MemoryStore, RedisStore, ResponseCacheLayer, envelope::Entry};
-use redtower_client::{Redis, RedisConfig};
+use redtower_client::{
+    Redis, RedisConfig,
+    fred::{interfaces::ClientLike, types::InfoKind},
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 
 const BATCH: usize = 32;
@@ -62,15 +79,77 @@ async fn batch(app: &Router) {
     futures::future::join_all(requests).await;
 }
 
-fn redis_url(rt: &tokio::runtime::Runtime) -> (Option<redtower_testkit::RedisServer>, String) {
-    let _guard = rt.enter();
-    match std::env::var("REDIS_URL") {
-        Ok(url) => (None, url),
-        Err(_) => {
-            let server = redtower_testkit::RedisServer::start();
-            let url = server.url();
-            (Some(server), url)
+/// The runtime, Redis and the caches shared by both parts of the bench.
+struct Setup {
+    rt: tokio::runtime::Runtime,
+    _server: Option<redtower_testkit::RedisServer>,
+    redis: Redis,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (server, url) = {
+            let _guard = rt.enter();
+            match std::env::var("REDIS_URL") {
+                Ok(url) => (None, url),
+                Err(_) => {
+                    let server = redtower_testkit::RedisServer::start();
+                    let url = server.url();
+                    (Some(server), url)
+                }
+            }
+        };
+        let redis = rt.block_on(async {
+            let redis = Redis::new(
+                RedisConfig::from_url(&url)
+                    .unwrap()
+                    .key_prefix(format!("bench-{:x}", rand::random::<u32>())),
+            )
+            .unwrap();
+            redis.wait_ready(Duration::from_secs(10)).await.unwrap();
+            redis
+        });
+        Self {
+            rt,
+            _server: server,
+            redis,
         }
+    }
+
+    /// Every hit is one `GET`.
+    fn redis_cache(&self) -> Cache {
+        Cache::new(RedisStore::new(self.redis.clone()))
+    }
+
+    /// Hits are served by the in-process L1 (Redis behind it).
+    fn l1_cache(&self) -> Cache {
+        Cache::builder(RedisStore::new(self.redis.clone()))
+            .l1(1000, Duration::from_secs(1))
+            .build()
+    }
+
+    /// Redis commands run so far (`INFO commandstats`, without `INFO` itself).
+    fn redis_commands(&self) -> u64 {
+        let info: String = self
+            .rt
+            .block_on(self.redis.client().info(Some(InfoKind::CommandStats)))
+            .unwrap();
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
     }
 }
 
@@ -78,38 +157,19 @@ fn layer(cache: Cache) -> ResponseCacheLayer {
     ResponseCacheLayer::new(cache, Duration::from_secs(300))
 }
 
-fn benches(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (_server, url) = redis_url(&rt);
-    let redis = rt.block_on(async {
-        let redis = Redis::new(
-            RedisConfig::from_url(&url)
-                .unwrap()
-                .key_prefix(format!("bench-{:x}", rand::random::<u32>())),
-        )
-        .unwrap();
-        redis.wait_ready(Duration::from_secs(10)).await.unwrap();
-        redis
-    });
-    let redis_cache = || Cache::new(RedisStore::new(redis.clone()));
-    let l1_cache = || {
-        Cache::builder(RedisStore::new(redis.clone()))
-            .l1(1000, Duration::from_secs(1))
-            .build()
-    };
-
+fn benches(c: &mut Criterion, setup: &Setup) {
+    let rt = &setup.rt;
     let mut g = c.benchmark_group("trivial_handler_1kb");
     g.throughput(Throughput::Elements(BATCH as u64));
     let routes = [
         ("uncached", router(None, Duration::ZERO)),
-        ("hit_l1", router(Some(layer(l1_cache())), Duration::ZERO)),
+        (
+            "hit_l1",
+            router(Some(layer(setup.l1_cache())), Duration::ZERO),
+        ),
         (
             "hit_redis",
-            router(Some(layer(redis_cache())), Duration::ZERO),
+            router(Some(layer(setup.redis_cache())), Duration::ZERO),
         ),
         (
             "hit_memory",
@@ -119,7 +179,7 @@ fn benches(c: &mut Criterion) {
     for (name, app) in &routes {
         rt.block_on(batch(app));
         g.bench_with_input(BenchmarkId::new("get", name), app, |b, app| {
-            b.to_async(&rt).iter(|| batch(app));
+            b.to_async(rt).iter(|| batch(app));
         });
     }
     g.finish();
@@ -130,12 +190,12 @@ fn benches(c: &mut Criterion) {
     let slow = Duration::from_millis(50);
     let routes = [
         ("uncached", router(None, slow)),
-        ("hit_redis", router(Some(layer(redis_cache())), slow)),
+        ("hit_redis", router(Some(layer(setup.redis_cache())), slow)),
     ];
     for (name, app) in &routes {
         rt.block_on(batch(app));
         g.bench_with_input(BenchmarkId::new("get", name), app, |b, app| {
-            b.to_async(&rt).iter(|| batch(app));
+            b.to_async(rt).iter(|| batch(app));
         });
     }
     g.finish();
@@ -168,11 +228,226 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group! {
-    name = cache;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
-    targets = benches
+const REQUEST: &[u8] = b"GET /products/featured HTTP/1.1\r\nhost: bench\r\n\r\n";
+const LOAD_TIME: Duration = Duration::from_secs(3);
+const WARM_UP: Duration = Duration::from_millis(500);
+
+/// What one keep-alive connection saw.
+#[derive(Default)]
+struct Seen {
+    latencies: Vec<Duration>,
+    /// Responses without the expected `x-cache` value (a cached variant that missed).
+    unexpected: u64,
 }
-criterion_main!(cache);
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// One keep-alive HTTP/1.1 connection sending `GET /products/featured` until `deadline`.
+/// A lean client (one reused buffer, no per-response allocation), so the client's share of
+/// the two cores stays small and equal across variants.
+async fn connection(addr: SocketAddr, deadline: Instant, expect: Option<&'static [u8]>) -> Seen {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let mut seen = Seen::default();
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        stream.write_all(REQUEST).await.unwrap();
+        buf.clear();
+        let (head, len) = loop {
+            if stream.read_buf(&mut buf).await.unwrap() == 0 {
+                panic!("connection closed");
+            }
+            if let Some(end) = find(&buf, b"\r\n\r\n") {
+                let head = &buf[..end];
+                assert!(
+                    head.starts_with(b"HTTP/1.1 200 "),
+                    "{:?}",
+                    String::from_utf8_lossy(head)
+                );
+                let at = find(head, b"content-length: ").expect("content-length") + 16;
+                let digits = head[at..].iter().take_while(|b| b.is_ascii_digit());
+                let len = digits.fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
+                if let Some(x) = expect {
+                    if find(head, x).is_none() {
+                        seen.unexpected += 1;
+                    }
+                }
+                break (end + 4, len);
+            }
+        };
+        while buf.len() < head + len {
+            if stream.read_buf(&mut buf).await.unwrap() == 0 {
+                panic!("connection closed");
+            }
+        }
+        seen.latencies.push(t.elapsed());
+    }
+    seen
+}
+
+struct Measured {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    commands_per_request: f64,
+    unexpected: u64,
+}
+
+/// Serves `app` on loopback and drives it with `clients` connections for [`LOAD_TIME`].
+fn measure(setup: &Setup, app: &Router, clients: usize, expect: Option<&'static [u8]>) -> Measured {
+    let rt = &setup.rt;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = app.clone();
+    let serve = rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let run = |time: Duration| {
+        let deadline = Instant::now() + time;
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..clients)
+                .map(|_| tokio::spawn(connection(addr, deadline, expect)))
+                .collect();
+            let mut all = Vec::with_capacity(clients);
+            for t in tasks {
+                all.push(t.await.unwrap());
+            }
+            all
+        })
+    };
+    run(WARM_UP);
+    let before = setup.redis_commands();
+    let started = Instant::now();
+    let seen = run(LOAD_TIME);
+    let elapsed = started.elapsed();
+    let after = setup.redis_commands();
+    serve.abort();
+    let unexpected = seen.iter().map(|s| s.unexpected).sum();
+    let mut lat: Vec<Duration> = seen.into_iter().flat_map(|s| s.latencies).collect();
+    lat.sort_unstable();
+    let n = lat.len().max(1);
+    Measured {
+        rps: lat.len() as f64 / elapsed.as_secs_f64(),
+        p50: lat.get(n / 2).copied().unwrap_or_default(),
+        p99: lat.get(n * 99 / 100).copied().unwrap_or_default(),
+        commands_per_request: after.saturating_sub(before) as f64 / n as f64,
+        unexpected,
+    }
+}
+
+/// A load-run variant: name, app, the `x-cache` value every response must carry.
+type Variant = (&'static str, Router, Option<&'static [u8]>);
+
+fn load_run(setup: &Setup) {
+    let hit: Option<&'static [u8]> = Some(b"x-cache: HIT");
+    let miss: Option<&'static [u8]> = None;
+    let slow = Duration::from_millis(50);
+    let uptime = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "\nload run: HTTP/1.1 keep-alive on loopback, {} s per variant; load average before: {}",
+        LOAD_TIME.as_secs(),
+        uptime
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("| variant | connections | req/s | ratio | p50 | p99 | Redis cmds/req | not HIT |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let groups: [(&str, usize, Vec<Variant>); 3] = [
+        (
+            "trivial",
+            64,
+            vec![
+                ("uncached (baseline)", router(None, Duration::ZERO), miss),
+                (
+                    "hit_l1",
+                    router(Some(layer(setup.l1_cache())), Duration::ZERO),
+                    hit,
+                ),
+                (
+                    "hit_memory",
+                    router(Some(layer(Cache::new(MemoryStore::new()))), Duration::ZERO),
+                    hit,
+                ),
+                (
+                    "hit_redis",
+                    router(Some(layer(setup.redis_cache())), Duration::ZERO),
+                    hit,
+                ),
+            ],
+        ),
+        (
+            "50ms",
+            1,
+            vec![
+                ("uncached (baseline)", router(None, slow), miss),
+                (
+                    "hit_redis",
+                    router(Some(layer(setup.redis_cache())), slow),
+                    hit,
+                ),
+            ],
+        ),
+        (
+            "50ms",
+            64,
+            vec![
+                ("uncached (baseline)", router(None, slow), miss),
+                (
+                    "hit_redis",
+                    router(Some(layer(setup.redis_cache())), slow),
+                    hit,
+                ),
+            ],
+        ),
+    ];
+    for (group, clients, variants) in &groups {
+        let mut baseline = None;
+        for (name, app, expect) in variants {
+            let m = measure(setup, app, *clients, *expect);
+            let base = *baseline.get_or_insert(m.rps);
+            println!(
+                "| {group} {name} | {clients} | {:.0} | {:.2}x | {:.0?} | {:.0?} | {:.2} | {} |",
+                m.rps,
+                m.rps / base,
+                m.p50,
+                m.p99,
+                m.commands_per_request,
+                m.unexpected,
+            );
+        }
+    }
+    let uptime = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "load average after: {}",
+        uptime
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+}
+
+fn main() {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let load_only = filters.iter().any(|f| f == "load");
+    let setup = Setup::new();
+    if !load_only {
+        let mut c = Criterion::default()
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(3))
+            .configure_from_args();
+        benches(&mut c, &setup);
+        c.final_summary();
+    }
+    if filters.is_empty() || load_only {
+        load_run(&setup);
+    }
+}

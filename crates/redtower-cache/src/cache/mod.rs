@@ -1,0 +1,186 @@
+//! [`Cache`]: the shared core. Lookups (L1, then the store), single-flight fills (per instance
+//! and across instances through the store's fill lock), background refreshes, invalidation,
+//! the circuit breaker and statistics.
+//!
+//! One concern per module: [`builder`] (settings), [`read`] (lookups and validation),
+//! [`fill`] (single-flight fills and refreshes), [`breaker`] (fail-open), [`stats`].
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex, atomic::AtomicU64},
+    time::Duration,
+};
+
+use tokio::sync::watch;
+
+use crate::{
+    CacheStore, Result,
+    envelope::{Entry, FLAG_NO_STALE},
+    store::EntryKey,
+};
+
+mod breaker;
+mod builder;
+mod fill;
+mod read;
+mod stats;
+
+pub use builder::CacheBuilder;
+pub use stats::CacheStats;
+pub(crate) use stats::bump;
+
+/// A cache over a [`CacheStore`]: the core shared by [`Cache::get_or_fetch`] and the
+/// [`ResponseCacheLayer`](crate::ResponseCacheLayer).
+///
+/// Cloning is cheap (one `Arc`); clones share the store, the optional L1, the in-flight fills
+/// and the statistics. Build one per application (per store) and clone it into layers and
+/// handlers. See the [crate docs](crate) for examples.
+#[derive(Clone)]
+pub struct Cache {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn CacheStore>,
+    l1: Option<moka::sync::Cache<EntryKey, Arc<Entry>>>,
+    flights: Mutex<HashMap<EntryKey, (u64, FlightRx)>>,
+    next_flight: AtomicU64,
+    pub(crate) config: Config,
+    breaker: breaker::Breaker,
+    pub(crate) stats: stats::Stats,
+}
+
+/// What a fill publishes: `None` until done, then the shared entry (or `None`: not shareable).
+type FlightRx = watch::Receiver<Option<Option<Arc<Entry>>>>;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) name: &'static str,
+    pub(crate) lock_ttl: Duration,
+    pub(crate) lock_wait: Duration,
+    pub(crate) poll_min: Duration,
+    pub(crate) poll_max: Duration,
+    pub(crate) breaker_cooldown: Duration,
+}
+
+impl fmt::Debug for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("store", &self.inner.store)
+            .field("l1", &self.inner.l1.is_some())
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+/// How an entry stands at a point in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    Fresh,
+    /// Within the stale-while-revalidate window.
+    Stale,
+    /// Only within the stale-if-error window.
+    ErrorOnly,
+    Dead,
+}
+
+pub(crate) fn freshness(e: &Entry, now: u64) -> Freshness {
+    let no_stale = e.flags & FLAG_NO_STALE != 0;
+    if now < e.fresh_until {
+        Freshness::Fresh
+    } else if !no_stale && now < e.stale_until {
+        Freshness::Stale
+    } else if !no_stale && now < e.error_until {
+        Freshness::ErrorOnly
+    } else {
+        Freshness::Dead
+    }
+}
+
+/// What a fill produced, besides the value returned to its own caller.
+pub(crate) enum Outcome {
+    /// Store it for this long and share it with waiters.
+    Store(Entry, Duration),
+    /// Share it with this instance's waiters, but do not store it.
+    Share(Entry),
+    /// Neither (errors, private responses): waiters fetch for themselves.
+    Nothing,
+}
+
+/// How a request got its value from [`Cache::fill`].
+pub(crate) enum Filled<R, F> {
+    /// This request ran the fetcher.
+    Led(R),
+    /// Another request's fill (here or on another instance) produced this entry; the unused
+    /// fetcher is handed back.
+    Shared(Arc<Entry>, F),
+    /// The fill it waited for produced nothing shareable: run the fetcher yourself.
+    Own(F),
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Cache {
+    /// A cache over `store` with the default settings (see [`CacheBuilder`]).
+    pub fn new(store: impl CacheStore) -> Self {
+        Self::builder(store).build()
+    }
+
+    /// A builder for a cache over `store`.
+    pub fn builder(store: impl CacheStore) -> CacheBuilder {
+        CacheBuilder {
+            store: Arc::new(store),
+            l1: None,
+            config: Config {
+                name: "default",
+                lock_ttl: Duration::from_secs(5),
+                lock_wait: Duration::from_secs(3),
+                poll_min: Duration::from_millis(10),
+                poll_max: Duration::from_millis(100),
+                breaker_cooldown: Duration::from_secs(1),
+            },
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &dyn CacheStore {
+        &*self.inner.store
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.inner.store.now_ms()
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        self.inner.config.name
+    }
+
+    /// Invalidates one group (a cache-aside key's entry, or every variant of a URI), in the
+    /// store and in this instance's L1.
+    pub(crate) async fn invalidate_group(&self, group: &str) -> Result<()> {
+        if let Some(l1) = &self.inner.l1 {
+            let group = group.to_owned();
+            let _ = l1.invalidate_entries_if(move |k, _| k.group() == group);
+        }
+        self.guard(self.inner.store.invalidate(group)).await
+    }
+
+    /// Invalidates every entry filled under `tag`, on every instance, in O(1): one delete of the
+    /// tag's generation. Entries are dropped lazily (their next read is a miss). This
+    /// instance's L1 is cleared of tagged entries at once; other instances' L1 entries live at
+    /// most the L1 TTL.
+    ///
+    /// # Errors
+    ///
+    /// When the store fails: the invalidation may not have happened.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
+        if let Some(l1) = &self.inner.l1 {
+            let tag = tag.to_owned();
+            let _ = l1.invalidate_entries_if(move |_, e| e.tags.iter().any(|(t, _)| *t == tag));
+        }
+        self.inner.store.bump_tag(tag).await
+    }
+}

@@ -1,0 +1,102 @@
+//! Lookups: the L1, then the store; undecodable, colliding or invalidated entries are misses.
+
+use std::sync::Arc;
+
+use super::{Cache, stats::bump};
+use crate::{envelope::Entry, store::EntryKey};
+
+impl Cache {
+    /// Reads and validates an entry: L1 first, then the store (with the tags' generations
+    /// read concurrently). Undecodable, colliding or invalidated entries are misses. Store
+    /// failures are misses too (fail-open, counted).
+    pub(crate) async fn read(
+        &self,
+        key: &EntryKey,
+        digest: &[u8; 32],
+        tags: &[String],
+    ) -> Option<Arc<Entry>> {
+        self.read_with(key, digest, tags, true).await
+    }
+
+    pub(super) async fn read_with(
+        &self,
+        key: &EntryKey,
+        digest: &[u8; 32],
+        tags: &[String],
+        use_l1: bool,
+    ) -> Option<Arc<Entry>> {
+        if let Some(l1) = self.inner.l1.as_ref().filter(|_| use_l1) {
+            if let Some(e) = l1.get(key) {
+                if e.key_digest == *digest {
+                    bump(&self.inner.stats.l1_hits);
+                    return Some(e);
+                }
+            }
+        }
+        let store = &self.inner.store;
+        let read = async {
+            if tags.is_empty() {
+                Ok((store.get(key).await?, Vec::new()))
+            } else {
+                futures::try_join!(store.get(key), store.tag_generations(tags))
+            }
+        };
+        let (bytes, generations) = match self.guard(read).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.fail_open("get", &e);
+                return None;
+            }
+        };
+        let bytes = bytes?;
+        let entry = match Entry::decode(&bytes) {
+            Ok(e) => e,
+            Err(error) => {
+                bump(&self.inner.stats.corrupt);
+                tracing::warn!(target: "redtower::cache", cache = self.name(), %error, "undecodable cache entry; treating as a miss");
+                return None;
+            }
+        };
+        if entry.key_digest != *digest {
+            tracing::debug!(target: "redtower::cache", cache = self.name(), "cache key collision; treating as a miss");
+            return None;
+        }
+        if !entry.tags.is_empty() && !self.tags_valid(&entry, tags, &generations).await {
+            return None;
+        }
+        let entry = Arc::new(entry);
+        if let Some(l1) = &self.inner.l1 {
+            l1.insert(key.clone(), entry.clone());
+        }
+        Some(entry)
+    }
+
+    async fn tags_valid(&self, entry: &Entry, asked: &[String], generations: &[u64]) -> bool {
+        let mut missing = Vec::new();
+        for (tag, generation) in &entry.tags {
+            match asked.iter().position(|t| t == tag) {
+                Some(i) => {
+                    if generations.get(i) != Some(generation) {
+                        return false;
+                    }
+                }
+                None => missing.push(tag.clone()),
+            }
+        }
+        if missing.is_empty() {
+            return true;
+        }
+        match self.guard(self.inner.store.tag_generations(&missing)).await {
+            Ok(current) => entry
+                .tags
+                .iter()
+                .filter(|(t, _)| missing.contains(t))
+                .zip(current)
+                .all(|((_, g), c)| *g == c),
+            Err(e) => {
+                self.fail_open("tags", &e);
+                false
+            }
+        }
+    }
+}
