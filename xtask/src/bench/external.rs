@@ -115,20 +115,27 @@ pub(crate) fn sse(exe: &Path, crate_dir: &Path, conns: u32, secs: u32) -> Result
     Ok(r)
 }
 
-/// Jobs: redtower-jobs and BullMQ on the same fresh Redis, `n` no-op jobs each.
+/// Jobs: redtower-jobs and BullMQ on the same fresh Redis, `n` no-op jobs each, read from the
+/// bench's `RESULT {json}` lines.
 pub(crate) fn jobs(exe: &Path, crate_dir: &Path, n: u32) -> Result<Vec<Row>, String> {
     let text = run(exe, crate_dir, &[("N", n.to_string())])?;
-    let ours = text
+    let results: Vec<serde_json::Value> = text
         .lines()
-        .find(|l| l.starts_with("redtower-jobs"))
-        .ok_or_else(|| format!("no redtower-jobs line in the jobs bench output:\n{text}"))?;
-    let bull = text.lines().find(|l| l.starts_with("BullMQ"));
+        .filter_map(|l| l.strip_prefix("RESULT "))
+        .filter_map(|j| serde_json::from_str(j).ok())
+        .collect();
+    if results.is_empty() {
+        return Err(format!("no RESULT line in the jobs bench output:\n{text}"));
+    }
     let mut rows = Vec::new();
     for (what, key, scenario) in [
-        ("bulk", "bulk", "jobs: bulk enqueue"),
-        ("single", "single", "jobs: enqueue, 50 in flight"),
-        ("process", "processing", "jobs: process, concurrency 50"),
+        ("bulk", "bulk_enqueue", "jobs: bulk enqueue"),
+        ("single", "single_enqueue", "jobs: enqueue, 50 in flight"),
+        ("process", "processing_c50", "jobs: process, concurrency 50"),
     ] {
+        let Some(result) = results.iter().find(|r| r["scenario"] == key) else {
+            continue;
+        };
         let mut r = row(
             &format!("jobs/{what}"),
             scenario,
@@ -136,16 +143,13 @@ pub(crate) fn jobs(exe: &Path, crate_dir: &Path, n: u32) -> Result<Vec<Row>, Str
             true,
             "jobs/s",
         );
-        r.rate = number_after(ours, &format!("{key} "));
-        if what == "process" {
-            r.cmds_per_req = ours
-                .rsplit("/s,")
-                .next()
-                .and_then(|tail| number_after(tail, ""));
+        r.rate = result["redtower_per_s"].as_f64();
+        r.cmds_per_req = result["round_trips_per_job"].as_f64();
+        if r.cmds_per_req.is_some() {
             r.note = "Redis cmds/req = scripts per processed job".to_owned();
         }
         rows.push(r);
-        if let Some(bull) = bull {
+        if let Some(bullmq) = result["bullmq_per_s"].as_f64() {
             let mut b = row(
                 &format!("jobs/{what}-bullmq"),
                 scenario,
@@ -153,7 +157,7 @@ pub(crate) fn jobs(exe: &Path, crate_dir: &Path, n: u32) -> Result<Vec<Row>, Str
                 false,
                 "jobs/s",
             );
-            b.rate = number_after(bull, &format!("{key} "));
+            b.rate = Some(bullmq);
             rows.push(b);
         }
     }
