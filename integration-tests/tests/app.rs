@@ -597,3 +597,94 @@ async fn redis_outage_follows_each_failure_policy() {
     );
     app.stop().await;
 }
+
+/// The routes the load harness measures: `/plain` (no layer), `/whoami` (a session read) and
+/// `/api/stacked` (rate limit, then login check, then per-user cache). Run with
+/// `API_RATE_LIMIT=4/1h`.
+async fn check_probe_routes(app: &TestApp) {
+    let c = browser();
+
+    let res = c.get(app.url("/plain")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(!res.headers().contains_key("set-cookie"));
+    assert!(!res.headers().contains_key("x-ratelimit-limit"));
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"hello": "world"})
+    );
+
+    let (status, body) = json_of(c.get(app.url("/whoami")).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["error"].is_string(), "{body}");
+
+    // 1 of 4: rate limited first, then refused for want of a login.
+    let res = c.get(app.url("/api/stacked")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(res.headers()["x-ratelimit-remaining"], "3");
+
+    let carol = browser();
+    for (client, user) in [(&c, "bob"), (&carol, "carol")] {
+        let res = client
+            .post(app.url("/login"))
+            .json(&json!({ "user": user }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let (status, body) = json_of(client.get(app.url("/whoami")).send().await.unwrap()).await;
+        assert_eq!((status, body), (StatusCode::OK, json!({ "user": user })));
+    }
+
+    // 2 and 3 of 4: bob's entry is filled, then hit.
+    let first = c.get(app.url("/api/stacked")).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.headers()["x-cache"], "MISS");
+    let body = first.json::<Value>().await.unwrap();
+    assert_eq!(body["user"], "bob");
+    assert_eq!(body["featured"].as_array().unwrap().len(), 2);
+    let second = c.get(app.url("/api/stacked")).send().await.unwrap();
+    assert_eq!(second.headers()["x-cache"], "HIT");
+    assert_eq!(second.json::<Value>().await.unwrap(), body);
+
+    // 4 of 4: another user does not get bob's entry.
+    let res = carol.get(app.url("/api/stacked")).send().await.unwrap();
+    assert_eq!(res.headers()["x-cache"], "MISS");
+    assert_eq!(res.json::<Value>().await.unwrap()["user"], "carol");
+
+    // Same client IP, fifth request: the rate limit answers before anything else.
+    let res = c.get(app.url("/api/stacked")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    // `/plain` and `/whoami` are not limited.
+    assert_eq!(
+        c.get(app.url("/plain")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        c.get(app.url("/whoami")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_routes_on_memory() {
+    let app = TestApp::spawn(None, "", &[("API_RATE_LIMIT", "4/1h"), ("WORKER", "off")]).await;
+    check_probe_routes(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_routes_on_redis_without_l1() {
+    let url = redtower_testkit::shared_url();
+    let app = TestApp::spawn(
+        Some(&url),
+        &unique_prefix("probes"),
+        &[
+            ("API_RATE_LIMIT", "4/1h"),
+            ("WORKER", "off"),
+            ("CACHE_L1", "off"),
+        ],
+    )
+    .await;
+    check_probe_routes(&app).await;
+    app.stop().await;
+}

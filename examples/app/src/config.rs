@@ -70,6 +70,9 @@ pub struct Config {
     pub order_ship_delay: Duration,
     /// `FEATURED_DELAY_MS`, default 100.
     pub featured_delay: Duration,
+    /// `CACHE_L1` (`on`/`off`), default on: with Redis, keep hot cache entries in process for
+    /// 500 ms too. Off sends every cache read to Redis.
+    pub cache_l1: bool,
     /// `COOKIE_SECURE` (`on`/`off`): mark cookies `Secure`. Default off, since the app serves
     /// plain HTTP on loopback; turn it on behind TLS.
     pub cookie_secure: bool,
@@ -163,6 +166,7 @@ impl Config {
             worker: switch("WORKER", true)?,
             order_ship_delay: ms("ORDER_SHIP_DELAY_MS", 2000)?,
             featured_delay: ms("FEATURED_DELAY_MS", 100)?,
+            cache_l1: switch("CACHE_L1", true)?,
             cookie_secure: switch("COOKIE_SECURE", false)?,
         })
     }
@@ -193,6 +197,7 @@ mod tests {
         assert!(c.redis.is_none());
         assert_eq!(c.bind, "127.0.0.1:3000");
         assert!(c.worker);
+        assert!(c.cache_l1);
         assert_eq!(c.order_ship_delay, Duration::from_millis(2000));
         let env = |pairs: &'static [(&'static str, &'static str)]| {
             move |k: &str| {

@@ -11,7 +11,9 @@
 //! * `GET /api/hello` and `POST /orders`: [`RateLimitLayer`] per client IP;
 //! * `/login`, `/me`, `/me/sessions`, `/logout-everywhere`: sessions with revocation;
 //! * `GET|POST /events/{channel}`: pub/sub to the browser over SSE;
-//! * `POST /orders`: a `ship-order` job with delay, attempts and backoff, run by a worker.
+//! * `POST /orders`: a `ship-order` job with delay, attempts and backoff, run by a worker;
+//! * `GET /plain`, `GET /whoami`, `GET /api/stacked`: no layer, a session read alone, and the
+//!   rate limit + session + cache stacked, for the load harness (see [`probes`]).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -44,6 +46,7 @@ use serde_json::{Value, json};
 pub mod config;
 pub mod error;
 pub mod orders;
+pub mod probes;
 
 pub use config::{Config, Rate};
 use error::{ApiError, AppJson};
@@ -170,9 +173,13 @@ impl Services {
                 tracing::info!(url = %redis_config.redacted_url(), "using Redis");
                 let sessions = redtower_session::RedisStore::new(redis.clone(), &secret[..32]);
                 Self {
-                    cache: Cache::builder(redtower_cache::RedisStore::new(redis.clone()))
-                        .l1(1_000, Duration::from_millis(500))
-                        .build(),
+                    cache: if config.cache_l1 {
+                        Cache::builder(redtower_cache::RedisStore::new(redis.clone()))
+                            .l1(1_000, Duration::from_millis(500))
+                            .build()
+                    } else {
+                        Cache::new(redtower_cache::RedisStore::new(redis.clone()))
+                    },
                     limits: Limits::Redis(redtower_ratelimit::RedisStore::new(redis.clone())),
                     sessions: Arc::new(sessions.clone()),
                     session_layer: SessionLayerKind::Redis(
@@ -308,6 +315,7 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
     };
     let api_limit = limit("api", config.api_rate)?;
     let order_limit = limit("orders", config.order_rate)?;
+    let stacked_limit = limit("stacked", config.api_rate)?;
 
     let featured_cache = ResponseCacheLayer::new(services.cache.clone(), Duration::from_secs(300))
         .stale_while_revalidate(Duration::from_secs(60))
@@ -340,13 +348,16 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
         )
         .route("/orders", post(place_order).layer(order_limit))
         .route("/orders/{id}", get(get_order))
+        .merge(probes::session_routes(services, stacked_limit))
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(services.clone());
-    Ok(match &services.session_layer {
+    let router = match &services.session_layer {
         SessionLayerKind::Memory(layer) => router.layer(layer.clone()),
         SessionLayerKind::Redis(layer) => router.layer(layer.clone()),
-    })
+    };
+    // Outside the session layer: `/plain` goes through no layer at all.
+    Ok(router.merge(probes::plain_router()))
 }
 
 /// `user:<name>:...` channels belong to that logged-in user; other channels are public to
