@@ -39,6 +39,14 @@ usage: cargo xtask bench [options]
   --build-only        install and build everything, measure nothing
   --no-build          measure with what the last build left (after --build-only)";
 
+/// The release binaries the run starts.
+const BINARIES: &[&str] = &[
+    "redtower-example",
+    "naive-limiter",
+    "governor",
+    "tower-sessions-redis",
+];
+
 /// The run's settings.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
@@ -164,7 +172,7 @@ fn machine() -> report::Machine {
         node: shell("node --version"),
         wrk: shell("wrk --version 2>&1 | head -1 | cut -d' ' -f1-2"),
         date: shell("date -u '+%Y-%m-%d %H:%M UTC'"),
-        commit: shell("git rev-parse --short HEAD"),
+        commit: shell("git describe --always --dirty --exclude '*'"),
         ..report::Machine::default()
     }
 }
@@ -215,6 +223,12 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
                 "redtower-baselines",
             ],
         )?;
+        // Copies, so that a later build in the same target directory cannot swap them.
+        std::fs::create_dir_all(logs.join("bin")).map_err(|e| e.to_string())?;
+        for bin in BINARIES {
+            std::fs::copy(target.join("release").join(bin), logs.join("bin").join(bin))
+                .map_err(|e| format!("copying {bin}: {e}"))?;
+        }
         let sse = external::build_bench(&cargo, "redtower-pubsub", "load")?;
         let jobs = external::build_bench(&cargo, "redtower-jobs", "jobs")?;
         std::fs::write(&exes, format!("{}\n{}\n", sse.display(), jobs.display()))
@@ -230,7 +244,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
 
     let mut machine = machine();
     let bins = run::Bins {
-        release: &target.join("release"),
+        bin_dir: &logs.join("bin"),
         node_dir: &node_dir,
     };
     let (mut rows, usec) = if cases.is_empty() {

@@ -18,7 +18,7 @@ const SECRET: &str = "bench-secret-bench-secret-bench-secret-bench-secret-bench-
 
 /// The binaries the run starts.
 pub(crate) struct Bins<'a> {
-    pub(crate) release: &'a Path,
+    pub(crate) bin_dir: &'a Path,
     pub(crate) node_dir: &'a Path,
 }
 
@@ -27,7 +27,7 @@ fn start(server: Server, bins: &Bins<'_>, redis: u16, logs: &Path) -> Result<Pro
     let redis_url = format!("redis://127.0.0.1:{redis}");
     let mut cmd;
     if server.is_app() {
-        cmd = Command::new(bins.release.join("redtower-example"));
+        cmd = Command::new(bins.bin_dir.join("redtower-example"));
         cmd.env("BIND", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")
             .env("WORKER", "off")
@@ -51,7 +51,7 @@ fn start(server: Server, bins: &Bins<'_>, redis: u16, logs: &Path) -> Result<Pro
             .current_dir(bins.node_dir)
             .env("REDIS_URL", &redis_url);
     } else {
-        cmd = Command::new(bins.release.join(server.name()));
+        cmd = Command::new(bins.bin_dir.join(server.name()));
         cmd.arg(port.to_string()).env("REDIS_URL", &redis_url);
     }
     let mut proc = Proc::spawn(server.name(), port, cmd, logs)?;
