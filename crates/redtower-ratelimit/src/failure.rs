@@ -120,6 +120,14 @@ impl Breaker {
     }
 
     pub(crate) fn success(&self) {
+        // Plain loads first: while healthy, every request would otherwise write these shared
+        // cache lines.
+        if self.failures.load(Ordering::Acquire) == 0
+            && self.open_until.load(Ordering::Acquire) == 0
+            && self.probe_started.load(Ordering::Acquire) == 0
+        {
+            return;
+        }
         self.failures.store(0, Ordering::Release);
         self.open_until.store(0, Ordering::Release);
         self.probe_started.store(0, Ordering::Release);
@@ -166,10 +174,11 @@ impl DeniedCache {
     }
 
     /// A still-valid denial for `key` covering `cost`, with its times aged.
-    pub(crate) fn get(&self, key: u64, cost: u32) -> Option<Decision> {
+    pub(crate) fn get(&self, key: impl FnOnce() -> u64, cost: u32) -> Option<Decision> {
         if self.capacity == 0 || self.len.load(Ordering::Acquire) == 0 {
             return None;
         }
+        let key = key();
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let hit = entries.get(&key)?;

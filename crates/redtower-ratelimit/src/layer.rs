@@ -8,7 +8,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Response, request::Parts};
+use http::{HeaderValue, Response, request::Parts};
 use tower_layer::Layer;
 
 use crate::{
@@ -16,6 +16,7 @@ use crate::{
     MissingKey, PeerIp, Policy, RateLimit, RateLimitStore,
     failure::{Breaker, DeniedCache},
     quota::validate_set,
+    response::policy_header,
 };
 
 /// The weight of a request.
@@ -46,9 +47,29 @@ pub(crate) struct Config {
     pub(crate) shadow: bool,
 }
 
+/// A set of policies applied together, with what every response for it repeats, computed once.
+pub(crate) struct PolicySet {
+    pub(crate) list: Arc<[Policy]>,
+    /// The `RateLimit-Policy` field (`None` when the draft headers are off).
+    pub(crate) policy_header: Option<HeaderValue>,
+}
+
+impl PolicySet {
+    fn new(list: &Arc<[Policy]>, headers: Headers) -> Self {
+        Self {
+            list: list.clone(),
+            policy_header: headers.draft.then(|| policy_header(list)).flatten(),
+        }
+    }
+}
+
 /// State shared by every service of one layer (and its clones).
 pub(crate) struct Shared {
     pub(crate) config: Config,
+    /// The layer's own policies.
+    pub(crate) policies: Arc<PolicySet>,
+    /// Per `MatchedPath`.
+    pub(crate) routes: HashMap<String, Arc<PolicySet>>,
     pub(crate) breaker: Breaker,
     pub(crate) denied: DeniedCache,
     pub(crate) fallback: MemoryStore,
@@ -244,7 +265,15 @@ impl RateLimitLayer {
     }
 
     fn new_shared(&self) -> Arc<Shared> {
+        let headers = self.config.headers;
         Arc::new(Shared {
+            policies: Arc::new(PolicySet::new(&self.config.policies, headers)),
+            routes: self
+                .config
+                .routes
+                .iter()
+                .map(|(path, list)| (path.clone(), Arc::new(PolicySet::new(list, headers))))
+                .collect(),
             breaker: Breaker::new(self.config.breaker),
             denied: DeniedCache::new(self.config.denied_cache),
             fallback: MemoryStore::new(),

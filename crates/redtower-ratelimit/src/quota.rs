@@ -41,11 +41,11 @@ pub enum Algorithm {
     /// weighted by how much of it still overlaps the last `period` (rounded down). An
     /// approximation of a sliding log: it may admit more than `limit` in some exact sliding
     /// interval of length `period`, but never more than `2 × limit` in one, and never more than
-    /// `limit` within one aligned window. State: one hash.
+    /// `limit` within one aligned window. State: one string (window, count, previous count).
     SlidingWindow,
     /// Fixed window aligned to the Unix epoch (UTC): `per_day` windows start at 00:00 UTC,
     /// `per_hour` at the top of the hour. Exactly `limit` per window; up to `2 × limit` across a
-    /// boundary. State: one hash.
+    /// boundary. State: one string (window, count).
     FixedWindow,
 }
 

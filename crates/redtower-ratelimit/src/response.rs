@@ -2,6 +2,7 @@
 //! [`ResponseBody`] that carries either the inner body or ours.
 
 use std::{
+    fmt::Write as _,
     pin::Pin,
     task::{Context, Poll},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -12,7 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::Decision;
+use crate::{Decision, Policy};
 
 /// Which rate limit headers to send on every limited response (allowed or not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,32 +48,61 @@ pub fn ceil_secs(d: Duration) -> u64 {
 
 /// Writes the rate limit headers for `decision` into `headers`.
 pub fn write_headers(headers: &mut HeaderMap, decision: &Decision, which: Headers) {
+    let policy = which.draft.then(|| {
+        let list: Vec<Policy> = decision.policies().iter().map(|d| *d.policy()).collect();
+        policy_header(&list)
+    });
+    write_headers_with(headers, decision, which, policy.flatten().as_ref());
+}
+
+/// The `RateLimit-Policy` field of a set of policies: the same on every response, so the layer
+/// computes it once.
+pub(crate) fn policy_header(policies: &[Policy]) -> Option<HeaderValue> {
+    if policies.is_empty() {
+        return None;
+    }
+    let mut value = String::with_capacity(policies.len() * 32);
+    for (i, p) in policies.iter().enumerate() {
+        if i > 0 {
+            value.push_str(", ");
+        }
+        let q = p.quota();
+        let _ = write!(
+            value,
+            "\"{}\";q={};w={}",
+            p.name(),
+            q.limit(),
+            ceil_secs(q.period()).max(1)
+        );
+    }
+    HeaderValue::from_str(&value).ok()
+}
+
+/// [`write_headers`] with the `RateLimit-Policy` field already computed.
+pub(crate) fn write_headers_with(
+    headers: &mut HeaderMap,
+    decision: &Decision,
+    which: Headers,
+    policy: Option<&HeaderValue>,
+) {
     if which.draft && !decision.policies().is_empty() {
-        let mut policy = String::new();
-        let mut state = String::new();
+        let mut state = String::with_capacity(decision.policies().len() * 32);
         for (i, d) in decision.policies().iter().enumerate() {
             if i > 0 {
-                policy.push_str(", ");
                 state.push_str(", ");
             }
-            let q = d.policy().quota();
-            policy.push_str(&format!(
-                "\"{}\";q={};w={}",
-                d.name(),
-                q.limit(),
-                ceil_secs(q.period()).max(1)
-            ));
-            state.push_str(&format!(
+            let _ = write!(
+                state,
                 "\"{}\";r={};t={}",
                 d.name(),
                 d.remaining(),
                 ceil_secs(d.reset())
-            ));
+            );
         }
-        if let Ok(v) = HeaderValue::from_str(&policy) {
-            headers.insert(RATELIMIT_POLICY.clone(), v);
+        if let Some(v) = policy {
+            headers.insert(RATELIMIT_POLICY.clone(), v.clone());
         }
-        if let Ok(v) = HeaderValue::from_str(&state) {
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(state)) {
             headers.insert(RATELIMIT.clone(), v);
         }
     }

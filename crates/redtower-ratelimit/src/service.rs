@@ -13,13 +13,17 @@ use std::{
 use axum::extract::MatchedPath;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, request::Parts};
+use pin_project_lite::pin_project;
 use tower_service::Service;
 use tracing::Instrument;
 
 use crate::{
-    Decision, Error, FailurePolicy, MissingKey, Policy, RateLimitLayer, RateLimitStore, Subject,
-    layer::{Config, Cost, Shared},
-    response::{ResponseBody, set_retry_after, simple_problem, too_many_requests, write_headers},
+    Decision, Error, FailurePolicy, Headers, MissingKey, Policy, RateLimitLayer, RateLimitStore,
+    Subject,
+    layer::{Config, Cost, PolicySet, Shared},
+    response::{
+        ResponseBody, set_retry_after, simple_problem, too_many_requests, write_headers_with,
+    },
 };
 
 const TARGET: &str = "redtower::ratelimit";
@@ -76,22 +80,62 @@ impl<S> RateLimit<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// The response future of [`RateLimit`].
-pub struct ResponseFuture<B, E> {
-    inner: BoxFuture<Result<Response<ResponseBody<B>>, E>>,
+pin_project! {
+    /// The response future of [`RateLimit`]: the inner service's future when the decision was
+    /// made at once (memory store, denied cache, no key), a boxed one while the store answers.
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        kind: Kind<F, B, E>,
+    }
 }
 
-impl<B, E> fmt::Debug for ResponseFuture<B, E> {
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B, E> {
+        Ready { res: Option<Response<ResponseBody<B>>> },
+        Inner {
+            #[pin]
+            fut: F,
+            headers: Option<(Decision, Arc<PolicySet>, Headers)>,
+            span: tracing::Span,
+        },
+        Boxed { fut: BoxFuture<Result<Response<ResponseBody<B>>, E>> },
+    }
+}
+
+impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ResponseFuture")
     }
 }
 
-impl<B, E> Future for ResponseFuture<B, E> {
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
     type Output = Result<Response<ResponseBody<B>>, E>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Ready { res } => match res.take() {
+                Some(res) => Poll::Ready(Ok(res)),
+                None => panic!("ResponseFuture polled after completion"),
+            },
+            KindProj::Inner { fut, headers, span } => {
+                let _entered = span.enter();
+                let mut res = std::task::ready!(fut.poll(cx))?;
+                if let Some((decision, set, which)) = headers.take() {
+                    write_headers_with(
+                        res.headers_mut(),
+                        &decision,
+                        which,
+                        set.policy_header.as_ref(),
+                    );
+                }
+                Poll::Ready(Ok(res.map(ResponseBody::inner)))
+            }
+            KindProj::Boxed { fut } => fut.as_mut().poll(cx),
+        }
     }
 }
 
@@ -104,21 +148,35 @@ where
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<ResBody, S::Error>;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        // Keep the service that was polled ready; leave a fresh clone in its place.
-        let clone = self.inner.clone();
-        let inner = mem::replace(&mut self.inner, clone);
-        let shared = self.shared.clone();
         let span = tracing::debug_span!(target: TARGET, "rate_limit");
-        ResponseFuture {
-            inner: Box::pin(run(shared, inner, req).instrument(span)),
-        }
+        let step = span.in_scope(|| prepare(&self.shared, req));
+        let kind = match step {
+            Step::Respond(res) => Kind::Ready {
+                res: Some(respond(res)),
+            },
+            Step::Pass(req, decision) => {
+                let headers = decision.map(|(d, set)| (d, set, self.shared.config.headers));
+                let fut = span.in_scope(|| self.inner.call(req));
+                Kind::Inner { fut, headers, span }
+            }
+            Step::Check(pending) => {
+                // Keep the service that was polled ready; leave a fresh clone in its place.
+                let clone = self.inner.clone();
+                let inner = mem::replace(&mut self.inner, clone);
+                let shared = self.shared.clone();
+                Kind::Boxed {
+                    fut: Box::pin(run(shared, inner, pending).instrument(span)),
+                }
+            }
+        };
+        ResponseFuture { kind }
     }
 }
 
@@ -126,7 +184,7 @@ fn respond<B>(res: Response<Bytes>) -> Response<ResponseBody<B>> {
     res.map(ResponseBody::full)
 }
 
-fn limited<B>(config: &Config, decision: &Decision) -> Response<ResponseBody<B>> {
+fn limited(config: &Config, set: &PolicySet, decision: &Decision) -> Response<Bytes> {
     let mut res = match &config.limited {
         Some(f) => f(decision),
         None => too_many_requests(decision),
@@ -134,21 +192,26 @@ fn limited<B>(config: &Config, decision: &Decision) -> Response<ResponseBody<B>>
     if let Some(wait) = decision.retry_after() {
         set_retry_after(&mut res, wait);
     }
-    write_headers(res.headers_mut(), decision, config.headers);
-    respond(res)
+    write_headers_with(
+        res.headers_mut(),
+        decision,
+        config.headers,
+        set.policy_header.as_ref(),
+    );
+    res
 }
 
-fn resolve(config: &Config, parts: &Parts) -> Arc<[Policy]> {
-    if !config.routes.is_empty() {
-        if let Some(list) = parts
+fn resolve<'a>(shared: &'a Shared, parts: &Parts) -> &'a Arc<PolicySet> {
+    if !shared.routes.is_empty() {
+        if let Some(set) = parts
             .extensions
             .get::<MatchedPath>()
-            .and_then(|m| config.routes.get(m.as_str()))
+            .and_then(|m| shared.routes.get(m.as_str()))
         {
-            return list.clone();
+            return set;
         }
     }
-    config.policies.clone()
+    &shared.policies
 }
 
 fn count(name: &'static str, policies: &[Policy]) {
@@ -184,48 +247,39 @@ fn store_failed(shared: &Shared, error: &Error) {
 }
 
 fn store_ok(shared: &Shared) {
-    if shared.degraded.swap(false, Ordering::AcqRel) {
+    // A plain load first: the common case writes nothing to this shared cache line.
+    if shared.degraded.load(Ordering::Acquire) && shared.degraded.swap(false, Ordering::AcqRel) {
         tracing::info!(target: TARGET, "rate limit store recovered");
     }
 }
 
-async fn check(
-    shared: &Shared,
-    subject: &Subject,
-    policies: &[Policy],
-    cost: u32,
-) -> Result<Decision, Error> {
-    if !shared.breaker.allow() {
-        return Err(Error::CircuitOpen);
-    }
-    let config = &shared.config;
-    let mut call = std::pin::pin!(config.store.check(subject, policies, cost));
-    // A store that answers at once (memory) needs no timer.
-    let result = match futures::poll!(call.as_mut()) {
-        Poll::Ready(result) => result,
-        Poll::Pending => match tokio::time::timeout(config.timeout, call).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout(config.timeout)),
-        },
-    };
-    match &result {
-        Ok(_) => shared.breaker.success(),
-        Err(_) => shared.breaker.failure(),
-    }
-    result
+/// What to do with a request, decided before the store is asked or without asking it.
+enum Step<B> {
+    /// Answer this; the inner service is not called.
+    Respond(Response<Bytes>),
+    /// Call the inner service (with the decision in the request's extensions), and write the
+    /// decision's headers into its response.
+    Pass(Request<B>, Option<(Decision, Arc<PolicySet>)>),
+    /// Wait for the store.
+    Check(Pending<B>),
 }
 
-async fn run<S, ReqBody, ResBody>(
-    shared: Arc<Shared>,
-    mut inner: S,
-    req: Request<ReqBody>,
-) -> Result<Response<ResponseBody<ResBody>>, S::Error>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-{
+/// A request waiting for the store's answer.
+struct Pending<B> {
+    parts: Parts,
+    body: B,
+    set: Arc<PolicySet>,
+    subject: Subject,
+    cost: u32,
+}
+
+/// Everything up to the store call, synchronously; and the store call itself when the store
+/// answers without waiting (memory), so such requests need no boxed future.
+fn prepare<B>(shared: &Shared, req: Request<B>) -> Step<B> {
     let config = &shared.config;
-    let (mut parts, body) = req.into_parts();
-    let policies = resolve(config, &parts);
+    let (parts, body) = req.into_parts();
+    let set = resolve(shared, &parts);
+    let policies = &set.list;
     let subject = if policies.is_empty() {
         None
     } else {
@@ -235,79 +289,157 @@ where
                 MissingKey::Allow => None,
                 MissingKey::Reject => {
                     tracing::debug!(target: TARGET, reason = rejection.reason, "no rate limit key");
-                    return Ok(respond(simple_problem(rejection.status, rejection.reason)));
+                    return Step::Respond(simple_problem(rejection.status, rejection.reason));
                 }
             },
         }
     };
     let Some(subject) = subject else {
-        let res = inner.call(Request::from_parts(parts, body)).await?;
-        return Ok(res.map(ResponseBody::inner));
+        return Step::Pass(Request::from_parts(parts, body), None);
     };
     let cost = match &config.cost {
         Cost::Fixed(n) => *n,
         Cost::Dynamic(f) => f(&parts).max(1),
     };
     if policies.iter().any(|p| cost > p.quota().capacity()) {
-        return Ok(respond(simple_problem(
+        return Step::Respond(simple_problem(
             StatusCode::TOO_MANY_REQUESTS,
             "the request costs more than the rate limit can ever allow",
-        )));
+        ));
     }
-
-    let cache_key =
-        FIXED_HASHER.hash_one((&subject, Arc::as_ptr(&policies) as *const Policy as usize));
-    if let Some(decision) = shared.denied.get(cache_key, cost) {
-        count("redtower_ratelimit_local_cache_hit_total", &policies);
+    if let Some(decision) = shared.denied.get(|| cache_key(&subject, set), cost) {
+        count("redtower_ratelimit_local_cache_hit_total", policies);
         tracing::debug!(target: TARGET, outcome = "limited", cached = true, "rate limited (denied cache)");
-        return Ok(limited(config, &decision));
+        return Step::Respond(limited(config, set, &decision));
     }
+    let pending = Pending {
+        parts,
+        body,
+        set: set.clone(),
+        subject,
+        cost,
+    };
+    if !shared.breaker.allow() {
+        return decided(shared, pending, Err(Error::CircuitOpen));
+    }
+    match config.store.try_check_now(&pending.subject, policies, cost) {
+        Some(result) => {
+            settle(shared, &result);
+            decided(shared, pending, result)
+        }
+        None => Step::Check(pending),
+    }
+}
 
-    let decision = match check(&shared, &subject, &policies, cost).await {
+/// Keys the denied cache: the subject and the policy set (by address: sets live as long as the
+/// layer).
+fn cache_key(subject: &Subject, set: &PolicySet) -> u64 {
+    FIXED_HASHER.hash_one((subject, Arc::as_ptr(&set.list) as *const Policy as usize))
+}
+
+/// Circuit breaker bookkeeping for a store answer.
+fn settle(shared: &Shared, result: &Result<Decision, Error>) {
+    match result {
+        Ok(_) => shared.breaker.success(),
+        Err(_) => shared.breaker.failure(),
+    }
+}
+
+/// Applies the store's answer (or the failure policy).
+fn decided<B>(shared: &Shared, pending: Pending<B>, result: Result<Decision, Error>) -> Step<B> {
+    let config = &shared.config;
+    let Pending {
+        mut parts,
+        body,
+        set,
+        subject,
+        cost,
+    } = pending;
+    let policies = &set.list;
+    let decision = match result {
         Ok(decision) => {
-            store_ok(&shared);
+            store_ok(shared);
             decision
         }
         Err(error) => {
-            store_failed(&shared, &error);
+            store_failed(shared, &error);
             match config.failure {
                 FailurePolicy::FailOpen => {
-                    count("redtower_ratelimit_fail_open_total", &policies);
-                    let res = inner.call(Request::from_parts(parts, body)).await?;
-                    return Ok(res.map(ResponseBody::inner));
+                    count("redtower_ratelimit_fail_open_total", policies);
+                    return Step::Pass(Request::from_parts(parts, body), None);
                 }
                 FailurePolicy::FailClosed => {
-                    count("redtower_ratelimit_fail_closed_total", &policies);
+                    count("redtower_ratelimit_fail_closed_total", policies);
                     let mut res = simple_problem(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "rate limiting is temporarily unavailable",
                     );
                     set_retry_after(&mut res, shared.breaker.cool_down());
-                    return Ok(respond(res));
+                    return Step::Respond(res);
                 }
                 FailurePolicy::LocalFallback => {
-                    count("redtower_ratelimit_fallback_total", &policies);
-                    shared.fallback.check_now(&subject, &policies, cost)
+                    count("redtower_ratelimit_fallback_total", policies);
+                    shared.fallback.check_now(&subject, policies, cost)
                 }
             }
         }
     };
     record(&decision);
     if !decision.is_allowed() {
-        shared.denied.insert(cache_key, cost, &decision);
+        shared
+            .denied
+            .insert(cache_key(&subject, &set), cost, &decision);
         tracing::debug!(
             target: TARGET,
             outcome = "limited",
             retry_after_ms = decision.retry_after().map(|d| d.as_millis() as u64),
             "rate limited"
         );
-        return Ok(limited(config, &decision));
+        return Step::Respond(limited(config, &set, &decision));
     }
     tracing::trace!(target: TARGET, outcome = "allowed", remaining = decision.remaining(), "allowed");
     parts.extensions.insert(decision.clone());
-    let mut res = inner.call(Request::from_parts(parts, body)).await?;
-    write_headers(res.headers_mut(), &decision, config.headers);
-    Ok(res.map(ResponseBody::inner))
+    Step::Pass(Request::from_parts(parts, body), Some((decision, set)))
+}
+
+/// The store call of a request that has to wait for it, bounded by the layer's timeout.
+async fn run<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    pending: Pending<ReqBody>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    let config = &shared.config;
+    let call = config
+        .store
+        .check(&pending.subject, &pending.set.list, pending.cost);
+    let result = match tokio::time::timeout(config.timeout, call).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Timeout(config.timeout)),
+    };
+    settle(&shared, &result);
+    match decided(&shared, pending, result) {
+        Step::Respond(res) => Ok(respond(res)),
+        Step::Pass(req, decision) => {
+            let mut res = inner.call(req).await?;
+            if let Some((decision, set)) = decision {
+                write_headers_with(
+                    res.headers_mut(),
+                    &decision,
+                    config.headers,
+                    set.policy_header.as_ref(),
+                );
+            }
+            Ok(res.map(ResponseBody::inner))
+        }
+        // `decided` never asks to wait again.
+        Step::Check(_) => Ok(respond(simple_problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "rate limit state machine error",
+        ))),
+    }
 }
 
 static FIXED_HASHER: std::sync::LazyLock<std::collections::hash_map::RandomState> =

@@ -1,11 +1,15 @@
 -- redtower rate limit: check every policy of one subject, all-or-nothing, in one call.
 -- KEYS[i]: the counter of policy i (all KEYS share one hash tag).
 -- ARGV[1]: now in µs since the epoch, or '' to read Redis TIME (only tests pass a value).
--- ARGV[2]: cost.
--- Then 5 values per policy: algorithm ('g' GCRA, 'f' fixed window, 's' sliding window),
--- limit, period (µs), capacity (GCRA burst), shadow ('1' or '0').
+-- Then 4 values per policy, precomputed by the caller (cost included):
+--   'g' (GCRA): emission interval t (µs), tolerance tau = burst * t, increment cost * t;
+--   'f' (fixed window) or 's' (sliding window): limit, period (µs), cost.
+--   Upper case ('G', 'F', 'S'): the same policy in shadow mode.
+-- State, one string per key: GCRA '<tat>'; windows '<window> <count> <previous count>'.
 -- Reply: { admitted, then per policy: allowed, remaining, reset µs, retry µs }.
--- Integer math only (Lua numbers are exact below 2^53; the layer checks the bounds).
+-- Integer math only (Lua numbers are exact below 2^53; the layer checks the bounds). Numbers
+-- passed to redis.call are sent exactly (%.17g); window states are written with %d.
+-- Redis commands: TIME, one MGET for every key, then one SET ... PX per admitted policy.
 local now
 -- With a test clock, keys would expire by the real clock, not the given one: pad their TTLs by
 -- an hour (a state past its TTL evaluates exactly like no state, so keeping it is harmless).
@@ -17,18 +21,12 @@ else
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-local cost = tonumber(ARGV[2])
 
+local floor = math.floor
 local function idiv(a, b)
-  local q = math.floor(a / b)
+  local q = floor(a / b)
   if q * b > a then q = q - 1 elseif (q + 1) * b <= a then q = q + 1 end
   return q
-end
-local function int(x) return string.format('%.0f', x) end
-local function ms(us)
-  local m = idiv(us + 999, 1000) + pad
-  if m < 1 then m = 1 end
-  return int(m)
 end
 -- smallest offset e in 0..p with floor(prev * (p - e) / p) <= k
 local function drops_at(prev, p, k)
@@ -39,98 +37,97 @@ local function drops_at(prev, p, k)
 end
 
 local n = #KEYS
+-- A key of another type (a hash from an older version) reads as nil: no state.
+local vals = redis.call('MGET', unpack(KEYS))
 local reply = { 1 }
-local writes = {}
+local wv, wt = {}, {}
 local admitted = true
+local r = 1
 for i = 1, n do
-  local b = 2 + (i - 1) * 5
+  local b = (i - 1) * 4 + 1
   local algo = ARGV[b + 1]
-  local limit = tonumber(ARGV[b + 2])
-  local p = tonumber(ARGV[b + 3])
-  local cap = tonumber(ARGV[b + 4])
-  local shadow = ARGV[b + 5] == '1'
-  local key = KEYS[i]
+  local x, y, z = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local raw = vals[i]
   local allowed, remaining, reset, retry
-  if algo == 'g' then
-    local t = idiv(p + limit - 1, limit)
-    local tau = cap * t
-    -- A key of another type (the policy's algorithm changed) counts as no state.
-    local raw = redis.pcall('GET', key)
-    if type(raw) ~= 'string' then raw = '0' end
-    local tat = tonumber(raw) or 0
+  if algo == 'g' or algo == 'G' then
+    -- x = t, y = tau, z = cost * t
+    local tat = raw and tonumber(raw) or 0
     if tat < now then tat = now end
-    local new = tat + cost * t
-    if new - now <= tau then
-      allowed, remaining, reset, retry = 1, idiv(tau - (new - now), t), new - now, 0
-      writes[i] = { 'SET', key, int(new), 'PX', ms(new - now) }
+    local new = tat + z
+    if new - now <= y then
+      allowed, remaining, reset, retry = 1, idiv(y - (new - now), x), new - now, 0
+      wv[i] = new
+      wt[i] = new - now
     else
-      allowed, remaining, reset, retry = 0, idiv(tau - (tat - now), t), tat - now, new - tau - now
+      allowed, remaining, reset, retry = 0, idiv(y - (tat - now), x), tat - now, new - y - now
       if remaining < 0 then remaining = 0 end
     end
   else
-    local h = redis.pcall('HMGET', key, 'w', 'c', 'p')
-    local stale = h.err ~= nil
-    if stale then h = {} end
-    local sw, sc, sp = tonumber(h[1] or ''), tonumber(h[2] or '0') or 0, tonumber(h[3] or '0') or 0
-    local w = idiv(now, p)
-    if algo == 'f' then
+    -- x = limit, y = period, z = cost
+    local sw, sc, sp
+    if raw then
+      local a, c, d = string.match(raw, '^(%d+) (%d+) (%d+)$')
+      if a then sw, sc, sp = tonumber(a), tonumber(c), tonumber(d) end
+    end
+    local w = idiv(now, y)
+    if algo == 'f' or algo == 'F' then
       local count = 0
       if sw == w then count = sc end
-      local stop = (w + 1) * p - now
-      if count + cost <= limit then
-        allowed, remaining, reset, retry = 1, limit - count - cost, stop, 0
-        writes[i] = { 'HSET', key, 'w', int(w), 'c', int(count + cost), 'p', '0' }
-        writes[i].ttl = ms(stop)
-        writes[i].stale = stale
+      local stop = (w + 1) * y - now
+      if count + z <= x then
+        allowed, remaining, reset, retry = 1, x - count - z, stop, 0
+        wv[i] = string.format('%d %d 0', w, count + z)
+        wt[i] = stop
       else
-        allowed, remaining, reset, retry = 0, limit - count, stop, stop
+        allowed, remaining, reset, retry = 0, x - count, stop, stop
       end
       if remaining < 0 then remaining = 0 end
     else
       local cur, prev = 0, 0
       if sw == w then cur, prev = sc, sp elseif sw ~= nil and sw + 1 == w then prev = sc end
-      local e = now - w * p
-      local weighted = idiv(prev * (p - e), p)
+      local e = now - w * y
+      local weighted = idiv(prev * (y - e), y)
       local after = cur
-      if weighted + cur + cost <= limit then
+      if weighted + cur + z <= x then
         allowed, retry = 1, 0
-        after = cur + cost
-        writes[i] = { 'HSET', key, 'w', int(w), 'c', int(after), 'p', int(prev) }
-        writes[i].ttl = ms((w + 2) * p - now)
-        writes[i].stale = stale
+        after = cur + z
+        wv[i] = string.format('%d %d %d', w, after, prev)
+        wt[i] = (w + 2) * y - now
       else
         allowed = 0
-        local e2 = p
-        if limit >= cur + cost then e2 = drops_at(prev, p, limit - cur - cost) end
-        if e2 < p then
-          retry = w * p + e2 - now
+        local e2 = y
+        if x >= cur + z then e2 = drops_at(prev, y, x - cur - z) end
+        if e2 < y then
+          retry = w * y + e2 - now
         else
-          local k2 = limit - cost
+          local k2 = x - z
           if k2 < 0 then k2 = 0 end
-          local e3 = drops_at(cur, p, k2)
-          if e3 < p then retry = (w + 1) * p + e3 - now else retry = (w + 2) * p - now end
+          local e3 = drops_at(cur, y, k2)
+          if e3 < y then retry = (w + 1) * y + e3 - now else retry = (w + 2) * y - now end
         end
       end
-      remaining = limit - weighted - after
+      remaining = x - weighted - after
       if remaining < 0 then remaining = 0 end
-      if after > 0 then reset = (w + 2) * p - now
-      elseif prev > 0 then reset = (w + 1) * p - now
+      if after > 0 then reset = (w + 2) * y - now
+      elseif prev > 0 then reset = (w + 1) * y - now
       else reset = 0 end
     end
   end
-  if allowed == 0 and not shadow then admitted = false end
-  reply[#reply + 1] = allowed
-  reply[#reply + 1] = remaining
-  reply[#reply + 1] = reset
-  reply[#reply + 1] = retry
+  -- Lower case: an enforcing policy.
+  if allowed == 0 and (algo == 'g' or algo == 'f' or algo == 's') then admitted = false end
+  reply[r + 1] = allowed
+  reply[r + 2] = remaining
+  reply[r + 3] = reset
+  reply[r + 4] = retry
+  r = r + 4
 end
 if admitted then
   for i = 1, n do
-    local wr = writes[i]
-    if wr then
-      if wr.stale then redis.call('DEL', KEYS[i]) end
-      redis.call(unpack(wr))
-      if wr.ttl then redis.call('PEXPIRE', KEYS[i], wr.ttl) end
+    local v = wv[i]
+    if v then
+      local ms = idiv(wt[i] + 999, 1000) + pad
+      if ms < 1 then ms = 1 end
+      redis.call('SET', KEYS[i], v, 'PX', ms)
     end
   end
 else

@@ -6,7 +6,7 @@ use std::{
     hash::{BuildHasher, RandomState},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
 };
 
@@ -17,7 +17,7 @@ use crate::{
 };
 
 const SHARDS: usize = 32;
-/// Every this many checks, one shard (in turn) drops its expired counters.
+/// Every this many checks on a shard, one shard (in turn) drops its expired counters.
 const SWEEP_EVERY: u64 = 256;
 
 type Entries = Vec<(&'static str, State, u64)>;
@@ -25,6 +25,8 @@ type Entries = Vec<(&'static str, State, u64)>;
 #[derive(Default)]
 struct Shard {
     subjects: HashMap<String, Entries>,
+    /// Checks on this shard (kept under its lock: no shared counter to contend on).
+    checks: u64,
 }
 
 /// Counters in this process: for one instance, tests, or as the fallback when Redis is down.
@@ -58,7 +60,7 @@ struct Inner {
     base_wall_us: u64,
     base: tokio::time::Instant,
     clock: Option<ManualClock>,
-    checks: AtomicU64,
+    next_sweep: AtomicUsize,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -95,7 +97,7 @@ impl MemoryStore {
                 base_wall_us: wall_clock_micros(),
                 base: tokio::time::Instant::now(),
                 clock,
-                checks: AtomicU64::new(0),
+                next_sweep: AtomicUsize::new(0),
             }),
         }
     }
@@ -128,9 +130,34 @@ impl MemoryStore {
     /// Checks synchronously (the store never waits).
     pub fn check_now(&self, subject: &Subject, policies: &[Policy], cost: u32) -> Decision {
         let now = self.now_micros();
-        let n = self.inner.checks.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % SWEEP_EVERY == 0 {
-            let i = (n / SWEEP_EVERY) as usize % SHARDS;
+        let cost = u64::from(cost);
+        let key = subject.as_str();
+        let hash = self.inner.hasher.hash_one(key);
+        let (decision, sweep) = {
+            // A poisoned lock only means another thread panicked mid-update of plain data.
+            let mut guard = self.inner.shards[(hash as usize) % SHARDS]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let shard = &mut *guard;
+            shard.checks = shard.checks.wrapping_add(1);
+            let sweep = shard.checks % SWEEP_EVERY == 0;
+            let decision = match shard.subjects.get_mut(key) {
+                Some(entries) => apply(entries, policies, now, cost),
+                None => {
+                    let mut entries = Entries::new();
+                    let decision = apply(&mut entries, policies, now, cost);
+                    if !entries.is_empty() {
+                        shard.subjects.insert(key.to_owned(), entries);
+                    }
+                    decision
+                }
+            };
+            (decision, sweep)
+        };
+        if sweep {
+            // Every so often one shard, in turn, drops its expired counters, so traffic on any
+            // subject eventually sweeps them all.
+            let i = self.inner.next_sweep.fetch_add(1, Ordering::Relaxed) % SHARDS;
             let mut shard = self.inner.shards[i]
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
@@ -139,47 +166,54 @@ impl MemoryStore {
                 !entries.is_empty()
             });
         }
-        let hash = self.inner.hasher.hash_one(subject.as_str());
-        let shard = &self.inner.shards[(hash as usize) % SHARDS];
-        // A poisoned lock only means another thread panicked mid-update of plain data.
-        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-        let entries = shard.subjects.get(subject.as_str());
-        let cost = u64::from(cost);
-        let results: Vec<_> = policies
-            .iter()
-            .map(|p| {
-                let state = entries.and_then(|es| {
-                    es.iter()
-                        .find(|e| e.0 == p.name() && e.2 > now)
-                        .map(|e| e.1)
-                });
-                model::evaluate(p.quota(), state, now, cost)
-            })
-            .collect();
-        let decision = Decision::new(policies, results.iter().map(|r| r.0));
-        if decision.is_allowed() {
-            let entries = shard
-                .subjects
-                .entry(subject.as_str().to_owned())
-                .or_default();
-            for (p, (outcome, update)) in policies.iter().zip(&results) {
-                if !outcome.allowed {
-                    continue;
-                }
-                let expires = now + update.ttl_us.max(1);
-                match entries.iter_mut().find(|e| e.0 == p.name()) {
-                    Some(e) => *e = (p.name(), update.state, expires),
-                    None => entries.push((p.name(), update.state, expires)),
-                }
-            }
-        }
         decision
     }
+}
+
+/// Evaluates `policies` against one subject's counters and, if admitted, updates them in place.
+fn apply(entries: &mut Entries, policies: &[Policy], now: u64, cost: u64) -> Decision {
+    fn state(entries: &Entries, name: &str, now: u64) -> Option<State> {
+        entries
+            .iter()
+            .find(|e| e.0 == name && e.2 > now)
+            .map(|e| e.1)
+    }
+    let decision = Decision::new(
+        policies,
+        policies
+            .iter()
+            .map(|p| model::evaluate(p.quota(), state(entries, p.name(), now), now, cost).0),
+    );
+    if decision.is_allowed() {
+        // The model is pure and cheap: evaluate again for the updates rather than keep a list.
+        for p in policies {
+            let (outcome, update) =
+                model::evaluate(p.quota(), state(entries, p.name(), now), now, cost);
+            if !outcome.allowed {
+                continue;
+            }
+            let expires = now + update.ttl_us.max(1);
+            match entries.iter_mut().find(|e| e.0 == p.name()) {
+                Some(e) => *e = (p.name(), update.state, expires),
+                None => entries.push((p.name(), update.state, expires)),
+            }
+        }
+    }
+    decision
 }
 
 #[async_trait::async_trait]
 impl crate::RateLimitStore for MemoryStore {
     async fn check(&self, subject: &Subject, policies: &[Policy], cost: u32) -> Result<Decision> {
         Ok(self.check_now(subject, policies, cost))
+    }
+
+    fn try_check_now(
+        &self,
+        subject: &Subject,
+        policies: &[Policy],
+        cost: u32,
+    ) -> Option<Result<Decision>> {
+        Some(Ok(self.check_now(subject, policies, cost)))
     }
 }

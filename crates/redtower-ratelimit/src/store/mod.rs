@@ -34,12 +34,35 @@ pub trait RateLimitStore: fmt::Debug + Send + Sync + 'static {
     ///
     /// When the backend cannot answer (Redis down, slow, script error).
     async fn check(&self, subject: &Subject, policies: &[Policy], cost: u32) -> Result<Decision>;
+
+    /// The same check, answered without waiting, by a store that can (the in-process
+    /// [`MemoryStore`]): the layer then needs no future of its own for the request. `None`, the
+    /// default, means "call [`check`](Self::check)". A store returning `Some` must return what
+    /// `check` would.
+    fn try_check_now(
+        &self,
+        subject: &Subject,
+        policies: &[Policy],
+        cost: u32,
+    ) -> Option<Result<Decision>> {
+        let _ = (subject, policies, cost);
+        None
+    }
 }
 
 #[async_trait::async_trait]
 impl<T: RateLimitStore + ?Sized> RateLimitStore for Arc<T> {
     async fn check(&self, subject: &Subject, policies: &[Policy], cost: u32) -> Result<Decision> {
         (**self).check(subject, policies, cost).await
+    }
+
+    fn try_check_now(
+        &self,
+        subject: &Subject,
+        policies: &[Policy],
+        cost: u32,
+    ) -> Option<Result<Decision>> {
+        (**self).try_check_now(subject, policies, cost)
     }
 }
 

@@ -3,6 +3,7 @@
 use std::{sync::LazyLock, time::Duration};
 
 use fred::{
+    bytes_utils::Str,
     interfaces::ClientLike,
     types::{ClusterHash, CustomCommand, Value, config::Options},
 };
@@ -12,6 +13,8 @@ use crate::{Algorithm, Decision, Error, ManualClock, Policy, Result, Subject, mo
 
 static CHECK: LazyLock<Script> =
     LazyLock::new(|| Script::new("ratelimit_check", include_str!("check.lua")));
+/// The script's SHA-1 as a reusable argument (cloning shares the bytes).
+static CHECK_SHA: LazyLock<Str> = LazyLock::new(|| Str::from(CHECK.sha1()));
 
 /// Counters in Redis, shared by every instance of the application.
 ///
@@ -100,17 +103,17 @@ impl RedisStore {
     /// waits for each reply before sending the next command on the connection), which caps a
     /// busy limiter at one script per round trip. Pipelining is safe here: each script is atomic
     /// on the server, and a `NOSCRIPT` reply is handled per call by loading and running again.
-    async fn eval(&self, slot: u16, args: Vec<Value>) -> Result<Vec<i64>> {
+    async fn eval(&self, subject: &Subject, policies: &[Policy], cost: u32) -> Result<Vec<i64>> {
         let client = self.redis.client().with_options(&self.options);
+        let (slot, args) = self.args(subject, policies, cost);
         // Route by the keys' slot (they all share one hash tag).
         let cmd = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
-        match client
-            .custom::<Vec<i64>, _>(cmd.clone(), args.clone())
-            .await
-        {
+        match client.custom::<Vec<i64>, _>(cmd.clone(), args).await {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
                 tracing::debug!(target: "redtower::ratelimit", "NOSCRIPT: loading the script");
                 CHECK.load(&self.redis).await?;
+                // Same arguments (a test clock is read again; the script was not run).
+                let (_, args) = self.args(subject, policies, cost);
                 client
                     .custom(cmd, args)
                     .await
@@ -121,44 +124,62 @@ impl RedisStore {
     }
 }
 
-fn algo(a: Algorithm) -> &'static str {
-    match a {
-        Algorithm::Gcra => "g",
-        Algorithm::FixedWindow => "f",
-        Algorithm::SlidingWindow => "s",
+/// The script's per-policy arguments: the algorithm (upper case in shadow mode) and three
+/// integers precomputed here, so the script does no more arithmetic than it must.
+fn push_policy(args: &mut Vec<Value>, p: &Policy, cost: u32) {
+    let q = p.quota();
+    let cost = u64::from(cost);
+    let (algo, x, y, z) = match q.get_algorithm() {
+        Algorithm::Gcra => {
+            let t = q.emission_interval_us();
+            ("g", t, u64::from(q.capacity()) * t, cost * t)
+        }
+        Algorithm::FixedWindow => ("f", u64::from(q.limit().get()), q.period_us(), cost),
+        Algorithm::SlidingWindow => ("s", u64::from(q.limit().get()), q.period_us(), cost),
+    };
+    let algo = match (algo, p.is_shadow()) {
+        (a, false) => a,
+        ("g", true) => "G",
+        ("f", true) => "F",
+        (_, true) => "S",
+    };
+    args.push(Value::from_static_str(algo));
+    // Bounded by `Policy::validate` (below 2^53), so the casts are exact.
+    args.extend([x, y, z].map(|v| Value::Integer(v as i64)));
+}
+
+impl RedisStore {
+    /// `EVALSHA <sha> <n> <keys...> <now> <per policy: algorithm x y z>`, and the keys' slot.
+    fn args(&self, subject: &Subject, policies: &[Policy], cost: u32) -> (u16, Vec<Value>) {
+        let mut args: Vec<Value> = Vec::with_capacity(3 + policies.len() * 5);
+        args.push(Value::String(CHECK_SHA.clone()));
+        args.push(Value::Integer(policies.len() as i64));
+        // `<prefix>:rl:{<subject>}:` once; every key appends its policy's name. They all share
+        // the hash tag, so the prefix's slot is every key's slot.
+        let base = self.ns.key(subject.segment()).into_string();
+        let slot = fred::util::redis_keyslot(base.as_bytes());
+        for p in policies {
+            let mut key = String::with_capacity(base.len() + 1 + p.name().len());
+            key.push_str(&base);
+            key.push(':');
+            key.push_str(p.name());
+            args.push(Value::from(key));
+        }
+        args.push(match &self.clock {
+            Some(c) => Value::Integer(c.now_micros() as i64),
+            None => Value::from_static_str(""),
+        });
+        for p in policies {
+            push_policy(&mut args, p, cost);
+        }
+        (slot, args)
     }
 }
 
 #[async_trait::async_trait]
 impl crate::RateLimitStore for RedisStore {
     async fn check(&self, subject: &Subject, policies: &[Policy], cost: u32) -> Result<Decision> {
-        let mut args: Vec<Value> = Vec::with_capacity(4 + policies.len() * 6);
-        args.push(Value::from(CHECK.sha1()));
-        args.push(Value::from(policies.len() as i64));
-        let mut slot = 0;
-        for p in policies {
-            let key = self.key(subject, p.name());
-            slot = key.slot();
-            args.push(Value::from(key.into_string()));
-        }
-        args.push(match &self.clock {
-            Some(c) => Value::from(c.now_micros() as i64),
-            None => Value::from_static_str(""),
-        });
-        args.push(Value::from(i64::from(cost)));
-        for p in policies {
-            let q = p.quota();
-            args.push(Value::from_static_str(algo(q.get_algorithm())));
-            args.push(Value::from(i64::from(q.limit().get())));
-            args.push(Value::from(q.period_us() as i64));
-            args.push(Value::from(i64::from(q.capacity())));
-            args.push(Value::from_static_str(if p.is_shadow() {
-                "1"
-            } else {
-                "0"
-            }));
-        }
-        let reply = self.eval(slot, args).await?;
+        let reply = self.eval(subject, policies, cost).await?;
         if reply.len() != 1 + 4 * policies.len() || reply.iter().any(|&v| v < 0) {
             return Err(Error::Reply(format!("{reply:?}")));
         }
