@@ -5,7 +5,12 @@
 //! Run with `cargo bench -p redtower-ratelimit --bench ratelimit`. Besides criterion's groups
 //! (in-process, `oneshot`), it prints a load run over real HTTP/1.1 keep-alive connections on
 //! loopback (64 connections, like `wrk -c64`): requests per second, p50/p99 latency, and Redis
-//! round trips per request from `INFO commandstats`.
+//! round trips per request from `INFO commandstats`; then a paced run at a fixed 2,000 req/s
+//! (open loop) with p50/p99 per variant and what each adds to the bare route.
+//!
+//! `-- <filter>` filters criterion's groups as usual (a filter matching none of them, such as
+//! `-- load`, leaves only the load and paced runs); `RATELIMIT_BENCH_VARIANTS=bare,memory`
+//! restricts every part to the named variants.
 
 use std::{
     net::SocketAddr,
@@ -132,7 +137,12 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let apps = apps(&rt, &server.url());
+    let mut apps = apps(&rt, &server.url());
+    // `RATELIMIT_BENCH_VARIANTS=bare,memory` runs only those (e.g. under a profiler).
+    if let Ok(only) = std::env::var("RATELIMIT_BENCH_VARIANTS") {
+        let only: Vec<&str> = only.split(',').map(str::trim).collect();
+        apps.variants.retain(|(name, _)| only.contains(name));
+    }
 
     let mut group = c.benchmark_group("latency-c1");
     for (name, app) in &apps.variants {
@@ -177,10 +187,18 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     rt.block_on(load_run(&apps, &server));
+    rt.block_on(paced_run(&apps));
 }
 
 /// One keep-alive HTTP/1.1 connection sending `GET /` until `deadline`, recording latencies.
-async fn connection(addr: SocketAddr, client: usize, deadline: Instant) -> Vec<Duration> {
+/// With `every`, requests leave on a fixed schedule (open loop) and each latency is measured
+/// from its scheduled time, so a slow response also counts against the requests it delayed.
+async fn connection(
+    addr: SocketAddr,
+    client: usize,
+    deadline: Instant,
+    every: Option<Duration>,
+) -> Vec<Duration> {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
     let (r, mut w) = stream.into_split();
@@ -188,8 +206,21 @@ async fn connection(addr: SocketAddr, client: usize, deadline: Instant) -> Vec<D
     let req = format!("GET / HTTP/1.1\r\nhost: bench\r\nx-client: {client}\r\n\r\n");
     let mut lat = Vec::new();
     let mut line = String::new();
+    // Spread the connections' schedules over one interval.
+    let mut next = Instant::now()
+        + every.map_or(Duration::ZERO, |e| {
+            e.mul_f64(client as f64 / PACED_CONNECTIONS as f64)
+        });
     while Instant::now() < deadline {
-        let t = Instant::now();
+        let t = match every {
+            Some(e) => {
+                tokio::time::sleep_until(next.into()).await;
+                let t = next;
+                next += e;
+                t
+            }
+            None => Instant::now(),
+        };
         w.write_all(req.as_bytes()).await.unwrap();
         let mut len = 0usize;
         loop {
@@ -212,6 +243,68 @@ async fn connection(addr: SocketAddr, client: usize, deadline: Instant) -> Vec<D
     lat
 }
 
+fn serve(app: &Router, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+    let app = app.clone();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    })
+}
+
+/// Requests per second of the paced run: well below what every variant sustains, so the
+/// latencies are the limiter's own cost, not queueing.
+const PACED_RPS: u32 = 2_000;
+const PACED_CONNECTIONS: usize = 16;
+
+/// The fixed-rate run: p50/p99 of every variant at `PACED_RPS`, and what each adds to bare.
+async fn paced_run(apps: &Apps) {
+    println!(
+        "\npaced run: HTTP/1.1 keep-alive, {PACED_CONNECTIONS} connections, {PACED_RPS} req/s in total, 3 s per variant"
+    );
+    println!("| variant | req/s | p50 | p99 | p99.9 | added p50 | added p99 |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let every = Duration::from_secs(1) * PACED_CONNECTIONS as u32 / PACED_RPS;
+    let mut bare = None;
+    for (name, app) in &apps.variants {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = serve(app, listener);
+        let warm = Instant::now() + Duration::from_millis(300);
+        let _ = futures::future::join_all(
+            (0..PACED_CONNECTIONS).map(|c| connection(addr, c, warm, Some(every))),
+        )
+        .await;
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(3);
+        let all = futures::future::join_all(
+            (0..PACED_CONNECTIONS)
+                .map(|c| tokio::spawn(connection(addr, c, deadline, Some(every)))),
+        )
+        .await;
+        let elapsed = started.elapsed();
+        server.abort();
+        let mut lat: Vec<Duration> = all.into_iter().flat_map(Result::unwrap).collect();
+        lat.sort();
+        let n = lat.len();
+        let (p50, p99, p999) = (lat[n / 2], lat[n * 99 / 100], lat[n * 999 / 1000]);
+        let (b50, b99) = *bare.get_or_insert((p50, p99));
+        let added = |a: Duration, b: Duration| {
+            let us = a.as_secs_f64() * 1e6 - b.as_secs_f64() * 1e6;
+            format!("{us:+.0} µs")
+        };
+        println!(
+            "| {name} | {:.0} | {p50:.2?} | {p99:.2?} | {p999:.2?} | {} | {} |",
+            n as f64 / elapsed.as_secs_f64(),
+            added(p50, b50),
+            added(p99, b99),
+        );
+    }
+}
+
 async fn load_run(apps: &Apps, server: &RedisServer) {
     println!("\nload run: HTTP/1.1 keep-alive, {CLIENTS} connections, 3 s per variant");
     println!("| variant | req/s | ratio to bare | p50 | p99 | Redis calls/request |");
@@ -220,15 +313,7 @@ async fn load_run(apps: &Apps, server: &RedisServer) {
     for (name, app) in &apps.variants {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = app.clone();
-        let serve = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-            .unwrap();
-        });
+        let serve = serve(app, listener);
         let calls = |s: &RedisServer| -> i64 {
             let info = s
                 .cmd(&["INFO", "commandstats"])
@@ -252,12 +337,13 @@ async fn load_run(apps: &Apps, server: &RedisServer) {
         };
         // Warm up, then measure.
         let warm = Instant::now() + Duration::from_millis(300);
-        let _ = futures::future::join_all((0..CLIENTS).map(|c| connection(addr, c, warm))).await;
+        let _ =
+            futures::future::join_all((0..CLIENTS).map(|c| connection(addr, c, warm, None))).await;
         let before = calls(server);
         let deadline = Instant::now() + Duration::from_secs(3);
         let started = Instant::now();
         let all: Vec<Vec<Duration>> = futures::future::join_all(
-            (0..CLIENTS).map(|c| tokio::spawn(connection(addr, c, deadline))),
+            (0..CLIENTS).map(|c| tokio::spawn(connection(addr, c, deadline, None))),
         )
         .await
         .into_iter()
