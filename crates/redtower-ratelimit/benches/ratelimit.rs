@@ -4,8 +4,8 @@
 //!
 //! Run with `cargo bench -p redtower-ratelimit --bench ratelimit`. Besides criterion's groups
 //! (in-process, `oneshot`), it prints a load run over real HTTP/1.1 keep-alive connections on
-//! loopback (64 connections, like `wrk -c64`): requests per second, p50/p99 latency, and Redis
-//! round trips per request from `INFO commandstats`; then a paced run at a fixed 2,000 req/s
+//! loopback (64 connections, like `wrk -c64`; variants interleaved over 3 rounds): requests per
+//! second, p50/p99 latency, and Redis round trips per request from `INFO commandstats`; then a paced run at a fixed 2,000 req/s
 //! (open loop) with p50/p99 per variant and what each adds to the bare route.
 //!
 //! `-- <filter>` filters criterion's groups as usual (a filter matching none of them, such as
@@ -305,66 +305,90 @@ async fn paced_run(apps: &Apps) {
     }
 }
 
+/// Rounds of the load run: every variant once per round, in turn, so a change in the machine's
+/// load during the run hits every variant alike; each variant's req/s is its median round.
+const ROUNDS: usize = 3;
+
+fn redis_calls(s: &RedisServer) -> i64 {
+    let info = s
+        .cmd(&["INFO", "commandstats"])
+        .as_text()
+        .unwrap_or_default();
+    // The commandstats of scripts count the commands they run inside, so count EVALSHA only
+    // for the limiter and INCR+EXPIRE for the naive one.
+    info.lines()
+        .filter(|l| {
+            ["evalsha", "incr", "expire"]
+                .iter()
+                .any(|c| l.starts_with(&format!("cmdstat_{c}:")))
+        })
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<i64>()
+                .ok()
+        })
+        .sum()
+}
+
 async fn load_run(apps: &Apps, server: &RedisServer) {
-    println!("\nload run: HTTP/1.1 keep-alive, {CLIENTS} connections, 3 s per variant");
-    println!("| variant | req/s | ratio to bare | p50 | p99 | Redis calls/request |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    let mut bare_rps = None;
-    for (name, app) in &apps.variants {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let serve = serve(app, listener);
-        let calls = |s: &RedisServer| -> i64 {
-            let info = s
-                .cmd(&["INFO", "commandstats"])
-                .as_text()
-                .unwrap_or_default();
-            info.lines()
-                .filter(|l| {
-                    ["evalsha", "incr", "expire"]
-                        .iter()
-                        .any(|c| l.starts_with(&format!("cmdstat_{c}:")))
-                })
-                .filter_map(|l| {
-                    l.split("calls=")
-                        .nth(1)?
-                        .split(',')
-                        .next()?
-                        .parse::<i64>()
-                        .ok()
-                })
-                .sum()
-        };
-        // Warm up, then measure.
-        let warm = Instant::now() + Duration::from_millis(300);
-        let _ =
-            futures::future::join_all((0..CLIENTS).map(|c| connection(addr, c, warm, None))).await;
-        let before = calls(server);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        let started = Instant::now();
-        let all: Vec<Vec<Duration>> = futures::future::join_all(
-            (0..CLIENTS).map(|c| tokio::spawn(connection(addr, c, deadline, None))),
-        )
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-        let elapsed = started.elapsed();
-        let after = calls(server);
-        serve.abort();
-        let mut lat: Vec<Duration> = all.into_iter().flatten().collect();
-        lat.sort();
-        let n = lat.len();
-        let rps = n as f64 / elapsed.as_secs_f64();
-        let bare = *bare_rps.get_or_insert(rps);
-        let per_request = (after - before) as f64 / n as f64;
-        // The commandstats of scripts count the commands they run inside, so show EVALSHA only
-        // for the limiter and INCR+EXPIRE for the naive one.
+    println!(
+        "\nload run: HTTP/1.1 keep-alive, {CLIENTS} connections, {ROUNDS} rounds of 2 s per variant, interleaved"
+    );
+    let n = apps.variants.len();
+    let mut rps: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); n];
+    let mut calls = vec![(0i64, 0usize); n];
+    for _ in 0..ROUNDS {
+        for (i, (_, app)) in apps.variants.iter().enumerate() {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let serve = serve(app, listener);
+            // Warm up, then measure.
+            let warm = Instant::now() + Duration::from_millis(200);
+            let _ =
+                futures::future::join_all((0..CLIENTS).map(|c| connection(addr, c, warm, None)))
+                    .await;
+            let before = redis_calls(server);
+            let started = Instant::now();
+            let deadline = started + Duration::from_secs(2);
+            let all = futures::future::join_all(
+                (0..CLIENTS).map(|c| tokio::spawn(connection(addr, c, deadline, None))),
+            )
+            .await;
+            let elapsed = started.elapsed();
+            let after = redis_calls(server);
+            serve.abort();
+            let round: Vec<Duration> = all.into_iter().flat_map(Result::unwrap).collect();
+            rps[i].push(round.len() as f64 / elapsed.as_secs_f64());
+            calls[i].0 += after - before;
+            calls[i].1 += round.len();
+            lat[i].extend(round);
+        }
+    }
+    println!(
+        "| variant | req/s (median) | rounds | ratio to bare | p50 | p99 | Redis calls/request |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let bare = median(&mut rps[0].clone());
+    for (i, (name, _)) in apps.variants.iter().enumerate() {
+        let rounds: Vec<String> = rps[i].iter().map(|r| format!("{r:.0}")).collect();
+        let m = median(&mut rps[i]);
+        lat[i].sort();
+        let l = &lat[i];
         println!(
-            "| {name} | {rps:.0} | {:.2} | {:?} | {:?} | {per_request:.2} |",
-            rps / bare,
-            lat[n / 2],
-            lat[n * 99 / 100],
+            "| {name} | {m:.0} | {} | {:.2} | {:.2?} | {:.2?} | {:.2} |",
+            rounds.join(" / "),
+            m / bare,
+            l[l.len() / 2],
+            l[l.len() * 99 / 100],
+            calls[i].0 as f64 / calls[i].1 as f64,
         );
     }
 }
