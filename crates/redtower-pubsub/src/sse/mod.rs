@@ -1,6 +1,11 @@
 //! The axum SSE endpoint: [`SseEndpoint`].
 
-use std::{fmt, ops::RangeInclusive, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    ops::RangeInclusive,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use axum::{
     body::Body,
@@ -60,6 +65,8 @@ pub(crate) struct Inner {
     pub(crate) retry: RangeInclusive<Duration>,
     pub(crate) max_lifetime: Duration,
     pub(crate) shutdown: CancellationToken,
+    /// Watches `shutdown` for the streams; made on the first request.
+    pub(crate) shutdown_signal: OnceLock<Arc<stream::ShutdownSignal>>,
     pub(crate) max_replay: usize,
     max_channels: usize,
 }
@@ -88,6 +95,7 @@ impl SseEndpoint {
                 retry: Duration::from_secs(2)..=Duration::from_secs(5),
                 max_lifetime: Duration::from_secs(15 * 60),
                 shutdown: CancellationToken::new(),
+                shutdown_signal: OnceLock::new(),
                 max_replay: 500,
                 max_channels: 16,
             }),
@@ -96,7 +104,11 @@ impl SseEndpoint {
 
     fn with(mut self, f: impl FnOnce(&mut Inner)) -> Self {
         match Arc::get_mut(&mut self.inner) {
-            Some(inner) => f(inner),
+            Some(inner) => {
+                f(inner);
+                // The token may have changed: watch the new one.
+                inner.shutdown_signal = OnceLock::new();
+            }
             None => {
                 let old = &self.inner;
                 let mut inner = Inner {
@@ -106,6 +118,7 @@ impl SseEndpoint {
                     retry: old.retry.clone(),
                     max_lifetime: old.max_lifetime,
                     shutdown: old.shutdown.clone(),
+                    shutdown_signal: OnceLock::new(),
                     max_replay: old.max_replay,
                     max_channels: old.max_channels,
                 };
@@ -318,7 +331,7 @@ impl SseEndpoint {
         let body = stream::open(self.inner.clone(), channels, cursors, multi)
             .await
             .map_err(SseRejection::Unavailable)?;
-        let mut response = Response::new(Body::from_stream(body));
+        let mut response = Response::new(Body::new(body));
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

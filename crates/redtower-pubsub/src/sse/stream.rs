@@ -1,17 +1,37 @@
-//! One SSE connection: start (subscribe, resume), then live events, lag repair, keep-alive,
-//! lifetime and shutdown.
+//! One SSE connection as an HTTP body: start (subscribe, resume), then live events, lag
+//! repair, keep-alive, lifetime and shutdown.
+//!
+//! The live path is a hand-written [`http_body::Body`] rather than an `async` stream, because
+//! it runs once per event per connection (100,000 times a second for 10,000 connections at
+//! 10 events/s each): a live event in order is answered from the poll itself with the event's
+//! shared frame (encoded once per event for every connection), without allocating, without
+//! touching a timer and without taking a lock other than the broadcast's own. Only what needs
+//! the history (a lagged receiver, a hole, a new epoch, lost events) leaves that path, into a
+//! boxed future that owns the connection until it is done.
 
-use std::{any::Any, convert::Infallible, fmt::Write as _, pin::Pin, sync::Arc};
+use std::{
+    any::Any,
+    convert::Infallible,
+    fmt::Write as _,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll, Waker},
+};
 
 use bytes::{Bytes, BytesMut};
-use futures::{Stream, StreamExt};
+use futures::{StreamExt, future::BoxFuture};
+use http_body::Frame;
 use rand::Rng;
-use tokio::time::{Instant, Sleep};
-use tokio_stream::{
-    StreamMap,
-    wrappers::{BroadcastStream, errors::BroadcastStreamRecvError},
+use tokio::{
+    sync::{Notify, futures::OwnedNotified},
+    time::{Instant, Sleep},
 };
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+use tokio_util::sync::CancellationToken;
 
 use super::{Cursor, Inner, TARGET, frame};
 use crate::{Channel, Event, EventId, Replay, store::Delivery};
@@ -31,20 +51,56 @@ impl Pos {
     }
 }
 
+/// The endpoint's shutdown token, watched by one task that raises a flag and wakes every
+/// stream, so that a stream checks an atomic flag per poll instead of locking the token.
+pub(crate) struct ShutdownSignal {
+    flag: AtomicBool,
+    notify: Arc<Notify>,
+}
+
+impl ShutdownSignal {
+    /// The signal for `token`, watched from the first call on (which must be inside a Tokio
+    /// runtime).
+    pub(crate) fn get(cell: &OnceLock<Arc<Self>>, token: &CancellationToken) -> Arc<Self> {
+        cell.get_or_init(|| {
+            let signal = Arc::new(Self {
+                flag: AtomicBool::new(token.is_cancelled()),
+                notify: Arc::new(Notify::new()),
+            });
+            let watched = Arc::downgrade(&signal);
+            let token = token.clone();
+            tokio::spawn(async move {
+                token.cancelled().await;
+                if let Some(signal) = watched.upgrade() {
+                    // The flag first: a stream woken by the notification must see it.
+                    signal.flag.store(true, Ordering::Release);
+                    signal.notify.notify_waiters();
+                }
+            });
+            signal
+        })
+        .clone()
+    }
+
+    fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+}
+
 pub(crate) async fn open(
     inner: Arc<Inner>,
     channels: Vec<Channel>,
     cursors: Vec<Cursor>,
     multi: bool,
-) -> crate::Result<impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static> {
+) -> crate::Result<SseBody> {
     let pubsub = inner.pubsub.clone();
     // Subscribe first: whatever is published from here on reaches us live, so the history
     // read below cannot leave a gap.
-    let mut subs = StreamMap::with_capacity(channels.len());
+    let mut subs = Vec::with_capacity(channels.len());
     let mut guards = Vec::with_capacity(channels.len());
-    for (i, channel) in channels.iter().enumerate() {
+    for channel in &channels {
         let (rx, guard) = pubsub.store().subscribe(channel).await?.into_parts();
-        subs.insert(i, BroadcastStream::new(rx));
+        subs.push(BroadcastStream::new(rx));
         guards.extend(guard);
     }
     let mut pos = Vec::with_capacity(channels.len());
@@ -63,22 +119,29 @@ pub(crate) async fn open(
         rand::rng().random_range(min..=max)
     };
     let retry = rand::rng().random_range(inner.retry.clone());
+    let shutdown = ShutdownSignal::get(&inner.shutdown_signal, &inner.shutdown);
     let now = Instant::now();
-    let mut conn = Conn {
-        keep_alive: Box::pin(tokio::time::sleep_until(now + inner.keep_alive)),
+    let first_due = (now + inner.keep_alive).min(now + lifetime);
+    let mut conn = Box::new(Conn {
+        timer: Box::pin(tokio::time::sleep_until(first_due)),
+        timer_due: first_due,
         last_write: now,
-        deadline: Box::pin(tokio::time::sleep_until(now + lifetime)),
-        shutdown: Box::pin(inner.shutdown.clone().cancelled_owned()),
+        end: now + lifetime,
+        shutdown_wait: Box::pin(shutdown.notify.clone().notified_owned()),
+        shutdown,
+        registered: None,
+        sent: metrics::counter!("redtower_pubsub_sse_events_sent_total"),
         inner,
         channels,
         pos,
         multi,
         subs,
+        next_sub: 0,
         _guards: guards,
         first: None,
         closing: false,
         resynced: false,
-    };
+    });
     metrics::gauge!("redtower_pubsub_sse_connections").increment(1);
 
     let mut buf = BytesMut::new();
@@ -99,11 +162,76 @@ pub(crate) async fn open(
     frame::event_id_only(&mut buf, &conn.cursor());
     conn.first = Some(buf.freeze());
     tracing::debug!(target: TARGET, channels = conn.channels.len(), "event stream opened");
+    Ok(SseBody {
+        state: State::Idle(conn),
+    })
+}
 
-    Ok(futures::stream::unfold(conn, |mut conn| async move {
-        let chunk = conn.next().await?;
-        Some((Ok(chunk), conn))
-    }))
+/// The response body of one event stream.
+pub(crate) struct SseBody {
+    state: State,
+}
+
+enum State {
+    /// Polled directly.
+    Idle(Box<Conn>),
+    /// Reading the history; the connection comes back with what to send.
+    Busy(BoxFuture<'static, (Box<Conn>, Option<Bytes>)>),
+    Done,
+}
+
+impl http_body::Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                State::Done => return Poll::Ready(None),
+                State::Busy(work) => {
+                    let Poll::Ready((conn, out)) = work.as_mut().poll(cx) else {
+                        return Poll::Pending;
+                    };
+                    this.state = State::Idle(conn);
+                    if let Some(bytes) = out {
+                        return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                    }
+                }
+                State::Idle(conn) => match conn.poll_live(cx) {
+                    Live::Send(bytes) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                    Live::Pending => return Poll::Pending,
+                    Live::End => {
+                        this.state = State::Done;
+                        return Poll::Ready(None);
+                    }
+                    Live::Slow(i, item) => {
+                        let State::Idle(conn) = std::mem::replace(&mut this.state, State::Done)
+                        else {
+                            unreachable!("matched Idle above")
+                        };
+                        this.state = State::Busy(Box::pin(conn.slow(i, item)));
+                    }
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+}
+
+/// What the live path decided.
+enum Live {
+    Send(Bytes),
+    Pending,
+    End,
+    /// Needs the history: this item of this channel goes to [`Conn::slow`].
+    Slow(usize, Result<Delivery, BroadcastStreamRecvError>),
 }
 
 struct Conn {
@@ -111,19 +239,33 @@ struct Conn {
     channels: Vec<Channel>,
     pos: Vec<Pos>,
     multi: bool,
-    subs: StreamMap<usize, BroadcastStream<Delivery>>,
+    subs: Vec<BroadcastStream<Delivery>>,
+    /// The channel polled first next time (round robin, so that a busy channel cannot starve
+    /// the others).
+    next_sub: usize,
     _guards: Vec<Box<dyn Any + Send + Sync>>,
     first: Option<Bytes>,
     /// Send what is buffered, then end.
     closing: bool,
     /// A `resync` was written since this was last cleared.
     resynced: bool,
-    keep_alive: Pin<Box<Sleep>>,
-    /// When the last bytes were sent. The keep-alive timer is re-armed from it only when it
-    /// fires, not on every event (a timer reset per event is costly with many connections).
+    /// One timer for both the keep-alive and the end of the lifetime, armed at `timer_due`.
+    /// It is re-armed only when it fires, never per event (a timer reset per event is costly
+    /// with many connections): when it fires early, because events were sent meanwhile, it is
+    /// re-armed from `last_write`.
+    timer: Pin<Box<Sleep>>,
+    timer_due: Instant,
+    /// When the last bytes were sent.
     last_write: Instant,
-    deadline: Pin<Box<Sleep>>,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// When the stream ends (its randomized lifetime).
+    end: Instant,
+    shutdown: Arc<ShutdownSignal>,
+    shutdown_wait: Pin<Box<OwnedNotified>>,
+    /// The waker the timer and the shutdown notification were last polled with: while the
+    /// body is polled with the same one, they need not be polled again (a poll of the
+    /// notification takes its lock) and a clock read tells whether the timer is due.
+    registered: Option<Waker>,
+    sent: metrics::Counter,
 }
 
 impl Drop for Conn {
@@ -132,111 +274,166 @@ impl Drop for Conn {
     }
 }
 
-enum Wake {
-    Stop(&'static str),
-    KeepAlive,
-    Item(Option<(usize, Result<Delivery, BroadcastStreamRecvError>)>),
-}
-
 impl Conn {
-    async fn next(&mut self) -> Option<Bytes> {
+    fn poll_live(&mut self, cx: &mut Context<'_>) -> Live {
         if let Some(first) = self.first.take() {
-            return Some(first);
+            return Live::Send(first);
         }
-        loop {
-            if self.closing {
-                return None;
-            }
-            let wake = tokio::select! {
-                biased;
-                () = &mut self.shutdown => Wake::Stop("shutdown"),
-                () = &mut self.deadline => Wake::Stop("lifetime"),
-                item = self.subs.next() => Wake::Item(item),
-                () = &mut self.keep_alive => Wake::KeepAlive,
-            };
-            let mut buf = BytesMut::new();
-            match wake {
-                Wake::Stop(why) => {
-                    tracing::debug!(target: TARGET, reason = why, "event stream ended");
-                    return None;
-                }
-                Wake::KeepAlive => {
-                    let due = self.last_write + self.inner.keep_alive;
-                    if due > Instant::now() {
-                        self.keep_alive.as_mut().reset(due);
-                        continue;
-                    }
-                    self.reset_keep_alive();
-                    let at = self.last_write + self.inner.keep_alive;
-                    self.keep_alive.as_mut().reset(at);
-                    return Some(frame::keep_alive());
-                }
-                Wake::Item(None) => return None,
-                Wake::Item(Some((i, Ok(Delivery::Event(event))))) => {
-                    if let Some(single) = self.on_event(&mut buf, i, event).await {
-                        self.reset_keep_alive();
-                        return Some(single);
-                    }
-                }
-                Wake::Item(Some((i, Ok(Delivery::Lost { latest })))) => {
-                    if let Some(latest) = latest {
-                        self.pos[i] = Pos::At(latest);
-                    }
-                    self.resync(&mut buf, i, "lost");
-                }
-                Wake::Item(Some((i, Err(BroadcastStreamRecvError::Lagged(n))))) => {
-                    metrics::counter!("redtower_pubsub_sse_lagged_total").increment(1);
-                    tracing::debug!(target: TARGET, channel = %self.channels[i], skipped = n, "client lagged; catching up from history");
-                    self.resynced = false;
-                    match self.catch_up(&mut buf, i).await {
-                        Ok(_) => {}
-                        Err(error) => {
-                            tracing::warn!(target: TARGET, error = %error, "history unavailable for a lagged client");
-                            self.resync(&mut buf, i, "unavailable");
+        if self.closing {
+            return Live::End;
+        }
+        if self.shutdown.is_set() {
+            tracing::debug!(target: TARGET, reason = "shutdown", "event stream ended");
+            return Live::End;
+        }
+        let n = self.subs.len();
+        let mut buf = BytesMut::new();
+        let mut k = 0;
+        while k < n {
+            let i = (self.next_sub + k) % n;
+            match self.subs[i].poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(Delivery::Event(event)))) => {
+                    match self.on_live_event(&mut buf, i, &event) {
+                        Some(InOrder::Shared) => {
+                            self.last_write = Instant::now();
+                            return Live::Send(event.sse_frame().clone());
+                        }
+                        Some(InOrder::Written) => {
+                            self.next_sub = (i + 1) % n;
+                            self.last_write = Instant::now();
+                            return Live::Send(buf.freeze());
+                        }
+                        // A duplicate of what the replay sent: read on.
+                        Some(InOrder::Skip) => continue,
+                        None => {
+                            self.next_sub = (i + 1) % n;
+                            return Live::Slow(i, Ok(Delivery::Event(event)));
                         }
                     }
-                    if self.resynced {
-                        // A client too slow for the history too: it reloads and reconnects.
-                        self.closing = true;
-                    }
                 }
+                Poll::Ready(Some(other)) => {
+                    self.next_sub = (i + 1) % n;
+                    return Live::Slow(i, other);
+                }
+                // The store was dropped.
+                Poll::Ready(None) => return Live::End,
+                Poll::Pending => k += 1,
             }
-            if !buf.is_empty() {
-                self.reset_keep_alive();
-                return Some(buf.freeze());
+        }
+        // Nothing to send: make sure the timer and the shutdown notification will wake us.
+        let same_waker = self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
+        if !same_waker {
+            if self.shutdown_wait.as_mut().poll(cx).is_ready() || self.shutdown.is_set() {
+                tracing::debug!(target: TARGET, reason = "shutdown", "event stream ended");
+                return Live::End;
             }
+            self.registered = Some(cx.waker().clone());
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Live::Pending;
+            }
+        } else if Instant::now() < self.timer_due {
+            return Live::Pending;
+        }
+        // The timer is due.
+        let now = Instant::now();
+        if now >= self.end {
+            tracing::debug!(target: TARGET, reason = "lifetime", "event stream ended");
+            return Live::End;
+        }
+        let send = self.last_write + self.inner.keep_alive <= now;
+        if send {
+            self.last_write = now;
+        }
+        self.timer_due = (self.last_write + self.inner.keep_alive).min(self.end);
+        self.timer.as_mut().reset(self.timer_due);
+        // Register the new deadline (the shutdown notification already has this waker).
+        if self.timer.as_mut().poll(cx).is_ready() {
+            cx.waker().wake_by_ref();
+        }
+        if send {
+            return Live::Send(frame::keep_alive());
+        }
+        Live::Pending
+    }
+
+    /// The live path for an event: whether it is the next one of its channel.
+    fn on_live_event(&mut self, buf: &mut BytesMut, i: usize, event: &Event) -> Option<InOrder> {
+        let base = match &self.pos[i] {
+            Pos::At(at) if at.epoch() == event.id().epoch() => at.offset(),
+            Pos::At(_) => return None,
+            Pos::Start => 0,
+        };
+        let offset = event.id().offset();
+        if offset <= base {
+            return Some(InOrder::Skip);
+        }
+        if offset != base + 1 {
+            return None;
+        }
+        self.pos[i] = Pos::At(event.id().clone());
+        self.sent.increment(1);
+        if self.multi {
+            self.write_event(buf, i, event);
+            Some(InOrder::Written)
+        } else {
+            Some(InOrder::Shared)
         }
     }
 
-    fn reset_keep_alive(&mut self) {
+    /// What the live path could not do: lags, holes, epoch changes and lost events.
+    async fn slow(
+        mut self: Box<Self>,
+        i: usize,
+        item: Result<Delivery, BroadcastStreamRecvError>,
+    ) -> (Box<Self>, Option<Bytes>) {
+        let mut buf = BytesMut::new();
+        match item {
+            Ok(Delivery::Event(event)) => self.on_event(&mut buf, i, event).await,
+            Ok(Delivery::Lost { latest }) => {
+                if let Some(latest) = latest {
+                    self.pos[i] = Pos::At(latest);
+                }
+                self.resync(&mut buf, i, "lost");
+            }
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                metrics::counter!("redtower_pubsub_sse_lagged_total").increment(1);
+                tracing::debug!(target: TARGET, channel = %self.channels[i], skipped = n, "client lagged; catching up from history");
+                self.resynced = false;
+                match self.catch_up(&mut buf, i).await {
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(target: TARGET, error = %error, "history unavailable for a lagged client");
+                        self.resync(&mut buf, i, "unavailable");
+                    }
+                }
+                if self.resynced {
+                    // A client too slow for the history too: it reloads and reconnects.
+                    self.closing = true;
+                }
+            }
+        }
+        if buf.is_empty() {
+            return (self, None);
+        }
         self.last_write = Instant::now();
+        (self, Some(buf.freeze()))
     }
 
-    /// Handles one live event; returns the shared frame when it can be sent as is.
-    async fn on_event(&mut self, buf: &mut BytesMut, i: usize, event: Arc<Event>) -> Option<Bytes> {
+    /// An event the live path could not send as is: a new epoch or a hole.
+    async fn on_event(&mut self, buf: &mut BytesMut, i: usize, event: Arc<Event>) {
         let base = match &self.pos[i] {
             Pos::At(at) if at.epoch() == event.id().epoch() => at.offset(),
             Pos::At(_) => {
                 // The history was lost and began again: what came in between is unknown.
                 self.pos[i] = Pos::At(event.id().clone());
                 self.resync(buf, i, "epoch");
-                return None;
+                return;
             }
             Pos::Start => 0,
         };
-        let offset = event.id().offset();
-        if offset <= base {
-            return None; // already sent by the replay
-        }
-        if offset == base + 1 {
-            self.pos[i] = Pos::At(event.id().clone());
-            metrics::counter!("redtower_pubsub_sse_events_sent_total").increment(1);
-            if !self.multi {
-                return Some(event.sse_frame().clone());
-            }
-            self.write_event(buf, i, &event);
-            return None;
-        }
         // A hole the hub could not fill: try the history once more.
         self.pos[i] = Pos::At(EventId::from_parts(event.id().epoch_arc().clone(), base));
         if let Err(error) = self.catch_up(buf, i).await {
@@ -244,7 +441,6 @@ impl Conn {
             self.pos[i] = Pos::At(event.id().clone());
             self.resync(buf, i, "unavailable");
         }
-        None
     }
 
     /// Sends what the history holds after this channel's position, or `resync`. Returns how
@@ -270,7 +466,7 @@ impl Conn {
                         buf.extend_from_slice(event.sse_frame());
                     }
                 }
-                metrics::counter!("redtower_pubsub_sse_events_sent_total").increment(n);
+                self.sent.increment(n);
                 Ok(n)
             }
             Replay::Gap { latest } => {
@@ -318,4 +514,14 @@ impl Conn {
         let data = serde_json::json!({ "reason": reason, "channel": self.channels[i].as_str() });
         frame::event(buf, Some(&self.cursor()), Some("resync"), &data.to_string());
     }
+}
+
+/// How the live path sent an in-order event.
+enum InOrder {
+    /// As the event's shared frame.
+    Shared,
+    /// Written into the buffer (several channels: the id lists every channel's position).
+    Written,
+    /// Not at all: the replay already sent it.
+    Skip,
 }
