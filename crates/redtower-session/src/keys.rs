@@ -25,7 +25,10 @@ pub(crate) const NAMESPACE: &str = "s";
 
 #[derive(Clone)]
 pub(crate) struct Keys {
-    secret: Arc<[u8]>,
+    /// HMAC-SHA256 keyed with the secret and fed the domain of session ids / user ids: cloned
+    /// per use, so the key schedule is computed once.
+    id_mac: Arc<Hmac<Sha256>>,
+    user_mac: Arc<Hmac<Sha256>>,
     ns: Namespace,
 }
 
@@ -39,30 +42,35 @@ impl std::fmt::Debug for Keys {
 
 impl Keys {
     pub(crate) fn new(keyspace: &Keyspace, secret: &[u8]) -> Self {
+        let keyed = |domain: &[u8]| {
+            // HMAC accepts keys of any length.
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+                .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+            mac.update(domain);
+            Arc::new(mac)
+        };
         Self {
-            secret: Arc::from(secret),
+            id_mac: keyed(b"rt-session-id\0"),
+            user_mac: keyed(b"rt-session-user\0"),
             ns: keyspace.namespace(NAMESPACE),
         }
     }
 
-    fn mac(&self, domain: &[u8], data: &[u8]) -> [u8; 32] {
-        // HMAC accepts keys of any length.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret)
-            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-        mac.update(domain);
+    fn mac(keyed: &Hmac<Sha256>, data: &[u8]) -> [u8; 32] {
+        let mut mac = keyed.clone();
         mac.update(data);
         mac.finalize().into_bytes().into()
     }
 
     /// The bucket of a user (`0..2^14`).
     pub(crate) fn user_bucket(&self, user: &str) -> u16 {
-        let m = self.mac(b"rt-session-user\0", user.as_bytes());
+        let m = Self::mac(&self.user_mac, user.as_bytes());
         u16::from_be_bytes([m[0], m[1]]) >> (16 - BUCKET_BITS)
     }
 
     /// The opaque handle of a session: 22 base64url characters of `HMAC(secret, id)`.
     pub(crate) fn handle(&self, id: &Id) -> String {
-        let m = self.mac(b"rt-session-id\0", &id.0.to_le_bytes());
+        let m = Self::mac(&self.id_mac, &id.0.to_le_bytes());
         URL_SAFE_NO_PAD.encode(&m[..16])
     }
 

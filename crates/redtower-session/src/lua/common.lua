@@ -3,6 +3,7 @@
 --         and, when bound to a user: u=user g=epoch stamp gk=epoch key ik=index key m=meta.
 -- Index:  ZSET member=handle score=expiry ms; its PEXPIREAT is always its max score.
 -- Epoch:  INT, lives at least as long as any session of the user.
+-- A record's PEXPIREAT is always e, and e <= x: a record that exists is within both timeouts.
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -32,8 +33,3 @@ local function kill(rk, h, ik)
   end
 end
 
--- false when the record is bound and its user's epoch moved on (or vanished).
-local function epoch_ok(u, g, gk)
-  if not u then return true end
-  return redis.call('GET', gk) == g
-end
