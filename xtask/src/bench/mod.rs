@@ -237,8 +237,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     if !opts.measure {
         return Ok(());
     }
-    let listed = std::fs::read_to_string(&exes)
-        .map_err(|_| "nothing built yet: run without --no-build first".to_owned())?;
+    let listed = std::fs::read_to_string(&exes).unwrap_or_default();
     let mut listed = listed.lines().map(PathBuf::from);
     let (sse_exe, jobs_exe) = (listed.next(), listed.next());
 
@@ -253,7 +252,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         run::http_cases(&cases, &bins, &logs, &opts)?
     };
     if want_sse {
-        let exe = sse_exe.ok_or("the SSE load bench was not built")?;
+        let exe = sse_exe.ok_or("the SSE load bench was not built: run without --no-build")?;
         rows.push(external::sse(
             &exe,
             &pubsub_dir,
@@ -262,7 +261,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         )?);
     }
     if want_jobs {
-        let exe = jobs_exe.ok_or("the jobs bench was not built")?;
+        let exe = jobs_exe.ok_or("the jobs bench was not built: run without --no-build")?;
         rows.extend(external::jobs(&exe, &jobs_dir, opts.jobs)?);
     }
     machine.load_after = loadavg();
