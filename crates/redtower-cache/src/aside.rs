@@ -10,7 +10,7 @@ use crate::{
     Cache, FetchError, Result,
     cache::{Filled, Freshness, Outcome, freshness},
     envelope::{Entry, FLAG_NEGATIVE},
-    key::{Canonical, short},
+    key::{Canonical, Key},
     store::EntryKey,
 };
 
@@ -111,8 +111,8 @@ impl<'a> Fetch<'a> {
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
         let cache = self.cache;
-        let (key, digest) = aside_key(self.key);
-        let found = cache.read(&key, &digest, &self.tags).await;
+        let key = aside_key(self.key);
+        let found = cache.read(&key, &self.tags).await;
         let now = cache.now_ms();
         let mut seen = 0;
         let mut fallback = None;
@@ -130,18 +130,12 @@ impl<'a> Fetch<'a> {
                     if let Ok(v) = decode::<T>(&e) {
                         cache.record("stale", "aside");
                         let opts = self.options();
-                        cache.spawn_refresh(
-                            key,
-                            digest,
-                            seen,
-                            self.tags.clone(),
-                            move || async move {
-                                match fetch().await {
-                                    Ok(v) => opts.outcome(&v).1,
-                                    Err(_) => Outcome::Nothing,
-                                }
-                            },
-                        );
+                        cache.spawn_refresh(key, seen, self.tags.clone(), move || async move {
+                            match fetch().await {
+                                Ok(v) => opts.outcome(&v).1,
+                                Err(_) => Outcome::Nothing,
+                            }
+                        });
                         return Ok(v);
                     }
                     bump_corrupt(cache);
@@ -154,7 +148,7 @@ impl<'a> Fetch<'a> {
         let opts = Arc::new(self.options());
         let leader_opts = opts.clone();
         let filled = cache
-            .fill(&key, &digest, &self.tags, seen, move || async move {
+            .fill(&key, &self.tags, seen, move || async move {
                 match fetch().await {
                     Ok(v) => match leader_opts.outcome(&v) {
                         (Ok(()), outcome) => (Ok(v), outcome),
@@ -188,7 +182,7 @@ impl<'a> Fetch<'a> {
 
     fn options(&self) -> Options {
         Options {
-            digest: aside_key(self.key).1,
+            digest: *aside_key(self.key).digest(),
             ttl: self.ttl,
             swr: self.swr,
             sie: self.sie,
@@ -263,9 +257,10 @@ fn decode<T: DeserializeOwned>(e: &Entry) -> Result<T, serde_json::Error> {
     serde_json::from_slice(&e.body)
 }
 
-pub(crate) fn aside_key(key: &str) -> (EntryKey, [u8; 32]) {
-    let digest = Canonical::new("aside").push(key.as_bytes()).digest();
-    (EntryKey::new(short(&digest), None), digest)
+pub(crate) fn aside_key(key: &str) -> Key {
+    let mut c = Canonical::new("aside");
+    c.push(key.as_bytes());
+    Key::new(c)
 }
 
 impl Cache {
@@ -325,7 +320,7 @@ impl Cache {
     /// The store key of the cache-aside key `key` (for tools and tests; see
     /// [`RedisStore::entry_key`](crate::RedisStore::entry_key) for the Redis key).
     pub fn entry_key(&self, key: &str) -> EntryKey {
-        aside_key(key).0
+        aside_key(key).entry().clone()
     }
 
     /// Deletes the value cached under `key` (a cache-aside key), everywhere.
@@ -334,7 +329,7 @@ impl Cache {
     ///
     /// When the store fails: the value may still be cached.
     pub async fn invalidate(&self, key: &str) -> Result<()> {
-        let (key, _) = aside_key(key);
-        self.invalidate_group(key.group()).await
+        let key = aside_key(key);
+        self.invalidate_group(key.entry().group()).await
     }
 }

@@ -1,7 +1,11 @@
 //! Canonical keys: length-prefixed components, hashed with SHA-256.
 
+use std::sync::OnceLock;
+
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use sha2::{Digest, Sha256};
+
+use crate::store::EntryKey;
 
 /// Builds a canonical key: every component is written as its length (u32, big-endian) and its
 /// bytes, so no two different component lists produce the same canonical bytes.
@@ -31,9 +35,73 @@ impl Canonical {
         Sha256::digest(&self.bytes).into()
     }
 
+    /// The length of the canonical bytes so far (where a variant part starts).
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
     #[cfg(test)]
     pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.bytes
+    }
+}
+
+/// The key of one lookup: the full canonical bytes, and (computed on first use) the store key
+/// and the SHA-256 digest that the stored entry must carry.
+///
+/// The in-process L1 is keyed by the canonical bytes themselves and compares them in full, so
+/// an L1 hit costs no hashing beyond the map's own and two requests share an L1 entry only
+/// when their canonical keys are equal. Only a lookup that goes to the store hashes (SHA-256).
+#[derive(Debug, Clone)]
+pub(crate) struct Key {
+    /// The primary part, then the variant part (if any): both self-delimiting.
+    canonical: Vec<u8>,
+    /// Where the variant part starts (`canonical.len()` when there is none).
+    split: usize,
+    resolved: OnceLock<(EntryKey, [u8; 32])>,
+}
+
+impl Key {
+    /// A key without variants (a cache-aside key, or a response that varies on nothing).
+    pub(crate) fn new(primary: Canonical) -> Self {
+        let split = primary.len();
+        Self::split(primary, split)
+    }
+
+    /// A key whose canonical bytes are a primary part (`..split`) and a variant part.
+    pub(crate) fn split(canonical: Canonical, split: usize) -> Self {
+        Self {
+            split: split.min(canonical.len()),
+            canonical: canonical.bytes,
+            resolved: OnceLock::new(),
+        }
+    }
+
+    /// The canonical bytes: the L1 key.
+    pub(crate) fn canonical(&self) -> &[u8] {
+        &self.canonical
+    }
+
+    /// The store key: the group is the primary part's digest, the variant the variant part's.
+    pub(crate) fn entry(&self) -> &EntryKey {
+        &self.resolve().0
+    }
+
+    /// The digest stored in (and checked against) the entry.
+    pub(crate) fn digest(&self) -> &[u8; 32] {
+        &self.resolve().1
+    }
+
+    fn resolve(&self) -> &(EntryKey, [u8; 32]) {
+        self.resolved.get_or_init(|| {
+            let (primary, variant) = self.canonical.split_at(self.split);
+            let p: [u8; 32] = Sha256::digest(primary).into();
+            if variant.is_empty() {
+                return (EntryKey::new(short(&p), None), p);
+            }
+            let v: [u8; 32] = Sha256::digest(variant).into();
+            (EntryKey::new(short(&p), Some(short(&v))), combine(&p, &v))
+        })
     }
 }
 

@@ -13,6 +13,7 @@ use super::{Cache, Filled, FlightRx, Freshness, Inner, Outcome, freshness, lock,
 use crate::{
     CacheStore,
     envelope::Entry,
+    key::Key,
     store::{EntryKey, LockToken},
 };
 
@@ -86,8 +87,7 @@ impl Cache {
     /// none): only a newer entry counts as another instance's fill.
     pub(crate) async fn fill<R, F, Fut>(
         &self,
-        key: &EntryKey,
-        digest: &[u8; 32],
+        key: &Key,
         tags: &[String],
         seen: u64,
         fetch: F,
@@ -97,7 +97,7 @@ impl Cache {
         Fut: Future<Output = (R, Outcome)>,
     {
         loop {
-            match self.join(key) {
+            match self.join(key.entry()) {
                 Role::Waiter(mut rx) => match rx.wait_for(Option::is_some).await {
                     Ok(v) => {
                         let shared = v.clone().flatten();
@@ -115,7 +115,7 @@ impl Cache {
                     Err(_) => continue,
                 },
                 Role::Leader(guard) => {
-                    return self.lead(guard, key, digest, tags, seen, fetch).await;
+                    return self.lead(guard, key, tags, seen, fetch).await;
                 }
             }
         }
@@ -124,8 +124,7 @@ impl Cache {
     async fn lead<R, F, Fut>(
         &self,
         guard: FlightGuard,
-        key: &EntryKey,
-        digest: &[u8; 32],
+        key: &Key,
         tags: &[String],
         seen: u64,
         fetch: F,
@@ -137,7 +136,7 @@ impl Cache {
         let cfg = &self.inner.config;
         let store = &self.inner.store;
         let mut token = None;
-        let locked_by_other = match self.guard(store.try_lock(key, cfg.lock_ttl)).await {
+        let locked_by_other = match self.guard(store.try_lock(key.entry(), cfg.lock_ttl)).await {
             Ok(t) => {
                 token = t;
                 token.is_none()
@@ -161,7 +160,7 @@ impl Cache {
                 let jitter = interval.mul_f64(rand::random::<f64>() * 0.5);
                 tokio::time::sleep((interval + jitter).min(deadline - now)).await;
                 interval = interval.mul_f64(1.5).min(cfg.poll_max);
-                if let Some(e) = self.read_with(key, digest, tags, false).await {
+                if let Some(e) = self.read_store(key, tags).await {
                     if e.stored_at > seen && freshness(&e, self.now_ms()) == Freshness::Fresh {
                         bump(&self.inner.stats.remote_fills);
                         metrics::histogram!("redtower_cache_lock_wait_seconds", "cache" => self.name())
@@ -170,7 +169,7 @@ impl Cache {
                         return Filled::Shared(e, fetch);
                     }
                 }
-                match self.guard(store.try_lock(key, cfg.lock_ttl)).await {
+                match self.guard(store.try_lock(key.entry(), cfg.lock_ttl)).await {
                     Ok(Some(t)) => {
                         token = Some(t);
                         break;
@@ -186,7 +185,7 @@ impl Cache {
         bump(&self.inner.stats.fetches);
         let mut unlocker = Unlocker {
             store: store.clone(),
-            key: key.clone(),
+            key: key.entry().clone(),
             token: token.clone(),
         };
         let tag_gens = self.tag_generations_for_fill(tags).await;
@@ -222,7 +221,7 @@ impl Cache {
     /// Stores (or not) what a fetch produced, releases the lock, and returns what to share.
     pub(crate) async fn finish(
         &self,
-        key: &EntryKey,
+        key: &Key,
         tags: &[String],
         tag_gens: Option<Vec<u64>>,
         token: Option<&LockToken>,
@@ -254,20 +253,20 @@ impl Cache {
                 }
                 let entry = Arc::new(entry);
                 match entry.encode() {
-                    Ok(bytes) => match self.guard(store.put(key, bytes, ttl, token)).await {
-                        Ok(written) => {
-                            if written {
-                                bump(&self.inner.stats.stored);
-                                if let Some(l1) = &self.inner.l1 {
-                                    l1.insert(key.clone(), entry.clone());
+                    Ok(bytes) => {
+                        match self.guard(store.put(key.entry(), bytes, ttl, token)).await {
+                            Ok(written) => {
+                                if written {
+                                    bump(&self.inner.stats.stored);
+                                    self.l1_insert(key, &entry);
                                 }
                             }
+                            Err(e) => {
+                                self.fail_open("put", &e);
+                                self.release(key, token).await;
+                            }
                         }
-                        Err(e) => {
-                            self.fail_open("put", &e);
-                            self.release(key, token).await;
-                        }
-                    },
+                    }
                     Err(error) => {
                         tracing::warn!(target: "redtower::cache", cache = self.name(), %error, "entry too large for the envelope; not stored");
                         self.release(key, token).await;
@@ -286,9 +285,12 @@ impl Cache {
         }
     }
 
-    async fn release(&self, key: &EntryKey, token: Option<&LockToken>) {
+    async fn release(&self, key: &Key, token: Option<&LockToken>) {
         if let Some(token) = token {
-            if let Err(e) = self.guard(self.inner.store.unlock(key, token)).await {
+            if let Err(e) = self
+                .guard(self.inner.store.unlock(key.entry(), token))
+                .await
+            {
                 self.fail_open("unlock", &e);
             }
         }
@@ -296,19 +298,13 @@ impl Cache {
 
     /// Starts one background refresh of `key` unless one is already running here or on
     /// another instance (the fill lock). Never blocks the caller.
-    pub(crate) fn spawn_refresh<F, Fut>(
-        &self,
-        key: EntryKey,
-        digest: [u8; 32],
-        seen: u64,
-        tags: Vec<String>,
-        fetch: F,
-    ) where
+    pub(crate) fn spawn_refresh<F, Fut>(&self, key: Key, seen: u64, tags: Vec<String>, fetch: F)
+    where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Outcome> + Send + 'static,
     {
         // Join synchronously, so stale hits racing this one see the refresh in flight.
-        let Role::Leader(guard) = self.join(&key) else {
+        let Role::Leader(guard) = self.join(key.entry()) else {
             return;
         };
         let cache = self.clone();
@@ -318,7 +314,7 @@ impl Cache {
                     cache
                         .inner
                         .store
-                        .try_lock(&key, cache.inner.config.lock_ttl),
+                        .try_lock(key.entry(), cache.inner.config.lock_ttl),
                 )
                 .await
             {
@@ -331,7 +327,7 @@ impl Cache {
                 }
             };
             // Another instance may have refreshed it between our read and our lock.
-            if let Some(e) = cache.read_with(&key, &digest, &tags, false).await {
+            if let Some(e) = cache.read_store(&key, &tags).await {
                 if e.stored_at > seen && freshness(&e, cache.now_ms()) == Freshness::Fresh {
                     cache.release(&key, Some(&token)).await;
                     guard.publish(Some(e));

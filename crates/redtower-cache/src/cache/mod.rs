@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::{
     CacheStore, Result,
     envelope::{Entry, FLAG_NO_STALE},
+    key::Key,
     store::EntryKey,
 };
 
@@ -43,12 +44,19 @@ pub struct Cache {
 
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn CacheStore>,
-    l1: Option<moka::sync::Cache<EntryKey, Arc<Entry>>>,
+    l1: Option<moka::sync::Cache<Vec<u8>, L1Entry>>,
     flights: Mutex<HashMap<EntryKey, (u64, FlightRx)>>,
     next_flight: AtomicU64,
     pub(crate) config: Config,
     breaker: breaker::Breaker,
     pub(crate) stats: stats::Stats,
+}
+
+/// An L1 value: the entry, and its store key (for invalidation by group).
+#[derive(Clone)]
+pub(crate) struct L1Entry {
+    entry: Arc<Entry>,
+    key: Arc<EntryKey>,
 }
 
 /// What a fill publishes: `None` until done, then the shared entry (or `None`: not shareable).
@@ -124,6 +132,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Cache {
+    /// Puts an entry into the L1 (if there is one).
+    fn l1_insert(&self, key: &Key, entry: &Arc<Entry>) {
+        if let Some(l1) = &self.inner.l1 {
+            let value = L1Entry {
+                entry: entry.clone(),
+                key: Arc::new(key.entry().clone()),
+            };
+            l1.insert(key.canonical().to_vec(), value);
+        }
+    }
+
     /// A cache over `store` with the default settings (see [`CacheBuilder`]).
     pub fn new(store: impl CacheStore) -> Self {
         Self::builder(store).build()
@@ -163,7 +182,7 @@ impl Cache {
     pub(crate) async fn invalidate_group(&self, group: &str) -> Result<()> {
         if let Some(l1) = &self.inner.l1 {
             let group = group.to_owned();
-            let _ = l1.invalidate_entries_if(move |k, _| k.group() == group);
+            let _ = l1.invalidate_entries_if(move |_, v| v.key.group() == group);
         }
         self.guard(self.inner.store.invalidate(group)).await
     }
@@ -179,7 +198,8 @@ impl Cache {
     pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
         if let Some(l1) = &self.inner.l1 {
             let tag = tag.to_owned();
-            let _ = l1.invalidate_entries_if(move |_, e| e.tags.iter().any(|(t, _)| *t == tag));
+            let _ =
+                l1.invalidate_entries_if(move |_, v| v.entry.tags.iter().any(|(t, _)| *t == tag));
         }
         self.inner.store.bump_tag(tag).await
     }

@@ -3,42 +3,33 @@
 use std::sync::Arc;
 
 use super::{Cache, stats::bump};
-use crate::{envelope::Entry, store::EntryKey};
+use crate::{envelope::Entry, key::Key};
 
 impl Cache {
     /// Reads and validates an entry: L1 first, then the store (with the tags' generations
     /// read concurrently). Undecodable, colliding or invalidated entries are misses. Store
     /// failures are misses too (fail-open, counted).
-    pub(crate) async fn read(
-        &self,
-        key: &EntryKey,
-        digest: &[u8; 32],
-        tags: &[String],
-    ) -> Option<Arc<Entry>> {
-        self.read_with(key, digest, tags, true).await
-    }
-
-    pub(super) async fn read_with(
-        &self,
-        key: &EntryKey,
-        digest: &[u8; 32],
-        tags: &[String],
-        use_l1: bool,
-    ) -> Option<Arc<Entry>> {
-        if let Some(l1) = self.inner.l1.as_ref().filter(|_| use_l1) {
-            if let Some(e) = l1.get(key) {
-                if e.key_digest == *digest {
-                    bump(&self.inner.stats.l1_hits);
-                    return Some(e);
-                }
+    pub(crate) async fn read(&self, key: &Key, tags: &[String]) -> Option<Arc<Entry>> {
+        if let Some(l1) = &self.inner.l1 {
+            // Keyed by the full canonical key: equal keys, same entry (no digest needed).
+            if let Some(v) = l1.get(key.canonical()) {
+                bump(&self.inner.stats.l1_hits);
+                return Some(v.entry);
             }
         }
+        self.read_store(key, tags).await
+    }
+
+    /// Reads and validates an entry from the store (never the L1), and puts it in the L1.
+    pub(super) async fn read_store(&self, key: &Key, tags: &[String]) -> Option<Arc<Entry>> {
+        let digest = key.digest();
+        let store_key = key.entry();
         let store = &self.inner.store;
         let read = async {
             if tags.is_empty() {
-                Ok((store.get(key).await?, Vec::new()))
+                Ok((store.get(store_key).await?, Vec::new()))
             } else {
-                futures::try_join!(store.get(key), store.tag_generations(tags))
+                futures::try_join!(store.get(store_key), store.tag_generations(tags))
             }
         };
         let (bytes, generations) = match self.guard(read).await {
@@ -65,9 +56,7 @@ impl Cache {
             return None;
         }
         let entry = Arc::new(entry);
-        if let Some(l1) = &self.inner.l1 {
-            l1.insert(key.clone(), entry.clone());
-        }
+        self.l1_insert(key, &entry);
         Some(entry)
     }
 

@@ -73,7 +73,7 @@ impl Run {
         let Some(vary) = vary(headers) else {
             return pass(resp, "VARY-STAR");
         };
-        if !vary.iter().all(|n| key.names.contains(n)) {
+        if !vary.iter().all(|n| key.names().contains(n)) {
             // The key did not include these headers: learn them; the next request stores.
             cfg.learn(&vary);
             return pass(resp, "VARY-LEARNED");
@@ -156,7 +156,7 @@ impl Run {
             fresh_until,
             stale_until: fresh_until.saturating_add(ms(swr)),
             error_until: fresh_until.saturating_add(ms(sie)),
-            key_digest: key.digest,
+            key_digest: *key.key.digest(),
             tags: Vec::new(),
             headers,
             body,

@@ -1,14 +1,11 @@
 //! What identifies a cached response: the request URI, the declared and learned headers.
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use http::{HeaderMap, HeaderName, Uri, header, request::Parts};
 use sha2::{Digest, Sha256};
 
-use crate::{
-    key::{Canonical, combine, short},
-    store::EntryKey,
-};
+use crate::key::{Canonical, Key};
 
 /// Which query parameters are part of the cache key.
 ///
@@ -96,17 +93,28 @@ pub enum Credentials {
     Shared,
 }
 
-/// The key of one request, before and after the variant headers.
+/// The key of one request: the URI, then the variant headers.
 #[derive(Debug, Clone)]
 pub(crate) struct RequestKey {
-    pub(crate) entry: EntryKey,
-    pub(crate) digest: [u8; 32],
+    pub(crate) key: Key,
     /// The header names the variant was keyed on (declared + learned), sorted.
-    pub(crate) names: Arc<[HeaderName]>,
+    names: Option<Arc<[HeaderName]>>,
+}
+
+impl RequestKey {
+    /// The header names the variant was keyed on (declared + learned), sorted.
+    pub(crate) fn names(&self) -> &[HeaderName] {
+        self.names.as_deref().unwrap_or_default()
+    }
+}
+
+/// The digest of the primary (URI) canonical key of a request (the group of its entries).
+pub(crate) fn primary(parts: &Parts, query: &QueryKey) -> [u8; 32] {
+    primary_canonical(parts, query).digest()
 }
 
 /// The primary (URI) canonical key of a request: method GET, scheme, host, path, query.
-pub(crate) fn primary(parts: &Parts, query: &QueryKey) -> [u8; 32] {
+fn primary_canonical(parts: &Parts, query: &QueryKey) -> Canonical {
     let uri = &parts.uri;
     let scheme = uri.scheme_str().unwrap_or("http");
     let host = parts
@@ -114,8 +122,12 @@ pub(crate) fn primary(parts: &Parts, query: &QueryKey) -> [u8; 32] {
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| uri.authority().map(http::uri::Authority::as_str))
-        .unwrap_or("")
-        .to_ascii_lowercase();
+        .unwrap_or("");
+    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    };
     let q = query.normalize(uri.query());
     let mut c = Canonical::new("http");
     c.push(b"GET")
@@ -126,7 +138,7 @@ pub(crate) fn primary(parts: &Parts, query: &QueryKey) -> [u8; 32] {
         Some(q) => c.push(b"?").push(q.as_bytes()),
         None => c.push(b""),
     };
-    c.digest()
+    c
 }
 
 /// Normalizes `Accept-Encoding` into a bucket, so each browser's spelling does not fragment
@@ -179,20 +191,22 @@ pub(crate) fn session_cookie(headers: &HeaderMap, names: &[String]) -> Option<Ve
 pub(crate) fn request_key(
     parts: &Parts,
     query: &QueryKey,
-    names: Arc<[HeaderName]>,
+    names: Option<Arc<[HeaderName]>>,
     per_user: Option<&[String]>,
 ) -> RequestKey {
-    let p = primary(parts, query);
-    let group = short(&p);
-    if names.is_empty() && per_user.is_none() {
+    let mut c = primary_canonical(parts, query);
+    let names = names.filter(|n| !n.is_empty());
+    if names.is_none() && per_user.is_none() {
         return RequestKey {
-            entry: EntryKey::new(group, None),
-            digest: p,
+            key: Key::new(c),
             names,
         };
     }
-    let mut c = Canonical::new("variant");
-    for name in names.iter() {
+    // The variant part starts with its own kind, so its digest is that of a separate
+    // `Canonical::new("variant")`.
+    let split = c.len();
+    c.push(b"variant");
+    for name in names.as_deref().unwrap_or_default() {
         c.push(name.as_str().as_bytes());
         match header_values(&parts.headers, name) {
             Some(v) if *name == header::ACCEPT_ENCODING => c
@@ -213,10 +227,8 @@ pub(crate) fn request_key(
             .push(&Sha256::digest(auth))
             .push(&Sha256::digest(session));
     }
-    let v = c.digest();
     RequestKey {
-        entry: EntryKey::new(group, Some(short(&v))),
-        digest: combine(&p, &v),
+        key: Key::split(c, split),
         names,
     }
 }
@@ -261,19 +273,20 @@ mod tests {
         let en = request_key(
             &parts("/p", &[("accept-language", "en")]),
             &q,
-            names.clone(),
+            Some(names.clone()),
             None,
         );
         let fr = request_key(
             &parts("/p", &[("accept-language", "fr")]),
             &q,
-            names.clone(),
+            Some(names.clone()),
             None,
         );
-        let none = request_key(&parts("/p", &[]), &q, names, None);
-        assert_eq!(en.entry.group(), fr.entry.group());
-        assert_ne!(en.entry, fr.entry);
-        assert_ne!(en.entry, none.entry);
-        assert_ne!(en.digest, fr.digest);
+        let none = request_key(&parts("/p", &[]), &q, Some(names), None);
+        assert_eq!(en.key.entry().group(), fr.key.entry().group());
+        assert_ne!(en.key.entry(), fr.key.entry());
+        assert_ne!(en.key.entry(), none.key.entry());
+        assert_ne!(en.key.digest(), fr.key.digest());
+        assert_ne!(en.key.canonical(), fr.key.canonical());
     }
 }

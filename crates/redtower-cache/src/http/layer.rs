@@ -2,7 +2,10 @@
 
 use std::{
     fmt,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -44,6 +47,8 @@ pub(crate) struct Config {
     pub(crate) status_name: String,
     /// `Vary` names learned from responses, added to `key_headers` (sorted, merged).
     pub(crate) names: RwLock<Arc<[HeaderName]>>,
+    /// Whether `names` is non-empty: routes that vary on nothing skip the lock per request.
+    pub(crate) has_names: AtomicBool,
 }
 
 impl Clone for Config {
@@ -62,17 +67,24 @@ impl Clone for Config {
             invalidate_unsafe: self.invalidate_unsafe,
             route: self.route,
             status_name: self.status_name.clone(),
-            names: RwLock::new(self.names()),
+            names: RwLock::new(self.names().unwrap_or_else(|| Arc::from(Vec::new()))),
+            has_names: AtomicBool::new(self.has_names.load(Ordering::Acquire)),
         }
     }
 }
 
 impl Config {
-    pub(crate) fn names(&self) -> Arc<[HeaderName]> {
-        self.names
+    /// The header names requests are keyed on (declared and learned), or `None` for none.
+    pub(crate) fn names(&self) -> Option<Arc<[HeaderName]>> {
+        if !self.has_names.load(Ordering::Acquire) {
+            return None;
+        }
+        let names = self
+            .names
             .read()
             .map(|n| n.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        Some(names)
     }
 
     /// Adds `Vary` names to the key names. Returns whether any was new.
@@ -87,12 +99,14 @@ impl Config {
         let mut all: Vec<HeaderName> = guard.iter().cloned().chain(vary.iter().cloned()).collect();
         sort_names(&mut all);
         *guard = Arc::from(all);
+        self.has_names.store(true, Ordering::Release);
         true
     }
 
     fn reset_names(&mut self) {
         let mut names = self.key_headers.clone();
         sort_names(&mut names);
+        self.has_names = AtomicBool::new(!names.is_empty());
         self.names = RwLock::new(Arc::from(names));
     }
 }
@@ -133,6 +147,7 @@ impl ResponseCacheLayer {
             route: "default",
             status_name: "redtower".to_owned(),
             names: RwLock::new(Arc::from(Vec::new())),
+            has_names: AtomicBool::new(false),
         };
         config.reset_names();
         Self {

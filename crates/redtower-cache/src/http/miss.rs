@@ -64,7 +64,7 @@ impl Run {
         };
         let filled = self
             .cache
-            .fill(&key.entry, &key.digest, &self.config.tags, seen, leader)
+            .fill(&key.key, &self.config.tags, seen, leader)
             .await;
         let led = match filled {
             Filled::Shared(e, _) => {
@@ -157,10 +157,8 @@ impl Run {
         parts.headers.remove(header::IF_NONE_MATCH);
         parts.headers.remove(header::IF_MODIFIED_SINCE);
         let run = self.clone();
-        let entry = key.entry.clone();
         self.cache.spawn_refresh(
-            entry,
-            key.digest,
+            key.key.clone(),
             seen,
             self.config.tags.clone(),
             move || async move {

@@ -1,5 +1,7 @@
 //! Responses from cache entries (or 304), and the `Age`, `X-Cache` and `Cache-Status` headers.
 
+use std::sync::LazyLock;
+
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body::Body;
 
@@ -90,7 +92,12 @@ impl Run {
         };
         let mut resp = Response::new(body);
         *resp.status_mut() = e.status;
-        *resp.headers_mut() = e.headers.clone();
+        // Room for the stored headers and the three added by `decorate`: no regrowth.
+        let headers = resp.headers_mut();
+        headers.reserve(e.headers.len() + 3);
+        for (name, value) in &e.headers {
+            headers.append(name.clone(), value.clone());
+        }
         if head {
             resp.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(e.body.len()));
@@ -106,53 +113,165 @@ impl Run {
         e: Option<&Entry>,
     ) -> Response<B> {
         let now = self.cache.now_ms();
-        let name = &self.config.status_name;
-        let ttl = |e: &Entry| {
+        let mut status = Line::new(&self.config.status_name);
+        let ttl = |line: &mut Line, e: &Entry| {
+            line.push("ttl=");
             if now < e.fresh_until {
-                format!("{}", secs(e.fresh_until - now))
+                line.number(secs(e.fresh_until - now));
             } else {
-                format!("-{}", secs(now - e.fresh_until))
+                line.push("-");
+                line.number(secs(now - e.fresh_until));
             }
         };
-        let (x, status) = match (served, e) {
-            (Served::Hit, Some(e)) => ("HIT", format!("{name}; hit; ttl={}", ttl(e))),
-            (Served::Coalesced, Some(e)) => (
-                "HIT",
-                format!("{name}; hit; ttl={}; detail=COALESCED", ttl(e)),
-            ),
-            (Served::Stale, Some(e)) => (
-                "STALE",
-                format!("{name}; hit; ttl={}; detail=STALE-WHILE-REVALIDATE", ttl(e)),
-            ),
-            (Served::StaleError(status), Some(e)) => (
-                "STALE",
-                format!(
-                    "{name}; fwd=stale; fwd-status={status}; ttl={}; detail=STALE-IF-ERROR",
-                    ttl(e)
-                ),
-            ),
-            (Served::Stored, Some(e)) => (
-                "MISS",
-                format!("{name}; fwd=uri-miss; stored; ttl={}", ttl(e)),
-            ),
-            (Served::Miss(reason), _) => ("MISS", format!("{name}; fwd=uri-miss; detail={reason}")),
-            (Served::Bypass(reason), _) => {
-                ("BYPASS", format!("{name}; fwd=bypass; detail={reason}"))
+        let x = match (served, e) {
+            (Served::Hit, Some(e)) => {
+                status.push("; hit; ");
+                ttl(&mut status, e);
+                "HIT"
             }
-            (_, None) => ("MISS", format!("{name}; fwd=uri-miss")),
+            (Served::Coalesced, Some(e)) => {
+                status.push("; hit; ");
+                ttl(&mut status, e);
+                status.push("; detail=COALESCED");
+                "HIT"
+            }
+            (Served::Stale, Some(e)) => {
+                status.push("; hit; ");
+                ttl(&mut status, e);
+                status.push("; detail=STALE-WHILE-REVALIDATE");
+                "STALE"
+            }
+            (Served::StaleError(code), Some(e)) => {
+                status.push("; fwd=stale; fwd-status=");
+                status.number(u64::from(code));
+                status.push("; ");
+                ttl(&mut status, e);
+                status.push("; detail=STALE-IF-ERROR");
+                "STALE"
+            }
+            (Served::Stored, Some(e)) => {
+                status.push("; fwd=uri-miss; stored; ");
+                ttl(&mut status, e);
+                "MISS"
+            }
+            (Served::Miss(reason), _) => {
+                status.push("; fwd=uri-miss; detail=");
+                status.push(reason);
+                "MISS"
+            }
+            (Served::Bypass(reason), _) => {
+                status.push("; fwd=bypass; detail=");
+                status.push(reason);
+                "BYPASS"
+            }
+            (_, None) => {
+                status.push("; fwd=uri-miss");
+                "MISS"
+            }
         };
         let h = resp.headers_mut();
+        h.reserve(3);
         if let Some(e) = e {
             let age = match served {
                 Served::Stored => 0,
                 _ => secs(now.saturating_sub(e.stored_at)),
             };
-            h.insert(header::AGE, HeaderValue::from(age));
+            h.insert(header::AGE, small_number(age));
         }
         h.insert(X_CACHE.clone(), HeaderValue::from_static(x));
-        if let Ok(v) = HeaderValue::from_str(&status) {
+        if let Some(v) = status.finish() {
             h.insert(CACHE_STATUS.clone(), v);
         }
         resp
+    }
+}
+
+/// `Age` values below this are shared static values (no allocation per response).
+const STATIC_NUMBERS: u64 = 1024;
+
+/// A header value holding `n`: a shared static one for small numbers.
+fn small_number(n: u64) -> HeaderValue {
+    static SMALL: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
+        // One string for all of them; leaked once, like any `static`.
+        let mut text = String::new();
+        let mut ends = Vec::with_capacity(STATIC_NUMBERS as usize);
+        for i in 0..STATIC_NUMBERS {
+            text.push_str(&i.to_string());
+            ends.push(text.len());
+        }
+        let text: &'static str = Box::leak(text.into_boxed_str());
+        let mut start = 0;
+        ends.into_iter()
+            .map(|end| {
+                let v = HeaderValue::from_static(&text[start..end]);
+                start = end;
+                v
+            })
+            .collect()
+    });
+    match usize::try_from(n).ok().and_then(|i| SMALL.get(i)) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from(n),
+    }
+}
+
+/// A `Cache-Status` value built on the stack: one allocation (the `HeaderValue`) per response.
+struct Line {
+    buf: [u8; 192],
+    len: usize,
+    /// Used when the value does not fit in `buf` (a long cache name).
+    spill: Option<String>,
+}
+
+impl Line {
+    fn new(start: &str) -> Self {
+        let mut line = Self {
+            buf: [0; 192],
+            len: 0,
+            spill: None,
+        };
+        line.push(start);
+        line
+    }
+
+    fn push(&mut self, s: &str) {
+        if let Some(spill) = &mut self.spill {
+            spill.push_str(s);
+            return;
+        }
+        let end = self.len + s.len();
+        match self.buf.get_mut(self.len..end) {
+            Some(dst) => {
+                dst.copy_from_slice(s.as_bytes());
+                self.len = end;
+            }
+            None => {
+                let mut spill = String::from_utf8_lossy(&self.buf[..self.len]).into_owned();
+                spill.push_str(s);
+                self.spill = Some(spill);
+            }
+        }
+    }
+
+    fn number(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        // ASCII digits are valid UTF-8.
+        self.push(std::str::from_utf8(&digits[start..]).unwrap_or("0"));
+    }
+
+    fn finish(self) -> Option<HeaderValue> {
+        match self.spill {
+            Some(s) => HeaderValue::from_str(&s).ok(),
+            None => HeaderValue::from_bytes(&self.buf[..self.len]).ok(),
+        }
     }
 }

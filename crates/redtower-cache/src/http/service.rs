@@ -156,9 +156,7 @@ impl Run {
         let found = if force {
             None
         } else {
-            self.cache
-                .read(&key.entry, &key.digest, &self.config.tags)
-                .await
+            self.cache.read(&key.key, &self.config.tags).await
         };
         let conditionals = Conditionals::take(&mut parts.headers);
         let now = self.cache.now_ms();

@@ -167,9 +167,10 @@ impl CacheStore for RedisStore {
 
     async fn get(&self, key: &EntryKey) -> Result<Option<Bytes>> {
         let k = self.entry_key(key);
+        // The hit path: fred's own per-command timeout (`options`) bounds it, so no second
+        // timer is armed here.
         let client = self.redis.client().with_options(&self.options);
-        self.bounded(async move { client.get::<Option<Bytes>, _>(k).await.map_err(fred) })
-            .await
+        Ok(client.get::<Option<Bytes>, _>(k).await.map_err(fred)?)
     }
 
     async fn put(
