@@ -6,9 +6,11 @@
 //! * criterion groups (in-process `oneshot`, batches of concurrent requests) and the envelope
 //!   codec;
 //! * a load run over real HTTP/1.1 keep-alive connections on loopback (an axum server, 64
-//!   connections, a few seconds per variant, like `wrk -c64`): requests per second, p50/p99
-//!   latency, the ratio to the uncached route, and Redis commands per request from
-//!   `INFO commandstats`. The 50 ms handler runs at 1 and at 64 connections.
+//!   connections, 6 s per variant in 3 interleaved rounds, like `wrk -c64`): requests per
+//!   second, p50/p99 latency, the ratio to the uncached route (median of the rounds), Redis
+//!   commands per request (`INFO commandstats`) and CPU time per request, of this process
+//!   (server and load generator) and of redis-server (`INFO cpu`). The 50 ms handler runs at
+//!   1 and at 64 connections.
 //!
 //! Run with: `cargo bench -p redtower-cache --bench cache` (everything), `... -- load` (only
 //! the load run), or a criterion filter such as `... -- envelope` (no load run).
@@ -133,6 +135,18 @@ impl Setup {
             .build()
     }
 
+    /// CPU seconds redis-server has used so far (`INFO cpu`: user + sys).
+    fn redis_cpu(&self) -> f64 {
+        let info: String = self
+            .rt
+            .block_on(self.redis.client().info(Some(InfoKind::Cpu)))
+            .unwrap();
+        info.lines()
+            .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
+            .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+            .sum()
+    }
+
     /// Redis commands run so far (`INFO commandstats`, without `INFO` itself).
     fn redis_commands(&self) -> u64 {
         let info: String = self
@@ -229,8 +243,10 @@ fn benches(c: &mut Criterion, setup: &Setup) {
 }
 
 const REQUEST: &[u8] = b"GET /products/featured HTTP/1.1\r\nhost: bench\r\n\r\n";
-const LOAD_TIME: Duration = Duration::from_secs(3);
-const WARM_UP: Duration = Duration::from_millis(500);
+/// Measured time per variant, split into interleaved rounds.
+const LOAD_TIME: Duration = Duration::from_secs(6);
+const ROUNDS: u32 = 3;
+const WARM_UP: Duration = Duration::from_millis(300);
 
 /// What one keep-alive connection saw.
 #[derive(Default)]
@@ -288,16 +304,54 @@ async fn connection(addr: SocketAddr, deadline: Instant, expect: Option<&'static
     seen
 }
 
+/// CPU seconds this process (server, cache and load generator) has used so far.
+fn own_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<u64>() as f64 / 100.0
+}
+
 struct Measured {
-    rps: f64,
-    p50: Duration,
-    p99: Duration,
-    commands_per_request: f64,
+    requests: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    commands: u64,
+    app_cpu: f64,
+    redis_cpu: f64,
     unexpected: u64,
 }
 
-/// Serves `app` on loopback and drives it with `clients` connections for [`LOAD_TIME`].
-fn measure(setup: &Setup, app: &Router, clients: usize, expect: Option<&'static [u8]>) -> Measured {
+impl Measured {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn add(&mut self, other: Measured) {
+        self.requests += other.requests;
+        self.elapsed += other.elapsed;
+        self.latencies.extend(other.latencies);
+        self.commands += other.commands;
+        self.app_cpu += other.app_cpu;
+        self.redis_cpu += other.redis_cpu;
+        self.unexpected += other.unexpected;
+    }
+}
+
+/// Serves `app` on loopback and drives it with `clients` connections for `time`.
+fn measure(
+    setup: &Setup,
+    app: &Router,
+    clients: usize,
+    expect: Option<&'static [u8]>,
+    time: Duration,
+) -> Measured {
     let rt = &setup.rt;
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -320,20 +374,22 @@ fn measure(setup: &Setup, app: &Router, clients: usize, expect: Option<&'static 
     };
     run(WARM_UP);
     let before = setup.redis_commands();
+    let (cpu, redis_cpu) = (own_cpu(), setup.redis_cpu());
     let started = Instant::now();
-    let seen = run(LOAD_TIME);
+    let seen = run(time);
     let elapsed = started.elapsed();
+    let (cpu, redis_cpu) = (own_cpu() - cpu, setup.redis_cpu() - redis_cpu);
     let after = setup.redis_commands();
     serve.abort();
     let unexpected = seen.iter().map(|s| s.unexpected).sum();
-    let mut lat: Vec<Duration> = seen.into_iter().flat_map(|s| s.latencies).collect();
-    lat.sort_unstable();
-    let n = lat.len().max(1);
+    let latencies: Vec<Duration> = seen.into_iter().flat_map(|s| s.latencies).collect();
     Measured {
-        rps: lat.len() as f64 / elapsed.as_secs_f64(),
-        p50: lat.get(n / 2).copied().unwrap_or_default(),
-        p99: lat.get(n * 99 / 100).copied().unwrap_or_default(),
-        commands_per_request: after.saturating_sub(before) as f64 / n as f64,
+        requests: latencies.len(),
+        elapsed,
+        latencies,
+        commands: after.saturating_sub(before),
+        app_cpu: cpu,
+        redis_cpu,
         unexpected,
     }
 }
@@ -347,7 +403,7 @@ fn load_run(setup: &Setup) {
     let slow = Duration::from_millis(50);
     let uptime = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "\nload run: HTTP/1.1 keep-alive on loopback, {} s per variant; load average before: {}",
+        "\nload run: HTTP/1.1 keep-alive on loopback, {} s per variant in {ROUNDS} interleaved rounds; load average before: {}",
         LOAD_TIME.as_secs(),
         uptime
             .split_whitespace()
@@ -355,8 +411,10 @@ fn load_run(setup: &Setup) {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    println!("| variant | connections | req/s | ratio | p50 | p99 | Redis cmds/req | not HIT |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| variant | connections | req/s | ratio (median of rounds) | p50 | p99 | Redis cmds/req | app CPU µs/req | Redis CPU µs/req | not HIT |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let groups: [(&str, usize, Vec<Variant>); 3] = [
         (
             "trivial",
@@ -406,17 +464,40 @@ fn load_run(setup: &Setup) {
         ),
     ];
     for (group, clients, variants) in &groups {
-        let mut baseline = None;
-        for (name, app, expect) in variants {
-            let m = measure(setup, app, *clients, *expect);
-            let base = *baseline.get_or_insert(m.rps);
+        // Rounds interleave the variants, so a change in the machine's load hits all of them;
+        // the ratio is the median of the per-round ratios to the baseline.
+        let mut total: Vec<Option<Measured>> = variants.iter().map(|_| None).collect();
+        let mut ratios: Vec<Vec<f64>> = variants.iter().map(|_| Vec::new()).collect();
+        for _ in 0..ROUNDS {
+            let mut base = None;
+            for (i, (_, app, expect)) in variants.iter().enumerate() {
+                let m = measure(setup, app, *clients, *expect, LOAD_TIME / ROUNDS);
+                let b = *base.get_or_insert(m.rps());
+                ratios[i].push(m.rps() / b);
+                match &mut total[i] {
+                    Some(t) => t.add(m),
+                    None => total[i] = Some(m),
+                }
+            }
+        }
+        for (i, (name, _, _)) in variants.iter().enumerate() {
+            let Some(mut m) = total[i].take() else {
+                continue;
+            };
+            let r = &mut ratios[i];
+            r.sort_by(f64::total_cmp);
+            let ratio = r[r.len() / 2];
+            m.latencies.sort_unstable();
+            let n = m.latencies.len().max(1);
+            let per = |x: f64| x * 1e6 / n as f64;
             println!(
-                "| {group} {name} | {clients} | {:.0} | {:.2}x | {:.0?} | {:.0?} | {:.2} | {} |",
-                m.rps,
-                m.rps / base,
-                m.p50,
-                m.p99,
-                m.commands_per_request,
+                "| {group} {name} | {clients} | {:.0} | {ratio:.2}x | {:.0?} | {:.0?} | {:.2} | {:.1} | {:.1} | {} |",
+                m.rps(),
+                m.latencies.get(n / 2).copied().unwrap_or_default(),
+                m.latencies.get(n * 99 / 100).copied().unwrap_or_default(),
+                m.commands as f64 / n as f64,
+                per(m.app_cpu),
+                per(m.redis_cpu),
                 m.unexpected,
             );
         }
