@@ -10,16 +10,21 @@ local now = now_ms()
 if not revoked and now - tonumber(f[3]) < tonumber(ARGV[2]) then
   return {f[1], f[2]}
 end
--- Revoked, or due for a touch (at most once per touch interval): last seen, idle slide.
+-- Due for a touch (at most once per touch interval): last seen, and the idle slide when it
+-- moves the expiry.
+local e, idle = tonumber(f[2]), tonumber(ARGV[1])
+if not revoked and (idle <= 0 or now + idle <= e) then
+  redis.call('HSET', rk, 'a', now)
+  return {f[1], f[2]}
+end
 local m = redis.call('HMGET', rk, 'x', 'h', 'ik')
-local e, x, h, gk, ik = tonumber(f[2]), tonumber(m[1]), m[2], f[5], m[3]
-if revoked or now >= x or now >= e then
+local x, h, gk, ik = tonumber(m[1]), m[2], f[5], m[3]
+if revoked or now >= x then
   kill(rk, h, ik)
   return false
 end
-local idle = tonumber(ARGV[1])
 local ne = math.min(now + idle, x)
-if idle > 0 and ne > e then
+if ne > e then
   e = ne
   redis.call('HSET', rk, 'a', now, 'e', e)
   redis.call('PEXPIREAT', rk, e)
