@@ -78,6 +78,7 @@ use Server::*;
 #[rustfmt::skip]
 pub(crate) const CASES: &[Case] = &[
     case("plain/app", "plain (no layer)", "redtower app", AppRedis, "/plain", false, true),
+    case("plain/session", "plain (no layer)", "same, under the session layer (GET /stats)", AppRedis, "/stats", false, true),
     case("plain/node", "plain (no layer)", "Node express", Node, "/plain", false, false),
     case("hello/redis", "rate limit /api/hello", "Redis", AppRedis, "/api/hello", false, true),
     case("hello/memory", "rate limit /api/hello", "memory", AppMemory, "/api/hello", false, true),
@@ -143,6 +144,7 @@ pub(crate) const GOALS: &[Goal] = &[
     goal("jobs/bulk", "jobs/bulk-bullmq", "BullMQ", 2.0),
     goal("jobs/process", "jobs/process-bullmq", "BullMQ", 2.0),
     info("plain/app", "plain/node", "Node"),
+    info("plain/session", "plain/app", "plain"),
     info("hello/memory", "plain/app", "plain"),
     info("cache/memory", "plain/app", "plain"),
     info("cache/l1", "cache/node", "Node"),

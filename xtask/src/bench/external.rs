@@ -144,9 +144,9 @@ pub(crate) fn jobs(exe: &Path, crate_dir: &Path, n: u32) -> Result<Vec<Row>, Str
             "jobs/s",
         );
         r.rate = result["redtower_per_s"].as_f64();
-        r.cmds_per_req = result["round_trips_per_job"].as_f64();
-        if r.cmds_per_req.is_some() {
-            r.note = "Redis cmds/req = scripts per processed job".to_owned();
+        r.round_trips = result["round_trips_per_job"].as_f64();
+        if r.round_trips.is_some() {
+            r.note = "round trips = scripts per processed job".to_owned();
         }
         rows.push(r);
         if let Some(bullmq) = result["bullmq_per_s"].as_f64() {

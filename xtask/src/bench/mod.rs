@@ -140,6 +140,9 @@ pub(crate) struct Row {
     pub(crate) rate: Option<f64>,
     pub(crate) p50_ms: Option<f64>,
     pub(crate) p99_ms: Option<f64>,
+    /// Commands clients sent to Redis per request (`MONITOR`, scripts' own commands excluded).
+    pub(crate) round_trips: Option<f64>,
+    /// Commands Redis ran per request, those inside scripts included (`INFO commandstats`).
     pub(crate) cmds_per_req: Option<f64>,
     pub(crate) peak_rss_kib: Option<u64>,
     pub(crate) errors: u64,

@@ -14,6 +14,9 @@ use super::{
     wrk::{self, Load},
 };
 
+/// Requests sent one by one under `MONITOR` to count round trips per request.
+const SAMPLE: u32 = 200;
+
 const SECRET: &str = "bench-secret-bench-secret-bench-secret-bench-secret-bench-secret-0123";
 
 /// The binaries the run starts.
@@ -116,6 +119,13 @@ fn measure(
     let r = wrk::run(&load, proc.port, case.path, cookie)?;
     let after = redis_calls(redis)?;
     proc.check_alive()?;
+    // Round trips: sequential requests with MONITOR on (too slow to leave on under load).
+    let (sent, ()) = http::client_commands(redis, || {
+        for _ in 0..SAMPLE {
+            http::get(proc.port, case.path, cookie)?;
+        }
+        Ok(())
+    })?;
     let mut note = String::new();
     if let Some(state) = cache_state.filter(|s| s != "HIT") {
         note = format!("X-Cache {state} after warm-up");
@@ -129,6 +139,7 @@ fn measure(
         rate: Some(r.rps),
         p50_ms: Some(r.p50_ms),
         p99_ms: Some(r.p99_ms),
+        round_trips: Some(sent as f64 / f64::from(SAMPLE)),
         cmds_per_req: (r.requests > 0)
             .then(|| after.saturating_sub(before) as f64 / r.requests as f64),
         peak_rss_kib: proc.peak_rss_kib(),
@@ -175,10 +186,11 @@ pub(crate) fn http_cases(
         );
         let row = measure(case, proc, cookie, redis.port, opts)?;
         eprintln!(
-            "xtask:   {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {:.2} Redis cmds/req, errors {}",
+            "xtask:   {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {:.2} round trips/req, {:.2} Redis cmds/req, errors {}",
             row.rate.unwrap_or(0.0),
             row.p50_ms.unwrap_or(0.0),
             row.p99_ms.unwrap_or(0.0),
+            row.round_trips.unwrap_or(0.0),
             row.cmds_per_req.unwrap_or(0.0),
             row.errors
         );
