@@ -175,7 +175,8 @@ impl Entry {
             tags.push((tag.to_owned(), r.u64()?));
         }
         let header_count = r.u16()?;
-        let mut headers = HeaderMap::with_capacity(usize::from(header_count).min(64));
+        // Room for the three headers the response cache adds when serving (no regrowth).
+        let mut headers = HeaderMap::with_capacity(usize::from(header_count).min(64) + 3);
         for _ in 0..header_count {
             let len = usize::from(r.u8()?);
             let name = HeaderName::from_bytes(r.take(len)?)

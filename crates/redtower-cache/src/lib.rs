@@ -67,7 +67,8 @@
 //!   breaker skips the store for a second after an outage so it adds no latency.
 //! * **Invalidation** by key ([`Cache::invalidate`], and unsafe requests through the layer) and
 //!   by tag in O(1) ([`Cache::invalidate_tag`]: tags hold generations; entries record them).
-//! * Optional in-process **L1** ([`CacheBuilder::l1`]) with a short TTL.
+//! * Optional in-process **L1** ([`CacheBuilder::l1`]) with a short TTL, keyed by the full
+//!   canonical key: an L1 hit computes no digest and no store key.
 //!
 //! # The response cache ([`ResponseCacheLayer`])
 //!

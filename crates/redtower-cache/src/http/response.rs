@@ -105,6 +105,24 @@ impl Run {
         self.decorate(resp, served, Some(e))
     }
 
+    /// Like [`respond`](Self::respond), for an entry nobody else holds: its headers and body
+    /// are moved into the response instead of copied.
+    pub(super) fn respond_owned<B: Body>(
+        &self,
+        mut e: Entry,
+        cond: &Conditionals,
+        head: bool,
+        served: Served,
+    ) -> Response<ResponseBody<B>> {
+        if head || cond.not_modified(&e) {
+            return self.respond(&e, cond, head, served);
+        }
+        let mut resp = Response::new(ResponseBody::full(std::mem::take(&mut e.body)));
+        *resp.status_mut() = e.status;
+        *resp.headers_mut() = std::mem::take(&mut e.headers);
+        self.decorate(resp, served, Some(&e))
+    }
+
     /// Adds `Age`, `X-Cache` and `Cache-Status`.
     pub(super) fn decorate<B>(
         &self,

@@ -170,7 +170,11 @@ impl Run {
             match freshness(&e, now) {
                 Freshness::Fresh if !too_old => {
                     self.cache.record("hit", self.route());
-                    return Ok(self.respond(&e, &conditionals, head, Served::Hit));
+                    // An entry read from the store is ours alone: move its parts out.
+                    return Ok(match Arc::try_unwrap(e) {
+                        Ok(e) => self.respond_owned(e, &conditionals, head, Served::Hit),
+                        Err(e) => self.respond(&e, &conditionals, head, Served::Hit),
+                    });
                 }
                 Freshness::Stale if !too_old => {
                     self.cache.record("stale", self.route());
