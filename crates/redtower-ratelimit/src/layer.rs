@@ -86,7 +86,8 @@ pub(crate) struct Shared {
 #[must_use]
 #[derive(Clone)]
 pub struct RateLimitLayer {
-    config: Config,
+    /// Shared until a setter changes it (axum may clone the layer for every request).
+    config: Arc<Config>,
     /// Built on first use and shared by every clone made after that.
     shared: Arc<OnceLock<Arc<Shared>>>,
 }
@@ -115,7 +116,7 @@ impl RateLimitLayer {
     /// [`route`](Self::route). Requests that no policy applies to pass unlimited.
     pub fn with_store(store: impl RateLimitStore) -> Self {
         Self {
-            config: Config {
+            config: Arc::new(Config {
                 store: Arc::new(store),
                 policies: Arc::from(Vec::new()),
                 routes: Arc::new(HashMap::new()),
@@ -129,7 +130,7 @@ impl RateLimitLayer {
                 missing_key: MissingKey::Reject,
                 limited: None,
                 shadow: false,
-            },
+            }),
             shared: Arc::default(),
         }
     }
@@ -139,7 +140,7 @@ impl RateLimitLayer {
     }
 
     fn edit(mut self, f: impl FnOnce(&mut Config)) -> Self {
-        f(&mut self.config);
+        f(Arc::make_mut(&mut self.config));
         self.shared = Arc::default();
         self
     }
@@ -278,7 +279,7 @@ impl RateLimitLayer {
             denied: DeniedCache::new(self.config.denied_cache),
             fallback: MemoryStore::new(),
             degraded: Default::default(),
-            config: self.config.clone(),
+            config: (*self.config).clone(),
         })
     }
 

@@ -78,6 +78,23 @@ pub(crate) fn policy_header(policies: &[Policy]) -> Option<HeaderValue> {
     HeaderValue::from_str(&value).ok()
 }
 
+/// Appends `n` in decimal (without the formatting machinery: this runs on every response).
+fn push_u64(s: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        s.push(char::from(b));
+    }
+}
+
 /// [`write_headers`] with the `RateLimit-Policy` field already computed.
 pub(crate) fn write_headers_with(
     headers: &mut HeaderMap,
@@ -86,18 +103,17 @@ pub(crate) fn write_headers_with(
     policy: Option<&HeaderValue>,
 ) {
     if which.draft && !decision.policies().is_empty() {
-        let mut state = String::with_capacity(decision.policies().len() * 32);
+        let mut state = String::with_capacity(decision.policies().len() * 40);
         for (i, d) in decision.policies().iter().enumerate() {
             if i > 0 {
                 state.push_str(", ");
             }
-            let _ = write!(
-                state,
-                "\"{}\";r={};t={}",
-                d.name(),
-                d.remaining(),
-                ceil_secs(d.reset())
-            );
+            state.push('"');
+            state.push_str(d.name());
+            state.push_str("\";r=");
+            push_u64(&mut state, d.remaining());
+            state.push_str(";t=");
+            push_u64(&mut state, ceil_secs(d.reset()));
         }
         if let Some(v) = policy {
             headers.insert(RATELIMIT_POLICY.clone(), v.clone());
@@ -232,6 +248,18 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn push_u64_writes_decimal() {
+        for n in [0, 7, 10, 1234567890, u64::MAX] {
+            let mut s = String::from("x");
+            super::push_u64(&mut s, n);
+            assert_eq!(s, format!("x{n}"));
         }
     }
 }
