@@ -167,6 +167,15 @@ pub(crate) fn classify(err: &FredError) -> ErrorKind {
         "NOSCRIPT" => return ErrorKind::Script,
         _ => {}
     }
+    if err.kind() == &FredKind::Unknown
+        && (details.contains("Too many failed write attempts")
+            || details.contains("Max attempts exceeded")
+            || details.contains("Missing expected connection"))
+    {
+        // fred reports a command it could not write before its attempts ran out (the
+        // connection dropped under it) with an untyped error: that is Redis being away.
+        return ErrorKind::Unavailable;
+    }
     if details.contains("Missing cluster routing state") {
         // A Cluster client that has not connected yet (lazy connect, or all nodes down).
         return ErrorKind::Unavailable;
@@ -231,6 +240,11 @@ mod tests {
         assert!(Error::from(FredError::new(FredKind::Cluster, "MOVED 1 x")).is_cluster());
         let not_yet = FredError::new(FredKind::Cluster, "Missing cluster routing state.");
         assert!(Error::from(not_yet).is_unavailable());
+        // What fred answers when the connection dropped before the command could be written.
+        for details in ["Too many failed write attempts.", "Max attempts exceeded"] {
+            let dropped = FredError::new(FredKind::Unknown, details);
+            assert!(Error::from(dropped).is_outage(), "{details}");
+        }
         assert_eq!(
             Error::from(FredError::new(FredKind::Url, "bad")).kind(),
             ErrorKind::Config
