@@ -6,7 +6,7 @@
 //! * criterion groups (in-process `oneshot`, batches of concurrent requests) and the envelope
 //!   codec;
 //! * a load run over real HTTP/1.1 keep-alive connections on loopback (an axum server, 64
-//!   connections, 6 s per variant in 3 interleaved rounds, like `wrk -c64`): requests per
+//!   connections, 8 s per variant in 5 interleaved rounds, like `wrk -c64`): requests per
 //!   second, p50/p99 latency, the ratio to the uncached route (median of the rounds), Redis
 //!   commands per request (`INFO commandstats`) and CPU time per request, of this process
 //!   (server and load generator) and of redis-server (`INFO cpu`). The 50 ms handler runs at
@@ -244,8 +244,8 @@ fn benches(c: &mut Criterion, setup: &Setup) {
 
 const REQUEST: &[u8] = b"GET /products/featured HTTP/1.1\r\nhost: bench\r\n\r\n";
 /// Measured time per variant, split into interleaved rounds.
-const LOAD_TIME: Duration = Duration::from_secs(6);
-const ROUNDS: u32 = 3;
+const LOAD_TIME: Duration = Duration::from_secs(8);
+const ROUNDS: u32 = 5;
 const WARM_UP: Duration = Duration::from_millis(300);
 
 /// What one keep-alive connection saw.
