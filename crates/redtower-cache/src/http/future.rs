@@ -15,7 +15,7 @@ use super::body::ResponseBody;
 pub(super) type BoxFuture<B, E> =
     Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
 
-/// The future of [`ResponseCache`]. Opaque: it boxes today and may not tomorrow.
+/// The future of [`ResponseCache`](crate::ResponseCache). Opaque: it boxes today and may not tomorrow.
 pub struct ResponseFuture<B: Body, E> {
     inner: BoxFuture<B, E>,
 }
