@@ -64,6 +64,17 @@ mod specific {
         redis
     }
 
+    /// A cache for the stampede tests: store timeout and fill wait far above what a loaded
+    /// machine can stall, so that only the fill lock (not the fail-open outage policy or the
+    /// bounded wait) decides who runs the handler.
+    async fn patient_cache(url: &str, prefix: &str) -> Cache {
+        let store = RedisStore::new(handle(url, prefix).await).timeout(Duration::from_secs(10));
+        Cache::builder(store)
+            .lock_ttl(Duration::from_secs(30))
+            .lock_wait(Duration::from_secs(30))
+            .build()
+    }
+
     fn slow_app(cache: Cache, calls: Arc<AtomicUsize>) -> Router {
         Router::new().route(
             "/featured",
@@ -99,14 +110,8 @@ mod specific {
         let prefix = unique_prefix("stampede-layer");
         let url = redtower_testkit::shared_url();
         let calls = Arc::new(AtomicUsize::new(0));
-        let a = slow_app(
-            Cache::new(RedisStore::new(handle(&url, &prefix).await)),
-            calls.clone(),
-        );
-        let b = slow_app(
-            Cache::new(RedisStore::new(handle(&url, &prefix).await)),
-            calls.clone(),
-        );
+        let a = slow_app(patient_cache(&url, &prefix).await, calls.clone());
+        let b = slow_app(patient_cache(&url, &prefix).await, calls.clone());
         let requests = (0..500).map(|i| {
             let app = if i % 2 == 0 { a.clone() } else { b.clone() };
             tokio::spawn(async move { send(&app, "/featured").await })
@@ -127,8 +132,8 @@ mod specific {
     async fn stampede_across_two_caches_runs_the_fetcher_once() {
         let prefix = unique_prefix("stampede-aside");
         let url = redtower_testkit::shared_url();
-        let a = Cache::new(RedisStore::new(handle(&url, &prefix).await));
-        let b = Cache::new(RedisStore::new(handle(&url, &prefix).await));
+        let a = patient_cache(&url, &prefix).await;
+        let b = patient_cache(&url, &prefix).await;
         let calls = Arc::new(AtomicUsize::new(0));
         let tasks = (0..500).map(|i| {
             let cache = if i % 2 == 0 { a.clone() } else { b.clone() };
