@@ -7,7 +7,7 @@ use plotters::prelude::*;
 
 use super::{Row, report};
 
-const WIDTH: u32 = 960;
+const WIDTH: u32 = 1120;
 const LABEL: i32 = 300;
 const BAR_MAX: i32 = 380;
 const ROW: i32 = 24;
