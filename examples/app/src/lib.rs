@@ -327,13 +327,18 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
         .authorizer(ChannelOwner)
         .shutdown(services.shutdown.clone());
 
-    let router = Router::new()
+    // Routes that never read a session stay outside the session layer: each layer goes
+    // where it is used, so a public route pays for no cookie parsing or session setup.
+    let public = Router::new()
         .route("/", get(index))
         .route("/client.js", get(client_js))
         .route("/health", get(health))
         .route("/stats", get(stats))
         .route("/products/featured", get(featured).layer(featured_cache))
         .route("/api/hello", get(hello).layer(api_limit))
+        .route("/orders", post(place_order).layer(order_limit))
+        .route("/orders/{id}", get(get_order));
+    let with_session = Router::new()
         .route("/login", post(login))
         .route("/me", get(me))
         .route("/logout", post(logout))
@@ -346,18 +351,18 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
                 .layer(axum::middleware::map_response(error::json_errors))
                 .post(publish),
         )
-        .route("/orders", post(place_order).layer(order_limit))
-        .route("/orders/{id}", get(get_order))
-        .merge(probes::session_routes(services, stacked_limit))
+        .merge(probes::session_routes(services, stacked_limit));
+    let with_session = match &services.session_layer {
+        SessionLayerKind::Memory(layer) => with_session.layer(layer.clone()),
+        SessionLayerKind::Redis(layer) => with_session.layer(layer.clone()),
+    };
+    Ok(public
+        .merge(with_session)
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(services.clone());
-    let router = match &services.session_layer {
-        SessionLayerKind::Memory(layer) => router.layer(layer.clone()),
-        SessionLayerKind::Redis(layer) => router.layer(layer.clone()),
-    };
-    // Outside the session layer: `/plain` goes through no layer at all.
-    Ok(router.merge(probes::plain_router()))
+        .with_state(services.clone())
+        // `/plain` goes through no layer at all, not even the body limit.
+        .merge(probes::plain_router()))
 }
 
 /// `user:<name>:...` channels belong to that logged-in user; other channels are public to
