@@ -8,6 +8,15 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local function n2s(x) return string.format('%.0f', x) end
+local now_s = n2s(now)
+
+-- One command for many arguments: `cmd key a1 a2 ...`, in chunks that stay below Lua's
+-- stack limit for `unpack`.
+local function multi(cmd, key, args)
+  for i = 1, #args, 512 do
+    redis.call(cmd, key, unpack(args, i, math.min(i + 511, #args)))
+  end
+end
 
 local function present(v) return v ~= nil and v ~= cjson.null and v ~= '' end
 
@@ -47,17 +56,17 @@ end
 local function trim(set, keep_n, keep_age)
   if keep_age > 0 then
     local old = redis.call('ZRANGEBYSCORE', set, '-inf', n2s(now - keep_age), 'LIMIT', 0, 100)
-    for _, id in ipairs(old) do
-      redis.call('ZREM', set, id)
-      redis.call('HDEL', K_JOBS, id)
+    if #old > 0 then
+      multi('ZREM', set, old)
+      multi('HDEL', K_JOBS, old)
     end
   end
   local excess = redis.call('ZCARD', set) - keep_n
   if excess > 0 then
     local ids = redis.call('ZRANGE', set, 0, math.min(excess, 100) - 1)
-    for _, id in ipairs(ids) do
-      redis.call('ZREM', set, id)
-      redis.call('HDEL', K_JOBS, id)
+    if #ids > 0 then
+      multi('ZREM', set, ids)
+      multi('HDEL', K_JOBS, ids)
     end
   end
 end
@@ -71,7 +80,7 @@ local function finish(id, rec, set, keep_n, dirty)
     return
   end
   if dirty then redis.call('HSET', K_JOBS, id, cjson.encode(rec)) end
-  redis.call('ZADD', set, now, id)
+  redis.call('ZADD', set, now_s, id)
 end
 
 -- A fetched record: attempt + 1 and started = now, edited in place without a JSON round trip.

@@ -11,13 +11,17 @@ local keep_dead_n, keep_dead_age = tonumber(ARGV[7]), tonumber(ARGV[8])
 local n_settle = tonumber(ARGV[9])
 
 local codes = {}
+-- Leases settled by this call, removed from the lease hash and the active set in one command
+-- each after the loop; `settled` makes a second settle of the same id in this call stale, as
+-- it would be if the lease were already gone.
+local settled, settled_ids = {}, {}
 for i = 0, n_settle - 1 do
   local b = 10 + i * 5
   local id, tok, kind = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local code = 0
-  if redis.call('HGET', K_LEASE, id) == tok then
-    redis.call('HDEL', K_LEASE, id)
-    redis.call('ZREM', K_ACTIVE, id)
+  if not settled[id] and redis.call('HGET', K_LEASE, id) == tok then
+    settled[id] = true
+    settled_ids[#settled_ids + 1] = id
     local raw = redis.call('HGET', K_JOBS, id)
     if raw then
       local rec = cjson.decode(raw)
@@ -48,6 +52,11 @@ for i = 0, n_settle - 1 do
     end
   end
   codes[#codes + 1] = code
+end
+
+if #settled_ids > 0 then
+  multi('HDEL', K_LEASE, settled_ids)
+  multi('ZREM', K_ACTIVE, settled_ids)
 end
 
 if n_settle > 0 then
@@ -92,17 +101,32 @@ end
 local jobs = {}
 if fetch_n > 0 and redis.call('HGET', K_META, 'paused') ~= '1' then
   local popped = redis.call('ZPOPMIN', K_READY, fetch_n)
-  for i = 1, #popped, 2 do
-    local id = popped[i]
-    local raw = redis.call('HGET', K_JOBS, id)
-    if raw then
-      raw = start_record(raw)
-      redis.call('HSET', K_JOBS, id, raw)
-      local tok = tostring(redis.call('INCR', K_SEQ))
-      redis.call('HSET', K_LEASE, id, tok)
-      redis.call('ZADD', K_ACTIVE, n2s(now + lease_ms), id)
-      local created = tonumber(string.match(raw, '"created":(%d+)')) or now
-      jobs[#jobs + 1] = { id, tok, raw, n2s(now - created) }
+  if #popped > 0 then
+    -- Fencing tokens for the whole batch from one INCRBY: last - n + 1 .. last.
+    local next_tok = redis.call('INCRBY', K_SEQ, #popped / 2) - #popped / 2 + 1
+    local until_s = n2s(now + lease_ms)
+    local records, leases, active = {}, {}, {}
+    for i = 1, #popped, 2 do
+      local id = popped[i]
+      local raw = redis.call('HGET', K_JOBS, id)
+      if raw then
+        raw = start_record(raw)
+        local tok = n2s(next_tok)
+        next_tok = next_tok + 1
+        records[#records + 1] = id
+        records[#records + 1] = raw
+        leases[#leases + 1] = id
+        leases[#leases + 1] = tok
+        active[#active + 1] = until_s
+        active[#active + 1] = id
+        local created = tonumber(string.match(raw, '"created":(%d+)')) or now
+        jobs[#jobs + 1] = { id, tok, raw, n2s(now - created) }
+      end
+    end
+    if #records > 0 then
+      multi('HSET', K_JOBS, records)
+      multi('HSET', K_LEASE, leases)
+      multi('ZADD', K_ACTIVE, active)
     end
   end
   if #popped >= fetch_n * 2 and redis.call('ZCARD', K_READY) > 0 then wake() end
