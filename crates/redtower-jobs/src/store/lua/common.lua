@@ -18,6 +18,16 @@ local function multi(cmd, key, args)
   end
 end
 
+-- `HMGET key f1 f2 ...` in the same chunks: the values, in order (false where missing).
+local function hmget(key, fields)
+  local out = {}
+  for i = 1, #fields, 512 do
+    local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + 511, #fields)))
+    for j = 1, #part do out[#out + 1] = part[j] end
+  end
+  return out
+end
+
 local function present(v) return v ~= nil and v ~= cjson.null and v ~= '' end
 
 local function emit(kind, id, rec, err)

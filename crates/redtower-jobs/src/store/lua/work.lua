@@ -10,23 +10,48 @@ local keep_done_n, keep_done_age = tonumber(ARGV[5]), tonumber(ARGV[6])
 local keep_dead_n, keep_dead_age = tonumber(ARGV[7]), tonumber(ARGV[8])
 local n_settle = tonumber(ARGV[9])
 
+-- What a completion needs of a record (name and attempt for the event; no dedup key to drop),
+-- read without decoding the JSON. Safe for the same reason as `start_record`: outside the
+-- top-level keys every quote is escaped. Nil (decode it) when the record has a dedup key or a
+-- name with escapes.
+local function completed_fields(raw)
+  if not string.find(raw, '"uniq":null', 1, true) then return nil end
+  local name = string.match(raw, '"name":"([^"\\]*)"')
+  local attempt = string.match(raw, '"attempt":(%d+)')
+  if name and attempt then return { name = name, attempt = attempt, light = true } end
+  return nil
+end
+
 local codes = {}
 -- Leases settled by this call, removed from the lease hash and the active set in one command
 -- each after the loop; `settled` makes a second settle of the same id in this call stale, as
 -- it would be if the lease were already gone.
-local settled, settled_ids = {}, {}
+-- Leases and records of the whole batch are read with one HMGET each: nothing in the loop
+-- writes the lease hash, and a record is only written for its own (settled once) id.
+local settled, settled_ids, done_batch = {}, {}, {}
+local settle_ids = {}
+for i = 0, n_settle - 1 do settle_ids[i + 1] = ARGV[10 + i * 5] end
+local leases_now = hmget(K_LEASE, settle_ids)
+local records_now = hmget(K_JOBS, settle_ids)
 for i = 0, n_settle - 1 do
   local b = 10 + i * 5
   local id, tok, kind = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local code = 0
-  if not settled[id] and redis.call('HGET', K_LEASE, id) == tok then
+  if not settled[id] and leases_now[i + 1] == tok then
     settled[id] = true
     settled_ids[#settled_ids + 1] = id
-    local raw = redis.call('HGET', K_JOBS, id)
+    local raw = records_now[i + 1]
     if raw then
-      local rec = cjson.decode(raw)
+      local rec = (kind == 'c' and completed_fields(raw)) or cjson.decode(raw)
       if kind == 'c' then
-        finish(id, rec, K_DONE, keep_done_n, false)
+        if rec.light and keep_done_n > 0 then
+          -- No dedup key and an unchanged record: only the done set changes, in one ZADD
+          -- for the batch after the loop.
+          done_batch[#done_batch + 1] = now_s
+          done_batch[#done_batch + 1] = id
+        else
+          finish(id, rec, K_DONE, keep_done_n, false)
+        end
         emit('completed', id, rec, nil)
         code = 1
       elseif kind == 'x' then
@@ -58,6 +83,7 @@ if #settled_ids > 0 then
   multi('HDEL', K_LEASE, settled_ids)
   multi('ZREM', K_ACTIVE, settled_ids)
 end
+if #done_batch > 0 then multi('ZADD', K_DONE, done_batch) end
 
 if n_settle > 0 then
   if keep_done_n > 0 then trim(K_DONE, keep_done_n, keep_done_age) end
@@ -106,9 +132,11 @@ if fetch_n > 0 and redis.call('HGET', K_META, 'paused') ~= '1' then
     local next_tok = redis.call('INCRBY', K_SEQ, #popped / 2) - #popped / 2 + 1
     local until_s = n2s(now + lease_ms)
     local records, leases, active = {}, {}, {}
-    for i = 1, #popped, 2 do
-      local id = popped[i]
-      local raw = redis.call('HGET', K_JOBS, id)
+    local ids = {}
+    for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
+    local raws = hmget(K_JOBS, ids)
+    for i, id in ipairs(ids) do
+      local raw = raws[i]
       if raw then
         raw = start_record(raw)
         local tok = n2s(next_tok)
