@@ -60,8 +60,15 @@ pub const ORDER_UPDATES: &str = "order:updates";
 pub const SHIP_QUEUE: &str = "orders";
 
 /// Everything the routes share: one of each backend, built once in `main`.
+///
+/// Cloning is one reference-count bump: axum clones the router's state for every request,
+/// so the state is one `Arc` rather than a struct of configuration and handles.
 #[derive(Clone)]
-pub struct Services {
+pub struct Services(Arc<ServicesInner>);
+
+/// The fields of [`Services`], reached through `Deref`.
+#[doc(hidden)]
+pub struct ServicesInner {
     config: Config,
     redis: Option<Redis>,
     cache: Cache,
@@ -73,6 +80,20 @@ pub struct Services {
     orders: Orders,
     featured_db_calls: Arc<AtomicU64>,
     shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for ServicesInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServicesInner").finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for Services {
+    type Target = ServicesInner;
+
+    fn deref(&self) -> &ServicesInner {
+        &self.0
+    }
 }
 
 impl std::fmt::Debug for Services {
@@ -152,7 +173,7 @@ impl Services {
                 );
                 let sessions = redtower_session::MemoryStore::new();
                 let jobs = redtower_jobs::MemoryStore::new();
-                Self {
+                ServicesInner {
                     redis: None,
                     cache: Cache::new(redtower_cache::MemoryStore::new()),
                     limits: Limits::Memory(redtower_ratelimit::MemoryStore::new()),
@@ -172,7 +193,7 @@ impl Services {
                 let redis = Redis::new(redis_config.clone())?;
                 tracing::info!(url = %redis_config.redacted_url(), "using Redis");
                 let sessions = redtower_session::RedisStore::new(redis.clone(), &secret[..32]);
-                Self {
+                ServicesInner {
                     cache: if config.cache_l1 {
                         Cache::builder(redtower_cache::RedisStore::new(redis.clone()))
                             .l1(1_000, Duration::from_millis(500))
@@ -195,7 +216,7 @@ impl Services {
                 }
             }
         };
-        Ok(services)
+        Ok(Self(Arc::new(services)))
     }
 
     fn backend_name(&self) -> &'static str {
