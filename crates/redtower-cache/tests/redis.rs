@@ -155,15 +155,14 @@ mod specific {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         let (sa, sb) = (a.stats(), b.stats());
         assert_eq!(sa.fetches + sb.fetches, 1);
-        assert_eq!(
-            sa.remote_fills + sb.remote_fills,
-            1,
+        assert!(
+            sa.remote_fills + sb.remote_fills >= 1,
             "the other instance waited for the fill"
         );
         assert_eq!(
-            sa.coalesced + sb.coalesced,
-            498,
-            "the rest joined their instance's flight"
+            sa.coalesced + sb.coalesced + sa.remote_fills + sb.remote_fills,
+            499,
+            "every other call got the filled value: from its instance's flight, or from the store"
         );
     }
 

@@ -146,6 +146,16 @@ impl Cache {
                 false
             }
         };
+        if token.is_some() {
+            // Double-check under the lock: a fill (another instance's, or an earlier flight
+            // here) may have landed between the caller's read and this lock.
+            if let Some(e) = self.fresh_fill(key, tags, seen).await {
+                self.release(key, token.as_ref()).await;
+                bump(&self.inner.stats.remote_fills);
+                guard.publish(Some(e.clone()));
+                return Filled::Shared(e, fetch);
+            }
+        }
         if locked_by_other {
             let started = Instant::now();
             let deadline = started + cfg.lock_wait;
@@ -160,14 +170,12 @@ impl Cache {
                 let jitter = interval.mul_f64(rand::random::<f64>() * 0.5);
                 tokio::time::sleep((interval + jitter).min(deadline - now)).await;
                 interval = interval.mul_f64(1.5).min(cfg.poll_max);
-                if let Some(e) = self.read_store(key, tags).await {
-                    if e.stored_at > seen && freshness(&e, self.now_ms()) == Freshness::Fresh {
-                        bump(&self.inner.stats.remote_fills);
-                        metrics::histogram!("redtower_cache_lock_wait_seconds", "cache" => self.name())
-                            .record(started.elapsed().as_secs_f64());
-                        guard.publish(Some(e.clone()));
-                        return Filled::Shared(e, fetch);
-                    }
+                if let Some(e) = self.fresh_fill(key, tags, seen).await {
+                    bump(&self.inner.stats.remote_fills);
+                    metrics::histogram!("redtower_cache_lock_wait_seconds", "cache" => self.name())
+                        .record(started.elapsed().as_secs_f64());
+                    guard.publish(Some(e.clone()));
+                    return Filled::Shared(e, fetch);
                 }
                 match self.guard(store.try_lock(key.entry(), cfg.lock_ttl)).await {
                     Ok(Some(t)) => {
@@ -196,6 +204,14 @@ impl Cache {
             .await;
         guard.publish(shared);
         Filled::Led(r)
+    }
+
+    /// The stored entry if it is fresh and newer than the one the caller saw (`seen`).
+    /// Re-reads never count an undecodable entry again.
+    async fn fresh_fill(&self, key: &Key, tags: &[String], seen: u64) -> Option<Arc<Entry>> {
+        self.read_store_counted(key, tags, false)
+            .await
+            .filter(|e| e.stored_at > seen && freshness(e, self.now_ms()) == Freshness::Fresh)
     }
 
     pub(crate) async fn tag_generations_for_fill(&self, tags: &[String]) -> Option<Vec<u64>> {
@@ -327,12 +343,10 @@ impl Cache {
                 }
             };
             // Another instance may have refreshed it between our read and our lock.
-            if let Some(e) = cache.read_store(&key, &tags).await {
-                if e.stored_at > seen && freshness(&e, cache.now_ms()) == Freshness::Fresh {
-                    cache.release(&key, Some(&token)).await;
-                    guard.publish(Some(e));
-                    return;
-                }
+            if let Some(e) = cache.fresh_fill(&key, &tags, seen).await {
+                cache.release(&key, Some(&token)).await;
+                guard.publish(Some(e));
+                return;
             }
             bump(&cache.inner.stats.refreshes);
             bump(&cache.inner.stats.fetches);

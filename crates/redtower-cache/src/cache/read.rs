@@ -22,6 +22,17 @@ impl Cache {
 
     /// Reads and validates an entry from the store (never the L1), and puts it in the L1.
     pub(super) async fn read_store(&self, key: &Key, tags: &[String]) -> Option<Arc<Entry>> {
+        self.read_store_counted(key, tags, true).await
+    }
+
+    /// [`read_store`](Self::read_store); `count_corrupt` is false for re-reads of an entry
+    /// the caller already found undecodable, so one bad entry is counted once.
+    pub(super) async fn read_store_counted(
+        &self,
+        key: &Key,
+        tags: &[String],
+        count_corrupt: bool,
+    ) -> Option<Arc<Entry>> {
         let digest = key.digest();
         let store_key = key.entry();
         let store = &self.inner.store;
@@ -43,6 +54,9 @@ impl Cache {
         let entry = match Entry::decode(&bytes) {
             Ok(e) => e,
             Err(error) => {
+                if !count_corrupt {
+                    return None;
+                }
                 bump(&self.inner.stats.corrupt);
                 tracing::warn!(target: "redtower::cache", cache = self.name(), %error, "undecodable cache entry; treating as a miss");
                 return None;

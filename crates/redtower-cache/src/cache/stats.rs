@@ -22,7 +22,8 @@ pub struct CacheStats {
     pub refreshes: u64,
     /// Requests served by another request's fill in this instance.
     pub coalesced: u64,
-    /// Requests served by a fill that another instance made while they waited.
+    /// Requests served by a fill found in the store instead of fetching: another instance's
+    /// (while they waited for its lock), or one that landed just before they took the lock.
     pub remote_fills: u64,
     /// Requests that gave up waiting for another instance and fetched themselves.
     pub lock_timeouts: u64,

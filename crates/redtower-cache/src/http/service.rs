@@ -161,7 +161,9 @@ impl Run {
         let conditionals = Conditionals::take(&mut parts.headers);
         let now = self.cache.now_ms();
         let mut fallback = None;
-        let mut seen = 0;
+        // Only a fill newer than this counts as shareable: for a forced refetch, one that lands
+        // after the request arrived.
+        let mut seen = if force { now } else { 0 };
         if let Some(e) = found {
             seen = e.stored_at;
             let too_old = req_cc

@@ -11,8 +11,9 @@ use std::{
     time::Duration,
 };
 
+use async_trait::async_trait;
 use bytes::Bytes;
-use redtower_cache::{Cache, CacheStore, EntryKey, FetchError};
+use redtower_cache::{Cache, CacheStore, EntryKey, FetchError, LockToken, Result};
 
 const MIN: Duration = Duration::from_secs(60);
 
@@ -47,6 +48,7 @@ macro_rules! all_conformance {
             invalidate_tag_drops_tagged_values,
             undecodable_entry_is_a_miss_and_overwritten,
             concurrent_get_or_fetch_runs_the_fetcher_once,
+            a_fill_landing_before_the_lock_is_shared,
         );
     };
 }
@@ -364,4 +366,78 @@ pub(crate) async fn concurrent_get_or_fetch_runs_the_fetcher_once(store: impl Ca
         assert_eq!(t.await.unwrap(), 42);
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// A store whose next `misses` reads find nothing, as a read does that ran just before another
+/// fill landed.
+#[derive(Debug)]
+struct LateRead<S> {
+    inner: S,
+    misses: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl<S: CacheStore> CacheStore for LateRead<S> {
+    fn now_ms(&self) -> u64 {
+        self.inner.now_ms()
+    }
+    async fn get(&self, key: &EntryKey) -> Result<Option<Bytes>> {
+        let late = self
+            .misses
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        let found = self.inner.get(key).await?;
+        Ok(if late { None } else { found })
+    }
+    async fn put(
+        &self,
+        key: &EntryKey,
+        value: Bytes,
+        ttl: Duration,
+        token: Option<&LockToken>,
+    ) -> Result<bool> {
+        self.inner.put(key, value, ttl, token).await
+    }
+    async fn invalidate(&self, group: &str) -> Result<()> {
+        self.inner.invalidate(group).await
+    }
+    async fn try_lock(&self, key: &EntryKey, ttl: Duration) -> Result<Option<LockToken>> {
+        self.inner.try_lock(key, ttl).await
+    }
+    async fn unlock(&self, key: &EntryKey, token: &LockToken) -> Result<bool> {
+        self.inner.unlock(key, token).await
+    }
+    async fn tag_generations(&self, tags: &[String]) -> Result<Vec<u64>> {
+        self.inner.tag_generations(tags).await
+    }
+    async fn ensure_tags(&self, tags: &[String], ttl: Duration) -> Result<Vec<u64>> {
+        self.inner.ensure_tags(tags, ttl).await
+    }
+    async fn bump_tag(&self, tag: &str) -> Result<()> {
+        self.inner.bump_tag(tag).await
+    }
+}
+
+/// A call whose read missed just before another fill landed (and released its lock) takes the
+/// lock, finds that fill, and shares it instead of fetching again.
+pub(crate) async fn a_fill_landing_before_the_lock_is_shared(store: impl CacheStore) {
+    let misses = Arc::new(AtomicUsize::new(0));
+    let cache = Cache::new(LateRead {
+        inner: store,
+        misses: misses.clone(),
+    });
+    let first: u32 = cache
+        .get_or_fetch("late", MIN, || async { Ok::<_, String>(1) })
+        .await
+        .unwrap();
+    assert_eq!(first, 1);
+    misses.store(1, Ordering::SeqCst);
+    let second: u32 = cache
+        .get_or_fetch("late", MIN, || async { Ok::<_, String>(2) })
+        .await
+        .unwrap();
+    assert_eq!(second, 1, "the landed fill is served, not refetched");
+    let stats = cache.stats();
+    assert_eq!((stats.fetches, stats.remote_fills), (1, 1));
+    assert_eq!(misses.load(Ordering::SeqCst), 0, "the late read happened");
 }
