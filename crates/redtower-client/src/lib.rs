@@ -12,6 +12,8 @@
 //! * [`Keyspace`]: `prefix:namespace:{tag}:part` keys with exactly one Cluster hash tag and
 //!   escaped user input.
 //! * [`Script`]: Lua compiled in, `EVALSHA` with transparent `NOSCRIPT` reload.
+//! * [`Coalescer`]: concurrent calls made during one round trip leave together as the next
+//!   batch (one `MGET` for many `GET`s, one script call for many checks).
 //! * [`enum@Error`]: one error type whose [`ErrorKind`] tells timeouts, outages, Cluster and
 //!   script errors apart, for the layers' failure policies.
 //!
@@ -35,6 +37,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod client;
+mod coalesce;
 mod config;
 mod error;
 mod health;
@@ -42,6 +45,7 @@ pub mod keyspace;
 mod script;
 
 pub use client::Redis;
+pub use coalesce::{Coalescer, Uncoalesced};
 pub use config::RedisConfig;
 pub use error::{Error, ErrorKind, Result};
 pub use health::{ConnectionState, Health, HealthStatus};

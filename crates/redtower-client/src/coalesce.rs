@@ -1,0 +1,270 @@
+//! [`Coalescer`]: concurrent calls that arrive while one batch is in flight leave together as
+//! the next batch.
+//!
+//! Under load a Redis round trip costs more CPU in the client, the kernel and redis-server
+//! than the command itself, and on the same few cores that CPU is the application's
+//! throughput. fred pipelines what is queued on its connection, but every command still has its
+//! own frame, reply, response channel and (for `EVALSHA`) its own socket flush. A coalescer
+//! turns the calls that concurrent requests make during one round trip into one command for
+//! the next: one `MGET` for many `GET`s, one script call for many checks.
+//!
+//! There is no timer: a lone call leaves at once (one task hop later), and batches only form
+//! while a batch is on the wire, so an idle service pays nothing in latency and a busy one at
+//! most the round trip ahead of it. By default one batch is on the wire at a time
+//! ([`Coalescer::in_flight`] allows more).
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+};
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+type SendFn<T, R> = dyn Fn(Vec<T>) -> Pin<Box<dyn Future<Output = Vec<R>> + Send>> + Send + Sync;
+
+struct Pending<T, R> {
+    item: T,
+    tx: oneshot::Sender<R>,
+}
+
+/// Batches concurrent calls: `send` receives the items queued while the previous batch was in
+/// flight (at most `max_batch`, in arrival order) and returns one result per item, in the same
+/// order.
+///
+/// Cheap to share behind an `Arc`; the batching task starts on the first call, on the Tokio
+/// runtime of that call, and ends when the coalescer is dropped.
+///
+/// ```
+/// use redtower_client::Coalescer;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // One "round trip" doubles every number of a batch.
+/// let doubler = Coalescer::new(64, |batch: Vec<u32>| async move {
+///     batch.into_iter().map(|n| n * 2).collect::<Vec<_>>()
+/// });
+/// let (a, b) = tokio::join!(doubler.call(1), doubler.call(20));
+/// assert_eq!((a.ok(), b.ok()), (Some(2), Some(40)));
+/// # }
+/// ```
+pub struct Coalescer<T, R> {
+    send: Arc<SendFn<T, R>>,
+    max_batch: usize,
+    in_flight: usize,
+    queue: OnceLock<mpsc::UnboundedSender<Pending<T, R>>>,
+}
+
+impl<T, R> fmt::Debug for Coalescer<T, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coalescer")
+            .field("max_batch", &self.max_batch)
+            .field("in_flight", &self.in_flight)
+            .field("started", &self.queue.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a [`Coalescer::call`] has no result.
+#[derive(Debug)]
+pub enum Uncoalesced<T> {
+    /// The batching task is gone (its runtime shut down), or no Tokio runtime runs here: the
+    /// item comes back unsent, so the caller can send it on its own.
+    NotSent(T),
+    /// The item was sent, but its batch was dropped before answering it (its runtime shut
+    /// down mid-call, or `send` returned fewer results than items). Whether it ran is unknown.
+    Dropped,
+}
+
+impl<T, R> Coalescer<T, R>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    /// A coalescer whose batches `send` carries (`max_batch` is at least 1).
+    pub fn new<F, Fut>(max_batch: usize, send: F) -> Self
+    where
+        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<R>> + Send + 'static,
+    {
+        Self {
+            send: Arc::new(move |batch| Box::pin(send(batch))),
+            max_batch: max_batch.max(1),
+            in_flight: 1,
+            queue: OnceLock::new(),
+        }
+    }
+
+    /// How many batches may be on the wire at once (default 1, at least 1). More lowers the
+    /// wait of a call that arrives while a batch is in flight, at light load; fewer makes
+    /// larger batches under load.
+    #[must_use]
+    pub fn in_flight(mut self, n: usize) -> Self {
+        self.in_flight = n.max(1);
+        self
+    }
+
+    /// Queues `item` for the next batch and waits for its result.
+    ///
+    /// # Errors
+    ///
+    /// [`Uncoalesced`] when the item could not be sent or its batch did not answer it.
+    pub async fn call(&self, item: T) -> Result<R, Uncoalesced<T>> {
+        let rx = self.submit(item)?;
+        rx.await.map_err(|_| Uncoalesced::Dropped)
+    }
+
+    fn submit(&self, item: T) -> Result<oneshot::Receiver<R>, Uncoalesced<T>> {
+        let queue = match self.queue.get() {
+            Some(q) => q,
+            None => {
+                let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                    return Err(Uncoalesced::NotSent(item));
+                };
+                self.queue.get_or_init(|| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    rt.spawn(run(rx, self.send.clone(), self.max_batch, self.in_flight));
+                    tx
+                })
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        match queue.send(Pending { item, tx }) {
+            Ok(()) => Ok(rx),
+            Err(mpsc::error::SendError(p)) => Err(Uncoalesced::NotSent(p.item)),
+        }
+    }
+}
+
+async fn run<T, R>(
+    mut rx: mpsc::UnboundedReceiver<Pending<T, R>>,
+    send: Arc<SendFn<T, R>>,
+    max_batch: usize,
+    in_flight: usize,
+) where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(in_flight));
+    let mut queued = Vec::with_capacity(max_batch);
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        // Every handle is gone when the channel closes and nothing is queued.
+        if rx.recv_many(&mut queued, max_batch).await == 0 {
+            return;
+        }
+        let (items, replies): (Vec<T>, Vec<oneshot::Sender<R>>) =
+            queued.drain(..).map(|p| (p.item, p.tx)).unzip();
+        let batch = send(items);
+        let answer = async move {
+            let results = batch.await;
+            drop(permit);
+            for (tx, r) in replies.into_iter().zip(results) {
+                // The caller may have given up (its future dropped).
+                let _ = tx.send(r);
+            }
+        };
+        if in_flight == 1 {
+            answer.await;
+        } else {
+            tokio::spawn(answer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_calls_share_batches_and_get_their_own_results() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let seen = batches.clone();
+        let c = Arc::new(Coalescer::new(16, move |batch: Vec<usize>| {
+            seen.lock().unwrap().push(batch.len());
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                batch.into_iter().map(|n| n * 10).collect::<Vec<_>>()
+            }
+        }));
+        let calls = (0..200).map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { (i, c.call(i).await.ok()) })
+        });
+        for r in futures::future::join_all(calls).await {
+            let (i, got) = r.unwrap();
+            assert_eq!(got, Some(i * 10));
+        }
+        let sizes = batches.lock().unwrap().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 200);
+        assert!(sizes.iter().all(|&n| (1..=16).contains(&n)), "{sizes:?}");
+        assert!(
+            sizes.len() < 200,
+            "calls during a round trip share a batch: {sizes:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lone_call_leaves_at_once() {
+        let c = Coalescer::new(8, |batch: Vec<u8>| async move { batch });
+        for i in 0..3 {
+            assert_eq!(c.call(i).await.ok(), Some(i));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_item_without_a_result_is_dropped() {
+        let c = Coalescer::new(8, |_batch: Vec<u8>| async move { Vec::<u8>::new() });
+        assert!(matches!(c.call(1).await, Err(Uncoalesced::Dropped)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_flight_allows_that_many_batches_on_the_wire() {
+        // Each batch waits until two batches are on the wire: only possible with in_flight(2).
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let c = Arc::new(
+            Coalescer::new(1, move |batch: Vec<u8>| {
+                let barrier = barrier.clone();
+                async move {
+                    barrier.wait().await;
+                    batch
+                }
+            })
+            .in_flight(2),
+        );
+        let (a, b) = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            tokio::join!(c.call(1), c.call(2))
+        })
+        .await
+        .expect("two batches in flight at once");
+        assert_eq!((a.ok(), b.ok()), (Some(1), Some(2)));
+    }
+
+    #[test]
+    fn a_call_after_its_runtime_ended_comes_back_unsent() {
+        let c = Coalescer::new(8, |batch: Vec<u8>| async move { batch });
+        let first = tokio::runtime::Runtime::new().unwrap();
+        assert_eq!(first.block_on(c.call(1)).ok(), Some(1));
+        drop(first);
+        let second = tokio::runtime::Runtime::new().unwrap();
+        match second.block_on(c.call(2)) {
+            Err(Uncoalesced::NotSent(2)) => {}
+            other => panic!("expected the item back, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_runtime_no_batch() {
+        let c = Coalescer::new(8, |batch: Vec<u8>| async move { batch });
+        // Polled by a bare executor: there is no Tokio runtime to start the task on.
+        match futures::executor::block_on(c.call(7)) {
+            Err(Uncoalesced::NotSent(7)) => {}
+            other => panic!("expected the item back, got {other:?}"),
+        }
+    }
+}
