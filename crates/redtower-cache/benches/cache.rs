@@ -123,9 +123,14 @@ impl Setup {
         }
     }
 
-    /// Every hit is one `GET`.
+    /// Every hit goes to Redis (concurrent hits coalesced into one `MGET`, the default).
     fn redis_cache(&self) -> Cache {
         Cache::new(RedisStore::new(self.redis.clone()))
+    }
+
+    /// Every hit is its own `GET` (coalescing off).
+    fn redis_cache_single(&self) -> Cache {
+        Cache::new(RedisStore::new(self.redis.clone()).coalesce_reads(false))
     }
 
     /// Hits are served by the in-process L1 (Redis behind it).
@@ -434,6 +439,11 @@ fn load_run(setup: &Setup) {
                 (
                     "hit_redis",
                     router(Some(layer(setup.redis_cache())), Duration::ZERO),
+                    hit,
+                ),
+                (
+                    "hit_redis, one GET each",
+                    router(Some(layer(setup.redis_cache_single())), Duration::ZERO),
                     hit,
                 ),
             ],

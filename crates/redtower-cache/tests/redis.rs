@@ -28,9 +28,19 @@ async fn cluster(test: &str) -> RedisStore {
     RedisStore::new(connect(&redtower_testkit::shared_cluster().url(), test).await)
 }
 
+async fn standalone_single_reads(test: &str) -> RedisStore {
+    standalone(test).await.coalesce_reads(false)
+}
+
 mod standalone {
     use super::conformance;
     all_conformance!(super::standalone);
+}
+
+/// The same, with every read its own `GET` (coalescing off).
+mod standalone_single_reads {
+    use super::conformance;
+    all_conformance!(super::standalone_single_reads);
 }
 
 mod cluster {
@@ -307,6 +317,91 @@ mod specific {
         server.resume();
     }
 
+    /// Values of `n` keys stored through `cache`; then `calls` concurrent reads of them, each
+    /// checked against its own key's value, with no fetch.
+    async fn concurrent_reads(cache: &Cache, n: u32, calls: u32) {
+        for i in 0..n {
+            let v: u32 = cache
+                .get_or_fetch(
+                    &format!("k{i}"),
+                    Duration::from_secs(60),
+                    move || async move { Ok::<_, String>(i * 7) },
+                )
+                .await
+                .unwrap();
+            assert_eq!(v, i * 7);
+        }
+        let fetched = Arc::new(AtomicUsize::new(0));
+        let reads = (0..calls).map(|c| {
+            let cache = cache.clone();
+            let fetched = fetched.clone();
+            let i = c % n;
+            tokio::spawn(async move {
+                let v: u32 = cache
+                    .get_or_fetch(
+                        &format!("k{i}"),
+                        Duration::from_secs(60),
+                        move || async move {
+                            fetched.fetch_add(1, Ordering::SeqCst);
+                            Ok::<_, String>(u32::MAX)
+                        },
+                    )
+                    .await
+                    .unwrap();
+                (i, v)
+            })
+        });
+        for r in futures::future::join_all(reads).await {
+            let (i, v) = r.unwrap();
+            assert_eq!(v, i * 7, "key k{i} got its own value");
+        }
+        assert_eq!(fetched.load(Ordering::SeqCst), 0, "every read was a hit");
+        assert_eq!(cache.stats().fail_open, 0);
+    }
+
+    fn calls_of(stats: &str, cmd: &str) -> u64 {
+        stats
+            .lines()
+            .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
+            .and_then(|l| l.split("calls=").nth(1))
+            .and_then(|r| r.split(',').next())
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_hits_leave_together_as_mget() {
+        let server = RedisServer::start();
+        let redis = handle(&server.url(), "coalesce").await;
+        let cache = Cache::new(RedisStore::new(redis));
+        // Warm the connection and the scripts, then count only the reads.
+        concurrent_reads(&cache, 50, 50).await;
+        server.cmd(&["CONFIG", "RESETSTAT"]);
+        concurrent_reads(&cache, 50, 2000).await;
+        let stats = server.cmd(&["INFO", "commandstats"]).as_text().unwrap();
+        let (gets, mgets) = (calls_of(&stats, "get"), calls_of(&stats, "mget"));
+        assert!(mgets >= 1, "{stats}");
+        assert!(
+            gets + mgets < 2000,
+            "2,000 concurrent hits in fewer commands: {stats}"
+        );
+        for other in ["set", "evalsha", "eval", "del"] {
+            assert_eq!(
+                calls_of(&stats, other),
+                0,
+                "{other} on the hit path: {stats}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn coalesced_hits_on_a_cluster_each_get_their_own_value() {
+        let cluster = redtower_testkit::shared_cluster();
+        let prefix = unique_prefix("coalesce-cluster");
+        let cache = Cache::new(RedisStore::new(handle(&cluster.url(), &prefix).await));
+        // 200 keys spread over the slots of all three primaries, read 4,000 times at once.
+        concurrent_reads(&cache, 200, 4000).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hit_is_exactly_one_get() {
         let server = RedisServer::start();
@@ -320,19 +415,15 @@ mod specific {
             assert_eq!(send(&app, "/featured").await.1, "HIT");
         }
         let stats = server.cmd(&["INFO", "commandstats"]).as_text().unwrap();
-        let calls_of = |cmd: &str| {
-            stats
-                .lines()
-                .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
-                .and_then(|l| l.split("calls=").nth(1))
-                .and_then(|r| r.split(',').next())
-                .map_or(0, |n| n.parse::<u64>().unwrap())
-        };
-        assert_eq!(calls_of("get"), 10, "{stats}");
+        assert_eq!(calls_of(&stats, "get"), 10, "{stats}");
         for other in [
-            "set", "evalsha", "eval", "del", "smembers", "pttl", "exists",
+            "set", "evalsha", "eval", "del", "smembers", "pttl", "exists", "mget",
         ] {
-            assert_eq!(calls_of(other), 0, "{other} on the hit path: {stats}");
+            assert_eq!(
+                calls_of(&stats, other),
+                0,
+                "{other} on the hit path: {stats}"
+            );
         }
     }
 

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use crate::Result;
 
 pub(crate) mod memory;
+pub(crate) mod reads;
 pub(crate) mod redis;
 
 /// Where one entry lives: a `group` (the hashed primary key: the cache-aside key, or the request

@@ -3,7 +3,7 @@
 use std::{
     fmt,
     future::Future,
-    sync::LazyLock,
+    sync::{Arc, LazyLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -17,7 +17,7 @@ use redtower_client::{
     },
 };
 
-use super::{CacheStore, EntryKey, LockToken, new_generation, ttl_ms};
+use super::{CacheStore, EntryKey, LockToken, new_generation, reads::Reads, ttl_ms};
 use crate::{Error, Result};
 
 static PUT: LazyLock<Script> = LazyLock::new(|| Script::new("cache_put", include_str!("put.lua")));
@@ -63,6 +63,9 @@ pub struct RedisStore {
     tags: Namespace,
     options: Options,
     timeout: Duration,
+    /// The coalescing queue of `GET`s; `None` when turned off.
+    reads: Option<Arc<Reads>>,
+    coalesce: bool,
 }
 
 impl fmt::Debug for RedisStore {
@@ -88,9 +91,31 @@ impl RedisStore {
             tags,
             options: Options::default(),
             timeout: Self::DEFAULT_TIMEOUT,
+            reads: None,
+            coalesce: true,
         };
-        store.options = store.command_options();
+        store.configure();
         store
+    }
+
+    /// Whether concurrent reads are coalesced (default `true`): `GET`s that requests issue
+    /// while another read of this store is in flight leave together as one `MGET` (one per
+    /// hash slot on a Cluster). Each request still waits for exactly one round trip; under
+    /// load the client, the kernel and redis-server handle one command for many hits. Off,
+    /// every read is its own `GET`.
+    #[must_use]
+    pub fn coalesce_reads(mut self, on: bool) -> Self {
+        self.coalesce = on;
+        self.configure();
+        self
+    }
+
+    fn configure(&mut self) {
+        self.options = self.command_options();
+        self.reads = self.coalesce.then(|| {
+            let client = self.redis.client().with_options(&self.options);
+            Arc::new(Reads::new(client, self.redis.is_cluster()))
+        });
     }
 
     /// How long one cache command may take before the cache gives up on it and fails open.
@@ -99,7 +124,7 @@ impl RedisStore {
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout.max(Duration::from_millis(1));
-        self.options = self.command_options();
+        self.configure();
         self
     }
 
@@ -166,9 +191,16 @@ impl CacheStore for RedisStore {
     }
 
     async fn get(&self, key: &EntryKey) -> Result<Option<Bytes>> {
-        let k = self.entry_key(key);
+        let mut k = self.entry_key(key);
         // The hit path: fred's own per-command timeout (`options`) bounds it, so no second
         // timer is armed here.
+        if let Some(reads) = &self.reads {
+            match reads.get(k).await {
+                Ok(r) => return Ok(r.map_err(fred)?),
+                // Not queued (no runtime for the queue's task): read directly.
+                Err(back) => k = back,
+            }
+        }
         let client = self.redis.client().with_options(&self.options);
         Ok(client.get::<Option<Bytes>, _>(k).await.map_err(fred)?)
     }
