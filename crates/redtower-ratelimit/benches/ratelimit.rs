@@ -111,6 +111,10 @@ fn apps(rt: &tokio::runtime::Runtime, url: &str) -> Apps {
                     "redis-1-policy",
                     limited(RateLimitLayer::new(store.clone(), huge())),
                 ),
+                (
+                    "redis-1-policy-uncoalesced",
+                    limited(RateLimitLayer::new(store.clone().coalesce(false), huge())),
+                ),
                 ("redis-3-policies", limited(three)),
                 (
                     "naive-incr-expire",

@@ -159,6 +159,156 @@ fn lua_script_matches_the_reference_model() {
     });
 }
 
+/// A batch: requests of up to three subjects (indexes) with their costs, checked in one call.
+#[derive(Debug, Clone)]
+struct BatchCase {
+    policies: Vec<Policy>,
+    steps: Vec<(u64, Vec<(usize, u32)>)>,
+}
+
+fn batch_case() -> impl Strategy<Value = BatchCase> {
+    case().prop_flat_map(|c| {
+        let cap = c.steps.iter().map(|s| s.1).max().unwrap_or(1);
+        let longest = c
+            .policies
+            .iter()
+            .map(|p| p.quota().period_us())
+            .max()
+            .unwrap();
+        let request = (0usize..3, 1..=cap);
+        let step = (
+            prop_oneof![Just(0u64), 0..longest / 4 + 2, 0..longest * 2 + 2],
+            proptest::collection::vec(request, 1..8),
+        );
+        let policies = c.policies.clone();
+        proptest::collection::vec(step, 1..12).prop_map(move |steps| BatchCase {
+            policies: policies.clone(),
+            steps,
+        })
+    })
+}
+
+/// Batches (one script call for several requests, some of one subject) decide exactly what
+/// the model decides for the same requests one after another at the same instant.
+fn batches_match_the_reference_model(url: String, cases: u32) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let redis = rt.block_on(connect(&url, "diff-batch"));
+    let config = ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let counter = AtomicUsize::new(0);
+    proptest!(config, |(case in batch_case(), start in 0u64..86_400_000_000)| {
+        let clock = ManualClock::at_micros(common::conformance::T0 + start);
+        let lua = RedisStore::new(redis.clone()).clock(clock.clone());
+        let model = MemoryStore::new().clock(clock.clone());
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        let subjects: Vec<Subject> = (0..3).map(|i| Subject::new(format!("b{n}-{i}"))).collect();
+        for (i, (advance, batch)) in case.steps.iter().enumerate() {
+            clock.advance(Duration::from_micros(*advance));
+            let requests: Vec<(&Subject, &[Policy], u32)> = batch
+                .iter()
+                .map(|(s, cost)| (&subjects[*s], case.policies.as_slice(), *cost))
+                .collect();
+            let got = rt.block_on(lua.check_batch(&requests));
+            prop_assert_eq!(got.len(), requests.len());
+            for (j, (got, (s, cost))) in got.into_iter().zip(batch).enumerate() {
+                let got = got.unwrap();
+                let want = model.check_now(&subjects[*s], &case.policies, *cost);
+                prop_assert_eq!(got.is_allowed(), want.is_allowed(), "step {} request {}", i, j);
+                for (g, w) in got.policies().iter().zip(want.policies()) {
+                    prop_assert_eq!(g.outcome(), w.outcome(), "step {} request {} policy {}", i, j, g.name());
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn batched_lua_matches_the_reference_model_standalone() {
+    batches_match_the_reference_model(redtower_testkit::shared_url(), 128);
+}
+
+#[test]
+fn batched_lua_matches_the_reference_model_cluster() {
+    // Subjects in different slots: one script call per slot, each in order.
+    batches_match_the_reference_model(redtower_testkit::shared_cluster().url(), 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_checks_share_script_calls_and_admit_exactly_the_limit() {
+    let server = RedisServer::start();
+    let redis = connect(&server.url(), "coalesce").await;
+    let store = Arc::new(RedisStore::new(redis));
+    // GCRA, a burst of 700 and one more every two minutes: no refill during the test, and
+    // no window boundary to cross.
+    let policies: Arc<[Policy]> =
+        Arc::from(vec![Policy::new("day", Quota::per_day(nonzero!(700)))]);
+    // Load the script, then count.
+    assert!(
+        store
+            .check(&Subject::new("warm"), &policies, 1)
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    let before = cmdstat(&server, "evalsha");
+    let checks = (0..2000).map(|i| {
+        let store = store.clone();
+        let policies = policies.clone();
+        tokio::spawn(async move {
+            let subject = Subject::new(format!("s{}", i % 4));
+            store
+                .check(&subject, &policies, 1)
+                .await
+                .unwrap()
+                .is_allowed()
+        })
+    });
+    let admitted = futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(
+        admitted,
+        4 * 500,
+        "four subjects, 500 checks each, all within 700"
+    );
+    let calls = cmdstat(&server, "evalsha") - before;
+    assert!(
+        (1..2000).contains(&calls),
+        "2,000 concurrent checks in fewer script calls: {calls}"
+    );
+    let checks = (0..2000).map(|i| {
+        let store = store.clone();
+        let policies = policies.clone();
+        tokio::spawn(async move {
+            let subject = Subject::new(format!("s{}", i % 4));
+            store
+                .check(&subject, &policies, 1)
+                .await
+                .unwrap()
+                .is_allowed()
+        })
+    });
+    let admitted = futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(
+        admitted,
+        4 * 200,
+        "exactly the 200 left per subject, batches or not"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Over-admission: two app instances, one Redis, 64 concurrent clients.
 

@@ -1,13 +1,17 @@
 //! [`RedisStore`]: counters in Redis, one Lua script call per request.
 
-use std::{sync::LazyLock, time::Duration};
+use std::{
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use fred::{
     bytes_utils::Str,
+    error::{Error as FredError, ErrorKind as FredErrorKind},
     interfaces::ClientLike,
     types::{ClusterHash, CustomCommand, Value, config::Options},
 };
-use redtower_client::{Key, Namespace, Redis, Script};
+use redtower_client::{Coalescer, Key, Namespace, Redis, Script, Uncoalesced};
 
 use crate::{Algorithm, Decision, Error, ManualClock, Policy, Result, Subject, model::Outcome};
 
@@ -18,10 +22,16 @@ static CHECK_SHA: LazyLock<Str> = LazyLock::new(|| Str::from(CHECK.sha1()));
 
 /// Counters in Redis, shared by every instance of the application.
 ///
-/// Each request is one `EVALSHA` of one script that evaluates every policy of the subject with
-/// Redis `TIME`, all-or-nothing, and sets a TTL on every key it writes. Keys are
+/// Each request is checked by one `EVALSHA` of one script that evaluates every policy of the
+/// subject with Redis `TIME`, all-or-nothing, and sets a TTL on every key it writes. Keys are
 /// `<prefix>:rl:{<subject>}:<policy>`, so all of a subject's counters share one Cluster slot.
 /// Works on standalone Redis, Sentinel and Cluster (Redis 6.2+ or Valkey).
+///
+/// Checks that concurrent requests make while a check is in flight are coalesced (see
+/// [`coalesce`](Self::coalesce)): they leave together as one script call (one per slot on a
+/// Cluster) that evaluates them in order, exactly as one after another. Each request still
+/// waits for one round trip; under load, Redis and the client run one script call for many
+/// requests instead of one each.
 ///
 /// Run Redis with `maxmemory-policy noeviction` (or a dedicated instance): eviction of limiter
 /// keys silently resets limits.
@@ -44,7 +54,24 @@ pub struct RedisStore {
     ns: Namespace,
     clock: Option<ManualClock>,
     options: Options,
+    coalesce: bool,
+    batches: Option<Arc<Coalescer<Call, Reply>>>,
 }
+
+/// One request's share of a script call: its keys' slot, keys and per-policy arguments.
+#[derive(Debug)]
+struct Call {
+    slot: u16,
+    keys: Vec<Value>,
+    /// The number of policies, then 4 values per policy.
+    args: Vec<Value>,
+}
+
+/// One request's part of the reply: admitted, then 4 values per policy.
+type Reply = Result<Vec<i64>, FredError>;
+
+/// The most requests one coalesced script call checks.
+const MAX_BATCH: usize = 64;
 
 impl RedisStore {
     /// The key namespace: `rl`.
@@ -55,7 +82,7 @@ impl RedisStore {
     /// own, shorter, [timeout](crate::RateLimitLayer::timeout) usually answers first).
     pub fn new(redis: Redis) -> Self {
         let ns = redis.keyspace().namespace(Self::NAMESPACE);
-        Self {
+        let mut store = Self {
             redis,
             ns,
             clock: None,
@@ -65,14 +92,45 @@ impl RedisStore {
                 timeout: Some(Duration::from_secs(1)),
                 ..Options::default()
             },
-        }
+            coalesce: true,
+            batches: None,
+        };
+        store.configure();
+        store
     }
 
     /// The per-command timeout given to fred. Defaults to 1 s.
     #[must_use]
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.options.timeout = Some(timeout);
+        self.configure();
         self
+    }
+
+    /// Whether concurrent checks are coalesced (default `true`): the checks that requests make
+    /// while another check of this store is in flight leave together as one script call (one
+    /// per hash slot on a Cluster, at most 64 requests), evaluated in arrival order at one
+    /// instant, exactly as if sent one after another. A lone request leaves at once. Off, every
+    /// check is its own script call.
+    #[must_use]
+    pub fn coalesce(mut self, on: bool) -> Self {
+        self.coalesce = on;
+        self.configure();
+        self
+    }
+
+    fn configure(&mut self) {
+        self.batches = self.coalesce.then(|| {
+            let sender = Sender {
+                redis: self.redis.clone(),
+                options: self.options.clone(),
+                clock: self.clock.clone(),
+            };
+            Arc::new(Coalescer::new(MAX_BATCH, move |calls: Vec<Call>| {
+                let sender = sender.clone();
+                async move { sender.send(calls).await }
+            }))
+        });
     }
 
     /// Passes the time of `clock` to the script instead of letting it read Redis `TIME`. For
@@ -81,6 +139,7 @@ impl RedisStore {
     #[must_use]
     pub fn clock(mut self, clock: ManualClock) -> Self {
         self.clock = Some(clock);
+        self.configure();
         self
     }
 
@@ -97,30 +156,6 @@ impl RedisStore {
     /// The namespace of every key of this store (for SCAN).
     pub fn namespace(&self) -> &Namespace {
         &self.ns
-    }
-
-    /// `EVALSHA` sent as a custom command: fred never auto-pipelines its own `EVALSHA` (it
-    /// waits for each reply before sending the next command on the connection), which caps a
-    /// busy limiter at one script per round trip. Pipelining is safe here: each script is atomic
-    /// on the server, and a `NOSCRIPT` reply is handled per call by loading and running again.
-    async fn eval(&self, subject: &Subject, policies: &[Policy], cost: u32) -> Result<Vec<i64>> {
-        let client = self.redis.client().with_options(&self.options);
-        let (slot, args) = self.args(subject, policies, cost);
-        // Route by the keys' slot (they all share one hash tag).
-        let cmd = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
-        match client.custom::<Vec<i64>, _>(cmd.clone(), args).await {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                tracing::debug!(target: "redtower::ratelimit", "NOSCRIPT: loading the script");
-                CHECK.load(&self.redis).await?;
-                // Same arguments (a test clock is read again; the script was not run).
-                let (_, args) = self.args(subject, policies, cost);
-                client
-                    .custom(cmd, args)
-                    .await
-                    .map_err(|e| Error::Redis(e.into()))
-            }
-            other => other.map_err(|e| Error::Redis(e.into())),
-        }
     }
 }
 
@@ -149,50 +184,221 @@ fn push_policy(args: &mut Vec<Value>, p: &Policy, cost: u32) {
 }
 
 impl RedisStore {
-    /// `EVALSHA <sha> <n> <keys...> <now> <per policy: algorithm x y z>`, and the keys' slot.
-    fn args(&self, subject: &Subject, policies: &[Policy], cost: u32) -> (u16, Vec<Value>) {
-        let mut args: Vec<Value> = Vec::with_capacity(3 + policies.len() * 5);
-        args.push(Value::String(CHECK_SHA.clone()));
-        args.push(Value::Integer(policies.len() as i64));
-        // `<prefix>:rl:{<subject>}:` once; every key appends its policy's name. They all share
-        // the hash tag, so the prefix's slot is every key's slot.
+    /// One request's keys (sharing the subject's hash tag, so the prefix's slot is every
+    /// key's slot) and arguments.
+    fn call(&self, subject: &Subject, policies: &[Policy], cost: u32) -> Call {
         let base = self.ns.key(subject.segment()).into_string();
         let slot = fred::util::redis_keyslot(base.as_bytes());
+        let keys = policies
+            .iter()
+            .map(|p| {
+                let mut key = String::with_capacity(base.len() + 1 + p.name().len());
+                key.push_str(&base);
+                key.push(':');
+                key.push_str(p.name());
+                Value::from(key)
+            })
+            .collect();
+        let mut args = Vec::with_capacity(1 + 4 * policies.len());
+        args.push(Value::Integer(policies.len() as i64));
         for p in policies {
-            let mut key = String::with_capacity(base.len() + 1 + p.name().len());
-            key.push_str(&base);
-            key.push(':');
-            key.push_str(p.name());
-            args.push(Value::from(key));
+            push_policy(&mut args, p, cost);
+        }
+        Call { slot, keys, args }
+    }
+
+    /// Checks several requests in one round trip (one script call per slot), in order, as if
+    /// sent one after another at one instant. Results come back in the order of `requests`.
+    /// The layer uses [`check`](crate::RateLimitStore::check), which coalesces concurrent
+    /// requests by itself; this is for callers that hold a batch already.
+    ///
+    /// # Errors
+    ///
+    /// Per request, when Redis could not answer it.
+    pub async fn check_batch(
+        &self,
+        requests: &[(&Subject, &[Policy], u32)],
+    ) -> Vec<Result<Decision>> {
+        let calls = requests
+            .iter()
+            .map(|(s, p, c)| self.call(s, p, *c))
+            .collect();
+        let replies = self.sender().send(calls).await;
+        requests
+            .iter()
+            .zip(replies)
+            .map(|((_, policies, _), r)| decide(policies, r.map_err(|e| Error::Redis(e.into()))))
+            .collect()
+    }
+
+    fn sender(&self) -> Sender {
+        Sender {
+            redis: self.redis.clone(),
+            options: self.options.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+}
+
+/// Sends batches of calls: one `EVALSHA` per slot.
+#[derive(Debug, Clone)]
+struct Sender {
+    redis: Redis,
+    options: Options,
+    clock: Option<ManualClock>,
+}
+
+impl Sender {
+    async fn send(&self, calls: Vec<Call>) -> Vec<Reply> {
+        let n = calls.len();
+        let first = calls.first().map_or(0, |c| c.slot);
+        if calls.iter().all(|c| c.slot == first) {
+            return self.one_slot(first, calls).await;
+        }
+        // A Cluster script call takes keys of one slot: one call per slot, concurrently; the
+        // order within a slot is kept.
+        let mut groups: Vec<(u16, Vec<usize>, Vec<Call>)> = Vec::new();
+        for (i, c) in calls.into_iter().enumerate() {
+            match groups.iter_mut().find(|g| g.0 == c.slot) {
+                Some(g) => {
+                    g.1.push(i);
+                    g.2.push(c);
+                }
+                None => groups.push((c.slot, vec![i], vec![c])),
+            }
+        }
+        let mut replies: Vec<Option<Reply>> = (0..n).map(|_| None).collect();
+        let sent = groups
+            .into_iter()
+            .map(|(slot, idx, calls)| async move { (idx, self.one_slot(slot, calls).await) });
+        for (idx, got) in futures::future::join_all(sent).await {
+            for (i, r) in idx.into_iter().zip(got) {
+                replies[i] = Some(r);
+            }
+        }
+        replies
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(short_reply())))
+            .collect()
+    }
+
+    /// `EVALSHA <sha> <keys> <keys...> <now> <requests> <per request: n, per policy: a x y z>`.
+    fn args(&self, calls: &[Call]) -> Vec<Value> {
+        let nkeys: usize = calls.iter().map(|c| c.keys.len()).sum();
+        let nargs: usize = calls.iter().map(|c| c.args.len()).sum();
+        let mut args = Vec::with_capacity(4 + nkeys + nargs);
+        args.push(Value::String(CHECK_SHA.clone()));
+        args.push(Value::Integer(nkeys as i64));
+        for c in calls {
+            args.extend(c.keys.iter().cloned());
         }
         args.push(match &self.clock {
             Some(c) => Value::Integer(c.now_micros() as i64),
             None => Value::from_static_str(""),
         });
-        for p in policies {
-            push_policy(&mut args, p, cost);
+        args.push(Value::Integer(calls.len() as i64));
+        for c in calls {
+            args.extend(c.args.iter().cloned());
         }
-        (slot, args)
+        args
     }
+
+    /// `EVALSHA` sent as a custom command, routed by the keys' slot: fred never auto-pipelines
+    /// its own `EVALSHA` (it waits for each reply before sending the next command on the
+    /// connection). Pipelining is safe here: each script is atomic on the server, and a
+    /// `NOSCRIPT` reply is handled per call by loading and running again.
+    async fn one_slot(&self, slot: u16, calls: Vec<Call>) -> Vec<Reply> {
+        let client = self.redis.client().with_options(&self.options);
+        let cmd = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
+        let reply = match client
+            .custom::<Vec<i64>, _>(cmd.clone(), self.args(&calls))
+            .await
+        {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                tracing::debug!(target: "redtower::ratelimit", "NOSCRIPT: loading the script");
+                match CHECK.load(&self.redis).await {
+                    // Same calls (a test clock is read again; the script was not run).
+                    Ok(()) => client.custom::<Vec<i64>, _>(cmd, self.args(&calls)).await,
+                    Err(e) => Err(e
+                        .as_fred()
+                        .cloned()
+                        .unwrap_or_else(|| FredError::new(FredErrorKind::Unknown, e.to_string()))),
+                }
+            }
+            other => other,
+        };
+        let flat = match reply {
+            Ok(flat) => flat,
+            Err(e) => return calls.iter().map(|_| Err(e.clone())).collect(),
+        };
+        // Split the flat reply: per call, 1 + 4 values per policy.
+        let mut out = Vec::with_capacity(calls.len());
+        let mut at = 0;
+        for c in &calls {
+            let len = 1 + 4 * (c.keys.len());
+            match flat.get(at..at + len) {
+                Some(part) => out.push(Ok(part.to_vec())),
+                None => out.push(Err(short_reply())),
+            }
+            at += len;
+        }
+        if at != flat.len() {
+            let e = FredError::new(
+                FredErrorKind::Protocol,
+                format!("rate limit reply of {} values for {at}", flat.len()),
+            );
+            return calls.iter().map(|_| Err(e.clone())).collect();
+        }
+        out
+    }
+}
+
+fn short_reply() -> FredError {
+    FredError::new(
+        FredErrorKind::Protocol,
+        "rate limit reply shorter than its batch",
+    )
+}
+
+/// A request's decision from its part of the reply.
+fn decide(policies: &[Policy], reply: Result<Vec<i64>>) -> Result<Decision> {
+    let reply = reply?;
+    if reply.len() != 1 + 4 * policies.len() || reply.iter().any(|&v| v < 0) {
+        return Err(Error::Reply(format!("{reply:?}")));
+    }
+    let outcomes = reply[1..].chunks_exact(4).map(|c| Outcome {
+        allowed: c[0] == 1,
+        remaining: c[1] as u64,
+        reset_us: c[2] as u64,
+        retry_after_us: c[3] as u64,
+    });
+    let decision = Decision::new(policies, outcomes);
+    if decision.is_allowed() != (reply[0] == 1) {
+        return Err(Error::Reply(format!("inconsistent verdict: {reply:?}")));
+    }
+    Ok(decision)
 }
 
 #[async_trait::async_trait]
 impl crate::RateLimitStore for RedisStore {
     async fn check(&self, subject: &Subject, policies: &[Policy], cost: u32) -> Result<Decision> {
-        let reply = self.eval(subject, policies, cost).await?;
-        if reply.len() != 1 + 4 * policies.len() || reply.iter().any(|&v| v < 0) {
-            return Err(Error::Reply(format!("{reply:?}")));
-        }
-        let outcomes = reply[1..].chunks_exact(4).map(|c| Outcome {
-            allowed: c[0] == 1,
-            remaining: c[1] as u64,
-            reset_us: c[2] as u64,
-            retry_after_us: c[3] as u64,
-        });
-        let decision = Decision::new(policies, outcomes);
-        if decision.is_allowed() != (reply[0] == 1) {
-            return Err(Error::Reply(format!("inconsistent verdict: {reply:?}")));
-        }
-        Ok(decision)
+        let call = self.call(subject, policies, cost);
+        let reply = match &self.batches {
+            Some(batches) => match batches.call(call).await {
+                Ok(r) => r,
+                // Not queued (no runtime for the queue's task): send it on its own.
+                Err(Uncoalesced::NotSent(call)) => one(self.sender().send(vec![call]).await),
+                Err(Uncoalesced::Dropped) => Err(FredError::new(
+                    FredErrorKind::Canceled,
+                    "the check's batch was dropped",
+                )),
+            },
+            None => one(self.sender().send(vec![call]).await),
+        };
+        decide(policies, reply.map_err(|e| Error::Redis(e.into())))
     }
+}
+
+fn one(mut replies: Vec<Reply>) -> Reply {
+    replies.pop().unwrap_or_else(|| Err(short_reply()))
 }
