@@ -193,7 +193,7 @@ async fn drive(
     round: usize,
     name: &'static str,
     addr: SocketAddr,
-    cookie: String,
+    cookies: Vec<String>,
     conns: usize,
     warmup: Duration,
     measure: Duration,
@@ -202,10 +202,9 @@ async fn drive(
     let start = Instant::now();
     let t0 = start + warmup;
     let t1 = t0 + measure;
-    let req = request("GET", "/read", &cookie);
     let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let req = req.clone();
+    for cookie in cookies.iter().take(conns) {
+        let req = request("GET", "/read", cookie);
         tasks.push(tokio::spawn(async move {
             let mut conn = TcpStream::connect(addr).await.expect("connect");
             conn.set_nodelay(true).expect("nodelay");
@@ -342,16 +341,20 @@ fn main() {
                 continue;
             }
             let out = client_rt.block_on(async {
-                let cookie = if name == common::VARIANTS[0] {
-                    String::new()
-                } else {
-                    login(addr).await
-                };
+                // One session per connection (each its own user's browser).
+                let mut cookies = Vec::with_capacity(n);
+                for _ in 0..n {
+                    cookies.push(if name == common::VARIANTS[0] {
+                        String::new()
+                    } else {
+                        login(addr).await
+                    });
+                }
                 drive(
                     round,
                     name,
                     addr,
-                    cookie,
+                    cookies,
                     n,
                     Duration::from_secs_f64(warmup),
                     Duration::from_secs_f64(secs),

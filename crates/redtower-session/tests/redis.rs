@@ -374,3 +374,80 @@ async fn round_trips_per_request() {
     );
     let _ = id_of(&cookie);
 }
+
+/// Sessions of several users (bound: one slot per user) and anonymous ones (random slots),
+/// some deleted or revoked, loaded concurrently many times: every load gets its own record,
+/// or `None` for the gone ones.
+async fn concurrent_loads_get_their_own_sessions(store: RedisStore) -> RedisStore {
+    use std::sync::Arc;
+
+    use common::{bound, record};
+    use tower_sessions_core::session::Id;
+
+    let mut live: Vec<(Id, serde_json::Value)> = Vec::new();
+    let mut gone: Vec<Id> = Vec::new();
+    for i in 0..24 {
+        let mut r = if i % 2 == 0 {
+            bound(&format!("user{}", i % 6), &format!("ua{i}"))
+        } else {
+            record(vec![("n", json!(i))], Duration::from_secs(600))
+        };
+        store.create(&mut r).await.unwrap();
+        if i % 5 == 0 {
+            store.delete(&r.id).await.unwrap();
+            gone.push(r.id);
+        } else {
+            live.push((r.id, serde_json::to_value(&r.data).unwrap()));
+        }
+    }
+    // Log user0 out everywhere: its remaining sessions are revoked through the epoch.
+    store.revoke_all("user0").await.unwrap();
+    let revoked = |data: &serde_json::Value| data["redtower.user"]["user"] == "user0";
+    gone.push(Id::default());
+    let store = Arc::new(store);
+    let loads = (0..1200).map(|i| {
+        let store = store.clone();
+        let (id, want) = if i % 4 == 3 {
+            (gone[i % gone.len()], None)
+        } else {
+            let (id, data) = &live[i % live.len()];
+            (*id, (!revoked(data)).then(|| data.clone()))
+        };
+        tokio::spawn(async move {
+            let got = store.load(&id).await.unwrap();
+            let got = got.map(|r| serde_json::to_value(&r.data).unwrap());
+            assert_eq!(got, want, "load {i}");
+        })
+    });
+    for r in futures::future::join_all(loads).await {
+        r.unwrap();
+    }
+    Arc::into_inner(store).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_loads_share_script_calls() {
+    let server = RedisServer::start();
+    let store = RedisStore::new(redis_at(&server.url(), "batch").await, SECRET);
+    let before = server.cmd(&["INFO", "commandstats"]).as_text().unwrap();
+    assert!(!before.is_empty());
+    server.cmd(&["CONFIG", "RESETSTAT"]);
+    let _ = concurrent_loads_get_their_own_sessions(store).await;
+    let stats = server.cmd(&["INFO", "commandstats"]).as_text().unwrap();
+    let evalsha: i64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    // 24 creates, 5 deletes and one revoke_all, then 1,200 loads in fewer calls.
+    assert!(
+        evalsha < 30 + 1200,
+        "concurrent loads coalesced: {evalsha} script calls"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_loads_on_a_cluster_each_get_their_own_session() {
+    let _ = concurrent_loads_get_their_own_sessions(store(true).await).await;
+}

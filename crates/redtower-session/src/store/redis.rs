@@ -1,13 +1,16 @@
 //! [`RedisStore`]: sessions in Redis, one Lua script (one round trip) per operation.
 
 use std::{
-    sync::{Arc, LazyLock},
+    sync::{Arc, LazyLock, OnceLock},
     time::Duration,
 };
 
 use async_trait::async_trait;
-use fred::types::Value;
-use redtower_client::{Redis, Script};
+use fred::{
+    error::{Error as FredError, ErrorKind as FredErrorKind},
+    types::Value,
+};
+use redtower_client::{Coalescer, Key, Redis, Script, Uncoalesced};
 use tower_sessions_core::{
     SessionStore,
     session::{Id, Record},
@@ -83,7 +86,17 @@ struct Inner {
     redis: Redis,
     keys: Keys,
     policy: Policy,
+    /// Loads queued by concurrent requests, sent as one script call per slot (started on the
+    /// first load, with the policy of that moment; a policy change starts a new one).
+    loads: OnceLock<Arc<Loads>>,
 }
+
+/// A loaded record's data and expiry (unix ms), or `None` when missing, expired or revoked.
+type Loaded = Result<Option<(String, String)>, FredError>;
+type Loads = Coalescer<Key, Loaded>;
+
+/// The most loads one coalesced script call carries.
+const MAX_BATCH: usize = 64;
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -118,12 +131,29 @@ impl RedisStore {
                 redis,
                 keys,
                 policy: Policy::default(),
+                loads: OnceLock::new(),
             }),
         }
     }
 
     fn policy_mut(&mut self) -> &mut Policy {
-        &mut Arc::make_mut(&mut self.inner).policy
+        let inner = Arc::make_mut(&mut self.inner);
+        inner.loads = OnceLock::new();
+        &mut inner.policy
+    }
+
+    fn loads(&self) -> &Loads {
+        self.inner.loads.get_or_init(|| {
+            let redis = self.inner.redis.clone();
+            let args = [
+                self.inner.policy.idle_ms(),
+                ms(self.inner.policy.touch_interval),
+            ];
+            Arc::new(Coalescer::new(MAX_BATCH, move |batch: Vec<Key>| {
+                let redis = redis.clone();
+                async move { load_batch(&redis, args, batch).await }
+            }))
+        })
     }
 
     /// Sliding idle timeout: a session not used for this long expires, and every read or write
@@ -184,6 +214,7 @@ impl RedisStore {
             redis,
             keys,
             policy,
+            ..
         } = &*self.inner;
         let binding = binding_of(&record.data);
         let data = policy.encode(&record.data)?;
@@ -223,20 +254,30 @@ impl RedisStore {
         Err(Error::Collision)
     }
 
+    /// Loads coalesce: the loads that requests make while another load of this store is in
+    /// flight leave together as one script call (one per slot on a Cluster), which loads them
+    /// one after another. Each request still waits for one round trip.
     async fn load_inner(&self, id: &Id) -> Result<Option<Record>> {
-        let Inner {
-            redis,
-            keys,
-            policy,
-        } = &*self.inner;
-        let reply: Option<Vec<String>> = LOAD
-            .run(
-                redis,
-                vec![keys.record(id)],
-                vec![policy.idle_ms(), ms(policy.touch_interval)],
-            )
-            .await?;
-        let Some([data, expiry]) = reply.and_then(|v| <[String; 2]>::try_from(v).ok()) else {
+        let key = self.inner.keys.record(id);
+        let loaded = match self.loads().call(key).await {
+            Ok(r) => r,
+            // Not queued (no runtime for the queue's task): load it on its own.
+            Err(Uncoalesced::NotSent(key)) => {
+                let args = [
+                    self.inner.policy.idle_ms(),
+                    ms(self.inner.policy.touch_interval),
+                ];
+                load_batch(&self.inner.redis, args, vec![key])
+                    .await
+                    .pop()
+                    .unwrap_or_else(|| Err(short_reply()))
+            }
+            Err(Uncoalesced::Dropped) => Err(FredError::new(
+                FredErrorKind::Canceled,
+                "the session load's batch was dropped",
+            )),
+        };
+        let Some((data, expiry)) = loaded.map_err(|e| Error::Redis(e.into()))? else {
             return Ok(None);
         };
         Ok(Some(Record {
@@ -251,6 +292,7 @@ impl RedisStore {
             redis,
             keys,
             policy,
+            ..
         } = &*self.inner;
         let data = policy.encode(&record.data)?;
         let reply: String = SAVE
@@ -296,6 +338,72 @@ impl SessionStore for RedisStore {
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
         self.delete_inner(id).await.map_err(to_store_error)
     }
+}
+
+/// Loads a batch of records: one `load` script call per slot (one on a standalone server),
+/// concurrently; the replies in the batch's order.
+async fn load_batch(redis: &Redis, args: [i64; 2], batch: Vec<Key>) -> Vec<Loaded> {
+    let n = batch.len();
+    let cluster = redis.is_cluster();
+    let first = batch.first().map(Key::slot);
+    if !cluster || batch.iter().all(|k| Some(k.slot()) == first) {
+        return load_slot(redis, args, batch).await;
+    }
+    let mut groups: Vec<(u16, Vec<usize>, Vec<Key>)> = Vec::new();
+    for (i, key) in batch.into_iter().enumerate() {
+        let slot = key.slot();
+        match groups.iter_mut().find(|g| g.0 == slot) {
+            Some(g) => {
+                g.1.push(i);
+                g.2.push(key);
+            }
+            None => groups.push((slot, vec![i], vec![key])),
+        }
+    }
+    let mut replies: Vec<Option<Loaded>> = (0..n).map(|_| None).collect();
+    let sent = groups
+        .into_iter()
+        .map(|(_, idx, keys)| async move { (idx, load_slot(redis, args, keys).await) });
+    for (idx, got) in futures::future::join_all(sent).await {
+        for (i, r) in idx.into_iter().zip(got) {
+            replies[i] = Some(r);
+        }
+    }
+    replies
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(short_reply())))
+        .collect()
+}
+
+async fn load_slot(redis: &Redis, args: [i64; 2], keys: Vec<Key>) -> Vec<Loaded> {
+    let n = keys.len();
+    let reply: Vec<String> = match LOAD.run(redis, keys, args.to_vec()).await {
+        Ok(r) => r,
+        Err(e) => {
+            let e = e
+                .as_fred()
+                .cloned()
+                .unwrap_or_else(|| FredError::new(FredErrorKind::Unknown, e.to_string()));
+            return (0..n).map(|_| Err(e.clone())).collect();
+        }
+    };
+    if reply.len() != 2 * n {
+        return (0..n).map(|_| Err(short_reply())).collect();
+    }
+    let mut values = reply.into_iter();
+    (0..n)
+        .map(|_| match (values.next(), values.next()) {
+            (Some(d), Some(e)) if !d.is_empty() => Ok(Some((d, e))),
+            _ => Ok(None),
+        })
+        .collect()
+}
+
+fn short_reply() -> FredError {
+    FredError::new(
+        FredErrorKind::Protocol,
+        "session load reply shorter than its batch",
+    )
 }
 
 fn parse_i64(s: &str) -> i64 {
@@ -359,6 +467,7 @@ impl UserSessions for RedisStore {
             redis,
             keys,
             policy,
+            ..
         } = &*self.inner;
         let n: i64 = REVOKE_ALL
             .run(
