@@ -2,13 +2,16 @@
 //! flight leave together as one `MGET` (one per hash slot on a Cluster), through the client's
 //! [`Coalescer`].
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use redtower_client::{
     Coalescer, Key,
     fred::{
-        clients::{Client, WithOptions},
+        clients::Client,
         error::{Error as FredError, ErrorKind as FredErrorKind},
-        interfaces::KeysInterface,
+        interfaces::{ClientLike, KeysInterface},
+        types::config::Options,
     },
 };
 
@@ -16,13 +19,22 @@ use redtower_client::{
 pub(crate) const MAX_BATCH: usize = 64;
 
 pub(crate) type Reply = Result<Option<Bytes>, FredError>;
-type Reader = WithOptions<Client>;
 
-/// One read: the key and its Cluster slot (0 on a standalone server, where one `MGET` takes
-/// any keys).
+/// One read: the key, its Cluster slot (0 on a standalone server, where one `MGET` takes any
+/// keys) and when it was queued.
 pub(crate) struct Read {
     pub(crate) key: Key,
     slot: u16,
+    queued: Instant,
+}
+
+/// Sends batches with the store's command options; a batch's timeout is what is left of its
+/// oldest read's, so a read waits at most the store's timeout in all, queue included.
+#[derive(Clone)]
+struct Reader {
+    client: Client,
+    options: Options,
+    timeout: Duration,
 }
 
 /// The read queue of one store (shared by its clones).
@@ -32,12 +44,19 @@ pub(crate) struct Reads {
 }
 
 impl Reads {
-    /// Reads through `client` (which carries the store's command options).
-    pub(crate) fn new(client: Reader, cluster: bool) -> Self {
+    /// Reads through `client` with the store's command `options`, whose `timeout` bounds each
+    /// read from the moment it is queued.
+    pub(crate) fn new(client: Client, options: Options, cluster: bool) -> Self {
+        let timeout = options.timeout.unwrap_or(Duration::from_secs(1));
+        let reader = Reader {
+            client,
+            options,
+            timeout,
+        };
         Self {
             coalescer: Coalescer::new(MAX_BATCH, move |batch| {
-                let client = client.clone();
-                async move { send(&client, batch).await }
+                let reader = reader.clone();
+                async move { reader.send(batch).await }
             }),
             cluster,
         }
@@ -47,7 +66,12 @@ impl Reads {
     /// reads it on its own.
     pub(crate) async fn get(&self, key: Key) -> Result<Reply, Key> {
         let slot = if self.cluster { key.slot() } else { 0 };
-        match self.coalescer.call(Read { key, slot }).await {
+        let read = Read {
+            key,
+            slot,
+            queued: Instant::now(),
+        };
+        match self.coalescer.call(read).await {
             Ok(r) => Ok(r),
             Err(redtower_client::Uncoalesced::NotSent(read)) => Err(read.key),
             Err(redtower_client::Uncoalesced::Dropped) => Ok(Err(FredError::new(
@@ -58,43 +82,61 @@ impl Reads {
     }
 }
 
-async fn send(client: &Reader, batch: Vec<Read>) -> Vec<Reply> {
-    let n = batch.len();
-    let first = batch.first().map_or(0, |r| r.slot);
-    if batch.iter().all(|r| r.slot == first) {
-        return one_slot(client, batch).await;
-    }
-    // A Cluster `MGET` takes keys of one slot: one per slot, concurrently, then the replies
-    // back in arrival order.
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by_key(|&i| batch[i].slot);
-    let mut slots: Vec<Option<Read>> = batch.into_iter().map(Some).collect();
-    let mut groups: Vec<(Vec<usize>, Vec<Read>)> = Vec::new();
-    for i in order {
-        let read = slots[i]
-            .take()
-            .unwrap_or_else(|| unreachable!("each index once"));
-        match groups.last_mut() {
-            Some((idx, reads)) if reads[0].slot == read.slot => {
-                idx.push(i);
-                reads.push(read);
+impl Reader {
+    async fn send(&self, batch: Vec<Read>) -> Vec<Reply> {
+        // Reads that waited out their whole timeout in the queue fail without being sent.
+        let now = Instant::now();
+        let oldest = batch
+            .iter()
+            .map(|r| now.saturating_duration_since(r.queued))
+            .filter(|age| *age < self.timeout)
+            .max();
+        let Some(oldest) = oldest else {
+            return batch.iter().map(|_| Err(timed_out())).collect();
+        };
+        let mut options = self.options.clone();
+        options.timeout = Some(self.timeout - oldest);
+        let client = self.client.with_options(&options);
+        let n = batch.len();
+        let mut replies: Vec<Option<Reply>> = (0..n).map(|_| None).collect();
+        let mut live = Vec::with_capacity(n);
+        for (i, read) in batch.into_iter().enumerate() {
+            if now.saturating_duration_since(read.queued) < self.timeout {
+                live.push((i, read));
+            } else {
+                replies[i] = Some(Err(timed_out()));
             }
-            _ => groups.push((vec![i], vec![read])),
         }
-    }
-    let mut replies: Vec<Option<Reply>> = (0..n).map(|_| None).collect();
-    let sent = groups
-        .into_iter()
-        .map(|(idx, reads)| async move { (idx, one_slot(client, reads).await) });
-    for (idx, got) in futures::future::join_all(sent).await {
-        for (i, r) in idx.into_iter().zip(got) {
-            replies[i] = Some(r);
+        // A Cluster `MGET` takes keys of one slot: one per slot, concurrently.
+        live.sort_by_key(|(_, r)| r.slot);
+        let mut groups: Vec<(Vec<usize>, Vec<Read>)> = Vec::new();
+        for (i, read) in live {
+            match groups.last_mut() {
+                Some((idx, reads)) if reads[0].slot == read.slot => {
+                    idx.push(i);
+                    reads.push(read);
+                }
+                _ => groups.push((vec![i], vec![read])),
+            }
         }
+        let client = &client;
+        let sent = groups
+            .into_iter()
+            .map(|(idx, reads)| async move { (idx, one_slot(client, reads).await) });
+        for (idx, got) in futures::future::join_all(sent).await {
+            for (i, r) in idx.into_iter().zip(got) {
+                replies[i] = Some(r);
+            }
+        }
+        replies
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(short_reply())))
+            .collect()
     }
-    replies
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(short_reply())))
-        .collect()
+}
+
+fn timed_out() -> FredError {
+    FredError::new(FredErrorKind::Timeout, "cache read timed out in its queue")
 }
 
 fn short_reply() -> FredError {
@@ -105,7 +147,7 @@ fn short_reply() -> FredError {
 }
 
 /// One `GET` for one key, one `MGET` for several (all of one slot).
-async fn one_slot(client: &Reader, batch: Vec<Read>) -> Vec<Reply> {
+async fn one_slot<C: KeysInterface>(client: &C, batch: Vec<Read>) -> Vec<Reply> {
     if let [read] = batch.as_slice() {
         return vec![client.get::<Option<Bytes>, _>(&read.key).await];
     }

@@ -113,8 +113,11 @@ impl RedisStore {
     fn configure(&mut self) {
         self.options = self.command_options();
         self.reads = self.coalesce.then(|| {
-            let client = self.redis.client().with_options(&self.options);
-            Arc::new(Reads::new(client, self.redis.is_cluster()))
+            Arc::new(Reads::new(
+                self.redis.client().clone(),
+                self.options.clone(),
+                self.redis.is_cluster(),
+            ))
         });
     }
 
