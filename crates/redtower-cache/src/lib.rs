@@ -55,7 +55,9 @@
 //!
 //! * **One round trip per hit**: one Redis string per entry (per variant) holding a compact,
 //!   versioned binary [`envelope`] (status, headers, times, body); the body is never copied on
-//!   decode. A value that cannot be decoded is a miss, and the fill overwrites it.
+//!   decode. A value that cannot be decoded is a miss, and the fill overwrites it. Under load,
+//!   the hits that arrive while a read is in flight leave together as one `MGET`
+//!   ([`RedisStore::coalesce_reads`]): still one round trip each, a fraction of a command.
 //! * **No stampede**: one fetch per key at a time per instance (single-flight), and across
 //!   instances through a fill lock (`SET NX PX` with a fencing token, released and filled by Lua
 //!   compare-and-delete). Other instances poll for the fill and fetch themselves after

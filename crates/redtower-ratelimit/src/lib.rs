@@ -65,7 +65,9 @@
 //!   policy and subject, denied requests never counted, a TTL on every key.
 //! * **Several policies per request**, checked in one atomic step and one Redis round trip
 //!   ([`RedisStore`]): if one denies, none is consumed. A subject's keys share a hash tag
-//!   (`rt:rl:{<subject>}:<policy>`), so this works on Redis Cluster.
+//!   (`rt:rl:{<subject>}:<policy>`), so this works on Redis Cluster. Under load, the checks that
+//!   arrive while one is in flight leave together as one script call that evaluates them in
+//!   order ([`RedisStore::coalesce`]), so Redis runs one script for many requests.
 //! * **Keys** ([`KeyExtractor`]): [`PeerIp`] (default), [`ClientIp::trusted_proxies`] (reads
 //!   `X-Forwarded-For`/`Forwarded` right to left, only from trusted peers), IPv6 grouped by
 //!   /64, [`Header`] and [`BearerToken`] (hashed), [`FromExtension`], [`Global`], closures;

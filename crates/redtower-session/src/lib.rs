@@ -136,6 +136,10 @@
 //! The trade-off: two cookies of the same user share 14 bits, which reveals only that they
 //! may belong to the same user (1 in 16384 by chance); the cookie is signed, not encrypted.
 //!
+//! Under load, the loads that arrive while one is in flight leave together as one load script
+//! call (one per slot on a Cluster), which loads them one after another: still one round trip
+//! per request, one script call for many.
+//!
 //! Round trips per request: 0 when the handler does not touch the session, 1 for a read
 //! (including the idle refresh), 1 for a write (with index upkeep), 1 for login from an
 //! anonymous session (2 from an existing one: delete the old id, create the new one).
