@@ -137,6 +137,73 @@ where
     }
 }
 
+/// Sends a batch whose items may live in different Cluster slots: one `send` per slot (in the
+/// items' order within it), all concurrently, and the results back in the items' order. A
+/// batch of one slot (always, on a standalone server) is one `send`. `send` returns one
+/// result per item; `missing` stands in for any it left out.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // Items are (slot, value); each "script call" sums its slot's values into every item.
+/// let items = vec![(7u16, 1), (3, 10), (7, 2), (3, 20)];
+/// let out = redtower_client::per_slot(
+///     items,
+///     |item| item.0,
+///     |group: Vec<(u16, i32)>| async move {
+///         let sum: i32 = group.iter().map(|i| i.1).sum();
+///         vec![sum; group.len()]
+///     },
+///     || -1,
+/// )
+/// .await;
+/// assert_eq!(out, vec![3, 30, 3, 30]);
+/// # }
+/// ```
+pub async fn per_slot<T, R, F, Fut>(
+    items: Vec<T>,
+    slot_of: impl Fn(&T) -> u16,
+    send: F,
+    missing: impl Fn() -> R,
+) -> Vec<R>
+where
+    F: Fn(Vec<T>) -> Fut,
+    Fut: Future<Output = Vec<R>>,
+{
+    let n = items.len();
+    let first = items.first().map(&slot_of);
+    if items.iter().all(|i| Some(slot_of(i)) == first) {
+        let mut out = send(items).await;
+        out.truncate(n);
+        out.extend((out.len()..n).map(|_| missing()));
+        return out;
+    }
+    let mut groups: Vec<(u16, Vec<usize>, Vec<T>)> = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let slot = slot_of(&item);
+        match groups.iter_mut().find(|g| g.0 == slot) {
+            Some(g) => {
+                g.1.push(i);
+                g.2.push(item);
+            }
+            None => groups.push((slot, vec![i], vec![item])),
+        }
+    }
+    let send = &send;
+    let sent = groups
+        .into_iter()
+        .map(|(_, idx, group)| async move { (idx, send(group).await) });
+    let mut out: Vec<Option<R>> = (0..n).map(|_| None).collect();
+    for (idx, results) in futures::future::join_all(sent).await {
+        for (i, r) in idx.into_iter().zip(results) {
+            out[i] = Some(r);
+        }
+    }
+    out.into_iter()
+        .map(|r| r.unwrap_or_else(&missing))
+        .collect()
+}
+
 async fn run<T, R>(
     mut rx: mpsc::UnboundedReceiver<Pending<T, R>>,
     send: Arc<SendFn<T, R>>,

@@ -13,6 +13,7 @@ use redtower_client::{
         interfaces::{ClientLike, KeysInterface},
         types::config::Options,
     },
+    per_slot,
 };
 
 /// The most keys one coalesced `MGET` carries.
@@ -84,49 +85,34 @@ impl Reads {
 
 impl Reader {
     async fn send(&self, batch: Vec<Read>) -> Vec<Reply> {
-        // Reads that waited out their whole timeout in the queue fail without being sent.
         let now = Instant::now();
-        let oldest = batch
-            .iter()
-            .map(|r| now.saturating_duration_since(r.queued))
-            .filter(|age| *age < self.timeout)
-            .max();
-        let Some(oldest) = oldest else {
+        let age = |r: &Read| now.saturating_duration_since(r.queued);
+        let Some(oldest) = batch.iter().map(age).filter(|a| *a < self.timeout).max() else {
             return batch.iter().map(|_| Err(timed_out())).collect();
         };
+        // The batch gets what is left of its oldest read's timeout.
         let mut options = self.options.clone();
         options.timeout = Some(self.timeout - oldest);
-        let client = self.client.with_options(&options);
-        let n = batch.len();
-        let mut replies: Vec<Option<Reply>> = (0..n).map(|_| None).collect();
-        let mut live = Vec::with_capacity(n);
-        for (i, read) in batch.into_iter().enumerate() {
-            if now.saturating_duration_since(read.queued) < self.timeout {
-                live.push((i, read));
-            } else {
-                replies[i] = Some(Err(timed_out()));
-            }
-        }
+        let client = &self.client.with_options(&options);
         // A Cluster `MGET` takes keys of one slot: one per slot, concurrently.
-        live.sort_by_key(|(_, r)| r.slot);
-        let mut groups: Vec<(Vec<usize>, Vec<Read>)> = Vec::new();
-        for (i, read) in live {
-            match groups.last_mut() {
-                Some((idx, reads)) if reads[0].slot == read.slot => {
-                    idx.push(i);
-                    reads.push(read);
-                }
-                _ => groups.push((vec![i], vec![read])),
-            }
+        let send = |reads| one_slot(client, reads);
+        if batch.iter().all(|r| age(r) < self.timeout) {
+            return per_slot(batch, |r| r.slot, send, || Err(short_reply())).await;
         }
-        let client = &client;
-        let sent = groups
+        // Reads that waited out their whole timeout in the queue fail without being sent.
+        let (live, expired): (Vec<_>, Vec<_>) = batch
             .into_iter()
-            .map(|(idx, reads)| async move { (idx, one_slot(client, reads).await) });
-        for (idx, got) in futures::future::join_all(sent).await {
-            for (i, r) in idx.into_iter().zip(got) {
-                replies[i] = Some(r);
-            }
+            .enumerate()
+            .partition(|(_, r)| age(r) < self.timeout);
+        let (idx, live): (Vec<usize>, Vec<Read>) = live.into_iter().unzip();
+        let mut replies: Vec<Option<Reply>> =
+            (0..idx.len() + expired.len()).map(|_| None).collect();
+        for (i, _) in expired {
+            replies[i] = Some(Err(timed_out()));
+        }
+        let got = per_slot(live, |r| r.slot, send, || Err(short_reply())).await;
+        for (i, r) in idx.into_iter().zip(got) {
+            replies[i] = Some(r);
         }
         replies
             .into_iter()

@@ -11,7 +11,7 @@ use fred::{
     interfaces::ClientLike,
     types::{ClusterHash, CustomCommand, Value, config::Options},
 };
-use redtower_client::{Coalescer, Key, Namespace, Redis, Script, Uncoalesced};
+use redtower_client::{Coalescer, Key, Namespace, Redis, Script, Uncoalesced, per_slot};
 
 use crate::{Algorithm, Decision, Error, ManualClock, Policy, Result, Subject, model::Outcome};
 
@@ -212,9 +212,22 @@ impl RedisStore {
     /// The layer uses [`check`](crate::RateLimitStore::check), which coalesces concurrent
     /// requests by itself; this is for callers that hold a batch already.
     ///
-    /// # Errors
+    /// Each result is an error when Redis could not answer that request.
     ///
-    /// Per request, when Redis could not answer it.
+    /// ```no_run
+    /// use redtower_client::{Redis, RedisConfig};
+    /// use redtower_ratelimit::{Policy, Quota, RedisStore, Subject, nonzero};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = RedisStore::new(Redis::new(RedisConfig::from_env()?)?);
+    /// let policies = [Policy::new("api", Quota::per_minute(nonzero!(60)))];
+    /// let (alice, bob) = (Subject::new("alice"), Subject::new("bob"));
+    /// let decisions = store
+    ///     .check_batch(&[(&alice, &policies, 1), (&bob, &policies, 1), (&alice, &policies, 1)])
+    ///     .await;
+    /// assert_eq!(decisions.len(), 3);
+    /// # Ok(()) }
+    /// ```
     pub async fn check_batch(
         &self,
         requests: &[(&Subject, &[Policy], u32)],
@@ -249,37 +262,16 @@ struct Sender {
 }
 
 impl Sender {
+    /// A Cluster script call takes keys of one slot: one call per slot, concurrently; the
+    /// order within a slot is kept.
     async fn send(&self, calls: Vec<Call>) -> Vec<Reply> {
-        let n = calls.len();
-        let first = calls.first().map_or(0, |c| c.slot);
-        if calls.iter().all(|c| c.slot == first) {
-            return self.one_slot(first, calls).await;
-        }
-        // A Cluster script call takes keys of one slot: one call per slot, concurrently; the
-        // order within a slot is kept.
-        let mut groups: Vec<(u16, Vec<usize>, Vec<Call>)> = Vec::new();
-        for (i, c) in calls.into_iter().enumerate() {
-            match groups.iter_mut().find(|g| g.0 == c.slot) {
-                Some(g) => {
-                    g.1.push(i);
-                    g.2.push(c);
-                }
-                None => groups.push((c.slot, vec![i], vec![c])),
-            }
-        }
-        let mut replies: Vec<Option<Reply>> = (0..n).map(|_| None).collect();
-        let sent = groups
-            .into_iter()
-            .map(|(slot, idx, calls)| async move { (idx, self.one_slot(slot, calls).await) });
-        for (idx, got) in futures::future::join_all(sent).await {
-            for (i, r) in idx.into_iter().zip(got) {
-                replies[i] = Some(r);
-            }
-        }
-        replies
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(short_reply())))
-            .collect()
+        per_slot(
+            calls,
+            |c| c.slot,
+            |group| self.one_slot(group),
+            || Err(short_reply()),
+        )
+        .await
     }
 
     /// `EVALSHA <sha> <keys> <keys...> <now> <requests> <per request: n, per policy: a x y z>`.
@@ -307,7 +299,8 @@ impl Sender {
     /// its own `EVALSHA` (it waits for each reply before sending the next command on the
     /// connection). Pipelining is safe here: each script is atomic on the server, and a
     /// `NOSCRIPT` reply is handled per call by loading and running again.
-    async fn one_slot(&self, slot: u16, calls: Vec<Call>) -> Vec<Reply> {
+    async fn one_slot(&self, calls: Vec<Call>) -> Vec<Reply> {
+        let slot = calls.first().map_or(0, |c| c.slot);
         let client = self.redis.client().with_options(&self.options);
         let cmd = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
         let reply = match client

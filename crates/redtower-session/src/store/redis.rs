@@ -10,7 +10,7 @@ use fred::{
     error::{Error as FredError, ErrorKind as FredErrorKind},
     types::Value,
 };
-use redtower_client::{Coalescer, Key, Redis, Script, Uncoalesced};
+use redtower_client::{Coalescer, Key, Redis, Script, Uncoalesced, per_slot};
 use tower_sessions_core::{
     SessionStore,
     session::{Id, Record},
@@ -343,36 +343,14 @@ impl SessionStore for RedisStore {
 /// Loads a batch of records: one `load` script call per slot (one on a standalone server),
 /// concurrently; the replies in the batch's order.
 async fn load_batch(redis: &Redis, args: [i64; 2], batch: Vec<Key>) -> Vec<Loaded> {
-    let n = batch.len();
     let cluster = redis.is_cluster();
-    let first = batch.first().map(Key::slot);
-    if !cluster || batch.iter().all(|k| Some(k.slot()) == first) {
-        return load_slot(redis, args, batch).await;
-    }
-    let mut groups: Vec<(u16, Vec<usize>, Vec<Key>)> = Vec::new();
-    for (i, key) in batch.into_iter().enumerate() {
-        let slot = key.slot();
-        match groups.iter_mut().find(|g| g.0 == slot) {
-            Some(g) => {
-                g.1.push(i);
-                g.2.push(key);
-            }
-            None => groups.push((slot, vec![i], vec![key])),
-        }
-    }
-    let mut replies: Vec<Option<Loaded>> = (0..n).map(|_| None).collect();
-    let sent = groups
-        .into_iter()
-        .map(|(_, idx, keys)| async move { (idx, load_slot(redis, args, keys).await) });
-    for (idx, got) in futures::future::join_all(sent).await {
-        for (i, r) in idx.into_iter().zip(got) {
-            replies[i] = Some(r);
-        }
-    }
-    replies
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(short_reply())))
-        .collect()
+    per_slot(
+        batch,
+        |k| if cluster { k.slot() } else { 0 },
+        |keys| load_slot(redis, args, keys),
+        || Err(short_reply()),
+    )
+    .await
 }
 
 async fn load_slot(redis: &Redis, args: [i64; 2], keys: Vec<Key>) -> Vec<Loaded> {
