@@ -249,6 +249,28 @@ async fn concurrent_checks_share_script_calls_and_admit_exactly_the_limit() {
     // no window boundary to cross.
     let policies: Arc<[Policy]> =
         Arc::from(vec![Policy::new("day", Quota::per_day(nonzero!(700)))]);
+    // 2,000 concurrent checks over four subjects; how many were admitted.
+    let round = || {
+        let checks = (0..2000).map(|i| {
+            let store = store.clone();
+            let policies = policies.clone();
+            tokio::spawn(async move {
+                let subject = Subject::new(format!("s{}", i % 4));
+                store
+                    .check(&subject, &policies, 1)
+                    .await
+                    .unwrap()
+                    .is_allowed()
+            })
+        });
+        async move {
+            futures::future::join_all(checks)
+                .await
+                .into_iter()
+                .filter(|r| *r.as_ref().unwrap())
+                .count()
+        }
+    };
     // Load the script, then count.
     assert!(
         store
@@ -258,25 +280,8 @@ async fn concurrent_checks_share_script_calls_and_admit_exactly_the_limit() {
             .is_allowed()
     );
     let before = cmdstat(&server, "evalsha");
-    let checks = (0..2000).map(|i| {
-        let store = store.clone();
-        let policies = policies.clone();
-        tokio::spawn(async move {
-            let subject = Subject::new(format!("s{}", i % 4));
-            store
-                .check(&subject, &policies, 1)
-                .await
-                .unwrap()
-                .is_allowed()
-        })
-    });
-    let admitted = futures::future::join_all(checks)
-        .await
-        .into_iter()
-        .filter(|r| *r.as_ref().unwrap())
-        .count();
     assert_eq!(
-        admitted,
+        round().await,
         4 * 500,
         "four subjects, 500 checks each, all within 700"
     );
@@ -285,25 +290,8 @@ async fn concurrent_checks_share_script_calls_and_admit_exactly_the_limit() {
         (1..2000).contains(&calls),
         "2,000 concurrent checks in fewer script calls: {calls}"
     );
-    let checks = (0..2000).map(|i| {
-        let store = store.clone();
-        let policies = policies.clone();
-        tokio::spawn(async move {
-            let subject = Subject::new(format!("s{}", i % 4));
-            store
-                .check(&subject, &policies, 1)
-                .await
-                .unwrap()
-                .is_allowed()
-        })
-    });
-    let admitted = futures::future::join_all(checks)
-        .await
-        .into_iter()
-        .filter(|r| *r.as_ref().unwrap())
-        .count();
     assert_eq!(
-        admitted,
+        round().await,
         4 * 200,
         "exactly the 200 left per subject, batches or not"
     );
