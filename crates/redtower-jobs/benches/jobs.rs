@@ -35,6 +35,33 @@ impl Job for Noop {
     const NAME: &'static str = "noop";
 }
 
+/// CPU seconds redis-server has used so far (`INFO cpu`: user + sys).
+fn redis_cpu(server: &RedisServer) -> f64 {
+    let info = server.cmd(&["INFO", "cpu"]).as_text().unwrap_or_default();
+    info.lines()
+        .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// CPU seconds this process has used so far (`/proc/self/stat`: utime + stime).
+fn own_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // After the command name: state is field 0, utime 11, stime 12 (clock ticks of 1/100 s).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn evalsha_calls(server: &RedisServer) -> u64 {
     let info = server
         .cmd(&["INFO", "commandstats"])
@@ -78,7 +105,11 @@ async fn processing(store: &RedisStore, server: &RedisServer, n: u32) -> (f64, f
     let done = Arc::new(AtomicU64::new(0));
     let notify = Arc::new(tokio::sync::Notify::new());
     let (d2, n2) = (done.clone(), notify.clone());
+    if std::env::var_os("JOBS_COMMANDSTATS").is_some() {
+        server.cmd(&["CONFIG", "RESETSTAT"]);
+    }
     let calls = evalsha_calls(server);
+    let (redis_before, own_before) = (redis_cpu(server), own_cpu());
     let t = Instant::now();
     let worker = Worker::new(store.clone(), "bench-process")
         .concurrency(50)
@@ -95,6 +126,21 @@ async fn processing(store: &RedisStore, server: &RedisServer, n: u32) -> (f64, f
     notify.notified().await;
     let rate = f64::from(n) / t.elapsed().as_secs_f64();
     let rtt = (evalsha_calls(server) - calls) as f64 / f64::from(n);
+    let per_job = |secs: f64| secs * 1e6 / f64::from(n);
+    println!(
+        "redtower-jobs processing: redis-server CPU {:.1} µs/job, worker process CPU {:.1} µs/job",
+        per_job(redis_cpu(server) - redis_before),
+        per_job(own_cpu() - own_before)
+    );
+    if std::env::var_os("JOBS_COMMANDSTATS").is_some() {
+        let stats = server
+            .cmd(&["INFO", "commandstats"])
+            .as_text()
+            .unwrap_or_default();
+        for line in stats.lines().filter(|l| l.starts_with("cmdstat_")) {
+            println!("  {line}");
+        }
+    }
     worker.shutdown().await.unwrap();
     (rate, rtt)
 }

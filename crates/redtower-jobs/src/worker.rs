@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
 use tokio::{
     sync::{Notify, watch},
     task::{self, JoinSet},
@@ -27,6 +27,22 @@ use crate::{
     job::{Job, JobId},
     store::{Fetched, Lease, QueueStore, Retention, Settle, Settled, WorkRequest},
 };
+
+/// Work exchanges a worker keeps on the wire at once.
+const IN_FLIGHT: usize = 2;
+
+/// A work exchange on the wire: the batch it settles, the jobs it asked for, and its answer.
+type Exchange = Pin<
+    Box<
+        dyn Future<
+                Output = (
+                    Vec<(Running, Settle, Option<Outcome>)>,
+                    usize,
+                    Result<(Vec<Settled>, Vec<Fetched>, Option<Duration>)>,
+                ),
+            > + Send,
+    >,
+>;
 
 /// How an attempt ended, as seen by the hooks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -319,6 +335,10 @@ impl Worker {
         let mut running: HashMap<task::Id, Running> = HashMap::new();
         let mut tasks: JoinSet<Result<(), JobError>> = JoinSet::new();
         let mut pending: Vec<(Running, Settle, Option<Outcome>)> = Vec::new();
+        // Exchanges on the wire (at most `IN_FLIGHT`), each with the batch it settles and the
+        // number of jobs it asked for (slots reserved until it answers).
+        let mut inflight: FuturesUnordered<Exchange> = FuturesUnordered::new();
+        let mut reserved = 0usize;
         let want = Arc::new(Notify::new());
         let wake = Arc::new(Notify::new());
         let hint_ms = Arc::new(AtomicU64::new(me.poll_interval.as_millis() as u64));
@@ -335,6 +355,7 @@ impl Worker {
         let mut waiting = false;
         let mut next_due: Option<Duration> = None;
         let mut errors = 0u32;
+        let mut backoff_until: Option<Instant> = None;
 
         loop {
             if *stop.borrow() {
@@ -343,48 +364,64 @@ impl Worker {
             while let Some(res) = tasks.try_join_next_with_id() {
                 me.collect(res, &mut running, &mut pending);
             }
-            let free = me.concurrency.saturating_sub(tasks.len());
-            if !pending.is_empty() || (need_fetch && free > 0) {
+            // While the previous exchange is on the wire, the next one (settling what finished
+            // meanwhile, fetching for the free slots) is sent too: Redis runs one while the
+            // worker handles the other's jobs.
+            let free = me.concurrency.saturating_sub(tasks.len() + reserved);
+            let backing_off = backoff_until.is_some_and(|t| Instant::now() < t);
+            if !backing_off
+                && inflight.len() < IN_FLIGHT
+                && (!pending.is_empty() || (need_fetch && free > 0))
+            {
                 let batch = std::mem::take(&mut pending);
-                match me.exchange(&batch, free).await {
-                    Ok((settled, jobs, due)) => {
-                        errors = 0;
-                        me.after_settle(batch, settled);
-                        need_fetch = free > 0 && jobs.len() == free;
-                        next_due = due;
-                        for job in jobs {
-                            me.spawn(job, &mut tasks, &mut running);
-                        }
-                        if need_fetch {
-                            continue;
-                        }
-                    }
-                    Err(e) => {
-                        errors = errors.saturating_add(1);
-                        tracing::warn!(target: "redtower::jobs", queue = %me.queue, error = %e, "work round trip failed; backing off");
-                        pending = batch;
-                        let pause = Duration::from_millis(50u64 << errors.min(7))
-                            .min(Duration::from_secs(5));
-                        tokio::select! {
-                            () = stopped(&mut stop) => {}
-                            _ = tokio::time::sleep(pause) => {}
-                        }
-                        continue;
-                    }
-                }
+                reserved += free;
+                let w = me.clone();
+                inflight.push(Box::pin(async move {
+                    let result = w.exchange(&batch, free).await;
+                    (batch, free, result)
+                }));
+                need_fetch = false;
+                continue;
             }
-            let free = me.concurrency.saturating_sub(tasks.len());
+            let free = me.concurrency.saturating_sub(tasks.len() + reserved);
             let idle = next_due
                 .map_or(me.poll_interval, |d| d.min(me.poll_interval))
                 .max(Duration::from_millis(1));
-            if free > 0 && !waiting {
+            if free > 0 && !waiting && inflight.is_empty() && !backing_off {
                 hint_ms.store(idle.as_millis() as u64, Ordering::Relaxed);
                 want.notify_one();
                 waiting = true;
             }
+            let pause = backoff_until.map_or(idle + Duration::from_millis(20), |t| {
+                t.saturating_duration_since(Instant::now())
+            });
             tokio::select! {
                 biased;
                 () = stopped(&mut stop) => {}
+                Some((batch, asked, result)) = inflight.next(), if !inflight.is_empty() => {
+                    reserved -= asked;
+                    match result {
+                        Ok((settled, jobs, due)) => {
+                            errors = 0;
+                            backoff_until = None;
+                            me.after_settle(batch, settled);
+                            need_fetch = need_fetch || (asked > 0 && jobs.len() == asked);
+                            next_due = due;
+                            for job in jobs {
+                                me.spawn(job, &mut tasks, &mut running);
+                            }
+                        }
+                        Err(e) => {
+                            errors = errors.saturating_add(1);
+                            tracing::warn!(target: "redtower::jobs", queue = %me.queue, error = %e, "work round trip failed; backing off");
+                            pending.extend(batch);
+                            need_fetch = true;
+                            let pause = Duration::from_millis(50u64 << errors.min(7))
+                                .min(Duration::from_secs(5));
+                            backoff_until = Some(Instant::now() + pause);
+                        }
+                    }
+                }
                 Some(res) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     me.collect(res, &mut running, &mut pending);
                 }
@@ -395,14 +432,29 @@ impl Worker {
                 _ = extend.tick(), if !running.is_empty() => {
                     me.extend(&mut running, &mut tasks).await;
                 }
-                _ = tokio::time::sleep(idle + Duration::from_millis(20)) => {
-                    need_fetch = true;
+                _ = tokio::time::sleep(pause) => {
+                    if backoff_until.take().is_none() {
+                        need_fetch = true;
+                    }
                 }
             }
         }
 
         drop(waiter);
         drop(skew_check);
+        // What is on the wire is answered before shutting down: settlements land, and fetched
+        // jobs run (within the grace period) or are handed back.
+        while let Some((batch, _, result)) = inflight.next().await {
+            match result {
+                Ok((settled, jobs, _)) => {
+                    me.after_settle(batch, settled);
+                    for job in jobs {
+                        me.spawn(job, &mut tasks, &mut running);
+                    }
+                }
+                Err(_) => pending.extend(batch),
+            }
+        }
         me.shutdown(running, tasks, pending).await
     }
 

@@ -245,7 +245,7 @@ impl QueueStore for RedisStore {
                 return Err(Error::Protocol("fetched job".into()));
             };
             let rec = record(&text(raw)?)?;
-            let age: i64 = text(age)?.parse().unwrap_or(0);
+            let age = num(&age).unwrap_or(0);
             fetched.push(Fetched {
                 lease: Lease {
                     id: JobId::new(text(id)?),

@@ -3,6 +3,8 @@ local K_JOBS, K_READY, K_SCHED, K_ACTIVE = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_DONE, K_DEAD, K_LEASE, K_UNIQ = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local K_META, K_WAKE, K_EVENTS, K_SEQ = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local EV_MAX = tonumber(ARGV[1])
+-- The same as text: numbers passed to redis.call are formatted on every call.
+local EV_MAX_S = ARGV[1]
 local PRIO = 4294967296
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -33,10 +35,10 @@ local function present(v) return v ~= nil and v ~= cjson.null and v ~= '' end
 local function emit(kind, id, rec, err)
   if EV_MAX > 0 then
     if present(err) then
-      redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EV_MAX, '*', 'e', kind, 'id', id,
+      redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EV_MAX_S, '*', 'e', kind, 'id', id,
         'name', rec.name, 'attempt', rec.attempt, 'error', err)
     else
-      redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EV_MAX, '*', 'e', kind, 'id', id,
+      redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EV_MAX_S, '*', 'e', kind, 'id', id,
         'name', rec.name, 'attempt', rec.attempt)
     end
   end
@@ -100,9 +102,9 @@ local function start_record(raw)
     return '"attempt":' .. (tonumber(n) + 1)
   end, 1)
   if string.find(raw, '"started":', 1, true) then
-    raw = string.gsub(raw, '"started":[^,}]*', '"started":' .. n2s(now), 1)
+    raw = string.gsub(raw, '"started":[^,}]*', '"started":' .. now_s, 1)
   else
-    raw = '{"started":' .. n2s(now) .. ',' .. string.sub(raw, 2)
+    raw = '{"started":' .. now_s .. ',' .. string.sub(raw, 2)
   end
   return raw
 end

@@ -128,8 +128,20 @@ local jobs = {}
 if fetch_n > 0 and redis.call('HGET', K_META, 'paused') ~= '1' then
   local popped = redis.call('ZPOPMIN', K_READY, fetch_n)
   if #popped > 0 then
-    -- Fencing tokens for the whole batch from one INCRBY: last - n + 1 .. last.
-    local next_tok = redis.call('INCRBY', K_SEQ, #popped / 2) - #popped / 2 + 1
+    -- Fencing tokens for the whole batch from one INCR: '<batch>.<i>', with i in base 64
+    -- (built from characters: formatting a number per job costs more than the rest of it).
+    local batch_s = n2s(redis.call('INCR', K_SEQ)) .. '.'
+    local b64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+    local function tok_of(i)
+      local out = ''
+      repeat
+        local d = i % 64
+        out = string.sub(b64, d + 1, d + 1) .. out
+        i = (i - d) / 64
+      until i == 0
+      return batch_s .. out
+    end
+    local next_tok = 0
     local until_s = n2s(now + lease_ms)
     local records, leases, active = {}, {}, {}
     local ids = {}
@@ -139,7 +151,7 @@ if fetch_n > 0 and redis.call('HGET', K_META, 'paused') ~= '1' then
       local raw = raws[i]
       if raw then
         raw = start_record(raw)
-        local tok = n2s(next_tok)
+        local tok = tok_of(next_tok)
         next_tok = next_tok + 1
         records[#records + 1] = id
         records[#records + 1] = raw
@@ -147,8 +159,9 @@ if fetch_n > 0 and redis.call('HGET', K_META, 'paused') ~= '1' then
         leases[#leases + 1] = tok
         active[#active + 1] = until_s
         active[#active + 1] = id
+        -- The wait in ms as an integer reply (no number formatting).
         local created = tonumber(string.match(raw, '"created":(%d+)')) or now
-        jobs[#jobs + 1] = { id, tok, raw, n2s(now - created) }
+        jobs[#jobs + 1] = { id, tok, raw, now - created }
       end
     end
     if #records > 0 then
