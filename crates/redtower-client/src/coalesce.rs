@@ -223,8 +223,15 @@ async fn run<T, R>(
         if rx.recv_many(&mut queued, max_batch).await == 0 {
             return;
         }
-        let (items, replies): (Vec<T>, Vec<oneshot::Sender<R>>) =
-            queued.drain(..).map(|p| (p.item, p.tx)).unzip();
+        // Calls whose callers gave up (their futures dropped, e.g. by a timeout) are not sent.
+        let (items, replies): (Vec<T>, Vec<oneshot::Sender<R>>) = queued
+            .drain(..)
+            .filter(|p| !p.tx.is_closed())
+            .map(|p| (p.item, p.tx))
+            .unzip();
+        if items.is_empty() {
+            continue;
+        }
         let batch = send(items);
         let answer = async move {
             let results = batch.await;
@@ -288,6 +295,40 @@ mod tests {
     async fn an_item_without_a_result_is_dropped() {
         let c = Coalescer::new(8, |_batch: Vec<u8>| async move { Vec::<u8>::new() });
         assert!(matches!(c.call(1).await, Err(Uncoalesced::Dropped)));
+    }
+
+    #[tokio::test]
+    async fn calls_given_up_before_their_batch_are_not_sent() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let (s, g) = (seen.clone(), gate.clone());
+        let c = Arc::new(Coalescer::new(8, move |batch: Vec<u8>| {
+            s.lock().unwrap().extend(batch.iter().copied());
+            let g = g.clone();
+            async move {
+                g.acquire().await.unwrap().forget();
+                batch
+            }
+        }));
+        let call = |n: u8| {
+            let c = c.clone();
+            tokio::spawn(async move { c.call(n).await.ok() })
+        };
+        let first = call(1);
+        while seen.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // Queued behind the batch on the wire, then given up.
+        let gave_up = tokio::time::timeout(std::time::Duration::from_millis(20), c.call(2)).await;
+        assert!(gave_up.is_err());
+        gate.add_permits(1);
+        assert_eq!(first.await.unwrap(), Some(1));
+        let third = call(3);
+        gate.add_permits(1);
+        // Had 2 been sent, its batch would take this permit and 3 would wait for ever.
+        let third = tokio::time::timeout(std::time::Duration::from_secs(10), third).await;
+        assert_eq!(third.expect("3 answered").unwrap(), Some(3));
+        assert_eq!(*seen.lock().unwrap(), vec![1, 3], "2 was never sent");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -380,7 +380,11 @@ impl Worker {
                     let result = w.exchange(&batch, free).await;
                     (batch, free, result)
                 }));
-                need_fetch = false;
+                // A settle-only exchange fetches nothing: a wake-up that asked for a fetch
+                // still stands.
+                if free > 0 {
+                    need_fetch = false;
+                }
                 continue;
             }
             let free = me.concurrency.saturating_sub(tasks.len() + reserved);

@@ -146,11 +146,18 @@ impl Cache {
                 false
             }
         };
+        // From here on a cancelled fill gives the lock back (in the background).
+        let mut unlocker = Unlocker {
+            store: store.clone(),
+            key: key.entry().clone(),
+            token: token.clone(),
+        };
         if token.is_some() {
             // Double-check under the lock: a fill (another instance's, or an earlier flight
             // here) may have landed between the caller's read and this lock.
             if let Some(e) = self.fresh_fill(key, tags, seen).await {
                 self.release(key, token.as_ref()).await;
+                unlocker.token = None;
                 bump(&self.inner.stats.remote_fills);
                 guard.publish(Some(e.clone()));
                 return Filled::Shared(e, fetch);
@@ -180,6 +187,7 @@ impl Cache {
                 match self.guard(store.try_lock(key.entry(), cfg.lock_ttl)).await {
                     Ok(Some(t)) => {
                         token = Some(t);
+                        unlocker.token.clone_from(&token);
                         break;
                     }
                     Ok(None) => {}
@@ -191,11 +199,6 @@ impl Cache {
             }
         }
         bump(&self.inner.stats.fetches);
-        let mut unlocker = Unlocker {
-            store: store.clone(),
-            key: key.entry().clone(),
-            token: token.clone(),
-        };
         let tag_gens = self.tag_generations_for_fill(tags).await;
         let (r, outcome) = fetch().await;
         unlocker.token = None;

@@ -123,7 +123,8 @@ impl RedisStore {
 
     /// How long one cache command may take before the cache gives up on it and fails open.
     /// Defaults to [`DEFAULT_TIMEOUT`](Self::DEFAULT_TIMEOUT) (500 ms). Size it to your largest
-    /// entries.
+    /// entries; with [coalesced reads](Self::coalesce_reads) one `MGET` carries up to 64 of
+    /// them, and a read's timeout counts from when it was queued.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout.max(Duration::from_millis(1));
