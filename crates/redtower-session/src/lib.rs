@@ -138,7 +138,7 @@
 //!
 //! Under load, the loads that arrive while one is in flight leave together as one load script
 //! call (one per slot on a Cluster), which loads them one after another: still one round trip
-//! per request, one script call for many.
+//! per request, one script call for many ([`RedisStore::coalesce_loads`]).
 //!
 //! Round trips per request: 0 when the handler does not touch the session, 1 for a read
 //! (including the idle refresh), 1 for a write (with index upkeep), 1 for login from an

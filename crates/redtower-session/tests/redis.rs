@@ -40,13 +40,17 @@ async fn store(cluster: bool) -> RedisStore {
     )
 }
 
-struct RedisBackend(bool);
+/// Cluster or standalone, and whether loads are coalesced.
+struct RedisBackend(bool, bool);
 
 impl Backend for RedisBackend {
     type Store = RedisStore;
 
     async fn store(&self, o: Opts) -> RedisStore {
-        let mut s = store(self.0).await.touch_interval(Duration::ZERO);
+        let mut s = store(self.0)
+            .await
+            .touch_interval(Duration::ZERO)
+            .coalesce_loads(self.1);
         if let Some(d) = o.idle {
             s = s.idle_timeout(d);
         }
@@ -83,14 +87,21 @@ impl Backend for RedisBackend {
 mod standalone {
     use super::*;
 
-    conformance!([#[tokio::test(flavor = "multi_thread", worker_threads = 2)]] RedisBackend(false));
+    conformance!([#[tokio::test(flavor = "multi_thread", worker_threads = 2)]] RedisBackend(false, true));
     http_checks!([#[tokio::test(flavor = "multi_thread", worker_threads = 2)]] store(false).await);
+}
+
+/// The same conformance suite with every load its own script call.
+mod standalone_single_loads {
+    use super::*;
+
+    conformance!([#[tokio::test(flavor = "multi_thread", worker_threads = 2)]] RedisBackend(false, false));
 }
 
 mod cluster {
     use super::*;
 
-    conformance!([#[tokio::test(flavor = "multi_thread", worker_threads = 2)]] RedisBackend(true));
+    conformance!([#[tokio::test(flavor = "multi_thread", worker_threads = 2)]] RedisBackend(true, true));
     http_checks!([#[tokio::test(flavor = "multi_thread", worker_threads = 2)]] store(true).await);
 }
 
@@ -425,25 +436,38 @@ async fn concurrent_loads_get_their_own_sessions(store: RedisStore) -> RedisStor
     Arc::into_inner(store).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_loads_share_script_calls() {
+/// Script calls the server ran for `concurrent_loads_get_their_own_sessions` on a private
+/// server: 24 creates, 5 deletes and one revoke_all, then 1,200 loads.
+async fn script_calls_for_concurrent_loads(coalesce: bool) -> i64 {
     let server = RedisServer::start();
-    let store = RedisStore::new(redis_at(&server.url(), "batch").await, SECRET);
-    let before = server.cmd(&["INFO", "commandstats"]).as_text().unwrap();
-    assert!(!before.is_empty());
+    let store =
+        RedisStore::new(redis_at(&server.url(), "batch").await, SECRET).coalesce_loads(coalesce);
     server.cmd(&["CONFIG", "RESETSTAT"]);
     let _ = concurrent_loads_get_their_own_sessions(store).await;
     let stats = server.cmd(&["INFO", "commandstats"]).as_text().unwrap();
-    let evalsha: i64 = stats
+    stats
         .lines()
         .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
         .and_then(|r| r.split(',').next())
         .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    // 24 creates, 5 deletes and one revoke_all, then 1,200 loads in fewer calls.
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_loads_share_script_calls() {
+    let calls = script_calls_for_concurrent_loads(true).await;
     assert!(
-        evalsha < 30 + 1200,
-        "concurrent loads coalesced: {evalsha} script calls"
+        calls < 30 + 1200,
+        "concurrent loads coalesced: {calls} script calls"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncoalesced_loads_are_one_script_call_each() {
+    let calls = script_calls_for_concurrent_loads(false).await;
+    assert!(
+        calls >= 30 + 1200,
+        "one call per load: {calls} script calls"
     );
 }
 

@@ -89,6 +89,8 @@ struct Inner {
     /// Loads queued by concurrent requests, sent as one script call per slot (started on the
     /// first load, with the policy of that moment; a policy change starts a new one).
     loads: OnceLock<Arc<Loads>>,
+    /// Whether loads are coalesced at all.
+    coalesce: bool,
 }
 
 /// A loaded record's data and expiry (unix ms), or `None` when missing, expired or revoked.
@@ -132,6 +134,7 @@ impl RedisStore {
                 keys,
                 policy: Policy::default(),
                 loads: OnceLock::new(),
+                coalesce: true,
             }),
         }
     }
@@ -178,6 +181,16 @@ impl RedisStore {
     #[must_use]
     pub fn max_data_size(mut self, bytes: usize) -> Self {
         self.policy_mut().max_data = bytes;
+        self
+    }
+
+    /// Whether concurrent loads are coalesced (default `true`): the loads that requests make
+    /// while another load of this store is in flight leave together as one script call (one
+    /// per hash slot on a Cluster, at most 64), which loads them one after another. A lone load
+    /// leaves at once. Off, every load is its own script call.
+    #[must_use]
+    pub fn coalesce_loads(mut self, on: bool) -> Self {
+        Arc::make_mut(&mut self.inner).coalesce = on;
         self
     }
 
@@ -254,28 +267,22 @@ impl RedisStore {
         Err(Error::Collision)
     }
 
-    /// Loads coalesce: the loads that requests make while another load of this store is in
-    /// flight leave together as one script call (one per slot on a Cluster), which loads them
-    /// one after another. Each request still waits for one round trip.
+    /// Loads coalesce (see [`coalesce_loads`](Self::coalesce_loads)); each request still waits
+    /// for one round trip.
     async fn load_inner(&self, id: &Id) -> Result<Option<Record>> {
         let key = self.inner.keys.record(id);
-        let loaded = match self.loads().call(key).await {
-            Ok(r) => r,
-            // Not queued (no runtime for the queue's task): load it on its own.
-            Err(Uncoalesced::NotSent(key)) => {
-                let args = [
-                    self.inner.policy.idle_ms(),
-                    ms(self.inner.policy.touch_interval),
-                ];
-                load_batch(&self.inner.redis, args, vec![key])
-                    .await
-                    .pop()
-                    .unwrap_or_else(|| Err(short_reply()))
+        let loaded = if self.inner.coalesce {
+            match self.loads().call(key).await {
+                Ok(r) => r,
+                // Not queued (no runtime for the queue's task): load it on its own.
+                Err(Uncoalesced::NotSent(key)) => self.load_alone(key).await,
+                Err(Uncoalesced::Dropped) => Err(FredError::new(
+                    FredErrorKind::Canceled,
+                    "the session load's batch was dropped",
+                )),
             }
-            Err(Uncoalesced::Dropped) => Err(FredError::new(
-                FredErrorKind::Canceled,
-                "the session load's batch was dropped",
-            )),
+        } else {
+            self.load_alone(key).await
         };
         let Some((data, expiry)) = loaded.map_err(|e| Error::Redis(e.into()))? else {
             return Ok(None);
@@ -285,6 +292,17 @@ impl RedisStore {
             data: serde_json::from_str(&data)?,
             expiry_date: from_unix_ms(expiry.parse().unwrap_or(0)),
         }))
+    }
+
+    async fn load_alone(&self, key: Key) -> Loaded {
+        let args = [
+            self.inner.policy.idle_ms(),
+            ms(self.inner.policy.touch_interval),
+        ];
+        load_batch(&self.inner.redis, args, vec![key])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(short_reply()))
     }
 
     async fn save_inner(&self, record: &Record) -> Result<()> {
