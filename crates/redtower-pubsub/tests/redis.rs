@@ -62,9 +62,17 @@ fn numsub(url_is_cluster: bool, store: &RedisStore, channel: &str) -> i64 {
     reply.into_array()[1].as_int().unwrap()
 }
 
+/// The linger of the fan-out test: long enough that "still subscribed right after the last
+/// client left" holds on a loaded machine, short enough to wait out.
+const FAN_OUT_LINGER: Duration = Duration::from_secs(2);
+
 async fn fan_out_numsub(url: String, cluster: bool) {
     let prefix = unique_prefix("ps-numsub");
-    let store = store(&url, &prefix, Opts { capacity: 1024 }).await;
+    let store = RedisStore::builder(connect(&url, &prefix).await)
+        .channel_capacity(1024)
+        .linger(FAN_OUT_LINGER)
+        .build()
+        .unwrap();
     assert_eq!(store.is_sharded(), cluster);
     let pubsub = PubSub::new(store.clone());
     let app = router(SseEndpoint::new(pubsub.clone()));

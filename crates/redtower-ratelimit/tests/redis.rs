@@ -452,10 +452,13 @@ async fn assert_every_key_has_a_ttl(redis: &Redis, store: &RedisStore, pttl: imp
         .try_collect()
         .await
         .unwrap();
-    assert!(keys.len() >= 30, "the run wrote keys: {}", keys.len());
+    // 12 subjects x 3 policies; the per-minute and per-hour counters (24) cannot have expired
+    // yet, the per-second ones may have on a slow machine.
+    assert!(keys.len() >= 24, "the run wrote keys: {}", keys.len());
     for key in keys {
         let ttl = pttl(&key);
-        assert!(ttl > 0, "{key} has PTTL {ttl}");
+        // -1 is a key without a TTL; -2 one that expired since the scan (fine).
+        assert!(ttl > 0 || ttl == -2, "{key} has PTTL {ttl}");
     }
 }
 
@@ -519,9 +522,11 @@ fn outage_app(redis: Redis, failure: FailurePolicy) -> Router {
         .key(Global)
         .on_store_error(failure)
         .timeout(Duration::from_millis(300))
+        // A cool-down long enough that the breaker stays open through the checks below on a
+        // loaded machine (a probe after it would wait out the timeout again).
         .circuit_breaker(CircuitBreaker {
             failures: 2,
-            cool_down: Duration::from_millis(400),
+            cool_down: Duration::from_secs(3),
         })
         .denied_cache(0);
     Router::new()
@@ -553,13 +558,15 @@ async fn outage_follows_each_failure_policy_and_recovers() {
         let took = started.elapsed();
         assert_eq!(res.status(), StatusCode::OK);
         assert!(!res.headers().contains_key("ratelimit"));
+        // Bounded by the 300 ms timeout (plus scheduling slack on a busy machine)...
         assert!(
-            took < Duration::from_millis(300 + 250),
+            took < Duration::from_millis(300 + 700),
             "request {i} took {took:?}"
         );
+        // ...and, once the breaker is open, far below it: the store is not called.
         if i >= 2 {
             assert!(
-                took < Duration::from_millis(50),
+                took < Duration::from_millis(150),
                 "breaker open: request {i} took {took:?}"
             );
         }
@@ -568,7 +575,7 @@ async fn outage_follows_each_failure_policy_and_recovers() {
     for _ in 0..3 {
         let res = send(&closed).await.unwrap();
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(res.headers()["retry-after"], "1");
+        assert_eq!(res.headers()["retry-after"], "3", "the breaker's cool-down");
     }
     // Local fallback: the limit holds in this instance.
     assert_eq!(send(&local).await.unwrap().status(), StatusCode::OK);
