@@ -148,10 +148,7 @@ impl RedisStore {
     fn loads(&self) -> &Loads {
         self.inner.loads.get_or_init(|| {
             let redis = self.inner.redis.clone();
-            let args = [
-                self.inner.policy.idle_ms(),
-                ms(self.inner.policy.touch_interval),
-            ];
+            let args = self.load_args();
             Arc::new(Coalescer::new(MAX_BATCH, move |batch: Vec<Key>| {
                 let redis = redis.clone();
                 async move { load_batch(&redis, args, batch).await }
@@ -294,12 +291,16 @@ impl RedisStore {
         }))
     }
 
-    async fn load_alone(&self, key: Key) -> Loaded {
-        let args = [
+    /// The load script's arguments: idle timeout and touch interval, in ms.
+    fn load_args(&self) -> [i64; 2] {
+        [
             self.inner.policy.idle_ms(),
             ms(self.inner.policy.touch_interval),
-        ];
-        load_batch(&self.inner.redis, args, vec![key])
+        ]
+    }
+
+    async fn load_alone(&self, key: Key) -> Loaded {
+        load_batch(&self.inner.redis, self.load_args(), vec![key])
             .await
             .pop()
             .unwrap_or_else(|| Err(short_reply()))
