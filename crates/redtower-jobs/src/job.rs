@@ -269,7 +269,8 @@ pub struct JobInfo {
     pub data: String,
     /// The current state.
     pub state: JobState,
-    /// Attempts started so far (a lease lost to a crashed worker does not count).
+    /// Attempts made so far, the running one included (a lease lost to a crashed worker and a
+    /// job handed back at shutdown do not count).
     pub attempts_made: u32,
     /// The attempt limit.
     pub max_attempts: u32,
@@ -281,7 +282,11 @@ pub struct JobInfo {
     pub last_error: Option<String>,
     /// When it was added, in ms since the Unix epoch by the store's clock.
     pub created_at_ms: u64,
-    /// When the last attempt started, in ms since the Unix epoch by the store's clock.
+    /// When an attempt started, in ms since the Unix epoch by the store's clock: the running one
+    /// for an active job, the last failed one for any other job that has failed before.
+    /// `None` for completed jobs: a job's record is not rewritten when it starts or completes
+    /// (that write would cost more than the rest of a no-op job), so only its finish time is
+    /// kept; a worker's [`on_completed`](crate::Worker::on_completed) hook sees the run time.
     pub started_at_ms: Option<u64>,
     /// When it finished, in ms since the Unix epoch by the store's clock.
     pub finished_at_ms: Option<u64>,
@@ -293,19 +298,32 @@ pub struct JobInfo {
 }
 
 impl JobInfo {
-    pub(crate) fn from_record(rec: Record, state: JobState, due: Option<u64>) -> Self {
+    /// `rec.attempt` counts failed attempts; an active job's running attempt and a completed
+    /// job's last attempt are added here. `running_since` is the start of an active job's
+    /// attempt (kept with its lease).
+    pub(crate) fn from_record(
+        rec: Record,
+        state: JobState,
+        due: Option<u64>,
+        running_since: Option<u64>,
+    ) -> Self {
+        let (attempts_made, started) = match state {
+            JobState::Active => (rec.attempt + 1, running_since.or(rec.started)),
+            JobState::Completed => (rec.attempt + 1, None),
+            _ => (rec.attempt, rec.started),
+        };
         Self {
             id: JobId(rec.id),
             name: rec.name,
             data: rec.data,
             state,
-            attempts_made: rec.attempt,
+            attempts_made,
             max_attempts: rec.max,
             stalls: rec.stalls,
             priority: rec.prio,
             last_error: rec.err,
             created_at_ms: rec.created,
-            started_at_ms: rec.started,
+            started_at_ms: started,
             finished_at_ms: rec.fin,
             due_at_ms: due,
             unique_key: rec.uniq,

@@ -90,7 +90,8 @@ struct Q {
     active: ZSet,
     done: ZSet,
     dead: ZSet,
-    lease: HashMap<u64, String>,
+    /// id → (fencing token, start of the running attempt).
+    lease: HashMap<u64, (String, u64)>,
     uniq: HashMap<String, u64>,
     paused: bool,
     wake: watch::Sender<u64>,
@@ -211,7 +212,8 @@ impl Q {
         let rec = self.jobs.get(&id)?.clone();
         let (state, score) = self.state_of(id).unwrap_or((JobState::Ready, 0));
         let due = matches!(state, JobState::Scheduled | JobState::Active).then_some(score);
-        Some(JobInfo::from_record(rec, state, due))
+        let running_since = self.lease.get(&id).map(|(_, started)| *started);
+        Some(JobInfo::from_record(rec, state, due, running_since))
     }
 }
 
@@ -321,10 +323,13 @@ impl QueueStore for MemoryStore {
                     settled.push(Settled::Stale);
                     continue;
                 };
-                if q.lease.get(&id) != Some(&lease.token) {
-                    settled.push(Settled::Stale);
-                    continue;
-                }
+                let started = match q.lease.get(&id) {
+                    Some((token, started)) if *token == lease.token => *started,
+                    _ => {
+                        settled.push(Settled::Stale);
+                        continue;
+                    }
+                };
                 q.lease.remove(&id);
                 q.active.rem(id);
                 let Some(rec) = q.jobs.get_mut(&id) else {
@@ -333,20 +338,23 @@ impl QueueStore for MemoryStore {
                 };
                 let code = match s {
                     Settle::Complete => {
-                        let rec = rec.clone();
+                        let mut rec = rec.clone();
+                        // The stored record keeps counting failed attempts only (as in Redis).
+                        rec.attempt += 1;
                         q.finish(id, false, now, &req.retention);
                         q.emit(EventKind::Completed, &rec);
                         Settled::Completed
                     }
                     Settle::Release => {
-                        rec.attempt = rec.attempt.saturating_sub(1);
                         let rec = rec.clone();
                         q.ready_add(id);
                         q.wake();
                         q.emit(EventKind::Released, &rec);
                         Settled::Released
                     }
-                    Settle::Retry { delay, error } if rec.attempt < rec.max => {
+                    Settle::Retry { delay, error } if rec.attempt + 1 < rec.max => {
+                        rec.attempt += 1;
+                        rec.started = Some(started);
                         rec.err = Some(error);
                         let rec = rec.clone();
                         q.sched_add(id, now + ms(delay));
@@ -354,6 +362,8 @@ impl QueueStore for MemoryStore {
                         Settled::Retrying
                     }
                     Settle::Retry { error, .. } | Settle::Fail { error } => {
+                        rec.attempt += 1;
+                        rec.started = Some(started);
                         rec.err = Some(error);
                         let mut rec = rec.clone();
                         q.finish(id, true, now, &req.retention);
@@ -387,7 +397,6 @@ impl QueueStore for MemoryStore {
                     q.finish(*id, true, now, &req.retention);
                     q.emit(EventKind::Dead, &rec);
                 } else {
-                    rec.attempt = rec.attempt.saturating_sub(1);
                     let rec = rec.clone();
                     q.ready_add(*id);
                     q.emit(EventKind::Stalled, &rec);
@@ -404,12 +413,10 @@ impl QueueStore for MemoryStore {
                     let Some(rec) = q.jobs.get_mut(&id) else {
                         continue;
                     };
-                    rec.attempt += 1;
-                    rec.started = Some(now);
                     let rec = rec.clone();
                     q.seq += 1;
                     let token = q.seq.to_string();
-                    q.lease.insert(id, token.clone());
+                    q.lease.insert(id, (token.clone(), now));
                     q.active.add(id, now + ms(req.lease).max(1));
                     jobs.push(Fetched {
                         lease: Lease {
@@ -418,7 +425,7 @@ impl QueueStore for MemoryStore {
                         },
                         name: rec.name,
                         data: rec.data,
-                        attempt: rec.attempt,
+                        attempt: rec.attempt + 1,
                         max_attempts: rec.max,
                         backoff: rec.backoff,
                         waited: Duration::from_millis(now.saturating_sub(rec.created)),
@@ -448,7 +455,7 @@ impl QueueStore for MemoryStore {
             let mut lost = Vec::new();
             for l in leases {
                 match parse_id(&l.id) {
-                    Some(id) if q.lease.get(&id) == Some(&l.token) => {
+                    Some(id) if q.lease.get(&id).is_some_and(|(t, _)| *t == l.token) => {
                         q.active.add(id, now + ms(lease).max(1));
                     }
                     _ => lost.push(l.id),

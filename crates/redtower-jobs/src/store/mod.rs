@@ -60,7 +60,9 @@ impl Enqueued {
 pub struct Lease {
     /// The job.
     pub id: JobId,
-    /// The token handed out when the job was fetched.
+    /// The token handed out when the job was fetched. Opaque: a store may keep in it what it
+    /// needs to settle the job cheaply (the Redis store keeps the attempt's start, and the
+    /// job's attempt and name for its completion event).
     pub token: String,
 }
 

@@ -132,13 +132,50 @@ fn record(raw: &str) -> Result<Record> {
     serde_json::from_str(raw).map_err(|e| Error::Protocol(format!("bad job record: {e}")))
 }
 
+/// What a lease token handed out by this store holds: `<fence>/<attempt>/<u><name>`, where the
+/// fence `<batch>.<start ms>.<i>` is what the lease hash holds, and the rest lets a completion
+/// settle without reading the job's record (`u` is `1` when the job has a dedup key, whose
+/// release needs the record).
+struct Token<'a> {
+    fence: &'a str,
+    /// The attempt and the name, for a job without a dedup key.
+    plain: Option<(&'a str, &'a str)>,
+}
+
+impl<'a> Token<'a> {
+    fn format(fence: &str, attempt: u32, unique: bool, name: &str) -> String {
+        format!("{fence}/{attempt}/{}{name}", u8::from(unique))
+    }
+
+    fn parse(token: &'a str) -> Self {
+        let Some((fence, rest)) = token.split_once('/') else {
+            return Token {
+                fence: token,
+                plain: None,
+            };
+        };
+        let plain = rest
+            .split_once('/')
+            .and_then(|(attempt, rest)| Some((attempt, rest.strip_prefix('0')?)));
+        Token { fence, plain }
+    }
+}
+
+/// The start of the attempt that holds a lease, from its token (`<batch>.<start ms>.<i>`).
+fn started_of(token: &str) -> Option<u64> {
+    let fence = Token::parse(token).fence;
+    let mut parts = fence.split('.');
+    parts.next()?;
+    parts.next()?.parse().ok()
+}
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn info(rec: Record, state: JobState, score: f64) -> JobInfo {
+fn info(rec: Record, state: JobState, score: f64, lease: &str) -> JobInfo {
     let due = matches!(state, JobState::Scheduled | JobState::Active).then_some(score as u64);
-    let mut info = JobInfo::from_record(rec, state, due);
+    let mut info = JobInfo::from_record(rec, state, due, started_of(lease));
     if matches!(state, JobState::Completed | JobState::Dead) && score >= 0.0 {
         // The finish time is the score of the done/dead set.
         info.finished_at_ms = Some(score as u64);
@@ -205,24 +242,28 @@ impl QueueStore for RedisStore {
         argv.push(ms(r.dead_age).into());
         argv.push((req.settle.len() as i64).into());
         for (lease, s) in req.settle {
+            let token = Token::parse(&lease.token);
             argv.push(lease.id.as_str().into());
-            argv.push(lease.token.into());
-            let (kind, delay, err) = match s {
-                Settle::Complete => ("c", 0, String::new()),
-                Settle::Retry { delay, error } => ("r", ms(delay), error),
-                Settle::Fail { error } => ("f", 0, error),
-                Settle::Release => ("x", 0, String::new()),
+            argv.push(token.fence.into());
+            let (kind, a, b): (_, Value, Value) = match (s, token.plain) {
+                (Settle::Complete, Some((attempt, name))) => ("c", attempt.into(), name.into()),
+                (Settle::Complete, None) => ("u", 0.into(), "".into()),
+                (Settle::Retry { delay, error }, _) => ("r", ms(delay).into(), error.into()),
+                (Settle::Fail { error }, _) => ("f", 0.into(), error.into()),
+                (Settle::Release, _) => ("x", 0.into(), "".into()),
             };
             argv.push(kind.into());
-            argv.push(delay.into());
-            argv.push(err.into());
+            argv.push(a);
+            argv.push(b);
         }
         let reply: Value = WORK.run(&self.redis, self.keys(queue), argv).await?;
         let mut parts = reply.into_array().into_iter();
-        let (Some(codes), Some(jobs), Some(hint)) = (parts.next(), parts.next(), parts.next())
+        let (Some(codes), Some(jobs), Some(hint), Some(now)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(Error::Protocol("work reply".into()));
         };
+        let now: u64 = text(now)?.parse().unwrap_or(0);
         let settled = codes
             .into_array()
             .iter()
@@ -239,24 +280,23 @@ impl QueueStore for RedisStore {
         let mut fetched = Vec::new();
         for job in jobs.into_array() {
             let mut f = job.into_array().into_iter();
-            let (Some(id), Some(tok), Some(raw), Some(age)) =
-                (f.next(), f.next(), f.next(), f.next())
-            else {
+            let (Some(id), Some(tok), Some(raw)) = (f.next(), f.next(), f.next()) else {
                 return Err(Error::Protocol("fetched job".into()));
             };
             let rec = record(&text(raw)?)?;
-            let age = num(&age).unwrap_or(0);
+            // The record counts failed attempts; this one is the next.
+            let attempt = rec.attempt + 1;
             fetched.push(Fetched {
                 lease: Lease {
                     id: JobId::new(text(id)?),
-                    token: text(tok)?,
+                    token: Token::format(&text(tok)?, attempt, rec.uniq.is_some(), &rec.name),
                 },
                 name: rec.name,
                 data: rec.data,
-                attempt: rec.attempt,
+                attempt,
                 max_attempts: rec.max,
                 backoff: rec.backoff,
-                waited: Duration::from_millis(age.max(0) as u64),
+                waited: Duration::from_millis(now.saturating_sub(rec.created)),
             });
         }
         let hint: i64 = text(hint)?.parse().unwrap_or(-1);
@@ -274,7 +314,7 @@ impl QueueStore for RedisStore {
         let mut argv: Vec<Value> = vec![(self.events_max_len as i64).into(), ms(lease).into()];
         for l in leases {
             argv.push(l.id.as_str().into());
-            argv.push(l.token.into());
+            argv.push(Token::parse(&l.token).fence.into());
         }
         let reply: Value = EXTEND.run(&self.redis, self.keys(queue), argv).await?;
         reply
@@ -312,12 +352,15 @@ impl QueueStore for RedisStore {
             .await?
             .into_array();
         let mut it = v.into_iter();
-        let (Some(raw), Some(state), Some(score)) = (it.next(), it.next(), it.next()) else {
+        let (Some(raw), Some(state), Some(score), Some(lease)) =
+            (it.next(), it.next(), it.next(), it.next())
+        else {
             return Ok(None);
         };
         let state = JobState::from_code(&text(state)?).unwrap_or(JobState::Ready);
         let score = score.as_f64().unwrap_or(-1.0);
-        Ok(Some(info(record(&text(raw)?)?, state, score)))
+        let lease = lease.into_string().unwrap_or_default();
+        Ok(Some(info(record(&text(raw)?)?, state, score, &lease)))
     }
 
     async fn list(
@@ -342,11 +385,12 @@ impl QueueStore for RedisStore {
             )
             .await?
             .into_array();
-        let mut out = Vec::with_capacity(v.len() / 2);
+        let mut out = Vec::with_capacity(v.len() / 3);
         let mut it = v.into_iter();
-        while let (Some(raw), Some(score)) = (it.next(), it.next()) {
+        while let (Some(raw), Some(score), Some(lease)) = (it.next(), it.next(), it.next()) {
             let score = score.as_f64().unwrap_or(-1.0);
-            out.push(info(record(&text(raw)?)?, state, score));
+            let lease = lease.into_string().unwrap_or_default();
+            out.push(info(record(&text(raw)?)?, state, score, &lease));
         }
         Ok(out)
     }

@@ -24,7 +24,7 @@ if op == 'get' then
   local raw = redis.call('HGET', K_JOBS, id)
   if not raw then return {} end
   local st, sc = locate(id)
-  return { raw, st or 'ready', sc or '-1' }
+  return { raw, st or 'ready', sc or '-1', redis.call('HGET', K_LEASE, id) or '' }
 elseif op == 'list' then
   local st, off, lim = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
   local ids
@@ -39,6 +39,7 @@ elseif op == 'list' then
     if raw then
       out[#out + 1] = raw
       out[#out + 1] = ids[i + 1]
+      out[#out + 1] = (st == 'active' and redis.call('HGET', K_LEASE, ids[i])) or ''
     end
   end
   return out

@@ -95,16 +95,8 @@ local function finish(id, rec, set, keep_n, dirty)
   redis.call('ZADD', set, now_s, id)
 end
 
--- A fetched record: attempt + 1 and started = now, edited in place without a JSON round trip.
--- Safe: inside JSON strings every quote is escaped, so `"attempt":` only matches the key.
-local function start_record(raw)
-  raw = string.gsub(raw, '"attempt":(%-?%d+)', function(n)
-    return '"attempt":' .. (tonumber(n) + 1)
-  end, 1)
-  if string.find(raw, '"started":', 1, true) then
-    raw = string.gsub(raw, '"started":[^,}]*', '"started":' .. now_s, 1)
-  else
-    raw = '{"started":' .. now_s .. ',' .. string.sub(raw, 2)
-  end
-  return raw
+-- A lease token is '<batch>.<start ms>.<i>': the start of an attempt, for its record when the
+-- attempt fails, read back from the token instead of being written at fetch.
+local function started_of(tok)
+  return tonumber(string.match(tok, '^%d+%.(%d+)%.'))
 end

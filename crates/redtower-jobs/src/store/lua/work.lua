@@ -1,7 +1,11 @@
 -- ARGV: ev_max, lease_ms, fetch_n, max_stalls, keep_done_n, keep_done_age_ms, keep_dead_n,
---       keep_dead_age_ms, n_settle, then n_settle x (id, token, kind, delay_ms, error)
--- kind: c = complete, r = retry, f = fail, x = release
--- Returns { settled codes, { {id, token, record, age_ms}, ... }, next_due_ms | -1 }
+--       keep_dead_age_ms, n_settle, then n_settle x (id, token, kind, a, b)
+-- kind: c = complete (a job without a dedup key; a = its attempt, b = its name, as fetched),
+--       u = complete (read the record), r = retry (a = delay_ms, b = error),
+--       f = fail (b = error), x = release
+-- The record's `attempt` counts attempts that ended in a failure; a running or completed
+-- attempt is not in it (a fetch does not rewrite the record, a completion keeps it as it is).
+-- Returns { settled codes, { {id, token, record}, ... }, next_due_ms | -1, now_ms }
 -- codes: 0 stale, 1 completed, 2 retrying, 3 dead, 4 released
 local lease_ms = tonumber(ARGV[2])
 local fetch_n = tonumber(ARGV[3])
@@ -10,29 +14,26 @@ local keep_done_n, keep_done_age = tonumber(ARGV[5]), tonumber(ARGV[6])
 local keep_dead_n, keep_dead_age = tonumber(ARGV[7]), tonumber(ARGV[8])
 local n_settle = tonumber(ARGV[9])
 
--- What a completion needs of a record (name and attempt for the event; no dedup key to drop),
--- read without decoding the JSON. Safe for the same reason as `start_record`: outside the
--- top-level keys every quote is escaped. Nil (decode it) when the record has a dedup key or a
--- name with escapes.
-local function completed_fields(raw)
-  if not string.find(raw, '"uniq":null', 1, true) then return nil end
-  local name = string.match(raw, '"name":"([^"\\]*)"')
-  local attempt = string.match(raw, '"attempt":(%d+)')
-  if name and attempt then return { name = name, attempt = attempt, light = true } end
-  return nil
-end
-
 local codes = {}
 -- Leases settled by this call, removed from the lease hash and the active set in one command
 -- each after the loop; `settled` makes a second settle of the same id in this call stale, as
 -- it would be if the lease were already gone.
--- Leases and records of the whole batch are read with one HMGET each: nothing in the loop
--- writes the lease hash, and a record is only written for its own (settled once) id.
+-- Leases of the whole batch are read with one HMGET, and the records that are needed (not
+-- for plain completions) with another: nothing in the loop writes the lease hash, and a
+-- record is only written for its own (settled once) id.
 local settled, settled_ids, done_batch = {}, {}, {}
-local settle_ids = {}
-for i = 0, n_settle - 1 do settle_ids[i + 1] = ARGV[10 + i * 5] end
+local settle_ids, read_ids = {}, {}
+for i = 0, n_settle - 1 do
+  local id = ARGV[10 + i * 5]
+  settle_ids[i + 1] = id
+  if ARGV[12 + i * 5] ~= 'c' then read_ids[#read_ids + 1] = id end
+end
 local leases_now = hmget(K_LEASE, settle_ids)
-local records_now = hmget(K_JOBS, settle_ids)
+local records_now = {}
+if #read_ids > 0 then
+  local raws = hmget(K_JOBS, read_ids)
+  for i, id in ipairs(read_ids) do records_now[id] = raws[i] end
+end
 for i = 0, n_settle - 1 do
   local b = 10 + i * 5
   local id, tok, kind = ARGV[b], ARGV[b + 1], ARGV[b + 2]
@@ -40,38 +41,46 @@ for i = 0, n_settle - 1 do
   if not settled[id] and leases_now[i + 1] == tok then
     settled[id] = true
     settled_ids[#settled_ids + 1] = id
-    local raw = records_now[i + 1]
-    if raw then
-      local rec = (kind == 'c' and completed_fields(raw)) or cjson.decode(raw)
-      if kind == 'c' then
-        if rec.light and keep_done_n > 0 then
-          -- No dedup key and an unchanged record: only the done set changes, in one ZADD
-          -- for the batch after the loop.
-          done_batch[#done_batch + 1] = now_s
-          done_batch[#done_batch + 1] = id
-        else
-          finish(id, rec, K_DONE, keep_done_n, false)
-        end
-        emit('completed', id, rec, nil)
-        code = 1
-      elseif kind == 'x' then
-        rec.attempt = rec.attempt - 1
-        redis.call('HSET', K_JOBS, id, cjson.encode(rec))
-        ready_add(id, rec)
-        wake()
-        emit('released', id, rec, nil)
-        code = 4
+    if kind == 'c' then
+      -- No dedup key to drop and an unchanged record: only the done set changes, in one
+      -- ZADD for the batch after the loop.
+      local rec = { name = ARGV[b + 4], attempt = ARGV[b + 3] }
+      if keep_done_n > 0 then
+        done_batch[#done_batch + 1] = now_s
+        done_batch[#done_batch + 1] = id
       else
-        rec.err = ARGV[b + 4]
-        if kind == 'r' and rec.attempt < rec.max then
-          redis.call('HSET', K_JOBS, id, cjson.encode(rec))
-          sched_add(id, now + tonumber(ARGV[b + 3]))
-          emit('retrying', id, rec, rec.err)
-          code = 2
+        redis.call('HDEL', K_JOBS, id)
+      end
+      emit('completed', id, rec, nil)
+      code = 1
+    else
+      local raw = records_now[id]
+      if raw then
+        local rec = cjson.decode(raw)
+        if kind == 'u' then
+          rec.attempt = rec.attempt + 1
+          finish(id, rec, K_DONE, keep_done_n, false)
+          emit('completed', id, rec, nil)
+          code = 1
+        elseif kind == 'x' then
+          ready_add(id, rec)
+          wake()
+          emit('released', id, rec, nil)
+          code = 4
         else
-          finish(id, rec, K_DEAD, keep_dead_n, true)
-          emit('dead', id, rec, rec.err)
-          code = 3
+          rec.attempt = rec.attempt + 1
+          rec.started = started_of(tok) or cjson.null
+          rec.err = ARGV[b + 4]
+          if kind == 'r' and rec.attempt < rec.max then
+            redis.call('HSET', K_JOBS, id, cjson.encode(rec))
+            sched_add(id, now + tonumber(ARGV[b + 3]))
+            emit('retrying', id, rec, rec.err)
+            code = 2
+          else
+            finish(id, rec, K_DEAD, keep_dead_n, true)
+            emit('dead', id, rec, rec.err)
+            code = 3
+          end
         end
       end
     end
@@ -116,7 +125,6 @@ for _, id in ipairs(expired) do
       if keep_dead_n > 0 then trim(K_DEAD, keep_dead_n, keep_dead_age) end
       emit('dead', id, rec, rec.err)
     else
-      rec.attempt = rec.attempt - 1
       redis.call('HSET', K_JOBS, id, cjson.encode(rec))
       ready_add(id, rec)
       emit('stalled', id, rec, nil)
@@ -128,9 +136,9 @@ local jobs = {}
 if fetch_n > 0 and redis.call('HGET', K_META, 'paused') ~= '1' then
   local popped = redis.call('ZPOPMIN', K_READY, fetch_n)
   if #popped > 0 then
-    -- Fencing tokens for the whole batch from one INCR: '<batch>.<i>', with i in base 64
-    -- (built from characters: formatting a number per job costs more than the rest of it).
-    local batch_s = n2s(redis.call('INCR', K_SEQ)) .. '.'
+    -- Fencing tokens for the whole batch from one INCR: '<batch>.<start ms>.<i>', with i in
+    -- base 64 (built from characters: formatting a number per job costs more than the rest).
+    local batch_s = n2s(redis.call('INCR', K_SEQ)) .. '.' .. now_s .. '.'
     local b64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
     local function tok_of(i)
       local out = ''
@@ -143,29 +151,23 @@ if fetch_n > 0 and redis.call('HGET', K_META, 'paused') ~= '1' then
     end
     local next_tok = 0
     local until_s = n2s(now + lease_ms)
-    local records, leases, active = {}, {}, {}
+    local leases, active = {}, {}
     local ids = {}
     for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
     local raws = hmget(K_JOBS, ids)
     for i, id in ipairs(ids) do
       local raw = raws[i]
       if raw then
-        raw = start_record(raw)
         local tok = tok_of(next_tok)
         next_tok = next_tok + 1
-        records[#records + 1] = id
-        records[#records + 1] = raw
         leases[#leases + 1] = id
         leases[#leases + 1] = tok
         active[#active + 1] = until_s
         active[#active + 1] = id
-        -- The wait in ms as an integer reply (no number formatting).
-        local created = tonumber(string.match(raw, '"created":(%d+)')) or now
-        jobs[#jobs + 1] = { id, tok, raw, now - created }
+        jobs[#jobs + 1] = { id, tok, raw }
       end
     end
-    if #records > 0 then
-      multi('HSET', K_JOBS, records)
+    if #leases > 0 then
       multi('HSET', K_LEASE, leases)
       multi('ZADD', K_ACTIVE, active)
     end
@@ -183,4 +185,4 @@ if a[2] then
   local h = math.max(0, tonumber(a[2]) - now)
   if hint < 0 or h < hint then hint = h end
 end
-return { codes, jobs, n2s(hint) }
+return { codes, jobs, n2s(hint), now_s }
