@@ -64,7 +64,10 @@ pub struct QueueEvent {
     pub id: JobId,
     /// The job type's name.
     pub name: String,
-    /// The attempt it concerns (attempts started so far).
+    /// The attempt it concerns: for `Completed`, `Retrying` and `Dead` after a failure, the
+    /// attempt that ended (from 1); for `Stalled`, `Released` and a job dead of lost leases,
+    /// the attempts counted so far (a lost or handed-back attempt does not count); `0` for
+    /// `Added`.
     pub attempt: u32,
     /// The error, for `Retrying` and `Dead`.
     pub error: Option<String>,

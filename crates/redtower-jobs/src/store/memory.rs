@@ -383,11 +383,14 @@ impl QueueStore for MemoryStore {
             let expired = q.active.due(now, 100);
             for id in &expired {
                 q.active.rem(*id);
-                q.lease.remove(id);
+                let lost = q.lease.remove(id);
                 let Some(rec) = q.jobs.get_mut(id) else {
                     continue;
                 };
                 rec.stalls += 1;
+                if let Some((_, started)) = lost {
+                    rec.started = Some(started);
+                }
                 if rec.stalls > req.max_stalls {
                     rec.err = Some(format!(
                         "lease lost {} times (worker crashed or too slow)",

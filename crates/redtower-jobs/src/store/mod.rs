@@ -60,9 +60,10 @@ impl Enqueued {
 pub struct Lease {
     /// The job.
     pub id: JobId,
-    /// The token handed out when the job was fetched. Opaque: a store may keep in it what it
-    /// needs to settle the job cheaply (the Redis store keeps the attempt's start, and the
-    /// job's attempt and name for its completion event).
+    /// The token handed out when the job was fetched. Opaque: pass it back unchanged. A store
+    /// may keep in it what it needs to settle the job cheaply (the Redis store keeps the
+    /// attempt's start, and the job's attempt, name and whether it has a dedup key, so that a
+    /// completion does not read the job's record).
     pub token: String,
 }
 
@@ -187,7 +188,7 @@ pub struct Fetched {
     pub max_attempts: u32,
     /// The retry schedule.
     pub backoff: Backoff,
-    /// How long the job waited since it was added or last became due (store clock).
+    /// How long since the job was added (store clock), retries and delays included.
     pub waited: Duration,
 }
 

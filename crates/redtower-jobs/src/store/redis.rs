@@ -49,7 +49,7 @@ const EVENTS: usize = 10;
 /// Keys of queue `email` (prefix `rt`): `rt:q:{email}:jobs` (HASH id → record),
 /// `:ready` (ZSET by priority then order), `:sched` (ZSET by due time), `:active` (ZSET by lease
 /// end), `:done` and `:dead` (ZSET by finish time, trimmed by retention), `:lease` (HASH id →
-/// fencing token), `:uniq` (HASH dedup key → id), `:meta` (paused), `:wake` (LIST, the signal
+/// fence `<batch>.<start ms>.<i>`, the part of a lease token that the store checks), `:uniq` (HASH dedup key → id), `:meta` (paused), `:wake` (LIST, the signal
 /// idle workers block on), `:events` (STREAM, capped) and `:seq` (ids and tokens). They are not
 /// given TTLs: retention bounds them.
 ///
@@ -163,10 +163,13 @@ impl<'a> Token<'a> {
 
 /// The start of the attempt that holds a lease, from its token (`<batch>.<start ms>.<i>`).
 fn started_of(token: &str) -> Option<u64> {
-    let fence = Token::parse(token).fence;
-    let mut parts = fence.split('.');
-    parts.next()?;
-    parts.next()?.parse().ok()
+    let mut parts = Token::parse(token).fence.split('.');
+    let (Some(_), Some(start), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    start.parse().ok()
 }
 
 fn ms(d: Duration) -> i64 {

@@ -114,11 +114,14 @@ end
 local expired = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', n2s(now), 'LIMIT', 0, 100)
 for _, id in ipairs(expired) do
   redis.call('ZREM', K_ACTIVE, id)
+  local lost = redis.call('HGET', K_LEASE, id)
   redis.call('HDEL', K_LEASE, id)
   local raw = redis.call('HGET', K_JOBS, id)
   if raw then
     local rec = cjson.decode(raw)
     rec.stalls = rec.stalls + 1
+    -- The lost attempt's start (it does not count as an attempt).
+    if lost then rec.started = started_of(lost) or rec.started end
     if rec.stalls > max_stalls then
       rec.err = 'lease lost ' .. rec.stalls .. ' times (worker crashed or too slow)'
       finish(id, rec, K_DEAD, keep_dead_n, true)
