@@ -79,8 +79,9 @@ impl RedisStore {
         }
     }
 
-    /// The approximate cap (`MAXLEN ~`) of each queue's event stream; `0` turns events off.
-    /// Defaults to 1,000.
+    /// The approximate cap (`MAXLEN ~`) of each queue's event stream, in entries; `0` turns
+    /// events off. Defaults to 1,000. An entry is one event, except that the completions of
+    /// one worker exchange share an entry (up to 100 of them).
     #[must_use]
     pub fn events_max_len(mut self, n: u64) -> Self {
         self.events_max_len = n;
@@ -507,11 +508,11 @@ fn parse_xread(v: Value, last: &str) -> (Vec<QueueEvent>, String) {
             if let Some(id) = id.into_string() {
                 next = id;
             }
+            // An entry is one event (`e`, `id`, `name`, `attempt`[, `error`]) or, for
+            // completions, `e` followed by (`id`, `name`, `attempt`) per job: each `id` starts
+            // the next event.
             let mut kind = None;
-            let mut job = String::new();
-            let mut name = String::new();
-            let mut attempt = 0;
-            let mut error = None;
+            let mut current: Option<QueueEvent> = None;
             let flat: Vec<Value> = match fields {
                 Value::Map(m) => m
                     .inner()
@@ -523,24 +524,32 @@ fn parse_xread(v: Value, last: &str) -> (Vec<QueueEvent>, String) {
             let mut it = flat.into_iter();
             while let (Some(f), Some(v)) = (it.next(), it.next()) {
                 let v = v.as_string().unwrap_or_default();
-                match f.as_string().as_deref() {
-                    Some("e") => kind = EventKind::from_code(&v),
-                    Some("id") => job = v,
-                    Some("name") => name = v,
-                    Some("attempt") => attempt = v.parse().unwrap_or(0),
-                    Some("error") => error = Some(v),
+                let f = f.as_string().unwrap_or_default();
+                if f == "e" {
+                    kind = EventKind::from_code(&v);
+                    continue;
+                }
+                let Some(kind) = kind else { continue };
+                if f == "id" {
+                    out.extend(current.take());
+                    current = Some(QueueEvent {
+                        kind,
+                        id: JobId::new(v),
+                        name: String::new(),
+                        attempt: 0,
+                        error: None,
+                    });
+                    continue;
+                }
+                let Some(ev) = current.as_mut() else { continue };
+                match f.as_str() {
+                    "name" => ev.name = v,
+                    "attempt" => ev.attempt = v.parse().unwrap_or(0),
+                    "error" => ev.error = Some(v),
                     _ => {}
                 }
             }
-            if let Some(kind) = kind {
-                out.push(QueueEvent {
-                    kind,
-                    id: JobId::new(job),
-                    name,
-                    attempt,
-                    error,
-                });
-            }
+            out.extend(current);
         }
     }
     (out, next)

@@ -44,14 +44,13 @@ for i = 0, n_settle - 1 do
     if kind == 'c' then
       -- No dedup key to drop and an unchanged record: only the done set changes, in one
       -- ZADD for the batch after the loop.
-      local rec = { name = ARGV[b + 4], attempt = ARGV[b + 3] }
       if keep_done_n > 0 then
         done_batch[#done_batch + 1] = now_s
         done_batch[#done_batch + 1] = id
       else
         redis.call('HDEL', K_JOBS, id)
       end
-      emit('completed', id, rec, nil)
+      emit_completed(id, ARGV[b + 4], ARGV[b + 3])
       code = 1
     else
       local raw = records_now[id]
@@ -60,7 +59,7 @@ for i = 0, n_settle - 1 do
         if kind == 'u' then
           rec.attempt = rec.attempt + 1
           finish(id, rec, K_DONE, keep_done_n, false)
-          emit('completed', id, rec, nil)
+          emit_completed(id, rec.name, rec.attempt)
           code = 1
         elseif kind == 'x' then
           ready_add(id, rec)
@@ -93,6 +92,7 @@ if #settled_ids > 0 then
   multi('ZREM', K_ACTIVE, settled_ids)
 end
 if #done_batch > 0 then multi('ZADD', K_DONE, done_batch) end
+flush_completed()
 
 if n_settle > 0 then
   if keep_done_n > 0 then trim(K_DONE, keep_done_n, keep_done_age) end
