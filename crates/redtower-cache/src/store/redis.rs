@@ -206,7 +206,10 @@ impl CacheStore for RedisStore {
             }
         }
         let client = self.redis.client().with_options(&self.options);
-        Ok(client.get::<Option<Bytes>, _>(k).await.map_err(fred)?)
+        // Boxed, so that fred's (large) future is not part of every coalesced read's future.
+        Ok(Box::pin(client.get::<Option<Bytes>, _>(k))
+            .await
+            .map_err(fred)?)
     }
 
     async fn put(

@@ -380,13 +380,17 @@ impl crate::RateLimitStore for RedisStore {
             Some(batches) => match batches.call(call).await {
                 Ok(r) => r,
                 // Not queued (no runtime for the queue's task): send it on its own.
-                Err(Uncoalesced::NotSent(call)) => one(self.sender().send(vec![call]).await),
+                Err(Uncoalesced::NotSent(call)) => {
+                    one(Box::pin(self.sender().send(vec![call])).await)
+                }
                 Err(Uncoalesced::Dropped) => Err(FredError::new(
                     FredErrorKind::Canceled,
                     "the check's batch was dropped",
                 )),
             },
-            None => one(self.sender().send(vec![call]).await),
+            // Boxed, so that the (large) future of an uncoalesced call is not part of every
+            // check's future.
+            None => one(Box::pin(self.sender().send(vec![call])).await),
         };
         decide(policies, reply.map_err(|e| Error::Redis(e.into())))
     }

@@ -272,14 +272,14 @@ impl RedisStore {
             match self.loads().call(key).await {
                 Ok(r) => r,
                 // Not queued (no runtime for the queue's task): load it on its own.
-                Err(Uncoalesced::NotSent(key)) => self.load_alone(key).await,
+                Err(Uncoalesced::NotSent(key)) => Box::pin(self.load_alone(key)).await,
                 Err(Uncoalesced::Dropped) => Err(FredError::new(
                     FredErrorKind::Canceled,
                     "the session load's batch was dropped",
                 )),
             }
         } else {
-            self.load_alone(key).await
+            Box::pin(self.load_alone(key)).await
         };
         let Some((data, expiry)) = loaded.map_err(|e| Error::Redis(e.into()))? else {
             return Ok(None);
@@ -483,6 +483,22 @@ impl UserSessions for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every request's load future is moved (into `async_trait`'s box, then into the
+    /// awaiting state); fred's futures are kilobytes, so only the rare uncoalesced path holds
+    /// them, boxed.
+    #[tokio::test]
+    async fn a_coalesced_load_future_stays_small() {
+        let config = redtower_client::RedisConfig::from_url("redis://127.0.0.1:1").unwrap();
+        let store = RedisStore::new(Redis::new(config).unwrap(), [7u8; 32]);
+        let id = Id(1);
+        let load = store.load_inner(&id);
+        assert!(
+            std::mem::size_of_val(&load) <= 512,
+            "{} bytes",
+            std::mem::size_of_val(&load)
+        );
+    }
 
     #[test]
     fn scripts_compile_in() {
