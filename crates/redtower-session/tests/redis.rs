@@ -462,6 +462,55 @@ async fn concurrent_loads_share_script_calls() {
     );
 }
 
+/// One browser's parallel requests: many concurrent loads of one session each get the record,
+/// and a batch reads that record once, not once per load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_loads_of_one_session_read_it_once_per_batch() {
+    use std::sync::Arc;
+
+    let server = RedisServer::start();
+    let store = RedisStore::new(redis_at(&server.url(), "same").await, SECRET);
+    let mut r = common::bound("alice", "phone");
+    store.create(&mut r).await.unwrap();
+    let want = serde_json::to_value(&r.data).unwrap();
+    server.cmd(&["CONFIG", "RESETSTAT"]);
+    let store = Arc::new(store);
+    let loads = (0..600).map(|_| {
+        let (store, id, want) = (store.clone(), r.id, want.clone());
+        tokio::spawn(async move {
+            let got = store.load(&id).await.unwrap().expect("the session");
+            assert_eq!(serde_json::to_value(&got.data).unwrap(), want);
+        })
+    });
+    for l in futures::future::join_all(loads).await {
+        l.unwrap();
+    }
+    let stats = server.cmd(&["INFO", "commandstats"]).as_text().unwrap();
+    // Calls that ran: `calls` less `failed_calls` (the first one, answered NOSCRIPT before
+    // the script was loaded).
+    let calls = |cmd: &str| -> i64 {
+        let Some(line) = stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:")))
+        else {
+            return 0;
+        };
+        let field = |name: &str| -> i64 {
+            line.split(',')
+                .find_map(|f| f.strip_prefix(&format!("{name}=")))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        field("calls") - field("failed_calls")
+    };
+    let (scripts, reads) = (calls("evalsha"), calls("hmget"));
+    assert!(
+        scripts < 600,
+        "the loads were coalesced: {scripts} script calls"
+    );
+    assert_eq!(reads, scripts, "one record read per script call");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uncoalesced_loads_are_one_script_call_each() {
     let calls = script_calls_for_concurrent_loads(false).await;

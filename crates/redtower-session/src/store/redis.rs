@@ -1,6 +1,7 @@
 //! [`RedisStore`]: sessions in Redis, one Lua script (one round trip) per operation.
 
 use std::{
+    collections::HashMap,
     sync::{Arc, LazyLock, OnceLock},
     time::Duration,
 };
@@ -183,8 +184,9 @@ impl RedisStore {
 
     /// Whether concurrent loads are coalesced (default `true`): the loads that requests make
     /// while another load of this store is in flight leave together as one script call (one
-    /// per hash slot on a Cluster, at most 64), which loads them one after another. A lone load
-    /// leaves at once. Off, every load is its own script call.
+    /// per hash slot on a Cluster, at most 64), which loads them one after another; a session
+    /// asked for by several of them (one browser's parallel requests) is read once and its
+    /// answer shared. A lone load leaves at once. Off, every load is its own script call.
     #[must_use]
     pub fn coalesce_loads(mut self, on: bool) -> Self {
         Arc::make_mut(&mut self.inner).coalesce = on;
@@ -372,7 +374,53 @@ async fn load_batch(redis: &Redis, args: [i64; 2], batch: Vec<Key>) -> Vec<Loade
     .await
 }
 
+/// Loads of one slot in one script call. A record asked for more than once in the batch (one
+/// browser's parallel requests) is loaded once and its answer shared: the loads of a batch run
+/// at one instant, so a second load would only find what the first left (touched, or deleted).
 async fn load_slot(redis: &Redis, args: [i64; 2], keys: Vec<Key>) -> Vec<Loaded> {
+    if keys.len() < 2 {
+        return load_unique(redis, args, keys).await;
+    }
+    let mut first: HashMap<&Key, usize> = HashMap::with_capacity(keys.len());
+    let mut unique = Vec::with_capacity(keys.len());
+    let mut index = Vec::with_capacity(keys.len());
+    for key in &keys {
+        let next = first.len();
+        let i = *first.entry(key).or_insert(next);
+        if i == next {
+            unique.push(key.clone());
+        }
+        index.push(i);
+    }
+    if unique.len() == keys.len() {
+        drop(first);
+        return load_unique(redis, args, keys).await;
+    }
+    let mut uses = vec![0usize; unique.len()];
+    for &i in &index {
+        uses[i] += 1;
+    }
+    let mut loaded: Vec<Option<Loaded>> = load_unique(redis, args, unique)
+        .await
+        .into_iter()
+        .map(Some)
+        .collect();
+    index
+        .into_iter()
+        .map(|i| {
+            uses[i] -= 1;
+            let answer = if uses[i] == 0 {
+                loaded[i].take()
+            } else {
+                loaded[i].clone()
+            };
+            answer.unwrap_or_else(|| Err(short_reply()))
+        })
+        .collect()
+}
+
+/// One script call loading `keys` (no key twice), the replies in their order.
+async fn load_unique(redis: &Redis, args: [i64; 2], keys: Vec<Key>) -> Vec<Loaded> {
     let n = keys.len();
     let reply: Vec<String> = match LOAD.run(redis, keys, args.to_vec()).await {
         Ok(r) => r,
