@@ -152,17 +152,6 @@ impl Cache {
             key: key.entry().clone(),
             token: token.clone(),
         };
-        if token.is_some() {
-            // Double-check under the lock: a fill (another instance's, or an earlier flight
-            // here) may have landed between the caller's read and this lock.
-            if let Some(e) = self.fresh_fill(key, tags, seen).await {
-                self.release(key, token.as_ref()).await;
-                unlocker.token = None;
-                bump(&self.inner.stats.remote_fills);
-                guard.publish(Some(e.clone()));
-                return Filled::Shared(e, fetch);
-            }
-        }
         if locked_by_other {
             let started = Instant::now();
             let deadline = started + cfg.lock_wait;
@@ -196,6 +185,18 @@ impl Cache {
                         break;
                     }
                 }
+            }
+        }
+        if token.is_some() {
+            // Double-check under the lock: a fill (another instance's, or an earlier flight
+            // here) may have landed between the last read (the caller's, or a poll's) and
+            // this lock.
+            if let Some(e) = self.fresh_fill(key, tags, seen).await {
+                self.release(key, token.as_ref()).await;
+                unlocker.token = None;
+                bump(&self.inner.stats.remote_fills);
+                guard.publish(Some(e.clone()));
+                return Filled::Shared(e, fetch);
             }
         }
         bump(&self.inner.stats.fetches);
