@@ -399,6 +399,25 @@ impl<'a> From<&'a String> for Segment<'a> {
     }
 }
 
+/// Escapes an owned string like [`Segment::new`]; text that needs no escaping is kept as it is,
+/// without a copy.
+///
+/// ```
+/// use redtower_client::Segment;
+///
+/// assert_eq!(Segment::from(String::from("ip/10.0.0.1")).as_str(), "ip/10.0.0.1");
+/// assert_eq!(Segment::from(String::from("a b")).as_str(), "a%20b");
+/// assert_eq!(Segment::from(String::new()).as_str(), "%");
+/// ```
+impl From<String> for Segment<'static> {
+    fn from(raw: String) -> Self {
+        if !raw.is_empty() && raw.len() <= Segment::MAX_LEN && raw.bytes().all(is_plain) {
+            return Segment(Cow::Owned(raw));
+        }
+        Segment::from_bytes(raw.as_bytes()).into_owned()
+    }
+}
+
 impl<'a> From<&'a Segment<'a>> for Segment<'a> {
     fn from(seg: &'a Segment<'a>) -> Self {
         Segment(Cow::Borrowed(&seg.0))

@@ -99,28 +99,34 @@ fn apps(rt: &tokio::runtime::Runtime, url: &str) -> Apps {
                 "c",
                 Quota::per_hour(nonzero!(1_000_000)).sliding_window(),
             ));
+        let variants: Vec<(&'static str, Router)> = vec![
+            ("bare", route()),
+            (
+                "memory",
+                limited(RateLimitLayer::new(MemoryStore::new(), huge())),
+            ),
+            ("tower_governor", governor()),
+            (
+                "redis-1-policy",
+                limited(RateLimitLayer::new(store.clone(), huge())),
+            ),
+            (
+                "redis-1-policy-uncoalesced",
+                limited(RateLimitLayer::new(store.clone().coalesce(false), huge())),
+            ),
+            ("redis-3-policies", limited(three)),
+            (
+                "naive-incr-expire",
+                route().layer(middleware::from_fn_with_state(redis.clone(), naive)),
+            ),
+        ];
+        // Finalised once, as `axum::serve` does: otherwise a `Router` called directly turns its
+        // handlers into routes (and applies their layers) again on every request.
         Apps {
-            variants: vec![
-                ("bare", route()),
-                (
-                    "memory",
-                    limited(RateLimitLayer::new(MemoryStore::new(), huge())),
-                ),
-                ("tower_governor", governor()),
-                (
-                    "redis-1-policy",
-                    limited(RateLimitLayer::new(store.clone(), huge())),
-                ),
-                (
-                    "redis-1-policy-uncoalesced",
-                    limited(RateLimitLayer::new(store.clone().coalesce(false), huge())),
-                ),
-                ("redis-3-policies", limited(three)),
-                (
-                    "naive-incr-expire",
-                    route().layer(middleware::from_fn_with_state(redis.clone(), naive)),
-                ),
-            ],
+            variants: variants
+                .into_iter()
+                .map(|(name, app)| (name, app.with_state(())))
+                .collect(),
         }
     })
 }
