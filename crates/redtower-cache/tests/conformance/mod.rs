@@ -369,21 +369,44 @@ pub(crate) async fn concurrent_get_or_fetch_runs_the_fetcher_once(store: impl Ca
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
-/// A store whose next `misses` reads find nothing, as a read does that ran just before another
-/// fill landed.
+/// What a [`Racy`] store and its test share: the timing it simulates.
+#[derive(Debug, Default)]
+struct Race {
+    /// The next reads that find nothing, as reads do that ran just before another fill landed.
+    misses: AtomicUsize,
+    /// The last entry written.
+    last_put: Mutex<Option<(EntryKey, Bytes)>>,
+    /// The token of another instance's fill in the making and the lock attempts counted since
+    /// it was armed: that fill (the last entry written, filled again under the token) lands and
+    /// releases its lock just before the second attempt, between a waiting caller's poll of the
+    /// entry and its next try for the lock.
+    armed: Mutex<Option<(LockToken, usize)>>,
+}
+
+/// A store that lands other instances' fills at the worst moments (see [`Race`]).
 #[derive(Debug)]
-struct LateRead<S> {
+struct Racy<S> {
     inner: S,
-    misses: Arc<AtomicUsize>,
+    race: Arc<Race>,
+}
+
+fn racy<S: CacheStore>(inner: S) -> (Cache, Arc<Race>) {
+    let race = Arc::new(Race::default());
+    let cache = Cache::new(Racy {
+        inner,
+        race: race.clone(),
+    });
+    (cache, race)
 }
 
 #[async_trait]
-impl<S: CacheStore> CacheStore for LateRead<S> {
+impl<S: CacheStore> CacheStore for Racy<S> {
     fn now_ms(&self) -> u64 {
         self.inner.now_ms()
     }
     async fn get(&self, key: &EntryKey) -> Result<Option<Bytes>> {
         let late = self
+            .race
             .misses
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
@@ -397,12 +420,28 @@ impl<S: CacheStore> CacheStore for LateRead<S> {
         ttl: Duration,
         token: Option<&LockToken>,
     ) -> Result<bool> {
+        *self.race.last_put.lock().unwrap() = Some((key.clone(), value.clone()));
         self.inner.put(key, value, ttl, token).await
     }
     async fn invalidate(&self, group: &str) -> Result<()> {
         self.inner.invalidate(group).await
     }
     async fn try_lock(&self, key: &EntryKey, ttl: Duration) -> Result<Option<LockToken>> {
+        let land = {
+            let mut armed = self.race.armed.lock().unwrap();
+            match armed.as_mut() {
+                Some((_, attempts)) if *attempts == 1 => armed.take().map(|(token, _)| token),
+                Some((_, attempts)) => {
+                    *attempts += 1;
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some(token) = land {
+            let (k, v) = self.race.last_put.lock().unwrap().clone().unwrap();
+            assert!(self.inner.put(&k, v, MIN, Some(&token)).await?);
+        }
         self.inner.try_lock(key, ttl).await
     }
     async fn unlock(&self, key: &EntryKey, token: &LockToken) -> Result<bool> {
@@ -422,17 +461,13 @@ impl<S: CacheStore> CacheStore for LateRead<S> {
 /// A call whose read missed just before another fill landed (and released its lock) takes the
 /// lock, finds that fill, and shares it instead of fetching again.
 pub(crate) async fn a_fill_landing_before_the_lock_is_shared(store: impl CacheStore) {
-    let misses = Arc::new(AtomicUsize::new(0));
-    let cache = Cache::new(LateRead {
-        inner: store,
-        misses: misses.clone(),
-    });
+    let (cache, race) = racy(store);
     let first: u32 = cache
         .get_or_fetch("late", MIN, || async { Ok::<_, String>(1) })
         .await
         .unwrap();
     assert_eq!(first, 1);
-    misses.store(1, Ordering::SeqCst);
+    race.misses.store(1, Ordering::SeqCst);
     let second: u32 = cache
         .get_or_fetch("late", MIN, || async { Ok::<_, String>(2) })
         .await
@@ -440,78 +475,11 @@ pub(crate) async fn a_fill_landing_before_the_lock_is_shared(store: impl CacheSt
     assert_eq!(second, 1, "the landed fill is served, not refetched");
     let stats = cache.stats();
     assert_eq!((stats.fetches, stats.remote_fills), (1, 1));
-    assert_eq!(misses.load(Ordering::SeqCst), 0, "the late read happened");
-}
-
-/// What [`LandsBeforeRelock`] shares with its test: the last entry written, and the lock of
-/// another instance's fill in the making.
-#[derive(Debug, Default)]
-struct Landing {
-    last_put: Mutex<Option<(EntryKey, Bytes)>>,
-    /// The other fill's token and the lock attempts counted since it was armed.
-    armed: Mutex<Option<(LockToken, usize)>>,
-}
-
-/// A store on which another instance's fill (the last entry written, filled again under the
-/// armed token) lands and releases its lock just before the second lock attempt after arming:
-/// between a waiting caller's poll of the entry and its next try for the lock.
-#[derive(Debug)]
-struct LandsBeforeRelock<S> {
-    inner: S,
-    landing: Arc<Landing>,
-}
-
-#[async_trait]
-impl<S: CacheStore> CacheStore for LandsBeforeRelock<S> {
-    fn now_ms(&self) -> u64 {
-        self.inner.now_ms()
-    }
-    async fn get(&self, key: &EntryKey) -> Result<Option<Bytes>> {
-        self.inner.get(key).await
-    }
-    async fn put(
-        &self,
-        key: &EntryKey,
-        value: Bytes,
-        ttl: Duration,
-        token: Option<&LockToken>,
-    ) -> Result<bool> {
-        *self.landing.last_put.lock().unwrap() = Some((key.clone(), value.clone()));
-        self.inner.put(key, value, ttl, token).await
-    }
-    async fn invalidate(&self, group: &str) -> Result<()> {
-        self.inner.invalidate(group).await
-    }
-    async fn try_lock(&self, key: &EntryKey, ttl: Duration) -> Result<Option<LockToken>> {
-        let land = {
-            let mut armed = self.landing.armed.lock().unwrap();
-            match armed.as_mut() {
-                Some((_, attempts)) if *attempts == 1 => armed.take().map(|(token, _)| token),
-                Some((_, attempts)) => {
-                    *attempts += 1;
-                    None
-                }
-                None => None,
-            }
-        };
-        if let Some(token) = land {
-            let (k, v) = self.landing.last_put.lock().unwrap().clone().unwrap();
-            assert!(self.inner.put(&k, v, MIN, Some(&token)).await?);
-        }
-        self.inner.try_lock(key, ttl).await
-    }
-    async fn unlock(&self, key: &EntryKey, token: &LockToken) -> Result<bool> {
-        self.inner.unlock(key, token).await
-    }
-    async fn tag_generations(&self, tags: &[String]) -> Result<Vec<u64>> {
-        self.inner.tag_generations(tags).await
-    }
-    async fn ensure_tags(&self, tags: &[String], ttl: Duration) -> Result<Vec<u64>> {
-        self.inner.ensure_tags(tags, ttl).await
-    }
-    async fn bump_tag(&self, tag: &str) -> Result<()> {
-        self.inner.bump_tag(tag).await
-    }
+    assert_eq!(
+        race.misses.load(Ordering::SeqCst),
+        0,
+        "the late read happened"
+    );
 }
 
 /// A call that waits for another instance's fill and polls the entry just before that fill
@@ -519,18 +487,14 @@ impl<S: CacheStore> CacheStore for LandsBeforeRelock<S> {
 /// fetching again: the fetcher runs once across instances even when the fill lands between a
 /// poll and the next lock attempt.
 pub(crate) async fn a_fill_landing_while_waiting_for_the_lock_is_shared(store: impl CacheStore) {
-    let landing = Arc::new(Landing::default());
-    let cache = Cache::new(LandsBeforeRelock {
-        inner: store,
-        landing: landing.clone(),
-    });
+    let (cache, race) = racy(store);
     let first: u32 = cache
         .get_or_fetch("relock", MIN, || async { Ok::<_, String>(1) })
         .await
         .unwrap();
     assert_eq!(first, 1);
     // Another instance's fill of the same key in the making: no entry yet, its lock held.
-    let (k, _) = landing.last_put.lock().unwrap().clone().unwrap();
+    let (k, _) = race.last_put.lock().unwrap().clone().unwrap();
     cache.store().invalidate(k.group()).await.unwrap();
     let other = cache
         .store()
@@ -538,7 +502,7 @@ pub(crate) async fn a_fill_landing_while_waiting_for_the_lock_is_shared(store: i
         .await
         .unwrap()
         .expect("free lock");
-    *landing.armed.lock().unwrap() = Some((other, 0));
+    *race.armed.lock().unwrap() = Some((other, 0));
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
     let second: u32 = cache
@@ -549,7 +513,7 @@ pub(crate) async fn a_fill_landing_while_waiting_for_the_lock_is_shared(store: i
         .await
         .unwrap();
     assert!(
-        landing.armed.lock().unwrap().is_none(),
+        race.armed.lock().unwrap().is_none(),
         "the other fill landed while this call waited"
     );
     assert_eq!(second, 1, "the landed fill is served, not refetched");
