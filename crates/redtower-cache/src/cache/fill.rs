@@ -152,8 +152,11 @@ impl Cache {
             key: key.entry().clone(),
             token: token.clone(),
         };
+        // When this call waited for another fill: since when.
+        let mut waited = None;
         if locked_by_other {
             let started = Instant::now();
+            waited = Some(started);
             let deadline = started + cfg.lock_wait;
             let mut interval = cfg.poll_min;
             loop {
@@ -195,6 +198,10 @@ impl Cache {
                 self.release(key, token.as_ref()).await;
                 unlocker.token = None;
                 bump(&self.inner.stats.remote_fills);
+                if let Some(started) = waited {
+                    metrics::histogram!("redtower_cache_lock_wait_seconds", "cache" => self.name())
+                        .record(started.elapsed().as_secs_f64());
+                }
                 guard.publish(Some(e.clone()));
                 return Filled::Shared(e, fetch);
             }
