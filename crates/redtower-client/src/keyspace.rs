@@ -309,6 +309,11 @@ fn is_plain(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-_.@+=,/!~".contains(&b)
 }
 
+/// Whether `raw` is its own segment text: 1 to [`Segment::MAX_LEN`] plain bytes.
+fn kept_as_is(raw: &[u8]) -> bool {
+    !raw.is_empty() && raw.len() <= Segment::MAX_LEN && raw.iter().all(|&b| is_plain(b))
+}
+
 impl<'a> Segment<'a> {
     /// The longest escaped segment kept as text; longer ones are hashed (44 bytes).
     pub const MAX_LEN: usize = 128;
@@ -323,7 +328,7 @@ impl<'a> Segment<'a> {
         if raw.is_empty() {
             return Segment(Cow::Borrowed("%"));
         }
-        if raw.len() <= Self::MAX_LEN && raw.iter().all(|&b| is_plain(b)) {
+        if kept_as_is(raw) {
             // All plain ASCII, so valid UTF-8.
             return Segment(String::from_utf8_lossy(raw));
         }
@@ -411,7 +416,7 @@ impl<'a> From<&'a String> for Segment<'a> {
 /// ```
 impl From<String> for Segment<'static> {
     fn from(raw: String) -> Self {
-        if !raw.is_empty() && raw.len() <= Segment::MAX_LEN && raw.bytes().all(is_plain) {
+        if kept_as_is(raw.as_bytes()) {
             return Segment(Cow::Owned(raw));
         }
         Segment::from_bytes(raw.as_bytes()).into_owned()

@@ -171,8 +171,7 @@ impl Cache {
                 interval = interval.mul_f64(1.5).min(cfg.poll_max);
                 if let Some(e) = self.fresh_fill(key, tags, seen).await {
                     bump(&self.inner.stats.remote_fills);
-                    metrics::histogram!("redtower_cache_lock_wait_seconds", "cache" => self.name())
-                        .record(started.elapsed().as_secs_f64());
+                    self.record_lock_wait(started);
                     guard.publish(Some(e.clone()));
                     return Filled::Shared(e, fetch);
                 }
@@ -199,8 +198,7 @@ impl Cache {
                 unlocker.token = None;
                 bump(&self.inner.stats.remote_fills);
                 if let Some(started) = waited {
-                    metrics::histogram!("redtower_cache_lock_wait_seconds", "cache" => self.name())
-                        .record(started.elapsed().as_secs_f64());
+                    self.record_lock_wait(started);
                 }
                 guard.publish(Some(e.clone()));
                 return Filled::Shared(e, fetch);
@@ -215,6 +213,12 @@ impl Cache {
             .await;
         guard.publish(shared);
         Filled::Led(r)
+    }
+
+    /// How long a fill waited for another instance's fill before sharing it.
+    fn record_lock_wait(&self, started: Instant) {
+        metrics::histogram!("redtower_cache_lock_wait_seconds", "cache" => self.name())
+            .record(started.elapsed().as_secs_f64());
     }
 
     /// The stored entry if it is fresh and newer than the one the caller saw (`seen`).
