@@ -228,8 +228,10 @@ impl KeyExtractor for PeerIp {
 /// Behind a reverse proxy every client has the proxy's address: say so once.
 fn warn_if_proxied(parts: &Parts) {
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    // A `HeaderName`, not a `&str`: a `&str` key is parsed again on every lookup.
+    static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
     if !WARNED.load(std::sync::atomic::Ordering::Relaxed)
-        && (parts.headers.contains_key("x-forwarded-for")
+        && (parts.headers.contains_key(&X_FORWARDED_FOR)
             || parts.headers.contains_key(http::header::FORWARDED))
         && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
     {

@@ -52,6 +52,32 @@ pub(crate) struct PolicySet {
     pub(crate) list: Arc<[Policy]>,
     /// The `RateLimit-Policy` field (`None` when the draft headers are off).
     pub(crate) policy_header: Option<HeaderValue>,
+    /// Per policy, in `list` order, the keys of its outcome counters (labels built once, not
+    /// per request).
+    pub(crate) counters: Box<[OutcomeCounters]>,
+}
+
+/// The metric keys of one policy's outcomes.
+pub(crate) struct OutcomeCounters {
+    pub(crate) allowed: metrics::Key,
+    pub(crate) limited: metrics::Key,
+    pub(crate) shadow_limited: metrics::Key,
+}
+
+impl OutcomeCounters {
+    fn new(policy: &Policy) -> Self {
+        let key = |name: &'static str| {
+            metrics::Key::from_parts(
+                name,
+                vec![metrics::Label::from_static_parts("policy", policy.name())],
+            )
+        };
+        Self {
+            allowed: key("redtower_ratelimit_allowed_total"),
+            limited: key("redtower_ratelimit_limited_total"),
+            shadow_limited: key("redtower_ratelimit_shadow_limited_total"),
+        }
+    }
 }
 
 impl PolicySet {
@@ -59,6 +85,7 @@ impl PolicySet {
         Self {
             list: list.clone(),
             policy_header: headers.draft.then(|| policy_header(list)).flatten(),
+            counters: list.iter().map(OutcomeCounters::new).collect(),
         }
     }
 }

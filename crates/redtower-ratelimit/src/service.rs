@@ -220,19 +220,45 @@ fn count(name: &'static str, policies: &[Policy]) {
     }
 }
 
-fn record(decision: &Decision) {
-    for d in decision.policies() {
-        let name = match (d.allowed(), d.policy().is_shadow(), decision.is_allowed()) {
-            (false, true, _) => "redtower_ratelimit_shadow_limited_total",
-            (false, false, _) => "redtower_ratelimit_limited_total",
-            (true, _, true) => "redtower_ratelimit_allowed_total",
+/// Where the outcome counters say they come from (as `metrics::counter!` would in this module).
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// Counts each policy's outcome, with the keys the set built once. The recorder is looked up
+/// per call, as `metrics::counter!` does, so a recorder installed later (or a thread-local one)
+/// still sees every count.
+fn record(decision: &Decision, set: &PolicySet) {
+    for (i, d) in decision.policies().iter().enumerate() {
+        let keys = set
+            .counters
+            .get(i)
+            .filter(|_| set.list.get(i).is_some_and(|p| p.name() == d.name()));
+        let Some(keys) = keys else {
+            // Not the set's policies (never happens with the built-in stores): name the key here.
+            record_by_name(decision, d);
+            continue;
+        };
+        let key = match (d.allowed(), d.policy().is_shadow(), decision.is_allowed()) {
+            (false, true, _) => &keys.shadow_limited,
+            (false, false, _) => &keys.limited,
+            (true, _, true) => &keys.allowed,
             (true, _, false) => continue,
         };
-        metrics::counter!(name, "policy" => d.name()).increment(1);
+        metrics::with_recorder(|r| r.register_counter(key, &METADATA)).increment(1);
         if !d.allowed() && d.policy().is_shadow() {
             tracing::debug!(target: TARGET, policy = d.name(), outcome = "shadow_limited", "shadow policy would have limited");
         }
     }
+}
+
+fn record_by_name(decision: &Decision, d: &crate::PolicyDecision) {
+    let name = match (d.allowed(), d.policy().is_shadow(), decision.is_allowed()) {
+        (false, true, _) => "redtower_ratelimit_shadow_limited_total",
+        (false, false, _) => "redtower_ratelimit_limited_total",
+        (true, _, true) => "redtower_ratelimit_allowed_total",
+        (true, _, false) => return,
+    };
+    metrics::counter!(name, "policy" => d.name()).increment(1);
 }
 
 fn store_failed(shared: &Shared, error: &Error) {
@@ -384,7 +410,7 @@ fn decided<B>(shared: &Shared, pending: Pending<B>, result: Result<Decision, Err
             }
         }
     };
-    record(&decision);
+    record(&decision, &set);
     if !decision.is_allowed() {
         shared
             .denied
