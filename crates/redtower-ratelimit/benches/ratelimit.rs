@@ -28,7 +28,9 @@ use axum::{
 use criterion::{BenchmarkId, Criterion, criterion_group};
 use http::StatusCode;
 use redtower_client::{Redis, RedisConfig, fred::interfaces::KeysInterface};
-use redtower_ratelimit::{MemoryStore, PeerIp, Policy, Quota, RateLimitLayer, RedisStore, nonzero};
+use redtower_ratelimit::{
+    Headers, MemoryStore, PeerIp, Policy, Quota, RateLimitLayer, RedisStore, nonzero,
+};
 use redtower_testkit::RedisServer;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tower::ServiceExt;
@@ -53,13 +55,20 @@ fn limited(layer: RateLimitLayer) -> Router {
     )
 }
 
-fn governor() -> Router {
-    let config = tower_governor::governor::GovernorConfigBuilder::default()
-        .per_nanosecond(1)
-        .burst_size(1_000_000_000)
-        .finish()
-        .unwrap();
-    route().layer(tower_governor::GovernorLayer::new(config))
+/// `tower_governor` with the same quota; `headers` adds its `x-ratelimit-limit` and
+/// `x-ratelimit-remaining` to every response (`use_headers`).
+fn governor(headers: bool) -> Router {
+    let mut builder = tower_governor::governor::GovernorConfigBuilder::default();
+    builder.per_nanosecond(1).burst_size(1_000_000_000);
+    if headers {
+        route().layer(tower_governor::GovernorLayer::new(
+            builder.use_headers().finish().unwrap(),
+        ))
+    } else {
+        route().layer(tower_governor::GovernorLayer::new(
+            builder.finish().unwrap(),
+        ))
+    }
 }
 
 /// The Node original: `INCR` then `EXPIRE` in a pipeline on every request.
@@ -105,7 +114,17 @@ fn apps(rt: &tokio::runtime::Runtime, url: &str) -> Apps {
                 "memory",
                 limited(RateLimitLayer::new(MemoryStore::new(), huge())),
             ),
-            ("tower_governor", governor()),
+            (
+                "memory-no-headers",
+                limited(
+                    RateLimitLayer::new(MemoryStore::new(), huge()).headers(Headers {
+                        draft: false,
+                        legacy: false,
+                    }),
+                ),
+            ),
+            ("tower_governor", governor(false)),
+            ("tower_governor-headers", governor(true)),
             (
                 "redis-1-policy",
                 limited(RateLimitLayer::new(store.clone(), huge())),
@@ -315,7 +334,14 @@ async fn paced_run(apps: &Apps) {
 
 /// Rounds of the load run: every variant once per round, in turn, so a change in the machine's
 /// load during the run hits every variant alike; each variant's req/s is its median round.
-const ROUNDS: usize = 3;
+/// Rounds of the load run (`RATELIMIT_LOAD_ROUNDS`, default 3): more rounds, a steadier median.
+fn rounds() -> usize {
+    std::env::var("RATELIMIT_LOAD_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(3)
+}
 
 fn redis_calls(s: &RedisServer) -> i64 {
     let info = s
@@ -342,14 +368,15 @@ fn redis_calls(s: &RedisServer) -> i64 {
 }
 
 async fn load_run(apps: &Apps, server: &RedisServer) {
+    let rounds = rounds();
     println!(
-        "\nload run: HTTP/1.1 keep-alive, {CLIENTS} connections, {ROUNDS} rounds of 2 s per variant, interleaved"
+        "\nload run: HTTP/1.1 keep-alive, {CLIENTS} connections, {rounds} rounds of 2 s per variant, interleaved"
     );
     let n = apps.variants.len();
     let mut rps: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); n];
     let mut calls = vec![(0i64, 0usize); n];
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         for (i, (_, app)) in apps.variants.iter().enumerate() {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
@@ -384,6 +411,28 @@ async fn load_run(apps: &Apps, server: &RedisServer) {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    // Ratios of two variants within each round (the same machine load), then their median:
+    // steadier than a ratio of medians taken from different rounds.
+    let pairs = [
+        ("memory", "tower_governor"),
+        ("memory-no-headers", "tower_governor"),
+        ("memory", "tower_governor-headers"),
+        ("redis-1-policy", "bare"),
+        ("redis-1-policy", "naive-incr-expire"),
+    ];
+    let index = |name: &str| apps.variants.iter().position(|(n, _)| *n == name);
+    for (a, b) in pairs {
+        let (Some(a_i), Some(b_i)) = (index(a), index(b)) else {
+            continue;
+        };
+        let mut per_round: Vec<f64> = rps[a_i].iter().zip(&rps[b_i]).map(|(x, y)| x / y).collect();
+        let shown: Vec<String> = per_round.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "{a} / {b}: {:.2}x median of rounds ({})",
+            median(&mut per_round),
+            shown.join(", ")
+        );
+    }
     let bare = median(&mut rps[0].clone());
     for (i, (name, _)) in apps.variants.iter().enumerate() {
         let rounds: Vec<String> = rps[i].iter().map(|r| format!("{r:.0}")).collect();
