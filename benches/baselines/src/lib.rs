@@ -5,6 +5,8 @@
 //! * `naive-limiter`: `GET /api/hello` behind the blog post's limiter ported to Rust as
 //!   literally as possible: a fred pipeline of `INCR` + `EXPIRE` on every request;
 //! * `governor`: `GET /api/hello` behind `tower_governor` (in-process GCRA, peer-IP key);
+//! * `memory-limiter`: the same minimal app as `governor`, behind redtower's `RateLimitLayer`
+//!   on a `MemoryStore` instead (the like-for-like comparison with `tower_governor`);
 //! * `tower-sessions-redis`: `POST /login` and `GET /whoami` through `tower-sessions` +
 //!   `tower-sessions-redis-store`.
 
@@ -40,6 +42,19 @@ pub async fn redis() -> Result<Redis, Error> {
     let redis = Redis::new(RedisConfig::from_url(&url)?.key_prefix("baseline"))?;
     redis.wait_ready(Duration::from_secs(10)).await?;
     Ok(redis)
+}
+
+/// Whether the limiter writes rate limit headers: `RATELIMIT_HEADERS=on` or `off`, else
+/// `default` (each limiter's own default: `tower_governor` none, redtower the draft fields).
+pub fn headers_setting() -> Result<Option<bool>, Error> {
+    match std::env::var("RATELIMIT_HEADERS").as_deref() {
+        Err(_) | Ok("default") => Ok(None),
+        Ok("on") => Ok(Some(true)),
+        Ok("off") => Ok(Some(false)),
+        Ok(other) => {
+            Err(format!("RATELIMIT_HEADERS={other:?}: expected on, off or default").into())
+        }
+    }
 }
 
 /// `{"hello":"world"}`, the body of every `/api/hello`.

@@ -16,6 +16,12 @@ pub(crate) enum Server {
     Naive,
     /// `benches/baselines` `governor`: `tower_governor`.
     Governor,
+    /// `benches/baselines` `governor` with `RATELIMIT_HEADERS=on`.
+    GovernorHeaders,
+    /// `benches/baselines` `memory-limiter`: the `governor` app with redtower's memory limiter.
+    MemoryLimiter,
+    /// `memory-limiter` with `RATELIMIT_HEADERS=off`.
+    MemoryLimiterNoHeaders,
     /// `benches/baselines` `tower-sessions-redis`.
     TowerSessions,
 }
@@ -29,7 +35,19 @@ impl Server {
             Self::Node => "node-express",
             Self::Naive => "naive-limiter",
             Self::Governor => "governor",
+            Self::GovernorHeaders => "governor-headers",
+            Self::MemoryLimiter => "memory-limiter",
+            Self::MemoryLimiterNoHeaders => "memory-limiter-no-headers",
             Self::TowerSessions => "tower-sessions-redis",
+        }
+    }
+
+    /// The binary of `benches/baselines` that serves it, and its `RATELIMIT_HEADERS`.
+    pub(crate) fn baseline(self) -> (&'static str, &'static str) {
+        match self {
+            Self::GovernorHeaders => ("governor", "on"),
+            Self::MemoryLimiterNoHeaders => ("memory-limiter", "off"),
+            other => (other.name(), "default"),
         }
     }
 
@@ -83,7 +101,10 @@ pub(crate) const CASES: &[Case] = &[
     case("hello/redis", "rate limit /api/hello", "Redis", AppRedis, "/api/hello", false, true),
     case("hello/memory", "rate limit /api/hello", "memory", AppMemory, "/api/hello", false, true),
     case("hello/naive", "rate limit /api/hello", "naive INCR+EXPIRE (Rust)", Naive, "/api/hello", false, false),
-    case("hello/governor", "rate limit /api/hello", "tower_governor", Governor, "/api/hello", false, false),
+    case("hello/memory-min", "rate limit /api/hello", "memory, minimal app, draft headers (default)", MemoryLimiter, "/api/hello", false, true),
+    case("hello/memory-min-bare", "rate limit /api/hello", "memory, minimal app, no headers", MemoryLimiterNoHeaders, "/api/hello", false, true),
+    case("hello/governor", "rate limit /api/hello", "tower_governor, minimal app, no headers (default)", Governor, "/api/hello", false, false),
+    case("hello/governor-hdr", "rate limit /api/hello", "tower_governor, minimal app, use_headers", GovernorHeaders, "/api/hello", false, false),
     case("hello/node", "rate limit /api/hello", "Node original", Node, "/api/hello", false, false),
     case("cache/redis", "cache hit /products/featured", "Redis (no L1)", AppRedis, "/products/featured", false, true),
     case("cache/l1", "cache hit /products/featured", "Redis + L1", AppRedisL1, "/products/featured", false, true),
@@ -130,7 +151,15 @@ pub(crate) const GOALS: &[Goal] = &[
     goal("hello/redis", "plain/app", "plain", 0.6),
     goal("hello/redis", "hello/naive", "naive Rust", 1.0),
     goal("hello/redis", "hello/node", "Node", 5.0),
-    goal("hello/memory", "hello/governor", "tower_governor", 0.9),
+    // The same minimal app and the same response (no rate limit headers): only the limiter
+    // differs. The informative ratios below compare the defaults, both with headers, and the
+    // example app's route (draft + legacy headers, a bigger router).
+    goal(
+        "hello/memory-min-bare",
+        "hello/governor",
+        "tower_governor",
+        0.9,
+    ),
     goal("cache/redis", "plain/app", "plain", 0.6),
     goal("cache/l1", "plain/app", "plain", 0.9),
     goal("cache/redis", "cache/node", "Node", 5.0),
@@ -151,6 +180,21 @@ pub(crate) const GOALS: &[Goal] = &[
     info("cache/l1", "plain/router", "/stats"),
     info("stacked/redis", "plain/router", "/stats"),
     info("hello/memory", "plain/app", "plain"),
+    info(
+        "hello/memory",
+        "hello/governor",
+        "tower_governor (minimal app)",
+    ),
+    info(
+        "hello/memory-min",
+        "hello/governor",
+        "tower_governor (defaults)",
+    ),
+    info(
+        "hello/memory-min",
+        "hello/governor-hdr",
+        "tower_governor use_headers",
+    ),
     info("cache/memory", "plain/app", "plain"),
     info("cache/l1", "cache/node", "Node"),
     info("session/redis", "plain/app", "plain"),

@@ -30,6 +30,9 @@ usage: cargo xtask bench [options]
   --warmup SECS       warm-up per scenario before it (default 2, env BENCH_WARMUP)
   --connections N     wrk connections (default 64, env BENCH_CONNECTIONS)
   --threads N         wrk threads (default 2, env BENCH_THREADS)
+  --sessions N        logged-in sessions the session scenarios spread their requests over,
+                      one cookie after another (default: one per connection, env
+                      BENCH_SESSIONS; 1 replays one cookie on every request)
   --filter A,B        only the scenarios whose id or name contains A or B (e.g. plain,
                       hello, cache, session, stacked, sse, jobs); env BENCH_FILTER.
                       A filtered run prints its table but writes no file.
@@ -44,6 +47,7 @@ const BINARIES: &[&str] = &[
     "redtower-example",
     "naive-limiter",
     "governor",
+    "memory-limiter",
     "tower-sessions-redis",
 ];
 
@@ -54,6 +58,7 @@ pub(crate) struct Options {
     pub(crate) warmup: u32,
     pub(crate) connections: u32,
     pub(crate) threads: u32,
+    pub(crate) sessions: u32,
     pub(crate) filter: Vec<String>,
     pub(crate) sse_conns: u32,
     pub(crate) jobs: u32,
@@ -70,6 +75,7 @@ impl Options {
             warmup: env_num("BENCH_WARMUP", 2),
             connections: env_num("BENCH_CONNECTIONS", 64),
             threads: env_num("BENCH_THREADS", 2),
+            sessions: env_num("BENCH_SESSIONS", 0),
             filter: env::var("BENCH_FILTER")
                 .map(|f| split(&f))
                 .unwrap_or_default(),
@@ -93,6 +99,7 @@ impl Options {
                 "--warmup" => o.warmup = num(arg)?,
                 "--connections" => o.connections = num(arg)?,
                 "--threads" => o.threads = num(arg)?,
+                "--sessions" => o.sessions = num(arg)?,
                 "--sse-conns" => o.sse_conns = num(arg)?,
                 "--jobs" => o.jobs = num(arg)?,
                 "--filter" => {
@@ -109,6 +116,9 @@ impl Options {
         }
         if !o.filter.is_empty() {
             o.write = false;
+        }
+        if o.sessions == 0 {
+            o.sessions = o.connections;
         }
         Ok(Some(o))
     }

@@ -54,17 +54,20 @@ fn start(server: Server, bins: &Bins<'_>, redis: u16, logs: &Path) -> Result<Pro
             .current_dir(bins.node_dir)
             .env("REDIS_URL", &redis_url);
     } else {
-        cmd = Command::new(bins.bin_dir.join(server.name()));
-        cmd.arg(port.to_string()).env("REDIS_URL", &redis_url);
+        let (binary, headers) = server.baseline();
+        cmd = Command::new(bins.bin_dir.join(binary));
+        cmd.arg(port.to_string())
+            .env("REDIS_URL", &redis_url)
+            .env("RATELIMIT_HEADERS", headers);
     }
     let mut proc = Proc::spawn(server.name(), port, cmd, logs)?;
     proc.wait_ready(server.is_app().then_some("/health"))?;
     Ok(proc)
 }
 
-/// Logs in on `server` and returns the `Cookie` header to replay.
-fn login(proc: &Proc) -> Result<String, String> {
-    let res = http::post_json(proc.port, "/login", r#"{"user":"bench"}"#)?;
+/// Logs in on `server` as `user` and returns the `Cookie` header to send.
+fn login(proc: &Proc, user: &str) -> Result<String, String> {
+    let res = http::post_json(proc.port, "/login", &format!(r#"{{"user":"{user}"}}"#))?;
     let cookie = res.cookie_header();
     if res.status != 200 || cookie.is_empty() {
         return Err(format!(
@@ -88,10 +91,11 @@ fn redis_calls(redis: u16) -> Result<u64, String> {
 fn measure(
     case: &Case,
     proc: &mut Proc,
-    cookie: Option<&str>,
+    cookies: &[String],
     redis: u16,
     opts: &Options,
 ) -> Result<Row, String> {
+    let cookie = cookies.first().map(String::as_str);
     proc.check_alive()?;
     let first = http::get(proc.port, case.path, cookie)?;
     if first.status != 200 {
@@ -111,12 +115,12 @@ fn measure(
             seconds: opts.warmup,
             ..load.clone()
         };
-        wrk::run(&warm, proc.port, case.path, cookie)?;
+        wrk::run(&warm, proc.port, case.path, cookies)?;
     }
     let last = http::get(proc.port, case.path, cookie)?;
     let cache_state = last.header("x-cache").map(str::to_owned);
     let before = redis_calls(redis)?;
-    let r = wrk::run(&load, proc.port, case.path, cookie)?;
+    let r = wrk::run(&load, proc.port, case.path, cookies)?;
     let after = redis_calls(redis)?;
     proc.check_alive()?;
     // Round trips: sequential requests with MONITOR on (too slow to leave on under load).
@@ -163,19 +167,24 @@ pub(crate) fn http_cases(
             slot.insert(start(case.server, bins, redis.port, logs)?);
         }
     }
-    let mut cookies: BTreeMap<Server, String> = BTreeMap::new();
+    let mut cookies: BTreeMap<Server, Vec<String>> = BTreeMap::new();
     let mut rows = Vec::new();
     for case in cases {
         let Some(proc) = servers.get_mut(&case.server) else {
             continue;
         };
-        let cookie = if case.login {
+        let none = Vec::new();
+        let jar = if case.login {
             if let Entry::Vacant(slot) = cookies.entry(case.server) {
-                slot.insert(login(proc)?);
+                // One user per session, as many sessions as `--sessions`.
+                let jar = (0..opts.sessions)
+                    .map(|i| login(proc, &format!("bench-{i}")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                slot.insert(jar);
             }
-            cookies.get(&case.server).map(String::as_str)
+            cookies.get(&case.server).unwrap_or(&none)
         } else {
-            None
+            &none
         };
         eprintln!(
             "xtask: {} / {} ({} {})",
@@ -184,7 +193,7 @@ pub(crate) fn http_cases(
             case.server.name(),
             case.path
         );
-        let row = measure(case, proc, cookie, redis.port, opts)?;
+        let row = measure(case, proc, jar, redis.port, opts)?;
         eprintln!(
             "xtask:   {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {:.2} round trips/req, {:.2} Redis cmds/req, errors {}",
             row.rate.unwrap_or(0.0),

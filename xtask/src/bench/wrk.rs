@@ -21,12 +21,14 @@ pub(crate) struct WrkResult {
     pub(crate) errors: u64,
 }
 
-/// `wrk -t<threads> -c<connections> -d<seconds>s --latency [-H Cookie] http://127.0.0.1:<port><path>`.
+/// `wrk -t<threads> -c<connections> -d<seconds>s --latency http://127.0.0.1:<port><path>`,
+/// with `-H "Cookie: ..."` for one cookie, or a script that sends `cookies` in turn (each
+/// request the next one; every `wrk` thread starts at its own offset).
 pub(crate) fn run(
     load: &Load,
     port: u16,
     path: &str,
-    cookie: Option<&str>,
+    cookies: &[String],
 ) -> Result<WrkResult, String> {
     let mut cmd = Command::new("wrk");
     cmd.arg(format!("-t{}", load.threads))
@@ -35,11 +37,27 @@ pub(crate) fn run(
         .arg("--timeout")
         .arg("5s")
         .arg("--latency");
-    if let Some(cookie) = cookie {
-        cmd.arg("-H").arg(format!("Cookie: {cookie}"));
-    }
+    let script = match cookies {
+        [] => None,
+        [cookie] => {
+            cmd.arg("-H").arg(format!("Cookie: {cookie}"));
+            None
+        }
+        many => {
+            let file =
+                std::env::temp_dir().join(format!("redtower-wrk-{}.lua", std::process::id()));
+            std::fs::write(&file, cookie_script(many))
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            cmd.arg("-s").arg(&file);
+            Some(file)
+        }
+    };
     cmd.arg(format!("http://127.0.0.1:{port}{path}"));
-    let out = cmd.output().map_err(|e| format!("wrk: {e}"))?;
+    let out = cmd.output().map_err(|e| format!("wrk: {e}"));
+    if let Some(file) = script {
+        let _ = std::fs::remove_file(file);
+    }
+    let out = out?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(format!(
@@ -49,6 +67,37 @@ pub(crate) fn run(
         ));
     }
     parse(&text).ok_or_else(|| format!("cannot read wrk's report:\n{text}"))
+}
+
+/// A `wrk` script whose requests carry `cookies` in turn. The requests are formatted once, in
+/// `init`, so a request costs `wrk` one table lookup.
+fn cookie_script(cookies: &[String]) -> String {
+    let mut lua = String::from("local cookies = {\n");
+    for c in cookies {
+        lua.push_str(&format!(
+            "  \"{}\",\n",
+            c.replace('\\', "\\\\").replace('"', "\\\"")
+        ));
+    }
+    // `setup` runs in the main Lua state and hands each thread its starting offset (a global
+    // of the thread's state), so that the threads do not send the same cookies in step.
+    lua.push_str(
+        "}\n\
+         local reqs, n, threads = {}, 0, 0\n\
+         function setup(thread)\n\
+           thread:set(\"start\", threads * 17)\n\
+           threads = threads + 1\n\
+         end\n\
+         function init(args)\n\
+           for i, c in ipairs(cookies) do reqs[i] = wrk.format(nil, nil, { Cookie = c }) end\n\
+           n = start or 0\n\
+         end\n\
+         function request()\n\
+           n = n + 1\n\
+           return reqs[(n % #reqs) + 1]\n\
+         end\n",
+    );
+    lua
 }
 
 /// A `wrk` duration such as `812.00us`, `1.23ms` or `2.01s`, in milliseconds.
