@@ -166,8 +166,11 @@ warm-up on the same connections count. Jobs: jobs per second; SSE: events delive
 machine. `plain` is `GET /plain` of the same app binary (no layer at all: the ceiling); \
 `naive Rust` is the blog post's `INCR`+`EXPIRE` pipeline limiter ported to Rust on fred \
 (`benches/baselines`); `Node` is the blog post's express + ioredis original (`benches/node`), \
-route for route; `tower_governor` is the in-process governor layer on the same route; \
-`tower-sessions-redis-store` reads the same session through tower-sessions. A ratio above 1 \
+route for route; `tower_governor` is the in-process governor layer in a minimal app serving \
+the same route, and `memory, minimal app` is that app with redtower's memory limiter instead \
+(the two differ only in the limiter; headers on or off as named); \
+`tower-sessions-redis-store` reads the same sessions through tower-sessions. Session and \
+stacked rows spread their requests over one logged-in user per connection. A ratio above 1 \
 means redtower serves more requests per second than that baseline.
 - **p50 / p99**: latency percentiles reported by `wrk --latency` (SSE: publish-to-delivery).
 - **Redis round trips/req**: commands the server sent to Redis per request, counted with \
