@@ -30,6 +30,8 @@ usage: cargo xtask bench [options]
   --warmup SECS       warm-up per scenario before it (default 2, env BENCH_WARMUP)
   --connections N     wrk connections (default 64, env BENCH_CONNECTIONS)
   --threads N         wrk threads (default 2, env BENCH_THREADS)
+  --rounds N          rounds of the HTTP scenarios, run in turn (default 3, env BENCH_ROUNDS):
+                      throughput is the median round, ratios the median of per-round ratios
   --sessions N        logged-in sessions the session scenarios spread their requests over,
                       one cookie after another (default: one per connection, env
                       BENCH_SESSIONS; 1 replays one cookie on every request)
@@ -59,6 +61,7 @@ pub(crate) struct Options {
     pub(crate) connections: u32,
     pub(crate) threads: u32,
     pub(crate) sessions: u32,
+    pub(crate) rounds: u32,
     pub(crate) filter: Vec<String>,
     pub(crate) sse_conns: u32,
     pub(crate) jobs: u32,
@@ -76,6 +79,7 @@ impl Options {
             connections: env_num("BENCH_CONNECTIONS", 64),
             threads: env_num("BENCH_THREADS", 2),
             sessions: env_num("BENCH_SESSIONS", 0),
+            rounds: env_num("BENCH_ROUNDS", 3),
             filter: env::var("BENCH_FILTER")
                 .map(|f| split(&f))
                 .unwrap_or_default(),
@@ -100,6 +104,7 @@ impl Options {
                 "--connections" => o.connections = num(arg)?,
                 "--threads" => o.threads = num(arg)?,
                 "--sessions" => o.sessions = num(arg)?,
+                "--rounds" => o.rounds = num(arg)?,
                 "--sse-conns" => o.sse_conns = num(arg)?,
                 "--jobs" => o.jobs = num(arg)?,
                 "--filter" => {
@@ -147,7 +152,10 @@ pub(crate) struct Row {
     pub(crate) variant: String,
     pub(crate) ours: bool,
     pub(crate) unit: &'static str,
+    /// The median of `rounds` (or the one measurement).
     pub(crate) rate: Option<f64>,
+    /// The throughput of each round, in round order (empty when measured once).
+    pub(crate) rounds: Vec<f64>,
     pub(crate) p50_ms: Option<f64>,
     pub(crate) p99_ms: Option<f64>,
     /// Commands clients sent to Redis per request (`MONITOR`, scripts' own commands excluded).
@@ -296,13 +304,19 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         logs.display()
     );
     if opts.write {
-        let md = report::markdown(&rows, &machine, &command, &usec);
+        let settings = format!(
+            "HTTP scenarios: {} rounds, each {} s timed after {} s of warm-up per scenario, `wrk` \
+             with {} threads and {} connections, {} logged-in users for the session scenarios.",
+            opts.rounds, opts.duration, opts.warmup, opts.threads, opts.connections, opts.sessions
+        );
+        let md = report::markdown(&rows, &machine, &command, &settings, &usec);
         report::write(&root.join("BENCHMARKS.md"), &md)?;
         let subtitle = format!(
-            "{} CPUs, load {} / {}, {} s per scenario at {} connections, {}",
+            "{} CPUs, load {} / {}, {} rounds of {} s per scenario at {} connections, {}",
             machine.nproc,
             machine.load_before,
             machine.load_after,
+            opts.rounds,
             opts.duration,
             opts.connections,
             machine.date

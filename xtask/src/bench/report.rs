@@ -25,11 +25,31 @@ fn find<'a>(rows: &'a [Row], id: &str) -> Option<&'a Row> {
     rows.iter().find(|r| r.id == id)
 }
 
-/// `num / den` when both rows have a rate.
+/// `num / den`: the median of the per-round ratios when both rows ran the same rounds (each
+/// round's two measurements were taken minutes apart at most), else the ratio of the rates.
 pub(crate) fn ratio(rows: &[Row], goal: &Goal) -> Option<f64> {
-    let num = find(rows, goal.num)?.rate?;
-    let den = find(rows, goal.den)?.rate?;
+    let (num, den) = (find(rows, goal.num)?, find(rows, goal.den)?);
+    if num.rounds.len() > 1 && num.rounds.len() == den.rounds.len() {
+        let mut per_round: Vec<f64> = num
+            .rounds
+            .iter()
+            .zip(&den.rounds)
+            .filter(|(_, d)| **d > 0.0)
+            .map(|(n, d)| n / d)
+            .collect();
+        per_round.sort_by(f64::total_cmp);
+        return per_round.get(per_round.len() / 2).copied();
+    }
+    let (num, den) = (num.rate?, den.rate?);
     (den > 0.0).then(|| num / den)
+}
+
+/// `±7%`: half the gap between the fastest and the slowest round, over the median.
+fn spread(row: &Row) -> Option<String> {
+    let rate = row.rate.filter(|r| *r > 0.0)?;
+    let max = row.rounds.iter().copied().reduce(f64::max)?;
+    let min = row.rounds.iter().copied().reduce(f64::min)?;
+    Some(format!("±{:.0}%", (max - min) / 2.0 / rate * 100.0))
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -97,7 +117,10 @@ pub(crate) fn table(rows: &[Row]) -> String {
             variant,
             row.rate.map_or_else(
                 || "-".to_owned(),
-                |r| format!("{} {}", thousands(r), row.unit)
+                |r| match spread(row) {
+                    Some(s) => format!("{} {} {s}", thousands(r), row.unit),
+                    None => format!("{} {}", thousands(r), row.unit),
+                }
             ),
             ratio_cell(rows, row),
             opt(row.p50_ms, 2),
@@ -161,9 +184,11 @@ const MEANING: &str = "\
 What the columns mean:
 
 - **throughput**: requests per second over the timed run (`wrk`, all connections), after a \
-warm-up on the same connections count. Jobs: jobs per second; SSE: events delivered per second.
+warm-up on the same connections count. The HTTP scenarios run in rounds, every scenario once \
+per round, in turn: the number is the median round, and `±` is half the gap between the \
+fastest and the slowest round. Jobs: jobs per second; SSE: events delivered per second.
 - **ratio**: this row's throughput divided by the named row's, both from this run on this \
-machine. `plain` is `GET /plain` of the same app binary (no layer at all: the ceiling); \
+machine: the median of the ratios taken within each round. `plain` is `GET /plain` of the same app binary (no layer at all: the ceiling); \
 `naive Rust` is the blog post's `INCR`+`EXPIRE` pipeline limiter ported to Rust on fred \
 (`benches/baselines`); `Node` is the blog post's express + ioredis original (`benches/node`), \
 route for route; `tower_governor` is the in-process governor layer in a minimal app serving \
@@ -184,7 +209,13 @@ how much work Redis does per request.
 ";
 
 /// The generated part of `BENCHMARKS.md`.
-pub(crate) fn markdown(rows: &[Row], machine: &Machine, command: &str, usec: &str) -> String {
+pub(crate) fn markdown(
+    rows: &[Row],
+    machine: &Machine,
+    command: &str,
+    settings: &str,
+    usec: &str,
+) -> String {
     let mut m = String::new();
     let _ = writeln!(m, "{BEGIN}\n");
     let _ = writeln!(
@@ -205,7 +236,7 @@ pub(crate) fn markdown(rows: &[Row], machine: &Machine, command: &str, usec: &st
     );
     let _ = writeln!(
         m,
-        "Command (from the repository root):\n\n```sh\n{command}\n```\n"
+        "Command (from the repository root):\n\n```sh\n{command}\n```\n\n{settings}\n"
     );
     let _ = writeln!(m, "{}", table(rows));
     let _ = writeln!(

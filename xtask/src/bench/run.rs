@@ -86,15 +86,24 @@ fn redis_calls(redis: u16) -> Result<u64, String> {
         .sum())
 }
 
+/// One round of one case: its row, the requests served and the commands Redis ran meanwhile.
+struct Sample {
+    row: Row,
+    requests: u64,
+    redis_cmds: u64,
+}
+
 /// Measures one case: a sanity request, a warm-up, then the timed run with `INFO
-/// commandstats` around it and the peak RSS reset before it.
+/// commandstats` around it and the peak RSS reset before it; with `round_trips`, then the
+/// round trips of sequential requests under `MONITOR`.
 fn measure(
     case: &Case,
     proc: &mut Proc,
     cookies: &[String],
     redis: u16,
     opts: &Options,
-) -> Result<Row, String> {
+    round_trips: bool,
+) -> Result<Sample, String> {
     let cookie = cookies.first().map(String::as_str);
     proc.check_alive()?;
     let first = http::get(proc.port, case.path, cookie)?;
@@ -124,31 +133,76 @@ fn measure(
     let after = redis_calls(redis)?;
     proc.check_alive()?;
     // Round trips: sequential requests with MONITOR on (too slow to leave on under load).
-    let (sent, ()) = http::client_commands(redis, || {
-        for _ in 0..SAMPLE {
-            http::get(proc.port, case.path, cookie)?;
-        }
-        Ok(())
-    })?;
+    let sent = if round_trips {
+        let (sent, ()) = http::client_commands(redis, || {
+            for _ in 0..SAMPLE {
+                http::get(proc.port, case.path, cookie)?;
+            }
+            Ok(())
+        })?;
+        Some(sent as f64 / f64::from(SAMPLE))
+    } else {
+        None
+    };
     let mut note = String::new();
     if let Some(state) = cache_state.filter(|s| s != "HIT") {
         note = format!("X-Cache {state} after warm-up");
     }
-    Ok(Row {
-        id: case.id.to_owned(),
-        scenario: case.scenario.to_owned(),
-        variant: case.variant.to_owned(),
-        ours: case.ours,
-        unit: "req/s",
-        rate: Some(r.rps),
-        p50_ms: Some(r.p50_ms),
-        p99_ms: Some(r.p99_ms),
-        round_trips: Some(sent as f64 / f64::from(SAMPLE)),
-        cmds_per_req: (r.requests > 0)
-            .then(|| after.saturating_sub(before) as f64 / r.requests as f64),
-        peak_rss_kib: proc.peak_rss_kib(),
-        errors: r.errors,
+    let redis_cmds = after.saturating_sub(before);
+    Ok(Sample {
+        row: Row {
+            id: case.id.to_owned(),
+            scenario: case.scenario.to_owned(),
+            variant: case.variant.to_owned(),
+            ours: case.ours,
+            unit: "req/s",
+            rate: Some(r.rps),
+            rounds: Vec::new(),
+            p50_ms: Some(r.p50_ms),
+            p99_ms: Some(r.p99_ms),
+            round_trips: sent,
+            cmds_per_req: (r.requests > 0).then(|| redis_cmds as f64 / r.requests as f64),
+            peak_rss_kib: proc.peak_rss_kib(),
+            errors: r.errors,
+            note,
+        },
+        requests: r.requests,
+        redis_cmds,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
+/// One row from a case's rounds: the median throughput and latencies, the rounds' rates,
+/// Redis commands per request over all rounds, the first round's round trips, the highest RSS.
+fn combine(samples: Vec<Sample>) -> Option<Row> {
+    let requests: u64 = samples.iter().map(|s| s.requests).sum();
+    let cmds: u64 = samples.iter().map(|s| s.redis_cmds).sum();
+    let rounds: Vec<f64> = samples.iter().filter_map(|s| s.row.rate).collect();
+    let p50 = median(samples.iter().filter_map(|s| s.row.p50_ms).collect());
+    let p99 = median(samples.iter().filter_map(|s| s.row.p99_ms).collect());
+    let rss = samples.iter().filter_map(|s| s.row.peak_rss_kib).max();
+    let errors = samples.iter().map(|s| s.row.errors).sum();
+    let note = samples
+        .iter()
+        .map(|s| s.row.note.as_str())
+        .find(|n| !n.is_empty())
+        .unwrap_or("")
+        .to_owned();
+    let first = samples.into_iter().next()?.row;
+    Some(Row {
+        rate: median(rounds.clone()),
+        rounds: if rounds.len() > 1 { rounds } else { Vec::new() },
+        p50_ms: p50,
+        p99_ms: p99,
+        cmds_per_req: (requests > 0).then(|| cmds as f64 / requests as f64),
+        peak_rss_kib: rss,
+        errors,
         note,
+        ..first
     })
 }
 
@@ -168,43 +222,52 @@ pub(crate) fn http_cases(
         }
     }
     let mut cookies: BTreeMap<Server, Vec<String>> = BTreeMap::new();
-    let mut rows = Vec::new();
-    for case in cases {
-        let Some(proc) = servers.get_mut(&case.server) else {
-            continue;
-        };
-        let none = Vec::new();
-        let jar = if case.login {
-            if let Entry::Vacant(slot) = cookies.entry(case.server) {
-                // One user per session, as many sessions as `--sessions`.
-                let jar = (0..opts.sessions)
-                    .map(|i| login(proc, &format!("bench-{i}")))
-                    .collect::<Result<Vec<_>, _>>()?;
-                slot.insert(jar);
-            }
-            cookies.get(&case.server).unwrap_or(&none)
-        } else {
-            &none
-        };
-        eprintln!(
-            "xtask: {} / {} ({} {})",
-            case.scenario,
-            case.variant,
-            case.server.name(),
-            case.path
-        );
-        let row = measure(case, proc, jar, redis.port, opts)?;
-        eprintln!(
-            "xtask:   {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {:.2} round trips/req, {:.2} Redis cmds/req, errors {}",
-            row.rate.unwrap_or(0.0),
-            row.p50_ms.unwrap_or(0.0),
-            row.p99_ms.unwrap_or(0.0),
-            row.round_trips.unwrap_or(0.0),
-            row.cmds_per_req.unwrap_or(0.0),
-            row.errors
-        );
-        rows.push(row);
+    let mut samples: Vec<Vec<Sample>> = cases.iter().map(|_| Vec::new()).collect();
+    // Rounds in turn: a change in the machine's load during the run hits every case alike,
+    // and a ratio taken within one round compares measurements minutes apart at most.
+    for round in 0..opts.rounds {
+        for (i, case) in cases.iter().enumerate() {
+            let Some(proc) = servers.get_mut(&case.server) else {
+                continue;
+            };
+            let none = Vec::new();
+            let jar = if case.login {
+                if let Entry::Vacant(slot) = cookies.entry(case.server) {
+                    // One user per session, as many sessions as `--sessions`.
+                    let jar = (0..opts.sessions)
+                        .map(|i| login(proc, &format!("bench-{i}")))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    slot.insert(jar);
+                }
+                cookies.get(&case.server).unwrap_or(&none)
+            } else {
+                &none
+            };
+            eprintln!(
+                "xtask: round {}/{}: {} / {} ({} {})",
+                round + 1,
+                opts.rounds,
+                case.scenario,
+                case.variant,
+                case.server.name(),
+                case.path
+            );
+            let sample = measure(case, proc, jar, redis.port, opts, round == 0)?;
+            let row = &sample.row;
+            eprintln!(
+                "xtask:   {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} round trips/req, {:.2} Redis cmds/req, errors {}",
+                row.rate.unwrap_or(0.0),
+                row.p50_ms.unwrap_or(0.0),
+                row.p99_ms.unwrap_or(0.0),
+                row.round_trips
+                    .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
+                row.cmds_per_req.unwrap_or(0.0),
+                row.errors
+            );
+            samples[i].push(sample);
+        }
     }
+    let rows = samples.into_iter().filter_map(combine).collect();
     let usec = usec_per_call(redis.port)?;
     Ok((rows, usec))
 }
