@@ -332,9 +332,9 @@ async fn paced_run(apps: &Apps) {
     }
 }
 
-/// Rounds of the load run: every variant once per round, in turn, so a change in the machine's
-/// load during the run hits every variant alike; each variant's req/s is its median round.
-/// Rounds of the load run (`RATELIMIT_LOAD_ROUNDS`, default 3): more rounds, a steadier median.
+/// Rounds of the load run (`RATELIMIT_LOAD_ROUNDS`, default 3): every variant once per round,
+/// in turn, so a change in the machine's load during the run hits every variant alike; each
+/// variant's req/s is its median round. More rounds, a steadier median.
 fn rounds() -> usize {
     std::env::var("RATELIMIT_LOAD_ROUNDS")
         .ok()
@@ -407,9 +407,15 @@ async fn load_run(apps: &Apps, server: &RedisServer) {
         "| variant | req/s (median) | rounds | ratio to bare | p50 | p99 | Redis calls/request |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
+    // The mean of the two middle values for an even count.
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
     };
     // Ratios of two variants within each round (the same machine load), then their median:
     // steadier than a ratio of medians taken from different rounds.
@@ -425,7 +431,15 @@ async fn load_run(apps: &Apps, server: &RedisServer) {
         let (Some(a_i), Some(b_i)) = (index(a), index(b)) else {
             continue;
         };
-        let mut per_round: Vec<f64> = rps[a_i].iter().zip(&rps[b_i]).map(|(x, y)| x / y).collect();
+        let mut per_round: Vec<f64> = rps[a_i]
+            .iter()
+            .zip(&rps[b_i])
+            .filter(|(_, y)| **y > 0.0)
+            .map(|(x, y)| x / y)
+            .collect();
+        if per_round.is_empty() {
+            continue;
+        }
         let shown: Vec<String> = per_round.iter().map(|r| format!("{r:.2}")).collect();
         println!(
             "{a} / {b}: {:.2}x median of rounds ({})",

@@ -259,6 +259,9 @@ fn record_by_name(decision: &Decision, d: &crate::PolicyDecision) {
         (true, _, false) => return,
     };
     metrics::counter!(name, "policy" => d.name()).increment(1);
+    if !d.allowed() && d.policy().is_shadow() {
+        tracing::debug!(target: TARGET, policy = d.name(), outcome = "shadow_limited", "shadow policy would have limited");
+    }
 }
 
 fn store_failed(shared: &Shared, error: &Error) {

@@ -72,7 +72,13 @@ pub(crate) struct Options {
 
 impl Options {
     fn parse(args: &[String]) -> Result<Option<Self>, String> {
-        let env_num = |k: &str, d: u32| env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+        let env_num = |k: &str, d: u32| {
+            env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|n| *n > 0 || k == "BENCH_WARMUP" || k == "BENCH_SESSIONS")
+                .unwrap_or(d)
+        };
         let mut o = Self {
             duration: env_num("BENCH_DURATION", 6),
             warmup: env_num("BENCH_WARMUP", 2),

@@ -30,15 +30,14 @@ fn find<'a>(rows: &'a [Row], id: &str) -> Option<&'a Row> {
 pub(crate) fn ratio(rows: &[Row], goal: &Goal) -> Option<f64> {
     let (num, den) = (find(rows, goal.num)?, find(rows, goal.den)?);
     if num.rounds.len() > 1 && num.rounds.len() == den.rounds.len() {
-        let mut per_round: Vec<f64> = num
+        let per_round: Vec<f64> = num
             .rounds
             .iter()
             .zip(&den.rounds)
             .filter(|(_, d)| **d > 0.0)
             .map(|(n, d)| n / d)
             .collect();
-        per_round.sort_by(f64::total_cmp);
-        return per_round.get(per_round.len() / 2).copied();
+        return super::run::median(per_round);
     }
     let (num, den) = (num.rate?, den.rate?);
     (den > 0.0).then(|| num / den)
@@ -195,7 +194,8 @@ route for route; `tower_governor` is the in-process governor layer in a minimal 
 the same route, and `memory, minimal app` is that app with redtower's memory limiter instead \
 (the two differ only in the limiter; headers on or off as named); \
 `tower-sessions-redis-store` reads the same sessions through tower-sessions. Session and \
-stacked rows spread their requests over one logged-in user per connection. A ratio above 1 \
+stacked rows send the cookies of many logged-in users in turn, a different one on each \
+request (how many: the line under the command). A ratio above 1 \
 means redtower serves more requests per second than that baseline.
 - **p50 / p99**: latency percentiles reported by `wrk --latency` (SSE: publish-to-delivery).
 - **Redis round trips/req**: commands the server sent to Redis per request, counted with \
@@ -271,4 +271,58 @@ pub(crate) fn write(path: &Path, generated: &str) -> Result<(), String> {
         ),
     };
     std::fs::write(path, new).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, rounds: &[f64]) -> Row {
+        Row {
+            id: id.to_owned(),
+            rate: crate::bench::run::median(rounds.to_vec()),
+            rounds: rounds.to_vec(),
+            ..Row::default()
+        }
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        use crate::bench::run::median;
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn a_ratio_is_the_median_of_per_round_ratios() {
+        // The machine's load moved both alike in rounds 1 and 2 and only `b` in round 3: the
+        // per-round ratios are 1.0, 1.0 and 0.5, their median 1.0; the ratio of the medians
+        // would be 60 / 100 = 0.6.
+        let rows = [
+            row("a", &[50.0, 100.0, 60.0]),
+            row("b", &[50.0, 100.0, 120.0]),
+        ];
+        let goal = Goal {
+            num: "a",
+            den: "b",
+            versus: "b",
+            min: None,
+        };
+        let r = ratio(&rows, &goal).unwrap_or_default();
+        assert!((r - 1.0).abs() < 1e-9, "{r}");
+        // Different round counts: the ratio of the rates.
+        let rows = [row("a", &[90.0]), row("b", &[50.0, 100.0, 120.0])];
+        let r = ratio(&rows, &goal).unwrap_or_default();
+        assert!((r - 0.9).abs() < 1e-9, "{r}");
+    }
+
+    #[test]
+    fn spread_is_half_the_gap_over_the_median() {
+        assert_eq!(
+            spread(&row("a", &[90.0, 100.0, 110.0])).as_deref(),
+            Some("±10%")
+        );
+        assert_eq!(spread(&row("a", &[])), None);
+    }
 }

@@ -171,9 +171,15 @@ fn measure(
     })
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+/// The median (the mean of the two middle values for an even count).
+pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied()
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
 }
 
 /// One row from a case's rounds: the median throughput and latencies, the rounds' rates,

@@ -10,7 +10,8 @@ use redtower_ratelimit::{Headers, MemoryStore, PeerIp, Quota, RateLimitLayer, no
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let port = port()?;
-    // As large as `governor`'s: nothing is refused during a load run.
+    // Like `governor`'s (one per nanosecond, a burst of 10^9), so large that nothing is refused
+    // during a load run.
     let quota = Quota::per_second(nonzero!(4_000_000_000));
     let headers = Headers {
         draft: headers_setting()? != Some(false),
