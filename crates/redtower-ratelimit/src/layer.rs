@@ -65,7 +65,7 @@ pub(crate) struct OutcomeCounters {
 }
 
 impl OutcomeCounters {
-    fn new(policy: &Policy) -> Self {
+    pub(crate) fn new(policy: &Policy) -> Self {
         let key = |name: &'static str| {
             metrics::Key::from_parts(
                 name,

@@ -20,7 +20,7 @@ use tracing::Instrument;
 use crate::{
     Decision, Error, FailurePolicy, Headers, MissingKey, Policy, RateLimitLayer, RateLimitStore,
     Subject,
-    layer::{Config, Cost, PolicySet, Shared},
+    layer::{Config, Cost, OutcomeCounters, PolicySet, Shared},
     response::{
         ResponseBody, set_retry_after, simple_problem, too_many_requests, write_headers_with,
     },
@@ -229,14 +229,18 @@ static METADATA: metrics::Metadata<'static> =
 /// still sees every count.
 fn record(decision: &Decision, set: &PolicySet) {
     for (i, d) in decision.policies().iter().enumerate() {
-        let keys = set
+        let built;
+        let keys = match set
             .counters
             .get(i)
-            .filter(|_| set.list.get(i).is_some_and(|p| p.name() == d.name()));
-        let Some(keys) = keys else {
-            // Not the set's policies (never happens with the built-in stores): name the key here.
-            record_by_name(decision, d);
-            continue;
+            .filter(|_| set.list.get(i).is_some_and(|p| p.name() == d.name()))
+        {
+            Some(keys) => keys,
+            // Not the set's policies (never happens with the built-in stores): build them here.
+            None => {
+                built = OutcomeCounters::new(d.policy());
+                &built
+            }
         };
         let key = match (d.allowed(), d.policy().is_shadow(), decision.is_allowed()) {
             (false, true, _) => &keys.shadow_limited,
@@ -248,19 +252,6 @@ fn record(decision: &Decision, set: &PolicySet) {
         if !d.allowed() && d.policy().is_shadow() {
             tracing::debug!(target: TARGET, policy = d.name(), outcome = "shadow_limited", "shadow policy would have limited");
         }
-    }
-}
-
-fn record_by_name(decision: &Decision, d: &crate::PolicyDecision) {
-    let name = match (d.allowed(), d.policy().is_shadow(), decision.is_allowed()) {
-        (false, true, _) => "redtower_ratelimit_shadow_limited_total",
-        (false, false, _) => "redtower_ratelimit_limited_total",
-        (true, _, true) => "redtower_ratelimit_allowed_total",
-        (true, _, false) => return,
-    };
-    metrics::counter!(name, "policy" => d.name()).increment(1);
-    if !d.allowed() && d.policy().is_shadow() {
-        tracing::debug!(target: TARGET, policy = d.name(), outcome = "shadow_limited", "shadow policy would have limited");
     }
 }
 
