@@ -93,18 +93,27 @@ async fn page_logs_in_orders_and_sees_the_shipped_update() {
             .await?;
         browser.find(Locator::Id("order")).await?.click().await?;
         // Pending first, then the live update flips it to shipped without a reload.
-        let order = browser
-            .wait()
-            .for_element(Locator::Css("#orders li.order"))
-            .await?;
-        let order_id = order.attr("data-order-id").await?.unwrap_or_default();
-        assert!(order_id.starts_with("ord-"), "{order_id}");
-        let shipped = browser
+        browser
             .wait()
             .at_most(Duration::from_secs(15))
             .for_element(Locator::Css("#orders li.status-shipped"))
             .await?;
-        assert_eq!(shipped.text().await?, format!("{order_id}: shipped"));
+        // The page rebuilds the list on every update, so an element handle can go stale between
+        // finding it and reading it: read the whole list in one script call instead.
+        let items = browser
+            .execute(
+                "return Array.from(document.querySelectorAll('#orders li'))\
+                 .map(li => [li.dataset.orderId || '', li.className, li.textContent]);",
+                Vec::new(),
+            )
+            .await?;
+        let items: Vec<(String, String, String)> =
+            serde_json::from_value(items).expect("a list of [id, class, text]");
+        assert_eq!(items.len(), 1, "one order placed: {items:?}");
+        let (order_id, class, text) = &items[0];
+        assert!(order_id.starts_with("ord-"), "{order_id}");
+        assert!(class.contains("status-shipped"), "{class}");
+        assert_eq!(text, &format!("{order_id}: shipped"));
         let log = browser.find(Locator::Id("log")).await?.text().await?;
         assert!(log.contains("\"status\":\"shipped\""), "{log}");
         Ok::<_, fantoccini::error::CmdError>(())
