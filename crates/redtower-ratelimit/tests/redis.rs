@@ -159,7 +159,11 @@ fn lua_script_matches_the_reference_model() {
     });
 }
 
-/// A batch: requests of up to three subjects (indexes) with their costs, checked in one call.
+/// Subjects of a batch case.
+const SUBJECTS: usize = 24;
+
+/// A batch: requests of up to `SUBJECTS` subjects (indexes) with their costs, checked in one
+/// call.
 #[derive(Debug, Clone)]
 struct BatchCase {
     policies: Vec<Policy>,
@@ -175,10 +179,15 @@ fn batch_case() -> impl Strategy<Value = BatchCase> {
             .map(|p| p.quota().period_us())
             .max()
             .unwrap();
-        let request = (0usize..3, 1..=cap);
+        // Mostly three subjects (requests that see each other's consumption), sometimes up to
+        // `SUBJECTS` (batches of many distinct keys).
+        let request = (prop_oneof![3 => 0usize..3, 1 => 0..SUBJECTS], 1..=cap);
         let step = (
             prop_oneof![Just(0u64), 0..longest / 4 + 2, 0..longest * 2 + 2],
-            proptest::collection::vec(request, 1..8),
+            prop_oneof![
+                3 => proptest::collection::vec(request.clone(), 1..8),
+                1 => proptest::collection::vec(request, 1..48),
+            ],
         );
         let policies = c.policies.clone();
         proptest::collection::vec(step, 1..12).prop_map(move |steps| BatchCase {
@@ -208,7 +217,8 @@ fn batches_match_the_reference_model(url: String, cases: u32) {
         let lua = RedisStore::new(redis.clone()).clock(clock.clone());
         let model = MemoryStore::new().clock(clock.clone());
         let n = counter.fetch_add(1, Ordering::SeqCst);
-        let subjects: Vec<Subject> = (0..3).map(|i| Subject::new(format!("b{n}-{i}"))).collect();
+        let subjects: Vec<Subject> =
+            (0..SUBJECTS).map(|i| Subject::new(format!("b{n}-{i}"))).collect();
         for (i, (advance, batch)) in case.steps.iter().enumerate() {
             clock.advance(Duration::from_micros(*advance));
             let requests: Vec<(&Subject, &[Policy], u32)> = batch

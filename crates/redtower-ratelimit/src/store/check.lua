@@ -2,14 +2,16 @@
 -- all-or-nothing per request, in one call. The requests are evaluated in order at one instant,
 -- exactly as if they had been sent one after another: a request sees what the ones before it
 -- consumed. A batch of one is the plain check.
--- KEYS: the counters of request 1's policies, then request 2's, ... (on a Cluster every key
--- of one call shares one slot).
+-- KEYS: the batch's distinct counters (on a Cluster every key of one call shares one slot).
 -- ARGV[1]: now in µs since the epoch, or '' to read Redis TIME (only tests pass a value).
--- ARGV[2]: the number of requests. Then per request: its number of policies n, then 4 values
--- per policy, precomputed by the caller (cost included):
+-- ARGV[2]: the number of distinct policy specs S, then 4 values per spec, precomputed by the
+-- caller (cost included):
 --   'g' (GCRA): emission interval t (µs), tolerance tau = burst * t, increment cost * t;
 --   'f' (fixed window) or 's' (sliding window): limit, period (µs), cost.
 --   Upper case ('G', 'F', 'S'): the same policy in shadow mode.
+-- ARGV[3 + 4S]: the requests, packed as bytes: per request its number of policies n, then per
+-- policy the index of its key in KEYS and of its spec (from 0), each a 16-bit big-endian
+-- integer (string.byte reads them without parsing a number per value).
 -- State, one string per key: GCRA '<tat>'; windows '<window> <count> <previous count>'.
 -- Reply, per request in order: { admitted, then per policy: allowed, remaining, reset µs,
 -- retry µs }.
@@ -43,30 +45,43 @@ local function drops_at(prev, p, k)
   return p - m
 end
 
--- A key of another type (a hash from an older version) reads as nil: no state.
-local vals = redis.call('MGET', unpack(KEYS))
--- The state of each key as the batch goes: false = none.
-local cur = {}
-for i = 1, #KEYS do
-  if cur[KEYS[i]] == nil then cur[KEYS[i]] = vals[i] or false end
-end
-local wv, wt = {}, {}
-local reply = {}
+-- Specs, parsed once: algo, x, y, z, enforcing.
+local sa, sx, sy, sz, se = {}, {}, {}, {}, {}
 local a = 3
-local kb = 0
-for _ = 1, tonumber(ARGV[2]) do
-  local n = tonumber(ARGV[a])
-  a = a + 1
-  local head = #reply + 1
-  reply[head] = 1
-  local r = head
-  local nv, nt = {}, {}
+for s = 1, tonumber(ARGV[2]) do
+  local algo = ARGV[a]
+  sa[s] = algo
+  sx[s], sy[s], sz[s] = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  se[s] = algo == 'g' or algo == 'f' or algo == 's'
+  a = a + 4
+end
+
+-- A key of another type (a hash from an older version) reads as nil: no state.
+-- The state of each key as the batch goes: false = none.
+local cur = redis.call('MGET', unpack(KEYS))
+-- What the batch writes, per key index: value and TTL in µs.
+local wv, wt = {}, {}
+-- The pending writes of the current request, per policy.
+local pk, pv, pt = {}, {}, {}
+local reply = {}
+local r = 0
+local req = ARGV[a]
+local byte = string.byte
+local b = 1
+while b < #req do
+  local n1, n2 = byte(req, b, b + 1)
+  local n = n1 * 256 + n2
+  b = b + 2
+  r = r + 1
+  local head = r
   local admitted = true
-  for i = 1, n do
-    local algo = ARGV[a]
-    local x, y, z = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-    a = a + 4
-    local raw = cur[KEYS[kb + i]]
+  local np = 0
+  for _ = 1, n do
+    local k1, k2, s1, s2 = byte(req, b, b + 3)
+    local k, s = k1 * 256 + k2 + 1, s1 * 256 + s2 + 1
+    b = b + 4
+    local algo, x, y, z = sa[s], sx[s], sy[s], sz[s]
+    local raw = cur[k]
     local allowed, remaining, reset, retry
     if algo == 'g' or algo == 'G' then
       -- x = t, y = tau, z = cost * t
@@ -75,8 +90,8 @@ for _ = 1, tonumber(ARGV[2]) do
       local new = tat + z
       if new - now <= y then
         allowed, remaining, reset, retry = 1, idiv(y - (new - now), x), new - now, 0
-        nv[i] = new
-        nt[i] = new - now
+        np = np + 1
+        pk[np], pv[np], pt[np] = k, new, new - now
       else
         allowed, remaining, reset, retry = 0, idiv(y - (tat - now), x), tat - now, new - y - now
         if remaining < 0 then remaining = 0 end
@@ -95,8 +110,8 @@ for _ = 1, tonumber(ARGV[2]) do
         local stop = (w + 1) * y - now
         if count + z <= x then
           allowed, remaining, reset, retry = 1, x - count - z, stop, 0
-          nv[i] = string.format('%d %d 0', w, count + z)
-          nt[i] = stop
+          np = np + 1
+          pk[np], pv[np], pt[np] = k, string.format('%d %d 0', w, count + z), stop
         else
           allowed, remaining, reset, retry = 0, x - count, stop, stop
         end
@@ -110,8 +125,8 @@ for _ = 1, tonumber(ARGV[2]) do
         if weighted + cnt + z <= x then
           allowed, retry = 1, 0
           after = cnt + z
-          nv[i] = string.format('%d %d %d', w, after, prev)
-          nt[i] = (w + 2) * y - now
+          np = np + 1
+          pk[np], pv[np], pt[np] = k, string.format('%d %d %d', w, after, prev), (w + 2) * y - now
         else
           allowed = 0
           local e2 = y
@@ -132,8 +147,7 @@ for _ = 1, tonumber(ARGV[2]) do
         else reset = 0 end
       end
     end
-    -- Lower case: an enforcing policy.
-    if allowed == 0 and (algo == 'g' or algo == 'f' or algo == 's') then admitted = false end
+    if allowed == 0 and se[s] then admitted = false end
     reply[r + 1] = allowed
     reply[r + 2] = remaining
     reply[r + 3] = reset
@@ -141,23 +155,23 @@ for _ = 1, tonumber(ARGV[2]) do
     r = r + 4
   end
   if admitted then
-    for i = 1, n do
-      local v = nv[i]
-      if v then
-        local key = KEYS[kb + i]
-        cur[key] = v
-        wv[key] = v
-        wt[key] = nt[i]
-      end
+    reply[head] = 1
+    for i = 1, np do
+      local k = pk[i]
+      cur[k] = pv[i]
+      wv[k] = pv[i]
+      wt[k] = pt[i]
     end
   else
     reply[head] = 0
   end
-  kb = kb + n
 end
-for key, v in pairs(wv) do
-  local ms = idiv(wt[key] + 999, 1000) + pad
-  if ms < 1 then ms = 1 end
-  redis.call('SET', key, v, 'PX', ms)
+for k = 1, #KEYS do
+  local v = wv[k]
+  if v then
+    local ms = idiv(wt[k] + 999, 1000) + pad
+    if ms < 1 then ms = 1 end
+    redis.call('SET', KEYS[k], v, 'PX', ms)
+  end
 end
 return reply

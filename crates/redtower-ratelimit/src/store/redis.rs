@@ -58,13 +58,23 @@ pub struct RedisStore {
     batches: Option<Arc<Coalescer<Call, Reply>>>,
 }
 
-/// One request's share of a script call: its keys' slot, keys and per-policy arguments.
+/// One request's share of a script call: its keys' slot, and its keys and policy specs.
 #[derive(Debug)]
 struct Call {
     slot: u16,
-    keys: Vec<Value>,
-    /// The number of policies, then 4 values per policy.
-    args: Vec<Value>,
+    keys: Vec<Str>,
+    specs: Vec<Spec>,
+}
+
+/// A policy as the script takes it: the algorithm (upper case in shadow mode) and three
+/// integers precomputed here (cost included), so the script does no more arithmetic than it
+/// must.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Spec {
+    algo: &'static str,
+    x: i64,
+    y: i64,
+    z: i64,
 }
 
 /// One request's part of the reply: admitted, then 4 values per policy.
@@ -159,28 +169,32 @@ impl RedisStore {
     }
 }
 
-/// The script's per-policy arguments: the algorithm (upper case in shadow mode) and three
-/// integers precomputed here, so the script does no more arithmetic than it must.
-fn push_policy(args: &mut Vec<Value>, p: &Policy, cost: u32) {
-    let q = p.quota();
-    let cost = u64::from(cost);
-    let (algo, x, y, z) = match q.get_algorithm() {
-        Algorithm::Gcra => {
-            let t = q.emission_interval_us();
-            ("g", t, u64::from(q.capacity()) * t, cost * t)
+impl Spec {
+    fn new(p: &Policy, cost: u32) -> Self {
+        let q = p.quota();
+        let cost = u64::from(cost);
+        let (algo, x, y, z) = match q.get_algorithm() {
+            Algorithm::Gcra => {
+                let t = q.emission_interval_us();
+                ("g", t, u64::from(q.capacity()) * t, cost * t)
+            }
+            Algorithm::FixedWindow => ("f", u64::from(q.limit().get()), q.period_us(), cost),
+            Algorithm::SlidingWindow => ("s", u64::from(q.limit().get()), q.period_us(), cost),
+        };
+        let algo = match (algo, p.is_shadow()) {
+            (a, false) => a,
+            ("g", true) => "G",
+            ("f", true) => "F",
+            (_, true) => "S",
+        };
+        // Bounded by `Policy::validate` (below 2^53), so the casts are exact.
+        Self {
+            algo,
+            x: x as i64,
+            y: y as i64,
+            z: z as i64,
         }
-        Algorithm::FixedWindow => ("f", u64::from(q.limit().get()), q.period_us(), cost),
-        Algorithm::SlidingWindow => ("s", u64::from(q.limit().get()), q.period_us(), cost),
-    };
-    let algo = match (algo, p.is_shadow()) {
-        (a, false) => a,
-        ("g", true) => "G",
-        ("f", true) => "F",
-        (_, true) => "S",
-    };
-    args.push(Value::from_static_str(algo));
-    // Bounded by `Policy::validate` (below 2^53), so the casts are exact.
-    args.extend([x, y, z].map(|v| Value::Integer(v as i64)));
+    }
 }
 
 impl RedisStore {
@@ -196,15 +210,11 @@ impl RedisStore {
                 key.push_str(&base);
                 key.push(':');
                 key.push_str(p.name());
-                Value::from(key)
+                Str::from(key)
             })
             .collect();
-        let mut args = Vec::with_capacity(1 + 4 * policies.len());
-        args.push(Value::Integer(policies.len() as i64));
-        for p in policies {
-            push_policy(&mut args, p, cost);
-        }
-        Call { slot, keys, args }
+        let specs = policies.iter().map(|p| Spec::new(p, cost)).collect();
+        Call { slot, keys, specs }
     }
 
     /// Checks several requests in one round trip (one script call per slot), in order, as if
@@ -274,25 +284,32 @@ impl Sender {
         .await
     }
 
-    /// `EVALSHA <sha> <keys> <keys...> <now> <requests> <per request: n, per policy: a x y z>`.
-    fn args(&self, calls: &[Call]) -> Vec<Value> {
-        let nkeys: usize = calls.iter().map(|c| c.keys.len()).sum();
-        let nargs: usize = calls.iter().map(|c| c.args.len()).sum();
-        let mut args = Vec::with_capacity(4 + nkeys + nargs);
+    /// `EVALSHA <sha> <nkeys> <distinct keys...> <now> <nspecs> <distinct specs: a x y z...>
+    /// <requests>`, where `<requests>` packs, per call, its number of policies and then per
+    /// policy the index of its key and of its spec, as 16-bit big-endian integers. `None` when
+    /// the indexes do not fit in 16 bits (more than 65,535 distinct keys or policies in one
+    /// call); see [`Sender::one_slot`].
+    fn args(&self, calls: &[Call]) -> Option<Vec<Value>> {
+        let Packed {
+            keys,
+            specs,
+            requests,
+        } = Packed::new(calls)?;
+        let mut args = Vec::with_capacity(5 + keys.len() + 4 * specs.len());
         args.push(Value::String(CHECK_SHA.clone()));
-        args.push(Value::Integer(nkeys as i64));
-        for c in calls {
-            args.extend(c.keys.iter().cloned());
-        }
+        args.push(Value::Integer(keys.len() as i64));
+        args.extend(keys.into_iter().map(Value::String));
         args.push(match &self.clock {
             Some(c) => Value::Integer(c.now_micros() as i64),
             None => Value::from_static_str(""),
         });
-        args.push(Value::Integer(calls.len() as i64));
-        for c in calls {
-            args.extend(c.args.iter().cloned());
+        args.push(Value::Integer(specs.len() as i64));
+        for s in &specs {
+            args.push(Value::from_static_str(s.algo));
+            args.extend([s.x, s.y, s.z].map(Value::Integer));
         }
-        args
+        args.push(Value::Bytes(requests.into()));
+        Some(args)
     }
 
     /// `EVALSHA` sent as a custom command, routed by the keys' slot: fred never auto-pipelines
@@ -303,15 +320,18 @@ impl Sender {
         let slot = calls.first().map_or(0, |c| c.slot);
         let client = self.redis.client().with_options(&self.options);
         let cmd = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
-        let reply = match client
-            .custom::<Vec<i64>, _>(cmd.clone(), self.args(&calls))
-            .await
-        {
+        let Some(args) = self.args(&calls) else {
+            return self.one_by_one(calls).await;
+        };
+        let reply = match client.custom::<Vec<i64>, _>(cmd.clone(), args).await {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
                 tracing::debug!(target: "redtower::ratelimit", "NOSCRIPT: loading the script");
                 match CHECK.load(&self.redis).await {
                     // Same calls (a test clock is read again; the script was not run).
-                    Ok(()) => client.custom::<Vec<i64>, _>(cmd, self.args(&calls)).await,
+                    Ok(()) => {
+                        let args = self.args(&calls).unwrap_or_default();
+                        client.custom::<Vec<i64>, _>(cmd, args).await
+                    }
                     Err(e) => Err(e
                         .as_fred()
                         .cloned()
@@ -343,6 +363,106 @@ impl Sender {
             return calls.iter().map(|_| Err(e.clone())).collect();
         }
         out
+    }
+}
+
+impl Sender {
+    /// A batch whose indexes do not fit in the packed arguments: each call on its own, in
+    /// order. A single call with more than 65,535 policies is an error.
+    async fn one_by_one(&self, calls: Vec<Call>) -> Vec<Reply> {
+        if calls.len() == 1 {
+            return vec![Err(FredError::new(
+                FredErrorKind::InvalidArgument,
+                "a rate limit check of more than 65,535 policies",
+            ))];
+        }
+        let mut out = Vec::with_capacity(calls.len());
+        for call in calls {
+            out.extend(Box::pin(self.one_slot(vec![call])).await);
+        }
+        out
+    }
+}
+
+/// A batch as the script takes it: its distinct keys and specs, and the requests as indexes
+/// into them.
+#[derive(Debug)]
+struct Packed {
+    keys: Vec<Str>,
+    specs: Vec<Spec>,
+    /// Per call: its number of policies, then per policy the index of its key and of its spec,
+    /// each a 16-bit big-endian integer.
+    requests: Vec<u8>,
+}
+
+impl Packed {
+    /// `None` when a number does not fit in 16 bits.
+    fn new(calls: &[Call]) -> Option<Self> {
+        let mut keys = Distinct::default();
+        let mut specs: Vec<Spec> = Vec::new();
+        let mut requests =
+            Vec::with_capacity(calls.iter().map(|c| 2 + 4 * c.keys.len()).sum::<usize>());
+        let mut push = |n: usize| -> Option<()> {
+            requests.extend_from_slice(&u16::try_from(n).ok()?.to_be_bytes());
+            Some(())
+        };
+        for c in calls {
+            push(c.keys.len())?;
+            for (key, spec) in c.keys.iter().zip(&c.specs) {
+                push(keys.index(key))?;
+                push(match specs.iter().position(|s| s == spec) {
+                    Some(s) => s,
+                    None => {
+                        specs.push(*spec);
+                        specs.len() - 1
+                    }
+                })?;
+            }
+        }
+        Some(Self {
+            keys: keys.list,
+            specs,
+            requests,
+        })
+    }
+}
+
+/// The distinct keys of a batch, in order of first use, and the index of each.
+#[derive(Default)]
+struct Distinct {
+    list: Vec<Str>,
+    /// Built once the list is too long to search.
+    map: Option<std::collections::HashMap<Str, usize>>,
+}
+
+impl Distinct {
+    /// Lists up to this many keys before indexing them in a map.
+    const SCAN: usize = 16;
+
+    fn index(&mut self, key: &Str) -> usize {
+        if let Some(map) = &mut self.map {
+            let next = self.list.len();
+            let i = *map.entry(key.clone()).or_insert(next);
+            if i == next {
+                self.list.push(key.clone());
+            }
+            return i;
+        }
+        // Most recent first: a batch often holds one subject's requests in a row.
+        if let Some(i) = self.list.iter().rposition(|k| k == key) {
+            return i;
+        }
+        self.list.push(key.clone());
+        if self.list.len() > Self::SCAN {
+            self.map = Some(
+                self.list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| (k.clone(), i))
+                    .collect(),
+            );
+        }
+        self.list.len() - 1
     }
 }
 
@@ -398,4 +518,66 @@ impl crate::RateLimitStore for RedisStore {
 
 fn one(mut replies: Vec<Reply>) -> Reply {
     replies.pop().unwrap_or_else(|| Err(short_reply()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(keys: &[&str], spec: Spec) -> Call {
+        Call {
+            slot: 0,
+            keys: keys.iter().map(|k| Str::from(*k)).collect(),
+            specs: vec![spec; keys.len()],
+        }
+    }
+
+    const G: Spec = Spec {
+        algo: "g",
+        x: 1,
+        y: 2,
+        z: 3,
+    };
+
+    fn words(bytes: &[u8]) -> Vec<u16> {
+        bytes
+            .chunks_exact(2)
+            .map(|w| u16::from_be_bytes([w[0], w[1]]))
+            .collect()
+    }
+
+    #[test]
+    fn packs_distinct_keys_and_specs_with_indexes() {
+        let f = Spec { algo: "f", ..G };
+        let calls = [
+            call(&["a:x", "a:y"], G),
+            call(&["b:x"], f),
+            call(&["a:x", "a:y"], G),
+        ];
+        let p = Packed::new(&calls).unwrap();
+        assert_eq!(p.keys, ["a:x", "a:y", "b:x"].map(Str::from));
+        assert_eq!(p.specs, [G, f]);
+        assert_eq!(words(&p.requests), [2, 0, 0, 1, 0, 1, 2, 1, 2, 0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn many_distinct_keys_keep_their_first_index() {
+        // Past `Distinct::SCAN` keys the index moves to a map; indexes must not change.
+        let names: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+        let mut d = Distinct::default();
+        for round in 0..3 {
+            for (i, n) in names.iter().enumerate() {
+                assert_eq!(d.index(&Str::from(n.as_str())), i, "round {round}");
+            }
+        }
+        assert_eq!(d.list.len(), 100);
+    }
+
+    #[test]
+    fn indexes_past_16_bits_are_refused() {
+        let names: Vec<String> = (0..70_000).map(|i| format!("k{i}")).collect();
+        let keys: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert!(Packed::new(&[call(&keys, G)]).is_none());
+        assert!(Packed::new(&[call(&keys[..65_535], G)]).is_some());
+    }
 }
