@@ -165,8 +165,22 @@ impl Namespace {
     /// The key `<prefix>:<name>:{<tag>}`. Every key built from an equal tag lands in the same
     /// Cluster slot.
     pub fn key<'a>(&self, tag: impl Into<Segment<'a>>) -> Key {
+        self.key_with_room(tag, 0)
+    }
+
+    /// [`key`](Self::key), with room for `extra` more bytes, so that the parts
+    /// [pushed](Key::push) after it need no new allocation.
+    ///
+    /// ```
+    /// use redtower_client::Keyspace;
+    ///
+    /// let ns = Keyspace::default().namespace("rl");
+    /// let key = ns.key_with_room("alice", 4).push("api");
+    /// assert_eq!(key, ns.key("alice").push("api"));
+    /// ```
+    pub fn key_with_room<'a>(&self, tag: impl Into<Segment<'a>>, extra: usize) -> Key {
         let tag = tag.into();
-        let mut s = String::with_capacity(self.base.len() + tag.0.len() + 3);
+        let mut s = String::with_capacity(self.base.len() + tag.0.len() + 3 + extra);
         s.push_str(&self.base);
         s.push_str(":{");
         s.push_str(&tag.0);

@@ -78,7 +78,21 @@ struct Spec {
 }
 
 /// One request's part of the reply: admitted, then 4 values per policy.
-type Reply = Result<Vec<i64>, FredError>;
+type Reply = Result<Part, FredError>;
+
+/// A request's part of a batch's reply, shared with the other requests of the batch.
+#[derive(Debug, Clone)]
+struct Part {
+    flat: Arc<[i64]>,
+    at: usize,
+    len: usize,
+}
+
+impl Part {
+    fn values(&self) -> &[i64] {
+        &self.flat[self.at..self.at + self.len]
+    }
+}
 
 /// The most requests one coalesced script call checks.
 const MAX_BATCH: usize = 64;
@@ -201,18 +215,25 @@ impl RedisStore {
     /// One request's keys (sharing the subject's hash tag, so the prefix's slot is every
     /// key's slot) and arguments.
     fn call(&self, subject: &Subject, policies: &[Policy], cost: u32) -> Call {
-        let base = self.ns.key(subject.segment()).into_string();
+        // Room for the last policy's name, which reuses this buffer.
+        let room = policies.last().map_or(0, |p| 1 + p.name().len());
+        let base = self.ns.key_with_room(subject.segment(), room).into_string();
         let slot = fred::util::redis_keyslot(base.as_bytes());
-        let keys = policies
-            .iter()
-            .map(|p| {
-                let mut key = String::with_capacity(base.len() + 1 + p.name().len());
-                key.push_str(&base);
-                key.push(':');
-                key.push_str(p.name());
-                Str::from(key)
-            })
-            .collect();
+        let key = |mut key: String, p: &Policy| {
+            key.push(':');
+            key.push_str(p.name());
+            Str::from(key)
+        };
+        let mut keys = Vec::with_capacity(policies.len());
+        if let Some((last, rest)) = policies.split_last() {
+            for p in rest {
+                let mut k = String::with_capacity(base.len() + 1 + p.name().len());
+                k.push_str(&base);
+                keys.push(key(k, p));
+            }
+            // The last key reuses the prefix's buffer.
+            keys.push(key(base, last));
+        }
         let specs = policies.iter().map(|p| Spec::new(p, cost)).collect();
         Call { slot, keys, specs }
     }
@@ -345,13 +366,19 @@ impl Sender {
             Err(e) => return calls.iter().map(|_| Err(e.clone())).collect(),
         };
         // Split the flat reply: per call, 1 + 4 values per policy.
+        let flat: Arc<[i64]> = flat.into();
         let mut out = Vec::with_capacity(calls.len());
         let mut at = 0;
         for c in &calls {
             let len = 1 + 4 * (c.keys.len());
-            match flat.get(at..at + len) {
-                Some(part) => out.push(Ok(part.to_vec())),
-                None => out.push(Err(short_reply())),
+            if at + len <= flat.len() {
+                out.push(Ok(Part {
+                    flat: flat.clone(),
+                    at,
+                    len,
+                }));
+            } else {
+                out.push(Err(short_reply()));
             }
             at += len;
         }
@@ -474,8 +501,9 @@ fn short_reply() -> FredError {
 }
 
 /// A request's decision from its part of the reply.
-fn decide(policies: &[Policy], reply: Result<Vec<i64>>) -> Result<Decision> {
-    let reply = reply?;
+fn decide(policies: &[Policy], reply: Result<Part>) -> Result<Decision> {
+    let part = reply?;
+    let reply = part.values();
     if reply.len() != 1 + 4 * policies.len() || reply.iter().any(|&v| v < 0) {
         return Err(Error::Reply(format!("{reply:?}")));
     }
