@@ -8,9 +8,10 @@
 //! turns the calls that concurrent requests make during one round trip into one command for
 //! the next: one `MGET` for many `GET`s, one script call for many checks.
 //!
-//! There is no timer: a lone call leaves at once (one task hop later), and batches only form
-//! while a batch is on the wire, so an idle service pays nothing in latency and a busy one at
-//! most the round trip ahead of it. By default one batch is on the wire at a time
+//! There is no timer: a lone call leaves at once (one task hop and one pass of the scheduler
+//! later, which lets the calls that are ready in that pass join it), and batches otherwise
+//! form while a batch is on the wire, so an idle service pays nothing in latency and a busy
+//! one at most the round trip ahead of it. By default one batch is on the wire at a time
 //! ([`Coalescer::in_flight`] allows more).
 
 use std::{
@@ -223,6 +224,18 @@ async fn run<T, R>(
         if rx.recv_many(&mut queued, max_batch).await == 0 {
             return;
         }
+        if queued.len() < max_batch {
+            // Before the batch leaves, let the tasks that can run now (and the I/O that is
+            // ready now) add their calls: one pass of the scheduler, no timer, so a lone call
+            // waits for nothing while a busy service sends fewer, larger batches.
+            tokio::task::yield_now().await;
+            while queued.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(p) => queued.push(p),
+                    Err(_) => break,
+                }
+            }
+        }
         // Calls whose callers gave up (their futures dropped, e.g. by a timeout) are not sent.
         let (items, replies): (Vec<T>, Vec<oneshot::Sender<R>>) = queued
             .drain(..)
@@ -289,6 +302,33 @@ mod tests {
         for i in 0..3 {
             assert_eq!(c.call(i).await.ok(), Some(i));
         }
+    }
+
+    #[tokio::test]
+    async fn calls_ready_in_the_same_scheduler_pass_share_the_first_batch() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let seen = batches.clone();
+        let c = Arc::new(Coalescer::new(8, move |batch: Vec<u8>| {
+            seen.lock().unwrap().push(batch.clone());
+            async move { batch }
+        }));
+        let first = tokio::spawn({
+            let c = c.clone();
+            async move {
+                let call = c.call(1);
+                tokio::pin!(call);
+                // The item is queued and the batching task woken; a second caller becomes
+                // ready after it, in the same pass of the scheduler.
+                assert!(futures::poll!(call.as_mut()).is_pending());
+                let second = tokio::spawn({
+                    let c = c.clone();
+                    async move { c.call(2).await.ok() }
+                });
+                (call.await.ok(), second.await.unwrap())
+            }
+        });
+        assert_eq!(first.await.unwrap(), (Some(1), Some(2)));
+        assert_eq!(*batches.lock().unwrap(), vec![vec![1, 2]]);
     }
 
     #[tokio::test]
