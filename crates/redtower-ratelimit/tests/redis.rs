@@ -404,6 +404,34 @@ fn cmdstat(server: &RedisServer, cmd: &str) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_many_subjects_is_one_script_call_on_a_standalone_server() {
+    let server = RedisServer::start();
+    let store = RedisStore::new(connect(&server.url(), "subjects").await);
+    let policies = [Policy::new("a", Quota::per_minute(nonzero!(1)))];
+    // Subjects whose keys hash to different Cluster slots.
+    let subjects: Vec<Subject> = (0..20).map(|i| Subject::new(format!("s{i}"))).collect();
+    let requests: Vec<(&Subject, &[Policy], u32)> =
+        subjects.iter().map(|s| (s, &policies[..], 1)).collect();
+    // Loads the script (a fresh server answers the first call NOSCRIPT).
+    store
+        .check(&Subject::new("warm"), &policies, 1)
+        .await
+        .unwrap();
+    let before = cmdstat(&server, "evalsha");
+    // Each subject's first request passes; its second, in the same batch, is limited.
+    let mut twice = requests.clone();
+    twice.extend(requests.iter().copied());
+    let decisions = store.check_batch(&twice).await;
+    assert_eq!(cmdstat(&server, "evalsha") - before, 1);
+    let allowed: Vec<bool> = decisions
+        .into_iter()
+        .map(|d| d.unwrap().is_allowed())
+        .collect();
+    assert_eq!(allowed[..20], [true; 20]);
+    assert_eq!(allowed[20..], [false; 20]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_round_trip_per_request_whatever_the_policies_and_none_when_cached() {
     let server = RedisServer::start();
     let redis = connect(&server.url(), "rtt").await;

@@ -218,7 +218,13 @@ impl RedisStore {
         // Room for the last policy's name, which reuses this buffer.
         let room = policies.last().map_or(0, |p| 1 + p.name().len());
         let base = self.ns.key_with_room(subject.segment(), room).into_string();
-        let slot = fred::util::redis_keyslot(base.as_bytes());
+        // Only a Cluster needs a call per slot; a standalone server takes every subject of a
+        // batch in one call.
+        let slot = if self.redis.is_cluster() {
+            fred::util::redis_keyslot(base.as_bytes())
+        } else {
+            0
+        };
         let key = |mut key: String, p: &Policy| {
             key.push(':');
             key.push_str(p.name());
