@@ -66,7 +66,9 @@ impl SseClient {
     /// The next event with data (id-only frames set the id but fire nothing, as in browsers);
     /// `None` when the stream ended.
     pub async fn next(&mut self) -> Option<Event> {
-        let events = self.events.as_mut().expect("not an event stream");
+        let Some(events) = self.events.as_mut() else {
+            panic!("not an event stream: {} {:?}", self.status, self.body_text);
+        };
         loop {
             let next = tokio::time::timeout(WAIT, events.next())
                 .await
