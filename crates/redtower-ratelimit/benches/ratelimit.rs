@@ -29,7 +29,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group};
 use http::StatusCode;
 use redtower_client::{Redis, RedisConfig, fred::interfaces::KeysInterface};
 use redtower_ratelimit::{
-    Headers, MemoryStore, PeerIp, Policy, Quota, RateLimitLayer, RedisStore, nonzero,
+    Headers, MemoryStore, PeerIp, Policy, Quota, RateLimitLayer, RedisStore, Subject, nonzero,
 };
 use redtower_testkit::RedisServer;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -134,6 +134,22 @@ fn apps(rt: &tokio::runtime::Runtime, url: &str) -> Apps {
                 limited(RateLimitLayer::new(store.clone().coalesce(false), huge())),
             ),
             ("redis-3-policies", limited(three)),
+            (
+                // Every connection its own subject (its `x-client` header), so a batch writes
+                // one key per request, as with many clients; the other variants share the
+                // loopback peer's one key.
+                "redis-per-connection",
+                route().layer(
+                    RateLimitLayer::new(store.clone(), huge())
+                        .key(|parts: &http::request::Parts| {
+                            let client = parts.headers.get("x-client")?.to_str().ok()?;
+                            Some(Subject::new(client))
+                        })
+                        .timeout(Duration::from_secs(2))
+                        .build()
+                        .unwrap(),
+                ),
+            ),
             (
                 "naive-incr-expire",
                 route().layer(middleware::from_fn_with_state(redis.clone(), naive)),
