@@ -236,6 +236,26 @@ impl Redis {
         self.inner.config.is_cluster()
     }
 
+    /// The group `key` goes in when a batch of commands is split for sending (see
+    /// [`per_slot`](crate::per_slot)): its Cluster slot on a Cluster, where one command takes
+    /// keys of one slot; 0 elsewhere, where one command takes any keys.
+    ///
+    /// ```
+    /// use redtower_client::{Redis, RedisConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), redtower_client::Error> {
+    /// // A standalone server: every key of a batch in one group.
+    /// let redis = Redis::new(RedisConfig::from_url("redis://127.0.0.1:6379")?)?;
+    /// let ns = redis.keyspace().namespace("rl");
+    /// assert_eq!(redis.batch_slot(&ns.key("alice")), 0);
+    /// assert_eq!(redis.batch_slot(&ns.key("bob")), 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn batch_slot(&self, key: &crate::Key) -> u16 {
+        if self.is_cluster() { key.slot() } else { 0 }
+    }
+
     /// Command options that fail at once while the connection is down instead of waiting for a
     /// reconnect: for request paths whose failure policy would rather answer now.
     pub fn fail_fast_options(&self) -> &Options {

@@ -217,14 +217,11 @@ impl RedisStore {
     fn call(&self, subject: &Subject, policies: &[Policy], cost: u32) -> Call {
         // Room for the last policy's name, which reuses this buffer.
         let room = policies.last().map_or(0, |p| 1 + p.name().len());
-        let base = self.ns.key_with_room(subject.segment(), room).into_string();
+        let base = self.ns.key_with_room(subject.segment(), room);
         // Only a Cluster needs a call per slot; a standalone server takes every subject of a
         // batch in one call.
-        let slot = if self.redis.is_cluster() {
-            fred::util::redis_keyslot(base.as_bytes())
-        } else {
-            0
-        };
+        let slot = self.redis.batch_slot(&base);
+        let base = base.into_string();
         let key = |mut key: String, p: &Policy| {
             key.push(':');
             key.push_str(p.name());
@@ -397,9 +394,7 @@ impl Sender {
         }
         out
     }
-}
 
-impl Sender {
     /// A batch whose indexes do not fit in the packed arguments: each call on its own, in
     /// order. A single call with more than 65,535 policies is an error.
     async fn one_by_one(&self, calls: Vec<Call>) -> Vec<Reply> {

@@ -364,10 +364,9 @@ impl SessionStore for RedisStore {
 /// Loads a batch of records: one `load` script call per slot (one on a standalone server),
 /// concurrently; the replies in the batch's order.
 async fn load_batch(redis: &Redis, args: [i64; 2], batch: Vec<Key>) -> Vec<Loaded> {
-    let cluster = redis.is_cluster();
     per_slot(
         batch,
-        |k| if cluster { k.slot() } else { 0 },
+        |k| redis.batch_slot(k),
         |keys| load_slot(redis, args, keys),
         || Err(short_reply()),
     )
