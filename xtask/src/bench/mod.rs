@@ -40,6 +40,9 @@ usage: cargo xtask bench [options]
                       A filtered run prints its table but writes no file.
   --sse-conns N       SSE streams held open (default 2000)
   --jobs N            jobs per jobs scenario (default 20000)
+  --pin               servers under test on CPU 0, `wrk` and redis-server on the other
+                      CPUs (`taskset`), as with the load and Redis on machines of their own
+                      (env BENCH_PIN=1); the SSE and jobs scenarios are not pinned
   --no-write          print the table only
   --build-only        install and build everything, measure nothing
   --no-build          measure with what the last build left (after --build-only)";
@@ -65,6 +68,7 @@ pub(crate) struct Options {
     pub(crate) filter: Vec<String>,
     pub(crate) sse_conns: u32,
     pub(crate) jobs: u32,
+    pub(crate) pin: bool,
     pub(crate) write: bool,
     pub(crate) build: bool,
     pub(crate) measure: bool,
@@ -91,6 +95,7 @@ impl Options {
                 .unwrap_or_default(),
             sse_conns: 2000,
             jobs: 20_000,
+            pin: env::var("BENCH_PIN").is_ok_and(|v| v == "1"),
             write: true,
             build: true,
             measure: true,
@@ -119,6 +124,7 @@ impl Options {
                             .ok_or_else(|| format!("--filter needs a list\n{USAGE}"))?,
                     );
                 }
+                "--pin" => o.pin = true,
                 "--no-write" => o.write = false,
                 "--build-only" => o.measure = false,
                 "--no-build" => o.build = false,
@@ -268,6 +274,11 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     let mut listed = listed.lines().map(PathBuf::from);
     let (sse_exe, jobs_exe) = (listed.next(), listed.next());
 
+    let layout = if opts.pin {
+        procs::pin()?
+    } else {
+        "unpinned: servers, `wrk` and redis-server share every CPU".to_owned()
+    };
     let mut machine = machine();
     let bins = run::Bins {
         bin_dir: &logs.join("bin"),
@@ -304,7 +315,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     println!("\n{}", report::table(&rows));
     println!("{}", report::targets(&rows));
     println!(
-        "load average {} before, {} after; logs in {}",
+        "{layout}; load average {} before, {} after; logs in {}",
         machine.load_before,
         machine.load_after,
         logs.display()
@@ -312,14 +323,20 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     if opts.write {
         let settings = format!(
             "HTTP scenarios: {} rounds, each {} s timed after {} s of warm-up per scenario, `wrk` \
-             with {} threads and {} connections, {} logged-in users for the session scenarios.",
+             with {} threads and {} connections, {} logged-in users for the session scenarios; \
+             {layout}.",
             opts.rounds, opts.duration, opts.warmup, opts.threads, opts.connections, opts.sessions
         );
         let md = report::markdown(&rows, &machine, &command, &settings, &usec);
         report::write(&root.join("BENCHMARKS.md"), &md)?;
         let subtitle = format!(
-            "{} CPUs, load {} / {}, {} rounds of {} s per scenario at {} connections, {}",
+            "{} CPUs{}, load {} / {}, {} rounds of {} s per scenario at {} connections, {}",
             machine.nproc,
+            if opts.pin {
+                " (servers pinned to CPU 0)"
+            } else {
+                ""
+            },
             machine.load_before,
             machine.load_after,
             opts.rounds,

@@ -2,15 +2,70 @@
 //! on a free loopback port, killed when dropped; and their peak resident memory.
 
 use std::{
+    ffi::OsStr,
     fs::File,
     net::{TcpListener, TcpStream},
     path::Path,
     process::{Child, Command, Stdio},
+    sync::OnceLock,
     thread,
     time::{Duration, Instant},
 };
 
 use super::http;
+
+/// What a process is to the run, for `--pin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// A server under test: the app instances and the baselines.
+    Server,
+    /// What drives or serves them: `wrk` and `redis-server`.
+    Load,
+}
+
+/// The CPU lists of `--pin` (`taskset -c` syntax): the servers under test, then the rest.
+static PINNED: OnceLock<(String, String)> = OnceLock::new();
+
+/// Pins, from now on, every server under test to CPU 0 and `wrk` and `redis-server` to the
+/// other CPUs, as if the load and Redis ran on machines of their own. Each server then sees
+/// one CPU (Tokio starts one worker). Needs `taskset` and at least 2 CPUs; returns the layout
+/// as words for the report.
+pub(crate) fn pin() -> Result<String, String> {
+    let cpus = thread::available_parallelism().map_or(1, usize::from);
+    if cpus < 2 {
+        return Err(format!(
+            "--pin needs at least 2 CPUs, this process may use {cpus}"
+        ));
+    }
+    let ok = Command::new("taskset")
+        .args(["-c", "0", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        return Err("--pin needs `taskset` (util-linux) and CPU 0 to be usable".to_owned());
+    }
+    let rest = if cpus == 2 {
+        "1".to_owned()
+    } else {
+        format!("1-{}", cpus - 1)
+    };
+    let words = format!("servers under test on CPU 0, `wrk` and redis-server on CPU {rest}");
+    let _ = PINNED.set(("0".to_owned(), rest));
+    Ok(words)
+}
+
+/// A command running `program`, pinned as its `role` says when the run pins (see [`pin`]).
+pub(crate) fn command(program: impl AsRef<OsStr>, role: Role) -> Command {
+    match PINNED.get() {
+        Some((server, load)) => {
+            let mut cmd = Command::new("taskset");
+            let cpus = if role == Role::Server { server } else { load };
+            cmd.arg("-c").arg(cpus).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
 
 /// A child process, killed (and reaped) when dropped.
 pub(crate) struct Proc {
@@ -115,7 +170,7 @@ pub(crate) fn free_port() -> Result<u16, String> {
 /// A `redis-server` of its own: loopback only, no RDB, no AOF.
 pub(crate) fn redis_server(log_dir: &Path) -> Result<Proc, String> {
     let port = free_port()?;
-    let mut cmd = Command::new("redis-server");
+    let mut cmd = command("redis-server", Role::Load);
     cmd.args([
         "--port",
         &port.to_string(),

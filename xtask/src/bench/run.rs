@@ -3,14 +3,13 @@
 use std::{
     collections::{BTreeMap, btree_map::Entry},
     path::Path,
-    process::Command,
 };
 
 use super::{
     Options, Row,
     cases::{Case, Server},
     http,
-    procs::{self, Proc},
+    procs::{self, Proc, Role},
     wrk::{self, Load},
 };
 
@@ -30,7 +29,7 @@ fn start(server: Server, bins: &Bins<'_>, redis: u16, logs: &Path) -> Result<Pro
     let redis_url = format!("redis://127.0.0.1:{redis}");
     let mut cmd;
     if server.is_app() {
-        cmd = Command::new(bins.bin_dir.join("redtower-example"));
+        cmd = procs::command(bins.bin_dir.join("redtower-example"), Role::Server);
         cmd.env("BIND", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")
             .env("WORKER", "off")
@@ -48,14 +47,14 @@ fn start(server: Server, bins: &Bins<'_>, redis: u16, logs: &Path) -> Result<Pro
             _ => {}
         }
     } else if server == Server::Node {
-        cmd = Command::new("node");
+        cmd = procs::command("node", Role::Server);
         cmd.arg("server.mjs")
             .arg(port.to_string())
             .current_dir(bins.node_dir)
             .env("REDIS_URL", &redis_url);
     } else {
         let (binary, headers) = server.baseline();
-        cmd = Command::new(bins.bin_dir.join(binary));
+        cmd = procs::command(bins.bin_dir.join(binary), Role::Server);
         cmd.arg(port.to_string())
             .env("REDIS_URL", &redis_url)
             .env("RATELIMIT_HEADERS", headers);

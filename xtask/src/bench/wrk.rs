@@ -1,7 +1,5 @@
 //! Running `wrk --latency` and reading its report.
 
-use std::process::Command;
-
 /// How `wrk` is run.
 #[derive(Debug, Clone)]
 pub(crate) struct Load {
@@ -30,7 +28,7 @@ pub(crate) fn run(
     path: &str,
     cookies: &[String],
 ) -> Result<WrkResult, String> {
-    let mut cmd = Command::new("wrk");
+    let mut cmd = super::procs::command("wrk", super::procs::Role::Load);
     cmd.arg(format!("-t{}", load.threads))
         .arg(format!("-c{}", load.connections))
         .arg(format!("-d{}s", load.seconds))
