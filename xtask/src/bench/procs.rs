@@ -32,31 +32,43 @@ static PINNED: OnceLock<(String, String)> = OnceLock::new();
 /// as words for the report.
 pub(crate) fn pin() -> Result<String, String> {
     let cpus = thread::available_parallelism().map_or(1, usize::from);
-    if cpus < 2 {
-        return Err(format!(
-            "--pin needs at least 2 CPUs, this process may use {cpus}"
-        ));
-    }
+    let (server, load) = layout(cpus)?;
     let ok = Command::new("taskset")
-        .args(["-c", "0", "true"])
+        .args(["-c", &server, "true"])
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        return Err("--pin needs `taskset` (util-linux) and CPU 0 to be usable".to_owned());
+        return Err(format!(
+            "--pin needs `taskset` (util-linux) and CPU {server} to be usable"
+        ));
     }
-    let rest = if cpus == 2 {
-        "1".to_owned()
-    } else {
-        format!("1-{}", cpus - 1)
-    };
-    let words = format!("servers under test on CPU 0, `wrk` and redis-server on CPU {rest}");
-    let _ = PINNED.set(("0".to_owned(), rest));
+    let words = format!("servers under test on CPU {server}, `wrk` and redis-server on CPU {load}");
+    let _ = PINNED.set((server, load));
     Ok(words)
+}
+
+/// The CPU lists of `--pin` on a machine with `cpus` CPUs: the servers under test, the rest.
+fn layout(cpus: usize) -> Result<(String, String), String> {
+    match cpus {
+        0 | 1 => Err(format!(
+            "--pin needs at least 2 CPUs, this process may use {cpus}"
+        )),
+        2 => Ok(("0".to_owned(), "1".to_owned())),
+        n => Ok(("0".to_owned(), format!("1-{}", n - 1))),
+    }
 }
 
 /// A command running `program`, pinned as its `role` says when the run pins (see [`pin`]).
 pub(crate) fn command(program: impl AsRef<OsStr>, role: Role) -> Command {
-    match PINNED.get() {
+    command_in(PINNED.get(), program, role)
+}
+
+fn command_in(
+    pinned: Option<&(String, String)>,
+    program: impl AsRef<OsStr>,
+    role: Role,
+) -> Command {
+    match pinned {
         Some((server, load)) => {
             let mut cmd = Command::new("taskset");
             let cpus = if role == Role::Server { server } else { load };
@@ -186,4 +198,28 @@ pub(crate) fn redis_server(log_dir: &Path) -> Result<Proc, String> {
     let mut proc = Proc::spawn("redis-server", port, cmd, log_dir)?;
     proc.wait_ready(None)?;
     Ok(proc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinning_gives_cpu_0_to_the_servers_and_the_rest_to_the_load() {
+        assert!(layout(1).is_err());
+        assert_eq!(layout(2), Ok(("0".to_owned(), "1".to_owned())));
+        assert_eq!(layout(8), Ok(("0".to_owned(), "1-7".to_owned())));
+        let pinned = layout(4).unwrap();
+        let args = |cmd: &Command| {
+            std::iter::once(cmd.get_program())
+                .chain(cmd.get_args())
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        };
+        let server = command_in(Some(&pinned), "app", Role::Server);
+        assert_eq!(args(&server), ["taskset", "-c", "0", "app"]);
+        let load = command_in(Some(&pinned), "wrk", Role::Load);
+        assert_eq!(args(&load), ["taskset", "-c", "1-3", "wrk"]);
+        assert_eq!(args(&command_in(None, "wrk", Role::Load)), ["wrk"]);
+    }
 }
