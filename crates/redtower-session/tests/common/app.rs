@@ -22,7 +22,7 @@ use redtower_session::{
     tower_sessions::{Session, cookie::Key},
 };
 use serde_json::{Value, json};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tower::ServiceExt as _;
 use tower_sessions_core::{
     SessionStore,
@@ -37,6 +37,10 @@ pub struct AppState<S> {
     /// waits for `release` before writing.
     pub loaded: Arc<Notify>,
     pub release: Arc<Notify>,
+    /// For login ∥ login: `/slow-login` adds a permit to `logins_loaded` once it has read the
+    /// pre-login session, then takes one from `logins_release` before binding the user.
+    pub logins_loaded: Arc<Semaphore>,
+    pub logins_release: Arc<Semaphore>,
 }
 
 async fn login<S: UserSessions + Clone>(
@@ -59,6 +63,21 @@ async fn login<S: UserSessions + Clone>(
     }
     let handle = session.id().map(|id| st.store.handle(&id));
     Json(json!({ "user": user, "handle": handle })).into_response()
+}
+
+/// `/login`, held between reading the pre-login session and binding the user.
+async fn slow_login<S: UserSessions + Clone>(
+    State(st): State<AppState<S>>,
+    session: Session,
+    headers: HeaderMap,
+    body: Json<Value>,
+) -> Response<Body> {
+    if let Err(e) = session.get::<Value>("anon").await {
+        return status_for(&e).into_response();
+    }
+    st.logins_loaded.add_permits(1);
+    st.logins_release.acquire().await.unwrap().forget();
+    login(State(st), session, headers, body).await
 }
 
 async fn me(auth: AuthSession) -> Response<Body> {
@@ -145,6 +164,8 @@ pub fn app<S: UserSessions + Clone>(store: S, key: Key) -> (Router, AppState<S>)
         store: store.clone(),
         loaded: Arc::new(Notify::new()),
         release: Arc::new(Notify::new()),
+        logins_loaded: Arc::new(Semaphore::new(0)),
+        logins_release: Arc::new(Semaphore::new(0)),
     };
     let router = Router::new()
         .route("/login", post(login::<S>))
@@ -157,6 +178,7 @@ pub fn app<S: UserSessions + Clone>(store: S, key: Key) -> (Router, AppState<S>)
         .route("/me/sessions/{handle}", delete(revoke::<S>))
         .route("/logout-everywhere", post(logout_everywhere::<S>))
         .route("/slow", post(slow::<S>))
+        .route("/slow-login", post(slow_login::<S>))
         .layer(SessionLayer::new(store, key))
         .with_state(state.clone());
     (router, state)

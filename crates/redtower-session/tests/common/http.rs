@@ -211,6 +211,67 @@ pub async fn http_logout_everywhere<S: UserSessions + Clone>(store: S) {
     assert!(store.list("alice", None).await.unwrap().is_empty());
 }
 
+/// Two logins through the same pre-login cookie (a double-clicked button, two tabs), both past
+/// reading that session before either binds the user: each gets a session of its own, the
+/// pre-login id stays dead, and the index holds both, so "log out everywhere" ends both.
+pub async fn http_login_vs_login_from_one_cookie<S: UserSessions + Clone>(store: S) {
+    let (router, state) = app(store.clone(), Key::generate());
+    let anon = send(&router, "GET", "/anon", None, None).await.cookie();
+    let old_id = id_of(&anon);
+    let login = |user: &'static str| {
+        let router = router.clone();
+        let anon = anon.clone();
+        tokio::spawn(async move {
+            send(
+                &router,
+                "POST",
+                "/slow-login",
+                Some(&anon),
+                Some(json!({ "user": user })),
+            )
+            .await
+        })
+    };
+    let (first, second) = (login("alice"), login("alice"));
+    // Both have loaded the pre-login session; now both bind and save.
+    state.logins_loaded.acquire_many(2).await.unwrap().forget();
+    state.logins_release.add_permits(2);
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!(
+        (first.status, second.status),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    let (a, b) = (first.cookie(), second.cookie());
+    assert_ne!(id_of(&a), id_of(&b), "two sessions, not one shared");
+    assert!(
+        store.load(&old_id).await.unwrap().is_none(),
+        "the pre-login id stays dead"
+    );
+    assert_eq!(
+        send(&router, "GET", "/whoami", Some(&anon), None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    for c in [&a, &b] {
+        assert_eq!(
+            send(&router, "GET", "/whoami", Some(c), None).await.status,
+            StatusCode::OK
+        );
+    }
+    let listed = store.list("alice", None).await.unwrap();
+    assert_eq!(listed.len(), 2, "no lost index entry: {listed:?}");
+    let r = send(&router, "POST", "/logout-everywhere", Some(&a), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    for c in [&a, &b] {
+        assert_eq!(
+            send(&router, "GET", "/whoami", Some(c), None).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert!(store.list("alice", None).await.unwrap().is_empty());
+}
+
 /// Instantiates every HTTP check for one store expression.
 #[macro_export]
 macro_rules! http_checks {
@@ -227,7 +288,8 @@ macro_rules! http_checks {
         $crate::http_checks!(@each $attrs $store;
             http_cookie_defaults, http_fixation, http_logout_and_list,
             http_forged_cookies_never_reach_the_store, http_revoked_mid_request_is_401,
-            http_logout_everywhere, http_secure_switch_for_development,
+            http_logout_everywhere, http_login_vs_login_from_one_cookie,
+            http_secure_switch_for_development,
             http_drop_in_for_session_manager_layer);
     };
 }
