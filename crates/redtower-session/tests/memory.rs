@@ -3,7 +3,7 @@
 mod common;
 
 use common::{Backend, Opts};
-use redtower_session::{MemoryStore, UserSessions};
+use redtower_session::MemoryStore;
 
 struct Memory;
 
@@ -25,12 +25,7 @@ impl Backend for Memory {
     }
 
     async fn index_exists(&self, store: &MemoryStore, user: &str) -> bool {
-        // Listing prunes; the entry counts as existing while it holds live sessions.
-        !store.list(user, None).await.unwrap().is_empty() && store.indexed_users() > 0
-    }
-
-    async fn break_index(&self, _: &MemoryStore, _: &str) -> bool {
-        false
+        store.has_index(user)
     }
 }
 

@@ -72,15 +72,28 @@ impl Backend for RedisBackend {
             .unwrap();
         n == 1
     }
+}
 
-    async fn break_index(&self, store: &RedisStore, user: &str) -> bool {
-        let n: i64 = store
-            .redis()
-            .client()
-            .del(store.index_key(user).as_str())
-            .await
-            .unwrap();
-        n == 1
+/// "Log out everywhere" when the index is incomplete (here: deleted behind the store's back, as
+/// an eviction or an operator could): the user's epoch still kills every session. Redis only:
+/// the memory store's index and sessions change under one lock and cannot drift apart.
+async fn check_revoke_all_without_index(b: RedisBackend) {
+    let s = b.store(Opts::default()).await;
+    let a1 = common::create(&s, common::bound("alice", "UA1")).await;
+    let a2 = common::create(&s, common::bound("alice", "UA2")).await;
+    let deleted: i64 = s
+        .redis()
+        .client()
+        .del(s.index_key("alice").as_str())
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1, "the index existed");
+    assert_eq!(s.revoke_all("alice").await.unwrap(), 0, "nothing indexed");
+    for id in [&a1.id, &a2.id] {
+        assert!(
+            s.load(id).await.unwrap().is_none(),
+            "the epoch kills unindexed sessions"
+        );
     }
 }
 
@@ -89,6 +102,11 @@ mod standalone {
 
     conformance!([#[tokio::test(flavor = "multi_thread", worker_threads = 2)]] RedisBackend(false, true));
     http_checks!([#[tokio::test(flavor = "multi_thread", worker_threads = 2)]] store(false).await);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn revoke_all_without_index() {
+        check_revoke_all_without_index(RedisBackend(false, true)).await;
+    }
 }
 
 /// The same conformance suite with every load its own script call.
@@ -103,6 +121,11 @@ mod cluster {
 
     conformance!([#[tokio::test(flavor = "multi_thread", worker_threads = 2)]] RedisBackend(true, true));
     http_checks!([#[tokio::test(flavor = "multi_thread", worker_threads = 2)]] store(true).await);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn revoke_all_without_index() {
+        check_revoke_all_without_index(RedisBackend(true, true)).await;
+    }
 }
 
 fn cmd_int(server: &RedisServer, args: &[&str]) -> i64 {

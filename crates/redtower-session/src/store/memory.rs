@@ -165,6 +165,17 @@ impl MemoryStore {
         st.users.values().filter(|u| !u.index.is_empty()).count()
     }
 
+    /// Whether `user` has an index entry with a live session (expired ones pruned first, as
+    /// Redis expires them). For tests of index hygiene.
+    pub fn has_index(&self, user: &str) -> bool {
+        let now = self.now();
+        let mut st = self.lock();
+        st.users.get_mut(user).is_some_and(|u| {
+            u.index.retain(|_, e| *e > now);
+            !u.index.is_empty()
+        })
+    }
+
     fn now(&self) -> i64 {
         self.inner.base_ms + ms(self.inner.base.elapsed())
     }
