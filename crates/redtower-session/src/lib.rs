@@ -144,6 +144,15 @@
 //! (including the idle refresh), 1 for a write (with index upkeep), 1 for login from an
 //! anonymous session (2 from an existing one: delete the old id, create the new one).
 //!
+//! Login from an existing session is the one step that is not a single atomic operation:
+//! tower-sessions' `cycle_id` deletes the old record and creates the new one, and the two live
+//! in different slots (an anonymous id carries a random bucket, a logged-in one the user's).
+//! It stays correct because each half is atomic and neither can bring a dead id back: the
+//! delete comes first, the create is `NX` under a fresh id, and a `save` is `XX`, so a
+//! concurrent request on the old id finds it gone (no resurrection, no second owner). If the
+//! process dies between the two halves the user is logged out, never logged in twice; two
+//! concurrent logins through one cookie each get a session of their own, both indexed.
+//!
 //! # Features
 //!
 //! * `rustls`: TLS for Redis, forwarded to `redtower-client`.

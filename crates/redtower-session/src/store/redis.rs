@@ -222,6 +222,16 @@ impl RedisStore {
     }
 
     async fn create_inner(&self, record: &mut Record) -> Result<()> {
+        self.create_with(record, Keys::new_id).await
+    }
+
+    /// `create` with the ids drawn by `next_id` (from the bucket asked for): ids are random in
+    /// production; tests draw colliding ones.
+    async fn create_with(
+        &self,
+        record: &mut Record,
+        mut next_id: impl FnMut(u16) -> Id,
+    ) -> Result<()> {
         let Inner {
             redis,
             keys,
@@ -236,9 +246,9 @@ impl RedisStore {
                 Some(b) => keys.user_bucket(&b.user),
                 None => rand::random::<u16>() >> 2,
             };
-            let id = Keys::new_id(bucket);
+            let id = next_id(bucket);
             let handle = keys.handle(&id);
-            let mut key_list = vec![keys.record_by_handle(bucket, &handle)];
+            let mut key_list = vec![keys.record_by_handle(crate::keys::bucket_of(&id), &handle)];
             let mut args: Vec<Value> = vec![
                 data.clone().into(),
                 wanted.into(),
@@ -545,6 +555,53 @@ mod tests {
             "{} bytes",
             std::mem::size_of_val(&load)
         );
+    }
+
+    /// `create` never overwrites: an id that is taken is drawn again, and after
+    /// `CREATE_ATTEMPTS` taken ids the create fails, the existing session untouched.
+    #[tokio::test]
+    async fn create_draws_again_when_the_id_is_taken() {
+        let config = redtower_client::RedisConfig::from_url(&redtower_testkit::shared_url())
+            .unwrap()
+            .key_prefix(redtower_testkit::unique_prefix("session-unit"));
+        let redis = Redis::new(config).unwrap();
+        redis.wait_ready(Duration::from_secs(10)).await.unwrap();
+        let store = RedisStore::new(redis, [7u8; 32]);
+        let record = |who: &str| Record {
+            id: Id::default(),
+            data: [("who".to_owned(), serde_json::json!(who))].into(),
+            expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        };
+        let mut first = record("first");
+        store.create(&mut first).await.unwrap();
+        let taken = first.id;
+
+        let mut drawn = Vec::new();
+        let mut second = record("second");
+        store
+            .create_with(&mut second, |bucket| {
+                let id = if drawn.is_empty() {
+                    taken
+                } else {
+                    Keys::new_id(bucket)
+                };
+                drawn.push(id);
+                id
+            })
+            .await
+            .unwrap();
+        assert_eq!(drawn.len(), 2, "drawn again after the collision");
+        assert_eq!(second.id, drawn[1]);
+        assert_ne!(second.id, taken);
+
+        let mut third = record("third");
+        let err = store.create_with(&mut third, |_| taken).await.unwrap_err();
+        assert!(matches!(err, Error::Collision), "{err:?}");
+
+        for (id, who) in [(taken, "first"), (second.id, "second")] {
+            let loaded = store.load(&id).await.unwrap().unwrap();
+            assert_eq!(loaded.data["who"], serde_json::json!(who));
+        }
     }
 
     #[test]
