@@ -390,6 +390,16 @@ impl RedisServer {
         resp::command(self.port, args, CMD_TIMEOUT)
     }
 
+    /// Starts watching the commands that clients send to this server (`MONITOR`), to count
+    /// round trips: see [`Monitor`].
+    ///
+    /// # Panics
+    ///
+    /// When the server cannot be reached.
+    pub fn monitor(&self) -> Monitor {
+        Monitor::start(self.port).unwrap_or_else(|e| panic!("MONITOR on port {}: {e}", self.port))
+    }
+
     /// Kills the server with `SIGKILL` (no shutdown, no final AOF flush beyond `always`).
     pub fn kill(&mut self) {
         if let Some(mut p) = self.process.take() {
@@ -656,5 +666,85 @@ pub fn shared_url() -> String {
     match std::env::var("REDTOWER_TEST_REDIS_URL") {
         Ok(url) if !url.is_empty() => url,
         _ => shared().url(),
+    }
+}
+
+/// A `MONITOR` connection to a server: the commands its clients send, in order, without the
+/// commands that scripts run (`redis.call`), so each is one request on the wire.
+///
+/// ```
+/// let server = redtower_testkit::RedisServer::start();
+/// let mut monitor = server.monitor();
+/// server.cmd(&["SET", "k", "v"]);
+/// assert_eq!(monitor.take(), [r#""SET" "k" "v""#]);
+/// ```
+#[derive(Debug)]
+pub struct Monitor {
+    port: u16,
+    reader: BufReader<std::net::TcpStream>,
+    markers: u64,
+}
+
+impl Monitor {
+    fn start(port: u16) -> std::io::Result<Self> {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(CMD_TIMEOUT))?;
+        (&stream).write_all(b"*1\r\n$7\r\nMONITOR\r\n")?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if line.trim_end() != "+OK" {
+            return Err(std::io::Error::other(format!("MONITOR answered {line:?}")));
+        }
+        Ok(Self {
+            port,
+            reader,
+            markers: 0,
+        })
+    }
+
+    /// The commands clients sent since the last call (or since [`RedisServer::monitor`]), each
+    /// as `MONITOR` quotes it (`"EVALSHA" "…" …`), in order; commands run inside scripts are
+    /// left out. Returns once the server has shown all of them (it echoes a marker sent after
+    /// them, which is not included).
+    ///
+    /// # Panics
+    ///
+    /// When the server stops answering.
+    pub fn take(&mut self) -> Vec<String> {
+        self.markers += 1;
+        let marker = format!(
+            "redtower-testkit-monitor-{}-{}",
+            std::process::id(),
+            self.markers
+        );
+        resp::command(self.port, &["ECHO", &marker], CMD_TIMEOUT)
+            .unwrap_or_else(|e| panic!("ECHO on port {}: {e}", self.port));
+        let quoted = format!("\"{marker}\"");
+        let mut sent = Vec::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self
+                .reader
+                .read_line(&mut line)
+                .unwrap_or_else(|e| panic!("MONITOR on port {}: {e}", self.port));
+            assert!(n > 0, "MONITOR on port {} closed", self.port);
+            let line = line.trim_end();
+            // `+<time> [<db> <client>] "CMD" "arg" ...`; scripts' commands show `[<db> lua]`.
+            let Some((client, command)) = line
+                .strip_prefix('+')
+                .and_then(|l| l.split_once(" ["))
+                .and_then(|(_, rest)| rest.split_once("] "))
+            else {
+                continue;
+            };
+            if command.ends_with(&quoted) && command.starts_with("\"ECHO\"") {
+                return sent;
+            }
+            if !client.ends_with(" lua") {
+                sent.push(command.to_owned());
+            }
+        }
     }
 }
