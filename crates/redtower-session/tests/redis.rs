@@ -215,10 +215,19 @@ async fn reads_refresh_idle_without_rewriting_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_across_instances() {
+    revocation_across_instances_on(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_across_instances_on_a_cluster() {
+    revocation_across_instances_on(true).await;
+}
+
+async fn revocation_across_instances_on(cluster: bool) {
     let prefix = unique_prefix("instances");
     let key = Key::generate();
-    let a = RedisStore::new(redis_at(&url(false), &prefix).await, SECRET);
-    let b = RedisStore::new(redis_at(&url(false), &prefix).await, SECRET);
+    let a = RedisStore::new(redis_at(&url(cluster), &prefix).await, SECRET);
+    let b = RedisStore::new(redis_at(&url(cluster), &prefix).await, SECRET);
     let (app_a, _) = app(a, key.clone());
     let (app_b, _) = app(b, key);
     let alice = login_as(&app_a, "alice").await;
