@@ -397,7 +397,7 @@ impl RedisServer {
     ///
     /// When the server cannot be reached.
     pub fn monitor(&self) -> Monitor {
-        Monitor::start(self.port).unwrap_or_else(|e| panic!("MONITOR on port {}: {e}", self.port))
+        Monitor::connect(self.port).unwrap_or_else(|e| panic!("MONITOR on port {}: {e}", self.port))
     }
 
     /// Kills the server with `SIGKILL` (no shutdown, no final AOF flush beyond `always`).
@@ -686,7 +686,13 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    fn start(port: u16) -> std::io::Result<Self> {
+    /// Watches the server listening on `port` of this host (any server, not only one this kit
+    /// started).
+    ///
+    /// # Errors
+    ///
+    /// When the server cannot be reached or refuses `MONITOR`.
+    pub fn connect(port: u16) -> std::io::Result<Self> {
         let stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
         stream.set_read_timeout(Some(CMD_TIMEOUT))?;
         (&stream).write_all(b"*1\r\n$7\r\nMONITOR\r\n")?;
@@ -703,33 +709,43 @@ impl Monitor {
         })
     }
 
-    /// The commands clients sent since the last call (or since [`RedisServer::monitor`]), each
+    /// The commands clients sent since the last call (or since the monitor connected), each
     /// as `MONITOR` quotes it (`"EVALSHA" "…" …`), in order; commands run inside scripts are
     /// left out. Returns once the server has shown all of them (it echoes a marker sent after
     /// them, which is not included).
     ///
     /// # Panics
     ///
-    /// When the server stops answering.
+    /// When the server stops answering ([`try_take`](Self::try_take) returns the error).
     pub fn take(&mut self) -> Vec<String> {
+        self.try_take()
+            .unwrap_or_else(|e| panic!("MONITOR on port {}: {e}", self.port))
+    }
+
+    /// [`take`](Self::take), with the server's failure to answer as an error.
+    ///
+    /// # Errors
+    ///
+    /// When the server cannot be reached or the `MONITOR` connection ends.
+    pub fn try_take(&mut self) -> std::io::Result<Vec<String>> {
         self.markers += 1;
         let marker = format!(
             "redtower-testkit-monitor-{}-{}",
             std::process::id(),
             self.markers
         );
-        resp::command(self.port, &["ECHO", &marker], CMD_TIMEOUT)
-            .unwrap_or_else(|e| panic!("ECHO on port {}: {e}", self.port));
+        resp::command(self.port, &["ECHO", &marker], CMD_TIMEOUT)?;
         let quoted = format!("\"{marker}\"");
         let mut sent = Vec::new();
         let mut line = String::new();
         loop {
             line.clear();
-            let n = self
-                .reader
-                .read_line(&mut line)
-                .unwrap_or_else(|e| panic!("MONITOR on port {}: {e}", self.port));
-            assert!(n > 0, "MONITOR on port {} closed", self.port);
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the MONITOR connection closed",
+                ));
+            }
             let line = line.trim_end();
             // `+<time> [<db> <client>] "CMD" "arg" ...`; scripts' commands show `[<db> lua]`.
             let Some((client, command)) = line
@@ -740,7 +756,7 @@ impl Monitor {
                 continue;
             };
             if command.ends_with(&quoted) && command.starts_with("\"ECHO\"") {
-                return sent;
+                return Ok(sent);
             }
             if !client.ends_with(" lua") {
                 sent.push(command.to_owned());

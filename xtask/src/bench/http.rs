@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::TcpStream,
     time::Duration,
 };
@@ -145,50 +145,16 @@ pub(crate) fn commandstats(port: u16) -> Result<BTreeMap<String, (u64, u64)>, St
     Ok(stats)
 }
 
-const END_MARK: &str = "xtask-monitor-end";
-
 /// Runs `f` while a `MONITOR` connection watches Redis and returns how many commands clients
-/// sent meanwhile (commands run by Lua scripts, shown as `[0 lua]`, are not counted): the
-/// round trips `f` caused, when nothing else talks to this Redis.
+/// sent meanwhile (commands run by Lua scripts are not counted): the round trips `f` caused,
+/// when nothing else talks to this Redis.
 pub(crate) fn client_commands<T>(
     redis: u16,
     f: impl FnOnce() -> Result<T, String>,
 ) -> Result<(u64, T), String> {
-    let mut monitor = TcpStream::connect(("127.0.0.1", redis)).map_err(|e| e.to_string())?;
-    monitor
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    monitor
-        .write_all(b"MONITOR\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(monitor.try_clone().map_err(|e| e.to_string())?);
-    let mut line = String::new();
-    reader.read_line(&mut line).map_err(|e| e.to_string())?;
-    if !line.starts_with("+OK") {
-        return Err(format!("MONITOR answered {line:?}"));
-    }
-    let counter = std::thread::spawn(move || {
-        let mut count = 0u64;
-        let mut line = String::new();
-        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-            if line.contains(END_MARK) {
-                return count;
-            }
-            if line.starts_with('+') && !line.contains(" lua]") {
-                count += 1;
-            }
-            line.clear();
-        }
-        count
-    });
+    let mut monitor =
+        redtower_testkit::Monitor::connect(redis).map_err(|e| format!("MONITOR: {e}"))?;
     let out = f();
-    // The marker ends the count once every earlier command has been seen.
-    let mut other = TcpStream::connect(("127.0.0.1", redis)).map_err(|e| e.to_string())?;
-    let echo = format!("*2\r\n$4\r\nECHO\r\n${}\r\n{END_MARK}\r\n", END_MARK.len());
-    other
-        .write_all(echo.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let count = counter.join().map_err(|_| "MONITOR reader panicked")?;
-    let _ = monitor.shutdown(std::net::Shutdown::Both);
-    Ok((count, out?))
+    let sent = monitor.try_take().map_err(|e| format!("MONITOR: {e}"))?;
+    Ok((sent.len() as u64, out?))
 }
