@@ -19,6 +19,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{Arc, OnceLock},
+    task::{Context, Poll},
 };
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -112,8 +113,32 @@ where
     ///
     /// [`Uncoalesced`] when the item could not be sent or its batch did not answer it.
     pub async fn call(&self, item: T) -> Result<R, Uncoalesced<T>> {
-        let rx = self.submit(item)?;
-        rx.await.map_err(|_| Uncoalesced::Dropped)
+        self.queue(item)?.await.ok_or(Uncoalesced::Dropped)
+    }
+
+    /// Queues `item` for the next batch at once and returns what to wait on for its result:
+    /// [`call`](Self::call) without a future of its own, for callers that keep the wait in a
+    /// future they already have. The result is `None` when the batch did not answer the item
+    /// ([`Uncoalesced::Dropped`]).
+    ///
+    /// ```
+    /// use redtower_client::Coalescer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let doubler = Coalescer::new(64, |batch: Vec<u32>| async move {
+    ///     batch.into_iter().map(|n| n * 2).collect::<Vec<_>>()
+    /// });
+    /// let queued = doubler.queue(21).ok().expect("a runtime runs here");
+    /// assert_eq!(queued.await, Some(42));
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Uncoalesced::NotSent`] with the item when it could not be queued.
+    pub fn queue(&self, item: T) -> Result<Queued<R>, Uncoalesced<T>> {
+        self.submit(item).map(Queued)
     }
 
     fn submit(&self, item: T) -> Result<oneshot::Receiver<R>, Uncoalesced<T>> {
@@ -135,6 +160,20 @@ where
             Ok(()) => Ok(rx),
             Err(mpsc::error::SendError(p)) => Err(Uncoalesced::NotSent(p.item)),
         }
+    }
+}
+
+/// A call queued with [`Coalescer::queue`]: resolves to its result, or `None` when its batch
+/// did not answer it.
+#[derive(Debug)]
+#[must_use = "the result arrives only when awaited"]
+pub struct Queued<R>(oneshot::Receiver<R>);
+
+impl<R> Future for Queued<R> {
+    type Output = Option<R>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<R>> {
+        Pin::new(&mut self.0).poll(cx).map(Result::ok)
     }
 }
 

@@ -45,7 +45,7 @@ pub mod keyspace;
 mod script;
 
 pub use client::Redis;
-pub use coalesce::{Coalescer, Uncoalesced, per_slot};
+pub use coalesce::{Coalescer, Queued, Uncoalesced, per_slot};
 pub use config::RedisConfig;
 pub use error::{Error, ErrorKind, Result};
 pub use health::{ConnectionState, Health, HealthStatus};
