@@ -79,58 +79,92 @@ pub(crate) fn policy_header(policies: &[Policy]) -> Option<HeaderValue> {
 }
 
 /// Appends `n` in decimal (without the formatting machinery: this runs on every response).
-fn push_u64(s: &mut String, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
+fn push_u64(buf: &mut Scratch, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
     loop {
         i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
+        digits[i] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    for &b in &buf[i..] {
-        s.push(char::from(b));
-    }
+    buf.extend_from_slice(&digits[i..]);
 }
 
+/// Where one response's header values are written side by side, on the stack unless they are
+/// unusually long.
+type Scratch = smallvec::SmallVec<[u8; 256]>;
+
 /// [`write_headers`] with the `RateLimit-Policy` field already computed.
+///
+/// The values are written into one buffer and become fields that share one allocation (two
+/// once there is more than one field): this runs on every response.
 pub(crate) fn write_headers_with(
     headers: &mut HeaderMap,
     decision: &Decision,
     which: Headers,
     policy: Option<&HeaderValue>,
 ) {
-    if which.draft && !decision.policies().is_empty() {
-        let mut state = String::with_capacity(decision.policies().len() * 40);
+    let draft = which.draft && !decision.policies().is_empty();
+    let legacy = which.legacy.then(|| decision.most_restrictive()).flatten();
+    if !draft && legacy.is_none() {
+        return;
+    }
+    let mut buf = Scratch::new();
+    // The fields, in order, and where each value ends in `buf`.
+    let mut fields: [(&HeaderName, usize); 4] = [(&RATELIMIT, 0); 4];
+    let mut n = 0;
+    let mut end = |buf: &Scratch, name: &'static HeaderName| {
+        fields[n] = (name, buf.len());
+        n += 1;
+    };
+    if draft {
         for (i, d) in decision.policies().iter().enumerate() {
             if i > 0 {
-                state.push_str(", ");
+                buf.extend_from_slice(b", ");
             }
-            state.push('"');
-            state.push_str(d.name());
-            state.push_str("\";r=");
-            push_u64(&mut state, d.remaining());
-            state.push_str(";t=");
-            push_u64(&mut state, ceil_secs(d.reset()));
+            buf.push(b'"');
+            buf.extend_from_slice(d.name().as_bytes());
+            buf.extend_from_slice(b"\";r=");
+            push_u64(&mut buf, d.remaining());
+            buf.extend_from_slice(b";t=");
+            push_u64(&mut buf, ceil_secs(d.reset()));
         }
+        end(&buf, &RATELIMIT);
+    }
+    if let Some(d) = legacy {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        push_u64(&mut buf, u64::from(d.policy().quota().limit().get()));
+        end(&buf, &X_LIMIT);
+        push_u64(&mut buf, d.remaining());
+        end(&buf, &X_REMAINING);
+        push_u64(&mut buf, ceil_secs(now + d.reset()));
+        end(&buf, &X_RESET);
+    }
+    if draft {
         if let Some(v) = policy {
             headers.insert(RATELIMIT_POLICY.clone(), v.clone());
         }
-        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(state)) {
-            headers.insert(RATELIMIT.clone(), v);
-        }
     }
-    if which.legacy {
-        if let Some(d) = decision.most_restrictive() {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            headers.insert(X_LIMIT.clone(), d.policy().quota().limit().get().into());
-            headers.insert(X_REMAINING.clone(), d.remaining().into());
-            headers.insert(X_RESET.clone(), ceil_secs(now + d.reset()).into());
+    let all = Bytes::copy_from_slice(&buf);
+    // Policy names are checked when the layer is built (`Segment::strict`) and the rest is
+    // digits, so every value is a valid field.
+    if n == 1 {
+        if let Ok(v) = HeaderValue::from_maybe_shared(all) {
+            headers.insert(fields[0].0.clone(), v);
         }
+        return;
+    }
+    let mut start = 0;
+    for &(name, end) in &fields[..n] {
+        if let Ok(v) = HeaderValue::from_maybe_shared(all.slice(start..end)) {
+            headers.insert(name.clone(), v);
+        }
+        start = end;
     }
 }
 
@@ -257,9 +291,9 @@ mod tests {
     #[test]
     fn push_u64_writes_decimal() {
         for n in [0, 7, 10, 1234567890, u64::MAX] {
-            let mut s = String::from("x");
+            let mut s = super::Scratch::from_slice(b"x");
             super::push_u64(&mut s, n);
-            assert_eq!(s, format!("x{n}"));
+            assert_eq!(s.as_slice(), format!("x{n}").as_bytes());
         }
     }
 }
