@@ -33,6 +33,9 @@ pub type LimitedResponse = Arc<dyn Fn(&Decision) -> Response<Bytes> + Send + Syn
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) store: Arc<dyn RateLimitStore>,
+    /// The same store when it is a [`RedisStore`](crate::RedisStore): its checks are awaited
+    /// in the layer's own future, without the boxed future of the trait call.
+    pub(crate) redis: Option<crate::RedisStore>,
     pub(crate) policies: Arc<[Policy]>,
     pub(crate) routes: Arc<HashMap<String, Arc<[Policy]>>>,
     pub(crate) key: Arc<dyn KeyExtractor>,
@@ -142,9 +145,13 @@ impl RateLimitLayer {
     /// A layer with no policy yet: add them with [`policy`](Self::policy) or
     /// [`route`](Self::route). Requests that no policy applies to pass unlimited.
     pub fn with_store(store: impl RateLimitStore) -> Self {
+        let redis = (&store as &dyn std::any::Any)
+            .downcast_ref::<crate::RedisStore>()
+            .cloned();
         Self {
             config: Arc::new(Config {
                 store: Arc::new(store),
+                redis,
                 policies: Arc::from(Vec::new()),
                 routes: Arc::new(HashMap::new()),
                 key: Arc::new(PeerIp),

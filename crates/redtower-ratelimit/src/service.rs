@@ -4,6 +4,7 @@ use std::{
     fmt,
     future::Future,
     hash::BuildHasher,
+    marker::PhantomData,
     mem,
     pin::Pin,
     sync::{Arc, atomic::Ordering},
@@ -82,16 +83,19 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 pin_project! {
     /// The response future of [`RateLimit`]: the inner service's future when the decision was
-    /// made at once (memory store, denied cache, no key), a boxed one while the store answers.
+    /// made at once (memory store, denied cache, no key); while the store answers, a boxed
+    /// future that waits for it and then hands over to the inner service's future.
     pub struct ResponseFuture<F, B, E> {
         #[pin]
-        kind: Kind<F, B, E>,
+        kind: Kind<F, B>,
+        // The inner service's error, which `F` returns.
+        error: PhantomData<fn() -> E>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F, B, E> {
+    enum Kind<F, B> {
         Ready { res: Option<Response<ResponseBody<B>>> },
         Inner {
             #[pin]
@@ -99,8 +103,19 @@ pin_project! {
             headers: Option<(Decision, Arc<PolicySet>, Headers)>,
             span: tracing::Span,
         },
-        Boxed { fut: BoxFuture<Result<Response<ResponseBody<B>>, E>> },
+        Waiting { fut: BoxFuture<Waited<F, B>>, span: tracing::Span },
+        Done,
     }
+}
+
+/// What a request does once the store has answered: respond at once, or go on with the inner
+/// service's future (then write the decision's headers into its response).
+enum Waited<F, B> {
+    Respond(Response<ResponseBody<B>>),
+    Call {
+        fut: F,
+        headers: Option<(Decision, Arc<PolicySet>, Headers)>,
+    },
 }
 
 impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
@@ -115,26 +130,40 @@ where
 {
     type Output = Result<Response<ResponseBody<B>>, E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Ready { res } => match res.take() {
-                Some(res) => Poll::Ready(Ok(res)),
-                None => panic!("ResponseFuture polled after completion"),
-            },
-            KindProj::Inner { fut, headers, span } => {
-                let _entered = span.enter();
-                let mut res = std::task::ready!(fut.poll(cx))?;
-                if let Some((decision, set, which)) = headers.take() {
-                    write_headers_with(
-                        res.headers_mut(),
-                        &decision,
-                        which,
-                        set.policy_header.as_ref(),
-                    );
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let next = match self.as_mut().project().kind.project() {
+                KindProj::Ready { res } => match res.take() {
+                    Some(res) => return Poll::Ready(Ok(res)),
+                    None => panic!("ResponseFuture polled after completion"),
+                },
+                KindProj::Inner { fut, headers, span } => {
+                    let _entered = span.enter();
+                    let mut res = std::task::ready!(fut.poll(cx))?;
+                    if let Some((decision, set, which)) = headers.take() {
+                        write_headers_with(
+                            res.headers_mut(),
+                            &decision,
+                            which,
+                            set.policy_header.as_ref(),
+                        );
+                    }
+                    return Poll::Ready(Ok(res.map(ResponseBody::inner)));
                 }
-                Poll::Ready(Ok(res.map(ResponseBody::inner)))
-            }
-            KindProj::Boxed { fut } => fut.as_mut().poll(cx),
+                KindProj::Waiting { fut, span } => match std::task::ready!(fut.as_mut().poll(cx)) {
+                    Waited::Respond(res) => {
+                        self.as_mut().project().kind.set(Kind::Done);
+                        return Poll::Ready(Ok(res));
+                    }
+                    Waited::Call { fut, headers } => Kind::Inner {
+                        fut,
+                        headers,
+                        span: mem::replace(span, tracing::Span::none()),
+                    },
+                },
+                KindProj::Done => panic!("ResponseFuture polled after completion"),
+            };
+            self.as_mut().project().kind.set(next);
         }
     }
 }
@@ -171,12 +200,18 @@ where
                 let clone = self.inner.clone();
                 let inner = mem::replace(&mut self.inner, clone);
                 let shared = self.shared.clone();
-                Kind::Boxed {
-                    fut: Box::pin(run(shared, inner, pending).instrument(span)),
+                // Only the wait is boxed: the inner service's future runs unboxed afterwards,
+                // which keeps the allocation small.
+                Kind::Waiting {
+                    fut: Box::pin(wait(shared, inner, pending).instrument(span.clone())),
+                    span,
                 }
             }
         };
-        ResponseFuture { kind }
+        ResponseFuture {
+            kind,
+            error: PhantomData,
+        }
     }
 }
 
@@ -422,40 +457,41 @@ fn decided<B>(shared: &Shared, pending: Pending<B>, result: Result<Decision, Err
     Step::Pass(Request::from_parts(parts, body), Some((decision, set)))
 }
 
-/// The store call of a request that has to wait for it, bounded by the layer's timeout.
-async fn run<S, ReqBody, ResBody>(
+/// The store call of a request that has to wait for it, bounded by the layer's timeout, and
+/// what the request does next.
+async fn wait<S, ReqBody, ResBody>(
     shared: Arc<Shared>,
     mut inner: S,
     pending: Pending<ReqBody>,
-) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+) -> Waited<S::Future, ResBody>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
     let config = &shared.config;
-    let call = config
-        .store
-        .check(&pending.subject, &pending.set.list, pending.cost);
-    let result = match tokio::time::timeout(config.timeout, call).await {
-        Ok(result) => result,
-        Err(_) => Err(Error::Timeout(config.timeout)),
+    let result = {
+        let (subject, policies, cost) = (&pending.subject, &pending.set.list, pending.cost);
+        let queued = config
+            .redis
+            .as_ref()
+            .and_then(|redis| redis.queued(subject, policies, cost));
+        match queued {
+            Some(queued) => tokio::time::timeout(config.timeout, queued).await,
+            None => {
+                let call = config.store.check(subject, policies, cost);
+                tokio::time::timeout(config.timeout, call).await
+            }
+        }
     };
+    let result = result.unwrap_or(Err(Error::Timeout(config.timeout)));
     settle(&shared, &result);
     match decided(&shared, pending, result) {
-        Step::Respond(res) => Ok(respond(res)),
-        Step::Pass(req, decision) => {
-            let mut res = inner.call(req).await?;
-            if let Some((decision, set)) = decision {
-                write_headers_with(
-                    res.headers_mut(),
-                    &decision,
-                    config.headers,
-                    set.policy_header.as_ref(),
-                );
-            }
-            Ok(res.map(ResponseBody::inner))
-        }
+        Step::Respond(res) => Waited::Respond(respond(res)),
+        Step::Pass(req, decision) => Waited::Call {
+            fut: inner.call(req),
+            headers: decision.map(|(d, set)| (d, set, config.headers)),
+        },
         // `decided` never asks to wait again.
-        Step::Check(_) => Ok(respond(simple_problem(
+        Step::Check(_) => Waited::Respond(respond(simple_problem(
             StatusCode::INTERNAL_SERVER_ERROR,
             "rate limit state machine error",
         ))),

@@ -13,8 +13,10 @@
 -- policy the index of its key in KEYS and of its spec (from 0), each a 16-bit big-endian
 -- integer (string.byte reads them without parsing a number per value).
 -- State, one string per key: GCRA '<tat>'; windows '<window> <count> <previous count>'.
--- Reply, per request in order: { admitted, then per policy: allowed, remaining, reset µs,
--- retry µs }.
+-- Reply: one string, per request in order: admitted (one byte, 0 or 1), then per policy:
+-- allowed (one byte), remaining, reset µs and retry µs (each an IEEE 754 double, big-endian,
+-- exact for these integers below 2^53), packed with struct.pack: one bulk string instead of
+-- an integer per value, which the client reads without parsing a frame per value.
 -- Integer math only (Lua numbers are exact below 2^53; the layer checks the bounds). Numbers
 -- passed to redis.call are sent exactly (%.17g); window states are written with %d.
 -- Redis commands: TIME, one MGET for every key, then one SET ... PX per key an admitted
@@ -65,6 +67,7 @@ local wv, wt = {}, {}
 local pk, pv, pt = {}, {}, {}
 local reply = {}
 local r = 0
+local pack = struct.pack
 local req = ARGV[a]
 local byte = string.byte
 local b = 1
@@ -148,14 +151,11 @@ while b < #req do
       end
     end
     if allowed == 0 and se[s] then admitted = false end
-    reply[r + 1] = allowed
-    reply[r + 2] = remaining
-    reply[r + 3] = reset
-    reply[r + 4] = retry
-    r = r + 4
+    r = r + 1
+    reply[r] = pack('>Bddd', allowed, remaining, reset, retry)
   end
   if admitted then
-    reply[head] = 1
+    reply[head] = '\1'
     for i = 1, np do
       local k = pk[i]
       cur[k] = pv[i]
@@ -163,7 +163,7 @@ while b < #req do
       wt[k] = pt[i]
     end
   else
-    reply[head] = 0
+    reply[head] = '\0'
   end
 end
 for k = 1, #KEYS do
@@ -174,4 +174,4 @@ for k = 1, #KEYS do
     redis.call('SET', KEYS[k], v, 'PX', ms)
   end
 end
-return reply
+return table.concat(reply)

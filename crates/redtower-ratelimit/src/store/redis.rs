@@ -1,6 +1,7 @@
 //! [`RedisStore`]: counters in Redis, one Lua script call per request.
 
 use std::{
+    future::Future,
     sync::{Arc, LazyLock},
     time::Duration,
 };
@@ -11,7 +12,8 @@ use fred::{
     interfaces::ClientLike,
     types::{ClusterHash, CustomCommand, Value, config::Options},
 };
-use redtower_client::{Coalescer, Key, Namespace, Redis, Script, Uncoalesced, per_slot};
+use redtower_client::{Coalescer, Key, Namespace, Redis, Script, per_slot};
+use smallvec::SmallVec;
 
 use crate::{Algorithm, Decision, Error, ManualClock, Policy, Result, Subject, model::Outcome};
 
@@ -58,12 +60,13 @@ pub struct RedisStore {
     batches: Option<Arc<Coalescer<Call, Reply>>>,
 }
 
-/// One request's share of a script call: its keys' slot, and its keys and policy specs.
+/// One request's share of a script call: its keys' slot, and its keys and policy specs (kept
+/// inline for up to two policies: no allocation per request for them).
 #[derive(Debug)]
 struct Call {
     slot: u16,
-    keys: Vec<Str>,
-    specs: Vec<Spec>,
+    keys: SmallVec<[Str; 2]>,
+    specs: SmallVec<[Spec; 2]>,
 }
 
 /// A policy as the script takes it: the algorithm (upper case in shadow mode) and three
@@ -227,7 +230,7 @@ impl RedisStore {
             key.push_str(p.name());
             Str::from(key)
         };
-        let mut keys = Vec::with_capacity(policies.len());
+        let mut keys = SmallVec::with_capacity(policies.len());
         if let Some((last, rest)) = policies.split_last() {
             for p in rest {
                 let mut k = String::with_capacity(base.len() + 1 + p.name().len());
@@ -347,14 +350,14 @@ impl Sender {
         let Some(args) = self.args(&calls) else {
             return self.one_by_one(calls).await;
         };
-        let reply = match client.custom::<Vec<i64>, _>(cmd.clone(), args).await {
+        let reply = match client.custom::<Value, _>(cmd.clone(), args).await {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
                 tracing::debug!(target: "redtower::ratelimit", "NOSCRIPT: loading the script");
                 match CHECK.load(&self.redis).await {
                     // Same calls (a test clock is read again; the script was not run).
                     Ok(()) => {
                         let args = self.args(&calls).unwrap_or_default();
-                        client.custom::<Vec<i64>, _>(cmd, args).await
+                        client.custom::<Value, _>(cmd, args).await
                     }
                     Err(e) => Err(e
                         .as_fred()
@@ -364,33 +367,21 @@ impl Sender {
             }
             other => other,
         };
-        let flat = match reply {
-            Ok(flat) => flat,
+        let flat = match reply.and_then(|packed| unpack(&packed, &calls)) {
+            Ok(flat) => Arc::<[i64]>::from(flat),
             Err(e) => return calls.iter().map(|_| Err(e.clone())).collect(),
         };
-        // Split the flat reply: per call, 1 + 4 values per policy.
-        let flat: Arc<[i64]> = flat.into();
+        // Split the flat values: per call, 1 + 4 per policy (`unpack` checked the lengths).
         let mut out = Vec::with_capacity(calls.len());
         let mut at = 0;
         for c in &calls {
-            let len = 1 + 4 * (c.keys.len());
-            if at + len <= flat.len() {
-                out.push(Ok(Part {
-                    flat: flat.clone(),
-                    at,
-                    len,
-                }));
-            } else {
-                out.push(Err(short_reply()));
-            }
+            let len = 1 + 4 * c.keys.len();
+            out.push(Ok(Part {
+                flat: flat.clone(),
+                at,
+                len,
+            }));
             at += len;
-        }
-        if at != flat.len() {
-            let e = FredError::new(
-                FredErrorKind::Protocol,
-                format!("rate limit reply of {} values for {at}", flat.len()),
-            );
-            return calls.iter().map(|_| Err(e.clone())).collect();
         }
         out
     }
@@ -501,6 +492,58 @@ fn short_reply() -> FredError {
     )
 }
 
+/// The script's packed reply (see `check.lua`) as flat values: per call, admitted, then per
+/// policy allowed, remaining, reset µs and retry µs. An error when it does not match the batch.
+fn unpack(reply: &Value, calls: &[Call]) -> Result<Vec<i64>, FredError> {
+    let bytes: &[u8] = match reply {
+        Value::Bytes(b) => b,
+        Value::String(s) => s.as_bytes(),
+        other => {
+            return Err(FredError::new(
+                FredErrorKind::Protocol,
+                format!("rate limit reply of type {:?}", other.kind()),
+            ));
+        }
+    };
+    let bad = || {
+        FredError::new(
+            FredErrorKind::Protocol,
+            format!(
+                "rate limit reply of {} bytes does not match a batch of {} requests",
+                bytes.len(),
+                calls.len()
+            ),
+        )
+    };
+    let flag = |rest: &mut &[u8]| -> Option<i64> {
+        let (&b, tail) = rest.split_first()?;
+        *rest = tail;
+        (b <= 1).then_some(i64::from(b))
+    };
+    // Integers below 2^53 are exact as doubles; anything else is not a reply of the script.
+    let number = |rest: &mut &[u8]| -> Option<i64> {
+        let (raw, tail) = rest.split_first_chunk::<8>()?;
+        *rest = tail;
+        let v = f64::from_be_bytes(*raw);
+        (v.fract() == 0.0 && v.abs() < 9_007_199_254_740_992.0).then_some(v as i64)
+    };
+    let mut flat = Vec::with_capacity(calls.iter().map(|c| 1 + 4 * c.keys.len()).sum());
+    let mut rest = bytes;
+    for c in calls {
+        flat.push(flag(&mut rest).ok_or_else(bad)?);
+        for _ in 0..c.keys.len() {
+            flat.push(flag(&mut rest).ok_or_else(bad)?);
+            for _ in 0..3 {
+                flat.push(number(&mut rest).ok_or_else(bad)?);
+            }
+        }
+    }
+    if !rest.is_empty() {
+        return Err(bad());
+    }
+    Ok(flat)
+}
+
 /// A request's decision from its part of the reply.
 fn decide(policies: &[Policy], reply: Result<Part>) -> Result<Decision> {
     let part = reply?;
@@ -521,26 +564,41 @@ fn decide(policies: &[Policy], reply: Result<Part>) -> Result<Decision> {
     Ok(decision)
 }
 
+impl RedisStore {
+    /// The check queued on the coalescer at once, and the wait for its decision: what
+    /// [`check`](crate::RateLimitStore::check) does, without a boxed future (the layer awaits
+    /// it in its own). `None` when checks are not coalesced or could not be queued.
+    pub(crate) fn queued<'a>(
+        &self,
+        subject: &Subject,
+        policies: &'a [Policy],
+        cost: u32,
+    ) -> Option<impl Future<Output = Result<Decision>> + Send + 'a> {
+        let batches = self.batches.as_ref()?;
+        let queued = batches.queue(self.call(subject, policies, cost)).ok()?;
+        Some(async move {
+            let reply = queued.await.unwrap_or_else(|| {
+                Err(FredError::new(
+                    FredErrorKind::Canceled,
+                    "the check's batch was dropped",
+                ))
+            });
+            decide(policies, reply.map_err(|e| Error::Redis(e.into())))
+        })
+    }
+}
+
 #[async_trait::async_trait]
 impl crate::RateLimitStore for RedisStore {
     async fn check(&self, subject: &Subject, policies: &[Policy], cost: u32) -> Result<Decision> {
+        if let Some(queued) = self.queued(subject, policies, cost) {
+            return queued.await;
+        }
+        // Not coalesced, or not queued (no runtime for the queue's task): sent on its own.
+        // Boxed, so that the (large) future of an uncoalesced call is not part of every
+        // check's future.
         let call = self.call(subject, policies, cost);
-        let reply = match &self.batches {
-            Some(batches) => match batches.call(call).await {
-                Ok(r) => r,
-                // Not queued (no runtime for the queue's task): send it on its own.
-                Err(Uncoalesced::NotSent(call)) => {
-                    one(Box::pin(self.sender().send(vec![call])).await)
-                }
-                Err(Uncoalesced::Dropped) => Err(FredError::new(
-                    FredErrorKind::Canceled,
-                    "the check's batch was dropped",
-                )),
-            },
-            // Boxed, so that the (large) future of an uncoalesced call is not part of every
-            // check's future.
-            None => one(Box::pin(self.sender().send(vec![call])).await),
-        };
+        let reply = one(Box::pin(self.sender().send(vec![call])).await);
         decide(policies, reply.map_err(|e| Error::Redis(e.into())))
     }
 }
@@ -557,7 +615,7 @@ mod tests {
         Call {
             slot: 0,
             keys: keys.iter().map(|k| Str::from(*k)).collect(),
-            specs: vec![spec; keys.len()],
+            specs: std::iter::repeat_n(spec, keys.len()).collect(),
         }
     }
 
@@ -600,6 +658,69 @@ mod tests {
             }
         }
         assert_eq!(d.list.len(), 100);
+    }
+
+    /// One policy's part of a reply: allowed, remaining, reset, retry.
+    type Packed1 = (u8, f64, f64, f64);
+
+    /// A reply as `check.lua` packs it: per call, admitted, then per policy `>Bddd`.
+    fn packed(calls: &[(u8, &[Packed1])]) -> Value {
+        let mut out = Vec::new();
+        for (admitted, policies) in calls {
+            out.push(*admitted);
+            for (allowed, remaining, reset, retry) in *policies {
+                out.push(*allowed);
+                for v in [remaining, reset, retry] {
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+            }
+        }
+        Value::Bytes(out.into())
+    }
+
+    #[test]
+    fn unpacks_the_scripts_reply() {
+        let calls = [call(&["a:x"], G), call(&["b:x", "b:y"], G)];
+        let big = 9_007_199_254_740_991.0; // 2^53 - 1
+        let reply = packed(&[
+            (1, &[(1, 4.0, 250_000.0, 0.0)]),
+            (0, &[(1, 0.0, big, 0.0), (0, 7.0, 1.0, 1_000_000.0)]),
+        ]);
+        assert_eq!(
+            unpack(&reply, &calls).unwrap(),
+            [
+                1,
+                1,
+                4,
+                250_000,
+                0,
+                0,
+                1,
+                0,
+                9_007_199_254_740_991,
+                0,
+                0,
+                7,
+                1,
+                1_000_000
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reply_that_does_not_match_its_batch_is_an_error() {
+        let calls = [call(&["a:x"], G)];
+        let one = |allowed: u8, n: f64| packed(&[(1, &[(allowed, n, 0.0, 0.0)])]);
+        assert!(unpack(&one(1, 3.0), &calls).is_ok());
+        // One request short, one too many, a flag that is not 0 or 1, a number that is not
+        // an exact integer, another type.
+        assert!(unpack(&one(1, 3.0), &[call(&["a:x"], G), call(&["a:x"], G)]).is_err());
+        assert!(unpack(&packed(&[(1, &[]), (1, &[])]), &[call(&[], G)]).is_err());
+        assert!(unpack(&one(2, 3.0), &calls).is_err());
+        assert!(unpack(&one(1, 0.5), &calls).is_err());
+        assert!(unpack(&one(1, f64::NAN), &calls).is_err());
+        assert!(unpack(&one(1, 2f64.powi(60)), &calls).is_err());
+        assert!(unpack(&Value::Array(vec![Value::Integer(1)]), &calls).is_err());
     }
 
     #[test]
