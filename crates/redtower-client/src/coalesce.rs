@@ -276,11 +276,13 @@ async fn run<T, R>(
             }
         }
         // Calls whose callers gave up (their futures dropped, e.g. by a timeout) are not sent.
-        let (items, replies): (Vec<T>, Vec<oneshot::Sender<R>>) = queued
-            .drain(..)
-            .filter(|p| !p.tx.is_closed())
-            .map(|p| (p.item, p.tx))
-            .unzip();
+        // (Sized once: a batch's items can be kilobytes, which `unzip` would grow step by step.)
+        let mut items = Vec::with_capacity(queued.len());
+        let mut replies = Vec::with_capacity(queued.len());
+        for p in queued.drain(..).filter(|p| !p.tx.is_closed()) {
+            items.push(p.item);
+            replies.push(p.tx);
+        }
         if items.is_empty() {
             continue;
         }
