@@ -145,8 +145,10 @@ impl RateLimitLayer {
     /// A layer with no policy yet: add them with [`policy`](Self::policy) or
     /// [`route`](Self::route). Requests that no policy applies to pass unlimited.
     pub fn with_store(store: impl RateLimitStore) -> Self {
-        let redis = (&store as &dyn std::any::Any)
+        let any = &store as &dyn std::any::Any;
+        let redis = any
             .downcast_ref::<crate::RedisStore>()
+            .or_else(|| any.downcast_ref::<Arc<crate::RedisStore>>().map(|s| &**s))
             .cloned();
         Self {
             config: Arc::new(Config {

@@ -138,9 +138,14 @@ where
                     None => panic!("ResponseFuture polled after completion"),
                 },
                 KindProj::Inner { fut, headers, span } => {
-                    let _entered = span.enter();
-                    let mut res = std::task::ready!(fut.poll(cx))?;
-                    if let Some((decision, set, which)) = headers.take() {
+                    let res = {
+                        let _entered = span.enter();
+                        std::task::ready!(fut.poll(cx))
+                    };
+                    let headers = headers.take();
+                    self.as_mut().project().kind.set(Kind::Done);
+                    let mut res = res?;
+                    if let Some((decision, set, which)) = headers {
                         write_headers_with(
                             res.headers_mut(),
                             &decision,

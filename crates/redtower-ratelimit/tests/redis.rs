@@ -573,6 +573,82 @@ fn outage_app(redis: Redis, failure: FailurePolicy) -> Router {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_costs_the_layers_timeout_and_abandoned_checks_are_never_sent() {
+    let server = RedisServer::start();
+    // The store's own command timeout is far longer than the stall: only the layer's timeout
+    // can answer these requests in time.
+    let store = RedisStore::new(connect(&server.url(), "stall").await)
+        .command_timeout(Duration::from_secs(30));
+    let layer = RateLimitLayer::new(store, Quota::per_hour(nonzero!(1000)))
+        .key(Global)
+        .timeout(Duration::from_millis(200))
+        // The breaker stays closed: every request below asks the store.
+        .circuit_breaker(CircuitBreaker {
+            failures: 1000,
+            cool_down: Duration::from_secs(30),
+        })
+        .denied_cache(0);
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(layer);
+    let send = |app: &Router| {
+        let app = app.clone();
+        async move {
+            let started = Instant::now();
+            let res = app
+                .oneshot(Request::get("/").body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            (res, started.elapsed())
+        }
+    };
+    let (res, _) = send(&app).await;
+    assert!(res.headers().contains_key("ratelimit"));
+    let before = cmdstat(&server, "evalsha");
+
+    server.pause();
+    let paused = Instant::now();
+    // The first check's batch goes on the wire and stalls; the next ones queue behind it.
+    let first = tokio::spawn(send(&app));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let queued = futures::future::join_all((0..7).map(|_| send(&app))).await;
+    for (i, (res, took)) in std::iter::once(first.await.unwrap())
+        .chain(queued)
+        .enumerate()
+    {
+        // Fail open (the default): allowed, without rate limit fields, after the timeout.
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(!res.headers().contains_key("ratelimit"), "request {i}");
+        assert!(
+            took < Duration::from_millis(200 + 700),
+            "request {i} took {took:?}"
+        );
+    }
+    // Resume well after every request gave up.
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(paused.elapsed())).await;
+    server.resume();
+
+    // The stalled call runs when Redis resumes; the calls queued behind it belong to requests
+    // that gave up, so they never leave.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cmdstat(&server, "evalsha") == before {
+        assert!(Instant::now() < deadline, "the stalled call never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Time for its answer to reach the client and for a next batch to leave, if one did.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        cmdstat(&server, "evalsha") - before,
+        1,
+        "only the stalled call ran, none for the requests that gave up"
+    );
+    // The next request is checked again.
+    let (res, _) = send(&app).await;
+    assert!(res.headers().contains_key("ratelimit"));
+    assert_eq!(cmdstat(&server, "evalsha") - before, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_follows_each_failure_policy_and_recovers() {
     let mut server = RedisServer::start();
     let redis = connect(&server.url(), "outage").await;

@@ -12,7 +12,7 @@ use fred::{
     interfaces::ClientLike,
     types::{ClusterHash, CustomCommand, Value, config::Options},
 };
-use redtower_client::{Coalescer, Key, Namespace, Redis, Script, per_slot};
+use redtower_client::{Coalescer, Key, Namespace, Redis, Script, Uncoalesced, per_slot};
 use smallvec::SmallVec;
 
 use crate::{Algorithm, Decision, Error, ManualClock, Policy, Result, Subject, model::Outcome};
@@ -27,7 +27,8 @@ static CHECK_SHA: LazyLock<Str> = LazyLock::new(|| Str::from(CHECK.sha1()));
 /// Each request is checked by one `EVALSHA` of one script that evaluates every policy of the
 /// subject with Redis `TIME`, all-or-nothing, and sets a TTL on every key it writes. Keys are
 /// `<prefix>:rl:{<subject>}:<policy>`, so all of a subject's counters share one Cluster slot.
-/// Works on standalone Redis, Sentinel and Cluster (Redis 6.2+ or Valkey).
+/// Works on standalone Redis, Sentinel and Cluster (Redis 6.2+ or Valkey, with the `struct`
+/// library that both bundle for Lua scripts).
 ///
 /// Checks that concurrent requests make while a check is in flight are coalesced (see
 /// [`coalesce`](Self::coalesce)): they leave together as one script call (one per slot on a
@@ -246,8 +247,8 @@ impl RedisStore {
 
     /// Checks several requests in one round trip (one script call per slot), in order, as if
     /// sent one after another at one instant. Results come back in the order of `requests`.
-    /// The layer uses [`check`](crate::RateLimitStore::check), which coalesces concurrent
-    /// requests by itself; this is for callers that hold a batch already.
+    /// The layer's checks are coalesced by the store itself (concurrent requests share a
+    /// call); this is for callers that hold a batch already.
     ///
     /// Each result is an error when Redis could not answer that request.
     ///
@@ -494,6 +495,10 @@ fn short_reply() -> FredError {
 
 /// The script's packed reply (see `check.lua`) as flat values: per call, admitted, then per
 /// policy allowed, remaining, reset µs and retry µs. An error when it does not match the batch.
+///
+/// The reply does not repeat each request's number of policies (the client sent it): a reply
+/// that differs from the batch shows up as a length mismatch or a flag byte that is not 0 or
+/// 1, and `decide` checks each request's verdict against its policies' outcomes.
 fn unpack(reply: &Value, calls: &[Call]) -> Result<Vec<i64>, FredError> {
     let bytes: &[u8] = match reply {
         Value::Bytes(b) => b,
@@ -567,25 +572,32 @@ fn decide(policies: &[Policy], reply: Result<Part>) -> Result<Decision> {
 impl RedisStore {
     /// The check queued on the coalescer at once, and the wait for its decision: what
     /// [`check`](crate::RateLimitStore::check) does, without a boxed future (the layer awaits
-    /// it in its own). `None` when checks are not coalesced or could not be queued.
+    /// it in its own). `None` when checks are not coalesced.
     pub(crate) fn queued<'a>(
-        &self,
+        &'a self,
         subject: &Subject,
         policies: &'a [Policy],
         cost: u32,
     ) -> Option<impl Future<Output = Result<Decision>> + Send + 'a> {
         let batches = self.batches.as_ref()?;
-        let queued = batches.queue(self.call(subject, policies, cost)).ok()?;
+        let queued = batches.queue(self.call(subject, policies, cost));
         Some(async move {
-            let reply = queued.await.unwrap_or_else(|| {
-                Err(FredError::new(
-                    FredErrorKind::Canceled,
-                    "the check's batch was dropped",
-                ))
-            });
+            let reply = match queued {
+                Ok(queued) => queued.await.unwrap_or_else(|| Err(dropped())),
+                // Not queued (no runtime for the queue's task): sent on its own. Boxed, so
+                // that the (large) future of an uncoalesced call is not part of every check's.
+                Err(Uncoalesced::NotSent(call)) => {
+                    one(Box::pin(self.sender().send(vec![call])).await)
+                }
+                Err(Uncoalesced::Dropped) => Err(dropped()),
+            };
             decide(policies, reply.map_err(|e| Error::Redis(e.into())))
         })
     }
+}
+
+fn dropped() -> FredError {
+    FredError::new(FredErrorKind::Canceled, "the check's batch was dropped")
 }
 
 #[async_trait::async_trait]
@@ -594,9 +606,7 @@ impl crate::RateLimitStore for RedisStore {
         if let Some(queued) = self.queued(subject, policies, cost) {
             return queued.await;
         }
-        // Not coalesced, or not queued (no runtime for the queue's task): sent on its own.
-        // Boxed, so that the (large) future of an uncoalesced call is not part of every
-        // check's future.
+        // Not coalesced: every check is its own script call. Boxed, as above.
         let call = self.call(subject, policies, cost);
         let reply = one(Box::pin(self.sender().send(vec![call])).await);
         decide(policies, reply.map_err(|e| Error::Redis(e.into())))
@@ -678,6 +688,13 @@ mod tests {
         Value::Bytes(out.into())
     }
 
+    fn packed_bytes(v: &Value) -> bytes::Bytes {
+        match v {
+            Value::Bytes(b) => b.clone(),
+            _ => unreachable!(),
+        }
+    }
+
     #[test]
     fn unpacks_the_scripts_reply() {
         let calls = [call(&["a:x"], G), call(&["b:x", "b:y"], G)];
@@ -712,6 +729,9 @@ mod tests {
         let calls = [call(&["a:x"], G)];
         let one = |allowed: u8, n: f64| packed(&[(1, &[(allowed, n, 0.0, 0.0)])]);
         assert!(unpack(&one(1, 3.0), &calls).is_ok());
+        // fred hands a bulk string that is valid UTF-8 over as a string.
+        let text = Value::String(Str::from_inner(packed_bytes(&one(1, 0.0))).unwrap());
+        assert_eq!(unpack(&text, &calls).unwrap(), [1, 1, 0, 0, 0]);
         // One request short, one too many, a flag that is not 0 or 1, a number that is not
         // an exact integer, another type.
         assert!(unpack(&one(1, 3.0), &[call(&["a:x"], G), call(&["a:x"], G)]).is_err());
