@@ -278,7 +278,7 @@ impl RedisStore {
         requests
             .iter()
             .zip(replies)
-            .map(|((_, policies, _), r)| decide(policies, r.map_err(|e| Error::Redis(e.into()))))
+            .map(|((_, policies, _), r)| decide(policies, r))
             .collect()
     }
 
@@ -550,8 +550,8 @@ fn unpack(reply: &Value, calls: &[Call]) -> Result<Vec<i64>, FredError> {
 }
 
 /// A request's decision from its part of the reply.
-fn decide(policies: &[Policy], reply: Result<Part>) -> Result<Decision> {
-    let part = reply?;
+fn decide(policies: &[Policy], reply: Reply) -> Result<Decision> {
+    let part = reply.map_err(|e| Error::Redis(e.into()))?;
     let reply = part.values();
     if reply.len() != 1 + 4 * policies.len() || reply.iter().any(|&v| v < 0) {
         return Err(Error::Reply(format!("{reply:?}")));
@@ -584,15 +584,21 @@ impl RedisStore {
         Some(async move {
             let reply = match queued {
                 Ok(queued) => queued.await.unwrap_or_else(|| Err(dropped())),
-                // Not queued (no runtime for the queue's task): sent on its own. Boxed, so
-                // that the (large) future of an uncoalesced call is not part of every check's.
-                Err(Uncoalesced::NotSent(call)) => {
-                    one(Box::pin(self.sender().send(vec![call])).await)
-                }
+                // Not queued (no runtime for the queue's task): sent on its own.
+                Err(Uncoalesced::NotSent(call)) => self.send_one(call).await,
                 Err(Uncoalesced::Dropped) => Err(dropped()),
             };
-            decide(policies, reply.map_err(|e| Error::Redis(e.into())))
+            decide(policies, reply)
         })
+    }
+}
+
+impl RedisStore {
+    /// One call as its own script call. Boxed, so that the (large) future of an uncoalesced
+    /// call is not part of every check's future.
+    async fn send_one(&self, call: Call) -> Reply {
+        let mut replies = Box::pin(self.sender().send(vec![call])).await;
+        replies.pop().unwrap_or_else(|| Err(short_reply()))
     }
 }
 
@@ -606,15 +612,10 @@ impl crate::RateLimitStore for RedisStore {
         if let Some(queued) = self.queued(subject, policies, cost) {
             return queued.await;
         }
-        // Not coalesced: every check is its own script call. Boxed, as above.
-        let call = self.call(subject, policies, cost);
-        let reply = one(Box::pin(self.sender().send(vec![call])).await);
-        decide(policies, reply.map_err(|e| Error::Redis(e.into())))
+        // Not coalesced: every check is its own script call.
+        let reply = self.send_one(self.call(subject, policies, cost)).await;
+        decide(policies, reply)
     }
-}
-
-fn one(mut replies: Vec<Reply>) -> Reply {
-    replies.pop().unwrap_or_else(|| Err(short_reply()))
 }
 
 #[cfg(test)]
