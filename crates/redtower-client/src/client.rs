@@ -55,6 +55,10 @@ struct Inner {
     keyspace: Keyspace,
     scripts: Arc<ScriptRegistry>,
     fail_fast: Options,
+    /// `true` from the first successful connection on, whatever happens afterwards.
+    connected_once: tokio::sync::watch::Sender<bool>,
+    /// A wait for the first connection ran out: Redis is unreachable, not merely starting.
+    gave_up_waiting: AtomicBool,
 }
 
 impl Drop for Inner {
@@ -119,6 +123,7 @@ impl Redis {
         let client = builder.build()?;
         let scripts = Arc::new(ScriptRegistry::default());
         let up = Arc::new(AtomicBool::new(false));
+        let (connected_once, _) = tokio::sync::watch::channel(false);
 
         {
             let up = up.clone();
@@ -146,10 +151,12 @@ impl Redis {
             let up = up.clone();
             let scripts = scripts.clone();
             let reloader = client.clone();
+            let connected_once = connected_once.clone();
             client.on_reconnect(move |server| {
                 let up = up.clone();
                 let scripts = scripts.clone();
                 let client = reloader.clone();
+                connected_once.send_if_modified(|c| !std::mem::replace(c, true));
                 async move {
                     if !up.swap(true, Ordering::AcqRel) {
                         tracing::info!(target: "redtower::redis", server = %server, "redis connected");
@@ -182,6 +189,8 @@ impl Redis {
                 keyspace,
                 scripts,
                 fail_fast,
+                connected_once,
+                gave_up_waiting: AtomicBool::new(false),
             }),
         })
     }
@@ -211,6 +220,97 @@ impl Redis {
                 )));
             }
             tokio::time::sleep(Duration::from_millis(20).min(left)).await;
+        }
+    }
+
+    /// Whether the first connection to Redis has been made. It stays `true` afterwards, also
+    /// while a lost connection is being re-established: "never connected yet" (a fresh
+    /// process, not an outage) and "connected, then lost" (an outage) are different states.
+    ///
+    /// ```
+    /// use redtower_client::{Redis, RedisConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), redtower_client::Error> {
+    /// // Nothing listens on port 1: this handle never connects.
+    /// let redis = Redis::new(RedisConfig::from_url("redis://127.0.0.1:1")?)?;
+    /// assert!(!redis.has_connected());
+    /// # Ok(()) }
+    /// ```
+    pub fn has_connected(&self) -> bool {
+        if *self.inner.connected_once.borrow() {
+            return true;
+        }
+        if self.inner.client.state() == fred::types::ClientState::Connected {
+            self.inner.connected_once.send_replace(true);
+            return true;
+        }
+        false
+    }
+
+    /// Waits for the first connection, up to the configured
+    /// [command timeout](RedisConfig::command_timeout); returns at once once the first
+    /// connection has been made (also while a later connection is down: that is an outage, for
+    /// the caller's failure policy and fail-fast options).
+    ///
+    /// Request paths that send with [fail-fast options](Self::fail_fast_options) call this
+    /// first, so that the requests a fresh process receives while its first connection is
+    /// still being made wait for it instead of failing as if Redis were down.
+    ///
+    /// Once one such wait has run out without a connection, Redis has been unreachable for a
+    /// whole command timeout: later calls fail at once (an outage) until the first connection
+    /// is made.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) when the first connection
+    /// was not made within the command timeout.
+    pub async fn first_connection(&self) -> Result<()> {
+        if self.has_connected() {
+            return Ok(());
+        }
+        self.first_connection_within(self.inner.config.get_command_timeout())
+            .await
+    }
+
+    /// [`first_connection`](Self::first_connection) with a wait of at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) when the first connection
+    /// was not made within `timeout`, or an earlier wait already ran out.
+    pub async fn first_connection_within(&self, timeout: Duration) -> Result<()> {
+        if self.has_connected() {
+            return Ok(());
+        }
+        if self.inner.gave_up_waiting.load(Ordering::Acquire) {
+            return Err(Error::not_connected(self.inner.config.get_command_timeout()));
+        }
+        let mut rx = self.inner.connected_once.subscribe();
+        let client = self.inner.client.clone();
+        let wait = async {
+            loop {
+                if *rx.borrow_and_update()
+                    || client.state() == fred::types::ClientState::Connected
+                {
+                    return;
+                }
+                // The state is polled too: fred may report `Connected` a moment before its
+                // reconnect callback runs.
+                let _ = tokio::time::timeout(Duration::from_millis(5), rx.changed()).await;
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(()) => {
+                self.inner.connected_once.send_replace(true);
+                Ok(())
+            }
+            Err(_) => {
+                if !self.has_connected() {
+                    self.inner.gave_up_waiting.store(true, Ordering::Release);
+                }
+                Err(Error::not_connected(timeout))
+            }
         }
     }
 
@@ -258,6 +358,11 @@ impl Redis {
 
     /// Command options that fail at once while the connection is down instead of waiting for a
     /// reconnect: for request paths whose failure policy would rather answer now.
+    ///
+    /// fred applies fail-fast to any state other than connected, including the moments before
+    /// the first connection (it answers `Canceled: Connection closed unexpectedly`), so a
+    /// request path awaits [`first_connection`](Self::first_connection) before sending with
+    /// these options: fail-fast then means "the connection was up and is now down".
     pub fn fail_fast_options(&self) -> &Options {
         &self.inner.fail_fast
     }

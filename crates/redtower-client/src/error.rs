@@ -95,6 +95,19 @@ impl Error {
         Self::Config(msg.into())
     }
 
+    /// Redis was never reached: the first connection was not made within `waited`.
+    /// Classified [`Unavailable`](ErrorKind::Unavailable): a process that could not connect
+    /// at all is in an outage, and its failure policies apply.
+    pub(crate) fn not_connected(waited: std::time::Duration) -> Self {
+        Self::Redis {
+            kind: ErrorKind::Unavailable,
+            source: FredError::new(
+                FredKind::IO,
+                format!("no connection to redis was made within {waited:?} of start"),
+            ),
+        }
+    }
+
     /// An unexpected-reply error with a message (for code that decodes script results).
     pub fn reply(msg: impl Into<String>) -> Self {
         Self::Reply(msg.into())
