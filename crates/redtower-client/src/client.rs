@@ -284,14 +284,15 @@ impl Redis {
             return Ok(());
         }
         if self.inner.gave_up_waiting.load(Ordering::Acquire) {
-            return Err(Error::not_connected(self.inner.config.get_command_timeout()));
+            return Err(Error::not_connected(
+                self.inner.config.get_command_timeout(),
+            ));
         }
         let mut rx = self.inner.connected_once.subscribe();
         let client = self.inner.client.clone();
         let wait = async {
             loop {
-                if *rx.borrow_and_update()
-                    || client.state() == fred::types::ClientState::Connected
+                if *rx.borrow_and_update() || client.state() == fred::types::ClientState::Connected
                 {
                     return;
                 }
