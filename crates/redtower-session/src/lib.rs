@@ -169,7 +169,7 @@ mod user;
 pub use error::{Error, Result};
 pub use extract::{AuthSession, SessionRejection, status_for};
 pub use layer::{SessionGuard, SessionLayer};
-pub use store::{any::AnyStore, memory::MemoryStore, redis::RedisStore};
+pub use store::{any::AnyStore, memory::MemoryStore, redis::RedisStore, watch::SessionWatch};
 pub use user::{
     Binding, SessionError, SessionInfo, SessionMeta, USER_KEY, UserSessions, bind_user,
     current_user,

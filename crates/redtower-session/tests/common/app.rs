@@ -325,4 +325,11 @@ impl<S: UserSessions + Clone> UserSessions for Counting<S> {
         self.hit();
         self.inner.revoke_all(user).await
     }
+    async fn revoke_others(&self, user: &str, current: &Id) -> redtower_session::Result<u64> {
+        self.hit();
+        self.inner.revoke_others(user, current).await
+    }
+    fn watch(&self, id: &Id) -> redtower_session::Result<redtower_session::SessionWatch> {
+        self.inner.watch(id)
+    }
 }
