@@ -10,7 +10,7 @@ use common::{
     Backend, Opts,
     app::{Counting, app, id_of, login_as, send},
 };
-use fred::interfaces::KeysInterface as _;
+use fred::interfaces::{KeysInterface as _, SortedSetsInterface as _};
 use redtower_client::{Redis, RedisConfig};
 use redtower_session::{RedisStore, UserSessions, tower_sessions::cookie::Key};
 use redtower_testkit::{RedisServer, unique_prefix};
@@ -60,7 +60,34 @@ impl Backend for RedisBackend {
         if let Some(n) = o.max_data {
             s = s.max_data_size(n);
         }
+        if let Some(n) = o.max_per_user {
+            s = s.max_sessions_per_user(n);
+        }
         s
+    }
+
+    async fn index_len(&self, store: &RedisStore, user: &str) -> usize {
+        let n: i64 = store
+            .redis()
+            .client()
+            .zcard(store.index_key(user).as_str())
+            .await
+            .unwrap();
+        usize::try_from(n).unwrap()
+    }
+
+    async fn records(&self, store: &RedisStore) -> usize {
+        use futures::TryStreamExt as _;
+        let pattern = store.redis().keyspace().namespace("s").pattern();
+        let keys: Vec<String> = store.redis().scan(&pattern).try_collect().await.unwrap();
+        // Index (`:u:`) and epoch (`:g:`) keys are not records.
+        keys.iter()
+            .filter(|k| !k.contains("}:u:") && !k.contains("}:g:"))
+            .count()
+    }
+
+    fn watched(&self, store: &RedisStore) -> usize {
+        store.watched()
     }
 
     async fn index_exists(&self, store: &RedisStore, user: &str) -> bool {

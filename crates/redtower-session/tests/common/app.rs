@@ -147,6 +147,19 @@ async fn logout_everywhere<S: UserSessions + Clone>(
     }
 }
 
+async fn logout_others<S: UserSessions + Clone>(
+    State(st): State<AppState<S>>,
+    auth: AuthSession,
+) -> StatusCode {
+    let Some(current) = auth.session.id() else {
+        return StatusCode::UNAUTHORIZED;
+    };
+    match st.store.revoke_others(&auth.user, &current).await {
+        Ok(_) => StatusCode::NO_CONTENT,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
 async fn slow<S: UserSessions + Clone>(
     State(st): State<AppState<S>>,
     auth: AuthSession,
@@ -177,6 +190,7 @@ pub fn app<S: UserSessions + Clone>(store: S, key: Key) -> (Router, AppState<S>)
         .route("/me/sessions", get(sessions::<S>))
         .route("/me/sessions/{handle}", delete(revoke::<S>))
         .route("/logout-everywhere", post(logout_everywhere::<S>))
+        .route("/logout-others", post(logout_others::<S>))
         .route("/slow", post(slow::<S>))
         .route("/slow-login", post(slow_login::<S>))
         .layer(SessionLayer::new(store, key))
