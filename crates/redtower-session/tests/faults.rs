@@ -317,8 +317,9 @@ async fn revoke_others_with_its_reply_lost_keeps_the_current_session() {
 /// duplicate from a re-sent create).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_logins_and_revocations() {
-    const USERS: usize = 6;
-    const OPS_PER_USER: usize = 80;
+    const USERS: usize = 8;
+    // Ends with five logins after the last "log out everywhere": sessions that must be alive.
+    const OPS_PER_USER: usize = 205;
     let p = proxied(|s| s).await;
     p.proxy.lose_replies(1, 50);
     let proxy = p.proxy.clone();
