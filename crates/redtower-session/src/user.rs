@@ -196,7 +196,9 @@ pub trait UserSessions: SessionStore {
     async fn list(&self, user: &str, current: Option<Id>) -> Result<Vec<SessionInfo>>;
 
     /// Revokes the session `handle` of `user`. Returns whether it existed. A handle of
-    /// another user, or garbage, revokes nothing.
+    /// another user, or garbage, revokes nothing. (When the reply was lost and the command
+    /// re-sent, the re-send finds the session already gone and reports `false`: the session is
+    /// revoked either way.)
     ///
     /// # Errors
     ///
@@ -204,7 +206,8 @@ pub trait UserSessions: SessionStore {
     async fn revoke(&self, user: &str, handle: &str) -> Result<bool>;
 
     /// Revokes every session of `user` in one atomic step ("log out everywhere"). Returns how
-    /// many indexed sessions were deleted; unindexed ones die on their next use.
+    /// many indexed sessions were deleted; unindexed ones die on their next use. The work is
+    /// bounded by the per-user cap.
     ///
     /// # Errors
     ///
@@ -217,6 +220,27 @@ pub trait UserSessions: SessionStore {
     ///
     /// `current` is the caller's [`Session::id`]. When it is not a live session of `user`,
     /// every session of `user` is revoked.
+    ///
+    /// ```
+    /// use redtower_session::{MemoryStore, UserSessions, bind_user, SessionMeta};
+    /// use redtower_session::tower_sessions::{Session, SessionStore};
+    /// use std::sync::Arc;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let store = MemoryStore::new();
+    /// let login = || async {
+    ///     let session = Session::new(None, Arc::new(store.clone()), None);
+    ///     bind_user(&session, "alice", SessionMeta::new()).await.unwrap();
+    ///     session.save().await.unwrap();
+    ///     session.id().unwrap()
+    /// };
+    /// let (laptop, phone) = (login().await, login().await);
+    /// assert_eq!(store.revoke_others("alice", &laptop).await.unwrap(), 1);
+    /// assert!(store.load(&laptop).await.unwrap().is_some());
+    /// assert!(store.load(&phone).await.unwrap().is_none());
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -234,6 +258,27 @@ pub trait UserSessions: SessionStore {
     /// one batched round trip per interval; dropping the future removes the watch.
     ///
     /// [watch interval]: crate::RedisStore::watch_interval
+    ///
+    /// ```
+    /// use redtower_session::{MemoryStore, UserSessions, bind_user, SessionMeta};
+    /// use redtower_session::tower_sessions::Session;
+    /// use std::{sync::Arc, time::Duration};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let store = MemoryStore::new();
+    /// let session = Session::new(None, Arc::new(store.clone()), None);
+    /// bind_user(&session, "alice", SessionMeta::new()).await.unwrap();
+    /// session.save().await.unwrap();
+    /// let id = session.id().unwrap();
+    ///
+    /// // In an SSE handler: end the stream when the session ends, e.g. with
+    /// // `stream.take_until(store.watch(&id)?)`.
+    /// let ended = store.watch(&id).unwrap();
+    /// store.revoke_all("alice").await.unwrap();
+    /// tokio::time::timeout(Duration::from_secs(1), ended).await.expect("ended within 1 s");
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
