@@ -657,11 +657,11 @@ impl UserSessions for MemoryStore {
             Box::new(move |ids: Vec<Id>| {
                 let answer = store.upgrade().map(|inner| {
                     let store = MemoryStore { inner };
+                    let handles: Vec<String> =
+                        ids.iter().map(|id| store.inner.keys.handle(id)).collect();
                     let now = store.now();
                     let st = store.lock();
-                    ids.iter()
-                        .map(|id| st.is_live(&store.inner.keys.handle(id), now))
-                        .collect()
+                    handles.iter().map(|h| st.is_live(h, now)).collect()
                 });
                 Box::pin(std::future::ready(answer))
             })

@@ -56,20 +56,27 @@ impl Watches {
         check: impl FnOnce() -> Check,
     ) -> Result<SessionWatch> {
         let (tx, rx) = oneshot::channel();
-        let mut st = self.lock();
-        if st.entries.len() >= self.max {
-            return Err(Error::TooManyWatches { max: self.max });
-        }
-        if !st.running {
-            let Ok(rt) = tokio::runtime::Handle::try_current() else {
-                return Err(Error::NoRuntime);
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let (key, start) = {
+            let mut st = self.lock();
+            if st.entries.len() >= self.max {
+                return Err(Error::TooManyWatches { max: self.max });
+            }
+            let key = st.next;
+            st.next += 1;
+            st.entries.insert(key, (id, tx));
+            let start = !std::mem::replace(&mut st.running, true);
+            (key, start)
+        };
+        // Spawned without the lock held: a runtime that is shutting down drops the task (and
+        // its `Running`, which takes the lock) at once.
+        if start {
+            let running = Running {
+                watches: Arc::downgrade(self),
+                armed: true,
             };
-            rt.spawn(run(Arc::downgrade(self), check(), self.interval));
-            st.running = true;
+            rt.spawn(run(running, check(), self.interval));
         }
-        let key = st.next;
-        st.next += 1;
-        st.entries.insert(key, (id, tx));
         Ok(SessionWatch {
             rx,
             key,
@@ -86,7 +93,11 @@ impl Watches {
 
 /// The checking task: every `interval`, one check of every watched session; ends when no watch
 /// is left or the store is dropped.
-async fn run(watches: Weak<Watches>, check: Check, interval: Duration) {
+///
+/// `running` is dropped however the task ends (no watch left, store dropped, or its runtime
+/// shut down, even before the task first ran), so the next watch starts a new one.
+async fn run(mut running: Running, check: Check, interval: Duration) {
+    let watches = running.watches.clone();
     loop {
         tokio::time::sleep(interval).await;
         let watched: Vec<(u64, Id)> = {
@@ -94,7 +105,9 @@ async fn run(watches: Weak<Watches>, check: Check, interval: Duration) {
             let mut st = w.lock();
             st.entries.retain(|_, (_, tx)| !tx.is_closed());
             if st.entries.is_empty() {
+                // Under the lock, so a watch registered from now on starts a new task.
                 st.running = false;
+                running.armed = false;
                 return;
             }
             st.entries.iter().map(|(k, (id, _))| (*k, *id)).collect()
@@ -124,6 +137,23 @@ async fn run(watches: Weak<Watches>, check: Check, interval: Duration) {
                     let _ = tx.send(());
                 }
             }
+        }
+    }
+}
+
+/// Marks the checking task stopped when it ends (unless it did so itself).
+struct Running {
+    watches: Weak<Watches>,
+    armed: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(w) = self.watches.upgrade() {
+            w.lock().running = false;
         }
     }
 }
@@ -167,5 +197,46 @@ impl Drop for SessionWatch {
         if let Some(w) = self.watches.upgrade() {
             w.lock().entries.remove(&self.key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_is_a_send_static_future() {
+        fn check<T: Future<Output = ()> + Send + Sync + Unpin + 'static>() {}
+        check::<SessionWatch>();
+    }
+
+    /// A checking task dropped with its runtime does not leave the store thinking one runs.
+    #[test]
+    fn a_new_runtime_restarts_the_checks() {
+        let watches = Watches::new(10, Duration::from_millis(10));
+        let dead_check = || -> Check {
+            Box::new(|ids: Vec<Id>| Box::pin(async move { Some(vec![false; ids.len()]) }))
+        };
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let entered = first.enter();
+        let pending = watches.watch(Id(1), dead_check).unwrap();
+        drop(entered);
+        drop(first);
+        let second = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        second.block_on(async {
+            let w = watches.watch(Id(2), dead_check).unwrap();
+            tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .unwrap();
+            tokio::time::timeout(Duration::from_secs(5), pending)
+                .await
+                .unwrap();
+        });
     }
 }
