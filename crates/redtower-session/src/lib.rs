@@ -169,7 +169,7 @@
 //! | session lifetime | 7 days | [`absolute_timeout`](RedisStore::absolute_timeout) | no activity keeps a session (or its keys) alive forever; every key has a TTL |
 //! | idle lifetime | none | [`idle_timeout`](RedisStore::idle_timeout) | set it (e.g. 30 min) to end sessions nobody uses |
 //! | watched sessions per store | 10,000 | [`max_watches`](RedisStore::max_watches) | each open stream costs one entry and a few bytes per check; beyond it `watch` fails with [`Error::TooManyWatches`] (answer 503) |
-//! | watch check interval | 250 ms | [`watch_interval`](RedisStore::watch_interval) | one batched round trip per interval for all watches (script calls of at most 500 keys, per slot); a watch resolves within about this plus a round trip |
+//! | watch check interval | 250 ms | [`watch_interval`](RedisStore::watch_interval) | one batched check per interval for all watches (standalone: one round trip of script calls of at most 500 keys; Cluster: pipelined `HMGET`s, then `GET`s of the epochs, two round trips); a watch resolves within about this plus the check |
 //! | loads per coalesced script call | 64 | — | one script call never runs long while Redis serves nobody else |
 //! | create attempts on id collisions | 8 | — | a broken random source fails with [`Error::Collision`] instead of looping |
 //!

@@ -1,5 +1,5 @@
 -- Changes state: no (read only); a re-send is harmless.
--- KEYS: session records (on a Cluster, all of one slot). Reply: per key, 1 when the session is
+-- KEYS: session records (standalone only; a Cluster reads them with plain commands). Reply: per key, 1 when the session is
 -- live (the record exists, so it has not expired, and a bound session's epoch stamp still
 -- matches its user's epoch), else 0. Used by revocation watches.
 local out = {}

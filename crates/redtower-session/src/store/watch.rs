@@ -162,9 +162,9 @@ impl Drop for Running {
 /// everywhere" (or "log out other sessions"), evicted by the per-user cap, or expired, on any
 /// instance. Returned by [`UserSessions::watch`](crate::UserSessions::watch).
 ///
-/// It is cheap: the store checks all its watched sessions together, in one batched round trip
-/// per [watch interval](crate::RedisStore::watch_interval), and a watch is removed when this
-/// future is dropped. It also resolves when the store is dropped. While Redis is unreachable
+/// It is cheap: the store checks all its watched sessions together, in one batched check per
+/// [watch interval](crate::RedisStore::watch_interval) (one round trip on a standalone server,
+/// two on a Cluster), and a watch is removed when this future is dropped. It also resolves when the store is dropped. While Redis is unreachable
 /// it keeps waiting (an outage ends no session).
 #[derive(Debug)]
 #[must_use = "a watch does nothing unless awaited"]
