@@ -130,3 +130,80 @@ async fn publishing_is_limited_and_server_channels_are_closed_on_redis() {
     publishing_is_limited_and_server_channels_are_closed(Some(&redtower_testkit::shared_url()))
         .await;
 }
+
+async fn me(client: &Client, app: &TestApp) -> (StatusCode, serde_json::Value) {
+    let res = client.get(app.url("/me")).send().await.unwrap();
+    let status = res.status();
+    (status, res.json().await.unwrap_or_default())
+}
+
+async fn logout_others_keeps_only_this_session(redis: Option<&str>) {
+    let prefix = unique_prefix("logout-others");
+    let a = TestApp::spawn(redis, &prefix, &[]).await;
+    // Over Redis a second instance shares the sessions; in memory there is one instance.
+    let second = match redis {
+        Some(_) => Some(TestApp::spawn(redis, &prefix, &[]).await),
+        None => None,
+    };
+    let b = second.as_ref().unwrap_or(&a);
+    let (laptop, phone, tablet) = (browser(), browser(), browser());
+    assert_eq!(login(&laptop, &a, "alice").await, StatusCode::OK);
+    assert_eq!(login(&phone, b, "alice").await, StatusCode::OK);
+    assert_eq!(login(&tablet, &a, "alice").await, StatusCode::OK);
+    let res = laptop.post(a.url("/logout-others")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(me(&laptop, b).await.0, StatusCode::OK, "this session stays");
+    assert_eq!(me(&phone, b).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(me(&tablet, &a).await.0, StatusCode::UNAUTHORIZED);
+    // Without a login there is nothing to keep.
+    let res = browser()
+        .post(a.url("/logout-others"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    a.stop().await;
+    if let Some(b) = second {
+        b.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_others_keeps_only_this_session_in_memory() {
+    logout_others_keeps_only_this_session(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_others_keeps_only_this_session_on_redis() {
+    logout_others_keeps_only_this_session(Some(&redtower_testkit::shared_url())).await;
+}
+
+async fn logging_in_as_another_user_starts_from_empty_data(redis: Option<&str>) {
+    let app = TestApp::spawn(redis, &unique_prefix("rebind"), &[]).await;
+    let c = browser();
+    assert_eq!(login(&c, &app, "alice").await, StatusCode::OK);
+    assert_eq!(me(&c, &app).await.1["visits"], 1);
+    assert_eq!(me(&c, &app).await.1["visits"], 2);
+    // The same user again keeps the data.
+    assert_eq!(login(&c, &app, "alice").await, StatusCode::OK);
+    assert_eq!(me(&c, &app).await.1["visits"], 3);
+    // Another user on the same browser does not see alice's data.
+    assert_eq!(login(&c, &app, "bob").await, StatusCode::OK);
+    let (status, body) = me(&c, &app).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (body["user"].as_str(), body["visits"].as_u64()),
+        (Some("bob"), Some(1))
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_in_as_another_user_starts_from_empty_data_in_memory() {
+    logging_in_as_another_user_starts_from_empty_data(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_in_as_another_user_starts_from_empty_data_on_redis() {
+    logging_in_as_another_user_starts_from_empty_data(Some(&redtower_testkit::shared_url())).await;
+}

@@ -9,7 +9,8 @@
 //!
 //! * `GET /products/featured`: a slow "database" call behind [`ResponseCacheLayer`];
 //! * `GET /api/hello` and `POST /orders`: [`RateLimitLayer`] per client IP;
-//! * `/login`, `/me`, `/me/sessions`, `/logout-everywhere`: sessions with revocation;
+//! * `/login`, `/me`, `/me/sessions`, `/logout-others`, `/logout-everywhere`: sessions with
+//!   revocation;
 //! * `GET|POST /events/{channel}`: pub/sub to the browser over SSE;
 //! * `POST /orders`: a `ship-order` job with delay, attempts and backoff, run by a worker;
 //! * `GET /plain`, `GET /whoami`, `GET /api/stacked`: no layer, a session read alone, and the
@@ -440,6 +441,7 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
         .route("/me/sessions", get(my_sessions))
         .route("/me/sessions/{handle}", delete(revoke_session))
         .route("/logout-everywhere", post(logout_everywhere))
+        .route("/logout-others", post(logout_others))
         .route(
             "/events/{channel}",
             sse.method_router()
@@ -647,6 +649,24 @@ async fn logout_everywhere(
         .await
         .map_err(|error| {
             tracing::warn!(%error, "revoking all sessions failed");
+            ApiError::unavailable()
+        })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /logout-others`: ends every other session of the user, on every instance, and keeps
+/// this one (after a password change).
+async fn logout_others(
+    State(services): State<Services>,
+    auth: AuthSession,
+) -> Result<StatusCode, ApiError> {
+    let id = auth.session.id().ok_or_else(ApiError::unauthorized)?;
+    services
+        .sessions
+        .revoke_others(&auth.user, &id)
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "revoking the other sessions failed");
             ApiError::unavailable()
         })?;
     Ok(StatusCode::NO_CONTENT)
