@@ -820,6 +820,28 @@ impl RedisSentinel {
         self.primary.kill();
     }
 
+    /// Asks the sentinel for a failover now (`SENTINEL FAILOVER`), as an operator does for
+    /// maintenance: the primary keeps running, the sentinel promotes the replica and later
+    /// (about 10 s on) turns the old primary into a replica of the new one, closing its
+    /// clients' connections. Follow with [`wait_promoted`](Self::wait_promoted).
+    ///
+    /// # Panics
+    ///
+    /// For a group without a replica, or when the sentinel refuses.
+    pub fn failover(&self) {
+        assert!(
+            self.replica.is_some(),
+            "failover needs a group started with_replica"
+        );
+        let reply = resp::command(
+            self.port,
+            &["SENTINEL", "FAILOVER", Self::SERVICE],
+            CMD_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("SENTINEL FAILOVER on port {}: {e}", self.port));
+        assert_eq!(reply, Reply::Status("OK".into()), "SENTINEL FAILOVER");
+    }
+
     /// Waits until the replica has been promoted and the sentinel names it as the primary;
     /// returns when each was first seen (polled every few milliseconds, so a moment late at
     /// most by the polling interval). Call it right after the primary went down.
