@@ -579,16 +579,23 @@ impl RedisCluster {
 /// test can take the primary down ([`kill_primary`](Self::kill_primary)) and wait for the
 /// replica to take over ([`wait_promoted`](Self::wait_promoted)).
 ///
-/// ```no_run
+/// ```
 /// use std::time::Duration;
 /// use redtower_testkit::RedisSentinel;
 ///
 /// let mut group = RedisSentinel::with_replica();
-/// let old = group.master_port();
+/// assert_eq!(group.master_port(), group.primary().port());
+/// group.primary().cmd(&["SET", "k", "written before the crash"]);
+///
 /// group.kill_primary();
-/// let promotion = group.wait_promoted(Duration::from_secs(40));
-/// assert_ne!(group.master_port(), old);
+/// let promotion = group.wait_promoted(Duration::from_secs(60));
+/// let replica = group.replica().unwrap();
+/// assert_eq!(promotion.port, replica.port());
+/// assert_eq!(group.master_port(), replica.port());
 /// assert!(promotion.switched_at >= promotion.promoted_at);
+/// // Nothing the primary acknowledged was lost.
+/// let value = replica.cmd(&["GET", "k"]).as_text();
+/// assert_eq!(value.as_deref(), Some("written before the crash"));
 /// ```
 #[derive(Debug)]
 pub struct RedisSentinel {
@@ -828,6 +835,19 @@ impl RedisSentinel {
     /// maintenance: the primary keeps running, the sentinel promotes the replica and later
     /// (about 10 s on) turns the old primary into a replica of the new one, closing its
     /// clients' connections. Follow with [`wait_promoted`](Self::wait_promoted).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redtower_testkit::{RedisSentinel, Reply};
+    ///
+    /// let group = RedisSentinel::with_replica();
+    /// group.failover();
+    /// let promotion = group.wait_promoted(Duration::from_secs(60));
+    /// assert_eq!(group.master_port(), group.replica().unwrap().port());
+    /// // The old primary still runs, and still takes writes for a while.
+    /// assert_eq!(group.primary().cmd(&["SET", "k", "v"]), Reply::Status("OK".into()));
+    /// # let _ = promotion;
+    /// ```
     ///
     /// # Panics
     ///
