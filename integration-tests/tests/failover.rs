@@ -357,7 +357,10 @@ async fn sentinel_failover_under_load_keeps_every_count() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let channel = "failover-news";
-    let (events, sse_task) = sse_reader(app.url(&format!("/events/{channel}")), stop.clone());
+    // The reader goes on after the load, until every accepted event had time to arrive.
+    let stop_reading = Arc::new(AtomicBool::new(false));
+    let (events, sse_task) =
+        sse_reader(app.url(&format!("/events/{channel}")), stop_reading.clone());
 
     // The reader is subscribed once it receives an event published now.
     let subscribed = async {
@@ -713,10 +716,9 @@ async fn sentinel_failover_under_load_keeps_every_count() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let connections = {
-        // The reader stops at the next 100 ms tick.
-        sse_task.await.unwrap()
-    };
+    stop_reading.store(true, Ordering::Relaxed);
+    // The reader stops at its next 100 ms tick.
+    let connections = sse_task.await.unwrap();
     let events = events.lock().unwrap().clone();
     let mut by_n: HashMap<u64, u32> = HashMap::new();
     let mut event_ids = BTreeSet::new();
