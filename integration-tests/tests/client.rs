@@ -421,3 +421,20 @@ async fn fred_resends_a_command_whose_reply_was_lost() {
     let stored = server.cmd(&["GET", key.as_str()]).as_text();
     assert_eq!(stored.as_deref(), Some("3"), "the command ran once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_count_reconnects() {
+    let server = RedisServer::start();
+    let proxy = redtower_testkit::FaultProxy::start(server.port()).unwrap();
+    let redis = connect(&proxy.url(), "connections");
+    redis.wait_ready(Duration::from_secs(10)).await.unwrap();
+    let first = redis.connections();
+    assert!(first >= 1);
+    proxy.reset_all();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.connections() == first {
+        assert!(Instant::now() < deadline, "no reconnect counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.wait_ready(Duration::from_secs(10)).await.unwrap();
+}

@@ -5,7 +5,7 @@ use std::{
     fmt,
     sync::{
         Arc, RwLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -59,6 +59,8 @@ struct Inner {
     connected_once: AtomicBool,
     /// A wait for the first connection ran out: Redis is unreachable, not merely starting.
     gave_up_waiting: AtomicBool,
+    /// Connections made so far (one per server on a Cluster), reconnections included.
+    connections: Arc<AtomicU64>,
 }
 
 impl Drop for Inner {
@@ -146,14 +148,17 @@ impl Redis {
                 }
             });
         }
+        let connections = Arc::new(AtomicU64::new(0));
         {
             let up = up.clone();
             let scripts = scripts.clone();
             let reloader = client.clone();
+            let connections = connections.clone();
             client.on_reconnect(move |server| {
                 let up = up.clone();
                 let scripts = scripts.clone();
                 let client = reloader.clone();
+                connections.fetch_add(1, Ordering::AcqRel);
                 async move {
                     if !up.swap(true, Ordering::AcqRel) {
                         tracing::info!(target: "redtower::redis", server = %server, "redis connected");
@@ -188,6 +193,7 @@ impl Redis {
                 fail_fast,
                 connected_once: AtomicBool::new(false),
                 gave_up_waiting: AtomicBool::new(false),
+                connections,
             }),
         })
     }
@@ -243,6 +249,14 @@ impl Redis {
             return true;
         }
         false
+    }
+
+    /// How many connections this handle has made so far (one per server on a Cluster),
+    /// reconnections included. A circuit breaker that opened during an outage can let a probe
+    /// through as soon as this number moves, rather than waiting out its whole cool-down: the
+    /// connection is back.
+    pub fn connections(&self) -> u64 {
+        self.inner.connections.load(Ordering::Acquire)
     }
 
     /// Waits for the first connection, up to the configured
