@@ -12,7 +12,7 @@ use std::{
 
 use fred::{
     clients::{Client, SubscriberClient},
-    interfaces::{ClientLike, EventInterface, KeysInterface},
+    interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface},
     types::{
         Builder, Key as FredKey,
         config::Options,
@@ -61,14 +61,22 @@ struct Inner {
     gave_up_waiting: AtomicBool,
     /// Connections made so far (one per server on a Cluster), reconnections included.
     connections: Arc<AtomicU64>,
+    /// With Sentinel: one subscriber per sentinel, listening for `+switch-master`.
+    sentinels: Vec<SubscriberClient>,
+    /// With Sentinel: told when the primary changed, so dedicated connections move too.
+    switched: tokio::sync::broadcast::Sender<()>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         let client = self.client.clone();
+        let sentinels = std::mem::take(&mut self.sentinels);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 let _ = client.quit().await;
+                for sentinel in sentinels {
+                    let _ = sentinel.quit().await;
+                }
             });
         }
     }
@@ -183,7 +191,16 @@ impl Redis {
             fail_fast: true,
             ..Options::default()
         };
-        Ok(Self {
+        let sentinel = config.sentinel_builders()?;
+        let sentinels = match &sentinel {
+            None => Vec::new(),
+            Some((_, builders)) => builders
+                .iter()
+                .map(Builder::build_subscriber_client)
+                .collect::<std::result::Result<_, _>>()?,
+        };
+        let (switched, _) = tokio::sync::broadcast::channel(4);
+        let redis = Self {
             inner: Arc::new(Inner {
                 client,
                 builder,
@@ -194,8 +211,80 @@ impl Redis {
                 connected_once: AtomicBool::new(false),
                 gave_up_waiting: AtomicBool::new(false),
                 connections,
+                sentinels,
+                switched,
             }),
-        })
+        };
+        if let Some((service, _)) = sentinel {
+            redis.follow_sentinels(service);
+        }
+        Ok(redis)
+    }
+
+    /// fred asks the sentinels for the primary only when it reconnects, and a planned
+    /// failover (`SENTINEL FAILOVER`) leaves the old primary up and reachable for seconds,
+    /// until it is turned into a replica: a client that stays connected to it writes where
+    /// nobody reads, and those writes are lost. So each sentinel's `+switch-master`
+    /// announcement for our service reconnects every connection of this handle at once,
+    /// to the primary the sentinels now name.
+    fn follow_sentinels(&self, service: String) {
+        let weak = Arc::downgrade(&self.inner);
+        for sentinel in &self.inner.sentinels {
+            let _task = sentinel.connect();
+            let _resubscriber = sentinel.manage_subscriptions();
+            let weak = weak.clone();
+            let service = service.clone();
+            sentinel.on_message(move |message| {
+                let weak = weak.clone();
+                let service = service.clone();
+                async move {
+                    let text = message.value.as_string().unwrap_or_default();
+                    let Some(inner) = weak.upgrade() else {
+                        return Ok(());
+                    };
+                    if &*message.channel == "+switch-master"
+                        && text.split_whitespace().next() == Some(service.as_str())
+                    {
+                        tracing::warn!(
+                            target: "redtower::redis",
+                            switch = %text,
+                            "sentinel switched the primary: reconnecting"
+                        );
+                        let _ = inner.switched.send(());
+                        if let Err(error) = inner.client.force_reconnection().await {
+                            tracing::warn!(target: "redtower::redis", %error, "reconnecting after a switch failed");
+                        }
+                    }
+                    Ok(())
+                }
+            });
+            let subscriber = sentinel.clone();
+            tokio::spawn(async move {
+                if let Err(error) = subscriber.subscribe("+switch-master").await {
+                    tracing::warn!(target: "redtower::redis", %error, "could not subscribe to a sentinel");
+                }
+            });
+        }
+    }
+
+    /// Reconnects `client` (a dedicated connection of this handle) whenever the sentinels
+    /// switch the primary; ends with the handle.
+    fn follow_switches<C: ClientLike + Clone + Send + Sync + 'static>(&self, client: &C) {
+        if self.inner.sentinels.is_empty() {
+            return;
+        }
+        let mut switched = self.inner.switched.subscribe();
+        let client = client.clone();
+        tokio::spawn(async move {
+            loop {
+                match switched.recv().await {
+                    Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let _ = client.force_reconnection().await;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
     }
 
     /// Waits until the connection is up, or `timeout` passes.
@@ -387,6 +476,7 @@ impl Redis {
     pub fn dedicated(&self) -> Result<Client> {
         let client = self.inner.builder.build()?;
         let _task = client.connect();
+        self.follow_switches(&client);
         Ok(client)
     }
 
@@ -399,6 +489,7 @@ impl Redis {
         let client = self.inner.builder.build_subscriber_client()?;
         let _task = client.connect();
         let _resubscriber = client.manage_subscriptions();
+        self.follow_switches(&client);
         Ok(client)
     }
 
