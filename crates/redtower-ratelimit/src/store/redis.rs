@@ -2,7 +2,10 @@
 
 use std::{
     future::Future,
-    sync::{Arc, LazyLock},
+    sync::{
+        Arc, LazyLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -59,6 +62,11 @@ pub struct RedisStore {
     options: Options,
     coalesce: bool,
     batches: Option<Arc<Coalescer<Call, Reply>>>,
+    /// Set once the first connection has been made and the script loaded (a plain load on
+    /// the request path).
+    ready: Arc<AtomicBool>,
+    /// The one script load after the first connection, shared by the requests waiting for it.
+    loaded: Arc<tokio::sync::OnceCell<()>>,
 }
 
 /// One request's share of a script call: its keys' slot, and its keys and policy specs (kept
@@ -106,8 +114,13 @@ impl RedisStore {
     pub const NAMESPACE: &'static str = "rl";
 
     /// A store on `redis`. Commands are sent once (no retry: a retried script could count a
-    /// request twice), fail at once while disconnected, and time out after 1 s (the layer's
-    /// own, shorter, [timeout](crate::RateLimitLayer::timeout) usually answers first).
+    /// request twice), fail at once while a connection that was up is down, and time out after
+    /// 1 s (the layer's own, shorter, [timeout](crate::RateLimitLayer::timeout) usually answers
+    /// first).
+    ///
+    /// A check made before the first connection to Redis waits for it (up to the client's
+    /// [command timeout](redtower_client::RedisConfig::command_timeout)): a freshly started
+    /// process is not in an outage. The layer does this wait before its own timeout starts.
     pub fn new(redis: Redis) -> Self {
         let ns = redis.keyspace().namespace(Self::NAMESPACE);
         let mut store = Self {
@@ -122,6 +135,8 @@ impl RedisStore {
             },
             coalesce: true,
             batches: None,
+            ready: Arc::new(AtomicBool::new(false)),
+            loaded: Arc::default(),
         };
         store.configure();
         store
@@ -174,6 +189,33 @@ impl RedisStore {
     /// The Redis handle.
     pub fn redis(&self) -> &Redis {
         &self.redis
+    }
+
+    /// Whether the first connection has been made and the script loaded: checks go out at
+    /// once.
+    pub(crate) fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Waits for the first connection (at once when made): commands are sent with fail-fast
+    /// options, which fred applies to a client that has not connected yet as well. Then loads
+    /// the script once, so that the first checks are one round trip each, not three
+    /// (`NOSCRIPT`, `SCRIPT LOAD`, again).
+    pub(crate) async fn wait_ready(&self) -> Result<()> {
+        if self.ready() {
+            return Ok(());
+        }
+        self.redis.first_connection().await?;
+        self.loaded
+            .get_or_init(|| async {
+                if let Err(error) = CHECK.load(&self.redis).await {
+                    // Loaded on first use instead (`NOSCRIPT`).
+                    tracing::debug!(target: "redtower::ratelimit", %error, "loading the check script failed");
+                }
+            })
+            .await;
+        self.ready.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// The key holding `policy`'s counter for `subject`.
@@ -270,6 +312,13 @@ impl RedisStore {
         &self,
         requests: &[(&Subject, &[Policy], u32)],
     ) -> Vec<Result<Decision>> {
+        if let Err(e) = self.wait_ready().await {
+            let e = fred_error(&e);
+            return requests
+                .iter()
+                .map(|_| Err(Error::Redis(e.clone().into())))
+                .collect();
+        }
         let calls = requests
             .iter()
             .map(|(s, p, c)| self.call(s, p, *c))
@@ -580,8 +629,22 @@ impl RedisStore {
         cost: u32,
     ) -> Option<impl Future<Output = Result<Decision>> + Send + 'a> {
         let batches = self.batches.as_ref()?;
-        let queued = batches.queue(self.call(subject, policies, cost));
+        let call = self.call(subject, policies, cost);
+        // Queued at once when connected; before the first connection, after waiting for it
+        // (a batch sent now would fail fast).
+        let now = if self.ready() {
+            Ok(batches.queue(call))
+        } else {
+            Err(call)
+        };
         Some(async move {
+            let queued = match now {
+                Ok(queued) => queued,
+                Err(call) => {
+                    self.wait_ready().await?;
+                    batches.queue(call)
+                }
+            };
             let reply = match queued {
                 Ok(queued) => queued.await.unwrap_or_else(|| Err(dropped())),
                 // Not queued (no runtime for the queue's task): sent on its own.
@@ -602,6 +665,15 @@ impl RedisStore {
     }
 }
 
+/// The driver error behind `e` (to hand one error to several requests).
+fn fred_error(e: &Error) -> FredError {
+    match e {
+        Error::Redis(e) => e.as_fred().cloned(),
+        _ => None,
+    }
+    .unwrap_or_else(|| FredError::new(FredErrorKind::Unknown, e.to_string()))
+}
+
 fn dropped() -> FredError {
     FredError::new(FredErrorKind::Canceled, "the check's batch was dropped")
 }
@@ -613,8 +685,17 @@ impl crate::RateLimitStore for RedisStore {
             return queued.await;
         }
         // Not coalesced: every check is its own script call.
+        self.wait_ready().await?;
         let reply = self.send_one(self.call(subject, policies, cost)).await;
         decide(policies, reply)
+    }
+
+    fn has_connected(&self) -> bool {
+        self.ready() || self.redis.has_connected()
+    }
+
+    async fn first_connection(&self) -> Result<()> {
+        self.wait_ready().await
     }
 }
 
