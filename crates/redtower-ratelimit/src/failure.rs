@@ -90,7 +90,9 @@ impl Breaker {
     }
 
     fn now(&self) -> u64 {
-        u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX) + 1
+        u64::try_from(self.base.elapsed().as_micros())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
     }
 
     /// Whether the store may be called now.
@@ -133,7 +135,10 @@ impl Breaker {
     }
 
     pub(crate) fn failure(&self) {
-        let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let n = self
+            .failures
+            .fetch_add(1, Ordering::AcqRel)
+            .saturating_add(1);
         let probing = self.probe_started.swap(0, Ordering::AcqRel) != 0;
         if n >= self.config.failures.max(1) || probing {
             self.open_until.store(
@@ -299,7 +304,10 @@ mod tests {
     }
 
     fn denied() -> Decision {
-        let p = [crate::Policy::new("p", crate::Quota::per_hour(crate::nonzero!(1)))];
+        let p = [crate::Policy::new(
+            "p",
+            crate::Quota::per_hour(crate::nonzero!(1)),
+        )];
         Decision::new(
             &p,
             [Outcome {
@@ -330,7 +338,10 @@ mod tests {
         assert!(cache.len() <= 1_000);
         assert!(cache.get(|| hot, 1).is_some());
         // A huge wait is not cached, and does not panic.
-        let p = [crate::Policy::new("p", crate::Quota::per_hour(crate::nonzero!(1)))];
+        let p = [crate::Policy::new(
+            "p",
+            crate::Quota::per_hour(crate::nonzero!(1)),
+        )];
         let forever = Decision::new(
             &p,
             [Outcome {

@@ -326,7 +326,10 @@ async fn non_ascii_forwarded_for_keeps_the_clients_own_bucket() {
         key.client_addr(&two_lines.into_parts().0),
         Some("203.0.113.5".parse().unwrap())
     );
-    assert_eq!(send(&app, via_proxy(hostile)).await.status(), StatusCode::OK);
+    assert_eq!(
+        send(&app, via_proxy(hostile)).await.status(),
+        StatusCode::OK
+    );
     assert_eq!(
         send(&app, via_proxy(b"203.0.113.5")).await.status(),
         StatusCode::TOO_MANY_REQUESTS,

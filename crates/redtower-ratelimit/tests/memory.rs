@@ -74,3 +74,32 @@ async fn memory_store_holds_at_most_max_subjects() {
         "flooding did not reset the abuser's counter"
     );
 }
+
+/// Hostile values reaching the store directly (an unvalidated quota, a cost above capacity, a
+/// clock at the end of time) never panic.
+#[test]
+fn memory_store_saturates_instead_of_panicking() {
+    let century = Duration::from_secs(100 * 365 * 86_400);
+    let huge = Quota::with_period(nonzero!(u32::MAX), century)
+        .unwrap()
+        .burst(nonzero!(u32::MAX));
+    let slow = Quota::with_period(nonzero!(1), century)
+        .unwrap()
+        .burst(nonzero!(u32::MAX));
+    let policies = [
+        Policy::new("a", huge),
+        Policy::new("b", slow),
+        Policy::new("c", slow.fixed_window()),
+        Policy::new("d", huge.sliding_window()),
+    ];
+    for now in [0, 1, u64::MAX / 2, u64::MAX - 1, u64::MAX] {
+        let store = MemoryStore::new().clock(ManualClock::at_micros(now));
+        let s = Subject::new("x");
+        for cost in [1, u32::MAX] {
+            for _ in 0..3 {
+                let d = store.check_now(&s, &policies, cost);
+                let _ = (d.retry_after(), d.remaining());
+            }
+        }
+    }
+}

@@ -737,3 +737,45 @@ async fn changing_a_policys_algorithm_under_the_same_name_just_works() {
         assert_eq!(d.policies()[0].remaining(), 2, "{q:?}");
     }
 }
+
+/// A corrupt or hostile counter in Redis (a huge theoretical arrival time, a window state with
+/// absurd numbers) gives an error (the failure policy applies) or a decision: never a panic,
+/// and never a retry time that overflows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_state_in_redis_never_panics() {
+    let store = RedisStore::new(connect(&redtower_testkit::shared_url(), "hostile").await);
+    let server = redtower_testkit::shared();
+    let policies = [
+        Policy::new("g", Quota::per_hour(nonzero!(5))),
+        Policy::new("f", Quota::per_hour(nonzero!(5)).fixed_window()),
+        Policy::new("s", Quota::per_hour(nonzero!(5)).sliding_window()),
+    ];
+    for (i, value) in [
+        "99999999999999999999999999",
+        "18446744073709551615",
+        "-5",
+        "9007199254740993",
+        "1 18446744073709551615 18446744073709551615",
+        "99999999999999999999 1 1",
+        "nan",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let s = Subject::new(format!("hostile-{i}"));
+        for p in &policies {
+            server.cmd(&["SET", store.key(&s, p.name()).as_str(), value]);
+        }
+        for _ in 0..2 {
+            match store.check(&s, &policies, 1).await {
+                Ok(d) => {
+                    let _ = (d.retry_after(), d.remaining());
+                    for p in d.policies() {
+                        let _ = (p.reset(), p.retry_after());
+                    }
+                }
+                Err(e) => assert!(!e.is_outage(), "{value}: {e}"),
+            }
+        }
+    }
+}

@@ -236,7 +236,13 @@ impl Spec {
         let (algo, x, y, z) = match q.get_algorithm() {
             Algorithm::Gcra => {
                 let t = q.emission_interval_us();
-                ("g", t, u64::from(q.capacity()) * t, cost * t)
+                let t = t.max(1);
+                (
+                    "g",
+                    t,
+                    u64::from(q.capacity()).saturating_mul(t),
+                    cost.saturating_mul(t),
+                )
             }
             Algorithm::FixedWindow => ("f", u64::from(q.limit().get()), q.period_us(), cost),
             Algorithm::SlidingWindow => ("s", u64::from(q.limit().get()), q.period_us(), cost),
@@ -247,12 +253,15 @@ impl Spec {
             ("f", true) => "F",
             (_, true) => "S",
         };
-        // Bounded by `Policy::validate` (below 2^53), so the casts are exact.
+        // Bounded by `Policy::validate` (below 2^53), so the casts are exact; an unvalidated
+        // policy passed to the store directly is clamped (its answers are unspecified, but
+        // nothing panics or wraps negative).
+        let clamp = |v: u64| i64::try_from(v.min(1 << 53)).unwrap_or(i64::MAX);
         Self {
             algo,
-            x: x as i64,
-            y: y as i64,
-            z: z as i64,
+            x: clamp(x),
+            y: clamp(y),
+            z: clamp(z),
         }
     }
 }
@@ -831,5 +840,23 @@ mod tests {
         let keys: Vec<&str> = names.iter().map(String::as_str).collect();
         assert!(Packed::new(&[call(&keys, G)]).is_none());
         assert!(Packed::new(&[call(&keys[..65_535], G)]).is_some());
+    }
+
+    #[test]
+    fn specs_of_unvalidated_quotas_saturate() {
+        use crate::{Quota, nonzero};
+        let century = Duration::from_secs(100 * 365 * 86_400);
+        let huge = Quota::with_period(nonzero!(u32::MAX), century)
+            .unwrap()
+            .burst(nonzero!(u32::MAX));
+        let slow = Quota::with_period(nonzero!(1), century)
+            .unwrap()
+            .burst(nonzero!(u32::MAX));
+        for q in [huge, slow, huge.fixed_window(), slow.sliding_window()] {
+            let spec = Spec::new(&Policy::new("p", q), u32::MAX);
+            for v in [spec.x, spec.y, spec.z] {
+                assert!((0..=1 << 53).contains(&v), "{spec:?}");
+            }
+        }
     }
 }
