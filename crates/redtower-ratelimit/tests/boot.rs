@@ -154,3 +154,56 @@ async fn the_wait_for_the_first_connection_is_outside_the_timeout() {
     let header = header.expect("decided by Redis");
     assert!(header.starts_with("\"api\";r=9;t="), "{header}");
 }
+
+/// A process started while Redis is unreachable applies its failure policy (Redis really is
+/// unreachable), but that is no evidence against a connection that was up: the breaker stays
+/// closed, and the first request after Redis appears is decided by Redis, not held off for a
+/// cool-down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_before_the_first_connection_never_open_the_breaker() {
+    let port = redtower_testkit::free_port();
+    let redis = Redis::new(
+        RedisConfig::from_url(&format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .key_prefix(unique_prefix("never-connected"))
+            .command_timeout(Duration::from_millis(300)),
+    )
+    .unwrap();
+    let layer = RateLimitLayer::new(
+        RedisStore::new(redis.clone()),
+        Policy::new("api", Quota::per_hour(nonzero!(10))),
+    )
+    .circuit_breaker(CircuitBreaker {
+        failures: 1,
+        cool_down: Duration::from_secs(3600),
+    });
+    let app = Router::new()
+        .route("/", get(|| async { "hi" }))
+        .layer(layer);
+    let send = || {
+        let peer: SocketAddr = "198.51.100.2:1".parse().unwrap();
+        app.clone().oneshot(
+            Request::get("/")
+                .extension(ConnectInfo(peer))
+                .body(Body::empty())
+                .unwrap(),
+        )
+    };
+    for _ in 0..3 {
+        let res = send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "fail open");
+        assert!(res.headers().get("ratelimit").is_none(), "not decided");
+    }
+    let _server = redtower_testkit::RedisServer::options().port(port).start();
+    redis.wait_ready(Duration::from_secs(20)).await.unwrap();
+    let res = send().await.unwrap();
+    let header = res
+        .headers()
+        .get("ratelimit")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(
+        header.as_deref().map(|h| h.starts_with("\"api\";r=9;t=")),
+        Some(true),
+        "decided by Redis at once: {header:?}"
+    );
+}
