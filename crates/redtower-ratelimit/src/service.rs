@@ -480,7 +480,8 @@ where
     // wait is bounded by the store (the client's command timeout), and a store that could not
     // connect at all is unreachable, not failing (the breaker does not count it).
     let first = match &config.redis {
-        Some(redis) if !redis.ready() => Some(redis.wait_ready().await),
+        // Boxed: the rare path stays out of every request's future.
+        Some(redis) if !redis.ready() => Some(Box::pin(redis.wait_ready()).await),
         Some(_) => None,
         None if !config.store.has_connected() => Some(config.store.first_connection().await),
         None => None,

@@ -650,7 +650,8 @@ impl RedisStore {
             let queued = match now {
                 Ok(queued) => queued,
                 Err(call) => {
-                    self.wait_ready().await?;
+                    // Boxed: the rare path stays out of every check's future.
+                    Box::pin(self.wait_ready()).await?;
                     batches.queue(call)
                 }
             };
@@ -694,7 +695,9 @@ impl crate::RateLimitStore for RedisStore {
             return queued.await;
         }
         // Not coalesced: every check is its own script call.
-        self.wait_ready().await?;
+        if !self.ready() {
+            Box::pin(self.wait_ready()).await?;
+        }
         let reply = self.send_one(self.call(subject, policies, cost)).await;
         decide(policies, reply)
     }
