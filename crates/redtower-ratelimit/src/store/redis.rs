@@ -119,8 +119,9 @@ impl RedisStore {
     /// first).
     ///
     /// A check made before the first connection to Redis waits for it (up to the client's
-    /// [command timeout](redtower_client::RedisConfig::command_timeout)): a freshly started
-    /// process is not in an outage. The layer does this wait before its own timeout starts.
+    /// [command timeout](redtower_client::RedisConfig::command_timeout)), then for one load of
+    /// the script (up to this store's command timeout): a freshly started process is not in an
+    /// outage. The layer does this wait, once, before its own timeout starts.
     pub fn new(redis: Redis) -> Self {
         let ns = redis.keyspace().namespace(Self::NAMESPACE);
         let mut store = Self {
@@ -199,18 +200,25 @@ impl RedisStore {
 
     /// Waits for the first connection (at once when made): commands are sent with fail-fast
     /// options, which fred applies to a client that has not connected yet as well. Then loads
-    /// the script once, so that the first checks are one round trip each, not three
-    /// (`NOSCRIPT`, `SCRIPT LOAD`, again).
+    /// the script once (within the store's command timeout), so that the first checks are one
+    /// round trip each, not three (`NOSCRIPT`, `SCRIPT LOAD`, again).
     pub(crate) async fn wait_ready(&self) -> Result<()> {
         if self.ready() {
             return Ok(());
         }
         self.redis.first_connection().await?;
+        let bound = self.options.timeout.unwrap_or(Duration::from_secs(1));
         self.loaded
             .get_or_init(|| async {
-                if let Err(error) = CHECK.load(&self.redis).await {
-                    // Loaded on first use instead (`NOSCRIPT`).
-                    tracing::debug!(target: "redtower::ratelimit", %error, "loading the check script failed");
+                // Not loaded now: loaded on first use instead (`NOSCRIPT`).
+                match tokio::time::timeout(bound, CHECK.load(&self.redis)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::debug!(target: "redtower::ratelimit", %error, "loading the check script failed");
+                    }
+                    Err(_) => {
+                        tracing::debug!(target: "redtower::ratelimit", "loading the check script timed out");
+                    }
                 }
             })
             .await;
