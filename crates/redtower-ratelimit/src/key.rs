@@ -407,7 +407,7 @@ impl ClientIp {
             .flat_map(|value| value.as_bytes().rsplit(|&b| b == b','));
         let mut client = peer;
         for entry in entries.take(self.max_hops) {
-            // Not ASCII: not an address (and never a reason to fall back to the peer).
+            // Not UTF-8: not an address (it stops the walk here, like any unparsable entry).
             let Ok(entry) = std::str::from_utf8(entry.trim_ascii()) else {
                 break;
             };
