@@ -76,6 +76,9 @@ pub(crate) struct Breaker {
     /// µs since `base` when the current half-open probe started; 0 = none. A probe whose
     /// request was dropped never reports back, so a new one may start after a cool-down.
     probe_started: AtomicU64,
+    /// The store's connection count when the breaker last opened: a reconnect since then
+    /// ends the cool-down early.
+    opened_at_connections: AtomicU64,
 }
 
 impl Breaker {
@@ -86,6 +89,7 @@ impl Breaker {
             failures: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
             probe_started: AtomicU64::new(0),
+            opened_at_connections: AtomicU64::new(0),
         }
     }
 
@@ -95,14 +99,17 @@ impl Breaker {
             .saturating_add(1)
     }
 
-    /// Whether the store may be called now.
-    pub(crate) fn allow(&self) -> bool {
+    /// Whether the store may be called now. `connections` is the store's connection count
+    /// ([`RateLimitStore::connections`](crate::RateLimitStore::connections)): once it has
+    /// moved since the breaker opened, the connection is back and a probe may go at once.
+    pub(crate) fn allow(&self, connections: u64) -> bool {
         let until = self.open_until.load(Ordering::Acquire);
         if until == 0 {
             return true;
         }
         let now = self.now();
-        if now < until {
+        let reconnected = connections != self.opened_at_connections.load(Ordering::Acquire);
+        if now < until && !reconnected {
             return false;
         }
         // Half-open: one probe at a time (or a new one if the last never reported back).
@@ -134,13 +141,16 @@ impl Breaker {
         self.probe_started.store(0, Ordering::Release);
     }
 
-    pub(crate) fn failure(&self) {
+    /// A failure of the store, whose connection count is now `connections`.
+    pub(crate) fn failure(&self, connections: u64) {
         let n = self
             .failures
             .fetch_add(1, Ordering::AcqRel)
             .saturating_add(1);
         let probing = self.probe_started.swap(0, Ordering::AcqRel) != 0;
         if n >= self.config.failures.max(1) || probing {
+            self.opened_at_connections
+                .store(connections, Ordering::Release);
             self.open_until.store(
                 self.now().saturating_add(self.cool_down_us()),
                 Ordering::Release,
@@ -284,23 +294,44 @@ mod tests {
             failures: 2,
             cool_down: Duration::from_secs(1),
         });
-        assert!(b.allow());
-        b.failure();
-        assert!(b.allow(), "one failure is not enough");
-        b.failure();
-        assert!(!b.allow(), "open");
+        assert!(b.allow(0));
+        b.failure(0);
+        assert!(b.allow(0), "one failure is not enough");
+        b.failure(0);
+        assert!(!b.allow(0), "open");
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(b.allow(), "half-open: one probe");
-        assert!(!b.allow(), "only one probe at a time");
+        assert!(b.allow(0), "half-open: one probe");
+        assert!(!b.allow(0), "only one probe at a time");
         // The probe's request is dropped and never reports; a new probe may start later.
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(b.allow());
-        b.failure();
-        assert!(!b.allow(), "a failed probe re-opens");
+        assert!(b.allow(0));
+        b.failure(0);
+        assert!(!b.allow(0), "a failed probe re-opens");
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(b.allow());
+        assert!(b.allow(0));
         b.success();
-        assert!(b.allow() && b.allow(), "closed again");
+        assert!(b.allow(0) && b.allow(0), "closed again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconnect_ends_the_cool_down() {
+        let b = Breaker::new(CircuitBreaker {
+            failures: 1,
+            cool_down: Duration::from_secs(60),
+        });
+        b.failure(3);
+        assert!(
+            !b.allow(3),
+            "open while the connection is still the one that failed"
+        );
+        // The store reconnected: one probe goes at once, long before the cool-down ends.
+        assert!(b.allow(4), "a reconnect lets a probe through");
+        assert!(!b.allow(4), "only one probe at a time");
+        b.success();
+        assert!(b.allow(4), "closed");
+        // A failed probe on the new connection waits for the next reconnect (or cool-down).
+        b.failure(4);
+        assert!(!b.allow(4));
     }
 
     fn denied() -> Decision {

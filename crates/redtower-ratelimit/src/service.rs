@@ -379,7 +379,7 @@ fn prepare<B>(shared: &Shared, req: Request<B>) -> Step<B> {
         subject,
         cost,
     };
-    if !shared.breaker.allow() {
+    if !shared.breaker.allow(config.store.connections()) {
         return decided(shared, pending, Err(Error::CircuitOpen));
     }
     match config.store.try_check_now(&pending.subject, policies, cost) {
@@ -403,7 +403,9 @@ fn cache_key(subject: &Subject, set: &PolicySet) -> u64 {
 fn settle(shared: &Shared, result: &Result<Decision, Error>) {
     match result {
         Ok(_) => shared.breaker.success(),
-        Err(_) if shared.config.store.has_connected() => shared.breaker.failure(),
+        Err(_) if shared.config.store.has_connected() => {
+            shared.breaker.failure(shared.config.store.connections());
+        }
         Err(_) => {}
     }
 }

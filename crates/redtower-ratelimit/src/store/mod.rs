@@ -73,6 +73,15 @@ pub trait RateLimitStore: fmt::Debug + Send + Sync + 'static {
     async fn first_connection(&self) -> Result<()> {
         Ok(())
     }
+
+    /// How many connections the backend has made so far, reconnections included (see
+    /// [`Redis::connections`](redtower_client::Redis::connections)). An open
+    /// [circuit breaker](crate::CircuitBreaker) lets a probe through as soon as this moves,
+    /// instead of waiting out its cool-down: the connection is back. The default, 0, never
+    /// moves.
+    fn connections(&self) -> u64 {
+        0
+    }
 }
 
 #[async_trait::async_trait]
@@ -96,6 +105,10 @@ impl<T: RateLimitStore + ?Sized> RateLimitStore for Arc<T> {
 
     async fn first_connection(&self) -> Result<()> {
         (**self).first_connection().await
+    }
+
+    fn connections(&self) -> u64 {
+        (**self).connections()
     }
 }
 

@@ -717,6 +717,10 @@ impl crate::RateLimitStore for RedisStore {
     async fn first_connection(&self) -> Result<()> {
         self.wait_ready().await
     }
+
+    fn connections(&self) -> u64 {
+        self.redis.connections()
+    }
 }
 
 #[cfg(test)]
