@@ -3,7 +3,10 @@
 use std::{
     fmt,
     future::Future,
-    sync::{Arc, LazyLock},
+    sync::{
+        Arc, LazyLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -13,7 +16,7 @@ use redtower_client::{
     Key, Namespace, Redis, Script,
     fred::{
         interfaces::{ClientLike, KeysInterface, SetsInterface},
-        types::{Expiration, SetOptions, Value, config::Options},
+        types::{ClientState, Expiration, SetOptions, Value, config::Options},
     },
 };
 
@@ -66,6 +69,8 @@ pub struct RedisStore {
     /// The coalescing queue of `GET`s; `None` when turned off.
     reads: Option<Arc<Reads>>,
     coalesce: bool,
+    /// Whether the client has been fully connected once (see [`CacheStore::ready`]).
+    settled: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -93,6 +98,7 @@ impl RedisStore {
             timeout: Self::DEFAULT_TIMEOUT,
             reads: None,
             coalesce: true,
+            settled: Arc::new(AtomicBool::new(false)),
         };
         store.configure();
         store
@@ -192,6 +198,29 @@ fn fred(e: redtower_client::fred::error::Error) -> redtower_client::Error {
 impl CacheStore for RedisStore {
     fn now_ms(&self) -> u64 {
         now_ms()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    async fn ready(&self) -> Result<()> {
+        // Before the first connection fred fails fail-fast commands with `Canceled`: wait for
+        // it (up to the client's command timeout) instead, outside this store's own timeout.
+        self.redis.first_connection().await?;
+        // On a Cluster the first node's connection is reported before the client is connected
+        // to every primary; commands for the others would still be cancelled. Wait for the
+        // whole client, once, up to the command timeout (after that, a lost connection is an
+        // outage).
+        let client = self.redis.client();
+        let wait = async {
+            while client.state() != ClientState::Connected {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let _ = tokio::time::timeout(self.redis.config().get_command_timeout(), wait).await;
+        self.settled.store(true, Ordering::Release);
+        Ok(())
     }
 
     async fn get(&self, key: &EntryKey) -> Result<Option<Bytes>> {
