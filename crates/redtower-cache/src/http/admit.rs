@@ -17,6 +17,7 @@ use crate::{
     cache::Outcome,
     envelope::{Entry, FLAG_ETAG_GENERATED, FLAG_NEGATIVE, FLAG_NO_STALE},
     key::short,
+    store::MAX_TTL,
 };
 
 /// What the leader of a fill got from the handler.
@@ -90,7 +91,8 @@ impl Run {
                 (true, Some(n)) => n,
                 _ => cfg.ttl,
             })
-            .saturating_sub(origin_age(headers));
+            .saturating_sub(origin_age(headers))
+            .min(MAX_TTL);
         if lifetime.is_zero() {
             return pass(resp, "NO-FRESHNESS");
         }
@@ -111,8 +113,8 @@ impl Run {
         };
         let explicit_stale = cc.swr.is_some() || cc.sie.is_some();
         let no_stale = (cc.must_revalidate || cc.s_maxage.is_some()) && !explicit_stale;
-        let swr = cc.swr.map_or(cfg.swr, Duration::from_secs);
-        let sie = cc.sie.map_or(cfg.sie, Duration::from_secs);
+        let swr = cc.swr.map_or(cfg.swr, Duration::from_secs).min(MAX_TTL);
+        let sie = cc.sie.map_or(cfg.sie, Duration::from_secs).min(MAX_TTL);
         let mut flags = 0;
         if negative {
             flags |= FLAG_NEGATIVE;
@@ -161,7 +163,7 @@ impl Run {
             headers,
             body,
         };
-        let keep = lifetime + swr.max(sie);
+        let keep = lifetime.saturating_add(swr.max(sie));
         (Lead::Entry(entry.clone()), Outcome::Store(entry, keep))
     }
 }

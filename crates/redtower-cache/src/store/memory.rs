@@ -12,7 +12,7 @@ use bytes::Bytes;
 use moka::{Expiry, sync::Cache as Moka};
 use tokio::time::Instant;
 
-use super::{CacheStore, EntryKey, LockToken, new_generation};
+use super::{CacheStore, EntryKey, LockToken, MAX_TTL, later, new_generation};
 use crate::Result;
 
 #[derive(Clone)]
@@ -31,7 +31,7 @@ impl Expiry<String, Stored> for ByTtl {
         v: &Stored,
         _: std::time::Instant,
     ) -> Option<Duration> {
-        Some(v.ttl)
+        Some(v.ttl.min(MAX_TTL))
     }
 
     fn expire_after_update(
@@ -41,7 +41,7 @@ impl Expiry<String, Stored> for ByTtl {
         _: std::time::Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(v.ttl)
+        Some(v.ttl.min(MAX_TTL))
     }
 }
 
@@ -189,7 +189,7 @@ impl CacheStore for MemoryStore {
             name,
             Stored {
                 value,
-                deadline: now + ttl,
+                deadline: later(now, ttl),
                 ttl,
             },
         );
@@ -203,7 +203,7 @@ impl CacheStore for MemoryStore {
                 slot.0.clear();
             }
             slot.0.insert(variant.to_owned());
-            slot.1 = slot.1.max(now + ttl);
+            slot.1 = slot.1.max(later(now, ttl));
         }
         Ok(true)
     }
@@ -230,7 +230,7 @@ impl CacheStore for MemoryStore {
             return Ok(None);
         }
         let token = LockToken::generate();
-        locks.insert(name, (token.0.clone(), now + ttl));
+        locks.insert(name, (token.0.clone(), later(now, ttl)));
         Ok(Some(token))
     }
 
@@ -266,11 +266,11 @@ impl CacheStore for MemoryStore {
             .map(|t| {
                 let slot = map
                     .entry(t.clone())
-                    .or_insert_with(|| (new_generation(), now + ttl));
+                    .or_insert_with(|| (new_generation(), later(now, ttl)));
                 if slot.1 <= now {
-                    *slot = (new_generation(), now + ttl);
+                    *slot = (new_generation(), later(now, ttl));
                 }
-                slot.1 = slot.1.max(now + ttl);
+                slot.1 = slot.1.max(later(now, ttl));
                 slot.0
             })
             .collect())

@@ -146,8 +146,20 @@ pub trait CacheStore: fmt::Debug + Send + Sync + 'static {
     async fn bump_tag(&self, tag: &str) -> Result<()>;
 }
 
+/// The longest time anything is kept in a store: 365 days. Longer TTLs (a response's
+/// `max-age=18446744073709551615`, a far `Expires`) are cut to it.
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A TTL in milliseconds for the store: at least 1, at most [`MAX_TTL`].
 pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(ttl.min(MAX_TTL).as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// `now + ttl` for in-process deadlines, with `ttl` cut to [`MAX_TTL`]: never overflows.
+pub(crate) fn later(now: tokio::time::Instant, ttl: Duration) -> tokio::time::Instant {
+    now.checked_add(ttl.min(MAX_TTL)).unwrap_or(now)
 }
 
 /// A non-zero random generation.
