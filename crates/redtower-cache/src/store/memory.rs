@@ -61,6 +61,7 @@ impl Expiry<String, Stored> for ByTtl {
 #[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
+    max_variants: usize,
 }
 
 struct Inner {
@@ -117,7 +118,21 @@ impl MemoryStore {
                 anchor_ms,
                 anchor: Instant::now(),
             }),
+            max_variants: Self::DEFAULT_MAX_VARIANTS,
         }
+    }
+
+    /// The default bound on variants per group: 64 (as
+    /// [`RedisStore::DEFAULT_MAX_VARIANTS`](crate::RedisStore::DEFAULT_MAX_VARIANTS)).
+    pub const DEFAULT_MAX_VARIANTS: usize = 64;
+
+    /// The most variants one group (one URI) holds; past it a new variant is not stored. See
+    /// [`RedisStore::max_variants`](crate::RedisStore::max_variants). Defaults to
+    /// [`DEFAULT_MAX_VARIANTS`](Self::DEFAULT_MAX_VARIANTS) (64), at least 1.
+    #[must_use]
+    pub fn max_variants(mut self, n: usize) -> Self {
+        self.max_variants = n.max(1);
+        self
     }
 
     /// The number of live entries (approximate, as moka counts).
@@ -185,14 +200,6 @@ impl CacheStore for MemoryStore {
                 return Ok(false);
             }
         }
-        self.inner.entries.insert(
-            name,
-            Stored {
-                value,
-                deadline: later(now, ttl),
-                ttl,
-            },
-        );
         if let Some(variant) = key.variant() {
             let mut index = lock(&self.inner.index);
             sweep(&mut index, now, |v| v.1);
@@ -202,9 +209,20 @@ impl CacheStore for MemoryStore {
             if slot.1 <= now {
                 slot.0.clear();
             }
+            if !slot.0.contains(variant) && slot.0.len() >= self.max_variants {
+                return Ok(false);
+            }
             slot.0.insert(variant.to_owned());
             slot.1 = slot.1.max(later(now, ttl));
         }
+        self.inner.entries.insert(
+            name,
+            Stored {
+                value,
+                deadline: later(now, ttl),
+                ttl,
+            },
+        );
         Ok(true)
     }
 

@@ -47,7 +47,22 @@ static ENSURE_TAG: LazyLock<Script> =
 /// A hit is exactly one `GET` (plus one `GET` per tag for tagged entries, sent concurrently).
 /// Every command has a short timeout (see [`timeout`](Self::timeout)) and fails at once while
 /// the connection is down, so an outage costs a request almost nothing: the
-/// [`Cache`](crate::Cache) then fails open.
+/// [`Cache`](crate::Cache) then fails open. Before the first connection, operations wait for
+/// it instead (see [`CacheStore::ready`]): a fresh process is not in an outage.
+///
+/// # Retry safety
+///
+/// fred re-sends a command that was in flight when its connection closed. Each command here is
+/// either harmless to run twice or sent once:
+///
+/// | operation | changes state | re-sent? | why it is safe |
+/// | --- | --- | --- | --- |
+/// | `get` (`GET`/`MGET`), `tag_generations` (`GET`) | no | no (one attempt, fail-fast) | reads |
+/// | `put` (script `cache_put`) | entry, lock, variant index | yes | idempotent: a re-send finds its own lock released and its own bytes stored and answers 1 again |
+/// | `unlock` (script `cache_unlock`) | deletes the lock | yes | compare-and-delete fenced by the token: a re-send finds the lock gone or another holder's |
+/// | `ensure_tags` (script `cache_ensure_tag`) | creates a generation, extends its TTL | yes | create-if-missing: a re-send returns the generation the first run created |
+/// | `try_lock` (`SET NX PX`) | takes the lock | no (one attempt) | a re-send would find its own lock and report it held by another: sent once; a lost reply fails open and the lock expires after its TTL |
+/// | `invalidate` (`SMEMBERS` + `DEL`), `bump_tag` (`UNLINK`) | deletes | no (one attempt) | deleting twice is deleting once |
 ///
 /// ```no_run
 /// use redtower_cache::{Cache, RedisStore};
@@ -71,6 +86,7 @@ pub struct RedisStore {
     coalesce: bool,
     /// Whether the client has been fully connected once (see [`CacheStore::ready`]).
     settled: Arc<AtomicBool>,
+    max_variants: usize,
 }
 
 impl fmt::Debug for RedisStore {
@@ -86,6 +102,21 @@ impl RedisStore {
     /// The default per-command timeout: 500 ms.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
 
+    /// The default bound on variants per group: 64.
+    pub const DEFAULT_MAX_VARIANTS: usize = 64;
+
+    /// The most variants one group (one URI) holds: a response that varies on request headers
+    /// (`Vary`, [`key_headers`](crate::ResponseCacheLayer::key_headers)) gets one entry per
+    /// distinct value, and clients choose the values. Past the bound a new variant is not
+    /// stored (the request is answered by the handler, as a miss); the variants already stored
+    /// stay until they expire or are invalidated. Defaults to
+    /// [`DEFAULT_MAX_VARIANTS`](Self::DEFAULT_MAX_VARIANTS) (64), at least 1.
+    #[must_use]
+    pub fn max_variants(mut self, n: usize) -> Self {
+        self.max_variants = n.max(1);
+        self
+    }
+
     /// A store over `redis`, under its keyspace's namespace `c`.
     pub fn new(redis: Redis) -> Self {
         let entries = redis.keyspace().namespace("c");
@@ -99,6 +130,7 @@ impl RedisStore {
             reads: None,
             coalesce: true,
             settled: Arc::new(AtomicBool::new(false)),
+            max_variants: Self::DEFAULT_MAX_VARIANTS,
         };
         store.configure();
         store
@@ -258,6 +290,7 @@ impl CacheStore for RedisStore {
             Value::from(ttl_ms(ttl).to_string()),
             Value::from(token.map_or("", LockToken::as_str).to_owned()),
             Value::from(key.variant().unwrap_or("").to_owned()),
+            Value::from(self.max_variants.to_string()),
         ];
         let n: i64 = self.bounded(PUT.run(&self.redis, keys, args)).await?;
         Ok(n == 1)
