@@ -225,3 +225,169 @@ async fn overflowing_settings_saturate() {
 fn max_ttl_is_a_year() {
     assert_eq!(Cache::MAX_TTL, Duration::from_millis(MAX_TTL_MS as u64));
 }
+
+/// Sends `n` requests built by `req`, 16 at a time; every answer must be a 200.
+async fn flood(app: &Router, n: usize, req: impl Fn(usize) -> Request<Body>) {
+    use futures::StreamExt;
+    let answers: Vec<u16> = futures::stream::iter(0..n)
+        .map(|i| {
+            let app = app.clone();
+            let req = req(i);
+            async move { app.oneshot(req).await.unwrap().status().as_u16() }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(answers.iter().all(|s| *s == 200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_query_strings_share_one_entry() {
+    for backend in BACKENDS {
+        for allow in [None, Some(["page"])] {
+            let under = Under::new(backend, "query-flood").await;
+            let calls = Arc::new(AtomicUsize::new(0));
+            let mut layer = ResponseCacheLayer::new(under.cache.clone(), Duration::from_secs(60));
+            if let Some(names) = allow {
+                layer = layer.query(redtower_cache::QueryKey::allow(names));
+            }
+            let app =
+                Router::new().route("/products/featured", counted(&calls, "[1]").layer(layer));
+            flood(&app, 10_000, |i| {
+                get_req(&format!("/products/featured?page=1&r={i}&utm_{i}=x"))
+            })
+            .await;
+            assert_eq!(
+                calls.load(Ordering::SeqCst),
+                1,
+                "{backend:?} allow={allow:?}: 10,000 distinct query strings, one handler call"
+            );
+            let (stored, _) = under.stored().await;
+            assert!(stored <= 1, "{backend:?}: {stored} entries");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_query_strings_leave_redis_memory_bounded() {
+    let server = redtower_testkit::RedisServer::start();
+    let used = || -> i64 {
+        let info = server.cmd(&["INFO", "memory"]).as_text().unwrap();
+        let at = info.find("used_memory:").unwrap() + "used_memory:".len();
+        info[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    };
+    let redis = Redis::new(RedisConfig::from_url(&server.url()).unwrap()).unwrap();
+    redis.wait_ready(Duration::from_secs(20)).await.unwrap();
+    let cache = Cache::new(RedisStore::new(redis.clone()).timeout(Duration::from_secs(10)));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = ResponseCacheLayer::new(cache, Duration::from_secs(60));
+    let app = Router::new().route("/products/featured", counted(&calls, "[1]").layer(layer));
+    // One request first, so the scripts and the client's buffers are in place.
+    flood(&app, 1, |_| get_req("/products/featured")).await;
+    let before = used();
+    flood(&app, 10_000, |i| {
+        get_req(&format!("/products/featured?r={i}"))
+    })
+    .await;
+    let after = used();
+    let keys: i64 = server.cmd(&["DBSIZE"]).as_text().unwrap().parse().unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(keys, 1, "one entry");
+    assert!(
+        after - before < 256 * 1024,
+        "10,000 random query strings grew used_memory by {} bytes",
+        after - before
+    );
+    println!("used_memory {before} -> {after} ({} bytes)", after - before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_hosts_create_a_bounded_number_of_entries() {
+    for backend in BACKENDS {
+        // Default: the first DEFAULT_MAX_HOSTS hosts are cached, the others bypass.
+        let under = Under::new(backend, "host-flood").await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let layer = ResponseCacheLayer::new(under.cache.clone(), Duration::from_secs(60));
+        let app = Router::new().route("/r", counted(&calls, "x").layer(layer));
+        let host = |i: usize| {
+            Request::get("/r")
+                .header("host", format!("h{i}.example"))
+                .body(Body::empty())
+                .unwrap()
+        };
+        flood(&app, 2_000, host).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2_000,
+            "{backend:?}: one handler call per request at most (no amplification)"
+        );
+        let (stored, _) = under.stored().await;
+        assert!(
+            stored <= ResponseCacheLayer::DEFAULT_MAX_HOSTS as u64,
+            "{backend:?}: {stored} entries for 2,000 hosts"
+        );
+        let first = send(&app, host(0)).await;
+        assert_eq!(first.1, "HIT", "{backend:?}: an early host stays cached");
+
+        // A declared list: only those hosts, compared normalised.
+        let under = Under::new(backend, "host-list").await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let layer = ResponseCacheLayer::new(under.cache.clone(), Duration::from_secs(60))
+            .hosts(["shop.example"]);
+        let app = Router::new().route("/r", counted(&calls, "x").layer(layer));
+        flood(&app, 500, host).await;
+        assert_eq!(
+            under.stored().await.0,
+            0,
+            "{backend:?}: unlisted hosts store nothing"
+        );
+        for (h, x) in [
+            ("shop.example", "MISS"),
+            ("SHOP.example.", "HIT"),
+            ("shop.example:80", "HIT"),
+            ("evil.example", "BYPASS"),
+        ] {
+            let req = Request::get("/r")
+                .header("host", h)
+                .body(Body::empty())
+                .unwrap();
+            assert_eq!(send(&app, req).await.1, x, "{backend:?} {h}");
+        }
+        assert!(under.stored().await.0 <= 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variants_per_uri_are_bounded() {
+    for backend in BACKENDS {
+        let under = Under::new(backend, "variant-flood").await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let layer = ResponseCacheLayer::new(under.cache.clone(), Duration::from_secs(60))
+            .key_headers(["accept-language"]);
+        let app = Router::new().route("/r", counted(&calls, "x").layer(layer));
+        let lang = |i: usize| {
+            Request::get("/r")
+                .header("accept-language", format!("x-{i}"))
+                .body(Body::empty())
+                .unwrap()
+        };
+        flood(&app, 1_000, lang).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1_000, "{backend:?}");
+        let (stored, _) = under.stored().await;
+        // The variants, plus the group's variant index on Redis.
+        let bound = RedisStore::DEFAULT_MAX_VARIANTS as u64 + 1;
+        assert!(
+            stored <= bound,
+            "{backend:?}: {stored} keys for 1,000 values"
+        );
+        assert!(
+            stored >= 32,
+            "{backend:?}: variants are still stored ({stored})"
+        );
+    }
+}

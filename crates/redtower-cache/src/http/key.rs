@@ -9,24 +9,32 @@ use crate::key::{Canonical, Key};
 
 /// Which query parameters are part of the cache key.
 ///
+/// Clients choose query strings freely, so every keyed parameter lets a client create entries
+/// (and handler calls) at will: `GET /products/featured?r=<random>` misses every time when
+/// the whole query is keyed. The default therefore keys none and removes the query before the
+/// handler sees it; a route declares the parameters it reads with [`QueryKey::allow`].
+///
 /// ```
 /// use redtower_cache::QueryKey;
 ///
-/// let all = QueryKey::Sorted;                 // the default
+/// let none = QueryKey::Ignore;                // the default: ?r=<random> shares one entry
 /// let some = QueryKey::allow(["page", "q"]);  // others are dropped before the handler sees them
-/// # let _ = (all, some);
+/// let all = QueryKey::Sorted;                 // every parameter: unbounded, opt in with care
+/// # let _ = (none, some, all);
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum QueryKey {
-    /// Every parameter, sorted, so `?a=1&b=2` and `?b=2&a=1` share an entry. The default.
-    #[default]
+    /// Every parameter, sorted, so `?a=1&b=2` and `?b=2&a=1` share an entry. A client can
+    /// create as many entries as it sends distinct query strings (each one a handler call):
+    /// use it only behind a bounded store (see the crate docs, "Limits").
     Sorted,
     /// Only these parameters (sorted). The others are removed from the request before it
     /// reaches the handler, so an unkeyed parameter can never influence (poison) a stored
     /// response.
     Allow(Arc<[String]>),
-    /// No parameters: the query is removed before the handler sees it.
+    /// No parameters: the query is removed before the handler sees it. The default.
+    #[default]
     Ignore,
 }
 
@@ -113,21 +121,41 @@ pub(crate) fn primary(parts: &Parts, query: &QueryKey) -> [u8; 32] {
     primary_canonical(parts, query).digest()
 }
 
-/// The primary (URI) canonical key of a request: method GET, scheme, host, path, query.
-fn primary_canonical(parts: &Parts, query: &QueryKey) -> Canonical {
+/// The request's host, normalised: lowercase, without a trailing dot, without the scheme's
+/// default port (`Example.COM.:443` over https is `example.com`). `""` when there is none.
+pub(crate) fn request_host(parts: &Parts) -> Cow<'_, str> {
     let uri = &parts.uri;
-    let scheme = uri.scheme_str().unwrap_or("http");
     let host = parts
         .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| uri.authority().map(http::uri::Authority::as_str))
         .unwrap_or("");
-    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+    normalize_host(host, uri.scheme_str().unwrap_or("http"))
+}
+
+/// See [`request_host`].
+pub(crate) fn normalize_host<'a>(host: &'a str, scheme: &str) -> Cow<'a, str> {
+    let host = host.trim();
+    let default_port = if scheme.eq_ignore_ascii_case("https") {
+        ":443"
+    } else {
+        ":80"
+    };
+    let host = host.strip_suffix(default_port).unwrap_or(host);
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
         Cow::Borrowed(host)
-    };
+    }
+}
+
+/// The primary (URI) canonical key of a request: method GET, scheme, host, path, query.
+fn primary_canonical(parts: &Parts, query: &QueryKey) -> Canonical {
+    let uri = &parts.uri;
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let host = request_host(parts);
     let q = query.normalize(uri.query());
     let mut c = Canonical::new("http");
     c.push(b"GET")
