@@ -8,7 +8,7 @@ use http_body::Body;
 
 use super::{
     body::{Collected, ResponseBody, collect_capped},
-    key::RequestKey,
+    key::{IDENTITY, RequestKey, coding_acceptable},
     policy::{Directives, cacheable_status, explicit_lifetime, negative_status, origin_age, vary},
     response::{CACHE_STATUS, X_CACHE},
     service::Run,
@@ -78,6 +78,26 @@ impl Run {
             // The key did not include these headers: learn them; the next request stores.
             cfg.learn(&vary);
             return pass(resp, "VARY-LEARNED");
+        }
+        let codings: Vec<&[u8]> = headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        match key.accepted {
+            // Stored under the request's `Accept-Encoding` bucket: only a coding every request
+            // of the bucket accepts.
+            Some(accepted) if !coding_acceptable(&codings, accepted) => {
+                return pass(resp, "ENCODING");
+            }
+            Some(_) => {}
+            // Encoded, but not keyed on `Accept-Encoding` (the response did not say `Vary`):
+            // key on it from now on, as if it had.
+            None if !coding_acceptable(&codings, IDENTITY) => {
+                cfg.learn(&[header::ACCEPT_ENCODING]);
+                return pass(resp, "VARY-LEARNED");
+            }
+            None => {}
         }
         if headers
             .get(header::CONTENT_TYPE)
