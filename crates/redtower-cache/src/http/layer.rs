@@ -338,7 +338,12 @@ impl ResponseCacheLayer {
     /// Request headers the route's response depends on: each value gets its own entry.
     /// `Vary` names of a response are learned and added automatically, but declaring them
     /// keeps the very first request of each instance from missing. `Accept-Encoding` is
-    /// bucketed (`br`, `zstd`, `gzip`, `identity`). Defaults to none.
+    /// bucketed by the set of codings it accepts (`br`, `compress`, `deflate`, `gzip`,
+    /// `identity`, `zstd`; `q=0` excludes one, `*` stands for the unlisted ones; no header
+    /// accepts only `identity`), and a response is stored in a bucket only when every request
+    /// of that bucket accepts its `Content-Encoding`. A response with a `Content-Encoding` is
+    /// keyed on `Accept-Encoding` even without `Vary`. Each URI holds at most the store's
+    /// [`max_variants`](crate::RedisStore::max_variants) variants. Defaults to none.
     ///
     /// # Panics
     ///

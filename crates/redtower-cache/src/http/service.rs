@@ -199,10 +199,15 @@ impl Run {
         if parts.headers.contains_key(header::RANGE) {
             return Some("RANGE");
         }
-        if !self
-            .config
-            .hosts
-            .admits(&request_host(parts), self.config.route)
+        // A `Host` that is not text is never cached (nor keyed as "no host").
+        if parts
+            .headers
+            .get(header::HOST)
+            .is_some_and(|h| h.to_str().is_err())
+            || !self
+                .config
+                .hosts
+                .admits(&request_host(parts), self.config.route)
         {
             return Some("HOST");
         }
