@@ -331,6 +331,25 @@ impl ResponseCacheLayer {
     /// Without a [`hosts`](Self::hosts) list: how many distinct hosts this layer caches (the
     /// first ones it sees, per process); requests for others bypass the cache. Replaces a
     /// `hosts` list. Defaults to [`DEFAULT_MAX_HOSTS`](Self::DEFAULT_MAX_HOSTS) (8).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// use axum::{Router, body::Body, routing::get};
+    /// use http::Request;
+    /// use redtower_cache::{Cache, MemoryStore, ResponseCacheLayer};
+    /// use tower::ServiceExt;
+    ///
+    /// let layer = ResponseCacheLayer::new(Cache::new(MemoryStore::new()), Duration::from_secs(60))
+    ///     .max_hosts(1);
+    /// let app = Router::new().route("/", get(|| async { "hi" }).layer(layer));
+    /// let get = |host: &str| Request::get("/").header("host", host).body(Body::empty()).unwrap();
+    /// let first = app.clone().oneshot(get("a.example")).await.unwrap();
+    /// assert_eq!(first.headers()["x-cache"], "MISS");
+    /// let other = app.clone().oneshot(get("b.example")).await.unwrap();
+    /// assert_eq!(other.headers()["x-cache"], "BYPASS");
+    /// # }
+    /// ```
     pub fn max_hosts(self, n: usize) -> Self {
         self.edit(|c| c.hosts = Hosts::first_seen(n))
     }

@@ -129,6 +129,22 @@ impl MemoryStore {
     /// The most variants one group (one URI) holds; past it a new variant is not stored. See
     /// [`RedisStore::max_variants`](crate::RedisStore::max_variants). Defaults to
     /// [`DEFAULT_MAX_VARIANTS`](Self::DEFAULT_MAX_VARIANTS) (64), at least 1.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// use bytes::Bytes;
+    /// use redtower_cache::{CacheStore, EntryKey, MemoryStore};
+    ///
+    /// let store = MemoryStore::new().max_variants(1);
+    /// let en = EntryKey::new("uri", Some("en".to_owned()));
+    /// let fr = EntryKey::new("uri", Some("fr".to_owned()));
+    /// let ttl = Duration::from_secs(60);
+    /// assert!(store.put(&en, Bytes::from_static(b"hello"), ttl, None).await.unwrap());
+    /// assert!(!store.put(&fr, Bytes::from_static(b"salut"), ttl, None).await.unwrap());
+    /// assert!(store.get(&fr).await.unwrap().is_none());
+    /// # }
+    /// ```
     #[must_use]
     pub fn max_variants(mut self, n: usize) -> Self {
         self.max_variants = n.max(1);

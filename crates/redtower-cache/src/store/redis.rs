@@ -111,6 +111,16 @@ impl RedisStore {
     /// stored (the request is answered by the handler, as a miss); the variants already stored
     /// stay until they expire or are invalidated. Defaults to
     /// [`DEFAULT_MAX_VARIANTS`](Self::DEFAULT_MAX_VARIANTS) (64), at least 1.
+    ///
+    /// ```no_run
+    /// # fn run(redis: redtower_client::Redis) {
+    /// use redtower_cache::RedisStore;
+    ///
+    /// // A route that varies on Accept-Language for a dozen languages.
+    /// let store = RedisStore::new(redis).max_variants(16);
+    /// # let _ = store;
+    /// # }
+    /// ```
     #[must_use]
     pub fn max_variants(mut self, n: usize) -> Self {
         self.max_variants = n.max(1);
