@@ -163,3 +163,23 @@ async fn a_lock_whose_reply_is_lost_is_not_re_sent_and_the_fill_fails_open() {
         .unwrap();
     assert_eq!(v, 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_bump_whose_reply_is_lost_happened_and_is_safe_to_repeat() {
+    let rig = rig("retry-bump").await;
+    let tags = ["t".to_owned()];
+    let before = rig.store.ensure_tags(&tags, MIN).await.unwrap();
+    rig.proxy.lose_next_reply();
+    // Sent once: the caller sees the lost reply as an error...
+    assert!(rig.store.bump_tag("t").await.is_err());
+    assert_eq!(rig.lost(), 1);
+    // ...but the bump ran, and repeating it is harmless.
+    rig.redis.wait_ready(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(rig.store.tag_generations(&tags).await.unwrap(), [0]);
+    rig.store.bump_tag("t").await.unwrap();
+    let after = rig.store.ensure_tags(&tags, MIN).await.unwrap();
+    assert_ne!(
+        after, before,
+        "entries filled under the old generation stay invalid"
+    );
+}
