@@ -421,3 +421,63 @@ async fn fred_resends_a_command_whose_reply_was_lost() {
     let stored = server.cmd(&["GET", key.as_str()]).as_text();
     assert_eq!(stored.as_deref(), Some("3"), "the command ran once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_count_reconnects() {
+    let server = RedisServer::start();
+    let proxy = redtower_testkit::FaultProxy::start(server.port()).unwrap();
+    let redis = connect(&proxy.url(), "connections");
+    redis.wait_ready(Duration::from_secs(10)).await.unwrap();
+    let first = redis.connections();
+    assert!(first >= 1);
+    proxy.reset_all();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.connections() == first {
+        assert!(Instant::now() < deadline, "no reconnect counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.wait_ready(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_sentinel_failover_moves_writes_to_the_new_primary() {
+    let group = tokio::task::spawn_blocking(RedisSentinel::with_replica)
+        .await
+        .unwrap();
+    let redis = connect(&group.url(), "switch");
+    redis.wait_ready(Duration::from_secs(10)).await.unwrap();
+    let key = redis.keyspace().namespace("switch").key("n");
+    let _: i64 = redis.client().incr(key.as_str()).await.unwrap();
+    let group = std::sync::Arc::new(group);
+    let promotion = {
+        let group = group.clone();
+        tokio::task::spawn_blocking(move || {
+            group.failover();
+            group.wait_promoted(Duration::from_secs(30))
+        })
+        .await
+        .unwrap()
+    };
+    // The old primary stays up and writable for seconds after the switch: writes acknowledged
+    // from now on must still reach the new one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = redis.keyspace().namespace("switch").key("after");
+    for _ in 0..20 {
+        let mut acked = false;
+        for _ in 0..50 {
+            if redis.client().incr::<i64, _>(after.as_str()).await.is_ok() {
+                acked = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(acked, "no write was acknowledged after the failover");
+    }
+    let new_primary = group.replica().unwrap();
+    assert_eq!(new_primary.port(), promotion.port);
+    assert_eq!(
+        new_primary.cmd(&["GET", after.as_str()]).as_int(),
+        Some(20),
+        "every write acknowledged after the switch is on the new primary"
+    );
+}

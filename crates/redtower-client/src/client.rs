@@ -5,14 +5,14 @@ use std::{
     fmt,
     sync::{
         Arc, RwLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use fred::{
     clients::{Client, SubscriberClient},
-    interfaces::{ClientLike, EventInterface, KeysInterface},
+    interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface},
     types::{
         Builder, Key as FredKey,
         config::Options,
@@ -59,14 +59,24 @@ struct Inner {
     connected_once: AtomicBool,
     /// A wait for the first connection ran out: Redis is unreachable, not merely starting.
     gave_up_waiting: AtomicBool,
+    /// Connections made so far (one per server on a Cluster), reconnections included.
+    connections: Arc<AtomicU64>,
+    /// With Sentinel: one subscriber per sentinel, listening for `+switch-master`.
+    sentinels: Vec<SubscriberClient>,
+    /// With Sentinel: told when the primary changed, so dedicated connections move too.
+    switched: tokio::sync::broadcast::Sender<()>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         let client = self.client.clone();
+        let sentinels = std::mem::take(&mut self.sentinels);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 let _ = client.quit().await;
+                for sentinel in sentinels {
+                    let _ = sentinel.quit().await;
+                }
             });
         }
     }
@@ -146,14 +156,17 @@ impl Redis {
                 }
             });
         }
+        let connections = Arc::new(AtomicU64::new(0));
         {
             let up = up.clone();
             let scripts = scripts.clone();
             let reloader = client.clone();
+            let connections = connections.clone();
             client.on_reconnect(move |server| {
                 let up = up.clone();
                 let scripts = scripts.clone();
                 let client = reloader.clone();
+                connections.fetch_add(1, Ordering::AcqRel);
                 async move {
                     if !up.swap(true, Ordering::AcqRel) {
                         tracing::info!(target: "redtower::redis", server = %server, "redis connected");
@@ -178,7 +191,16 @@ impl Redis {
             fail_fast: true,
             ..Options::default()
         };
-        Ok(Self {
+        let sentinel = config.sentinel_builders()?;
+        let sentinels = match &sentinel {
+            None => Vec::new(),
+            Some((_, builders)) => builders
+                .iter()
+                .map(Builder::build_subscriber_client)
+                .collect::<std::result::Result<_, _>>()?,
+        };
+        let (switched, _) = tokio::sync::broadcast::channel(4);
+        let redis = Self {
             inner: Arc::new(Inner {
                 client,
                 builder,
@@ -188,8 +210,81 @@ impl Redis {
                 fail_fast,
                 connected_once: AtomicBool::new(false),
                 gave_up_waiting: AtomicBool::new(false),
+                connections,
+                sentinels,
+                switched,
             }),
-        })
+        };
+        if let Some((service, _)) = sentinel {
+            redis.follow_sentinels(service);
+        }
+        Ok(redis)
+    }
+
+    /// fred asks the sentinels for the primary only when it reconnects, and a planned
+    /// failover (`SENTINEL FAILOVER`) leaves the old primary up and reachable for seconds,
+    /// until it is turned into a replica: a client that stays connected to it writes where
+    /// nobody reads, and those writes are lost. So each sentinel's `+switch-master`
+    /// announcement for our service reconnects every connection of this handle at once,
+    /// to the primary the sentinels now name.
+    fn follow_sentinels(&self, service: String) {
+        let weak = Arc::downgrade(&self.inner);
+        for sentinel in &self.inner.sentinels {
+            let _task = sentinel.connect();
+            let _resubscriber = sentinel.manage_subscriptions();
+            let weak = weak.clone();
+            let service = service.clone();
+            sentinel.on_message(move |message| {
+                let weak = weak.clone();
+                let service = service.clone();
+                async move {
+                    let text = message.value.as_string().unwrap_or_default();
+                    let Some(inner) = weak.upgrade() else {
+                        return Ok(());
+                    };
+                    if &*message.channel == "+switch-master"
+                        && text.split_whitespace().next() == Some(service.as_str())
+                    {
+                        tracing::warn!(
+                            target: "redtower::redis",
+                            switch = %text,
+                            "sentinel switched the primary: reconnecting"
+                        );
+                        let _ = inner.switched.send(());
+                        if let Err(error) = inner.client.force_reconnection().await {
+                            tracing::warn!(target: "redtower::redis", %error, "reconnecting after a switch failed");
+                        }
+                    }
+                    Ok(())
+                }
+            });
+            let subscriber = sentinel.clone();
+            tokio::spawn(async move {
+                if let Err(error) = subscriber.subscribe("+switch-master").await {
+                    tracing::warn!(target: "redtower::redis", %error, "could not subscribe to a sentinel");
+                }
+            });
+        }
+    }
+
+    /// Reconnects `client` (a dedicated connection of this handle) whenever the sentinels
+    /// switch the primary; ends with the handle.
+    fn follow_switches<C: ClientLike + Clone + Send + Sync + 'static>(&self, client: &C) {
+        if self.inner.sentinels.is_empty() {
+            return;
+        }
+        let mut switched = self.inner.switched.subscribe();
+        let client = client.clone();
+        tokio::spawn(async move {
+            loop {
+                match switched.recv().await {
+                    Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let _ = client.force_reconnection().await;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
     }
 
     /// Waits until the connection is up, or `timeout` passes.
@@ -243,6 +338,14 @@ impl Redis {
             return true;
         }
         false
+    }
+
+    /// How many connections this handle has made so far (one per server on a Cluster),
+    /// reconnections included. A circuit breaker that opened during an outage can let a probe
+    /// through as soon as this number moves, rather than waiting out its whole cool-down: the
+    /// connection is back.
+    pub fn connections(&self) -> u64 {
+        self.inner.connections.load(Ordering::Acquire)
     }
 
     /// Waits for the first connection, up to the configured
@@ -373,6 +476,7 @@ impl Redis {
     pub fn dedicated(&self) -> Result<Client> {
         let client = self.inner.builder.build()?;
         let _task = client.connect();
+        self.follow_switches(&client);
         Ok(client)
     }
 
@@ -385,6 +489,7 @@ impl Redis {
         let client = self.inner.builder.build_subscriber_client()?;
         let _task = client.connect();
         let _resubscriber = client.manage_subscriptions();
+        self.follow_switches(&client);
         Ok(client)
     }
 

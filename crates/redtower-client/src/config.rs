@@ -451,6 +451,32 @@ impl RedisConfig {
             });
         Ok(builder)
     }
+
+    /// For a Sentinel URL: the service name, and one builder per sentinel for a connection
+    /// to that sentinel itself (its announcements, such as `+switch-master`).
+    pub(crate) fn sentinel_builders(&self) -> Result<Option<(String, Vec<Builder>)>> {
+        let fred::types::config::ServerConfig::Sentinel {
+            hosts,
+            service_name,
+            ..
+        } = &self.fred.server
+        else {
+            return Ok(None);
+        };
+        let mut builders = Vec::with_capacity(hosts.len());
+        for host in hosts {
+            let mut sentinel = self.clone();
+            sentinel.fred.server = fred::types::config::ServerConfig::Centralized {
+                server: host.clone(),
+            };
+            // A sentinel has its own credentials (not supported here) and no databases.
+            sentinel.fred.username = None;
+            sentinel.fred.password = None;
+            sentinel.fred.database = None;
+            builders.push(sentinel.fred_builder()?);
+        }
+        Ok(Some((service_name.clone(), builders)))
+    }
 }
 
 #[cfg(test)]

@@ -183,10 +183,12 @@ pub(crate) fn classify(err: &FredError) -> ErrorKind {
     if err.kind() == &FredKind::Unknown
         && (details.contains("Too many failed write attempts")
             || details.contains("Max attempts exceeded")
-            || details.contains("Missing expected connection"))
+            || details.contains("Missing expected connection")
+            || details.contains("Failed to route command"))
     {
-        // fred reports a command it could not write before its attempts ran out (the
-        // connection dropped under it) with an untyped error: that is Redis being away.
+        // fred reports a command it could not write before its attempts ran out, or could not
+        // route because the connection to its server is gone, with an untyped error: that is
+        // Redis being away.
         return ErrorKind::Unavailable;
     }
     if details.contains("Missing cluster routing state") {
@@ -254,7 +256,11 @@ mod tests {
         let not_yet = FredError::new(FredKind::Cluster, "Missing cluster routing state.");
         assert!(Error::from(not_yet).is_unavailable());
         // What fred answers when the connection dropped before the command could be written.
-        for details in ["Too many failed write attempts.", "Max attempts exceeded"] {
+        for details in [
+            "Too many failed write attempts.",
+            "Max attempts exceeded",
+            "Failed to route command.",
+        ] {
             let dropped = FredError::new(FredKind::Unknown, details);
             assert!(Error::from(dropped).is_outage(), "{details}");
         }

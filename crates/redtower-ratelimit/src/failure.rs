@@ -2,10 +2,9 @@
 //! subjects, and [`MissingKey`].
 
 use std::{
-    collections::HashMap,
     sync::{
-        Mutex,
-        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
+        Arc,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -91,7 +90,9 @@ impl Breaker {
     }
 
     fn now(&self) -> u64 {
-        u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX) + 1
+        u64::try_from(self.base.elapsed().as_micros())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
     }
 
     /// Whether the store may be called now.
@@ -134,7 +135,10 @@ impl Breaker {
     }
 
     pub(crate) fn failure(&self) {
-        let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let n = self
+            .failures
+            .fetch_add(1, Ordering::AcqRel)
+            .saturating_add(1);
         let probing = self.probe_started.swap(0, Ordering::AcqRel) != 0;
         if n >= self.config.failures.max(1) || probing {
             self.open_until.store(
@@ -150,11 +154,15 @@ impl Breaker {
 }
 
 /// Subjects denied recently, until their retry time: answered locally, with no store call.
+///
+/// A bounded cache (moka): at most `capacity` entries, each dropped at its retry time;
+/// beyond the bound, the entries least likely to be asked for again go first (TinyLFU), and
+/// neither an insert nor a lookup takes a lock shared by every request.
 pub(crate) struct DeniedCache {
-    capacity: usize,
-    /// Entries held, so the common case (nobody denied) takes no lock.
-    len: AtomicUsize,
-    entries: Mutex<HashMap<u64, Denied>>,
+    /// `None` when disabled (capacity 0).
+    entries: Option<moka::sync::Cache<u64, Arc<Denied>>>,
+    /// Whether anything was ever denied, so the common case (nobody denied) skips the lookup.
+    used: AtomicBool,
 }
 
 struct Denied {
@@ -164,27 +172,45 @@ struct Denied {
     decision: Decision,
 }
 
+/// Each entry lives until its retry time (by the real clock; lookups check the Tokio clock
+/// too).
+struct UntilRetry;
+
+impl moka::Expiry<u64, Arc<Denied>> for UntilRetry {
+    fn expire_after_create(
+        &self,
+        _: &u64,
+        denied: &Arc<Denied>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(denied.until.saturating_duration_since(denied.at))
+    }
+}
+
 impl DeniedCache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            capacity,
-            len: AtomicUsize::new(0),
-            entries: Mutex::new(HashMap::new()),
+            entries: (capacity > 0).then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(u64::try_from(capacity).unwrap_or(u64::MAX))
+                    .expire_after(UntilRetry)
+                    .build()
+            }),
+            used: AtomicBool::new(false),
         }
     }
 
     /// A still-valid denial for `key` covering `cost`, with its times aged.
     pub(crate) fn get(&self, key: impl FnOnce() -> u64, cost: u32) -> Option<Decision> {
-        if self.capacity == 0 || self.len.load(Ordering::Acquire) == 0 {
+        let entries = self.entries.as_ref()?;
+        if !self.used.load(Ordering::Relaxed) {
             return None;
         }
         let key = key();
-        let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let hit = entries.get(&key)?;
+        let now = Instant::now();
         if now >= hit.until {
-            entries.remove(&key);
-            self.len.store(entries.len(), Ordering::Release);
+            entries.invalidate(&key);
             return None;
         }
         if cost < hit.cost {
@@ -213,30 +239,38 @@ impl DeniedCache {
     }
 
     pub(crate) fn insert(&self, key: u64, cost: u32, decision: &Decision) {
-        if self.capacity == 0 {
+        let Some(entries) = &self.entries else {
             return;
-        }
+        };
         let Some(wait) = decision.retry_after() else {
             return;
         };
         let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= self.capacity {
-            entries.retain(|_, d| d.until > now);
-            if entries.len() >= self.capacity {
-                return;
-            }
-        }
+        // A wait past what the clock can hold is not cached (the store answers instead).
+        let Some(until) = now.checked_add(wait) else {
+            return;
+        };
         entries.insert(
             key,
-            Denied {
+            Arc::new(Denied {
                 at: now,
-                until: now + wait,
+                until,
                 cost,
                 decision: decision.clone(),
-            },
+            }),
         );
-        self.len.store(entries.len(), Ordering::Release);
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Entries held (after pending evictions ran): for tests.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> u64 {
+        self.entries.as_ref().map_or(0, |e| {
+            e.run_pending_tasks();
+            e.entry_count()
+        })
     }
 }
 
@@ -267,5 +301,56 @@ mod tests {
         assert!(b.allow());
         b.success();
         assert!(b.allow() && b.allow(), "closed again");
+    }
+
+    fn denied() -> Decision {
+        let p = [crate::Policy::new(
+            "p",
+            crate::Quota::per_hour(crate::nonzero!(1)),
+        )];
+        Decision::new(
+            &p,
+            [Outcome {
+                allowed: false,
+                remaining: 0,
+                reset_us: 3_600_000_000,
+                retry_after_us: 3_600_000_000,
+            }],
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_denied_cache_is_bounded() {
+        let cache = DeniedCache::new(1_000);
+        let d = denied();
+        for key in 0..20_000u64 {
+            cache.insert(key, 1, &d);
+        }
+        let held = cache.len();
+        assert!(held <= 1_000, "{held} entries held");
+        // A subject that keeps asking stays cached through a flood of one-off subjects.
+        let hot = 1_000_000;
+        cache.insert(hot, 1, &d);
+        for key in 20_000..40_000u64 {
+            assert!(cache.get(|| hot, 1).is_some());
+            cache.insert(key, 1, &d);
+        }
+        assert!(cache.len() <= 1_000);
+        assert!(cache.get(|| hot, 1).is_some());
+        // A huge wait is not cached, and does not panic.
+        let p = [crate::Policy::new(
+            "p",
+            crate::Quota::per_hour(crate::nonzero!(1)),
+        )];
+        let forever = Decision::new(
+            &p,
+            [Outcome {
+                allowed: false,
+                remaining: 0,
+                reset_us: u64::MAX,
+                retry_after_us: u64::MAX,
+            }],
+        );
+        cache.insert(7, 1, &forever);
     }
 }

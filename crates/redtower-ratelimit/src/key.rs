@@ -282,8 +282,16 @@ pub enum ForwardedHeader {
 /// walked right to left, skipping trusted hops: the first untrusted address is the client.
 /// Addresses a client writes itself sit to the left of what its first proxy appends, so they
 /// are never reached. Exactly one header is read ([`ForwardedHeader`]): reading a second one
-/// that the proxy passes through untouched would let clients choose their key. An unparsable
-/// entry stops the walk at the last trusted hop.
+/// that the proxy passes through untouched would let clients choose their key.
+///
+/// The header is read as bytes, entry by entry from the right: entries a client wrote itself,
+/// whatever bytes they hold (non-ASCII included), are never looked at, so they cannot change
+/// the key. An entry the walk does reach and cannot parse (a trusted proxy wrote something that
+/// is not an address) stops the walk at the last address reached, which is a trusted hop or the
+/// client, never a value the client chose.
+///
+/// Trusted networks may be written IPv4-mapped (`::ffff:10.0.0.0/104` is `10.0.0.0/8`), and
+/// peers and entries in either form match them.
 ///
 /// ```
 /// use redtower_ratelimit::{ClientIp, ForwardedHeader};
@@ -308,10 +316,20 @@ impl ClientIp {
         Self::trusted_proxies([])
     }
 
-    /// Reads the forwarding header when the peer is in one of `networks`.
+    /// Reads the forwarding header when the peer is in one of `networks`. An IPv4-mapped IPv6
+    /// network (`::ffff:10.0.0.0/104`) counts as the IPv4 network it maps (`10.0.0.0/8`).
+    ///
+    /// ```
+    /// use redtower_ratelimit::ClientIp;
+    ///
+    /// let key = ClientIp::trusted_proxies(["::ffff:10.0.0.0/104".parse().unwrap()]);
+    /// assert!(key.is_trusted("10.1.2.3".parse().unwrap()));
+    /// assert!(key.is_trusted("::ffff:10.1.2.3".parse().unwrap()));
+    /// assert!(!key.is_trusted("11.0.0.1".parse().unwrap()));
+    /// ```
     pub fn trusted_proxies(networks: impl IntoIterator<Item = IpNet>) -> Self {
         Self {
-            trusted: networks.into_iter().map(|n| n.trunc()).collect(),
+            trusted: networks.into_iter().map(canonical_net).collect(),
             header: ForwardedHeader::XForwardedFor,
             v4_prefix: 32,
             v6_prefix: 64,
@@ -359,9 +377,13 @@ impl ClientIp {
         self
     }
 
-    fn is_trusted(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is in one of the trusted networks (IPv4-mapped addresses count as IPv4).
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        self.trusted.iter().any(|n| n.contains(&ip))
+        self.trusted.iter().any(|n| match (n, ip) {
+            (IpNet::V6(n), IpAddr::V4(v4)) => n.contains(&v4.to_ipv6_mapped()),
+            (n, ip) => n.contains(&ip),
+        })
     }
 
     /// The client address of a request (before grouping).
@@ -370,19 +392,25 @@ impl ClientIp {
         if !self.is_trusted(peer) {
             return Some(peer);
         }
+        static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
         let name = match self.header {
-            ForwardedHeader::XForwardedFor => HeaderName::from_static("x-forwarded-for"),
-            ForwardedHeader::Forwarded => http::header::FORWARDED,
+            ForwardedHeader::XForwardedFor => &X_FORWARDED_FOR,
+            ForwardedHeader::Forwarded => &http::header::FORWARDED,
         };
-        let mut entries: Vec<&str> = Vec::new();
-        for value in parts.headers.get_all(&name) {
-            let Ok(value) = value.to_str() else {
-                return Some(peer);
-            };
-            entries.extend(value.split(',').map(str::trim));
-        }
+        // Right to left over every line of the header, as bytes: what lies left of the entry
+        // the walk stops at (the client's own writing) is never decoded.
+        let entries = parts
+            .headers
+            .get_all(name)
+            .iter()
+            .rev()
+            .flat_map(|value| value.as_bytes().rsplit(|&b| b == b','));
         let mut client = peer;
-        for entry in entries.iter().rev().take(self.max_hops) {
+        for entry in entries.take(self.max_hops) {
+            // Not UTF-8: not an address (it stops the walk here, like any unparsable entry).
+            let Ok(entry) = std::str::from_utf8(entry.trim_ascii()) else {
+                break;
+            };
             let parsed = match self.header {
                 ForwardedHeader::XForwardedFor => parse_addr(entry),
                 ForwardedHeader::Forwarded => forwarded_for(entry).and_then(parse_addr),
@@ -413,6 +441,21 @@ impl KeyExtractor for ClientIp {
         let ip = self.client_addr(parts).ok_or(NO_PEER)?;
         Ok(Some(group(ip, self.v4_prefix, self.v6_prefix)))
     }
+}
+
+/// A trusted network as it is matched: an IPv4-mapped IPv6 network of prefix 96 or longer
+/// becomes the IPv4 network it maps (`::ffff:10.0.0.0/104` is `10.0.0.0/8`); every network
+/// is truncated to its prefix.
+fn canonical_net(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net {
+        if let (Some(v4), Some(len)) = (v6.addr().to_ipv4_mapped(), v6.prefix_len().checked_sub(96))
+        {
+            if let Ok(v4) = ipnet::Ipv4Net::new(v4, len) {
+                return IpNet::V4(v4).trunc();
+            }
+        }
+    }
+    net.trunc()
 }
 
 /// `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`, `[2001:db8::1]:80`, optionally quoted.

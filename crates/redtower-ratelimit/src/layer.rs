@@ -45,6 +45,7 @@ pub(crate) struct Config {
     pub(crate) timeout: Duration,
     pub(crate) breaker: CircuitBreaker,
     pub(crate) denied_cache: usize,
+    pub(crate) fallback_subjects: usize,
     pub(crate) missing_key: MissingKey,
     pub(crate) limited: Option<LimitedResponse>,
     pub(crate) shadow: bool,
@@ -163,6 +164,7 @@ impl RateLimitLayer {
                 timeout: Duration::from_millis(100),
                 breaker: CircuitBreaker::default(),
                 denied_cache: 10_000,
+                fallback_subjects: 100_000,
                 missing_key: MissingKey::Reject,
                 limited: None,
                 shadow: false,
@@ -254,8 +256,27 @@ impl RateLimitLayer {
 
     /// How many denied subjects are remembered locally until their retry time, answered with
     /// no store call. 0 disables it. Defaults to 10,000.
+    ///
+    /// Beyond the bound, the subjects least likely to be asked for again are dropped first
+    /// (moka's TinyLFU: a subject that keeps sending stays cached; a flood of one-off subjects
+    /// does not push it out). A dropped denial only costs a store call.
     pub fn denied_cache(self, capacity: usize) -> Self {
         self.edit(|c| c.denied_cache = capacity)
+    }
+
+    /// The most subjects the [local fallback](FailurePolicy::LocalFallback) store holds (see
+    /// [`MemoryStore::max_subjects`]). Defaults to 100,000.
+    ///
+    /// ```
+    /// use redtower_ratelimit::{FailurePolicy, MemoryStore, Quota, RateLimitLayer, nonzero};
+    ///
+    /// let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_minute(nonzero!(60)))
+    ///     .on_store_error(FailurePolicy::LocalFallback)
+    ///     .fallback_max_subjects(20_000);
+    /// # let _ = layer;
+    /// ```
+    pub fn fallback_max_subjects(self, max: usize) -> Self {
+        self.edit(|c| c.fallback_subjects = max)
     }
 
     /// What to do when the key extractor finds no identity. Defaults to
@@ -313,7 +334,7 @@ impl RateLimitLayer {
                 .collect(),
             breaker: Breaker::new(self.config.breaker),
             denied: DeniedCache::new(self.config.denied_cache),
-            fallback: MemoryStore::new(),
+            fallback: MemoryStore::new().max_subjects(self.config.fallback_subjects),
             degraded: Default::default(),
             config: (*self.config).clone(),
         })
@@ -362,5 +383,71 @@ impl<S> Layer<S> for RateLimitLayer {
     /// get the error as a value.
     fn layer(&self, inner: S) -> Self::Service {
         RateLimit::from_shared(inner, self.shared())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+    use axum::{body::Body, extract::ConnectInfo};
+    use http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::{Error, Quota, Result, Subject, nonzero};
+
+    #[derive(Debug)]
+    struct Down;
+
+    #[async_trait::async_trait]
+    impl RateLimitStore for Down {
+        async fn check(&self, _: &Subject, _: &[Policy], _: u32) -> Result<Decision> {
+            Err(Error::Timeout(Duration::ZERO))
+        }
+    }
+
+    /// Requests from `n` distinct IPv6 /64s (what a routed /48 gives a client).
+    async fn flood(layer: &RateLimitLayer, n: u16, each: usize) {
+        let svc = layer.layer(tower::service_fn(|_: Request<Body>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+        }));
+        for i in 0..n {
+            let ip = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, i, 0, 0, 0, 1));
+            for _ in 0..each {
+                let req = Request::get("/")
+                    .extension(ConnectInfo(SocketAddr::new(ip, 1)))
+                    .body(Body::empty())
+                    .unwrap();
+                let res = svc.clone().oneshot(req).await.unwrap();
+                assert_ne!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_local_fallback_holds_at_most_its_bound() {
+        let layer = RateLimitLayer::new(Down, Quota::per_hour(nonzero!(10)))
+            .on_store_error(FailurePolicy::LocalFallback)
+            .fallback_max_subjects(1_024)
+            .build()
+            .unwrap();
+        flood(&layer, 20_000, 1).await;
+        let held = layer.shared().fallback.len();
+        eprintln!("fallback: 20,000 /64s, bound 1,024: {held} held");
+        assert!((512..=1_024).contains(&held), "{held}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_denied_cache_of_a_layer_is_bounded() {
+        let layer = RateLimitLayer::new(MemoryStore::new(), Quota::per_hour(nonzero!(1)))
+            .denied_cache(1_000)
+            .build()
+            .unwrap();
+        // Every subject's second request is denied and cached.
+        flood(&layer, 10_000, 2).await;
+        let held = layer.shared().denied.len();
+        eprintln!("denied cache: 10,000 denied subjects, bound 1,000: {held} held");
+        assert!((1..=1_000).contains(&held), "{held}");
     }
 }

@@ -87,6 +87,25 @@
 //!   `redtower_ratelimit_{allowed,limited,shadow_limited,fail_open,fail_closed,fallback,local_cache_hit}_total`,
 //!   labelled by `policy` (never by subject).
 //!
+//! # Limits
+//!
+//! Everything a client can make this crate hold is bounded. Each limit, its default, and why:
+//!
+//! | What | Default | Set with | Why |
+//! | --- | --- | --- | --- |
+//! | Subjects held by a [`MemoryStore`] | 100,000 (rounded up to a multiple of 32); at most about 35 MB (about 330 bytes a subject, measured) | [`MemoryStore::max_subjects`] | Clients choose their subjects (a routed IPv6 /48 is 65,536 /64 buckets). When full, the subjects whose counters expire soonest (closest to a full allowance) make room, so a flood of new subjects does not reset a limited one; work per request stays constant on average. |
+//! | Subjects held by the [local fallback](FailurePolicy::LocalFallback), per layer | 100,000 | [`RateLimitLayer::fallback_max_subjects`] | The same, during a Redis outage. |
+//! | Denied subjects answered locally | 10,000, each until its retry time | [`RateLimitLayer::denied_cache`] | A flood of denied subjects. Bounded cache (moka, TinyLFU): a subject that keeps sending stays cached, one-off subjects do not push it out; no lock shared by every request. |
+//! | Redis keys | one per policy and subject, each with a TTL: until its state stops mattering (GCRA: until the bucket is full again; windows: at most two periods) | the quotas | A flood of distinct subjects costs Redis memory in proportion to its rate times that TTL, never more (about 340 bytes a subject with two policies, measured). Use `noeviction` (or a dedicated Redis): an evicted counter is a reset limit. |
+//! | Wait for the store, per request | 100 ms | [`RateLimitLayer::timeout`] | A slow Redis must not slow every request; the [failure policy](FailurePolicy) answers instead. |
+//! | Wait for the first connection of a fresh process | the client's command timeout (2 s by default), then one script load within the store's command timeout (1 s), once | `RedisConfig::command_timeout`, [`RedisStore::command_timeout`] | A process that has not connected yet is not in an outage: its first requests wait for the connection (before the 100 ms above starts), then are decided by Redis. Once such a wait has run out, later requests fail at once until Redis is reached. |
+//! | Redis command timeout of a check | 1 s | [`RedisStore::command_timeout`] | A bound below the layer's own. |
+//! | Circuit breaker | open after 5 consecutive failures, for 1 s | [`RateLimitLayer::circuit_breaker`] | Stop calling a Redis that is down. Only failures of a store that has connected before count: never the first connection. |
+//! | Requests per script call | 64 (one call per Cluster slot) | [`RedisStore::coalesce`] (on/off) | Coalescing under load, with bounded script run time. |
+//! | Forwarding entries walked | 16 | [`ClientIp::max_hops`] | A long `X-Forwarded-For` costs bounded work; entries are read as bytes, from the right, without copying the header. |
+//! | Quota size | periods up to 100 years; GCRA and sliding-window values below 2^53 | [`Policy::validate`] (by [`RateLimitLayer::build`]) | Exact integer math in Lua. Values past these (a store called directly with an unvalidated policy, a clock at the end of time, a corrupt counter in Redis) saturate or are rejected as errors: never a panic. |
+//! | Policy names | 1 to 128 characters of `[A-Za-z0-9-_.@+=,/!~]` | — | They are key segments and header tokens. |
+//!
 //! # Missing identities
 //!
 //! When the key extractor finds no identity (no `ConnectInfo`, no API key header), the layer

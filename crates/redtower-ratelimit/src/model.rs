@@ -68,6 +68,10 @@ pub struct Update {
 /// when there is none, or it has expired). Returns the outcome, and the update to store if the
 /// request is admitted (callers store nothing for a denied request). A state of another
 /// algorithm's shape counts as absent.
+///
+/// Never panics: for values past what a [validated](crate::Policy::validate) policy and a real
+/// clock produce (a quota too large, a clock near `u64::MAX`, a corrupt state), the arithmetic
+/// saturates at `u64::MAX` (answers are then unspecified, but total).
 pub fn evaluate(quota: &Quota, state: Option<State>, now: u64, cost: u64) -> (Outcome, Update) {
     match quota.get_algorithm() {
         Algorithm::Gcra => gcra(quota, state, now, cost),
@@ -77,14 +81,14 @@ pub fn evaluate(quota: &Quota, state: Option<State>, now: u64, cost: u64) -> (Ou
 }
 
 fn gcra(quota: &Quota, state: Option<State>, now: u64, cost: u64) -> (Outcome, Update) {
-    let t = quota.emission_interval_us();
-    let tau = u64::from(quota.capacity()) * t;
+    let t = quota.emission_interval_us().max(1);
+    let tau = u64::from(quota.capacity()).saturating_mul(t);
     let stored = match state {
         Some(State::Gcra { tat }) => tat,
         _ => 0,
     };
     let tat = stored.max(now);
-    let new = tat + cost * t;
+    let new = tat.saturating_add(cost.saturating_mul(t));
     let outcome = if new - now <= tau {
         Outcome {
             allowed: true,
@@ -97,7 +101,7 @@ fn gcra(quota: &Quota, state: Option<State>, now: u64, cost: u64) -> (Outcome, U
             allowed: false,
             remaining: tau.saturating_sub(tat - now) / t,
             reset_us: tat - now,
-            retry_after_us: new - tau - now,
+            retry_after_us: (new - now) - tau,
         }
     };
     let update = Update {
@@ -108,16 +112,16 @@ fn gcra(quota: &Quota, state: Option<State>, now: u64, cost: u64) -> (Outcome, U
 }
 
 fn fixed(quota: &Quota, state: Option<State>, now: u64, cost: u64) -> (Outcome, Update) {
-    let p = quota.period_us();
+    let p = quota.period_us().max(1);
     let limit = u64::from(quota.limit().get());
     let w = now / p;
     let count = match state {
         Some(State::Window { window, count, .. }) if window == w => count,
         _ => 0,
     };
-    let allowed = count + cost <= limit;
+    let allowed = count.saturating_add(cost) <= limit;
     let after = if allowed { count + cost } else { count };
-    let end = (w + 1) * p - now;
+    let end = window_end(w, 1, p, now);
     let outcome = Outcome {
         allowed,
         remaining: limit.saturating_sub(after),
@@ -127,7 +131,7 @@ fn fixed(quota: &Quota, state: Option<State>, now: u64, cost: u64) -> (Outcome, 
     let update = Update {
         state: State::Window {
             window: w,
-            count: count + cost,
+            count: count.saturating_add(cost),
             prev: 0,
         },
         ttl_us: end,
@@ -143,11 +147,17 @@ fn weight_drops_at(prev: u64, p: u64, k: u64) -> u64 {
     }
     // prev * (p - e) < (k + 1) * p  <=>  p - e <= ((k + 1) * p - 1) / prev
     let m = ((u128::from(k) + 1) * u128::from(p) - 1) / u128::from(prev);
-    p - (m as u64).min(p)
+    p - u64::try_from(m).map_or(p, |m| m.min(p))
+}
+
+/// `(w + n) * p - now`: the time from `now` (in window `w`) to the end of window `w + n - 1`,
+/// saturating.
+fn window_end(w: u64, n: u64, p: u64, now: u64) -> u64 {
+    w.saturating_add(n).saturating_mul(p).saturating_sub(now)
 }
 
 fn sliding(quota: &Quota, state: Option<State>, now: u64, cost: u64) -> (Outcome, Update) {
-    let p = quota.period_us();
+    let p = quota.period_us().max(1);
     let limit = u64::from(quota.limit().get());
     let w = now / p;
     let (cur, prev) = match state {
@@ -156,17 +166,17 @@ fn sliding(quota: &Quota, state: Option<State>, now: u64, cost: u64) -> (Outcome
             count,
             prev,
         }) if window == w => (count, prev),
-        Some(State::Window { window, count, .. }) if window + 1 == w => (0, count),
+        Some(State::Window { window, count, .. }) if window.checked_add(1) == Some(w) => (0, count),
         _ => (0, 0),
     };
     let e = now - w * p;
     let weighted = (u128::from(prev) * u128::from(p - e) / u128::from(p)) as u64;
-    let allowed = weighted + cur + cost <= limit;
+    let allowed = weighted.saturating_add(cur).saturating_add(cost) <= limit;
     let cur_after = if allowed { cur + cost } else { cur };
     let reset_us = if cur_after > 0 {
-        (w + 2) * p - now
+        window_end(w, 2, p, now)
     } else if prev > 0 {
-        (w + 1) * p - now
+        window_end(w, 1, p, now)
     } else {
         0
     };
@@ -174,36 +184,37 @@ fn sliding(quota: &Quota, state: Option<State>, now: u64, cost: u64) -> (Outcome
         0
     } else {
         // Later in this window, once the previous window's weight has dropped enough?
-        let this_window = (limit >= cur + cost)
+        let this_window = (limit >= cur.saturating_add(cost))
             .then(|| weight_drops_at(prev, p, limit - cur - cost))
             .filter(|&e2| e2 < p);
         match this_window {
-            Some(e2) => w * p + e2 - now,
+            // w * p <= now.
+            Some(e2) => (w * p).saturating_add(e2).saturating_sub(now),
             None => {
                 // Next window: this window's count becomes the weighted one.
                 let k2 = limit.saturating_sub(cost);
                 let e3 = weight_drops_at(cur, p, k2);
                 if e3 < p {
-                    (w + 1) * p + e3 - now
+                    window_end(w, 1, p, now).saturating_add(e3)
                 } else {
-                    (w + 2) * p - now
+                    window_end(w, 2, p, now)
                 }
             }
         }
     };
     let outcome = Outcome {
         allowed,
-        remaining: limit.saturating_sub(weighted + cur_after),
+        remaining: limit.saturating_sub(weighted.saturating_add(cur_after)),
         reset_us,
         retry_after_us,
     };
     let update = Update {
         state: State::Window {
             window: w,
-            count: cur + cost,
+            count: cur.saturating_add(cost),
             prev,
         },
-        ttl_us: (w + 2) * p - now,
+        ttl_us: window_end(w, 2, p, now),
     };
     (outcome, update)
 }
@@ -256,5 +267,67 @@ mod tests {
         let (o, _) = evaluate(&quota, Some(u.state), T0 + 250_000, 1);
         assert!(o.allowed);
         assert_eq!(o.remaining, 0);
+    }
+
+    fn hostile_quota() -> impl proptest::strategy::Strategy<Value = Quota> {
+        use proptest::prelude::*;
+        (
+            any::<u32>(),
+            prop_oneof![Just(1u64), Just(u64::MAX), any::<u64>()],
+            any::<Option<u32>>(),
+            0u8..3,
+        )
+            .prop_map(|(limit, period_us, burst, algo)| {
+                let limit = std::num::NonZeroU32::new(limit).unwrap_or(std::num::NonZeroU32::MIN);
+                // Past the 100 years `Quota` accepts: clamp there (its largest period).
+                let period = std::time::Duration::from_micros(
+                    period_us.clamp(1, 100 * 366 * 86_400 * 1_000_000),
+                );
+                let mut q = Quota::with_period(limit, period).unwrap();
+                if let Some(b) = burst.and_then(std::num::NonZeroU32::new) {
+                    q = q.burst(b);
+                }
+                match algo {
+                    0 => q,
+                    1 => q.fixed_window(),
+                    _ => q.sliding_window(),
+                }
+            })
+    }
+
+    fn hostile_u64() -> impl proptest::strategy::Strategy<Value = u64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(0),
+            Just(1),
+            Just(u64::MAX),
+            Just(u64::MAX - 1),
+            Just(1 << 53),
+            any::<u64>()
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the quota (validated or not), the clock, the stored state (corrupt or not)
+        /// and the cost, the model answers without panicking (debug builds check overflow),
+        #[test]
+        fn the_model_never_panics_on_hostile_values(
+            quota in hostile_quota(),
+            now in hostile_u64(),
+            cost in hostile_u64(),
+            tat in hostile_u64(),
+            window in hostile_u64(),
+            count in hostile_u64(),
+            prev in hostile_u64(),
+            gcra in proptest::bool::ANY,
+        ) {
+            let state = if gcra { State::Gcra { tat } } else { State::Window { window, count, prev } };
+            for state in [None, Some(state)] {
+                let (o, u) = evaluate(&quota, state, now, cost);
+                let _ = std::time::Duration::from_micros(o.retry_after_us);
+                let _ = std::time::Duration::from_micros(o.reset_us);
+                let _ = now.saturating_add(u.ttl_us);
+            }
+        }
     }
 }

@@ -43,7 +43,7 @@ static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// Whole seconds, rounded up, so a client that waits this long is never early.
 pub fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 /// Writes the rate limit headers for `decision` into `headers`.
@@ -142,7 +142,7 @@ pub(crate) fn write_headers_with(
         end(&buf, &X_LIMIT);
         push_u64(&mut buf, d.remaining());
         end(&buf, &X_REMAINING);
-        push_u64(&mut buf, ceil_secs(now + d.reset()));
+        push_u64(&mut buf, ceil_secs(now.saturating_add(d.reset())));
         end(&buf, &X_RESET);
     }
     if draft {
@@ -288,6 +288,8 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     #[test]
     fn push_u64_writes_decimal() {
         for n in [0, 7, 10, 1234567890, u64::MAX] {
@@ -295,5 +297,38 @@ mod tests {
             super::push_u64(&mut s, n);
             assert_eq!(s.as_slice(), format!("x{n}").as_bytes());
         }
+    }
+
+    proptest::proptest! {
+        /// Headers, `Retry-After` and the 429 body from any outcome a store can return (a
+        /// custom store included: `Outcome` is public) never panic.
+        #[test]
+        fn responses_from_hostile_outcomes_never_panic(
+            remaining in proptest::prelude::any::<u64>(),
+            reset_us in proptest::prop_oneof![proptest::strategy::Just(u64::MAX), proptest::prelude::any::<u64>()],
+            retry_after_us in proptest::prop_oneof![proptest::strategy::Just(u64::MAX), proptest::prelude::any::<u64>()],
+            allowed in proptest::bool::ANY,
+        ) {
+            use crate::{Decision, Policy, Quota, model::Outcome, nonzero};
+            let p = [Policy::new("p", Quota::per_hour(nonzero!(1)))];
+            let d = Decision::new(&p, [Outcome { allowed, remaining, reset_us, retry_after_us }]);
+            let mut headers = http::HeaderMap::new();
+            super::write_headers(&mut headers, &d, super::Headers { draft: true, legacy: true });
+            proptest::prop_assert!(headers.contains_key("ratelimit"));
+            let mut res = super::too_many_requests(&d);
+            if let Some(wait) = d.retry_after() {
+                super::set_retry_after(&mut res, wait);
+                let secs: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+                // Rounded up: a retry at that time succeeds.
+                proptest::prop_assert!(u128::from(secs) * 1_000_000 >= u128::from(retry_after_us));
+            }
+        }
+    }
+
+    #[test]
+    fn ceil_secs_saturates() {
+        assert_eq!(super::ceil_secs(Duration::MAX), u64::MAX);
+        assert_eq!(super::ceil_secs(Duration::from_nanos(1)), 1);
+        assert_eq!(super::ceil_secs(Duration::from_secs(2)), 2);
     }
 }

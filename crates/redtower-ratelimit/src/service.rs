@@ -397,11 +397,14 @@ fn cache_key(subject: &Subject, set: &PolicySet) -> u64 {
     FIXED_HASHER.hash_one((subject, Arc::as_ptr(&set.list) as *const Policy as usize))
 }
 
-/// Circuit breaker bookkeeping for a store answer.
+/// Circuit breaker bookkeeping for a store answer. Only a failure of a store that has
+/// connected before is evidence of an outage: failures while the first connection is being
+/// made never open the breaker.
 fn settle(shared: &Shared, result: &Result<Decision, Error>) {
     match result {
         Ok(_) => shared.breaker.success(),
-        Err(_) => shared.breaker.failure(),
+        Err(_) if shared.config.store.has_connected() => shared.breaker.failure(),
+        Err(_) => {}
     }
 }
 
@@ -466,13 +469,26 @@ fn decided<B>(shared: &Shared, pending: Pending<B>, result: Result<Decision, Err
 /// what the request does next.
 async fn wait<S, ReqBody, ResBody>(
     shared: Arc<Shared>,
-    mut inner: S,
+    inner: S,
     pending: Pending<ReqBody>,
 ) -> Waited<S::Future, ResBody>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
     let config = &shared.config;
+    // A fresh process waits for its first connection before the layer's timeout starts: the
+    // wait is bounded by the store (the client's command timeout), and a store that could not
+    // connect at all is unreachable, not failing (the breaker does not count it).
+    let first = match &config.redis {
+        // Boxed: the rare path stays out of every request's future.
+        Some(redis) if !redis.ready() => Some(Box::pin(redis.wait_ready()).await),
+        Some(_) => None,
+        None if !config.store.has_connected() => Some(config.store.first_connection().await),
+        None => None,
+    };
+    if let Some(Err(error)) = first {
+        return next(&shared, inner, pending, Err(error));
+    }
     let result = {
         let (subject, policies, cost) = (&pending.subject, &pending.set.list, pending.cost);
         let queued = config
@@ -489,7 +505,21 @@ where
     };
     let result = result.unwrap_or(Err(Error::Timeout(config.timeout)));
     settle(&shared, &result);
-    match decided(&shared, pending, result) {
+    next(&shared, inner, pending, result)
+}
+
+/// What a request that waited for the store does next.
+fn next<S, ReqBody, ResBody>(
+    shared: &Shared,
+    mut inner: S,
+    pending: Pending<ReqBody>,
+    result: Result<Decision, Error>,
+) -> Waited<S::Future, ResBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    let config = &shared.config;
+    match decided(shared, pending, result) {
         Step::Respond(res) => Waited::Respond(respond(res)),
         Step::Pass(req, decision) => Waited::Call {
             fut: inner.call(req),

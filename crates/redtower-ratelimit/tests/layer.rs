@@ -296,6 +296,87 @@ async fn trusted_proxy_uses_rightmost_untrusted_address() {
     assert_eq!(fwd.client_addr(&p), Some("10.0.0.2".parse().unwrap()));
 }
 
+/// Bytes a client writes into its own `X-Forwarded-For` (non-ASCII included) are left of what
+/// the trusted proxy appends: they never change the key, and never move the client into the
+/// proxy's bucket.
+#[tokio::test(start_paused = true)]
+async fn non_ascii_forwarded_for_keeps_the_clients_own_bucket() {
+    let key = ClientIp::trusted_proxies(["10.0.0.0/8".parse().unwrap()]);
+    let app =
+        app(RateLimitLayer::new(MemoryStore::new(), Quota::per_hour(nonzero!(1))).key(key.clone()));
+    let via_proxy = |xff: &[u8]| {
+        let mut r = req("10.0.0.2:1");
+        r.headers_mut().insert(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(xff).unwrap(),
+        );
+        r
+    };
+    let hostile: &[u8] = b"\xc3\xa9vil\xff, 203.0.113.5";
+    assert_eq!(
+        key.client_addr(&via_proxy(hostile).into_parts().0),
+        Some("203.0.113.5".parse().unwrap())
+    );
+    // Also when the client's bytes come as a header line of their own.
+    let mut two_lines = via_proxy(b"\xff\xfe");
+    two_lines
+        .headers_mut()
+        .append("x-forwarded-for", "203.0.113.5".parse().unwrap());
+    assert_eq!(
+        key.client_addr(&two_lines.into_parts().0),
+        Some("203.0.113.5".parse().unwrap())
+    );
+    assert_eq!(
+        send(&app, via_proxy(hostile)).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&app, via_proxy(b"203.0.113.5")).await.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the client's own bucket, with or without the hostile bytes"
+    );
+    assert_eq!(
+        send(&app, via_proxy(hostile)).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // The proxy's bucket was never used: another client through it is served.
+    assert_eq!(
+        send(&app, via_proxy(b"203.0.113.6")).await.status(),
+        StatusCode::OK
+    );
+    // A hostile entry the walk does reach (written by a trusted hop) stops it at that hop.
+    let p = via_proxy(b"203.0.113.5, \xff, 10.0.0.3").into_parts().0;
+    assert_eq!(key.client_addr(&p), Some("10.0.0.3".parse().unwrap()));
+}
+
+/// `TRUSTED_PROXIES=::ffff:10.0.0.0/104` means the IPv4 network 10.0.0.0/8, for IPv4 peers
+/// and for IPv4-mapped IPv6 peers (a dual-stack listener).
+#[tokio::test(start_paused = true)]
+async fn ipv4_mapped_trusted_proxies_match() {
+    for net in ["::ffff:10.0.0.0/104", "10.0.0.0/8", "::/0"] {
+        let key = ClientIp::trusted_proxies([net.parse().unwrap()]);
+        for peer in ["10.0.0.2:1", "[::ffff:10.0.0.2]:1"] {
+            let mut r = req(peer);
+            r.headers_mut()
+                .insert("x-forwarded-for", "203.0.113.5".parse().unwrap());
+            assert_eq!(
+                key.client_addr(&r.into_parts().0),
+                Some("203.0.113.5".parse().unwrap()),
+                "{net} trusts {peer}"
+            );
+        }
+    }
+    let key = ClientIp::trusted_proxies(["::ffff:10.0.0.0/104".parse().unwrap()]);
+    let mut r = req("[::ffff:11.0.0.2]:1");
+    r.headers_mut()
+        .insert("x-forwarded-for", "203.0.113.5".parse().unwrap());
+    assert_eq!(
+        key.client_addr(&r.into_parts().0),
+        Some("11.0.0.2".parse().unwrap()),
+        "outside the network: the peer itself"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn rotating_ipv6_within_a_64_share_a_limit() {
     let app = app(RateLimitLayer::new(

@@ -737,3 +737,104 @@ async fn changing_a_policys_algorithm_under_the_same_name_just_works() {
         assert_eq!(d.policies()[0].remaining(), 2, "{q:?}");
     }
 }
+
+/// A corrupt or hostile counter in Redis (a huge theoretical arrival time, a window state with
+/// absurd numbers) gives an error (the failure policy applies) or a decision: never a panic,
+/// and never a retry time that overflows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_state_in_redis_never_panics() {
+    let store = RedisStore::new(connect(&redtower_testkit::shared_url(), "hostile").await);
+    let server = redtower_testkit::shared();
+    let policies = [
+        Policy::new("g", Quota::per_hour(nonzero!(5))),
+        Policy::new("f", Quota::per_hour(nonzero!(5)).fixed_window()),
+        Policy::new("s", Quota::per_hour(nonzero!(5)).sliding_window()),
+    ];
+    for (i, value) in [
+        "99999999999999999999999999",
+        "18446744073709551615",
+        "-5",
+        "9007199254740993",
+        "1 18446744073709551615 18446744073709551615",
+        "99999999999999999999 1 1",
+        "nan",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let s = Subject::new(format!("hostile-{i}"));
+        for p in &policies {
+            server.cmd(&["SET", store.key(&s, p.name()).as_str(), value]);
+        }
+        for _ in 0..2 {
+            match store.check(&s, &policies, 1).await {
+                Ok(d) => {
+                    let _ = (d.retry_after(), d.remaining());
+                    for p in d.policies() {
+                        let _ = (p.reset(), p.retry_after());
+                    }
+                }
+                Err(e) => assert!(!e.is_outage(), "{value}: {e}"),
+            }
+        }
+    }
+}
+
+/// Clients choose their subjects: a flood of 10,000 distinct ones leaves only keys that
+/// expire (every key has a TTL no longer than its policy needs), and the Redis memory it costs
+/// is measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_subjects_leaves_only_expiring_keys() {
+    const SUBJECTS: usize = 10_000;
+    let server = redtower_testkit::RedisServer::start();
+    let store = RedisStore::new(connect(&server.url(), "flood").await);
+    let used = || -> u64 {
+        let info = server.cmd(&["INFO", "memory"]).as_text().unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = used();
+    let policies = [
+        Policy::new("burst", Quota::per_minute(nonzero!(60))),
+        Policy::new("hourly", Quota::per_hour(nonzero!(1_000)).fixed_window()),
+    ];
+    let subjects: Vec<Subject> = (0..SUBJECTS)
+        .map(|i| Subject::new(format!("flood-{i}")))
+        .collect();
+    for chunk in subjects.chunks(500) {
+        let batch: Vec<(&Subject, &[Policy], u32)> =
+            chunk.iter().map(|s| (s, &policies[..], 1)).collect();
+        for d in store.check_batch(&batch).await {
+            assert!(d.unwrap().is_allowed());
+        }
+    }
+    let after = used();
+    let keys = server.cmd(&["DBSIZE"]).as_int().unwrap();
+    eprintln!(
+        "flood: {SUBJECTS} subjects x 2 policies: {keys} keys, Redis used_memory +{} bytes \
+         ({} bytes a subject)",
+        after.saturating_sub(before),
+        after.saturating_sub(before) / SUBJECTS as u64
+    );
+    // One key per policy and subject (the 1 s ones may have expired already on a slow
+    // machine), nothing else.
+    assert!(
+        (SUBJECTS as i64..=2 * SUBJECTS as i64).contains(&keys),
+        "{keys} keys"
+    );
+    // Every key expires, no later than its policy needs: GCRA one emission interval (1 s)
+    // after one request, the fixed window at the end of the hour.
+    for s in subjects.iter().step_by(97) {
+        for (p, most) in [("burst", 1_000), ("hourly", 3_600_000)] {
+            let key = store.key(s, p);
+            let pttl = server.cmd(&["PTTL", key.as_str()]).as_int().unwrap();
+            assert!(pttl <= most, "{p}: PTTL {pttl}");
+            // -2: already expired (the 1 s ones, on a slow machine); -1 would be no TTL.
+            assert!(pttl > 0 || pttl == -2, "{p}: PTTL {pttl}");
+        }
+    }
+}

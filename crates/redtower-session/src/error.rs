@@ -31,6 +31,16 @@ pub enum Error {
     /// Session data could not be encoded or decoded.
     #[error("session data encoding: {0}")]
     Encoding(#[from] serde_json::Error),
+    /// [`UserSessions::watch`](crate::UserSessions::watch) was asked for more watches than the
+    /// store's cap ([`RedisStore::max_watches`](crate::RedisStore::max_watches)).
+    #[error("more than {max} session watches")]
+    TooManyWatches {
+        /// The configured cap.
+        max: usize,
+    },
+    /// [`UserSessions::watch`](crate::UserSessions::watch) was called outside a Tokio runtime.
+    #[error("session watches need a Tokio runtime")]
+    NoRuntime,
     /// Creating a session collided with existing ids too many times (a broken random source).
     #[error("could not find a free session id")]
     Collision,

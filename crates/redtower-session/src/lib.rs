@@ -5,8 +5,13 @@
 //!   `save` never resurrects a deleted or revoked session, keys are HMACs of the ids, TTLs
 //!   have millisecond precision, idle timeouts slide on reads without rewriting the record,
 //!   an absolute timeout caps everything, and session data has a size cap.
-//! * [`bind_user`] at login (cycles the id against fixation), [`UserSessions`] for
-//!   `list` / `revoke` / `revoke_all` ("log out everywhere"), [`AuthSession`] for handlers.
+//! * [`bind_user`] at login (cycles the id against fixation; logging in as another user starts
+//!   from empty data), [`UserSessions`] for `list` / `revoke` / `revoke_all` ("log out
+//!   everywhere") / `revoke_others` ("log out my other devices"), [`AuthSession`] for handlers.
+//! * A per-user cap ([`RedisStore::max_sessions_per_user`], 100 by default): one more login
+//!   revokes the user's oldest session, so no flood of logins grows Redis or the index.
+//! * [`UserSessions::watch`]: a future that resolves within about 250 ms of a session ending
+//!   (revoked, logged out, expired) on any instance, to end live streams (SSE) bound to it.
 //! * [`SessionLayer`]: `SessionManagerLayer` with signed cookies and secure defaults that
 //!   answers 401 (and clears the cookie) when a session is revoked mid-request, and 503 when
 //!   Redis is down, instead of a bare 500.
@@ -128,8 +133,8 @@
 //! `<prefix>:s:{<bucket>}:g:<user>`. `bucket = HMAC(secret, user) mod 2^14` is carried in the
 //! top 14 bits of a logged-in session's id (the other 114 bits are random), so the store finds
 //! the user's slot from the cookie alone: record, index and epoch share one Cluster slot and
-//! every operation (load with idle refresh, save, create, delete, list, revoke, revoke_all)
-//! is one atomic Lua script, one round trip. A session records the epoch at login; bumping it
+//! every operation (load with idle refresh, save, create, delete, list, revoke, revoke_all,
+//! revoke_others) is one atomic Lua script, one round trip. A session records the epoch at login; bumping it
 //! (`revoke_all`) kills every session of the user at its next use, even ones missing from the
 //! index. The epoch key lives at least as long as the user's longest session.
 //!
@@ -153,6 +158,46 @@
 //! process dies between the two halves the user is logged out, never logged in twice; two
 //! concurrent logins through one cookie each get a session of their own, both indexed.
 //!
+//! # Limits
+//!
+//! Every resource a client can make the store hold is bounded:
+//!
+//! | limit | default | setter | why |
+//! | --- | --- | --- | --- |
+//! | sessions per user | 100 | [`max_sessions_per_user`](RedisStore::max_sessions_per_user) | a login needs no more than a user name in many apps; the 101st login revokes the session that expires soonest (the oldest), so the index, `list` and `revoke_all` never handle more than 100 entries (bounded work in one Lua script) and one user's Redis memory is capped (~100 records of at most the data cap) |
+//! | session data | 16 KiB | [`max_data_size`](RedisStore::max_data_size) | a handler storing user input cannot grow one record without bound; a bigger save fails |
+//! | session lifetime | 7 days | [`absolute_timeout`](RedisStore::absolute_timeout) | no activity keeps a session (or its keys) alive forever; every key has a TTL |
+//! | idle lifetime | none | [`idle_timeout`](RedisStore::idle_timeout) | set it (e.g. 30 min) to end sessions nobody uses |
+//! | watched sessions per store | 10,000 | [`max_watches`](RedisStore::max_watches) | each open stream costs one entry and a few bytes per check; beyond it `watch` fails with [`Error::TooManyWatches`] (answer 503) |
+//! | watch check interval | 250 ms | [`watch_interval`](RedisStore::watch_interval) | one batched check per interval for all watches (standalone: one round trip of script calls of at most 500 keys; Cluster: pipelined `HMGET`s, then `GET`s of the epochs, two round trips); a watch resolves within about this plus the check |
+//! | loads per coalesced script call | 64 | — | one script call never runs long while Redis serves nobody else |
+//! | create attempts on id collisions | 8 | — | a broken random source fails with [`Error::Collision`] instead of looping |
+//!
+//! The memory store has the same limits; its per-user index is ordered by expiry, so pruning
+//! and evicting never rescan it, and expired records are swept as the store doubles.
+//!
+//! # Retry safety
+//!
+//! The client re-sends a command that was in flight when its connection dropped (up to
+//! `max_command_attempts`), so a script may run twice. Each is safe to run twice (the comment at
+//! the top of each script says why):
+//!
+//! | script | changes state | safe under re-send? | how |
+//! | --- | --- | --- | --- |
+//! | `create` | record, index, epoch, evicts beyond the cap | yes | the id is chosen by the client, with a random creation token stored in the record: a re-send finds its own token and answers as the first run did (one record, one index entry, one eviction) |
+//! | `load` | last seen, idle slide, deletes dead sessions | yes | touching again moves nothing back; deleting a dead session again changes nothing |
+//! | `save` | data, expiry | yes | writes the same again; only updates a live record, so never resurrects |
+//! | `delete` | deletes record and index entry | yes | a second run finds nothing |
+//! | `list` | prunes dead entries | yes | pruning twice prunes nothing more |
+//! | `revoke` | deletes one session | yes, in effect | a second run finds it gone (the reply then says "not found"; the session is revoked either way) |
+//! | `revoke_all` | bumps the epoch, deletes indexed sessions | yes, in effect | a second bump only ends sessions created while the call was in flight; never undoes a revocation |
+//! | `revoke_others` | as `revoke_all`, re-stamps the current session | yes, in effect | the current session carries the new epoch, so a second run keeps it again |
+//! | `alive` (watches) | no | yes | read only |
+//!
+//! A fresh [`Redis`](redtower_client::Redis) handle (a process that just started) waits for its
+//! first connection before the first command, up to the command timeout: the first requests
+//! are decided by Redis, not answered 503.
+//!
 //! # Features
 //!
 //! * `rustls`: TLS for Redis, forwarded to `redtower-client`.
@@ -169,7 +214,7 @@ mod user;
 pub use error::{Error, Result};
 pub use extract::{AuthSession, SessionRejection, status_for};
 pub use layer::{SessionGuard, SessionLayer};
-pub use store::{any::AnyStore, memory::MemoryStore, redis::RedisStore};
+pub use store::{any::AnyStore, memory::MemoryStore, redis::RedisStore, watch::SessionWatch};
 pub use user::{
     Binding, SessionError, SessionInfo, SessionMeta, USER_KEY, UserSessions, bind_user,
     current_user,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tower_sessions_core::{Session, SessionStore, session::Id};
 
-use crate::Result;
+use crate::{Result, SessionWatch};
 
 /// The reserved session data key that holds the [`Binding`] written by [`bind_user`].
 pub const USER_KEY: &str = "redtower.user";
@@ -97,6 +97,11 @@ impl Binding {
 /// Logs `session` in as `user`: stores the binding and cycles the session id (the pre-login
 /// id is deleted from the store at once, so it is dead: no session fixation).
 ///
+/// Session data: logging in from an anonymous session keeps its data (a cart filled before
+/// login survives it), and so does logging in again as the same user. Logging in as a
+/// *different* user than the one the session is bound to starts from empty data: nothing of
+/// the previous user's session carries over.
+///
 /// The new id is created by the store when the response is sent. With [`RedisStore`] and
 /// [`MemoryStore`](crate::MemoryStore) it is added to the user's index then, atomically, and
 /// its id carries the user's Cluster bucket.
@@ -115,6 +120,12 @@ pub async fn bind_user(
         user: user.to_owned(),
         meta,
     };
+    let previous = session.get_value(USER_KEY).await?;
+    let other_user =
+        previous.is_some_and(|v| v.get("user").and_then(serde_json::Value::as_str) != Some(user));
+    if other_user {
+        session.clear().await;
+    }
     session.insert(USER_KEY, binding).await?;
     // A session already known to the store gets a new id and its old one is deleted. A new
     // session (no id yet) is created under a fresh id anyway.
@@ -185,7 +196,9 @@ pub trait UserSessions: SessionStore {
     async fn list(&self, user: &str, current: Option<Id>) -> Result<Vec<SessionInfo>>;
 
     /// Revokes the session `handle` of `user`. Returns whether it existed. A handle of
-    /// another user, or garbage, revokes nothing.
+    /// another user, or garbage, revokes nothing. (When the reply was lost and the command
+    /// re-sent, the re-send finds the session already gone and reports `false`: the session is
+    /// revoked either way.)
     ///
     /// # Errors
     ///
@@ -193,12 +206,86 @@ pub trait UserSessions: SessionStore {
     async fn revoke(&self, user: &str, handle: &str) -> Result<bool>;
 
     /// Revokes every session of `user` in one atomic step ("log out everywhere"). Returns how
-    /// many indexed sessions were deleted; unindexed ones die on their next use.
+    /// many indexed sessions were deleted; unindexed ones die on their next use. The work is
+    /// bounded by the per-user cap.
     ///
     /// # Errors
     ///
     /// When Redis fails.
     async fn revoke_all(&self, user: &str) -> Result<u64>;
+
+    /// Revokes every session of `user` except `current` (after a password change: "log out my
+    /// other devices"), in one atomic step like [`revoke_all`](Self::revoke_all): sessions
+    /// the index does not know about die too. Returns how many indexed sessions were deleted.
+    ///
+    /// `current` is the caller's [`Session::id`]. When it is not a live session of `user`,
+    /// every session of `user` is revoked.
+    ///
+    /// ```
+    /// use redtower_session::{MemoryStore, UserSessions, bind_user, SessionMeta};
+    /// use redtower_session::tower_sessions::{Session, SessionStore};
+    /// use std::sync::Arc;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let store = MemoryStore::new();
+    /// let login = || async {
+    ///     let session = Session::new(None, Arc::new(store.clone()), None);
+    ///     bind_user(&session, "alice", SessionMeta::new()).await.unwrap();
+    ///     session.save().await.unwrap();
+    ///     session.id().unwrap()
+    /// };
+    /// let (laptop, phone) = (login().await, login().await);
+    /// assert_eq!(store.revoke_others("alice", &laptop).await.unwrap(), 1);
+    /// assert!(store.load(&laptop).await.unwrap().is_some());
+    /// assert!(store.load(&phone).await.unwrap().is_none());
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails.
+    async fn revoke_others(&self, user: &str, current: &Id) -> Result<u64>;
+
+    /// A future that resolves within about one [watch interval] (250 ms by default) plus a
+    /// round trip after the session `id` ends: revoked, logged out, revoked by
+    /// [`revoke_all`](Self::revoke_all) or [`revoke_others`](Self::revoke_others), evicted by
+    /// the per-user cap, or expired, through any instance sharing the store's Redis. For live
+    /// streams (SSE, WebSocket) bound to the session they were opened with: end the stream
+    /// when it resolves. A session that is already gone resolves at the first check.
+    ///
+    /// Cheap with many streams: one task per store checks every watched session together,
+    /// one batched round trip per interval; dropping the future removes the watch.
+    ///
+    /// [watch interval]: crate::RedisStore::watch_interval
+    ///
+    /// ```
+    /// use redtower_session::{MemoryStore, UserSessions, bind_user, SessionMeta};
+    /// use redtower_session::tower_sessions::Session;
+    /// use std::{sync::Arc, time::Duration};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let store = MemoryStore::new();
+    /// let session = Session::new(None, Arc::new(store.clone()), None);
+    /// bind_user(&session, "alice", SessionMeta::new()).await.unwrap();
+    /// session.save().await.unwrap();
+    /// let id = session.id().unwrap();
+    ///
+    /// // In an SSE handler: end the stream when the session ends, e.g. with
+    /// // `stream.take_until(store.watch(&id)?)`.
+    /// let ended = store.watch(&id).unwrap();
+    /// store.revoke_all("alice").await.unwrap();
+    /// tokio::time::timeout(Duration::from_secs(1), ended).await.expect("ended within 1 s");
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooManyWatches`](crate::Error::TooManyWatches) beyond the store's cap (10,000
+    /// by default; answer 503), [`Error::NoRuntime`](crate::Error::NoRuntime) outside a Tokio
+    /// runtime.
+    fn watch(&self, id: &Id) -> Result<SessionWatch>;
 }
 
 pub(crate) fn binding_of(

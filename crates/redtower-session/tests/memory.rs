@@ -21,11 +21,26 @@ impl Backend for Memory {
         if let Some(n) = o.max_data {
             s = s.max_data_size(n);
         }
+        if let Some(n) = o.max_per_user {
+            s = s.max_sessions_per_user(n);
+        }
         s
     }
 
     async fn index_exists(&self, store: &MemoryStore, user: &str) -> bool {
         store.has_index(user)
+    }
+
+    async fn index_len(&self, store: &MemoryStore, user: &str) -> usize {
+        store.index_len(user)
+    }
+
+    async fn records(&self, store: &MemoryStore) -> usize {
+        store.records()
+    }
+
+    fn watched(&self, store: &MemoryStore) -> usize {
+        store.watched()
     }
 }
 

@@ -10,7 +10,7 @@ use common::{
     Backend, Opts,
     app::{Counting, app, id_of, login_as, send},
 };
-use fred::interfaces::KeysInterface as _;
+use fred::interfaces::{KeysInterface as _, SortedSetsInterface as _};
 use redtower_client::{Redis, RedisConfig};
 use redtower_session::{RedisStore, UserSessions, tower_sessions::cookie::Key};
 use redtower_testkit::{RedisServer, unique_prefix};
@@ -60,7 +60,34 @@ impl Backend for RedisBackend {
         if let Some(n) = o.max_data {
             s = s.max_data_size(n);
         }
+        if let Some(n) = o.max_per_user {
+            s = s.max_sessions_per_user(n);
+        }
         s
+    }
+
+    async fn index_len(&self, store: &RedisStore, user: &str) -> usize {
+        let n: i64 = store
+            .redis()
+            .client()
+            .zcard(store.index_key(user).as_str())
+            .await
+            .unwrap();
+        usize::try_from(n).unwrap()
+    }
+
+    async fn records(&self, store: &RedisStore) -> usize {
+        use futures::TryStreamExt as _;
+        let pattern = store.redis().keyspace().namespace("s").pattern();
+        let keys: Vec<String> = store.redis().scan(&pattern).try_collect().await.unwrap();
+        // Index (`:u:`) and epoch (`:g:`) keys are not records.
+        keys.iter()
+            .filter(|k| !k.contains("}:u:") && !k.contains("}:g:"))
+            .count()
+    }
+
+    fn watched(&self, store: &RedisStore) -> usize {
+        store.watched()
     }
 
     async fn index_exists(&self, store: &RedisStore, user: &str) -> bool {
@@ -548,4 +575,145 @@ async fn uncoalesced_loads_are_one_script_call_each() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_loads_on_a_cluster_each_get_their_own_session() {
     let _ = concurrent_loads_get_their_own_sessions(store(true).await).await;
+}
+
+/// A watch on one instance ends when another instance (its own Redis handle, same prefix and
+/// secret) revokes, logs out, or logs out everywhere.
+async fn watch_across_instances(cluster: bool) {
+    let prefix = unique_prefix("session-watch");
+    let a = RedisStore::new(redis_at(&url(cluster), &prefix).await, SECRET);
+    let b = RedisStore::new(redis_at(&url(cluster), &prefix).await, SECRET);
+    let mut ids = Vec::new();
+    for (user, ua) in [
+        ("alice", "UA1"),
+        ("alice", "UA2"),
+        ("bob", "UA3"),
+        ("carol", "UA4"),
+    ] {
+        ids.push(common::create(&a, common::bound(user, ua)).await.id);
+    }
+    let watches: Vec<_> = ids.iter().map(|id| a.watch(id).unwrap()).collect();
+    let mut watches = watches.into_iter();
+    let (w_revoked, w_all, w_logout, mut w_live) = (
+        watches.next().unwrap(),
+        watches.next().unwrap(),
+        watches.next().unwrap(),
+        watches.next().unwrap(),
+    );
+    assert!(b.revoke("alice", &b.handle(&ids[0])).await.unwrap());
+    let t1 = common::resolves(w_revoked, common::WATCH_SLACK, "revoked elsewhere").await;
+    b.revoke_all("alice").await.unwrap();
+    let t2 = common::resolves(w_all, common::WATCH_SLACK, "revoked everywhere").await;
+    b.delete(&ids[2]).await.unwrap();
+    let t3 = common::resolves(w_logout, common::WATCH_SLACK, "logged out elsewhere").await;
+    assert!(
+        futures::poll!(&mut w_live).is_pending(),
+        "carol is still logged in"
+    );
+    eprintln!(
+        "watch across instances ({}): revoke {t1:?}, revoke_all {t2:?}, logout {t3:?}",
+        if cluster { "cluster" } else { "standalone" }
+    );
+    assert_eq!(a.watched(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_across_instances_standalone() {
+    watch_across_instances(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_across_instances_on_a_cluster() {
+    watch_across_instances(true).await;
+}
+
+/// Many watched sessions cost one batched check per interval: 2,000 watches on a Cluster end
+/// together after a "log out everywhere" of their user, the others stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_watches_on_a_cluster() {
+    let s = store(true).await;
+    let mut alice = Vec::new();
+    for i in 0..50 {
+        alice.push(
+            common::create(&s, common::bound("alice", &format!("UA{i}")))
+                .await
+                .id,
+        );
+    }
+    let others: Vec<_> = futures::future::join_all(
+        (0..50).map(|i| common::create(&s, common::bound(&format!("user{i}"), "UA"))),
+    )
+    .await
+    .into_iter()
+    .map(|r| r.id)
+    .collect();
+    let ended: Vec<_> = (0..1000)
+        .map(|i| s.watch(&alice[i % 50]).unwrap())
+        .collect();
+    let mut live: Vec<_> = (0..1000)
+        .map(|i| s.watch(&others[i % 50]).unwrap())
+        .collect();
+    assert_eq!(s.watched(), 2000);
+    let started = std::time::Instant::now();
+    s.revoke_all("alice").await.unwrap();
+    tokio::time::timeout(common::WATCH_SLACK, futures::future::join_all(ended))
+        .await
+        .expect("every watch of alice's sessions ended");
+    eprintln!(
+        "2,000 watches: 1,000 ended {:?} after revoke_all",
+        started.elapsed()
+    );
+    for w in &mut live {
+        assert!(futures::poll!(w).is_pending());
+    }
+    assert_eq!(s.watched(), 1000);
+    drop(live);
+    assert_eq!(s.watched(), 0);
+}
+
+/// 1,000 logins for one user on a server of its own: the keys stay at the cap (100 records, one
+/// index, one epoch), and once the cap has been reached and evicting has warmed up (its first
+/// few hundred logins), Redis memory stops growing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_for_one_user_keep_redis_memory_bounded() {
+    let server = RedisServer::start();
+    let s = RedisStore::new(redis_at(&server.url(), "rt").await, SECRET);
+    let used = |server: &RedisServer| {
+        let info = server.cmd(&["INFO", "memory"]).as_text().unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .unwrap()
+            .trim()
+            .parse::<i64>()
+            .unwrap()
+    };
+    let before = used(&server);
+    for i in 0..400 {
+        common::create(&s, common::bound("alice", &format!("UA{i}"))).await;
+    }
+    let warm = used(&server);
+    for i in 400..1000 {
+        common::create(&s, common::bound("alice", &format!("UA{i}"))).await;
+    }
+    let after = used(&server);
+    assert_eq!(
+        cmd_int(&server, &["DBSIZE"]),
+        102,
+        "100 records, index, epoch"
+    );
+    assert_eq!(
+        cmd_int(&server, &["ZCARD", s.index_key("alice").as_str()]),
+        100
+    );
+    let index_bytes = cmd_int(&server, &["MEMORY", "USAGE", s.index_key("alice").as_str()]);
+    eprintln!(
+        "1,000 logins for one user: used_memory {before} B empty, {warm} B after 400, {after} B \
+         after 1,000 ({:+} B over the last 600); index {index_bytes} B",
+        after - warm
+    );
+    assert!(
+        after - warm < 16 * 1024,
+        "memory grew by {} B over 600 logins past the cap",
+        after - warm
+    );
 }

@@ -60,6 +60,12 @@ pub struct Config {
     pub api_rate: Rate,
     /// `ORDER_RATE_LIMIT`, default `10/1m`.
     pub order_rate: Rate,
+    /// `LOGIN_RATE_LIMIT`, default `20/1m`: `POST /login` per client IP.
+    pub login_rate: Rate,
+    /// `LOGIN_USER_RATE_LIMIT`, default `10/1m`: `POST /login` per user name, whatever the IP.
+    pub login_user_rate: Rate,
+    /// `PUBLISH_RATE_LIMIT`, default `60/1m`: `POST /events/{channel}` per logged-in user.
+    pub publish_rate: Rate,
     /// `TRUSTED_PROXIES`: CIDRs whose forwarding headers are believed. Default none.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `SESSION_SECRET` (64+ characters), or `None`: a random one per process.
@@ -181,6 +187,9 @@ impl Config {
             redis,
             api_rate: rate("API_RATE_LIMIT", "100/1h")?,
             order_rate: rate("ORDER_RATE_LIMIT", "10/1m")?,
+            login_rate: rate("LOGIN_RATE_LIMIT", "20/1m")?,
+            login_user_rate: rate("LOGIN_USER_RATE_LIMIT", "10/1m")?,
+            publish_rate: rate("PUBLISH_RATE_LIMIT", "60/1m")?,
             trusted_proxies,
             session_secret,
             worker: switch("WORKER", true)?,

@@ -16,6 +16,8 @@ pub struct ApiError {
     pub status: StatusCode,
     /// The message (safe to show to clients).
     pub message: String,
+    /// `Retry-After`, in seconds, when set.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -24,6 +26,18 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 429 with `Retry-After` (seconds, rounded up so a retry then succeeds).
+    pub fn too_many_requests(retry_after: std::time::Duration) -> Self {
+        Self {
+            retry_after: Some(redtower_ratelimit::ceil_secs(retry_after)),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests, try again later",
+            )
         }
     }
 
@@ -58,7 +72,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 

@@ -9,7 +9,8 @@
 //!
 //! * `GET /products/featured`: a slow "database" call behind [`ResponseCacheLayer`];
 //! * `GET /api/hello` and `POST /orders`: [`RateLimitLayer`] per client IP;
-//! * `/login`, `/me`, `/me/sessions`, `/logout-everywhere`: sessions with revocation;
+//! * `/login`, `/me`, `/me/sessions`, `/logout-others`, `/logout-everywhere`: sessions with
+//!   revocation;
 //! * `GET|POST /events/{channel}`: pub/sub to the browser over SSE;
 //! * `POST /orders`: a `ship-order` job with delay, attempts and backoff, run by a worker;
 //! * `GET /plain`, `GET /whoami`, `GET /api/stacked`: no layer, a session read alone, and the
@@ -35,7 +36,7 @@ use redtower_cache::{Cache, Credentials, ResponseCacheLayer};
 use redtower_client::Redis;
 use redtower_jobs::{Backoff, Job, JobContext, JobError, Queue, Worker, WorkerHandle};
 use redtower_pubsub::{CancellationToken, Channel, PubSub, SseEndpoint};
-use redtower_ratelimit::{ClientIp, Policy, Quota, RateLimitLayer};
+use redtower_ratelimit::{ClientIp, Policy, Quota, RateLimitLayer, RateLimitStore, Subject};
 use redtower_session::{
     AuthSession, SessionLayer, SessionMeta, UserSessions, bind_user,
     tower_sessions::{Session, cookie::Key},
@@ -56,6 +57,8 @@ use orders::{Order, OrderStatus, Orders};
 pub const MAX_BODY: usize = 64 * 1024;
 /// The channel order updates are published on.
 pub const ORDER_UPDATES: &str = "order:updates";
+/// Channels only the server publishes on: `POST /events/{channel}` answers 403 for them.
+pub const SERVER_OWNED: &[&str] = &[ORDER_UPDATES];
 /// The queue of `ship-order` jobs.
 pub const SHIP_QUEUE: &str = "orders";
 
@@ -73,6 +76,10 @@ pub struct ServicesInner {
     redis: Option<Redis>,
     cache: Cache,
     limits: Limits,
+    /// `POST /login` per user name (checked in the handler, which reads the name).
+    login_user_limit: Policy,
+    /// `POST /events/{channel}` per user (checked in the handler, which knows the user).
+    publish_limit: Policy,
     sessions: Arc<dyn UserSessions>,
     session_layer: SessionLayerKind,
     pubsub: PubSub,
@@ -108,6 +115,20 @@ impl std::fmt::Debug for Services {
 enum Limits {
     Memory(redtower_ratelimit::MemoryStore),
     Redis(redtower_ratelimit::RedisStore),
+}
+
+impl Limits {
+    async fn check(
+        &self,
+        subject: &Subject,
+        policy: &Policy,
+    ) -> redtower_ratelimit::Result<redtower_ratelimit::Decision> {
+        let policies = std::slice::from_ref(policy);
+        match self {
+            Self::Memory(store) => store.check(subject, policies, 1).await,
+            Self::Redis(store) => store.check(subject, policies, 1).await,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -166,6 +187,14 @@ impl Services {
             }
         };
         let key = Key::from(&secret);
+        let policy = |name: &'static str, rate: Rate| -> Result<Policy, BuildError> {
+            Ok(Policy::new(
+                name,
+                Quota::with_period(rate.count, rate.period)?,
+            ))
+        };
+        let login_user_limit = policy("login-user", config.login_user_rate)?;
+        let publish_limit = policy("publish", config.publish_rate)?;
         let services = match &config.redis {
             None => {
                 tracing::info!(
@@ -177,6 +206,8 @@ impl Services {
                     redis: None,
                     cache: Cache::new(redtower_cache::MemoryStore::new()),
                     limits: Limits::Memory(redtower_ratelimit::MemoryStore::new()),
+                    login_user_limit,
+                    publish_limit,
                     sessions: Arc::new(sessions.clone()),
                     session_layer: SessionLayerKind::Memory(
                         SessionLayer::new(sessions, key).with_secure(config.cookie_secure),
@@ -202,6 +233,8 @@ impl Services {
                         Cache::new(redtower_cache::RedisStore::new(redis.clone()))
                     },
                     limits: Limits::Redis(redtower_ratelimit::RedisStore::new(redis.clone())),
+                    login_user_limit,
+                    publish_limit,
                     sessions: Arc::new(sessions.clone()),
                     session_layer: SessionLayerKind::Redis(
                         SessionLayer::new(sessions, key).with_secure(config.cookie_secure),
@@ -240,6 +273,22 @@ impl Services {
                     "Redis is not reachable: starting degraded (failure policies apply until it is)"
                 );
                 false
+            }
+        }
+    }
+
+    /// One request against `policy` for `subject`, checked in a handler: 429 with
+    /// `Retry-After` when denied. A store outage lets the request through (fail open, as the
+    /// layers do by default), with a warning.
+    async fn limit(&self, policy: &Policy, subject: &str) -> Result<(), ApiError> {
+        match self.limits.check(&Subject::new(subject), policy).await {
+            Ok(decision) if decision.is_allowed() => Ok(()),
+            Ok(decision) => Err(ApiError::too_many_requests(
+                decision.retry_after().unwrap_or_default(),
+            )),
+            Err(error) => {
+                tracing::warn!(policy = policy.name(), %error, "rate limit store unavailable; request allowed");
+                Ok(())
             }
         }
     }
@@ -362,6 +411,7 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
     let api_limit = limit("api", config.api_rate)?;
     let order_limit = limit("orders", config.order_rate)?;
     let stacked_limit = limit("stacked", config.api_rate)?;
+    let login_limit = limit("login", config.login_rate)?;
 
     let featured_cache = ResponseCacheLayer::new(services.cache.clone(), Duration::from_secs(300))
         .stale_while_revalidate(Duration::from_secs(60))
@@ -385,12 +435,13 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
         .route("/orders", post(place_order).layer(order_limit))
         .route("/orders/{id}", get(get_order));
     let with_session = Router::new()
-        .route("/login", post(login))
+        .route("/login", post(login).layer(login_limit))
         .route("/me", get(me))
         .route("/logout", post(logout))
         .route("/me/sessions", get(my_sessions))
         .route("/me/sessions/{handle}", delete(revoke_session))
         .route("/logout-everywhere", post(logout_everywhere))
+        .route("/logout-others", post(logout_others))
         .route(
             "/events/{channel}",
             sse.method_router()
@@ -510,6 +561,7 @@ fn session_error(error: &redtower_session::tower_sessions::session::Error) -> Ap
 }
 
 async fn login(
+    State(services): State<Services>,
     session: Session,
     headers: HeaderMap,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -520,6 +572,10 @@ async fn login(
             "user must be 1 to 64 characters of letters, digits, '_', '.', '-' or '@'",
         ));
     }
+    // Per user name, from any IP (the per-IP limit is the route's layer).
+    services
+        .limit(&services.login_user_limit, &body.user)
+        .await?;
     let ip: Option<IpAddr> = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
     bind_user(
         &session,
@@ -598,6 +654,24 @@ async fn logout_everywhere(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `POST /logout-others`: ends every other session of the user, on every instance, and keeps
+/// this one (after a password change).
+async fn logout_others(
+    State(services): State<Services>,
+    auth: AuthSession,
+) -> Result<StatusCode, ApiError> {
+    let id = auth.session.id().ok_or_else(ApiError::unauthorized)?;
+    services
+        .sessions
+        .revoke_others(&auth.user, &id)
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "revoking the other sessions failed");
+            ApiError::unavailable()
+        })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `POST /events/{channel}`: publish the JSON body. Needs a login (401); `user:<name>:...`
 /// channels only by that user (403).
 async fn publish(
@@ -614,6 +688,12 @@ async fn publish(
     if owner_of(channel.as_str()).is_some_and(|owner| owner != user) {
         return Err(ApiError::forbidden("this channel belongs to another user"));
     }
+    if SERVER_OWNED.contains(&channel.as_str()) {
+        return Err(ApiError::forbidden(
+            "only the server publishes on this channel",
+        ));
+    }
+    services.limit(&services.publish_limit, &user).await?;
     let id = services
         .pubsub
         .publish(channel.as_str(), &body)

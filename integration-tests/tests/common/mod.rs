@@ -49,6 +49,16 @@ impl TestApp {
             .or_insert_with(|| "20".into());
         vars.entry("SESSION_SECRET".into())
             .or_insert_with(|| SECRET.into());
+        // Tests log in and publish far more often than a person; those that test these
+        // limits set them.
+        for limit in [
+            "LOGIN_RATE_LIMIT",
+            "LOGIN_USER_RATE_LIMIT",
+            "PUBLISH_RATE_LIMIT",
+        ] {
+            vars.entry(limit.into())
+                .or_insert_with(|| "100000/1m".into());
+        }
         if let Some(url) = redis_url {
             vars.insert("REDIS_URL".into(), url.to_owned());
             vars.insert("REDIS_KEY_PREFIX".into(), prefix.to_owned());

@@ -35,6 +35,8 @@ fn start(server: Server, bins: &Bins<'_>, redis: u16, logs: &Path) -> Result<Pro
             .env("WORKER", "off")
             .env("SESSION_SECRET", SECRET)
             .env("API_RATE_LIMIT", "4000000000/1h")
+            .env("LOGIN_RATE_LIMIT", "4000000000/1h")
+            .env("LOGIN_USER_RATE_LIMIT", "4000000000/1h")
             .env("REDIS_KEY_PREFIX", server.name())
             .env_remove("REDIS_URL");
         match server {

@@ -1,3 +1,15 @@
+-- Changes state: yes (one SET ... PX per counter an admitted request consumes).
+-- Idempotent under re-send: NO. A re-sent call would consume every admitted request of the
+-- batch a second time (a request counted twice, a client limited early). It is therefore sent
+-- with ONE attempt: RedisStore's options set `max_attempts: Some(1)` (and `fail_fast`, under
+-- which fred does not re-send an in-flight command either), so fred never re-sends it after a
+-- lost reply or a reconnect; the caller gets an error instead (the layer applies its failure
+-- policy), and the script ran at most once. A NOSCRIPT reply means the script did
+-- not run, so it is loaded and sent again (still one attempt each). An idempotency token is
+-- not used: a check must not cost a second write per request, and the one-attempt send is
+-- enough because a lost check is not retried by anyone (the request it decided has moved on).
+-- Proved by tests/retry.rs (a lost reply through a fault proxy counts once; a chaos run),
+-- which fails when the store's options allow a re-send.
 -- redtower rate limit: check a batch of requests, each against every policy of its subject,
 -- all-or-nothing per request, in one call. The requests are evaluated in order at one instant,
 -- exactly as if they had been sent one after another: a request sees what the ones before it

@@ -19,6 +19,8 @@ use crate::{
 const SHARDS: usize = 32;
 /// Every this many checks on a shard, one shard (in turn) drops its expired counters.
 const SWEEP_EVERY: u64 = 256;
+/// The default of [`MemoryStore::max_subjects`].
+const MAX_SUBJECTS: usize = 100_000;
 
 type Entries = Vec<(&'static str, State, u64)>;
 
@@ -34,6 +36,10 @@ struct Shard {
 /// Same semantics as [`RedisStore`](crate::RedisStore) (both run the [`model`]), with time
 /// from the Tokio clock, so tests can `tokio::time::pause()` and `advance()`, or from a
 /// [`ManualClock`]. Expired counters are swept as the store is used. Cloning shares the counters.
+///
+/// The store holds at most [`max_subjects`](Self::max_subjects) subjects (100,000 by
+/// default): clients choose their subjects (a routed IPv6 /48 alone is 65,536 /64 buckets), so
+/// without a bound they would choose the memory the process uses.
 ///
 /// ```
 /// use redtower_ratelimit::{MemoryStore, Policy, Quota, RateLimitStore, Subject, nonzero};
@@ -56,6 +62,8 @@ pub struct MemoryStore {
 
 struct Inner {
     shards: Vec<Mutex<Shard>>,
+    /// The most subjects one shard holds.
+    shard_cap: usize,
     hasher: RandomState,
     base_wall_us: u64,
     base: tokio::time::Instant,
@@ -80,19 +88,54 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// An empty store on the Tokio clock.
     pub fn new() -> Self {
-        Self::build(None)
+        Self::build(None, MAX_SUBJECTS)
     }
 
-    /// Reads time from `clock` instead of the Tokio clock (tests).
+    /// Reads time from `clock` instead of the Tokio clock (tests). Returns an empty store:
+    /// call it before using the store.
     #[must_use]
     pub fn clock(self, clock: ManualClock) -> Self {
-        Self::build(Some(clock))
+        Self::build(Some(clock), self.max())
     }
 
-    fn build(clock: Option<ManualClock>) -> Self {
+    /// The most subjects held at once, rounded up to a multiple of 32 (the store's shards).
+    /// Defaults to 100,000 (at most about 35 MB: about 330 bytes a subject, measured; see
+    /// the crate's limits).
+    ///
+    /// When a subject arrives at a full shard, the shard drops its expired counters, then, if
+    /// it is still nearly full, the eighth of its subjects whose counters expire soonest: the
+    /// ones closest to a full allowance, so little is forgotten. A dropped subject starts over
+    /// with a full allowance. The work is a pass over one shard every eighth of a shard's
+    /// worth of new subjects: constant per request on average, whatever clients send.
+    ///
+    /// Returns an empty store: call it before using the store.
+    ///
+    /// ```
+    /// use redtower_ratelimit::{MemoryStore, Policy, Quota, Subject, nonzero};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let store = MemoryStore::new().max_subjects(1_024);
+    /// let policies = [Policy::new("api", Quota::per_hour(nonzero!(10)))];
+    /// for i in 0..10_000 {
+    ///     store.check_now(&Subject::new(format!("client-{i}")), &policies, 1);
+    /// }
+    /// assert!(store.len() <= 1_024);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn max_subjects(self, max: usize) -> Self {
+        Self::build(self.inner.clock.clone(), max)
+    }
+
+    fn max(&self) -> usize {
+        self.inner.shard_cap * SHARDS
+    }
+
+    fn build(clock: Option<ManualClock>, max: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
                 shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                shard_cap: max.div_ceil(SHARDS).max(1),
                 hasher: RandomState::new(),
                 base_wall_us: wall_clock_micros(),
                 base: tokio::time::Instant::now(),
@@ -108,7 +151,9 @@ impl MemoryStore {
             Some(c) => c.now_micros(),
             None => {
                 let elapsed = self.inner.base.elapsed().as_micros();
-                self.inner.base_wall_us + u64::try_from(elapsed).unwrap_or(u64::MAX)
+                self.inner
+                    .base_wall_us
+                    .saturating_add(u64::try_from(elapsed).unwrap_or(u64::MAX))
             }
         }
     }
@@ -147,6 +192,9 @@ impl MemoryStore {
                     let mut entries = Entries::new();
                     let decision = apply(&mut entries, policies, now, cost);
                     if !entries.is_empty() {
+                        if shard.subjects.len() >= self.inner.shard_cap {
+                            make_room(&mut shard.subjects, self.inner.shard_cap, now);
+                        }
                         shard.subjects.insert(key.to_owned(), entries);
                     }
                     decision
@@ -168,6 +216,42 @@ impl MemoryStore {
         }
         decision
     }
+}
+
+/// When a subject's counters stop mattering: the latest expiry among them.
+fn expiry(entries: &Entries) -> u64 {
+    entries.iter().map(|e| e.2).max().unwrap_or(0)
+}
+
+/// Makes room in a full shard: drops expired counters, then, if fewer than an eighth of
+/// `cap` is free, the subjects whose counters expire soonest until an eighth is free (ties:
+/// any of them). One pass over the shard (and a sort-free selection), for an eighth of `cap`
+/// insertions.
+fn make_room(subjects: &mut HashMap<String, Entries>, cap: usize, now: u64) {
+    subjects.retain(|_, entries| {
+        entries.retain(|e| e.2 > now);
+        !entries.is_empty()
+    });
+    let keep = cap - (cap / 8).max(1);
+    if subjects.len() <= keep {
+        return;
+    }
+    let mut expiries: Vec<u64> = subjects.values().map(expiry).collect();
+    let drop = subjects.len() - keep;
+    // The `drop`-th soonest expiry: everything sooner goes, and as many at it as needed.
+    let (_, &mut threshold, _) = expiries.select_nth_unstable(drop - 1);
+    let mut at_threshold = drop - expiries.iter().filter(|&&e| e < threshold).count();
+    subjects.retain(|_, entries| {
+        let e = expiry(entries);
+        if e < threshold {
+            return false;
+        }
+        if e == threshold && at_threshold > 0 {
+            at_threshold -= 1;
+            return false;
+        }
+        true
+    });
 }
 
 /// Evaluates `policies` against one subject's counters and, if admitted, updates them in place.
@@ -192,7 +276,7 @@ fn apply(entries: &mut Entries, policies: &[Policy], now: u64, cost: u64) -> Dec
             if !outcome.allowed {
                 continue;
             }
-            let expires = now + update.ttl_us.max(1);
+            let expires = now.saturating_add(update.ttl_us.max(1));
             match entries.iter_mut().find(|e| e.0 == p.name()) {
                 Some(e) => *e = (p.name(), update.state, expires),
                 None => entries.push((p.name(), update.state, expires)),

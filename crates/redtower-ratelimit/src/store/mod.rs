@@ -48,6 +48,31 @@ pub trait RateLimitStore: fmt::Debug + Send + Sync + 'static {
         let _ = (subject, policies, cost);
         None
     }
+
+    /// Whether the store's backend has ever been reached: `false` only while a freshly
+    /// started process is still making its first connection (not an outage). The default,
+    /// for stores with nothing to connect to, is `true`.
+    ///
+    /// The layer counts a store failure toward its [circuit breaker](crate::CircuitBreaker)
+    /// only when this is `true`.
+    fn has_connected(&self) -> bool {
+        true
+    }
+
+    /// Waits for the backend's first connection, bounded by the store's own timeout, and
+    /// returns at once once it has been made (also while a later connection is down: that is
+    /// an outage). The default returns at once.
+    ///
+    /// The layer awaits this before its short per-request
+    /// [timeout](crate::RateLimitLayer::timeout) starts, so that the first requests of a fresh
+    /// process are decided by the store instead of by the failure policy.
+    ///
+    /// # Errors
+    ///
+    /// When the first connection could not be made in time (the backend is unreachable).
+    async fn first_connection(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
@@ -63,6 +88,14 @@ impl<T: RateLimitStore + ?Sized> RateLimitStore for Arc<T> {
         cost: u32,
     ) -> Option<Result<Decision>> {
         (**self).try_check_now(subject, policies, cost)
+    }
+
+    fn has_connected(&self) -> bool {
+        (**self).has_connected()
+    }
+
+    async fn first_connection(&self) -> Result<()> {
+        (**self).first_connection().await
     }
 }
 

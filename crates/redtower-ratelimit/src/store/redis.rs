@@ -2,7 +2,10 @@
 
 use std::{
     future::Future,
-    sync::{Arc, LazyLock},
+    sync::{
+        Arc, LazyLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -59,6 +62,11 @@ pub struct RedisStore {
     options: Options,
     coalesce: bool,
     batches: Option<Arc<Coalescer<Call, Reply>>>,
+    /// Set once the first connection has been made and the script loaded (a plain load on
+    /// the request path).
+    ready: Arc<AtomicBool>,
+    /// The one script load after the first connection, shared by the requests waiting for it.
+    loaded: Arc<tokio::sync::OnceCell<()>>,
 }
 
 /// One request's share of a script call: its keys' slot, and its keys and policy specs (kept
@@ -106,8 +114,14 @@ impl RedisStore {
     pub const NAMESPACE: &'static str = "rl";
 
     /// A store on `redis`. Commands are sent once (no retry: a retried script could count a
-    /// request twice), fail at once while disconnected, and time out after 1 s (the layer's
-    /// own, shorter, [timeout](crate::RateLimitLayer::timeout) usually answers first).
+    /// request twice), fail at once while a connection that was up is down, and time out after
+    /// 1 s (the layer's own, shorter, [timeout](crate::RateLimitLayer::timeout) usually answers
+    /// first).
+    ///
+    /// A check made before the first connection to Redis waits for it (up to the client's
+    /// [command timeout](redtower_client::RedisConfig::command_timeout)), then for one load of
+    /// the script (up to this store's command timeout): a freshly started process is not in an
+    /// outage. The layer does this wait, once, before its own timeout starts.
     pub fn new(redis: Redis) -> Self {
         let ns = redis.keyspace().namespace(Self::NAMESPACE);
         let mut store = Self {
@@ -122,6 +136,8 @@ impl RedisStore {
             },
             coalesce: true,
             batches: None,
+            ready: Arc::new(AtomicBool::new(false)),
+            loaded: Arc::default(),
         };
         store.configure();
         store
@@ -176,6 +192,40 @@ impl RedisStore {
         &self.redis
     }
 
+    /// Whether the first connection has been made and the script loaded: checks go out at
+    /// once.
+    pub(crate) fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Waits for the first connection (at once when made): commands are sent with fail-fast
+    /// options, which fred applies to a client that has not connected yet as well. Then loads
+    /// the script once (within the store's command timeout), so that the first checks are one
+    /// round trip each, not three (`NOSCRIPT`, `SCRIPT LOAD`, again).
+    pub(crate) async fn wait_ready(&self) -> Result<()> {
+        if self.ready() {
+            return Ok(());
+        }
+        self.redis.first_connection().await?;
+        let bound = self.options.timeout.unwrap_or(Duration::from_secs(1));
+        self.loaded
+            .get_or_init(|| async {
+                // Not loaded now: loaded on first use instead (`NOSCRIPT`).
+                match tokio::time::timeout(bound, CHECK.load(&self.redis)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::debug!(target: "redtower::ratelimit", %error, "loading the check script failed");
+                    }
+                    Err(_) => {
+                        tracing::debug!(target: "redtower::ratelimit", "loading the check script timed out");
+                    }
+                }
+            })
+            .await;
+        self.ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
     /// The key holding `policy`'s counter for `subject`.
     pub fn key(&self, subject: &Subject, policy: &str) -> Key {
         self.ns.key(subject.segment()).push(policy)
@@ -194,7 +244,13 @@ impl Spec {
         let (algo, x, y, z) = match q.get_algorithm() {
             Algorithm::Gcra => {
                 let t = q.emission_interval_us();
-                ("g", t, u64::from(q.capacity()) * t, cost * t)
+                let t = t.max(1);
+                (
+                    "g",
+                    t,
+                    u64::from(q.capacity()).saturating_mul(t),
+                    cost.saturating_mul(t),
+                )
             }
             Algorithm::FixedWindow => ("f", u64::from(q.limit().get()), q.period_us(), cost),
             Algorithm::SlidingWindow => ("s", u64::from(q.limit().get()), q.period_us(), cost),
@@ -205,12 +261,15 @@ impl Spec {
             ("f", true) => "F",
             (_, true) => "S",
         };
-        // Bounded by `Policy::validate` (below 2^53), so the casts are exact.
+        // Bounded by `Policy::validate` (below 2^53), so the casts are exact; an unvalidated
+        // policy passed to the store directly is clamped (its answers are unspecified, but
+        // nothing panics or wraps negative).
+        let clamp = |v: u64| i64::try_from(v.min(1 << 53)).unwrap_or(i64::MAX);
         Self {
             algo,
-            x: x as i64,
-            y: y as i64,
-            z: z as i64,
+            x: clamp(x),
+            y: clamp(y),
+            z: clamp(z),
         }
     }
 }
@@ -270,6 +329,13 @@ impl RedisStore {
         &self,
         requests: &[(&Subject, &[Policy], u32)],
     ) -> Vec<Result<Decision>> {
+        if let Err(e) = self.wait_ready().await {
+            let e = fred_error(&e);
+            return requests
+                .iter()
+                .map(|_| Err(Error::Redis(e.clone().into())))
+                .collect();
+        }
         let calls = requests
             .iter()
             .map(|(s, p, c)| self.call(s, p, *c))
@@ -580,8 +646,23 @@ impl RedisStore {
         cost: u32,
     ) -> Option<impl Future<Output = Result<Decision>> + Send + 'a> {
         let batches = self.batches.as_ref()?;
-        let queued = batches.queue(self.call(subject, policies, cost));
+        let call = self.call(subject, policies, cost);
+        // Queued at once when connected; before the first connection, after waiting for it
+        // (a batch sent now would fail fast).
+        let now = if self.ready() {
+            Ok(batches.queue(call))
+        } else {
+            Err(call)
+        };
         Some(async move {
+            let queued = match now {
+                Ok(queued) => queued,
+                Err(call) => {
+                    // Boxed: the rare path stays out of every check's future.
+                    Box::pin(self.wait_ready()).await?;
+                    batches.queue(call)
+                }
+            };
             let reply = match queued {
                 Ok(queued) => queued.await.unwrap_or_else(|| Err(dropped())),
                 // Not queued (no runtime for the queue's task): sent on its own.
@@ -602,6 +683,15 @@ impl RedisStore {
     }
 }
 
+/// The driver error behind `e` (to hand one error to several requests).
+fn fred_error(e: &Error) -> FredError {
+    match e {
+        Error::Redis(e) => e.as_fred().cloned(),
+        _ => None,
+    }
+    .unwrap_or_else(|| FredError::new(FredErrorKind::Unknown, e.to_string()))
+}
+
 fn dropped() -> FredError {
     FredError::new(FredErrorKind::Canceled, "the check's batch was dropped")
 }
@@ -613,8 +703,19 @@ impl crate::RateLimitStore for RedisStore {
             return queued.await;
         }
         // Not coalesced: every check is its own script call.
+        if !self.ready() {
+            Box::pin(self.wait_ready()).await?;
+        }
         let reply = self.send_one(self.call(subject, policies, cost)).await;
         decide(policies, reply)
+    }
+
+    fn has_connected(&self) -> bool {
+        self.ready() || self.redis.has_connected()
+    }
+
+    async fn first_connection(&self) -> Result<()> {
+        self.wait_ready().await
     }
 }
 
@@ -750,5 +851,23 @@ mod tests {
         let keys: Vec<&str> = names.iter().map(String::as_str).collect();
         assert!(Packed::new(&[call(&keys, G)]).is_none());
         assert!(Packed::new(&[call(&keys[..65_535], G)]).is_some());
+    }
+
+    #[test]
+    fn specs_of_unvalidated_quotas_saturate() {
+        use crate::{Quota, nonzero};
+        let century = Duration::from_secs(100 * 365 * 86_400);
+        let huge = Quota::with_period(nonzero!(u32::MAX), century)
+            .unwrap()
+            .burst(nonzero!(u32::MAX));
+        let slow = Quota::with_period(nonzero!(1), century)
+            .unwrap()
+            .burst(nonzero!(u32::MAX));
+        for q in [huge, slow, huge.fixed_window(), slow.sliding_window()] {
+            let spec = Spec::new(&Policy::new("p", q), u32::MAX);
+            for v in [spec.x, spec.y, spec.z] {
+                assert!((0..=1 << 53).contains(&v), "{spec:?}");
+            }
+        }
     }
 }

@@ -1,3 +1,6 @@
+-- Changes state: yes, bookkeeping only (last seen, the idle slide of the expiry, and deleting
+-- a session found expired or revoked). Re-send: idempotent: a second run touches to a time no
+-- earlier than the first, and deleting a dead session again changes nothing. It never creates.
 -- KEYS: the records of a batch of loads (one per request, in order; on a Cluster all of one
 -- slot); ARGV idle_ms, touch_interval_ms.
 -- Reply: per key, its data and expiry, or two empty strings when the session is missing,

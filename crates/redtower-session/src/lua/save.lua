@@ -1,5 +1,8 @@
+-- Changes state: yes (the record's data and expiry, and its index score).
+-- Re-send: idempotent: a second run writes the same data and expiry again. It updates an
+-- existing, live, unrevoked record only, so a re-send that arrives after a logout or a
+-- revocation answers GONE and never resurrects the session.
 -- KEYS[1] record; ARGV data, wanted expiry ms, idle_ms
--- Updates an existing, live, unrevoked record only (never resurrects one).
 local rk = KEYS[1]
 local f = redis.call('HMGET', rk, 'e', 'x', 'h', 'g', 'gk', 'ik')
 if not f[1] then return 'GONE' end

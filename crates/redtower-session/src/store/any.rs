@@ -7,7 +7,7 @@ use tower_sessions_core::{
     session_store,
 };
 
-use crate::{MemoryStore, RedisStore, Result, SessionInfo, UserSessions};
+use crate::{MemoryStore, RedisStore, Result, SessionInfo, SessionWatch, UserSessions};
 
 /// Either store, chosen at run time (e.g. Redis when `REDIS_URL` is set, memory otherwise),
 /// so an app has one concrete store type. Cloning is cheap.
@@ -83,5 +83,13 @@ impl UserSessions for AnyStore {
 
     async fn revoke_all(&self, user: &str) -> Result<u64> {
         each!(self, s => s.revoke_all(user).await)
+    }
+
+    async fn revoke_others(&self, user: &str, current: &Id) -> Result<u64> {
+        each!(self, s => s.revoke_others(user, current).await)
+    }
+
+    fn watch(&self, id: &Id) -> Result<SessionWatch> {
+        each!(self, s => s.watch(id))
     }
 }

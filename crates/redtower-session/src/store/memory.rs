@@ -1,8 +1,8 @@
 //! [`MemoryStore`]: the same semantics as [`RedisStore`](crate::RedisStore), in process.
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
     time::Duration,
 };
 
@@ -14,7 +14,10 @@ use tower_sessions_core::{
     session_store,
 };
 
-use super::{Policy, from_unix_ms, ms, to_store_error, unix_ms};
+use super::{
+    Policy, from_unix_ms, ms, to_store_error, unix_ms,
+    watch::{SessionWatch, Watches},
+};
 use crate::{
     Error, Result, SessionInfo, UserSessions,
     keys::{Keys, valid_handle},
@@ -47,6 +50,7 @@ struct Inner {
     base_ms: i64,
     base: Instant,
     state: Mutex<State>,
+    watches: OnceLock<Arc<Watches>>,
 }
 
 #[derive(Default)]
@@ -70,7 +74,80 @@ struct UserState {
     epoch: u64,
     /// The epoch lives as long as any session of the user (like the Redis key's TTL).
     epoch_until: i64,
-    index: HashMap<String, i64>,
+    index: Index,
+}
+
+/// A user's sessions by handle, ordered by expiry (like the Redis ZSET): pruning and eviction
+/// take the soonest-expiring entries without scanning the rest.
+#[derive(Default)]
+struct Index {
+    score: HashMap<String, i64>,
+    order: BTreeSet<(i64, String)>,
+}
+
+impl Index {
+    fn len(&self) -> usize {
+        self.score.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.score.is_empty()
+    }
+
+    fn insert(&mut self, handle: String, e: i64) {
+        if let Some(old) = self.score.insert(handle.clone(), e) {
+            self.order.remove(&(old, handle.clone()));
+        }
+        self.order.insert((e, handle));
+    }
+
+    /// Sets the score of an indexed handle (`ZADD XX`).
+    fn update(&mut self, handle: &str, e: i64) {
+        if self.score.contains_key(handle) {
+            self.insert(handle.to_owned(), e);
+        }
+    }
+
+    fn remove(&mut self, handle: &str) -> bool {
+        match self.score.remove(handle) {
+            Some(old) => {
+                self.order.remove(&(old, handle.to_owned()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops the entries that expired by `now` (`ZREMRANGEBYSCORE -inf now`).
+    fn prune(&mut self, now: i64) {
+        while self.order.first().is_some_and(|(e, _)| *e <= now) {
+            if let Some((_, h)) = self.order.pop_first() {
+                self.score.remove(&h);
+            }
+        }
+    }
+
+    /// The soonest-expiring handle other than `keep`.
+    fn first_except(&self, keep: &str) -> Option<String> {
+        self.order
+            .iter()
+            .map(|(_, h)| h)
+            .find(|h| h.as_str() != keep)
+            .cloned()
+    }
+
+    /// The handles, soonest-expiring first.
+    fn handles(&self) -> Vec<String> {
+        self.order.iter().map(|(_, h)| h.clone()).collect()
+    }
+
+    fn drain(&mut self) -> Vec<String> {
+        self.score.clear();
+        std::mem::take(&mut self.order)
+            .into_iter()
+            .map(|(_, h)| h)
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -98,6 +175,7 @@ impl MemoryStore {
                 base_ms: unix_ms(time::OffsetDateTime::now_utc()),
                 base: Instant::now(),
                 state: Mutex::default(),
+                watches: OnceLock::new(),
             }),
         }
     }
@@ -154,12 +232,63 @@ impl MemoryStore {
         self
     }
 
+    /// See [`RedisStore::max_sessions_per_user`](crate::RedisStore::max_sessions_per_user).
+    /// Defaults to 100.
+    ///
+    /// # Panics
+    ///
+    /// If `max` is 0, or the store was already cloned.
+    #[must_use]
+    pub fn max_sessions_per_user(mut self, max: usize) -> Self {
+        assert!(max > 0, "max_sessions_per_user must be at least 1");
+        self.policy_mut().max_per_user = max;
+        self
+    }
+
+    /// See [`RedisStore::max_watches`](crate::RedisStore::max_watches). Defaults to 10,000.
+    ///
+    /// # Panics
+    ///
+    /// If the store was already cloned.
+    #[must_use]
+    pub fn max_watches(mut self, max: usize) -> Self {
+        self.policy_mut().max_watches = max;
+        self
+    }
+
+    /// See [`RedisStore::watch_interval`](crate::RedisStore::watch_interval). Defaults to
+    /// 250 ms.
+    ///
+    /// # Panics
+    ///
+    /// If the store was already cloned.
+    #[must_use]
+    pub fn watch_interval(mut self, interval: Duration) -> Self {
+        self.policy_mut().watch_interval = interval;
+        self
+    }
+
+    /// How many sessions are watched now (for tests and metrics).
+    pub fn watched(&self) -> usize {
+        self.inner.watches.get().map_or(0, |w| w.len())
+    }
+
+    /// How many index entries `user` has (live or not yet pruned). For tests of the cap.
+    pub fn index_len(&self, user: &str) -> usize {
+        self.lock().users.get(user).map_or(0, |u| u.index.len())
+    }
+
+    /// How many session records the store holds (live or not yet swept).
+    pub fn records(&self) -> usize {
+        self.lock().records.len()
+    }
+
     /// How many users have an index entry (live or not yet pruned). For tests of index hygiene.
     pub fn indexed_users(&self) -> usize {
         let now = self.now();
         let mut st = self.lock();
         st.users.retain(|_, u| {
-            u.index.retain(|_, e| *e > now);
+            u.index.prune(now);
             !u.index.is_empty() || u.epoch_until > now
         });
         st.users.values().filter(|u| !u.index.is_empty()).count()
@@ -171,7 +300,7 @@ impl MemoryStore {
         let now = self.now();
         let mut st = self.lock();
         st.users.get_mut(user).is_some_and(|u| {
-            u.index.retain(|_, e| *e > now);
+            u.index.prune(now);
             !u.index.is_empty()
         })
     }
@@ -219,11 +348,22 @@ impl State {
 
     fn reindex(&mut self, handle: &str, user: &str, e: i64) {
         if let Some(u) = self.users.get_mut(user) {
-            if let Some(score) = u.index.get_mut(handle) {
-                *score = e;
-            }
+            u.index.update(handle, e);
             u.epoch_until = u.epoch_until.max(e);
         }
+    }
+
+    /// Whether `handle` is a live session, without changing anything (for watches).
+    fn is_live(&self, handle: &str, now: i64) -> bool {
+        self.records.get(handle).is_some_and(|rec| {
+            now < rec.e
+                && now < rec.x
+                && rec.bound.as_ref().is_none_or(|(b, g)| {
+                    self.users
+                        .get(&b.user)
+                        .is_some_and(|u| u.epoch == *g && u.epoch_until > now)
+                })
+        })
     }
 
     fn sweep(&mut self, now: i64) {
@@ -240,7 +380,7 @@ impl State {
             self.kill(&h);
         }
         self.users.retain(|_, u| {
-            u.index.retain(|_, e| *e > now);
+            u.index.prune(now);
             !u.index.is_empty() || u.epoch_until > now
         });
         self.sweep_at = (self.records.len() * 2).max(1024);
@@ -250,6 +390,7 @@ impl State {
 impl MemoryStore {
     fn create_inner(&self, record: &mut Record) -> Result<()> {
         let Inner { keys, policy, .. } = &*self.inner;
+        let max = policy.max_per_user;
         let binding = binding_of(&record.data);
         let data = policy.encode(&record.data)?;
         let now = self.now();
@@ -272,18 +413,30 @@ impl MemoryStore {
             return Ok(());
         }
         record.expiry_date = from_unix_ms(e);
+        let mut evicted = Vec::new();
         let bound = binding.map(|b| {
             let u = st.users.entry(b.user.clone()).or_default();
             if u.epoch_until <= now {
                 // The epoch expired with the user's last session.
                 u.epoch = 0;
             }
-            u.index.retain(|_, score| *score > now);
+            u.index.prune(now);
             u.index.insert(handle.clone(), e);
+            // The cap: revoke the soonest-expiring sessions beyond it (never the new one).
+            while u.index.len() > max {
+                let Some(old) = u.index.first_except(&handle) else {
+                    break;
+                };
+                u.index.remove(&old);
+                evicted.push(old);
+            }
             u.epoch_until = u.epoch_until.max(e);
             let g = u.epoch;
             (b, g)
         });
+        for old in evicted {
+            st.records.remove(&old);
+        }
         st.records.insert(
             handle,
             Rec {
@@ -385,8 +538,8 @@ impl UserSessions for MemoryStore {
         let mut st = self.lock();
         let handles: Vec<String> = match st.users.get_mut(user) {
             Some(u) => {
-                u.index.retain(|_, e| *e > now);
-                u.index.keys().cloned().collect()
+                u.index.prune(now);
+                u.index.handles()
             }
             None => return Ok(Vec::new()),
         };
@@ -438,7 +591,7 @@ impl UserSessions for MemoryStore {
         let absolute = ms(self.inner.policy.absolute);
         let mut st = self.lock();
         let u = st.users.entry(user.to_owned()).or_default();
-        let handles: Vec<String> = u.index.drain().map(|(h, _)| h).collect();
+        let handles: Vec<String> = u.index.drain();
         if u.epoch_until <= now {
             u.epoch = 0;
             u.epoch_until = now.saturating_add(absolute);
@@ -451,6 +604,68 @@ impl UserSessions for MemoryStore {
             }
         }
         Ok(n)
+    }
+
+    async fn revoke_others(&self, user: &str, current: &Id) -> Result<u64> {
+        let now = self.now();
+        let absolute = ms(self.inner.policy.absolute);
+        let keep = self.inner.keys.handle(current);
+        let mut st = self.lock();
+        let live = st.is_live(&keep, now)
+            && st
+                .records
+                .get(&keep)
+                .is_some_and(|r| r.bound.as_ref().is_some_and(|(b, _)| b.user == user));
+        let u = st.users.entry(user.to_owned()).or_default();
+        let mut handles = u.index.drain();
+        if u.epoch_until <= now {
+            u.epoch = 0;
+            u.epoch_until = now.saturating_add(absolute);
+        }
+        u.epoch += 1;
+        let epoch = u.epoch;
+        let mut n = 0;
+        if live {
+            handles.retain(|h| *h != keep);
+            if let Some(rec) = st.records.get_mut(&keep) {
+                if let Some((_, g)) = rec.bound.as_mut() {
+                    *g = epoch;
+                }
+                let e = rec.e;
+                if let Some(u) = st.users.get_mut(user) {
+                    u.index.insert(keep.clone(), e);
+                    u.epoch_until = u.epoch_until.max(e);
+                }
+            }
+        }
+        for h in handles {
+            if st.records.remove(&h).is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn watch(&self, id: &Id) -> Result<SessionWatch> {
+        let Inner {
+            policy, watches, ..
+        } = &*self.inner;
+        let watches =
+            watches.get_or_init(|| Watches::new(policy.max_watches, policy.watch_interval));
+        watches.watch(*id, || {
+            let store = Arc::downgrade(&self.inner);
+            Box::new(move |ids: Vec<Id>| {
+                let answer = store.upgrade().map(|inner| {
+                    let store = MemoryStore { inner };
+                    let handles: Vec<String> =
+                        ids.iter().map(|id| store.inner.keys.handle(id)).collect();
+                    let now = store.now();
+                    let st = store.lock();
+                    handles.iter().map(|h| st.is_live(h, now)).collect()
+                });
+                Box::pin(std::future::ready(answer))
+            })
+        })
     }
 }
 

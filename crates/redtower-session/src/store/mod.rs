@@ -9,6 +9,7 @@ use crate::{Error, outcome};
 pub(crate) mod any;
 pub(crate) mod memory;
 pub(crate) mod redis;
+pub(crate) mod watch;
 
 /// Timeouts and limits shared by both stores.
 #[derive(Debug, Clone)]
@@ -17,6 +18,9 @@ pub(crate) struct Policy {
     pub(crate) absolute: Duration,
     pub(crate) max_data: usize,
     pub(crate) touch_interval: Duration,
+    pub(crate) max_per_user: usize,
+    pub(crate) max_watches: usize,
+    pub(crate) watch_interval: Duration,
 }
 
 impl Default for Policy {
@@ -26,6 +30,9 @@ impl Default for Policy {
             absolute: DEFAULT_ABSOLUTE,
             max_data: DEFAULT_MAX_DATA,
             touch_interval: DEFAULT_TOUCH_INTERVAL,
+            max_per_user: DEFAULT_MAX_PER_USER,
+            max_watches: DEFAULT_MAX_WATCHES,
+            watch_interval: DEFAULT_WATCH_INTERVAL,
         }
     }
 }
@@ -33,6 +40,9 @@ impl Default for Policy {
 pub(crate) const DEFAULT_ABSOLUTE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub(crate) const DEFAULT_MAX_DATA: usize = 16 * 1024;
 pub(crate) const DEFAULT_TOUCH_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_MAX_PER_USER: usize = 100;
+pub(crate) const DEFAULT_MAX_WATCHES: usize = 10_000;
+pub(crate) const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
 pub(crate) fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)

@@ -18,7 +18,10 @@ use tower_sessions_core::{
     session_store,
 };
 
-use super::{Policy, from_unix_ms, ms, to_store_error, unix_ms};
+use super::{
+    Policy, from_unix_ms, ms, to_store_error, unix_ms,
+    watch::{SessionWatch, Watches},
+};
 use crate::{
     Error, Result, SessionInfo, SessionMeta, UserSessions,
     keys::{Keys, valid_handle},
@@ -46,6 +49,8 @@ script!(DELETE, "delete");
 script!(LIST, "list");
 script!(REVOKE, "revoke");
 script!(REVOKE_ALL, "revoke_all");
+script!(REVOKE_OTHERS, "revoke_others");
+script!(ALIVE, "alive");
 
 const CREATE_ATTEMPTS: usize = 8;
 
@@ -92,6 +97,8 @@ struct Inner {
     loads: OnceLock<Arc<Loads>>,
     /// Whether loads are coalesced at all.
     coalesce: bool,
+    /// Revocation watches (started on the first watch; a setting change starts new ones).
+    watches: OnceLock<Arc<Watches>>,
 }
 
 /// A loaded record's data and expiry (unix ms), or `None` when missing, expired or revoked.
@@ -136,6 +143,7 @@ impl RedisStore {
                 policy: Policy::default(),
                 loads: OnceLock::new(),
                 coalesce: true,
+                watches: OnceLock::new(),
             }),
         }
     }
@@ -143,6 +151,7 @@ impl RedisStore {
     fn policy_mut(&mut self) -> &mut Policy {
         let inner = Arc::make_mut(&mut self.inner);
         inner.loads = OnceLock::new();
+        inner.watches = OnceLock::new();
         &mut inner.policy
     }
 
@@ -201,6 +210,51 @@ impl RedisStore {
         self
     }
 
+    /// The most sessions one user has at once. Logging in beyond it revokes the user's session
+    /// that expires soonest (the oldest one; with an idle timeout, the least recently used),
+    /// in the same atomic step, so the index, [`list`](UserSessions::list) and
+    /// [`revoke_all`](UserSessions::revoke_all) never handle more than this many entries and a
+    /// flood of logins for one user cannot grow Redis. Defaults to 100.
+    ///
+    /// # Panics
+    ///
+    /// If `max` is 0.
+    ///
+    /// ```
+    /// use redtower_session::MemoryStore;
+    ///
+    /// let store = MemoryStore::new().max_sessions_per_user(5);
+    /// # let _ = store;
+    /// ```
+    #[must_use]
+    pub fn max_sessions_per_user(mut self, max: usize) -> Self {
+        assert!(max > 0, "max_sessions_per_user must be at least 1");
+        self.policy_mut().max_per_user = max;
+        self
+    }
+
+    /// The most sessions watched at once through [`UserSessions::watch`]; one more watch fails
+    /// with [`Error::TooManyWatches`]. Defaults to 10,000.
+    #[must_use]
+    pub fn max_watches(mut self, max: usize) -> Self {
+        self.policy_mut().max_watches = max;
+        self
+    }
+
+    /// How often the watched sessions are checked, all of them together (one round trip on a
+    /// standalone server, two on a Cluster): a [`UserSessions::watch`] resolves within about
+    /// this much time plus the check after its session ends. Defaults to 250 ms.
+    #[must_use]
+    pub fn watch_interval(mut self, interval: Duration) -> Self {
+        self.policy_mut().watch_interval = interval;
+        self
+    }
+
+    /// How many sessions are watched now (for tests and metrics).
+    pub fn watched(&self) -> usize {
+        self.inner.watches.get().map_or(0, |w| w.len())
+    }
+
     /// The Redis handle.
     pub fn redis(&self) -> &Redis {
         &self.inner.redis
@@ -225,6 +279,13 @@ impl RedisStore {
         self.create_with(record, Keys::new_id).await
     }
 
+    /// Waits for the first connection of a fresh handle (a process that just started is not in
+    /// an outage); at once afterwards.
+    async fn ready(&self) -> Result<()> {
+        self.inner.redis.first_connection().await?;
+        Ok(())
+    }
+
     /// `create` with the ids drawn by `next_id` (from the bucket asked for): ids are random in
     /// production; tests draw colliding ones.
     async fn create_with(
@@ -241,6 +302,7 @@ impl RedisStore {
         let binding = binding_of(&record.data);
         let data = policy.encode(&record.data)?;
         let wanted = unix_ms(record.expiry_date);
+        self.ready().await?;
         for _ in 0..CREATE_ATTEMPTS {
             let bucket = match &binding {
                 Some(b) => keys.user_bucket(&b.user),
@@ -255,6 +317,11 @@ impl RedisStore {
                 policy.idle_ms().into(),
                 ms(policy.absolute).into(),
                 handle.into(),
+                // The creation token that makes a re-send of this call harmless.
+                format!("{:032x}", rand::random::<u128>()).into(),
+                i64::try_from(policy.max_per_user)
+                    .unwrap_or(i64::MAX)
+                    .into(),
             ];
             if let Some(b) = &binding {
                 key_list.push(keys.epoch(&b.user));
@@ -280,6 +347,9 @@ impl RedisStore {
     /// for one round trip.
     async fn load_inner(&self, id: &Id) -> Result<Option<Record>> {
         let key = self.inner.keys.record(id);
+        if !self.inner.redis.has_connected() {
+            Box::pin(self.ready()).await?;
+        }
         let loaded = if self.inner.coalesce {
             match self.loads().call(key).await {
                 Ok(r) => r,
@@ -326,6 +396,7 @@ impl RedisStore {
             ..
         } = &*self.inner;
         let data = policy.encode(&record.data)?;
+        self.ready().await?;
         let reply: String = SAVE
             .run(
                 redis,
@@ -345,6 +416,7 @@ impl RedisStore {
 
     async fn delete_inner(&self, id: &Id) -> Result<()> {
         let Inner { redis, keys, .. } = &*self.inner;
+        self.ready().await?;
         let _: i64 = DELETE
             .run(redis, vec![keys.record(id)], Vec::<Value>::new())
             .await?;
@@ -453,6 +525,124 @@ async fn load_unique(redis: &Redis, args: [i64; 2], keys: Vec<Key>) -> Vec<Loade
         .collect()
 }
 
+fn max_per_user(policy: &Policy) -> i64 {
+    i64::try_from(policy.max_per_user).unwrap_or(i64::MAX)
+}
+
+/// The most records one liveness check script call reads.
+const MAX_ALIVE_BATCH: usize = 500;
+
+/// Which of `keys` are live sessions. A session whose check failed (Redis down) counts as
+/// live: an outage ends no session.
+///
+/// Standalone: one `alive` script call per 500 keys, all sent at once (one round trip). On a
+/// Cluster the watched sessions of many users spread over many slots, and a script call takes
+/// keys of one slot only, so it reads with plain commands instead, auto-pipelined per node: one
+/// `HMGET` per record, then one `GET` per distinct epoch key of the bound ones (two round
+/// trips, no script per slot).
+async fn alive_batch(redis: &Redis, keys: Vec<Key>) -> Option<Vec<bool>> {
+    if redis.is_cluster() {
+        return Some(alive_by_commands(redis, keys).await);
+    }
+    let out = per_slot(
+        keys,
+        |k| redis.batch_slot(k),
+        |group: Vec<Key>| async move {
+            let n = group.len();
+            let calls = group.chunks(MAX_ALIVE_BATCH).map(|chunk| async move {
+                match ALIVE
+                    .run::<Vec<i64>, _, _>(redis, chunk.to_vec(), Vec::<Value>::new())
+                    .await
+                {
+                    Ok(r) if r.len() == chunk.len() => r.into_iter().map(|v| v == 1).collect(),
+                    Ok(_) => vec![true; chunk.len()],
+                    Err(e) => {
+                        tracing::debug!(target: "redtower::session", error = %e, "session watch check failed; retrying");
+                        vec![true; chunk.len()]
+                    }
+                }
+            });
+            let mut out: Vec<bool> = futures::future::join_all(calls)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            out.resize(n, true);
+            out
+        },
+        || true,
+    )
+    .await;
+    Some(out)
+}
+
+async fn alive_by_commands(redis: &Redis, keys: Vec<Key>) -> Vec<bool> {
+    use fred::interfaces::{HashesInterface as _, KeysInterface as _};
+    let client = redis.client();
+    let records = futures::future::join_all(keys.iter().map(|k| async move {
+        client
+            .hmget::<Vec<Option<String>>, _, _>(k.as_str(), vec!["e", "g", "gk"])
+            .await
+    }))
+    .await;
+    let mut epochs: HashMap<String, Option<Option<String>>> = HashMap::new();
+    let records: Vec<Seen> = records
+        .into_iter()
+        .map(|r| match r {
+            Err(e) => {
+                tracing::debug!(target: "redtower::session", error = %e, "session watch check failed; retrying");
+                Seen::Unknown
+            }
+            Ok(f) => {
+                let mut f = f.into_iter();
+                let (e, g, gk) = (f.next().flatten(), f.next().flatten(), f.next().flatten());
+                match (e, g, gk) {
+                    (None, _, _) => Seen::Gone,
+                    (Some(_), Some(g), Some(gk)) => {
+                        epochs.entry(gk.clone()).or_insert(None);
+                        Seen::Bound { g, gk }
+                    }
+                    (Some(_), _, _) => Seen::Unbound,
+                }
+            }
+        })
+        .collect();
+    let read = futures::future::join_all(epochs.keys().map(|gk| async move {
+        (
+            gk.clone(),
+            client.get::<Option<String>, _>(gk.as_str()).await.ok(),
+        )
+    }))
+    .await;
+    for (gk, value) in read {
+        epochs.insert(gk, value);
+    }
+    records
+        .into_iter()
+        .map(|r| match r {
+            Seen::Unknown | Seen::Unbound => true,
+            Seen::Gone => false,
+            Seen::Bound { g, gk } => match epochs.get(&gk) {
+                // The epoch could not be read: keep watching.
+                Some(None) | None => true,
+                Some(Some(current)) => current.as_deref() == Some(g.as_str()),
+            },
+        })
+        .collect()
+}
+
+/// What one `HMGET` of a watched record showed.
+enum Seen {
+    /// The read failed.
+    Unknown,
+    /// No record: deleted, revoked or expired.
+    Gone,
+    /// A live record bound to no user.
+    Unbound,
+    /// A record bound to a user: its epoch stamp and the epoch key.
+    Bound { g: String, gk: String },
+}
+
 fn short_reply() -> FredError {
     FredError::new(
         FredErrorKind::Protocol,
@@ -471,12 +661,21 @@ impl UserSessions for RedisStore {
     }
 
     async fn list(&self, user: &str, current: Option<Id>) -> Result<Vec<SessionInfo>> {
-        let Inner { redis, keys, .. } = &*self.inner;
+        let Inner {
+            redis,
+            keys,
+            policy,
+            ..
+        } = &*self.inner;
+        self.ready().await?;
         let rows: Vec<Vec<String>> = LIST
             .run(
                 redis,
                 vec![keys.index(user), keys.epoch(user)],
-                vec![keys.record_prefix(keys.user_bucket(user))],
+                vec![
+                    Value::from(keys.record_prefix(keys.user_bucket(user))),
+                    max_per_user(policy).into(),
+                ],
             )
             .await?;
         let current = current.map(|id| keys.handle(&id));
@@ -506,6 +705,7 @@ impl UserSessions for RedisStore {
         }
         let Inner { redis, keys, .. } = &*self.inner;
         let bucket = keys.user_bucket(user);
+        self.ready().await?;
         let n: i64 = REVOKE
             .run(
                 redis,
@@ -523,6 +723,7 @@ impl UserSessions for RedisStore {
             policy,
             ..
         } = &*self.inner;
+        self.ready().await?;
         let n: i64 = REVOKE_ALL
             .run(
                 redis,
@@ -530,10 +731,64 @@ impl UserSessions for RedisStore {
                 vec![
                     Value::from(keys.record_prefix(keys.user_bucket(user))),
                     ms(policy.absolute).into(),
+                    max_per_user(policy).into(),
                 ],
             )
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn revoke_others(&self, user: &str, current: &Id) -> Result<u64> {
+        let Inner {
+            redis,
+            keys,
+            policy,
+            ..
+        } = &*self.inner;
+        let bucket = keys.user_bucket(user);
+        // A current id of another bucket cannot be this user's session: nothing to keep, and
+        // the record key must share the user's slot, so a key of the bucket that exists for no
+        // session stands in for it.
+        let current = if crate::keys::bucket_of(current) == bucket {
+            keys.record(current)
+        } else {
+            keys.record_by_handle(bucket, "none")
+        };
+        self.ready().await?;
+        let n: i64 = REVOKE_OTHERS
+            .run(
+                redis,
+                vec![keys.epoch(user), keys.index(user), current],
+                vec![
+                    Value::from(keys.record_prefix(bucket)),
+                    ms(policy.absolute).into(),
+                    user.to_owned().into(),
+                    max_per_user(policy).into(),
+                ],
+            )
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    fn watch(&self, id: &Id) -> Result<SessionWatch> {
+        let Inner {
+            redis,
+            keys,
+            policy,
+            watches,
+            ..
+        } = &*self.inner;
+        let watches =
+            watches.get_or_init(|| Watches::new(policy.max_watches, policy.watch_interval));
+        watches.watch(*id, || {
+            let redis = redis.clone();
+            let keys = keys.clone();
+            Box::new(move |ids: Vec<Id>| {
+                let redis = redis.clone();
+                let keys: Vec<Key> = ids.iter().map(|id| keys.record(id)).collect();
+                Box::pin(async move { alive_batch(&redis, keys).await })
+            })
+        })
     }
 }
 

@@ -147,6 +147,19 @@ async fn logout_everywhere<S: UserSessions + Clone>(
     }
 }
 
+async fn logout_others<S: UserSessions + Clone>(
+    State(st): State<AppState<S>>,
+    auth: AuthSession,
+) -> StatusCode {
+    let Some(current) = auth.session.id() else {
+        return StatusCode::UNAUTHORIZED;
+    };
+    match st.store.revoke_others(&auth.user, &current).await {
+        Ok(_) => StatusCode::NO_CONTENT,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
 async fn slow<S: UserSessions + Clone>(
     State(st): State<AppState<S>>,
     auth: AuthSession,
@@ -177,6 +190,7 @@ pub fn app<S: UserSessions + Clone>(store: S, key: Key) -> (Router, AppState<S>)
         .route("/me/sessions", get(sessions::<S>))
         .route("/me/sessions/{handle}", delete(revoke::<S>))
         .route("/logout-everywhere", post(logout_everywhere::<S>))
+        .route("/logout-others", post(logout_others::<S>))
         .route("/slow", post(slow::<S>))
         .route("/slow-login", post(slow_login::<S>))
         .layer(SessionLayer::new(store, key))
@@ -324,5 +338,12 @@ impl<S: UserSessions + Clone> UserSessions for Counting<S> {
     async fn revoke_all(&self, user: &str) -> redtower_session::Result<u64> {
         self.hit();
         self.inner.revoke_all(user).await
+    }
+    async fn revoke_others(&self, user: &str, current: &Id) -> redtower_session::Result<u64> {
+        self.hit();
+        self.inner.revoke_others(user, current).await
+    }
+    fn watch(&self, id: &Id) -> redtower_session::Result<redtower_session::SessionWatch> {
+        self.inner.watch(id)
     }
 }

@@ -290,7 +290,8 @@ macro_rules! http_checks {
             http_forged_cookies_never_reach_the_store, http_revoked_mid_request_is_401,
             http_logout_everywhere, http_login_vs_login_from_one_cookie,
             http_secure_switch_for_development,
-            http_drop_in_for_session_manager_layer);
+            http_drop_in_for_session_manager_layer,
+            http_login_as_another_user_starts_empty, http_logout_others);
     };
 }
 
@@ -369,4 +370,103 @@ pub async fn http_drop_in_for_session_manager_layer<S: UserSessions + Clone>(sto
         send(&router, "GET", "/get", Some(&cycled), None).await.text,
         "None"
     );
+}
+
+/// Anonymous -> logged in keeps the session data; logging in as another user from a session
+/// bound to someone else starts from empty data; logging in again as the same user keeps it.
+pub async fn http_login_as_another_user_starts_empty<S: UserSessions + Clone>(store: S) {
+    let (router, _) = app(store, Key::generate());
+    let login = |cookie: String, user: &'static str| {
+        let router = router.clone();
+        async move {
+            let r = send(
+                &router,
+                "POST",
+                "/login",
+                Some(&cookie),
+                Some(json!({"user": user})),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK);
+            r.cookie()
+        }
+    };
+    let r = send(&router, "GET", "/anon", None, None).await;
+    let anon = r.cookie();
+    assert_eq!(
+        send(&router, "GET", "/anon", Some(&anon), None).await.text,
+        "2"
+    );
+    let alice = login(anon, "alice").await;
+    assert_eq!(
+        send(&router, "GET", "/anon", Some(&alice), None).await.text,
+        "3",
+        "anonymous data survives login"
+    );
+    for visits in [1, 2] {
+        let r = send(&router, "GET", "/me", Some(&alice), None).await;
+        assert_eq!(r.json, json!({"user": "alice", "visits": visits}));
+    }
+    let alice_again = login(alice, "alice").await;
+    let r = send(&router, "GET", "/me", Some(&alice_again), None).await;
+    assert_eq!(
+        r.json,
+        json!({"user": "alice", "visits": 3}),
+        "same user: data kept"
+    );
+
+    let bob = login(alice_again.clone(), "bob").await;
+    let r = send(&router, "GET", "/me", Some(&bob), None).await;
+    assert_eq!(
+        r.json,
+        json!({"user": "bob", "visits": 1}),
+        "nothing of alice's session carries over to bob"
+    );
+    assert_eq!(
+        send(&router, "GET", "/anon", Some(&bob), None).await.text,
+        "1"
+    );
+    let r = send(&router, "GET", "/whoami", Some(&alice_again), None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "the old id is dead");
+}
+
+/// `POST /logout-others`: every other session of the user ends, the current one stays usable.
+pub async fn http_logout_others<S: UserSessions + Clone>(store: S) {
+    let (router, _) = app(store.clone(), Key::generate());
+    let laptop = login_as(&router, "alice").await;
+    let phone = login_as(&router, "alice").await;
+    let tablet = login_as(&router, "alice").await;
+    let bob = login_as(&router, "bob").await;
+    let r = send(&router, "POST", "/logout-others", Some(&laptop), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    for other in [&phone, &tablet] {
+        let r = send(&router, "GET", "/whoami", Some(other), None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    for visits in [1, 2] {
+        let r = send(&router, "GET", "/me", Some(&laptop), None).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(
+            r.json["visits"],
+            json!(visits),
+            "the current session still saves"
+        );
+    }
+    let r = send(&router, "GET", "/me/sessions", Some(&laptop), None).await;
+    let list = r.json.as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["current"], json!(true));
+    assert_eq!(
+        send(&router, "GET", "/whoami", Some(&bob), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let r = send(&router, "POST", "/logout-others", None, None).await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "needs a logged-in session"
+    );
+    let _ = id_of(&laptop);
 }

@@ -18,6 +18,7 @@ pub struct Opts {
     pub idle: Option<Duration>,
     pub absolute: Option<Duration>,
     pub max_data: Option<usize>,
+    pub max_per_user: Option<usize>,
 }
 
 pub trait Backend {
@@ -26,6 +27,12 @@ pub trait Backend {
     fn store(&self, opts: Opts) -> impl Future<Output = Self::Store>;
     /// Whether `user`'s index exists in the backend (the Redis key, or a memory entry).
     fn index_exists(&self, store: &Self::Store, user: &str) -> impl Future<Output = bool>;
+    /// How many entries `user`'s index holds (ZCARD, or the memory index).
+    fn index_len(&self, store: &Self::Store, user: &str) -> impl Future<Output = usize>;
+    /// How many session records the backend holds (keys of the store's prefix, or memory).
+    fn records(&self, store: &Self::Store) -> impl Future<Output = usize>;
+    /// How many sessions the store watches now.
+    fn watched(&self, store: &Self::Store) -> usize;
 }
 
 pub fn record(data: Vec<(&str, Value)>, ttl: Duration) -> Record {
@@ -369,6 +376,170 @@ pub async fn check_delete_prunes_index<B: Backend>(b: B) {
     );
 }
 
+/// A bounded flood of logins for one user: the index and the stored records stay at the cap,
+/// the newest sessions live and the oldest revoked; list and revoke_all handle at most the cap.
+pub async fn check_sessions_per_user_are_capped<B: Backend>(b: B) {
+    let s = b
+        .store(Opts {
+            max_per_user: Some(5),
+            ..Opts::default()
+        })
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        // Each login expires 1 ms after the one before (as logins a moment apart do), so
+        // "the oldest" is well defined even when several land in one millisecond.
+        let mut r = bound("alice", &format!("UA{i}"));
+        r.expiry_date += Duration::from_millis(i);
+        let r = create(&s, r).await;
+        ids.push(r.id);
+        let len = b.index_len(&s, "alice").await;
+        assert!(len <= 5, "index at {len} after {} logins", i + 1);
+    }
+    assert_eq!(b.index_len(&s, "alice").await, 5);
+    assert_eq!(b.records(&s).await, 5, "evicted sessions are deleted");
+    let list = s.list("alice", None).await.unwrap();
+    assert_eq!(list.len(), 5);
+    let newest: Vec<String> = ids[295..].iter().map(|id| s.handle(id)).collect();
+    for info in &list {
+        assert!(newest.contains(&info.handle), "only the newest are kept");
+    }
+    for id in &ids[..295] {
+        assert!(!alive(&s, id).await, "the oldest are revoked");
+    }
+    for id in &ids[295..] {
+        assert!(alive(&s, id).await);
+    }
+    // Another user is not affected.
+    let bob = create(&s, bound("bob", "UA")).await;
+    assert!(alive(&s, &bob.id).await);
+    assert_eq!(s.revoke_all("alice").await.unwrap(), 5);
+    assert!(alive(&s, &bob.id).await);
+}
+
+/// The default cap is 100.
+pub async fn check_default_cap_is_100<B: Backend>(b: B) {
+    let s = b.store(Opts::default()).await;
+    for i in 0..130 {
+        create(&s, bound("alice", &format!("UA{i}"))).await;
+    }
+    assert_eq!(b.index_len(&s, "alice").await, 100);
+    assert_eq!(b.records(&s).await, 100);
+    assert_eq!(s.list("alice", None).await.unwrap().len(), 100);
+}
+
+pub async fn check_revoke_others<B: Backend>(b: B) {
+    let s = b.store(Opts::default()).await;
+    let mut a1 = create(&s, bound("alice", "UA1")).await;
+    let a2 = create(&s, bound("alice", "UA2")).await;
+    let a3 = create(&s, bound("alice", "UA3")).await;
+    let b1 = create(&s, bound("bob", "UA4")).await;
+    assert_eq!(s.revoke_others("alice", &a1.id).await.unwrap(), 2);
+    assert!(alive(&s, &a1.id).await, "the current session stays");
+    assert!(!alive(&s, &a2.id).await);
+    assert!(!alive(&s, &a3.id).await);
+    assert!(alive(&s, &b1.id).await, "other users are not affected");
+    let list = s.list("alice", Some(a1.id)).await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert!(list[0].current);
+    // The kept session is fully usable: it saves, and it is still indexed.
+    a1.data.insert("n".into(), json!(7));
+    s.save(&a1).await.unwrap();
+    assert_eq!(s.load(&a1.id).await.unwrap().unwrap().data["n"], json!(7));
+    // Twice in a row keeps it again; then "log out everywhere" ends it too.
+    assert_eq!(s.revoke_others("alice", &a1.id).await.unwrap(), 0);
+    assert!(alive(&s, &a1.id).await);
+    assert_eq!(s.revoke_all("alice").await.unwrap(), 1);
+    assert!(!alive(&s, &a1.id).await);
+    // A current id that is not alice's (here bob's) keeps nothing of alice's.
+    let a4 = create(&s, bound("alice", "UA5")).await;
+    s.revoke_others("alice", &b1.id).await.unwrap();
+    assert!(!alive(&s, &a4.id).await);
+    assert!(alive(&s, &b1.id).await, "and never touches the other user");
+}
+
+/// Waits for `watch` up to `within`; returns how long it took.
+pub async fn resolves(watch: impl Future<Output = ()>, within: Duration, what: &str) -> Duration {
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(within, watch)
+        .await
+        .unwrap_or_else(|_| panic!("the watch of a session that was {what} did not resolve"));
+    started.elapsed()
+}
+
+/// The promise is 1 s (interval 250 ms + a round trip); a busy machine gets slack.
+pub const WATCH_SLACK: Duration = Duration::from_secs(3);
+
+pub async fn check_watch_ends_with_the_session<B: Backend>(b: B) {
+    let s = b.store(Opts::default()).await;
+    let revoked = create(&s, bound("alice", "UA1")).await;
+    let logged_out = create(&s, bound("alice", "UA2")).await;
+    let kept = create(&s, bound("bob", "UA3")).await;
+    let expiring = create(
+        &s,
+        record(vec![("n", json!(1))], Duration::from_millis(600)),
+    )
+    .await;
+    let w_revoked = s.watch(&revoked.id).unwrap();
+    let w_revoked_twice = s.watch(&revoked.id).unwrap();
+    let w_logged_out = s.watch(&logged_out.id).unwrap();
+    let mut w_kept = s.watch(&kept.id).unwrap();
+    let w_expiring = s.watch(&expiring.id).unwrap();
+    assert_eq!(b.watched(&s), 5);
+
+    assert!(s.revoke("alice", &s.handle(&revoked.id)).await.unwrap());
+    let t = resolves(w_revoked, WATCH_SLACK, "revoked").await;
+    eprintln!("watch: revoke seen after {t:?}");
+    resolves(w_revoked_twice, WATCH_SLACK, "revoked").await;
+    s.delete(&logged_out.id).await.unwrap();
+    let t = resolves(w_logged_out, WATCH_SLACK, "logged out").await;
+    eprintln!("watch: logout seen after {t:?}");
+    resolves(w_expiring, WATCH_SLACK, "expired").await;
+    assert!(
+        futures::poll!(&mut w_kept).is_pending(),
+        "a live session's watch stays pending"
+    );
+    sleep_ms(600).await;
+    assert!(futures::poll!(&mut w_kept).is_pending());
+    assert_eq!(b.watched(&s), 1);
+    drop(w_kept);
+    assert_eq!(b.watched(&s), 0, "a dropped watch is removed");
+
+    // "Log out everywhere" and "log out other sessions".
+    let a1 = create(&s, bound("alice", "UA4")).await;
+    let a2 = create(&s, bound("alice", "UA5")).await;
+    let a3 = create(&s, bound("alice", "UA6")).await;
+    let (w1, mut w2, w3) = (
+        s.watch(&a1.id).unwrap(),
+        s.watch(&a2.id).unwrap(),
+        s.watch(&a3.id).unwrap(),
+    );
+    s.revoke_others("alice", &a2.id).await.unwrap();
+    resolves(w1, WATCH_SLACK, "revoked by revoke_others").await;
+    resolves(w3, WATCH_SLACK, "revoked by revoke_others").await;
+    assert!(futures::poll!(&mut w2).is_pending(), "the kept session");
+    s.revoke_all("alice").await.unwrap();
+    let t = resolves(w2, WATCH_SLACK, "revoked by revoke_all").await;
+    eprintln!("watch: revoke_all seen after {t:?}");
+
+    // A session that is already gone resolves at the first check.
+    resolves(s.watch(&a1.id).unwrap(), WATCH_SLACK, "already gone").await;
+}
+
+pub async fn check_watches_are_capped<B: Backend>(b: B) {
+    let s = b.store(Opts::default()).await;
+    let a = create(&s, bound("alice", "UA1")).await;
+    let watches: Vec<_> = (0..10_000).map(|_| s.watch(&a.id).unwrap()).collect();
+    assert!(matches!(
+        s.watch(&a.id),
+        Err(redtower_session::Error::TooManyWatches { max: 10_000 })
+    ));
+    drop(watches);
+    assert_eq!(b.watched(&s), 0);
+    let again = s.watch(&a.id);
+    assert!(again.is_ok());
+}
+
 /// Instantiates every check for one backend: `conformance!([#[attr]] backend_expr);`.
 #[macro_export]
 macro_rules! conformance {
@@ -389,6 +560,8 @@ macro_rules! conformance {
             check_revoke_all_kills_only_that_user,
             check_race_save_vs_revoke, check_race_save_vs_delete,
             check_race_touch_vs_revoke_all, check_race_login_vs_login,
-            check_index_hygiene, check_delete_prunes_index);
+            check_index_hygiene, check_delete_prunes_index,
+            check_sessions_per_user_are_capped, check_default_cap_is_100, check_revoke_others,
+            check_watch_ends_with_the_session, check_watches_are_capped);
     };
 }

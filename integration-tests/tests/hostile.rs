@@ -1,0 +1,209 @@
+//! The example app under hostile input: logins and publishes are rate limited, server-owned
+//! channels cannot be published over HTTP. On the in-process backends and on Redis.
+
+use redtower_testkit::unique_prefix;
+use reqwest::{Client, StatusCode};
+use serde_json::json;
+
+mod common;
+
+use common::TestApp;
+
+fn browser() -> Client {
+    Client::builder().cookie_store(true).build().unwrap()
+}
+
+async fn login(client: &Client, app: &TestApp, user: &str) -> StatusCode {
+    client
+        .post(app.url("/login"))
+        .json(&json!({ "user": user }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+async fn logins_are_limited_per_user_and_per_ip(redis: Option<&str>) {
+    let app = TestApp::spawn(
+        redis,
+        &unique_prefix("login-limit"),
+        &[
+            ("LOGIN_USER_RATE_LIMIT", "3/1h"),
+            ("LOGIN_RATE_LIMIT", "5/1h"),
+        ],
+    )
+    .await;
+    // One user name: three logins, then 429 with Retry-After, from fresh clients each time.
+    for i in 0..3 {
+        assert_eq!(
+            login(&browser(), &app, "alice").await,
+            StatusCode::OK,
+            "login {i}"
+        );
+    }
+    let res = browser()
+        .post(app.url("/login"))
+        .json(&json!({ "user": "alice" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 0 && retry <= 3600, "{retry}");
+    // Another user from the same IP: the per-IP limit (5) has 1 left, then 429.
+    assert_eq!(login(&browser(), &app, "bob").await, StatusCode::OK);
+    assert_eq!(
+        login(&browser(), &app, "carol").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_are_limited_per_user_and_per_ip_in_memory() {
+    logins_are_limited_per_user_and_per_ip(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_are_limited_per_user_and_per_ip_on_redis() {
+    logins_are_limited_per_user_and_per_ip(Some(&redtower_testkit::shared_url())).await;
+}
+
+async fn publishing_is_limited_and_server_channels_are_closed(redis: Option<&str>) {
+    let app = TestApp::spawn(
+        redis,
+        &unique_prefix("publish-limit"),
+        &[("PUBLISH_RATE_LIMIT", "3/1h")],
+    )
+    .await;
+    let alice = browser();
+    assert_eq!(login(&alice, &app, "alice").await, StatusCode::OK);
+    // The order channel is the server's: a forged "shipped" update is refused.
+    let res = alice
+        .post(app.url("/events/order:updates"))
+        .json(&json!({"orderId": "forged", "status": "shipped"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    for i in 0..3 {
+        let res = alice
+            .post(app.url("/events/news"))
+            .json(&json!({ "n": i }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::ACCEPTED, "publish {i}");
+    }
+    let res = alice
+        .post(app.url("/events/news"))
+        .json(&json!({ "n": 3 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.headers().contains_key("retry-after"));
+    // The limit is per user: bob still publishes.
+    let bob = browser();
+    assert_eq!(login(&bob, &app, "bob").await, StatusCode::OK);
+    let res = bob
+        .post(app.url("/events/news"))
+        .json(&json!({ "n": 0 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_is_limited_and_server_channels_are_closed_in_memory() {
+    publishing_is_limited_and_server_channels_are_closed(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_is_limited_and_server_channels_are_closed_on_redis() {
+    publishing_is_limited_and_server_channels_are_closed(Some(&redtower_testkit::shared_url()))
+        .await;
+}
+
+async fn me(client: &Client, app: &TestApp) -> (StatusCode, serde_json::Value) {
+    let res = client.get(app.url("/me")).send().await.unwrap();
+    let status = res.status();
+    (status, res.json().await.unwrap_or_default())
+}
+
+async fn logout_others_keeps_only_this_session(redis: Option<&str>) {
+    let prefix = unique_prefix("logout-others");
+    let a = TestApp::spawn(redis, &prefix, &[]).await;
+    // Over Redis a second instance shares the sessions; in memory there is one instance.
+    let second = match redis {
+        Some(_) => Some(TestApp::spawn(redis, &prefix, &[]).await),
+        None => None,
+    };
+    let b = second.as_ref().unwrap_or(&a);
+    let (laptop, phone, tablet) = (browser(), browser(), browser());
+    assert_eq!(login(&laptop, &a, "alice").await, StatusCode::OK);
+    assert_eq!(login(&phone, b, "alice").await, StatusCode::OK);
+    assert_eq!(login(&tablet, &a, "alice").await, StatusCode::OK);
+    let res = laptop.post(a.url("/logout-others")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(me(&laptop, b).await.0, StatusCode::OK, "this session stays");
+    assert_eq!(me(&phone, b).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(me(&tablet, &a).await.0, StatusCode::UNAUTHORIZED);
+    // Without a login there is nothing to keep.
+    let res = browser()
+        .post(a.url("/logout-others"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    a.stop().await;
+    if let Some(b) = second {
+        b.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_others_keeps_only_this_session_in_memory() {
+    logout_others_keeps_only_this_session(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_others_keeps_only_this_session_on_redis() {
+    logout_others_keeps_only_this_session(Some(&redtower_testkit::shared_url())).await;
+}
+
+async fn logging_in_as_another_user_starts_from_empty_data(redis: Option<&str>) {
+    let app = TestApp::spawn(redis, &unique_prefix("rebind"), &[]).await;
+    let c = browser();
+    assert_eq!(login(&c, &app, "alice").await, StatusCode::OK);
+    assert_eq!(me(&c, &app).await.1["visits"], 1);
+    assert_eq!(me(&c, &app).await.1["visits"], 2);
+    // The same user again keeps the data.
+    assert_eq!(login(&c, &app, "alice").await, StatusCode::OK);
+    assert_eq!(me(&c, &app).await.1["visits"], 3);
+    // Another user on the same browser does not see alice's data.
+    assert_eq!(login(&c, &app, "bob").await, StatusCode::OK);
+    let (status, body) = me(&c, &app).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (body["user"].as_str(), body["visits"].as_u64()),
+        (Some("bob"), Some(1))
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_in_as_another_user_starts_from_empty_data_in_memory() {
+    logging_in_as_another_user_starts_from_empty_data(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_in_as_another_user_starts_from_empty_data_on_redis() {
+    logging_in_as_another_user_starts_from_empty_data(Some(&redtower_testkit::shared_url())).await;
+}
