@@ -320,6 +320,7 @@ async fn random_hosts_create_a_bounded_number_of_entries() {
                 .body(Body::empty())
                 .unwrap()
         };
+        assert_eq!(send(&app, host(0)).await.1, "MISS");
         flood(&app, 2_000, host).await;
         assert_eq!(
             calls.load(Ordering::SeqCst),
