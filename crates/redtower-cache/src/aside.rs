@@ -11,7 +11,7 @@ use crate::{
     cache::{Filled, Freshness, Outcome, freshness},
     envelope::{Entry, FLAG_NEGATIVE},
     key::{Canonical, Key},
-    store::EntryKey,
+    store::{EntryKey, MAX_TTL},
 };
 
 /// Options for one cache-aside read, built by [`Cache::fetch`] and run with [`Fetch::run`].
@@ -225,9 +225,10 @@ impl Options {
                 );
             }
             (false, _) => self.ttl,
-        };
+        }
+        .min(MAX_TTL);
         let entry = self.entry(body, ttl, negative);
-        let keep = ttl + self.swr.max(self.sie);
+        let keep = ttl.saturating_add(self.swr.max(self.sie));
         if ttl.is_zero() {
             return (Ok(()), Outcome::Share(entry));
         }
@@ -243,8 +244,8 @@ impl Options {
             status: StatusCode::OK,
             stored_at: now,
             fresh_until,
-            stale_until: fresh_until.saturating_add(ms(self.swr)),
-            error_until: fresh_until.saturating_add(ms(self.sie)),
+            stale_until: fresh_until.saturating_add(ms(self.swr.min(MAX_TTL))),
+            error_until: fresh_until.saturating_add(ms(self.sie.min(MAX_TTL))),
             key_digest: self.digest,
             tags: Vec::new(),
             headers: HeaderMap::new(),

@@ -66,7 +66,9 @@
 //!   task, never on the requester's path. Redis TTLs cover the stale windows.
 //! * **Fail-open**: when the store fails, requests go to the origin (counted in
 //!   [`CacheStats::fail_open`] and the `redtower_cache_fail_open_total` metric); a circuit
-//!   breaker skips the store for a second after an outage so it adds no latency.
+//!   breaker skips the store for a second after an outage so it adds no latency. A freshly
+//!   started process is not in an outage: its first requests wait for the first connection
+//!   ([`CacheStore::ready`]), so they share fills with the other instances from the start.
 //! * **Invalidation** by key ([`Cache::invalidate`], and unsafe requests through the layer) and
 //!   by tag in O(1) ([`Cache::invalidate_tag`]: tags hold generations; entries record them).
 //! * Optional in-process **L1** ([`CacheBuilder::l1`]) with a short TTL, keyed by the full
@@ -74,11 +76,13 @@
 //!
 //! # The response cache ([`ResponseCacheLayer`])
 //!
-//! * Keys: method (`GET`; `HEAD` reads the `GET` entry) + scheme + host + path + query
-//!   ([`QueryKey`]: sorted, or an allow-list that also strips the others from the request) +
-//!   declared [`key_headers`](ResponseCacheLayer::key_headers) + the response's `Vary`. Every
-//!   component is length-prefixed and hashed (SHA-256); the full digest is stored in the entry
-//!   and checked on read.
+//! * Keys: method (`GET`; `HEAD` reads the `GET` entry) + scheme + host (normalised; see
+//!   [`hosts`](ResponseCacheLayer::hosts)) + path + the declared query parameters
+//!   ([`QueryKey`]: none by default, or an allow-list; the others are stripped from the
+//!   request) + declared [`key_headers`](ResponseCacheLayer::key_headers) + the response's
+//!   `Vary` (`Accept-Encoding` bucketed by the codings accepted). Every component is
+//!   length-prefixed and hashed (SHA-256); the full digest is stored in the entry and checked
+//!   on read.
 //! * Stored: `GET` responses with status 200, 203, 204, 300, 301 or 308 (404, 405, 410, 414 and
 //!   501 with [`negative_ttl`](ResponseCacheLayer::negative_ttl)), freshness from `s-maxage`,
 //!   `max-age`, `Expires` or the route's TTL.
@@ -94,6 +98,54 @@
 //!   with a reason (`SET-COOKIE`, `PRIVATE`, `TOO-LARGE`, `AUTHORIZATION`, ...).
 //! * `stale-if-error`: a 5xx or an error from the handler is replaced by the stale entry
 //!   within the window.
+//!
+//! # Limits
+//!
+//! Everything a client can make the cache create is bounded. Each limit, its default, and why:
+//!
+//! | limit | default | set with | why |
+//! | --- | --- | --- | --- |
+//! | query parameters in the key | none (the query is stripped) | [`ResponseCacheLayer::query`] ([`QueryKey::allow`]) | `?r=<random>` would otherwise create an entry and a handler call per request |
+//! | hosts cached per layer | the first 8 seen per process ([`DEFAULT_MAX_HOSTS`](ResponseCacheLayer::DEFAULT_MAX_HOSTS)); others bypass | [`ResponseCacheLayer::hosts`], [`ResponseCacheLayer::max_hosts`] | a random `Host` would otherwise create entries; a list also keeps an early hostile host out |
+//! | variants per URI (`Vary`, key headers) | 64 ([`RedisStore::DEFAULT_MAX_VARIANTS`]); a new variant past it is not stored | [`RedisStore::max_variants`], [`MemoryStore::max_variants`] | clients choose header values (`Accept-Language: x-<random>`) |
+//! | `Accept-Encoding` buckets | at most 64 sets of the 6 known codings (a few in practice) | — | spellings of one set share a bucket |
+//! | stored body | 1 MiB; larger responses stream through, unstored | [`ResponseCacheLayer::max_body`] | one response may not fill the store |
+//! | lifetime in the store | 365 days ([`Cache::MAX_TTL`]); longer `max-age`, `Expires`, TTLs are cut | — | header values up to `u64::MAX` saturate instead of overflowing |
+//! | bytes in the memory store | 64 MiB, least useful evicted ([`MemoryStore::DEFAULT_MAX_BYTES`]) | [`MemoryStore::with_max_bytes`] | a process-wide bound |
+//! | bytes in Redis | Redis' `maxmemory` (see below) | the Redis you give [`RedisStore::new`] | the only bound across instances |
+//! | L1 entries | off; when on, `max_entries` for at most 60 s | [`CacheBuilder::l1`] | |
+//! | fill lock held / waited for | 5 s / 3 s | [`CacheBuilder::lock_ttl`], [`CacheBuilder::lock_wait`] | a crashed filler never blocks others for long |
+//! | store command | 500 ms, then fail open; breaker skips the store for 1 s after an outage | [`RedisStore::timeout`], [`CacheBuilder::breaker_cooldown`] | an outage adds no latency |
+//! | first connection | waited for up to the client's command timeout (2 s by default) | `RedisConfig::command_timeout` | a fresh process is not in an outage |
+//!
+//! ## A Redis of its own: eviction for the cache only
+//!
+//! Entries expire on their TTL, but a flood of distinct keys (a route keyed on
+//! [`QueryKey::Sorted`], many hosts) can still fill Redis before they do. Rate limits,
+//! sessions and jobs need `noeviction` (evicting them loses state); a cache wants the opposite.
+//! Give the cache its own Redis, or its own database on a standalone server, bounded and
+//! evicting, by handing [`RedisStore::new`] a separate handle:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), redtower_client::Error> {
+//! use redtower_cache::{Cache, RedisStore};
+//! use redtower_client::{Redis, RedisConfig};
+//!
+//! // Server config for that Redis: `maxmemory 256mb` and `maxmemory-policy allkeys-lru`
+//! // (or `volatile-lru`: every cache key has a TTL). Falls back to the shared Redis.
+//! let url = std::env::var("CACHE_REDIS_URL").or_else(|_| std::env::var("REDIS_URL"));
+//! let url = url.unwrap_or_else(|_| "redis://127.0.0.1:6379/1".to_owned());
+//! let cache_redis = Redis::new(RedisConfig::from_url(&url)?)?;
+//! let cache = Cache::new(RedisStore::new(cache_redis));
+//! # let _ = cache;
+//! # Ok(()) }
+//! ```
+//!
+//! A database number (`redis://host/1`) shares the server's `maxmemory` and policy, so only a
+//! separate server (or a Cluster of its own) gives the cache its own eviction; on one server,
+//! `volatile-lru` evicts only keys with a TTL (every cache key has one) but also other
+//! features' expiring keys. Without any of this, keep the cache's key space bounded with the
+//! defaults above.
 //!
 //! # Keys in Redis
 //!

@@ -358,16 +358,29 @@ async fn unlisted_query_parameters_cannot_poison_the_entry() {
     let page2 = send(&app, get_req("/r?utm=x&page=2")).await;
     assert_eq!((page2.x_cache(), page2.text().as_str()), ("MISS", "page=2"));
 
-    // Sorted (the default): order does not matter, values do.
+    // Sorted (opted in): order does not matter, values do.
     let calls = Counter::default();
     let app = router(
-        ResponseCacheLayer::new(cache(), TTL),
+        ResponseCacheLayer::new(cache(), TTL).query(QueryKey::Sorted),
         &calls,
         |_, _, q: Option<String>| q.unwrap_or_default(),
     );
     send(&app, get_req("/r?a=1&b=2")).await;
     assert_eq!(send(&app, get_req("/r?b=2&a=1")).await.x_cache(), "HIT");
     assert_eq!(send(&app, get_req("/r?b=2&a=2")).await.x_cache(), "MISS");
+
+    // Ignore (the default): no parameter is keyed, and the handler sees none.
+    let calls = Counter::default();
+    let app = router(
+        ResponseCacheLayer::new(cache(), TTL),
+        &calls,
+        |_, _, q: Option<String>| q.unwrap_or_default(),
+    );
+    let first = send(&app, get_req("/r?r=1")).await;
+    assert_eq!((first.x_cache(), first.text().as_str()), ("MISS", ""));
+    let other = send(&app, get_req("/r?r=2&page=9")).await;
+    assert_eq!((other.x_cache(), other.text().as_str()), ("HIT", ""));
+    assert_eq!(calls.get(), 1);
 }
 
 #[tokio::test(start_paused = true)]

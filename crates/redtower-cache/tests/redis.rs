@@ -451,6 +451,40 @@ mod specific {
         assert_eq!(cache.stats().fail_open, 0);
     }
 
+    /// Redis unreachable when the process starts: requests fail open, but that is no
+    /// evidence of an outage of a connection that was up, so the breaker stays closed: the
+    /// first request after Redis comes up is cached at once (with an hour-long cooldown, an
+    /// opened breaker would skip the store for the rest of the test).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unreachable_at_start_fails_open_without_opening_the_breaker() {
+        let port = redtower_testkit::free_port();
+        let config = RedisConfig::from_url(&format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .key_prefix(unique_prefix("boot-down"))
+            .command_timeout(Duration::from_millis(300));
+        let redis = Redis::new(config).unwrap();
+        let cache = Cache::builder(RedisStore::new(redis.clone()).timeout(Duration::from_secs(10)))
+            .breaker_cooldown(Duration::from_secs(3600))
+            .build();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let app = slow_app(cache.clone(), calls.clone());
+        for _ in 0..3 {
+            let (status, x, _) = send(&app, "/featured").await;
+            assert_eq!((status, x.as_str()), (200, "MISS"), "fail-open");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert!(cache.stats().fail_open >= 3);
+
+        let _server = RedisServer::options().port(port).start();
+        redis.wait_ready(Duration::from_secs(20)).await.unwrap();
+        let (_, x, _) = send(&app, "/featured").await;
+        assert_eq!(x, "MISS");
+        let (_, x, _) = send(&app, "/featured").await;
+        assert_eq!(x, "HIT", "stored at once: the breaker never opened");
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        let _ = redis.client().quit().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_key_has_a_ttl_covering_the_stale_windows() {
         for url in [

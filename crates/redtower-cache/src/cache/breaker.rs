@@ -1,5 +1,11 @@
 //! The circuit breaker: after an outage the store is skipped for a cooldown, so requests go
 //! straight to the origin (fail-open) without paying a timeout each.
+//!
+//! A store that has not made its first connection yet is not in an outage: operations first
+//! wait for it ([`CacheStore::ready`](crate::CacheStore::ready), outside their own timeout),
+//! and a store that could not be reached at all while never connected fails open without
+//! opening the breaker. The breaker opens only when an operation failed against a store that
+//! had connected.
 
 use std::{
     future::Future,
@@ -14,16 +20,36 @@ use tokio::time::Instant;
 use super::{Cache, lock, stats::bump};
 use crate::{Error, Result};
 
+/// The longest cooldown used when the configured one does not fit the clock.
+const MAX_COOLDOWN: std::time::Duration = std::time::Duration::from_secs(3600);
+
 #[derive(Default)]
 pub(super) struct Breaker {
     open_until: Mutex<Option<Instant>>,
     open: AtomicBool,
+    /// Whether "not connected yet" was logged (once, until the store answers).
+    unreachable_logged: AtomicBool,
 }
 
 impl Cache {
     /// Runs a store operation through the circuit breaker.
     pub(crate) async fn guard<T>(&self, op: impl Future<Output = Result<T>>) -> Result<T> {
         let b = &self.inner.breaker;
+        let store = &self.inner.store;
+        if !store.is_ready() {
+            // A fresh process: wait for the first connection instead of failing fast.
+            if let Err(e) = store.ready().await {
+                if !b.unreachable_logged.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        target: "redtower::cache",
+                        cache = self.name(),
+                        error = %e,
+                        "cache store not reachable since start; failing open (requests go to the origin)"
+                    );
+                }
+                return Err(e);
+            }
+        }
         if b.open.load(Ordering::Acquire) {
             let until = *lock(&b.open_until);
             match until {
@@ -34,12 +60,18 @@ impl Cache {
         let result = op.await;
         match &result {
             Ok(_) => {
+                if b.unreachable_logged.load(Ordering::Relaxed) {
+                    b.unreachable_logged.store(false, Ordering::Relaxed);
+                }
                 if b.open.swap(false, Ordering::AcqRel) {
                     tracing::info!(target: "redtower::cache", cache = self.name(), "cache store is back");
                 }
             }
             Err(e) if e.is_outage() => {
-                *lock(&b.open_until) = Some(Instant::now() + self.inner.config.breaker_cooldown);
+                let now = Instant::now();
+                let cooldown = self.inner.config.breaker_cooldown;
+                *lock(&b.open_until) =
+                    Some(now.checked_add(cooldown).unwrap_or(now + MAX_COOLDOWN));
                 if !b.open.swap(true, Ordering::AcqRel) {
                     tracing::warn!(
                         target: "redtower::cache",

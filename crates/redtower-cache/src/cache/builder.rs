@@ -57,10 +57,12 @@ impl CacheBuilder {
     }
 
     /// The interval between checks while waiting for another instance's fill: starts at `min`
-    /// and grows by half up to `max`, with jitter. Defaults to 10 ms to 100 ms.
+    /// and grows by half up to `max`, with jitter. Both are kept between 1 ms and 60 s.
+    /// Defaults to 10 ms to 100 ms.
     pub fn poll_interval(mut self, min: Duration, max: Duration) -> Self {
-        self.config.poll_min = min.max(Duration::from_millis(1));
-        self.config.poll_max = max.max(self.config.poll_min);
+        let ceiling = Duration::from_secs(60);
+        self.config.poll_min = min.clamp(Duration::from_millis(1), ceiling);
+        self.config.poll_max = max.clamp(self.config.poll_min, ceiling);
         self
     }
 

@@ -157,7 +157,7 @@ impl Cache {
         if locked_by_other {
             let started = Instant::now();
             waited = Some(started);
-            let deadline = started + cfg.lock_wait;
+            let deadline = started.checked_add(cfg.lock_wait).unwrap_or(started);
             let mut interval = cfg.poll_min;
             loop {
                 let now = Instant::now();
@@ -167,7 +167,7 @@ impl Cache {
                     break;
                 }
                 let jitter = interval.mul_f64(rand::random::<f64>() * 0.5);
-                tokio::time::sleep((interval + jitter).min(deadline - now)).await;
+                tokio::time::sleep(interval.saturating_add(jitter).min(deadline - now)).await;
                 interval = interval.mul_f64(1.5).min(cfg.poll_max);
                 if let Some(e) = self.fresh_fill(key, tags, seen).await {
                     bump(&self.inner.stats.remote_fills);
@@ -237,7 +237,7 @@ impl Cache {
             .guard(
                 self.inner
                     .store
-                    .ensure_tags(tags, self.inner.config.lock_ttl * 2),
+                    .ensure_tags(tags, self.inner.config.lock_ttl.saturating_mul(2)),
             )
             .await
         {

@@ -132,6 +132,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Cache {
+    /// The longest time an entry (or a lock, or a tag) is kept in the store: 365 days.
+    /// Longer lifetimes, from a route's settings or from a response's headers
+    /// (`max-age=18446744073709551615`, a far `Expires`), are cut to it.
+    pub const MAX_TTL: Duration = crate::store::MAX_TTL;
+
     /// Puts an entry into the L1 (if there is one).
     fn l1_insert(&self, key: &Key, entry: &Arc<Entry>) {
         if let Some(l1) = &self.inner.l1 {

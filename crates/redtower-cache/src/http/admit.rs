@@ -8,7 +8,7 @@ use http_body::Body;
 
 use super::{
     body::{Collected, ResponseBody, collect_capped},
-    key::RequestKey,
+    key::{IDENTITY, RequestKey, coding_acceptable},
     policy::{Directives, cacheable_status, explicit_lifetime, negative_status, origin_age, vary},
     response::{CACHE_STATUS, X_CACHE},
     service::Run,
@@ -17,6 +17,7 @@ use crate::{
     cache::Outcome,
     envelope::{Entry, FLAG_ETAG_GENERATED, FLAG_NEGATIVE, FLAG_NO_STALE},
     key::short,
+    store::MAX_TTL,
 };
 
 /// What the leader of a fill got from the handler.
@@ -78,6 +79,26 @@ impl Run {
             cfg.learn(&vary);
             return pass(resp, "VARY-LEARNED");
         }
+        let codings: Vec<&[u8]> = headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        match key.accepted {
+            // Stored under the request's `Accept-Encoding` bucket: only a coding every request
+            // of the bucket accepts.
+            Some(accepted) if !coding_acceptable(&codings, accepted) => {
+                return pass(resp, "ENCODING");
+            }
+            Some(_) => {}
+            // Encoded, but not keyed on `Accept-Encoding` (the response did not say `Vary`):
+            // key on it from now on, as if it had.
+            None if !coding_acceptable(&codings, IDENTITY) => {
+                cfg.learn(&[header::ACCEPT_ENCODING]);
+                return pass(resp, "VARY-LEARNED");
+            }
+            None => {}
+        }
         if headers
             .get(header::CONTENT_TYPE)
             .is_some_and(|ct| ct.as_bytes().starts_with(b"text/event-stream"))
@@ -90,7 +111,8 @@ impl Run {
                 (true, Some(n)) => n,
                 _ => cfg.ttl,
             })
-            .saturating_sub(origin_age(headers));
+            .saturating_sub(origin_age(headers))
+            .min(MAX_TTL);
         if lifetime.is_zero() {
             return pass(resp, "NO-FRESHNESS");
         }
@@ -111,8 +133,8 @@ impl Run {
         };
         let explicit_stale = cc.swr.is_some() || cc.sie.is_some();
         let no_stale = (cc.must_revalidate || cc.s_maxage.is_some()) && !explicit_stale;
-        let swr = cc.swr.map_or(cfg.swr, Duration::from_secs);
-        let sie = cc.sie.map_or(cfg.sie, Duration::from_secs);
+        let swr = cc.swr.map_or(cfg.swr, Duration::from_secs).min(MAX_TTL);
+        let sie = cc.sie.map_or(cfg.sie, Duration::from_secs).min(MAX_TTL);
         let mut flags = 0;
         if negative {
             flags |= FLAG_NEGATIVE;
@@ -161,7 +183,7 @@ impl Run {
             headers,
             body,
         };
-        let keep = lifetime + swr.max(sie);
+        let keep = lifetime.saturating_add(swr.max(sie));
         (Lead::Entry(entry.clone()), Outcome::Store(entry, keep))
     }
 }

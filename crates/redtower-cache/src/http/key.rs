@@ -9,24 +9,32 @@ use crate::key::{Canonical, Key};
 
 /// Which query parameters are part of the cache key.
 ///
+/// Clients choose query strings freely, so every keyed parameter lets a client create entries
+/// (and handler calls) at will: `GET /products/featured?r=<random>` misses every time when
+/// the whole query is keyed. The default therefore keys none and removes the query before the
+/// handler sees it; a route declares the parameters it reads with [`QueryKey::allow`].
+///
 /// ```
 /// use redtower_cache::QueryKey;
 ///
-/// let all = QueryKey::Sorted;                 // the default
+/// let none = QueryKey::Ignore;                // the default: ?r=<random> shares one entry
 /// let some = QueryKey::allow(["page", "q"]);  // others are dropped before the handler sees them
-/// # let _ = (all, some);
+/// let all = QueryKey::Sorted;                 // every parameter: unbounded, opt in with care
+/// # let _ = (none, some, all);
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum QueryKey {
-    /// Every parameter, sorted, so `?a=1&b=2` and `?b=2&a=1` share an entry. The default.
-    #[default]
+    /// Every parameter, sorted, so `?a=1&b=2` and `?b=2&a=1` share an entry. A client can
+    /// create as many entries as it sends distinct query strings (each one a handler call):
+    /// use it only behind a bounded store (see the crate docs, "Limits").
     Sorted,
     /// Only these parameters (sorted). The others are removed from the request before it
     /// reaches the handler, so an unkeyed parameter can never influence (poison) a stored
     /// response.
     Allow(Arc<[String]>),
-    /// No parameters: the query is removed before the handler sees it.
+    /// No parameters: the query is removed before the handler sees it. The default.
+    #[default]
     Ignore,
 }
 
@@ -99,6 +107,8 @@ pub(crate) struct RequestKey {
     pub(crate) key: Key,
     /// The header names the variant was keyed on (declared + learned), sorted.
     names: Option<Arc<[HeaderName]>>,
+    /// The `Accept-Encoding` bucket, when keyed on it (see [`accepted_codings`]).
+    pub(crate) accepted: Option<u8>,
 }
 
 impl RequestKey {
@@ -113,21 +123,41 @@ pub(crate) fn primary(parts: &Parts, query: &QueryKey) -> [u8; 32] {
     primary_canonical(parts, query).digest()
 }
 
-/// The primary (URI) canonical key of a request: method GET, scheme, host, path, query.
-fn primary_canonical(parts: &Parts, query: &QueryKey) -> Canonical {
+/// The request's host, normalised: lowercase, without a trailing dot, without the scheme's
+/// default port (`Example.COM.:443` over https is `example.com`). `""` when there is none.
+pub(crate) fn request_host(parts: &Parts) -> Cow<'_, str> {
     let uri = &parts.uri;
-    let scheme = uri.scheme_str().unwrap_or("http");
     let host = parts
         .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| uri.authority().map(http::uri::Authority::as_str))
         .unwrap_or("");
-    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+    normalize_host(host, uri.scheme_str().unwrap_or("http"))
+}
+
+/// See [`request_host`].
+pub(crate) fn normalize_host<'a>(host: &'a str, scheme: &str) -> Cow<'a, str> {
+    let host = host.trim();
+    let default_port = if scheme.eq_ignore_ascii_case("https") {
+        ":443"
+    } else {
+        ":80"
+    };
+    let host = host.strip_suffix(default_port).unwrap_or(host);
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
         Cow::Borrowed(host)
-    };
+    }
+}
+
+/// The primary (URI) canonical key of a request: method GET, scheme, host, path, query.
+fn primary_canonical(parts: &Parts, query: &QueryKey) -> Canonical {
+    let uri = &parts.uri;
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let host = request_host(parts);
     let q = query.normalize(uri.query());
     let mut c = Canonical::new("http");
     c.push(b"GET")
@@ -141,19 +171,98 @@ fn primary_canonical(parts: &Parts, query: &QueryKey) -> Canonical {
     c
 }
 
-/// Normalizes `Accept-Encoding` into a bucket, so each browser's spelling does not fragment
-/// the cache.
-fn encoding_bucket(value: &str) -> &'static str {
-    let v = value.to_ascii_lowercase();
-    if v.contains("br") {
-        "br"
-    } else if v.contains("zstd") {
-        "zstd"
-    } else if v.contains("gzip") {
-        "gzip"
-    } else {
-        "identity"
+/// The content codings the cache tells apart, in bucket order.
+const CODINGS: [&str; 6] = ["br", "compress", "deflate", "gzip", "identity", "zstd"];
+/// The bucket that accepts only `identity` (a request without `Accept-Encoding`).
+pub(crate) const IDENTITY: u8 = 1 << 4;
+
+/// The set of codings a request accepts (RFC 9110 12.5.3), as a bit per [`CODINGS`] entry:
+/// the bucket its `Accept-Encoding` falls in, so each browser's spelling does not fragment the
+/// cache while every client gets a coding it accepts. `q=0` excludes a coding, `*` stands for
+/// the codings not listed, `x-gzip`/`x-compress` are their aliases, and a weight that does not
+/// parse excludes its coding. No header (or an empty one) accepts only `identity`; `identity`
+/// is accepted unless excluded. Unknown codings are ignored.
+pub(crate) fn accepted_codings(value: Option<&[u8]>) -> u8 {
+    let Some(value) = value else {
+        return IDENTITY;
+    };
+    let mut listed = 0u8;
+    let mut accepted = 0u8;
+    let mut star = None;
+    for item in value.split(|b| *b == b',') {
+        let mut params = item.split(|b| *b == b';');
+        let name = params.next().unwrap_or_default().trim_ascii();
+        if name.is_empty() {
+            continue;
+        }
+        let mut q_ok = true;
+        for p in params {
+            let p = p.trim_ascii();
+            if let Some(q) = p.strip_prefix(b"q=").or_else(|| p.strip_prefix(b"Q=")) {
+                q_ok = std::str::from_utf8(q)
+                    .ok()
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q > 0.0 && q.is_finite());
+            }
+        }
+        if name == b"*" {
+            star = Some(q_ok);
+            continue;
+        }
+        let name = name.to_ascii_lowercase();
+        let name = match name.as_slice() {
+            b"x-gzip" => &b"gzip"[..],
+            b"x-compress" => &b"compress"[..],
+            n => n,
+        };
+        if let Some(i) = CODINGS.iter().position(|c| c.as_bytes() == name) {
+            let bit = 1 << i;
+            listed |= bit;
+            if q_ok {
+                accepted |= bit;
+            } else {
+                accepted &= !bit;
+            }
+        }
     }
+    for i in 0..CODINGS.len() {
+        let bit = 1 << i;
+        if listed & bit == 0 {
+            match star {
+                Some(true) => accepted |= bit,
+                Some(false) => {}
+                None if bit == IDENTITY => accepted |= bit,
+                None => {}
+            }
+        }
+    }
+    accepted
+}
+
+/// Whether a response with these `Content-Encoding` values is acceptable to every request of
+/// the bucket `accepted` (see [`accepted_codings`]). No header is `identity`; an unknown coding
+/// is never acceptable.
+pub(crate) fn coding_acceptable(content_encoding: &[&[u8]], accepted: u8) -> bool {
+    let mut any = false;
+    for value in content_encoding {
+        for coding in value.split(|b| *b == b',') {
+            let coding = coding.trim_ascii().to_ascii_lowercase();
+            if coding.is_empty() {
+                continue;
+            }
+            any = true;
+            let coding = match coding.as_slice() {
+                b"x-gzip" => &b"gzip"[..],
+                b"x-compress" => &b"compress"[..],
+                c => c,
+            };
+            match CODINGS.iter().position(|c| c.as_bytes() == coding) {
+                Some(i) if accepted & (1 << i) != 0 => {}
+                _ => return false,
+            }
+        }
+    }
+    any || accepted & IDENTITY != 0
 }
 
 fn header_values(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
@@ -200,18 +309,22 @@ pub(crate) fn request_key(
         return RequestKey {
             key: Key::new(c),
             names,
+            accepted: None,
         };
     }
     // The variant part starts with its own kind, so its digest is that of a separate
     // `Canonical::new("variant")`.
     let split = c.len();
+    let mut accepted = None;
     c.push(b"variant");
     for name in names.as_deref().unwrap_or_default() {
         c.push(name.as_str().as_bytes());
         match header_values(&parts.headers, name) {
-            Some(v) if *name == header::ACCEPT_ENCODING => c
-                .push(b"=")
-                .push(encoding_bucket(&String::from_utf8_lossy(&v)).as_bytes()),
+            v if *name == header::ACCEPT_ENCODING => {
+                let bucket = accepted_codings(v.as_deref());
+                accepted = Some(bucket);
+                c.push(b"~").push(&[bucket])
+            }
             Some(v) => c.push(b"=").push(&v),
             None => c.push(b"-"),
         };
@@ -230,6 +343,7 @@ pub(crate) fn request_key(
     RequestKey {
         key: Key::split(c, split),
         names,
+        accepted,
     }
 }
 
@@ -264,6 +378,69 @@ mod tests {
         let uri: Uri = "/p?utm=x&page=2&z".parse().unwrap();
         assert_eq!(q.rewrite(&uri).unwrap(), "/p?page=2");
         assert_eq!(QueryKey::Ignore.rewrite(&uri).unwrap(), "/p");
+    }
+
+    fn codings(v: Option<&str>) -> Vec<&'static str> {
+        let mask = accepted_codings(v.map(str::as_bytes));
+        CODINGS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, c)| *c)
+            .collect()
+    }
+
+    #[test]
+    fn accept_encoding_buckets_honour_weights_and_star() {
+        assert_eq!(codings(None), ["identity"]);
+        assert_eq!(codings(Some("")), ["identity"]);
+        assert_eq!(codings(Some("deflate")), ["deflate", "identity"]);
+        assert_eq!(codings(Some("compress")), ["compress", "identity"]);
+        assert_eq!(
+            codings(Some("gzip, deflate, br, zstd")),
+            ["br", "deflate", "gzip", "identity", "zstd"]
+        );
+        assert_eq!(codings(Some("GZIP;q=0.5, br;q=0")), ["gzip", "identity"]);
+        assert_eq!(codings(Some("gzip;q=0, identity;q=0")), Vec::<&str>::new());
+        assert_eq!(
+            codings(Some("*")),
+            ["br", "compress", "deflate", "gzip", "identity", "zstd"]
+        );
+        assert_eq!(codings(Some("br, *;q=0")), ["br"]);
+        assert_eq!(codings(Some("x-gzip, gzip;q=abc")), ["identity"]);
+        assert_eq!(codings(Some("x-gzip")), ["gzip", "identity"]);
+        assert_eq!(codings(Some("unknown")), ["identity"]);
+        // Same set, different spelling: one bucket.
+        assert_eq!(
+            accepted_codings(Some(b"gzip, br")),
+            accepted_codings(Some(b"br;q=0.9,gzip ; q=1"))
+        );
+    }
+
+    #[test]
+    fn a_response_coding_must_be_accepted_by_its_bucket() {
+        let gzip = accepted_codings(Some(b"gzip"));
+        assert!(coding_acceptable(&[b"gzip"], gzip));
+        assert!(coding_acceptable(&[], gzip));
+        assert!(!coding_acceptable(&[b"deflate"], gzip));
+        assert!(!coding_acceptable(&[b"deflate"], IDENTITY));
+        assert!(!coding_acceptable(&[b"gzip"], IDENTITY));
+        assert!(coding_acceptable(&[b"identity"], IDENTITY));
+        assert!(!coding_acceptable(&[b"gzip, deflate"], gzip));
+        assert!(!coding_acceptable(&[b"weird"], u8::MAX));
+        assert!(!coding_acceptable(
+            &[],
+            accepted_codings(Some(b"identity;q=0, gzip"))
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_accept_encoding_is_bucketed(v in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let mask = accepted_codings(Some(&v));
+            proptest::prop_assert!(mask < 1 << CODINGS.len());
+            let _ = coding_acceptable(&[&v], mask);
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::{
 use http::HeaderName;
 use tower_layer::Layer;
 
-use super::{Credentials, QueryKey, ResponseCache};
+use super::{Credentials, QueryKey, ResponseCache, key::normalize_host};
 use crate::Cache;
 
 /// A [`Layer`] that caches a route's `GET` responses in a [`Cache`] (Redis or memory), shared
@@ -45,6 +45,7 @@ pub(crate) struct Config {
     pub(crate) invalidate_unsafe: bool,
     pub(crate) route: &'static str,
     pub(crate) status_name: String,
+    pub(crate) hosts: Hosts,
     /// `Vary` names learned from responses, added to `key_headers` (sorted, merged).
     pub(crate) names: RwLock<Arc<[HeaderName]>>,
     /// Whether `names` is non-empty: routes that vary on nothing skip the lock per request.
@@ -67,9 +68,87 @@ impl Clone for Config {
             invalidate_unsafe: self.invalidate_unsafe,
             route: self.route,
             status_name: self.status_name.clone(),
+            hosts: self.hosts.clone(),
             names: RwLock::new(self.names().unwrap_or_else(|| Arc::from(Vec::new()))),
             has_names: AtomicBool::new(self.has_names.load(Ordering::Acquire)),
         }
+    }
+}
+
+/// Which hosts a layer caches: a configured list, or the first few it sees.
+#[derive(Debug)]
+pub(crate) enum Hosts {
+    Listed(Vec<String>),
+    FirstSeen {
+        max: usize,
+        seen: RwLock<Vec<String>>,
+        warned: AtomicBool,
+    },
+}
+
+impl Clone for Hosts {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Listed(l) => Self::Listed(l.clone()),
+            Self::FirstSeen { max, seen, .. } => Self::FirstSeen {
+                max: *max,
+                seen: RwLock::new(
+                    seen.read()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone(),
+                ),
+                warned: AtomicBool::new(false),
+            },
+        }
+    }
+}
+
+impl Hosts {
+    fn first_seen(max: usize) -> Self {
+        Self::FirstSeen {
+            max,
+            seen: RwLock::new(Vec::new()),
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether requests for `host` (normalised) are cached.
+    pub(crate) fn admits(&self, host: &str, route: &'static str) -> bool {
+        let (max, seen, warned) = match self {
+            Self::Listed(list) => return list.iter().any(|h| h == host),
+            Self::FirstSeen { max, seen, warned } => (*max, seen, warned),
+        };
+        {
+            let seen = seen
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if seen.iter().any(|h| h == host) {
+                return true;
+            }
+            if seen.len() >= max {
+                drop(seen);
+                if !warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        target: "redtower::cache",
+                        route,
+                        max_hosts = max,
+                        "the route is cached for its most hosts already; requests for other hosts bypass the cache (declare the hosts with ResponseCacheLayer::hosts)"
+                    );
+                }
+                return false;
+            }
+        }
+        let mut seen = seen
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.iter().any(|h| h == host) {
+            return true;
+        }
+        if seen.len() >= max {
+            return false;
+        }
+        seen.push(host.to_owned());
+        true
     }
 }
 
@@ -129,6 +208,9 @@ impl ResponseCacheLayer {
     /// The default cap on stored bodies: 1 MiB.
     pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 
+    /// The default number of distinct hosts a layer caches when no list is configured: 8.
+    pub const DEFAULT_MAX_HOSTS: usize = 8;
+
     /// Caches responses in `cache`, fresh for `ttl` when the response states no freshness of
     /// its own (`s-maxage`, `max-age`, `Expires` take precedence).
     pub fn new(cache: Cache, ttl: Duration) -> Self {
@@ -138,7 +220,7 @@ impl ResponseCacheLayer {
             sie: Duration::ZERO,
             negative_ttl: None,
             max_body: Self::DEFAULT_MAX_BODY,
-            query: QueryKey::Sorted,
+            query: QueryKey::Ignore,
             key_headers: Vec::new(),
             credentials: Credentials::Bypass,
             session_cookies: vec!["id".to_owned()],
@@ -146,6 +228,7 @@ impl ResponseCacheLayer {
             invalidate_unsafe: true,
             route: "default",
             status_name: "redtower".to_owned(),
+            hosts: Hosts::first_seen(Self::DEFAULT_MAX_HOSTS),
             names: RwLock::new(Arc::from(Vec::new())),
             has_names: AtomicBool::new(false),
         };
@@ -196,15 +279,90 @@ impl ResponseCacheLayer {
         self.edit(|c| c.max_body = bytes)
     }
 
-    /// Which query parameters are keyed. Defaults to [`QueryKey::Sorted`] (all of them).
+    /// Which query parameters are keyed. Defaults to [`QueryKey::Ignore`]: none, and the query
+    /// is removed before the handler sees it, so `?r=<random>` shares one entry. A route that
+    /// reads parameters declares them with [`QueryKey::allow`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redtower_cache::{Cache, MemoryStore, QueryKey, ResponseCacheLayer};
+    ///
+    /// let cache = Cache::new(MemoryStore::new());
+    /// // `/products?page=2&sort=price`: keyed on both; `utm_source=...` is dropped.
+    /// let layer = ResponseCacheLayer::new(cache, Duration::from_secs(60))
+    ///     .query(QueryKey::allow(["page", "sort"]));
+    /// # let _ = layer;
+    /// ```
     pub fn query(self, query: QueryKey) -> Self {
         self.edit(|c| c.query = query)
+    }
+
+    /// Caches only requests for these hosts (the `Host` header, or the URI's authority).
+    /// Requests for any other host bypass the cache (`X-Cache: BYPASS`, `Cache-Status`
+    /// `detail=HOST`) and reach the handler unchanged, so a client sending random `Host`
+    /// values creates no entries. Names are compared normalised: case, a trailing dot and the
+    /// scheme's default port do not matter.
+    ///
+    /// Defaults to no list: the layer caches the first
+    /// [`max_hosts`](Self::max_hosts) distinct hosts it sees in this process and bypasses the
+    /// others (with one warning). Declare the hosts in production.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redtower_cache::{Cache, MemoryStore, ResponseCacheLayer};
+    ///
+    /// let cache = Cache::new(MemoryStore::new());
+    /// let layer = ResponseCacheLayer::new(cache, Duration::from_secs(60))
+    ///     .hosts(["shop.example", "www.shop.example", "localhost:3000"]);
+    /// # let _ = layer;
+    /// ```
+    pub fn hosts<I, S>(self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let list = hosts
+            .into_iter()
+            .map(|h| normalize_host(h.as_ref(), "http").into_owned())
+            .collect();
+        self.edit(|c| c.hosts = Hosts::Listed(list))
+    }
+
+    /// Without a [`hosts`](Self::hosts) list: how many distinct hosts this layer caches (the
+    /// first ones it sees, per process); requests for others bypass the cache. Replaces a
+    /// `hosts` list. Defaults to [`DEFAULT_MAX_HOSTS`](Self::DEFAULT_MAX_HOSTS) (8).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// use axum::{Router, body::Body, routing::get};
+    /// use http::Request;
+    /// use redtower_cache::{Cache, MemoryStore, ResponseCacheLayer};
+    /// use tower::ServiceExt;
+    ///
+    /// let layer = ResponseCacheLayer::new(Cache::new(MemoryStore::new()), Duration::from_secs(60))
+    ///     .max_hosts(1);
+    /// let app = Router::new().route("/", get(|| async { "hi" }).layer(layer));
+    /// let get = |host: &str| Request::get("/").header("host", host).body(Body::empty()).unwrap();
+    /// let first = app.clone().oneshot(get("a.example")).await.unwrap();
+    /// assert_eq!(first.headers()["x-cache"], "MISS");
+    /// let other = app.clone().oneshot(get("b.example")).await.unwrap();
+    /// assert_eq!(other.headers()["x-cache"], "BYPASS");
+    /// # }
+    /// ```
+    pub fn max_hosts(self, n: usize) -> Self {
+        self.edit(|c| c.hosts = Hosts::first_seen(n))
     }
 
     /// Request headers the route's response depends on: each value gets its own entry.
     /// `Vary` names of a response are learned and added automatically, but declaring them
     /// keeps the very first request of each instance from missing. `Accept-Encoding` is
-    /// bucketed (`br`, `zstd`, `gzip`, `identity`). Defaults to none.
+    /// bucketed by the set of codings it accepts (`br`, `compress`, `deflate`, `gzip`,
+    /// `identity`, `zstd`; `q=0` excludes one, `*` stands for the unlisted ones; no header
+    /// accepts only `identity`), and a response is stored in a bucket only when every request
+    /// of that bucket accepts its `Content-Encoding`. A response with a `Content-Encoding` is
+    /// keyed on `Accept-Encoding` even without `Vary`. Each URI holds at most the store's
+    /// [`max_variants`](crate::RedisStore::max_variants) variants. Defaults to none.
     ///
     /// # Panics
     ///

@@ -34,7 +34,7 @@ impl Directives {
                     Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
                     None => (item.trim(), None),
                 };
-                let secs = || arg.and_then(|a| a.parse::<u64>().ok());
+                let secs = || arg.and_then(delta_seconds);
                 match name.to_ascii_lowercase().as_str() {
                     "no-store" => d.no_store = true,
                     "no-cache" => match arg {
@@ -142,7 +142,11 @@ pub(crate) fn explicit_lifetime(
         .get(header::DATE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok())
-        .unwrap_or_else(|| UNIX_EPOCH + Duration::from_millis(now_ms));
+        .unwrap_or_else(|| {
+            UNIX_EPOCH
+                .checked_add(Duration::from_millis(now_ms))
+                .unwrap_or(UNIX_EPOCH)
+        });
     Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
 }
 
@@ -151,8 +155,18 @@ pub(crate) fn origin_age(headers: &HeaderMap) -> Duration {
     headers
         .get(header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
+        .and_then(|v| delta_seconds(v.trim()))
         .map_or(Duration::ZERO, Duration::from_secs)
+}
+
+/// A `delta-seconds` value (RFC 9111 1.2.2): digits only; a value too large for a `u64`
+/// saturates to `u64::MAX` ("the greatest positive integer it can conveniently represent")
+/// instead of being rejected. `None` for anything else (empty, sign, space, non-digits).
+pub(crate) fn delta_seconds(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(s.parse::<u64>().unwrap_or(u64::MAX))
 }
 
 /// Whether an `If-None-Match` list matches `etag` (weak comparison, RFC 9110 13.1.2).
@@ -258,5 +272,89 @@ mod tests {
         assert!(none_match("W/\"a\", \"b\"", Some("\"a\"")));
         assert!(none_match("*", None));
         assert!(!none_match("\"c\"", Some("\"a\"")));
+    }
+}
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    fn map(name: &'static str, value: &str) -> Option<HeaderMap> {
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_str(value).ok()?);
+        Some(h)
+    }
+
+    proptest! {
+        #[test]
+        fn delta_seconds_saturate_and_never_panic(digits in "[0-9]{1,60}") {
+            let parsed = delta_seconds(&digits).unwrap();
+            match digits.parse::<u64>() {
+                Ok(n) => prop_assert_eq!(parsed, n),
+                Err(_) => prop_assert_eq!(parsed, u64::MAX),
+            }
+        }
+
+        #[test]
+        fn cache_control_of_any_text_parses(value in "\\PC{0,80}") {
+            if let Some(h) = map("cache-control", &value) {
+                let d = Directives::parse(&h);
+                let _ = explicit_lifetime(&d, &h, u64::MAX);
+                let _ = explicit_lifetime(&d, &h, 0);
+            }
+        }
+
+        #[test]
+        fn huge_directive_values_saturate(
+            n in prop_oneof![Just(u64::MAX.to_string()), "[0-9]{19,40}"],
+            name in prop_oneof![Just("max-age"), Just("s-maxage"),
+                Just("stale-while-revalidate"), Just("stale-if-error")],
+        ) {
+            let h = map("cache-control", &format!("{name}={n}, stale-while-revalidate={n}, stale-if-error={n}")).unwrap();
+            let d = Directives::parse(&h);
+            let expected = n.parse::<u64>().unwrap_or(u64::MAX);
+            prop_assert_eq!(d.swr, Some(expected));
+            prop_assert_eq!(d.sie, Some(expected));
+            let lifetime = explicit_lifetime(&d, &h, 0);
+            if name.contains("max") {
+                prop_assert_eq!(lifetime, Some(Duration::from_secs(expected)));
+            }
+        }
+
+        #[test]
+        fn any_expires_date_and_age_are_handled(
+            expires in "\\PC{0,40}",
+            date in "\\PC{0,40}",
+            age in "\\PC{0,30}",
+            now in any::<u64>(),
+        ) {
+            let mut h = HeaderMap::new();
+            for (n, v) in [("expires", &expires), ("date", &date), ("age", &age)] {
+                if let Ok(v) = HeaderValue::from_str(v) {
+                    h.insert(n, v);
+                }
+            }
+            let _ = explicit_lifetime(&Directives::parse(&h), &h, now);
+            let _ = origin_age(&h);
+        }
+    }
+
+    #[test]
+    fn far_expires_and_huge_age() {
+        let h = map("expires", "Fri, 31 Dec 9999 23:59:59 GMT").unwrap();
+        let life = explicit_lifetime(&Directives::parse(&h), &h, u64::MAX).unwrap();
+        assert_eq!(
+            life,
+            Duration::ZERO,
+            "a clock past the year 9999 sees it expired"
+        );
+        let life = explicit_lifetime(&Directives::parse(&h), &h, 0).unwrap();
+        assert!(life > Duration::from_secs(7000 * 365 * 24 * 3600));
+        let h = map("age", "99999999999999999999999999").unwrap();
+        assert_eq!(origin_age(&h), Duration::from_secs(u64::MAX));
+        let h = map("age", "-5").unwrap();
+        assert_eq!(origin_age(&h), Duration::ZERO);
     }
 }

@@ -16,7 +16,7 @@ use super::{
     Credentials,
     body::ResponseBody,
     future::ResponseFuture,
-    key::{request_key, session_cookie},
+    key::{request_host, request_key, session_cookie},
     layer::Config,
     policy::Directives,
     response::{Conditionals, Served, secs},
@@ -198,6 +198,18 @@ impl Run {
         }
         if parts.headers.contains_key(header::RANGE) {
             return Some("RANGE");
+        }
+        // A `Host` that is not text is never cached (nor keyed as "no host").
+        if parts
+            .headers
+            .get(header::HOST)
+            .is_some_and(|h| h.to_str().is_err())
+            || !self
+                .config
+                .hosts
+                .admits(&request_host(parts), self.config.route)
+        {
+            return Some("HOST");
         }
         if self.config.credentials == Credentials::Bypass {
             if parts.headers.contains_key(header::AUTHORIZATION) {

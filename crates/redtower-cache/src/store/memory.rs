@@ -12,7 +12,7 @@ use bytes::Bytes;
 use moka::{Expiry, sync::Cache as Moka};
 use tokio::time::Instant;
 
-use super::{CacheStore, EntryKey, LockToken, new_generation};
+use super::{CacheStore, EntryKey, LockToken, MAX_TTL, later, new_generation};
 use crate::Result;
 
 #[derive(Clone)]
@@ -31,7 +31,7 @@ impl Expiry<String, Stored> for ByTtl {
         v: &Stored,
         _: std::time::Instant,
     ) -> Option<Duration> {
-        Some(v.ttl)
+        Some(v.ttl.min(MAX_TTL))
     }
 
     fn expire_after_update(
@@ -41,7 +41,7 @@ impl Expiry<String, Stored> for ByTtl {
         _: std::time::Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(v.ttl)
+        Some(v.ttl.min(MAX_TTL))
     }
 }
 
@@ -61,6 +61,7 @@ impl Expiry<String, Stored> for ByTtl {
 #[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
+    max_variants: usize,
 }
 
 struct Inner {
@@ -117,7 +118,37 @@ impl MemoryStore {
                 anchor_ms,
                 anchor: Instant::now(),
             }),
+            max_variants: Self::DEFAULT_MAX_VARIANTS,
         }
+    }
+
+    /// The default bound on variants per group: 64 (as
+    /// [`RedisStore::DEFAULT_MAX_VARIANTS`](crate::RedisStore::DEFAULT_MAX_VARIANTS)).
+    pub const DEFAULT_MAX_VARIANTS: usize = 64;
+
+    /// The most variants one group (one URI) holds; past it a new variant is not stored. See
+    /// [`RedisStore::max_variants`](crate::RedisStore::max_variants). Defaults to
+    /// [`DEFAULT_MAX_VARIANTS`](Self::DEFAULT_MAX_VARIANTS) (64), at least 1.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// use bytes::Bytes;
+    /// use redtower_cache::{CacheStore, EntryKey, MemoryStore};
+    ///
+    /// let store = MemoryStore::new().max_variants(1);
+    /// let en = EntryKey::new("uri", Some("en".to_owned()));
+    /// let fr = EntryKey::new("uri", Some("fr".to_owned()));
+    /// let ttl = Duration::from_secs(60);
+    /// assert!(store.put(&en, Bytes::from_static(b"hello"), ttl, None).await.unwrap());
+    /// assert!(!store.put(&fr, Bytes::from_static(b"salut"), ttl, None).await.unwrap());
+    /// assert!(store.get(&fr).await.unwrap().is_none());
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn max_variants(mut self, n: usize) -> Self {
+        self.max_variants = n.max(1);
+        self
     }
 
     /// The number of live entries (approximate, as moka counts).
@@ -185,14 +216,6 @@ impl CacheStore for MemoryStore {
                 return Ok(false);
             }
         }
-        self.inner.entries.insert(
-            name,
-            Stored {
-                value,
-                deadline: now + ttl,
-                ttl,
-            },
-        );
         if let Some(variant) = key.variant() {
             let mut index = lock(&self.inner.index);
             sweep(&mut index, now, |v| v.1);
@@ -202,9 +225,20 @@ impl CacheStore for MemoryStore {
             if slot.1 <= now {
                 slot.0.clear();
             }
+            if !slot.0.contains(variant) && slot.0.len() >= self.max_variants {
+                return Ok(false);
+            }
             slot.0.insert(variant.to_owned());
-            slot.1 = slot.1.max(now + ttl);
+            slot.1 = slot.1.max(later(now, ttl));
         }
+        self.inner.entries.insert(
+            name,
+            Stored {
+                value,
+                deadline: later(now, ttl),
+                ttl,
+            },
+        );
         Ok(true)
     }
 
@@ -230,7 +264,7 @@ impl CacheStore for MemoryStore {
             return Ok(None);
         }
         let token = LockToken::generate();
-        locks.insert(name, (token.0.clone(), now + ttl));
+        locks.insert(name, (token.0.clone(), later(now, ttl)));
         Ok(Some(token))
     }
 
@@ -266,11 +300,11 @@ impl CacheStore for MemoryStore {
             .map(|t| {
                 let slot = map
                     .entry(t.clone())
-                    .or_insert_with(|| (new_generation(), now + ttl));
+                    .or_insert_with(|| (new_generation(), later(now, ttl)));
                 if slot.1 <= now {
-                    *slot = (new_generation(), now + ttl);
+                    *slot = (new_generation(), later(now, ttl));
                 }
-                slot.1 = slot.1.max(now + ttl);
+                slot.1 = slot.1.max(later(now, ttl));
                 slot.0
             })
             .collect())

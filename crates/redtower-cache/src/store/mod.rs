@@ -83,6 +83,29 @@ pub trait CacheStore: fmt::Debug + Send + Sync + 'static {
     /// pause and advance it.
     fn now_ms(&self) -> u64;
 
+    /// Whether the store can take commands without waiting: for
+    /// [`RedisStore`](crate::RedisStore), whether its first connection has been made (it
+    /// stays `true` while a lost connection is re-established: that is an outage). Defaults to
+    /// `true`.
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    /// Waits until the store can take commands: for [`RedisStore`](crate::RedisStore), its
+    /// first connection, up to the Redis client's command timeout. The [`Cache`](crate::Cache)
+    /// calls it while [`is_ready`](Self::is_ready) is `false`, before an operation and outside
+    /// the operation's own short timeout, so the requests a freshly started process receives
+    /// are decided by the store instead of failing open as if it were down. Defaults to
+    /// returning at once.
+    ///
+    /// # Errors
+    ///
+    /// When the store could not be reached in time. The cache fails open, and does not count
+    /// it as an outage for its circuit breaker.
+    async fn ready(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// The stored bytes of an entry, if present and not expired. On Redis this is one `GET`.
     async fn get(&self, key: &EntryKey) -> Result<Option<Bytes>>;
 
@@ -123,8 +146,20 @@ pub trait CacheStore: fmt::Debug + Send + Sync + 'static {
     async fn bump_tag(&self, tag: &str) -> Result<()>;
 }
 
+/// The longest time anything is kept in a store: 365 days. Longer TTLs (a response's
+/// `max-age=18446744073709551615`, a far `Expires`) are cut to it.
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A TTL in milliseconds for the store: at least 1, at most [`MAX_TTL`].
 pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(ttl.min(MAX_TTL).as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// `now + ttl` for in-process deadlines, with `ttl` cut to [`MAX_TTL`]: never overflows.
+pub(crate) fn later(now: tokio::time::Instant, ttl: Duration) -> tokio::time::Instant {
+    now.checked_add(ttl.min(MAX_TTL)).unwrap_or(now)
 }
 
 /// A non-zero random generation.

@@ -3,7 +3,10 @@
 use std::{
     fmt,
     future::Future,
-    sync::{Arc, LazyLock},
+    sync::{
+        Arc, LazyLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -13,7 +16,7 @@ use redtower_client::{
     Key, Namespace, Redis, Script,
     fred::{
         interfaces::{ClientLike, KeysInterface, SetsInterface},
-        types::{Expiration, SetOptions, Value, config::Options},
+        types::{ClientState, Expiration, SetOptions, Value, config::Options},
     },
 };
 
@@ -44,7 +47,22 @@ static ENSURE_TAG: LazyLock<Script> =
 /// A hit is exactly one `GET` (plus one `GET` per tag for tagged entries, sent concurrently).
 /// Every command has a short timeout (see [`timeout`](Self::timeout)) and fails at once while
 /// the connection is down, so an outage costs a request almost nothing: the
-/// [`Cache`](crate::Cache) then fails open.
+/// [`Cache`](crate::Cache) then fails open. Before the first connection, operations wait for
+/// it instead (see [`CacheStore::ready`]): a fresh process is not in an outage.
+///
+/// # Retry safety
+///
+/// fred re-sends a command that was in flight when its connection closed. Each command here is
+/// either harmless to run twice or sent once:
+///
+/// | operation | changes state | re-sent? | why it is safe |
+/// | --- | --- | --- | --- |
+/// | `get` (`GET`/`MGET`), `tag_generations` (`GET`) | no | no (one attempt, fail-fast) | reads |
+/// | `put` (script `cache_put`) | entry, lock, variant index | yes | idempotent: a re-send finds its own lock released and its own bytes stored and answers 1 again |
+/// | `unlock` (script `cache_unlock`) | deletes the lock | yes | compare-and-delete fenced by the token: a re-send finds the lock gone or another holder's |
+/// | `ensure_tags` (script `cache_ensure_tag`) | creates a generation, extends its TTL | yes | create-if-missing: a re-send returns the generation the first run created |
+/// | `try_lock` (`SET NX PX`) | takes the lock | no (one attempt) | a re-send would find its own lock and report it held by another: sent once; a lost reply fails open and the lock expires after its TTL |
+/// | `invalidate` (`SMEMBERS` + `DEL`), `bump_tag` (`UNLINK`) | deletes | no (one attempt) | deleting twice is deleting once |
 ///
 /// ```no_run
 /// use redtower_cache::{Cache, RedisStore};
@@ -66,6 +84,9 @@ pub struct RedisStore {
     /// The coalescing queue of `GET`s; `None` when turned off.
     reads: Option<Arc<Reads>>,
     coalesce: bool,
+    /// Whether the client has been fully connected once (see [`CacheStore::ready`]).
+    settled: Arc<AtomicBool>,
+    max_variants: usize,
 }
 
 impl fmt::Debug for RedisStore {
@@ -81,6 +102,31 @@ impl RedisStore {
     /// The default per-command timeout: 500 ms.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
 
+    /// The default bound on variants per group: 64.
+    pub const DEFAULT_MAX_VARIANTS: usize = 64;
+
+    /// The most variants one group (one URI) holds: a response that varies on request headers
+    /// (`Vary`, [`key_headers`](crate::ResponseCacheLayer::key_headers)) gets one entry per
+    /// distinct value, and clients choose the values. Past the bound a new variant is not
+    /// stored (the request is answered by the handler, as a miss); the variants already stored
+    /// stay until they expire or are invalidated. Defaults to
+    /// [`DEFAULT_MAX_VARIANTS`](Self::DEFAULT_MAX_VARIANTS) (64), at least 1.
+    ///
+    /// ```no_run
+    /// # fn run(redis: redtower_client::Redis) {
+    /// use redtower_cache::RedisStore;
+    ///
+    /// // A route that varies on Accept-Language for a dozen languages.
+    /// let store = RedisStore::new(redis).max_variants(16);
+    /// # let _ = store;
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn max_variants(mut self, n: usize) -> Self {
+        self.max_variants = n.max(1);
+        self
+    }
+
     /// A store over `redis`, under its keyspace's namespace `c`.
     pub fn new(redis: Redis) -> Self {
         let entries = redis.keyspace().namespace("c");
@@ -93,6 +139,8 @@ impl RedisStore {
             timeout: Self::DEFAULT_TIMEOUT,
             reads: None,
             coalesce: true,
+            settled: Arc::new(AtomicBool::new(false)),
+            max_variants: Self::DEFAULT_MAX_VARIANTS,
         };
         store.configure();
         store
@@ -194,6 +242,29 @@ impl CacheStore for RedisStore {
         now_ms()
     }
 
+    fn is_ready(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    async fn ready(&self) -> Result<()> {
+        // Before the first connection fred fails fail-fast commands with `Canceled`: wait for
+        // it (up to the client's command timeout) instead, outside this store's own timeout.
+        self.redis.first_connection().await?;
+        // On a Cluster the first node's connection is reported before the client is connected
+        // to every primary; commands for the others would still be cancelled. Wait for the
+        // whole client, once, up to the command timeout (after that, a lost connection is an
+        // outage).
+        let client = self.redis.client();
+        let wait = async {
+            while client.state() != ClientState::Connected {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let _ = tokio::time::timeout(self.redis.config().get_command_timeout(), wait).await;
+        self.settled.store(true, Ordering::Release);
+        Ok(())
+    }
+
     async fn get(&self, key: &EntryKey) -> Result<Option<Bytes>> {
         let mut k = self.entry_key(key);
         // The hit path: fred's own per-command timeout (`options`) bounds it, so no second
@@ -229,6 +300,7 @@ impl CacheStore for RedisStore {
             Value::from(ttl_ms(ttl).to_string()),
             Value::from(token.map_or("", LockToken::as_str).to_owned()),
             Value::from(key.variant().unwrap_or("").to_owned()),
+            Value::from(self.max_variants.to_string()),
         ];
         let n: i64 = self.bounded(PUT.run(&self.redis, keys, args)).await?;
         Ok(n == 1)
