@@ -183,3 +183,54 @@ async fn a_tag_bump_whose_reply_is_lost_happened_and_is_safe_to_repeat() {
         "entries filled under the old generation stay invalid"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_closes_the_breaker_before_its_cooldown() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).unwrap();
+    let redis = Redis::new(
+        RedisConfig::from_url(&proxy.url())
+            .unwrap()
+            .key_prefix(unique_prefix("breaker-reconnect")),
+    )
+    .unwrap();
+    redis.wait_ready(Duration::from_secs(20)).await.unwrap();
+    let store = RedisStore::new(redis.clone()).timeout(Duration::from_millis(200));
+    // A cooldown far longer than the test: only the reconnect can close the breaker.
+    let cache = Cache::builder(store)
+        .breaker_cooldown(Duration::from_secs(600))
+        .build();
+    let get = |value: u32| {
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_or_fetch("k", MIN, move || async move { Ok::<_, String>(value) })
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(get(1).await, 1, "stored");
+
+    // Redis stops answering: the read times out, the cache fails open and its breaker opens.
+    proxy.set(redtower_testkit::Fault::BlackHole);
+    assert_eq!(get(2).await, 2, "failed open");
+    assert_eq!(get(3).await, 3, "breaker open: the store is skipped");
+    let fail_open = cache.stats().fail_open;
+
+    // The connection comes back (a new one): the next read is served by Redis again.
+    let before = redis.connections();
+    proxy.set(redtower_testkit::Fault::PassThrough);
+    proxy.reset_all();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while redis.connections() == before {
+        assert!(std::time::Instant::now() < deadline, "no reconnect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.wait_ready(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(
+        get(4).await,
+        1,
+        "served by Redis again, long before the cooldown"
+    );
+    assert_eq!(cache.stats().fail_open, fail_open);
+}

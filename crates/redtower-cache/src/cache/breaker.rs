@@ -11,7 +11,7 @@ use std::{
     future::Future,
     sync::{
         Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -29,6 +29,9 @@ pub(super) struct Breaker {
     open: AtomicBool,
     /// Whether "not connected yet" was logged (once, until the store answers).
     unreachable_logged: AtomicBool,
+    /// The store's connection count when the breaker opened: a reconnect since then closes it
+    /// before the cooldown ends.
+    opened_at_connections: AtomicU64,
 }
 
 impl Cache {
@@ -52,8 +55,10 @@ impl Cache {
         }
         if b.open.load(Ordering::Acquire) {
             let until = *lock(&b.open_until);
+            let reconnected =
+                store.connections() != b.opened_at_connections.load(Ordering::Acquire);
             match until {
-                Some(t) if Instant::now() < t => return Err(Error::CircuitOpen),
+                Some(t) if Instant::now() < t && !reconnected => return Err(Error::CircuitOpen),
                 _ => {}
             }
         }
@@ -70,6 +75,8 @@ impl Cache {
             Err(e) if e.is_outage() => {
                 let now = Instant::now();
                 let cooldown = self.inner.config.breaker_cooldown;
+                b.opened_at_connections
+                    .store(store.connections(), Ordering::Release);
                 *lock(&b.open_until) =
                     Some(now.checked_add(cooldown).unwrap_or(now + MAX_COOLDOWN));
                 if !b.open.swap(true, Ordering::AcqRel) {

@@ -106,6 +106,14 @@ pub trait CacheStore: fmt::Debug + Send + Sync + 'static {
         Ok(())
     }
 
+    /// How many connections the store has made so far, reconnections included (see
+    /// [`Redis::connections`](redtower_client::Redis::connections)). The cache's circuit
+    /// breaker closes as soon as this moves: the connection is back. The default, 0, never
+    /// moves.
+    fn connections(&self) -> u64 {
+        0
+    }
+
     /// The stored bytes of an entry, if present and not expired. On Redis this is one `GET`.
     async fn get(&self, key: &EntryKey) -> Result<Option<Bytes>>;
 

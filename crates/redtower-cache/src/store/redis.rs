@@ -246,6 +246,10 @@ impl CacheStore for RedisStore {
         self.settled.load(Ordering::Acquire)
     }
 
+    fn connections(&self) -> u64 {
+        self.redis.connections()
+    }
+
     async fn ready(&self) -> Result<()> {
         // Before the first connection fred fails fail-fast commands with `Canceled`: wait for
         // it (up to the client's command timeout) instead, outside this store's own timeout.
