@@ -124,9 +124,16 @@ impl RedisStore {
     async fn admin(&self, queue: &str, args: Vec<Value>) -> Result<Value> {
         let mut argv = vec![Value::from(self.events_max_len as i64)];
         argv.extend(args);
-        Ok(ADMIN
-            .run::<Value, _, _>(&self.redis, self.keys(queue), argv)
-            .await?)
+        self.run(&ADMIN, self.keys(queue), argv).await
+    }
+
+    /// Runs a script once the first connection is made: a store built on a fresh handle is
+    /// not in an outage, its first calls wait for the connection (up to the command timeout)
+    /// instead of failing (on a Cluster, fred fails a command sent before it has the routing
+    /// table). After that, it returns at once.
+    async fn run(&self, script: &Script, keys: Vec<Key>, argv: Vec<Value>) -> Result<Value> {
+        self.redis.first_connection().await?;
+        Ok(script.run::<Value, _, _>(&self.redis, keys, argv).await?)
     }
 }
 
@@ -256,7 +263,7 @@ impl QueueStore for RedisStore {
             argv.push(ms(j.delay).into());
             argv.push(j.unique_key.unwrap_or_default().into());
         }
-        let reply: Value = ENQUEUE.run(&self.redis, keys, argv).await?;
+        let reply: Value = self.run(&ENQUEUE, keys, argv).await?;
         let flat = reply.into_array();
         let mut out = Vec::with_capacity(flat.len() / 2);
         let mut it = flat.into_iter();
@@ -302,7 +309,7 @@ impl QueueStore for RedisStore {
             argv.push(a);
             argv.push(b);
         }
-        let reply: Value = WORK.run(&self.redis, keys, argv).await?;
+        let reply: Value = self.run(&WORK, keys, argv).await?;
         let mut parts = reply.into_array().into_iter();
         let (Some(codes), Some(jobs), Some(hint), Some(now)) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -381,7 +388,7 @@ impl QueueStore for RedisStore {
             argv.push(l.id.as_str().into());
             argv.push(Token::parse(&l.token).fence.into());
         }
-        let reply: Value = EXTEND.run(&self.redis, self.keys(queue), argv).await?;
+        let reply: Value = self.run(&EXTEND, self.keys(queue), argv).await?;
         reply
             .into_array()
             .into_iter()
@@ -491,6 +498,7 @@ impl QueueStore for RedisStore {
     async fn events(&self, queue: &str) -> Result<BoxStream<'static, Result<QueueEvent>>> {
         let key = self.keys(queue).swap_remove(EVENTS);
         let redis = self.redis.clone();
+        redis.first_connection().await?;
         // Start after the newest entry now, so nothing that happens after this call is missed.
         let last: Value = redis
             .client()
@@ -650,6 +658,13 @@ impl Waiter for RedisWaiter {
             None => {
                 let c = self.redis.dedicated()?;
                 self.client = Some(c.clone());
+                // A new connection is not an outage: wait for it (bounded) before blocking.
+                if tokio::time::timeout(timeout, c.wait_for_connect())
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
                 c
             }
         };
