@@ -178,7 +178,7 @@ impl Backoff {
         } else {
             raw
         };
-        Duration::from_millis(capped)
+        Duration::from_millis(capped.min(MAX_BACKOFF_MS))
     }
 
     /// The delay after failed attempt `attempt`, with jitter applied.

@@ -228,9 +228,9 @@ impl Worker {
         self.handle::<J>(ServiceHandler::new(service))
     }
 
-    /// How many jobs run at once. Defaults to 10; at least 1.
+    /// How many jobs run at once. Defaults to 10; at least 1, at most 100,000.
     pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
+        self.concurrency = n.clamp(1, 100_000);
         self
     }
 
@@ -381,7 +381,9 @@ impl Worker {
             // While the previous exchange is on the wire, the next one (settling what finished
             // meanwhile, fetching for the free slots) is sent too: Redis runs one while the
             // worker handles the other's jobs.
-            let free = me.concurrency.saturating_sub(tasks.len() + reserved);
+            let free = me
+                .concurrency
+                .saturating_sub(tasks.len().saturating_add(reserved));
             let backing_off = backoff_until.is_some_and(|t| Instant::now() < t);
             if !backing_off && inflight.len() < IN_FLIGHT {
                 if let Some((rid, batch, asked)) = retries.pop_front() {
@@ -403,7 +405,9 @@ impl Worker {
                 }
                 continue;
             }
-            let free = me.concurrency.saturating_sub(tasks.len() + reserved);
+            let free = me
+                .concurrency
+                .saturating_sub(tasks.len().saturating_add(reserved));
             let idle = next_due
                 .map_or(me.poll_interval, |d| d.min(me.poll_interval))
                 .max(Duration::from_millis(1));

@@ -133,12 +133,12 @@ async fn ten_thousand_jobs_through_lost_replies_and_resets() {
     let mut unique = ids.clone();
     unique.sort();
     unique.dedup();
-    let runs = runs.lock().unwrap();
-    let hooks = hooks.lock().unwrap();
-    let duplicates = runs.values().filter(|c| **c > 1).count()
-        + hooks.values().filter(|c| **c > 1).count();
+    let runs = runs.lock().unwrap().clone();
+    let hooks = hooks.lock().unwrap().clone();
+    let duplicates =
+        runs.values().filter(|c| **c > 1).count() + hooks.values().filter(|c| **c > 1).count();
     let losses = (0..JOBS)
-        .filter(|n| runs.get(n).is_none() || hooks.get(n).is_none())
+        .filter(|n| !runs.contains_key(n) || !hooks.contains_key(n))
         .count();
     let counts = direct.counts("chaos").await.unwrap();
     eprintln!(
@@ -150,7 +150,10 @@ async fn ten_thousand_jobs_through_lost_replies_and_resets() {
         proxy.resets(),
         proxy.connections_accepted(),
     );
-    assert!(proxy.lost_replies() > 0 && proxy.resets() > 0, "faults were injected");
+    assert!(
+        proxy.lost_replies() > 0 && proxy.resets() > 0,
+        "faults were injected"
+    );
     assert_eq!(unique.len(), JOBS as usize, "one job per add");
     assert_eq!(duplicates, 0, "no job ran twice, no hook ran twice");
     assert_eq!(losses, 0, "every job ran and was reported");

@@ -73,7 +73,10 @@ async fn rig(test: &str) -> Rig {
 }
 
 fn new_job(n: u32) -> NewJob {
-    NewJob::new("task", serde_json::to_string(&Task { n, fail: false }).unwrap())
+    NewJob::new(
+        "task",
+        serde_json::to_string(&Task { n, fail: false }).unwrap(),
+    )
 }
 
 /// ENQUEUE: the reply of an add is lost, the client re-sends it: one job, and the re-send is
@@ -105,7 +108,10 @@ async fn lost_enqueue_reply_adds_one_job() {
         .iter()
         .map(|e| matches!(e, Enqueued::Existing(_)))
         .collect();
-    eprintln!("batch of 100 after a lost reply: found again = {}", kinds[0]);
+    eprintln!(
+        "batch of 100 after a lost reply: found again = {}",
+        kinds[0]
+    );
     assert!(kinds.iter().all(|k| *k == kinds[0]), "{out:?}");
     let mut ids: Vec<JobId> = out.iter().map(|e| e.id().clone()).collect();
     ids.sort();
@@ -241,7 +247,13 @@ async fn lost_extend_and_admin_replies() {
     rig.proxy.lose_next_reply();
     rig.store.remove("q", &jobs[1].lease.id).await.unwrap();
     assert_eq!(rig.proxy.lost_replies(), 3);
-    assert!(rig.direct.get("q", &jobs[1].lease.id).await.unwrap().is_none());
+    assert!(
+        rig.direct
+            .get("q", &jobs[1].lease.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(rig.direct.counts("q").await.unwrap().active, 0);
 
     rig.proxy.lose_next_reply();
@@ -262,7 +274,11 @@ async fn worker_hooks_run_once_when_replies_are_lost() {
         .map(|n| {
             NewJob::new(
                 "task",
-                serde_json::to_string(&Task { n, fail: n % 2 == 1 }).unwrap(),
+                serde_json::to_string(&Task {
+                    n,
+                    fail: n % 2 == 1,
+                })
+                .unwrap(),
             )
         })
         .collect();
@@ -321,8 +337,8 @@ async fn worker_hooks_run_once_when_replies_are_lost() {
     eprintln!("worker through lost replies: 200 jobs, {lost} replies lost");
     assert!(lost > 0, "the proxy lost replies");
 
-    let runs = runs.lock().unwrap();
-    let hooks = hooks.lock().unwrap();
+    let runs = runs.lock().unwrap().clone();
+    let hooks = hooks.lock().unwrap().clone();
     for n in 0..200u32 {
         assert_eq!(runs.get(&n), Some(&1), "job {n} ran once");
         let want = vec![n % 2 == 0];
@@ -384,9 +400,21 @@ async fn bad_records_affect_their_job_only() {
         )
     };
     corrupt(&ids[1], "{not json".into()).await;
-    corrupt(&ids[2], good(&ids[2], 2, "").replace(r#""attempt":0"#, r#""attempt":-1"#)).await;
-    corrupt(&ids[3], good(&ids[3], 3, "").replace(r#""ms":10"#, r#""ms":-5"#)).await;
-    corrupt(&ids[4], good(&ids[4], 4, "").replace(r#""prio":0"#, r#""prio":"x""#)).await;
+    corrupt(
+        &ids[2],
+        good(&ids[2], 2, "").replace(r#""attempt":0"#, r#""attempt":-1"#),
+    )
+    .await;
+    corrupt(
+        &ids[3],
+        good(&ids[3], 3, "").replace(r#""ms":10"#, r#""ms":-5"#),
+    )
+    .await;
+    corrupt(
+        &ids[4],
+        good(&ids[4], 4, "").replace(r#""prio":0"#, r#""prio":"x""#),
+    )
+    .await;
     // A jitter far out of range on a job that fails and retries: clamped, no panic.
     corrupt(&ids[6], good(&ids[6], 6, r#","j":5e300"#)).await;
     corrupt(&late, "[]".into()).await;

@@ -205,8 +205,12 @@ impl Q {
 
     fn ready_add(&mut self, id: u64) {
         if let Some(rec) = self.jobs.get(&id) {
-            self.ready
-                .add(id, u64::from(rec.prio).saturating_mul(PRIO).saturating_add(rec.seq));
+            self.ready.add(
+                id,
+                u64::from(rec.prio)
+                    .saturating_mul(PRIO)
+                    .saturating_add(rec.seq),
+            );
         }
     }
 

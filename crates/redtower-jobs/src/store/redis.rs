@@ -122,7 +122,7 @@ impl RedisStore {
     }
 
     async fn admin(&self, queue: &str, args: Vec<Value>) -> Result<Value> {
-        let mut argv = vec![Value::from(self.events_max_len as i64)];
+        let mut argv = vec![Value::from(int(self.events_max_len))];
         argv.extend(args);
         self.run(&ADMIN, self.keys(queue), argv).await
     }
@@ -203,6 +203,11 @@ fn started_of(token: &str) -> Option<u64> {
     start.parse().ok()
 }
 
+/// A count as a Redis integer, saturated (`u64::MAX` means as many as there can be).
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -236,7 +241,7 @@ impl QueueStore for RedisStore {
         let mut keys = self.keys(queue);
         keys.reserve(jobs.len());
         let mut argv: Vec<Value> = Vec::with_capacity(3 + jobs.len() * 7);
-        argv.push((self.events_max_len as i64).into());
+        argv.push(int(self.events_max_len).into());
         argv.push((jobs.len() as i64).into());
         argv.push(ms(self.idempotency_window).max(1).into());
         for j in jobs {
@@ -281,13 +286,13 @@ impl QueueStore for RedisStore {
     async fn work(&self, queue: &str, req: WorkRequest) -> Result<WorkReply> {
         let r = req.retention;
         let mut argv: Vec<Value> = Vec::with_capacity(9 + req.settle.len() * 5);
-        argv.push((self.events_max_len as i64).into());
+        argv.push(int(self.events_max_len).into());
         argv.push(ms(req.lease).max(1).into());
-        argv.push((req.fetch as i64).into());
+        argv.push(i64::try_from(req.fetch).unwrap_or(i64::MAX).into());
         argv.push(i64::from(req.max_stalls).into());
-        argv.push((r.completed_count as i64).into());
+        argv.push(int(r.completed_count).into());
         argv.push(ms(r.completed_age).into());
-        argv.push((r.dead_count as i64).into());
+        argv.push(int(r.dead_count).into());
         argv.push(ms(r.dead_age).into());
         argv.push((req.settle.len() as i64).into());
         argv.push(ms(self.idempotency_window).max(1).into());
@@ -383,7 +388,7 @@ impl QueueStore for RedisStore {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        let mut argv: Vec<Value> = vec![(self.events_max_len as i64).into(), ms(lease).into()];
+        let mut argv: Vec<Value> = vec![int(self.events_max_len).into(), ms(lease).into()];
         for l in leases {
             argv.push(l.id.as_str().into());
             argv.push(Token::parse(&l.token).fence.into());
@@ -432,7 +437,13 @@ impl QueueStore for RedisStore {
         let state = JobState::from_code(&text(state)?).unwrap_or(JobState::Ready);
         let score = score.as_f64().unwrap_or(-1.0);
         let lease = lease.into_string().unwrap_or_default();
-        Ok(Some(info_or_stub(id.as_str(), &text(raw)?, state, score, &lease)))
+        Ok(Some(info_or_stub(
+            id.as_str(),
+            &text(raw)?,
+            state,
+            score,
+            &lease,
+        )))
     }
 
     async fn list(
