@@ -213,7 +213,7 @@ impl<J: Job> Queue<J> {
 
     /// Adds a job; set options on the returned builder, then `.await` it for the [`JobId`].
     /// Safe to retry with an [idempotency key](AddJob::idempotency_key) (see
-    /// [`add_with`](Self::add_with#retries)).
+    /// [`add_with`](Self::add_with)).
     ///
     /// ```
     /// # use redtower_jobs::{Job, Queue, MemoryStore, Backoff};

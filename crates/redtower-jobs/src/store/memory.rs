@@ -42,6 +42,8 @@ struct Replay {
 /// the store's clock (the system clock read once when the store is created, then advanced by
 /// tokio time); like Redis `TIME` for [`RedisStore`](crate::RedisStore), it is the only clock
 /// scheduling uses.
+/// Idempotency keys of adds are kept for 5 minutes, answers to work requests for their lease
+/// (at least 10 s, at most 5 minutes), as with [`RedisStore`](crate::RedisStore)'s defaults.
 /// Cloning is cheap and clones share the queues.
 #[derive(Clone, Debug)]
 pub struct MemoryStore {
@@ -529,7 +531,8 @@ impl QueueStore for MemoryStore {
             }
             if let Some(rid) = req.request_id {
                 if n_settle > 0 || !jobs.is_empty() {
-                    let expires = now.saturating_add(ms(WINDOW));
+                    let keep = super::redis::replay_window(req.lease, WINDOW);
+                    let expires = now.saturating_add(ms(keep));
                     let leased = jobs
                         .iter()
                         .filter_map(|j| Some((parse_id(&j.lease.id)?, j.lease.token.clone())))

@@ -90,8 +90,9 @@ impl RedisStore {
     /// Each add leaves one key (`rt:q:{<queue>}:idem:<key>`, about 120 bytes) for this long,
     /// so a queue holds about `adds per second x window` of them.
     ///
-    /// The same bound applies to work requests: their answers are kept for the lease length
-    /// or this long, whichever is shorter, so a re-sent request is answered again.
+    /// Work requests are answered again when re-sent for the lease length, at least 10 s and
+    /// at most this window (an answer is about 100 bytes plus 40 per job it settled or
+    /// fetched, kept only for requests that settled or fetched something).
     #[must_use]
     pub fn idempotency_window(mut self, window: Duration) -> Self {
         self.idempotency_window = window.max(Duration::from_secs(1));
@@ -203,6 +204,12 @@ fn started_of(token: &str) -> Option<u64> {
     start.parse().ok()
 }
 
+/// How long the answer to a work request is kept for a re-send: its lease (the jobs it handed
+/// out are the caller's that long), at least 10 s, at most the idempotency window.
+pub(super) fn replay_window(lease: Duration, window: Duration) -> Duration {
+    lease.max(Duration::from_secs(10)).min(window)
+}
+
 /// A count as a Redis integer, saturated (`u64::MAX` means as many as there can be).
 fn int(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -295,7 +302,7 @@ impl QueueStore for RedisStore {
         argv.push(int(r.dead_count).into());
         argv.push(ms(r.dead_age).into());
         argv.push((req.settle.len() as i64).into());
-        argv.push(ms(self.idempotency_window).max(1).into());
+        argv.push(ms(replay_window(req.lease, self.idempotency_window)).into());
         let mut keys = self.keys(queue);
         let request_id = req.request_id.unwrap_or_else(super::random_key);
         keys.push(self.base(queue).push("x").push(request_id.as_str()));
