@@ -117,7 +117,7 @@
 //! | payload | 256 KiB | [`Queue::max_payload`] |
 //! | priority | 0 ..= 1,048,575 | [`MAX_PRIORITY`] |
 //! | dedup / idempotency key | 1024 bytes | (fixed) |
-//! | idempotency keys kept | 5 min, about 120 bytes each | [`RedisStore::idempotency_window`] |
+//! | idempotency keys kept | 5 min (random ones: 1 min), about 120 bytes each | [`RedisStore::idempotency_window`] |
 //! | work answers kept | the lease, 10 s .. the window; about 100 bytes + 40 per job | (follows the lease) |
 //! | completed / dead jobs | 1,000 for 24 h / 10,000 for 30 days | [`Retention`] |
 //! | events | about 1,000 entries | [`RedisStore::events_max_len`] |

@@ -42,7 +42,7 @@ struct Replay {
 /// the store's clock (the system clock read once when the store is created, then advanced by
 /// tokio time); like Redis `TIME` for [`RedisStore`](crate::RedisStore), it is the only clock
 /// scheduling uses.
-/// Idempotency keys of adds are kept for 5 minutes, answers to work requests for their lease
+/// Idempotency keys of adds are kept for 5 minutes (random ones for a minute), answers to work requests for their lease
 /// (at least 10 s, at most 5 minutes), as with [`RedisStore`](crate::RedisStore)'s defaults.
 /// Cloning is cheap and clones share the queues.
 #[derive(Clone, Debug)]
@@ -350,7 +350,13 @@ impl QueueStore for MemoryStore {
             let out = jobs
                 .into_iter()
                 .map(|j| {
-                    let idem = j.idempotency_key.clone().unwrap_or_else(super::random_key);
+                    let (idem, expires) = match j.idempotency_key.clone() {
+                        Some(key) => (key, expires),
+                        None => (
+                            super::random_key(),
+                            now.saturating_add(ms(super::random_key_window(WINDOW))),
+                        ),
+                    };
                     if let Some((id, _)) = q.idem.get(&idem) {
                         return Enqueued::Existing(JobId::new(id.to_string()));
                     }

@@ -370,6 +370,12 @@ impl NewJob {
     }
 }
 
+/// How long the marker of a random idempotency key is kept: only the client's own re-send
+/// (within its command timeout and attempts) can repeat it.
+pub(crate) fn random_key_window(window: Duration) -> Duration {
+    window.min(Duration::from_secs(60))
+}
+
 /// A random 128-bit key in hex: the idempotency key of an add, or the id of a work request.
 pub(crate) fn random_key() -> String {
     format!("{:032x}", rand::random::<u128>())
