@@ -95,7 +95,7 @@
 //!
 //! | script | changes state? | idempotent under re-send? | how |
 //! |---|---|---|---|
-//! | enqueue | yes | yes | every add carries an idempotency key (the caller's, or random per add); a marker `key → id` kept for the [idempotency window](RedisStore::idempotency_window) makes a re-send answer the first job's id |
+//! | enqueue | yes | yes | every call carries a random id: its answer is kept for up to a minute and a re-send of the call is answered from it; a caller's idempotency key leaves a marker `key → id` for the [idempotency window](RedisStore::idempotency_window), so a retried add answers the first job's id |
 //! | work (settle + fetch) | yes | yes | every request carries an id; its answer (settlement codes, leases handed out) is kept for its lease (10 s .. the window) and a re-send is answered from it; leases are fencing tokens, so without the record a re-send is fenced (stale), never a second settlement |
 //! | extend | yes (deadlines) | yes | fenced by the lease token; a re-send sets the same deadline a moment later |
 //! | admin: pause, resume | yes | yes | set / clear a flag |
@@ -117,7 +117,8 @@
 //! | payload | 256 KiB | [`Queue::max_payload`] |
 //! | priority | 0 ..= 1,048,575 | [`MAX_PRIORITY`] |
 //! | dedup / idempotency key | 1024 bytes | (fixed) |
-//! | idempotency keys kept | 5 min (random ones: 1 min), about 120 bytes each | [`RedisStore::idempotency_window`] |
+//! | idempotency keys kept | 5 min, about 120 bytes each | [`RedisStore::idempotency_window`] |
+//! | add-call answers kept | 1 min, about 110 bytes + 8 per job | (at most the window) |
 //! | work answers kept | the lease, 10 s .. the window; about 100 bytes + 40 per job | (follows the lease) |
 //! | completed / dead jobs | 1,000 for 24 h / 10,000 for 30 days | [`Retention`] |
 //! | events | about 1,000 entries | [`RedisStore::events_max_len`] |

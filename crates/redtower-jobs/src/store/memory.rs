@@ -42,7 +42,7 @@ struct Replay {
 /// the store's clock (the system clock read once when the store is created, then advanced by
 /// tokio time); like Redis `TIME` for [`RedisStore`](crate::RedisStore), it is the only clock
 /// scheduling uses.
-/// Idempotency keys of adds are kept for 5 minutes (random ones for a minute), answers to work requests for their lease
+/// Idempotency keys of adds are kept for 5 minutes, answers to work requests for their lease
 /// (at least 10 s, at most 5 minutes), as with [`RedisStore`](crate::RedisStore)'s defaults.
 /// Cloning is cheap and clones share the queues.
 #[derive(Clone, Debug)]
@@ -350,19 +350,16 @@ impl QueueStore for MemoryStore {
             let out = jobs
                 .into_iter()
                 .map(|j| {
-                    let (idem, expires) = match j.idempotency_key.clone() {
-                        Some(key) => (key, expires),
-                        None => (
-                            super::random_key(),
-                            now.saturating_add(ms(super::random_key_window(WINDOW))),
-                        ),
-                    };
-                    if let Some((id, _)) = q.idem.get(&idem) {
+                    // In process, a call is never re-sent: only a caller's key has a marker.
+                    let idem = j.idempotency_key.clone();
+                    if let Some((id, _)) = idem.as_ref().and_then(|k| q.idem.get(k)) {
                         return Enqueued::Existing(JobId::new(id.to_string()));
                     }
                     if let Some(&existing) = j.unique_key.as_ref().and_then(|u| q.uniq.get(u)) {
-                        q.idem.insert(idem.clone(), (existing, expires));
-                        q.idem_exp.insert((expires, idem));
+                        if let Some(idem) = idem {
+                            q.idem.insert(idem.clone(), (existing, expires));
+                            q.idem_exp.insert((expires, idem));
+                        }
                         return Enqueued::Duplicate(JobId::new(existing.to_string()));
                     }
                     q.seq += 1;
@@ -386,8 +383,10 @@ impl QueueStore for MemoryStore {
                     if let Some(u) = j.unique_key {
                         q.uniq.insert(u, id);
                     }
-                    q.idem.insert(idem.clone(), (id, expires));
-                    q.idem_exp.insert((expires, idem));
+                    if let Some(idem) = idem {
+                        q.idem.insert(idem.clone(), (id, expires));
+                        q.idem_exp.insert((expires, idem));
+                    }
                     q.emit(EventKind::Added, &rec);
                     q.jobs.insert(id, rec);
                     if j.delay.is_zero() {

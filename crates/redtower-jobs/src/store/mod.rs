@@ -36,8 +36,9 @@ pub struct NewJob {
     pub unique_key: Option<String>,
     /// The idempotency key of this add: an add that carries the key of a job added within the
     /// store's idempotency window returns that job ([`Enqueued::Existing`]) and adds nothing.
-    /// `None`: the store draws a random one before sending, so that a request re-sent after a
-    /// lost reply (the client re-sends in-flight commands after a reconnect) never adds twice.
+    /// `None`: no key of its own; the store still makes the call safe to re-send (a request
+    /// re-sent by the client after a lost reply, as it does with in-flight commands after a
+    /// reconnect, never adds twice), with a random id per call.
     pub idempotency_key: Option<String>,
 }
 
@@ -370,7 +371,7 @@ impl NewJob {
     }
 }
 
-/// How long the marker of a random idempotency key is kept: only the client's own re-send
+/// How long the marker of one add call (its random id) is kept: only the client's own re-send
 /// (within its command timeout and attempts) can repeat it.
 pub(crate) fn random_key_window(window: Duration) -> Duration {
     window.min(Duration::from_secs(60))

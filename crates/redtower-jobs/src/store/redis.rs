@@ -87,10 +87,11 @@ impl RedisStore {
     /// a job added less than this long ago returns that job and adds nothing. Defaults to
     /// 5 minutes; at least 1 second.
     ///
-    /// Each add leaves one key (`rt:q:{<queue>}:idem:<key>`, about 120 bytes): for this long
-    /// when the caller set the key, for at most a minute when it is random (only the client's
-    /// own re-send can repeat it). A queue holds about `adds per second x 60 s` of them, plus
-    /// the keyed adds of the last window.
+    /// An add with a key leaves one marker (`rt:q:{<queue>}:idem:<key>`, about 120 bytes) for
+    /// this long. Every add call (one job or a batch) also leaves one marker with its answer
+    /// (`rt:q:{<queue>}:add:<random id>`, about 110 bytes plus 8 per job) for at most a
+    /// minute, for the client's own re-send of that call. A queue holds about `calls per
+    /// second x 60 s` of the latter, plus the keyed adds of the last window.
     ///
     /// Work requests are answered again when re-sent for the lease length, at least 10 s and
     /// at most this window (an answer is about 100 bytes plus 40 per job it settled or
@@ -248,10 +249,17 @@ impl QueueStore for RedisStore {
         }
         let base = self.base(queue);
         let mut keys = self.keys(queue);
-        keys.reserve(jobs.len());
-        let mut argv: Vec<Value> = Vec::with_capacity(2 + jobs.len() * 7);
+        // The call's own marker: a re-send of this very request finds it.
+        keys.push(base.clone().push("add").push(super::random_key().as_str()));
+        let mut argv: Vec<Value> = Vec::with_capacity(4 + jobs.len() * 7);
         argv.push(int(self.events_max_len).into());
         argv.push((jobs.len() as i64).into());
+        argv.push(ms(self.idempotency_window).max(1).into());
+        argv.push(
+            ms(super::random_key_window(self.idempotency_window))
+                .max(1)
+                .into(),
+        );
         for j in jobs {
             // The record minus its opening brace and the fields the script adds (id, seq,
             // created), so the script stores it without a JSON round trip.
@@ -266,18 +274,18 @@ impl QueueStore for RedisStore {
                 uniq: j.unique_key.as_deref(),
             })
             .map_err(Error::Serialize)?;
-            let (idem, keep) = match j.idempotency_key {
-                Some(key) => (key, self.idempotency_window),
-                None => (
-                    super::random_key(),
-                    super::random_key_window(self.idempotency_window),
-                ),
+            // A caller's idempotency key: its marker, by its (1-based) index in KEYS.
+            let key_index = match &j.idempotency_key {
+                Some(key) => {
+                    keys.push(base.clone().push("idem").push(key.as_str()));
+                    keys.len() as i64
+                }
+                None => 0,
             };
-            keys.push(base.clone().push("idem").push(idem.as_str()));
             argv.push(j.name.into());
             argv.push(tail.get(1..).unwrap_or_default().into());
             argv.push(i64::from(j.max_attempts).into());
-            argv.push(ms(keep).max(1).into());
+            argv.push(key_index.into());
             argv.push(i64::from(j.priority).into());
             argv.push(ms(j.delay).into());
             argv.push(j.unique_key.unwrap_or_default().into());

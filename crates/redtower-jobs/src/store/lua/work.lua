@@ -43,17 +43,24 @@ end
 if K_REPLAY then
   local prev = redis.call('GET', K_REPLAY)
   if prev then
-    local ok, rep = pcall(cjson.decode, prev)
-    if ok and type(rep) == 'table' and type(rep.c) == 'table' and type(rep.j) == 'table' then
-      local jobs = {}
-      for i = 1, #rep.j, 2 do
-        local id, tok = rep.j[i], rep.j[i + 1]
-        if redis.call('HGET', K_LEASE, id) == tok then
-          local raw = redis.call('HGET', K_JOBS, id)
-          if raw then jobs[#jobs + 1] = { id, tok, raw } end
+    -- '<one digit per settlement>|<id> <token> <id> <token> ...'
+    local bar = string.find(prev, '|', 1, true)
+    if bar then
+      local codes = {}
+      for i = 1, bar - 1 do codes[i] = string.byte(prev, i) - 48 end
+      local jobs, id = {}, nil
+      for w in string.gmatch(string.sub(prev, bar + 1), '%S+') do
+        if id == nil then
+          id = w
+        else
+          if redis.call('HGET', K_LEASE, id) == w then
+            local raw = redis.call('HGET', K_JOBS, id)
+            if raw then jobs[#jobs + 1] = { id, w, raw } end
+          end
+          id = nil
         end
       end
-      return { rep.c, jobs, n2s(next_hint()), now_s }
+      return { codes, jobs, n2s(next_hint()), now_s }
     end
   end
 end
@@ -238,13 +245,15 @@ elseif #due > 0 or #expired > 0 then
 end
 
 if K_REPLAY and (n_settle > 0 or #jobs > 0) then
-  local leased = {}
+  -- Built with table.concat (cheaper than cjson; it is read only when a request is re-sent).
+  local parts = { table.concat(codes), '|' }
   for _, j in ipairs(jobs) do
-    leased[#leased + 1] = j[1]
-    leased[#leased + 1] = j[2]
+    parts[#parts + 1] = j[1]
+    parts[#parts + 1] = ' '
+    parts[#parts + 1] = j[2]
+    parts[#parts + 1] = ' '
   end
-  -- cjson writes an empty table as an object; the reader only iterates it.
-  redis.call('SET', K_REPLAY, cjson.encode({ c = codes, j = leased }), 'PX', window)
+  redis.call('SET', K_REPLAY, table.concat(parts), 'PX', window)
 end
 
 return { codes, jobs, n2s(next_hint()), now_s }
