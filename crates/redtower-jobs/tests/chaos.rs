@@ -90,11 +90,13 @@ async fn ten_thousand_jobs_through_lost_replies_and_resets() {
 
     let started = Instant::now();
     let caller_retries = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(Mutex::new(None::<String>));
     // Each add carries its own idempotency key and is retried by the caller until it answers:
     // the documented way to add exactly once over a faulty network.
     let ids: Vec<_> = stream::iter(0..JOBS)
         .map(|n| {
             let (queue, retries) = (queue.clone(), caller_retries.clone());
+            let first_error = first_error.clone();
             async move {
                 loop {
                     match queue
@@ -103,8 +105,9 @@ async fn ten_thousand_jobs_through_lost_replies_and_resets() {
                         .await
                     {
                         Ok(id) => return id,
-                        Err(_) => {
+                        Err(e) => {
                             retries.fetch_add(1, Ordering::Relaxed);
+                            first_error.lock().unwrap().get_or_insert(e.to_string());
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                     }
@@ -144,11 +147,13 @@ async fn ten_thousand_jobs_through_lost_replies_and_resets() {
     eprintln!(
         "chaos: {JOBS} adds ({} caller retries) in {added_in:?}, all run in {ran_in:?}; \
          faults: {} replies lost, {} resets, {} connections; \
-         duplicates={duplicates} losses={losses}; store: {counts:?}",
+         duplicates={duplicates} losses={losses}; store: {counts:?}; \
+         first add error seen by the caller: {:?}",
         caller_retries.load(Ordering::Relaxed),
         proxy.lost_replies(),
         proxy.resets(),
         proxy.connections_accepted(),
+        first_error.lock().unwrap().clone(),
     );
     assert!(
         proxy.lost_replies() > 0 && proxy.resets() > 0,
