@@ -74,9 +74,9 @@ impl From<&str> for JobId {
 pub struct Backoff {
     #[serde(rename = "k")]
     kind: BackoffKind,
-    #[serde(rename = "ms")]
+    #[serde(rename = "ms", deserialize_with = "lenient_ms")]
     base_ms: u64,
-    #[serde(rename = "max", default)]
+    #[serde(rename = "max", default, deserialize_with = "lenient_ms")]
     max_ms: u64,
     #[serde(rename = "j", default)]
     jitter: f64,
@@ -96,8 +96,29 @@ impl Default for Backoff {
     }
 }
 
+/// The longest backoff delay kept: 100 years. Longer ones are clamped to it, so that every
+/// delay stays an exact integer in the stored record (Lua numbers are doubles).
+const MAX_BACKOFF_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
 fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(d.as_millis())
+        .unwrap_or(u64::MAX)
+        .min(MAX_BACKOFF_MS)
+}
+
+// A stored delay in ms: an integer, or a float as Lua may write it back; clamped to
+// MAX_BACKOFF_MS. Negative or not a number: the record is bad (its job goes dead with the
+// reason).
+fn lenient_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match serde_json::Number::deserialize(d)? {
+        n if n.as_u64().is_some() => Ok(n.as_u64().unwrap_or(0).min(MAX_BACKOFF_MS)),
+        n => match n.as_f64() {
+            Some(f) if f >= 0.0 => Ok((f as u64).min(MAX_BACKOFF_MS)),
+            _ => Err(serde::de::Error::custom(format!(
+                "backoff delay {n} ms is negative"
+            ))),
+        },
+    }
 }
 
 impl Backoff {
@@ -122,7 +143,8 @@ impl Backoff {
         }
     }
 
-    /// Caps every delay at `max`. Defaults to one hour for exponential backoff.
+    /// Caps every delay at `max`. Defaults to one hour for exponential backoff. Every delay is
+    /// also capped at 100 years.
     #[must_use]
     pub fn max(mut self, max: Duration) -> Self {
         self.max_ms = ms(max);
@@ -156,7 +178,7 @@ impl Backoff {
         } else {
             raw
         };
-        Duration::from_millis(capped)
+        Duration::from_millis(capped.min(MAX_BACKOFF_MS))
     }
 
     /// The delay after failed attempt `attempt`, with jitter applied.
@@ -165,8 +187,14 @@ impl Backoff {
         if self.jitter <= 0.0 {
             return d;
         }
-        let cut = rand::random::<f64>() * self.jitter;
-        d.mul_f64(1.0 - cut)
+        // A ratio read back from a stored record may be anything: clamp it again.
+        let ratio = if self.jitter.is_finite() {
+            self.jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let cut = rand::random::<f64>() * ratio;
+        Duration::try_from_secs_f64(d.as_secs_f64() * (1.0 - cut)).unwrap_or(d)
     }
 }
 
@@ -327,6 +355,27 @@ impl JobInfo {
             finished_at_ms: rec.fin,
             due_at_ms: due,
             unique_key: rec.uniq,
+        }
+    }
+
+    /// What can be shown of a job whose stored record does not decode: the raw record as its
+    /// data and the reason as its last error.
+    pub(crate) fn stub(id: JobId, raw: String, state: JobState, reason: String) -> Self {
+        Self {
+            id,
+            name: String::new(),
+            data: raw,
+            state,
+            attempts_made: 0,
+            max_attempts: 0,
+            stalls: 0,
+            priority: 0,
+            last_error: Some(reason),
+            created_at_ms: 0,
+            started_at_ms: None,
+            finished_at_ms: None,
+            due_at_ms: None,
+            unique_key: None,
         }
     }
 

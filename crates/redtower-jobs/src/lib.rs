@@ -88,6 +88,44 @@
 //! * **Fast.** A busy worker settles finished jobs and fetches new ones in one round trip; an
 //!   idle one blocks on one dedicated connection and polls as a watchdog.
 //!
+//! # Retries: nothing runs twice by accident
+//!
+//! The Redis client re-sends a command that was in flight when its connection dropped, so every
+//! script that changes state is safe to run twice (each says how at its top):
+//!
+//! | script | changes state? | idempotent under re-send? | how |
+//! |---|---|---|---|
+//! | enqueue | yes | yes | every call carries a random id: its answer is kept for up to a minute and a re-send of the call is answered from it; a caller's idempotency key leaves a marker `key → id` for the [idempotency window](RedisStore::idempotency_window), so a retried add answers the first job's id |
+//! | work (settle + fetch) | yes | yes | every request carries an id; its answer (settlement codes, leases handed out) is kept for its lease (10 s .. the window) and a re-send is answered from it; leases are fencing tokens, so without the record a re-send is fenced (stale), never a second settlement |
+//! | extend | yes (deadlines) | yes | fenced by the lease token; a re-send sets the same deadline a moment later |
+//! | admin: pause, resume | yes | yes | set / clear a flag |
+//! | admin: remove, retry | yes | yes | a re-send finds the job already gone / no longer dead (answers `false`) |
+//! | admin: time, counts, get, list | no | yes | read only |
+//!
+//! A worker re-sends a failed exchange with the same request id, so a settlement whose reply
+//! was lost is reported once and its [`on_completed`](Worker::on_completed) /
+//! [`on_failed`](Worker::on_failed) hooks run once; jobs a lost fetch leased are handed over by
+//! the re-send (or, past the replay record, return after their lease). A caller that sets an
+//! [idempotency key](AddJob::idempotency_key) may retry an add until it answers and get one
+//! job. A job whose stored record does not decode (or holds a field out of range) is dead with
+//! the reason; the batch it came with and the worker carry on.
+//!
+//! # Limits
+//!
+//! | what | default | setting |
+//! |---|---|---|
+//! | payload | 256 KiB | [`Queue::max_payload`] |
+//! | priority | 0 ..= 1,048,575 | [`MAX_PRIORITY`] |
+//! | dedup / idempotency key | 1024 bytes | (fixed) |
+//! | idempotency keys kept | 5 min, about 120 bytes each | [`RedisStore::idempotency_window`] |
+//! | add-call answers kept | 1 min, about 110 bytes + 8 per job | (at most the window) |
+//! | work answers kept | the lease, 10 s .. the window; about 100 bytes + 40 per job | (follows the lease) |
+//! | completed / dead jobs | 1,000 for 24 h / 10,000 for 30 days | [`Retention`] |
+//! | events | about 1,000 entries | [`RedisStore::events_max_len`] |
+//! | backoff delay | 1 h (exponential), never above 100 years | [`Backoff::max`] |
+//! | lease, poll interval, grace, timeout | 30 s, 5 s, 10 s, none; at most a year | [`Worker`] |
+//! | concurrency | 10; 1 ..= 100,000 | [`Worker::concurrency`] |
+//!
 //! # Redis
 //!
 //! Use `maxmemory-policy noeviction` (an evicted queue key loses jobs) and AOF for durability

@@ -33,6 +33,11 @@ pub struct JobOptions {
     pub priority: Option<u32>,
     /// A dedup key: while a job with this key is unfinished, adding another returns its id.
     pub unique_key: Option<String>,
+    /// The idempotency key of this add: adding again with the same key within the store's
+    /// idempotency window returns the first job's id and adds nothing, whatever happened to
+    /// the job since. Defaults to a random key per add (which makes the client's own re-send
+    /// of a request whose reply was lost harmless). At most 1024 bytes.
+    pub idempotency_key: Option<String>,
 }
 
 /// The largest priority value (the least urgent).
@@ -76,6 +81,13 @@ impl JobOptions {
     #[must_use]
     pub fn unique(mut self, key: impl Into<String>) -> Self {
         self.unique_key = Some(key.into());
+        self
+    }
+
+    /// Sets [`idempotency_key`](Self::idempotency_key).
+    #[must_use]
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
         self
     }
 }
@@ -200,6 +212,8 @@ impl<J: Job> Queue<J> {
     }
 
     /// Adds a job; set options on the returned builder, then `.await` it for the [`JobId`].
+    /// Safe to retry with an [idempotency key](AddJob::idempotency_key) (see
+    /// [`add_with`](Self::add_with)).
     ///
     /// ```
     /// # use redtower_jobs::{Job, Queue, MemoryStore, Backoff};
@@ -230,10 +244,20 @@ impl<J: Job> Queue<J> {
 
     /// Adds a job with explicit options.
     ///
+    /// # Retries
+    ///
+    /// Adding is safe to re-send: each add carries an idempotency key (random unless
+    /// [`JobOptions::idempotency_key`] sets one), and the store adds nothing for a key it saw
+    /// within its idempotency window, answering with the first job's id. So the client's own
+    /// re-send of a request whose reply was lost never adds a second job; and a caller that
+    /// sets the key may retry an add that failed or timed out, as often as it likes within
+    /// the window, and gets one job.
+    ///
     /// # Errors
     ///
     /// [`Error::PayloadTooLarge`], [`Error::Serialize`], [`Error::InvalidOption`], or a store
-    /// error (the job may or may not have been added after a timeout).
+    /// error (the job may or may not have been added after a timeout: retry with the same
+    /// idempotency key to find out without adding it twice).
     pub async fn add_with(&self, job: J, options: JobOptions) -> Result<JobId> {
         let new = self.prepare(&job, options)?;
         let mut out = self
@@ -266,8 +290,8 @@ impl<J: Job> Queue<J> {
             .into_iter()
             .map(|(j, o)| self.prepare(&j, o))
             .collect::<Result<Vec<_>>>()?;
-        let n = batch.len();
         let out = self.shared.store.enqueue(&self.shared.name, batch).await?;
+        let n = out.iter().filter(|e| matches!(e, Enqueued::New(_))).count();
         metrics::counter!("redtower_jobs_enqueued_total", "queue" => self.shared.name.clone())
             .increment(n as u64);
         Ok(out.into_iter().map(|e| e.id().clone()).collect())
@@ -292,6 +316,9 @@ impl<J: Job> Queue<J> {
         if o.unique_key.as_ref().is_some_and(|k| k.len() > 1024) {
             return Err(Error::InvalidOption("unique key is over 1024 bytes"));
         }
+        if o.idempotency_key.as_ref().is_some_and(|k| k.len() > 1024) {
+            return Err(Error::InvalidOption("idempotency key is over 1024 bytes"));
+        }
         Ok(NewJob {
             name: J::NAME.to_owned(),
             data,
@@ -300,6 +327,7 @@ impl<J: Job> Queue<J> {
             priority,
             delay: o.delay.unwrap_or_default(),
             unique_key: o.unique_key,
+            idempotency_key: o.idempotency_key,
         })
     }
 }
@@ -453,6 +481,29 @@ impl<J: Job> AddJob<'_, J> {
     /// A dedup key: while a job with this key is not finished, adding returns that job's id.
     pub fn unique(mut self, key: impl Into<String>) -> Self {
         self.options.unique_key = Some(key.into());
+        self
+    }
+
+    /// The idempotency key of this add, for retrying it safely: adding again with the same key
+    /// within the store's idempotency window (5 minutes by default, see
+    /// [`RedisStore::idempotency_window`](crate::RedisStore::idempotency_window)) returns the
+    /// first job's id and adds nothing. Defaults to a random key per add. At most 1024 bytes.
+    ///
+    /// ```
+    /// # use redtower_jobs::{Job, Queue, MemoryStore};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Ship { order: u64 }
+    /// # impl Job for Ship { const NAME: &'static str = "ship"; }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), redtower_jobs::Error> {
+    /// let queue = Queue::<Ship>::new(MemoryStore::new(), "shipping");
+    /// // The request that placed order 42 timed out: the caller adds again with the same key.
+    /// let first = queue.add(Ship { order: 42 }).idempotency_key("order-42").await?;
+    /// let again = queue.add(Ship { order: 42 }).idempotency_key("order-42").await?;
+    /// assert_eq!(first, again);
+    /// assert_eq!(queue.counts().await?.ready, 1); // one job
+    /// # Ok(()) }
+    /// ```
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.options.idempotency_key = Some(key.into());
         self
     }
 

@@ -1,7 +1,7 @@
 //! [`Worker`]: fetches jobs, runs handlers, settles results.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     fmt,
     future::Future,
     panic::AssertUnwindSafe,
@@ -25,8 +25,15 @@ use crate::{
     clock::Clock,
     handler::{ErasedHandler, Handler, JobContext, JobError, JobRequest, ServiceHandler, erase},
     job::{Job, JobId},
-    store::{Fetched, Lease, QueueStore, Retention, Settle, Settled, WorkRequest},
+    store::{Fetched, Lease, QueueStore, Retention, Settle, Settled, WorkRequest, random_key},
 };
+
+/// The longest lease, poll interval, grace period and timeout (longer ones are clamped to it):
+/// a year, so that no deadline computed from them overflows.
+const MAX_SETTING: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Settlements sent in one exchange.
+type Batch = Vec<(Running, Settle, Option<Outcome>)>;
 
 /// Work exchanges a worker keeps on the wire at once.
 const IN_FLIGHT: usize = 2;
@@ -36,6 +43,7 @@ type Exchange = Pin<
     Box<
         dyn Future<
                 Output = (
+                    String,
                     Vec<(Running, Settle, Option<Outcome>)>,
                     usize,
                     Result<(Vec<Settled>, Vec<Fetched>, Option<Duration>)>,
@@ -220,23 +228,24 @@ impl Worker {
         self.handle::<J>(ServiceHandler::new(service))
     }
 
-    /// How many jobs run at once. Defaults to 10; at least 1.
+    /// How many jobs run at once. Defaults to 10; at least 1, at most 100,000.
     pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
+        self.concurrency = n.clamp(1, 100_000);
         self
     }
 
     /// A per-attempt time limit: the handler's future is dropped (cancelled) when it passes,
-    /// and the attempt fails with a retryable error. Defaults to none.
+    /// and the attempt fails with a retryable error. Defaults to none; at most a year.
     pub fn timeout(mut self, limit: Duration) -> Self {
-        self.timeout = Some(limit);
+        self.timeout = Some(limit.min(MAX_SETTING));
         self
     }
 
     /// The lease of a fetched job, extended every third of it while the handler runs. A crashed
-    /// worker's jobs run again after at most this long. Defaults to 30 s; at least 100 ms.
+    /// worker's jobs run again after at most this long. Defaults to 30 s; at least 100 ms, at
+    /// most a year.
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease.max(Duration::from_millis(100));
+        self.lease = lease.clamp(Duration::from_millis(100), MAX_SETTING);
         self
     }
 
@@ -254,16 +263,16 @@ impl Worker {
     }
 
     /// The longest an idle worker waits before polling the queue anyway (the watchdog of the
-    /// blocking wait). Defaults to 5 s.
+    /// blocking wait). Defaults to 5 s; at most a year.
     pub fn poll_interval(mut self, d: Duration) -> Self {
-        self.poll_interval = d.max(Duration::from_millis(10));
+        self.poll_interval = d.clamp(Duration::from_millis(10), MAX_SETTING);
         self
     }
 
     /// How long [`WorkerHandle::shutdown`] waits for running jobs before cancelling and
-    /// handing them back. Defaults to 10 s.
+    /// handing them back. Defaults to 10 s; at most a year.
     pub fn grace(mut self, d: Duration) -> Self {
-        self.grace = d;
+        self.grace = d.min(MAX_SETTING);
         self
     }
 
@@ -351,6 +360,11 @@ impl Worker {
         )));
         let mut extend = tokio::time::interval(me.lease / 3);
         extend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Exchanges that failed (their reply may have been lost after they ran), each sent again
+        // with the same request id, batch and fetch count (its slots stay reserved), so that
+        // the store answers from its replay record: settlements are reported once, and the
+        // jobs it leased are handed over instead of stranded.
+        let mut retries: VecDeque<(String, Batch, usize)> = VecDeque::new();
         let mut need_fetch = true;
         let mut waiting = false;
         let mut next_due: Option<Duration> = None;
@@ -367,19 +381,23 @@ impl Worker {
             // While the previous exchange is on the wire, the next one (settling what finished
             // meanwhile, fetching for the free slots) is sent too: Redis runs one while the
             // worker handles the other's jobs.
-            let free = me.concurrency.saturating_sub(tasks.len() + reserved);
+            let free = me
+                .concurrency
+                .saturating_sub(tasks.len().saturating_add(reserved));
             let backing_off = backoff_until.is_some_and(|t| Instant::now() < t);
+            if !backing_off && inflight.len() < IN_FLIGHT {
+                if let Some((rid, batch, asked)) = retries.pop_front() {
+                    inflight.push(me.clone().send(rid, batch, asked));
+                    continue;
+                }
+            }
             if !backing_off
                 && inflight.len() < IN_FLIGHT
                 && (!pending.is_empty() || (need_fetch && free > 0))
             {
                 let batch = std::mem::take(&mut pending);
                 reserved += free;
-                let w = me.clone();
-                inflight.push(Box::pin(async move {
-                    let result = w.exchange(&batch, free).await;
-                    (batch, free, result)
-                }));
+                inflight.push(me.clone().send(random_key(), batch, free));
                 // A settle-only exchange fetches nothing: a wake-up that asked for a fetch
                 // still stands.
                 if free > 0 {
@@ -387,7 +405,9 @@ impl Worker {
                 }
                 continue;
             }
-            let free = me.concurrency.saturating_sub(tasks.len() + reserved);
+            let free = me
+                .concurrency
+                .saturating_sub(tasks.len().saturating_add(reserved));
             let idle = next_due
                 .map_or(me.poll_interval, |d| d.min(me.poll_interval))
                 .max(Duration::from_millis(1));
@@ -402,10 +422,10 @@ impl Worker {
             tokio::select! {
                 biased;
                 () = stopped(&mut stop) => {}
-                Some((batch, asked, result)) = inflight.next(), if !inflight.is_empty() => {
-                    reserved -= asked;
+                Some((rid, batch, asked, result)) = inflight.next(), if !inflight.is_empty() => {
                     match result {
                         Ok((settled, jobs, due)) => {
+                            reserved -= asked;
                             errors = 0;
                             backoff_until = None;
                             me.after_settle(batch, settled);
@@ -418,7 +438,7 @@ impl Worker {
                         Err(e) => {
                             errors = errors.saturating_add(1);
                             tracing::warn!(target: "redtower::jobs", queue = %me.queue, error = %e, "work round trip failed; backing off");
-                            pending.extend(batch);
+                            retries.push_back((rid, batch, asked));
                             need_fetch = true;
                             let pause = Duration::from_millis(50u64 << errors.min(7))
                                 .min(Duration::from_secs(5));
@@ -448,16 +468,30 @@ impl Worker {
         drop(skew_check);
         // What is on the wire is answered before shutting down: settlements land, and fetched
         // jobs run (within the grace period) or are handed back.
-        while let Some((batch, _, result)) = inflight.next().await {
-            match result {
-                Ok((settled, jobs, _)) => {
-                    me.after_settle(batch, settled);
-                    for job in jobs {
-                        me.spawn(job, &mut tasks, &mut running);
+        // A failed exchange is sent once more as it was (answered from the replay record if it
+        // ran), fetching nothing new; if that fails too, its batch is settled in shutdown.
+        const LAST_TRY: usize = usize::MAX;
+        loop {
+            while let Some((rid, batch, fetch, result)) = inflight.next().await {
+                match result {
+                    Ok((settled, jobs, _)) => {
+                        me.after_settle(batch, settled);
+                        for job in jobs {
+                            me.spawn(job, &mut tasks, &mut running);
+                        }
                     }
+                    Err(_) if fetch != LAST_TRY => retries.push_back((rid, batch, LAST_TRY)),
+                    Err(_) => pending.extend(batch),
                 }
-                Err(_) => pending.extend(batch),
             }
+            let Some((rid, batch, _)) = retries.pop_front() else {
+                break;
+            };
+            let w = me.clone();
+            inflight.push(Box::pin(async move {
+                let result = w.exchange(&batch, 0, &rid).await;
+                (rid, batch, LAST_TRY, result)
+            }));
         }
         me.shutdown(running, tasks, pending).await
     }
@@ -482,7 +516,7 @@ impl Worker {
                         report.finished_in_grace += 1;
                     }
                     let batch = std::mem::take(&mut pending);
-                    match self.exchange(&batch, 0).await {
+                    match self.exchange(&batch, 0, &random_key()).await {
                         Ok((settled, _, _)) => self.after_settle(batch, settled),
                         Err(_) => pending = batch,
                     }
@@ -497,12 +531,14 @@ impl Worker {
             pending.push((r, Settle::Release, None));
         }
         let mut last = Ok(());
+        // One id for the hand-back, re-sent as it is when it fails.
+        let rid = random_key();
         for attempt in 0..3u32 {
             if pending.is_empty() {
                 break;
             }
             let batch = std::mem::take(&mut pending);
-            match self.exchange(&batch, 0).await {
+            match self.exchange(&batch, 0, &rid).await {
                 Ok((settled, _, _)) => {
                     self.after_settle(batch, settled);
                     last = Ok(());
@@ -519,10 +555,19 @@ impl Worker {
         last.map(|()| report)
     }
 
+    /// An exchange on the wire, answered with what it was sent with.
+    fn send(self: Arc<Self>, rid: String, batch: Batch, fetch: usize) -> Exchange {
+        Box::pin(async move {
+            let result = self.exchange(&batch, fetch, &rid).await;
+            (rid, batch, fetch, result)
+        })
+    }
+
     async fn exchange(
         &self,
         batch: &[(Running, Settle, Option<Outcome>)],
         fetch: usize,
+        request_id: &str,
     ) -> Result<(Vec<Settled>, Vec<Fetched>, Option<Duration>)> {
         let settle = batch
             .iter()
@@ -530,7 +575,8 @@ impl Worker {
             .collect();
         let req = WorkRequest::new(settle, fetch, self.lease)
             .max_stalls(self.max_stalls)
-            .retention(self.retention);
+            .retention(self.retention)
+            .request_id(request_id);
         let reply = self.store.work(&self.queue, req).await?;
         Ok((reply.settled, reply.jobs, reply.next_due))
     }
@@ -552,9 +598,13 @@ impl Worker {
             job.attempt,
             job.max_attempts,
         );
-        let fut: crate::handler::BoxFuture = match self.handlers.get(&job.name) {
-            Some(h) => h(&job.data, ctx),
-            None => {
+        let fut: crate::handler::BoxFuture = match (&job.invalid, self.handlers.get(&job.name)) {
+            (Some(reason), _) => {
+                let msg = format!("bad job record: {reason}");
+                Box::pin(async move { Err(JobError::fatal(msg)) })
+            }
+            (None, Some(h)) => h(&job.data, ctx),
+            (None, None) => {
                 let msg = format!("no handler for job `{}` in this worker", job.name);
                 Box::pin(async move { Err(JobError::fatal(msg)) })
             }

@@ -95,3 +95,89 @@ async fn all_keys_share_the_queue_tag() {
         );
     }
 }
+
+/// The markers that make adds and work requests safe to re-send are bounded in time: a
+/// caller's idempotency key for the store's window, an add call's answer for at most a minute,
+/// a work answer for its lease (at least 10 s); after its window a key adds a new job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_markers_expire() {
+    use fred::interfaces::KeysInterface;
+    use futures::TryStreamExt;
+    use redtower_jobs::{Queue, store::WorkRequest};
+
+    let redis = Redis::new(
+        RedisConfig::from_url(&redtower_testkit::shared_url())
+            .unwrap()
+            .key_prefix(unique_prefix("idem-expire")),
+    )
+    .unwrap();
+    let store = RedisStore::new(redis.clone()).idempotency_window(Duration::from_secs(1));
+    let queue = Queue::<conformance::Welcome>::new(store.clone(), "q");
+    let w = || conformance::Welcome { to: "a".into() };
+    let first = queue.add(w()).idempotency_key("k").await.unwrap();
+    assert_eq!(queue.add(w()).idempotency_key("k").await.unwrap(), first);
+    queue.add(w()).await.unwrap();
+    store
+        .work("q", WorkRequest::new(vec![], 1, Duration::from_secs(30)))
+        .await
+        .unwrap();
+
+    let keys: Vec<String> = redis
+        .scan(&redis.keyspace().pattern())
+        .try_collect()
+        .await
+        .unwrap();
+    let count = |part: &str| keys.iter().filter(|k| k.contains(part)).count();
+    // One per keyed add, one per add call, one per work request that fetched or settled.
+    assert_eq!(
+        (count(":idem:"), count(":add:"), count(":x:")),
+        (1, 3, 1),
+        "{keys:?}"
+    );
+    let markers: Vec<&String> = keys
+        .iter()
+        .filter(|k| k.contains(":idem:") || k.contains(":add:") || k.contains(":x:"))
+        .collect();
+    for k in markers {
+        let ttl: i64 = redis.client().pttl(k.as_str()).await.unwrap();
+        assert!(ttl > 0 && ttl <= 1_000, "{k}: {ttl} ms, the 1 s window");
+    }
+
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let again = queue.add(w()).idempotency_key("k").await.unwrap();
+    assert_ne!(again, first, "past its window, the key adds a new job");
+
+    // With the default window: a random key's marker lives at most a minute, a caller's 5 min,
+    // a work answer its lease.
+    let store = RedisStore::new(redis.clone());
+    let queue = Queue::<conformance::Welcome>::new(store.clone(), "q2");
+    queue.add(w()).await.unwrap();
+    queue.add(w()).idempotency_key("kept").await.unwrap();
+    store
+        .work(
+            "q2",
+            WorkRequest::new(vec![], 1, Duration::from_secs(30)).request_id("r"),
+        )
+        .await
+        .unwrap();
+    let ns = redis.keyspace().namespace("q").key("q2");
+    let ttl = |k: String| {
+        let redis = redis.clone();
+        async move { redis.client().pttl::<i64, _>(k).await.unwrap() }
+    };
+    let kept = ttl(ns.clone().push("idem").push("kept").into_string()).await;
+    assert!(kept > 60_000 && kept <= 300_000, "{kept}");
+    let answer = ttl(ns.clone().push("x").push("r").into_string()).await;
+    assert!(answer > 10_000 && answer <= 30_000, "{answer}");
+    let keys: Vec<String> = redis
+        .scan(&redis.keyspace().pattern())
+        .try_collect()
+        .await
+        .unwrap();
+    let calls: Vec<&String> = keys.iter().filter(|k| k.contains("{q2}:add:")).collect();
+    assert_eq!(calls.len(), 2, "{keys:?}");
+    for k in calls {
+        let r = ttl(k.clone()).await;
+        assert!(r > 0 && r <= 60_000, "{k}: {r}");
+    }
+}

@@ -24,6 +24,16 @@ use crate::{
 };
 
 const PRIO: u64 = 1 << 32;
+/// How long the idempotency key of an add and the answer to a work request are kept (as
+/// [`RedisStore::idempotency_window`](crate::RedisStore::idempotency_window)'s default).
+const WINDOW: Duration = Duration::from_secs(300);
+
+#[derive(Debug)]
+struct Replay {
+    expires: u64,
+    settled: Vec<Settled>,
+    leased: Vec<(u64, String)>,
+}
 
 /// The in-memory backend of [`QueueStore`], for single-instance apps, tests and the example
 /// app without Redis. Jobs are lost when the process exits.
@@ -32,6 +42,8 @@ const PRIO: u64 = 1 << 32;
 /// the store's clock (the system clock read once when the store is created, then advanced by
 /// tokio time); like Redis `TIME` for [`RedisStore`](crate::RedisStore), it is the only clock
 /// scheduling uses.
+/// Idempotency keys of adds are kept for 5 minutes, answers to work requests for their lease
+/// (at least 10 s, at most 5 minutes), as with [`RedisStore`](crate::RedisStore)'s defaults.
 /// Cloning is cheap and clones share the queues.
 #[derive(Clone, Debug)]
 pub struct MemoryStore {
@@ -93,6 +105,12 @@ struct Q {
     /// id → (fencing token, start of the running attempt).
     lease: HashMap<u64, (String, u64)>,
     uniq: HashMap<String, u64>,
+    /// Idempotency key of an add → (job id, expiry); the same keys by expiry, for trimming.
+    idem: HashMap<String, (u64, u64)>,
+    idem_exp: BTreeSet<(u64, String)>,
+    /// Work request id → its answer (settlement codes, leases handed out) and expiry.
+    replay: HashMap<String, Replay>,
+    replay_exp: BTreeSet<(u64, String)>,
     paused: bool,
     wake: watch::Sender<u64>,
     events: broadcast::Sender<QueueEvent>,
@@ -110,10 +128,63 @@ impl Q {
             dead: ZSet::default(),
             lease: HashMap::new(),
             uniq: HashMap::new(),
+            idem: HashMap::new(),
+            idem_exp: BTreeSet::new(),
+            replay: HashMap::new(),
+            replay_exp: BTreeSet::new(),
             paused: false,
             wake: watch::channel(0).0,
             events: broadcast::channel(cap.max(1)).0,
         }
+    }
+
+    /// Forgets idempotency keys and work answers whose window has passed.
+    fn expire(&mut self, now: u64) {
+        while let Some((exp, key)) = self.idem_exp.first().cloned() {
+            if exp > now {
+                break;
+            }
+            self.idem_exp.pop_first();
+            if self.idem.get(&key).is_some_and(|(_, e)| *e == exp) {
+                self.idem.remove(&key);
+            }
+        }
+        while let Some((exp, key)) = self.replay_exp.first().cloned() {
+            if exp > now {
+                break;
+            }
+            self.replay_exp.pop_first();
+            if self.replay.get(&key).is_some_and(|r| r.expires == exp) {
+                self.replay.remove(&key);
+            }
+        }
+    }
+
+    /// The job `id` as handed out under `token`.
+    fn fetched(&self, id: u64, token: String, now: u64) -> Option<Fetched> {
+        let rec = self.jobs.get(&id)?.clone();
+        Some(Fetched {
+            lease: Lease {
+                id: JobId::new(rec.id),
+                token,
+            },
+            name: rec.name,
+            data: rec.data,
+            attempt: rec.attempt.saturating_add(1),
+            max_attempts: rec.max,
+            backoff: rec.backoff,
+            waited: Duration::from_millis(now.saturating_sub(rec.created)),
+            invalid: None,
+        })
+    }
+
+    fn next_due(&self, now: u64) -> Option<Duration> {
+        [self.sched.first(), self.active.first()]
+            .into_iter()
+            .flatten()
+            .map(|(s, _)| s.saturating_sub(now))
+            .min()
+            .map(Duration::from_millis)
     }
 
     fn wake(&self) {
@@ -136,8 +207,12 @@ impl Q {
 
     fn ready_add(&mut self, id: u64) {
         if let Some(rec) = self.jobs.get(&id) {
-            self.ready
-                .add(id, u64::from(rec.prio).saturating_mul(PRIO) + rec.seq);
+            self.ready.add(
+                id,
+                u64::from(rec.prio)
+                    .saturating_mul(PRIO)
+                    .saturating_add(rec.seq),
+            );
         }
     }
 
@@ -269,11 +344,22 @@ fn ms(d: Duration) -> u64 {
 impl QueueStore for MemoryStore {
     async fn enqueue(&self, queue: &str, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         Ok(self.with(queue, |q, now| {
+            q.expire(now);
             let mut woke = false;
+            let expires = now.saturating_add(ms(WINDOW));
             let out = jobs
                 .into_iter()
                 .map(|j| {
-                    if let Some(existing) = j.unique_key.as_ref().and_then(|u| q.uniq.get(u)) {
+                    // In process, a call is never re-sent: only a caller's key has a marker.
+                    let idem = j.idempotency_key.clone();
+                    if let Some((id, _)) = idem.as_ref().and_then(|k| q.idem.get(k)) {
+                        return Enqueued::Existing(JobId::new(id.to_string()));
+                    }
+                    if let Some(&existing) = j.unique_key.as_ref().and_then(|u| q.uniq.get(u)) {
+                        if let Some(idem) = idem {
+                            q.idem.insert(idem.clone(), (existing, expires));
+                            q.idem_exp.insert((expires, idem));
+                        }
                         return Enqueued::Duplicate(JobId::new(existing.to_string()));
                     }
                     q.seq += 1;
@@ -297,13 +383,17 @@ impl QueueStore for MemoryStore {
                     if let Some(u) = j.unique_key {
                         q.uniq.insert(u, id);
                     }
+                    if let Some(idem) = idem {
+                        q.idem.insert(idem.clone(), (id, expires));
+                        q.idem_exp.insert((expires, idem));
+                    }
                     q.emit(EventKind::Added, &rec);
                     q.jobs.insert(id, rec);
                     if j.delay.is_zero() {
                         q.ready_add(id);
                         woke = true;
                     } else {
-                        q.sched_add(id, now + ms(j.delay));
+                        q.sched_add(id, now.saturating_add(ms(j.delay)));
                     }
                     Enqueued::New(JobId::new(id.to_string()))
                 })
@@ -317,7 +407,23 @@ impl QueueStore for MemoryStore {
 
     async fn work(&self, queue: &str, req: WorkRequest) -> Result<WorkReply> {
         Ok(self.with(queue, |q, now| {
-            let mut settled = Vec::with_capacity(req.settle.len());
+            q.expire(now);
+            if let Some(prev) = req.request_id.as_ref().and_then(|r| q.replay.get(r)) {
+                // The same request again (its answer was lost): the same answer.
+                let mut jobs = Vec::new();
+                for (id, token) in &prev.leased {
+                    if q.lease.get(id).is_some_and(|(t, _)| t == token) {
+                        jobs.extend(q.fetched(*id, token.clone(), now));
+                    }
+                }
+                return WorkReply {
+                    settled: prev.settled.clone(),
+                    jobs,
+                    next_due: q.next_due(now),
+                };
+            }
+            let n_settle = req.settle.len();
+            let mut settled = Vec::with_capacity(n_settle);
             for (lease, s) in req.settle {
                 let Some(id) = parse_id(&lease.id) else {
                     settled.push(Settled::Stale);
@@ -340,7 +446,7 @@ impl QueueStore for MemoryStore {
                     Settle::Complete => {
                         let mut rec = rec.clone();
                         // The stored record keeps counting failed attempts only (as in Redis).
-                        rec.attempt += 1;
+                        rec.attempt = rec.attempt.saturating_add(1);
                         q.finish(id, false, now, &req.retention);
                         q.emit(EventKind::Completed, &rec);
                         Settled::Completed
@@ -352,17 +458,17 @@ impl QueueStore for MemoryStore {
                         q.emit(EventKind::Released, &rec);
                         Settled::Released
                     }
-                    Settle::Retry { delay, error } if rec.attempt + 1 < rec.max => {
+                    Settle::Retry { delay, error } if rec.attempt.saturating_add(1) < rec.max => {
                         rec.attempt += 1;
                         rec.started = Some(started);
                         rec.err = Some(error);
                         let rec = rec.clone();
-                        q.sched_add(id, now + ms(delay));
+                        q.sched_add(id, now.saturating_add(ms(delay)));
                         q.emit(EventKind::Retrying, &rec);
                         Settled::Retrying
                     }
                     Settle::Retry { error, .. } | Settle::Fail { error } => {
-                        rec.attempt += 1;
+                        rec.attempt = rec.attempt.saturating_add(1);
                         rec.started = Some(started);
                         rec.err = Some(error);
                         let mut rec = rec.clone();
@@ -387,7 +493,7 @@ impl QueueStore for MemoryStore {
                 let Some(rec) = q.jobs.get_mut(id) else {
                     continue;
                 };
-                rec.stalls += 1;
+                rec.stalls = rec.stalls.saturating_add(1);
                 if let Some((_, started)) = lost {
                     rec.started = Some(started);
                 }
@@ -413,26 +519,14 @@ impl QueueStore for MemoryStore {
                         break;
                     };
                     q.ready.rem(id);
-                    let Some(rec) = q.jobs.get_mut(&id) else {
-                        continue;
-                    };
-                    let rec = rec.clone();
                     q.seq += 1;
                     let token = q.seq.to_string();
-                    q.lease.insert(id, (token.clone(), now));
-                    q.active.add(id, now + ms(req.lease).max(1));
-                    jobs.push(Fetched {
-                        lease: Lease {
-                            id: JobId::new(rec.id),
-                            token,
-                        },
-                        name: rec.name,
-                        data: rec.data,
-                        attempt: rec.attempt + 1,
-                        max_attempts: rec.max,
-                        backoff: rec.backoff,
-                        waited: Duration::from_millis(now.saturating_sub(rec.created)),
-                    });
+                    let Some(job) = q.fetched(id, token.clone(), now) else {
+                        continue;
+                    };
+                    q.lease.insert(id, (token, now));
+                    q.active.add(id, now.saturating_add(ms(req.lease).max(1)));
+                    jobs.push(job);
                 }
                 if jobs.len() == req.fetch && q.ready.len() > 0 {
                     q.wake();
@@ -440,15 +534,29 @@ impl QueueStore for MemoryStore {
             } else if !due.is_empty() || !expired.is_empty() {
                 q.wake();
             }
-            let next = [q.sched.first(), q.active.first()]
-                .into_iter()
-                .flatten()
-                .map(|(s, _)| s.saturating_sub(now))
-                .min();
+            if let Some(rid) = req.request_id {
+                if n_settle > 0 || !jobs.is_empty() {
+                    let keep = super::redis::replay_window(req.lease, WINDOW);
+                    let expires = now.saturating_add(ms(keep));
+                    let leased = jobs
+                        .iter()
+                        .filter_map(|j| Some((parse_id(&j.lease.id)?, j.lease.token.clone())))
+                        .collect();
+                    q.replay_exp.insert((expires, rid.clone()));
+                    q.replay.insert(
+                        rid,
+                        Replay {
+                            expires,
+                            settled: settled.clone(),
+                            leased,
+                        },
+                    );
+                }
+            }
             WorkReply {
                 settled,
                 jobs,
-                next_due: next.map(Duration::from_millis),
+                next_due: q.next_due(now),
             }
         }))
     }
@@ -459,7 +567,7 @@ impl QueueStore for MemoryStore {
             for l in leases {
                 match parse_id(&l.id) {
                     Some(id) if q.lease.get(&id).is_some_and(|(t, _)| *t == l.token) => {
-                        q.active.add(id, now + ms(lease).max(1));
+                        q.active.add(id, now.saturating_add(ms(lease).max(1)));
                     }
                     _ => lost.push(l.id),
                 }

@@ -34,6 +34,12 @@ pub struct NewJob {
     pub delay: Duration,
     /// A dedup key: while a job with this key is not finished, adding another returns its id.
     pub unique_key: Option<String>,
+    /// The idempotency key of this add: an add that carries the key of a job added within the
+    /// store's idempotency window returns that job ([`Enqueued::Existing`]) and adds nothing.
+    /// `None`: no key of its own; the store still makes the call safe to re-send (a request
+    /// re-sent by the client after a lost reply, as it does with in-flight commands after a
+    /// reconnect, never adds twice), with a random id per call.
+    pub idempotency_key: Option<String>,
 }
 
 /// The result of adding one job.
@@ -44,13 +50,16 @@ pub enum Enqueued {
     New(JobId),
     /// A job with the same dedup key is not finished yet: this is its id.
     Duplicate(JobId),
+    /// A job was added with the same idempotency key within the store's idempotency window
+    /// (a re-sent or retried add): this is its id, and nothing was added.
+    Existing(JobId),
 }
 
 impl Enqueued {
     /// The job id, new or existing.
     pub fn id(&self) -> &JobId {
         match self {
-            Enqueued::New(id) | Enqueued::Duplicate(id) => id,
+            Enqueued::New(id) | Enqueued::Duplicate(id) | Enqueued::Existing(id) => id,
         }
     }
 }
@@ -143,6 +152,13 @@ pub struct WorkRequest {
     pub max_stalls: u32,
     /// Retention of finished jobs.
     pub retention: Retention,
+    /// The request's id. A request sent again with the same id (its reply was lost) within
+    /// the store's replay window gets the first one's answer: the same settlement codes, and
+    /// the jobs it fetched whose lease it still holds; nothing is settled or fetched twice.
+    /// `None`: the store draws a random id before sending (which covers the client re-sending
+    /// in-flight commands after a reconnect); a worker sets its own, to re-send a request
+    /// that failed.
+    pub request_id: Option<String>,
 }
 
 impl WorkRequest {
@@ -154,7 +170,15 @@ impl WorkRequest {
             lease,
             max_stalls: 5,
             retention: Retention::default(),
+            request_id: None,
         }
+    }
+
+    /// Sets [`request_id`](Self::request_id).
+    #[must_use]
+    pub fn request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = Some(id.into());
+        self
     }
 
     /// Sets the stall limit.
@@ -190,6 +214,26 @@ pub struct Fetched {
     pub backoff: Backoff,
     /// How long since the job was added (store clock), retries and delays included.
     pub waited: Duration,
+    /// Why the job cannot run, when its stored record does not decode (`data` then holds the
+    /// raw record). A worker fails such a job for good with this reason; other jobs of the
+    /// same fetch are not affected.
+    pub invalid: Option<String>,
+}
+
+impl Fetched {
+    /// A fetched job whose record does not decode: it fails at once, for good.
+    pub(crate) fn invalid(lease: Lease, raw: String, reason: String) -> Self {
+        Self {
+            lease,
+            name: String::new(),
+            data: raw,
+            attempt: 1,
+            max_attempts: 1,
+            backoff: Backoff::fixed(Duration::ZERO),
+            waited: Duration::ZERO,
+            invalid: Some(reason),
+        }
+    }
 }
 
 /// The answer to a [`WorkRequest`].
@@ -315,6 +359,25 @@ impl NewJob {
             priority: 0,
             delay: Duration::ZERO,
             unique_key: None,
+            idempotency_key: None,
         }
     }
+
+    /// Sets [`idempotency_key`](Self::idempotency_key).
+    #[must_use]
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+}
+
+/// How long the marker of one add call (its random id) is kept: only the client's own re-send
+/// (within its command timeout and attempts) can repeat it.
+pub(crate) fn random_key_window(window: Duration) -> Duration {
+    window.min(Duration::from_secs(60))
+}
+
+/// A random 128-bit key in hex: the idempotency key of an add, or the id of a work request.
+pub(crate) fn random_key() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }

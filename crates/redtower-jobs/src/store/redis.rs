@@ -42,6 +42,7 @@ const PARTS: [&str; 12] = [
     "seq",
 ];
 const WAKE: usize = 9;
+const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
 const EVENTS: usize = 10;
 
 /// The Redis backend of [`QueueStore`].
@@ -68,6 +69,7 @@ const EVENTS: usize = 10;
 pub struct RedisStore {
     redis: Redis,
     events_max_len: u64,
+    idempotency_window: Duration,
 }
 
 impl RedisStore {
@@ -76,7 +78,28 @@ impl RedisStore {
         Self {
             redis,
             events_max_len: 1_000,
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
         }
+    }
+
+    /// How long the idempotency key of an add is remembered (see
+    /// [`AddJob::idempotency_key`](crate::AddJob::idempotency_key)): an add carrying the key of
+    /// a job added less than this long ago returns that job and adds nothing. Defaults to
+    /// 5 minutes; at least 1 second.
+    ///
+    /// An add with a key leaves one marker (`rt:q:{<queue>}:idem:<key>`, about 120 bytes) for
+    /// this long. Every add call (one job or a batch) also leaves one marker with its answer
+    /// (`rt:q:{<queue>}:add:<random id>`, about 110 bytes plus 8 per job) for at most a
+    /// minute, for the client's own re-send of that call. A queue holds about `calls per
+    /// second x 60 s` of the latter, plus the keyed adds of the last window.
+    ///
+    /// Work requests are answered again when re-sent for the lease length, at least 10 s and
+    /// at most this window (an answer is about 100 bytes plus 40 per job it settled or
+    /// fetched, kept only for requests that settled or fetched something).
+    #[must_use]
+    pub fn idempotency_window(mut self, window: Duration) -> Self {
+        self.idempotency_window = window.max(Duration::from_secs(1));
+        self
     }
 
     /// The approximate cap (`MAXLEN ~`) of each queue's event stream, in entries; `0` turns
@@ -93,17 +116,28 @@ impl RedisStore {
         &self.redis
     }
 
+    fn base(&self, queue: &str) -> Key {
+        self.redis.keyspace().namespace("q").key(queue)
+    }
+
     fn keys(&self, queue: &str) -> Vec<Key> {
-        let base = self.redis.keyspace().namespace("q").key(queue);
+        let base = self.base(queue);
         PARTS.iter().map(|p| base.clone().push(*p)).collect()
     }
 
     async fn admin(&self, queue: &str, args: Vec<Value>) -> Result<Value> {
-        let mut argv = vec![Value::from(self.events_max_len as i64)];
+        let mut argv = vec![Value::from(int(self.events_max_len))];
         argv.extend(args);
-        Ok(ADMIN
-            .run::<Value, _, _>(&self.redis, self.keys(queue), argv)
-            .await?)
+        self.run(&ADMIN, self.keys(queue), argv).await
+    }
+
+    /// Runs a script once the first connection is made: a store built on a fresh handle is
+    /// not in an outage, its first calls wait for the connection (up to the command timeout)
+    /// instead of failing (on a Cluster, fred fails a command sent before it has the routing
+    /// table). After that, it returns at once.
+    async fn run(&self, script: &Script, keys: Vec<Key>, argv: Vec<Value>) -> Result<Value> {
+        self.redis.first_connection().await?;
+        Ok(script.run::<Value, _, _>(&self.redis, keys, argv).await?)
     }
 }
 
@@ -173,6 +207,17 @@ fn started_of(token: &str) -> Option<u64> {
     start.parse().ok()
 }
 
+/// How long the answer to a work request is kept for a re-send: its lease (the jobs it handed
+/// out are the caller's that long), at least 10 s, at most the idempotency window.
+pub(super) fn replay_window(lease: Duration, window: Duration) -> Duration {
+    lease.max(Duration::from_secs(10)).min(window)
+}
+
+/// A count as a Redis integer, saturated (`u64::MAX` means as many as there can be).
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -187,15 +232,34 @@ fn info(rec: Record, state: JobState, score: f64, lease: &str) -> JobInfo {
     info
 }
 
+/// The job's info, or, when its record does not decode, what can be shown of it: the raw text
+/// as its data and the reason as its last error.
+fn info_or_stub(id: &str, raw: &str, state: JobState, score: f64, lease: &str) -> JobInfo {
+    match record(raw) {
+        Ok(rec) => info(rec, state, score, lease),
+        Err(e) => JobInfo::stub(JobId::new(id), raw.to_owned(), state, e.to_string()),
+    }
+}
+
 #[async_trait::async_trait]
 impl QueueStore for RedisStore {
     async fn enqueue(&self, queue: &str, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let mut argv: Vec<Value> = Vec::with_capacity(2 + jobs.len() * 7);
-        argv.push((self.events_max_len as i64).into());
+        let base = self.base(queue);
+        let mut keys = self.keys(queue);
+        // The call's own marker: a re-send of this very request finds it.
+        keys.push(base.clone().push("add").push(super::random_key().as_str()));
+        let mut argv: Vec<Value> = Vec::with_capacity(4 + jobs.len() * 7);
+        argv.push(int(self.events_max_len).into());
         argv.push((jobs.len() as i64).into());
+        argv.push(ms(self.idempotency_window).max(1).into());
+        argv.push(
+            ms(super::random_key_window(self.idempotency_window))
+                .max(1)
+                .into(),
+        );
         for j in jobs {
             // The record minus its opening brace and the fields the script adds (id, seq,
             // created), so the script stores it without a JSON round trip.
@@ -210,24 +274,32 @@ impl QueueStore for RedisStore {
                 uniq: j.unique_key.as_deref(),
             })
             .map_err(Error::Serialize)?;
+            // A caller's idempotency key: its marker, by its (1-based) index in KEYS.
+            let key_index = match &j.idempotency_key {
+                Some(key) => {
+                    keys.push(base.clone().push("idem").push(key.as_str()));
+                    keys.len() as i64
+                }
+                None => 0,
+            };
             argv.push(j.name.into());
             argv.push(tail.get(1..).unwrap_or_default().into());
             argv.push(i64::from(j.max_attempts).into());
-            argv.push("".into());
+            argv.push(key_index.into());
             argv.push(i64::from(j.priority).into());
             argv.push(ms(j.delay).into());
             argv.push(j.unique_key.unwrap_or_default().into());
         }
-        let reply: Value = ENQUEUE.run(&self.redis, self.keys(queue), argv).await?;
+        let reply: Value = self.run(&ENQUEUE, keys, argv).await?;
         let flat = reply.into_array();
         let mut out = Vec::with_capacity(flat.len() / 2);
         let mut it = flat.into_iter();
         while let (Some(id), Some(new)) = (it.next(), it.next()) {
             let id = JobId::new(text(id)?);
-            out.push(if num(&new)? == 1 {
-                Enqueued::New(id)
-            } else {
-                Enqueued::Duplicate(id)
+            out.push(match num(&new)? {
+                1 => Enqueued::New(id),
+                2 => Enqueued::Existing(id),
+                _ => Enqueued::Duplicate(id),
             });
         }
         Ok(out)
@@ -236,15 +308,19 @@ impl QueueStore for RedisStore {
     async fn work(&self, queue: &str, req: WorkRequest) -> Result<WorkReply> {
         let r = req.retention;
         let mut argv: Vec<Value> = Vec::with_capacity(9 + req.settle.len() * 5);
-        argv.push((self.events_max_len as i64).into());
+        argv.push(int(self.events_max_len).into());
         argv.push(ms(req.lease).max(1).into());
-        argv.push((req.fetch as i64).into());
+        argv.push(i64::try_from(req.fetch).unwrap_or(i64::MAX).into());
         argv.push(i64::from(req.max_stalls).into());
-        argv.push((r.completed_count as i64).into());
+        argv.push(int(r.completed_count).into());
         argv.push(ms(r.completed_age).into());
-        argv.push((r.dead_count as i64).into());
+        argv.push(int(r.dead_count).into());
         argv.push(ms(r.dead_age).into());
         argv.push((req.settle.len() as i64).into());
+        argv.push(ms(replay_window(req.lease, self.idempotency_window)).into());
+        let mut keys = self.keys(queue);
+        let request_id = req.request_id.unwrap_or_else(super::random_key);
+        keys.push(self.base(queue).push("x").push(request_id.as_str()));
         for (lease, s) in req.settle {
             let token = Token::parse(&lease.token);
             argv.push(lease.id.as_str().into());
@@ -260,7 +336,7 @@ impl QueueStore for RedisStore {
             argv.push(a);
             argv.push(b);
         }
-        let reply: Value = WORK.run(&self.redis, self.keys(queue), argv).await?;
+        let reply: Value = self.run(&WORK, keys, argv).await?;
         let mut parts = reply.into_array().into_iter();
         let (Some(codes), Some(jobs), Some(hint), Some(now)) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -287,13 +363,29 @@ impl QueueStore for RedisStore {
             let (Some(id), Some(tok), Some(raw)) = (f.next(), f.next(), f.next()) else {
                 return Err(Error::Protocol("fetched job".into()));
             };
-            let rec = record(&text(raw)?)?;
+            let (id, tok, raw) = (text(id)?, text(tok)?, text(raw)?);
+            let rec = match record(&raw) {
+                Ok(rec) => rec,
+                Err(e) => {
+                    // That job only: the worker fails it for good with this reason.
+                    tracing::warn!(target: "redtower::jobs", queue, id, error = %e, "job record does not decode; failing the job");
+                    fetched.push(Fetched::invalid(
+                        Lease {
+                            id: JobId::new(id),
+                            token: Token::format(&tok, 1, true, ""),
+                        },
+                        raw,
+                        e.to_string(),
+                    ));
+                    continue;
+                }
+            };
             // The record counts failed attempts; this one is the next.
-            let attempt = rec.attempt + 1;
+            let attempt = rec.attempt.saturating_add(1);
             fetched.push(Fetched {
                 lease: Lease {
-                    id: JobId::new(text(id)?),
-                    token: Token::format(&text(tok)?, attempt, rec.uniq.is_some(), &rec.name),
+                    id: JobId::new(id),
+                    token: Token::format(&tok, attempt, rec.uniq.is_some(), &rec.name),
                 },
                 name: rec.name,
                 data: rec.data,
@@ -301,13 +393,16 @@ impl QueueStore for RedisStore {
                 max_attempts: rec.max,
                 backoff: rec.backoff,
                 waited: Duration::from_millis(now.saturating_sub(rec.created)),
+                invalid: None,
             });
         }
-        let hint: i64 = text(hint)?.parse().unwrap_or(-1);
+        // Lua formats the hint with %.0f: parse as a float, so that a far-off due time is a
+        // long hint rather than none.
+        let hint: f64 = text(hint)?.parse().unwrap_or(-1.0);
         Ok(WorkReply {
             settled,
             jobs: fetched,
-            next_due: (hint >= 0).then(|| Duration::from_millis(hint as u64)),
+            next_due: (hint >= 0.0).then(|| Duration::from_millis(hint as u64)),
         })
     }
 
@@ -315,12 +410,12 @@ impl QueueStore for RedisStore {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        let mut argv: Vec<Value> = vec![(self.events_max_len as i64).into(), ms(lease).into()];
+        let mut argv: Vec<Value> = vec![int(self.events_max_len).into(), ms(lease).into()];
         for l in leases {
             argv.push(l.id.as_str().into());
             argv.push(Token::parse(&l.token).fence.into());
         }
-        let reply: Value = EXTEND.run(&self.redis, self.keys(queue), argv).await?;
+        let reply: Value = self.run(&EXTEND, self.keys(queue), argv).await?;
         reply
             .into_array()
             .into_iter()
@@ -364,7 +459,13 @@ impl QueueStore for RedisStore {
         let state = JobState::from_code(&text(state)?).unwrap_or(JobState::Ready);
         let score = score.as_f64().unwrap_or(-1.0);
         let lease = lease.into_string().unwrap_or_default();
-        Ok(Some(info(record(&text(raw)?)?, state, score, &lease)))
+        Ok(Some(info_or_stub(
+            id.as_str(),
+            &text(raw)?,
+            state,
+            score,
+            &lease,
+        )))
     }
 
     async fn list(
@@ -383,18 +484,20 @@ impl QueueStore for RedisStore {
                 vec![
                     "list".into(),
                     state.code().into(),
-                    (offset as i64).into(),
-                    (limit as i64).into(),
+                    i64::try_from(offset).unwrap_or(i64::MAX).into(),
+                    i64::try_from(limit).unwrap_or(i64::MAX).into(),
                 ],
             )
             .await?
             .into_array();
-        let mut out = Vec::with_capacity(v.len() / 3);
+        let mut out = Vec::with_capacity(v.len() / 4);
         let mut it = v.into_iter();
-        while let (Some(raw), Some(score), Some(lease)) = (it.next(), it.next(), it.next()) {
+        while let (Some(id), Some(raw), Some(score), Some(lease)) =
+            (it.next(), it.next(), it.next(), it.next())
+        {
             let score = score.as_f64().unwrap_or(-1.0);
             let lease = lease.into_string().unwrap_or_default();
-            out.push(info(record(&text(raw)?)?, state, score, &lease));
+            out.push(info_or_stub(&text(id)?, &text(raw)?, state, score, &lease));
         }
         Ok(out)
     }
@@ -428,6 +531,7 @@ impl QueueStore for RedisStore {
     async fn events(&self, queue: &str) -> Result<BoxStream<'static, Result<QueueEvent>>> {
         let key = self.keys(queue).swap_remove(EVENTS);
         let redis = self.redis.clone();
+        redis.first_connection().await?;
         // Start after the newest entry now, so nothing that happens after this call is missed.
         let last: Value = redis
             .client()
@@ -587,6 +691,13 @@ impl Waiter for RedisWaiter {
             None => {
                 let c = self.redis.dedicated()?;
                 self.client = Some(c.clone());
+                // A new connection is not an outage: wait for it (bounded) before blocking.
+                if tokio::time::timeout(timeout, c.wait_for_connect())
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
                 c
             }
         };

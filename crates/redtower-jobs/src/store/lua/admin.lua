@@ -1,3 +1,13 @@
+-- ADMIN: one operation per call (ARGV[2]).
+-- Read only: time, counts, get, list.
+-- Change state, each idempotent under re-send (the state after a re-send is the state after
+-- one run; only the reply of the re-send can differ, as noted):
+--   pause, resume: set or clear a flag.
+--   remove: deletes the job; a re-send finds nothing and answers 0.
+--   retry: moves a dead job back to ready; a re-send finds it no longer dead and answers 0
+--     (it never runs the job a second time).
+-- A bad record (not JSON, a field out of range) never fails a call: remove deletes it, retry
+-- answers 0, get and list return the raw text for the client to show.
 -- ARGV: ev_max, op, ...
 local op = ARGV[2]
 if op == 'time' then return now end
@@ -37,6 +47,7 @@ elseif op == 'list' then
   for i = 1, #ids, 2 do
     local raw = redis.call('HGET', K_JOBS, ids[i])
     if raw then
+      out[#out + 1] = ids[i]
       out[#out + 1] = raw
       out[#out + 1] = ids[i + 1]
       out[#out + 1] = (st == 'active' and redis.call('HGET', K_LEASE, ids[i])) or ''
@@ -47,9 +58,13 @@ elseif op == 'retry' then
   local id = ARGV[3]
   if not redis.call('ZSCORE', K_DEAD, id) then return 0 end
   local raw = redis.call('HGET', K_JOBS, id)
+  if not raw then
+    redis.call('ZREM', K_DEAD, id)
+    return 0
+  end
+  local rec = decode(raw)
+  if not rec then return 0 end
   redis.call('ZREM', K_DEAD, id)
-  if not raw then return 0 end
-  local rec = cjson.decode(raw)
   rec.attempt = 0
   rec.stalls = 0
   rec.fin = cjson.null
@@ -65,7 +80,8 @@ elseif op == 'remove' then
   local id = ARGV[3]
   local raw = redis.call('HGET', K_JOBS, id)
   if not raw then return 0 end
-  drop_uniq(id, cjson.decode(raw))
+  local rec = decode(raw)
+  if rec then drop_uniq(id, rec) end
   for _, st in ipairs(order) do redis.call('ZREM', sets[st], id) end
   redis.call('HDEL', K_LEASE, id)
   redis.call('HDEL', K_JOBS, id)

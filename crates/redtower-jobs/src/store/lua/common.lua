@@ -82,6 +82,31 @@ local function sched_add(id, due)
   if head[2] == nil or tonumber(head[2]) > due then wake() end
 end
 
+-- A job's record, or nil and the reason when it does not decode or a field the scripts use is
+-- missing or out of range: such a record is buried (see `bury`), never an error for the call.
+local function decode(raw)
+  local ok, rec = pcall(cjson.decode, raw)
+  if not ok then return nil, 'not JSON' end
+  if type(rec) ~= 'table' then return nil, 'not a JSON object' end
+  if type(rec.name) ~= 'string' then return nil, 'no name' end
+  for _, f in ipairs({ 'attempt', 'max', 'prio', 'seq' }) do
+    local v = rec[f]
+    if type(v) ~= 'number' or v ~= v or v < 0 or v > 9007199254740991 then
+      return nil, 'bad ' .. f
+    end
+  end
+  local st = rec.stalls
+  if st == nil or st == cjson.null then
+    rec.stalls = 0
+  elseif type(st) ~= 'number' or st ~= st or st < 0 or st > 4294967295 then
+    return nil, 'bad stalls'
+  end
+  if rec.uniq ~= nil and rec.uniq ~= cjson.null and type(rec.uniq) ~= 'string' then
+    return nil, 'bad uniq'
+  end
+  return rec
+end
+
 local function drop_uniq(id, rec)
   if present(rec.uniq) and redis.call('HGET', K_UNIQ, rec.uniq) == id then
     redis.call('HDEL', K_UNIQ, rec.uniq)
@@ -116,6 +141,22 @@ local function finish(id, rec, set, keep_n, dirty)
   end
   if dirty then redis.call('HSET', K_JOBS, id, cjson.encode(rec)) end
   redis.call('ZADD', set, now_s, id)
+end
+
+-- Moves a job whose record is bad out of every live set, to dead (kept under the dead
+-- retention) with a stub record that keeps the raw text as its data and the reason as its error.
+local function bury(id, raw, why, keep_n)
+  redis.call('ZREM', K_READY, id)
+  redis.call('ZREM', K_SCHED, id)
+  redis.call('ZREM', K_ACTIVE, id)
+  redis.call('HDEL', K_LEASE, id)
+  local rec = {
+    id = id, name = '', data = tostring(raw), attempt = 0, max = 1,
+    backoff = { k = 'fixed', ms = 0 }, prio = 0, seq = 0, created = now, stalls = 0,
+    err = 'bad job record (' .. why .. ')', uniq = cjson.null, fin = now,
+  }
+  finish(id, rec, K_DEAD, keep_n, true)
+  emit('dead', id, rec, rec.err)
 end
 
 -- A lease token is '<batch>.<start ms>.<i>': the start of an attempt, for its record when the

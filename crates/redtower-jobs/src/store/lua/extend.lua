@@ -1,3 +1,7 @@
+-- EXTEND: pushes the deadline of leases still held by the given tokens.
+-- Changes state (lease deadlines only). Idempotent under re-send: it sets a deadline of now +
+-- lease_ms for each lease the token still holds (fenced), so a re-send sets the same deadline
+-- a moment later and changes nothing else.
 -- ARGV: ev_max, lease_ms, then (id, token) pairs. Returns the ids whose lease is lost.
 local lease_ms = tonumber(ARGV[2])
 local lost = {}

@@ -1,5 +1,16 @@
+-- WORK: settle finished attempts, promote due jobs, reclaim expired leases, fetch.
+-- Changes state. Idempotent under re-send: KEYS[13] (`...:x:<request id>`, in the queue's hash
+-- tag) is the request's replay record, keyed by an id the client chose before sending (random
+-- per request, the same when it is re-sent). The first run stores its settlement codes and the
+-- (id, token) of every job it leased, for `window_ms`; a re-sent request finds the record and
+-- answers from it (the same codes, and the jobs whose lease that token still holds, with their
+-- current records) without settling or fetching again. So a settle whose reply was lost is
+-- reported as done by this lease, exactly once, and a lost fetch strands nothing: the re-send
+-- hands over the same leases. Without the record (expired) a re-send is harmless too: its
+-- settlements are fenced (stale) and it fetches new jobs; the old leases end after lease_ms.
+-- Bad records (not JSON, a field out of range) bury that job only (dead, with the reason).
 -- ARGV: ev_max, lease_ms, fetch_n, max_stalls, keep_done_n, keep_done_age_ms, keep_dead_n,
---       keep_dead_age_ms, n_settle, then n_settle x (id, token, kind, a, b)
+--       keep_dead_age_ms, n_settle, window_ms, then n_settle x (id, token, kind, a, b)
 -- kind: c = complete (a job without a dedup key; a = its attempt, b = its name, as fetched),
 --       u = complete (read the record), r = retry (a = delay_ms, b = error),
 --       f = fail (b = error), x = release
@@ -13,6 +24,46 @@ local max_stalls = tonumber(ARGV[4])
 local keep_done_n, keep_done_age = tonumber(ARGV[5]), tonumber(ARGV[6])
 local keep_dead_n, keep_dead_age = tonumber(ARGV[7]), tonumber(ARGV[8])
 local n_settle = tonumber(ARGV[9])
+local window = ARGV[10]
+local K_REPLAY = KEYS[13]
+
+-- How long until the next scheduled job is due or the next lease ends (-1: none).
+local function next_hint()
+  local hint = -1
+  local s = redis.call('ZRANGE', K_SCHED, 0, 0, 'WITHSCORES')
+  if s[2] then hint = math.max(0, tonumber(s[2]) - now) end
+  local a = redis.call('ZRANGE', K_ACTIVE, 0, 0, 'WITHSCORES')
+  if a[2] then
+    local h = math.max(0, tonumber(a[2]) - now)
+    if hint < 0 or h < hint then hint = h end
+  end
+  return hint
+end
+
+if K_REPLAY then
+  local prev = redis.call('GET', K_REPLAY)
+  if prev then
+    -- '<one digit per settlement>|<id> <token> <id> <token> ...'
+    local bar = string.find(prev, '|', 1, true)
+    if bar then
+      local codes = {}
+      for i = 1, bar - 1 do codes[i] = string.byte(prev, i) - 48 end
+      local jobs, id = {}, nil
+      for w in string.gmatch(string.sub(prev, bar + 1), '%S+') do
+        if id == nil then
+          id = w
+        else
+          if redis.call('HGET', K_LEASE, id) == w then
+            local raw = redis.call('HGET', K_JOBS, id)
+            if raw then jobs[#jobs + 1] = { id, w, raw } end
+          end
+          id = nil
+        end
+      end
+      return { codes, jobs, n2s(next_hint()), now_s }
+    end
+  end
+end
 
 local codes = {}
 -- Leases settled by this call, removed from the lease hash and the active set in one command
@@ -24,9 +75,9 @@ local codes = {}
 local settled, settled_ids, done_batch = {}, {}, {}
 local settle_ids, read_ids = {}, {}
 for i = 0, n_settle - 1 do
-  local id = ARGV[10 + i * 5]
+  local id = ARGV[11 + i * 5]
   settle_ids[i + 1] = id
-  if ARGV[12 + i * 5] ~= 'c' then read_ids[#read_ids + 1] = id end
+  if ARGV[13 + i * 5] ~= 'c' then read_ids[#read_ids + 1] = id end
 end
 local leases_now = hmget(K_LEASE, settle_ids)
 local records_now = {}
@@ -35,7 +86,7 @@ if #read_ids > 0 then
   for i, id in ipairs(read_ids) do records_now[id] = raws[i] end
 end
 for i = 0, n_settle - 1 do
-  local b = 10 + i * 5
+  local b = 11 + i * 5
   local id, tok, kind = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local code = 0
   if not settled[id] and leases_now[i + 1] == tok then
@@ -54,8 +105,12 @@ for i = 0, n_settle - 1 do
       code = 1
     else
       local raw = records_now[id]
-      if raw then
-        local rec = cjson.decode(raw)
+      local rec, why = nil, nil
+      if raw then rec, why = decode(raw) end
+      if raw and not rec then
+        bury(id, raw, why, keep_dead_n)
+        code = 3
+      elseif rec then
         if kind == 'u' then
           rec.attempt = rec.attempt + 1
           finish(id, rec, K_DONE, keep_done_n, false)
@@ -70,9 +125,12 @@ for i = 0, n_settle - 1 do
           rec.attempt = rec.attempt + 1
           rec.started = started_of(tok) or cjson.null
           rec.err = ARGV[b + 4]
+          local delay = tonumber(ARGV[b + 3])
           if kind == 'r' and rec.attempt < rec.max then
             redis.call('HSET', K_JOBS, id, cjson.encode(rec))
-            sched_add(id, now + tonumber(ARGV[b + 3]))
+            -- A negative or absurd delay (not a number, beyond ~285 years) is clamped.
+            if delay == nil or delay ~= delay or delay < 0 then delay = 0 end
+            sched_add(id, now + math.min(delay, 9007199254740991 - now))
             emit('retrying', id, rec, rec.err)
             code = 2
           else
@@ -105,7 +163,10 @@ if #due > 0 then
   for _, id in ipairs(due) do
     redis.call('ZREM', K_SCHED, id)
     local raw = redis.call('HGET', K_JOBS, id)
-    if raw then ready_add(id, cjson.decode(raw)) end
+    if raw then
+      local rec, why = decode(raw)
+      if rec then ready_add(id, rec) else bury(id, raw, why, keep_dead_n) end
+    end
   end
 end
 
@@ -117,8 +178,11 @@ for _, id in ipairs(expired) do
   local lost = redis.call('HGET', K_LEASE, id)
   redis.call('HDEL', K_LEASE, id)
   local raw = redis.call('HGET', K_JOBS, id)
-  if raw then
-    local rec = cjson.decode(raw)
+  local rec, why = nil, nil
+  if raw then rec, why = decode(raw) end
+  if raw and not rec then
+    bury(id, raw, why, keep_dead_n)
+  elseif rec then
     rec.stalls = rec.stalls + 1
     -- The lost attempt's start (it does not count as an attempt).
     if lost then rec.started = started_of(lost) or rec.started end
@@ -180,12 +244,16 @@ elseif #due > 0 or #expired > 0 then
   wake()
 end
 
-local hint = -1
-local s = redis.call('ZRANGE', K_SCHED, 0, 0, 'WITHSCORES')
-if s[2] then hint = math.max(0, tonumber(s[2]) - now) end
-local a = redis.call('ZRANGE', K_ACTIVE, 0, 0, 'WITHSCORES')
-if a[2] then
-  local h = math.max(0, tonumber(a[2]) - now)
-  if hint < 0 or h < hint then hint = h end
+if K_REPLAY and (n_settle > 0 or #jobs > 0) then
+  -- Built with table.concat (cheaper than cjson; it is read only when a request is re-sent).
+  local parts = { table.concat(codes), '|' }
+  for _, j in ipairs(jobs) do
+    parts[#parts + 1] = j[1]
+    parts[#parts + 1] = ' '
+    parts[#parts + 1] = j[2]
+    parts[#parts + 1] = ' '
+  end
+  redis.call('SET', K_REPLAY, table.concat(parts), 'PX', window)
 end
-return { codes, jobs, n2s(hint), now_s }
+
+return { codes, jobs, n2s(next_hint()), now_s }
