@@ -172,7 +172,18 @@ impl Redis {
                         tracing::info!(target: "redtower::redis", server = %server, "redis connected");
                     }
                     // SCRIPT LOAD is per node and lost on restart or failover: load again.
-                    for script in scripts.all() {
+                    // fred tells this listener before it is connected to every node of a
+                    // Cluster: wait for that first (bounded), so the load reaches them all.
+                    let scripts = scripts.all();
+                    if !scripts.is_empty() {
+                        let connected = async {
+                            while client.state() != fred::types::ClientState::Connected {
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                        };
+                        let _ = tokio::time::timeout(Duration::from_secs(5), connected).await;
+                    }
+                    for script in scripts {
                         if let Err(error) = script.load(&client).await {
                             tracing::warn!(
                                 target: "redtower::redis",

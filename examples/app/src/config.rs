@@ -82,6 +82,10 @@ pub struct Config {
     /// `COOKIE_SECURE` (`on`/`off`): mark cookies `Secure`. Default off, since the app serves
     /// plain HTTP on loopback; turn it on behind TLS.
     pub cookie_secure: bool,
+    /// `CACHE_HOSTS`: the `Host` values the response cache serves (comma-separated, e.g.
+    /// `shop.example,www.shop.example`); requests for other hosts bypass it. Default none
+    /// declared: the cache serves the first 8 hosts it sees and bypasses the rest.
+    pub cache_hosts: Vec<String>,
     /// `REDIS_CONNECT_WAIT` (`5s`, `500ms`, `0`), default 5 s: with Redis, how long the app
     /// waits for its first connection before it accepts traffic. When Redis is not reachable
     /// in that time the app starts anyway, degraded (one warning; each layer follows its
@@ -197,6 +201,15 @@ impl Config {
             featured_delay: ms("FEATURED_DELAY_MS", 100)?,
             cache_l1: switch("CACHE_L1", true)?,
             cookie_secure: switch("COOKIE_SECURE", false)?,
+            cache_hosts: get("CACHE_HOSTS")
+                .map(|list| {
+                    list.split(',')
+                        .map(str::trim)
+                        .filter(|h| !h.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
             redis_connect_wait: match get("REDIS_CONNECT_WAIT") {
                 None => Duration::from_secs(5),
                 Some(v) => parse_duration(&v).ok_or_else(|| {

@@ -413,11 +413,18 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
     let stacked_limit = limit("stacked", config.api_rate)?;
     let login_limit = limit("login", config.login_rate)?;
 
+    // The handler reads no query parameter: the default (`QueryKey::Ignore`) keeps
+    // `?r=<random>` from making entries, and the handler never sees the query.
     let featured_cache = ResponseCacheLayer::new(services.cache.clone(), Duration::from_secs(300))
         .stale_while_revalidate(Duration::from_secs(60))
         // The featured list is the same for everyone, logged in or not.
         .credentials(Credentials::Shared)
         .route_name("/products/featured");
+    let featured_cache = if config.cache_hosts.is_empty() {
+        featured_cache
+    } else {
+        featured_cache.hosts(&config.cache_hosts)
+    };
 
     let sse = SseEndpoint::new(services.pubsub.clone())
         .authorizer(ChannelOwner)
@@ -749,6 +756,8 @@ async fn place_order(
     let job_id = services
         .queue
         .add(job)
+        // One job per order, however often this add is sent again.
+        .idempotency_key(order_id.as_str())
         .delay(services.config.order_ship_delay)
         .attempts(3)
         .backoff(Backoff::exponential(Duration::from_millis(200)))
