@@ -19,7 +19,16 @@ use tower::ServiceExt;
 
 fn memory() -> Make {
     Arc::new(|opts: Opts| {
-        Box::pin(async move { PubSub::new(MemoryStore::new().channel_capacity(opts.capacity)) })
+        Box::pin(async move {
+            PubSub::new(
+                MemoryStore::new()
+                    .channel_capacity(opts.capacity)
+                    .history_len(opts.history_len)
+                    .history_bytes(opts.history_bytes)
+                    .max_payload(opts.max_payload)
+                    .max_channels(opts.max_channels),
+            )
+        })
     })
 }
 

@@ -216,7 +216,10 @@ mod tests {
             Refused::Client(2)
         );
         let p3 = c.admit(None, 3, 2).unwrap();
-        assert_eq!(c.admit(Some(Arc::from("b")), 3, 2).unwrap_err(), Refused::Process(3));
+        assert_eq!(
+            c.admit(Some(Arc::from("b")), 3, 2).unwrap_err(),
+            Refused::Process(3)
+        );
         assert_eq!(c.open(Some("a")), (3, 2));
         drop((p1, p2, p3));
         assert_eq!(c.open(Some("a")), (0, 0));

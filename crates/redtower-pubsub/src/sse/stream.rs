@@ -421,7 +421,12 @@ impl Conn {
         metrics::counter!("redtower_pubsub_sse_revoked_total").increment(1);
         tracing::debug!(target: TARGET, reason = "access_ended", "event stream ended");
         let mut buf = BytesMut::new();
-        frame::event(&mut buf, None, Some("revoked"), r#"{"reason":"access_ended"}"#);
+        frame::event(
+            &mut buf,
+            None,
+            Some("revoked"),
+            r#"{"reason":"access_ended"}"#,
+        );
         Live::Send(buf.freeze())
     }
 

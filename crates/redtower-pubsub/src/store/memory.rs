@@ -182,8 +182,8 @@ impl MemoryStore {
     ) -> Result<&'a mut Slot> {
         let config = &self.inner.config;
         state.ops += 1;
-        let full = !state.channels.contains_key(channel)
-            && state.channels.len() >= config.max_channels;
+        let full =
+            !state.channels.contains_key(channel) && state.channels.len() >= config.max_channels;
         if state.ops % 1024 == 0 || full {
             let ttl = config.history_ttl;
             // Kept: channels with a subscriber, and histories that have not expired.

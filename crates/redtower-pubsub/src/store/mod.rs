@@ -88,8 +88,12 @@ pub trait PubSubStore: fmt::Debug + Send + Sync + 'static {
     /// A publish with a `token` already used on this channel within the store's dedup window
     /// publishes nothing and returns the first event's id: a re-sent or retried publish never
     /// makes a second event.
-    async fn publish(&self, channel: &Channel, data: Arc<str>, token: &PublishToken)
-    -> Result<EventId>;
+    async fn publish(
+        &self,
+        channel: &Channel,
+        data: Arc<str>,
+        token: &PublishToken,
+    ) -> Result<EventId>;
 
     /// Subscribes to the channel's live events. When this returns, every event published
     /// afterwards is delivered to the subscription, so a caller may subscribe first and then
@@ -99,8 +103,12 @@ pub trait PubSubStore: fmt::Debug + Send + Sync + 'static {
     /// The events after `after`, within `limit`; [`Replay::Gap`] when the history cannot give
     /// every one. The epoch of `after` and the number of missing events are checked before any
     /// event is read, so a cursor from another epoch or too far behind costs no history read.
-    async fn replay(&self, channel: &Channel, after: &EventId, limit: ReplayLimit)
-    -> Result<Replay>;
+    async fn replay(
+        &self,
+        channel: &Channel,
+        after: &EventId,
+        limit: ReplayLimit,
+    ) -> Result<Replay>;
 
     /// The newest event id of the channel, if it has a history.
     async fn latest(&self, channel: &Channel) -> Result<Option<EventId>>;
