@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fred::interfaces::{KeysInterface, ListInterface, LuaInterface};
+use fred::interfaces::{ClientLike, KeysInterface, ListInterface, LuaInterface};
 use futures::TryStreamExt;
 use redtower_client::{ConnectionState, ErrorKind, Redis, RedisConfig, Script};
 use redtower_testkit::{RedisSentinel, RedisServer, Reply, unique_prefix};
@@ -323,4 +323,101 @@ async fn blocking_commands_use_a_dedicated_connection() {
     assert!(started.elapsed() < Duration::from_secs(1));
     let popped = waiter.await.unwrap().unwrap();
     assert_eq!(popped, Some((list.as_str().to_owned(), "job".to_owned())));
+}
+
+/// A command sent with fail-fast options the moment the handle is built: what every layer's
+/// request path does on a freshly started instance.
+async fn first_fail_fast_incr(url: &str, test: &str) -> Result<i64, redtower_client::Error> {
+    let redis = connect(url, test);
+    redis.first_connection().await?;
+    let key = redis.keyspace().namespace("boot").key("n");
+    let client = redis.client().with_options(redis.fail_fast_options());
+    Ok(client.incr(key.as_str()).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_handle_waits_for_its_first_connection_instead_of_failing_fast() {
+    let url = redtower_testkit::shared_url();
+    let cluster = redtower_testkit::shared_cluster().url();
+    for round in 0..50 {
+        for (url, kind) in [(&url, "standalone"), (&cluster, "cluster")] {
+            let n = first_fail_fast_incr(url, "boot")
+                .await
+                .unwrap_or_else(|e| panic!("{kind} round {round}: {e}"));
+            assert_eq!(n, 1, "{kind} round {round}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_waiting_a_fresh_handle_fails_fast_before_its_first_connection() {
+    // What `first_connection` exists for: fred answers a fail-fast command sent before the
+    // first connection with `Canceled` although the server is up.
+    let redis = connect(&redtower_testkit::shared_url(), "canceled");
+    assert!(!redis.has_connected());
+    let client = redis.client().with_options(redis.fail_fast_options());
+    let err = client.ping::<String>(None).await.unwrap_err();
+    assert_eq!(err.kind(), &fred::error::ErrorKind::Canceled);
+    redis.first_connection().await.unwrap();
+    assert!(redis.has_connected());
+    let pong: String = client.ping(None).await.unwrap();
+    assert_eq!(pong, "PONG");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_never_reached_is_an_outage_after_one_command_timeout() {
+    let port = redtower_testkit::free_port();
+    let redis = Redis::new(
+        RedisConfig::from_url(&format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .command_timeout(Duration::from_millis(300)),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let err = redis.first_connection().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // The wait ran out once: later calls fail at once instead of each waiting again.
+    let started = Instant::now();
+    let err = redis.first_connection().await.unwrap_err();
+    assert!(err.is_outage());
+    assert!(started.elapsed() < Duration::from_millis(300));
+    assert!(!redis.has_connected());
+
+    // When the server appears, the handle connects and waits no more.
+    let _server = RedisServer::options().port(port).start();
+    redis.wait_ready(Duration::from_secs(10)).await.unwrap();
+    assert!(redis.has_connected());
+    redis.first_connection().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fred_resends_a_command_whose_reply_was_lost() {
+    // Why every state-changing script must be idempotent under re-send or sent once: with
+    // the default attempts, a command whose reply is lost runs twice.
+    let server = RedisServer::start();
+    let proxy = redtower_testkit::FaultProxy::start(server.port()).unwrap();
+    let redis = connect(&proxy.url(), "resend");
+    redis.wait_ready(Duration::from_secs(10)).await.unwrap();
+    let key = redis.keyspace().namespace("resend").key("n");
+
+    proxy.lose_next_reply();
+    let n: i64 = redis.client().incr(key.as_str()).await.unwrap();
+    assert_eq!(n, 2, "the lost INCR ran, and its re-send ran again");
+    assert_eq!(proxy.lost_replies(), 1);
+
+    // Sent once, the loss is reported instead.
+    let once = fred::types::config::Options {
+        max_attempts: Some(1),
+        ..Default::default()
+    };
+    proxy.lose_next_reply();
+    let result = redis
+        .client()
+        .with_options(&once)
+        .incr::<i64, _>(key.as_str())
+        .await;
+    assert!(result.is_err(), "{result:?}");
+    let stored = server.cmd(&["GET", key.as_str()]).as_text();
+    assert_eq!(stored.as_deref(), Some("3"), "the command ran once");
 }

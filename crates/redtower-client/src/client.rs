@@ -56,7 +56,7 @@ struct Inner {
     scripts: Arc<ScriptRegistry>,
     fail_fast: Options,
     /// `true` from the first successful connection on, whatever happens afterwards.
-    connected_once: tokio::sync::watch::Sender<bool>,
+    connected_once: AtomicBool,
     /// A wait for the first connection ran out: Redis is unreachable, not merely starting.
     gave_up_waiting: AtomicBool,
 }
@@ -123,7 +123,6 @@ impl Redis {
         let client = builder.build()?;
         let scripts = Arc::new(ScriptRegistry::default());
         let up = Arc::new(AtomicBool::new(false));
-        let (connected_once, _) = tokio::sync::watch::channel(false);
 
         {
             let up = up.clone();
@@ -151,12 +150,10 @@ impl Redis {
             let up = up.clone();
             let scripts = scripts.clone();
             let reloader = client.clone();
-            let connected_once = connected_once.clone();
             client.on_reconnect(move |server| {
                 let up = up.clone();
                 let scripts = scripts.clone();
                 let client = reloader.clone();
-                connected_once.send_if_modified(|c| !std::mem::replace(c, true));
                 async move {
                     if !up.swap(true, Ordering::AcqRel) {
                         tracing::info!(target: "redtower::redis", server = %server, "redis connected");
@@ -189,7 +186,7 @@ impl Redis {
                 keyspace,
                 scripts,
                 fail_fast,
-                connected_once,
+                connected_once: AtomicBool::new(false),
                 gave_up_waiting: AtomicBool::new(false),
             }),
         })
@@ -238,11 +235,11 @@ impl Redis {
     /// # Ok(()) }
     /// ```
     pub fn has_connected(&self) -> bool {
-        if *self.inner.connected_once.borrow() {
+        if self.inner.connected_once.load(Ordering::Acquire) {
             return true;
         }
         if self.inner.client.state() == fred::types::ClientState::Connected {
-            self.inner.connected_once.send_replace(true);
+            self.inner.connected_once.store(true, Ordering::Release);
             return true;
         }
         false
@@ -284,25 +281,24 @@ impl Redis {
             return Ok(());
         }
         if self.inner.gave_up_waiting.load(Ordering::Acquire) {
-            return Err(Error::not_connected(self.inner.config.get_command_timeout()));
+            return Err(Error::not_connected(
+                self.inner.config.get_command_timeout(),
+            ));
         }
-        let mut rx = self.inner.connected_once.subscribe();
-        let client = self.inner.client.clone();
+        let client = &self.inner.client;
         let wait = async {
-            loop {
-                if *rx.borrow_and_update()
-                    || client.state() == fred::types::ClientState::Connected
-                {
-                    return;
-                }
-                // The state is polled too: fred may report `Connected` a moment before its
-                // reconnect callback runs.
-                let _ = tokio::time::timeout(Duration::from_millis(5), rx.changed()).await;
+            // fred tells reconnect listeners before its state turns `Connected` (which is what
+            // its fail-fast check reads), so the state decides. `wait_for_connect` wakes on the
+            // connection; the short poll covers a connection made between its state check and
+            // its subscription.
+            while client.state() != fred::types::ClientState::Connected {
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(5), client.wait_for_connect()).await;
             }
         };
         match tokio::time::timeout(timeout, wait).await {
             Ok(()) => {
-                self.inner.connected_once.send_replace(true);
+                self.inner.connected_once.store(true, Ordering::Release);
                 Ok(())
             }
             Err(_) => {

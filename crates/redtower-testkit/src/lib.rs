@@ -5,6 +5,8 @@
 //!   pause and resume for fault tests.
 //! * [`RedisCluster`]: three primaries (or more) with every slot assigned.
 //! * [`RedisSentinel`]: a primary watched by one sentinel.
+//! * [`FaultProxy`]: a TCP proxy in front of a server that injects latency, a black hole,
+//!   refused or reset connections, and lost replies.
 //! * [`shared`] and [`shared_cluster`]: one server of each kind per test binary, for tests
 //!   that only need isolation by key prefix ([`unique_prefix`]).
 //!
@@ -29,8 +31,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod proxy;
 mod resp;
 
+pub use proxy::{Fault, FaultProxy};
 pub use resp::Reply;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);

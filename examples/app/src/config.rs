@@ -76,6 +76,26 @@ pub struct Config {
     /// `COOKIE_SECURE` (`on`/`off`): mark cookies `Secure`. Default off, since the app serves
     /// plain HTTP on loopback; turn it on behind TLS.
     pub cookie_secure: bool,
+    /// `REDIS_CONNECT_WAIT` (`5s`, `500ms`, `0`), default 5 s: with Redis, how long the app
+    /// waits for its first connection before it accepts traffic. When Redis is not reachable
+    /// in that time the app starts anyway, degraded (one warning; each layer follows its
+    /// failure policy and `/health` answers 503 until Redis is reached).
+    pub redis_connect_wait: Duration,
+}
+
+/// Parses a duration such as `5s`, `500ms`, `2m` or `0`; a bare number is seconds.
+fn parse_duration(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let unit_ms: u64 = match unit.trim() {
+        "" | "s" => 1_000,
+        "ms" => 1,
+        "m" => 60_000,
+        _ => return None,
+    };
+    n.checked_mul(unit_ms).map(Duration::from_millis)
 }
 
 impl Config {
@@ -168,6 +188,12 @@ impl Config {
             featured_delay: ms("FEATURED_DELAY_MS", 100)?,
             cache_l1: switch("CACHE_L1", true)?,
             cookie_secure: switch("COOKIE_SECURE", false)?,
+            redis_connect_wait: match get("REDIS_CONNECT_WAIT") {
+                None => Duration::from_secs(5),
+                Some(v) => parse_duration(&v).ok_or_else(|| {
+                    format!("REDIS_CONNECT_WAIT: {v:?} is not a duration such as 5s or 500ms")
+                })?,
+            },
         })
     }
 }
@@ -188,6 +214,25 @@ mod tests {
         assert_eq!(r.period, Duration::from_secs(86_400));
         for bad in ["", "100", "0/1m", "10/0s", "10/1y", "x/1m", "10/m1"] {
             assert!(bad.parse::<Rate>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn connect_wait_parses() {
+        let wait = |v: &'static str| {
+            Config::from_lookup(move |k| (k == "REDIS_CONNECT_WAIT").then(|| v.to_owned()))
+                .map(|c| c.redis_connect_wait)
+        };
+        assert_eq!(
+            Config::from_lookup(|_| None).unwrap().redis_connect_wait,
+            Duration::from_secs(5)
+        );
+        assert_eq!(wait("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(wait("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(wait("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(wait("0"), Ok(Duration::ZERO));
+        for bad in ["-1s", "5y", "s", "99999999999999999999s", "1.5s"] {
+            assert!(wait(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -219,6 +219,31 @@ impl Services {
         Ok(Self(Arc::new(services)))
     }
 
+    /// With Redis, waits for the first connection up to
+    /// [`redis_connect_wait`](Config::redis_connect_wait) (`REDIS_CONNECT_WAIT`), so that the
+    /// first requests are served by Redis rather than by the failure policies. Returns whether
+    /// Redis is up; when it is not, logs one warning and the app runs degraded (each layer
+    /// follows its failure policy, `/health` answers 503) until Redis is reached. Returns
+    /// `true` at once without Redis.
+    pub async fn wait_for_redis(&self) -> bool {
+        let Some(redis) = &self.redis else {
+            return true;
+        };
+        let wait = self.config.redis_connect_wait;
+        match redis.wait_ready(wait).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(
+                    url = %redis.config().redacted_url(),
+                    waited = ?wait,
+                    %error,
+                    "Redis is not reachable: starting degraded (failure policies apply until it is)"
+                );
+                false
+            }
+        }
+    }
+
     fn backend_name(&self) -> &'static str {
         if self.redis.is_some() {
             "redis"

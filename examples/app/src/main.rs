@@ -12,6 +12,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let config = Config::from_env()?;
     let services = Services::new(config.clone())?;
+    // Accept traffic once Redis answers (or REDIS_CONNECT_WAIT has passed), so the first
+    // requests are decided by Redis, not by the failure policies.
+    services.wait_for_redis().await;
     let worker = config.worker.then(|| services.start_worker());
     let router = app(&services)?;
 

@@ -19,6 +19,26 @@ pub(crate) struct TestApp {
 impl TestApp {
     /// Serves the app with `env` (plus fast test defaults) and waits until `/health` is 200.
     pub(crate) async fn spawn(redis_url: Option<&str>, prefix: &str, env: &[(&str, &str)]) -> Self {
+        let app = Self::spawn_at_once(redis_url, prefix, env).await;
+        // Connections are lazy: wait until /health says Redis is up, as a load balancer would.
+        let client = Client::new();
+        for _ in 0..500 {
+            let res = client.get(app.url("/health")).send().await.unwrap();
+            if res.status() == StatusCode::OK {
+                return app;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the app never became healthy");
+    }
+
+    /// Serves the app with `env` (plus fast test defaults) and returns as soon as its port
+    /// accepts connections, while its Redis connection may still be being made.
+    pub(crate) async fn spawn_at_once(
+        redis_url: Option<&str>,
+        prefix: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut vars: HashMap<String, String> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -49,21 +69,11 @@ impl TestApp {
             .await
             .unwrap();
         });
-        let app = Self {
+        Self {
             base: format!("http://{addr}"),
             services,
             worker,
-        };
-        // Connections are lazy: wait until /health says Redis is up, as a load balancer would.
-        let client = Client::new();
-        for _ in 0..500 {
-            let res = client.get(app.url("/health")).send().await.unwrap();
-            if res.status() == StatusCode::OK {
-                return app;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("the app never became healthy");
     }
 
     /// `http://<addr><path>`.
