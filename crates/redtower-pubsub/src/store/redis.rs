@@ -180,6 +180,7 @@ impl RedisStoreBuilder {
             subscriber,
             config: self.config,
             slots: Mutex::new(HashMap::new()),
+            subscriber_up: std::sync::atomic::AtomicBool::new(false),
             stripes: (0..STRIPES)
                 .map(|_| Arc::new(tokio::sync::Mutex::new(())))
                 .collect(),
@@ -200,6 +201,8 @@ struct Hub {
     config: Config,
     /// Redis channel name -> slot.
     slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// The subscriber connection has been up at least once.
+    subscriber_up: std::sync::atomic::AtomicBool,
     /// Serialize SUBSCRIBE/UNSUBSCRIBE per channel name (striped), so that a lingering
     /// unsubscribe never undoes a new subscribe, while other channels go on.
     stripes: Vec<Arc<tokio::sync::Mutex<()>>>,
@@ -358,7 +361,53 @@ impl Hub {
         }
     }
 
+    /// Waits for the subscriber's first connection, up to the command timeout: a fresh
+    /// process is not in an outage, and a Cluster subscriber cannot route `SSUBSCRIBE` before
+    /// it has the cluster's slots. Returns at once after the first connection.
+    async fn subscriber_connected(&self) -> Result<()> {
+        use fred::interfaces::ClientLike;
+        if self.subscriber_up.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let timeout = self.redis.config().get_command_timeout();
+        let connected = async {
+            if self.subscriber.state() != fred::types::ClientState::Connected {
+                self.subscriber.wait_for_connect().await?;
+            }
+            Ok::<_, fred::error::Error>(())
+        };
+        match tokio::time::timeout(timeout, connected).await {
+            Ok(Ok(())) => {
+                self.subscriber_up.store(true, Ordering::Release);
+                Ok(())
+            }
+            Ok(Err(error)) => Err(redtower_client::Error::from(error).into()),
+            Err(_) => Err(redtower_client::Error::from(fred::error::Error::new(
+                fred::error::ErrorKind::Timeout,
+                format!("the pub/sub subscriber did not connect within {timeout:?}"),
+            ))
+            .into()),
+        }
+    }
+
+    /// Subscribes to `name` on the subscriber connection. `SUBSCRIBE` is idempotent, so a
+    /// failed one is sent again (twice at most): right after each (re)connect, fred's
+    /// subscription manager re-sends its tracked subscriptions, including an empty
+    /// `SUBSCRIBE` when only shard channels are tracked, and on a Cluster that command's
+    /// error reply can be handed to a concurrent `SSUBSCRIBE`.
     async fn redis_subscribe(&self, name: &str) -> Result<()> {
+        self.subscriber_connected().await?;
+        let mut result = self.redis_subscribe_once(name).await;
+        for wait_ms in [20, 100] {
+            let Err(error) = &result else { break };
+            tracing::debug!(target: TARGET, error = %error, "subscribe failed; sending it again");
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            result = self.redis_subscribe_once(name).await;
+        }
+        result
+    }
+
+    async fn redis_subscribe_once(&self, name: &str) -> Result<()> {
         let result = if self.config.sharded {
             self.subscriber.ssubscribe(name).await
         } else {
@@ -522,6 +571,7 @@ impl History {
     /// The channel's epoch and last offset, and the events from offset `from` on when they are
     /// in `epoch` (any when `None`) and fit `limit` (nothing is read otherwise).
     async fn read(&self, epoch: Option<&str>, from: u64, limit: ReplayLimit) -> Result<Read> {
+        self.redis.first_connection().await?;
         let reply: Value = HISTORY
             .run(
                 &self.redis,
@@ -776,6 +826,8 @@ impl PubSubStore for RedisStore {
                 max: hub.config.max_payload,
             });
         }
+        // A fresh process waits for its first connection rather than failing.
+        hub.redis.first_connection().await?;
         let tag = hub.ns.key(channel.as_str());
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let reply: Value = PUBLISH

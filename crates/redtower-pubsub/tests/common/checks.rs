@@ -29,6 +29,7 @@ impl Default for Opts {
     }
 }
 
+#[allow(unused_imports)]
 pub use super::limits::*;
 
 /// Builds a new store (on Redis: a new hub over the same Redis and key prefix).
