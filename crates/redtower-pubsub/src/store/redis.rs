@@ -127,10 +127,11 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// How long a publish's [`PublishToken`] is remembered, so that a re-sent or retried
-    /// publish with it returns the first event's id. Keep it above the command timeout times
-    /// the command attempts. Costs one small key per publish for this long. Defaults to 1
-    /// minute.
+    /// How long a publish's [`PublishToken`] is remembered at least (at most about twice
+    /// this), so that a re-sent or retried publish with it returns the first event's id. Keep
+    /// it above the command timeout times the command attempts. Each token costs one field
+    /// of a per-channel hash (`<prefix>:ps:{<channel>}:t`, then `:u`) for that long. Defaults
+    /// to 1 minute.
     pub fn publish_dedup_window(mut self, window: Duration) -> Self {
         self.config.dedup_window = window.max(Duration::from_millis(1));
         self
@@ -836,7 +837,8 @@ impl PubSubStore for RedisStore {
                 vec![
                     tag.clone().push("m"),
                     tag.clone().push("h"),
-                    tag.clone().push("p").push(token.as_str()),
+                    tag.clone().push("t"),
+                    tag.clone().push("u"),
                 ],
                 vec![
                     EventId::random_epoch(),
@@ -847,6 +849,7 @@ impl PubSubStore for RedisStore {
                     if hub.config.sharded { "1" } else { "0" }.to_owned(),
                     millis(hub.config.dedup_window).to_string(),
                     hub.config.history_bytes.to_string(),
+                    token.as_str().to_owned(),
                 ],
             )
             .await?;
