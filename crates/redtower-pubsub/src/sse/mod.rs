@@ -666,5 +666,29 @@ mod tests {
         );
         assert_eq!(parse_cursors(Some("junk"), 1, false), vec![Cursor::Invalid]);
         assert_eq!(parse_cursors(Some("0"), 1, false), vec![Cursor::Start]);
+        let max = format!("x:{}", u64::MAX);
+        assert_eq!(
+            parse_cursors(Some(&max), 1, false),
+            vec![Cursor::After(EventId::new("x", u64::MAX).unwrap())]
+        );
+        let over = format!("x:{}0", u64::MAX);
+        assert_eq!(parse_cursors(Some(&over), 1, false), vec![Cursor::Invalid]);
+    }
+
+    proptest::proptest! {
+        /// Any header text gives one cursor per channel, and never panics.
+        #[test]
+        fn any_last_event_id_parses(raw in "\\PC{0,80}", n in 1usize..5, multi: bool) {
+            let cursors = parse_cursors(Some(&raw), n, multi);
+            proptest::prop_assert_eq!(cursors.len(), n);
+        }
+
+        /// `<epoch>:<offset>` for any u64 offset round-trips; one more digit is invalid.
+        #[test]
+        fn any_offset_parses(epoch in "[A-Za-z0-9]{1,32}", offset: u64) {
+            let id = format!("{epoch}:{offset}");
+            let expected = EventId::new(&epoch, offset).unwrap();
+            proptest::prop_assert_eq!(parse_cursors(Some(&id), 1, false), vec![Cursor::After(expected)]);
+        }
     }
 }

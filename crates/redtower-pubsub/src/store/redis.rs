@@ -983,6 +983,68 @@ fn release_idle(hub: &Arc<Hub>, slots: &mut HashMap<String, Arc<Slot>>) {
 mod tests {
     use super::*;
 
+    fn read(epoch: &str, top: u64, first: u64, n: u64, too_big: bool) -> Read {
+        let epoch: Arc<str> = Arc::from(epoch);
+        let channel = Channel::new("c").unwrap();
+        let events = (0..n)
+            .map_while(|i| first.checked_add(i))
+            .map(|o| {
+                Arc::new(Event::new(
+                    EventId::from_parts(epoch.clone(), o),
+                    channel.clone(),
+                    Arc::from("{}"),
+                ))
+            })
+            .collect();
+        Read {
+            epoch: Some(epoch),
+            top,
+            events,
+            too_big,
+        }
+    }
+
+    #[test]
+    fn judging_a_replay_at_the_edges() {
+        let max = u64::MAX;
+        let at = |o| EventId::new("e", o).unwrap();
+        let limit = ReplayLimit::new(10, usize::MAX);
+        let gap = |r: Replay| matches!(r, Replay::Gap { .. });
+        assert!(gap(judge(read("e", 5, 0, 0, false), &at(max), limit)));
+        assert!(gap(judge(read("f", 5, 0, 0, false), &at(1), limit)));
+        assert!(gap(judge(
+            read("e", max, max, 1, false),
+            &at(max - 100),
+            limit
+        )));
+        assert_eq!(
+            judge(read("e", max, max, 1, false), &at(max - 1), limit),
+            Replay::Events(read("e", max, max, 1, false).events)
+        );
+        assert_eq!(
+            judge(read("e", max, 0, 0, false), &at(max), limit),
+            Replay::Events(Vec::new())
+        );
+        assert!(gap(judge(read("e", 5, 3, 3, true), &at(2), limit)));
+    }
+
+    proptest::proptest! {
+        /// Any reply and cursor: no panic, and events only when they cover the gap exactly.
+        #[test]
+        fn judge_never_panics(top: u64, first: u64, n in 0u64..20, after: u64, events in 0usize..20, too_big: bool) {
+            let after = EventId::new("e", after).unwrap();
+            let r = judge(read("e", top, first, n, too_big), &after, ReplayLimit::new(events, usize::MAX));
+            if let Replay::Events(got) = r {
+                let mut expected = after.offset();
+                for e in &got {
+                    expected += 1;
+                    proptest::prop_assert_eq!(e.id().offset(), expected);
+                }
+                proptest::prop_assert_eq!(expected, top);
+            }
+        }
+    }
+
     #[test]
     fn messages_parse() {
         let (id, data) = parse_message("abc:12:{\"a\":\"x:y\"}").unwrap();
