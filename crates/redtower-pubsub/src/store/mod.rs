@@ -303,6 +303,9 @@ impl PubSub {
                 metrics::counter!("redtower_pubsub_published_total").increment(1);
                 tracing::trace!(target: "redtower::pubsub", channel = %channel, id = %id, "published");
             }
+            Err(error) if error.is_limit() => {
+                tracing::debug!(target: "redtower::pubsub", channel = %channel, error = %error, "publish refused");
+            }
             Err(error) => {
                 tracing::warn!(target: "redtower::pubsub", channel = %channel, error = %error, "publish failed");
             }
