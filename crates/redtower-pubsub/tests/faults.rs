@@ -274,3 +274,32 @@ async fn fresh_clients_publish_and_subscribe_at_once_standalone() {
 async fn fresh_clients_publish_and_subscribe_at_once_cluster() {
     boot_window(redtower_testkit::shared_cluster().url()).await;
 }
+
+/// New-channel subscriptions do not wait for each other's Redis round trips: with 200 ms
+/// added each way on every connection, 20 subscriptions to new channels at once finish in
+/// a few round trips, not 20 x 2 (subscribe, then read the newest id) in a row (>= 16 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_channels_subscribe_concurrently() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).unwrap();
+    let store =
+        RedisStore::new(client(&proxy.url(), &unique_prefix("ps-concurrent")).await).unwrap();
+    let pubsub = PubSub::new(store);
+    // Connect the subscriber before the latency starts.
+    drop(pubsub.subscribe("warm").await.unwrap());
+    proxy.set(redtower_testkit::Fault::Latency(Duration::from_millis(200)));
+    let started = Instant::now();
+    let subs = futures::future::join_all((0..20).map(|i| {
+        let pubsub = pubsub.clone();
+        async move { pubsub.subscribe(format!("new{i}")).await.unwrap() }
+    }))
+    .await;
+    let took = started.elapsed();
+    proxy.set(redtower_testkit::Fault::PassThrough);
+    eprintln!("20 new channels subscribed at once through 200 ms latency in {took:?}");
+    assert_eq!(subs.len(), 20);
+    assert!(
+        took < Duration::from_secs(8),
+        "subscriptions were serialized: {took:?}"
+    );
+}
