@@ -3,6 +3,7 @@
 //   const stream = subscribe("/events/news", {
 //     onEvent: (data, id) => render(data),     // every event, parsed from JSON
 //     onResync: () => location.reload(),       // events were lost: reload state
+//     onRevoked: () => showLoggedOut(),        // access ended: the stream stops for good
 //   });
 //   // later: stream.close();
 //
@@ -10,7 +11,7 @@
 // Last-Event-ID, but gives up for good on any non-200 answer (a 502 from a proxy during a
 // deploy, a 503 while Redis is down). This helper recreates it with a growing, jittered delay.
 // A 403 also closes it: recreate stops after `maxAttempts` failed opens in a row.
-export function subscribe(url, { onEvent, onResync, onOpen, maxAttempts = Infinity } = {}) {
+export function subscribe(url, { onEvent, onResync, onRevoked, onOpen, maxAttempts = Infinity } = {}) {
   let source = null;
   let attempts = 0;
   let closed = false;
@@ -39,6 +40,12 @@ export function subscribe(url, { onEvent, onResync, onOpen, maxAttempts = Infini
       lastEventId = e.lastEventId || null;
       if (onResync) onResync(JSON.parse(e.data));
       else window.location.reload();
+    });
+    source.addEventListener("revoked", () => {
+      // Access ended (logged out, revoked, expired): stop for good.
+      closed = true;
+      source.close();
+      if (onRevoked) onRevoked();
     });
     source.onerror = () => {
       if (source.readyState !== EventSource.CLOSED) return; // the browser retries by itself

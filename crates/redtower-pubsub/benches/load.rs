@@ -155,7 +155,9 @@ async fn server() {
         redis_store = Some(store.clone());
         PubSub::new(store)
     };
-    let sse = SseEndpoint::new(pubsub.clone());
+    // The harness holds `conns` streams itself: room for all of them.
+    let sse = SseEndpoint::new(pubsub.clone())
+        .max_connections(usize::try_from(conns).unwrap_or(usize::MAX));
     let app = if route == "bare" {
         Router::new().route(
             "/events/{channel}",

@@ -73,6 +73,74 @@ impl ChannelAuthorizer for AllowAll {
     }
 }
 
+/// Marks channels as server-owned: only server code publishes on them (through
+/// [`PubSub`](crate::PubSub) directly); a [`Access::Publish`] request for one is refused
+/// whatever the wrapped authorizer says, so the endpoint's publish route answers `403`.
+/// Everything else is decided by the wrapped authorizer.
+///
+/// ```
+/// use redtower_pubsub::{Access, AllowAll, Channel, ChannelAuthorizer, ServerOwned};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let auth = ServerOwned::new(AllowAll).prefix("order:").channel("announcements");
+/// let req = http::Request::new(()).into_parts().0;
+/// let orders = Channel::new("order:updates").unwrap();
+/// assert!(!auth.authorize(&req, &orders, Access::Publish).await);
+/// assert!(auth.authorize(&req, &orders, Access::Subscribe).await);
+/// assert!(auth.is_server_owned(&Channel::new("announcements").unwrap()));
+/// assert!(auth.authorize(&req, &Channel::new("chat").unwrap(), Access::Publish).await);
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ServerOwned<A> {
+    inner: A,
+    prefixes: Vec<String>,
+    names: Vec<String>,
+}
+
+impl<A: ChannelAuthorizer> ServerOwned<A> {
+    /// Wraps `inner`; no channel is server-owned until [`prefix`](Self::prefix) or
+    /// [`channel`](Self::channel) marks some.
+    pub fn new(inner: A) -> Self {
+        Self {
+            inner,
+            prefixes: Vec::new(),
+            names: Vec::new(),
+        }
+    }
+
+    /// Every channel whose name starts with `prefix` is server-owned.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefixes.push(prefix.into());
+        self
+    }
+
+    /// The channel named `name` is server-owned.
+    pub fn channel(mut self, name: impl Into<String>) -> Self {
+        self.names.push(name.into());
+        self
+    }
+
+    /// Whether `channel` is server-owned.
+    pub fn is_server_owned(&self, channel: &Channel) -> bool {
+        let name = channel.as_str();
+        self.names.iter().any(|n| n == name) || self.prefixes.iter().any(|p| name.starts_with(p))
+    }
+}
+
+#[async_trait::async_trait]
+impl<A: ChannelAuthorizer> ChannelAuthorizer for ServerOwned<A> {
+    async fn authorize(&self, request: &Parts, channel: &Channel, access: Access) -> bool {
+        if access == Access::Publish && self.is_server_owned(channel) {
+            tracing::debug!(target: "redtower::pubsub", channel = %channel, "publish refused: server-owned channel");
+            return false;
+        }
+        self.inner.authorize(request, channel, access).await
+    }
+}
+
 pub(crate) struct Named(pub(crate) std::sync::Arc<dyn ChannelAuthorizer>);
 
 impl fmt::Debug for Named {

@@ -125,6 +125,89 @@ impl<'de> serde::Deserialize<'de> for EventId {
     }
 }
 
+/// The idempotency token of one publish: a re-sent or retried publish with the same token
+/// returns the first event's id instead of appending a second event.
+///
+/// [`PubSub::publish`](crate::PubSub::publish) picks a random one per call, which makes the
+/// Redis client's own re-send (after a connection dropped while the reply was on its way)
+/// harmless. Pick one yourself and pass it to
+/// [`PubSub::publish_json_with`](crate::PubSub::publish_json_with) to retry a failed publish
+/// safely, or take one from the client (an `Idempotency-Key` header). Tokens are remembered
+/// per channel for the store's dedup window (on Redis
+/// [`publish_dedup_window`](crate::RedisStoreBuilder::publish_dedup_window), 1 minute by
+/// default).
+///
+/// ```
+/// use redtower_pubsub::PublishToken;
+///
+/// let token = PublishToken::new("order-42-shipped")?;
+/// assert_eq!(token.as_str(), "order-42-shipped");
+/// assert!(PublishToken::new("").is_err());
+/// assert!(PublishToken::new("a b").is_err());
+/// assert_eq!(PublishToken::random().as_str().len(), 22);
+/// # Ok::<(), redtower_pubsub::InvalidPublishToken>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PublishToken(Arc<str>);
+
+/// A string that is not a valid [`PublishToken`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid publish token: expected 1 to 64 characters of A-Z a-z 0-9 _ -")]
+pub struct InvalidPublishToken;
+
+impl PublishToken {
+    /// The longest accepted token, in bytes.
+    pub const MAX_LEN: usize = 64;
+
+    /// A token from text the caller chose.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidPublishToken`] unless `token` is 1 to 64 characters of `[A-Za-z0-9_-]`.
+    pub fn new(token: impl AsRef<str>) -> Result<Self, InvalidPublishToken> {
+        let token = token.as_ref();
+        let valid = !token.is_empty()
+            && token.len() <= Self::MAX_LEN
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(InvalidPublishToken);
+        }
+        Ok(Self(Arc::from(token)))
+    }
+
+    /// A fresh random token (22 base62 characters, about 131 bits).
+    pub fn random() -> Self {
+        use rand::Rng;
+        const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        let mut rng = rand::rng();
+        let token: String = (0..22)
+            .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+            .collect();
+        Self(Arc::from(token))
+    }
+
+    /// The token.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PublishToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublishToken({})", self.0)
+    }
+}
+
+impl FromStr for PublishToken {
+    type Err = InvalidPublishToken;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
 /// One published event: its id, its channel and its data (JSON text).
 ///
 /// Events are shared between subscribers behind an `Arc`.

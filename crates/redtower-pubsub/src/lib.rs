@@ -10,16 +10,16 @@ mod event;
 mod sse;
 mod store;
 
-pub use auth::{Access, AllowAll, ChannelAuthorizer};
+pub use auth::{Access, AllowAll, ChannelAuthorizer, ServerOwned};
 pub use channel::{Channel, ChannelError};
 pub use error::{Error, Result};
-pub use event::{Event, EventId, InvalidEventId};
-pub use sse::{SseEndpoint, SseRejection};
+pub use event::{Event, EventId, InvalidEventId, InvalidPublishToken, PublishToken};
+pub use sse::{AccessEnds, OnOpen, SseEndpoint, SseRejection, StreamOptions};
 #[cfg(feature = "memory")]
 pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use store::redis::{HubStats, RedisStore, RedisStoreBuilder};
-pub use store::{PubSub, PubSubStore, Received, Replay, Subscription};
+pub use store::{PubSub, PubSubStore, Received, Replay, ReplayLimit, Subscription};
 pub use tokio_util::sync::CancellationToken;
 
 /// The JavaScript client helper (also in `assets/client.js`): serve it to your pages.

@@ -19,7 +19,16 @@ use tower::ServiceExt;
 
 fn memory() -> Make {
     Arc::new(|opts: Opts| {
-        Box::pin(async move { PubSub::new(MemoryStore::new().channel_capacity(opts.capacity)) })
+        Box::pin(async move {
+            PubSub::new(
+                MemoryStore::new()
+                    .channel_capacity(opts.capacity)
+                    .history_len(opts.history_len)
+                    .history_bytes(opts.history_bytes)
+                    .max_payload(opts.max_payload)
+                    .max_channels(opts.max_channels),
+            )
+        })
     })
 }
 
@@ -179,4 +188,39 @@ async fn graceful_shutdown_ends_streams_and_the_server() {
     })
     .await
     .expect("server still running 1 s after shutdown");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Any `Last-Event-ID` a client can send (printable header text, or `<epoch>:<any u64>` for
+    /// the channel's own epoch and others, on one channel or two): the stream opens (200) and
+    /// its first frame is a resync or the replay, never a panic or an error.
+    #[test]
+    fn hostile_last_event_ids_never_fail(
+        raw in "[ -~]{0,60}",
+        offset: u64,
+        own_epoch: bool,
+        multi: bool,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let pubsub = PubSub::memory();
+            let app = router(SseEndpoint::new(pubsub.clone()));
+            let last = pubsub.publish("c", &json_n(1)).await.unwrap();
+            let epoch = if own_epoch { last.epoch().to_owned() } else { "other".to_owned() };
+            let uri = if multi { "/events?channel=c&channel=d" } else { "/events/c" };
+            for cursor in [raw.clone(), format!("{epoch}:{offset}"), format!("{epoch}:{offset},{raw}")] {
+                let mut client = SseClient::connect(&app, uri, Some(&cursor)).await;
+                assert_eq!(client.status, 200, "{cursor:?}");
+                // A blank or current cursor starts live: publish, so a frame always comes.
+                pubsub.publish("c", &json_n(2)).await.unwrap();
+                let first = tokio::time::timeout(Duration::from_secs(5), client.next())
+                    .await
+                    .expect("a first frame")
+                    .expect("the stream is open");
+                assert!(first.event == "resync" || first.event == "message", "{cursor:?}: {first:?}");
+            }
+        });
+    }
 }

@@ -27,6 +27,10 @@ async fn connect(url: &str, prefix: &str) -> Redis {
 async fn store(url: &str, prefix: &str, opts: Opts) -> RedisStore {
     RedisStore::builder(connect(url, prefix).await)
         .channel_capacity(opts.capacity)
+        .history_len(opts.history_len as u64)
+        .history_bytes(opts.history_bytes as u64)
+        .max_payload(opts.max_payload)
+        .max_channels(opts.max_channels)
         .linger(LINGER)
         .build()
         .unwrap()

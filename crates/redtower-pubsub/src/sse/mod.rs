@@ -17,11 +17,15 @@ use http::{HeaderValue, StatusCode, header, request::Parts};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Access, AllowAll, Channel, ChannelAuthorizer, ChannelError, EventId, PubSub, auth::Named,
+    Access, AllowAll, Channel, ChannelAuthorizer, ChannelError, EventId, PubSub, PublishToken,
+    auth::Named,
 };
 
 pub(crate) mod frame;
+mod open;
 mod stream;
+
+pub use open::{AccessEnds, OnOpen, StreamOptions};
 
 pub(crate) const TARGET: &str = "redtower::pubsub::sse";
 
@@ -68,7 +72,12 @@ pub(crate) struct Inner {
     /// Watches `shutdown` for the streams; made on the first request.
     pub(crate) shutdown_signal: OnceLock<Arc<stream::ShutdownSignal>>,
     pub(crate) max_replay: usize,
+    pub(crate) max_replay_bytes: usize,
     max_channels: usize,
+    max_connections: usize,
+    max_connections_per_client: usize,
+    on_open: Arc<dyn OnOpen>,
+    connections: Arc<open::Connections>,
 }
 
 impl fmt::Debug for SseEndpoint {
@@ -79,7 +88,13 @@ impl fmt::Debug for SseEndpoint {
             .field("retry", &self.inner.retry)
             .field("max_lifetime", &self.inner.max_lifetime)
             .field("max_replay", &self.inner.max_replay)
+            .field("max_replay_bytes", &self.inner.max_replay_bytes)
             .field("max_channels", &self.inner.max_channels)
+            .field("max_connections", &self.inner.max_connections)
+            .field(
+                "max_connections_per_client",
+                &self.inner.max_connections_per_client,
+            )
             .finish_non_exhaustive()
     }
 }
@@ -97,7 +112,12 @@ impl SseEndpoint {
                 shutdown: CancellationToken::new(),
                 shutdown_signal: OnceLock::new(),
                 max_replay: 500,
+                max_replay_bytes: 512 * 1024,
                 max_channels: 16,
+                max_connections: 10_000,
+                max_connections_per_client: 32,
+                on_open: Arc::new(()),
+                connections: Arc::default(),
             }),
         }
     }
@@ -120,7 +140,13 @@ impl SseEndpoint {
                     shutdown: old.shutdown.clone(),
                     shutdown_signal: OnceLock::new(),
                     max_replay: old.max_replay,
+                    max_replay_bytes: old.max_replay_bytes,
                     max_channels: old.max_channels,
+                    max_connections: old.max_connections,
+                    max_connections_per_client: old.max_connections_per_client,
+                    on_open: old.on_open.clone(),
+                    // Clones count their streams together.
+                    connections: old.connections.clone(),
                 };
                 f(&mut inner);
                 self.inner = Arc::new(inner);
@@ -182,10 +208,70 @@ impl SseEndpoint {
         self.with(|i| i.max_replay = n.max(1))
     }
 
+    /// The most bytes of event data replayed when one stream opens, over all its channels;
+    /// a client further behind gets `resync`. Nothing is read from the history for a cursor
+    /// that cannot be served (another epoch, too many events missing). Defaults to 512 KiB.
+    #[must_use]
+    pub fn max_replay_bytes(self, bytes: usize) -> Self {
+        self.with(|i| i.max_replay_bytes = bytes.max(1))
+    }
+
     /// The most channels one request may ask for (`400` beyond). Defaults to 16.
     #[must_use]
     pub fn max_channels(self, n: usize) -> Self {
         self.with(|i| i.max_channels = n.max(1))
+    }
+
+    /// The most streams open at once through this endpoint and its clones (`503 Service
+    /// Unavailable` with `Retry-After` beyond). Defaults to 10,000.
+    #[must_use]
+    pub fn max_connections(self, n: usize) -> Self {
+        self.with(|i| i.max_connections = n.max(1))
+    }
+
+    /// The most streams open at once for one client key ([`StreamOptions::client_key`], from
+    /// the [`on_open`](Self::on_open) hook: a user id or an IP address); `429 Too Many
+    /// Requests` with `Retry-After` beyond. Streams without a key only count toward
+    /// [`max_connections`](Self::max_connections). Defaults to 32.
+    #[must_use]
+    pub fn max_connections_per_client(self, n: usize) -> Self {
+        self.with(|i| i.max_connections_per_client = n.max(1))
+    }
+
+    /// A hook run for every stream after its channels are authorized: it returns the
+    /// stream's [`StreamOptions`] (a future that resolves when the reader's access ends, the
+    /// client key for the per-client limit). Defaults to `()` (nothing).
+    ///
+    /// ```
+    /// use redtower_pubsub::{Channel, PubSub, SseEndpoint, StreamOptions};
+    /// use tokio::sync::watch;
+    ///
+    /// /// What an auth layer put in the request: the user, and a flag raised on revocation.
+    /// #[derive(Clone)]
+    /// struct Login { user: String, revoked: watch::Receiver<bool> }
+    ///
+    /// let sse = SseEndpoint::new(PubSub::memory()).on_open(|req: &http::request::Parts, _: &[Channel]| {
+    ///     let Some(login) = req.extensions.get::<Login>().cloned() else {
+    ///         return StreamOptions::new();
+    ///     };
+    ///     let mut revoked = login.revoked;
+    ///     StreamOptions::new()
+    ///         .client_key(&login.user)
+    ///         .access_ends(async move {
+    ///             let _ = revoked.wait_for(|r| *r).await;
+    ///         })
+    /// });
+    /// # let _ = sse;
+    /// ```
+    #[must_use]
+    pub fn on_open(self, hook: impl OnOpen) -> Self {
+        let hook: Arc<dyn OnOpen> = Arc::new(hook);
+        self.with(|i| i.on_open = hook)
+    }
+
+    /// How many streams are open through this endpoint and its clones.
+    pub fn open_connections(&self) -> usize {
+        self.inner.connections.open(None).0
     }
 
     /// A `GET` method router serving this endpoint: `.route("/events/{channel}",
@@ -240,6 +326,13 @@ impl SseEndpoint {
         {
             return SseRejection::Forbidden.into_response();
         }
+        let token = match parts.headers.get("idempotency-key") {
+            None => PublishToken::random(),
+            Some(value) => match value.to_str().ok().map(PublishToken::new) {
+                Some(Ok(token)) => token,
+                _ => return SseRejection::InvalidIdempotencyKey.into_response(),
+            },
+        };
         let req = Request::from_parts(parts, body);
         let axum::Json(value) =
             match <axum::Json<serde_json::Value> as axum::extract::FromRequest<()>>::from_request(
@@ -252,26 +345,67 @@ impl SseEndpoint {
                 Err(rejection) => return rejection.into_response(),
             };
         let json = value.to_string();
-        match self.inner.pubsub.publish_json(&channel, json).await {
+        match self
+            .inner
+            .pubsub
+            .publish_json_with(&channel, json, &token)
+            .await
+        {
             Ok(id) => (
                 StatusCode::ACCEPTED,
                 axum::Json(serde_json::json!({ "id": id })),
             )
                 .into_response(),
+            Err(crate::Error::PayloadTooLarge { len, max }) => {
+                SseRejection::PayloadTooLarge { len, max }.into_response()
+            }
             Err(error) => SseRejection::Unavailable(error).into_response(),
         }
     }
 
     /// Serves one request (for custom wiring; [`method_router`](Self::method_router) calls it).
+    /// The [`on_open`](Self::on_open) hook gives the stream's options.
     pub async fn handle(&self, req: Request) -> Response {
+        self.serve(req, None).await
+    }
+
+    /// Serves one request with `options` given by the caller (the [`on_open`](Self::on_open)
+    /// hook is not called): for a handler of your own that knows the reader.
+    ///
+    /// ```
+    /// use axum::{Router, extract::Request, routing::get};
+    /// use redtower_pubsub::{PubSub, SseEndpoint, StreamOptions};
+    ///
+    /// let sse = SseEndpoint::new(PubSub::memory());
+    /// let app: Router = Router::new().route(
+    ///     "/events/{channel}",
+    ///     get(move |req: Request| async move {
+    ///         // e.g. from your session: when it is revoked, and who it is.
+    ///         let options = StreamOptions::new()
+    ///             .client_key("user:alice")
+    ///             .access_ends(std::future::pending());
+    ///         sse.handle_with(req, options).await
+    ///     }),
+    /// );
+    /// # let _ = app;
+    /// ```
+    pub async fn handle_with(&self, req: Request, options: StreamOptions) -> Response {
+        self.serve(req, Some(options)).await
+    }
+
+    async fn serve(&self, req: Request, options: Option<StreamOptions>) -> Response {
         let (mut parts, _body) = req.into_parts();
-        match self.open(&mut parts).await {
+        match self.open(&mut parts, options).await {
             Ok(response) => response,
             Err(rejection) => rejection.into_response(),
         }
     }
 
-    async fn open(&self, parts: &mut Parts) -> Result<Response, SseRejection> {
+    async fn open(
+        &self,
+        parts: &mut Parts,
+        options: Option<StreamOptions>,
+    ) -> Result<Response, SseRejection> {
         let path_channel = RawPathParams::from_request_parts(parts, &())
             .await
             .ok()
@@ -328,9 +462,46 @@ impl SseEndpoint {
             .or(query_cursor)
             .filter(|c| !c.trim().is_empty());
         let cursors = parse_cursors(cursor.as_deref(), channels.len(), multi);
-        let body = stream::open(self.inner.clone(), channels, cursors, multi)
-            .await
-            .map_err(SseRejection::Unavailable)?;
+        let mut options = match options {
+            Some(options) => options,
+            None => self.inner.on_open.on_open(parts, &channels).await,
+        };
+        if let Some(ends) = options.access_ends.as_mut() {
+            // Access that already ended opens nothing.
+            if futures::poll!(ends.as_mut()).is_ready() {
+                tracing::debug!(target: TARGET, "access ended before the stream opened");
+                return Err(SseRejection::Forbidden);
+            }
+        }
+        let permit = self
+            .inner
+            .connections
+            .admit(
+                options.client_key.clone(),
+                self.inner.max_connections,
+                self.inner.max_connections_per_client,
+            )
+            .map_err(|refused| {
+                metrics::counter!("redtower_pubsub_sse_refused_total", "limit" => match refused {
+                    open::Refused::Process(_) => "process",
+                    open::Refused::Client(_) => "client",
+                })
+                .increment(1);
+                match refused {
+                    open::Refused::Process(max) => SseRejection::TooManyConnections(max),
+                    open::Refused::Client(max) => SseRejection::TooManyForClient(max),
+                }
+            })?;
+        let body = stream::open(
+            self.inner.clone(),
+            channels,
+            cursors,
+            multi,
+            permit,
+            options.access_ends,
+        )
+        .await
+        .map_err(SseRejection::Unavailable)?;
         let mut response = Response::new(Body::new(body));
         let headers = response.headers_mut();
         headers.insert(
@@ -394,20 +565,52 @@ pub enum SseRejection {
     /// The [`ChannelAuthorizer`] refused a channel.
     #[error("forbidden")]
     Forbidden,
-    /// The store could not subscribe or read the history.
+    /// The store could not subscribe or read the history (also when the process holds as
+    /// many channels as the store allows, [`Error::TooManyChannels`](crate::Error::TooManyChannels)).
     #[error("events are unavailable right now")]
     Unavailable(#[source] crate::Error),
+    /// As many streams are open as [`SseEndpoint::max_connections`] allows.
+    #[error("too many event streams are open: at most {0}")]
+    TooManyConnections(usize),
+    /// This client has as many streams open as
+    /// [`SseEndpoint::max_connections_per_client`] allows.
+    #[error("too many event streams for this client: at most {0}")]
+    TooManyForClient(usize),
+    /// The published data is larger than the store's payload limit.
+    #[error("the event is {len} bytes; the limit is {max}")]
+    PayloadTooLarge {
+        /// The size of the rejected data, in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The `Idempotency-Key` header of a publish is not a valid [`PublishToken`].
+    #[error("invalid Idempotency-Key: expected 1 to 64 characters of A-Z a-z 0-9 _ -")]
+    InvalidIdempotencyKey,
 }
 
 impl SseRejection {
-    /// The response status: 400, 403 or 503.
+    /// The response status: 400, 403, 413, 429 or 503.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NoChannel | Self::InvalidChannel(_) | Self::TooManyChannels(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::NoChannel
+            | Self::InvalidChannel(_)
+            | Self::TooManyChannels(_)
+            | Self::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
             Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyForClient(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) | Self::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `Retry-After` of a 429 or 503, in seconds.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::Unavailable(_) | Self::TooManyConnections(_) | Self::TooManyForClient(_) => {
+                Some(5)
+            }
+            _ => None,
         }
     }
 
@@ -420,16 +623,22 @@ impl SseRejection {
 impl IntoResponse for SseRejection {
     fn into_response(self) -> Response {
         let status = self.status();
-        if let Self::Unavailable(error) = &self {
-            tracing::warn!(target: TARGET, error = %error, "cannot open an event stream");
-        } else {
-            tracing::trace!(target: "redtower::pubsub::rejection", status = %status.as_u16(), body = %self, "rejected");
+        match &self {
+            Self::Unavailable(error) if error.is_limit() => {
+                tracing::debug!(target: TARGET, error = %error, "cannot open an event stream");
+            }
+            Self::Unavailable(error) => {
+                tracing::warn!(target: TARGET, error = %error, "cannot open an event stream");
+            }
+            _ => {
+                tracing::trace!(target: "redtower::pubsub::rejection", status = %status.as_u16(), body = %self, "rejected");
+            }
         }
         let mut response = (status, self.body_text()).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(secs) = self.retry_after() {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -457,5 +666,29 @@ mod tests {
         );
         assert_eq!(parse_cursors(Some("junk"), 1, false), vec![Cursor::Invalid]);
         assert_eq!(parse_cursors(Some("0"), 1, false), vec![Cursor::Start]);
+        let max = format!("x:{}", u64::MAX);
+        assert_eq!(
+            parse_cursors(Some(&max), 1, false),
+            vec![Cursor::After(EventId::new("x", u64::MAX).unwrap())]
+        );
+        let over = format!("x:{}0", u64::MAX);
+        assert_eq!(parse_cursors(Some(&over), 1, false), vec![Cursor::Invalid]);
+    }
+
+    proptest::proptest! {
+        /// Any header text gives one cursor per channel, and never panics.
+        #[test]
+        fn any_last_event_id_parses(raw in "\\PC{0,80}", n in 1usize..5, multi: bool) {
+            let cursors = parse_cursors(Some(&raw), n, multi);
+            proptest::prop_assert_eq!(cursors.len(), n);
+        }
+
+        /// `<epoch>:<offset>` for any u64 offset round-trips; one more digit is invalid.
+        #[test]
+        fn any_offset_parses(epoch in "[A-Za-z0-9]{1,32}", offset: u64) {
+            let id = format!("{epoch}:{offset}");
+            let expected = EventId::new(&epoch, offset).unwrap();
+            proptest::prop_assert_eq!(parse_cursors(Some(&id), 1, false), vec![Cursor::After(expected)]);
+        }
     }
 }

@@ -33,8 +33,8 @@ use tokio::{
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use tokio_util::sync::CancellationToken;
 
-use super::{Cursor, Inner, TARGET, frame};
-use crate::{Channel, Event, EventId, Replay, store::Delivery};
+use super::{Cursor, Inner, TARGET, frame, open::AccessEnds, open::Permit};
+use crate::{Channel, Event, EventId, Replay, ReplayLimit, store::Delivery};
 
 /// Where a client stands in one channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,11 +87,48 @@ impl ShutdownSignal {
     }
 }
 
+/// Watches a stream's [`AccessEnds`] future on a task of its own, so that the live path checks
+/// an atomic flag instead of polling an arbitrary future per event.
+struct Access {
+    ended: Arc<AtomicBool>,
+    waker: Arc<futures::task::AtomicWaker>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Access {
+    fn watch(ends: AccessEnds) -> Self {
+        let ended = Arc::new(AtomicBool::new(false));
+        let waker = Arc::new(futures::task::AtomicWaker::new());
+        let task = tokio::spawn({
+            let (ended, waker) = (ended.clone(), waker.clone());
+            async move {
+                ends.await;
+                ended.store(true, Ordering::Release);
+                waker.wake();
+            }
+        });
+        Self { ended, waker, task }
+    }
+
+    fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Access {
+    fn drop(&mut self) {
+        // Drops the app's future (and whatever it holds) with the stream.
+        self.task.abort();
+    }
+}
+
 pub(crate) async fn open(
     inner: Arc<Inner>,
     channels: Vec<Channel>,
     cursors: Vec<Cursor>,
     multi: bool,
+    permit: Permit,
+    access_ends: Option<AccessEnds>,
 ) -> crate::Result<SseBody> {
     let pubsub = inner.pubsub.clone();
     // Subscribe first: whatever is published from here on reaches us live, so the history
@@ -141,18 +178,23 @@ pub(crate) async fn open(
         first: None,
         closing: false,
         resynced: false,
+        access: access_ends.map(Access::watch),
+        _permit: permit,
     });
     metrics::gauge!("redtower_pubsub_sse_connections").increment(1);
 
     let mut buf = BytesMut::new();
     frame::comment(&mut buf, "ok");
     frame::retry(&mut buf, u64::try_from(retry.as_millis()).unwrap_or(5000));
+    // One byte budget for the whole open, over all channels.
+    let mut budget = conn.inner.max_replay_bytes;
     for (i, cursor) in cursors.iter().enumerate() {
         match cursor {
             Cursor::None => {}
             Cursor::Invalid => conn.resync(&mut buf, i, "invalid_id"),
             Cursor::After(_) | Cursor::Start => {
-                let replayed = conn.catch_up(&mut buf, i).await?;
+                let (replayed, bytes) = conn.catch_up(&mut buf, i, budget).await?;
+                budget = budget.saturating_sub(bytes);
                 metrics::counter!("redtower_pubsub_sse_replayed_total").increment(replayed);
             }
         }
@@ -247,6 +289,10 @@ struct Conn {
     first: Option<Bytes>,
     /// Send what is buffered, then end.
     closing: bool,
+    /// When the reader's access ends (see `StreamOptions::access_ends`).
+    access: Option<Access>,
+    /// This stream's place in the connection limits.
+    _permit: Permit,
     /// A `resync` was written since this was last cleared.
     resynced: bool,
     /// One timer for both the keep-alive and the end of the lifetime, armed at `timer_due`.
@@ -276,11 +322,14 @@ impl Drop for Conn {
 
 impl Conn {
     fn poll_live(&mut self, cx: &mut Context<'_>) -> Live {
-        if let Some(first) = self.first.take() {
-            return Live::Send(first);
-        }
         if self.closing {
             return Live::End;
+        }
+        if self.access.as_ref().is_some_and(Access::has_ended) {
+            return self.revoked();
+        }
+        if let Some(first) = self.first.take() {
+            return Live::Send(first);
         }
         if self.shutdown.is_set() {
             tracing::debug!(target: TARGET, reason = "shutdown", "event stream ended");
@@ -330,6 +379,12 @@ impl Conn {
                 tracing::debug!(target: TARGET, reason = "shutdown", "event stream ended");
                 return Live::End;
             }
+            if let Some(access) = &self.access {
+                access.waker.register(cx.waker());
+                if access.has_ended() {
+                    return self.revoked();
+                }
+            }
             self.registered = Some(cx.waker().clone());
             if self.timer.as_mut().poll(cx).is_pending() {
                 return Live::Pending;
@@ -359,6 +414,22 @@ impl Conn {
         Live::Pending
     }
 
+    /// The reader's access ended: an `event: revoked` frame, then the end.
+    fn revoked(&mut self) -> Live {
+        self.closing = true;
+        self.first = None;
+        metrics::counter!("redtower_pubsub_sse_revoked_total").increment(1);
+        tracing::debug!(target: TARGET, reason = "access_ended", "event stream ended");
+        let mut buf = BytesMut::new();
+        frame::event(
+            &mut buf,
+            None,
+            Some("revoked"),
+            r#"{"reason":"access_ended"}"#,
+        );
+        Live::Send(buf.freeze())
+    }
+
     /// The live path for an event: whether it is the next one of its channel.
     fn on_live_event(&mut self, buf: &mut BytesMut, i: usize, event: &Event) -> Option<InOrder> {
         let base = match &self.pos[i] {
@@ -370,7 +441,8 @@ impl Conn {
         if offset <= base {
             return Some(InOrder::Skip);
         }
-        if offset != base + 1 {
+        // `base < offset`, so this cannot overflow.
+        if offset != base.saturating_add(1) {
             return None;
         }
         self.pos[i] = Pos::At(event.id().clone());
@@ -402,7 +474,8 @@ impl Conn {
                 metrics::counter!("redtower_pubsub_sse_lagged_total").increment(1);
                 tracing::debug!(target: TARGET, channel = %self.channels[i], skipped = n, "client lagged; catching up from history");
                 self.resynced = false;
-                match self.catch_up(&mut buf, i).await {
+                let budget = self.inner.max_replay_bytes;
+                match self.catch_up(&mut buf, i, budget).await {
                     Ok(_) => {}
                     Err(error) => {
                         tracing::warn!(target: TARGET, error = %error, "history unavailable for a lagged client");
@@ -436,28 +509,36 @@ impl Conn {
         };
         // A hole the hub could not fill: try the history once more.
         self.pos[i] = Pos::At(EventId::from_parts(event.id().epoch_arc().clone(), base));
-        if let Err(error) = self.catch_up(buf, i).await {
+        let budget = self.inner.max_replay_bytes;
+        if let Err(error) = self.catch_up(buf, i, budget).await {
             tracing::warn!(target: TARGET, error = %error, "history unavailable to fill a gap");
             self.pos[i] = Pos::At(event.id().clone());
             self.resync(buf, i, "unavailable");
         }
     }
 
-    /// Sends what the history holds after this channel's position, or `resync`. Returns how
-    /// many events were sent.
-    async fn catch_up(&mut self, buf: &mut BytesMut, i: usize) -> crate::Result<u64> {
+    /// Sends what the history holds after this channel's position, at most `max_bytes` of
+    /// data, or `resync`. Returns how many events and bytes of data were sent.
+    async fn catch_up(
+        &mut self,
+        buf: &mut BytesMut,
+        i: usize,
+        max_bytes: usize,
+    ) -> crate::Result<(u64, usize)> {
         let store = self.inner.pubsub.store();
         let channel = &self.channels[i];
         let after = match &self.pos[i] {
             Pos::At(at) => at.clone(),
             Pos::Start => match store.latest(channel).await? {
                 Some(latest) => EventId::from_parts(latest.epoch_arc().clone(), 0),
-                None => return Ok(0),
+                None => return Ok((0, 0)),
             },
         };
-        match store.replay(channel, &after, self.inner.max_replay).await? {
+        let limit = ReplayLimit::new(self.inner.max_replay, max_bytes);
+        match store.replay(channel, &after, limit).await? {
             Replay::Events(events) => {
                 let n = events.len() as u64;
+                let bytes = events.iter().map(|e| e.data().len()).sum();
                 for event in events {
                     self.pos[i] = Pos::At(event.id().clone());
                     if self.multi {
@@ -467,7 +548,7 @@ impl Conn {
                     }
                 }
                 self.sent.increment(n);
-                Ok(n)
+                Ok((n, bytes))
             }
             Replay::Gap { latest } => {
                 let reason = match &latest {
@@ -477,7 +558,7 @@ impl Conn {
                 };
                 self.pos[i] = Pos::from_latest(latest);
                 self.resync(buf, i, reason);
-                Ok(0)
+                Ok((0, 0))
             }
         }
     }

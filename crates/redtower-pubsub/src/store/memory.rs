@@ -9,8 +9,8 @@ use std::{
 
 use tokio::{sync::broadcast, time::Instant};
 
-use super::{Delivery, PubSubStore, Replay, Subscription};
-use crate::{Channel, Event, EventId, Result};
+use super::{Delivery, PubSubStore, Replay, ReplayLimit, Subscription};
+use crate::{Channel, Event, EventId, PublishToken, Result};
 
 /// The in-process backend: one `tokio::sync::broadcast` per channel and a bounded history, for
 /// single-instance apps, tests and the example app without Redis.
@@ -41,10 +41,19 @@ pub struct MemoryStore {
 }
 
 struct Inner {
+    config: Config,
+    channels: Mutex<State>,
+}
+
+#[derive(Debug, Clone)]
+struct Config {
     history_len: usize,
+    history_bytes: usize,
     history_ttl: Duration,
     capacity: usize,
-    channels: Mutex<State>,
+    max_payload: usize,
+    max_channels: usize,
+    dedup_window: Duration,
 }
 
 #[derive(Default)]
@@ -58,15 +67,18 @@ struct Slot {
     epoch: Arc<str>,
     offset: u64,
     history: VecDeque<Arc<Event>>,
+    /// Bytes of data in `history`.
+    bytes: usize,
     touched: Instant,
+    /// Publish tokens seen within the dedup window, oldest first.
+    tokens: VecDeque<(Instant, PublishToken)>,
+    token_ids: HashMap<PublishToken, EventId>,
 }
 
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("history_len", &self.inner.history_len)
-            .field("history_ttl", &self.inner.history_ttl)
-            .field("capacity", &self.inner.capacity)
+            .field("config", &self.inner.config)
             .finish_non_exhaustive()
     }
 }
@@ -80,47 +92,78 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// A store with the default settings.
     pub fn new() -> Self {
-        Self::build(1000, Duration::from_secs(3600), 256)
+        Self::build(Config {
+            history_len: 1000,
+            history_bytes: 1024 * 1024,
+            history_ttl: Duration::from_secs(3600),
+            capacity: 256,
+            max_payload: 64 * 1024,
+            max_channels: 10_000,
+            dedup_window: Duration::from_secs(60),
+        })
     }
 
-    fn build(history_len: usize, history_ttl: Duration, capacity: usize) -> Self {
+    fn build(config: Config) -> Self {
         Self {
             inner: Arc::new(Inner {
-                history_len,
-                history_ttl,
-                capacity,
+                config,
                 channels: Mutex::new(State::default()),
             }),
         }
     }
 
-    fn rebuild(self, f: impl FnOnce(&mut (usize, Duration, usize))) -> Self {
-        let mut v = (
-            self.inner.history_len,
-            self.inner.history_ttl,
-            self.inner.capacity,
-        );
-        f(&mut v);
-        Self::build(v.0, v.1, v.2)
+    fn rebuild(self, f: impl FnOnce(&mut Config)) -> Self {
+        let mut config = self.inner.config.clone();
+        f(&mut config);
+        Self::build(config)
     }
 
     /// How many events of each channel the history keeps. Defaults to 1000.
     #[must_use]
     pub fn history_len(self, n: usize) -> Self {
-        self.rebuild(|v| v.0 = n.max(1))
+        self.rebuild(|c| c.history_len = n.max(1))
+    }
+
+    /// How many bytes of event data each channel's history keeps, summed (the newest event
+    /// always stays). Defaults to 1 MiB.
+    #[must_use]
+    pub fn history_bytes(self, bytes: usize) -> Self {
+        self.rebuild(|c| c.history_bytes = bytes.max(1))
     }
 
     /// How long a channel's history lives after its last publish. Defaults to 1 hour.
     #[must_use]
     pub fn history_ttl(self, ttl: Duration) -> Self {
-        self.rebuild(|v| v.1 = ttl)
+        self.rebuild(|c| c.history_ttl = ttl)
     }
 
     /// How many live events a subscriber may fall behind before it lags (and catches up from
     /// the history). Defaults to 256.
     #[must_use]
     pub fn channel_capacity(self, n: usize) -> Self {
-        self.rebuild(|v| v.2 = n.max(1))
+        self.rebuild(|c| c.capacity = n.max(1))
+    }
+
+    /// The largest event data a publish accepts, in bytes
+    /// ([`Error::PayloadTooLarge`](crate::Error::PayloadTooLarge) beyond). Defaults to 64 KiB.
+    #[must_use]
+    pub fn max_payload(self, bytes: usize) -> Self {
+        self.rebuild(|c| c.max_payload = bytes.max(1))
+    }
+
+    /// The most channels the store holds (with a history or a subscriber). Channels without
+    /// subscribers whose history expired are dropped first; beyond the limit, a publish or
+    /// subscription on a new channel fails with
+    /// [`Error::TooManyChannels`](crate::Error::TooManyChannels). Defaults to 10,000.
+    #[must_use]
+    pub fn max_channels(self, n: usize) -> Self {
+        self.rebuild(|c| c.max_channels = n.max(1))
+    }
+
+    /// How long a publish's [`PublishToken`] is remembered. Defaults to 1 minute.
+    #[must_use]
+    pub fn publish_dedup_window(self, window: Duration) -> Self {
+        self.rebuild(|c| c.dedup_window = window)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -131,49 +174,97 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn slot<'a>(&self, state: &'a mut State, channel: &Channel, now: Instant) -> &'a mut Slot {
+    fn slot<'a>(
+        &self,
+        state: &'a mut State,
+        channel: &Channel,
+        now: Instant,
+    ) -> Result<&'a mut Slot> {
+        let config = &self.inner.config;
         state.ops += 1;
-        if state.ops % 1024 == 0 {
-            let ttl = self.inner.history_ttl;
+        let full =
+            !state.channels.contains_key(channel) && state.channels.len() >= config.max_channels;
+        if state.ops % 1024 == 0 || full {
+            let ttl = config.history_ttl;
+            // Kept: channels with a subscriber, and histories that have not expired.
             state.channels.retain(|_, slot| {
-                slot.tx.receiver_count() > 0 || now.duration_since(slot.touched) < ttl
+                slot.tx.receiver_count() > 0
+                    || (!slot.history.is_empty() && now.duration_since(slot.touched) < ttl)
             });
+            if full && state.channels.len() >= config.max_channels {
+                return Err(crate::Error::TooManyChannels {
+                    max: config.max_channels,
+                });
+            }
         }
         let slot = state
             .channels
             .entry(channel.clone())
             .or_insert_with(|| Slot {
-                tx: broadcast::channel(self.inner.capacity).0,
+                tx: broadcast::channel(config.capacity).0,
                 epoch: Arc::from(EventId::random_epoch()),
                 offset: 0,
                 history: VecDeque::new(),
+                bytes: 0,
                 touched: now,
+                tokens: VecDeque::new(),
+                token_ids: HashMap::new(),
             });
-        if now.duration_since(slot.touched) >= self.inner.history_ttl {
+        if now.duration_since(slot.touched) >= config.history_ttl {
             // The history expired, as a Redis key would: a new epoch starts.
             slot.epoch = Arc::from(EventId::random_epoch());
             slot.offset = 0;
             slot.history.clear();
+            slot.bytes = 0;
             slot.touched = now;
         }
-        slot
+        while let Some((at, _)) = slot.tokens.front() {
+            if now.duration_since(*at) < config.dedup_window {
+                break;
+            }
+            if let Some((_, token)) = slot.tokens.pop_front() {
+                slot.token_ids.remove(&token);
+            }
+        }
+        Ok(slot)
     }
 }
 
 #[async_trait::async_trait]
 impl PubSubStore for MemoryStore {
-    async fn publish(&self, channel: &Channel, data: Arc<str>) -> Result<EventId> {
+    async fn publish(
+        &self,
+        channel: &Channel,
+        data: Arc<str>,
+        token: &PublishToken,
+    ) -> Result<EventId> {
+        let config = &self.inner.config;
+        if data.len() > config.max_payload {
+            return Err(crate::Error::PayloadTooLarge {
+                len: data.len(),
+                max: config.max_payload,
+            });
+        }
         let now = Instant::now();
         let mut state = self.lock();
-        let history_len = self.inner.history_len;
-        let slot = self.slot(&mut state, channel, now);
-        slot.offset += 1;
+        let slot = self.slot(&mut state, channel, now)?;
+        if let Some(id) = slot.token_ids.get(token) {
+            return Ok(id.clone());
+        }
+        slot.offset = slot.offset.saturating_add(1);
         slot.touched = now;
         let id = EventId::from_parts(slot.epoch.clone(), slot.offset);
+        slot.tokens.push_back((now, token.clone()));
+        slot.token_ids.insert(token.clone(), id.clone());
         let event = Arc::new(Event::new(id.clone(), channel.clone(), data));
+        slot.bytes += event.data().len();
         slot.history.push_back(event.clone());
-        while slot.history.len() > history_len {
-            slot.history.pop_front();
+        while slot.history.len() > 1
+            && (slot.history.len() > config.history_len || slot.bytes > config.history_bytes)
+        {
+            if let Some(old) = slot.history.pop_front() {
+                slot.bytes -= old.data().len();
+            }
         }
         // No receiver is fine: nobody listens on this channel in this process.
         let _ = slot.tx.send(Delivery::Event(event));
@@ -182,7 +273,7 @@ impl PubSubStore for MemoryStore {
 
     async fn subscribe(&self, channel: &Channel) -> Result<Subscription> {
         let mut state = self.lock();
-        let slot = self.slot(&mut state, channel, Instant::now());
+        let slot = self.slot(&mut state, channel, Instant::now())?;
         Ok(Subscription::new(
             channel.clone(),
             slot.tx.subscribe(),
@@ -190,13 +281,18 @@ impl PubSubStore for MemoryStore {
         ))
     }
 
-    async fn replay(&self, channel: &Channel, after: &EventId, limit: usize) -> Result<Replay> {
+    async fn replay(
+        &self,
+        channel: &Channel,
+        after: &EventId,
+        limit: ReplayLimit,
+    ) -> Result<Replay> {
         let mut state = self.lock();
         // Reading never creates a channel: unknown names cost nothing.
         if !state.channels.contains_key(channel) {
             return Ok(Replay::Gap { latest: None });
         }
-        let slot = self.slot(&mut state, channel, Instant::now());
+        let slot = self.slot(&mut state, channel, Instant::now())?;
         let latest =
             (slot.offset > 0).then(|| EventId::from_parts(slot.epoch.clone(), slot.offset));
         if *slot.epoch != *after.epoch() || after.offset() > slot.offset {
@@ -206,14 +302,23 @@ impl PubSubStore for MemoryStore {
         if missing == 0 {
             return Ok(Replay::Events(Vec::new()));
         }
+        // `after.offset() < slot.offset` here, so the next offset exists.
+        let next = after.offset().saturating_add(1);
         let oldest = slot.history.front().map_or(u64::MAX, |e| e.id().offset());
-        if oldest > after.offset() + 1 || missing > limit as u64 {
+        if oldest > next || missing > limit.events as u64 {
             return Ok(Replay::Gap { latest });
         }
-        let skip = usize::try_from(after.offset() + 1 - oldest).unwrap_or(usize::MAX);
-        Ok(Replay::Events(
-            slot.history.iter().skip(skip).cloned().collect(),
-        ))
+        let skip = usize::try_from(next - oldest).unwrap_or(usize::MAX);
+        let mut bytes = 0usize;
+        let mut events = Vec::new();
+        for event in slot.history.iter().skip(skip) {
+            bytes = bytes.saturating_add(event.data().len());
+            if bytes > limit.bytes {
+                return Ok(Replay::Gap { latest });
+            }
+            events.push(event.clone());
+        }
+        Ok(Replay::Events(events))
     }
 
     async fn latest(&self, channel: &Channel) -> Result<Option<EventId>> {
@@ -221,7 +326,7 @@ impl PubSubStore for MemoryStore {
         if !state.channels.contains_key(channel) {
             return Ok(None);
         }
-        let slot = self.slot(&mut state, channel, Instant::now());
+        let slot = self.slot(&mut state, channel, Instant::now())?;
         Ok((slot.offset > 0).then(|| EventId::from_parts(slot.epoch.clone(), slot.offset)))
     }
 

@@ -4,7 +4,7 @@ use std::{any::Any, fmt, sync::Arc};
 
 use tokio::sync::broadcast;
 
-use crate::{Channel, Event, EventId, Result};
+use crate::{Channel, Event, EventId, PublishToken, Result};
 
 #[cfg(feature = "memory")]
 pub(crate) mod memory;
@@ -39,6 +39,40 @@ pub enum Replay {
     },
 }
 
+/// How much one [`PubSubStore::replay`] may return: at most `events` events and `bytes` bytes
+/// of data. When more are missing, the replay is a [`Replay::Gap`] and no event is read.
+///
+/// A `usize` converts into a limit of that many events and no byte limit.
+///
+/// ```
+/// use redtower_pubsub::ReplayLimit;
+///
+/// let limit = ReplayLimit::new(500, 512 * 1024);
+/// assert_eq!(limit.events, 500);
+/// assert_eq!(ReplayLimit::from(10).bytes, usize::MAX);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplayLimit {
+    /// The most events.
+    pub events: usize,
+    /// The most bytes of event data, summed.
+    pub bytes: usize,
+}
+
+impl ReplayLimit {
+    /// At most `events` events and `bytes` bytes.
+    pub const fn new(events: usize, bytes: usize) -> Self {
+        Self { events, bytes }
+    }
+}
+
+impl From<usize> for ReplayLimit {
+    fn from(events: usize) -> Self {
+        Self::new(events, usize::MAX)
+    }
+}
+
 /// A channel's pub/sub backend: publish with history, subscribe to live events, replay.
 ///
 /// Two implementations ship with the crate: [`RedisStore`](crate::RedisStore) (many app
@@ -50,16 +84,31 @@ pub enum Replay {
 pub trait PubSubStore: fmt::Debug + Send + Sync + 'static {
     /// Appends `data` to the channel's history and delivers it to every subscriber, returning
     /// the new event's id.
-    async fn publish(&self, channel: &Channel, data: Arc<str>) -> Result<EventId>;
+    ///
+    /// A publish with a `token` already used on this channel within the store's dedup window
+    /// publishes nothing and returns the first event's id: a re-sent or retried publish never
+    /// makes a second event.
+    async fn publish(
+        &self,
+        channel: &Channel,
+        data: Arc<str>,
+        token: &PublishToken,
+    ) -> Result<EventId>;
 
     /// Subscribes to the channel's live events. When this returns, every event published
     /// afterwards is delivered to the subscription, so a caller may subscribe first and then
     /// [`replay`](Self::replay) without missing anything in between.
     async fn subscribe(&self, channel: &Channel) -> Result<Subscription>;
 
-    /// The events after `after`, at most `limit` of them; [`Replay::Gap`] when the history
-    /// cannot give every one.
-    async fn replay(&self, channel: &Channel, after: &EventId, limit: usize) -> Result<Replay>;
+    /// The events after `after`, within `limit`; [`Replay::Gap`] when the history cannot give
+    /// every one. The epoch of `after` and the number of missing events are checked before any
+    /// event is read, so a cursor from another epoch or too far behind costs no history read.
+    async fn replay(
+        &self,
+        channel: &Channel,
+        after: &EventId,
+        limit: ReplayLimit,
+    ) -> Result<Replay>;
 
     /// The newest event id of the channel, if it has a history.
     async fn latest(&self, channel: &Channel) -> Result<Option<EventId>>;
@@ -192,7 +241,9 @@ impl PubSub {
     ///
     /// [`Error::InvalidChannel`](crate::Error::InvalidChannel),
     /// [`Error::Serialize`](crate::Error::Serialize), or the store's error (on Redis, an
-    /// outage: nothing was published, or a timeout: it may have been).
+    /// outage: nothing was published, or a timeout: it may have been; to retry without risking
+    /// a second event, publish with a token of your own through
+    /// [`publish_json_with`](Self::publish_json_with)).
     pub async fn publish<T>(&self, channel: impl AsRef<str>, value: &T) -> Result<EventId>
     where
         T: serde::Serialize + ?Sized,
@@ -212,13 +263,48 @@ impl PubSub {
         channel: &Channel,
         json: impl Into<Arc<str>>,
     ) -> Result<EventId> {
+        self.publish_json_with(channel, json, &PublishToken::random())
+            .await
+    }
+
+    /// Publishes text that already is JSON with the idempotency `token`: calling it again with
+    /// the same token (a retry after a timeout or an outage error) publishes nothing more and
+    /// returns the first event's id, within the store's dedup window.
+    ///
+    /// ```
+    /// use redtower_pubsub::{Channel, PubSub, PublishToken};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pubsub = PubSub::memory();
+    /// let channel = Channel::new("orders")?;
+    /// let token = PublishToken::random();
+    /// let first = pubsub.publish_json_with(&channel, r#"{"n":1}"#, &token).await?;
+    /// let again = pubsub.publish_json_with(&channel, r#"{"n":1}"#, &token).await?;
+    /// assert_eq!(first, again);
+    /// assert_eq!(pubsub.latest("orders").await?, Some(first));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The store's error.
+    pub async fn publish_json_with(
+        &self,
+        channel: &Channel,
+        json: impl Into<Arc<str>>,
+        token: &PublishToken,
+    ) -> Result<EventId> {
         let started = std::time::Instant::now();
-        let result = self.store.publish(channel, json.into()).await;
+        let result = self.store.publish(channel, json.into(), token).await;
         metrics::histogram!("redtower_pubsub_publish_seconds").record(started.elapsed());
         match &result {
             Ok(id) => {
                 metrics::counter!("redtower_pubsub_published_total").increment(1);
                 tracing::trace!(target: "redtower::pubsub", channel = %channel, id = %id, "published");
+            }
+            Err(error) if error.is_limit() => {
+                tracing::debug!(target: "redtower::pubsub", channel = %channel, error = %error, "publish refused");
             }
             Err(error) => {
                 tracing::warn!(target: "redtower::pubsub", channel = %channel, error = %error, "publish failed");
@@ -237,7 +323,8 @@ impl PubSub {
         self.store.subscribe(&channel).await
     }
 
-    /// The events after `after` (see [`PubSubStore::replay`]).
+    /// The events after `after`, within `limit` (a number of events or a [`ReplayLimit`];
+    /// see [`PubSubStore::replay`]).
     ///
     /// # Errors
     ///
@@ -246,10 +333,10 @@ impl PubSub {
         &self,
         channel: impl AsRef<str>,
         after: &EventId,
-        limit: usize,
+        limit: impl Into<ReplayLimit>,
     ) -> Result<Replay> {
         let channel = Channel::new(channel)?;
-        self.store.replay(&channel, after, limit).await
+        self.store.replay(&channel, after, limit.into()).await
     }
 
     /// The newest event id of `channel`: hand it to a page you render, so its `EventSource`

@@ -20,8 +20,8 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::{Delivery, PubSubStore, Replay, Subscription};
-use crate::{Channel, Event, EventId, Result};
+use super::{Delivery, PubSubStore, Replay, ReplayLimit, Subscription};
+use crate::{Channel, Event, EventId, PublishToken, Result};
 
 static PUBLISH: LazyLock<Script> =
     LazyLock::new(|| Script::new("pubsub_publish", include_str!("publish.lua")));
@@ -80,17 +80,60 @@ pub struct RedisStoreBuilder {
 #[derive(Debug, Clone)]
 struct Config {
     history_len: u64,
+    history_bytes: u64,
     history_ttl: Duration,
     capacity: usize,
     linger: Duration,
     sharded: bool,
+    max_payload: usize,
+    max_channels: usize,
+    dedup_window: Duration,
 }
 
+/// How many locks new subscriptions are spread over (by channel name): subscribing to one
+/// channel never waits for another channel's Redis round trip, except on a hash collision.
+const STRIPES: usize = 64;
+
 impl RedisStoreBuilder {
-    /// How many events of each channel the history keeps (`XADD MAXLEN ~`, so a few more may
-    /// stay). Defaults to 1000.
+    /// How many events of each channel the history keeps (trimmed exactly, oldest first, on
+    /// every publish). Defaults to 1000.
     pub fn history_len(mut self, n: u64) -> Self {
         self.config.history_len = n.max(1);
+        self
+    }
+
+    /// How many bytes of event data each channel's history keeps, summed (trimmed exactly,
+    /// oldest first, on every publish; the newest event always stays). Defaults to 1 MiB.
+    pub fn history_bytes(mut self, bytes: u64) -> Self {
+        self.config.history_bytes = bytes.max(1);
+        self
+    }
+
+    /// The largest event data a publish accepts, in bytes
+    /// ([`Error::PayloadTooLarge`](crate::Error::PayloadTooLarge) beyond). Defaults to
+    /// 64 KiB.
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.config.max_payload = bytes.max(1);
+        self
+    }
+
+    /// The most channels this process holds a Redis subscription for (lingering ones
+    /// included; idle lingering ones are released first when the limit is reached). A
+    /// subscription to a new channel beyond it fails with
+    /// [`Error::TooManyChannels`](crate::Error::TooManyChannels) (the SSE endpoint answers
+    /// `503` with `Retry-After`). Defaults to 10,000.
+    pub fn max_channels(mut self, n: usize) -> Self {
+        self.config.max_channels = n.max(1);
+        self
+    }
+
+    /// How long a publish's [`PublishToken`] is remembered at least (at most about twice
+    /// this), so that a re-sent or retried publish with it returns the first event's id. Keep
+    /// it above the command timeout times the command attempts. Each token costs one field
+    /// of a per-channel hash (`<prefix>:ps:{<channel>}:t`, then `:u`) for that long. Defaults
+    /// to 1 minute.
+    pub fn publish_dedup_window(mut self, window: Duration) -> Self {
+        self.config.dedup_window = window.max(Duration::from_millis(1));
         self
     }
 
@@ -138,7 +181,10 @@ impl RedisStoreBuilder {
             subscriber,
             config: self.config,
             slots: Mutex::new(HashMap::new()),
-            sub_lock: tokio::sync::Mutex::new(()),
+            subscriber_up: std::sync::atomic::AtomicBool::new(false),
+            stripes: (0..STRIPES)
+                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
+                .collect(),
             stats: Arc::default(),
             tasks: vec![
                 tokio::spawn(dispatch(weak.clone(), messages)),
@@ -156,8 +202,11 @@ struct Hub {
     config: Config,
     /// Redis channel name -> slot.
     slots: Mutex<HashMap<String, Arc<Slot>>>,
-    /// Serializes SUBSCRIBE/UNSUBSCRIBE so a lingering unsubscribe never undoes a new subscribe.
-    sub_lock: tokio::sync::Mutex<()>,
+    /// The subscriber connection has been up at least once.
+    subscriber_up: std::sync::atomic::AtomicBool,
+    /// Serialize SUBSCRIBE/UNSUBSCRIBE per channel name (striped), so that a lingering
+    /// unsubscribe never undoes a new subscribe, while other channels go on.
+    stripes: Vec<Arc<tokio::sync::Mutex<()>>>,
     tasks: Vec<JoinHandle<()>>,
     stats: Arc<Counters>,
 }
@@ -245,10 +294,14 @@ impl RedisStore {
             redis,
             config: Config {
                 history_len: 1000,
+                history_bytes: 1024 * 1024,
                 history_ttl: Duration::from_secs(3600),
                 capacity: 256,
                 linger: Duration::from_secs(5),
                 sharded,
+                max_payload: 64 * 1024,
+                max_channels: 10_000,
+                dedup_window: Duration::from_secs(60),
             },
         }
     }
@@ -287,6 +340,12 @@ impl RedisStore {
 }
 
 impl Hub {
+    fn stripe(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(name);
+        self.stripes[usize::try_from(hash % STRIPES as u64).unwrap_or(0)].clone()
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Slot>>> {
         self.slots
             .lock()
@@ -303,7 +362,53 @@ impl Hub {
         }
     }
 
+    /// Waits for the subscriber's first connection, up to the command timeout: a fresh
+    /// process is not in an outage, and a Cluster subscriber cannot route `SSUBSCRIBE` before
+    /// it has the cluster's slots. Returns at once after the first connection.
+    async fn subscriber_connected(&self) -> Result<()> {
+        use fred::interfaces::ClientLike;
+        if self.subscriber_up.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let timeout = self.redis.config().get_command_timeout();
+        let connected = async {
+            if self.subscriber.state() != fred::types::ClientState::Connected {
+                self.subscriber.wait_for_connect().await?;
+            }
+            Ok::<_, fred::error::Error>(())
+        };
+        match tokio::time::timeout(timeout, connected).await {
+            Ok(Ok(())) => {
+                self.subscriber_up.store(true, Ordering::Release);
+                Ok(())
+            }
+            Ok(Err(error)) => Err(redtower_client::Error::from(error).into()),
+            Err(_) => Err(redtower_client::Error::from(fred::error::Error::new(
+                fred::error::ErrorKind::Timeout,
+                format!("the pub/sub subscriber did not connect within {timeout:?}"),
+            ))
+            .into()),
+        }
+    }
+
+    /// Subscribes to `name` on the subscriber connection. `SUBSCRIBE` is idempotent, so a
+    /// failed one is sent again (twice at most): right after each (re)connect, fred's
+    /// subscription manager re-sends its tracked subscriptions, including an empty
+    /// `SUBSCRIBE` when only shard channels are tracked, and on a Cluster that command's
+    /// error reply can be handed to a concurrent `SSUBSCRIBE`.
     async fn redis_subscribe(&self, name: &str) -> Result<()> {
+        self.subscriber_connected().await?;
+        let mut result = self.redis_subscribe_once(name).await;
+        for wait_ms in [20, 100] {
+            let Err(error) = &result else { break };
+            tracing::debug!(target: TARGET, error = %error, "subscribe failed; sending it again");
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            result = self.redis_subscribe_once(name).await;
+        }
+        result
+    }
+
+    async fn redis_subscribe_once(&self, name: &str) -> Result<()> {
         let result = if self.config.sharded {
             self.subscriber.ssubscribe(name).await
         } else {
@@ -356,7 +461,8 @@ async fn linger(hub: Weak<Hub>, slot: Arc<Slot>) {
     let Some(hub) = hub.upgrade() else {
         return;
     };
-    let _serial = hub.sub_lock.lock().await;
+    let stripe = hub.stripe(&slot.name);
+    let _serial = stripe.lock().await;
     let removed = {
         let mut slots = hub.lock();
         let idle = slot.refs.load(std::sync::atomic::Ordering::Acquire) == 0;
@@ -414,7 +520,6 @@ async fn watch_reconnects(
             Err(broadcast::error::RecvError::Closed) => return,
         }
         let Some(hub) = hub.upgrade() else { return };
-        let _serial = hub.sub_lock.lock().await;
         let slots: Vec<Arc<Slot>> = hub
             .lock()
             .values()
@@ -428,6 +533,15 @@ async fn watch_reconnects(
         hub.stats.resubscribes.fetch_add(1, Ordering::Relaxed);
         tracing::info!(target: TARGET, channels = slots.len(), "resubscribing after reconnect");
         for slot in &slots {
+            let stripe = hub.stripe(&slot.name);
+            let _serial = stripe.lock().await;
+            if !hub
+                .lock()
+                .get(&slot.name)
+                .is_some_and(|s| Arc::ptr_eq(s, slot))
+            {
+                continue; // released meanwhile
+            }
             if let Err(error) = hub.redis_subscribe(&slot.name).await {
                 tracing::warn!(target: TARGET, channel = %slot.channel, error = %error, "resubscribe failed");
             }
@@ -450,15 +564,25 @@ struct Read {
     epoch: Option<Arc<str>>,
     top: u64,
     events: Vec<Arc<Event>>,
+    /// The events wanted hold more bytes than the limit (none were returned).
+    too_big: bool,
 }
 
 impl History {
-    async fn read(&self, from: u64, count: u64) -> Result<Read> {
+    /// The channel's epoch and last offset, and the events from offset `from` on when they are
+    /// in `epoch` (any when `None`) and fit `limit` (nothing is read otherwise).
+    async fn read(&self, epoch: Option<&str>, from: u64, limit: ReplayLimit) -> Result<Read> {
+        self.redis.first_connection().await?;
         let reply: Value = HISTORY
             .run(
                 &self.redis,
                 vec![self.meta.clone(), self.stream.clone()],
-                vec![from.to_string(), count.to_string()],
+                vec![
+                    epoch.unwrap_or("").to_owned(),
+                    from.to_string(),
+                    limit.events.to_string(),
+                    limit.bytes.to_string(),
+                ],
             )
             .await?;
         self.decode(reply)
@@ -471,6 +595,7 @@ impl History {
         else {
             return Err(bad().into());
         };
+        let too_big = parts.next().and_then(|v| v.as_u64()) == Some(1);
         let epoch = epoch.into_string().ok_or_else(bad)?;
         let top = top.as_u64().ok_or_else(bad)?;
         if epoch.is_empty() {
@@ -478,6 +603,7 @@ impl History {
                 epoch: None,
                 top: 0,
                 events: Vec::new(),
+                too_big: false,
             });
         }
         let epoch: Arc<str> = Arc::from(epoch);
@@ -510,27 +636,28 @@ impl History {
             epoch: Some(epoch),
             top,
             events,
+            too_big,
         })
     }
 
     async fn latest(&self) -> Result<Option<EventId>> {
-        let read = self.read(1, 0).await?;
+        let read = self.read(None, 1, ReplayLimit::new(0, 0)).await?;
         Ok(read
             .epoch
             .filter(|_| read.top > 0)
             .map(|e| EventId::from_parts(e, read.top)))
     }
 
-    /// The events after `after` (epoch, offset), at most `limit`.
-    async fn replay(&self, after: &EventId, limit: u64) -> Result<Replay> {
+    /// The events after `after` (epoch, offset), within `limit`.
+    async fn replay(&self, after: &EventId, limit: ReplayLimit) -> Result<Replay> {
         let read = self
-            .read(after.offset() + 1, limit.saturating_add(1))
+            .read(Some(after.epoch()), after.offset().saturating_add(1), limit)
             .await?;
         Ok(judge(read, after, limit))
     }
 }
 
-fn judge(read: Read, after: &EventId, limit: u64) -> Replay {
+fn judge(read: Read, after: &EventId, limit: ReplayLimit) -> Replay {
     let Some(epoch) = read.epoch else {
         return Replay::Gap { latest: None };
     };
@@ -542,8 +669,11 @@ fn judge(read: Read, after: &EventId, limit: u64) -> Replay {
     if missing == 0 {
         return Replay::Events(Vec::new());
     }
-    let complete = missing <= limit
-        && read.events.first().map(|e| e.id().offset()) == Some(after.offset() + 1)
+    // `after.offset() < read.top` here, so the next offset exists.
+    let next = after.offset().saturating_add(1);
+    let complete = !read.too_big
+        && missing <= limit.events as u64
+        && read.events.first().map(|e| e.id().offset()) == Some(next)
         && read.events.len() as u64 >= missing;
     if !complete {
         return Replay::Gap { latest };
@@ -560,7 +690,7 @@ struct ChannelTask {
     stats: Arc<Counters>,
     tx: broadcast::Sender<Delivery>,
     last: Option<EventId>,
-    repair_limit: u64,
+    repair_limit: usize,
 }
 
 async fn run_channel(mut task: ChannelTask, mut inbox: mpsc::UnboundedReceiver<Msg>) {
@@ -606,7 +736,8 @@ impl ChannelTask {
                 if id.offset() <= last.offset() {
                     return; // already delivered (by a repair)
                 }
-                last.offset() + 1
+                // `last.offset() < id.offset()`, so this cannot overflow.
+                last.offset().saturating_add(1)
             }
             _ => 1,
         };
@@ -629,7 +760,19 @@ impl ChannelTask {
     /// Delivers the events after `after` from the history; tells subscribers to resync when
     /// the history cannot cover them.
     async fn repair(&mut self, after: &EventId) {
-        match self.history.replay(after, self.repair_limit).await {
+        // The read is idempotent: retry a failed one a few times (a reconnect in progress)
+        // before telling subscribers that events were lost.
+        let mut result = self.history.replay(after, self.repair_limit.into()).await;
+        for wait_ms in [50, 200, 500] {
+            match &result {
+                Err(crate::Error::Redis(_)) => {
+                    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                    result = self.history.replay(after, self.repair_limit.into()).await;
+                }
+                _ => break,
+            }
+        }
+        match result {
             Ok(Replay::Events(events)) => {
                 if !events.is_empty() {
                     metrics::counter!("redtower_pubsub_repaired_total")
@@ -671,21 +814,42 @@ fn parse_message(raw: &str) -> Option<(EventId, &str)> {
 
 #[async_trait::async_trait]
 impl PubSubStore for RedisStore {
-    async fn publish(&self, channel: &Channel, data: Arc<str>) -> Result<EventId> {
+    async fn publish(
+        &self,
+        channel: &Channel,
+        data: Arc<str>,
+        token: &PublishToken,
+    ) -> Result<EventId> {
         let hub = &self.hub;
+        if data.len() > hub.config.max_payload {
+            return Err(crate::Error::PayloadTooLarge {
+                len: data.len(),
+                max: hub.config.max_payload,
+            });
+        }
+        // A fresh process waits for its first connection rather than failing.
+        hub.redis.first_connection().await?;
         let tag = hub.ns.key(channel.as_str());
-        let ttl_ms = u64::try_from(hub.config.history_ttl.as_millis()).unwrap_or(u64::MAX);
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let reply: Value = PUBLISH
             .run(
                 &hub.redis,
-                vec![tag.clone().push("m"), tag.clone().push("h")],
+                vec![
+                    tag.clone().push("m"),
+                    tag.clone().push("h"),
+                    tag.clone().push("t"),
+                    tag.clone().push("u"),
+                ],
                 vec![
                     EventId::random_epoch(),
                     data.to_string(),
                     hub.config.history_len.to_string(),
-                    ttl_ms.to_string(),
+                    millis(hub.config.history_ttl).to_string(),
                     tag.into_string(),
                     if hub.config.sharded { "1" } else { "0" }.to_owned(),
+                    millis(hub.config.dedup_window).to_string(),
+                    hub.config.history_bytes.to_string(),
+                    token.as_str().to_owned(),
                 ],
             )
             .await?;
@@ -704,6 +868,15 @@ impl PubSubStore for RedisStore {
         let name = hub.ns.key(channel.as_str()).into_string();
         let (slot, rx) = {
             let mut slots = hub.lock();
+            if !slots.contains_key(&name) && slots.len() >= hub.config.max_channels {
+                release_idle(hub, &mut slots);
+                if slots.len() >= hub.config.max_channels {
+                    metrics::counter!("redtower_pubsub_channel_limit_total").increment(1);
+                    return Err(crate::Error::TooManyChannels {
+                        max: hub.config.max_channels,
+                    });
+                }
+            }
             let slot = slots
                 .entry(name.clone())
                 .or_insert_with(|| {
@@ -714,7 +887,9 @@ impl PubSubStore for RedisStore {
                         stats: hub.stats.clone(),
                         tx: tx.clone(),
                         last: None,
-                        repair_limit: hub.config.history_len.saturating_add(200),
+                        repair_limit: usize::try_from(hub.config.history_len)
+                            .unwrap_or(usize::MAX)
+                            .saturating_add(200),
                     };
                     tokio::spawn(run_channel(task, inbox_rx));
                     metrics::gauge!("redtower_pubsub_subscriptions").increment(1);
@@ -738,7 +913,9 @@ impl PubSubStore for RedisStore {
         };
         slot.ready
             .get_or_try_init(|| async {
-                let _serial = hub.sub_lock.lock().await;
+                // Only this channel's stripe is held across the round trips.
+                let stripe = hub.stripe(&slot.name);
+                let _serial = stripe.lock().await;
                 hub.redis_subscribe(&slot.name).await?;
                 let latest = hub.history(channel).latest().await?;
                 tracing::debug!(target: TARGET, channel = %channel, "subscribed");
@@ -753,8 +930,13 @@ impl PubSubStore for RedisStore {
         ))
     }
 
-    async fn replay(&self, channel: &Channel, after: &EventId, limit: usize) -> Result<Replay> {
-        self.hub.history(channel).replay(after, limit as u64).await
+    async fn replay(
+        &self,
+        channel: &Channel,
+        after: &EventId,
+        limit: ReplayLimit,
+    ) -> Result<Replay> {
+        self.hub.history(channel).replay(after, limit).await
     }
 
     async fn latest(&self, channel: &Channel) -> Result<Option<EventId>> {
@@ -766,9 +948,102 @@ impl PubSubStore for RedisStore {
     }
 }
 
+/// At the channel limit: releases up to 64 channels that no local subscriber uses any more
+/// (lingering ones), so that a flood of short-lived subscriptions cannot keep the limit full.
+/// A channel is released only when its stripe is free right now; its unsubscribe then runs
+/// under that stripe, so a new subscription to the same name waits for it.
+fn release_idle(hub: &Arc<Hub>, slots: &mut HashMap<String, Arc<Slot>>) {
+    let idle: Vec<String> = slots
+        .iter()
+        .filter(|(_, s)| s.refs.load(std::sync::atomic::Ordering::Acquire) == 0)
+        .map(|(name, _)| name.clone())
+        .take(64)
+        .collect();
+    for name in idle {
+        let Ok(serial) = hub.stripe(&name).try_lock_owned() else {
+            continue;
+        };
+        let Some(slot) = slots.remove(&name) else {
+            continue;
+        };
+        metrics::gauge!("redtower_pubsub_subscriptions").decrement(1);
+        let hub = Arc::downgrade(hub);
+        tokio::spawn(async move {
+            let _serial = serial;
+            let Some(hub) = hub.upgrade() else { return };
+            tracing::debug!(target: TARGET, channel = %slot.channel, "unsubscribing an idle channel at the channel limit");
+            if let Err(error) = hub.redis_unsubscribe(&slot.name).await {
+                tracing::warn!(target: TARGET, channel = %slot.channel, error = %error, "unsubscribe failed");
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read(epoch: &str, top: u64, first: u64, n: u64, too_big: bool) -> Read {
+        let epoch: Arc<str> = Arc::from(epoch);
+        let channel = Channel::new("c").unwrap();
+        let events = (0..n)
+            .map_while(|i| first.checked_add(i))
+            .map(|o| {
+                Arc::new(Event::new(
+                    EventId::from_parts(epoch.clone(), o),
+                    channel.clone(),
+                    Arc::from("{}"),
+                ))
+            })
+            .collect();
+        Read {
+            epoch: Some(epoch),
+            top,
+            events,
+            too_big,
+        }
+    }
+
+    #[test]
+    fn judging_a_replay_at_the_edges() {
+        let max = u64::MAX;
+        let at = |o| EventId::new("e", o).unwrap();
+        let limit = ReplayLimit::new(10, usize::MAX);
+        let gap = |r: Replay| matches!(r, Replay::Gap { .. });
+        assert!(gap(judge(read("e", 5, 0, 0, false), &at(max), limit)));
+        assert!(gap(judge(read("f", 5, 0, 0, false), &at(1), limit)));
+        assert!(gap(judge(
+            read("e", max, max, 1, false),
+            &at(max - 100),
+            limit
+        )));
+        assert_eq!(
+            judge(read("e", max, max, 1, false), &at(max - 1), limit),
+            Replay::Events(read("e", max, max, 1, false).events)
+        );
+        assert_eq!(
+            judge(read("e", max, 0, 0, false), &at(max), limit),
+            Replay::Events(Vec::new())
+        );
+        assert!(gap(judge(read("e", 5, 3, 3, true), &at(2), limit)));
+    }
+
+    proptest::proptest! {
+        /// Any reply and cursor: no panic, and events only when they cover the gap exactly.
+        #[test]
+        fn judge_never_panics(top: u64, first: u64, n in 0u64..20, after: u64, events in 0usize..20, too_big: bool) {
+            let after = EventId::new("e", after).unwrap();
+            let r = judge(read("e", top, first, n, too_big), &after, ReplayLimit::new(events, usize::MAX));
+            if let Replay::Events(got) = r {
+                let mut expected = after.offset();
+                for e in &got {
+                    expected += 1;
+                    proptest::prop_assert_eq!(e.id().offset(), expected);
+                }
+                proptest::prop_assert_eq!(expected, top);
+            }
+        }
+    }
 
     #[test]
     fn messages_parse() {

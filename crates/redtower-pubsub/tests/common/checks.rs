@@ -11,13 +11,26 @@ use super::{SseClient, WAIT, json_n};
 #[derive(Debug, Clone, Copy)]
 pub struct Opts {
     pub capacity: usize,
+    pub history_len: usize,
+    pub history_bytes: usize,
+    pub max_payload: usize,
+    pub max_channels: usize,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Self { capacity: 256 }
+        Self {
+            capacity: 256,
+            history_len: 1000,
+            history_bytes: 1024 * 1024,
+            max_payload: 64 * 1024,
+            max_channels: 10_000,
+        }
     }
 }
+
+#[allow(unused_imports)]
+pub use super::limits::*;
 
 /// Builds a new store (on Redis: a new hub over the same Redis and key prefix).
 pub type Make = Arc<dyn Fn(Opts) -> Pin<Box<dyn Future<Output = PubSub> + Send>> + Send + Sync>;
@@ -231,7 +244,11 @@ pub async fn auth_and_validation(make: Make) {
 /// A client that does not read falls behind the broadcast: the others are not delayed, and it
 /// is caught up from the history when it reads again.
 pub async fn slow_consumer_is_caught_up(make: Make) {
-    let pubsub = make(Opts { capacity: 4 }).await;
+    let pubsub = make(Opts {
+        capacity: 4,
+        ..Opts::default()
+    })
+    .await;
     let app = router(SseEndpoint::new(pubsub.clone()));
     let mut slow = SseClient::connect(&app, "/events/slow", None).await;
     let mut fast = SseClient::connect(&app, "/events/slow", None).await;
@@ -246,7 +263,11 @@ pub async fn slow_consumer_is_caught_up(make: Make) {
 
 /// A slow client further behind than the history can give back: resync, and its stream ends.
 pub async fn slow_consumer_beyond_history_resyncs(make: Make) {
-    let pubsub = make(Opts { capacity: 4 }).await;
+    let pubsub = make(Opts {
+        capacity: 4,
+        ..Opts::default()
+    })
+    .await;
     let app = router(SseEndpoint::new(pubsub.clone()).max_replay(10));
     let mut slow = SseClient::connect(&app, "/events/slower", None).await;
     publish_ns(&pubsub, "slower", 1..=30).await;
@@ -280,7 +301,11 @@ pub async fn shutdown_ends_streams(make: Make) {
 /// 1,000 local clients on one channel share one subscription; it goes away after the last
 /// leaves (and the linger).
 pub async fn fan_out_shares_one_subscription(make: Make) {
-    let pubsub = make(Opts { capacity: 1024 }).await;
+    let pubsub = make(Opts {
+        capacity: 1024,
+        ..Opts::default()
+    })
+    .await;
     let app = router(SseEndpoint::new(pubsub.clone()));
     let mut clients = Vec::with_capacity(1000);
     for _ in 0..1000 {

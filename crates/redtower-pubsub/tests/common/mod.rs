@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod checks;
+pub mod limits;
 
 use std::{pin::Pin, time::Duration};
 
@@ -32,11 +33,12 @@ impl SseClient {
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }
-        let response = app
-            .clone()
-            .oneshot(req.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
+        Self::send(app, req.body(Body::empty()).unwrap()).await
+    }
+
+    /// Sends `req` (headers and extensions of the test's choosing).
+    pub async fn send(app: &Router, req: Request<Body>) -> Self {
+        let response = app.clone().oneshot(req).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
         if status != StatusCode::OK {
@@ -132,6 +134,15 @@ macro_rules! conformance {
             shutdown_ends_streams,
             fan_out_shares_one_subscription,
             publish_route,
+            publish_token_returns_the_first_event,
+            history_is_bounded_by_count_and_bytes,
+            payload_limit,
+            channel_limit_and_flood,
+            connection_limits,
+            access_ends_revokes_the_stream,
+            server_owned_channels_refuse_http_publish,
+            hostile_last_event_ids,
+            replay_byte_cap_per_open,
         );
     };
     ($make:expr; $($name:ident),* $(,)?) => {
