@@ -207,3 +207,159 @@ async fn logging_in_as_another_user_starts_from_empty_data_in_memory() {
 async fn logging_in_as_another_user_starts_from_empty_data_on_redis() {
     logging_in_as_another_user_starts_from_empty_data(Some(&redtower_testkit::shared_url())).await;
 }
+
+/// Reads an SSE response's frames as `(event, data)` until it ends; returns them as they come.
+fn frames(res: reqwest::Response) -> tokio::sync::mpsc::UnboundedReceiver<(String, String)> {
+    use futures::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut body = res.bytes_stream();
+        let mut buf = String::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let frame: String = buf.drain(..end + 2).collect();
+                let mut event = "message".to_owned();
+                let mut data = String::new();
+                for line in frame.lines() {
+                    if let Some(e) = line.strip_prefix("event:") {
+                        event = e.trim().to_owned();
+                    } else if let Some(d) = line.strip_prefix("data:") {
+                        data.push_str(d.trim_start());
+                    }
+                }
+                if !data.is_empty() && tx.send((event, data)).is_err() {
+                    return;
+                }
+            }
+        }
+        // The stream ended: the receiver sees the channel close.
+    });
+    rx
+}
+
+/// Waits for the next frame named `event`, skipping others; `None` when the stream ended first.
+async fn next_named(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    event: &str,
+) -> Option<String> {
+    while let Some((name, data)) = rx.recv().await {
+        if name == event {
+            return Some(data);
+        }
+    }
+    None
+}
+
+/// The promise: a stream on a user's channel ends within 1 s of its session's end on any
+/// instance, with an `event: revoked` frame, and the old cookie cannot open it again.
+const REVOKED_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn streams_end_when_their_session_does(redis: Option<&str>) {
+    use std::time::Instant;
+    let prefix = unique_prefix("stream-revoke");
+    let a = TestApp::spawn(redis, &prefix, &[]).await;
+    let second = match redis {
+        Some(_) => Some(TestApp::spawn(redis, &prefix, &[]).await),
+        None => None,
+    };
+    let b = second.as_ref().unwrap_or(&a);
+    // For each way a session ends: open a user's stream on B, end the session through A.
+    for how in ["logout-everywhere", "logout", "revoke", "logout-others"] {
+        let user = format!("user-{how}");
+        let inbox = &format!("/events/user:{user}:inbox");
+        let (laptop, phone) = (browser(), browser());
+        assert_eq!(login(&laptop, &a, &user).await, StatusCode::OK);
+        assert_eq!(login(&phone, &a, &user).await, StatusCode::OK);
+        let res = laptop.get(b.url(inbox)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{how}");
+        let mut stream = frames(res);
+        // A live event first, so the stream is known to be subscribed.
+        let res = phone
+            .post(a.url(inbox))
+            .json(&json!({ "hello": how }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        assert!(next_named(&mut stream, "message").await.is_some(), "{how}");
+
+        let ended = Instant::now();
+        let status = match how {
+            "logout-everywhere" | "logout" => laptop.post(a.url(&format!("/{how}"))).send().await,
+            // The phone ends the laptop's session: by its handle, or by keeping only itself.
+            "revoke" => {
+                let sessions: serde_json::Value = phone
+                    .get(a.url("/me/sessions"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let handle = sessions
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|s| s["current"] == false)
+                    .and_then(|s| s["handle"].as_str())
+                    .unwrap()
+                    .to_owned();
+                phone
+                    .delete(a.url(&format!("/me/sessions/{handle}")))
+                    .send()
+                    .await
+            }
+            _ => phone.post(a.url("/logout-others")).send().await,
+        }
+        .unwrap()
+        .status();
+        assert_eq!(status, StatusCode::NO_CONTENT, "{how}");
+        let frame = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            next_named(&mut stream, "revoked"),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{how}: the stream was never revoked"));
+        let took = ended.elapsed();
+        assert!(
+            frame.is_some(),
+            "{how}: the stream ended without a revoked frame"
+        );
+        assert!(took < REVOKED_WITHIN, "{how}: revoked after {took:?}");
+        // Then the stream ends.
+        assert!(
+            stream.recv().await.is_none(),
+            "{how}: the stream stayed open"
+        );
+        // The old cookie cannot open it again, on either instance.
+        for app in [&a, b] {
+            let res = laptop.get(app.url(inbox)).send().await.unwrap();
+            assert!(
+                res.status() == StatusCode::FORBIDDEN || res.status() == StatusCode::UNAUTHORIZED,
+                "{how}: reopened with {}",
+                res.status()
+            );
+        }
+        eprintln!("stream revoked {took:?} after {how}");
+    }
+    a.stop().await;
+    if let Some(b) = second {
+        b.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_end_when_their_session_does_in_memory() {
+    streams_end_when_their_session_does(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_end_when_their_session_does_on_redis() {
+    streams_end_when_their_session_does(Some(&redtower_testkit::shared_url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_end_when_their_session_does_on_a_cluster() {
+    streams_end_when_their_session_does(Some(&redtower_testkit::shared_cluster().url())).await;
+}

@@ -35,7 +35,9 @@ use axum::{
 use redtower_cache::{Cache, Credentials, ResponseCacheLayer};
 use redtower_client::Redis;
 use redtower_jobs::{Backoff, Job, JobContext, JobError, Queue, Worker, WorkerHandle};
-use redtower_pubsub::{CancellationToken, Channel, PubSub, SseEndpoint};
+use redtower_pubsub::{
+    CancellationToken, Channel, OnOpen, PubSub, ServerOwned, SseEndpoint, StreamOptions,
+};
 use redtower_ratelimit::{ClientIp, Policy, Quota, RateLimitLayer, RateLimitStore, Subject};
 use redtower_session::{
     AuthSession, SessionLayer, SessionMeta, UserSessions, bind_user,
@@ -57,8 +59,6 @@ use orders::{Order, OrderStatus, Orders};
 pub const MAX_BODY: usize = 64 * 1024;
 /// The channel order updates are published on.
 pub const ORDER_UPDATES: &str = "order:updates";
-/// Channels only the server publishes on: `POST /events/{channel}` answers 403 for them.
-pub const SERVER_OWNED: &[&str] = &[ORDER_UPDATES];
 /// The queue of `ship-order` jobs.
 pub const SHIP_QUEUE: &str = "orders";
 
@@ -82,6 +82,8 @@ pub struct ServicesInner {
     publish_limit: Policy,
     sessions: Arc<dyn UserSessions>,
     session_layer: SessionLayerKind,
+    /// Who may read and publish which channel; `order:updates` is the server's.
+    channels: ServerOwned<ChannelOwner>,
     pubsub: PubSub,
     queue: Queue<ShipOrder>,
     orders: Orders,
@@ -194,6 +196,7 @@ impl Services {
             ))
         };
         let login_user_limit = policy("login-user", config.login_user_rate)?;
+        let channels = ServerOwned::new(ChannelOwner).channel(ORDER_UPDATES);
         let publish_limit = policy("publish", config.publish_rate)?;
         let services = match &config.redis {
             None => {
@@ -208,6 +211,7 @@ impl Services {
                     limits: Limits::Memory(redtower_ratelimit::MemoryStore::new()),
                     login_user_limit,
                     publish_limit,
+                    channels: channels.clone(),
                     sessions: Arc::new(sessions.clone()),
                     session_layer: SessionLayerKind::Memory(
                         SessionLayer::new(sessions, key).with_secure(config.cookie_secure),
@@ -235,6 +239,7 @@ impl Services {
                     limits: Limits::Redis(redtower_ratelimit::RedisStore::new(redis.clone())),
                     login_user_limit,
                     publish_limit,
+                    channels: channels.clone(),
                     sessions: Arc::new(sessions.clone()),
                     session_layer: SessionLayerKind::Redis(
                         SessionLayer::new(sessions, key).with_secure(config.cookie_secure),
@@ -427,7 +432,13 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
     };
 
     let sse = SseEndpoint::new(services.pubsub.clone())
-        .authorizer(ChannelOwner)
+        .authorizer(services.channels.clone())
+        // Each stream ends when the session it was opened with does, and counts against
+        // its user's (or, anonymous, its IP's) connections.
+        .on_open(StreamAccess {
+            sessions: services.sessions.clone(),
+            client_ip: client_ip.clone(),
+        })
         .shutdown(services.shutdown.clone());
 
     // Routes that never read a session stay outside the session layer: each layer goes
@@ -472,7 +483,48 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
 /// `user:<name>:...` channels belong to that logged-in user; other channels are public to
 /// read. (Publishing is checked in [`publish`] so it can answer 401 before 403.)
 #[derive(Debug, Clone, Copy)]
-struct ChannelOwner;
+pub struct ChannelOwner;
+
+/// What the app knows about a stream's reader when it opens: its session's end (a stream on
+/// a logged-in user's channels ends when that session is revoked, logged out or expires, on
+/// any instance) and who it is, for the per-client connection limit.
+struct StreamAccess {
+    sessions: Arc<dyn UserSessions>,
+    client_ip: ClientIp,
+}
+
+#[async_trait::async_trait]
+impl OnOpen for StreamAccess {
+    async fn on_open(&self, request: &http::request::Parts, channels: &[Channel]) -> StreamOptions {
+        let session = request.extensions.get::<Session>();
+        let user = match session {
+            Some(session) => redtower_session::current_user(session).await.ok().flatten(),
+            None => None,
+        };
+        let options = match (&user, self.client_ip.client_addr(request)) {
+            (Some(user), _) => StreamOptions::new().client_key(format!("user:{user}")),
+            (None, Some(ip)) => StreamOptions::new().client_key(format!("ip:{ip}")),
+            (None, None) => StreamOptions::new(),
+        };
+        // Public channels are open to anyone; a user's own channels only while the session
+        // that opened them lives.
+        if !channels.iter().any(|c| owner_of(c.as_str()).is_some()) {
+            return options;
+        }
+        let Some(id) = session.and_then(Session::id) else {
+            return options.access_ends(std::future::ready(()));
+        };
+        match self.sessions.watch(&id) {
+            Ok(ended) => options.access_ends(ended),
+            Err(error) => {
+                // The stream limit is below the watch limit, so this is not expected; refuse
+                // rather than keep a stream nobody can revoke.
+                tracing::error!(%error, "cannot watch the session of a stream; refusing it");
+                options.access_ends(std::future::ready(()))
+            }
+        }
+    }
+}
 
 #[async_trait::async_trait]
 impl redtower_pubsub::ChannelAuthorizer for ChannelOwner {
@@ -695,7 +747,8 @@ async fn publish(
     if owner_of(channel.as_str()).is_some_and(|owner| owner != user) {
         return Err(ApiError::forbidden("this channel belongs to another user"));
     }
-    if SERVER_OWNED.contains(&channel.as_str()) {
+    // The library's authorizer decides which channels are the server's.
+    if services.channels.is_server_owned(&channel) {
         return Err(ApiError::forbidden(
             "only the server publishes on this channel",
         ));
@@ -705,9 +758,15 @@ async fn publish(
         .pubsub
         .publish(channel.as_str(), &body)
         .await
-        .map_err(|error| {
-            tracing::warn!(%error, "publish failed");
-            ApiError::unavailable()
+        .map_err(|error| match error {
+            redtower_pubsub::Error::PayloadTooLarge { max, .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("an event is at most {max} bytes"),
+            ),
+            error => {
+                tracing::warn!(%error, "publish failed");
+                ApiError::unavailable()
+            }
         })?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": id.to_string() }))))
 }
