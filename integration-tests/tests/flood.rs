@@ -281,4 +281,7 @@ async fn a_flood_of_hostile_requests_stays_bounded() {
         rss_growth < RSS_GROWTH_LIMIT,
         "the process grew by {rss_growth} bytes"
     );
+    if let Ok(app) = Arc::try_unwrap(app) {
+        app.stop().await;
+    }
 }
