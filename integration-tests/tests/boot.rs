@@ -125,10 +125,10 @@ async fn boot_rounds(url: &str, rounds: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_instances_are_served_by_redis_from_the_first_request() {
-    boot_rounds(&redtower_testkit::shared_url(), 10).await;
+    boot_rounds(&redtower_testkit::shared_url(), 25).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_instances_on_a_cluster_are_served_by_redis_from_the_first_request() {
-    boot_rounds(&redtower_testkit::shared_cluster().url(), 10).await;
+    boot_rounds(&redtower_testkit::shared_cluster().url(), 25).await;
 }

@@ -73,6 +73,98 @@ async fn logins_are_limited_per_user_and_per_ip_on_redis() {
     logins_are_limited_per_user_and_per_ip(Some(&redtower_testkit::shared_url())).await;
 }
 
+async fn a_publish_with_an_idempotency_key_happens_once(redis: Option<&str>) {
+    let app = TestApp::spawn(redis, &unique_prefix("publish-key"), &[]).await;
+    let alice = browser();
+    assert_eq!(login(&alice, &app, "alice").await, StatusCode::OK);
+    let publish = |key: &'static str| {
+        alice
+            .post(app.url("/events/news"))
+            .header("idempotency-key", key)
+            .json(&json!({ "n": 1 }))
+            .send()
+    };
+    let first: serde_json::Value = publish("order-42-paid")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let again: serde_json::Value = publish("order-42-paid")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        first["id"], again["id"],
+        "a retried publish returns the first event"
+    );
+    let other: serde_json::Value = publish("order-43-paid")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(first["id"], other["id"]);
+    let res = publish("not a token!").await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_with_an_idempotency_key_happens_once_in_memory() {
+    a_publish_with_an_idempotency_key_happens_once(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_with_an_idempotency_key_happens_once_on_redis() {
+    a_publish_with_an_idempotency_key_happens_once(Some(&redtower_testkit::shared_url())).await;
+}
+
+async fn streams_are_limited_per_client_network(redis: Option<&str>) {
+    let app = TestApp::spawn(redis, &unique_prefix("stream-cap"), &[]).await;
+    // 32 streams from one address, logged in as many users or none: the 33rd is refused.
+    let mut open = Vec::new();
+    for i in 0..32 {
+        let client = browser();
+        if i % 2 == 0 {
+            assert_eq!(login(&client, &app, &format!("u{i}")).await, StatusCode::OK);
+        }
+        let res = client.get(app.url("/events/news")).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "stream {i}");
+        open.push(res);
+    }
+    let fresh = browser();
+    assert_eq!(login(&fresh, &app, "newcomer").await, StatusCode::OK);
+    let res = fresh.get(app.url("/events/news")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.headers().contains_key("retry-after"));
+    // Closing one makes room again.
+    drop(open.pop());
+    let mut admitted = false;
+    for _ in 0..100 {
+        let res = fresh.get(app.url("/events/news")).send().await.unwrap();
+        if res.status() == StatusCode::OK {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(admitted, "a closed stream never made room");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_limited_per_client_network_in_memory() {
+    streams_are_limited_per_client_network(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_limited_per_client_network_on_redis() {
+    streams_are_limited_per_client_network(Some(&redtower_testkit::shared_url())).await;
+}
+
 async fn publishing_is_limited_and_server_channels_are_closed(redis: Option<&str>) {
     let app = TestApp::spawn(
         redis,

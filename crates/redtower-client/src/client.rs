@@ -304,7 +304,11 @@ impl Redis {
     ///
     /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) when Redis was not reachable in time.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+        let now = Instant::now();
+        // A wait too long for the clock is a wait without end.
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or(now + Duration::from_secs(365 * 24 * 3600));
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let health = self

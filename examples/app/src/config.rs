@@ -66,6 +66,9 @@ pub struct Config {
     pub login_user_rate: Rate,
     /// `PUBLISH_RATE_LIMIT`, default `60/1m`: `POST /events/{channel}` per logged-in user.
     pub publish_rate: Rate,
+    /// `PUBLISH_IP_RATE_LIMIT`, default `300/1m`: `POST /events/{channel}` per client network
+    /// (IPv4 address or IPv6 /64), whoever is logged in.
+    pub publish_ip_rate: Rate,
     /// `TRUSTED_PROXIES`: CIDRs whose forwarding headers are believed. Default none.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `SESSION_SECRET` (64+ characters), or `None`: a random one per process.
@@ -92,6 +95,9 @@ pub struct Config {
     /// failure policy and `/health` answers 503 until Redis is reached).
     pub redis_connect_wait: Duration,
 }
+
+/// The longest `REDIS_CONNECT_WAIT`.
+const MAX_CONNECT_WAIT: Duration = Duration::from_secs(3600);
 
 /// Parses a duration such as `5s`, `500ms`, `2m` or `0`; a bare number is seconds.
 fn parse_duration(v: &str) -> Option<Duration> {
@@ -194,6 +200,7 @@ impl Config {
             login_rate: rate("LOGIN_RATE_LIMIT", "20/1m")?,
             login_user_rate: rate("LOGIN_USER_RATE_LIMIT", "10/1m")?,
             publish_rate: rate("PUBLISH_RATE_LIMIT", "60/1m")?,
+            publish_ip_rate: rate("PUBLISH_IP_RATE_LIMIT", "300/1m")?,
             trusted_proxies,
             session_secret,
             worker: switch("WORKER", true)?,
@@ -212,8 +219,8 @@ impl Config {
                 .unwrap_or_default(),
             redis_connect_wait: match get("REDIS_CONNECT_WAIT") {
                 None => Duration::from_secs(5),
-                Some(v) => parse_duration(&v).ok_or_else(|| {
-                    format!("REDIS_CONNECT_WAIT: {v:?} is not a duration such as 5s or 500ms")
+                Some(v) => parse_duration(&v).filter(|d| *d <= MAX_CONNECT_WAIT).ok_or_else(|| {
+                    format!("REDIS_CONNECT_WAIT: {v:?} is not a duration such as 5s or 500ms, up to 1h")
                 })?,
             },
         })
@@ -253,7 +260,15 @@ mod tests {
         assert_eq!(wait("7"), Ok(Duration::from_secs(7)));
         assert_eq!(wait("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(wait("0"), Ok(Duration::ZERO));
-        for bad in ["-1s", "5y", "s", "99999999999999999999s", "1.5s"] {
+        for bad in [
+            "-1s",
+            "5y",
+            "s",
+            "99999999999999999999s",
+            "1.5s",
+            "2h",
+            "18446744073709551s",
+        ] {
             assert!(wait(bad).is_err(), "{bad:?}");
         }
     }

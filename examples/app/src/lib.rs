@@ -36,7 +36,8 @@ use redtower_cache::{Cache, Credentials, ResponseCacheLayer};
 use redtower_client::Redis;
 use redtower_jobs::{Backoff, Job, JobContext, JobError, Queue, Worker, WorkerHandle};
 use redtower_pubsub::{
-    CancellationToken, Channel, OnOpen, PubSub, ServerOwned, SseEndpoint, StreamOptions,
+    Access, CancellationToken, Channel, ChannelAuthorizer, OnOpen, PubSub, PublishToken,
+    ServerOwned, SseEndpoint, StreamOptions,
 };
 use redtower_ratelimit::{ClientIp, Policy, Quota, RateLimitLayer, RateLimitStore, Subject};
 use redtower_session::{
@@ -59,6 +60,9 @@ use orders::{Order, OrderStatus, Orders};
 pub const MAX_BODY: usize = 64 * 1024;
 /// The channel order updates are published on.
 pub const ORDER_UPDATES: &str = "order:updates";
+/// The most live streams one instance serves (each bound to its session's watch, whose own
+/// limit is 10,000 per store).
+pub const MAX_STREAMS: usize = 5_000;
 /// The queue of `ship-order` jobs.
 pub const SHIP_QUEUE: &str = "orders";
 
@@ -80,10 +84,14 @@ pub struct ServicesInner {
     login_user_limit: Policy,
     /// `POST /events/{channel}` per user (checked in the handler, which knows the user).
     publish_limit: Policy,
+    /// `POST /events/{channel}` per client network.
+    publish_ip_limit: Policy,
     sessions: Arc<dyn UserSessions>,
     session_layer: SessionLayerKind,
     /// Who may read and publish which channel; `order:updates` is the server's.
     channels: ServerOwned<ChannelOwner>,
+    /// How a client's address is found (`TRUSTED_PROXIES`).
+    client_ip: ClientIp,
     pubsub: PubSub,
     queue: Queue<ShipOrder>,
     orders: Orders,
@@ -197,7 +205,13 @@ impl Services {
         };
         let login_user_limit = policy("login-user", config.login_user_rate)?;
         let channels = ServerOwned::new(ChannelOwner).channel(ORDER_UPDATES);
+        let client_ip = if config.trusted_proxies.is_empty() {
+            ClientIp::peer()
+        } else {
+            ClientIp::trusted_proxies(config.trusted_proxies.iter().copied())
+        };
         let publish_limit = policy("publish", config.publish_rate)?;
+        let publish_ip_limit = policy("publish-ip", config.publish_ip_rate)?;
         let services = match &config.redis {
             None => {
                 tracing::info!(
@@ -211,7 +225,9 @@ impl Services {
                     limits: Limits::Memory(redtower_ratelimit::MemoryStore::new()),
                     login_user_limit,
                     publish_limit,
+                    publish_ip_limit: publish_ip_limit.clone(),
                     channels: channels.clone(),
+                    client_ip: client_ip.clone(),
                     sessions: Arc::new(sessions.clone()),
                     session_layer: SessionLayerKind::Memory(
                         SessionLayer::new(sessions, key).with_secure(config.cookie_secure),
@@ -239,7 +255,9 @@ impl Services {
                     limits: Limits::Redis(redtower_ratelimit::RedisStore::new(redis.clone())),
                     login_user_limit,
                     publish_limit,
+                    publish_ip_limit: publish_ip_limit.clone(),
                     channels: channels.clone(),
+                    client_ip: client_ip.clone(),
                     sessions: Arc::new(sessions.clone()),
                     session_layer: SessionLayerKind::Redis(
                         SessionLayer::new(sessions, key).with_secure(config.cookie_secure),
@@ -292,7 +310,7 @@ impl Services {
                 decision.retry_after().unwrap_or_default(),
             )),
             Err(error) => {
-                tracing::warn!(policy = policy.name(), %error, "rate limit store unavailable; request allowed");
+                tracing::warn!(policy = policy.name(), %error, "rate limit store unavailable; applying the failure policy (fail open)");
                 Ok(())
             }
         }
@@ -400,11 +418,7 @@ impl Services {
 /// When a rate limit from the configuration is invalid.
 pub fn app(services: &Services) -> Result<Router, BuildError> {
     let config = &services.config;
-    let client_ip = if config.trusted_proxies.is_empty() {
-        ClientIp::peer()
-    } else {
-        ClientIp::trusted_proxies(config.trusted_proxies.iter().copied())
-    };
+    let client_ip = services.client_ip.clone();
     let limit = |name: &'static str, rate: Rate| -> Result<_, BuildError> {
         let quota = Quota::with_period(rate.count, rate.period)?;
         let layer = match &services.limits {
@@ -439,6 +453,7 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
             sessions: services.sessions.clone(),
             client_ip: client_ip.clone(),
         })
+        .max_connections(MAX_STREAMS)
         .shutdown(services.shutdown.clone());
 
     // Routes that never read a session stay outside the session layer: each layer goes
@@ -485,6 +500,16 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
 #[derive(Debug, Clone, Copy)]
 pub struct ChannelOwner;
 
+/// The network a client address is counted by: the address itself for IPv4, its /64 for
+/// IPv6 (what one subscriber gets).
+fn client_network(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, 64)
+            .map_or_else(|_| v6.to_string(), |net| net.trunc().to_string()),
+    }
+}
+
 /// What the app knows about a stream's reader when it opens: its session's end (a stream on
 /// a logged-in user's channels ends when that session is revoked, logged out or expires, on
 /// any instance) and who it is, for the per-client connection limit.
@@ -496,15 +521,12 @@ struct StreamAccess {
 #[async_trait::async_trait]
 impl OnOpen for StreamAccess {
     async fn on_open(&self, request: &http::request::Parts, channels: &[Channel]) -> StreamOptions {
+        // Streams are counted per client network (an IPv6 client by its /64), whoever is
+        // logged in: a login costs nothing here, so a user name is no identity to count by.
         let session = request.extensions.get::<Session>();
-        let user = match session {
-            Some(session) => redtower_session::current_user(session).await.ok().flatten(),
-            None => None,
-        };
-        let options = match (&user, self.client_ip.client_addr(request)) {
-            (Some(user), _) => StreamOptions::new().client_key(format!("user:{user}")),
-            (None, Some(ip)) => StreamOptions::new().client_key(format!("ip:{ip}")),
-            (None, None) => StreamOptions::new(),
+        let options = match self.client_ip.client_addr(request) {
+            Some(ip) => StreamOptions::new().client_key(client_network(ip)),
+            None => StreamOptions::new(),
         };
         // Public channels are open to anyone; a user's own channels only while the session
         // that opened them lives.
@@ -517,8 +539,8 @@ impl OnOpen for StreamAccess {
         match self.sessions.watch(&id) {
             Ok(ended) => options.access_ends(ended),
             Err(error) => {
-                // The stream limit is below the watch limit, so this is not expected; refuse
-                // rather than keep a stream nobody can revoke.
+                // The stream limit (`MAX_STREAMS`) is below the watch limit, so this is not
+                // expected; refuse rather than keep a stream nobody can revoke.
                 tracing::error!(%error, "cannot watch the session of a stream; refusing it");
                 options.access_ends(std::future::ready(()))
             }
@@ -737,6 +759,7 @@ async fn publish(
     State(services): State<Services>,
     session: Session,
     Path(channel): Path<String>,
+    parts: http::request::Parts,
     AppJson(body): AppJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let channel = Channel::new(&channel).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -744,19 +767,39 @@ async fn publish(
         .await
         .map_err(|e| session_error(&e))?
         .ok_or_else(ApiError::unauthorized)?;
-    if owner_of(channel.as_str()).is_some_and(|owner| owner != user) {
-        return Err(ApiError::forbidden("this channel belongs to another user"));
-    }
-    // The library's authorizer decides which channels are the server's.
+    // The library's authorizer decides: the server's channels, then other users' channels.
     if services.channels.is_server_owned(&channel) {
         return Err(ApiError::forbidden(
             "only the server publishes on this channel",
         ));
     }
+    if !services
+        .channels
+        .authorize(&parts, &channel, Access::Publish)
+        .await
+    {
+        return Err(ApiError::forbidden("this channel belongs to another user"));
+    }
+    // An `Idempotency-Key` makes a retried publish return the first event.
+    let token = match parts.headers.get("idempotency-key") {
+        None => PublishToken::random(),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| PublishToken::new(v).ok())
+            .ok_or_else(|| {
+                ApiError::bad_request("Idempotency-Key must be 1 to 64 of A-Z a-z 0-9 _ -")
+            })?,
+    };
     services.limit(&services.publish_limit, &user).await?;
+    if let Some(ip) = services.client_ip.client_addr(&parts) {
+        let network = format!("ip:{}", client_network(ip));
+        services.limit(&services.publish_ip_limit, &network).await?;
+    }
+    let json = serde_json::to_string(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let id = services
         .pubsub
-        .publish(channel.as_str(), &body)
+        .publish_json_with(&channel, json, &token)
         .await
         .map_err(|error| match error {
             redtower_pubsub::Error::PayloadTooLarge { max, .. } => ApiError::new(

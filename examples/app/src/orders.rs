@@ -1,18 +1,16 @@
 //! Orders: what `POST /orders` creates and the `ship-order` job updates. Kept in Redis (a hash
 //! per order, with a TTL) when the app runs over Redis, so every instance sees the same order.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
 use fred::interfaces::{HashesInterface, KeysInterface, TransactionInterface};
 use redtower_client::{Namespace, Redis, fred};
 use serde::{Deserialize, Serialize};
 
 /// How long an order is kept.
-const ORDER_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const ORDER_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The most orders the in-process store keeps (the oldest and least used go first).
+pub const MAX_MEMORY_ORDERS: u64 = 100_000;
 
 /// Where an order is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,8 +57,8 @@ pub struct Order {
 /// The order store: in-process, or Redis.
 #[derive(Debug, Clone)]
 pub enum Orders {
-    /// In-process.
-    Memory(Arc<Mutex<HashMap<String, Order>>>),
+    /// In-process: at most [`MAX_MEMORY_ORDERS`], each kept [`ORDER_TTL`] as in Redis.
+    Memory(moka::sync::Cache<String, Order>),
     /// A hash per order under `<prefix>:orders:{<id>}`.
     Redis(Redis, Namespace),
 }
@@ -68,7 +66,12 @@ pub enum Orders {
 impl Orders {
     /// In-process orders.
     pub fn memory() -> Self {
-        Self::Memory(Arc::default())
+        Self::Memory(
+            moka::sync::Cache::builder()
+                .max_capacity(MAX_MEMORY_ORDERS)
+                .time_to_live(ORDER_TTL)
+                .build(),
+        )
     }
 
     /// Orders in Redis.
@@ -98,10 +101,8 @@ impl Orders {
     /// When Redis fails.
     pub async fn put(&self, order: &Order) -> Result<(), redtower_client::Error> {
         match self {
-            Self::Memory(map) => {
-                if let Ok(mut map) = map.lock() {
-                    map.insert(order.order_id.clone(), order.clone());
-                }
+            Self::Memory(orders) => {
+                orders.insert(order.order_id.clone(), order.clone());
                 Ok(())
             }
             Self::Redis(redis, ns) => {
@@ -131,7 +132,7 @@ impl Orders {
     /// When Redis fails.
     pub async fn get(&self, order_id: &str) -> Result<Option<Order>, redtower_client::Error> {
         match self {
-            Self::Memory(map) => Ok(map.lock().ok().and_then(|m| m.get(order_id).cloned())),
+            Self::Memory(orders) => Ok(orders.get(order_id)),
             Self::Redis(redis, ns) => {
                 let key = ns.key(order_id);
                 let fields: HashMap<String, String> = redis.client().hgetall(key.as_str()).await?;

@@ -32,6 +32,11 @@ pub(crate) fn session_routes(services: &Services, limit: RateLimitLayer) -> Rout
         // The answer names the user: one entry per session.
         .credentials(Credentials::PerUser)
         .route_name("/api/stacked");
+    let cache = if services.config().cache_hosts.is_empty() {
+        cache
+    } else {
+        cache.hosts(&services.config().cache_hosts)
+    };
     let stacked = Router::new()
         .route("/api/stacked", get(stacked))
         .route_layer(cache)
