@@ -30,6 +30,21 @@
 //! }
 //! ```
 //!
+//! # Limits
+//!
+//! What one handle can hold or wait for, and the defaults (each crate built on this one lists
+//! its own in the same form):
+//!
+//! | limit | default | set with | why |
+//! | --- | --- | --- | --- |
+//! | command timeout | 2 s | [`RedisConfig::command_timeout`], `REDIS_COMMAND_TIMEOUT_MS` | fred has none: a stalled server would hold every caller |
+//! | wait for the first connection | the command timeout, once | [`Redis::first_connection_within`] | a fresh process waits instead of failing; an unreachable server is an outage after one wait |
+//! | attempts per command | 3 | [`RedisConfig::max_command_attempts`], `REDIS_MAX_ATTEMPTS` | state-changing scripts are idempotent under re-send or sent with one attempt |
+//! | pub/sub messages buffered per subscriber | 4096 | [`RedisConfig::pubsub_buffer`] | a slow reader loses messages (and repairs them from history) instead of growing memory |
+//! | unresponsive connection | 10 s | [`RedisConfig::unresponsive_timeout`] | a half-open TCP connection is replaced |
+//! | key segment | [`Segment::MAX_LEN`] (128) bytes, longer values hashed | - | user input can neither grow keys nor forge another key or slot |
+//! | calls per coalesced batch | set by each store (64 in the layers) | [`Coalescer::new`] | one command carries a bounded amount of work |
+//!
 //! # Features
 //!
 //! * `rustls`: TLS (`rediss://`) through rustls with the ring provider. Without it a TLS URL is a

@@ -13,6 +13,12 @@
 //! `redtower::ratelimit::RateLimitLayer` and `redtower_ratelimit::RateLimitLayer` are the same
 //! type. `full` enables all of them; `rustls` enables `rediss://`.
 //!
+//! # Limits
+//!
+//! Every resource a client can make a layer create is bounded, with a safe default: each
+//! crate's documentation has a "Limits" table (entries, bytes, connections, channels, sessions
+//! per user, variants per key, and their settings). The client's is in [`client`].
+//!
 //! ```
 //! use redtower::client::Keyspace;
 //!
