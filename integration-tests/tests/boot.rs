@@ -5,34 +5,17 @@
 #[allow(dead_code)] // `spawn` is for the other test binaries
 mod common;
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
-};
+use std::sync::OnceLock;
 
 use common::TestApp;
-use redtower_testkit::unique_prefix;
+use redtower_testkit::{LogBuffer, unique_prefix};
 use reqwest::{Client, StatusCode};
 use serde_json::Value;
 
-/// Every log line of this test binary, for asserting that no failure policy was applied.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn logs() -> &'static Logs {
-    static LOGS: OnceLock<Logs> = OnceLock::new();
+fn logs() -> &'static LogBuffer {
+    static LOGS: OnceLock<LogBuffer> = OnceLock::new();
     LOGS.get_or_init(|| {
-        let logs = Logs::default();
+        let logs = LogBuffer::default();
         let writer = logs.clone();
         tracing_subscriber::fmt()
             .with_env_filter("warn")
@@ -44,7 +27,7 @@ fn logs() -> &'static Logs {
 }
 
 fn log_text() -> String {
-    String::from_utf8_lossy(&logs().0.lock().unwrap()).into_owned()
+    logs().text()
 }
 
 /// Two instances started at once on a fresh prefix; requests sent the moment their ports

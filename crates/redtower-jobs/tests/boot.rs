@@ -2,16 +2,12 @@
 //! ago (its first connection still being made) work at once, decided by Redis, with nothing
 //! logged as a failure. Standalone and Cluster.
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
-    time::Duration,
-};
+use std::{sync::OnceLock, time::Duration};
 
 use futures::future::join_all;
 use redtower_client::{Redis, RedisConfig};
 use redtower_jobs::{Job, JobContext, JobError, Queue, RedisStore, Worker};
-use redtower_testkit::unique_prefix;
+use redtower_testkit::{LogBuffer, unique_prefix};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -24,24 +20,10 @@ impl Job for Boot {
     const NAME: &'static str = "boot";
 }
 
-/// Every warning or error logged in this test binary (its tests all expect none).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn logs() -> &'static Logs {
-    static LOGS: OnceLock<Logs> = OnceLock::new();
+fn logs() -> &'static LogBuffer {
+    static LOGS: OnceLock<LogBuffer> = OnceLock::new();
     LOGS.get_or_init(|| {
-        let logs = Logs::default();
+        let logs = LogBuffer::default();
         let writer = logs.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::WARN)
@@ -55,7 +37,7 @@ fn logs() -> &'static Logs {
 
 /// No warning or error from the job queue, and no lost connection.
 fn assert_nothing_logged() {
-    let text = String::from_utf8_lossy(&logs().0.lock().unwrap()).into_owned();
+    let text = logs().text();
     let failures: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("redtower::jobs") || l.contains("connection lost"))

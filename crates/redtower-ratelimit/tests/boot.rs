@@ -1,38 +1,14 @@
 //! A freshly started process is not in an outage: its first requests, sent while its first
 //! connection to Redis is still being made, are decided by Redis, not by the failure policy.
 
-use std::{
-    io::Write,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use axum::{Router, body::Body, extract::ConnectInfo, routing::get};
 use http::{Request, StatusCode};
 use redtower_client::{Redis, RedisConfig};
 use redtower_ratelimit::{CircuitBreaker, Policy, Quota, RateLimitLayer, RedisStore, nonzero};
-use redtower_testkit::unique_prefix;
+use redtower_testkit::{LogBuffer, unique_prefix};
 use tower::ServiceExt;
-
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 const CLIENTS: usize = 50;
 
@@ -88,7 +64,7 @@ async fn first_request(
 }
 
 fn boot(url: String) {
-    let logs = Logs::default();
+    let logs = LogBuffer::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::DEBUG)

@@ -2,7 +2,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::Write,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -16,6 +15,7 @@ use metrics::{Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Shar
 use redtower_ratelimit::{
     Decision, MemoryStore, Policy, Quota, RateLimitLayer, RateLimitStore, Subject, nonzero,
 };
+use redtower_testkit::LogBuffer;
 use tower::ServiceExt;
 
 /// Counts every counter increment by `name{labels}`.
@@ -57,19 +57,6 @@ impl Counts {
     }
 }
 
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 struct Switch {
     down: Arc<AtomicBool>,
@@ -97,7 +84,7 @@ impl RateLimitStore for Switch {
 async fn counters_by_policy_and_one_warn_per_transition() {
     let counts = Counts::default();
     let _metrics = metrics::set_default_local_recorder(&counts);
-    let logs = Logs::default();
+    let logs = LogBuffer::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::INFO)
@@ -178,7 +165,7 @@ async fn counters_by_policy_and_one_warn_per_transition() {
     for _ in 0..3 {
         let _ = other().await.unwrap();
     }
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert_eq!(text.matches("WARN").count(), 1, "{text}");
     assert_eq!(
         text.matches("rate limit store recovered").count(),

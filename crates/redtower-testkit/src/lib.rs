@@ -8,6 +8,7 @@
 //!   over to.
 //! * [`FaultProxy`]: a TCP proxy in front of a server that injects latency, a black hole,
 //!   refused or reset connections, and lost replies.
+//! * [`LogBuffer`]: log output kept in memory, for tests that assert what was logged.
 //! * [`shared`] and [`shared_cluster`]: one server of each kind per test binary, for tests
 //!   that only need isolation by key prefix ([`unique_prefix`]).
 //!
@@ -32,9 +33,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod logs;
 mod proxy;
 mod resp;
 
+pub use logs::LogBuffer;
 pub use proxy::{Fault, FaultProxy};
 pub use resp::Reply;
 
