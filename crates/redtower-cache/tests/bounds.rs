@@ -392,3 +392,78 @@ async fn variants_per_uri_are_bounded() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_variants_stop_counting_once_they_expired() {
+    for backend in BACKENDS {
+        let under = Under::new(backend, "variant-junk").await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let layer = ResponseCacheLayer::new(under.cache.clone(), Duration::from_secs(60))
+            .key_headers(["accept-language"]);
+        // Junk values get a 1 s lifetime, real languages a minute.
+        let handler = {
+            let calls = calls.clone();
+            get(move |headers: axum::http::HeaderMap| {
+                let calls = calls.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    let lang = headers
+                        .get("accept-language")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    let age = if lang.starts_with("x-") { 1 } else { 60 };
+                    ([("cache-control", format!("max-age={age}"))], lang)
+                }
+            })
+        };
+        let app = Router::new().route("/r", handler.layer(layer));
+        let lang = |l: &str| {
+            Request::get("/r")
+                .header("accept-language", l)
+                .body(Body::empty())
+                .unwrap()
+        };
+        assert_eq!(send(&app, lang("en")).await.1, "MISS", "{backend:?}");
+        assert_eq!(send(&app, lang("en")).await.1, "HIT", "{backend:?}");
+        // An attacker fills the URI's variants with junk values, once each.
+        for i in 1..RedisStore::DEFAULT_MAX_VARIANTS {
+            send(&app, lang(&format!("x-{i}"))).await;
+        }
+        assert_eq!(
+            send(&app, lang("de")).await.1,
+            "MISS",
+            "{backend:?}: the URI holds its most variants"
+        );
+        assert_eq!(
+            send(&app, lang("de")).await.1,
+            "MISS",
+            "{backend:?}: a new variant is not stored while the junk lives"
+        );
+        // Once the junk expired, a new language is stored again: one handler call, then hits.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let started = tokio::time::Instant::now();
+        let mut filled = 0;
+        loop {
+            let before = calls.load(Ordering::SeqCst);
+            let (_, x, body) = send(&app, lang("de")).await;
+            assert_eq!(body, "de");
+            if x == "HIT" {
+                break;
+            }
+            filled = calls.load(Ordering::SeqCst) - before;
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "{backend:?}: a new variant is stored after the junk expired"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(filled, 1, "{backend:?}: the last miss ran the handler");
+        let before = calls.load(Ordering::SeqCst);
+        for _ in 0..5 {
+            assert_eq!(send(&app, lang("de")).await.1, "HIT", "{backend:?}");
+        }
+        assert_eq!(send(&app, lang("en")).await.1, "HIT", "{backend:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), before, "{backend:?}");
+    }
+}

@@ -560,4 +560,86 @@ mod specific {
             let _ = redis.client().quit().await;
         }
     }
+
+    /// An index written as a plain set (by an earlier version of the store) keeps working: a
+    /// put converts it to the sorted set with its members' lifetime, and invalidation finds
+    /// the variants in either form.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_variant_index_written_as_a_set_is_converted() {
+        use bytes::Bytes;
+        use redtower_cache::EntryKey;
+        use redtower_client::fred::{
+            interfaces::{SetsInterface, SortedSetsInterface},
+            types::Expiration,
+        };
+
+        for url in [
+            redtower_testkit::shared_url(),
+            redtower_testkit::shared_cluster().url(),
+        ] {
+            let redis = handle(&url, &unique_prefix("legacy-index")).await;
+            let store = RedisStore::new(redis.clone()).max_variants(2);
+            let client = redis.client();
+            let legacy = |group: &str| {
+                let store = store.clone();
+                let group = group.to_owned();
+                async move {
+                    let index = store.index_key(&group).into_string();
+                    for v in ["a", "b"] {
+                        let px = Some(Expiration::PX(60_000));
+                        let () = client
+                            .set(entry_of(&store, &group, v), v, px, None, false)
+                            .await
+                            .unwrap();
+                        let _: i64 = client.sadd(index.as_str(), v).await.unwrap();
+                    }
+                    let _: i64 = client.pexpire(index.as_str(), 60_000, None).await.unwrap();
+                    index
+                }
+            };
+            fn entry_of(store: &RedisStore, group: &str, v: &str) -> String {
+                store
+                    .entry_key(&EntryKey::new(group, Some(v.to_owned())))
+                    .into_string()
+            }
+
+            // Invalidation reads a legacy set.
+            legacy("g1").await;
+            store.invalidate("g1").await.unwrap();
+            for v in ["a", "b"] {
+                let n: i64 = client.exists(entry_of(&store, "g1", v)).await.unwrap();
+                assert_eq!(n, 0, "{v} invalidated");
+            }
+
+            // A put converts it, keeping its members live and counted.
+            let index = legacy("g2").await;
+            let c = EntryKey::new("g2", Some("c".to_owned()));
+            let a = EntryKey::new("g2", Some("a".to_owned()));
+            let ttl = Duration::from_secs(60);
+            assert!(
+                !store
+                    .put(&c, Bytes::from_static(b"c"), ttl, None)
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                store
+                    .put(&a, Bytes::from_static(b"a2"), ttl, None)
+                    .await
+                    .unwrap()
+            );
+            let members: Vec<String> = client
+                .zrange(index.as_str(), 0, -1, None, false, None, false)
+                .await
+                .unwrap();
+            assert_eq!(members, ["b", "a"]);
+            let pttl: i64 = client.pttl(index.as_str()).await.unwrap();
+            assert!(pttl > 0, "the index keeps a TTL ({pttl})");
+            store.invalidate("g2").await.unwrap();
+            for v in ["a", "b"] {
+                let n: i64 = client.exists(entry_of(&store, "g2", v)).await.unwrap();
+                assert_eq!(n, 0, "{v} invalidated");
+            }
+        }
+    }
 }

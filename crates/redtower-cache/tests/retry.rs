@@ -8,7 +8,7 @@ use bytes::Bytes;
 use redtower_cache::{Cache, CacheStore, EntryKey, RedisStore};
 use redtower_client::{
     Redis, RedisConfig,
-    fred::interfaces::{KeysInterface, SetsInterface},
+    fred::interfaces::{KeysInterface, SortedSetsInterface},
 };
 use redtower_testkit::{FaultProxy, RedisServer, unique_prefix};
 
@@ -92,7 +92,12 @@ async fn a_variant_put_whose_reply_is_lost_is_indexed_once() {
     );
     assert_eq!(rig.lost(), 1);
     let index = rig.store.index_key("g").into_string();
-    let members: Vec<String> = rig.redis.client().smembers(index.as_str()).await.unwrap();
+    let members: Vec<String> = rig
+        .redis
+        .client()
+        .zrange(index.as_str(), 0, -1, None, false, None, false)
+        .await
+        .unwrap();
     assert_eq!(members, ["v"]);
     assert_eq!(rig.store.get(&k).await.unwrap().as_deref(), Some(&b"x"[..]));
 }

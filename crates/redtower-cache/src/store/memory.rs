@@ -1,7 +1,7 @@
 //! [`MemoryStore`]: the in-process backend (moka), with the same semantics as Redis.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     fmt,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -67,7 +67,8 @@ pub struct MemoryStore {
 struct Inner {
     entries: Moka<String, Stored>,
     locks: Mutex<HashMap<String, (String, Instant)>>,
-    index: Mutex<HashMap<String, (HashSet<String>, Instant)>>,
+    /// Per group: each variant and its entry's deadline.
+    index: Mutex<HashMap<String, HashMap<String, Instant>>>,
     tags: Mutex<HashMap<String, (u64, Instant)>>,
     anchor_ms: u64,
     anchor: Instant,
@@ -218,18 +219,16 @@ impl CacheStore for MemoryStore {
         }
         if let Some(variant) = key.variant() {
             let mut index = lock(&self.inner.index);
-            sweep(&mut index, now, |v| v.1);
-            let slot = index
-                .entry(key.group().to_owned())
-                .or_insert_with(|| (HashSet::new(), now));
-            if slot.1 <= now {
-                slot.0.clear();
-            }
-            if !slot.0.contains(variant) && slot.0.len() >= self.max_variants {
+            sweep(&mut index, now, |v| {
+                v.values().max().copied().unwrap_or(now)
+            });
+            let members = index.entry(key.group().to_owned()).or_default();
+            // Variants whose entries expired no longer count against the bound.
+            members.retain(|_, deadline| *deadline > now);
+            if !members.contains_key(variant) && members.len() >= self.max_variants {
                 return Ok(false);
             }
-            slot.0.insert(variant.to_owned());
-            slot.1 = slot.1.max(later(now, ttl));
+            members.insert(variant.to_owned(), later(now, ttl));
         }
         self.inner.entries.insert(
             name,
@@ -245,8 +244,8 @@ impl CacheStore for MemoryStore {
     async fn invalidate(&self, group: &str) -> Result<()> {
         let variants = lock(&self.inner.index).remove(group);
         self.inner.entries.invalidate(group);
-        if let Some((variants, _)) = variants {
-            for v in variants {
+        if let Some(variants) = variants {
+            for v in variants.into_keys() {
                 self.inner
                     .entries
                     .invalidate(&EntryKey::new(group, Some(v)).to_string());

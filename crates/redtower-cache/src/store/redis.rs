@@ -15,7 +15,7 @@ use bytes::Bytes;
 use redtower_client::{
     Key, Namespace, Redis, Script,
     fred::{
-        interfaces::{ClientLike, KeysInterface, SetsInterface},
+        interfaces::{ClientLike, KeysInterface, SetsInterface, SortedSetsInterface},
         types::{ClientState, Expiration, SetOptions, Value, config::Options},
     },
 };
@@ -37,7 +37,7 @@ static ENSURE_TAG: LazyLock<Script> =
 /// | --- | --- | --- |
 /// | `rt:c:{<h>}` | an entry (binary envelope); `<h>` = hash of the cache-aside key or URI | fresh + stale windows |
 /// | `rt:c:{<h>}:<v>` | one variant of a response that varies on request headers | same |
-/// | `rt:c:{<h>}:ix` | the set of variants of `<h>` (for invalidation) | longest variant |
+/// | `rt:c:{<h>}:ix` | the variants of `<h>` (for invalidation and the [`max_variants`](Self::max_variants) bound): a sorted set scored by each variant's expiry, unix ms | longest variant |
 /// | `rt:c:{<h>}[:<v>]:lk` | the fill lock (`SET NX PX`, fencing token) | lock TTL |
 /// | `rt:c:t:{<tag>}` | a tag's generation | longest entry filled under it |
 ///
@@ -62,7 +62,7 @@ static ENSURE_TAG: LazyLock<Script> =
 /// | `unlock` (script `cache_unlock`) | deletes the lock | yes | compare-and-delete fenced by the token: a re-send finds the lock gone or another holder's |
 /// | `ensure_tags` (script `cache_ensure_tag`) | creates a generation, extends its TTL | yes | create-if-missing: a re-send returns the generation the first run created |
 /// | `try_lock` (`SET NX PX`) | takes the lock | no (one attempt) | a re-send would find its own lock and report it held by another: sent once; a lost reply fails open and the lock expires after its TTL |
-/// | `invalidate` (`SMEMBERS` + `DEL`), `bump_tag` (`UNLINK`) | deletes | no (one attempt) | deleting twice is deleting once |
+/// | `invalidate` (`ZRANGE` + `DEL`), `bump_tag` (`UNLINK`) | deletes | no (one attempt) | deleting twice is deleting once |
 ///
 /// ```no_run
 /// use redtower_cache::{Cache, RedisStore};
@@ -109,7 +109,10 @@ impl RedisStore {
     /// (`Vary`, [`key_headers`](crate::ResponseCacheLayer::key_headers)) gets one entry per
     /// distinct value, and clients choose the values. Past the bound a new variant is not
     /// stored (the request is answered by the handler, as a miss); the variants already stored
-    /// stay until they expire or are invalidated. Defaults to
+    /// stay until they expire or are invalidated. Only live variants count: a variant leaves the
+    /// bound when its entry expires, so values sent once (junk `Accept-Language` values) stop
+    /// counting after their TTL even while other variants of the URI keep being refreshed.
+    /// Defaults to
     /// [`DEFAULT_MAX_VARIANTS`](Self::DEFAULT_MAX_VARIANTS) (64), at least 1.
     ///
     /// ```no_run
@@ -316,8 +319,19 @@ impl CacheStore for RedisStore {
         let variants: Vec<String> = {
             let client = client.clone();
             let index = index.clone();
-            self.bounded(async move { client.smembers(index).await.map_err(fred) })
-                .await?
+            self.bounded(async move {
+                match client
+                    .zrange(index.clone(), 0, -1, None, false, None, false)
+                    .await
+                {
+                    // An index written as a plain set by an earlier version of this store.
+                    Err(e) if e.details().starts_with("WRONGTYPE") => {
+                        client.smembers(index).await.map_err(fred)
+                    }
+                    r => r.map_err(fred),
+                }
+            })
+            .await?
         };
         let mut keys: Vec<String> = Vec::with_capacity(variants.len() + 2);
         keys.push(self.entries.key(group).into_string());

@@ -38,6 +38,7 @@ macro_rules! all_conformance {
         conformance!($make;
             get_put_round_trip,
             variants_are_invalidated_with_their_group,
+            expired_variants_leave_the_variant_bound,
             lock_is_exclusive_and_fenced,
             lost_lock_never_clobbers_a_newer_fill,
             tag_generations,
@@ -100,6 +101,61 @@ pub(crate) async fn variants_are_invalidated_with_their_group(store: impl CacheS
     assert!(store.get(&other).await.unwrap().is_some());
     // A group without entries is fine.
     store.invalidate("nothing-here").await.unwrap();
+}
+
+/// Variants sent once (junk `Accept-Language` values) fill a group's variant bound only while
+/// their entries live: once they expired, a new variant is stored again, even though another
+/// variant of the group kept being refreshed with a long TTL the whole time.
+pub(crate) async fn expired_variants_leave_the_variant_bound(store: impl CacheStore) {
+    const MAX: usize = redtower_cache::RedisStore::DEFAULT_MAX_VARIANTS;
+    const SHORT: Duration = Duration::from_millis(300);
+    let real = key("g4", Some("real"));
+    let fresh = key("g4", Some("new"));
+    let put = |k: EntryKey, ttl: Duration| {
+        let store = &store;
+        async move {
+            store
+                .put(&k, Bytes::from_static(b"x"), ttl, None)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(put(real.clone(), MIN).await);
+    for i in 1..MAX {
+        let junk = key("g4", Some(&format!("junk-{i}")));
+        assert!(put(junk, SHORT).await, "variant {i} of {MAX} is stored");
+    }
+    assert!(
+        !put(fresh.clone(), MIN).await,
+        "the group holds its most variants"
+    );
+    assert!(store.get(&fresh).await.unwrap().is_none());
+    // Keep the real variant refreshed (each refresh extends the group's index), and try the new
+    // variant until the junk entries have expired: a bounded wait, generous for a busy machine.
+    let started = tokio::time::Instant::now();
+    let stored = loop {
+        assert!(
+            put(real.clone(), MIN).await,
+            "the real variant stays stored"
+        );
+        if started.elapsed() > SHORT && put(fresh.clone(), MIN).await {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        stored,
+        "a new variant is stored once the junk variants expired"
+    );
+    assert_eq!(store.get(&fresh).await.unwrap().unwrap(), "x");
+    assert_eq!(store.get(&real).await.unwrap().unwrap(), "x");
+    // The index still finds every live variant for invalidation.
+    store.invalidate("g4").await.unwrap();
+    assert!(store.get(&fresh).await.unwrap().is_none());
+    assert!(store.get(&real).await.unwrap().is_none());
 }
 
 pub(crate) async fn lock_is_exclusive_and_fenced(store: impl CacheStore) {
