@@ -3,9 +3,8 @@
 //! fill (the handler runs once). Standalone and Cluster, on fresh client handles each round.
 
 use std::{
-    io::Write,
     sync::{
-        Arc, Mutex, OnceLock,
+        Arc, OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
@@ -15,37 +14,25 @@ use axum::{Router, body::Body, http::Request, routing::get};
 use http_body_util::BodyExt;
 use redtower_cache::{Cache, RedisStore, ResponseCacheLayer};
 use redtower_client::{Redis, RedisConfig};
-use redtower_testkit::unique_prefix;
+use redtower_testkit::{LogBuffer, unique_prefix};
 use tower::ServiceExt;
 
 const ROUNDS: usize = 50;
 
 /// Every WARN (or worse) the cache logs, from any thread of any test in this binary.
-fn warnings() -> &'static Mutex<Vec<u8>> {
-    static LOG: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
+fn warnings() -> &'static LogBuffer {
+    static LOG: OnceLock<LogBuffer> = OnceLock::new();
     LOG.get_or_init(|| {
-        let log: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+        let log = LogBuffer::default();
+        let writer = log.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_env_filter("redtower::cache=warn")
             .with_ansi(false)
-            .with_writer(move || Writer(log))
+            .with_writer(move || writer.clone())
             .finish();
         tracing::subscriber::set_global_default(subscriber).unwrap();
         log
     })
-}
-
-struct Writer(&'static Mutex<Vec<u8>>);
-
-impl Write for Writer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// One fresh instance: its own client handle (not waited for), cache and route.
@@ -119,7 +106,7 @@ async fn first_requests_are_decided_by_redis(url: &str, test: &str) {
         }
         assert_eq!(cache_a.stats().stored + cache_b.stats().stored, 1);
     }
-    let text = String::from_utf8(log.lock().unwrap().clone()).unwrap();
+    let text = log.text();
     assert!(
         !text.contains("failing open"),
         "no failure-policy log line; got:\n{text}"
