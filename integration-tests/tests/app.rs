@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use redtower_testkit::unique_prefix;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -31,34 +30,9 @@ async fn sse(client: &Client, url: &str) -> mpsc::UnboundedReceiver<(String, Val
     let res = client.get(url).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK, "{url}");
     assert_eq!(res.headers()["content-type"], "text/event-stream");
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut body = res.bytes_stream();
-        let mut buf = String::new();
-        while let Some(Ok(chunk)) = body.next().await {
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buf.find("\n\n") {
-                let frame: String = buf.drain(..end + 2).collect();
-                let mut event = "message".to_owned();
-                let mut data = String::new();
-                for line in frame.lines() {
-                    if let Some(e) = line.strip_prefix("event:") {
-                        event = e.trim().to_owned();
-                    } else if let Some(d) = line.strip_prefix("data:") {
-                        data.push_str(d.trim_start());
-                    }
-                }
-                if !data.is_empty()
-                    && tx
-                        .send((event, serde_json::from_str(&data).unwrap_or(Value::Null)))
-                        .is_err()
-                {
-                    return;
-                }
-            }
-        }
-    });
-    rx
+    common::sse_frames(res, |data| {
+        serde_json::from_str(data).unwrap_or(Value::Null)
+    })
 }
 
 async fn next_event(rx: &mut mpsc::UnboundedReceiver<(String, Value)>) -> (String, Value) {

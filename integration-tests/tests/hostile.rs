@@ -300,34 +300,9 @@ async fn logging_in_as_another_user_starts_from_empty_data_on_redis() {
     logging_in_as_another_user_starts_from_empty_data(Some(&redtower_testkit::shared_url())).await;
 }
 
-/// Reads an SSE response's frames as `(event, data)` until it ends; returns them as they come.
+/// Reads an SSE response's frames as `(event, data)` until it ends.
 fn frames(res: reqwest::Response) -> tokio::sync::mpsc::UnboundedReceiver<(String, String)> {
-    use futures::StreamExt;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut body = res.bytes_stream();
-        let mut buf = String::new();
-        while let Some(Ok(chunk)) = body.next().await {
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buf.find("\n\n") {
-                let frame: String = buf.drain(..end + 2).collect();
-                let mut event = "message".to_owned();
-                let mut data = String::new();
-                for line in frame.lines() {
-                    if let Some(e) = line.strip_prefix("event:") {
-                        event = e.trim().to_owned();
-                    } else if let Some(d) = line.strip_prefix("data:") {
-                        data.push_str(d.trim_start());
-                    }
-                }
-                if !data.is_empty() && tx.send((event, data)).is_err() {
-                    return;
-                }
-            }
-        }
-        // The stream ended: the receiver sees the channel close.
-    });
-    rx
+    common::sse_frames(res, str::to_owned)
 }
 
 /// Waits for the next frame named `event`, skipping others; `None` when the stream ended first.

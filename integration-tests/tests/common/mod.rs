@@ -99,3 +99,37 @@ impl TestApp {
         }
     }
 }
+
+/// The frames of an SSE response as `(event, parsed data)`, as they arrive (frames without data
+/// are skipped); the receiver sees the channel close when the stream ends.
+#[allow(dead_code)] // not every test binary reads streams
+pub(crate) fn sse_frames<T: Send + 'static>(
+    res: reqwest::Response,
+    parse: impl Fn(&str) -> T + Send + 'static,
+) -> tokio::sync::mpsc::UnboundedReceiver<(String, T)> {
+    use futures::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut body = res.bytes_stream();
+        let mut buf = String::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let frame: String = buf.drain(..end + 2).collect();
+                let mut event = "message".to_owned();
+                let mut data = String::new();
+                for line in frame.lines() {
+                    if let Some(e) = line.strip_prefix("event:") {
+                        event = e.trim().to_owned();
+                    } else if let Some(d) = line.strip_prefix("data:") {
+                        data.push_str(d.trim_start());
+                    }
+                }
+                if !data.is_empty() && tx.send((event, parse(&data))).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
