@@ -235,13 +235,14 @@ impl MemoryStore {
     /// See [`RedisStore::max_sessions_per_user`](crate::RedisStore::max_sessions_per_user).
     /// Defaults to 100.
     ///
+    /// 0 is taken as 1.
+    ///
     /// # Panics
     ///
-    /// If `max` is 0, or the store was already cloned.
+    /// If the store was already cloned.
     #[must_use]
     pub fn max_sessions_per_user(mut self, max: usize) -> Self {
-        assert!(max > 0, "max_sessions_per_user must be at least 1");
-        self.policy_mut().max_per_user = max;
+        self.policy_mut().max_per_user = max.max(1);
         self
     }
 

@@ -214,11 +214,7 @@ impl RedisStore {
     /// that expires soonest (the oldest one; with an idle timeout, the least recently used),
     /// in the same atomic step, so the index, [`list`](UserSessions::list) and
     /// [`revoke_all`](UserSessions::revoke_all) never handle more than this many entries and a
-    /// flood of logins for one user cannot grow Redis. Defaults to 100.
-    ///
-    /// # Panics
-    ///
-    /// If `max` is 0.
+    /// flood of logins for one user cannot grow Redis. Defaults to 100; 0 is taken as 1.
     ///
     /// ```
     /// use redtower_session::MemoryStore;
@@ -228,8 +224,7 @@ impl RedisStore {
     /// ```
     #[must_use]
     pub fn max_sessions_per_user(mut self, max: usize) -> Self {
-        assert!(max > 0, "max_sessions_per_user must be at least 1");
-        self.policy_mut().max_per_user = max;
+        self.policy_mut().max_per_user = max.max(1);
         self
     }
 
