@@ -175,7 +175,7 @@ impl RedisStoreBuilder {
         let subscriber = self.redis.subscriber()?;
         let messages = subscriber.message_rx();
         let reconnects = subscriber.reconnect_rx();
-        let hub = Arc::new_cyclic(|weak: &Weak<Hub>| Hub {
+        let hub = Arc::new(Hub {
             ns: self.redis.keyspace().namespace("ps"),
             redis: self.redis,
             subscriber,
@@ -186,11 +186,19 @@ impl RedisStoreBuilder {
                 .map(|_| Arc::new(tokio::sync::Mutex::new(())))
                 .collect(),
             stats: Arc::default(),
-            tasks: vec![
-                tokio::spawn(dispatch(weak.clone(), messages)),
-                tokio::spawn(watch_reconnects(weak.clone(), reconnects)),
-            ],
+            pings: AtomicU64::new(0),
+            tasks: Mutex::new(Vec::new()),
         });
+        // Spawned once the hub exists: a task that started inside `Arc::new_cyclic` could get
+        // the subscriber's first connection event before the hub can be upgraded, take the hub
+        // for dropped and stop for good (no resubscription after any later reconnect).
+        let weak = Arc::downgrade(&hub);
+        *hub.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = vec![
+            tokio::spawn(dispatch(weak.clone(), messages)),
+            tokio::spawn(watch_reconnects(weak, reconnects)),
+        ];
         Ok(RedisStore { hub })
     }
 }
@@ -207,7 +215,9 @@ struct Hub {
     /// Serialize SUBSCRIBE/UNSUBSCRIBE per channel name (striped), so that a lingering
     /// unsubscribe never undoes a new subscribe, while other channels go on.
     stripes: Vec<Arc<tokio::sync::Mutex<()>>>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Tokens of the `PING`s that confirm subscriptions, in the order they are taken.
+    pings: AtomicU64,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
     stats: Arc<Counters>,
 }
 
@@ -236,7 +246,11 @@ pub struct HubStats {
 
 impl Drop for Hub {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        let tasks = self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for task in tasks.iter() {
             task.abort();
         }
         let subscriber = self.subscriber.clone();
@@ -410,11 +424,85 @@ impl Hub {
 
     async fn redis_subscribe_once(&self, name: &str) -> Result<()> {
         let result = if self.config.sharded {
+            // fred waits for Redis's `SSUBSCRIBE` confirmation.
             self.subscriber.ssubscribe(name).await
         } else {
-            self.subscriber.subscribe(name).await
+            // A reconnect is announced before the new connection takes commands: when one
+            // came, the `PING` may have been answered on a connection that never got the
+            // `SUBSCRIBE`.
+            let mut reconnects = self.subscriber.reconnect_rx();
+            match self.subscriber.subscribe(name).await {
+                Ok(()) => match self.confirm_subscribed().await {
+                    Ok(())
+                        if reconnects
+                            .try_recv()
+                            .is_err_and(|e| e == broadcast::error::TryRecvError::Empty) =>
+                    {
+                        Ok(())
+                    }
+                    Ok(()) => Err(fred::error::Error::new(
+                        fred::error::ErrorKind::IO,
+                        "the subscriber reconnected while subscribing",
+                    )),
+                    Err(error) => Err(error),
+                },
+                Err(error) => Err(error),
+            }
         };
         result.map_err(|e| redtower_client::Error::from(e).into())
+    }
+
+    /// Returns once Redis has run every `SUBSCRIBE` sent before this call.
+    ///
+    /// fred resolves `SUBSCRIBE` as soon as the command is queued for the socket (it drops
+    /// Redis's confirmation), so without this the hub would read the channel's latest id and
+    /// report the subscription ready while Redis may not have run the `SUBSCRIBE` yet: an
+    /// event published in between reached nobody, and nothing repaired it until the next
+    /// event of the channel (a stream waited for it forever when none came). One connection
+    /// runs its commands in order, so the reply to a `PING` sent after the `SUBSCRIBE` on the
+    /// subscriber connection comes after the subscription is active.
+    ///
+    /// The reply is checked: each `PING` carries a token from a counter, and only a token
+    /// taken after the `SUBSCRIBE` was queued proves it ran. fred matches error replies it
+    /// does not expect to the next command waiting for a reply (its subscription manager sends
+    /// an empty `SUBSCRIBE`/`PSUBSCRIBE` after each connect, which Redis rejects), so a
+    /// `PING` can get such an error (then the caller subscribes again) or another `PING`'s
+    /// reply (then it pings again).
+    async fn confirm_subscribed(&self) -> std::result::Result<(), fred::error::Error> {
+        use fred::interfaces::ClientLike;
+        let first = self.pings.fetch_add(1, Ordering::AcqRel);
+        let options = fred::types::config::Options {
+            // Not replayed on a new connection, where the `SUBSCRIBE` may not have run.
+            max_attempts: Some(1),
+            // Where fred sends `SUBSCRIBE` on a Cluster (a node chosen by the client's id).
+            cluster_hash: self.subscriber.is_clustered().then(|| {
+                fred::types::ClusterHash::Custom(fred::util::redis_keyslot(
+                    self.subscriber.id().as_bytes(),
+                ))
+            }),
+            ..Default::default()
+        };
+        let pinger = self.subscriber.with_options(&options);
+        let mut token = first;
+        for _ in 0..8 {
+            let reply: Value = pinger.ping(Some(token.to_string())).await?;
+            // `["pong", token]` in subscribed mode on RESP2, `token` otherwise.
+            let echoed = match reply {
+                Value::Array(mut parts) => parts.pop().and_then(|v| v.into_string()),
+                other => other.into_string(),
+            };
+            if echoed
+                .and_then(|t| t.parse::<u64>().ok())
+                .is_some_and(|t| t >= first)
+            {
+                return Ok(());
+            }
+            token = self.pings.fetch_add(1, Ordering::AcqRel);
+        }
+        Err(fred::error::Error::new(
+            fred::error::ErrorKind::Unknown,
+            "the subscriber connection did not confirm a SUBSCRIBE",
+        ))
     }
 
     async fn redis_unsubscribe(&self, name: &str) -> Result<()> {
