@@ -99,6 +99,10 @@ impl fmt::Debug for SseEndpoint {
     }
 }
 
+/// The longest keep-alive interval and stream lifetime: timers computed from them stay
+/// within what the clock can represent.
+const MAX_TIMER: Duration = Duration::from_secs(24 * 3600);
+
 impl SseEndpoint {
     /// An endpoint streaming from `pubsub`, allowing every channel ([`AllowAll`]).
     pub fn new(pubsub: PubSub) -> Self {
@@ -162,10 +166,11 @@ impl SseEndpoint {
         self.with(|i| i.authorizer = Named(authorizer))
     }
 
-    /// Silence after which a keep-alive comment is sent. Defaults to 15 seconds.
+    /// Silence after which a keep-alive comment is sent. Defaults to 15 seconds; at most a
+    /// day.
     #[must_use]
     pub fn keep_alive(self, interval: Duration) -> Self {
-        self.with(|i| i.keep_alive = interval.max(Duration::from_millis(1)))
+        self.with(|i| i.keep_alive = interval.clamp(Duration::from_millis(1), MAX_TIMER))
     }
 
     /// The range the per-connection random `retry:` hint (the browser's reconnect delay) is
@@ -178,10 +183,11 @@ impl SseEndpoint {
 
     /// The longest a stream lives; each one ends after a random time between two thirds of it
     /// and all of it, and the browser reconnects (and resumes). This spreads reconnects and
-    /// moves clients onto new instances after a deploy. Defaults to 15 minutes.
+    /// moves clients onto new instances after a deploy. Defaults to 15 minutes; at most a
+    /// day.
     #[must_use]
     pub fn max_lifetime(self, lifetime: Duration) -> Self {
-        self.with(|i| i.max_lifetime = lifetime.max(Duration::from_millis(1)))
+        self.with(|i| i.max_lifetime = lifetime.clamp(Duration::from_millis(1), MAX_TIMER))
     }
 
     /// A token whose cancellation ends every open stream at once, so that axum's graceful
