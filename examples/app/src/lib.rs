@@ -498,7 +498,7 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
 /// `user:<name>:...` channels belong to that logged-in user; other channels are public to
 /// read. (Publishing is checked in [`publish`] so it can answer 401 before 403.)
 #[derive(Debug, Clone, Copy)]
-pub struct ChannelOwner;
+struct ChannelOwner;
 
 /// The network a client address is counted by: the address itself for IPv4, its /64 for
 /// IPv6 (what one subscriber gets).
