@@ -16,7 +16,7 @@ use redtower_client::{
     Key, Namespace, Redis, Script,
     fred::{
         interfaces::{ClientLike, KeysInterface, SetsInterface, SortedSetsInterface},
-        types::{ClientState, Expiration, SetOptions, Value, config::Options},
+        types::{Expiration, SetOptions, Value, config::Options},
     },
 };
 
@@ -256,18 +256,8 @@ impl CacheStore for RedisStore {
     async fn ready(&self) -> Result<()> {
         // Before the first connection fred fails fail-fast commands with `Canceled`: wait for
         // it (up to the client's command timeout) instead, outside this store's own timeout.
+        // (`first_connection` waits for fred's `Connected` state: on a Cluster, every primary.)
         self.redis.first_connection().await?;
-        // On a Cluster the first node's connection is reported before the client is connected
-        // to every primary; commands for the others would still be cancelled. Wait for the
-        // whole client, once, up to the command timeout (after that, a lost connection is an
-        // outage).
-        let client = self.redis.client();
-        let wait = async {
-            while client.state() != ClientState::Connected {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
-        let _ = tokio::time::timeout(self.redis.config().get_command_timeout(), wait).await;
         self.settled.store(true, Ordering::Release);
         Ok(())
     }
