@@ -586,7 +586,9 @@ mod specific {
                 async move {
                     let index = store.index_key(&group).into_string();
                     for v in ["a", "b"] {
-                        let px = Some(Expiration::PX(60_000));
+                        // Half the lifetime the puts below give, so a re-put variant
+                        // sorts after the converted one by a clear margin.
+                        let px = Some(Expiration::PX(30_000));
                         let () = client
                             .set(entry_of(&store, &group, v), v, px, None, false)
                             .await
