@@ -312,7 +312,7 @@ impl Redis {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let health = self
-                .health_within(left.min(self.inner.config.get_health_timeout()))
+                .health_within(left.min(self.inner.config.health_timeout_value()))
                 .await;
             if health.is_up() {
                 return Ok(());
@@ -384,7 +384,7 @@ impl Redis {
         if self.has_connected() {
             return Ok(());
         }
-        self.first_connection_within(self.inner.config.get_command_timeout())
+        self.first_connection_within(self.inner.config.command_timeout_value())
             .await
     }
 
@@ -400,7 +400,7 @@ impl Redis {
         }
         if self.inner.gave_up_waiting.load(Ordering::Acquire) {
             return Err(Error::not_connected(
-                self.inner.config.get_command_timeout(),
+                self.inner.config.command_timeout_value(),
             ));
         }
         let client = &self.inner.client;
@@ -445,13 +445,23 @@ impl Redis {
         &self.inner.config
     }
 
+    /// The command timeout every command is sent with, unless it sets its own.
+    pub fn command_timeout(&self) -> Duration {
+        self.inner.config.command_timeout_value()
+    }
+
+    /// The time [`health`](Self::health) allows itself.
+    pub fn health_timeout(&self) -> Duration {
+        self.inner.config.health_timeout_value()
+    }
+
     /// Whether this handle talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         self.inner.config.is_cluster()
     }
 
     /// The group `key` goes in when a batch of commands is split for sending (see
-    /// [`per_slot`](crate::per_slot)): its Cluster slot on a Cluster, where one command takes
+    /// [`per_slot`](crate::batch::per_slot)): its Cluster slot on a Cluster, where one command takes
     /// keys of one slot; 0 elsewhere, where one command takes any keys.
     ///
     /// ```
@@ -571,7 +581,7 @@ impl Redis {
     /// `PING` within the configured [health budget](RedisConfig::health_timeout), plus the
     /// connection state. Never fails: an outage is a [`HealthStatus::Down`] value.
     pub async fn health(&self) -> Health {
-        self.health_within(self.inner.config.get_health_timeout())
+        self.health_within(self.inner.config.health_timeout_value())
             .await
     }
 

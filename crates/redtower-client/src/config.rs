@@ -34,7 +34,7 @@ use crate::{Error, Keyspace, Result};
 /// let config = RedisConfig::from_url("redis://127.0.0.1:6379/0")?
 ///     .key_prefix("shop")
 ///     .command_timeout(Duration::from_millis(500));
-/// assert_eq!(config.get_command_timeout(), Duration::from_millis(500));
+/// assert!(format!("{config:?}").contains("500ms"));
 /// assert!(!config.is_cluster());
 ///
 /// let cluster = RedisConfig::from_url("redis-cluster://10.0.0.1:7000?node=10.0.0.2:7000")?;
@@ -182,7 +182,7 @@ impl RedisConfig {
     ///     _ => None,
     /// };
     /// let config = RedisConfig::from_lookup(env)?;
-    /// assert_eq!(config.get_command_timeout().as_millis(), 250);
+    /// assert!(format!("{config:?}").contains("250ms"));
     ///
     /// let bad = |name: &str| (name == "REDIS_MAX_ATTEMPTS").then(|| "many".to_owned());
     /// assert!(RedisConfig::from_lookup(bad).unwrap_err().to_string().contains("REDIS_MAX_ATTEMPTS"));
@@ -360,19 +360,15 @@ impl RedisConfig {
         uses_tls(&self.url)
     }
 
-    /// The configured command timeout.
-    pub fn get_command_timeout(&self) -> Duration {
+    /// The configured command timeout (a built handle reads it with
+    /// [`Redis::command_timeout`](crate::Redis::command_timeout)).
+    pub(crate) fn command_timeout_value(&self) -> Duration {
         self.command_timeout
     }
 
     /// The configured health-check budget.
-    pub fn get_health_timeout(&self) -> Duration {
+    pub(crate) fn health_timeout_value(&self) -> Duration {
         self.health_timeout
-    }
-
-    /// The configured key prefix.
-    pub fn get_key_prefix(&self) -> &str {
-        &self.key_prefix
     }
 
     /// The URL, with any password replaced by `***`.
@@ -540,8 +536,8 @@ mod tests {
             ("REDIS_COMMAND_TIMEOUT_MS", "300"),
         ]))
         .unwrap();
-        assert_eq!(c.get_key_prefix(), "shop");
-        assert_eq!(c.get_command_timeout(), Duration::from_millis(300));
+        assert_eq!(c.key_prefix, "shop");
+        assert_eq!(c.command_timeout, Duration::from_millis(300));
         assert_eq!(c.redacted_url(), RedisConfig::DEFAULT_URL);
         for bad in [
             &[("REDIS_COMMAND_TIMEOUT_MS", "0")][..],

@@ -11,9 +11,13 @@
 //!   Cluster primary) and [`Redis::health`].
 //! * [`Keyspace`]: `prefix:namespace:{tag}:part` keys with exactly one Cluster hash tag and
 //!   escaped user input.
-//! * [`Script`]: Lua compiled in, `EVALSHA` with transparent `NOSCRIPT` reload.
-//! * [`Coalescer`]: concurrent calls made during one round trip leave together as the next
-//!   batch (one `MGET` for many `GET`s, one script call for many checks).
+//! * [`Script`]: Lua compiled in, pipelined `EVALSHA` with transparent `NOSCRIPT` reload.
+//! * [`CircuitBreaker`] and [`breaker::Breaker`]: the one circuit breaker of every layer
+//!   with a failure policy (opens on failures of a connected store only, probes after a
+//!   cool-down or a reconnect).
+//! * [`batch::Coalescer`]: concurrent calls made during one round trip leave together as the
+//!   next batch (one `MGET` for many `GET`s, one script call for many checks). The `batch`
+//!   and `breaker` modules are building blocks for stores; an app needs neither.
 //! * [`enum@Error`]: one error type whose [`ErrorKind`] tells timeouts, outages, Cluster and
 //!   script errors apart, for the layers' failure policies.
 //!
@@ -43,7 +47,7 @@
 //! | pub/sub messages buffered per subscriber | 4096 | [`RedisConfig::pubsub_buffer`] | a slow reader loses messages (and repairs them from history) instead of growing memory |
 //! | unresponsive connection | 10 s | [`RedisConfig::unresponsive_timeout`] | a half-open TCP connection is replaced |
 //! | key segment | [`Segment::MAX_LEN`] (128) bytes, longer values hashed | - | user input can neither grow keys nor forge another key or slot |
-//! | calls per coalesced batch | set by each store (64 in the layers) | [`Coalescer::new`] | one command carries a bounded amount of work |
+//! | calls per coalesced batch | set by each store (64 in the layers) | [`batch::Coalescer::new`] | one command carries a bounded amount of work |
 //!
 //! # Features
 //!
@@ -51,16 +55,17 @@
 //!   configuration error.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod batch;
+pub mod breaker;
 mod client;
-mod coalesce;
 mod config;
 mod error;
 mod health;
 pub mod keyspace;
 mod script;
 
+pub use breaker::CircuitBreaker;
 pub use client::Redis;
-pub use coalesce::{Coalescer, Queued, Uncoalesced, per_slot};
 pub use config::RedisConfig;
 pub use error::{Error, ErrorKind, Result};
 pub use health::{ConnectionState, Health, HealthStatus};

@@ -3,8 +3,10 @@
 use std::fmt;
 
 use fred::{
-    interfaces::LuaInterface,
-    types::{FromValue, MultipleKeys, MultipleValues},
+    interfaces::ClientLike,
+    types::{
+        ClusterHash, CustomCommand, FromValue, MultipleKeys, MultipleValues, Value, config::Options,
+    },
 };
 
 use crate::{Error, Redis, Result};
@@ -85,6 +87,10 @@ impl Script {
 
     /// Runs the script with `keys` and `args` and converts the reply to `R`.
     ///
+    /// The call is pipelined with every other command on the connection (fred's own
+    /// `EVALSHA` waits for each reply before the next command is written; see
+    /// [`run_with`](Self::run_with)).
+    ///
     /// # Errors
     ///
     /// [`ErrorKind::Script`](crate::ErrorKind::Script) when the script fails, and the usual
@@ -96,21 +102,75 @@ impl Script {
         V: TryInto<MultipleValues> + Send,
         V::Error: Into<fred::error::Error> + Send,
     {
+        self.run_with(redis, &Options::default(), keys, args).await
+    }
+
+    /// [`run`](Self::run) with per-call fred [`Options`] (a shorter timeout, one attempt for a
+    /// script that is not safe to re-send, fail-fast).
+    ///
+    /// `EVALSHA` goes out as a command routed by the slot of the first key (every key of a
+    /// script shares one slot), so calls are pipelined like any other command. That is safe:
+    /// each script runs atomically on the server, and a `NOSCRIPT` reply (after a restart, a
+    /// failover or `SCRIPT FLUSH`) is handled per call, by loading the script on every primary
+    /// and sending the same call again, once; the script did not run, so nothing runs twice.
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Self::run).
+    pub async fn run_with<R, K, V>(
+        &self,
+        redis: &Redis,
+        options: &Options,
+        keys: K,
+        args: V,
+    ) -> Result<R>
+    where
+        R: FromValue,
+        K: Into<MultipleKeys> + Send,
+        V: TryInto<MultipleValues> + Send,
+        V::Error: Into<fred::error::Error> + Send,
+    {
         if !redis.scripts().contains(self.sha1()) {
             redis.scripts().insert(&self.inner);
         }
         let keys: MultipleKeys = keys.into();
         let args: MultipleValues = args.try_into().map_err(|e| Error::from(e.into()))?;
-        let client = redis.client();
-        match client
-            .evalsha::<R, _, _, _>(self.inner.sha1().clone(), keys.clone(), args.clone())
-            .await
-        {
+        let hash = if keys.len() == 0 {
+            ClusterHash::Random
+        } else {
+            // `EVALSHA <sha> <numkeys> <key>...`: the first key is the third argument.
+            ClusterHash::Offset(2)
+        };
+        let command = CustomCommand::new_static("EVALSHA", hash, false);
+        // What fred's own `EVALSHA` sends (a map argument flattens to its pairs).
+        let args = match args {
+            Value::Array(values) => values,
+            Value::Map(map) => map
+                .inner()
+                .into_iter()
+                .flat_map(|(k, v)| [Value::Bytes(k.into_bytes()), v])
+                .collect(),
+            Value::Null => Vec::new(),
+            one => vec![one],
+        };
+        let mut argv: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+        argv.push(Value::String(self.inner.sha1().clone()));
+        argv.push(Value::Integer(
+            i64::try_from(keys.len()).unwrap_or(i64::MAX),
+        ));
+        argv.extend(
+            keys.inner()
+                .into_iter()
+                .map(|k| Value::Bytes(k.into_bytes())),
+        );
+        argv.extend(args);
+        let client = redis.client().with_options(options);
+        match client.custom::<R, _>(command.clone(), argv.clone()).await {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
                 tracing::debug!(target: "redtower::redis", script = self.name, "NOSCRIPT: loading");
-                self.inner.load(client).await?;
+                self.inner.load(redis.client()).await?;
                 client
-                    .evalsha(self.inner.sha1().clone(), keys, args)
+                    .custom(command, argv)
                     .await
                     .map_err(|e| self.error(e))
             }

@@ -295,7 +295,7 @@ mod tests {
             ("WORKER", "off"),
         ]))
         .unwrap();
-        assert_eq!(c.redis.unwrap().get_key_prefix(), "redtower-example");
+        assert!(format!("{:?}", c.redis.unwrap()).contains(r#"key_prefix: "redtower-example""#));
         assert_eq!(c.trusted_proxies.len(), 2);
         assert!(!c.worker);
         for bad in [

@@ -1,19 +1,19 @@
 //! Coalesced reads: `GET`s that concurrent requests issue while a read of the store is in
 //! flight leave together as one `MGET` (one per hash slot on a Cluster), through the client's
-//! [`Coalescer`].
+//! [`Coalescer`](redtower_client::batch::Coalescer).
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redtower_client::{
-    Coalescer, Key,
+    Key,
+    batch::{Coalescer, per_slot},
     fred::{
         clients::Client,
         error::{Error as FredError, ErrorKind as FredErrorKind},
         interfaces::{ClientLike, KeysInterface},
         types::config::Options,
     },
-    per_slot,
 };
 
 /// The most keys one coalesced `MGET` carries.
@@ -74,8 +74,8 @@ impl Reads {
         };
         match self.coalescer.call(read).await {
             Ok(r) => Ok(r),
-            Err(redtower_client::Uncoalesced::NotSent(read)) => Err(read.key),
-            Err(redtower_client::Uncoalesced::Dropped) => Ok(Err(FredError::new(
+            Err(redtower_client::batch::Uncoalesced::NotSent(read)) => Err(read.key),
+            Err(redtower_client::batch::Uncoalesced::Dropped) => Ok(Err(FredError::new(
                 FredErrorKind::Canceled,
                 "the read's batch was dropped",
             ))),

@@ -384,7 +384,7 @@ impl Hub {
         if self.subscriber_up.load(Ordering::Acquire) {
             return Ok(());
         }
-        let timeout = self.redis.config().get_command_timeout();
+        let timeout = self.redis.command_timeout();
         let connected = async {
             if self.subscriber.state() != fred::types::ClientState::Connected {
                 self.subscriber.wait_for_connect().await?;

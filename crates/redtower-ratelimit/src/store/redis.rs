@@ -15,7 +15,10 @@ use fred::{
     interfaces::ClientLike,
     types::{ClusterHash, CustomCommand, Value, config::Options},
 };
-use redtower_client::{Coalescer, Key, Namespace, Redis, Script, Uncoalesced, per_slot};
+use redtower_client::{
+    Key, Namespace, Redis, Script,
+    batch::{Coalescer, Uncoalesced, per_slot},
+};
 use smallvec::SmallVec;
 
 use crate::{Algorithm, Decision, Error, ManualClock, Policy, Result, Subject, model::Outcome};

@@ -11,7 +11,10 @@ use fred::{
     error::{Error as FredError, ErrorKind as FredErrorKind},
     types::Value,
 };
-use redtower_client::{Coalescer, Key, Redis, Script, Uncoalesced, per_slot};
+use redtower_client::{
+    Key, Redis, Script,
+    batch::{Coalescer, Uncoalesced, per_slot},
+};
 use tower_sessions_core::{
     SessionStore,
     session::{Id, Record},
