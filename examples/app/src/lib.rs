@@ -41,7 +41,7 @@ use redtower_pubsub::{
 };
 use redtower_ratelimit::{ClientIp, Policy, Quota, RateLimitLayer, RateLimitStore, Subject};
 use redtower_session::{
-    AuthSession, SessionLayer, SessionMeta, UserSessions, bind_user,
+    AuthSession, SessionBackend, SessionLayer, SessionMeta, UserSessions, bind_user,
     tower_sessions::{Session, cookie::Key},
 };
 use serde::{Deserialize, Serialize};
@@ -86,8 +86,9 @@ pub struct ServicesInner {
     publish_limit: Policy,
     /// `POST /events/{channel}` per client network.
     publish_ip_limit: Policy,
-    sessions: Arc<dyn UserSessions>,
-    session_layer: SessionLayerKind,
+    /// The session store chosen at run time; handlers call [`UserSessions`] on it.
+    sessions: Arc<dyn SessionBackend>,
+    session_layer: SessionLayer,
     /// Who may read and publish which channel; `order:updates` is the server's.
     channels: ServerOwned<ChannelOwner>,
     /// How a client's address is found (`TRUSTED_PROXIES`).
@@ -141,12 +142,6 @@ impl Limits {
     }
 }
 
-#[derive(Clone)]
-enum SessionLayerKind {
-    Memory(SessionLayer<redtower_session::MemoryStore>),
-    Redis(SessionLayer<redtower_session::RedisStore>),
-}
-
 /// The `ship-order` job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShipOrder {
@@ -176,6 +171,9 @@ pub enum BuildError {
     /// A rate limit.
     #[error("rate limit: {0}")]
     RateLimit(#[from] redtower_ratelimit::ConfigError),
+    /// The session store (a secret too short).
+    #[error("sessions: {0}")]
+    Session(#[from] redtower_session::Error),
 }
 
 impl Services {
@@ -197,6 +195,11 @@ impl Services {
             }
         };
         let key = Key::from(&secret);
+        let cookie_secure = config.cookie_secure;
+        // One layer type whichever store was chosen.
+        let session_layer = |store: &Arc<dyn SessionBackend>| {
+            SessionLayer::new(store.clone(), key.clone()).secure(cookie_secure)
+        };
         let policy = |name: &'static str, rate: Rate| -> Result<Policy, BuildError> {
             Ok(Policy::new(
                 name,
@@ -217,7 +220,8 @@ impl Services {
                 tracing::info!(
                     "REDIS_URL is not set: every feature runs on its in-process backend"
                 );
-                let sessions = redtower_session::MemoryStore::new();
+                let sessions: Arc<dyn SessionBackend> =
+                    Arc::new(redtower_session::MemoryStore::new());
                 let jobs = redtower_jobs::MemoryStore::new();
                 ServicesInner {
                     redis: None,
@@ -228,10 +232,8 @@ impl Services {
                     publish_ip_limit,
                     channels: channels.clone(),
                     client_ip: client_ip.clone(),
-                    sessions: Arc::new(sessions.clone()),
-                    session_layer: SessionLayerKind::Memory(
-                        SessionLayer::new(sessions, key).with_secure(config.cookie_secure),
-                    ),
+                    session_layer: session_layer(&sessions),
+                    sessions,
                     pubsub: PubSub::memory(),
                     queue: Queue::new(jobs, SHIP_QUEUE),
                     orders: Orders::memory(),
@@ -243,7 +245,9 @@ impl Services {
             Some(redis_config) => {
                 let redis = Redis::new(redis_config.clone())?;
                 tracing::info!(url = %redis_config.redacted_url(), "using Redis");
-                let sessions = redtower_session::RedisStore::new(redis.clone(), &secret[..32]);
+                let sessions: Arc<dyn SessionBackend> = Arc::new(
+                    redtower_session::RedisStore::new(redis.clone(), &secret[..32])?,
+                );
                 ServicesInner {
                     cache: if config.cache_l1 {
                         Cache::builder(redtower_cache::RedisStore::new(redis.clone()))
@@ -258,10 +262,8 @@ impl Services {
                     publish_ip_limit,
                     channels: channels.clone(),
                     client_ip: client_ip.clone(),
-                    sessions: Arc::new(sessions.clone()),
-                    session_layer: SessionLayerKind::Redis(
-                        SessionLayer::new(sessions, key).with_secure(config.cookie_secure),
-                    ),
+                    session_layer: session_layer(&sessions),
+                    sessions,
                     pubsub: PubSub::new(redtower_pubsub::RedisStore::new(redis.clone())?),
                     queue: Queue::new(redtower_jobs::RedisStore::new(redis.clone()), SHIP_QUEUE),
                     orders: Orders::redis(redis.clone()),
@@ -482,10 +484,7 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
                 .post(publish),
         )
         .merge(probes::session_routes(services, stacked_limit));
-    let with_session = match &services.session_layer {
-        SessionLayerKind::Memory(layer) => with_session.layer(layer.clone()),
-        SessionLayerKind::Redis(layer) => with_session.layer(layer.clone()),
-    };
+    let with_session = with_session.layer(services.session_layer.clone());
     Ok(public
         .merge(with_session)
         .fallback(error::not_found)
