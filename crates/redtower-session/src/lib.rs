@@ -198,6 +198,16 @@
 //! | `revoke_others` | as `revoke_all`, re-stamps the current session | yes, in effect | the current session carries the new epoch, so a second run keeps it again |
 //! | `alive` (watches) | no | yes | read only |
 //!
+//! # Failure policy
+//!
+//! When Redis is down or slow, a request that needs its session is answered
+//! `503 Service Unavailable` with `Retry-After: 1` (by the [`SessionLayer`], by
+//! [`AuthSession`]'s rejection, or by a handler through [`status_for`]); the cookie is kept, so
+//! an outage logs nobody out. A request whose handler does not touch the session sends nothing
+//! to Redis and is not affected. A session revoked while its request ran is answered 401 with a
+//! cleared cookie, and is never written back. Watches keep waiting through an outage (an
+//! outage ends no session).
+//!
 //! A fresh [`Redis`](redtower_client::Redis) handle (a process that just started) waits for its
 //! first connection before the first command, up to the command timeout: the first requests
 //! are decided by Redis, not answered 503.
@@ -205,6 +215,8 @@
 //! # Features
 //!
 //! * `rustls`: TLS for Redis, forwarded to `redtower-client`.
+//! * `testing`: helpers for this crate's tests (what a [`MemoryStore`] holds); not a stable
+//!   API.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;

@@ -300,6 +300,33 @@ impl State {
         })
     }
 
+    /// Adds the new session `handle` (expiring at `e`) to `user`'s index, revoking the
+    /// soonest-expiring sessions beyond the cap of `max` (never the new one). Returns the epoch
+    /// the session carries.
+    fn index_new(&mut self, user: &str, handle: &str, e: i64, now: i64, max: usize) -> u64 {
+        let u = self.users.entry(user.to_owned()).or_default();
+        if u.epoch_until <= now {
+            // The epoch expired with the user's last session.
+            u.epoch = 0;
+        }
+        u.index.prune(now);
+        u.index.insert(handle.to_owned(), e);
+        let mut evicted = Vec::new();
+        while u.index.len() > max {
+            let Some(old) = u.index.first_except(handle) else {
+                break;
+            };
+            u.index.remove(&old);
+            evicted.push(old);
+        }
+        u.epoch_until = u.epoch_until.max(e);
+        let epoch = u.epoch;
+        for old in evicted {
+            self.records.remove(&old);
+        }
+        epoch
+    }
+
     fn sweep(&mut self, now: i64) {
         if self.records.len() < self.sweep_at {
             return;
@@ -347,30 +374,10 @@ impl MemoryStore {
             return Ok(());
         }
         record.expiry_date = from_unix_ms(e);
-        let mut evicted = Vec::new();
         let bound = binding.map(|b| {
-            let u = st.users.entry(b.user.clone()).or_default();
-            if u.epoch_until <= now {
-                // The epoch expired with the user's last session.
-                u.epoch = 0;
-            }
-            u.index.prune(now);
-            u.index.insert(handle.clone(), e);
-            // The cap: revoke the soonest-expiring sessions beyond it (never the new one).
-            while u.index.len() > max {
-                let Some(old) = u.index.first_except(&handle) else {
-                    break;
-                };
-                u.index.remove(&old);
-                evicted.push(old);
-            }
-            u.epoch_until = u.epoch_until.max(e);
-            let g = u.epoch;
-            (b, g)
+            let epoch = st.index_new(&b.user, &handle, e, now, max);
+            (b, epoch)
         });
-        for old in evicted {
-            st.records.remove(&old);
-        }
         st.records.insert(
             handle,
             Rec {

@@ -171,7 +171,8 @@ impl RedisStore {
 
     /// Sliding idle timeout: a session not used for this long expires, and every read or write
     /// pushes its expiry forward (reads do it without rewriting the record). Defaults to none
-    /// (the record's own expiry, from `SessionManagerLayer::with_expiry`, is used as is).
+    /// (the record's own expiry, from [`SessionLayer::expiry`](crate::SessionLayer::expiry), is used
+    /// as is).
     #[must_use]
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
         self.settings_mut().idle = Some(idle);
