@@ -646,6 +646,26 @@ mod tests {
         store.create(&mut r).await.unwrap();
     }
 
+    /// Setting a clone never panics: the clone gets its own settings over the same sessions.
+    #[tokio::test]
+    async fn a_clone_can_be_configured_and_shares_the_sessions() {
+        let store = MemoryStore::new();
+        let small = store.clone().max_data_size(8);
+        create_one(&store).await;
+        assert_eq!(small.lock().records.len(), 1, "one set of sessions");
+        let mut big = Record {
+            id: Id::default(),
+            data: [("k".to_owned(), serde_json::json!("a value over 8 bytes"))].into(),
+            expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        };
+        assert!(matches!(
+            small.create_inner(&mut big),
+            Err(Error::TooLarge { max: 8, .. })
+        ));
+        store.create_inner(&mut big).unwrap();
+        assert!(small.load_inner(&big.id).unwrap().is_some());
+    }
+
     /// Sweeps run when the store doubles (from 1024 up), so it holds at most about twice its
     /// live sessions.
     #[tokio::test(start_paused = true)]
