@@ -145,7 +145,7 @@ mod event;
 mod handler;
 mod job;
 mod queue;
-pub mod store;
+mod store;
 mod worker;
 
 pub use clock::{Clock, ClockSkew};
@@ -154,5 +154,8 @@ pub use event::{EventKind, QueueEvent};
 pub use handler::{Handler, JobContext, JobError, JobRequest, ServiceHandler};
 pub use job::{Backoff, Job, JobId, JobInfo, JobState};
 pub use queue::{AddJob, JobOptions, MAX_PRIORITY, Queue};
-pub use store::{Counts, MemoryStore, QueueStore, RedisStore, Retention};
+pub use store::{
+    Counts, Enqueued, Fetched, Lease, MemoryStore, NewJob, QueueStore, RedisStore, Retention,
+    Settle, Settled, Waiter, WorkReply, WorkRequest,
+};
 pub use worker::{Finished, Outcome, ShutdownReport, Worker, WorkerHandle};

@@ -185,14 +185,12 @@ impl fmt::Debug for Worker {
 
 impl Worker {
     /// A worker for queue `name` in `store`, with no handlers yet.
+    ///
+    /// `store` is any [`QueueStore`], an `Arc<dyn QueueStore>` chosen at run time included
+    /// (see [`Queue::new`](crate::Queue::new)).
     pub fn new(store: impl QueueStore, queue: impl Into<String>) -> Self {
-        Self::from_arc(Arc::new(store), queue)
-    }
-
-    /// Like [`new`](Self::new), with a shared store.
-    pub fn from_arc(store: Arc<dyn QueueStore>, queue: impl Into<String>) -> Self {
         Self {
-            store,
+            store: Arc::new(store),
             queue: Arc::from(queue.into()),
             handlers: HashMap::new(),
             concurrency: 10,

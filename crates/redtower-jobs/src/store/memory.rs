@@ -536,7 +536,7 @@ impl QueueStore for MemoryStore {
             }
             if let Some(rid) = req.request_id {
                 if n_settle > 0 || !jobs.is_empty() {
-                    let keep = super::redis::replay_window(req.lease, WINDOW);
+                    let keep = super::replay_window(req.lease, WINDOW);
                     let expires = now.saturating_add(ms(keep));
                     let leased = jobs
                         .iter()

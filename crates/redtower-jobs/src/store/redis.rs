@@ -26,16 +26,19 @@ macro_rules! script {
         LazyLock::new(|| {
             Script::new(
                 $name,
-                concat!(include_str!("lua/common.lua"), include_str!($file)),
+                concat!(
+                    include_str!("../lua/common.lua"),
+                    include_str!(concat!("../lua/", $file, ".lua"))
+                ),
             )
         })
     };
 }
 
-static ENQUEUE: LazyLock<Script> = script!("jobs_enqueue", "lua/enqueue.lua");
-static WORK: LazyLock<Script> = script!("jobs_work", "lua/work.lua");
-static EXTEND: LazyLock<Script> = script!("jobs_extend", "lua/extend.lua");
-static ADMIN: LazyLock<Script> = script!("jobs_admin", "lua/admin.lua");
+static ENQUEUE: LazyLock<Script> = script!("jobs_enqueue", "enqueue");
+static WORK: LazyLock<Script> = script!("jobs_work", "work");
+static EXTEND: LazyLock<Script> = script!("jobs_extend", "extend");
+static ADMIN: LazyLock<Script> = script!("jobs_admin", "admin");
 
 const PARTS: [&str; 12] = [
     "jobs", "ready", "sched", "active", "done", "dead", "lease", "uniq", "meta", "wake", "events",
@@ -207,12 +210,6 @@ fn started_of(token: &str) -> Option<u64> {
     start.parse().ok()
 }
 
-/// How long the answer to a work request is kept for a re-send: its lease (the jobs it handed
-/// out are the caller's that long), at least 10 s, at most the idempotency window.
-pub(super) fn replay_window(lease: Duration, window: Duration) -> Duration {
-    lease.max(Duration::from_secs(10)).min(window)
-}
-
 /// A count as a Redis integer, saturated (`u64::MAX` means as many as there can be).
 fn int(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -317,7 +314,7 @@ impl QueueStore for RedisStore {
         argv.push(int(r.dead_count).into());
         argv.push(ms(r.dead_age).into());
         argv.push((req.settle.len() as i64).into());
-        argv.push(ms(replay_window(req.lease, self.idempotency_window)).into());
+        argv.push(ms(super::replay_window(req.lease, self.idempotency_window)).into());
         let mut keys = self.keys(queue);
         let request_id = req.request_id.unwrap_or_else(super::random_key);
         keys.push(self.base(queue).push("x").push(request_id.as_str()));
