@@ -20,14 +20,19 @@ use redtower_client::{
     },
 };
 
-use super::{CacheStore, EntryKey, LockToken, new_generation, reads::Reads, ttl_ms};
+use super::{CacheStore, EntryKey, LockToken, new_generation, ttl_ms};
 use crate::{Error, Result};
 
-static PUT: LazyLock<Script> = LazyLock::new(|| Script::new("cache_put", include_str!("put.lua")));
+mod reads;
+
+use reads::Reads;
+
+static PUT: LazyLock<Script> =
+    LazyLock::new(|| Script::new("cache_put", include_str!("../lua/put.lua")));
 static UNLOCK: LazyLock<Script> =
-    LazyLock::new(|| Script::new("cache_unlock", include_str!("unlock.lua")));
+    LazyLock::new(|| Script::new("cache_unlock", include_str!("../lua/unlock.lua")));
 static ENSURE_TAG: LazyLock<Script> =
-    LazyLock::new(|| Script::new("cache_ensure_tag", include_str!("ensure_tag.lua")));
+    LazyLock::new(|| Script::new("cache_ensure_tag", include_str!("../lua/ensure_tag.lua")));
 
 /// The Redis [`CacheStore`]: entries shared by every instance, Cluster-safe.
 ///
