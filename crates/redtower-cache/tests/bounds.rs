@@ -13,7 +13,7 @@ use std::{
 use axum::{Router, body::Body, http::Request, response::IntoResponse, routing::get};
 use futures::TryStreamExt;
 use http_body_util::BodyExt;
-use redtower_cache::{Cache, MemoryStore, RedisStore, ResponseCacheLayer};
+use redtower_cache::{Cache, CircuitBreaker, MemoryStore, RedisStore, ResponseCacheLayer};
 use redtower_client::{Redis, RedisConfig, fred::interfaces::KeysInterface};
 use redtower_testkit::unique_prefix;
 use tower::ServiceExt;
@@ -184,7 +184,7 @@ async fn overflowing_settings_saturate() {
         let under = Under::with(backend, "huge-settings", |b| {
             b.lock_ttl(Duration::MAX)
                 .lock_wait(Duration::MAX)
-                .breaker_cooldown(Duration::MAX)
+                .circuit_breaker(CircuitBreaker::default().cool_down(Duration::MAX))
                 .poll_interval(Duration::MAX, Duration::MAX)
         })
         .await;

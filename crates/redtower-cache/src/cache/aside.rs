@@ -6,9 +6,9 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde::{Serialize, de::DeserializeOwned};
 
+use super::{Cache, Filled, Freshness, Outcome, freshness, stats::bump};
 use crate::{
-    Cache, FetchError, Result,
-    cache::{Filled, Freshness, Outcome, freshness},
+    FetchError, Result,
     envelope::{Entry, FLAG_NEGATIVE},
     key::{Canonical, Key},
     store::{EntryKey, MAX_TTL},
@@ -196,7 +196,7 @@ impl<'a> Fetch<'a> {
 }
 
 fn bump_corrupt(cache: &Cache) {
-    crate::cache::bump(&cache.inner.stats.corrupt);
+    bump(&cache.inner.stats.corrupt);
 }
 
 struct Options {
@@ -258,7 +258,7 @@ fn decode<T: DeserializeOwned>(e: &Entry) -> Result<T, serde_json::Error> {
     serde_json::from_slice(&e.body)
 }
 
-pub(crate) fn aside_key(key: &str) -> Key {
+fn aside_key(key: &str) -> Key {
     let mut c = Canonical::new("aside");
     c.push(key.as_bytes());
     Key::new(c)
