@@ -54,7 +54,7 @@
 //! # The core ([`Cache`])
 //!
 //! * **One round trip per hit**: one Redis string per entry (per variant) holding a compact,
-//!   versioned binary [`envelope`] (status, headers, times, body); the body is never copied on
+//!   versioned binary envelope (status, headers, times, body); the body is never copied on
 //!   decode. A value that cannot be decoded is a miss, and the fill overwrites it. Under load,
 //!   the hits that arrive while a read is in flight leave together as one `MGET`
 //!   ([`RedisStore::coalesce_reads`]): still one round trip each, a fraction of a command.
@@ -163,18 +163,28 @@
 //! with [`route_name`](ResponseCacheLayer::route_name), never the raw URI.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod body;
 mod cache;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod envelope;
+#[cfg(not(feature = "testing"))]
+mod envelope;
 mod error;
+mod future;
 mod http;
 mod key;
+mod layer;
+mod service;
 mod store;
 
+pub use body::ResponseBody;
 pub use cache::{Cache, CacheBuilder, CacheStats, Fetch};
 pub use error::{Error, FetchError, Result};
-pub use http::{
-    Credentials, QueryKey, ResponseBody, ResponseCache, ResponseCacheLayer, ResponseFuture,
-};
+pub use future::ResponseFuture;
+pub use http::{Credentials, QueryKey};
+pub use layer::ResponseCacheLayer;
 /// The circuit breaker settings of [`CacheBuilder::circuit_breaker`] (from `redtower-client`).
 pub use redtower_client::CircuitBreaker;
+pub use service::ResponseCache;
 pub use store::{CacheStore, EntryKey, LockToken, memory::MemoryStore, redis::RedisStore};

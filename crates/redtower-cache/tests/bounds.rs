@@ -369,7 +369,7 @@ async fn variants_per_uri_are_bounded() {
         let under = Under::new(backend, "variant-flood").await;
         let calls = Arc::new(AtomicUsize::new(0));
         let layer = ResponseCacheLayer::new(under.cache.clone(), Duration::from_secs(60))
-            .key_headers(["accept-language"]);
+            .key_headers([axum::http::header::ACCEPT_LANGUAGE]);
         let app = Router::new().route("/r", counted(&calls, "x").layer(layer));
         let lang = |i: usize| {
             Request::get("/r")
@@ -399,7 +399,7 @@ async fn junk_variants_stop_counting_once_they_expired() {
         let under = Under::new(backend, "variant-junk").await;
         let calls = Arc::new(AtomicUsize::new(0));
         let layer = ResponseCacheLayer::new(under.cache.clone(), Duration::from_secs(60))
-            .key_headers(["accept-language"]);
+            .key_headers([axum::http::header::ACCEPT_LANGUAGE]);
         // Junk values get a 1 s lifetime, real languages a minute.
         let handler = {
             let calls = calls.clone();

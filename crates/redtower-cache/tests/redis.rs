@@ -509,7 +509,7 @@ mod specific {
                 .unwrap();
             assert_eq!(v, 1);
             let layer = ResponseCacheLayer::new(cache.clone(), Duration::from_secs(60))
-                .key_headers(["accept-language"])
+                .key_headers([axum::http::header::ACCEPT_LANGUAGE])
                 .stale_if_error(Duration::from_secs(600))
                 .tags(["t2"]);
             let app = Router::new().route("/r", get(|| async { "x" }).layer(layer));
