@@ -57,8 +57,9 @@ impl fmt::Display for EntryKey {
 pub struct LockToken(pub(crate) String);
 
 impl LockToken {
-    /// A new unique token.
-    pub(crate) fn generate() -> Self {
+    /// A new unique token (128 random bits), for a store's
+    /// [`try_lock`](CacheStore::try_lock).
+    pub fn generate() -> Self {
         Self(format!("{:032x}", rand::random::<u128>()))
     }
 

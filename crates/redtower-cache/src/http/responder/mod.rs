@@ -4,13 +4,13 @@
 use std::{fmt, sync::Arc};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, header, request::Parts};
+use http::{HeaderMap, Method, Request, Response, header, request::Parts};
 use http_body::Body;
 use tower_service::Service;
 
 use super::{
     Credentials, RouteSettings,
-    key::{request_host, request_key, session_cookie},
+    key::{RequestKey, request_host, request_key, session_cookie},
     policy::Directives,
 };
 use crate::{
@@ -90,26 +90,9 @@ impl Responder {
             let resp = call(inner, Request::from_parts(parts, body)).await?;
             return Ok(self.decorate(resp.map(ResponseBody::inner), Served::Bypass(reason), None));
         }
-        if self.settings.query.filters() {
-            if let Some(uri) = self.settings.query.rewrite(&parts.uri) {
-                parts.uri = uri;
-            }
-        }
-        let per_user = (self.settings.credentials == Credentials::PerUser)
-            .then_some(self.settings.session_cookies.as_slice());
-        let key = request_key(
-            &parts,
-            &self.settings.query,
-            self.settings.names(),
-            per_user,
-        );
+        let key = self.key(&mut parts);
         let head = method == Method::HEAD;
-        let force = req_cc.no_cache
-            || req_cc.max_age == Some(0)
-            || parts
-                .headers
-                .get(header::PRAGMA)
-                .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"no-cache"));
+        let force = forces_refetch(&req_cc, &parts.headers);
         let found = if force {
             None
         } else {
@@ -149,6 +132,20 @@ impl Responder {
         Box::pin(self.miss(inner, parts, body, key, conditionals, fallback, seen, head)).await
     }
 
+    /// The request's key; strips the query parameters the route does not key on from the
+    /// URI the handler sees.
+    fn key(&self, parts: &mut Parts) -> RequestKey {
+        let settings = &self.settings;
+        if settings.query.filters() {
+            if let Some(uri) = settings.query.rewrite(&parts.uri) {
+                parts.uri = uri;
+            }
+        }
+        let per_user = (settings.credentials == Credentials::PerUser)
+            .then_some(settings.session_cookies.as_slice());
+        request_key(parts, &settings.query, settings.names(), per_user)
+    }
+
     fn bypass_reason(&self, parts: &Parts, req_cc: &Directives) -> Option<&'static str> {
         if req_cc.no_store {
             return Some("REQUEST-NO-STORE");
@@ -178,4 +175,13 @@ impl Responder {
         }
         None
     }
+}
+
+/// Whether the request asks for a refetch (`no-cache`, `max-age=0`, `Pragma: no-cache`).
+fn forces_refetch(req_cc: &Directives, headers: &HeaderMap) -> bool {
+    req_cc.no_cache
+        || req_cc.max_age == Some(0)
+        || headers
+            .get(header::PRAGMA)
+            .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"no-cache"))
 }

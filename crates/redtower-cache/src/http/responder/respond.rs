@@ -131,6 +131,25 @@ impl Responder {
         e: Option<&Entry>,
     ) -> Response<B> {
         let now = self.cache.now_ms();
+        let (status, x) = self.cache_status(served, e, now);
+        let h = resp.headers_mut();
+        h.reserve(3);
+        if let Some(e) = e {
+            let age = match served {
+                Served::Stored => 0,
+                _ => secs(now.saturating_sub(e.stored_at)),
+            };
+            h.insert(header::AGE, small_number(age));
+        }
+        h.insert(X_CACHE.clone(), HeaderValue::from_static(x));
+        if let Some(v) = status.finish() {
+            h.insert(CACHE_STATUS.clone(), v);
+        }
+        resp
+    }
+
+    /// The RFC 9211 `Cache-Status` value of a response, and its `X-Cache` value.
+    fn cache_status(&self, served: Served, e: Option<&Entry>, now: u64) -> (Line, &'static str) {
         let mut status = Line::new(&self.settings.status_name);
         let ttl = |line: &mut Line, e: &Entry| {
             line.push("ttl=");
@@ -187,20 +206,7 @@ impl Responder {
                 "MISS"
             }
         };
-        let h = resp.headers_mut();
-        h.reserve(3);
-        if let Some(e) = e {
-            let age = match served {
-                Served::Stored => 0,
-                _ => secs(now.saturating_sub(e.stored_at)),
-            };
-            h.insert(header::AGE, small_number(age));
-        }
-        h.insert(X_CACHE.clone(), HeaderValue::from_static(x));
-        if let Some(v) = status.finish() {
-            h.insert(CACHE_STATUS.clone(), v);
-        }
-        resp
+        (status, x)
     }
 }
 
