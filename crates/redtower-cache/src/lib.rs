@@ -51,6 +51,23 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Choosing the backend at run time (Redis when configured, memory otherwise) is an
+//! `Arc<dyn CacheStore>`, which is a store too:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use redtower_cache::{Cache, CacheStore, MemoryStore, RedisStore};
+//!
+//! # fn run(redis: Option<redtower_client::Redis>) -> Cache {
+//! let store: Arc<dyn CacheStore> = match redis {
+//!     Some(redis) => Arc::new(RedisStore::new(redis)),
+//!     None => Arc::new(MemoryStore::new()),
+//! };
+//! Cache::new(store)
+//! # }
+//! # let _ = run(None);
+//! ```
+//!
 //! # The core ([`Cache`])
 //!
 //! * **One round trip per hit**: one Redis string per entry (per variant) holding a compact,
