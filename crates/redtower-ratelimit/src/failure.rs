@@ -16,8 +16,10 @@ use crate::{Decision, model::Outcome};
 /// What the layer does when the store cannot answer (Redis down, slower than the
 /// [timeout](crate::RateLimitLayer::timeout), circuit breaker open, script error).
 ///
-/// Every policy logs one WARN when the store starts failing and one INFO when it recovers
-/// (not one per request), and counts `redtower_ratelimit_fail_open_total` /
+/// Every policy logs one WARN when the [circuit breaker](crate::CircuitBreaker) opens (for
+/// failures the breaker does not count, a script error or a store not reached yet: one ERROR or
+/// WARN at the first of them) and one INFO when the store answers again (not one per request),
+/// and counts `redtower_ratelimit_fail_open_total` /
 /// `redtower_ratelimit_fail_closed_total` / `redtower_ratelimit_fallback_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]

@@ -54,7 +54,7 @@ pub trait RateLimitStore: fmt::Debug + Send + Sync + 'static {
     /// for stores with nothing to connect to, is `true`.
     ///
     /// The layer counts a store failure toward its [circuit breaker](crate::CircuitBreaker)
-    /// only when this is `true`.
+    /// only when this is `true` and the failure is an outage ([`Error::is_outage`](crate::Error::is_outage)).
     fn has_connected(&self) -> bool {
         true
     }
