@@ -327,7 +327,8 @@ impl RateLimitLayer {
     /// # Errors
     ///
     /// A [`ConfigError`]: no policy, a bad or duplicate policy name, a quota too large, a
-    /// fixed cost of 0 or above a policy's capacity.
+    /// fixed cost of 0 or above a policy's capacity, a key extractor that cannot work (such as
+    /// an IP prefix out of range).
     pub fn build(self) -> Result<Self, ConfigError> {
         self.validate()?;
         let _ = self.shared.get_or_init(|| self.new_shared());
@@ -365,6 +366,7 @@ impl RateLimitLayer {
         if self.settings.policies.is_empty() && self.settings.routes.is_empty() {
             return Err(ConfigError::NoPolicy);
         }
+        self.settings.key.validate()?;
         if !self.settings.policies.is_empty() {
             validate_set(&self.settings.policies, cost)?;
         }
