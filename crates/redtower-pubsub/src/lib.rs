@@ -17,8 +17,10 @@ pub use event::{Event, EventId, InvalidEventId, InvalidPublishToken, PublishToke
 pub use sse::{AccessEnds, OnOpen, SseEndpoint, SseRejection, StreamOptions};
 #[cfg(feature = "memory")]
 pub use store::memory::MemoryStore;
+#[cfg(all(feature = "redis", feature = "testing"))]
+pub use store::redis::HubStats;
 #[cfg(feature = "redis")]
-pub use store::redis::{HubStats, RedisStore, RedisStoreBuilder};
+pub use store::redis::{RedisStore, RedisStoreBuilder};
 pub use store::{PubSub, PubSubStore, Received, Replay, ReplayLimit, Subscription};
 pub use tokio_util::sync::CancellationToken;
 

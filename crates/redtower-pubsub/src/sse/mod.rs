@@ -412,62 +412,18 @@ impl SseEndpoint {
         parts: &mut Parts,
         options: Option<StreamOptions>,
     ) -> Result<Response, SseRejection> {
-        let path_channel = RawPathParams::from_request_parts(parts, &())
-            .await
-            .ok()
-            .and_then(|params| {
-                params
-                    .iter()
-                    .find(|(k, _)| *k == "channel")
-                    .map(|(_, v)| v.to_owned())
-            });
-        let mut names = Vec::new();
-        let mut query_cursor = None;
-        for (k, v) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
-            match &*k {
-                "channel" if path_channel.is_none() => names.push(v.into_owned()),
-                "last_event_id" => query_cursor = Some(v.into_owned()),
-                _ => {}
-            }
-        }
-        let multi = path_channel.is_none();
-        if let Some(name) = path_channel {
-            names = vec![name];
-        }
-        if names.is_empty() {
-            return Err(SseRejection::NoChannel);
-        }
-        let mut channels: Vec<Channel> = Vec::with_capacity(names.len());
-        for name in &names {
-            let channel = Channel::new(name).map_err(SseRejection::InvalidChannel)?;
-            if !channels.contains(&channel) {
-                channels.push(channel);
-            }
-        }
-        if channels.len() > self.inner.max_channels {
-            return Err(SseRejection::TooManyChannels(self.inner.max_channels));
-        }
-        for channel in &channels {
-            if !self
-                .inner
-                .authorizer
-                .0
-                .authorize(parts, channel, Access::Subscribe)
-                .await
-            {
-                tracing::debug!(target: TARGET, channel = %channel, "subscription forbidden");
-                return Err(SseRejection::Forbidden);
-            }
-        }
+        let asked = Asked::from_request(parts).await?;
+        let channels = self.channels(&asked.names)?;
+        self.authorize(parts, &channels).await?;
         let header_cursor = parts
             .headers
             .get("last-event-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let cursor = header_cursor
-            .or(query_cursor)
+            .or(asked.cursor)
             .filter(|c| !c.trim().is_empty());
-        let cursors = parse_cursors(cursor.as_deref(), channels.len(), multi);
+        let cursors = parse_cursors(cursor.as_deref(), channels.len(), asked.multi);
         let mut options = match options {
             Some(options) => options,
             None => self.inner.on_open.on_open(parts, &channels).await,
@@ -479,11 +435,58 @@ impl SseEndpoint {
                 return Err(SseRejection::Forbidden);
             }
         }
-        let permit = self
-            .inner
+        let permit = self.admit(options.client_key.clone())?;
+        let body = stream::open(
+            self.inner.clone(),
+            channels,
+            cursors,
+            asked.multi,
+            permit,
+            options.access_ends,
+        )
+        .await
+        .map_err(SseRejection::Unavailable)?;
+        Ok(event_stream(body))
+    }
+
+    /// The distinct channels named, validated, within [`max_channels`](Self::max_channels).
+    fn channels(&self, names: &[String]) -> Result<Vec<Channel>, SseRejection> {
+        let mut channels: Vec<Channel> = Vec::with_capacity(names.len());
+        for name in names {
+            let channel = Channel::new(name).map_err(SseRejection::InvalidChannel)?;
+            if !channels.contains(&channel) {
+                channels.push(channel);
+            }
+        }
+        if channels.len() > self.inner.max_channels {
+            return Err(SseRejection::TooManyChannels(self.inner.max_channels));
+        }
+        Ok(channels)
+    }
+
+    /// Asks the authorizer for every channel, before anything is subscribed.
+    async fn authorize(&self, parts: &Parts, channels: &[Channel]) -> Result<(), SseRejection> {
+        for channel in channels {
+            if !self
+                .inner
+                .authorizer
+                .0
+                .authorize(parts, channel, Access::Subscribe)
+                .await
+            {
+                tracing::debug!(target: TARGET, channel = %channel, "subscription forbidden");
+                return Err(SseRejection::Forbidden);
+            }
+        }
+        Ok(())
+    }
+
+    /// A place for one more stream, within the process and per-client limits.
+    fn admit(&self, client_key: Option<Arc<str>>) -> Result<open::Permit, SseRejection> {
+        self.inner
             .connections
             .admit(
-                options.client_key.clone(),
+                client_key,
                 self.inner.max_connections,
                 self.inner.max_connections_per_client,
             )
@@ -497,27 +500,64 @@ impl SseEndpoint {
                     open::Refused::Process(max) => SseRejection::TooManyConnections(max),
                     open::Refused::Client(max) => SseRejection::TooManyForClient(max),
                 }
-            })?;
-        let body = stream::open(
-            self.inner.clone(),
-            channels,
-            cursors,
-            multi,
-            permit,
-            options.access_ends,
-        )
-        .await
-        .map_err(SseRejection::Unavailable)?;
-        let mut response = Response::new(Body::new(body));
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        Ok(response)
+            })
     }
+}
+
+/// What a stream request names: channels from the `{channel}` path parameter, or else from
+/// `channel` query parameters (`multi`), and the `last_event_id` query parameter.
+struct Asked {
+    names: Vec<String>,
+    multi: bool,
+    cursor: Option<String>,
+}
+
+impl Asked {
+    async fn from_request(parts: &mut Parts) -> Result<Self, SseRejection> {
+        let path_channel = RawPathParams::from_request_parts(parts, &())
+            .await
+            .ok()
+            .and_then(|params| {
+                params
+                    .iter()
+                    .find(|(k, _)| *k == "channel")
+                    .map(|(_, v)| v.to_owned())
+            });
+        let mut names = Vec::new();
+        let mut cursor = None;
+        for (k, v) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
+            match &*k {
+                "channel" if path_channel.is_none() => names.push(v.into_owned()),
+                "last_event_id" => cursor = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        let multi = path_channel.is_none();
+        if let Some(name) = path_channel {
+            names = vec![name];
+        }
+        if names.is_empty() {
+            return Err(SseRejection::NoChannel);
+        }
+        Ok(Self {
+            names,
+            multi,
+            cursor,
+        })
+    }
+}
+
+/// The `200` response carrying an event stream.
+fn event_stream(body: stream::SseBody) -> Response {
+    let mut response = Response::new(Body::new(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
 }
 
 /// What the request asked to resume from, per channel.

@@ -1,6 +1,6 @@
 //! The [`PubSubStore`] trait, its two backends and the [`PubSub`] handle.
 
-use std::{any::Any, fmt, sync::Arc};
+use std::{fmt, sync::Arc};
 
 use tokio::sync::broadcast;
 
@@ -118,11 +118,44 @@ pub trait PubSubStore: fmt::Debug + Send + Sync + 'static {
     fn active_channels(&self) -> usize;
 }
 
+#[async_trait::async_trait]
+impl<T: PubSubStore + ?Sized> PubSubStore for Arc<T> {
+    async fn publish(
+        &self,
+        channel: &Channel,
+        data: Arc<str>,
+        token: &PublishToken,
+    ) -> Result<EventId> {
+        (**self).publish(channel, data, token).await
+    }
+
+    async fn subscribe(&self, channel: &Channel) -> Result<Subscription> {
+        (**self).subscribe(channel).await
+    }
+
+    async fn replay(
+        &self,
+        channel: &Channel,
+        after: &EventId,
+        limit: ReplayLimit,
+    ) -> Result<Replay> {
+        (**self).replay(channel, after, limit).await
+    }
+
+    async fn latest(&self, channel: &Channel) -> Result<Option<EventId>> {
+        (**self).latest(channel).await
+    }
+
+    fn active_channels(&self) -> usize {
+        (**self).active_channels()
+    }
+}
+
 /// One subscriber's view of a channel's live events. Dropping it unsubscribes.
 pub struct Subscription {
     channel: Channel,
     rx: broadcast::Receiver<Delivery>,
-    _guard: Option<Box<dyn Any + Send + Sync>>,
+    _guard: Option<Box<dyn Send + Sync>>,
 }
 
 impl fmt::Debug for Subscription {
@@ -157,7 +190,7 @@ impl Subscription {
     pub(crate) fn new(
         channel: Channel,
         rx: broadcast::Receiver<Delivery>,
-        guard: Option<Box<dyn Any + Send + Sync>>,
+        guard: Option<Box<dyn Send + Sync>>,
     ) -> Self {
         Self {
             channel,
@@ -183,10 +216,7 @@ impl Subscription {
 
     pub(crate) fn into_parts(
         self,
-    ) -> (
-        broadcast::Receiver<Delivery>,
-        Option<Box<dyn Any + Send + Sync>>,
-    ) {
+    ) -> (broadcast::Receiver<Delivery>, Option<Box<dyn Send + Sync>>) {
         (self.rx, self._guard)
     }
 }
@@ -217,7 +247,23 @@ pub struct PubSub {
 }
 
 impl PubSub {
-    /// A handle over `store`.
+    /// A handle over `store`: a backend, or an `Arc<dyn PubSubStore>` when the backend is
+    /// chosen at run time.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use redtower_client::Redis;
+    /// use redtower_pubsub::{MemoryStore, PubSub, PubSubStore, RedisStore};
+    ///
+    /// fn pubsub(redis: Option<Redis>) -> PubSub {
+    ///     let store: Arc<dyn PubSubStore> = match redis {
+    ///         Some(redis) => Arc::new(RedisStore::new(redis)),
+    ///         None => Arc::new(MemoryStore::new()),
+    ///     };
+    ///     PubSub::new(store)
+    /// }
+    /// # let _ = pubsub(None);
+    /// ```
     pub fn new(store: impl PubSubStore) -> Self {
         Self {
             store: Arc::new(store),
