@@ -25,9 +25,12 @@ pub(crate) mod frame;
 mod open;
 mod stream;
 
-pub use open::{AccessEnds, OnOpen, StreamOptions};
+pub use open::{OnOpen, StreamOptions};
 
 pub(crate) const TARGET: &str = "redtower::pubsub::sse";
+
+/// The JavaScript client helper (also in `assets/client.js`): serve it to your pages.
+pub const CLIENT_JS: &str = include_str!("../../assets/client.js");
 
 /// An axum handler that streams channels to browsers with Server-Sent Events.
 ///
