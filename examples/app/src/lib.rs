@@ -243,7 +243,7 @@ impl Services {
                     session_layer: SessionLayerKind::Redis(
                         SessionLayer::new(sessions, key).with_secure(config.cookie_secure),
                     ),
-                    pubsub: PubSub::new(redtower_pubsub::RedisStore::new(redis.clone())?),
+                    pubsub: PubSub::new(redtower_pubsub::RedisStore::new(redis.clone())),
                     queue: Queue::new(redtower_jobs::RedisStore::new(redis.clone()), SHIP_QUEUE),
                     orders: Orders::redis(redis.clone()),
                     featured_db_calls: Arc::default(),
