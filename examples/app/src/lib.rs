@@ -79,7 +79,8 @@ pub struct ServicesInner {
     config: Config,
     redis: Option<Redis>,
     cache: Cache,
-    limits: Limits,
+    /// Where every rate limit counts: memory or Redis, chosen at start.
+    limits: Arc<dyn RateLimitStore>,
     /// `POST /login` per user name (checked in the handler, which reads the name).
     login_user_limit: Policy,
     /// `POST /events/{channel}` per user (checked in the handler, which knows the user).
@@ -119,26 +120,6 @@ impl std::fmt::Debug for Services {
         f.debug_struct("Services")
             .field("backend", &self.backend_name())
             .finish_non_exhaustive()
-    }
-}
-
-#[derive(Clone)]
-enum Limits {
-    Memory(redtower_ratelimit::MemoryStore),
-    Redis(redtower_ratelimit::RedisStore),
-}
-
-impl Limits {
-    async fn check(
-        &self,
-        subject: &Subject,
-        policy: &Policy,
-    ) -> redtower_ratelimit::Result<redtower_ratelimit::Decision> {
-        let policies = std::slice::from_ref(policy);
-        match self {
-            Self::Memory(store) => store.check(subject, policies, 1).await,
-            Self::Redis(store) => store.check(subject, policies, 1).await,
-        }
     }
 }
 
@@ -226,7 +207,7 @@ impl Services {
                 ServicesInner {
                     redis: None,
                     cache: Cache::new(redtower_cache::MemoryStore::new()),
-                    limits: Limits::Memory(redtower_ratelimit::MemoryStore::new()),
+                    limits: Arc::new(redtower_ratelimit::MemoryStore::new()),
                     login_user_limit,
                     publish_limit,
                     publish_ip_limit,
@@ -256,7 +237,7 @@ impl Services {
                     } else {
                         Cache::new(redtower_cache::RedisStore::new(redis.clone()))
                     },
-                    limits: Limits::Redis(redtower_ratelimit::RedisStore::new(redis.clone())),
+                    limits: Arc::new(redtower_ratelimit::RedisStore::new(redis.clone())),
                     login_user_limit,
                     publish_limit,
                     publish_ip_limit,
@@ -264,7 +245,7 @@ impl Services {
                     client_ip: client_ip.clone(),
                     session_layer: session_layer(&sessions),
                     sessions,
-                    pubsub: PubSub::new(redtower_pubsub::RedisStore::new(redis.clone())?),
+                    pubsub: PubSub::new(redtower_pubsub::RedisStore::new(redis.clone())),
                     queue: Queue::new(redtower_jobs::RedisStore::new(redis.clone()), SHIP_QUEUE),
                     orders: Orders::redis(redis.clone()),
                     featured_db_calls: Arc::default(),
@@ -306,7 +287,8 @@ impl Services {
     /// `Retry-After` when denied. A store outage lets the request through (fail open, as the
     /// layers do by default), with a warning.
     async fn limit(&self, policy: &Policy, subject: &str) -> Result<(), ApiError> {
-        match self.limits.check(&Subject::new(subject), policy).await {
+        let policies = std::slice::from_ref(policy);
+        match self.limits.check(&Subject::new(subject), policies, 1).await {
             Ok(decision) if decision.is_allowed() => Ok(()),
             Ok(decision) => Err(ApiError::too_many_requests(
                 decision.retry_after().unwrap_or_default(),
@@ -423,10 +405,7 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
     let client_ip = services.client_ip.clone();
     let limit = |name: &'static str, rate: Rate| -> Result<_, BuildError> {
         let quota = Quota::with_period(rate.count, rate.period)?;
-        let layer = match &services.limits {
-            Limits::Memory(store) => RateLimitLayer::new(store.clone(), Policy::new(name, quota)),
-            Limits::Redis(store) => RateLimitLayer::new(store.clone(), Policy::new(name, quota)),
-        };
+        let layer = RateLimitLayer::new(services.limits.clone(), Policy::new(name, quota));
         Ok(layer.key(client_ip.clone()).legacy_headers(true).build()?)
     };
     let api_limit = limit("api", config.api_rate)?;
