@@ -68,7 +68,10 @@ impl Sessions {
                 (0..64).map(|_| rand::random::<u8>()).collect()
             }
         };
-        let key = Key::from(&secret);
+        let SessionKeys {
+            cookie: key,
+            store: store_secret,
+        } = SessionKeys::derive(&secret);
         let (users, layer): (Arc<dyn UserSessions>, _) = match redis {
             None => {
                 let store = redtower_session::MemoryStore::new();
@@ -80,7 +83,7 @@ impl Sessions {
                 )
             }
             Some(redis) => {
-                let store = redtower_session::RedisStore::new(redis.clone(), &secret[..32]);
+                let store = redtower_session::RedisStore::new(redis.clone(), store_secret);
                 (
                     Arc::new(store.clone()),
                     SessionLayerKind::Redis(
@@ -134,6 +137,43 @@ impl Sessions {
             .route("/logout-everywhere", post(logout_everywhere))
             .route("/logout-others", post(logout_others))
             .with_state(self.accounts.clone()))
+    }
+}
+
+/// The keys the sessions use, each derived from `SESSION_SECRET` with HKDF-SHA256 (RFC 5869)
+/// under its own `info` string, so that neither key tells anything about the other or about
+/// the secret, and a key added later gets a new `info` rather than another slice of the
+/// secret.
+///
+/// The secret is the input key material as it is (at least 64 characters, checked by
+/// [`Config`]); no salt (HKDF's default, a block of zeros): the secret is the only input, and
+/// every instance must derive the same keys from it.
+struct SessionKeys {
+    /// Signs the session cookie (64 bytes, as `cookie::Key` wants).
+    cookie: Key,
+    /// Keys the Redis store's HMAC of session ids (into keys and handles).
+    store: [u8; 32],
+}
+
+impl SessionKeys {
+    /// `info` of the cookie-signing key.
+    const COOKIE_INFO: &'static [u8] = b"redtower-example cookie-signing v1";
+    /// `info` of the session store's HMAC secret.
+    const STORE_INFO: &'static [u8] = b"redtower-example session-id-hmac v1";
+
+    fn derive(secret: &[u8]) -> Self {
+        let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(None, secret);
+        let mut cookie = [0u8; 64];
+        let mut store = [0u8; 32];
+        // HKDF-SHA256 gives up to 255 * 32 bytes: these lengths cannot be refused.
+        hkdf.expand(Self::COOKIE_INFO, &mut cookie)
+            .expect("64 bytes is a valid HKDF-SHA256 output length");
+        hkdf.expand(Self::STORE_INFO, &mut store)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        Self {
+            cookie: Key::from(&cookie),
+            store,
+        }
     }
 }
 
@@ -269,4 +309,47 @@ async fn logout_others(
             ApiError::unavailable()
         })?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_keys_are_derived_apart() {
+        let secret = [b'x'; 64];
+        let keys = SessionKeys::derive(&secret);
+        let again = SessionKeys::derive(&secret);
+        // The same secret gives the same keys on every instance...
+        assert_eq!(keys.cookie.master(), again.cookie.master());
+        assert_eq!(keys.store, again.store);
+        // ...neither is the secret or a slice of it, nor a slice of the other...
+        assert_ne!(keys.cookie.master(), &secret[..]);
+        assert_ne!(&keys.store[..], &secret[..32]);
+        assert_ne!(&keys.store[..], &keys.cookie.master()[..32]);
+        // ...and another secret gives other keys.
+        let other = SessionKeys::derive(&[b'y'; 64]);
+        assert_ne!(keys.cookie.master(), other.cookie.master());
+        assert_ne!(keys.store, other.store);
+    }
+
+    #[test]
+    fn session_keys_match_rfc_5869_hkdf_sha256() {
+        // RFC 5869, test case 3 (no salt, empty info), expanded under our `info` strings by
+        // the same construction: T(1) = HMAC(PRK, info || 0x01).
+        use hmac::{Hmac, Mac};
+        let secret = [0x0b; 22];
+        let prk = {
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&[0u8; 32]).unwrap();
+            mac.update(&secret);
+            mac.finalize().into_bytes()
+        };
+        let t1 = {
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&prk).unwrap();
+            mac.update(SessionKeys::STORE_INFO);
+            mac.update(&[1]);
+            mac.finalize().into_bytes()
+        };
+        assert_eq!(SessionKeys::derive(&secret).store[..], t1[..]);
+    }
 }
