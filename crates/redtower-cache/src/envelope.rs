@@ -21,6 +21,9 @@
 //! [`Entry::decode`] never panics and never trusts a length: anything malformed, truncated, of
 //! another version, or with bytes left over is a [`DecodeError`], which the cache treats as a miss
 //! and overwrites. The body (and header values) are zero-copy slices of the input [`Bytes`].
+//!
+//! Public only with the crate's `testing` feature (its tests and benches): not a stable API.
+#![cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -87,11 +90,6 @@ pub enum DecodeError {
 pub struct EncodeError(pub &'static str);
 
 impl Entry {
-    /// Whether the entry is a cached negative result.
-    pub fn is_negative(&self) -> bool {
-        self.flags & FLAG_NEGATIVE != 0
-    }
-
     /// The encoded size in bytes.
     pub fn encoded_len(&self) -> usize {
         let tags: usize = self.tags.iter().map(|(t, _)| 1 + t.len() + 8).sum();

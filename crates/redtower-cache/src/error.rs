@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use crate::envelope::EncodeError;
-
 /// A `Result` whose error is [`enum@Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -25,9 +23,6 @@ pub enum Error {
     /// The store was skipped: its circuit breaker is open after an outage.
     #[error("cache store skipped while its circuit breaker is open")]
     CircuitOpen,
-    /// An entry could not be encoded.
-    #[error(transparent)]
-    Encode(#[from] EncodeError),
 }
 
 impl Error {
@@ -36,7 +31,6 @@ impl Error {
         match self {
             Self::Redis(e) => e.is_outage(),
             Self::Timeout(_) | Self::CircuitOpen => true,
-            Self::Encode(_) => false,
         }
     }
 }

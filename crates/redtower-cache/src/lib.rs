@@ -51,10 +51,27 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Choosing the backend at run time (Redis when configured, memory otherwise) is an
+//! `Arc<dyn CacheStore>`, which is a store too:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use redtower_cache::{Cache, CacheStore, MemoryStore, RedisStore};
+//!
+//! # fn run(redis: Option<redtower_client::Redis>) -> Cache {
+//! let store: Arc<dyn CacheStore> = match redis {
+//!     Some(redis) => Arc::new(RedisStore::new(redis)),
+//!     None => Arc::new(MemoryStore::new()),
+//! };
+//! Cache::new(store)
+//! # }
+//! # let _ = run(None);
+//! ```
+//!
 //! # The core ([`Cache`])
 //!
 //! * **One round trip per hit**: one Redis string per entry (per variant) holding a compact,
-//!   versioned binary [`envelope`] (status, headers, times, body); the body is never copied on
+//!   versioned binary envelope (status, headers, times, body); the body is never copied on
 //!   decode. A value that cannot be decoded is a miss, and the fill overwrites it. Under load,
 //!   the hits that arrive while a read is in flight leave together as one `MGET`
 //!   ([`RedisStore::coalesce_reads`]): still one round trip each, a fraction of a command.
@@ -65,8 +82,9 @@
 //! * **Stale-while-revalidate**: a stale entry is served at once and refreshed by one background
 //!   task, never on the requester's path. Redis TTLs cover the stale windows.
 //! * **Fail-open**: when the store fails, requests go to the origin (counted in
-//!   [`CacheStats::fail_open`] and the `redtower_cache_fail_open_total` metric); a circuit
-//!   breaker skips the store for a second after an outage so it adds no latency. A freshly
+//!   [`CacheStats::fail_open`] and the `redtower_cache_fail_open_total` metric); a
+//!   [circuit breaker](CacheBuilder::circuit_breaker) skips the store after 5 outages in a row,
+//!   for a second or until the Redis client reconnects, so it adds no latency. A freshly
 //!   started process is not in an outage: its first requests wait for the first connection
 //!   ([`CacheStore::ready`]), so they share fills with the other instances from the start.
 //! * **Invalidation** by key ([`Cache::invalidate`], and unsafe requests through the layer) and
@@ -113,9 +131,10 @@
 //! | lifetime in the store | 365 days ([`Cache::MAX_TTL`]); longer `max-age`, `Expires`, TTLs are cut | — | header values up to `u64::MAX` saturate instead of overflowing |
 //! | bytes in the memory store | 64 MiB, least useful evicted ([`MemoryStore::DEFAULT_MAX_BYTES`]) | [`MemoryStore::with_max_bytes`] | a process-wide bound |
 //! | bytes in Redis | Redis' `maxmemory` (see below) | the Redis you give [`RedisStore::new`] | the only bound across instances |
-//! | L1 entries | off; when on, `max_entries` for at most 60 s | [`CacheBuilder::l1`] | |
+//! | L1 entries | off; when on, `max_entries` for a TTL kept between 1 ms and 60 s | [`CacheBuilder::l1`] | an invalidation elsewhere is seen at most one L1 TTL late |
 //! | fill lock held / waited for | 5 s / 3 s | [`CacheBuilder::lock_ttl`], [`CacheBuilder::lock_wait`] | a crashed filler never blocks others for long |
-//! | store command | 500 ms, then fail open; breaker skips the store for 1 s after an outage | [`RedisStore::timeout`], [`CacheBuilder::breaker_cooldown`] | an outage adds no latency |
+//! | store command | 500 ms, then fail open | [`RedisStore::timeout`] | an outage adds little latency |
+//! | circuit breaker | opens after 5 outages in a row (of a store that had connected), skips the store for 1 s or until Redis reconnects, then one operation probes it | [`CacheBuilder::circuit_breaker`] | an outage adds no latency; one slow command does not send every route to the origin |
 //! | first connection | waited for up to the client's command timeout (2 s by default) | `RedisConfig::command_timeout` | a fresh process is not in an outage |
 //!
 //! ## A Redis of its own: eviction for the cache only
@@ -161,18 +180,28 @@
 //! with [`route_name`](ResponseCacheLayer::route_name), never the raw URI.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod aside;
+mod body;
 mod cache;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod envelope;
+#[cfg(not(feature = "testing"))]
+mod envelope;
 mod error;
+mod future;
 mod http;
 mod key;
+mod layer;
+mod service;
 mod store;
 
-pub use aside::Fetch;
-pub use cache::{Cache, CacheBuilder, CacheStats};
+pub use body::ResponseBody;
+pub use cache::{Cache, CacheBuilder, CacheStats, Fetch};
 pub use error::{Error, FetchError, Result};
-pub use http::{
-    Credentials, QueryKey, ResponseBody, ResponseCache, ResponseCacheLayer, ResponseFuture,
-};
+pub use future::ResponseFuture;
+pub use http::{Credentials, QueryKey};
+pub use layer::ResponseCacheLayer;
+/// The circuit breaker settings of [`CacheBuilder::circuit_breaker`] (from `redtower-client`).
+pub use redtower_client::CircuitBreaker;
+pub use service::ResponseCache;
 pub use store::{CacheStore, EntryKey, LockToken, memory::MemoryStore, redis::RedisStore};

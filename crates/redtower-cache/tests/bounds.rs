@@ -13,7 +13,7 @@ use std::{
 use axum::{Router, body::Body, http::Request, response::IntoResponse, routing::get};
 use futures::TryStreamExt;
 use http_body_util::BodyExt;
-use redtower_cache::{Cache, MemoryStore, RedisStore, ResponseCacheLayer};
+use redtower_cache::{Cache, CircuitBreaker, MemoryStore, RedisStore, ResponseCacheLayer};
 use redtower_client::{Redis, RedisConfig, fred::interfaces::KeysInterface};
 use redtower_testkit::unique_prefix;
 use tower::ServiceExt;
@@ -184,7 +184,7 @@ async fn overflowing_settings_saturate() {
         let under = Under::with(backend, "huge-settings", |b| {
             b.lock_ttl(Duration::MAX)
                 .lock_wait(Duration::MAX)
-                .breaker_cooldown(Duration::MAX)
+                .circuit_breaker(CircuitBreaker::default().cool_down(Duration::MAX))
                 .poll_interval(Duration::MAX, Duration::MAX)
         })
         .await;
@@ -369,7 +369,7 @@ async fn variants_per_uri_are_bounded() {
         let under = Under::new(backend, "variant-flood").await;
         let calls = Arc::new(AtomicUsize::new(0));
         let layer = ResponseCacheLayer::new(under.cache.clone(), Duration::from_secs(60))
-            .key_headers(["accept-language"]);
+            .key_headers([axum::http::header::ACCEPT_LANGUAGE]);
         let app = Router::new().route("/r", counted(&calls, "x").layer(layer));
         let lang = |i: usize| {
             Request::get("/r")
@@ -399,7 +399,7 @@ async fn junk_variants_stop_counting_once_they_expired() {
         let under = Under::new(backend, "variant-junk").await;
         let calls = Arc::new(AtomicUsize::new(0));
         let layer = ResponseCacheLayer::new(under.cache.clone(), Duration::from_secs(60))
-            .key_headers(["accept-language"]);
+            .key_headers([axum::http::header::ACCEPT_LANGUAGE]);
         // Junk values get a 1 s lifetime, real languages a minute.
         let handler = {
             let calls = calls.clone();

@@ -303,7 +303,8 @@ async fn vary_gives_each_accept_language_its_own_entry() {
 
     // Declared: stored from the first request.
     let calls = Counter::default();
-    let layer = ResponseCacheLayer::new(cache(), TTL).key_headers(["accept-language"]);
+    let layer =
+        ResponseCacheLayer::new(cache(), TTL).key_headers([axum::http::header::ACCEPT_LANGUAGE]);
     let app = router(layer, &calls, handler);
     assert_eq!(
         send(&app, get_with("/r", "accept-language", "en"))

@@ -60,7 +60,7 @@ mod specific {
     use axum::{Router, body::Body, http::Request, routing::get};
     use futures::TryStreamExt;
     use http_body_util::BodyExt;
-    use redtower_cache::{Cache, CacheStore, RedisStore, ResponseCacheLayer};
+    use redtower_cache::{Cache, CacheStore, CircuitBreaker, RedisStore, ResponseCacheLayer};
     use redtower_client::{
         Redis, RedisConfig,
         fred::interfaces::{ClientLike, KeysInterface},
@@ -453,8 +453,8 @@ mod specific {
 
     /// Redis unreachable when the process starts: requests fail open, but that is no
     /// evidence of an outage of a connection that was up, so the breaker stays closed: the
-    /// first request after Redis comes up is cached at once (with an hour-long cooldown, an
-    /// opened breaker would skip the store for the rest of the test).
+    /// first request after Redis comes up is cached at once (with a breaker that opens on one
+    /// failure for an hour, an opened breaker would skip the store for the rest of the test).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unreachable_at_start_fails_open_without_opening_the_breaker() {
         let port = redtower_testkit::free_port();
@@ -464,7 +464,11 @@ mod specific {
             .command_timeout(Duration::from_millis(300));
         let redis = Redis::new(config).unwrap();
         let cache = Cache::builder(RedisStore::new(redis.clone()).timeout(Duration::from_secs(10)))
-            .breaker_cooldown(Duration::from_secs(3600))
+            .circuit_breaker(
+                CircuitBreaker::default()
+                    .failures(1)
+                    .cool_down(Duration::from_secs(3600)),
+            )
             .build();
         let calls = Arc::new(AtomicUsize::new(0));
         let app = slow_app(cache.clone(), calls.clone());
@@ -505,7 +509,7 @@ mod specific {
                 .unwrap();
             assert_eq!(v, 1);
             let layer = ResponseCacheLayer::new(cache.clone(), Duration::from_secs(60))
-                .key_headers(["accept-language"])
+                .key_headers([axum::http::header::ACCEPT_LANGUAGE])
                 .stale_if_error(Duration::from_secs(600))
                 .tags(["t2"]);
             let app = Router::new().route("/r", get(|| async { "x" }).layer(layer));

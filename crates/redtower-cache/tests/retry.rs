@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use redtower_cache::{Cache, CacheStore, EntryKey, RedisStore};
+use redtower_cache::{Cache, CacheStore, CircuitBreaker, EntryKey, RedisStore};
 use redtower_client::{
     Redis, RedisConfig,
     fred::interfaces::{KeysInterface, SortedSetsInterface},
@@ -201,9 +201,14 @@ async fn a_reconnect_closes_the_breaker_before_its_cooldown() {
     .unwrap();
     redis.wait_ready(Duration::from_secs(20)).await.unwrap();
     let store = RedisStore::new(redis.clone()).timeout(Duration::from_millis(200));
-    // A cooldown far longer than the test: only the reconnect can close the breaker.
+    // Open on the first outage, with a cool-down far longer than the test: only the reconnect
+    // can close the breaker.
     let cache = Cache::builder(store)
-        .breaker_cooldown(Duration::from_secs(600))
+        .circuit_breaker(
+            CircuitBreaker::default()
+                .failures(1)
+                .cool_down(Duration::from_secs(600)),
+        )
         .build();
     let get = |value: u32| {
         let cache = cache.clone();

@@ -1,12 +1,17 @@
 //! [`CacheBuilder`]: the settings of a [`Cache`], each with a documented default.
 
 use std::{
-    sync::{Arc, Mutex, atomic::AtomicU64},
+    sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
 
-use super::{Cache, Config, Inner, breaker::Breaker, stats::Stats};
+use redtower_client::{CircuitBreaker, breaker::Breaker};
+
+use super::{Cache, Inner, Settings, stats::Stats};
 use crate::CacheStore;
+
+/// The longest L1 TTL: 60 s.
+const MAX_L1_TTL: Duration = Duration::from_secs(60);
 
 /// Builds a [`Cache`]. Every setting has a documented default.
 #[derive(Debug)]
@@ -14,45 +19,37 @@ use crate::CacheStore;
 pub struct CacheBuilder {
     pub(super) store: Arc<dyn CacheStore>,
     pub(super) l1: Option<(u64, Duration)>,
-    pub(super) config: Config,
+    pub(super) settings: Settings,
 }
 
 impl CacheBuilder {
     /// Adds an in-process L1 (moka) in front of the store, holding up to `max_entries` decoded
-    /// entries for at most `ttl`. An L1 hit costs no round trip; in exchange an invalidation
-    /// made by another instance (or a newer fill) may be seen up to `ttl` late, so keep it
-    /// short. Invalidations made through this `Cache` clear its own L1 at once. Defaults to no
-    /// L1.
-    ///
-    /// # Panics
-    ///
-    /// If `ttl` is zero or longer than 60 seconds (a programmer error).
+    /// entries for at most `ttl`, kept between 1 ms and 60 s. An L1 hit costs no round trip; in
+    /// exchange an invalidation made by another instance (or a newer fill) may be seen up to
+    /// `ttl` late, so keep it short. Invalidations made through this `Cache` clear its own L1
+    /// at once. Defaults to no L1.
     pub fn l1(mut self, max_entries: u64, ttl: Duration) -> Self {
-        assert!(
-            !ttl.is_zero() && ttl <= Duration::from_secs(60),
-            "the L1 TTL must be between 1 ms and 60 s"
-        );
-        self.l1 = Some((max_entries, ttl));
+        self.l1 = Some((max_entries, ttl.clamp(Duration::from_millis(1), MAX_L1_TTL)));
         self
     }
 
     /// The `cache` label of this cache's metrics. Defaults to `"default"`.
     pub fn name(mut self, name: &'static str) -> Self {
-        self.config.name = name;
+        self.settings.name = name;
         self
     }
 
     /// How long a fill lock is held at most (the longest fetch you expect). Another instance
     /// may fill after it expires. Defaults to 5 s.
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
-        self.config.lock_ttl = ttl.max(Duration::from_millis(1));
+        self.settings.lock_ttl = ttl.max(Duration::from_millis(1));
         self
     }
 
     /// How long a request waits for another instance's fill before fetching itself.
     /// Defaults to 3 s.
     pub fn lock_wait(mut self, wait: Duration) -> Self {
-        self.config.lock_wait = wait;
+        self.settings.lock_wait = wait;
         self
     }
 
@@ -61,15 +58,34 @@ impl CacheBuilder {
     /// Defaults to 10 ms to 100 ms.
     pub fn poll_interval(mut self, min: Duration, max: Duration) -> Self {
         let ceiling = Duration::from_secs(60);
-        self.config.poll_min = min.clamp(Duration::from_millis(1), ceiling);
-        self.config.poll_max = max.clamp(self.config.poll_min, ceiling);
+        self.settings.poll_min = min.clamp(Duration::from_millis(1), ceiling);
+        self.settings.poll_max = max.clamp(self.settings.poll_min, ceiling);
         self
     }
 
-    /// After the store fails with an outage (timeout, unreachable), it is skipped for this long
-    /// (every lookup is a miss, the fetcher runs) before it is tried again. Defaults to 1 s.
-    pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
-        self.config.breaker_cooldown = cooldown;
+    /// The circuit breaker in front of the store: after `failures` outages in a row
+    /// (timeouts, a lost connection) of a store that had connected, the store is skipped for
+    /// `cool_down` (every lookup is a miss and the fetcher runs, with no store latency), or
+    /// until the Redis client reconnects; then one operation probes it. A store that never
+    /// connected since the process started does not count: requests wait for its first
+    /// connection, then fail open without opening the breaker.
+    ///
+    /// Defaults to [`CircuitBreaker::default`]: 5 outages in a row, 1 s cool-down. One slow
+    /// command (a large entry) does not send every route to the origin; a store that is down
+    /// fails those few at once (the connection is gone), and a store that stopped answering
+    /// opens the breaker within one [timeout](crate::RedisStore::timeout) under load.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redtower_cache::{Cache, CircuitBreaker, MemoryStore};
+    ///
+    /// let cache = Cache::builder(MemoryStore::new())
+    ///     .circuit_breaker(CircuitBreaker::default().failures(1).cool_down(Duration::from_secs(5)))
+    ///     .build();
+    /// # let _ = cache;
+    /// ```
+    pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.settings.breaker = breaker;
         self
     }
 
@@ -86,10 +102,10 @@ impl CacheBuilder {
             inner: Arc::new(Inner {
                 store: self.store,
                 l1,
-                flights: Mutex::default(),
-                next_flight: AtomicU64::new(1),
-                config: self.config,
-                breaker: Breaker::default(),
+                flights: Default::default(),
+                breaker: Breaker::new(self.settings.breaker),
+                settings: self.settings,
+                unreachable_logged: AtomicBool::new(false),
                 stats: Stats::default(),
             }),
         }

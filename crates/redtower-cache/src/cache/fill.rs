@@ -1,15 +1,17 @@
-//! Single-flight fills: one fetch per key per instance (a watch channel per key in flight)
-//! and across instances (the store's fill lock with a fencing token), background refreshes,
-//! and storing what a fetch produced.
+//! Fills: one fetch per key per instance (see [`flight`](super::flight)) and across instances
+//! (the store's fill lock with a fencing token), background refreshes, and storing what a
+//! fetch produced.
 
-use std::{
-    future::Future,
-    sync::{Arc, atomic::Ordering},
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::time::Instant;
+
+use super::{
+    Cache, Filled, Freshness, Outcome,
+    flight::{FlightGuard, Role},
+    freshness,
+    stats::bump,
 };
-
-use tokio::{sync::watch, time::Instant};
-
-use super::{Cache, Filled, FlightRx, Freshness, Inner, Outcome, freshness, lock, stats::bump};
 use crate::{
     CacheStore,
     envelope::Entry,
@@ -17,34 +19,19 @@ use crate::{
     store::{EntryKey, LockToken},
 };
 
-struct FlightGuard {
-    cache: Arc<Inner>,
-    key: EntryKey,
-    id: u64,
-    tx: watch::Sender<Option<Option<Arc<Entry>>>>,
-}
-
-impl FlightGuard {
-    fn publish(&self, entry: Option<Arc<Entry>>) {
-        self.tx.send_replace(Some(entry));
-    }
-}
-
-impl Drop for FlightGuard {
-    fn drop(&mut self) {
-        let mut flights = lock(&self.cache.flights);
-        if flights.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
-            flights.remove(&self.key);
-        }
-    }
-}
-
 /// Releases a fill lock in the background if the fill is dropped (cancelled) before it
 /// finished, so other instances do not wait for the lock to expire.
 struct Unlocker {
     store: Arc<dyn CacheStore>,
     key: EntryKey,
     token: Option<LockToken>,
+}
+
+impl Unlocker {
+    /// Nothing to release any more: the lock was released (or will be) by the fill itself.
+    fn disarm(&mut self) {
+        self.token = None;
+    }
 }
 
 impl Drop for Unlocker {
@@ -59,28 +46,26 @@ impl Drop for Unlocker {
     }
 }
 
-enum Role {
-    Leader(FlightGuard),
-    Waiter(FlightRx),
+/// One attempt at an entry's fill lock.
+enum LockAttempt {
+    Taken(LockToken),
+    /// Another fill (here or on another instance) holds it.
+    HeldByOther,
+    /// The store failed (counted as a fail-open): go on without the lock.
+    Failed,
+}
+
+/// How waiting for another instance's fill ended.
+enum WaitEnd {
+    /// Its fill landed in the store: share it.
+    Landed(Arc<Entry>),
+    /// Its lock was released without a fill this caller can use: it took the lock.
+    Locked(LockToken),
+    /// The wait timed out, or the store failed: fetch without the lock.
+    GaveUp,
 }
 
 impl Cache {
-    fn join(&self, key: &EntryKey) -> Role {
-        let mut flights = lock(&self.inner.flights);
-        if let Some((_, rx)) = flights.get(key) {
-            return Role::Waiter(rx.clone());
-        }
-        let id = self.inner.next_flight.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = watch::channel(None);
-        flights.insert(key.clone(), (id, rx));
-        Role::Leader(FlightGuard {
-            cache: self.inner.clone(),
-            key: key.clone(),
-            id,
-            tx,
-        })
-    }
-
     /// Fills `key` with single-flight: one fetch per key per instance, and across instances
     /// through the store's fill lock (others poll the store for the result, up to `lock_wait`,
     /// then fetch themselves). `seen` is the `stored_at` of the entry the caller found (0 for
@@ -121,6 +106,8 @@ impl Cache {
         }
     }
 
+    /// The fill of this instance's leader: take the fill lock (or wait for the instance that
+    /// holds it), then share a fill that landed meanwhile, or fetch and store.
     async fn lead<R, F, Fut>(
         &self,
         guard: FlightGuard,
@@ -133,86 +120,111 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = (R, Outcome)>,
     {
-        let cfg = &self.inner.config;
-        let store = &self.inner.store;
         let mut token = None;
-        let locked_by_other = match self.guard(store.try_lock(key.entry(), cfg.lock_ttl)).await {
-            Ok(t) => {
-                token = t;
-                token.is_none()
-            }
-            Err(e) => {
-                self.fail_open("lock", &e);
-                false
-            }
-        };
-        // From here on a cancelled fill gives the lock back (in the background).
-        let mut unlocker = Unlocker {
-            store: store.clone(),
-            key: key.entry().clone(),
-            token: token.clone(),
-        };
-        // When this call waited for another fill: since when.
+        // When this call waited for another instance's fill: since when.
         let mut waited = None;
-        if locked_by_other {
-            let started = Instant::now();
-            waited = Some(started);
-            let deadline = started.checked_add(cfg.lock_wait).unwrap_or(started);
-            let mut interval = cfg.poll_min;
-            loop {
-                let now = Instant::now();
-                if now >= deadline {
-                    bump(&self.inner.stats.lock_timeouts);
-                    tracing::debug!(target: "redtower::cache", cache = self.name(), "gave up waiting for another instance's fill");
-                    break;
-                }
-                let jitter = interval.mul_f64(rand::random::<f64>() * 0.5);
-                tokio::time::sleep(interval.saturating_add(jitter).min(deadline - now)).await;
-                interval = interval.mul_f64(1.5).min(cfg.poll_max);
-                if let Some(e) = self.fresh_fill(key, tags, seen).await {
-                    bump(&self.inner.stats.remote_fills);
-                    self.record_lock_wait(started);
-                    guard.publish(Some(e.clone()));
-                    return Filled::Shared(e, fetch);
-                }
-                match self.guard(store.try_lock(key.entry(), cfg.lock_ttl)).await {
-                    Ok(Some(t)) => {
-                        token = Some(t);
-                        unlocker.token.clone_from(&token);
-                        break;
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        self.fail_open("lock", &e);
-                        break;
-                    }
+        match self.lock_fill(key.entry()).await {
+            LockAttempt::Taken(t) => token = Some(t),
+            LockAttempt::Failed => {}
+            LockAttempt::HeldByOther => {
+                let started = Instant::now();
+                waited = Some(started);
+                match self.wait_for_fill(key, tags, seen, started).await {
+                    WaitEnd::Landed(e) => return self.share_landed(&guard, e, waited, fetch),
+                    WaitEnd::Locked(t) => token = Some(t),
+                    WaitEnd::GaveUp => {}
                 }
             }
         }
+        // From here on a cancelled fill gives the lock back (in the background).
+        let mut unlocker = Unlocker {
+            store: self.inner.store.clone(),
+            key: key.entry().clone(),
+            token: token.clone(),
+        };
         if token.is_some() {
             // Double-check under the lock: a fill (another instance's, or an earlier flight
             // here) may have landed between the last read (the caller's, or a poll's) and
             // this lock.
             if let Some(e) = self.fresh_fill(key, tags, seen).await {
                 self.release(key, token.as_ref()).await;
-                unlocker.token = None;
-                bump(&self.inner.stats.remote_fills);
-                if let Some(started) = waited {
-                    self.record_lock_wait(started);
-                }
-                guard.publish(Some(e.clone()));
-                return Filled::Shared(e, fetch);
+                unlocker.disarm();
+                return self.share_landed(&guard, e, waited, fetch);
             }
         }
         bump(&self.inner.stats.fetches);
         let tag_gens = self.tag_generations_for_fill(tags).await;
         let (r, outcome) = fetch().await;
-        unlocker.token = None;
+        unlocker.disarm();
         let shared = self
             .finish(key, tags, tag_gens, token.as_ref(), outcome)
             .await;
         guard.publish(shared);
         Filled::Led(r)
+    }
+
+    /// One attempt at the fill lock of `key`; a store failure is counted as a fail-open.
+    async fn lock_fill(&self, key: &EntryKey) -> LockAttempt {
+        let ttl = self.inner.settings.lock_ttl;
+        match self.guard(self.inner.store.try_lock(key, ttl)).await {
+            Ok(Some(t)) => LockAttempt::Taken(t),
+            Ok(None) => LockAttempt::HeldByOther,
+            Err(e) => {
+                self.fail_open("lock", &e);
+                LockAttempt::Failed
+            }
+        }
+    }
+
+    /// Waits for the fill of the instance that holds the lock of `key`: polls the store for a
+    /// fresh entry newer than `seen` and retries the lock, with a growing jittered interval,
+    /// up to `lock_wait` from `started`.
+    async fn wait_for_fill(
+        &self,
+        key: &Key,
+        tags: &[String],
+        seen: u64,
+        started: Instant,
+    ) -> WaitEnd {
+        let settings = &self.inner.settings;
+        let deadline = started.checked_add(settings.lock_wait).unwrap_or(started);
+        let mut interval = settings.poll_min;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                bump(&self.inner.stats.lock_timeouts);
+                tracing::debug!(target: "redtower::cache", cache = self.name(), "gave up waiting for another instance's fill");
+                return WaitEnd::GaveUp;
+            }
+            let jitter = interval.mul_f64(rand::random::<f64>() * 0.5);
+            tokio::time::sleep(interval.saturating_add(jitter).min(deadline - now)).await;
+            interval = interval.mul_f64(1.5).min(settings.poll_max);
+            if let Some(e) = self.fresh_fill(key, tags, seen).await {
+                return WaitEnd::Landed(e);
+            }
+            match self.lock_fill(key.entry()).await {
+                LockAttempt::Taken(t) => return WaitEnd::Locked(t),
+                LockAttempt::HeldByOther => {}
+                LockAttempt::Failed => return WaitEnd::GaveUp,
+            }
+        }
+    }
+
+    /// Serves a fill found in the store instead of fetching, and hands it to this instance's
+    /// waiters.
+    fn share_landed<R, F>(
+        &self,
+        guard: &FlightGuard,
+        entry: Arc<Entry>,
+        waited: Option<Instant>,
+        fetch: F,
+    ) -> Filled<R, F> {
+        bump(&self.inner.stats.remote_fills);
+        if let Some(started) = waited {
+            self.record_lock_wait(started);
+        }
+        guard.publish(Some(entry.clone()));
+        Filled::Shared(entry, fetch)
     }
 
     /// How long a fill waited for another instance's fill before sharing it.
@@ -229,18 +241,14 @@ impl Cache {
             .filter(|e| e.stored_at > seen && freshness(e, self.now_ms()) == Freshness::Fresh)
     }
 
-    pub(crate) async fn tag_generations_for_fill(&self, tags: &[String]) -> Option<Vec<u64>> {
+    /// The generations of `tags` before a fetch (`None` when the store failed: the value
+    /// is then not stored, since it could not record them).
+    async fn tag_generations_for_fill(&self, tags: &[String]) -> Option<Vec<u64>> {
         if tags.is_empty() {
             return Some(Vec::new());
         }
-        match self
-            .guard(
-                self.inner
-                    .store
-                    .ensure_tags(tags, self.inner.config.lock_ttl.saturating_mul(2)),
-            )
-            .await
-        {
+        let ttl = self.inner.settings.lock_ttl.saturating_mul(2);
+        match self.guard(self.inner.store.ensure_tags(tags, ttl)).await {
             Ok(g) => Some(g),
             Err(e) => {
                 self.fail_open("tags", &e);
@@ -250,7 +258,7 @@ impl Cache {
     }
 
     /// Stores (or not) what a fetch produced, releases the lock, and returns what to share.
-    pub(crate) async fn finish(
+    async fn finish(
         &self,
         key: &Key,
         tags: &[String],
@@ -258,53 +266,11 @@ impl Cache {
         token: Option<&LockToken>,
         outcome: Outcome,
     ) -> Option<Arc<Entry>> {
-        let store = &self.inner.store;
         match outcome {
-            Outcome::Store(mut entry, ttl) => {
-                let Some(before) = tag_gens else {
-                    // Tags unknown (store down): share locally, never store untagged.
-                    self.release(key, token).await;
-                    return Some(Arc::new(entry));
-                };
-                if !tags.is_empty() {
-                    match self.guard(store.ensure_tags(tags, ttl)).await {
-                        // Invalidated while fetching: the value may predate it. Share, don't store.
-                        Ok(after) if after != before => {
-                            self.release(key, token).await;
-                            return Some(Arc::new(entry));
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            self.fail_open("tags", &e);
-                            self.release(key, token).await;
-                            return Some(Arc::new(entry));
-                        }
-                    }
-                    entry.tags = tags.iter().cloned().zip(before).collect();
-                }
-                let entry = Arc::new(entry);
-                match entry.encode() {
-                    Ok(bytes) => {
-                        match self.guard(store.put(key.entry(), bytes, ttl, token)).await {
-                            Ok(written) => {
-                                if written {
-                                    bump(&self.inner.stats.stored);
-                                    self.l1_insert(key, &entry);
-                                }
-                            }
-                            Err(e) => {
-                                self.fail_open("put", &e);
-                                self.release(key, token).await;
-                            }
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(target: "redtower::cache", cache = self.name(), %error, "entry too large for the envelope; not stored");
-                        self.release(key, token).await;
-                    }
-                }
-                Some(entry)
-            }
+            Outcome::Store(entry, ttl) => Some(
+                self.store_fetched(key, tags, tag_gens, token, entry, ttl)
+                    .await,
+            ),
             Outcome::Share(entry) => {
                 self.release(key, token).await;
                 Some(Arc::new(entry))
@@ -314,6 +280,61 @@ impl Cache {
                 None
             }
         }
+    }
+
+    /// Stores a fetched entry for `ttl` under the tag generations read before the fetch
+    /// (`before`), unless a tag was invalidated meanwhile; returns it for sharing either way.
+    async fn store_fetched(
+        &self,
+        key: &Key,
+        tags: &[String],
+        before: Option<Vec<u64>>,
+        token: Option<&LockToken>,
+        mut entry: Entry,
+        ttl: Duration,
+    ) -> Arc<Entry> {
+        let store = &self.inner.store;
+        let Some(before) = before else {
+            // Tags unknown (store down): share locally, never store untagged.
+            self.release(key, token).await;
+            return Arc::new(entry);
+        };
+        if !tags.is_empty() {
+            match self.guard(store.ensure_tags(tags, ttl)).await {
+                // Invalidated while fetching: the value may predate it. Share, don't store.
+                Ok(after) if after != before => {
+                    self.release(key, token).await;
+                    return Arc::new(entry);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.fail_open("tags", &e);
+                    self.release(key, token).await;
+                    return Arc::new(entry);
+                }
+            }
+            entry.tags = tags.iter().cloned().zip(before).collect();
+        }
+        let entry = Arc::new(entry);
+        match entry.encode() {
+            Ok(bytes) => match self.guard(store.put(key.entry(), bytes, ttl, token)).await {
+                Ok(written) => {
+                    if written {
+                        bump(&self.inner.stats.stored);
+                        self.l1_insert(key, &entry);
+                    }
+                }
+                Err(e) => {
+                    self.fail_open("put", &e);
+                    self.release(key, token).await;
+                }
+            },
+            Err(error) => {
+                tracing::warn!(target: "redtower::cache", cache = self.name(), %error, "entry too large for the envelope; not stored");
+                self.release(key, token).await;
+            }
+        }
+        entry
     }
 
     async fn release(&self, key: &Key, token: Option<&LockToken>) {
@@ -340,22 +361,9 @@ impl Cache {
         };
         let cache = self.clone();
         tokio::spawn(async move {
-            let token = match cache
-                .guard(
-                    cache
-                        .inner
-                        .store
-                        .try_lock(key.entry(), cache.inner.config.lock_ttl),
-                )
-                .await
-            {
-                Ok(Some(t)) => t,
-                // Someone else refreshes it, or the store is down: keep serving stale.
-                Ok(None) => return,
-                Err(e) => {
-                    cache.fail_open("lock", &e);
-                    return;
-                }
+            // Someone else refreshes it, or the store is down: keep serving stale.
+            let LockAttempt::Taken(token) = cache.lock_fill(key.entry()).await else {
+                return;
             };
             // Another instance may have refreshed it between our read and our lock.
             if let Some(e) = cache.fresh_fill(&key, &tags, seen).await {

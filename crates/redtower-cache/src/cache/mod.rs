@@ -2,17 +2,18 @@
 //! and across instances through the store's fill lock), background refreshes, invalidation,
 //! the circuit breaker and statistics.
 //!
-//! One concern per module: [`builder`] (settings), [`read`] (lookups and validation),
-//! [`fill`] (single-flight fills and refreshes), [`breaker`] (fail-open), [`stats`].
+//! Every `impl Cache` is in this folder, one concern per file: [`builder`] (settings),
+//! [`aside`] (the cache-aside API), [`read`] (lookups and validation), [`flight`] (one fill
+//! per key in this instance), [`fill`] (fills across instances and refreshes), [`guard`]
+//! (store calls through the circuit breaker; fail-open), [`stats`].
 
 use std::{
-    collections::HashMap,
     fmt,
-    sync::{Arc, Mutex, atomic::AtomicU64},
+    sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
 
-use tokio::sync::watch;
+use redtower_client::{CircuitBreaker, breaker::Breaker};
 
 use crate::{
     CacheStore, Result,
@@ -21,15 +22,17 @@ use crate::{
     store::EntryKey,
 };
 
-mod breaker;
+mod aside;
 mod builder;
 mod fill;
+mod flight;
+mod guard;
 mod read;
 mod stats;
 
+pub use aside::Fetch;
 pub use builder::CacheBuilder;
 pub use stats::CacheStats;
-pub(crate) use stats::bump;
 
 /// A cache over a [`CacheStore`]: the core shared by [`Cache::get_or_fetch`] and the
 /// [`ResponseCacheLayer`](crate::ResponseCacheLayer).
@@ -39,37 +42,36 @@ pub(crate) use stats::bump;
 /// handlers. See the [crate docs](crate) for examples.
 #[derive(Clone)]
 pub struct Cache {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
-    pub(crate) store: Arc<dyn CacheStore>,
+struct Inner {
+    store: Arc<dyn CacheStore>,
     l1: Option<moka::sync::Cache<Vec<u8>, L1Entry>>,
-    flights: Mutex<HashMap<EntryKey, (u64, FlightRx)>>,
-    next_flight: AtomicU64,
-    pub(crate) config: Config,
-    breaker: breaker::Breaker,
-    pub(crate) stats: stats::Stats,
+    flights: flight::Flights,
+    settings: Settings,
+    breaker: Breaker,
+    /// Whether "not reachable since start" was logged (once, until the store answers).
+    unreachable_logged: AtomicBool,
+    stats: stats::Stats,
 }
 
 /// An L1 value: the entry, and its store key (for invalidation by group).
 #[derive(Clone)]
-pub(crate) struct L1Entry {
+struct L1Entry {
     entry: Arc<Entry>,
     key: Arc<EntryKey>,
 }
 
-/// What a fill publishes: `None` until done, then the shared entry (or `None`: not shareable).
-type FlightRx = watch::Receiver<Option<Option<Arc<Entry>>>>;
-
+/// The settings of a [`Cache`], set through its [`CacheBuilder`].
 #[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) name: &'static str,
-    pub(crate) lock_ttl: Duration,
-    pub(crate) lock_wait: Duration,
-    pub(crate) poll_min: Duration,
-    pub(crate) poll_max: Duration,
-    pub(crate) breaker_cooldown: Duration,
+struct Settings {
+    name: &'static str,
+    lock_ttl: Duration,
+    lock_wait: Duration,
+    poll_min: Duration,
+    poll_max: Duration,
+    breaker: CircuitBreaker,
 }
 
 impl fmt::Debug for Cache {
@@ -77,7 +79,7 @@ impl fmt::Debug for Cache {
         f.debug_struct("Cache")
             .field("store", &self.inner.store)
             .field("l1", &self.inner.l1.is_some())
-            .field("config", &self.inner.config)
+            .field("settings", &self.inner.settings)
             .finish()
     }
 }
@@ -127,10 +129,6 @@ pub(crate) enum Filled<R, F> {
     Own(F),
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Cache {
     /// The longest time an entry (or a lock, or a tag) is kept in the store: 365 days.
     /// Longer lifetimes, from a route's settings or from a response's headers
@@ -158,13 +156,13 @@ impl Cache {
         CacheBuilder {
             store: Arc::new(store),
             l1: None,
-            config: Config {
+            settings: Settings {
                 name: "default",
                 lock_ttl: Duration::from_secs(5),
                 lock_wait: Duration::from_secs(3),
                 poll_min: Duration::from_millis(10),
                 poll_max: Duration::from_millis(100),
-                breaker_cooldown: Duration::from_secs(1),
+                breaker: CircuitBreaker::default(),
             },
         }
     }
@@ -179,7 +177,7 @@ impl Cache {
     }
 
     pub(crate) fn name(&self) -> &'static str {
-        self.inner.config.name
+        self.inner.settings.name
     }
 
     /// Invalidates one group (a cache-aside key's entry, or every variant of a URI), in the

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Cache;
 
+/// Counters of one [`Cache`] and its clones since it was built (the same events also go to the
 /// `metrics` facade, labelled by cache name and route).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -38,23 +39,23 @@ pub struct CacheStats {
 }
 
 #[derive(Default)]
-pub(crate) struct Stats {
-    pub(crate) hits: AtomicU64,
-    pub(crate) l1_hits: AtomicU64,
-    pub(crate) stale: AtomicU64,
-    pub(crate) misses: AtomicU64,
-    pub(crate) fetches: AtomicU64,
-    pub(crate) refreshes: AtomicU64,
-    pub(crate) coalesced: AtomicU64,
-    pub(crate) remote_fills: AtomicU64,
-    pub(crate) lock_timeouts: AtomicU64,
-    pub(crate) fail_open: AtomicU64,
-    pub(crate) corrupt: AtomicU64,
-    pub(crate) stored: AtomicU64,
-    pub(crate) bypass: AtomicU64,
+pub(super) struct Stats {
+    pub(super) hits: AtomicU64,
+    pub(super) l1_hits: AtomicU64,
+    pub(super) stale: AtomicU64,
+    pub(super) misses: AtomicU64,
+    pub(super) fetches: AtomicU64,
+    pub(super) refreshes: AtomicU64,
+    pub(super) coalesced: AtomicU64,
+    pub(super) remote_fills: AtomicU64,
+    pub(super) lock_timeouts: AtomicU64,
+    pub(super) fail_open: AtomicU64,
+    pub(super) corrupt: AtomicU64,
+    pub(super) stored: AtomicU64,
+    pub(super) bypass: AtomicU64,
 }
 
-pub(crate) fn bump(c: &AtomicU64) {
+pub(super) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 

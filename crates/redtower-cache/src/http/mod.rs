@@ -1,17 +1,13 @@
-//! The HTTP response cache: [`ResponseCacheLayer`] builds [`ResponseCache`].
+//! The HTTP rules of the response cache: what identifies a response ([`key`]), RFC 9111
+//! directives ([`policy`]), a route's settings ([`settings`]), and the [`Responder`] that
+//! answers each request of a route with them.
 
-mod admit;
-mod body;
-mod future;
 mod key;
-mod layer;
-mod miss;
 mod policy;
-mod response;
-mod service;
+mod responder;
+mod settings;
 
-pub use body::ResponseBody;
-pub use future::ResponseFuture;
+pub(crate) use key::normalize_host;
 pub use key::{Credentials, QueryKey};
-pub use layer::ResponseCacheLayer;
-pub use service::ResponseCache;
+pub(crate) use responder::Responder;
+pub(crate) use settings::{Hosts, RouteSettings};

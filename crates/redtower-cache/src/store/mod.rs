@@ -1,6 +1,6 @@
 //! [`CacheStore`]: the few atomic operations the cache needs, and its two backends.
 
-use std::{fmt, time::Duration};
+use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -8,7 +8,6 @@ use bytes::Bytes;
 use crate::Result;
 
 pub(crate) mod memory;
-pub(crate) mod reads;
 pub(crate) mod redis;
 
 /// Where one entry lives: a `group` (the hashed primary key: the cache-aside key, or the request
@@ -58,8 +57,9 @@ impl fmt::Display for EntryKey {
 pub struct LockToken(pub(crate) String);
 
 impl LockToken {
-    /// A new unique token.
-    pub(crate) fn generate() -> Self {
+    /// A new unique token (128 random bits), for a store's
+    /// [`try_lock`](CacheStore::try_lock).
+    pub fn generate() -> Self {
         Self(format!("{:032x}", rand::random::<u128>()))
     }
 
@@ -152,6 +152,145 @@ pub trait CacheStore: fmt::Debug + Send + Sync + 'static {
     /// Invalidates every entry filled under `tag` in O(1): drops the tag's generation, so no
     /// stored entry matches it any more (the next fill draws a new random one).
     async fn bump_tag(&self, tag: &str) -> Result<()>;
+}
+
+/// The future of a forwarded store operation: the inner store's own (boxed) future.
+type Forwarded<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// A shared store is a store: an `Arc<dyn CacheStore>` chosen at run time (or an `Arc` of a
+/// concrete store) passes to [`Cache::new`](crate::Cache::new) as it is.
+///
+/// Each operation hands back the inner store's future unchanged (no second allocation), so
+/// a cache over an `Arc<dyn CacheStore>` costs one more pointer hop per operation than one
+/// over the concrete store, and nothing else.
+///
+/// ```
+/// use std::sync::Arc;
+/// use redtower_cache::{Cache, CacheStore, MemoryStore, RedisStore};
+///
+/// # fn run(redis: Option<redtower_client::Redis>) {
+/// let store: Arc<dyn CacheStore> = match redis {
+///     Some(redis) => Arc::new(RedisStore::new(redis)),
+///     None => Arc::new(MemoryStore::new()),
+/// };
+/// let cache = Cache::new(store);
+/// # let _ = cache;
+/// # }
+/// # run(None);
+/// ```
+#[async_trait]
+impl<T: CacheStore + ?Sized> CacheStore for Arc<T> {
+    fn now_ms(&self) -> u64 {
+        (**self).now_ms()
+    }
+
+    fn is_ready(&self) -> bool {
+        (**self).is_ready()
+    }
+
+    fn ready<'s, 'f>(&'s self) -> Forwarded<'f, ()>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        (**self).ready()
+    }
+
+    fn connections(&self) -> u64 {
+        (**self).connections()
+    }
+
+    fn get<'s, 'k, 'f>(&'s self, key: &'k EntryKey) -> Forwarded<'f, Option<Bytes>>
+    where
+        's: 'f,
+        'k: 'f,
+        Self: 'f,
+    {
+        (**self).get(key)
+    }
+
+    fn put<'s, 'k, 't, 'f>(
+        &'s self,
+        key: &'k EntryKey,
+        value: Bytes,
+        ttl: Duration,
+        token: Option<&'t LockToken>,
+    ) -> Forwarded<'f, bool>
+    where
+        's: 'f,
+        'k: 'f,
+        't: 'f,
+        Self: 'f,
+    {
+        (**self).put(key, value, ttl, token)
+    }
+
+    fn invalidate<'s, 'g, 'f>(&'s self, group: &'g str) -> Forwarded<'f, ()>
+    where
+        's: 'f,
+        'g: 'f,
+        Self: 'f,
+    {
+        (**self).invalidate(group)
+    }
+
+    fn try_lock<'s, 'k, 'f>(
+        &'s self,
+        key: &'k EntryKey,
+        ttl: Duration,
+    ) -> Forwarded<'f, Option<LockToken>>
+    where
+        's: 'f,
+        'k: 'f,
+        Self: 'f,
+    {
+        (**self).try_lock(key, ttl)
+    }
+
+    fn unlock<'s, 'k, 't, 'f>(
+        &'s self,
+        key: &'k EntryKey,
+        token: &'t LockToken,
+    ) -> Forwarded<'f, bool>
+    where
+        's: 'f,
+        'k: 'f,
+        't: 'f,
+        Self: 'f,
+    {
+        (**self).unlock(key, token)
+    }
+
+    fn tag_generations<'s, 't, 'f>(&'s self, tags: &'t [String]) -> Forwarded<'f, Vec<u64>>
+    where
+        's: 'f,
+        't: 'f,
+        Self: 'f,
+    {
+        (**self).tag_generations(tags)
+    }
+
+    fn ensure_tags<'s, 't, 'f>(
+        &'s self,
+        tags: &'t [String],
+        ttl: Duration,
+    ) -> Forwarded<'f, Vec<u64>>
+    where
+        's: 'f,
+        't: 'f,
+        Self: 'f,
+    {
+        (**self).ensure_tags(tags, ttl)
+    }
+
+    fn bump_tag<'s, 't, 'f>(&'s self, tag: &'t str) -> Forwarded<'f, ()>
+    where
+        's: 'f,
+        't: 'f,
+        Self: 'f,
+    {
+        (**self).bump_tag(tag)
+    }
 }
 
 /// The longest time anything is kept in a store: 365 days. Longer TTLs (a response's

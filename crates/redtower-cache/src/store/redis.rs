@@ -20,14 +20,19 @@ use redtower_client::{
     },
 };
 
-use super::{CacheStore, EntryKey, LockToken, new_generation, reads::Reads, ttl_ms};
+use super::{CacheStore, EntryKey, LockToken, new_generation, ttl_ms};
 use crate::{Error, Result};
 
-static PUT: LazyLock<Script> = LazyLock::new(|| Script::new("cache_put", include_str!("put.lua")));
+mod reads;
+
+use reads::Reads;
+
+static PUT: LazyLock<Script> =
+    LazyLock::new(|| Script::new("cache_put", include_str!("../lua/put.lua")));
 static UNLOCK: LazyLock<Script> =
-    LazyLock::new(|| Script::new("cache_unlock", include_str!("unlock.lua")));
+    LazyLock::new(|| Script::new("cache_unlock", include_str!("../lua/unlock.lua")));
 static ENSURE_TAG: LazyLock<Script> =
-    LazyLock::new(|| Script::new("cache_ensure_tag", include_str!("ensure_tag.lua")));
+    LazyLock::new(|| Script::new("cache_ensure_tag", include_str!("../lua/ensure_tag.lua")));
 
 /// The Redis [`CacheStore`]: entries shared by every instance, Cluster-safe.
 ///
@@ -197,7 +202,8 @@ impl RedisStore {
         }
     }
 
-    /// The Redis key of an entry.
+    /// The Redis key of an entry (see the table above), for inspecting it in Redis; the key
+    /// of a cache-aside value is `store.entry_key(&cache.entry_key("price:tea"))`.
     pub fn entry_key(&self, key: &EntryKey) -> Key {
         let k = self.entries.key(key.group());
         match key.variant() {
@@ -206,18 +212,15 @@ impl RedisStore {
         }
     }
 
-    /// The Redis key of an entry's fill lock.
-    pub fn lock_key(&self, key: &EntryKey) -> Key {
+    fn lock_key_for(&self, key: &EntryKey) -> Key {
         self.entry_key(key).push("lk")
     }
 
-    /// The Redis key of a group's variant index.
-    pub fn index_key(&self, group: &str) -> Key {
+    fn index_key_for(&self, group: &str) -> Key {
         self.entries.key(group).push("ix")
     }
 
-    /// The Redis key of a tag's generation.
-    pub fn tag_key(&self, tag: &str) -> Key {
+    fn tag_key_for(&self, tag: &str) -> Key {
         self.tags.key(tag)
     }
 
@@ -226,6 +229,26 @@ impl RedisStore {
             Ok(r) => r.map_err(Error::from),
             Err(_) => Err(Error::Timeout(self.timeout)),
         }
+    }
+}
+
+/// The keys of a store's internals, for this crate's tests.
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+impl RedisStore {
+    /// The Redis key of an entry's fill lock.
+    pub fn lock_key(&self, key: &EntryKey) -> Key {
+        self.lock_key_for(key)
+    }
+
+    /// The Redis key of a group's variant index.
+    pub fn index_key(&self, group: &str) -> Key {
+        self.index_key_for(group)
+    }
+
+    /// The Redis key of a tag's generation.
+    pub fn tag_key(&self, tag: &str) -> Key {
+        self.tag_key_for(tag)
     }
 }
 
@@ -289,8 +312,8 @@ impl CacheStore for RedisStore {
     ) -> Result<bool> {
         let keys = vec![
             self.entry_key(key),
-            self.lock_key(key),
-            self.index_key(key.group()),
+            self.lock_key_for(key),
+            self.index_key_for(key.group()),
         ];
         let args: Vec<Value> = vec![
             Value::Bytes(value),
@@ -304,7 +327,7 @@ impl CacheStore for RedisStore {
     }
 
     async fn invalidate(&self, group: &str) -> Result<()> {
-        let index = self.index_key(group);
+        let index = self.index_key_for(group);
         let client = self.redis.client().with_options(&self.options);
         let variants: Vec<String> = {
             let client = client.clone();
@@ -337,7 +360,7 @@ impl CacheStore for RedisStore {
 
     async fn try_lock(&self, key: &EntryKey, ttl: Duration) -> Result<Option<LockToken>> {
         let token = LockToken::generate();
-        let k = self.lock_key(key);
+        let k = self.lock_key_for(key);
         let client = self.redis.client().with_options(&self.options);
         let px = i64::try_from(ttl_ms(ttl)).unwrap_or(i64::MAX);
         let value = token.0.clone();
@@ -360,7 +383,11 @@ impl CacheStore for RedisStore {
 
     async fn unlock(&self, key: &EntryKey, token: &LockToken) -> Result<bool> {
         let n: i64 = self
-            .bounded(UNLOCK.run(&self.redis, vec![self.lock_key(key)], vec![token.0.clone()]))
+            .bounded(UNLOCK.run(
+                &self.redis,
+                vec![self.lock_key_for(key)],
+                vec![token.0.clone()],
+            ))
             .await?;
         Ok(n == 1)
     }
@@ -369,7 +396,7 @@ impl CacheStore for RedisStore {
         let client = self.redis.client().with_options(&self.options);
         let reads = tags.iter().map(|t| {
             let client = client.clone();
-            let k = self.tag_key(t);
+            let k = self.tag_key_for(t);
             async move { client.get::<Option<String>, _>(k).await.map_err(fred) }
         });
         let values = self
@@ -384,7 +411,7 @@ impl CacheStore for RedisStore {
     async fn ensure_tags(&self, tags: &[String], ttl: Duration) -> Result<Vec<u64>> {
         let ttl = ttl_ms(ttl).to_string();
         let runs = tags.iter().map(|t| {
-            let k = self.tag_key(t);
+            let k = self.tag_key_for(t);
             let args = vec![new_generation().to_string(), ttl.clone()];
             async move {
                 ENSURE_TAG
@@ -399,7 +426,7 @@ impl CacheStore for RedisStore {
     }
 
     async fn bump_tag(&self, tag: &str) -> Result<()> {
-        let k = self.tag_key(tag);
+        let k = self.tag_key_for(tag);
         let client = self.redis.client().with_options(&self.options);
         self.bounded(async move { client.unlink::<i64, _>(k).await.map_err(fred) })
             .await?;

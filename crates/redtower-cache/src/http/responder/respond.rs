@@ -5,12 +5,12 @@ use std::sync::LazyLock;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body::Body;
 
-use super::{
-    body::ResponseBody,
-    policy::{none_match, not_modified_since},
-    service::Run,
+use super::Responder;
+use crate::{
+    ResponseBody,
+    envelope::Entry,
+    http::policy::{none_match, not_modified_since},
 };
-use crate::envelope::Entry;
 
 pub(super) static X_CACHE: header::HeaderName = header::HeaderName::from_static("x-cache");
 pub(super) static CACHE_STATUS: header::HeaderName =
@@ -58,7 +58,7 @@ pub(super) fn secs(ms: u64) -> u64 {
     ms / 1000
 }
 
-impl Run {
+impl Responder {
     /// A response from a cache entry (or 304 when the client's validators match).
     pub(super) fn respond<B: Body>(
         &self,
@@ -131,7 +131,26 @@ impl Run {
         e: Option<&Entry>,
     ) -> Response<B> {
         let now = self.cache.now_ms();
-        let mut status = Line::new(&self.config.status_name);
+        let (status, x) = self.cache_status(served, e, now);
+        let h = resp.headers_mut();
+        h.reserve(3);
+        if let Some(e) = e {
+            let age = match served {
+                Served::Stored => 0,
+                _ => secs(now.saturating_sub(e.stored_at)),
+            };
+            h.insert(header::AGE, small_number(age));
+        }
+        h.insert(X_CACHE.clone(), HeaderValue::from_static(x));
+        if let Some(v) = status.finish() {
+            h.insert(CACHE_STATUS.clone(), v);
+        }
+        resp
+    }
+
+    /// The RFC 9211 `Cache-Status` value of a response, and its `X-Cache` value.
+    fn cache_status(&self, served: Served, e: Option<&Entry>, now: u64) -> (Line, &'static str) {
+        let mut status = Line::new(&self.settings.status_name);
         let ttl = |line: &mut Line, e: &Entry| {
             line.push("ttl=");
             if now < e.fresh_until {
@@ -187,20 +206,7 @@ impl Run {
                 "MISS"
             }
         };
-        let h = resp.headers_mut();
-        h.reserve(3);
-        if let Some(e) = e {
-            let age = match served {
-                Served::Stored => 0,
-                _ => secs(now.saturating_sub(e.stored_at)),
-            };
-            h.insert(header::AGE, small_number(age));
-        }
-        h.insert(X_CACHE.clone(), HeaderValue::from_static(x));
-        if let Some(v) = status.finish() {
-            h.insert(CACHE_STATUS.clone(), v);
-        }
-        resp
+        (status, x)
     }
 }
 

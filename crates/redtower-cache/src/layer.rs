@@ -2,18 +2,17 @@
 
 use std::{
     fmt,
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, RwLock, atomic::AtomicBool},
     time::Duration,
 };
 
 use http::HeaderName;
 use tower_layer::Layer;
 
-use super::{Credentials, QueryKey, ResponseCache, key::normalize_host};
-use crate::Cache;
+use crate::{
+    Cache, Credentials, QueryKey, ResponseCache,
+    http::{Hosts, Responder, RouteSettings, normalize_host},
+};
 
 /// A [`Layer`] that caches a route's `GET` responses in a [`Cache`] (Redis or memory), shared
 /// by every instance.
@@ -26,180 +25,15 @@ use crate::Cache;
 #[derive(Clone)]
 #[must_use]
 pub struct ResponseCacheLayer {
-    pub(crate) cache: Cache,
-    pub(crate) config: Arc<Config>,
-}
-
-#[derive(Debug)]
-pub(crate) struct Config {
-    pub(crate) ttl: Duration,
-    pub(crate) swr: Duration,
-    pub(crate) sie: Duration,
-    pub(crate) negative_ttl: Option<Duration>,
-    pub(crate) max_body: usize,
-    pub(crate) query: QueryKey,
-    pub(crate) key_headers: Vec<HeaderName>,
-    pub(crate) credentials: Credentials,
-    pub(crate) session_cookies: Vec<String>,
-    pub(crate) tags: Vec<String>,
-    pub(crate) invalidate_unsafe: bool,
-    pub(crate) route: &'static str,
-    pub(crate) status_name: String,
-    pub(crate) hosts: Hosts,
-    /// `Vary` names learned from responses, added to `key_headers` (sorted, merged).
-    pub(crate) names: RwLock<Arc<[HeaderName]>>,
-    /// Whether `names` is non-empty: routes that vary on nothing skip the lock per request.
-    pub(crate) has_names: AtomicBool,
-}
-
-impl Clone for Config {
-    fn clone(&self) -> Self {
-        Self {
-            ttl: self.ttl,
-            swr: self.swr,
-            sie: self.sie,
-            negative_ttl: self.negative_ttl,
-            max_body: self.max_body,
-            query: self.query.clone(),
-            key_headers: self.key_headers.clone(),
-            credentials: self.credentials,
-            session_cookies: self.session_cookies.clone(),
-            tags: self.tags.clone(),
-            invalidate_unsafe: self.invalidate_unsafe,
-            route: self.route,
-            status_name: self.status_name.clone(),
-            hosts: self.hosts.clone(),
-            names: RwLock::new(self.names().unwrap_or_else(|| Arc::from(Vec::new()))),
-            has_names: AtomicBool::new(self.has_names.load(Ordering::Acquire)),
-        }
-    }
-}
-
-/// Which hosts a layer caches: a configured list, or the first few it sees.
-#[derive(Debug)]
-pub(crate) enum Hosts {
-    Listed(Vec<String>),
-    FirstSeen {
-        max: usize,
-        seen: RwLock<Vec<String>>,
-        warned: AtomicBool,
-    },
-}
-
-impl Clone for Hosts {
-    fn clone(&self) -> Self {
-        match self {
-            Self::Listed(l) => Self::Listed(l.clone()),
-            Self::FirstSeen { max, seen, .. } => Self::FirstSeen {
-                max: *max,
-                seen: RwLock::new(
-                    seen.read()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .clone(),
-                ),
-                warned: AtomicBool::new(false),
-            },
-        }
-    }
-}
-
-impl Hosts {
-    fn first_seen(max: usize) -> Self {
-        Self::FirstSeen {
-            max,
-            seen: RwLock::new(Vec::new()),
-            warned: AtomicBool::new(false),
-        }
-    }
-
-    /// Whether requests for `host` (normalised) are cached.
-    pub(crate) fn admits(&self, host: &str, route: &'static str) -> bool {
-        let (max, seen, warned) = match self {
-            Self::Listed(list) => return list.iter().any(|h| h == host),
-            Self::FirstSeen { max, seen, warned } => (*max, seen, warned),
-        };
-        {
-            let seen = seen
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if seen.iter().any(|h| h == host) {
-                return true;
-            }
-            if seen.len() >= max {
-                drop(seen);
-                if !warned.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        target: "redtower::cache",
-                        route,
-                        max_hosts = max,
-                        "the route is cached for its most hosts already; requests for other hosts bypass the cache (declare the hosts with ResponseCacheLayer::hosts)"
-                    );
-                }
-                return false;
-            }
-        }
-        let mut seen = seen
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if seen.iter().any(|h| h == host) {
-            return true;
-        }
-        if seen.len() >= max {
-            return false;
-        }
-        seen.push(host.to_owned());
-        true
-    }
-}
-
-impl Config {
-    /// The header names requests are keyed on (declared and learned), or `None` for none.
-    pub(crate) fn names(&self) -> Option<Arc<[HeaderName]>> {
-        if !self.has_names.load(Ordering::Acquire) {
-            return None;
-        }
-        let names = self
-            .names
-            .read()
-            .map(|n| n.clone())
-            .unwrap_or_else(|p| p.into_inner().clone());
-        Some(names)
-    }
-
-    /// Adds `Vary` names to the key names. Returns whether any was new.
-    pub(crate) fn learn(&self, vary: &[HeaderName]) -> bool {
-        let mut guard = self
-            .names
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if vary.iter().all(|n| guard.contains(n)) {
-            return false;
-        }
-        let mut all: Vec<HeaderName> = guard.iter().cloned().chain(vary.iter().cloned()).collect();
-        sort_names(&mut all);
-        *guard = Arc::from(all);
-        self.has_names.store(true, Ordering::Release);
-        true
-    }
-
-    fn reset_names(&mut self) {
-        let mut names = self.key_headers.clone();
-        sort_names(&mut names);
-        self.has_names = AtomicBool::new(!names.is_empty());
-        self.names = RwLock::new(Arc::from(names));
-    }
-}
-
-fn sort_names(names: &mut Vec<HeaderName>) {
-    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-    names.dedup();
+    cache: Cache,
+    settings: Arc<RouteSettings>,
 }
 
 impl fmt::Debug for ResponseCacheLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseCacheLayer")
             .field("cache", &self.cache)
-            .field("config", &self.config)
+            .field("settings", &self.settings)
             .finish()
     }
 }
@@ -214,7 +48,7 @@ impl ResponseCacheLayer {
     /// Caches responses in `cache`, fresh for `ttl` when the response states no freshness of
     /// its own (`s-maxage`, `max-age`, `Expires` take precedence).
     pub fn new(cache: Cache, ttl: Duration) -> Self {
-        let mut config = Config {
+        let mut settings = RouteSettings {
             ttl,
             swr: Duration::ZERO,
             sie: Duration::ZERO,
@@ -232,17 +66,17 @@ impl ResponseCacheLayer {
             names: RwLock::new(Arc::from(Vec::new())),
             has_names: AtomicBool::new(false),
         };
-        config.reset_names();
+        settings.reset_names();
         Self {
             cache,
-            config: Arc::new(config),
+            settings: Arc::new(settings),
         }
     }
 
-    fn edit(mut self, f: impl FnOnce(&mut Config)) -> Self {
-        let config = Arc::make_mut(&mut self.config);
-        f(config);
-        config.reset_names();
+    fn edit(mut self, f: impl FnOnce(&mut RouteSettings)) -> Self {
+        let settings = Arc::make_mut(&mut self.settings);
+        f(settings);
+        settings.reset_names();
         self
     }
 
@@ -364,21 +198,22 @@ impl ResponseCacheLayer {
     /// keyed on `Accept-Encoding` even without `Vary`. Each URI holds at most the store's
     /// [`max_variants`](crate::RedisStore::max_variants) variants. Defaults to none.
     ///
-    /// # Panics
+    /// ```
+    /// use std::time::Duration;
+    /// use http::{HeaderName, header};
+    /// use redtower_cache::{Cache, MemoryStore, ResponseCacheLayer};
     ///
-    /// If a name is not a valid header name (a programmer error).
-    pub fn key_headers<I, S>(self, names: I) -> Self
+    /// let cache = Cache::new(MemoryStore::new());
+    /// let layer = ResponseCacheLayer::new(cache, Duration::from_secs(60))
+    ///     .key_headers([header::ACCEPT_LANGUAGE, HeaderName::from_static("x-tenant")]);
+    /// # let _ = layer;
+    /// ```
+    pub fn key_headers<I>(self, names: I) -> Self
     where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
+        I: IntoIterator,
+        I::Item: Into<HeaderName>,
     {
-        let names: Vec<HeaderName> = names
-            .into_iter()
-            .map(|n| {
-                HeaderName::from_bytes(n.as_ref().to_ascii_lowercase().as_bytes())
-                    .unwrap_or_else(|_| panic!("invalid header name {:?}", n.as_ref()))
-            })
-            .collect();
+        let names: Vec<HeaderName> = names.into_iter().map(Into::into).collect();
         self.edit(|c| c.key_headers = names)
     }
 
@@ -432,10 +267,9 @@ impl<S> Layer<S> for ResponseCacheLayer {
     type Service = ResponseCache<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ResponseCache {
+        ResponseCache::new(
             inner,
-            cache: self.cache.clone(),
-            config: self.config.clone(),
-        }
+            Responder::new(self.cache.clone(), self.settings.clone()),
+        )
     }
 }

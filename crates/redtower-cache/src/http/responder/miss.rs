@@ -9,19 +9,20 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::{
+    Responder,
     admit::Lead,
-    body::ResponseBody,
-    key::{RequestKey, primary},
-    response::{Conditionals, Served},
-    service::{Run, call},
+    call,
+    respond::{Conditionals, Served},
 };
 use crate::{
+    ResponseBody,
     cache::{Filled, Outcome},
     envelope::Entry,
+    http::key::{RequestKey, primary},
     key::short,
 };
 
-impl Run {
+impl Responder {
     /// A miss: fill through single-flight, store when allowed, or serve stale on errors.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn miss<S, ReqBody, ResBody>(
@@ -49,13 +50,13 @@ impl Run {
             return Ok(self.decorate(resp.map(ResponseBody::inner), Served::Miss("HEAD"), None));
         }
         let leader = {
-            let run = self.clone();
+            let responder = self.clone();
             let key = key.clone();
             let req = Request::from_parts(parts, body);
             move || async move {
                 match call(inner, req).await {
                     Ok(resp) => {
-                        let (lead, outcome) = run.analyze(resp, &key).await;
+                        let (lead, outcome) = responder.analyze(resp, &key).await;
                         (Ok(lead), outcome)
                     }
                     Err(e) => (Err(e), Outcome::Nothing),
@@ -64,7 +65,7 @@ impl Run {
         };
         let filled = self
             .cache
-            .fill(&key.key, &self.config.tags, seen, leader)
+            .fill(&key.key, &self.settings.tags, seen, leader)
             .await;
         let led = match filled {
             Filled::Shared(e, _) => {
@@ -118,12 +119,12 @@ impl Run {
             *req.method(),
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE
         );
-        let group = (unsafe_method && self.config.invalidate_unsafe).then(|| {
+        let group = (unsafe_method && self.settings.invalidate_unsafe).then(|| {
             let (parts, _) = Request::new(()).into_parts();
             let mut parts: Parts = parts;
             parts.uri = req.uri().clone();
             parts.headers = req.headers().clone();
-            short(&primary(&parts, &self.config.query))
+            short(&primary(&parts, &self.settings.query))
         });
         let resp = call(inner, req).await?;
         if let Some(group) = group {
@@ -156,14 +157,14 @@ impl Run {
         parts.method = Method::GET;
         parts.headers.remove(header::IF_NONE_MATCH);
         parts.headers.remove(header::IF_MODIFIED_SINCE);
-        let run = self.clone();
+        let responder = self.clone();
         self.cache.spawn_refresh(
             key.key.clone(),
             seen,
-            self.config.tags.clone(),
+            self.settings.tags.clone(),
             move || async move {
                 match call(inner, Request::from_parts(parts, ReqBody::default())).await {
-                    Ok(resp) => run.analyze(resp, &key).await.1,
+                    Ok(resp) => responder.analyze(resp, &key).await.1,
                     Err(_) => Outcome::Nothing,
                 }
             },

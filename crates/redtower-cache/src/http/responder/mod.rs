@@ -1,106 +1,53 @@
-//! [`ResponseCache`]: the service, and the lookup of one request (bypass, key, read, hit).
-//! Misses are in `miss`, the storing decision in `admit`, cached responses in `response`.
+//! [`Responder`]: answers the requests of one route; here, the lookup of a request (bypass,
+//! key, read, hit).
 
-use std::{
-    fmt,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{fmt, sync::Arc};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, header, request::Parts};
+use http::{HeaderMap, Method, Request, Response, header, request::Parts};
 use http_body::Body;
 use tower_service::Service;
 
 use super::{
-    Credentials,
-    body::ResponseBody,
-    future::ResponseFuture,
-    key::{request_host, request_key, session_cookie},
-    layer::Config,
+    Credentials, RouteSettings,
+    key::{RequestKey, request_host, request_key, session_cookie},
     policy::Directives,
-    response::{Conditionals, Served, secs},
 };
 use crate::{
-    Cache,
+    Cache, ResponseBody,
     cache::{Freshness, freshness},
 };
 
-/// The service built by [`ResponseCacheLayer`](crate::ResponseCacheLayer). See the
-/// [crate docs](crate).
+mod admit;
+mod miss;
+mod respond;
+
+use respond::{Conditionals, Served, secs};
+
+/// Answers the requests of one route: from the cache when it may, else through the handler
+/// (one fill per key across instances), storing what it may. Holds the shared [`Cache`] and
+/// the route's settings; cloning bumps two reference counts.
+///
+/// One concern per file: this one looks a request up (bypass, key, read, hit), [`miss`] runs
+/// misses, refreshes and other methods, [`admit`] decides whether a response is stored, and
+/// [`respond`] builds responses from entries and the `Age`/`X-Cache`/`Cache-Status` headers.
 #[derive(Clone)]
-pub struct ResponseCache<S> {
-    pub(crate) inner: S,
-    pub(crate) cache: Cache,
-    pub(crate) config: Arc<Config>,
+pub(crate) struct Responder {
+    cache: Cache,
+    settings: Arc<RouteSettings>,
 }
 
-impl<S> fmt::Debug for ResponseCache<S> {
+impl fmt::Debug for Responder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseCache")
+        f.debug_struct("Responder")
             .field("cache", &self.cache)
-            .field("route", &self.config.route)
+            .field("route", &self.settings.route)
             .finish()
     }
 }
 
-impl<S> ResponseCache<S> {
-    /// A reference to the inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// A mutable reference to the inner service.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ResponseCache<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ReqBody: Default + Send + 'static,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Send + 'static,
-{
-    type Response = Response<ResponseBody<ResBody>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<ResBody, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let run = Run {
-            cache: self.cache.clone(),
-            config: self.config.clone(),
-        };
-        ResponseFuture::new(Box::pin(run.handle(inner, req)))
-    }
-}
-
-/// One request's view of the layer: the cache and the route's configuration.
-#[derive(Clone)]
-pub(super) struct Run {
-    pub(super) cache: Cache,
-    pub(super) config: Arc<Config>,
-}
-
 /// Calls a service once it is ready.
-pub(super) async fn call<S, ReqBody>(
-    mut svc: S,
-    req: Request<ReqBody>,
-) -> Result<S::Response, S::Error>
+async fn call<S, ReqBody>(mut svc: S, req: Request<ReqBody>) -> Result<S::Response, S::Error>
 where
     S: Service<Request<ReqBody>>,
 {
@@ -108,12 +55,17 @@ where
     svc.call(req).await
 }
 
-impl Run {
-    pub(super) fn route(&self) -> &'static str {
-        self.config.route
+impl Responder {
+    pub(crate) fn new(cache: Cache, settings: Arc<RouteSettings>) -> Self {
+        Self { cache, settings }
     }
 
-    async fn handle<S, ReqBody, ResBody>(
+    fn route(&self) -> &'static str {
+        self.settings.route
+    }
+
+    /// Answers one request.
+    pub(crate) async fn handle<S, ReqBody, ResBody>(
         self,
         inner: S,
         req: Request<ReqBody>,
@@ -138,25 +90,13 @@ impl Run {
             let resp = call(inner, Request::from_parts(parts, body)).await?;
             return Ok(self.decorate(resp.map(ResponseBody::inner), Served::Bypass(reason), None));
         }
-        if self.config.query.filters() {
-            if let Some(uri) = self.config.query.rewrite(&parts.uri) {
-                parts.uri = uri;
-            }
-        }
-        let per_user = (self.config.credentials == Credentials::PerUser)
-            .then_some(self.config.session_cookies.as_slice());
-        let key = request_key(&parts, &self.config.query, self.config.names(), per_user);
+        let key = self.key(&mut parts);
         let head = method == Method::HEAD;
-        let force = req_cc.no_cache
-            || req_cc.max_age == Some(0)
-            || parts
-                .headers
-                .get(header::PRAGMA)
-                .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"no-cache"));
+        let force = forces_refetch(&req_cc, &parts.headers);
         let found = if force {
             None
         } else {
-            self.cache.read(&key.key, &self.config.tags).await
+            self.cache.read(&key.key, &self.settings.tags).await
         };
         let conditionals = Conditionals::take(&mut parts.headers);
         let now = self.cache.now_ms();
@@ -192,6 +132,20 @@ impl Run {
         Box::pin(self.miss(inner, parts, body, key, conditionals, fallback, seen, head)).await
     }
 
+    /// The request's key; strips the query parameters the route does not key on from the
+    /// URI the handler sees.
+    fn key(&self, parts: &mut Parts) -> RequestKey {
+        let settings = &self.settings;
+        if settings.query.filters() {
+            if let Some(uri) = settings.query.rewrite(&parts.uri) {
+                parts.uri = uri;
+            }
+        }
+        let per_user = (settings.credentials == Credentials::PerUser)
+            .then_some(settings.session_cookies.as_slice());
+        request_key(parts, &settings.query, settings.names(), per_user)
+    }
+
     fn bypass_reason(&self, parts: &Parts, req_cc: &Directives) -> Option<&'static str> {
         if req_cc.no_store {
             return Some("REQUEST-NO-STORE");
@@ -205,20 +159,29 @@ impl Run {
             .get(header::HOST)
             .is_some_and(|h| h.to_str().is_err())
             || !self
-                .config
+                .settings
                 .hosts
-                .admits(&request_host(parts), self.config.route)
+                .admits(&request_host(parts), self.settings.route)
         {
             return Some("HOST");
         }
-        if self.config.credentials == Credentials::Bypass {
+        if self.settings.credentials == Credentials::Bypass {
             if parts.headers.contains_key(header::AUTHORIZATION) {
                 return Some("AUTHORIZATION");
             }
-            if session_cookie(&parts.headers, &self.config.session_cookies).is_some() {
+            if session_cookie(&parts.headers, &self.settings.session_cookies).is_some() {
                 return Some("SESSION-COOKIE");
             }
         }
         None
     }
+}
+
+/// Whether the request asks for a refetch (`no-cache`, `max-age=0`, `Pragma: no-cache`).
+fn forces_refetch(req_cc: &Directives, headers: &HeaderMap) -> bool {
+    req_cc.no_cache
+        || req_cc.max_age == Some(0)
+        || headers
+            .get(header::PRAGMA)
+            .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"no-cache"))
 }

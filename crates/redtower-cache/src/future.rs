@@ -1,4 +1,4 @@
-//! [`ResponseFuture`]: the opaque future of [`ResponseCache`](super::ResponseCache).
+//! [`ResponseFuture`]: the opaque future of [`ResponseCache`](crate::ResponseCache).
 
 use std::{
     fmt,
@@ -10,9 +10,9 @@ use std::{
 use http::Response;
 use http_body::Body;
 
-use super::body::ResponseBody;
+use crate::ResponseBody;
 
-pub(super) type BoxFuture<B, E> =
+pub(crate) type BoxFuture<B, E> =
     Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
 
 /// The future of [`ResponseCache`](crate::ResponseCache). Opaque: it boxes today and may not tomorrow.
@@ -35,7 +35,7 @@ impl<B: Body, E> Future for ResponseFuture<B, E> {
 }
 
 impl<B: Body, E> ResponseFuture<B, E> {
-    pub(super) fn new(inner: BoxFuture<B, E>) -> Self {
+    pub(crate) fn new(inner: BoxFuture<B, E>) -> Self {
         Self { inner }
     }
 }

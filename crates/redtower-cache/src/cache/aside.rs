@@ -6,9 +6,9 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde::{Serialize, de::DeserializeOwned};
 
+use super::{Cache, Filled, Freshness, Outcome, freshness, stats::bump};
 use crate::{
-    Cache, FetchError, Result,
-    cache::{Filled, Freshness, Outcome, freshness},
+    FetchError, Result,
     envelope::{Entry, FLAG_NEGATIVE},
     key::{Canonical, Key},
     store::{EntryKey, MAX_TTL},
@@ -129,10 +129,10 @@ impl<'a> Fetch<'a> {
                 Freshness::Stale => {
                     if let Ok(v) = decode::<T>(&e) {
                         cache.record("stale", "aside");
-                        let opts = self.options();
+                        let template = self.template();
                         cache.spawn_refresh(key, seen, self.tags.clone(), move || async move {
                             match fetch().await {
-                                Ok(v) => opts.outcome(&v).1,
+                                Ok(v) => template.outcome(&v).1,
                                 Err(_) => Outcome::Nothing,
                             }
                         });
@@ -145,12 +145,11 @@ impl<'a> Fetch<'a> {
             }
         }
         cache.record("miss", "aside");
-        let opts = Arc::new(self.options());
-        let leader_opts = opts.clone();
+        let template = self.template();
         let filled = cache
             .fill(&key, &self.tags, seen, move || async move {
                 match fetch().await {
-                    Ok(v) => match leader_opts.outcome(&v) {
+                    Ok(v) => match template.outcome(&v) {
                         (Ok(()), outcome) => (Ok(v), outcome),
                         (Err(e), _) => (Err(FetchError::Serialize(e)), Outcome::Nothing),
                     },
@@ -180,8 +179,9 @@ impl<'a> Fetch<'a> {
         }
     }
 
-    fn options(&self) -> Options {
-        Options {
+    /// How this read turns a fetched value into an entry.
+    fn template(&self) -> EntryTemplate {
+        EntryTemplate {
             digest: *aside_key(self.key).digest(),
             ttl: self.ttl,
             swr: self.swr,
@@ -196,10 +196,11 @@ impl<'a> Fetch<'a> {
 }
 
 fn bump_corrupt(cache: &Cache) {
-    crate::cache::bump(&cache.inner.stats.corrupt);
+    bump(&cache.inner.stats.corrupt);
 }
 
-struct Options {
+/// How a fetched value becomes an entry: its key digest, lifetimes and clock.
+struct EntryTemplate {
     digest: [u8; 32],
     ttl: Duration,
     swr: Duration,
@@ -208,7 +209,7 @@ struct Options {
     now: Arc<dyn Fn() -> u64 + Send + Sync>,
 }
 
-impl Options {
+impl EntryTemplate {
     /// Encodes a fetched value into an entry and decides whether to store it.
     fn outcome<T: Serialize>(&self, v: &T) -> (Result<(), serde_json::Error>, Outcome) {
         let body = match serde_json::to_vec(v) {
@@ -258,7 +259,7 @@ fn decode<T: DeserializeOwned>(e: &Entry) -> Result<T, serde_json::Error> {
     serde_json::from_slice(&e.body)
 }
 
-pub(crate) fn aside_key(key: &str) -> Key {
+fn aside_key(key: &str) -> Key {
     let mut c = Canonical::new("aside");
     c.push(key.as_bytes());
     Key::new(c)
