@@ -48,16 +48,25 @@ impl Clock {
         Self(Arc::new(now))
     }
 
-    /// This clock, running `by` ahead.
+    /// This clock, running `by` ahead. An offset too large for the platform's time is
+    /// shortened until the reading fits (never a panic).
     #[must_use]
     pub fn ahead(self, by: Duration) -> Self {
-        Self::from_fn(move || (self.0)() + by)
+        Self::from_fn(move || {
+            let now = (self.0)();
+            now.checked_add(by).unwrap_or_else(|| latest_from(now, by))
+        })
     }
 
-    /// This clock, running `by` behind.
+    /// This clock, running `by` behind. An offset too large for the platform's time is
+    /// shortened until the reading fits (never a panic).
     #[must_use]
     pub fn behind(self, by: Duration) -> Self {
-        Self::from_fn(move || (self.0)() - by)
+        Self::from_fn(move || {
+            let now = (self.0)();
+            now.checked_sub(by)
+                .unwrap_or_else(|| earliest_from(now, by))
+        })
     }
 
     /// The current time by this clock.
@@ -88,6 +97,28 @@ impl Clock {
             ms: local.saturating_sub(i64::try_from(store).unwrap_or(i64::MAX)),
         })
     }
+}
+
+/// `now + by` shortened until the platform's time holds it (`now` at worst).
+fn latest_from(now: SystemTime, mut by: Duration) -> SystemTime {
+    while !by.is_zero() {
+        by /= 2;
+        if let Some(t) = now.checked_add(by) {
+            return t;
+        }
+    }
+    now
+}
+
+/// `now - by` shortened until the platform's time holds it (`now` at worst).
+fn earliest_from(now: SystemTime, mut by: Duration) -> SystemTime {
+    while !by.is_zero() {
+        by /= 2;
+        if let Some(t) = now.checked_sub(by) {
+            return t;
+        }
+    }
+    now
 }
 
 impl Default for Clock {
@@ -134,5 +165,22 @@ impl fmt::Display for ClockSkew {
             "{:.3} s {dir} the store's clock",
             self.magnitude().as_secs_f64()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::Clock;
+
+    #[test]
+    fn offsets_out_of_range_do_not_panic() {
+        let now = SystemTime::now();
+        assert!(Clock::system().ahead(Duration::MAX).now() >= now);
+        assert!(Clock::system().behind(Duration::MAX).now() <= SystemTime::now());
+        let hour = Duration::from_secs(3600);
+        assert!(Clock::system().ahead(hour).now() >= now + hour);
+        assert!(Clock::system().behind(hour).now() <= SystemTime::now() - hour);
     }
 }

@@ -54,7 +54,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The same on Redis (standalone or Cluster): only the store changes.
+//! The same on Redis (standalone or Cluster): only the store changes. To choose the backend
+//! at run time, pass an `Arc<dyn QueueStore>` (see [`Queue::new`]).
 //!
 //! ```no_run
 //! # use redtower_jobs::{Job, Queue, RedisStore, Worker};
@@ -87,6 +88,19 @@
 //!   event stream is capped ([`RedisStore::events_max_len`]).
 //! * **Fast.** A busy worker settles finished jobs and fetches new ones in one round trip; an
 //!   idle one blocks on one dedicated connection and polls as a watchdog.
+//!
+//! # When the store fails
+//!
+//! A store that has not made its first connection is not failing: calls wait for it (up to
+//! the command timeout). After that:
+//!
+//! * **Adding** returns the error ([`Error::Redis`]); the job may or may not have been added,
+//!   so retry with an [idempotency key](AddJob::idempotency_key) to get one job either way.
+//! * **A worker** never stops on a store error: a failed exchange is sent again with the same
+//!   request id after a backoff (100 ms, doubling, at most 5 s), so what it settled is
+//!   reported once; running jobs go on, and their leases are extended again on the next
+//!   tick. A job whose lease ran out meanwhile is fenced: its late result is ignored and it
+//!   runs again. There is no circuit breaker: no caller is waiting to be failed fast.
 //!
 //! # Retries: nothing runs twice by accident
 //!
@@ -145,7 +159,7 @@ mod event;
 mod handler;
 mod job;
 mod queue;
-pub mod store;
+mod store;
 mod worker;
 
 pub use clock::{Clock, ClockSkew};
@@ -154,5 +168,8 @@ pub use event::{EventKind, QueueEvent};
 pub use handler::{Handler, JobContext, JobError, JobRequest, ServiceHandler};
 pub use job::{Backoff, Job, JobId, JobInfo, JobState};
 pub use queue::{AddJob, JobOptions, MAX_PRIORITY, Queue};
-pub use store::{Counts, MemoryStore, QueueStore, RedisStore, Retention};
+pub use store::{
+    Counts, Enqueued, Fetched, Lease, MemoryStore, NewJob, QueueStore, RedisStore, Retention,
+    Settle, Settled, Waiter, WorkReply, WorkRequest,
+};
 pub use worker::{Finished, Outcome, ShutdownReport, Worker, WorkerHandle};

@@ -134,15 +134,28 @@ impl<J> fmt::Debug for Queue<J> {
 impl<J: Job> Queue<J> {
     /// The queue `name` in `store`. Jobs of several types may share one queue name (one
     /// [`Worker`](crate::Worker) then handles them all).
+    ///
+    /// `store` is any [`QueueStore`]: a concrete one, or an `Arc<dyn QueueStore>` when the
+    /// backend is chosen at run time:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use redtower_jobs::{Job, MemoryStore, Queue, QueueStore, RedisStore};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
+    /// # impl Job for Ping { const NAME: &'static str = "ping"; }
+    ///
+    /// # let redis: Option<redtower_client::Redis> = None;
+    /// let store: Arc<dyn QueueStore> = match redis {
+    ///     Some(redis) => Arc::new(RedisStore::new(redis)),
+    ///     None => Arc::new(MemoryStore::new()),
+    /// };
+    /// let pings = Queue::<Ping>::new(store, "pings");
+    /// # let _ = pings;
+    /// ```
     pub fn new(store: impl QueueStore, name: impl Into<String>) -> Self {
-        Self::from_arc(Arc::new(store), name)
-    }
-
-    /// Like [`new`](Self::new), with a shared store.
-    pub fn from_arc(store: Arc<dyn QueueStore>, name: impl Into<String>) -> Self {
         Self {
             shared: Arc::new(Shared {
-                store,
+                store: Arc::new(store),
                 name: name.into(),
                 attempts: 3,
                 backoff: Backoff::default(),

@@ -15,8 +15,8 @@ use std::{
 use fred::interfaces::HashesInterface;
 use redtower_client::{Redis, RedisConfig};
 use redtower_jobs::{
-    Job, JobContext, JobError, JobOptions, JobState, Queue, RedisStore, Retention, Worker,
-    store::{Lease, QueueStore, Settle, Settled, WorkRequest},
+    Job, JobContext, JobError, JobOptions, JobState, Lease, Queue, QueueStore, RedisStore,
+    Retention, Settle, Settled, WorkRequest, Worker,
 };
 use redtower_testkit::{RedisServer, unique_prefix};
 use serde::{Deserialize, Serialize};

@@ -12,9 +12,8 @@ use std::{
 use fred::interfaces::HashesInterface;
 use redtower_client::{Redis, RedisConfig};
 use redtower_jobs::{
-    Backoff, Job, JobContext, JobError, JobId, JobState, Outcome, Queue, QueueStore, RedisStore,
-    Retention, Worker,
-    store::{Enqueued, NewJob, Settle, Settled, WorkRequest},
+    Backoff, Enqueued, Job, JobContext, JobError, JobId, JobState, NewJob, Outcome, Queue,
+    QueueStore, RedisStore, Retention, Settle, Settled, WorkRequest, Worker,
 };
 use redtower_testkit::{FaultProxy, unique_prefix};
 use serde::{Deserialize, Serialize};

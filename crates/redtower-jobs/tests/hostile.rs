@@ -7,8 +7,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use redtower_client::{Redis, RedisConfig};
 use redtower_jobs::{
-    Backoff, Job, JobState, MemoryStore, Queue, QueueStore, RedisStore,
-    store::{NewJob, Settle, Settled, WorkRequest},
+    Backoff, Job, JobState, MemoryStore, NewJob, Queue, QueueStore, RedisStore, Settle, Settled,
+    WorkRequest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -83,7 +83,7 @@ proptest! {
 /// Extremes through a store: `Duration::MAX` delays, leases and retry delays are accepted and
 /// saturate; nothing panics and the job is where it should be.
 async fn extremes(store: std::sync::Arc<dyn QueueStore>) {
-    let queue = Queue::<Ping>::from_arc(store.clone(), "hostile");
+    let queue = Queue::<Ping>::new(store.clone(), "hostile");
     let far = queue.add(Ping).delay(Duration::MAX).await.unwrap();
     assert_eq!(
         queue.get(&far).await.unwrap().unwrap().state,

@@ -50,7 +50,7 @@ mod cluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_keys_share_the_queue_tag() {
     use futures::TryStreamExt;
-    use redtower_jobs::{Queue, store::WorkRequest};
+    use redtower_jobs::{Queue, WorkRequest};
 
     let prefix = unique_prefix("keys");
     let redis = Redis::new(
@@ -103,7 +103,7 @@ async fn all_keys_share_the_queue_tag() {
 async fn idempotency_markers_expire() {
     use fred::interfaces::KeysInterface;
     use futures::TryStreamExt;
-    use redtower_jobs::{Queue, store::WorkRequest};
+    use redtower_jobs::{Queue, WorkRequest};
 
     let redis = Redis::new(
         RedisConfig::from_url(&redtower_testkit::shared_url())

@@ -108,7 +108,7 @@ impl Shipping {
         let on_done = self.clone();
         let on_dead = self.clone();
         let runner = self.clone();
-        Worker::from_arc(store, SHIP_QUEUE)
+        Worker::new(store, SHIP_QUEUE)
             .concurrency(16)
             .timeout(Duration::from_secs(30))
             .handle::<ShipOrder>(move |job: ShipOrder, ctx: JobContext| {

@@ -54,7 +54,7 @@ pub struct MemoryStore {
 struct Inner {
     base: Instant,
     base_unix_ms: u64,
-    queues: Mutex<HashMap<String, Q>>,
+    queues: Mutex<HashMap<String, QueueState>>,
     events_cap: usize,
 }
 
@@ -93,8 +93,9 @@ impl ZSet {
     }
 }
 
+/// One queue: its jobs, the sets that order them, and what makes calls safe to repeat.
 #[derive(Debug)]
-struct Q {
+struct QueueState {
     seq: u64,
     jobs: HashMap<u64, Record>,
     ready: ZSet,
@@ -116,7 +117,7 @@ struct Q {
     events: broadcast::Sender<QueueEvent>,
 }
 
-impl Q {
+impl QueueState {
     fn new(cap: usize) -> Self {
         Self {
             seq: 0,
@@ -290,6 +291,209 @@ impl Q {
         let running_since = self.lease.get(&id).map(|(_, started)| *started);
         Some(JobInfo::from_record(rec, state, due, running_since))
     }
+
+    /// One work exchange (see [`QueueStore::work`]): settle, promote due jobs, reclaim expired
+    /// leases, fetch; or, for a request seen before, its first answer.
+    fn work(&mut self, req: WorkRequest, now: u64) -> WorkReply {
+        self.expire(now);
+        if let Some(reply) = req
+            .request_id
+            .as_deref()
+            .and_then(|rid| self.replayed(rid, now))
+        {
+            return reply;
+        }
+        let settled_any = !req.settle.is_empty();
+        let mut settled = Vec::with_capacity(req.settle.len());
+        for (lease, s) in req.settle {
+            settled.push(self.settle(&lease, s, now, &req.retention));
+        }
+        let promoted = self.promote_due(now);
+        let reclaimed = self.reclaim_expired(now, req.max_stalls, &req.retention);
+        let jobs = if req.fetch > 0 && !self.paused {
+            self.lease_ready(req.fetch, req.lease, now)
+        } else {
+            if promoted || reclaimed {
+                self.wake();
+            }
+            Vec::new()
+        };
+        if let Some(rid) = req.request_id {
+            if settled_any || !jobs.is_empty() {
+                self.remember(rid, &settled, &jobs, req.lease, now);
+            }
+        }
+        WorkReply {
+            settled,
+            jobs,
+            next_due: self.next_due(now),
+        }
+    }
+
+    /// The answer to request `rid` again (its reply was lost): the same settlement codes, and
+    /// the jobs it leased that it still holds. `None` for a request not seen in its window.
+    fn replayed(&self, rid: &str, now: u64) -> Option<WorkReply> {
+        let prev = self.replay.get(rid)?;
+        let mut jobs = Vec::new();
+        for (id, token) in &prev.leased {
+            if self.lease.get(id).is_some_and(|(t, _)| t == token) {
+                jobs.extend(self.fetched(*id, token.clone(), now));
+            }
+        }
+        Some(WorkReply {
+            settled: prev.settled.clone(),
+            jobs,
+            next_due: self.next_due(now),
+        })
+    }
+
+    /// Settles one attempt, fenced by its lease token.
+    fn settle(
+        &mut self,
+        lease: &Lease,
+        settle: Settle,
+        now: u64,
+        retention: &Retention,
+    ) -> Settled {
+        let Some(id) = parse_id(&lease.id) else {
+            return Settled::Stale;
+        };
+        let started = match self.lease.get(&id) {
+            Some((token, started)) if *token == lease.token => *started,
+            _ => return Settled::Stale,
+        };
+        self.lease.remove(&id);
+        self.active.rem(id);
+        let Some(rec) = self.jobs.get_mut(&id) else {
+            return Settled::Stale;
+        };
+        match settle {
+            Settle::Complete => {
+                let mut rec = rec.clone();
+                // The stored record keeps counting failed attempts only (as in Redis).
+                rec.attempt = rec.attempt.saturating_add(1);
+                self.finish(id, false, now, retention);
+                self.emit(EventKind::Completed, &rec);
+                Settled::Completed
+            }
+            Settle::Release => {
+                let rec = rec.clone();
+                self.ready_add(id);
+                self.wake();
+                self.emit(EventKind::Released, &rec);
+                Settled::Released
+            }
+            Settle::Retry { delay, error } if rec.attempt.saturating_add(1) < rec.max => {
+                rec.attempt += 1;
+                rec.started = Some(started);
+                rec.err = Some(error);
+                let rec = rec.clone();
+                self.sched_add(id, now.saturating_add(ms(delay)));
+                self.emit(EventKind::Retrying, &rec);
+                Settled::Retrying
+            }
+            Settle::Retry { error, .. } | Settle::Fail { error } => {
+                rec.attempt = rec.attempt.saturating_add(1);
+                rec.started = Some(started);
+                rec.err = Some(error);
+                let mut rec = rec.clone();
+                self.finish(id, true, now, retention);
+                rec.fin = Some(now);
+                self.emit(EventKind::Dead, &rec);
+                Settled::Dead
+            }
+        }
+    }
+
+    /// Moves scheduled jobs that are due to ready (up to 1,000). Whether any moved.
+    fn promote_due(&mut self, now: u64) -> bool {
+        let due = self.sched.due(now, 1000);
+        for id in &due {
+            self.sched.rem(*id);
+            self.ready_add(*id);
+        }
+        !due.is_empty()
+    }
+
+    /// Takes back jobs whose lease has ended (up to 100): ready again, or dead after more than
+    /// `max_stalls` lost leases. Whether any was taken back.
+    fn reclaim_expired(&mut self, now: u64, max_stalls: u32, retention: &Retention) -> bool {
+        let expired = self.active.due(now, 100);
+        for id in &expired {
+            self.active.rem(*id);
+            let lost = self.lease.remove(id);
+            let Some(rec) = self.jobs.get_mut(id) else {
+                continue;
+            };
+            rec.stalls = rec.stalls.saturating_add(1);
+            if let Some((_, started)) = lost {
+                rec.started = Some(started);
+            }
+            if rec.stalls > max_stalls {
+                rec.err = Some(format!(
+                    "lease lost {} times (worker crashed or too slow)",
+                    rec.stalls
+                ));
+                let rec = rec.clone();
+                self.finish(*id, true, now, retention);
+                self.emit(EventKind::Dead, &rec);
+            } else {
+                let rec = rec.clone();
+                self.ready_add(*id);
+                self.emit(EventKind::Stalled, &rec);
+            }
+        }
+        !expired.is_empty()
+    }
+
+    /// Leases up to `fetch` ready jobs, most urgent first, for `lease`.
+    fn lease_ready(&mut self, fetch: usize, lease: Duration, now: u64) -> Vec<Fetched> {
+        let mut jobs = Vec::new();
+        while jobs.len() < fetch {
+            let Some((_, id)) = self.ready.first() else {
+                break;
+            };
+            self.ready.rem(id);
+            self.seq += 1;
+            let token = self.seq.to_string();
+            let Some(job) = self.fetched(id, token.clone(), now) else {
+                continue;
+            };
+            self.lease.insert(id, (token, now));
+            self.active.add(id, now.saturating_add(ms(lease).max(1)));
+            jobs.push(job);
+        }
+        if jobs.len() == fetch && self.ready.len() > 0 {
+            // More are ready: another idle worker may take them.
+            self.wake();
+        }
+        jobs
+    }
+
+    /// Keeps the answer to request `rid` for a re-send, for its lease (10 s .. the window).
+    fn remember(
+        &mut self,
+        rid: String,
+        settled: &[Settled],
+        jobs: &[Fetched],
+        lease: Duration,
+        now: u64,
+    ) {
+        let expires = now.saturating_add(ms(super::replay_window(lease, WINDOW)));
+        let leased = jobs
+            .iter()
+            .filter_map(|j| Some((parse_id(&j.lease.id)?, j.lease.token.clone())))
+            .collect();
+        self.replay_exp.insert((expires, rid.clone()));
+        self.replay.insert(
+            rid,
+            Replay {
+                expires,
+                settled: settled.to_vec(),
+                leased,
+            },
+        );
+    }
 }
 
 impl Default for MemoryStore {
@@ -319,15 +523,16 @@ impl MemoryStore {
         self.inner.base_unix_ms + self.inner.base.elapsed().as_millis() as u64
     }
 
-    fn with<R>(&self, queue: &str, f: impl FnOnce(&mut Q, u64) -> R) -> R {
+    fn with<R>(&self, queue: &str, f: impl FnOnce(&mut QueueState, u64) -> R) -> R {
         let now = self.now();
-        let mut guard: MutexGuard<'_, HashMap<String, Q>> = match self.inner.queues.lock() {
+        let mut guard: MutexGuard<'_, HashMap<String, QueueState>> = match self.inner.queues.lock()
+        {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
         let q = guard
             .entry(queue.to_owned())
-            .or_insert_with(|| Q::new(self.inner.events_cap));
+            .or_insert_with(|| QueueState::new(self.inner.events_cap));
         f(q, now)
     }
 }
@@ -406,159 +611,7 @@ impl QueueStore for MemoryStore {
     }
 
     async fn work(&self, queue: &str, req: WorkRequest) -> Result<WorkReply> {
-        Ok(self.with(queue, |q, now| {
-            q.expire(now);
-            if let Some(prev) = req.request_id.as_ref().and_then(|r| q.replay.get(r)) {
-                // The same request again (its answer was lost): the same answer.
-                let mut jobs = Vec::new();
-                for (id, token) in &prev.leased {
-                    if q.lease.get(id).is_some_and(|(t, _)| t == token) {
-                        jobs.extend(q.fetched(*id, token.clone(), now));
-                    }
-                }
-                return WorkReply {
-                    settled: prev.settled.clone(),
-                    jobs,
-                    next_due: q.next_due(now),
-                };
-            }
-            let n_settle = req.settle.len();
-            let mut settled = Vec::with_capacity(n_settle);
-            for (lease, s) in req.settle {
-                let Some(id) = parse_id(&lease.id) else {
-                    settled.push(Settled::Stale);
-                    continue;
-                };
-                let started = match q.lease.get(&id) {
-                    Some((token, started)) if *token == lease.token => *started,
-                    _ => {
-                        settled.push(Settled::Stale);
-                        continue;
-                    }
-                };
-                q.lease.remove(&id);
-                q.active.rem(id);
-                let Some(rec) = q.jobs.get_mut(&id) else {
-                    settled.push(Settled::Stale);
-                    continue;
-                };
-                let code = match s {
-                    Settle::Complete => {
-                        let mut rec = rec.clone();
-                        // The stored record keeps counting failed attempts only (as in Redis).
-                        rec.attempt = rec.attempt.saturating_add(1);
-                        q.finish(id, false, now, &req.retention);
-                        q.emit(EventKind::Completed, &rec);
-                        Settled::Completed
-                    }
-                    Settle::Release => {
-                        let rec = rec.clone();
-                        q.ready_add(id);
-                        q.wake();
-                        q.emit(EventKind::Released, &rec);
-                        Settled::Released
-                    }
-                    Settle::Retry { delay, error } if rec.attempt.saturating_add(1) < rec.max => {
-                        rec.attempt += 1;
-                        rec.started = Some(started);
-                        rec.err = Some(error);
-                        let rec = rec.clone();
-                        q.sched_add(id, now.saturating_add(ms(delay)));
-                        q.emit(EventKind::Retrying, &rec);
-                        Settled::Retrying
-                    }
-                    Settle::Retry { error, .. } | Settle::Fail { error } => {
-                        rec.attempt = rec.attempt.saturating_add(1);
-                        rec.started = Some(started);
-                        rec.err = Some(error);
-                        let mut rec = rec.clone();
-                        q.finish(id, true, now, &req.retention);
-                        rec.fin = Some(now);
-                        q.emit(EventKind::Dead, &rec);
-                        Settled::Dead
-                    }
-                };
-                settled.push(code);
-            }
-
-            let due = q.sched.due(now, 1000);
-            for id in &due {
-                q.sched.rem(*id);
-                q.ready_add(*id);
-            }
-            let expired = q.active.due(now, 100);
-            for id in &expired {
-                q.active.rem(*id);
-                let lost = q.lease.remove(id);
-                let Some(rec) = q.jobs.get_mut(id) else {
-                    continue;
-                };
-                rec.stalls = rec.stalls.saturating_add(1);
-                if let Some((_, started)) = lost {
-                    rec.started = Some(started);
-                }
-                if rec.stalls > req.max_stalls {
-                    rec.err = Some(format!(
-                        "lease lost {} times (worker crashed or too slow)",
-                        rec.stalls
-                    ));
-                    let rec = rec.clone();
-                    q.finish(*id, true, now, &req.retention);
-                    q.emit(EventKind::Dead, &rec);
-                } else {
-                    let rec = rec.clone();
-                    q.ready_add(*id);
-                    q.emit(EventKind::Stalled, &rec);
-                }
-            }
-
-            let mut jobs = Vec::new();
-            if req.fetch > 0 && !q.paused {
-                while jobs.len() < req.fetch {
-                    let Some((_, id)) = q.ready.first() else {
-                        break;
-                    };
-                    q.ready.rem(id);
-                    q.seq += 1;
-                    let token = q.seq.to_string();
-                    let Some(job) = q.fetched(id, token.clone(), now) else {
-                        continue;
-                    };
-                    q.lease.insert(id, (token, now));
-                    q.active.add(id, now.saturating_add(ms(req.lease).max(1)));
-                    jobs.push(job);
-                }
-                if jobs.len() == req.fetch && q.ready.len() > 0 {
-                    q.wake();
-                }
-            } else if !due.is_empty() || !expired.is_empty() {
-                q.wake();
-            }
-            if let Some(rid) = req.request_id {
-                if n_settle > 0 || !jobs.is_empty() {
-                    let keep = super::redis::replay_window(req.lease, WINDOW);
-                    let expires = now.saturating_add(ms(keep));
-                    let leased = jobs
-                        .iter()
-                        .filter_map(|j| Some((parse_id(&j.lease.id)?, j.lease.token.clone())))
-                        .collect();
-                    q.replay_exp.insert((expires, rid.clone()));
-                    q.replay.insert(
-                        rid,
-                        Replay {
-                            expires,
-                            settled: settled.clone(),
-                            leased,
-                        },
-                    );
-                }
-            }
-            WorkReply {
-                settled,
-                jobs,
-                next_due: q.next_due(now),
-            }
-        }))
+        Ok(self.with(queue, |q, now| q.work(req, now)))
     }
 
     async fn extend(&self, queue: &str, leases: Vec<Lease>, lease: Duration) -> Result<Vec<JobId>> {

@@ -1,6 +1,6 @@
 //! The storage contract ([`QueueStore`]) and its two backends.
 
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use futures::stream::BoxStream;
 
@@ -10,8 +10,8 @@ use crate::{
     job::{Backoff, JobId, JobInfo, JobState},
 };
 
-pub(crate) mod memory;
-pub(crate) mod redis;
+mod memory;
+mod redis;
 
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
@@ -40,6 +40,30 @@ pub struct NewJob {
     /// re-sent by the client after a lost reply, as it does with in-flight commands after a
     /// reconnect, never adds twice), with a random id per call.
     pub idempotency_key: Option<String>,
+}
+
+impl NewJob {
+    /// A job named `name` with payload `data` (JSON text). Defaults: 3 attempts, the default
+    /// backoff, priority 0, no delay, no dedup key.
+    pub fn new(name: impl Into<String>, data: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            data: data.into(),
+            max_attempts: 3,
+            backoff: Backoff::default(),
+            priority: 0,
+            delay: Duration::ZERO,
+            unique_key: None,
+            idempotency_key: None,
+        }
+    }
+
+    /// Sets [`idempotency_key`](Self::idempotency_key).
+    #[must_use]
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
 }
 
 /// The result of adding one job.
@@ -347,27 +371,63 @@ pub trait QueueStore: fmt::Debug + Send + Sync + 'static {
     async fn events(&self, queue: &str) -> Result<BoxStream<'static, Result<QueueEvent>>>;
 }
 
-impl NewJob {
-    /// A job named `name` with payload `data` (JSON text). Defaults: 3 attempts, the default
-    /// backoff, priority 0, no delay, no dedup key.
-    pub fn new(name: impl Into<String>, data: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            data: data.into(),
-            max_attempts: 3,
-            backoff: Backoff::default(),
-            priority: 0,
-            delay: Duration::ZERO,
-            unique_key: None,
-            idempotency_key: None,
-        }
+/// A shared store is a store: an `Arc<dyn QueueStore>` chosen at run time (or an `Arc` of a
+/// concrete store) passes to [`Queue::new`](crate::Queue::new) and
+/// [`Worker::new`](crate::Worker::new) as it is.
+#[async_trait::async_trait]
+impl<T: QueueStore + ?Sized> QueueStore for Arc<T> {
+    async fn enqueue(&self, queue: &str, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        (**self).enqueue(queue, jobs).await
     }
 
-    /// Sets [`idempotency_key`](Self::idempotency_key).
-    #[must_use]
-    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
-        self.idempotency_key = Some(key.into());
-        self
+    async fn work(&self, queue: &str, request: WorkRequest) -> Result<WorkReply> {
+        (**self).work(queue, request).await
+    }
+
+    async fn extend(&self, queue: &str, leases: Vec<Lease>, lease: Duration) -> Result<Vec<JobId>> {
+        (**self).extend(queue, leases, lease).await
+    }
+
+    async fn waiter(&self, queue: &str) -> Result<Box<dyn Waiter>> {
+        (**self).waiter(queue).await
+    }
+
+    async fn counts(&self, queue: &str) -> Result<Counts> {
+        (**self).counts(queue).await
+    }
+
+    async fn get(&self, queue: &str, id: &JobId) -> Result<Option<JobInfo>> {
+        (**self).get(queue, id).await
+    }
+
+    async fn list(
+        &self,
+        queue: &str,
+        state: JobState,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<JobInfo>> {
+        (**self).list(queue, state, offset, limit).await
+    }
+
+    async fn retry_dead(&self, queue: &str, id: &JobId) -> Result<bool> {
+        (**self).retry_dead(queue, id).await
+    }
+
+    async fn remove(&self, queue: &str, id: &JobId) -> Result<bool> {
+        (**self).remove(queue, id).await
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        (**self).set_paused(queue, paused).await
+    }
+
+    async fn time(&self, queue: &str) -> Result<u64> {
+        (**self).time(queue).await
+    }
+
+    async fn events(&self, queue: &str) -> Result<BoxStream<'static, Result<QueueEvent>>> {
+        (**self).events(queue).await
     }
 }
 
@@ -375,6 +435,12 @@ impl NewJob {
 /// (within its command timeout and attempts) can repeat it.
 pub(crate) fn random_key_window(window: Duration) -> Duration {
     window.min(Duration::from_secs(60))
+}
+
+/// How long the answer to a work request is kept for a re-send: its lease (the jobs it handed
+/// out are the caller's that long), at least 10 s, at most the idempotency window.
+pub(crate) fn replay_window(lease: Duration, window: Duration) -> Duration {
+    lease.max(Duration::from_secs(10)).min(window)
 }
 
 /// A random 128-bit key in hex: the idempotency key of an add, or the id of a work request.

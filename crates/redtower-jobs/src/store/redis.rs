@@ -3,12 +3,8 @@
 
 use std::{sync::LazyLock, time::Duration};
 
-use fred::{
-    clients::Client,
-    interfaces::{ClientLike, ListInterface, StreamsInterface},
-    types::{Value, config::Options},
-};
-use futures::stream::{self, BoxStream, StreamExt};
+use fred::types::Value;
+use futures::stream::BoxStream;
 use redtower_client::{Key, Redis, Script};
 
 use super::{
@@ -17,25 +13,33 @@ use super::{
 };
 use crate::{
     Error, Result,
-    event::{EventKind, QueueEvent},
+    event::QueueEvent,
     job::{JobId, JobInfo, JobState, Record},
 };
+
+mod events;
+mod waiter;
+
+use waiter::RedisWaiter;
 
 macro_rules! script {
     ($name:literal, $file:literal) => {
         LazyLock::new(|| {
             Script::new(
                 $name,
-                concat!(include_str!("lua/common.lua"), include_str!($file)),
+                concat!(
+                    include_str!("../lua/common.lua"),
+                    include_str!(concat!("../lua/", $file, ".lua"))
+                ),
             )
         })
     };
 }
 
-static ENQUEUE: LazyLock<Script> = script!("jobs_enqueue", "lua/enqueue.lua");
-static WORK: LazyLock<Script> = script!("jobs_work", "lua/work.lua");
-static EXTEND: LazyLock<Script> = script!("jobs_extend", "lua/extend.lua");
-static ADMIN: LazyLock<Script> = script!("jobs_admin", "lua/admin.lua");
+static ENQUEUE: LazyLock<Script> = script!("jobs_enqueue", "enqueue");
+static WORK: LazyLock<Script> = script!("jobs_work", "work");
+static EXTEND: LazyLock<Script> = script!("jobs_extend", "extend");
+static ADMIN: LazyLock<Script> = script!("jobs_admin", "admin");
 
 const PARTS: [&str; 12] = [
     "jobs", "ready", "sched", "active", "done", "dead", "lease", "uniq", "meta", "wake", "events",
@@ -131,6 +135,41 @@ impl RedisStore {
         self.run(&ADMIN, self.keys(queue), argv).await
     }
 
+    /// The keys and arguments of the work script for `req` (see `lua/work.lua`).
+    fn work_call(&self, queue: &str, req: WorkRequest) -> (Vec<Key>, Vec<Value>) {
+        let r = req.retention;
+        let mut argv: Vec<Value> = Vec::with_capacity(10 + req.settle.len() * 5);
+        argv.push(int(self.events_max_len).into());
+        argv.push(ms(req.lease).max(1).into());
+        argv.push(i64::try_from(req.fetch).unwrap_or(i64::MAX).into());
+        argv.push(i64::from(req.max_stalls).into());
+        argv.push(int(r.completed_count).into());
+        argv.push(ms(r.completed_age).into());
+        argv.push(int(r.dead_count).into());
+        argv.push(ms(r.dead_age).into());
+        argv.push((req.settle.len() as i64).into());
+        argv.push(ms(super::replay_window(req.lease, self.idempotency_window)).into());
+        let mut keys = self.keys(queue);
+        let request_id = req.request_id.unwrap_or_else(super::random_key);
+        keys.push(self.base(queue).push("x").push(request_id.as_str()));
+        for (lease, s) in req.settle {
+            let token = Token::parse(&lease.token);
+            argv.push(lease.id.as_str().into());
+            argv.push(token.fence.into());
+            let (kind, a, b): (_, Value, Value) = match (s, token.plain) {
+                (Settle::Complete, Some((attempt, name))) => ("c", attempt.into(), name.into()),
+                (Settle::Complete, None) => ("u", 0.into(), "".into()),
+                (Settle::Retry { delay, error }, _) => ("r", ms(delay).into(), error.into()),
+                (Settle::Fail { error }, _) => ("f", 0.into(), error.into()),
+                (Settle::Release, _) => ("x", 0.into(), "".into()),
+            };
+            argv.push(kind.into());
+            argv.push(a);
+            argv.push(b);
+        }
+        (keys, argv)
+    }
+
     /// Runs a script once the first connection is made: a store built on a fresh handle is
     /// not in an outage, its first calls wait for the connection (up to the command timeout)
     /// instead of failing (on a Cluster, fred fails a command sent before it has the routing
@@ -207,12 +246,6 @@ fn started_of(token: &str) -> Option<u64> {
     start.parse().ok()
 }
 
-/// How long the answer to a work request is kept for a re-send: its lease (the jobs it handed
-/// out are the caller's that long), at least 10 s, at most the idempotency window.
-pub(super) fn replay_window(lease: Duration, window: Duration) -> Duration {
-    lease.max(Duration::from_secs(10)).min(window)
-}
-
 /// A count as a Redis integer, saturated (`u64::MAX` means as many as there can be).
 fn int(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -239,6 +272,84 @@ fn info_or_stub(id: &str, raw: &str, state: JobState, score: f64, lease: &str) -
         Ok(rec) => info(rec, state, score, lease),
         Err(e) => JobInfo::stub(JobId::new(id), raw.to_owned(), state, e.to_string()),
     }
+}
+
+/// The work script's reply: settlement codes, fetched jobs, the next-due hint, the time.
+fn work_reply(queue: &str, reply: Value) -> Result<WorkReply> {
+    let mut parts = reply.into_array().into_iter();
+    let (Some(codes), Some(jobs), Some(hint), Some(now)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Error::Protocol("work reply".into()));
+    };
+    let now: u64 = text(now)?.parse().unwrap_or(0);
+    let settled = codes
+        .into_array()
+        .iter()
+        .map(|c| {
+            Ok(match num(c)? {
+                1 => Settled::Completed,
+                2 => Settled::Retrying,
+                3 => Settled::Dead,
+                4 => Settled::Released,
+                _ => Settled::Stale,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let fetched = jobs
+        .into_array()
+        .into_iter()
+        .map(|job| fetched(queue, job, now))
+        .collect::<Result<Vec<_>>>()?;
+    // Lua formats the hint with %.0f: parse as a float, so that a far-off due time is a
+    // long hint rather than none.
+    let hint: f64 = text(hint)?.parse().unwrap_or(-1.0);
+    Ok(WorkReply {
+        settled,
+        jobs: fetched,
+        next_due: (hint >= 0.0).then(|| Duration::from_millis(hint as u64)),
+    })
+}
+
+/// One fetched job (`[id, fence, record]`, `now` the store's time) with its lease token; a
+/// record that does not decode makes an [invalid](Fetched::invalid) job, which the worker
+/// fails for good.
+fn fetched(queue: &str, job: Value, now: u64) -> Result<Fetched> {
+    let mut f = job.into_array().into_iter();
+    let (Some(id), Some(tok), Some(raw)) = (f.next(), f.next(), f.next()) else {
+        return Err(Error::Protocol("fetched job".into()));
+    };
+    let (id, tok, raw) = (text(id)?, text(tok)?, text(raw)?);
+    let rec = match record(&raw) {
+        Ok(rec) => rec,
+        Err(e) => {
+            // That job only: the worker fails it for good with this reason.
+            tracing::warn!(target: "redtower::jobs", queue, id, error = %e, "job record does not decode; failing the job");
+            return Ok(Fetched::invalid(
+                Lease {
+                    id: JobId::new(id),
+                    token: Token::format(&tok, 1, true, ""),
+                },
+                raw,
+                e.to_string(),
+            ));
+        }
+    };
+    // The record counts failed attempts; this one is the next.
+    let attempt = rec.attempt.saturating_add(1);
+    Ok(Fetched {
+        lease: Lease {
+            id: JobId::new(id),
+            token: Token::format(&tok, attempt, rec.uniq.is_some(), &rec.name),
+        },
+        name: rec.name,
+        data: rec.data,
+        attempt,
+        max_attempts: rec.max,
+        backoff: rec.backoff,
+        waited: Duration::from_millis(now.saturating_sub(rec.created)),
+        invalid: None,
+    })
 }
 
 #[async_trait::async_trait]
@@ -306,104 +417,9 @@ impl QueueStore for RedisStore {
     }
 
     async fn work(&self, queue: &str, req: WorkRequest) -> Result<WorkReply> {
-        let r = req.retention;
-        let mut argv: Vec<Value> = Vec::with_capacity(9 + req.settle.len() * 5);
-        argv.push(int(self.events_max_len).into());
-        argv.push(ms(req.lease).max(1).into());
-        argv.push(i64::try_from(req.fetch).unwrap_or(i64::MAX).into());
-        argv.push(i64::from(req.max_stalls).into());
-        argv.push(int(r.completed_count).into());
-        argv.push(ms(r.completed_age).into());
-        argv.push(int(r.dead_count).into());
-        argv.push(ms(r.dead_age).into());
-        argv.push((req.settle.len() as i64).into());
-        argv.push(ms(replay_window(req.lease, self.idempotency_window)).into());
-        let mut keys = self.keys(queue);
-        let request_id = req.request_id.unwrap_or_else(super::random_key);
-        keys.push(self.base(queue).push("x").push(request_id.as_str()));
-        for (lease, s) in req.settle {
-            let token = Token::parse(&lease.token);
-            argv.push(lease.id.as_str().into());
-            argv.push(token.fence.into());
-            let (kind, a, b): (_, Value, Value) = match (s, token.plain) {
-                (Settle::Complete, Some((attempt, name))) => ("c", attempt.into(), name.into()),
-                (Settle::Complete, None) => ("u", 0.into(), "".into()),
-                (Settle::Retry { delay, error }, _) => ("r", ms(delay).into(), error.into()),
-                (Settle::Fail { error }, _) => ("f", 0.into(), error.into()),
-                (Settle::Release, _) => ("x", 0.into(), "".into()),
-            };
-            argv.push(kind.into());
-            argv.push(a);
-            argv.push(b);
-        }
+        let (keys, argv) = self.work_call(queue, req);
         let reply: Value = self.run(&WORK, keys, argv).await?;
-        let mut parts = reply.into_array().into_iter();
-        let (Some(codes), Some(jobs), Some(hint), Some(now)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(Error::Protocol("work reply".into()));
-        };
-        let now: u64 = text(now)?.parse().unwrap_or(0);
-        let settled = codes
-            .into_array()
-            .iter()
-            .map(|c| {
-                Ok(match num(c)? {
-                    1 => Settled::Completed,
-                    2 => Settled::Retrying,
-                    3 => Settled::Dead,
-                    4 => Settled::Released,
-                    _ => Settled::Stale,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut fetched = Vec::new();
-        for job in jobs.into_array() {
-            let mut f = job.into_array().into_iter();
-            let (Some(id), Some(tok), Some(raw)) = (f.next(), f.next(), f.next()) else {
-                return Err(Error::Protocol("fetched job".into()));
-            };
-            let (id, tok, raw) = (text(id)?, text(tok)?, text(raw)?);
-            let rec = match record(&raw) {
-                Ok(rec) => rec,
-                Err(e) => {
-                    // That job only: the worker fails it for good with this reason.
-                    tracing::warn!(target: "redtower::jobs", queue, id, error = %e, "job record does not decode; failing the job");
-                    fetched.push(Fetched::invalid(
-                        Lease {
-                            id: JobId::new(id),
-                            token: Token::format(&tok, 1, true, ""),
-                        },
-                        raw,
-                        e.to_string(),
-                    ));
-                    continue;
-                }
-            };
-            // The record counts failed attempts; this one is the next.
-            let attempt = rec.attempt.saturating_add(1);
-            fetched.push(Fetched {
-                lease: Lease {
-                    id: JobId::new(id),
-                    token: Token::format(&tok, attempt, rec.uniq.is_some(), &rec.name),
-                },
-                name: rec.name,
-                data: rec.data,
-                attempt,
-                max_attempts: rec.max,
-                backoff: rec.backoff,
-                waited: Duration::from_millis(now.saturating_sub(rec.created)),
-                invalid: None,
-            });
-        }
-        // Lua formats the hint with %.0f: parse as a float, so that a far-off due time is a
-        // long hint rather than none.
-        let hint: f64 = text(hint)?.parse().unwrap_or(-1.0);
-        Ok(WorkReply {
-            settled,
-            jobs: fetched,
-            next_due: (hint >= 0.0).then(|| Duration::from_millis(hint as u64)),
-        })
+        work_reply(queue, reply)
     }
 
     async fn extend(&self, queue: &str, leases: Vec<Lease>, lease: Duration) -> Result<Vec<JobId>> {
@@ -425,11 +441,7 @@ impl QueueStore for RedisStore {
 
     async fn waiter(&self, queue: &str) -> Result<Box<dyn Waiter>> {
         let wake = self.keys(queue).swap_remove(WAKE);
-        Ok(Box::new(RedisWaiter {
-            redis: self.redis.clone(),
-            client: None,
-            wake,
-        }))
+        Ok(Box::new(RedisWaiter::new(self.redis.clone(), wake)))
     }
 
     async fn counts(&self, queue: &str) -> Result<Counts> {
@@ -530,221 +542,6 @@ impl QueueStore for RedisStore {
 
     async fn events(&self, queue: &str) -> Result<BoxStream<'static, Result<QueueEvent>>> {
         let key = self.keys(queue).swap_remove(EVENTS);
-        let redis = self.redis.clone();
-        redis.first_connection().await?;
-        // Start after the newest entry now, so nothing that happens after this call is missed.
-        let last: Value = redis
-            .client()
-            .xrevrange(key.as_str(), "+", "-", Some(1))
-            .await
-            .map_err(redtower_client::Error::from)?;
-        let last = last
-            .into_array()
-            .into_iter()
-            .next()
-            .and_then(|e| e.into_array().into_iter().next())
-            .and_then(Value::into_string)
-            .unwrap_or_else(|| "0-0".to_owned());
-        let state = (redis, None::<QuitOnDrop>, key, last);
-        Ok(
-            stream::unfold(state, |(redis, client, key, last)| async move {
-                let client = match client {
-                    Some(c) => c,
-                    None => match redis.dedicated() {
-                        Ok(c) => QuitOnDrop(c),
-                        Err(e) => {
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            return Some((vec![Err(Error::from(e))], (redis, None, key, last)));
-                        }
-                    },
-                };
-                let opts = Options {
-                    timeout: Some(Duration::from_secs(7)),
-                    max_attempts: Some(1),
-                    ..Options::default()
-                };
-                let reply: std::result::Result<Value, _> = client
-                    .0
-                    .with_options(&opts)
-                    .xread(Some(100), Some(5_000), key.as_str(), last.as_str())
-                    .await;
-                match reply {
-                    Ok(v) => {
-                        let (events, next) = parse_xread(v, &last);
-                        Some((
-                            events.into_iter().map(Ok).collect(),
-                            (redis, Some(client), key, next),
-                        ))
-                    }
-                    Err(e) => {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        Some((
-                            vec![Err(Error::from(redtower_client::Error::from(e)))],
-                            (redis, Some(client), key, last),
-                        ))
-                    }
-                }
-            })
-            .flat_map(stream::iter)
-            .boxed(),
-        )
-    }
-}
-
-// XREAD reply: [[key, [[id, [f, v, ...]], ...]]] (or a map key -> entries on RESP3).
-fn parse_xread(v: Value, last: &str) -> (Vec<QueueEvent>, String) {
-    let mut out = Vec::new();
-    let mut next = last.to_owned();
-    let streams = match v {
-        Value::Map(m) => m.inner().into_values().collect::<Vec<_>>(),
-        Value::Array(a) => a
-            .into_iter()
-            .filter_map(|s| s.into_array().into_iter().nth(1))
-            .collect(),
-        _ => Vec::new(),
-    };
-    for entries in streams {
-        for entry in entries.into_array() {
-            let mut e = entry.into_array().into_iter();
-            let (Some(id), Some(fields)) = (e.next(), e.next()) else {
-                continue;
-            };
-            if let Some(id) = id.into_string() {
-                next = id;
-            }
-            // An entry is one event (`e`, `id`, `name`, `attempt`[, `error`]) or, for
-            // completions, `e` followed by (`id`, `name`, `attempt`) per job: each `id` starts
-            // the next event.
-            let mut kind = None;
-            let mut current: Option<QueueEvent> = None;
-            let flat: Vec<Value> = match fields {
-                Value::Map(m) => m
-                    .inner()
-                    .into_iter()
-                    .flat_map(|(k, v)| [Value::from(k.into_string().unwrap_or_default()), v])
-                    .collect(),
-                other => other.into_array(),
-            };
-            let mut it = flat.into_iter();
-            while let (Some(f), Some(v)) = (it.next(), it.next()) {
-                let v = v.as_string().unwrap_or_default();
-                let f = f.as_string().unwrap_or_default();
-                if f == "e" {
-                    kind = EventKind::from_code(&v);
-                    continue;
-                }
-                let Some(kind) = kind else { continue };
-                if f == "id" {
-                    out.extend(current.take());
-                    current = Some(QueueEvent {
-                        kind,
-                        id: JobId::new(v),
-                        name: String::new(),
-                        attempt: 0,
-                        error: None,
-                    });
-                    continue;
-                }
-                let Some(ev) = current.as_mut() else { continue };
-                match f.as_str() {
-                    "name" => ev.name = v,
-                    "attempt" => ev.attempt = v.parse().unwrap_or(0),
-                    "error" => ev.error = Some(v),
-                    _ => {}
-                }
-            }
-            out.extend(current);
-        }
-    }
-    (out, next)
-}
-
-/// A dedicated connection closed when the stream reading from it is dropped.
-#[derive(Debug)]
-struct QuitOnDrop(Client);
-
-impl Drop for QuitOnDrop {
-    fn drop(&mut self) {
-        let c = self.0.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = c.quit().await;
-            });
-        }
-    }
-}
-
-/// Blocks on the queue's wake list with `BLPOP` on a dedicated connection, recycled by a
-/// watchdog when a call outlives its timeout (a wedged blocking connection).
-#[derive(Debug)]
-struct RedisWaiter {
-    redis: Redis,
-    client: Option<Client>,
-    wake: Key,
-}
-
-#[async_trait::async_trait]
-impl Waiter for RedisWaiter {
-    async fn wait(&mut self, timeout: Duration) -> Result<()> {
-        let client = match &self.client {
-            Some(c) => c.clone(),
-            None => {
-                let c = self.redis.dedicated()?;
-                self.client = Some(c.clone());
-                // A new connection is not an outage: wait for it (bounded) before blocking.
-                if tokio::time::timeout(timeout, c.wait_for_connect())
-                    .await
-                    .is_err()
-                {
-                    return Ok(());
-                }
-                c
-            }
-        };
-        // BLPOP takes seconds with millisecond resolution; 0 would block forever.
-        let secs = (timeout.as_millis().max(1) as f64) / 1000.0;
-        let opts = Options {
-            timeout: Some(timeout + Duration::from_secs(2)),
-            max_attempts: Some(1),
-            ..Options::default()
-        };
-        let with = client.with_options(&opts);
-        let call = with.blpop::<Value, _>(self.wake.as_str(), secs);
-        match tokio::time::timeout(timeout + Duration::from_secs(3), call).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => {
-                if !e.is_canceled() {
-                    self.recycle();
-                }
-                Err(redtower_client::Error::from(e).into())
-            }
-            Err(_) => {
-                tracing::warn!(target: "redtower::jobs", "blocking wait outlived its timeout; recycling its connection");
-                self.recycle();
-                Ok(())
-            }
-        }
-    }
-}
-
-impl RedisWaiter {
-    fn recycle(&mut self) {
-        if let Some(c) = self.client.take() {
-            tokio::spawn(async move {
-                let _ = c.quit().await;
-            });
-        }
-    }
-}
-
-impl Drop for RedisWaiter {
-    fn drop(&mut self) {
-        if let Some(c) = self.client.take() {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let _ = c.quit().await;
-                });
-            }
-        }
+        events::read(self.redis.clone(), key).await
     }
 }

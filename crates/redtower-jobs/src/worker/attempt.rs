@@ -1,0 +1,223 @@
+//! One attempt of a [`Worker`]: running the handler, turning its result into a settlement,
+//! reporting it, and keeping its lease.
+
+use std::{collections::HashMap, panic::AssertUnwindSafe};
+
+use futures::FutureExt;
+use tokio::{
+    task::{self, JoinSet},
+    time::Instant,
+};
+
+use super::{Finished, Outcome, Worker};
+use crate::{
+    Result,
+    handler::{JobContext, JobError},
+    store::{Fetched, Lease, Settle, Settled},
+};
+
+/// A job being run by the worker.
+pub(super) struct Running {
+    pub(super) job: Fetched,
+    started: Instant,
+    abort: task::AbortHandle,
+}
+
+impl Worker {
+    pub(super) fn spawn(
+        &self,
+        job: Fetched,
+        tasks: &mut JoinSet<Result<(), JobError>>,
+        running: &mut HashMap<task::Id, Running>,
+    ) {
+        let q = self.queue.to_string();
+        metrics::counter!("redtower_jobs_started_total", "queue" => q.clone()).increment(1);
+        metrics::histogram!("redtower_jobs_wait_seconds", "queue" => q)
+            .record(job.waited.as_secs_f64());
+        let ctx = JobContext::new(
+            self.queue.clone(),
+            job.lease.id.clone(),
+            job.name.clone(),
+            job.attempt,
+            job.max_attempts,
+        );
+        let fut: crate::handler::BoxFuture = match (&job.invalid, self.handlers.get(&job.name)) {
+            (Some(reason), _) => {
+                let msg = format!("bad job record: {reason}");
+                Box::pin(async move { Err(JobError::fatal(msg)) })
+            }
+            (None, Some(h)) => h(&job.data, ctx),
+            (None, None) => {
+                let msg = format!("no handler for job `{}` in this worker", job.name);
+                Box::pin(async move { Err(JobError::fatal(msg)) })
+            }
+        };
+        let timeout = self.timeout;
+        let fut = async move {
+            let run = AssertUnwindSafe(fut).catch_unwind();
+            let res = match timeout {
+                Some(t) => match tokio::time::timeout(t, run).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(JobError::retry(format!("timed out after {t:?}"))),
+                },
+                None => run.await,
+            };
+            res.unwrap_or_else(|panic| {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(JobError::retry(format!("handler panicked: {msg}")))
+            })
+        };
+        let abort = tasks.spawn(fut);
+        running.insert(
+            abort.id(),
+            Running {
+                job,
+                started: Instant::now(),
+                abort,
+            },
+        );
+    }
+
+    pub(super) fn collect(
+        &self,
+        res: std::result::Result<(task::Id, Result<(), JobError>), task::JoinError>,
+        running: &mut HashMap<task::Id, Running>,
+        pending: &mut Vec<(Running, Settle, Option<Outcome>)>,
+    ) {
+        let (id, result) = match res {
+            Ok((id, r)) => (id, r),
+            Err(e) => {
+                let id = e.id();
+                if e.is_cancelled() {
+                    // Lease lost (already removed) or shutdown (handled by the caller).
+                    running.remove(&id);
+                    return;
+                }
+                (id, Err(JobError::retry("handler panicked")))
+            }
+        };
+        let Some(r) = running.remove(&id) else {
+            return;
+        };
+        let (settle, outcome) = match result {
+            Ok(()) => (Settle::Complete, Outcome::Completed),
+            Err(e) if e.is_retryable() => {
+                let delay = e
+                    .retry_delay()
+                    .unwrap_or_else(|| r.job.backoff.delay_with_jitter(r.job.attempt));
+                let error = e.message().to_owned();
+                let outcome = if r.job.attempt >= r.job.max_attempts {
+                    Outcome::Dead {
+                        error: error.clone(),
+                    }
+                } else {
+                    Outcome::Retrying {
+                        error: error.clone(),
+                        delay,
+                    }
+                };
+                (Settle::Retry { delay, error }, outcome)
+            }
+            Err(e) => {
+                let error = e.message().to_owned();
+                (
+                    Settle::Fail {
+                        error: error.clone(),
+                    },
+                    Outcome::Dead { error },
+                )
+            }
+        };
+        pending.push((r, settle, Some(outcome)));
+    }
+
+    pub(super) fn after_settle(
+        &self,
+        batch: Vec<(Running, Settle, Option<Outcome>)>,
+        settled: Vec<Settled>,
+    ) {
+        let q = self.queue.to_string();
+        for ((r, _, outcome), s) in batch.into_iter().zip(settled) {
+            let run_time = r.started.elapsed();
+            let name = match s {
+                Settled::Completed => "redtower_jobs_completed_total",
+                Settled::Retrying => "redtower_jobs_retried_total",
+                Settled::Dead => "redtower_jobs_dead_total",
+                Settled::Released => "redtower_jobs_released_total",
+                _ => "redtower_jobs_lease_lost_total",
+            };
+            metrics::counter!(name, "queue" => q.clone()).increment(1);
+            if matches!(s, Settled::Retrying | Settled::Dead) {
+                metrics::counter!("redtower_jobs_failed_total", "queue" => q.clone()).increment(1);
+            }
+            let Some(mut outcome) = outcome else {
+                continue;
+            };
+            metrics::histogram!("redtower_jobs_run_seconds", "queue" => q.clone())
+                .record(run_time.as_secs_f64());
+            let hooks = match s {
+                Settled::Completed => &self.on_completed,
+                Settled::Retrying | Settled::Dead => &self.on_failed,
+                _ => {
+                    tracing::debug!(target: "redtower::jobs", queue = %self.queue, id = %r.job.lease.id, "late result rejected: lease lost");
+                    continue;
+                }
+            };
+            // The store decides dead versus retry (a lease may have changed the count).
+            if s == Settled::Dead {
+                if let Outcome::Retrying { error, .. } = outcome {
+                    outcome = Outcome::Dead { error };
+                }
+            }
+            tracing::debug!(target: "redtower::jobs", queue = %self.queue, id = %r.job.lease.id, outcome = ?s, "job settled");
+            if hooks.is_empty() {
+                continue;
+            }
+            let finished = Finished {
+                queue: self.queue.clone(),
+                id: r.job.lease.id.clone(),
+                name: r.job.name.clone(),
+                data: r.job.data.clone(),
+                attempt: r.job.attempt,
+                max_attempts: r.job.max_attempts,
+                run_time,
+                outcome,
+            };
+            for hook in hooks {
+                tokio::spawn(hook(finished.clone()));
+            }
+        }
+    }
+
+    pub(super) async fn extend(
+        &self,
+        running: &mut HashMap<task::Id, Running>,
+        tasks: &mut JoinSet<Result<(), JobError>>,
+    ) {
+        let leases: Vec<Lease> = running.values().map(|r| r.job.lease.clone()).collect();
+        match self.store.extend(&self.queue, leases, self.lease).await {
+            Ok(lost) if !lost.is_empty() => {
+                let q = self.queue.to_string();
+                running.retain(|_, r| {
+                    if lost.contains(&r.job.lease.id) {
+                        tracing::warn!(target: "redtower::jobs", queue = %q, id = %r.job.lease.id, "lease lost; cancelling the job");
+                        metrics::counter!("redtower_jobs_lease_lost_total", "queue" => q.clone()).increment(1);
+                        r.abort.abort();
+                        false
+                    } else {
+                        true
+                    }
+                });
+                let _ = tasks;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(target: "redtower::jobs", queue = %self.queue, error = %e, "lease extension failed");
+            }
+        }
+    }
+}
