@@ -39,7 +39,7 @@ struct Pending<T, R> {
 /// runtime of that call, and ends when the coalescer is dropped.
 ///
 /// ```
-/// use redtower_client::Coalescer;
+/// use redtower_client::batch::Coalescer;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
@@ -122,7 +122,7 @@ where
     /// ([`Uncoalesced::Dropped`]).
     ///
     /// ```
-    /// use redtower_client::Coalescer;
+    /// use redtower_client::batch::Coalescer;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
@@ -187,7 +187,7 @@ impl<R> Future for Queued<R> {
 /// # async fn main() {
 /// // Items are (slot, value); each "script call" sums its slot's values into every item.
 /// let items = vec![(7u16, 1), (3, 10), (7, 2), (3, 20)];
-/// let out = redtower_client::per_slot(
+/// let out = redtower_client::batch::per_slot(
 ///     items,
 ///     |item| item.0,
 ///     |group: Vec<(u16, i32)>| async move {

@@ -87,7 +87,10 @@ impl Admission {
 /// The state of one circuit breaker, shared by every clone of a layer (keep it in an `Arc`).
 ///
 /// ```
-/// use redtower_client::{Admission, Breaker, CircuitBreaker};
+/// use redtower_client::{
+///     CircuitBreaker,
+///     breaker::{Admission, Breaker},
+/// };
 ///
 /// let breaker = Breaker::new(CircuitBreaker::default().failures(2));
 /// let connections = 1; // `Redis::connections()` of the store's client

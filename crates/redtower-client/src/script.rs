@@ -133,13 +133,15 @@ impl Script {
         if !redis.scripts().contains(self.sha1()) {
             redis.scripts().insert(&self.inner);
         }
-        let keys: MultipleKeys = keys.into();
+        let keys = keys.into().inner();
         let args: MultipleValues = args.try_into().map_err(|e| Error::from(e.into()))?;
-        let hash = if keys.len() == 0 {
-            ClusterHash::Random
-        } else {
-            // `EVALSHA <sha> <numkeys> <key>...`: the first key is the third argument.
-            ClusterHash::Offset(2)
+        // The first key's slot, given as a slot: fred 10 routes a custom command by
+        // `ClusterHash::Custom` only, and by the first string argument (here the SHA-1)
+        // otherwise, which on a Cluster would send the call to the wrong primary (a `MOVED`
+        // that a one-attempt call does not follow).
+        let hash = match keys.first() {
+            Some(key) => ClusterHash::Custom(fred::util::redis_keyslot(key.as_bytes())),
+            None => ClusterHash::Random,
         };
         let command = CustomCommand::new_static("EVALSHA", hash, false);
         // What fred's own `EVALSHA` sends (a map argument flattens to its pairs).
@@ -158,11 +160,7 @@ impl Script {
         argv.push(Value::Integer(
             i64::try_from(keys.len()).unwrap_or(i64::MAX),
         ));
-        argv.extend(
-            keys.inner()
-                .into_iter()
-                .map(|k| Value::Bytes(k.into_bytes())),
-        );
+        argv.extend(keys.into_iter().map(|k| Value::Bytes(k.into_bytes())));
         argv.extend(args);
         let client = redis.client().with_options(options);
         match client.custom::<R, _>(command.clone(), argv.clone()).await {

@@ -151,7 +151,7 @@ async fn server() {
         let redis = Redis::new(RedisConfig::from_url(&server.url()).unwrap()).unwrap();
         redis.wait_ready(Duration::from_secs(10)).await.unwrap();
         _redis_server = server;
-        let store = RedisStore::new(redis).unwrap();
+        let store = RedisStore::new(redis);
         redis_store = Some(store.clone());
         PubSub::new(store)
     };

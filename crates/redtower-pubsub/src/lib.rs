@@ -7,6 +7,7 @@ mod auth;
 mod channel;
 mod error;
 mod event;
+mod pubsub;
 mod sse;
 mod store;
 
@@ -14,13 +15,13 @@ pub use auth::{Access, AllowAll, ChannelAuthorizer, ServerOwned};
 pub use channel::{Channel, ChannelError};
 pub use error::{Error, Result};
 pub use event::{Event, EventId, InvalidEventId, InvalidPublishToken, PublishToken};
-pub use sse::{AccessEnds, OnOpen, SseEndpoint, SseRejection, StreamOptions};
+pub use pubsub::PubSub;
+pub use sse::{CLIENT_JS, OnOpen, SseEndpoint, SseRejection, StreamOptions};
 #[cfg(feature = "memory")]
 pub use store::memory::MemoryStore;
+#[cfg(all(feature = "redis", feature = "testing"))]
+pub use store::redis::HubStats;
 #[cfg(feature = "redis")]
-pub use store::redis::{HubStats, RedisStore, RedisStoreBuilder};
-pub use store::{PubSub, PubSubStore, Received, Replay, ReplayLimit, Subscription};
+pub use store::redis::{RedisStore, RedisStoreBuilder};
+pub use store::{PubSubStore, Received, Replay, ReplayLimit, Subscription};
 pub use tokio_util::sync::CancellationToken;
-
-/// The JavaScript client helper (also in `assets/client.js`): serve it to your pages.
-pub const CLIENT_JS: &str = include_str!("../assets/client.js");

@@ -3,7 +3,7 @@
 //! replies and connection resets leaves unique ids, no duplicate payloads and a reader that
 //! resumes without gaps; and 50 fresh clients publish and subscribe the moment they are built.
 
-mod common;
+mod conformance;
 
 use std::{
     collections::BTreeSet,
@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{SseClient, WAIT, checks::router, json_n};
+use conformance::{SseClient, WAIT, checks::router, json_n};
 use redtower_client::{Redis, RedisConfig};
 use redtower_pubsub::{
     Channel, EventId, PubSub, PublishToken, Received, RedisStore, Replay, SseEndpoint,
@@ -44,7 +44,7 @@ fn xlen(server: &RedisServer, store: &RedisStore, channel: &Channel) -> i64 {
 async fn a_publish_whose_reply_is_lost_makes_one_event() {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.port()).unwrap();
-    let store = RedisStore::new(client(&proxy.url(), &unique_prefix("ps-lost")).await).unwrap();
+    let store = RedisStore::new(client(&proxy.url(), &unique_prefix("ps-lost")).await);
     let pubsub = PubSub::new(store.clone());
     let channel = Channel::new("lost").unwrap();
     let mut ids = Vec::new();
@@ -88,7 +88,6 @@ async fn chaos_publishes_stay_unique_and_readers_resume_without_gaps() {
             .history_bytes(64 << 20)
             .channel_capacity(4096)
             .build()
-            .unwrap()
     };
     let store = build(client(&proxy.url(), &prefix).await);
     let reader_store = build(client(&proxy.url(), &prefix).await);
@@ -234,7 +233,7 @@ async fn boot_window(url: String) {
     for n in 0..50 {
         let prefix = unique_prefix("ps-boot");
         let redis = Redis::new(RedisConfig::from_url(&url).unwrap().key_prefix(prefix)).unwrap();
-        let pubsub = PubSub::new(RedisStore::new(redis.clone()).unwrap());
+        let pubsub = PubSub::new(RedisStore::new(redis.clone()));
         let mut sub = pubsub.subscribe("boot").await.expect("first subscribe");
         let id = pubsub
             .publish("boot", &json_n(n))
@@ -252,9 +251,9 @@ async fn boot_window(url: String) {
                 .key_prefix(redis.keyspace().prefix()),
         )
         .unwrap();
-        let app = router(SseEndpoint::new(PubSub::new(
-            RedisStore::new(redis2.clone()).unwrap(),
-        )));
+        let app = router(SseEndpoint::new(PubSub::new(RedisStore::new(
+            redis2.clone(),
+        ))));
         let mut client = SseClient::connect(&app, "/events/boot", Some("0")).await;
         assert_eq!(client.status, 200, "{}", client.body_text);
         assert_eq!(client.next_json().await, (json_n(n), id.to_string()));
@@ -282,8 +281,7 @@ async fn fresh_clients_publish_and_subscribe_at_once_cluster() {
 async fn new_channels_subscribe_concurrently() {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.port()).unwrap();
-    let store =
-        RedisStore::new(client(&proxy.url(), &unique_prefix("ps-concurrent")).await).unwrap();
+    let store = RedisStore::new(client(&proxy.url(), &unique_prefix("ps-concurrent")).await);
     let pubsub = PubSub::new(store);
     // Connect the subscriber before the latency starts.
     drop(pubsub.subscribe("warm").await.unwrap());

@@ -1,13 +1,13 @@
 //! The memory backend: the conformance suite, plus history bounds, expiry, keep-alive, lifetime
 //! and shutdown of a real server, with tokio's clock paused where time matters.
 
-mod common;
+mod conformance;
 
 use std::{sync::Arc, time::Duration};
 
 use axum::{Router, body::Body, http::Request};
 use bytes::Bytes;
-use common::{
+use conformance::{
     SseClient,
     checks::{Make, Opts, router},
     json_n,

@@ -3,11 +3,11 @@
 //! two instances, trimmed or lost history, and reconnects (`CLIENT KILL TYPE pubsub`, a killed
 //! and restarted server with AOF).
 
-mod common;
+mod conformance;
 
 use std::{sync::Arc, time::Duration};
 
-use common::{
+use conformance::{
     SseClient, WAIT,
     checks::{Make, Opts, eventually, router},
     json_n,
@@ -33,7 +33,6 @@ async fn store(url: &str, prefix: &str, opts: Opts) -> RedisStore {
         .max_channels(opts.max_channels)
         .linger(LINGER)
         .build()
-        .unwrap()
 }
 
 fn make(url: String, test: &str) -> Make {
@@ -75,8 +74,7 @@ async fn fan_out_numsub(url: String, cluster: bool) {
     let store = RedisStore::builder(connect(&url, &prefix).await)
         .channel_capacity(1024)
         .linger(FAN_OUT_LINGER)
-        .build()
-        .unwrap();
+        .build();
     assert_eq!(store.is_sharded(), cluster);
     let pubsub = PubSub::new(store.clone());
     let app = router(SseEndpoint::new(pubsub.clone()));
@@ -117,8 +115,7 @@ async fn keys_and_ttls(url: String, cluster: bool) {
     let store = RedisStore::builder(connect(&url, &prefix).await)
         .history_ttl(Duration::from_secs(120))
         .history_len(5)
-        .build()
-        .unwrap();
+        .build();
     let pubsub = PubSub::new(store.clone());
     for n in 1..=300 {
         pubsub
@@ -330,7 +327,7 @@ async fn unavailable_redis_answers_503() {
     )
     .unwrap();
     redis.wait_ready(WAIT).await.unwrap();
-    let pubsub = PubSub::new(RedisStore::new(redis).unwrap());
+    let pubsub = PubSub::new(RedisStore::new(redis));
     let app = router(SseEndpoint::new(pubsub.clone()));
     server.kill();
     let client = SseClient::connect(&app, "/events/d", None).await;
@@ -354,7 +351,7 @@ async fn fred_buffer_overflow_is_repaired_from_history() {
     )
     .unwrap();
     redis.wait_ready(WAIT).await.unwrap();
-    let lagging = RedisStore::builder(redis).linger(LINGER).build().unwrap();
+    let lagging = RedisStore::builder(redis).linger(LINGER).build();
     let hub = PubSub::new(lagging.clone());
     let publisher = PubSub::new(store(&url, &prefix, Opts::default()).await);
     let app = router(SseEndpoint::new(hub.clone()));

@@ -3,11 +3,11 @@
 //! random channels leave Redis memory (`INFO memory`, `MEMORY USAGE`) and subscriptions
 //! (`PUBSUB CHANNELS`) bounded.
 
-mod common;
+mod conformance;
 
 use std::time::Duration;
 
-use common::{SseClient, WAIT, checks::router, json_n};
+use conformance::{SseClient, WAIT, checks::router, json_n};
 use redtower_client::{Redis, RedisConfig};
 use redtower_pubsub::{Channel, PubSub, PubSubStore, PublishToken, RedisStore, SseEndpoint};
 use redtower_testkit::{RedisServer, unique_prefix};
@@ -47,8 +47,7 @@ async fn unusable_cursors_cost_no_history_read() {
     let server = RedisServer::start();
     let store = RedisStore::builder(connect(&server, "ps-amp").await)
         .history_len(2000)
-        .build()
-        .unwrap();
+        .build();
     let pubsub = PubSub::new(store);
     let mut latest = None;
     for n in 0..1000 {
@@ -108,8 +107,7 @@ async fn floods_keep_redis_memory_bounded() {
         .max_channels(100)
         .publish_dedup_window(window)
         .linger(Duration::from_millis(50))
-        .build()
-        .unwrap();
+        .build();
     let pubsub = PubSub::new(store.clone());
     let memory_before = info(&server, "memory", "used_memory");
 

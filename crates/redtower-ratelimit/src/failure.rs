@@ -1,10 +1,10 @@
-//! Degraded operation: [`FailurePolicy`], the circuit breaker, the local cache of denied
-//! subjects, and [`MissingKey`].
+//! Degraded operation: [`FailurePolicy`], the local cache of denied subjects, and
+//! [`MissingKey`]. The circuit breaker is the client's ([`redtower_client::breaker`]).
 
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -16,8 +16,10 @@ use crate::{Decision, model::Outcome};
 /// What the layer does when the store cannot answer (Redis down, slower than the
 /// [timeout](crate::RateLimitLayer::timeout), circuit breaker open, script error).
 ///
-/// Every policy logs one WARN when the store starts failing and one INFO when it recovers
-/// (not one per request), and counts `redtower_ratelimit_fail_open_total` /
+/// Every policy logs one WARN when the [circuit breaker](crate::CircuitBreaker) opens (for
+/// failures the breaker does not count, a script error or a store not reached yet: one ERROR or
+/// WARN at the first of them) and one INFO when the store answers again (not one per request),
+/// and counts `redtower_ratelimit_fail_open_total` /
 /// `redtower_ratelimit_fail_closed_total` / `redtower_ratelimit_fallback_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -35,25 +37,6 @@ pub enum FailurePolicy {
     LocalFallback,
 }
 
-/// Circuit breaker settings: after `failures` consecutive store failures, the store is not
-/// called for `cool_down`; then one request probes it, and its success closes the breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CircuitBreaker {
-    /// Consecutive failures that open the breaker. Defaults to 5.
-    pub failures: u32,
-    /// How long it stays open before a probe. Defaults to 1 s.
-    pub cool_down: Duration,
-}
-
-impl Default for CircuitBreaker {
-    fn default() -> Self {
-        Self {
-            failures: 5,
-            cool_down: Duration::from_secs(1),
-        }
-    }
-}
-
 /// What to do when the key extractor finds no identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -65,102 +48,6 @@ pub enum MissingKey {
     Reject,
     /// Let the request through unlimited.
     Allow,
-}
-
-pub(crate) struct Breaker {
-    config: CircuitBreaker,
-    base: Instant,
-    failures: AtomicU32,
-    /// µs since `base` until which the breaker is open; 0 = closed.
-    open_until: AtomicU64,
-    /// µs since `base` when the current half-open probe started; 0 = none. A probe whose
-    /// request was dropped never reports back, so a new one may start after a cool-down.
-    probe_started: AtomicU64,
-    /// The store's connection count when the breaker last opened: a reconnect since then
-    /// ends the cool-down early.
-    opened_at_connections: AtomicU64,
-}
-
-impl Breaker {
-    pub(crate) fn new(config: CircuitBreaker) -> Self {
-        Self {
-            config,
-            base: Instant::now(),
-            failures: AtomicU32::new(0),
-            open_until: AtomicU64::new(0),
-            probe_started: AtomicU64::new(0),
-            opened_at_connections: AtomicU64::new(0),
-        }
-    }
-
-    fn now(&self) -> u64 {
-        u64::try_from(self.base.elapsed().as_micros())
-            .unwrap_or(u64::MAX)
-            .saturating_add(1)
-    }
-
-    /// Whether the store may be called now. `connections` is the store's connection count
-    /// ([`RateLimitStore::connections`](crate::RateLimitStore::connections)): once it has
-    /// moved since the breaker opened, the connection is back and a probe may go at once.
-    pub(crate) fn allow(&self, connections: u64) -> bool {
-        let until = self.open_until.load(Ordering::Acquire);
-        if until == 0 {
-            return true;
-        }
-        let now = self.now();
-        let reconnected = connections != self.opened_at_connections.load(Ordering::Acquire);
-        if now < until && !reconnected {
-            return false;
-        }
-        // Half-open: one probe at a time (or a new one if the last never reported back).
-        let started = self.probe_started.load(Ordering::Acquire);
-        let stale = started != 0 && now.saturating_sub(started) >= self.cool_down_us();
-        if started != 0 && !stale {
-            return false;
-        }
-        self.probe_started
-            .compare_exchange(started, now, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
-    fn cool_down_us(&self) -> u64 {
-        u64::try_from(self.config.cool_down.as_micros()).unwrap_or(u64::MAX)
-    }
-
-    pub(crate) fn success(&self) {
-        // Plain loads first: while healthy, every request would otherwise write these shared
-        // cache lines.
-        if self.failures.load(Ordering::Acquire) == 0
-            && self.open_until.load(Ordering::Acquire) == 0
-            && self.probe_started.load(Ordering::Acquire) == 0
-        {
-            return;
-        }
-        self.failures.store(0, Ordering::Release);
-        self.open_until.store(0, Ordering::Release);
-        self.probe_started.store(0, Ordering::Release);
-    }
-
-    /// A failure of the store, whose connection count is now `connections`.
-    pub(crate) fn failure(&self, connections: u64) {
-        let n = self
-            .failures
-            .fetch_add(1, Ordering::AcqRel)
-            .saturating_add(1);
-        let probing = self.probe_started.swap(0, Ordering::AcqRel) != 0;
-        if n >= self.config.failures.max(1) || probing {
-            self.opened_at_connections
-                .store(connections, Ordering::Release);
-            self.open_until.store(
-                self.now().saturating_add(self.cool_down_us()),
-                Ordering::Release,
-            );
-        }
-    }
-
-    pub(crate) fn cool_down(&self) -> Duration {
-        self.config.cool_down
-    }
 }
 
 /// Subjects denied recently, until their retry time: answered locally, with no store call.
@@ -287,52 +174,6 @@ impl DeniedCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn breaker_opens_probes_once_and_survives_a_dropped_probe() {
-        let b = Breaker::new(CircuitBreaker {
-            failures: 2,
-            cool_down: Duration::from_secs(1),
-        });
-        assert!(b.allow(0));
-        b.failure(0);
-        assert!(b.allow(0), "one failure is not enough");
-        b.failure(0);
-        assert!(!b.allow(0), "open");
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(b.allow(0), "half-open: one probe");
-        assert!(!b.allow(0), "only one probe at a time");
-        // The probe's request is dropped and never reports; a new probe may start later.
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(b.allow(0));
-        b.failure(0);
-        assert!(!b.allow(0), "a failed probe re-opens");
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(b.allow(0));
-        b.success();
-        assert!(b.allow(0) && b.allow(0), "closed again");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_reconnect_ends_the_cool_down() {
-        let b = Breaker::new(CircuitBreaker {
-            failures: 1,
-            cool_down: Duration::from_secs(60),
-        });
-        b.failure(3);
-        assert!(
-            !b.allow(3),
-            "open while the connection is still the one that failed"
-        );
-        // The store reconnected: one probe goes at once, long before the cool-down ends.
-        assert!(b.allow(4), "a reconnect lets a probe through");
-        assert!(!b.allow(4), "only one probe at a time");
-        b.success();
-        assert!(b.allow(4), "closed");
-        // A failed probe on the new connection waits for the next reconnect (or cool-down).
-        b.failure(4);
-        assert!(!b.allow(4));
-    }
 
     fn denied() -> Decision {
         let p = [crate::Policy::new(

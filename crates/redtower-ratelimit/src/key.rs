@@ -28,6 +28,8 @@ use http::{HeaderName, StatusCode, header::AUTHORIZATION, request::Parts};
 use ipnet::IpNet;
 use redtower_client::Segment;
 
+use crate::ConfigError;
+
 /// The identity a request is counted against, already escaped (or hashed) for use in a Redis
 /// key. Never log it.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -139,6 +141,17 @@ pub trait KeyExtractor: Send + Sync + 'static {
     ///
     /// A [`KeyRejection`] when the request carries no identity.
     fn extract(&self, parts: &Parts) -> Result<Option<Subject>, KeyRejection>;
+
+    /// Checks the extractor's configuration, once, when the layer is
+    /// [built](crate::RateLimitLayer::build). The default finds nothing wrong.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] describing what cannot work (such as
+    /// [`ConfigError::InvalidPrefix`] for a [`ClientIp`] prefix out of range).
+    fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
 }
 
 impl<F> KeyExtractor for F
@@ -153,6 +166,10 @@ where
 impl<K: KeyExtractor + ?Sized> KeyExtractor for Arc<K> {
     fn extract(&self, parts: &Parts) -> Result<Option<Subject>, KeyRejection> {
         (**self).extract(parts)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        (**self).validate()
     }
 }
 
@@ -179,6 +196,11 @@ pub struct Or<A, B>(A, B);
 impl<A: KeyExtractor, B: KeyExtractor> KeyExtractor for Or<A, B> {
     fn extract(&self, parts: &Parts) -> Result<Option<Subject>, KeyRejection> {
         self.0.extract(parts).or_else(|_| self.1.extract(parts))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.0.validate()?;
+        self.1.validate()
     }
 }
 
@@ -207,11 +229,8 @@ const NO_PEER: KeyRejection = KeyRejection::new(
 pub struct PeerIp;
 
 impl PeerIp {
-    /// The peer address, grouping IPv6 addresses by `/len` instead of /64.
-    ///
-    /// # Panics
-    ///
-    /// If `len > 128`.
+    /// The peer address, grouping IPv6 addresses by `/len` instead of /64 (see
+    /// [`ClientIp::ipv6_prefix`]).
     pub fn ipv6_prefix(self, len: u8) -> ClientIp {
         ClientIp::peer().ipv6_prefix(len)
     }
@@ -347,24 +366,20 @@ impl ClientIp {
     /// Groups IPv6 clients by `/len`. Defaults to 64 (one subscriber's LAN; some ISPs hand out a
     /// /56 per customer, where 56 stops a client rotating through its 256 /64s).
     ///
-    /// # Panics
-    ///
-    /// If `len > 128`.
+    /// A length above 128 is reported as [`ConfigError::InvalidPrefix`] by
+    /// [`RateLimitLayer::build`](crate::RateLimitLayer::build).
     #[must_use]
     pub fn ipv6_prefix(mut self, len: u8) -> Self {
-        assert!(len <= 128, "IPv6 prefix /{len} is longer than 128");
         self.v6_prefix = len;
         self
     }
 
     /// Groups IPv4 clients by `/len`. Defaults to 32 (one address).
     ///
-    /// # Panics
-    ///
-    /// If `len > 32`.
+    /// A length above 32 is reported as [`ConfigError::InvalidPrefix`] by
+    /// [`RateLimitLayer::build`](crate::RateLimitLayer::build).
     #[must_use]
     pub fn ipv4_prefix(mut self, len: u8) -> Self {
-        assert!(len <= 32, "IPv4 prefix /{len} is longer than 32");
         self.v4_prefix = len;
         self
     }
@@ -440,6 +455,16 @@ impl KeyExtractor for ClientIp {
         }
         let ip = self.client_addr(parts).ok_or(NO_PEER)?;
         Ok(Some(group(ip, self.v4_prefix, self.v6_prefix)))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.v4_prefix > 32 {
+            return Err(ConfigError::InvalidPrefix(self.v4_prefix));
+        }
+        if self.v6_prefix > 128 {
+            return Err(ConfigError::InvalidPrefix(self.v6_prefix));
+        }
+        Ok(())
     }
 }
 

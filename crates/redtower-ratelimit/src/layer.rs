@@ -11,12 +11,12 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, request::Parts};
 use tower_layer::Layer;
 
+use redtower_client::breaker::Breaker;
+
 use crate::{
     CircuitBreaker, ConfigError, Decision, FailurePolicy, Headers, KeyExtractor, MemoryStore,
-    MissingKey, PeerIp, Policy, RateLimit, RateLimitStore,
-    failure::{Breaker, DeniedCache},
-    quota::validate_set,
-    response::policy_header,
+    MissingKey, PeerIp, Policy, RateLimit, RateLimitStore, failure::DeniedCache,
+    quota::validate_set, response::policy_header,
 };
 
 /// The weight of a request.
@@ -30,12 +30,10 @@ pub(crate) enum Cost {
 /// limit headers afterwards.
 pub type LimitedResponse = Arc<dyn Fn(&Decision) -> Response<Bytes> + Send + Sync>;
 
+/// What a [`RateLimitLayer`] was configured with: the store, the policies and every setting.
 #[derive(Clone)]
-pub(crate) struct Config {
+pub(crate) struct Settings {
     pub(crate) store: Arc<dyn RateLimitStore>,
-    /// The same store when it is a [`RedisStore`](crate::RedisStore): its checks are awaited
-    /// in the layer's own future, without the boxed future of the trait call.
-    pub(crate) redis: Option<crate::RedisStore>,
     pub(crate) policies: Arc<[Policy]>,
     pub(crate) routes: Arc<HashMap<String, Arc<[Policy]>>>,
     pub(crate) key: Arc<dyn KeyExtractor>,
@@ -96,7 +94,7 @@ impl PolicySet {
 
 /// State shared by every service of one layer (and its clones).
 pub(crate) struct Shared {
-    pub(crate) config: Config,
+    pub(crate) settings: Settings,
     /// The layer's own policies.
     pub(crate) policies: Arc<PolicySet>,
     /// Per `MatchedPath`.
@@ -104,6 +102,8 @@ pub(crate) struct Shared {
     pub(crate) breaker: Breaker,
     pub(crate) denied: DeniedCache,
     pub(crate) fallback: MemoryStore,
+    /// Set while the store fails in a way the breaker does not count (a script error, or a
+    /// store still making its first connection), so that it is logged once, not per request.
     pub(crate) degraded: std::sync::atomic::AtomicBool,
 }
 
@@ -118,7 +118,7 @@ pub(crate) struct Shared {
 #[derive(Clone)]
 pub struct RateLimitLayer {
     /// Shared until a setter changes it (axum may clone the layer for every request).
-    config: Arc<Config>,
+    settings: Arc<Settings>,
     /// Built on first use and shared by every clone made after that.
     shared: Arc<OnceLock<Arc<Shared>>>,
 }
@@ -126,12 +126,12 @@ pub struct RateLimitLayer {
 impl fmt::Debug for RateLimitLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
-            .field("store", &self.config.store)
-            .field("policies", &self.config.policies)
-            .field("routes", &self.config.routes.len())
-            .field("headers", &self.config.headers)
-            .field("failure", &self.config.failure)
-            .field("timeout", &self.config.timeout)
+            .field("store", &self.settings.store)
+            .field("policies", &self.settings.policies)
+            .field("routes", &self.settings.routes.len())
+            .field("headers", &self.settings.headers)
+            .field("failure", &self.settings.failure)
+            .field("timeout", &self.settings.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -145,16 +145,28 @@ impl RateLimitLayer {
 
     /// A layer with no policy yet: add them with [`policy`](Self::policy) or
     /// [`route`](Self::route). Requests that no policy applies to pass unlimited.
+    ///
+    /// `store` may be a concrete store or an `Arc<dyn RateLimitStore>` chosen at run time; both
+    /// take the same path:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use redtower_client::Redis;
+    /// use redtower_ratelimit::{MemoryStore, Quota, RateLimitLayer, RateLimitStore, RedisStore, nonzero};
+    ///
+    /// fn limit(redis: Option<Redis>) -> RateLimitLayer {
+    ///     let store: Arc<dyn RateLimitStore> = match redis {
+    ///         Some(redis) => Arc::new(RedisStore::new(redis)),
+    ///         None => Arc::new(MemoryStore::new()),
+    ///     };
+    ///     RateLimitLayer::new(store, Quota::per_second(nonzero!(10)))
+    /// }
+    /// # let _ = limit(None);
+    /// ```
     pub fn with_store(store: impl RateLimitStore) -> Self {
-        let any = &store as &dyn std::any::Any;
-        let redis = any
-            .downcast_ref::<crate::RedisStore>()
-            .or_else(|| any.downcast_ref::<Arc<crate::RedisStore>>().map(|s| &**s))
-            .cloned();
         Self {
-            config: Arc::new(Config {
+            settings: Arc::new(Settings {
                 store: Arc::new(store),
-                redis,
                 policies: Arc::from(Vec::new()),
                 routes: Arc::new(HashMap::new()),
                 key: Arc::new(PeerIp),
@@ -177,8 +189,8 @@ impl RateLimitLayer {
         if shadow { p.shadow(true) } else { p }
     }
 
-    fn edit(mut self, f: impl FnOnce(&mut Config)) -> Self {
-        f(Arc::make_mut(&mut self.config));
+    fn edit(mut self, f: impl FnOnce(&mut Settings)) -> Self {
+        f(Arc::make_mut(&mut self.settings));
         self.shared = Arc::default();
         self
     }
@@ -315,7 +327,8 @@ impl RateLimitLayer {
     /// # Errors
     ///
     /// A [`ConfigError`]: no policy, a bad or duplicate policy name, a quota too large, a
-    /// fixed cost of 0 or above a policy's capacity.
+    /// fixed cost of 0 or above a policy's capacity, a key extractor that cannot work (such as
+    /// an IP prefix out of range).
     pub fn build(self) -> Result<Self, ConfigError> {
         self.validate()?;
         let _ = self.shared.get_or_init(|| self.new_shared());
@@ -323,20 +336,20 @@ impl RateLimitLayer {
     }
 
     fn new_shared(&self) -> Arc<Shared> {
-        let headers = self.config.headers;
+        let headers = self.settings.headers;
         Arc::new(Shared {
-            policies: Arc::new(PolicySet::new(&self.config.policies, headers)),
+            policies: Arc::new(PolicySet::new(&self.settings.policies, headers)),
             routes: self
-                .config
+                .settings
                 .routes
                 .iter()
                 .map(|(path, list)| (path.clone(), Arc::new(PolicySet::new(list, headers))))
                 .collect(),
-            breaker: Breaker::new(self.config.breaker),
-            denied: DeniedCache::new(self.config.denied_cache),
-            fallback: MemoryStore::new().max_subjects(self.config.fallback_subjects),
+            breaker: Breaker::new(self.settings.breaker),
+            denied: DeniedCache::new(self.settings.denied_cache),
+            fallback: MemoryStore::new().max_subjects(self.settings.fallback_subjects),
             degraded: Default::default(),
-            config: (*self.config).clone(),
+            settings: (*self.settings).clone(),
         })
     }
 
@@ -346,17 +359,18 @@ impl RateLimitLayer {
     ///
     /// See [`build`](Self::build).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let cost = match self.config.cost {
+        let cost = match self.settings.cost {
             Cost::Fixed(n) => Some(n),
             Cost::Dynamic(_) => None,
         };
-        if self.config.policies.is_empty() && self.config.routes.is_empty() {
+        if self.settings.policies.is_empty() && self.settings.routes.is_empty() {
             return Err(ConfigError::NoPolicy);
         }
-        if !self.config.policies.is_empty() {
-            validate_set(&self.config.policies, cost)?;
+        self.settings.key.validate()?;
+        if !self.settings.policies.is_empty() {
+            validate_set(&self.settings.policies, cost)?;
         }
-        for list in self.config.routes.values() {
+        for list in self.settings.routes.values() {
             validate_set(list, cost)?;
         }
         Ok(())

@@ -79,8 +79,13 @@
 //!   429 `application/problem+json` body ([`too_many_requests`], replaceable). Handlers read
 //!   the [`Decision`] from the request extensions.
 //! * **Failure policy** ([`FailurePolicy`]): fail open (default), fail closed (503), or a
-//!   local fallback limiter; a per-call timeout (100 ms) and a [`CircuitBreaker`]. Subjects
-//!   already denied are answered from a local cache until their retry time, with no Redis call.
+//!   local fallback limiter; a per-call timeout (100 ms) and a [`CircuitBreaker`] (the one of
+//!   `redtower-client`: one WARN when it opens, one INFO when the store is back). Subjects
+//!   already denied are answered from a local cache until their retry time, with no Redis
+//!   call.
+//! * **Choosing the store at run time**: [`RateLimitLayer::new`] takes any [`RateLimitStore`],
+//!   an `Arc<dyn RateLimitStore>` included, and keeps it as one; a concrete store and a boxed
+//!   one take the same path.
 //! * **Shadow mode** per policy ([`Policy::shadow`]) or per layer: evaluate and record, never
 //!   reject.
 //! * **Observability**: `tracing` (target `redtower::ratelimit`) and `metrics` counters
@@ -100,7 +105,7 @@
 //! | Wait for the store, per request | 100 ms | [`RateLimitLayer::timeout`] | A slow Redis must not slow every request; the [failure policy](FailurePolicy) answers instead. |
 //! | Wait for the first connection of a fresh process | the client's command timeout (2 s by default), then one script load within the store's command timeout (1 s), once | `RedisConfig::command_timeout`, [`RedisStore::command_timeout`] | A process that has not connected yet is not in an outage: its first requests wait for the connection (before the 100 ms above starts), then are decided by Redis. Once such a wait has run out, later requests fail at once until Redis is reached. |
 //! | Redis command timeout of a check | 1 s | [`RedisStore::command_timeout`] | A bound below the layer's own. |
-//! | Circuit breaker | open after 5 consecutive failures, for 1 s | [`RateLimitLayer::circuit_breaker`] | Stop calling a Redis that is down. Only failures of a store that has connected before count: never the first connection. |
+//! | Circuit breaker | open after 5 consecutive failures, for 1 s (a reconnect ends it early) | [`RateLimitLayer::circuit_breaker`] | Stop calling a Redis that is down. Only outages (timeouts, lost connections) of a store that has connected before count: never the first connection, never a script error. |
 //! | Requests per script call | 64 (one call per Cluster slot) | [`RedisStore::coalesce`] (on/off) | Coalescing under load, with bounded script run time. |
 //! | Forwarding entries walked | 16 | [`ClientIp::max_hops`] | A long `X-Forwarded-For` costs bounded work; entries are read as bytes, from the right, without copying the header. |
 //! | Quota size | periods up to 100 years; GCRA and sliding-window values below 2^53 | [`Policy::validate`] (by [`RateLimitLayer::build`]) | Exact integer math in Lua. Values past these (a store called directly with an unvalidated policy, a clock at the end of time, a corrupt counter in Redis) saturate or are rejected as errors: never a panic. |
@@ -113,26 +118,39 @@
 //! missing credentials) with a problem body, so clients cannot dodge a limit by omitting a
 //! header. [`MissingKey::Allow`] lets such requests through instead; [`KeyExtractorExt::or`]
 //! falls back to another key.
+//!
+//! # Features
+//!
+//! * `testing`: test helpers, never needed in production: `ManualClock`, and the `clock`
+//!   setters of [`MemoryStore`] and [`RedisStore`] that read time from it instead of the Tokio
+//!   clock or Redis `TIME` (exact numbers at window boundaries, differential tests). This
+//!   crate's own tests enable it.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
 mod failure;
 mod key;
 mod layer;
-pub mod model;
+mod model;
 mod quota;
 mod response;
 mod service;
 mod store;
 
 pub use error::{ConfigError, Error, Result};
-pub use failure::{CircuitBreaker, FailurePolicy, MissingKey};
+pub use failure::{FailurePolicy, MissingKey};
 pub use key::{
     BearerToken, ClientIp, ForwardedHeader, FromExtension, Global, Header, KeyExtractor,
     KeyExtractorExt, KeyRejection, Or, PeerIp, Subject,
 };
 pub use layer::{LimitedResponse, RateLimitLayer};
+pub use model::Outcome;
 pub use quota::{Algorithm, Policy, Quota};
-pub use response::{Headers, ResponseBody, ceil_secs, too_many_requests, write_headers};
+/// The circuit breaker settings of [`RateLimitLayer::circuit_breaker`] (the one breaker every
+/// redtower layer uses).
+pub use redtower_client::CircuitBreaker;
+pub use response::{Headers, ResponseBody, too_many_requests};
 pub use service::{RateLimit, ResponseFuture};
-pub use store::{Decision, ManualClock, MemoryStore, PolicyDecision, RateLimitStore, RedisStore};
+#[cfg(feature = "testing")]
+pub use store::ManualClock;
+pub use store::{Decision, MemoryStore, PolicyDecision, RateLimitStore, RedisStore};

@@ -1,28 +1,16 @@
 //! The reference model: the integer math of every [`Algorithm`], written once.
 //!
 //! [`MemoryStore`](crate::MemoryStore) runs it directly; the Redis Lua script implements the
-//! same arithmetic and is checked against this module by a differential property test. All
-//! times are integer microseconds since the Unix epoch; nothing is rounded except where stated.
-//!
-//! ```
-//! use redtower_ratelimit::{Quota, model, nonzero};
-//!
-//! let quota = Quota::per_second(nonzero!(2)); // GCRA, burst 2
-//! let now = 1_700_000_000_000_000;
-//! let (first, state) = model::evaluate(&quota, None, now, 1);
-//! assert!(first.allowed && first.remaining == 1);
-//! let (second, state) = model::evaluate(&quota, Some(state.state), now, 1);
-//! assert!(second.allowed && second.remaining == 0);
-//! let (third, _) = model::evaluate(&quota, Some(state.state), now, 1);
-//! assert!(!third.allowed);
-//! assert_eq!(third.retry_after_us, 500_000); // one token every 500 ms
-//! ```
+//! same arithmetic and is checked against it (through the memory store) by a differential
+//! property test. All times are integer microseconds since the Unix epoch; nothing is rounded
+//! except where stated. [`Outcome`], a policy's answer, is public (re-exported at the crate
+//! root); the rest is internal.
 
 use crate::{Algorithm, Quota};
 
 /// What is stored per policy and subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum State {
+pub(crate) enum State {
     /// GCRA: the theoretical arrival time (µs since the epoch).
     Gcra {
         /// Theoretical arrival time.
@@ -57,11 +45,11 @@ pub struct Outcome {
 
 /// The state to store if the request is admitted, and its TTL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Update {
+pub(crate) struct Update {
     /// The new state.
-    pub state: State,
+    pub(crate) state: State,
     /// How long the state matters; the key's TTL (rounded up to whole ms in Redis).
-    pub ttl_us: u64,
+    pub(crate) ttl_us: u64,
 }
 
 /// Evaluates `quota` for a request of `cost` units at `now`, given the stored `state` (`None`
@@ -72,8 +60,13 @@ pub struct Update {
 /// Never panics: for values past what a [validated](crate::Policy::validate) policy and a real
 /// clock produce (a quota too large, a clock near `u64::MAX`, a corrupt state), the arithmetic
 /// saturates at `u64::MAX` (answers are then unspecified, but total).
-pub fn evaluate(quota: &Quota, state: Option<State>, now: u64, cost: u64) -> (Outcome, Update) {
-    match quota.get_algorithm() {
+pub(crate) fn evaluate(
+    quota: &Quota,
+    state: Option<State>,
+    now: u64,
+    cost: u64,
+) -> (Outcome, Update) {
+    match quota.algorithm() {
         Algorithm::Gcra => gcra(quota, state, now, cost),
         Algorithm::FixedWindow => fixed(quota, state, now, cost),
         Algorithm::SlidingWindow => sliding(quota, state, now, cost),
@@ -235,6 +228,19 @@ mod tests {
             }
             t += step;
         }
+    }
+
+    #[test]
+    fn gcra_admits_its_burst_then_says_when_to_retry() {
+        let quota = Quota::per_second(crate::nonzero!(2)); // GCRA, burst 2
+        let now = 1_700_000_000_000_000;
+        let (first, state) = evaluate(&quota, None, now, 1);
+        assert!(first.allowed && first.remaining == 1);
+        let (second, state) = evaluate(&quota, Some(state.state), now, 1);
+        assert!(second.allowed && second.remaining == 0);
+        let (third, _) = evaluate(&quota, Some(state.state), now, 1);
+        assert!(!third.allowed);
+        assert_eq!(third.retry_after_us, 500_000); // one token every 500 ms
     }
 
     #[test]

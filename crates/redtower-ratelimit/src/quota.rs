@@ -71,7 +71,7 @@ impl Algorithm {
 /// let api = Quota::per_second(nonzero!(10)).burst(nonzero!(20));
 /// assert_eq!(api.capacity(), 20);
 ///
-/// let daily = Quota::per_day(nonzero!(1000)).algorithm(Algorithm::FixedWindow);
+/// let daily = Quota::per_day(nonzero!(1000)).with_algorithm(Algorithm::FixedWindow);
 /// assert_eq!(daily.period(), Duration::from_secs(86_400));
 ///
 /// assert_eq!(Quota::new(0, Duration::from_secs(1)), Err(ConfigError::ZeroRate));
@@ -159,23 +159,24 @@ impl Quota {
         self
     }
 
-    /// The counting algorithm. Defaults to [`Algorithm::Gcra`].
+    /// This quota counted with `algorithm` (the default is [`Algorithm::Gcra`]; read it with
+    /// [`algorithm`](Self::algorithm)).
     #[must_use]
-    pub const fn algorithm(mut self, algorithm: Algorithm) -> Self {
+    pub const fn with_algorithm(mut self, algorithm: Algorithm) -> Self {
         self.algorithm = algorithm;
         self
     }
 
-    /// Shortcut for `.algorithm(Algorithm::FixedWindow)`.
+    /// Shortcut for `.with_algorithm(Algorithm::FixedWindow)`.
     #[must_use]
     pub const fn fixed_window(self) -> Self {
-        self.algorithm(Algorithm::FixedWindow)
+        self.with_algorithm(Algorithm::FixedWindow)
     }
 
-    /// Shortcut for `.algorithm(Algorithm::SlidingWindow)`.
+    /// Shortcut for `.with_algorithm(Algorithm::SlidingWindow)`.
     #[must_use]
     pub const fn sliding_window(self) -> Self {
-        self.algorithm(Algorithm::SlidingWindow)
+        self.with_algorithm(Algorithm::SlidingWindow)
     }
 
     /// Requests per period.
@@ -193,8 +194,8 @@ impl Quota {
         self.period_us
     }
 
-    /// The algorithm.
-    pub const fn get_algorithm(&self) -> Algorithm {
+    /// The counting algorithm (change it with [`with_algorithm`](Self::with_algorithm)).
+    pub const fn algorithm(&self) -> Algorithm {
         self.algorithm
     }
 

@@ -42,17 +42,8 @@ static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining"
 static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// Whole seconds, rounded up, so a client that waits this long is never early.
-pub fn ceil_secs(d: Duration) -> u64 {
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
-}
-
-/// Writes the rate limit headers for `decision` into `headers`.
-pub fn write_headers(headers: &mut HeaderMap, decision: &Decision, which: Headers) {
-    let policy = which.draft.then(|| {
-        let list: Vec<Policy> = decision.policies().iter().map(|d| *d.policy()).collect();
-        policy_header(&list)
-    });
-    write_headers_with(headers, decision, which, policy.flatten().as_ref());
 }
 
 /// The `RateLimit-Policy` field of a set of policies: the same on every response, so the layer
@@ -78,26 +69,18 @@ pub(crate) fn policy_header(policies: &[Policy]) -> Option<HeaderValue> {
     HeaderValue::from_str(&value).ok()
 }
 
-/// Appends `n` in decimal (without the formatting machinery: this runs on every response).
-fn push_u64(buf: &mut Scratch, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
+/// Appends `n` in decimal (with `itoa`, without the formatting machinery: this runs on every
+/// response).
+fn push_u64(buf: &mut Scratch, n: u64) {
+    buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Where one response's header values are written side by side, on the stack unless they are
 /// unusually long.
 type Scratch = smallvec::SmallVec<[u8; 256]>;
 
-/// [`write_headers`] with the `RateLimit-Policy` field already computed.
+/// Writes the rate limit headers for `decision` into `headers`, with the `RateLimit-Policy`
+/// field (`policy`) already computed.
 ///
 /// The values are written into one buffer and become fields that share one allocation (two
 /// once there is more than one field): this runs on every response.
@@ -290,6 +273,20 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
 mod tests {
     use std::time::Duration;
 
+    use http::HeaderMap;
+
+    use super::{Headers, policy_header, write_headers_with};
+    use crate::{Decision, Policy};
+
+    /// The headers for `decision`, computing `RateLimit-Policy` too.
+    fn write_headers(headers: &mut HeaderMap, decision: &Decision, which: Headers) {
+        let policy = which.draft.then(|| {
+            let list: Vec<Policy> = decision.policies().iter().map(|d| *d.policy()).collect();
+            policy_header(&list)
+        });
+        write_headers_with(headers, decision, which, policy.flatten().as_ref());
+    }
+
     #[test]
     fn push_u64_writes_decimal() {
         for n in [0, 7, 10, 1234567890, u64::MAX] {
@@ -309,11 +306,11 @@ mod tests {
             retry_after_us in proptest::prop_oneof![proptest::strategy::Just(u64::MAX), proptest::prelude::any::<u64>()],
             allowed in proptest::bool::ANY,
         ) {
-            use crate::{Decision, Policy, Quota, model::Outcome, nonzero};
+            use crate::{Quota, Outcome, nonzero};
             let p = [Policy::new("p", Quota::per_hour(nonzero!(1)))];
             let d = Decision::new(&p, [Outcome { allowed, remaining, reset_us, retry_after_us }]);
             let mut headers = http::HeaderMap::new();
-            super::write_headers(&mut headers, &d, super::Headers { draft: true, legacy: true });
+            write_headers(&mut headers, &d, Headers { draft: true, legacy: true });
             proptest::prop_assert!(headers.contains_key("ratelimit"));
             let mut res = super::too_many_requests(&d);
             if let Some(wait) = d.retry_after() {

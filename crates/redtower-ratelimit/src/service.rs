@@ -21,7 +21,7 @@ use tracing::Instrument;
 use crate::{
     Decision, Error, FailurePolicy, Headers, MissingKey, Policy, RateLimitLayer, RateLimitStore,
     Subject,
-    layer::{Config, Cost, OutcomeCounters, PolicySet, Shared},
+    layer::{Cost, OutcomeCounters, PolicySet, Settings, Shared},
     response::{
         ResponseBody, set_retry_after, simple_problem, too_many_requests, write_headers_with,
     },
@@ -48,7 +48,7 @@ impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
-            .field("policies", &self.shared.config.policies)
+            .field("policies", &self.shared.settings.policies)
             .finish_non_exhaustive()
     }
 }
@@ -196,7 +196,7 @@ where
                 res: Some(respond(res)),
             },
             Step::Pass(req, decision) => {
-                let headers = decision.map(|(d, set)| (d, set, self.shared.config.headers));
+                let headers = decision.map(|(d, set)| (d, set, self.shared.settings.headers));
                 let fut = span.in_scope(|| self.inner.call(req));
                 Kind::Inner { fut, headers, span }
             }
@@ -224,8 +224,8 @@ fn respond<B>(res: Response<Bytes>) -> Response<ResponseBody<B>> {
     res.map(ResponseBody::full)
 }
 
-fn limited(config: &Config, set: &PolicySet, decision: &Decision) -> Response<Bytes> {
-    let mut res = match &config.limited {
+fn limited(settings: &Settings, set: &PolicySet, decision: &Decision) -> Response<Bytes> {
+    let mut res = match &settings.limited {
         Some(f) => f(decision),
         None => too_many_requests(decision),
     };
@@ -235,7 +235,7 @@ fn limited(config: &Config, set: &PolicySet, decision: &Decision) -> Response<By
     write_headers_with(
         res.headers_mut(),
         decision,
-        config.headers,
+        settings.headers,
         set.policy_header.as_ref(),
     );
     res
@@ -295,24 +295,6 @@ fn record(decision: &Decision, set: &PolicySet) {
     }
 }
 
-fn store_failed(shared: &Shared, error: &Error) {
-    if !shared.degraded.swap(true, Ordering::AcqRel) {
-        let policy = shared.config.failure;
-        if error.is_outage() {
-            tracing::warn!(target: TARGET, error = %error, failure_policy = ?policy, "rate limit store unavailable; applying the failure policy");
-        } else {
-            tracing::error!(target: TARGET, error = %error, failure_policy = ?policy, "rate limit store failed; applying the failure policy");
-        }
-    }
-}
-
-fn store_ok(shared: &Shared) {
-    // A plain load first: the common case writes nothing to this shared cache line.
-    if shared.degraded.load(Ordering::Acquire) && shared.degraded.swap(false, Ordering::AcqRel) {
-        tracing::info!(target: TARGET, "rate limit store recovered");
-    }
-}
-
 /// What to do with a request, decided before the store is asked or without asking it.
 enum Step<B> {
     /// Answer this; the inner service is not called.
@@ -336,16 +318,16 @@ struct Pending<B> {
 /// Everything up to the store call, synchronously; and the store call itself when the store
 /// answers without waiting (memory), so such requests need no boxed future.
 fn prepare<B>(shared: &Shared, req: Request<B>) -> Step<B> {
-    let config = &shared.config;
+    let settings = &shared.settings;
     let (parts, body) = req.into_parts();
     let set = resolve(shared, &parts);
     let policies = &set.list;
     let subject = if policies.is_empty() {
         None
     } else {
-        match config.key.extract(&parts) {
+        match settings.key.extract(&parts) {
             Ok(subject) => subject,
-            Err(rejection) => match config.missing_key {
+            Err(rejection) => match settings.missing_key {
                 MissingKey::Allow => None,
                 MissingKey::Reject => {
                     tracing::debug!(target: TARGET, reason = rejection.reason, "no rate limit key");
@@ -357,7 +339,7 @@ fn prepare<B>(shared: &Shared, req: Request<B>) -> Step<B> {
     let Some(subject) = subject else {
         return Step::Pass(Request::from_parts(parts, body), None);
     };
-    let cost = match &config.cost {
+    let cost = match &settings.cost {
         Cost::Fixed(n) => *n,
         Cost::Dynamic(f) => f(&parts).max(1),
     };
@@ -370,7 +352,7 @@ fn prepare<B>(shared: &Shared, req: Request<B>) -> Step<B> {
     if let Some(decision) = shared.denied.get(|| cache_key(&subject, set), cost) {
         count("redtower_ratelimit_local_cache_hit_total", policies);
         tracing::debug!(target: TARGET, outcome = "limited", cached = true, "rate limited (denied cache)");
-        return Step::Respond(limited(config, set, &decision));
+        return Step::Respond(limited(settings, set, &decision));
     }
     let pending = Pending {
         parts,
@@ -379,10 +361,17 @@ fn prepare<B>(shared: &Shared, req: Request<B>) -> Step<B> {
         subject,
         cost,
     };
-    if !shared.breaker.allow(config.store.connections()) {
+    if !shared
+        .breaker
+        .allow(settings.store.connections())
+        .is_allowed()
+    {
         return decided(shared, pending, Err(Error::CircuitOpen));
     }
-    match config.store.try_check_now(&pending.subject, policies, cost) {
+    match settings
+        .store
+        .try_check_now(&pending.subject, policies, cost)
+    {
         Some(result) => {
             settle(shared, &result);
             decided(shared, pending, result)
@@ -397,22 +386,50 @@ fn cache_key(subject: &Subject, set: &PolicySet) -> u64 {
     FIXED_HASHER.hash_one((subject, Arc::as_ptr(&set.list) as *const Policy as usize))
 }
 
-/// Circuit breaker bookkeeping for a store answer. Only a failure of a store that has
-/// connected before is evidence of an outage: failures while the first connection is being
-/// made never open the breaker.
+/// Circuit breaker bookkeeping for a store answer, and the logs of its transitions: one WARN
+/// when the store becomes unavailable, one INFO when it is back, never one per request.
+///
+/// Only an outage (a timeout, a lost connection) of a store that has connected before counts
+/// toward the breaker: failures while the first connection is being made never open it, nor
+/// does a failure that is not an outage (a script error; logged once at ERROR until the store
+/// answers again).
 fn settle(shared: &Shared, result: &Result<Decision, Error>) {
+    let store = &shared.settings.store;
     match result {
-        Ok(_) => shared.breaker.success(),
-        Err(_) if shared.config.store.has_connected() => {
-            shared.breaker.failure(shared.config.store.connections());
+        Ok(_) => {
+            let closed = shared.breaker.success();
+            // A plain load first: the common case writes nothing to this shared cache line.
+            let was_degraded = shared.degraded.load(Ordering::Acquire)
+                && shared.degraded.swap(false, Ordering::AcqRel);
+            if closed || was_degraded {
+                tracing::info!(target: TARGET, "rate limit store recovered");
+            }
         }
-        Err(_) => {}
+        Err(error) if error.is_outage() && store.has_connected() => {
+            if shared.breaker.failure(store.connections()) {
+                let policy = shared.settings.failure;
+                tracing::warn!(target: TARGET, error = %error, failure_policy = ?policy, "rate limit store unavailable; applying the failure policy");
+            }
+        }
+        Err(error) => failed_once(shared, error),
+    }
+}
+
+/// Logs a failure the breaker does not count, once until the store answers again.
+fn failed_once(shared: &Shared, error: &Error) {
+    if !shared.degraded.swap(true, Ordering::AcqRel) {
+        let policy = shared.settings.failure;
+        if error.is_outage() {
+            tracing::warn!(target: TARGET, error = %error, failure_policy = ?policy, "rate limit store not reached; applying the failure policy");
+        } else {
+            tracing::error!(target: TARGET, error = %error, failure_policy = ?policy, "rate limit store failed; applying the failure policy");
+        }
     }
 }
 
 /// Applies the store's answer (or the failure policy).
 fn decided<B>(shared: &Shared, pending: Pending<B>, result: Result<Decision, Error>) -> Step<B> {
-    let config = &shared.config;
+    let settings = &shared.settings;
     let Pending {
         mut parts,
         body,
@@ -422,32 +439,26 @@ fn decided<B>(shared: &Shared, pending: Pending<B>, result: Result<Decision, Err
     } = pending;
     let policies = &set.list;
     let decision = match result {
-        Ok(decision) => {
-            store_ok(shared);
-            decision
-        }
-        Err(error) => {
-            store_failed(shared, &error);
-            match config.failure {
-                FailurePolicy::FailOpen => {
-                    count("redtower_ratelimit_fail_open_total", policies);
-                    return Step::Pass(Request::from_parts(parts, body), None);
-                }
-                FailurePolicy::FailClosed => {
-                    count("redtower_ratelimit_fail_closed_total", policies);
-                    let mut res = simple_problem(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "rate limiting is temporarily unavailable",
-                    );
-                    set_retry_after(&mut res, shared.breaker.cool_down());
-                    return Step::Respond(res);
-                }
-                FailurePolicy::LocalFallback => {
-                    count("redtower_ratelimit_fallback_total", policies);
-                    shared.fallback.check_now(&subject, policies, cost)
-                }
+        Ok(decision) => decision,
+        Err(_) => match settings.failure {
+            FailurePolicy::FailOpen => {
+                count("redtower_ratelimit_fail_open_total", policies);
+                return Step::Pass(Request::from_parts(parts, body), None);
             }
-        }
+            FailurePolicy::FailClosed => {
+                count("redtower_ratelimit_fail_closed_total", policies);
+                let mut res = simple_problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "rate limiting is temporarily unavailable",
+                );
+                set_retry_after(&mut res, shared.breaker.cool_down());
+                return Step::Respond(res);
+            }
+            FailurePolicy::LocalFallback => {
+                count("redtower_ratelimit_fallback_total", policies);
+                shared.fallback.check_now(&subject, policies, cost)
+            }
+        },
     };
     record(&decision, &set);
     if !decision.is_allowed() {
@@ -460,7 +471,7 @@ fn decided<B>(shared: &Shared, pending: Pending<B>, result: Result<Decision, Err
             retry_after_ms = decision.retry_after().map(|d| d.as_millis() as u64),
             "rate limited"
         );
-        return Step::Respond(limited(config, &set, &decision));
+        return Step::Respond(limited(settings, &set, &decision));
     }
     tracing::trace!(target: TARGET, outcome = "allowed", remaining = decision.remaining(), "allowed");
     parts.extensions.insert(decision.clone());
@@ -477,35 +488,21 @@ async fn wait<S, ReqBody, ResBody>(
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    let config = &shared.config;
+    let settings = &shared.settings;
     // A fresh process waits for its first connection before the layer's timeout starts: the
     // wait is bounded by the store (the client's command timeout), and a store that could not
     // connect at all is unreachable, not failing (the breaker does not count it).
-    let first = match &config.redis {
-        // Boxed: the rare path stays out of every request's future.
-        Some(redis) if !redis.ready() => Some(Box::pin(redis.wait_ready()).await),
-        Some(_) => None,
-        None if !config.store.has_connected() => Some(config.store.first_connection().await),
-        None => None,
-    };
-    if let Some(Err(error)) = first {
-        return next(&shared, inner, pending, Err(error));
-    }
-    let result = {
-        let (subject, policies, cost) = (&pending.subject, &pending.set.list, pending.cost);
-        let queued = config
-            .redis
-            .as_ref()
-            .and_then(|redis| redis.queued(subject, policies, cost));
-        match queued {
-            Some(queued) => tokio::time::timeout(config.timeout, queued).await,
-            None => {
-                let call = config.store.check(subject, policies, cost);
-                tokio::time::timeout(config.timeout, call).await
-            }
+    if !settings.store.has_connected() {
+        if let Err(error) = settings.store.first_connection().await {
+            failed_once(&shared, &error);
+            return next(&shared, inner, pending, Err(error));
         }
-    };
-    let result = result.unwrap_or(Err(Error::Timeout(config.timeout)));
+    }
+    let (subject, policies, cost) = (&pending.subject, &pending.set.list, pending.cost);
+    let call = settings.store.check(subject, policies, cost);
+    let result = tokio::time::timeout(settings.timeout, call)
+        .await
+        .unwrap_or(Err(Error::Timeout(settings.timeout)));
     settle(&shared, &result);
     next(&shared, inner, pending, result)
 }
@@ -520,12 +517,12 @@ fn next<S, ReqBody, ResBody>(
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    let config = &shared.config;
+    let settings = &shared.settings;
     match decided(shared, pending, result) {
         Step::Respond(res) => Waited::Respond(respond(res)),
         Step::Pass(req, decision) => Waited::Call {
             fut: inner.call(req),
-            headers: decision.map(|(d, set)| (d, set, config.headers)),
+            headers: decision.map(|(d, set)| (d, set, settings.headers)),
         },
         // `decided` never asks to wait again.
         Step::Check(_) => Waited::Respond(respond(simple_problem(

@@ -643,6 +643,24 @@ fn bad_config_is_a_typed_error_at_build_time() {
     .build()
     .unwrap_err();
     assert_eq!(err, ConfigError::QuotaTooLarge("default"));
+    // An IP prefix out of range is an error at build time, never a panic in the setter, and
+    // is found through `or` too.
+    let err = RateLimitLayer::new(store.clone(), Quota::per_hour(nonzero!(5)))
+        .key(ClientIp::peer().ipv4_prefix(33))
+        .build()
+        .unwrap_err();
+    assert_eq!(err, ConfigError::InvalidPrefix(33));
+    let err = RateLimitLayer::new(store.clone(), Quota::per_hour(nonzero!(5)))
+        .key(BearerToken.or(PeerIp.ipv6_prefix(129)))
+        .build()
+        .unwrap_err();
+    assert_eq!(err, ConfigError::InvalidPrefix(129));
+    assert!(
+        RateLimitLayer::new(store.clone(), Quota::per_hour(nonzero!(5)))
+            .key(ClientIp::peer().ipv4_prefix(32).ipv6_prefix(128))
+            .build()
+            .is_ok()
+    );
     let route_err = RateLimitLayer::new(store, Quota::per_hour(nonzero!(5)))
         .route(
             "/x",

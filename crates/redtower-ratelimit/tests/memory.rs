@@ -1,6 +1,7 @@
 //! The conformance suite on [`MemoryStore`], plus memory-only behaviour (Tokio clock).
 
-mod common;
+#[macro_use]
+mod conformance;
 
 use std::time::Duration;
 

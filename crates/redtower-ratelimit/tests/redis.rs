@@ -1,7 +1,8 @@
 //! Against real Redis (standalone and Cluster): the conformance suite, the Lua script against
 //! the reference model, over-admission across instances, outages, round trips and TTLs.
 
-mod common;
+#[macro_use]
+mod conformance;
 
 use std::{
     sync::{
@@ -100,7 +101,7 @@ fn quota() -> impl Strategy<Value = Quota> {
     (1u32..12, period, algo, proptest::option::of(1u32..16)).prop_map(|(limit, us, algo, burst)| {
         let mut q = Quota::new(limit, Duration::from_micros(us))
             .unwrap()
-            .algorithm(algo);
+            .with_algorithm(algo);
         if let Some(b) = burst {
             q = q.burst(std::num::NonZeroU32::new(b).unwrap());
         }
@@ -143,7 +144,7 @@ fn lua_script_matches_the_reference_model() {
     };
     let counter = AtomicUsize::new(0);
     proptest!(config, |(case in case(), start in 0u64..86_400_000_000)| {
-        let clock = ManualClock::at_micros(common::conformance::T0 + start);
+        let clock = ManualClock::at_micros(conformance::T0 + start);
         let lua = RedisStore::new(redis.clone()).clock(clock.clone());
         let model = MemoryStore::new().clock(clock.clone());
         let subject = Subject::new(format!("case{}", counter.fetch_add(1, Ordering::SeqCst)));
@@ -213,7 +214,7 @@ fn batches_match_the_reference_model(url: String, cases: u32) {
     };
     let counter = AtomicUsize::new(0);
     proptest!(config, |(case in batch_case(), start in 0u64..86_400_000_000)| {
-        let clock = ManualClock::at_micros(common::conformance::T0 + start);
+        let clock = ManualClock::at_micros(conformance::T0 + start);
         let lua = RedisStore::new(redis.clone()).clock(clock.clone());
         let model = MemoryStore::new().clock(clock.clone());
         let n = counter.fetch_add(1, Ordering::SeqCst);

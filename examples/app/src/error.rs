@@ -33,7 +33,12 @@ impl ApiError {
     /// 429 with `Retry-After` (seconds, rounded up so a retry then succeeds).
     pub fn too_many_requests(retry_after: std::time::Duration) -> Self {
         Self {
-            retry_after: Some(redtower_ratelimit::ceil_secs(retry_after)),
+            // Rounded up: a client that waits this long is never early.
+            retry_after: Some(
+                retry_after
+                    .as_secs()
+                    .saturating_add(u64::from(retry_after.subsec_nanos() > 0)),
+            ),
             ..Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many requests, try again later",

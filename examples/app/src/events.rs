@@ -64,7 +64,7 @@ impl Events {
     ) -> Result<Self, BuildError> {
         let pubsub = match redis {
             None => PubSub::memory(),
-            Some(redis) => PubSub::new(redtower_pubsub::RedisStore::new(redis.clone())?),
+            Some(redis) => PubSub::new(redtower_pubsub::RedisStore::new(redis.clone())),
         };
         Ok(Self(Arc::new(EventsInner {
             pubsub,

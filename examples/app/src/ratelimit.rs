@@ -6,7 +6,7 @@
 //! found). The other features build their route limits with `RateLimits::per_client` and
 //! check their own policies with `RateLimits::check`.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use axum::{Json, Router, routing::get};
 use redtower_client::Redis;
@@ -18,29 +18,10 @@ use crate::{BuildError, Config, Rate, error::ApiError};
 /// The rate limit store of the app, in process or in Redis, and how clients are told apart.
 #[derive(Clone)]
 pub(crate) struct RateLimits {
-    store: Limits,
+    /// Where every rate limit counts: memory or Redis, chosen at start.
+    store: Arc<dyn RateLimitStore>,
     /// How a client's address is found (`TRUSTED_PROXIES`).
     client_ip: ClientIp,
-}
-
-#[derive(Clone)]
-enum Limits {
-    Memory(redtower_ratelimit::MemoryStore),
-    Redis(redtower_ratelimit::RedisStore),
-}
-
-impl Limits {
-    async fn check(
-        &self,
-        subject: &Subject,
-        policy: &Policy,
-    ) -> redtower_ratelimit::Result<redtower_ratelimit::Decision> {
-        let policies = std::slice::from_ref(policy);
-        match self {
-            Self::Memory(store) => store.check(subject, policies, 1).await,
-            Self::Redis(store) => store.check(subject, policies, 1).await,
-        }
-    }
 }
 
 impl RateLimits {
@@ -52,9 +33,9 @@ impl RateLimits {
         } else {
             ClientIp::trusted_proxies(config.trusted_proxies.iter().copied())
         };
-        let store = match redis {
-            None => Limits::Memory(redtower_ratelimit::MemoryStore::new()),
-            Some(redis) => Limits::Redis(redtower_ratelimit::RedisStore::new(redis.clone())),
+        let store: Arc<dyn RateLimitStore> = match redis {
+            None => Arc::new(redtower_ratelimit::MemoryStore::new()),
+            Some(redis) => Arc::new(redtower_ratelimit::RedisStore::new(redis.clone())),
         };
         Self { store, client_ip }
     }
@@ -72,11 +53,7 @@ impl RateLimits {
         rate: Rate,
     ) -> Result<RateLimitLayer, BuildError> {
         let policy = policy(name, rate)?;
-        let layer = match &self.store {
-            Limits::Memory(store) => RateLimitLayer::new(store.clone(), policy),
-            Limits::Redis(store) => RateLimitLayer::new(store.clone(), policy),
-        };
-        Ok(layer
+        Ok(RateLimitLayer::new(self.store.clone(), policy)
             .key(self.client_ip.clone())
             .legacy_headers(true)
             .build()?)
@@ -86,7 +63,8 @@ impl RateLimits {
     /// `Retry-After` when denied. A store outage lets the request through (fail open, as the
     /// layers do by default), with a warning.
     pub(crate) async fn check(&self, policy: &Policy, subject: &str) -> Result<(), ApiError> {
-        match self.store.check(&Subject::new(subject), policy).await {
+        let policies = std::slice::from_ref(policy);
+        match self.store.check(&Subject::new(subject), policies, 1).await {
             Ok(decision) if decision.is_allowed() => Ok(()),
             Ok(decision) => Err(ApiError::too_many_requests(
                 decision.retry_after().unwrap_or_default(),

@@ -16,18 +16,23 @@ use axum::{
 use http::{HeaderValue, StatusCode, header, request::Parts};
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    Access, AllowAll, Channel, ChannelAuthorizer, ChannelError, EventId, PubSub, PublishToken,
-    auth::Named,
-};
+use crate::{Access, AllowAll, Channel, ChannelAuthorizer, PubSub, PublishToken, auth::Named};
 
+mod cursor;
 pub(crate) mod frame;
 mod open;
+mod rejection;
 mod stream;
 
-pub use open::{AccessEnds, OnOpen, StreamOptions};
+pub(crate) use cursor::Cursor;
+use cursor::parse_cursors;
+pub use open::{OnOpen, StreamOptions};
+pub use rejection::SseRejection;
 
 pub(crate) const TARGET: &str = "redtower::pubsub::sse";
+
+/// The JavaScript client helper (also in `assets/client.js`): serve it to your pages.
+pub const CLIENT_JS: &str = include_str!("../../assets/client.js");
 
 /// An axum handler that streams channels to browsers with Server-Sent Events.
 ///
@@ -412,62 +417,18 @@ impl SseEndpoint {
         parts: &mut Parts,
         options: Option<StreamOptions>,
     ) -> Result<Response, SseRejection> {
-        let path_channel = RawPathParams::from_request_parts(parts, &())
-            .await
-            .ok()
-            .and_then(|params| {
-                params
-                    .iter()
-                    .find(|(k, _)| *k == "channel")
-                    .map(|(_, v)| v.to_owned())
-            });
-        let mut names = Vec::new();
-        let mut query_cursor = None;
-        for (k, v) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
-            match &*k {
-                "channel" if path_channel.is_none() => names.push(v.into_owned()),
-                "last_event_id" => query_cursor = Some(v.into_owned()),
-                _ => {}
-            }
-        }
-        let multi = path_channel.is_none();
-        if let Some(name) = path_channel {
-            names = vec![name];
-        }
-        if names.is_empty() {
-            return Err(SseRejection::NoChannel);
-        }
-        let mut channels: Vec<Channel> = Vec::with_capacity(names.len());
-        for name in &names {
-            let channel = Channel::new(name).map_err(SseRejection::InvalidChannel)?;
-            if !channels.contains(&channel) {
-                channels.push(channel);
-            }
-        }
-        if channels.len() > self.inner.max_channels {
-            return Err(SseRejection::TooManyChannels(self.inner.max_channels));
-        }
-        for channel in &channels {
-            if !self
-                .inner
-                .authorizer
-                .0
-                .authorize(parts, channel, Access::Subscribe)
-                .await
-            {
-                tracing::debug!(target: TARGET, channel = %channel, "subscription forbidden");
-                return Err(SseRejection::Forbidden);
-            }
-        }
+        let asked = Asked::from_request(parts).await?;
+        let channels = self.channels(&asked.names)?;
+        self.authorize(parts, &channels).await?;
         let header_cursor = parts
             .headers
             .get("last-event-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let cursor = header_cursor
-            .or(query_cursor)
+            .or(asked.cursor)
             .filter(|c| !c.trim().is_empty());
-        let cursors = parse_cursors(cursor.as_deref(), channels.len(), multi);
+        let cursors = parse_cursors(cursor.as_deref(), channels.len(), asked.multi);
         let mut options = match options {
             Some(options) => options,
             None => self.inner.on_open.on_open(parts, &channels).await,
@@ -479,11 +440,58 @@ impl SseEndpoint {
                 return Err(SseRejection::Forbidden);
             }
         }
-        let permit = self
-            .inner
+        let permit = self.admit(options.client_key.clone())?;
+        let body = stream::open(
+            self.inner.clone(),
+            channels,
+            cursors,
+            asked.multi,
+            permit,
+            options.access_ends,
+        )
+        .await
+        .map_err(SseRejection::Unavailable)?;
+        Ok(event_stream(body))
+    }
+
+    /// The distinct channels named, validated, within [`max_channels`](Self::max_channels).
+    fn channels(&self, names: &[String]) -> Result<Vec<Channel>, SseRejection> {
+        let mut channels: Vec<Channel> = Vec::with_capacity(names.len());
+        for name in names {
+            let channel = Channel::new(name).map_err(SseRejection::InvalidChannel)?;
+            if !channels.contains(&channel) {
+                channels.push(channel);
+            }
+        }
+        if channels.len() > self.inner.max_channels {
+            return Err(SseRejection::TooManyChannels(self.inner.max_channels));
+        }
+        Ok(channels)
+    }
+
+    /// Asks the authorizer for every channel, before anything is subscribed.
+    async fn authorize(&self, parts: &Parts, channels: &[Channel]) -> Result<(), SseRejection> {
+        for channel in channels {
+            if !self
+                .inner
+                .authorizer
+                .0
+                .authorize(parts, channel, Access::Subscribe)
+                .await
+            {
+                tracing::debug!(target: TARGET, channel = %channel, "subscription forbidden");
+                return Err(SseRejection::Forbidden);
+            }
+        }
+        Ok(())
+    }
+
+    /// A place for one more stream, within the process and per-client limits.
+    fn admit(&self, client_key: Option<Arc<str>>) -> Result<open::Permit, SseRejection> {
+        self.inner
             .connections
             .admit(
-                options.client_key.clone(),
+                client_key,
                 self.inner.max_connections,
                 self.inner.max_connections_per_client,
             )
@@ -497,204 +505,62 @@ impl SseEndpoint {
                     open::Refused::Process(max) => SseRejection::TooManyConnections(max),
                     open::Refused::Client(max) => SseRejection::TooManyForClient(max),
                 }
-            })?;
-        let body = stream::open(
-            self.inner.clone(),
-            channels,
-            cursors,
+            })
+    }
+}
+
+/// What a stream request names: channels from the `{channel}` path parameter, or else from
+/// `channel` query parameters (`multi`), and the `last_event_id` query parameter.
+struct Asked {
+    names: Vec<String>,
+    multi: bool,
+    cursor: Option<String>,
+}
+
+impl Asked {
+    async fn from_request(parts: &mut Parts) -> Result<Self, SseRejection> {
+        let path_channel = RawPathParams::from_request_parts(parts, &())
+            .await
+            .ok()
+            .and_then(|params| {
+                params
+                    .iter()
+                    .find(|(k, _)| *k == "channel")
+                    .map(|(_, v)| v.to_owned())
+            });
+        let mut names = Vec::new();
+        let mut cursor = None;
+        for (k, v) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
+            match &*k {
+                "channel" if path_channel.is_none() => names.push(v.into_owned()),
+                "last_event_id" => cursor = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        let multi = path_channel.is_none();
+        if let Some(name) = path_channel {
+            names = vec![name];
+        }
+        if names.is_empty() {
+            return Err(SseRejection::NoChannel);
+        }
+        Ok(Self {
+            names,
             multi,
-            permit,
-            options.access_ends,
-        )
-        .await
-        .map_err(SseRejection::Unavailable)?;
-        let mut response = Response::new(Body::new(body));
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        Ok(response)
-    }
-}
-
-/// What the request asked to resume from, per channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Cursor {
-    /// Nothing: start live.
-    None,
-    /// After this event.
-    After(EventId),
-    /// `0`: the channel had no history; everything in it now is new.
-    Start,
-    /// Something that is not an event id (or not for these channels): resync.
-    Invalid,
-}
-
-fn parse_cursors(raw: Option<&str>, n: usize, multi: bool) -> Vec<Cursor> {
-    let Some(raw) = raw else {
-        return vec![Cursor::None; n];
-    };
-    let parts: Vec<&str> = if multi {
-        raw.split(',').collect()
-    } else {
-        vec![raw]
-    };
-    if parts.len() != n {
-        return vec![Cursor::Invalid; n];
-    }
-    parts
-        .into_iter()
-        .map(|p| match p.trim() {
-            "-" if multi => Cursor::None,
-            "0" => Cursor::Start,
-            p => p.parse().map_or(Cursor::Invalid, Cursor::After),
+            cursor,
         })
-        .collect()
-}
-
-/// Why the SSE endpoint refused a request.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SseRejection {
-    /// No channel in the path or the query.
-    #[error("no channel given")]
-    NoChannel,
-    /// A channel name is invalid.
-    #[error("invalid channel: {0}")]
-    InvalidChannel(#[source] ChannelError),
-    /// More channels than [`SseEndpoint::max_channels`].
-    #[error("too many channels: at most {0}")]
-    TooManyChannels(usize),
-    /// The [`ChannelAuthorizer`] refused a channel.
-    #[error("forbidden")]
-    Forbidden,
-    /// The store could not subscribe or read the history (also when the process holds as
-    /// many channels as the store allows, [`Error::TooManyChannels`](crate::Error::TooManyChannels)).
-    #[error("events are unavailable right now")]
-    Unavailable(#[source] crate::Error),
-    /// As many streams are open as [`SseEndpoint::max_connections`] allows.
-    #[error("too many event streams are open: at most {0}")]
-    TooManyConnections(usize),
-    /// This client has as many streams open as
-    /// [`SseEndpoint::max_connections_per_client`] allows.
-    #[error("too many event streams for this client: at most {0}")]
-    TooManyForClient(usize),
-    /// The published data is larger than the store's payload limit.
-    #[error("the event is {len} bytes; the limit is {max}")]
-    PayloadTooLarge {
-        /// The size of the rejected data, in bytes.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// The `Idempotency-Key` header of a publish is not a valid [`PublishToken`].
-    #[error("invalid Idempotency-Key: expected 1 to 64 characters of A-Z a-z 0-9 _ -")]
-    InvalidIdempotencyKey,
-}
-
-impl SseRejection {
-    /// The response status: 400, 403, 413, 429 or 503.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::NoChannel
-            | Self::InvalidChannel(_)
-            | Self::TooManyChannels(_)
-            | Self::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
-            Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::TooManyForClient(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) | Self::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-
-    /// The `Retry-After` of a 429 or 503, in seconds.
-    pub fn retry_after(&self) -> Option<u64> {
-        match self {
-            Self::Unavailable(_) | Self::TooManyConnections(_) | Self::TooManyForClient(_) => {
-                Some(5)
-            }
-            _ => None,
-        }
-    }
-
-    /// The response body.
-    pub fn body_text(&self) -> String {
-        self.to_string()
     }
 }
 
-impl IntoResponse for SseRejection {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        match &self {
-            Self::Unavailable(error) if error.is_limit() => {
-                tracing::debug!(target: TARGET, error = %error, "cannot open an event stream");
-            }
-            Self::Unavailable(error) => {
-                tracing::warn!(target: TARGET, error = %error, "cannot open an event stream");
-            }
-            _ => {
-                tracing::trace!(target: "redtower::pubsub::rejection", status = %status.as_u16(), body = %self, "rejected");
-            }
-        }
-        let mut response = (status, self.body_text()).into_response();
-        if let Some(secs) = self.retry_after() {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        response
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_parse() {
-        let id: EventId = "e:3".parse().unwrap();
-        assert_eq!(parse_cursors(None, 2, true), vec![Cursor::None; 2]);
-        assert_eq!(
-            parse_cursors(Some("e:3"), 1, false),
-            vec![Cursor::After(id.clone())]
-        );
-        assert_eq!(
-            parse_cursors(Some("-,e:3"), 2, true),
-            vec![Cursor::None, Cursor::After(id)]
-        );
-        assert_eq!(
-            parse_cursors(Some("e:3"), 2, true),
-            vec![Cursor::Invalid; 2]
-        );
-        assert_eq!(parse_cursors(Some("junk"), 1, false), vec![Cursor::Invalid]);
-        assert_eq!(parse_cursors(Some("0"), 1, false), vec![Cursor::Start]);
-        let max = format!("x:{}", u64::MAX);
-        assert_eq!(
-            parse_cursors(Some(&max), 1, false),
-            vec![Cursor::After(EventId::new("x", u64::MAX).unwrap())]
-        );
-        let over = format!("x:{}0", u64::MAX);
-        assert_eq!(parse_cursors(Some(&over), 1, false), vec![Cursor::Invalid]);
-    }
-
-    proptest::proptest! {
-        /// Any header text gives one cursor per channel, and never panics.
-        #[test]
-        fn any_last_event_id_parses(raw in "\\PC{0,80}", n in 1usize..5, multi: bool) {
-            let cursors = parse_cursors(Some(&raw), n, multi);
-            proptest::prop_assert_eq!(cursors.len(), n);
-        }
-
-        /// `<epoch>:<offset>` for any u64 offset round-trips; one more digit is invalid.
-        #[test]
-        fn any_offset_parses(epoch in "[A-Za-z0-9]{1,32}", offset: u64) {
-            let id = format!("{epoch}:{offset}");
-            let expected = EventId::new(&epoch, offset).unwrap();
-            proptest::prop_assert_eq!(parse_cursors(Some(&id), 1, false), vec![Cursor::After(expected)]);
-        }
-    }
+/// The `200` response carrying an event stream.
+fn event_stream(body: stream::SseBody) -> Response {
+    let mut response = Response::new(Body::new(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
 }

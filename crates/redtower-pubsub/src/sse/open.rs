@@ -14,7 +14,7 @@ use http::request::Parts;
 use crate::Channel;
 
 /// A future that resolves when the reader's access ends (see [`StreamOptions::access_ends`]).
-pub type AccessEnds = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+pub(crate) type AccessEnds = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// What the code opening one event stream knows about its reader: when its access ends, and
 /// which client it is (for the per-client connection limit).

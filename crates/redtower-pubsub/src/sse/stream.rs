@@ -10,7 +10,6 @@
 //! boxed future that owns the connection until it is done.
 
 use std::{
-    any::Any,
     convert::Infallible,
     fmt::Write as _,
     future::Future,
@@ -20,6 +19,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll, Waker},
+    time::Duration,
 };
 
 use bytes::{Bytes, BytesMut};
@@ -133,13 +133,7 @@ pub(crate) async fn open(
     let pubsub = inner.pubsub.clone();
     // Subscribe first: whatever is published from here on reaches us live, so the history
     // read below cannot leave a gap.
-    let mut subs = Vec::with_capacity(channels.len());
-    let mut guards = Vec::with_capacity(channels.len());
-    for channel in &channels {
-        let (rx, guard) = pubsub.store().subscribe(channel).await?.into_parts();
-        subs.push(BroadcastStream::new(rx));
-        guards.extend(guard);
-    }
+    let (subs, guards) = subscribe(&pubsub, &channels).await?;
     let mut pos = Vec::with_capacity(channels.len());
     for (channel, cursor) in channels.iter().zip(&cursors) {
         pos.push(match cursor {
@@ -182,31 +176,26 @@ pub(crate) async fn open(
         _permit: permit,
     });
     metrics::gauge!("redtower_pubsub_sse_connections").increment(1);
-
-    let mut buf = BytesMut::new();
-    frame::comment(&mut buf, "ok");
-    frame::retry(&mut buf, u64::try_from(retry.as_millis()).unwrap_or(5000));
-    // One byte budget for the whole open, over all channels.
-    let mut budget = conn.inner.max_replay_bytes;
-    for (i, cursor) in cursors.iter().enumerate() {
-        match cursor {
-            Cursor::None => {}
-            Cursor::Invalid => conn.resync(&mut buf, i, "invalid_id"),
-            Cursor::After(_) | Cursor::Start => {
-                let (replayed, bytes) = conn.catch_up(&mut buf, i, budget).await?;
-                budget = budget.saturating_sub(bytes);
-                metrics::counter!("redtower_pubsub_sse_replayed_total").increment(replayed);
-            }
-        }
-    }
-    // Tell the browser where it stands, so even a stream that ends before its first event
-    // resumes from here (an id-only frame sets `lastEventId` without firing an event).
-    frame::event_id_only(&mut buf, &conn.cursor());
-    conn.first = Some(buf.freeze());
+    conn.first = Some(conn.first_chunk(&cursors, retry).await?);
     tracing::debug!(target: TARGET, channels = conn.channels.len(), "event stream opened");
     Ok(SseBody {
         state: State::Idle(conn),
     })
+}
+
+/// Subscribes to every channel: the live events, and the guards that keep the subscriptions.
+async fn subscribe(
+    pubsub: &crate::PubSub,
+    channels: &[Channel],
+) -> crate::Result<(Vec<BroadcastStream<Delivery>>, Vec<Box<dyn Send + Sync>>)> {
+    let mut subs = Vec::with_capacity(channels.len());
+    let mut guards = Vec::with_capacity(channels.len());
+    for channel in channels {
+        let (rx, guard) = pubsub.store().subscribe(channel).await?.into_parts();
+        subs.push(BroadcastStream::new(rx));
+        guards.extend(guard);
+    }
+    Ok((subs, guards))
 }
 
 /// The response body of one event stream.
@@ -285,7 +274,7 @@ struct Conn {
     /// The channel polled first next time (round robin, so that a busy channel cannot starve
     /// the others).
     next_sub: usize,
-    _guards: Vec<Box<dyn Any + Send + Sync>>,
+    _guards: Vec<Box<dyn Send + Sync>>,
     first: Option<Bytes>,
     /// Send what is buffered, then end.
     closing: bool,
@@ -369,7 +358,12 @@ impl Conn {
                 Poll::Pending => k += 1,
             }
         }
-        // Nothing to send: make sure the timer and the shutdown notification will wake us.
+        self.poll_idle(cx)
+    }
+
+    /// Nothing to send: makes sure the timer and the shutdown notification will wake the
+    /// body, and sends a keep-alive or ends the stream when the timer is due.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Live {
         let same_waker = self
             .registered
             .as_ref()
@@ -561,6 +555,30 @@ impl Conn {
                 Ok((0, 0))
             }
         }
+    }
+
+    /// The stream's first chunk: `: ok`, the `retry:` hint, what each cursor missed (within
+    /// one byte budget for the whole open) or a resync, then the id the stream stands at, so
+    /// even a stream that ends before its first event resumes from here (an id-only frame
+    /// sets `lastEventId` without firing an event).
+    async fn first_chunk(&mut self, cursors: &[Cursor], retry: Duration) -> crate::Result<Bytes> {
+        let mut buf = BytesMut::new();
+        frame::comment(&mut buf, "ok");
+        frame::retry(&mut buf, u64::try_from(retry.as_millis()).unwrap_or(5000));
+        let mut budget = self.inner.max_replay_bytes;
+        for (i, cursor) in cursors.iter().enumerate() {
+            match cursor {
+                Cursor::None => {}
+                Cursor::Invalid => self.resync(&mut buf, i, "invalid_id"),
+                Cursor::After(_) | Cursor::Start => {
+                    let (replayed, bytes) = self.catch_up(&mut buf, i, budget).await?;
+                    budget = budget.saturating_sub(bytes);
+                    metrics::counter!("redtower_pubsub_sse_replayed_total").increment(replayed);
+                }
+            }
+        }
+        frame::event_id_only(&mut buf, &self.cursor());
+        Ok(buf.freeze())
     }
 
     fn cursor(&self) -> String {

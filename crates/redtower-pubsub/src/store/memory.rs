@@ -41,12 +41,12 @@ pub struct MemoryStore {
 }
 
 struct Inner {
-    config: Config,
+    settings: Settings,
     channels: Mutex<State>,
 }
 
 #[derive(Debug, Clone)]
-struct Config {
+struct Settings {
     history_len: usize,
     history_bytes: usize,
     history_ttl: Duration,
@@ -78,7 +78,7 @@ struct Slot {
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("config", &self.inner.config)
+            .field("settings", &self.inner.settings)
             .finish_non_exhaustive()
     }
 }
@@ -92,7 +92,7 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// A store with the default settings.
     pub fn new() -> Self {
-        Self::build(Config {
+        Self::build(Settings {
             history_len: 1000,
             history_bytes: 1024 * 1024,
             history_ttl: Duration::from_secs(3600),
@@ -103,19 +103,19 @@ impl MemoryStore {
         })
     }
 
-    fn build(config: Config) -> Self {
+    fn build(settings: Settings) -> Self {
         Self {
             inner: Arc::new(Inner {
-                config,
+                settings,
                 channels: Mutex::new(State::default()),
             }),
         }
     }
 
-    fn rebuild(self, f: impl FnOnce(&mut Config)) -> Self {
-        let mut config = self.inner.config.clone();
-        f(&mut config);
-        Self::build(config)
+    fn rebuild(self, f: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = self.inner.settings.clone();
+        f(&mut settings);
+        Self::build(settings)
     }
 
     /// How many events of each channel the history keeps. Defaults to 1000.
@@ -180,20 +180,20 @@ impl MemoryStore {
         channel: &Channel,
         now: Instant,
     ) -> Result<&'a mut Slot> {
-        let config = &self.inner.config;
+        let settings = &self.inner.settings;
         state.ops += 1;
         let full =
-            !state.channels.contains_key(channel) && state.channels.len() >= config.max_channels;
+            !state.channels.contains_key(channel) && state.channels.len() >= settings.max_channels;
         if state.ops % 1024 == 0 || full {
-            let ttl = config.history_ttl;
+            let ttl = settings.history_ttl;
             // Kept: channels with a subscriber, and histories that have not expired.
             state.channels.retain(|_, slot| {
                 slot.tx.receiver_count() > 0
                     || (!slot.history.is_empty() && now.duration_since(slot.touched) < ttl)
             });
-            if full && state.channels.len() >= config.max_channels {
+            if full && state.channels.len() >= settings.max_channels {
                 return Err(crate::Error::TooManyChannels {
-                    max: config.max_channels,
+                    max: settings.max_channels,
                 });
             }
         }
@@ -201,7 +201,7 @@ impl MemoryStore {
             .channels
             .entry(channel.clone())
             .or_insert_with(|| Slot {
-                tx: broadcast::channel(config.capacity).0,
+                tx: broadcast::channel(settings.capacity).0,
                 epoch: Arc::from(EventId::random_epoch()),
                 offset: 0,
                 history: VecDeque::new(),
@@ -210,7 +210,7 @@ impl MemoryStore {
                 tokens: VecDeque::new(),
                 token_ids: HashMap::new(),
             });
-        if now.duration_since(slot.touched) >= config.history_ttl {
+        if now.duration_since(slot.touched) >= settings.history_ttl {
             // The history expired, as a Redis key would: a new epoch starts.
             slot.epoch = Arc::from(EventId::random_epoch());
             slot.offset = 0;
@@ -219,7 +219,7 @@ impl MemoryStore {
             slot.touched = now;
         }
         while let Some((at, _)) = slot.tokens.front() {
-            if now.duration_since(*at) < config.dedup_window {
+            if now.duration_since(*at) < settings.dedup_window {
                 break;
             }
             if let Some((_, token)) = slot.tokens.pop_front() {
@@ -238,11 +238,11 @@ impl PubSubStore for MemoryStore {
         data: Arc<str>,
         token: &PublishToken,
     ) -> Result<EventId> {
-        let config = &self.inner.config;
-        if data.len() > config.max_payload {
+        let settings = &self.inner.settings;
+        if data.len() > settings.max_payload {
             return Err(crate::Error::PayloadTooLarge {
                 len: data.len(),
-                max: config.max_payload,
+                max: settings.max_payload,
             });
         }
         let now = Instant::now();
@@ -260,7 +260,7 @@ impl PubSubStore for MemoryStore {
         slot.bytes += event.data().len();
         slot.history.push_back(event.clone());
         while slot.history.len() > 1
-            && (slot.history.len() > config.history_len || slot.bytes > config.history_bytes)
+            && (slot.history.len() > settings.history_len || slot.bytes > settings.history_bytes)
         {
             if let Some(old) = slot.history.pop_front() {
                 slot.bytes -= old.data().len();

@@ -1,6 +1,6 @@
-//! The [`PubSubStore`] trait, its two backends and the [`PubSub`] handle.
+//! The [`PubSubStore`] trait, what its two backends share, and the backends.
 
-use std::{any::Any, fmt, sync::Arc};
+use std::{fmt, sync::Arc};
 
 use tokio::sync::broadcast;
 
@@ -79,7 +79,7 @@ impl From<usize> for ReplayLimit {
 /// instances over Redis or a Redis Cluster) and [`MemoryStore`](crate::MemoryStore) (one
 /// process). Both give every event an [`EventId`] whose offset grows by one per publish, keep
 /// a bounded history per channel, and deliver live events to every subscriber of the process
-/// through one shared broadcast per channel. Use them through [`PubSub`].
+/// through one shared broadcast per channel. Use them through [`PubSub`](crate::PubSub).
 #[async_trait::async_trait]
 pub trait PubSubStore: fmt::Debug + Send + Sync + 'static {
     /// Appends `data` to the channel's history and delivers it to every subscriber, returning
@@ -118,11 +118,44 @@ pub trait PubSubStore: fmt::Debug + Send + Sync + 'static {
     fn active_channels(&self) -> usize;
 }
 
+#[async_trait::async_trait]
+impl<T: PubSubStore + ?Sized> PubSubStore for Arc<T> {
+    async fn publish(
+        &self,
+        channel: &Channel,
+        data: Arc<str>,
+        token: &PublishToken,
+    ) -> Result<EventId> {
+        (**self).publish(channel, data, token).await
+    }
+
+    async fn subscribe(&self, channel: &Channel) -> Result<Subscription> {
+        (**self).subscribe(channel).await
+    }
+
+    async fn replay(
+        &self,
+        channel: &Channel,
+        after: &EventId,
+        limit: ReplayLimit,
+    ) -> Result<Replay> {
+        (**self).replay(channel, after, limit).await
+    }
+
+    async fn latest(&self, channel: &Channel) -> Result<Option<EventId>> {
+        (**self).latest(channel).await
+    }
+
+    fn active_channels(&self) -> usize {
+        (**self).active_channels()
+    }
+}
+
 /// One subscriber's view of a channel's live events. Dropping it unsubscribes.
 pub struct Subscription {
     channel: Channel,
     rx: broadcast::Receiver<Delivery>,
-    _guard: Option<Box<dyn Any + Send + Sync>>,
+    _guard: Option<Box<dyn Send + Sync>>,
 }
 
 impl fmt::Debug for Subscription {
@@ -157,7 +190,7 @@ impl Subscription {
     pub(crate) fn new(
         channel: Channel,
         rx: broadcast::Receiver<Delivery>,
-        guard: Option<Box<dyn Any + Send + Sync>>,
+        guard: Option<Box<dyn Send + Sync>>,
     ) -> Self {
         Self {
             channel,
@@ -183,170 +216,7 @@ impl Subscription {
 
     pub(crate) fn into_parts(
         self,
-    ) -> (
-        broadcast::Receiver<Delivery>,
-        Option<Box<dyn Any + Send + Sync>>,
-    ) {
+    ) -> (broadcast::Receiver<Delivery>, Option<Box<dyn Send + Sync>>) {
         (self.rx, self._guard)
-    }
-}
-
-/// The handle an app publishes and subscribes through: a cheap-`Clone` wrapper over a
-/// [`PubSubStore`].
-///
-/// ```
-/// use redtower_pubsub::{PubSub, Received};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), redtower_pubsub::Error> {
-/// let pubsub = PubSub::memory();
-/// let mut sub = pubsub.subscribe("news").await?;
-/// let id = pubsub.publish("news", &serde_json::json!({"title": "hello"})).await?;
-/// match sub.recv().await {
-///     Received::Event(event) => {
-///         assert_eq!(event.id(), &id);
-///         assert_eq!(event.data(), r#"{"title":"hello"}"#);
-///     }
-///     other => panic!("{other:?}"),
-/// }
-/// # Ok(()) }
-/// ```
-#[derive(Clone, Debug)]
-pub struct PubSub {
-    store: Arc<dyn PubSubStore>,
-}
-
-impl PubSub {
-    /// A handle over `store`.
-    pub fn new(store: impl PubSubStore) -> Self {
-        Self {
-            store: Arc::new(store),
-        }
-    }
-
-    /// A handle over a [`MemoryStore`](crate::MemoryStore) with default settings.
-    #[cfg(feature = "memory")]
-    pub fn memory() -> Self {
-        Self::new(crate::MemoryStore::new())
-    }
-
-    /// The store.
-    pub fn store(&self) -> &dyn PubSubStore {
-        &*self.store
-    }
-
-    /// Serializes `value` to JSON and publishes it on `channel`, returning the event id.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidChannel`](crate::Error::InvalidChannel),
-    /// [`Error::Serialize`](crate::Error::Serialize), or the store's error (on Redis, an
-    /// outage: nothing was published, or a timeout: it may have been; to retry without risking
-    /// a second event, publish with a token of your own through
-    /// [`publish_json_with`](Self::publish_json_with)).
-    pub async fn publish<T>(&self, channel: impl AsRef<str>, value: &T) -> Result<EventId>
-    where
-        T: serde::Serialize + ?Sized,
-    {
-        let channel = Channel::new(channel)?;
-        let data = serde_json::to_string(value)?;
-        self.publish_json(&channel, data).await
-    }
-
-    /// Publishes text that already is JSON (it is not checked).
-    ///
-    /// # Errors
-    ///
-    /// The store's error.
-    pub async fn publish_json(
-        &self,
-        channel: &Channel,
-        json: impl Into<Arc<str>>,
-    ) -> Result<EventId> {
-        self.publish_json_with(channel, json, &PublishToken::random())
-            .await
-    }
-
-    /// Publishes text that already is JSON with the idempotency `token`: calling it again with
-    /// the same token (a retry after a timeout or an outage error) publishes nothing more and
-    /// returns the first event's id, within the store's dedup window.
-    ///
-    /// ```
-    /// use redtower_pubsub::{Channel, PubSub, PublishToken};
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let pubsub = PubSub::memory();
-    /// let channel = Channel::new("orders")?;
-    /// let token = PublishToken::random();
-    /// let first = pubsub.publish_json_with(&channel, r#"{"n":1}"#, &token).await?;
-    /// let again = pubsub.publish_json_with(&channel, r#"{"n":1}"#, &token).await?;
-    /// assert_eq!(first, again);
-    /// assert_eq!(pubsub.latest("orders").await?, Some(first));
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// The store's error.
-    pub async fn publish_json_with(
-        &self,
-        channel: &Channel,
-        json: impl Into<Arc<str>>,
-        token: &PublishToken,
-    ) -> Result<EventId> {
-        let started = std::time::Instant::now();
-        let result = self.store.publish(channel, json.into(), token).await;
-        metrics::histogram!("redtower_pubsub_publish_seconds").record(started.elapsed());
-        match &result {
-            Ok(id) => {
-                metrics::counter!("redtower_pubsub_published_total").increment(1);
-                tracing::trace!(target: "redtower::pubsub", channel = %channel, id = %id, "published");
-            }
-            Err(error) if error.is_limit() => {
-                tracing::debug!(target: "redtower::pubsub", channel = %channel, error = %error, "publish refused");
-            }
-            Err(error) => {
-                tracing::warn!(target: "redtower::pubsub", channel = %channel, error = %error, "publish failed");
-            }
-        }
-        result
-    }
-
-    /// Subscribes to `channel` (see [`PubSubStore::subscribe`]).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidChannel`](crate::Error::InvalidChannel) or the store's error.
-    pub async fn subscribe(&self, channel: impl AsRef<str>) -> Result<Subscription> {
-        let channel = Channel::new(channel)?;
-        self.store.subscribe(&channel).await
-    }
-
-    /// The events after `after`, within `limit` (a number of events or a [`ReplayLimit`];
-    /// see [`PubSubStore::replay`]).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidChannel`](crate::Error::InvalidChannel) or the store's error.
-    pub async fn replay(
-        &self,
-        channel: impl AsRef<str>,
-        after: &EventId,
-        limit: impl Into<ReplayLimit>,
-    ) -> Result<Replay> {
-        let channel = Channel::new(channel)?;
-        self.store.replay(&channel, after, limit.into()).await
-    }
-
-    /// The newest event id of `channel`: hand it to a page you render, so its `EventSource`
-    /// resumes right after the state the page shows (`?last_event_id=`).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidChannel`](crate::Error::InvalidChannel) or the store's error.
-    pub async fn latest(&self, channel: impl AsRef<str>) -> Result<Option<EventId>> {
-        let channel = Channel::new(channel)?;
-        self.store.latest(&channel).await
     }
 }

@@ -11,9 +11,9 @@ use std::{
 };
 
 use crate::{
-    Decision, ManualClock, Policy, Result, Subject,
+    Decision, Policy, Result, Subject,
     model::{self, State},
-    store::wall_clock_micros,
+    store::{ManualClock, wall_clock_micros},
 };
 
 const SHARDS: usize = 32;
@@ -33,9 +33,11 @@ struct Shard {
 
 /// Counters in this process: for one instance, tests, or as the fallback when Redis is down.
 ///
-/// Same semantics as [`RedisStore`](crate::RedisStore) (both run the [`model`]), with time
-/// from the Tokio clock, so tests can `tokio::time::pause()` and `advance()`, or from a
-/// [`ManualClock`]. Expired counters are swept as the store is used. Cloning shares the counters.
+/// Same semantics as [`RedisStore`](crate::RedisStore) (the Lua script is checked against this
+/// store's arithmetic by a differential test), with time from the Tokio clock, so tests can
+/// `tokio::time::pause()` and `advance()` (or, with the `testing` feature, from a
+/// `ManualClock`). Expired counters are swept as the store is used. Cloning shares the
+/// counters.
 ///
 /// The store holds at most [`max_subjects`](Self::max_subjects) subjects (100,000 by
 /// default): clients choose their subjects (a routed IPv6 /48 alone is 65,536 /64 buckets), so
@@ -93,6 +95,8 @@ impl MemoryStore {
 
     /// Reads time from `clock` instead of the Tokio clock (tests). Returns an empty store:
     /// call it before using the store.
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     #[must_use]
     pub fn clock(self, clock: ManualClock) -> Self {
         Self::build(Some(clock), self.max())
@@ -127,6 +131,7 @@ impl MemoryStore {
         Self::build(self.inner.clock.clone(), max)
     }
 
+    #[cfg(feature = "testing")]
     fn max(&self) -> usize {
         self.inner.shard_cap * SHARDS
     }

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use crate::{Policy, Result, Subject, model::Outcome};
+use crate::{Outcome, Policy, Result, Subject};
 
 mod memory;
 mod redis;
@@ -25,7 +25,7 @@ pub use redis::RedisStore;
 /// (all-or-nothing). Callers guarantee `1 <= cost <= capacity` of every policy and unique policy
 /// names (the layer checks both when it is built).
 ///
-/// The arithmetic is the one of [`model`](crate::model).
+/// The arithmetic is the one of [`MemoryStore`] (and of the Redis script, checked against it).
 #[async_trait::async_trait]
 pub trait RateLimitStore: fmt::Debug + Send + Sync + 'static {
     /// Checks and, if admitted, consumes.
@@ -54,7 +54,7 @@ pub trait RateLimitStore: fmt::Debug + Send + Sync + 'static {
     /// for stores with nothing to connect to, is `true`.
     ///
     /// The layer counts a store failure toward its [circuit breaker](crate::CircuitBreaker)
-    /// only when this is `true`.
+    /// only when this is `true` and the failure is an outage ([`Error::is_outage`](crate::Error::is_outage)).
     fn has_connected(&self) -> bool {
         true
     }
@@ -256,7 +256,8 @@ impl Decision {
 
 /// A clock set by hand, for tests: a store built with one (`RedisStore::clock`,
 /// `MemoryStore::clock`) reads time from it instead of Redis `TIME` or the Tokio clock.
-/// Production code never needs it. Cloning shares the clock.
+/// Production code never needs it: public only with the `testing` feature. Cloning shares the
+/// clock.
 ///
 /// ```
 /// use std::time::Duration;
@@ -267,6 +268,8 @@ impl Decision {
 /// assert_eq!(clock.now_micros(), 2_500_000);
 /// ```
 #[derive(Clone, Default)]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub struct ManualClock(Arc<AtomicU64>);
 
 impl fmt::Debug for ManualClock {
@@ -277,6 +280,7 @@ impl fmt::Debug for ManualClock {
     }
 }
 
+#[cfg_attr(not(feature = "testing"), allow(dead_code, unreachable_pub))]
 impl ManualClock {
     /// A clock at the current wall-clock time.
     pub fn new() -> Self {

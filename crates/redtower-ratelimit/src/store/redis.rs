@@ -1,7 +1,6 @@
 //! [`RedisStore`]: counters in Redis, one Lua script call per request.
 
 use std::{
-    future::Future,
     sync::{
         Arc, LazyLock,
         atomic::{AtomicBool, Ordering},
@@ -12,8 +11,7 @@ use std::{
 use fred::{
     bytes_utils::Str,
     error::{Error as FredError, ErrorKind as FredErrorKind},
-    interfaces::ClientLike,
-    types::{ClusterHash, CustomCommand, Value, config::Options},
+    types::{Value, config::Options},
 };
 use redtower_client::{
     Key, Namespace, Redis, Script,
@@ -21,16 +19,15 @@ use redtower_client::{
 };
 use smallvec::SmallVec;
 
-use crate::{Algorithm, Decision, Error, ManualClock, Policy, Result, Subject, model::Outcome};
+use crate::{Algorithm, Decision, Error, Outcome, Policy, Result, Subject, store::ManualClock};
 
+/// The check script; its arguments and reply are specified on [`Sender`].
 static CHECK: LazyLock<Script> =
-    LazyLock::new(|| Script::new("ratelimit_check", include_str!("check.lua")));
-/// The script's SHA-1 as a reusable argument (cloning shares the bytes).
-static CHECK_SHA: LazyLock<Str> = LazyLock::new(|| Str::from(CHECK.sha1()));
+    LazyLock::new(|| Script::new("ratelimit_check", include_str!("../lua/check.lua")));
 
 /// Counters in Redis, shared by every instance of the application.
 ///
-/// Each request is checked by one `EVALSHA` of one script that evaluates every policy of the
+/// Each request is checked by one call of one script that evaluates every policy of the
 /// subject with Redis `TIME`, all-or-nothing, and sets a TTL on every key it writes. Keys are
 /// `<prefix>:rl:{<subject>}:<policy>`, so all of a subject's counters share one Cluster slot.
 /// Works on standalone Redis, Sentinel and Cluster (Redis 6.2+ or Valkey, with the `struct`
@@ -72,24 +69,41 @@ pub struct RedisStore {
     loaded: Arc<tokio::sync::OnceCell<()>>,
 }
 
-/// One request's share of a script call: its keys' slot, and its keys and policy specs (kept
-/// inline for up to two policies: no allocation per request for them).
+/// One request's share of a script call: its keys' slot, and per policy its key and its
+/// arguments (kept inline for up to two policies: no allocation per request for them).
 #[derive(Debug)]
 struct Call {
     slot: u16,
     keys: SmallVec<[Str; 2]>,
-    specs: SmallVec<[Spec; 2]>,
+    policies: SmallVec<[PolicyArgs; 2]>,
 }
 
-/// A policy as the script takes it: the algorithm (upper case in shadow mode) and three
-/// integers precomputed here (cost included), so the script does no more arithmetic than it
-/// must.
+/// One policy of one request as the script takes it (see the protocol on [`Sender`]): its
+/// algorithm, whether it is in shadow mode, and its numbers precomputed here (the request's
+/// cost included), so the script does no more arithmetic than it must.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Spec {
-    algo: &'static str,
-    x: i64,
-    y: i64,
-    z: i64,
+enum PolicyArgs {
+    /// GCRA, all in µs.
+    Gcra {
+        shadow: bool,
+        /// `t`: the time one unit takes to come back.
+        emission_interval: i64,
+        /// `τ = capacity × t`: how far ahead of now the bucket's theoretical arrival time may be.
+        tolerance: i64,
+        /// `cost × t`: how far this request moves it.
+        increment: i64,
+    },
+    /// A fixed or sliding window.
+    Window {
+        shadow: bool,
+        sliding: bool,
+        /// Requests (units) per window.
+        limit: i64,
+        /// The window's length in µs.
+        period: i64,
+        /// The units this request takes.
+        cost: i64,
+    },
 }
 
 /// One request's part of the reply: admitted, then 4 values per policy.
@@ -183,6 +197,8 @@ impl RedisStore {
     /// Passes the time of `clock` to the script instead of letting it read Redis `TIME`. For
     /// tests only (differential tests, window boundaries); never in production, where instances'
     /// clocks disagree.
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     #[must_use]
     pub fn clock(mut self, clock: ManualClock) -> Self {
         self.clock = Some(clock);
@@ -197,7 +213,7 @@ impl RedisStore {
 
     /// Whether the first connection has been made and the script loaded: checks go out at
     /// once.
-    pub(crate) fn ready(&self) -> bool {
+    fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 
@@ -205,7 +221,7 @@ impl RedisStore {
     /// options, which fred applies to a client that has not connected yet as well. Then loads
     /// the script once (within the store's command timeout), so that the first checks are one
     /// round trip each, not three (`NOSCRIPT`, `SCRIPT LOAD`, again).
-    pub(crate) async fn wait_ready(&self) -> Result<()> {
+    async fn wait_ready(&self) -> Result<()> {
         if self.ready() {
             return Ok(());
         }
@@ -240,39 +256,80 @@ impl RedisStore {
     }
 }
 
-impl Spec {
+impl PolicyArgs {
     fn new(p: &Policy, cost: u32) -> Self {
         let q = p.quota();
         let cost = u64::from(cost);
-        let (algo, x, y, z) = match q.get_algorithm() {
-            Algorithm::Gcra => {
-                let t = q.emission_interval_us();
-                let t = t.max(1);
-                (
-                    "g",
-                    t,
-                    u64::from(q.capacity()).saturating_mul(t),
-                    cost.saturating_mul(t),
-                )
-            }
-            Algorithm::FixedWindow => ("f", u64::from(q.limit().get()), q.period_us(), cost),
-            Algorithm::SlidingWindow => ("s", u64::from(q.limit().get()), q.period_us(), cost),
-        };
-        let algo = match (algo, p.is_shadow()) {
-            (a, false) => a,
-            ("g", true) => "G",
-            ("f", true) => "F",
-            (_, true) => "S",
-        };
         // Bounded by `Policy::validate` (below 2^53), so the casts are exact; an unvalidated
         // policy passed to the store directly is clamped (its answers are unspecified, but
         // nothing panics or wraps negative).
         let clamp = |v: u64| i64::try_from(v.min(1 << 53)).unwrap_or(i64::MAX);
-        Self {
-            algo,
-            x: clamp(x),
-            y: clamp(y),
-            z: clamp(z),
+        let shadow = p.is_shadow();
+        let window = |sliding| Self::Window {
+            shadow,
+            sliding,
+            limit: clamp(u64::from(q.limit().get())),
+            period: clamp(q.period_us()),
+            cost: clamp(cost),
+        };
+        match q.algorithm() {
+            Algorithm::Gcra => {
+                let t = q.emission_interval_us().max(1);
+                Self::Gcra {
+                    shadow,
+                    emission_interval: clamp(t),
+                    tolerance: clamp(u64::from(q.capacity()).saturating_mul(t)),
+                    increment: clamp(cost.saturating_mul(t)),
+                }
+            }
+            Algorithm::FixedWindow => window(false),
+            Algorithm::SlidingWindow => window(true),
+        }
+    }
+
+    /// The algorithm's code in the protocol: `g`, `f` or `s`, upper case in shadow mode.
+    fn code(&self) -> &'static str {
+        match *self {
+            Self::Gcra { shadow: false, .. } => "g",
+            Self::Gcra { shadow: true, .. } => "G",
+            Self::Window {
+                sliding: false,
+                shadow: false,
+                ..
+            } => "f",
+            Self::Window {
+                sliding: false,
+                shadow: true,
+                ..
+            } => "F",
+            Self::Window {
+                sliding: true,
+                shadow: false,
+                ..
+            } => "s",
+            Self::Window {
+                sliding: true,
+                shadow: true,
+                ..
+            } => "S",
+        }
+    }
+
+    /// The three numbers, in the protocol's order.
+    fn numbers(&self) -> [i64; 3] {
+        match *self {
+            Self::Gcra {
+                emission_interval,
+                tolerance,
+                increment,
+                ..
+            } => [emission_interval, tolerance, increment],
+            Self::Window {
+                limit,
+                period,
+                cost,
+                ..
+            } => [limit, period, cost],
         }
     }
 }
@@ -303,8 +360,12 @@ impl RedisStore {
             // The last key reuses the prefix's buffer.
             keys.push(key(base, last));
         }
-        let specs = policies.iter().map(|p| Spec::new(p, cost)).collect();
-        Call { slot, keys, specs }
+        let policies = policies.iter().map(|p| PolicyArgs::new(p, cost)).collect();
+        Call {
+            slot,
+            keys,
+            policies,
+        }
     }
 
     /// Checks several requests in one round trip (one script call per slot), in order, as if
@@ -360,7 +421,35 @@ impl RedisStore {
     }
 }
 
-/// Sends batches of calls: one `EVALSHA` per slot.
+/// Sends batches of calls: one call of the check script per slot, with
+/// [`Script::run_with`] (pipelined with the connection's other commands, routed by the first
+/// key's slot, `NOSCRIPT` answered by loading the script and sending the call again).
+///
+/// # The protocol between `Sender` and `src/lua/check.lua`
+///
+/// This is the one specification of the script's arguments and reply; the script's header
+/// points here. A call checks a batch of requests, in order.
+///
+/// * `KEYS`: the batch's distinct counter keys, in order of first use (on a Cluster, all in
+///   one slot).
+/// * `ARGV[1]`: now, in µs since the Unix epoch, or `''` for the script to read Redis `TIME`
+///   (only a test clock passes a value).
+/// * `ARGV[2]`: `P`, the number of distinct [`PolicyArgs`] of the batch, then 4 values per
+///   one, in `ARGV[3 .. 2 + 4P]`: its code and three integers,
+///   * `g` (GCRA): emission interval `t` (µs), tolerance `τ = capacity × t` (µs), increment
+///     `cost × t` (µs);
+///   * `f` (fixed window) or `s` (sliding window): limit, period (µs), cost;
+///   * upper case (`G`, `F`, `S`): the same policy in shadow mode (evaluated, never denies).
+/// * `ARGV[3 + 4P]`: the requests, packed as bytes: per request its number of policies `n`,
+///   then per policy the index (from 0) of its key in `KEYS` and of its policy in the list
+///   above, each a 16-bit unsigned big-endian integer. A batch whose numbers do not fit in 16
+///   bits is sent one request at a time.
+///
+/// The reply is one bulk string: per request, in order, admitted (one byte, 0 or 1), then per
+/// policy allowed (one byte, 0 or 1), remaining, reset µs and retry µs, each an IEEE 754
+/// double, big-endian (`struct.pack('>Bddd', ...)`; exact, as every value is an integer below
+/// 2^53). It does not repeat each request's number of policies: the sender knows it, and
+/// [`unpack`] checks the lengths.
 #[derive(Debug, Clone)]
 struct Sender {
     redis: Redis,
@@ -381,62 +470,37 @@ impl Sender {
         .await
     }
 
-    /// `EVALSHA <sha> <nkeys> <distinct keys...> <now> <nspecs> <distinct specs: a x y z...>
-    /// <requests>`, where `<requests>` packs, per call, its number of policies and then per
-    /// policy the index of its key and of its spec, as 16-bit big-endian integers. `None` when
-    /// the indexes do not fit in 16 bits (more than 65,535 distinct keys or policies in one
-    /// call); see [`Sender::one_slot`].
-    fn args(&self, calls: &[Call]) -> Option<Vec<Value>> {
+    /// The keys and arguments of one script call for `calls` (see the protocol above). `None`
+    /// when the indexes do not fit in 16 bits (more than 65,535 distinct keys or policies).
+    fn arguments(&self, calls: &[Call]) -> Option<(Vec<Str>, Vec<Value>)> {
         let Packed {
             keys,
-            specs,
+            policies,
             requests,
         } = Packed::new(calls)?;
-        let mut args = Vec::with_capacity(5 + keys.len() + 4 * specs.len());
-        args.push(Value::String(CHECK_SHA.clone()));
-        args.push(Value::Integer(keys.len() as i64));
-        args.extend(keys.into_iter().map(Value::String));
+        let mut args = Vec::with_capacity(3 + 4 * policies.len());
         args.push(match &self.clock {
             Some(c) => Value::Integer(c.now_micros() as i64),
             None => Value::from_static_str(""),
         });
-        args.push(Value::Integer(specs.len() as i64));
-        for s in &specs {
-            args.push(Value::from_static_str(s.algo));
-            args.extend([s.x, s.y, s.z].map(Value::Integer));
+        args.push(Value::Integer(policies.len() as i64));
+        for p in &policies {
+            args.push(Value::from_static_str(p.code()));
+            args.extend(p.numbers().map(Value::Integer));
         }
         args.push(Value::Bytes(requests.into()));
-        Some(args)
+        Some((keys, args))
     }
 
-    /// `EVALSHA` sent as a custom command, routed by the keys' slot: fred never auto-pipelines
-    /// its own `EVALSHA` (it waits for each reply before sending the next command on the
-    /// connection). Pipelining is safe here: each script is atomic on the server, and a
-    /// `NOSCRIPT` reply is handled per call by loading and running again.
+    /// One script call for calls of one slot, split into each call's reply.
     async fn one_slot(&self, calls: Vec<Call>) -> Vec<Reply> {
-        let slot = calls.first().map_or(0, |c| c.slot);
-        let client = self.redis.client().with_options(&self.options);
-        let cmd = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
-        let Some(args) = self.args(&calls) else {
+        let Some((keys, args)) = self.arguments(&calls) else {
             return self.one_by_one(calls).await;
         };
-        let reply = match client.custom::<Value, _>(cmd.clone(), args).await {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                tracing::debug!(target: "redtower::ratelimit", "NOSCRIPT: loading the script");
-                match CHECK.load(&self.redis).await {
-                    // Same calls (a test clock is read again; the script was not run).
-                    Ok(()) => {
-                        let args = self.args(&calls).unwrap_or_default();
-                        client.custom::<Value, _>(cmd, args).await
-                    }
-                    Err(e) => Err(e
-                        .as_fred()
-                        .cloned()
-                        .unwrap_or_else(|| FredError::new(FredErrorKind::Unknown, e.to_string()))),
-                }
-            }
-            other => other,
-        };
+        let reply = CHECK
+            .run_with::<Value, _, _>(&self.redis, &self.options, keys, args)
+            .await
+            .map_err(|e| driver_error(&e));
         let flat = match reply.and_then(|packed| unpack(&packed, &calls)) {
             Ok(flat) => Arc::<[i64]>::from(flat),
             Err(e) => return calls.iter().map(|_| Err(e.clone())).collect(),
@@ -473,14 +537,14 @@ impl Sender {
     }
 }
 
-/// A batch as the script takes it: its distinct keys and specs, and the requests as indexes
-/// into them.
+/// A batch as the script takes it (see the protocol on [`Sender`]): its distinct keys and
+/// policies, and the requests as indexes into them.
 #[derive(Debug)]
 struct Packed {
     keys: Vec<Str>,
-    specs: Vec<Spec>,
-    /// Per call: its number of policies, then per policy the index of its key and of its spec,
-    /// each a 16-bit big-endian integer.
+    policies: Vec<PolicyArgs>,
+    /// Per call: its number of policies, then per policy the index of its key and of its
+    /// policy, each a 16-bit big-endian integer.
     requests: Vec<u8>,
 }
 
@@ -488,7 +552,7 @@ impl Packed {
     /// `None` when a number does not fit in 16 bits.
     fn new(calls: &[Call]) -> Option<Self> {
         let mut keys = Distinct::default();
-        let mut specs: Vec<Spec> = Vec::new();
+        let mut policies: Vec<PolicyArgs> = Vec::new();
         let mut requests =
             Vec::with_capacity(calls.iter().map(|c| 2 + 4 * c.keys.len()).sum::<usize>());
         let mut push = |n: usize| -> Option<()> {
@@ -497,20 +561,20 @@ impl Packed {
         };
         for c in calls {
             push(c.keys.len())?;
-            for (key, spec) in c.keys.iter().zip(&c.specs) {
+            for (key, policy) in c.keys.iter().zip(&c.policies) {
                 push(keys.index(key))?;
-                push(match specs.iter().position(|s| s == spec) {
-                    Some(s) => s,
+                push(match policies.iter().position(|p| p == policy) {
+                    Some(p) => p,
                     None => {
-                        specs.push(*spec);
-                        specs.len() - 1
+                        policies.push(*policy);
+                        policies.len() - 1
                     }
                 })?;
             }
         }
         Some(Self {
             keys: keys.list,
-            specs,
+            policies,
             requests,
         })
     }
@@ -562,7 +626,7 @@ fn short_reply() -> FredError {
     )
 }
 
-/// The script's packed reply (see `check.lua`) as flat values: per call, admitted, then per
+/// The script's packed reply (see the protocol on [`Sender`]) as flat values: per call, admitted, then per
 /// policy allowed, remaining, reset µs and retry µs. An error when it does not match the batch.
 ///
 /// The reply does not repeat each request's number of policies (the client sent it): a reply
@@ -639,45 +703,6 @@ fn decide(policies: &[Policy], reply: Reply) -> Result<Decision> {
 }
 
 impl RedisStore {
-    /// The check queued on the coalescer at once, and the wait for its decision: what
-    /// [`check`](crate::RateLimitStore::check) does, without a boxed future (the layer awaits
-    /// it in its own). `None` when checks are not coalesced.
-    pub(crate) fn queued<'a>(
-        &'a self,
-        subject: &Subject,
-        policies: &'a [Policy],
-        cost: u32,
-    ) -> Option<impl Future<Output = Result<Decision>> + Send + 'a> {
-        let batches = self.batches.as_ref()?;
-        let call = self.call(subject, policies, cost);
-        // Queued at once when connected; before the first connection, after waiting for it
-        // (a batch sent now would fail fast).
-        let now = if self.ready() {
-            Ok(batches.queue(call))
-        } else {
-            Err(call)
-        };
-        Some(async move {
-            let queued = match now {
-                Ok(queued) => queued,
-                Err(call) => {
-                    // Boxed: the rare path stays out of every check's future.
-                    Box::pin(self.wait_ready()).await?;
-                    batches.queue(call)
-                }
-            };
-            let reply = match queued {
-                Ok(queued) => queued.await.unwrap_or_else(|| Err(dropped())),
-                // Not queued (no runtime for the queue's task): sent on its own.
-                Err(Uncoalesced::NotSent(call)) => self.send_one(call).await,
-                Err(Uncoalesced::Dropped) => Err(dropped()),
-            };
-            decide(policies, reply)
-        })
-    }
-}
-
-impl RedisStore {
     /// One call as its own script call. Boxed, so that the (large) future of an uncoalesced
     /// call is not part of every check's future.
     async fn send_one(&self, call: Call) -> Reply {
@@ -689,10 +714,16 @@ impl RedisStore {
 /// The driver error behind `e` (to hand one error to several requests).
 fn fred_error(e: &Error) -> FredError {
     match e {
-        Error::Redis(e) => e.as_fred().cloned(),
-        _ => None,
+        Error::Redis(e) => driver_error(e),
+        _ => FredError::new(FredErrorKind::Unknown, e.to_string()),
     }
-    .unwrap_or_else(|| FredError::new(FredErrorKind::Unknown, e.to_string()))
+}
+
+/// The driver error behind a client error.
+fn driver_error(e: &redtower_client::Error) -> FredError {
+    e.as_fred()
+        .cloned()
+        .unwrap_or_else(|| FredError::new(FredErrorKind::Unknown, e.to_string()))
 }
 
 fn dropped() -> FredError {
@@ -702,19 +733,30 @@ fn dropped() -> FredError {
 #[async_trait::async_trait]
 impl crate::RateLimitStore for RedisStore {
     async fn check(&self, subject: &Subject, policies: &[Policy], cost: u32) -> Result<Decision> {
-        if let Some(queued) = self.queued(subject, policies, cost) {
-            return queued.await;
-        }
-        // Not coalesced: every check is its own script call.
+        // Before the first connection, wait for it: a call sent now would fail fast.
         if !self.ready() {
+            // Boxed: the rare path stays out of every check's future.
             Box::pin(self.wait_ready()).await?;
         }
-        let reply = self.send_one(self.call(subject, policies, cost)).await;
+        let call = self.call(subject, policies, cost);
+        let reply = match &self.batches {
+            Some(batches) => match batches.queue(call) {
+                Ok(queued) => queued.await.unwrap_or_else(|| Err(dropped())),
+                // Not queued (no runtime for the queue's task): sent on its own.
+                Err(Uncoalesced::NotSent(call)) => self.send_one(call).await,
+                Err(Uncoalesced::Dropped) => Err(dropped()),
+            },
+            // Not coalesced: every check is its own script call.
+            None => self.send_one(call).await,
+        };
         decide(policies, reply)
     }
 
+    /// Once the first connection has been made and the script load tried: until then the
+    /// layer waits for [`first_connection`](crate::RateLimitStore::first_connection) before
+    /// its own timeout starts.
     fn has_connected(&self) -> bool {
-        self.ready() || self.redis.has_connected()
+        self.ready()
     }
 
     async fn first_connection(&self) -> Result<()> {
@@ -730,19 +772,19 @@ impl crate::RateLimitStore for RedisStore {
 mod tests {
     use super::*;
 
-    fn call(keys: &[&str], spec: Spec) -> Call {
+    fn call(keys: &[&str], policy: PolicyArgs) -> Call {
         Call {
             slot: 0,
             keys: keys.iter().map(|k| Str::from(*k)).collect(),
-            specs: std::iter::repeat_n(spec, keys.len()).collect(),
+            policies: std::iter::repeat_n(policy, keys.len()).collect(),
         }
     }
 
-    const G: Spec = Spec {
-        algo: "g",
-        x: 1,
-        y: 2,
-        z: 3,
+    const G: PolicyArgs = PolicyArgs::Gcra {
+        shadow: false,
+        emission_interval: 1,
+        tolerance: 2,
+        increment: 3,
     };
 
     fn words(bytes: &[u8]) -> Vec<u16> {
@@ -753,8 +795,14 @@ mod tests {
     }
 
     #[test]
-    fn packs_distinct_keys_and_specs_with_indexes() {
-        let f = Spec { algo: "f", ..G };
+    fn packs_distinct_keys_and_policies_with_indexes() {
+        let f = PolicyArgs::Window {
+            shadow: false,
+            sliding: false,
+            limit: 1,
+            period: 2,
+            cost: 3,
+        };
         let calls = [
             call(&["a:x", "a:y"], G),
             call(&["b:x"], f),
@@ -762,7 +810,7 @@ mod tests {
         ];
         let p = Packed::new(&calls).unwrap();
         assert_eq!(p.keys, ["a:x", "a:y", "b:x"].map(Str::from));
-        assert_eq!(p.specs, [G, f]);
+        assert_eq!(p.policies, [G, f]);
         assert_eq!(words(&p.requests), [2, 0, 0, 1, 0, 1, 2, 1, 2, 0, 0, 1, 0]);
     }
 
@@ -861,7 +909,27 @@ mod tests {
     }
 
     #[test]
-    fn specs_of_unvalidated_quotas_saturate() {
+    fn arguments_name_the_algorithm_and_shadow_mode() {
+        use crate::{Quota, nonzero};
+        let q = Quota::per_second(nonzero!(2));
+        let args = |q: Quota, shadow| PolicyArgs::new(&Policy::new("p", q).shadow(shadow), 3);
+        let codes = [
+            (q, false),
+            (q, true),
+            (q.fixed_window(), false),
+            (q.fixed_window(), true),
+            (q.sliding_window(), false),
+            (q.sliding_window(), true),
+        ]
+        .map(|(q, shadow)| args(q, shadow).code());
+        assert_eq!(codes, ["g", "G", "f", "F", "s", "S"]);
+        // GCRA: t = 500 ms, τ = 2 t, increment = 3 t; windows: limit, period, cost.
+        assert_eq!(args(q, false).numbers(), [500_000, 1_000_000, 1_500_000]);
+        assert_eq!(args(q.fixed_window(), true).numbers(), [2, 1_000_000, 3]);
+    }
+
+    #[test]
+    fn arguments_of_unvalidated_quotas_saturate() {
         use crate::{Quota, nonzero};
         let century = Duration::from_secs(100 * 365 * 86_400);
         let huge = Quota::with_period(nonzero!(u32::MAX), century)
@@ -871,9 +939,9 @@ mod tests {
             .unwrap()
             .burst(nonzero!(u32::MAX));
         for q in [huge, slow, huge.fixed_window(), slow.sliding_window()] {
-            let spec = Spec::new(&Policy::new("p", q), u32::MAX);
-            for v in [spec.x, spec.y, spec.z] {
-                assert!((0..=1 << 53).contains(&v), "{spec:?}");
+            let args = PolicyArgs::new(&Policy::new("p", q), u32::MAX);
+            for v in args.numbers() {
+                assert!((0..=1 << 53).contains(&v), "{args:?}");
             }
         }
     }

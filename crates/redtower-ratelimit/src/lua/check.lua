@@ -14,21 +14,12 @@
 -- all-or-nothing per request, in one call. The requests are evaluated in order at one instant,
 -- exactly as if they had been sent one after another: a request sees what the ones before it
 -- consumed. A batch of one is the plain check.
--- KEYS: the batch's distinct counters (on a Cluster every key of one call shares one slot).
--- ARGV[1]: now in µs since the epoch, or '' to read Redis TIME (only tests pass a value).
--- ARGV[2]: the number of distinct policy specs S, then 4 values per spec, precomputed by the
--- caller (cost included):
---   'g' (GCRA): emission interval t (µs), tolerance tau = burst * t, increment cost * t;
---   'f' (fixed window) or 's' (sliding window): limit, period (µs), cost.
---   Upper case ('G', 'F', 'S'): the same policy in shadow mode.
--- ARGV[3 + 4S]: the requests, packed as bytes: per request its number of policies n, then per
--- policy the index of its key in KEYS and of its spec (from 0), each a 16-bit big-endian
--- integer (string.byte reads them without parsing a number per value).
+-- KEYS, ARGV and the packed reply are specified in one place: the doc comment of `Sender` in
+-- src/store/redis.rs ("The protocol between `Sender` and `src/lua/check.lua`"). Change the
+-- two together.
 -- State, one string per key: GCRA '<tat>'; windows '<window> <count> <previous count>'.
--- Reply: one string, per request in order: admitted (one byte, 0 or 1), then per policy:
--- allowed (one byte), remaining, reset µs and retry µs (each an IEEE 754 double, big-endian,
--- exact for these integers below 2^53), packed with struct.pack: one bulk string instead of
--- an integer per value, which the client reads without parsing a frame per value.
+-- The reply is one bulk string instead of an integer per value, which the client reads
+-- without parsing a frame per value.
 -- Integer math only (Lua numbers are exact below 2^53; the layer checks the bounds). Numbers
 -- passed to redis.call are sent exactly (%.17g); window states are written with %d.
 -- Redis commands: TIME, one MGET for every key, then one SET ... PX per key an admitted
@@ -59,7 +50,7 @@ local function drops_at(prev, p, k)
   return p - m
 end
 
--- Specs, parsed once: algo, x, y, z, enforcing.
+-- The batch's policies (see the protocol), parsed once: code, its three numbers, enforcing.
 local sa, sx, sy, sz, se = {}, {}, {}, {}, {}
 local a = 3
 for s = 1, tonumber(ARGV[2]) do

@@ -1,10 +1,5 @@
-//! Shared test helpers: an SSE client over an axum `Router` (parsed by `eventsource-stream`,
-//! an independent parser) and the conformance checks run on every backend.
-
-#![allow(dead_code, unreachable_pub)]
-
-pub mod checks;
-pub mod limits;
+//! An SSE client over an axum `Router`, parsed by `eventsource-stream` (an independent
+//! parser).
 
 use std::{pin::Pin, time::Duration};
 
@@ -113,44 +108,4 @@ impl SseClient {
 
 pub fn json_n(n: i64) -> serde_json::Value {
     serde_json::json!({ "n": n })
-}
-
-/// Runs every conformance check against the backend built by `$make` (an expression giving a
-/// `checks::Make`).
-#[macro_export]
-macro_rules! conformance {
-    ($make:expr) => {
-        $crate::conformance!($make;
-            resume_replays_exactly_the_missed_events,
-            live_without_cursor,
-            resume_from_an_empty_channel,
-            publishes_racing_the_replay,
-            new_epoch_resyncs,
-            too_far_behind_resyncs,
-            multi_channel,
-            auth_and_validation,
-            slow_consumer_is_caught_up,
-            slow_consumer_beyond_history_resyncs,
-            shutdown_ends_streams,
-            fan_out_shares_one_subscription,
-            publish_route,
-            publish_token_returns_the_first_event,
-            history_is_bounded_by_count_and_bytes,
-            payload_limit,
-            channel_limit_and_flood,
-            connection_limits,
-            access_ends_revokes_the_stream,
-            server_owned_channels_refuse_http_publish,
-            hostile_last_event_ids,
-            replay_byte_cap_per_open,
-        );
-    };
-    ($make:expr; $($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                $crate::common::checks::$name($make).await
-            }
-        )*
-    };
 }

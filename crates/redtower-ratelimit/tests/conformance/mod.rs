@@ -1,12 +1,18 @@
 //! The behaviour every [`RateLimitStore`] must have, written once and run per backend by
 //! `conformance!` (memory, Redis standalone, Redis Cluster). Time comes from a
 //! [`ManualClock`], so every number is exact.
+#![allow(dead_code, unreachable_pub)]
 
 use std::time::Duration;
 
 use redtower_ratelimit::{
-    Algorithm, Decision, ManualClock, Policy, Quota, RateLimitStore, Subject, ceil_secs, nonzero,
+    Algorithm, Decision, ManualClock, Policy, Quota, RateLimitStore, Subject, nonzero,
 };
+
+/// Whole seconds, rounded up (what `Retry-After` says).
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
 
 /// A day-aligned instant (so also hour, minute and second aligned), in µs.
 pub const T0: u64 = 19_676 * 86_400 * 1_000_000;
@@ -92,7 +98,7 @@ pub async fn check_fixed_window_boundaries(store: impl RateLimitStore, clock: Ma
 pub async fn check_sliding_window_weights_previous(store: impl RateLimitStore, clock: ManualClock) {
     let p = [Policy::new(
         "sliding",
-        Quota::per_second(nonzero!(4)).algorithm(Algorithm::SlidingWindow),
+        Quota::per_second(nonzero!(4)).with_algorithm(Algorithm::SlidingWindow),
     )];
     let s = subject("sliding");
     clock.set_micros(T0);
@@ -248,9 +254,9 @@ macro_rules! conformance {
     (@one $flavor:meta, $make:expr, $($check:ident),*) => {$(
         #[$flavor]
         async fn $check() {
-            let clock = redtower_ratelimit::ManualClock::at_micros($crate::common::conformance::T0);
+            let clock = redtower_ratelimit::ManualClock::at_micros($crate::conformance::T0);
             let store = ($make)(clock.clone()).await;
-            $crate::common::conformance::$check(store, clock).await;
+            $crate::conformance::$check(store, clock).await;
         }
     )*};
 }
