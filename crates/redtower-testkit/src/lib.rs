@@ -37,7 +37,7 @@ pub use cluster::RedisCluster;
 pub use logs::LogBuffer;
 pub use monitor::Monitor;
 pub use process::free_port;
-pub use proxy::{Fault, FaultProxy};
+pub use proxy::{Fault, FaultProxy, ResetLoop};
 pub use resp::Reply;
 pub use sentinel::{Promotion, RedisSentinel};
 pub use server::{RedisServer, ServerOptions};
