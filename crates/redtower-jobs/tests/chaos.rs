@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -77,16 +77,7 @@ async fn ten_thousand_jobs_through_lost_replies_and_resets() {
 
     // Chaos on: one reply in 50 lost, every connection reset every 300 ms.
     proxy.lose_replies(1, 50);
-    let stop = Arc::new(AtomicBool::new(false));
-    let resetter = {
-        let (proxy, stop) = (proxy.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(300));
-                proxy.reset_all();
-            }
-        })
-    };
+    let resets = proxy.reset_every(Duration::from_millis(300));
 
     let started = Instant::now();
     let caller_retries = Arc::new(AtomicU64::new(0));
@@ -124,8 +115,7 @@ async fn ten_thousand_jobs_through_lost_replies_and_resets() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let ran_in = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    resetter.join().unwrap();
+    resets.stop();
     proxy.lose_replies(0, 0);
     // Let late duplicates, if any, show up before counting.
     tokio::time::sleep(Duration::from_millis(300)).await;

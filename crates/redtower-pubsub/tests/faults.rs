@@ -9,7 +9,7 @@ use std::{
     collections::BTreeSet,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -127,16 +127,7 @@ async fn chaos_publishes_stay_unique_and_readers_resume_without_gaps() {
         (seen, opens, refused)
     });
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let resetter = {
-        let (proxy, stop) = (proxy.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                proxy.reset_all();
-            }
-        })
-    };
+    let resets = proxy.reset_every(Duration::from_millis(300));
     proxy.lose_replies(1, 50);
     let retries = Arc::new(AtomicU64::new(0));
     let mut publishers = Vec::new();
@@ -172,8 +163,7 @@ async fn chaos_publishes_stay_unique_and_readers_resume_without_gaps() {
         ids.extend(publisher.await.unwrap());
     }
     let published_in = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    resetter.await.unwrap();
+    resets.stop();
     proxy.lose_replies(0, 0);
     let (lost, resets) = (proxy.lost_replies(), proxy.resets());
 

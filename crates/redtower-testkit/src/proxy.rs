@@ -159,6 +159,46 @@ impl FaultProxy {
         }
     }
 
+    /// Resets every live connection (as [`reset_all`](Self::reset_all)) every `every`, on a
+    /// thread of its own, until the returned guard is dropped or stopped: the "connections keep
+    /// dropping" half of a chaos test.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use redtower_testkit::{FaultProxy, RedisServer};
+    ///
+    /// let server = RedisServer::start();
+    /// let proxy = FaultProxy::start(server.port()).unwrap();
+    /// let chaos = proxy.reset_every(Duration::from_millis(300));
+    /// // ... drive the client under test ...
+    /// chaos.stop(); // or drop it
+    /// assert!(proxy.resets() <= proxy.connections_accepted());
+    /// ```
+    pub fn reset_every(&self, every: Duration) -> ResetLoop {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (state, stop) = (self.state.clone(), stop.clone());
+            thread::Builder::new()
+                .name(format!("fault-proxy-{}-resets", self.port))
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        thread::park_timeout(every);
+                        if stop.load(Ordering::Acquire) {
+                            break;
+                        }
+                        if state.close_all() > 0 {
+                            state.resets.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+                .expect("spawn the proxy's reset thread")
+        };
+        ResetLoop {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
     /// How many replies were lost so far.
     pub fn lost_replies(&self) -> u64 {
         self.state.lost.load(Ordering::Relaxed)
@@ -177,6 +217,29 @@ impl FaultProxy {
     /// How many connections are open now.
     pub fn live_connections(&self) -> usize {
         lock(&self.state.live).len()
+    }
+}
+
+/// The periodic resets of [`FaultProxy::reset_every`]; they end when this is dropped.
+#[derive(Debug)]
+#[must_use = "the resets stop when the guard is dropped"]
+pub struct ResetLoop {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl ResetLoop {
+    /// Stops the resets now (waits for the reset thread to end).
+    pub fn stop(self) {}
+}
+
+impl Drop for ResetLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
     }
 }
 

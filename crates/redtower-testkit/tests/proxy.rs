@@ -145,3 +145,29 @@ fn lose_replies_loses_about_the_ratio_asked() {
     // 1 in 4 of 400: far from both 0 and 400.
     assert!((30..=200).contains(&lost), "lost {lost}");
 }
+
+#[test]
+fn reset_every_keeps_closing_live_connections_until_stopped() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).unwrap();
+    let resets = proxy.reset_every(Duration::from_millis(20));
+    // Every connection made while the loop runs is closed soon after it opens.
+    for _ in 0..3 {
+        let mut s = connect(proxy.port());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while call(&mut s, &["PING"]).is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "a live connection was never reset"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert!(proxy.resets() >= 3, "{} resets", proxy.resets());
+    resets.stop();
+    let after = proxy.resets();
+    let mut kept = connect(proxy.port());
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(call(&mut kept, &["PING"]).as_deref(), Some("+PONG\r\n"));
+    assert_eq!(proxy.resets(), after, "no reset after stop");
+}

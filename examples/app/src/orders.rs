@@ -1,11 +1,259 @@
-//! Orders: what `POST /orders` creates and the `ship-order` job updates. Kept in Redis (a hash
-//! per order, with a TTL) when the app runs over Redis, so every instance sees the same order.
+//! Orders, shipped by a background job: `POST /orders` records an order and enqueues a
+//! `ship-order` job (with delay, attempts and backoff), a worker runs it and publishes the
+//! outcome on `order:updates`, `GET /orders/{id}` shows where the order is.
+//!
+//! Orders are kept in Redis (a hash per order, with a TTL) when the app runs over Redis, so
+//! every instance sees the same order.
+//!
+//! Environment: `ORDER_RATE_LIMIT` (`POST /orders` per client IP), `ORDER_SHIP_DELAY_MS`,
+//! `WORKER` (run the worker in this process).
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::StatusCode,
+    routing::{get, post},
+};
 use fred::interfaces::{HashesInterface, KeysInterface, TransactionInterface};
 use redtower_client::{Namespace, Redis, fred};
+use redtower_jobs::{Backoff, Job, JobContext, JobError, Queue, Worker, WorkerHandle};
+use redtower_pubsub::PubSub;
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::{
+    BuildError, Config,
+    error::{ApiError, AppJson},
+    ratelimit::RateLimits,
+};
+
+/// The channel order updates are published on.
+pub const ORDER_UPDATES: &str = "order:updates";
+/// The queue of `ship-order` jobs.
+pub const SHIP_QUEUE: &str = "orders";
+
+/// The `ship-order` job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShipOrder {
+    /// The order.
+    pub order_id: String,
+    /// Where the confirmation goes.
+    pub email: String,
+    /// What was ordered.
+    pub item: String,
+    /// Fail this many attempts first (to show retries).
+    pub fail_times: u32,
+}
+
+impl Job for ShipOrder {
+    const NAME: &'static str = "ship-order";
+}
+
+/// The order desk: the `ship-order` queue, the orders, and where their updates are published.
+#[derive(Clone)]
+pub(crate) struct Shipping(Arc<ShippingInner>);
+
+struct ShippingInner {
+    queue: Queue<ShipOrder>,
+    orders: Orders,
+    pubsub: PubSub,
+    /// `ORDER_SHIP_DELAY_MS`: how long a `ship-order` job waits before it runs.
+    ship_delay: Duration,
+}
+
+impl Shipping {
+    /// The queue and orders in process without Redis, else in Redis (shared by every
+    /// instance); updates are published on `pubsub`.
+    pub(crate) fn new(config: &Config, redis: Option<&Redis>, pubsub: PubSub) -> Self {
+        let (queue, orders) = match redis {
+            None => (
+                Queue::new(redtower_jobs::MemoryStore::new(), SHIP_QUEUE),
+                Orders::memory(),
+            ),
+            Some(redis) => (
+                Queue::new(redtower_jobs::RedisStore::new(redis.clone()), SHIP_QUEUE),
+                Orders::redis(redis.clone()),
+            ),
+        };
+        Self(Arc::new(ShippingInner {
+            queue,
+            orders,
+            pubsub,
+            ship_delay: config.order_ship_delay,
+        }))
+    }
+
+    /// `POST /orders` (limited per client IP at `ORDER_RATE_LIMIT`) and `GET /orders/{id}`.
+    pub(crate) fn routes<S>(
+        &self,
+        config: &Config,
+        limits: &RateLimits,
+    ) -> Result<Router<S>, BuildError>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let order_limit = limits.per_client("orders", config.order_rate)?;
+        Ok(Router::new()
+            .route("/orders", post(place_order).layer(order_limit))
+            .route("/orders/{id}", get(get_order))
+            .with_state(self.clone()))
+    }
+
+    /// Starts the `ship-order` worker in this process. Stop it with
+    /// [`WorkerHandle::shutdown`], which hands unfinished jobs back to the queue.
+    pub(crate) fn start_worker(&self) -> WorkerHandle {
+        let store = self.0.queue.store().clone();
+        let on_done = self.clone();
+        let on_dead = self.clone();
+        let runner = self.clone();
+        Worker::new(store, SHIP_QUEUE)
+            .concurrency(16)
+            .timeout(Duration::from_secs(30))
+            .handle::<ShipOrder>(move |job: ShipOrder, ctx: JobContext| {
+                let shipping = runner.clone();
+                async move { shipping.ship(job, ctx).await }
+            })
+            .on_completed(move |finished| {
+                let shipping = on_done.clone();
+                async move {
+                    if let Some(job) = finished.decode::<ShipOrder>() {
+                        shipping
+                            .announce(&job.order_id, OrderStatus::Shipped, finished.attempt)
+                            .await;
+                    }
+                }
+            })
+            .on_failed(move |finished| {
+                let shipping = on_dead.clone();
+                async move {
+                    if !finished.is_dead() {
+                        return;
+                    }
+                    if let Some(job) = finished.decode::<ShipOrder>() {
+                        shipping
+                            .announce(&job.order_id, OrderStatus::Failed, finished.attempt)
+                            .await;
+                    }
+                }
+            })
+            .start()
+    }
+
+    /// The job handler: fails the first `fail_times` attempts, then "ships".
+    async fn ship(&self, job: ShipOrder, ctx: JobContext) -> Result<(), JobError> {
+        let order = Order {
+            order_id: job.order_id.clone(),
+            status: OrderStatus::Pending,
+            attempts: ctx.attempt(),
+        };
+        self.0.orders.put(&order).await.map_err(JobError::retry)?;
+        if ctx.attempt() <= job.fail_times {
+            return Err(JobError::retry(format!(
+                "simulated failure {} of {}",
+                ctx.attempt(),
+                job.fail_times
+            )));
+        }
+        tracing::info!(order = %job.order_id, item = %job.item, "order shipped");
+        Ok(())
+    }
+
+    /// Records the final status and publishes it on `order:updates`.
+    async fn announce(&self, order_id: &str, status: OrderStatus, attempts: u32) {
+        let order = Order {
+            order_id: order_id.to_owned(),
+            status,
+            attempts,
+        };
+        if let Err(error) = self.0.orders.put(&order).await {
+            tracing::warn!(order = %order_id, %error, "could not record the order status");
+        }
+        let update = json!({ "orderId": order_id, "status": status });
+        if let Err(error) = self.0.pubsub.publish(ORDER_UPDATES, &update).await {
+            tracing::warn!(order = %order_id, %error, "could not publish the order update");
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct OrderBody {
+    email: String,
+    item: String,
+    #[serde(default)]
+    fail_times: u32,
+}
+
+async fn place_order(
+    State(shipping): State<Shipping>,
+    AppJson(body): AppJson<OrderBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if !body.email.contains('@') || body.email.len() > 254 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "email is not an address",
+        ));
+    }
+    if body.item.is_empty() || body.item.len() > 200 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "item must be 1 to 200 characters",
+        ));
+    }
+    if body.fail_times > 10 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "fail_times is at most 10",
+        ));
+    }
+    let order_id = format!("ord-{:016x}", rand::random::<u64>());
+    shipping.0.orders.create(&order_id).await.map_err(|error| {
+        tracing::warn!(%error, "creating an order failed");
+        ApiError::unavailable()
+    })?;
+    let job = ShipOrder {
+        order_id: order_id.clone(),
+        email: body.email,
+        item: body.item,
+        fail_times: body.fail_times,
+    };
+    let job_id = shipping
+        .0
+        .queue
+        .add(job)
+        // One job per order, however often this add is sent again.
+        .idempotency_key(order_id.as_str())
+        .delay(shipping.0.ship_delay)
+        .attempts(3)
+        .backoff(Backoff::exponential(Duration::from_millis(200)))
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "enqueueing an order failed");
+            ApiError::unavailable()
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "order_id": order_id, "job_id": job_id.to_string() })),
+    ))
+}
+
+async fn get_order(
+    State(shipping): State<Shipping>,
+    Path(id): Path<String>,
+) -> Result<Json<Order>, ApiError> {
+    if id.len() > 64 {
+        return Err(ApiError::not_found("no such order"));
+    }
+    match shipping.0.orders.get(&id).await {
+        Ok(Some(order)) => Ok(Json(order)),
+        Ok(None) => Err(ApiError::not_found("no such order")),
+        Err(error) => {
+            tracing::warn!(%error, "reading an order failed");
+            Err(ApiError::unavailable())
+        }
+    }
+}
 
 /// How long an order is kept.
 pub const ORDER_TTL: Duration = Duration::from_secs(24 * 3600);

@@ -1,0 +1,105 @@
+//! Response caching: `GET /products/featured`, a slow "database" call behind
+//! [`ResponseCacheLayer`] (300 s, then 60 s of stale-while-revalidate).
+//!
+//! Environment: `CACHE_L1` (with Redis, also keep hot entries in process for 500 ms),
+//! `CACHE_HOSTS` (the `Host` values the cache serves), `FEATURED_DELAY_MS` (the simulated
+//! database).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Json, Router, extract::State, routing::get};
+use redtower_cache::{Cache, Credentials, ResponseCacheLayer};
+use redtower_client::Redis;
+use serde_json::{Value, json};
+
+use crate::Config;
+
+/// The app's response cache, in process or in Redis, and the "database" it protects.
+#[derive(Debug, Clone)]
+pub(crate) struct ResponseCache {
+    cache: Cache,
+    /// `CACHE_HOSTS`: the `Host` values the cache serves (none declared: the first 8 seen).
+    hosts: Vec<String>,
+    featured: Featured,
+}
+
+/// The state of `GET /products/featured`: cloning is one reference-count bump.
+#[derive(Debug, Clone)]
+struct Featured {
+    db_calls: Arc<AtomicU64>,
+    delay: Duration,
+}
+
+impl ResponseCache {
+    /// The cache: in process without Redis; in Redis, with hot entries also kept in process
+    /// for 500 ms unless `CACHE_L1` is off.
+    pub(crate) fn new(config: &Config, redis: Option<&Redis>) -> Self {
+        let cache = match redis {
+            None => Cache::new(redtower_cache::MemoryStore::new()),
+            Some(redis) if config.cache_l1 => {
+                Cache::builder(redtower_cache::RedisStore::new(redis.clone()))
+                    .l1(1_000, Duration::from_millis(500))
+                    .build()
+            }
+            Some(redis) => Cache::new(redtower_cache::RedisStore::new(redis.clone())),
+        };
+        Self {
+            cache,
+            hosts: config.cache_hosts.clone(),
+            featured: Featured {
+                db_calls: Arc::default(),
+                delay: config.featured_delay,
+            },
+        }
+    }
+
+    /// A response cache layer keeping answers `ttl`, for the hosts of `CACHE_HOSTS`.
+    pub(crate) fn layer(&self, ttl: Duration) -> ResponseCacheLayer {
+        let layer = ResponseCacheLayer::new(self.cache.clone(), ttl);
+        if self.hosts.is_empty() {
+            layer
+        } else {
+            layer.hosts(&self.hosts)
+        }
+    }
+
+    /// How often the "database" behind `/products/featured` was called on this instance.
+    pub(crate) fn featured_db_calls(&self) -> u64 {
+        self.featured.db_calls.load(Ordering::Relaxed)
+    }
+
+    /// `GET /products/featured`, cached.
+    pub(crate) fn routes<S>(&self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        // The handler reads no query parameter: the default (`QueryKey::Ignore`) keeps
+        // `?r=<random>` from making entries, and the handler never sees the query.
+        let featured_cache = self
+            .layer(Duration::from_secs(300))
+            .stale_while_revalidate(Duration::from_secs(60))
+            // The featured list is the same for everyone, logged in or not.
+            .credentials(Credentials::Shared)
+            .route_name("/products/featured");
+        Router::new()
+            .route("/products/featured", get(featured).layer(featured_cache))
+            .with_state(self.featured.clone())
+    }
+}
+
+/// The "database query" the cache protects.
+async fn featured(State(featured): State<Featured>) -> Json<Value> {
+    featured.db_calls.fetch_add(1, Ordering::Relaxed);
+    tokio::time::sleep(featured.delay).await;
+    Json(json!([
+        {"id": 1, "name": "Rust mug", "price_cents": 1200},
+        {"id": 2, "name": "Ferris plush", "price_cents": 2400},
+        {"id": 3, "name": "Tower of Redis poster", "price_cents": 900},
+    ]))
+}
