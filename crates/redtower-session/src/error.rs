@@ -1,4 +1,4 @@
-//! The crate's error type.
+//! The crate's error type, and [`ConfigError`] for settings that cannot work.
 
 /// A `Result` whose error is [`enum@Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -44,6 +44,36 @@ pub enum Error {
     /// Creating a session collided with existing ids too many times (a broken random source).
     #[error("could not find a free session id")]
     Collision,
+    /// A setting cannot work (found when the store is built, never per request).
+    #[error("invalid session configuration: {0}")]
+    Config(#[from] ConfigError),
+}
+
+/// Why a configuration was refused, in [`Error::Config`].
+///
+/// ```
+/// use redtower_client::{Redis, RedisConfig};
+/// use redtower_session::{ConfigError, Error, RedisStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let redis = Redis::new(RedisConfig::from_url("redis://127.0.0.1:6379")?)?; // connects lazily
+/// let err = RedisStore::new(redis, b"too short").unwrap_err();
+/// assert!(matches!(err, Error::Config(ConfigError::SecretTooShort { len: 9, min: 32 })));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The secret keying session ids and user ids is shorter than
+    /// [`RedisStore::MIN_SECRET_LEN`](crate::RedisStore::MIN_SECRET_LEN).
+    #[error("the session key secret is {len} bytes; it must be at least {min}")]
+    SecretTooShort {
+        /// The secret's length, in bytes.
+        len: usize,
+        /// The shortest accepted, in bytes.
+        min: usize,
+    },
 }
 
 impl Error {

@@ -1,7 +1,7 @@
 //! Sessions for axum/tower on [`tower-sessions`](tower_sessions), stored in Redis (or
 //! memory), with a per-user session list and instant revocation.
 //!
-//! * [`RedisStore`] and [`MemoryStore`]: drop-in `SessionStore`s. `create` never overwrites,
+//! * [`RedisStore`] and [`MemoryStore`]: [`SessionBackend`]s, and drop-in `SessionStore`s. `create` never overwrites,
 //!   `save` never resurrects a deleted or revoked session, keys are HMACs of the ids, TTLs
 //!   have millisecond precision, idle timeouts slide on reads without rewriting the record,
 //!   an absolute timeout caps everything, and session data has a size cap.
@@ -118,12 +118,16 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let redis = Redis::new(RedisConfig::from_env()?)?;
 //! let secret = std::env::var("SESSION_SECRET")?; // >= 64 bytes, the same on every instance
-//! let store = RedisStore::new(redis, &secret.as_bytes()[..32])
+//! let store = RedisStore::new(redis, &secret.as_bytes()[..32])?
 //!     .idle_timeout(Duration::from_secs(30 * 60))
 //!     .absolute_timeout(Duration::from_secs(12 * 3600));
 //! let layer = SessionLayer::new(store.clone(), Key::from(secret.as_bytes()));
 //! # let _ = layer; Ok(()) }
 //! ```
+//!
+//! Choosing the store at run time (Redis when configured, memory otherwise) is choosing an
+//! `Arc<dyn SessionBackend>`: the layer is not generic over the store, and handlers call
+//! [`UserSessions`] on the same `Arc` (see [`SessionBackend`]).
 //!
 //! # Design
 //!
@@ -194,6 +198,16 @@
 //! | `revoke_others` | as `revoke_all`, re-stamps the current session | yes, in effect | the current session carries the new epoch, so a second run keeps it again |
 //! | `alive` (watches) | no | yes | read only |
 //!
+//! # Failure policy
+//!
+//! When Redis is down or slow, a request that needs its session is answered
+//! `503 Service Unavailable` with `Retry-After: 1` (by the [`SessionLayer`], by
+//! [`AuthSession`]'s rejection, or by a handler through [`status_for`]); the cookie is kept, so
+//! an outage logs nobody out. A request whose handler does not touch the session sends nothing
+//! to Redis and is not affected. A session revoked while its request ran is answered 401 with a
+//! cleared cookie, and is never written back. Watches keep waiting through an outage (an
+//! outage ends no session).
+//!
 //! A fresh [`Redis`](redtower_client::Redis) handle (a process that just started) waits for its
 //! first connection before the first command, up to the command timeout: the first requests
 //! are decided by Redis, not answered 503.
@@ -201,6 +215,8 @@
 //! # Features
 //!
 //! * `rustls`: TLS for Redis, forwarded to `redtower-client`.
+//! * `testing`: helpers for this crate's tests (what a [`MemoryStore`] holds); not a stable
+//!   API.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
@@ -208,16 +224,20 @@ mod extract;
 mod keys;
 mod layer;
 mod outcome;
+mod service;
 mod store;
 mod user;
+mod watch;
 
-pub use error::{Error, Result};
+pub use error::{ConfigError, Error, Result};
 pub use extract::{AuthSession, SessionRejection, status_for};
-pub use layer::{SessionGuard, SessionLayer};
-pub use store::{any::AnyStore, memory::MemoryStore, redis::RedisStore, watch::SessionWatch};
+pub use layer::SessionLayer;
+pub use service::SessionGuard;
+pub use store::{MemoryStore, RedisStore, SessionBackend};
 pub use user::{
     Binding, SessionError, SessionInfo, SessionMeta, USER_KEY, UserSessions, bind_user,
     current_user,
 };
+pub use watch::SessionWatch;
 
 pub use tower_sessions;

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tower_sessions_core::{Session, SessionStore, session::Id};
+use tower_sessions_core::{Session, session::Id};
 
 use crate::{Result, SessionWatch};
 
@@ -176,14 +176,16 @@ pub struct SessionInfo {
 }
 
 /// The per-user index and revocation, implemented by [`RedisStore`](crate::RedisStore) and
-/// [`MemoryStore`](crate::MemoryStore).
+/// [`MemoryStore`](crate::MemoryStore) (and so by every
+/// [`SessionBackend`](crate::SessionBackend), `Arc<dyn SessionBackend>` included: a handler
+/// holding the store chosen at run time calls these methods on it).
 ///
 /// * Listing never shows an expired, deleted or revoked session; entries are pruned as they
 ///   are met, and the index itself expires with its last session.
 /// * [`revoke_all`](Self::revoke_all) bumps the user's epoch, which every load and save
 ///   checks, so it also kills sessions the index does not know about.
 #[async_trait]
-pub trait UserSessions: SessionStore {
+pub trait UserSessions: std::fmt::Debug + Send + Sync + 'static {
     /// The opaque handle of a session id (what [`list`](Self::list) reports).
     fn handle(&self, id: &Id) -> String;
 

@@ -2,7 +2,7 @@
 //! reply lost (the script ran, the client re-sends it), and a chaos loop of logins and
 //! revocations through a proxy that loses replies and resets connections.
 
-mod common;
+mod conformance;
 
 use std::{
     collections::HashSet,
@@ -14,7 +14,7 @@ use std::{
 };
 
 use axum::http::StatusCode;
-use common::app::{app, send};
+use conformance::app::{app, send};
 use fred::interfaces::ClientLike as _;
 use futures::TryStreamExt as _;
 use redtower_client::{Redis, RedisConfig};
@@ -36,7 +36,7 @@ fn url(cluster: bool) -> String {
 /// A store on a fresh handle that has not connected yet.
 fn fresh_store(url: &str, prefix: &str) -> RedisStore {
     let redis = Redis::new(RedisConfig::from_url(url).unwrap().key_prefix(prefix)).unwrap();
-    RedisStore::new(redis, SECRET)
+    RedisStore::new(redis, SECRET).unwrap()
 }
 
 async fn connected_store(url: &str, prefix: &str) -> RedisStore {
@@ -91,7 +91,7 @@ async fn boot_window(cluster: bool) {
 
                 // The store level: the first create on a fresh handle.
                 let fresh = fresh_store(url, prefix);
-                let mut rec = common::bound(&user, "UA");
+                let mut rec = conformance::bound(&user, "UA");
                 fresh.create(&mut rec).await.expect("first create");
                 assert!(check.load(&rec.id).await.unwrap().is_some());
             }
@@ -132,7 +132,7 @@ async fn proxied(configure: impl Fn(RedisStore) -> RedisStore) -> Proxied {
     let direct = configure(connected_store(&server.url(), &prefix).await);
     // Every script is loaded on the server before a reply is lost (a re-sent EVALSHA is what
     // is under test, not NOSCRIPT).
-    let mut warm = common::bound("warm-up", "UA");
+    let mut warm = conformance::bound("warm-up", "UA");
     store.create(&mut warm).await.unwrap();
     store.load(&warm.id).await.unwrap();
     store.save(&warm).await.unwrap();
@@ -193,7 +193,7 @@ impl Proxied {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_with_its_reply_lost_creates_one_session() {
     let p = proxied(|s| s).await;
-    let mut r = common::bound("alice", "UA");
+    let mut r = conformance::bound("alice", "UA");
     p.lose_reply_of(p.store.create(&mut r)).await.unwrap();
     assert!(p.alive(&r.id).await, "the session the caller got exists");
     assert_eq!(p.index_len("alice").await, 1, "one index entry");
@@ -203,7 +203,7 @@ async fn create_with_its_reply_lost_creates_one_session() {
     assert_eq!(list[0].handle, p.direct.handle(&r.id));
 
     // An anonymous session too.
-    let mut anon = common::record(vec![("n", json!(1))], Duration::from_secs(3600));
+    let mut anon = conformance::record(vec![("n", json!(1))], Duration::from_secs(3600));
     p.lose_reply_of(p.store.create(&mut anon)).await.unwrap();
     assert!(p.alive(&anon.id).await);
     assert_eq!(p.records().await, 2, "one more record");
@@ -215,12 +215,12 @@ async fn create_at_the_cap_with_its_reply_lost_evicts_once() {
     let p = proxied(|s| s.max_sessions_per_user(3)).await;
     let mut ids = Vec::new();
     for i in 0..3u64 {
-        let mut r = common::bound("alice", "UA");
+        let mut r = conformance::bound("alice", "UA");
         r.expiry_date += Duration::from_millis(i);
         p.store.create(&mut r).await.unwrap();
         ids.push(r.id);
     }
-    let mut r = common::bound("alice", "UA");
+    let mut r = conformance::bound("alice", "UA");
     r.expiry_date += Duration::from_millis(10);
     p.lose_reply_of(p.store.create(&mut r)).await.unwrap();
     assert!(!p.alive(&ids[0]).await, "the oldest is revoked");
@@ -238,7 +238,7 @@ async fn save_load_and_list_with_their_reply_lost() {
             .touch_interval(Duration::ZERO)
     })
     .await;
-    let mut r = common::bound("alice", "UA");
+    let mut r = conformance::bound("alice", "UA");
     p.store.create(&mut r).await.unwrap();
     r.data.insert("n".into(), json!(2));
     p.lose_reply_of(p.store.save(&r)).await.unwrap();
@@ -253,7 +253,7 @@ async fn save_load_and_list_with_their_reply_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_with_its_reply_lost_logs_out() {
     let p = proxied(|s| s).await;
-    let mut r = common::bound("alice", "UA");
+    let mut r = conformance::bound("alice", "UA");
     p.store.create(&mut r).await.unwrap();
     p.lose_reply_of(p.store.delete(&r.id)).await.unwrap();
     assert!(!p.alive(&r.id).await);
@@ -265,7 +265,10 @@ async fn delete_with_its_reply_lost_logs_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_with_its_reply_lost_is_not_lost() {
     let p = proxied(|s| s).await;
-    let (mut a1, mut a2) = (common::bound("alice", "UA1"), common::bound("alice", "UA2"));
+    let (mut a1, mut a2) = (
+        conformance::bound("alice", "UA1"),
+        conformance::bound("alice", "UA2"),
+    );
     p.store.create(&mut a1).await.unwrap();
     p.store.create(&mut a2).await.unwrap();
     let handle = p.store.handle(&a1.id);
@@ -285,7 +288,10 @@ async fn revoke_with_its_reply_lost_is_not_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_all_with_its_reply_lost_is_not_lost() {
     let p = proxied(|s| s).await;
-    let (mut a1, mut a2) = (common::bound("alice", "UA1"), common::bound("alice", "UA2"));
+    let (mut a1, mut a2) = (
+        conformance::bound("alice", "UA1"),
+        conformance::bound("alice", "UA2"),
+    );
     p.store.create(&mut a1).await.unwrap();
     p.store.create(&mut a2).await.unwrap();
     p.lose_reply_of(p.store.revoke_all("alice")).await.unwrap();
@@ -295,7 +301,7 @@ async fn revoke_all_with_its_reply_lost_is_not_lost() {
     }
     assert_eq!(p.index_len("alice").await, 0);
     // Logging in afterwards works.
-    let mut a3 = common::bound("alice", "UA3");
+    let mut a3 = conformance::bound("alice", "UA3");
     p.store.create(&mut a3).await.unwrap();
     assert!(p.alive(&a3.id).await);
 }
@@ -305,7 +311,7 @@ async fn revoke_others_with_its_reply_lost_keeps_the_current_session() {
     let p = proxied(|s| s).await;
     let mut ids = Vec::new();
     for ua in ["UA1", "UA2", "UA3"] {
-        let mut r = common::bound("alice", ua);
+        let mut r = conformance::bound("alice", ua);
         p.store.create(&mut r).await.unwrap();
         ids.push(r);
     }
@@ -452,7 +458,7 @@ impl Model {
             // Logins.
             0..=4 => {
                 self.logins += 1;
-                let mut r = common::bound(user, "UA");
+                let mut r = conformance::bound(user, "UA");
                 match store.create(&mut r).await {
                     Ok(()) => self.live.push(r.id),
                     Err(_) => {
@@ -477,7 +483,7 @@ impl Model {
             // A write on a revoked session must not bring it back.
             7 if !self.revoked.is_empty() => {
                 let id = self.revoked[self.revoked.len() - 1];
-                let mut r = common::bound(user, "UA");
+                let mut r = conformance::bound(user, "UA");
                 r.id = id;
                 if store.save(&r).await.is_ok() {
                     panic!("a save of a revoked session succeeded");

@@ -1,8 +1,8 @@
 //! The conformance suite on [`MemoryStore`], with paused tokio time.
 
-mod common;
+mod conformance;
 
-use common::{Backend, Opts};
+use conformance::{Backend, Opts};
 use redtower_session::MemoryStore;
 
 struct Memory;
@@ -47,15 +47,19 @@ impl Backend for Memory {
 conformance!([#[tokio::test(start_paused = true)]] Memory);
 
 mod http_memory {
-    use super::common;
+    use super::conformance;
 
     crate::http_checks!([#[tokio::test]] redtower_session::MemoryStore::new());
 }
 
-mod http_any_store {
-    use super::common;
+/// The store chosen at run time: the same checks through an `Arc<dyn SessionBackend>`.
+mod http_erased_store {
+    use std::sync::Arc;
 
-    crate::http_checks!([#[tokio::test]] redtower_session::AnyStore::from(
-        redtower_session::MemoryStore::new()
-    ));
+    use redtower_session::{MemoryStore, SessionBackend};
+
+    use super::conformance;
+
+    crate::http_checks!(erased [#[tokio::test]]
+        Arc::new(MemoryStore::new()) as Arc<dyn SessionBackend>);
 }

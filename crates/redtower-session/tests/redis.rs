@@ -1,12 +1,12 @@
 //! The conformance suite and HTTP checks on Redis standalone and Cluster, plus Redis-only
 //! tests: key layout and TTLs, two app instances, outages, round trips per request.
 
-mod common;
+mod conformance;
 
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{
+use conformance::{
     Backend, Opts,
     app::{Counting, app, id_of, login_as, send},
 };
@@ -18,6 +18,25 @@ use serde_json::json;
 use tower_sessions_core::SessionStore as _;
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test";
+
+#[tokio::test]
+async fn a_short_secret_is_a_config_error() {
+    let redis =
+        Redis::new(RedisConfig::from_url(&redtower_testkit::shared_url()).unwrap()).unwrap();
+    let err = RedisStore::new(redis.clone(), &SECRET[..31]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            redtower_session::Error::Config(redtower_session::ConfigError::SecretTooShort {
+                len: 31,
+                min: 32
+            })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(RedisStore::MIN_SECRET_LEN, 32);
+    assert!(RedisStore::new(redis, &SECRET[..32]).is_ok());
+}
 
 async fn redis_at(url: &str, prefix: &str) -> Redis {
     let redis = Redis::new(RedisConfig::from_url(url).unwrap().key_prefix(prefix)).unwrap();
@@ -38,6 +57,7 @@ async fn store(cluster: bool) -> RedisStore {
         redis_at(&url(cluster), &unique_prefix("session")).await,
         SECRET,
     )
+    .unwrap()
 }
 
 /// Cluster or standalone, and whether loads are coalesced.
@@ -106,8 +126,8 @@ impl Backend for RedisBackend {
 /// the memory store's index and sessions change under one lock and cannot drift apart.
 async fn check_revoke_all_without_index(b: RedisBackend) {
     let s = b.store(Opts::default()).await;
-    let a1 = common::create(&s, common::bound("alice", "UA1")).await;
-    let a2 = common::create(&s, common::bound("alice", "UA2")).await;
+    let a1 = conformance::create(&s, conformance::bound("alice", "UA1")).await;
+    let a2 = conformance::create(&s, conformance::bound("alice", "UA2")).await;
     let deleted: i64 = s
         .redis()
         .client()
@@ -134,6 +154,18 @@ mod standalone {
     async fn revoke_all_without_index() {
         check_revoke_all_without_index(RedisBackend(false, true)).await;
     }
+}
+
+/// The store chosen at run time: the HTTP checks through an `Arc<dyn SessionBackend>`.
+mod standalone_erased {
+    use std::sync::Arc;
+
+    use redtower_session::SessionBackend;
+
+    use super::*;
+
+    http_checks!(erased [#[tokio::test(flavor = "multi_thread", worker_threads = 2)]]
+        Arc::new(store(false).await) as Arc<dyn SessionBackend>);
 }
 
 /// The same conformance suite with every load its own script call.
@@ -163,7 +195,7 @@ fn cmd_int(server: &RedisServer, args: &[&str]) -> i64 {
 async fn keys_are_hmacs_with_ms_ttls_and_one_slot_per_user() {
     let server = redtower_testkit::shared();
     let s = store(false).await;
-    let mut r = common::bound("alice", "UA");
+    let mut r = conformance::bound("alice", "UA");
     r.expiry_date = time::OffsetDateTime::now_utc() + Duration::from_secs(30);
     s.create(&mut r).await.unwrap();
     let rk = s.record_key(&r.id);
@@ -193,7 +225,7 @@ async fn keys_are_hmacs_with_ms_ttls_and_one_slot_per_user() {
     let pttl = cmd_int(server, &["PTTL", rk.as_str()]);
     assert!(pttl > 25_000 && pttl <= 30_000, "{pttl}");
     // A second, longer session raises the index TTL; deleting it lowers it back.
-    let mut r2 = common::bound("alice", "UA2");
+    let mut r2 = conformance::bound("alice", "UA2");
     r2.expiry_date = time::OffsetDateTime::now_utc() + Duration::from_secs(60);
     s.create(&mut r2).await.unwrap();
     let want2 = i64::try_from(r2.expiry_date.unix_timestamp_nanos() / 1_000_000).unwrap();
@@ -212,7 +244,7 @@ async fn reads_refresh_idle_without_rewriting_data() {
         .await
         .idle_timeout(Duration::from_secs(60))
         .touch_interval(Duration::ZERO);
-    let mut r = common::bound("alice", "UA");
+    let mut r = conformance::bound("alice", "UA");
     s.create(&mut r).await.unwrap();
     let rk = s.record_key(&r.id);
     let data_before = server.cmd(&["HGET", rk.as_str(), "d"]).as_text();
@@ -253,8 +285,8 @@ async fn revocation_across_instances_on_a_cluster() {
 async fn revocation_across_instances_on(cluster: bool) {
     let prefix = unique_prefix("instances");
     let key = Key::generate();
-    let a = RedisStore::new(redis_at(&url(cluster), &prefix).await, SECRET);
-    let b = RedisStore::new(redis_at(&url(cluster), &prefix).await, SECRET);
+    let a = RedisStore::new(redis_at(&url(cluster), &prefix).await, SECRET).unwrap();
+    let b = RedisStore::new(redis_at(&url(cluster), &prefix).await, SECRET).unwrap();
     let (app_a, _) = app(a, key.clone());
     let (app_b, _) = app(b, key);
     let alice = login_as(&app_a, "alice").await;
@@ -319,7 +351,10 @@ async fn outage_is_503_and_keeps_the_user_logged_in() {
     )
     .unwrap();
     redis.wait_ready(Duration::from_secs(10)).await.unwrap();
-    let (router, _) = app(RedisStore::new(redis.clone(), SECRET), Key::generate());
+    let (router, _) = app(
+        RedisStore::new(redis.clone(), SECRET).unwrap(),
+        Key::generate(),
+    );
     let cookie = login_as(&router, "alice").await;
     server.kill();
     for path in ["/me", "/whoami", "/anon"] {
@@ -357,7 +392,7 @@ async fn outage_is_503_and_keeps_the_user_logged_in() {
 async fn forged_cookies_cause_no_redis_command() {
     let server = RedisServer::start();
     let redis = redis_at(&server.url(), "forged").await;
-    let counting = Counting::new(RedisStore::new(redis, SECRET));
+    let counting = Counting::new(RedisStore::new(redis, SECRET).unwrap());
     let (router, _) = app(counting, Key::generate());
     let good = login_as(&router, "alice").await;
     let (name, value) = good.split_once('=').unwrap();
@@ -385,6 +420,7 @@ async fn round_trips_per_request() {
     let redis = redis_at(&server.url(), "rtt").await;
     // Every read refreshes the idle expiry.
     let store = RedisStore::new(redis, SECRET)
+        .unwrap()
         .idle_timeout(Duration::from_secs(600))
         .touch_interval(Duration::ZERO);
     let (router, _) = app(store.clone(), Key::generate());
@@ -444,7 +480,7 @@ async fn round_trips_per_request() {
 async fn concurrent_loads_get_their_own_sessions(store: RedisStore) -> RedisStore {
     use std::sync::Arc;
 
-    use common::{bound, record};
+    use conformance::{bound, record};
     use tower_sessions_core::session::Id;
 
     let mut live: Vec<(Id, serde_json::Value)> = Vec::new();
@@ -492,8 +528,9 @@ async fn concurrent_loads_get_their_own_sessions(store: RedisStore) -> RedisStor
 /// server: 24 creates, 5 deletes and one revoke_all, then 1,200 loads.
 async fn script_calls_for_concurrent_loads(coalesce: bool) -> i64 {
     let server = RedisServer::start();
-    let store =
-        RedisStore::new(redis_at(&server.url(), "batch").await, SECRET).coalesce_loads(coalesce);
+    let store = RedisStore::new(redis_at(&server.url(), "batch").await, SECRET)
+        .unwrap()
+        .coalesce_loads(coalesce);
     server.cmd(&["CONFIG", "RESETSTAT"]);
     let _ = concurrent_loads_get_their_own_sessions(store).await;
     let stats = server.cmd(&["INFO", "commandstats"]).as_text().unwrap();
@@ -521,8 +558,8 @@ async fn concurrent_loads_of_one_session_read_it_once_per_batch() {
     use std::sync::Arc;
 
     let server = RedisServer::start();
-    let store = RedisStore::new(redis_at(&server.url(), "same").await, SECRET);
-    let mut r = common::bound("alice", "phone");
+    let store = RedisStore::new(redis_at(&server.url(), "same").await, SECRET).unwrap();
+    let mut r = conformance::bound("alice", "phone");
     store.create(&mut r).await.unwrap();
     let want = serde_json::to_value(&r.data).unwrap();
     server.cmd(&["CONFIG", "RESETSTAT"]);
@@ -581,8 +618,8 @@ async fn concurrent_loads_on_a_cluster_each_get_their_own_session() {
 /// secret) revokes, logs out, or logs out everywhere.
 async fn watch_across_instances(cluster: bool) {
     let prefix = unique_prefix("session-watch");
-    let a = RedisStore::new(redis_at(&url(cluster), &prefix).await, SECRET);
-    let b = RedisStore::new(redis_at(&url(cluster), &prefix).await, SECRET);
+    let a = RedisStore::new(redis_at(&url(cluster), &prefix).await, SECRET).unwrap();
+    let b = RedisStore::new(redis_at(&url(cluster), &prefix).await, SECRET).unwrap();
     let mut ids = Vec::new();
     for (user, ua) in [
         ("alice", "UA1"),
@@ -590,7 +627,11 @@ async fn watch_across_instances(cluster: bool) {
         ("bob", "UA3"),
         ("carol", "UA4"),
     ] {
-        ids.push(common::create(&a, common::bound(user, ua)).await.id);
+        ids.push(
+            conformance::create(&a, conformance::bound(user, ua))
+                .await
+                .id,
+        );
     }
     let watches: Vec<_> = ids.iter().map(|id| a.watch(id).unwrap()).collect();
     let mut watches = watches.into_iter();
@@ -601,11 +642,12 @@ async fn watch_across_instances(cluster: bool) {
         watches.next().unwrap(),
     );
     assert!(b.revoke("alice", &b.handle(&ids[0])).await.unwrap());
-    let t1 = common::resolves(w_revoked, common::WATCH_SLACK, "revoked elsewhere").await;
+    let t1 = conformance::resolves(w_revoked, conformance::WATCH_SLACK, "revoked elsewhere").await;
     b.revoke_all("alice").await.unwrap();
-    let t2 = common::resolves(w_all, common::WATCH_SLACK, "revoked everywhere").await;
+    let t2 = conformance::resolves(w_all, conformance::WATCH_SLACK, "revoked everywhere").await;
     b.delete(&ids[2]).await.unwrap();
-    let t3 = common::resolves(w_logout, common::WATCH_SLACK, "logged out elsewhere").await;
+    let t3 =
+        conformance::resolves(w_logout, conformance::WATCH_SLACK, "logged out elsewhere").await;
     assert!(
         futures::poll!(&mut w_live).is_pending(),
         "carol is still logged in"
@@ -635,13 +677,13 @@ async fn many_watches_on_a_cluster() {
     let mut alice = Vec::new();
     for i in 0..50 {
         alice.push(
-            common::create(&s, common::bound("alice", &format!("UA{i}")))
+            conformance::create(&s, conformance::bound("alice", &format!("UA{i}")))
                 .await
                 .id,
         );
     }
     let others: Vec<_> = futures::future::join_all(
-        (0..50).map(|i| common::create(&s, common::bound(&format!("user{i}"), "UA"))),
+        (0..50).map(|i| conformance::create(&s, conformance::bound(&format!("user{i}"), "UA"))),
     )
     .await
     .into_iter()
@@ -656,7 +698,7 @@ async fn many_watches_on_a_cluster() {
     assert_eq!(s.watched(), 2000);
     let started = std::time::Instant::now();
     s.revoke_all("alice").await.unwrap();
-    tokio::time::timeout(common::WATCH_SLACK, futures::future::join_all(ended))
+    tokio::time::timeout(conformance::WATCH_SLACK, futures::future::join_all(ended))
         .await
         .expect("every watch of alice's sessions ended");
     eprintln!(
@@ -677,7 +719,7 @@ async fn many_watches_on_a_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_for_one_user_keep_redis_memory_bounded() {
     let server = RedisServer::start();
-    let s = RedisStore::new(redis_at(&server.url(), "rt").await, SECRET);
+    let s = RedisStore::new(redis_at(&server.url(), "rt").await, SECRET).unwrap();
     let used = |server: &RedisServer| {
         let info = server.cmd(&["INFO", "memory"]).as_text().unwrap();
         info.lines()
@@ -689,11 +731,11 @@ async fn logins_for_one_user_keep_redis_memory_bounded() {
     };
     let before = used(&server);
     for i in 0..400 {
-        common::create(&s, common::bound("alice", &format!("UA{i}"))).await;
+        conformance::create(&s, conformance::bound("alice", &format!("UA{i}"))).await;
     }
     let warm = used(&server);
     for i in 400..1000 {
-        common::create(&s, common::bound("alice", &format!("UA{i}"))).await;
+        conformance::create(&s, conformance::bound("alice", &format!("UA{i}"))).await;
     }
     let after = used(&server);
     assert_eq!(

@@ -23,7 +23,7 @@ use redtower_pubsub::{
     ServerOwned, SseEndpoint, StreamOptions,
 };
 use redtower_ratelimit::{ClientIp, Policy};
-use redtower_session::{UserSessions, tower_sessions::Session};
+use redtower_session::{SessionBackend, UserSessions, tower_sessions::Session};
 use serde_json::{Value, json};
 
 use crate::{
@@ -96,7 +96,7 @@ impl Events {
 
     /// `GET|POST /events/{channel}`, to be served under the session layer: each stream ends
     /// when the session of `users` it was opened with does.
-    pub(crate) fn session_routes<S>(&self, users: Arc<dyn UserSessions>) -> Router<S>
+    pub(crate) fn session_routes<S>(&self, users: Arc<dyn SessionBackend>) -> Router<S>
     where
         S: Clone + Send + Sync + 'static,
     {
@@ -156,7 +156,7 @@ fn owner_of(channel: &str) -> Option<&str> {
 /// a logged-in user's channels ends when that session is revoked, logged out or expires, on
 /// any instance) and who it is, for the per-client connection limit.
 struct StreamAccess {
-    sessions: Arc<dyn UserSessions>,
+    sessions: Arc<dyn SessionBackend>,
     client_ip: ClientIp,
 }
 

@@ -106,6 +106,9 @@ pub enum BuildError {
     /// A rate limit.
     #[error("rate limit: {0}")]
     RateLimit(#[from] redtower_ratelimit::ConfigError),
+    /// The session store (a secret too short).
+    #[error("sessions: {0}")]
+    Session(#[from] redtower_session::Error),
 }
 
 impl Services {

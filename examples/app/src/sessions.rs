@@ -18,7 +18,7 @@ use axum::{
 use redtower_client::Redis;
 use redtower_ratelimit::Policy;
 use redtower_session::{
-    AuthSession, SessionLayer, SessionMeta, UserSessions, bind_user,
+    AuthSession, SessionBackend, SessionLayer, SessionMeta, UserSessions, bind_user,
     tower_sessions::{Session, cookie::Key},
 };
 use serde::Deserialize;
@@ -34,21 +34,17 @@ use crate::{
 #[derive(Clone)]
 pub(crate) struct Sessions {
     accounts: Arc<Accounts>,
-    layer: SessionLayerKind,
+    layer: SessionLayer,
 }
 
 /// The state of the session routes.
 struct Accounts {
-    users: Arc<dyn UserSessions>,
+    /// The session store chosen at run time: the layer runs on it, handlers call
+    /// [`UserSessions`] on it.
+    users: Arc<dyn SessionBackend>,
     limits: RateLimits,
     /// `POST /login` per user name (checked in the handler, which reads the name).
     login_user_limit: Policy,
-}
-
-#[derive(Clone)]
-enum SessionLayerKind {
-    Memory(SessionLayer<redtower_session::MemoryStore>),
-    Redis(SessionLayer<redtower_session::RedisStore>),
 }
 
 impl Sessions {
@@ -72,26 +68,15 @@ impl Sessions {
             cookie: key,
             store: store_secret,
         } = SessionKeys::derive(&secret);
-        let (users, layer): (Arc<dyn UserSessions>, _) = match redis {
-            None => {
-                let store = redtower_session::MemoryStore::new();
-                (
-                    Arc::new(store.clone()),
-                    SessionLayerKind::Memory(
-                        SessionLayer::new(store, key).with_secure(config.cookie_secure),
-                    ),
-                )
-            }
-            Some(redis) => {
-                let store = redtower_session::RedisStore::new(redis.clone(), store_secret);
-                (
-                    Arc::new(store.clone()),
-                    SessionLayerKind::Redis(
-                        SessionLayer::new(store, key).with_secure(config.cookie_secure),
-                    ),
-                )
-            }
+        let users: Arc<dyn SessionBackend> = match redis {
+            None => Arc::new(redtower_session::MemoryStore::new()),
+            Some(redis) => Arc::new(redtower_session::RedisStore::new(
+                redis.clone(),
+                store_secret,
+            )?),
         };
+        // One layer type whichever store was chosen.
+        let layer = SessionLayer::new(users.clone(), key).secure(config.cookie_secure);
         Ok(Self {
             accounts: Arc::new(Accounts {
                 users,
@@ -103,7 +88,7 @@ impl Sessions {
     }
 
     /// Every session of every user: to list, revoke and watch them.
-    pub(crate) fn users(&self) -> &Arc<dyn UserSessions> {
+    pub(crate) fn users(&self) -> &Arc<dyn SessionBackend> {
         &self.accounts.users
     }
 
@@ -112,10 +97,7 @@ impl Sessions {
     where
         S: Clone + Send + Sync + 'static,
     {
-        match &self.layer {
-            SessionLayerKind::Memory(layer) => router.layer(layer.clone()),
-            SessionLayerKind::Redis(layer) => router.layer(layer.clone()),
-        }
+        router.layer(self.layer.clone())
     }
 
     /// The session routes, to be served under [`layer`](Self::layer). `POST /login` is

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::{Router, routing::get};
 use redtower_client::{Redis, RedisConfig};
 use redtower_session::{
-    AuthSession, MemoryStore, RedisStore, SessionMeta, UserSessions, bind_user,
+    AuthSession, MemoryStore, RedisStore, SessionBackend, SessionMeta, bind_user,
     tower_sessions::{Session, cookie::Key},
 };
 
@@ -31,11 +31,11 @@ async fn redtower_read(auth: AuthSession) -> String {
 }
 
 /// `SessionLayer` (signed cookie) over `store`.
-pub fn redtower_app<S: UserSessions + Clone>(store: S) -> Router {
+pub fn redtower_app<S: SessionBackend + Clone>(store: S) -> Router {
     Router::new()
         .route("/login", axum::routing::post(redtower_login))
         .route("/read", get(redtower_read))
-        .layer(redtower_session::SessionLayer::new(store, Key::generate()).with_secure(false))
+        .layer(redtower_session::SessionLayer::new(store, Key::generate()).secure(false))
 }
 
 /// The same handler without a session layer.
@@ -86,7 +86,9 @@ pub async fn redis(url: &str) -> Redis {
 /// Every variant's app, in [`VARIANTS`] order, on the Redis at `url`.
 pub async fn apps(url: &str) -> Vec<(&'static str, Router)> {
     let redis = redis(url).await;
-    let store = RedisStore::new(redis.clone(), [7u8; 32]).idle_timeout(Duration::from_secs(1800));
+    let store = RedisStore::new(redis.clone(), [7u8; 32])
+        .unwrap()
+        .idle_timeout(Duration::from_secs(1800));
     let fred_client = redis.dedicated().expect("client");
     fred::interfaces::ClientLike::wait_for_connect(&fred_client)
         .await

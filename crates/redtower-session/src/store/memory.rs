@@ -1,7 +1,7 @@
 //! [`MemoryStore`]: the same semantics as [`RedisStore`](crate::RedisStore), in process.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     sync::{Arc, Mutex, MutexGuard, OnceLock},
     time::Duration,
 };
@@ -14,23 +14,26 @@ use tower_sessions_core::{
     session_store,
 };
 
-use super::{
-    Policy, from_unix_ms, ms, to_store_error, unix_ms,
-    watch::{SessionWatch, Watches},
-};
+use super::{SessionBackend, Settings, from_unix_ms, ms, to_store_error, unix_ms};
 use crate::{
     Error, Result, SessionInfo, UserSessions,
     keys::{Keys, valid_handle},
     user::{Binding, binding_of},
+    watch::{SessionWatch, Watches},
 };
 
-/// A [`SessionStore`] in process memory with the same semantics as
+mod index;
+
+use index::Index;
+
+/// A [`SessionBackend`] in process memory (also a drop-in `tower-sessions` [`SessionStore`]) with the same semantics as
 /// [`RedisStore`](crate::RedisStore): NX create, XX save, idle and absolute timeouts, size cap,
 /// and the per-user index with epoch revocation of [`UserSessions`].
 ///
 /// For single-instance apps, development and tests. Its clock is `tokio::time`, so tests can
 /// pause and advance time. Expired entries are swept as the store grows. Cloning is cheap and
-/// clones share the sessions.
+/// clones share the sessions; a setting changed on a clone applies to that clone only (as with
+/// [`RedisStore`](crate::RedisStore)).
 ///
 /// ```
 /// use redtower_session::MemoryStore;
@@ -44,13 +47,31 @@ pub struct MemoryStore {
     inner: Arc<Inner>,
 }
 
+/// One configuration of the store: its settings and watches, over sessions clones share.
+#[derive(Clone)]
 struct Inner {
+    settings: Settings,
+    shared: Arc<Shared>,
+    /// Revocation watches (started on the first watch; a setting change starts new ones).
+    watches: OnceLock<Arc<Watches>>,
+}
+
+/// What every clone shares: the sessions, the secret of their handles and the clock.
+struct Shared {
     keys: Keys,
-    policy: Policy,
     base_ms: i64,
     base: Instant,
     state: Mutex<State>,
-    watches: OnceLock<Arc<Watches>>,
+}
+
+impl Shared {
+    fn now(&self) -> i64 {
+        self.base_ms + ms(self.base.elapsed())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[derive(Default)]
@@ -77,83 +98,10 @@ struct UserState {
     index: Index,
 }
 
-/// A user's sessions by handle, ordered by expiry (like the Redis ZSET): pruning and eviction
-/// take the soonest-expiring entries without scanning the rest.
-#[derive(Default)]
-struct Index {
-    score: HashMap<String, i64>,
-    order: BTreeSet<(i64, String)>,
-}
-
-impl Index {
-    fn len(&self) -> usize {
-        self.score.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.score.is_empty()
-    }
-
-    fn insert(&mut self, handle: String, e: i64) {
-        if let Some(old) = self.score.insert(handle.clone(), e) {
-            self.order.remove(&(old, handle.clone()));
-        }
-        self.order.insert((e, handle));
-    }
-
-    /// Sets the score of an indexed handle (`ZADD XX`).
-    fn update(&mut self, handle: &str, e: i64) {
-        if self.score.contains_key(handle) {
-            self.insert(handle.to_owned(), e);
-        }
-    }
-
-    fn remove(&mut self, handle: &str) -> bool {
-        match self.score.remove(handle) {
-            Some(old) => {
-                self.order.remove(&(old, handle.to_owned()));
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Drops the entries that expired by `now` (`ZREMRANGEBYSCORE -inf now`).
-    fn prune(&mut self, now: i64) {
-        while self.order.first().is_some_and(|(e, _)| *e <= now) {
-            if let Some((_, h)) = self.order.pop_first() {
-                self.score.remove(&h);
-            }
-        }
-    }
-
-    /// The soonest-expiring handle other than `keep`.
-    fn first_except(&self, keep: &str) -> Option<String> {
-        self.order
-            .iter()
-            .map(|(_, h)| h)
-            .find(|h| h.as_str() != keep)
-            .cloned()
-    }
-
-    /// The handles, soonest-expiring first.
-    fn handles(&self) -> Vec<String> {
-        self.order.iter().map(|(_, h)| h.clone()).collect()
-    }
-
-    fn drain(&mut self) -> Vec<String> {
-        self.score.clear();
-        std::mem::take(&mut self.order)
-            .into_iter()
-            .map(|(_, h)| h)
-            .collect()
-    }
-}
-
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("policy", &self.inner.policy)
+            .field("settings", &self.inner.settings)
             .finish_non_exhaustive()
     }
 }
@@ -170,65 +118,50 @@ impl MemoryStore {
         let secret: [u8; 32] = rand::random();
         Self {
             inner: Arc::new(Inner {
-                keys: Keys::new(&redtower_client::Keyspace::default(), &secret),
-                policy: Policy::default(),
-                base_ms: unix_ms(time::OffsetDateTime::now_utc()),
-                base: Instant::now(),
-                state: Mutex::default(),
+                settings: Settings::default(),
+                shared: Arc::new(Shared {
+                    keys: Keys::new(&redtower_client::Keyspace::default(), &secret),
+                    base_ms: unix_ms(time::OffsetDateTime::now_utc()),
+                    base: Instant::now(),
+                    state: Mutex::default(),
+                }),
                 watches: OnceLock::new(),
             }),
         }
     }
 
-    fn policy_mut(&mut self) -> &mut Policy {
-        match Arc::get_mut(&mut self.inner) {
-            Some(inner) => &mut inner.policy,
-            None => panic!("configure a MemoryStore before cloning it"),
-        }
+    fn settings_mut(&mut self) -> &mut Settings {
+        let inner = Arc::make_mut(&mut self.inner);
+        inner.watches = OnceLock::new();
+        &mut inner.settings
     }
 
     /// See [`RedisStore::idle_timeout`](crate::RedisStore::idle_timeout). Defaults to none.
-    ///
-    /// # Panics
-    ///
-    /// If the store was already cloned (configure it first).
     #[must_use]
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
-        self.policy_mut().idle = Some(idle);
+        self.settings_mut().idle = Some(idle);
         self
     }
 
     /// See [`RedisStore::absolute_timeout`](crate::RedisStore::absolute_timeout). Defaults to
     /// 7 days.
-    ///
-    /// # Panics
-    ///
-    /// If the store was already cloned.
     #[must_use]
     pub fn absolute_timeout(mut self, absolute: Duration) -> Self {
-        self.policy_mut().absolute = absolute;
+        self.settings_mut().absolute = absolute;
         self
     }
 
     /// See [`RedisStore::max_data_size`](crate::RedisStore::max_data_size). Defaults to 16 KiB.
-    ///
-    /// # Panics
-    ///
-    /// If the store was already cloned.
     #[must_use]
     pub fn max_data_size(mut self, bytes: usize) -> Self {
-        self.policy_mut().max_data = bytes;
+        self.settings_mut().max_data = bytes;
         self
     }
 
     /// See [`RedisStore::touch_interval`](crate::RedisStore::touch_interval). Defaults to 1 s.
-    ///
-    /// # Panics
-    ///
-    /// If the store was already cloned.
     #[must_use]
     pub fn touch_interval(mut self, interval: Duration) -> Self {
-        self.policy_mut().touch_interval = interval;
+        self.settings_mut().touch_interval = interval;
         self
     }
 
@@ -236,36 +169,24 @@ impl MemoryStore {
     /// Defaults to 100.
     ///
     /// 0 is taken as 1.
-    ///
-    /// # Panics
-    ///
-    /// If the store was already cloned.
     #[must_use]
     pub fn max_sessions_per_user(mut self, max: usize) -> Self {
-        self.policy_mut().max_per_user = max.max(1);
+        self.settings_mut().max_per_user = max.max(1);
         self
     }
 
     /// See [`RedisStore::max_watches`](crate::RedisStore::max_watches). Defaults to 10,000.
-    ///
-    /// # Panics
-    ///
-    /// If the store was already cloned.
     #[must_use]
     pub fn max_watches(mut self, max: usize) -> Self {
-        self.policy_mut().max_watches = max;
+        self.settings_mut().max_watches = max;
         self
     }
 
     /// See [`RedisStore::watch_interval`](crate::RedisStore::watch_interval). Defaults to
     /// 250 ms.
-    ///
-    /// # Panics
-    ///
-    /// If the store was already cloned.
     #[must_use]
     pub fn watch_interval(mut self, interval: Duration) -> Self {
-        self.policy_mut().watch_interval = interval;
+        self.settings_mut().watch_interval = interval;
         self
     }
 
@@ -274,17 +195,23 @@ impl MemoryStore {
         self.inner.watches.get().map_or(0, |w| w.len())
     }
 
-    /// How many index entries `user` has (live or not yet pruned). For tests of the cap.
+    /// How many index entries `user` has (live or not yet pruned). For tests of the cap (`testing` feature).
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub fn index_len(&self, user: &str) -> usize {
         self.lock().users.get(user).map_or(0, |u| u.index.len())
     }
 
-    /// How many session records the store holds (live or not yet swept).
+    /// How many session records the store holds (live or not yet swept). For tests (`testing` feature).
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub fn records(&self) -> usize {
         self.lock().records.len()
     }
 
-    /// How many users have an index entry (live or not yet pruned). For tests of index hygiene.
+    /// How many users have an index entry (live or not yet pruned). For tests of index hygiene (`testing` feature).
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub fn indexed_users(&self) -> usize {
         let now = self.now();
         let mut st = self.lock();
@@ -296,7 +223,9 @@ impl MemoryStore {
     }
 
     /// Whether `user` has an index entry with a live session (expired ones pruned first, as
-    /// Redis expires them). For tests of index hygiene.
+    /// Redis expires them). For tests of index hygiene (`testing` feature).
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub fn has_index(&self, user: &str) -> bool {
         let now = self.now();
         let mut st = self.lock();
@@ -307,11 +236,15 @@ impl MemoryStore {
     }
 
     fn now(&self) -> i64 {
-        self.inner.base_ms + ms(self.inner.base.elapsed())
+        self.inner.shared.now()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.shared.lock()
+    }
+
+    fn keys(&self) -> &Keys {
+        &self.inner.shared.keys
     }
 }
 
@@ -367,6 +300,33 @@ impl State {
         })
     }
 
+    /// Adds the new session `handle` (expiring at `e`) to `user`'s index, revoking the
+    /// soonest-expiring sessions beyond the cap of `max` (never the new one). Returns the epoch
+    /// the session carries.
+    fn index_new(&mut self, user: &str, handle: &str, e: i64, now: i64, max: usize) -> u64 {
+        let u = self.users.entry(user.to_owned()).or_default();
+        if u.epoch_until <= now {
+            // The epoch expired with the user's last session.
+            u.epoch = 0;
+        }
+        u.index.prune(now);
+        u.index.insert(handle.to_owned(), e);
+        let mut evicted = Vec::new();
+        while u.index.len() > max {
+            let Some(old) = u.index.first_except(handle) else {
+                break;
+            };
+            u.index.remove(&old);
+            evicted.push(old);
+        }
+        u.epoch_until = u.epoch_until.max(e);
+        let epoch = u.epoch;
+        for old in evicted {
+            self.records.remove(&old);
+        }
+        epoch
+    }
+
     fn sweep(&mut self, now: i64) {
         if self.records.len() < self.sweep_at {
             return;
@@ -390,13 +350,13 @@ impl State {
 
 impl MemoryStore {
     fn create_inner(&self, record: &mut Record) -> Result<()> {
-        let Inner { keys, policy, .. } = &*self.inner;
-        let max = policy.max_per_user;
+        let (keys, settings) = (self.keys(), &self.inner.settings);
+        let max = settings.max_per_user;
         let binding = binding_of(&record.data);
-        let data = policy.encode(&record.data)?;
+        let data = settings.encode(&record.data)?;
         let now = self.now();
-        let x = now.saturating_add(ms(policy.absolute));
-        let e = policy.expiry(unix_ms(record.expiry_date), x, now);
+        let x = now.saturating_add(ms(settings.absolute));
+        let e = settings.expiry(unix_ms(record.expiry_date), x, now);
         let mut st = self.lock();
         st.sweep(now);
         let bucket = binding
@@ -414,30 +374,10 @@ impl MemoryStore {
             return Ok(());
         }
         record.expiry_date = from_unix_ms(e);
-        let mut evicted = Vec::new();
         let bound = binding.map(|b| {
-            let u = st.users.entry(b.user.clone()).or_default();
-            if u.epoch_until <= now {
-                // The epoch expired with the user's last session.
-                u.epoch = 0;
-            }
-            u.index.prune(now);
-            u.index.insert(handle.clone(), e);
-            // The cap: revoke the soonest-expiring sessions beyond it (never the new one).
-            while u.index.len() > max {
-                let Some(old) = u.index.first_except(&handle) else {
-                    break;
-                };
-                u.index.remove(&old);
-                evicted.push(old);
-            }
-            u.epoch_until = u.epoch_until.max(e);
-            let g = u.epoch;
-            (b, g)
+            let epoch = st.index_new(&b.user, &handle, e, now, max);
+            (b, epoch)
         });
-        for old in evicted {
-            st.records.remove(&old);
-        }
         st.records.insert(
             handle,
             Rec {
@@ -453,7 +393,7 @@ impl MemoryStore {
     }
 
     fn load_inner(&self, id: &Id) -> Result<Option<Record>> {
-        let Inner { keys, policy, .. } = &*self.inner;
+        let (keys, settings) = (self.keys(), &self.inner.settings);
         let handle = keys.handle(id);
         let now = self.now();
         let mut st = self.lock();
@@ -461,9 +401,9 @@ impl MemoryStore {
             return Ok(None);
         };
         let mut reindex = None;
-        if now - rec.a >= ms(policy.touch_interval) {
+        if now - rec.a >= ms(settings.touch_interval) {
             rec.a = now;
-            if let Some(idle) = policy.idle {
+            if let Some(idle) = settings.idle {
                 let ne = now.saturating_add(ms(idle)).min(rec.x);
                 if ne > rec.e {
                     rec.e = ne;
@@ -483,15 +423,15 @@ impl MemoryStore {
     }
 
     fn save_inner(&self, record: &Record) -> Result<()> {
-        let Inner { keys, policy, .. } = &*self.inner;
-        let data = policy.encode(&record.data)?;
+        let (keys, settings) = (self.keys(), &self.inner.settings);
+        let data = settings.encode(&record.data)?;
         let handle = keys.handle(&record.id);
         let now = self.now();
         let mut st = self.lock();
         let Some(rec) = st.live(&handle, now) else {
             return Err(Error::Gone);
         };
-        let e = policy.expiry(unix_ms(record.expiry_date), rec.x, now);
+        let e = settings.expiry(unix_ms(record.expiry_date), rec.x, now);
         if e <= now {
             st.kill(&handle);
             return Ok(());
@@ -503,6 +443,11 @@ impl MemoryStore {
             st.reindex(&handle, &user, e);
         }
         Ok(())
+    }
+
+    fn delete_inner(&self, id: &Id) {
+        let handle = self.keys().handle(id);
+        self.lock().kill(&handle);
     }
 }
 
@@ -521,8 +466,27 @@ impl SessionStore for MemoryStore {
     }
 
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
-        let handle = self.inner.keys.handle(id);
-        self.lock().kill(&handle);
+        self.delete_inner(id);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SessionBackend for MemoryStore {
+    async fn create_record(&self, record: &mut Record) -> Result<()> {
+        self.create_inner(record)
+    }
+
+    async fn save_record(&self, record: &Record) -> Result<()> {
+        self.save_inner(record)
+    }
+
+    async fn load_record(&self, id: &Id) -> Result<Option<Record>> {
+        self.load_inner(id)
+    }
+
+    async fn delete_record(&self, id: &Id) -> Result<()> {
+        self.delete_inner(id);
         Ok(())
     }
 }
@@ -530,12 +494,12 @@ impl SessionStore for MemoryStore {
 #[async_trait]
 impl UserSessions for MemoryStore {
     fn handle(&self, id: &Id) -> String {
-        self.inner.keys.handle(id)
+        self.keys().handle(id)
     }
 
     async fn list(&self, user: &str, current: Option<Id>) -> Result<Vec<SessionInfo>> {
         let now = self.now();
-        let current = current.map(|id| self.inner.keys.handle(&id));
+        let current = current.map(|id| self.keys().handle(&id));
         let mut st = self.lock();
         let handles: Vec<String> = match st.users.get_mut(user) {
             Some(u) => {
@@ -589,7 +553,7 @@ impl UserSessions for MemoryStore {
 
     async fn revoke_all(&self, user: &str) -> Result<u64> {
         let now = self.now();
-        let absolute = ms(self.inner.policy.absolute);
+        let absolute = ms(self.inner.settings.absolute);
         let mut st = self.lock();
         let u = st.users.entry(user.to_owned()).or_default();
         let handles: Vec<String> = u.index.drain();
@@ -609,8 +573,8 @@ impl UserSessions for MemoryStore {
 
     async fn revoke_others(&self, user: &str, current: &Id) -> Result<u64> {
         let now = self.now();
-        let absolute = ms(self.inner.policy.absolute);
-        let keep = self.inner.keys.handle(current);
+        let absolute = ms(self.inner.settings.absolute);
+        let keep = self.keys().handle(current);
         let mut st = self.lock();
         let live = st.is_live(&keep, now)
             && st
@@ -649,19 +613,18 @@ impl UserSessions for MemoryStore {
 
     fn watch(&self, id: &Id) -> Result<SessionWatch> {
         let Inner {
-            policy, watches, ..
+            settings, watches, ..
         } = &*self.inner;
         let watches =
-            watches.get_or_init(|| Watches::new(policy.max_watches, policy.watch_interval));
+            watches.get_or_init(|| Watches::new(settings.max_watches, settings.watch_interval));
         watches.watch(*id, || {
-            let store = Arc::downgrade(&self.inner);
+            let shared = Arc::downgrade(&self.inner.shared);
             Box::new(move |ids: Vec<Id>| {
-                let answer = store.upgrade().map(|inner| {
-                    let store = MemoryStore { inner };
+                let answer = shared.upgrade().map(|shared| {
                     let handles: Vec<String> =
-                        ids.iter().map(|id| store.inner.keys.handle(id)).collect();
-                    let now = store.now();
-                    let st = store.lock();
+                        ids.iter().map(|id| shared.keys.handle(id)).collect();
+                    let now = shared.now();
+                    let st = shared.lock();
                     handles.iter().map(|h| st.is_live(h, now)).collect()
                 });
                 Box::pin(std::future::ready(answer))
@@ -681,6 +644,26 @@ mod tests {
             expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
         };
         store.create(&mut r).await.unwrap();
+    }
+
+    /// Setting a clone never panics: the clone gets its own settings over the same sessions.
+    #[tokio::test]
+    async fn a_clone_can_be_configured_and_shares_the_sessions() {
+        let store = MemoryStore::new();
+        let small = store.clone().max_data_size(8);
+        create_one(&store).await;
+        assert_eq!(small.lock().records.len(), 1, "one set of sessions");
+        let mut big = Record {
+            id: Id::default(),
+            data: [("k".to_owned(), serde_json::json!("a value over 8 bytes"))].into(),
+            expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        };
+        assert!(matches!(
+            small.create_inner(&mut big),
+            Err(Error::TooLarge { max: 8, .. })
+        ));
+        store.create_inner(&mut big).unwrap();
+        assert!(small.load_inner(&big.id).unwrap().is_some());
     }
 
     /// Sweeps run when the store doubles (from 1024 up), so it holds at most about twice its

@@ -1,19 +1,231 @@
-//! The two stores and what they share.
+//! Where sessions live: the [`SessionBackend`] trait, [`RedisStore`] and [`MemoryStore`], and
+//! what both share (timeouts and limits, the conversion to `tower-sessions`' interface).
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 
-use tower_sessions_core::session_store;
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use tower_sessions_core::{
+    SessionStore,
+    session::{Id, Record},
+    session_store,
+};
 
-use crate::{Error, outcome};
+use crate::{Error, Result, SessionInfo, SessionWatch, UserSessions, outcome};
 
-pub(crate) mod any;
-pub(crate) mod memory;
-pub(crate) mod redis;
-pub(crate) mod watch;
+mod memory;
+mod redis;
 
-/// Timeouts and limits shared by both stores.
+pub use memory::MemoryStore;
+pub use redis::RedisStore;
+
+/// A session store the [`SessionLayer`](crate::SessionLayer) runs on: the records
+/// `tower-sessions` reads and writes, plus the per-user index of [`UserSessions`].
+/// Implemented by [`RedisStore`] and [`MemoryStore`], and by `Arc` of either or of
+/// `dyn SessionBackend`.
+///
+/// Choosing a backend at run time is choosing an `Arc<dyn SessionBackend>`; the layer and the
+/// handlers share it:
+///
+/// ```
+/// use std::sync::Arc;
+/// use redtower_session::{MemoryStore, RedisStore, SessionBackend, SessionLayer, UserSessions};
+/// use redtower_session::tower_sessions::cookie::Key;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), redtower_session::Error> {
+/// # let redis: Option<redtower_client::Redis> = None;
+/// # let secret = [7u8; 32];
+/// let store: Arc<dyn SessionBackend> = match redis {
+///     Some(redis) => Arc::new(RedisStore::new(redis, secret)?),
+///     None => Arc::new(MemoryStore::new()),
+/// };
+/// let layer = SessionLayer::new(store.clone(), Key::generate());
+/// // In a handler: `store.revoke_all(&user)`, `store.list(&user, current)`, ...
+/// assert!(store.list("alice", None).await?.is_empty());
+/// # let _ = layer; Ok(()) }
+/// ```
+///
+/// The record operations have `tower-sessions`' meaning (the layer calls them through its
+/// `SessionStore` interface), with the guarantees both stores give: `create` never
+/// overwrites, `save` never brings back a session that was deleted, expired or revoked,
+/// `load` answers `None` for such a session. Their errors are typed: an
+/// [outage](Error::is_outage) becomes `503` and [`Error::Gone`] a `401` (plus a cleared
+/// cookie) under the layer.
+#[async_trait]
+pub trait SessionBackend: UserSessions {
+    /// Stores a new record under a fresh id, written into `record.id`; never overwrites an
+    /// existing session. A record bound to a user ([`bind_user`](crate::bind_user)) joins the
+    /// user's index.
+    ///
+    /// # Errors
+    ///
+    /// When the store fails, when the data is over the size cap ([`Error::TooLarge`]), or when
+    /// no free id was found ([`Error::Collision`]).
+    async fn create_record(&self, record: &mut Record) -> Result<()>;
+
+    /// Updates a live record (data and expiry).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Gone`] when the session was deleted, expired or revoked (it is not written);
+    /// otherwise as [`create_record`](Self::create_record).
+    async fn save_record(&self, record: &Record) -> Result<()>;
+
+    /// The record of session `id`, `None` when it is missing, expired or revoked. A read slides
+    /// the idle timeout.
+    ///
+    /// # Errors
+    ///
+    /// When the store fails or the stored data cannot be decoded.
+    async fn load_record(&self, id: &Id) -> Result<Option<Record>>;
+
+    /// Deletes session `id` (and its index entry). Deleting a missing session is no error.
+    ///
+    /// # Errors
+    ///
+    /// When the store fails.
+    async fn delete_record(&self, id: &Id) -> Result<()>;
+}
+
+// Forwarded by hand rather than through `#[async_trait]`, so an `Arc<dyn SessionBackend>`
+// costs no extra boxed future per call over the store it holds.
+impl<T: SessionBackend + ?Sized> SessionBackend for Arc<T> {
+    fn create_record<'a, 'b, 'f>(&'a self, record: &'b mut Record) -> BoxFuture<'f, Result<()>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        (**self).create_record(record)
+    }
+
+    fn save_record<'a, 'b, 'f>(&'a self, record: &'b Record) -> BoxFuture<'f, Result<()>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        (**self).save_record(record)
+    }
+
+    fn load_record<'a, 'b, 'f>(&'a self, id: &'b Id) -> BoxFuture<'f, Result<Option<Record>>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        (**self).load_record(id)
+    }
+
+    fn delete_record<'a, 'b, 'f>(&'a self, id: &'b Id) -> BoxFuture<'f, Result<()>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        (**self).delete_record(id)
+    }
+}
+
+// See the `SessionBackend` forwarding above.
+impl<T: UserSessions + ?Sized> UserSessions for Arc<T> {
+    fn handle(&self, id: &Id) -> String {
+        (**self).handle(id)
+    }
+
+    fn list<'a, 'b, 'f>(
+        &'a self,
+        user: &'b str,
+        current: Option<Id>,
+    ) -> BoxFuture<'f, Result<Vec<SessionInfo>>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        (**self).list(user, current)
+    }
+
+    fn revoke<'a, 'b, 'c, 'f>(
+        &'a self,
+        user: &'b str,
+        handle: &'c str,
+    ) -> BoxFuture<'f, Result<bool>>
+    where
+        'a: 'f,
+        'b: 'f,
+        'c: 'f,
+        Self: 'f,
+    {
+        (**self).revoke(user, handle)
+    }
+
+    fn revoke_all<'a, 'b, 'f>(&'a self, user: &'b str) -> BoxFuture<'f, Result<u64>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        (**self).revoke_all(user)
+    }
+
+    fn revoke_others<'a, 'b, 'c, 'f>(
+        &'a self,
+        user: &'b str,
+        current: &'c Id,
+    ) -> BoxFuture<'f, Result<u64>>
+    where
+        'a: 'f,
+        'b: 'f,
+        'c: 'f,
+        Self: 'f,
+    {
+        (**self).revoke_others(user, current)
+    }
+
+    fn watch(&self, id: &Id) -> Result<SessionWatch> {
+        (**self).watch(id)
+    }
+}
+
+/// A [`SessionBackend`] seen through `tower-sessions`' [`SessionStore`] interface: what the
+/// [`SessionLayer`](crate::SessionLayer) hands its `SessionManager`. Its errors are flagged
+/// for the layer (see [`to_store_error`]) before they lose their type.
+///
+/// Public only in name (this module is private): it appears as a type parameter of
+/// [`SessionLayer`](crate::SessionLayer)'s service.
+#[derive(Clone)]
+pub struct BackendAsStore(pub(crate) Arc<dyn SessionBackend>);
+
+impl fmt::Debug for BackendAsStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[async_trait]
+impl SessionStore for BackendAsStore {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        self.0.create_record(record).await.map_err(to_store_error)
+    }
+
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        self.0.save_record(record).await.map_err(to_store_error)
+    }
+
+    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+        self.0.load_record(id).await.map_err(to_store_error)
+    }
+
+    async fn delete(&self, id: &Id) -> session_store::Result<()> {
+        self.0.delete_record(id).await.map_err(to_store_error)
+    }
+}
+
+/// Timeouts and limits, the same settings for both stores.
 #[derive(Debug, Clone)]
-pub(crate) struct Policy {
+pub(crate) struct Settings {
     pub(crate) idle: Option<Duration>,
     pub(crate) absolute: Duration,
     pub(crate) max_data: usize,
@@ -23,7 +235,7 @@ pub(crate) struct Policy {
     pub(crate) watch_interval: Duration,
 }
 
-impl Default for Policy {
+impl Default for Settings {
     fn default() -> Self {
         Self {
             idle: None,
@@ -48,9 +260,14 @@ pub(crate) fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-impl Policy {
+impl Settings {
     pub(crate) fn idle_ms(&self) -> i64 {
         self.idle.map_or(0, ms)
+    }
+
+    /// The per-user cap, as a script argument.
+    pub(crate) fn max_per_user_arg(&self) -> i64 {
+        i64::try_from(self.max_per_user).unwrap_or(i64::MAX)
     }
 
     pub(crate) fn encode(

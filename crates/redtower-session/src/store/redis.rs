@@ -1,7 +1,6 @@
 //! [`RedisStore`]: sessions in Redis, one Lua script (one round trip) per operation.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, LazyLock, OnceLock},
     time::Duration,
 };
@@ -13,7 +12,7 @@ use fred::{
 };
 use redtower_client::{
     Key, Redis, Script,
-    batch::{Coalescer, Uncoalesced, per_slot},
+    batch::{Coalescer, Uncoalesced},
 };
 use tower_sessions_core::{
     SessionStore,
@@ -21,15 +20,19 @@ use tower_sessions_core::{
     session_store,
 };
 
-use super::{
-    Policy, from_unix_ms, ms, to_store_error, unix_ms,
+use super::{SessionBackend, Settings, from_unix_ms, ms, to_store_error, unix_ms};
+use crate::{
+    ConfigError, Error, Result, SessionInfo, SessionMeta, UserSessions,
+    keys::{Keys, bucket_of, valid_handle},
+    user::binding_of,
     watch::{SessionWatch, Watches},
 };
-use crate::{
-    Error, Result, SessionInfo, SessionMeta, UserSessions,
-    keys::{Keys, valid_handle},
-    user::binding_of,
-};
+
+mod alive;
+mod loads;
+
+use alive::alive_batch;
+use loads::{Loaded, Loads, MAX_BATCH, load_batch, short_reply};
 
 macro_rules! script {
     ($name:ident, $file:literal) => {
@@ -57,7 +60,8 @@ script!(ALIVE, "alive");
 
 const CREATE_ATTEMPTS: usize = 8;
 
-/// A [`SessionStore`] in Redis, with the per-user index of [`UserSessions`].
+/// A [`SessionBackend`] in Redis, with the per-user index of [`UserSessions`]; also a drop-in
+/// `tower-sessions` [`SessionStore`].
 ///
 /// * Keys: `<prefix>:s:{<bucket>}:<HMAC(id)>` for a record (a HASH), and for each user
 ///   `<prefix>:s:{<bucket>}:u:<user>` (index, a ZSET scored by expiry) and
@@ -80,7 +84,7 @@ const CREATE_ATTEMPTS: usize = 8;
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let redis = Redis::new(RedisConfig::from_env()?)?;
 /// let secret = std::env::var("SESSION_KEY_SECRET")?; // at least 32 bytes
-/// let store = RedisStore::new(redis, secret.as_bytes())
+/// let store = RedisStore::new(redis, secret.as_bytes())?
 ///     .idle_timeout(Duration::from_secs(30 * 60))
 ///     .absolute_timeout(Duration::from_secs(12 * 3600));
 /// # let _ = store; Ok(()) }
@@ -94,9 +98,9 @@ pub struct RedisStore {
 struct Inner {
     redis: Redis,
     keys: Keys,
-    policy: Policy,
+    settings: Settings,
     /// Loads queued by concurrent requests, sent as one script call per slot (started on the
-    /// first load, with the policy of that moment; a policy change starts a new one).
+    /// first load, with the settings of that moment; a settings change starts a new one).
     loads: OnceLock<Arc<Loads>>,
     /// Whether loads are coalesced at all.
     coalesce: bool,
@@ -104,18 +108,11 @@ struct Inner {
     watches: OnceLock<Arc<Watches>>,
 }
 
-/// A loaded record's data and expiry (unix ms), or `None` when missing, expired or revoked.
-type Loaded = Result<Option<(String, String)>, FredError>;
-type Loads = Coalescer<Key, Loaded>;
-
-/// The most loads one coalesced script call carries.
-const MAX_BATCH: usize = 64;
-
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("redis", &self.inner.redis)
-            .field("policy", &self.inner.policy)
+            .field("settings", &self.inner.settings)
             .finish_non_exhaustive()
     }
 }
@@ -128,34 +125,37 @@ impl RedisStore {
     /// `secret`. Every instance of an app must use the same secret; changing it logs everyone
     /// out.
     ///
-    /// # Panics
+    /// # Errors
     ///
-    /// If `secret` is shorter than [`MIN_SECRET_LEN`](Self::MIN_SECRET_LEN) bytes.
-    pub fn new(redis: Redis, secret: impl AsRef<[u8]>) -> Self {
+    /// [`ConfigError::SecretTooShort`] (in [`Error::Config`]) when `secret` is shorter than
+    /// [`MIN_SECRET_LEN`](Self::MIN_SECRET_LEN) bytes.
+    pub fn new(redis: Redis, secret: impl AsRef<[u8]>) -> Result<Self> {
         let secret = secret.as_ref();
-        assert!(
-            secret.len() >= Self::MIN_SECRET_LEN,
-            "the session key secret must be at least {} bytes",
-            Self::MIN_SECRET_LEN
-        );
+        if secret.len() < Self::MIN_SECRET_LEN {
+            return Err(ConfigError::SecretTooShort {
+                len: secret.len(),
+                min: Self::MIN_SECRET_LEN,
+            }
+            .into());
+        }
         let keys = Keys::new(redis.keyspace(), secret);
-        Self {
+        Ok(Self {
             inner: Arc::new(Inner {
                 redis,
                 keys,
-                policy: Policy::default(),
+                settings: Settings::default(),
                 loads: OnceLock::new(),
                 coalesce: true,
                 watches: OnceLock::new(),
             }),
-        }
+        })
     }
 
-    fn policy_mut(&mut self) -> &mut Policy {
+    fn settings_mut(&mut self) -> &mut Settings {
         let inner = Arc::make_mut(&mut self.inner);
         inner.loads = OnceLock::new();
         inner.watches = OnceLock::new();
-        &mut inner.policy
+        &mut inner.settings
     }
 
     fn loads(&self) -> &Loads {
@@ -171,10 +171,11 @@ impl RedisStore {
 
     /// Sliding idle timeout: a session not used for this long expires, and every read or write
     /// pushes its expiry forward (reads do it without rewriting the record). Defaults to none
-    /// (the record's own expiry, from `SessionManagerLayer::with_expiry`, is used as is).
+    /// (the record's own expiry, from [`SessionLayer::expiry`](crate::SessionLayer::expiry), is used
+    /// as is).
     #[must_use]
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
-        self.policy_mut().idle = Some(idle);
+        self.settings_mut().idle = Some(idle);
         self
     }
 
@@ -182,7 +183,7 @@ impl RedisStore {
     /// created (login). Defaults to 7 days.
     #[must_use]
     pub fn absolute_timeout(mut self, absolute: Duration) -> Self {
-        self.policy_mut().absolute = absolute;
+        self.settings_mut().absolute = absolute;
         self
     }
 
@@ -190,7 +191,7 @@ impl RedisStore {
     /// 16 KiB.
     #[must_use]
     pub fn max_data_size(mut self, bytes: usize) -> Self {
-        self.policy_mut().max_data = bytes;
+        self.settings_mut().max_data = bytes;
         self
     }
 
@@ -209,7 +210,7 @@ impl RedisStore {
     /// Defaults to 1 second.
     #[must_use]
     pub fn touch_interval(mut self, interval: Duration) -> Self {
-        self.policy_mut().touch_interval = interval;
+        self.settings_mut().touch_interval = interval;
         self
     }
 
@@ -227,7 +228,7 @@ impl RedisStore {
     /// ```
     #[must_use]
     pub fn max_sessions_per_user(mut self, max: usize) -> Self {
-        self.policy_mut().max_per_user = max.max(1);
+        self.settings_mut().max_per_user = max.max(1);
         self
     }
 
@@ -235,7 +236,7 @@ impl RedisStore {
     /// with [`Error::TooManyWatches`]. Defaults to 10,000.
     #[must_use]
     pub fn max_watches(mut self, max: usize) -> Self {
-        self.policy_mut().max_watches = max;
+        self.settings_mut().max_watches = max;
         self
     }
 
@@ -244,7 +245,7 @@ impl RedisStore {
     /// this much time plus the check after its session ends. Defaults to 250 ms.
     #[must_use]
     pub fn watch_interval(mut self, interval: Duration) -> Self {
-        self.policy_mut().watch_interval = interval;
+        self.settings_mut().watch_interval = interval;
         self
     }
 
@@ -259,17 +260,17 @@ impl RedisStore {
     }
 
     /// The key of the record of session `id` (for inspection and operations).
-    pub fn record_key(&self, id: &Id) -> redtower_client::Key {
+    pub fn record_key(&self, id: &Id) -> Key {
         self.inner.keys.record(id)
     }
 
     /// The key of `user`'s session index (a ZSET of handles scored by expiry in ms).
-    pub fn index_key(&self, user: &str) -> redtower_client::Key {
+    pub fn index_key(&self, user: &str) -> Key {
         self.inner.keys.index(user)
     }
 
     /// The key of `user`'s revocation epoch.
-    pub fn epoch_key(&self, user: &str) -> redtower_client::Key {
+    pub fn epoch_key(&self, user: &str) -> Key {
         self.inner.keys.epoch(user)
     }
 
@@ -294,11 +295,11 @@ impl RedisStore {
         let Inner {
             redis,
             keys,
-            policy,
+            settings,
             ..
         } = &*self.inner;
         let binding = binding_of(&record.data);
-        let data = policy.encode(&record.data)?;
+        let data = settings.encode(&record.data)?;
         let wanted = unix_ms(record.expiry_date);
         self.ready().await?;
         for _ in 0..CREATE_ATTEMPTS {
@@ -308,18 +309,16 @@ impl RedisStore {
             };
             let id = next_id(bucket);
             let handle = keys.handle(&id);
-            let mut key_list = vec![keys.record_by_handle(crate::keys::bucket_of(&id), &handle)];
+            let mut key_list = vec![keys.record_by_handle(bucket_of(&id), &handle)];
             let mut args: Vec<Value> = vec![
                 data.clone().into(),
                 wanted.into(),
-                policy.idle_ms().into(),
-                ms(policy.absolute).into(),
+                settings.idle_ms().into(),
+                ms(settings.absolute).into(),
                 handle.into(),
                 // The creation token that makes a re-send of this call harmless.
                 format!("{:032x}", rand::random::<u128>()).into(),
-                i64::try_from(policy.max_per_user)
-                    .unwrap_or(i64::MAX)
-                    .into(),
+                settings.max_per_user_arg().into(),
             ];
             if let Some(b) = &binding {
                 key_list.push(keys.epoch(&b.user));
@@ -374,8 +373,8 @@ impl RedisStore {
     /// The load script's arguments: idle timeout and touch interval, in ms.
     fn load_args(&self) -> [i64; 2] {
         [
-            self.inner.policy.idle_ms(),
-            ms(self.inner.policy.touch_interval),
+            self.inner.settings.idle_ms(),
+            ms(self.inner.settings.touch_interval),
         ]
     }
 
@@ -390,10 +389,10 @@ impl RedisStore {
         let Inner {
             redis,
             keys,
-            policy,
+            settings,
             ..
         } = &*self.inner;
-        let data = policy.encode(&record.data)?;
+        let data = settings.encode(&record.data)?;
         self.ready().await?;
         let reply: String = SAVE
             .run(
@@ -402,7 +401,7 @@ impl RedisStore {
                 vec![
                     Value::from(data),
                     unix_ms(record.expiry_date).into(),
-                    policy.idle_ms().into(),
+                    settings.idle_ms().into(),
                 ],
             )
             .await?;
@@ -441,211 +440,23 @@ impl SessionStore for RedisStore {
     }
 }
 
-/// Loads a batch of records: one `load` script call per slot (one on a standalone server),
-/// concurrently; the replies in the batch's order.
-async fn load_batch(redis: &Redis, args: [i64; 2], batch: Vec<Key>) -> Vec<Loaded> {
-    per_slot(
-        batch,
-        |k| redis.batch_slot(k),
-        |keys| load_slot(redis, args, keys),
-        || Err(short_reply()),
-    )
-    .await
-}
-
-/// Loads of one slot in one script call. A record asked for more than once in the batch (one
-/// browser's parallel requests) is loaded once and its answer shared: the loads of a batch run
-/// at one instant, so a second load would only find what the first left (touched, or deleted).
-async fn load_slot(redis: &Redis, args: [i64; 2], keys: Vec<Key>) -> Vec<Loaded> {
-    if keys.len() < 2 {
-        return load_unique(redis, args, keys).await;
+#[async_trait]
+impl SessionBackend for RedisStore {
+    async fn create_record(&self, record: &mut Record) -> Result<()> {
+        self.create_inner(record).await
     }
-    let mut first: HashMap<&Key, usize> = HashMap::with_capacity(keys.len());
-    let mut unique = Vec::with_capacity(keys.len());
-    let mut index = Vec::with_capacity(keys.len());
-    for key in &keys {
-        let next = first.len();
-        let i = *first.entry(key).or_insert(next);
-        if i == next {
-            unique.push(key.clone());
-        }
-        index.push(i);
+
+    async fn save_record(&self, record: &Record) -> Result<()> {
+        self.save_inner(record).await
     }
-    if unique.len() == keys.len() {
-        drop(first);
-        return load_unique(redis, args, keys).await;
+
+    async fn load_record(&self, id: &Id) -> Result<Option<Record>> {
+        self.load_inner(id).await
     }
-    let mut uses = vec![0usize; unique.len()];
-    for &i in &index {
-        uses[i] += 1;
+
+    async fn delete_record(&self, id: &Id) -> Result<()> {
+        self.delete_inner(id).await
     }
-    let mut loaded: Vec<Option<Loaded>> = load_unique(redis, args, unique)
-        .await
-        .into_iter()
-        .map(Some)
-        .collect();
-    index
-        .into_iter()
-        .map(|i| {
-            uses[i] -= 1;
-            let answer = if uses[i] == 0 {
-                loaded[i].take()
-            } else {
-                loaded[i].clone()
-            };
-            answer.unwrap_or_else(|| Err(short_reply()))
-        })
-        .collect()
-}
-
-/// One script call loading `keys` (no key twice), the replies in their order.
-async fn load_unique(redis: &Redis, args: [i64; 2], keys: Vec<Key>) -> Vec<Loaded> {
-    let n = keys.len();
-    let reply: Vec<String> = match LOAD.run(redis, keys, args.to_vec()).await {
-        Ok(r) => r,
-        Err(e) => {
-            let e = e
-                .as_fred()
-                .cloned()
-                .unwrap_or_else(|| FredError::new(FredErrorKind::Unknown, e.to_string()));
-            return (0..n).map(|_| Err(e.clone())).collect();
-        }
-    };
-    if reply.len() != 2 * n {
-        return (0..n).map(|_| Err(short_reply())).collect();
-    }
-    let mut values = reply.into_iter();
-    (0..n)
-        .map(|_| match (values.next(), values.next()) {
-            (Some(d), Some(e)) if !d.is_empty() => Ok(Some((d, e))),
-            _ => Ok(None),
-        })
-        .collect()
-}
-
-fn max_per_user(policy: &Policy) -> i64 {
-    i64::try_from(policy.max_per_user).unwrap_or(i64::MAX)
-}
-
-/// The most records one liveness check script call reads.
-const MAX_ALIVE_BATCH: usize = 500;
-
-/// Which of `keys` are live sessions. A session whose check failed (Redis down) counts as
-/// live: an outage ends no session.
-///
-/// Standalone: one `alive` script call per 500 keys, all sent at once (one round trip). On a
-/// Cluster the watched sessions of many users spread over many slots, and a script call takes
-/// keys of one slot only, so it reads with plain commands instead, auto-pipelined per node: one
-/// `HMGET` per record, then one `GET` per distinct epoch key of the bound ones (two round
-/// trips, no script per slot).
-async fn alive_batch(redis: &Redis, keys: Vec<Key>) -> Option<Vec<bool>> {
-    if redis.is_cluster() {
-        return Some(alive_by_commands(redis, keys).await);
-    }
-    let out = per_slot(
-        keys,
-        |k| redis.batch_slot(k),
-        |group: Vec<Key>| async move {
-            let n = group.len();
-            let calls = group.chunks(MAX_ALIVE_BATCH).map(|chunk| async move {
-                match ALIVE
-                    .run::<Vec<i64>, _, _>(redis, chunk.to_vec(), Vec::<Value>::new())
-                    .await
-                {
-                    Ok(r) if r.len() == chunk.len() => r.into_iter().map(|v| v == 1).collect(),
-                    Ok(_) => vec![true; chunk.len()],
-                    Err(e) => {
-                        tracing::debug!(target: "redtower::session", error = %e, "session watch check failed; retrying");
-                        vec![true; chunk.len()]
-                    }
-                }
-            });
-            let mut out: Vec<bool> = futures::future::join_all(calls)
-                .await
-                .into_iter()
-                .flatten()
-                .collect();
-            out.resize(n, true);
-            out
-        },
-        || true,
-    )
-    .await;
-    Some(out)
-}
-
-async fn alive_by_commands(redis: &Redis, keys: Vec<Key>) -> Vec<bool> {
-    use fred::interfaces::{HashesInterface as _, KeysInterface as _};
-    let client = redis.client();
-    let records = futures::future::join_all(keys.iter().map(|k| async move {
-        client
-            .hmget::<Vec<Option<String>>, _, _>(k.as_str(), vec!["e", "g", "gk"])
-            .await
-    }))
-    .await;
-    let mut epochs: HashMap<String, Option<Option<String>>> = HashMap::new();
-    let records: Vec<Seen> = records
-        .into_iter()
-        .map(|r| match r {
-            Err(e) => {
-                tracing::debug!(target: "redtower::session", error = %e, "session watch check failed; retrying");
-                Seen::Unknown
-            }
-            Ok(f) => {
-                let mut f = f.into_iter();
-                let (e, g, gk) = (f.next().flatten(), f.next().flatten(), f.next().flatten());
-                match (e, g, gk) {
-                    (None, _, _) => Seen::Gone,
-                    (Some(_), Some(g), Some(gk)) => {
-                        epochs.entry(gk.clone()).or_insert(None);
-                        Seen::Bound { g, gk }
-                    }
-                    (Some(_), _, _) => Seen::Unbound,
-                }
-            }
-        })
-        .collect();
-    let read = futures::future::join_all(epochs.keys().map(|gk| async move {
-        (
-            gk.clone(),
-            client.get::<Option<String>, _>(gk.as_str()).await.ok(),
-        )
-    }))
-    .await;
-    for (gk, value) in read {
-        epochs.insert(gk, value);
-    }
-    records
-        .into_iter()
-        .map(|r| match r {
-            Seen::Unknown | Seen::Unbound => true,
-            Seen::Gone => false,
-            Seen::Bound { g, gk } => match epochs.get(&gk) {
-                // The epoch could not be read: keep watching.
-                Some(None) | None => true,
-                Some(Some(current)) => current.as_deref() == Some(g.as_str()),
-            },
-        })
-        .collect()
-}
-
-/// What one `HMGET` of a watched record showed.
-enum Seen {
-    /// The read failed.
-    Unknown,
-    /// No record: deleted, revoked or expired.
-    Gone,
-    /// A live record bound to no user.
-    Unbound,
-    /// A record bound to a user: its epoch stamp and the epoch key.
-    Bound { g: String, gk: String },
-}
-
-fn short_reply() -> FredError {
-    FredError::new(
-        FredErrorKind::Protocol,
-        "session load reply shorter than its batch",
-    )
 }
 
 fn parse_i64(s: &str) -> i64 {
@@ -662,7 +473,7 @@ impl UserSessions for RedisStore {
         let Inner {
             redis,
             keys,
-            policy,
+            settings,
             ..
         } = &*self.inner;
         self.ready().await?;
@@ -672,7 +483,7 @@ impl UserSessions for RedisStore {
                 vec![keys.index(user), keys.epoch(user)],
                 vec![
                     Value::from(keys.record_prefix(keys.user_bucket(user))),
-                    max_per_user(policy).into(),
+                    settings.max_per_user_arg().into(),
                 ],
             )
             .await?;
@@ -718,7 +529,7 @@ impl UserSessions for RedisStore {
         let Inner {
             redis,
             keys,
-            policy,
+            settings,
             ..
         } = &*self.inner;
         self.ready().await?;
@@ -728,8 +539,8 @@ impl UserSessions for RedisStore {
                 vec![keys.epoch(user), keys.index(user)],
                 vec![
                     Value::from(keys.record_prefix(keys.user_bucket(user))),
-                    ms(policy.absolute).into(),
-                    max_per_user(policy).into(),
+                    ms(settings.absolute).into(),
+                    settings.max_per_user_arg().into(),
                 ],
             )
             .await?;
@@ -740,14 +551,14 @@ impl UserSessions for RedisStore {
         let Inner {
             redis,
             keys,
-            policy,
+            settings,
             ..
         } = &*self.inner;
         let bucket = keys.user_bucket(user);
         // A current id of another bucket cannot be this user's session: nothing to keep, and
         // the record key must share the user's slot, so a key of the bucket that exists for no
         // session stands in for it.
-        let current = if crate::keys::bucket_of(current) == bucket {
+        let current = if bucket_of(current) == bucket {
             keys.record(current)
         } else {
             keys.record_by_handle(bucket, "none")
@@ -759,9 +570,9 @@ impl UserSessions for RedisStore {
                 vec![keys.epoch(user), keys.index(user), current],
                 vec![
                     Value::from(keys.record_prefix(bucket)),
-                    ms(policy.absolute).into(),
+                    ms(settings.absolute).into(),
                     user.to_owned().into(),
-                    max_per_user(policy).into(),
+                    settings.max_per_user_arg().into(),
                 ],
             )
             .await?;
@@ -772,12 +583,12 @@ impl UserSessions for RedisStore {
         let Inner {
             redis,
             keys,
-            policy,
+            settings,
             watches,
             ..
         } = &*self.inner;
         let watches =
-            watches.get_or_init(|| Watches::new(policy.max_watches, policy.watch_interval));
+            watches.get_or_init(|| Watches::new(settings.max_watches, settings.watch_interval));
         watches.watch(*id, || {
             let redis = redis.clone();
             let keys = keys.clone();
@@ -800,7 +611,7 @@ mod tests {
     #[tokio::test]
     async fn a_coalesced_load_future_stays_small() {
         let config = redtower_client::RedisConfig::from_url("redis://127.0.0.1:1").unwrap();
-        let store = RedisStore::new(Redis::new(config).unwrap(), [7u8; 32]);
+        let store = RedisStore::new(Redis::new(config).unwrap(), [7u8; 32]).unwrap();
         let id = Id(1);
         let load = store.load_inner(&id);
         assert!(
@@ -819,7 +630,7 @@ mod tests {
             .key_prefix(redtower_testkit::unique_prefix("session-unit"));
         let redis = Redis::new(config).unwrap();
         redis.wait_ready(Duration::from_secs(10)).await.unwrap();
-        let store = RedisStore::new(redis, [7u8; 32]);
+        let store = RedisStore::new(redis, [7u8; 32]).unwrap();
         let record = |who: &str| Record {
             id: Id::default(),
             data: [("who".to_owned(), serde_json::json!(who))].into(),
@@ -860,6 +671,6 @@ mod tests {
     #[test]
     fn scripts_compile_in() {
         assert!(LOAD.sha1().len() == 40);
-        let _ = crate::keys::bucket_of(&Id(0));
+        let _ = bucket_of(&Id(0));
     }
 }

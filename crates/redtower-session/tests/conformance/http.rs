@@ -1,12 +1,12 @@
 //! HTTP-level checks through `SessionLayer`, written once and run per backend.
 
 use axum::http::StatusCode;
-use redtower_session::{UserSessions, tower_sessions::cookie::Key};
+use redtower_session::{SessionBackend, tower_sessions::cookie::Key};
 use serde_json::json;
 
 use super::app::{Counting, app, id_of, login_as, send};
 
-pub async fn http_cookie_defaults<S: UserSessions + Clone>(store: S) {
+pub async fn http_cookie_defaults<S: SessionBackend + Clone>(store: S) {
     let (router, _) = app(store, Key::generate());
     let r = send(
         &router,
@@ -24,14 +24,14 @@ pub async fn http_cookie_defaults<S: UserSessions + Clone>(store: S) {
     assert!(c.starts_with("id="));
 }
 
-pub async fn http_fixation<S: UserSessions + Clone>(store: S) {
+pub async fn http_fixation<S: SessionBackend + Clone>(store: S) {
     let (router, _) = app(store.clone(), Key::generate());
     // An anonymous session with data.
     let r = send(&router, "GET", "/anon", None, None).await;
     assert_eq!(r.status, StatusCode::OK);
     let before = r.cookie();
     let old_id = id_of(&before);
-    assert!(store.load(&old_id).await.unwrap().is_some());
+    assert!(store.load_record(&old_id).await.unwrap().is_some());
     // Login through that session.
     let r = send(
         &router,
@@ -45,7 +45,7 @@ pub async fn http_fixation<S: UserSessions + Clone>(store: S) {
     let after = r.cookie();
     assert_ne!(id_of(&after), old_id, "login cycles the id");
     assert!(
-        store.load(&old_id).await.unwrap().is_none(),
+        store.load_record(&old_id).await.unwrap().is_none(),
         "the pre-login id is dead"
     );
     let r = send(&router, "GET", "/whoami", Some(&before), None).await;
@@ -58,7 +58,7 @@ pub async fn http_fixation<S: UserSessions + Clone>(store: S) {
     assert_eq!(r.status, StatusCode::OK);
 }
 
-pub async fn http_logout_and_list<S: UserSessions + Clone>(store: S) {
+pub async fn http_logout_and_list<S: SessionBackend + Clone>(store: S) {
     let (router, _) = app(store, Key::generate());
     let phone = login_as(&router, "alice").await;
     let laptop = login_as(&router, "alice").await;
@@ -108,7 +108,7 @@ pub async fn http_logout_and_list<S: UserSessions + Clone>(store: S) {
     );
 }
 
-pub async fn http_forged_cookies_never_reach_the_store<S: UserSessions + Clone>(store: S) {
+pub async fn http_forged_cookies_never_reach_the_store<S: SessionBackend + Clone>(store: S) {
     let counting = Counting::new(store);
     let (router, _) = app(counting.clone(), Key::generate());
     let good = login_as(&router, "alice").await;
@@ -154,7 +154,7 @@ pub async fn http_forged_cookies_never_reach_the_store<S: UserSessions + Clone>(
     );
 }
 
-pub async fn http_revoked_mid_request_is_401<S: UserSessions + Clone>(store: S) {
+pub async fn http_revoked_mid_request_is_401<S: SessionBackend + Clone>(store: S) {
     let (router, state) = app(store.clone(), Key::generate());
     let cookie = login_as(&router, "alice").await;
     let id = id_of(&cookie);
@@ -173,7 +173,10 @@ pub async fn http_revoked_mid_request_is_401<S: UserSessions + Clone>(store: S) 
         r.set_cookie.unwrap().contains("Max-Age=0"),
         "cookie cleared"
     );
-    assert!(store.load(&id).await.unwrap().is_none(), "not resurrected");
+    assert!(
+        store.load_record(&id).await.unwrap().is_none(),
+        "not resurrected"
+    );
     assert_eq!(
         send(&router, "GET", "/me", Some(&cookie), None)
             .await
@@ -182,7 +185,7 @@ pub async fn http_revoked_mid_request_is_401<S: UserSessions + Clone>(store: S) 
     );
 }
 
-pub async fn http_logout_everywhere<S: UserSessions + Clone>(store: S) {
+pub async fn http_logout_everywhere<S: SessionBackend + Clone>(store: S) {
     let (router, state) = app(store.clone(), Key::generate());
     let a1 = login_as(&router, "alice").await;
     let a2 = login_as(&router, "alice").await;
@@ -214,7 +217,7 @@ pub async fn http_logout_everywhere<S: UserSessions + Clone>(store: S) {
 /// Two logins through the same pre-login cookie (a double-clicked button, two tabs), both past
 /// reading that session before either binds the user: each gets a session of its own, the
 /// pre-login id stays dead, and the index holds both, so "log out everywhere" ends both.
-pub async fn http_login_vs_login_from_one_cookie<S: UserSessions + Clone>(store: S) {
+pub async fn http_login_vs_login_from_one_cookie<S: SessionBackend + Clone>(store: S) {
     let (router, state) = app(store.clone(), Key::generate());
     let anon = send(&router, "GET", "/anon", None, None).await.cookie();
     let old_id = id_of(&anon);
@@ -244,7 +247,7 @@ pub async fn http_login_vs_login_from_one_cookie<S: UserSessions + Clone>(store:
     let (a, b) = (first.cookie(), second.cookie());
     assert_ne!(id_of(&a), id_of(&b), "two sessions, not one shared");
     assert!(
-        store.load(&old_id).await.unwrap().is_none(),
+        store.load_record(&old_id).await.unwrap().is_none(),
         "the pre-login id stays dead"
     );
     assert_eq!(
@@ -272,7 +275,9 @@ pub async fn http_login_vs_login_from_one_cookie<S: UserSessions + Clone>(store:
     assert!(store.list("alice", None).await.unwrap().is_empty());
 }
 
-/// Instantiates every HTTP check for one store expression.
+/// Instantiates every HTTP check for one store expression: a concrete store, or
+/// `erased <store as Arc<dyn SessionBackend>>` (every check but the drop-in one, which needs a
+/// `tower-sessions` `SessionStore`).
 #[macro_export]
 macro_rules! http_checks {
     (@each $attrs:tt $store:expr; $($check:ident),*) => {
@@ -281,21 +286,24 @@ macro_rules! http_checks {
     (@one [$(#[$m:meta])*] $store:expr; $check:ident) => {
         $(#[$m])*
         async fn $check() {
-            common::http::$check($store).await;
+            conformance::http::$check($store).await;
         }
     };
-    ($attrs:tt $store:expr) => {
+    (erased $attrs:tt $store:expr) => {
         $crate::http_checks!(@each $attrs $store;
             http_cookie_defaults, http_fixation, http_logout_and_list,
             http_forged_cookies_never_reach_the_store, http_revoked_mid_request_is_401,
             http_logout_everywhere, http_login_vs_login_from_one_cookie,
             http_secure_switch_for_development,
-            http_drop_in_for_session_manager_layer,
             http_login_as_another_user_starts_empty, http_logout_others);
+    };
+    ($attrs:tt $store:expr) => {
+        $crate::http_checks!(erased $attrs $store);
+        $crate::http_checks!(@one $attrs $store; http_drop_in_for_session_manager_layer);
     };
 }
 
-pub async fn http_secure_switch_for_development<S: UserSessions + Clone>(store: S) {
+pub async fn http_secure_switch_for_development<S: SessionBackend + Clone>(store: S) {
     use redtower_session::SessionLayer;
     let router = axum::Router::new()
         .route(
@@ -304,7 +312,7 @@ pub async fn http_secure_switch_for_development<S: UserSessions + Clone>(store: 
                 s.insert("n", 1).await.unwrap();
             }),
         )
-        .layer(SessionLayer::new(store, Key::generate()).with_secure(false));
+        .layer(SessionLayer::new(store, Key::generate()).secure(false));
     let c = send(&router, "GET", "/", None, None)
         .await
         .set_cookie
@@ -314,7 +322,11 @@ pub async fn http_secure_switch_for_development<S: UserSessions + Clone>(store: 
 }
 
 /// tower-sessions' own expectations of a store, through its plain `SessionManagerLayer`.
-pub async fn http_drop_in_for_session_manager_layer<S: UserSessions + Clone>(store: S) {
+pub async fn http_drop_in_for_session_manager_layer<
+    S: redtower_session::tower_sessions::SessionStore + Clone,
+>(
+    store: S,
+) {
     use axum::routing::get;
     use redtower_session::tower_sessions::{Session, SessionManagerLayer};
     let router = axum::Router::new()
@@ -374,7 +386,7 @@ pub async fn http_drop_in_for_session_manager_layer<S: UserSessions + Clone>(sto
 
 /// Anonymous -> logged in keeps the session data; logging in as another user from a session
 /// bound to someone else starts from empty data; logging in again as the same user keeps it.
-pub async fn http_login_as_another_user_starts_empty<S: UserSessions + Clone>(store: S) {
+pub async fn http_login_as_another_user_starts_empty<S: SessionBackend + Clone>(store: S) {
     let (router, _) = app(store, Key::generate());
     let login = |cookie: String, user: &'static str| {
         let router = router.clone();
@@ -431,7 +443,7 @@ pub async fn http_login_as_another_user_starts_empty<S: UserSessions + Clone>(st
 }
 
 /// `POST /logout-others`: every other session of the user ends, the current one stays usable.
-pub async fn http_logout_others<S: UserSessions + Clone>(store: S) {
+pub async fn http_logout_others<S: SessionBackend + Clone>(store: S) {
     let (router, _) = app(store.clone(), Key::generate());
     let laptop = login_as(&router, "alice").await;
     let phone = login_as(&router, "alice").await;

@@ -18,17 +18,14 @@ use axum::{
     routing::{delete, get, post},
 };
 use redtower_session::{
-    AuthSession, SessionInfo, SessionLayer, SessionMeta, UserSessions, bind_user, status_for,
+    AuthSession, SessionBackend, SessionInfo, SessionLayer, SessionMeta, UserSessions, bind_user,
+    status_for,
     tower_sessions::{Session, cookie::Key},
 };
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore};
 use tower::ServiceExt as _;
-use tower_sessions_core::{
-    SessionStore,
-    session::{Id, Record},
-    session_store,
-};
+use tower_sessions_core::session::{Id, Record};
 
 #[derive(Clone)]
 pub struct AppState<S> {
@@ -172,7 +169,7 @@ async fn slow<S: UserSessions + Clone>(
     }
 }
 
-pub fn app<S: UserSessions + Clone>(store: S, key: Key) -> (Router, AppState<S>) {
+pub fn app<S: SessionBackend + Clone>(store: S, key: Key) -> (Router, AppState<S>) {
     let state = AppState {
         store: store.clone(),
         loaded: Arc::new(Notify::new()),
@@ -299,22 +296,22 @@ impl<S> Counting<S> {
 }
 
 #[async_trait]
-impl<S: SessionStore + Clone> SessionStore for Counting<S> {
-    async fn create(&self, r: &mut Record) -> session_store::Result<()> {
+impl<S: SessionBackend + Clone> SessionBackend for Counting<S> {
+    async fn create_record(&self, r: &mut Record) -> redtower_session::Result<()> {
         self.hit();
-        self.inner.create(r).await
+        self.inner.create_record(r).await
     }
-    async fn save(&self, r: &Record) -> session_store::Result<()> {
+    async fn save_record(&self, r: &Record) -> redtower_session::Result<()> {
         self.hit();
-        self.inner.save(r).await
+        self.inner.save_record(r).await
     }
-    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+    async fn load_record(&self, id: &Id) -> redtower_session::Result<Option<Record>> {
         self.hit();
-        self.inner.load(id).await
+        self.inner.load_record(id).await
     }
-    async fn delete(&self, id: &Id) -> session_store::Result<()> {
+    async fn delete_record(&self, id: &Id) -> redtower_session::Result<()> {
         self.hit();
-        self.inner.delete(id).await
+        self.inner.delete_record(id).await
     }
 }
 

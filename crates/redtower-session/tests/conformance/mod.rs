@@ -6,10 +6,10 @@ pub mod http;
 
 use std::{collections::HashMap, time::Duration};
 
-use redtower_session::{Binding, SessionMeta, USER_KEY, UserSessions};
+use redtower_session::{Binding, SessionBackend, SessionMeta, USER_KEY, UserSessions as _};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tower_sessions_core::SessionStore as _;
+use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::{Id, Record};
 
 /// Store settings a check asks for.
@@ -22,7 +22,7 @@ pub struct Opts {
 }
 
 pub trait Backend {
-    type Store: UserSessions + Clone;
+    type Store: SessionBackend + SessionStore + Clone;
     /// A fresh, empty store (own key prefix) with touch interval 0.
     fn store(&self, opts: Opts) -> impl Future<Output = Self::Store>;
     /// Whether `user`'s index exists in the backend (the Redis key, or a memory entry).
@@ -64,12 +64,12 @@ async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
-pub async fn create<S: UserSessions>(s: &S, mut r: Record) -> Record {
+pub async fn create<S: SessionStore>(s: &S, mut r: Record) -> Record {
     s.create(&mut r).await.unwrap();
     r
 }
 
-async fn alive<S: UserSessions>(s: &S, id: &Id) -> bool {
+async fn alive<S: SessionStore>(s: &S, id: &Id) -> bool {
     s.load(id).await.unwrap().is_some()
 }
 
@@ -549,7 +549,7 @@ macro_rules! conformance {
     (@one [$(#[$m:meta])*] $backend:expr; $check:ident) => {
         $(#[$m])*
         async fn $check() {
-            common::$check($backend).await;
+            conformance::$check($backend).await;
         }
     };
     ($attrs:tt $backend:expr) => {
