@@ -6,10 +6,7 @@ mod conformance;
 
 use std::{
     collections::HashSet,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -343,16 +340,7 @@ async fn chaos_logins_and_revocations() {
     let p = proxied(|s| s).await;
     p.proxy.lose_replies(1, 50);
     let proxy = p.proxy.clone();
-    let stop = Arc::new(AtomicBool::new(false));
-    let resetter = {
-        let (proxy, stop) = (proxy.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                proxy.reset_all();
-            }
-        })
-    };
+    let resets = proxy.reset_every(Duration::from_millis(300));
     let started = Instant::now();
     let workers = (0..USERS).map(|u| {
         let store = p.store.clone();
@@ -366,8 +354,7 @@ async fn chaos_logins_and_revocations() {
         }
     });
     let models = futures::future::join_all(workers).await;
-    stop.store(true, Ordering::Relaxed);
-    resetter.await.unwrap();
+    resets.stop();
     proxy.lose_replies(0, 0);
     let elapsed = started.elapsed();
 
