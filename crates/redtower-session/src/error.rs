@@ -44,6 +44,10 @@ pub enum Error {
     /// Creating a session collided with existing ids too many times (a broken random source).
     #[error("could not find a free session id")]
     Collision,
+    /// The layer's circuit breaker is open after repeated outage errors: the store was not
+    /// called (see [`SessionLayer::circuit_breaker`](crate::SessionLayer::circuit_breaker)).
+    #[error("session store circuit breaker is open")]
+    CircuitOpen,
     /// A setting cannot work (found when the store is built, never per request).
     #[error("invalid session configuration: {0}")]
     Config(#[from] ConfigError),
@@ -81,6 +85,7 @@ impl Error {
     pub fn is_outage(&self) -> bool {
         match self {
             Self::Redis(e) => e.is_outage() || e.is_cluster(),
+            Self::CircuitOpen => true,
             _ => false,
         }
     }

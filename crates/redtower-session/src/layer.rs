@@ -1,7 +1,7 @@
 //! [`SessionLayer`]: `tower-sessions`' `SessionManagerLayer` with signed cookies, secure
 //! defaults, and revoked/outage outcomes turned into 401/503 instead of a bare 500.
 
-use std::{borrow::Cow, sync::Arc};
+use std::{borrow::Cow, fmt, sync::Arc};
 
 use http::{HeaderValue, StatusCode};
 use tower_layer::Layer;
@@ -11,6 +11,8 @@ use tower_sessions::{
     service::SignedCookie,
     session::Expiry,
 };
+
+use redtower_client::{CircuitBreaker, breaker::Breaker};
 
 use crate::{SessionBackend, SessionGuard, store::BackendAsStore};
 
@@ -41,11 +43,26 @@ use crate::{SessionBackend, SessionGuard, store::BackendAsStore};
 /// layer type as a concrete one.
 ///
 /// See the [crate docs](crate) for a complete example.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct SessionLayer {
-    manager: SessionManagerLayer<BackendAsStore, SignedCookie>,
+    store: Arc<dyn SessionBackend>,
+    key: Key,
+    expiry: Expiry,
     cookie: Arc<CookieSettings>,
+    /// Shared by every clone and every service the layer makes.
+    breaker: Arc<Breaker>,
+}
+
+impl fmt::Debug for SessionLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionLayer")
+            .field("store", &self.store)
+            .field("expiry", &self.expiry)
+            .field("cookie", &self.cookie)
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The cookie attributes and the revoked status, as the guard needs them to clear a cookie.
@@ -63,15 +80,10 @@ impl SessionLayer {
     /// A layer over `store` signing cookies with `key` (use the same key on every instance,
     /// e.g. `Key::from(&secret_64_bytes)`, or `Key::generate()` for tests).
     pub fn new(store: impl SessionBackend, key: Key) -> Self {
-        let store: Arc<dyn SessionBackend> = Arc::new(store);
-        let manager = SessionManagerLayer::new(BackendAsStore(store))
-            .with_same_site(SameSite::Lax)
-            .with_secure(true)
-            .with_http_only(true)
-            .with_expiry(Expiry::OnSessionEnd)
-            .with_signed(key);
         Self {
-            manager,
+            store: Arc::new(store),
+            key,
+            expiry: Expiry::OnSessionEnd,
             cookie: Arc::new(CookieSettings {
                 name: Cow::Borrowed("id"),
                 path: Cow::Borrowed("/"),
@@ -80,6 +92,27 @@ impl SessionLayer {
                 same_site: SameSite::Lax,
                 on_revoked: StatusCode::UNAUTHORIZED,
             }),
+            breaker: Arc::new(Breaker::new(CircuitBreaker::default())),
+        }
+    }
+
+    /// `tower-sessions`' manager with these settings, over the store behind the breaker.
+    fn manager(&self) -> SessionManagerLayer<BackendAsStore, SignedCookie> {
+        let c = &self.cookie;
+        let manager = SessionManagerLayer::new(BackendAsStore::new(
+            self.store.clone(),
+            self.breaker.clone(),
+        ))
+        .with_name(c.name.clone())
+        .with_path(c.path.clone())
+        .with_same_site(c.same_site)
+        .with_secure(c.secure)
+        .with_http_only(true)
+        .with_expiry(self.expiry)
+        .with_signed(self.key.clone());
+        match &c.domain {
+            Some(domain) => manager.with_domain(domain.clone()),
+            None => manager,
         }
     }
 
@@ -90,7 +123,6 @@ impl SessionLayer {
     /// The `Secure` cookie attribute. Defaults to `true`; set `false` only for local
     /// development over plain HTTP.
     pub fn secure(mut self, secure: bool) -> Self {
-        self.manager = self.manager.with_secure(secure);
         self.settings().secure = secure;
         self
     }
@@ -98,14 +130,12 @@ impl SessionLayer {
     /// The cookie name. Defaults to `id`.
     pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         let name = name.into();
-        self.manager = self.manager.with_name(name.clone());
         self.settings().name = name;
         self
     }
 
     /// The `SameSite` attribute. Defaults to `Lax`.
     pub fn same_site(mut self, same_site: SameSite) -> Self {
-        self.manager = self.manager.with_same_site(same_site);
         self.settings().same_site = same_site;
         self
     }
@@ -113,7 +143,6 @@ impl SessionLayer {
     /// The cookie path. Defaults to `/`.
     pub fn path(mut self, path: impl Into<Cow<'static, str>>) -> Self {
         let path = path.into();
-        self.manager = self.manager.with_path(path.clone());
         self.settings().path = path;
         self
     }
@@ -121,7 +150,6 @@ impl SessionLayer {
     /// The cookie domain. Defaults to none (host-only).
     pub fn domain(mut self, domain: impl Into<Cow<'static, str>>) -> Self {
         let domain = domain.into();
-        self.manager = self.manager.with_domain(domain.clone());
         self.settings().domain = Some(domain);
         self
     }
@@ -129,7 +157,16 @@ impl SessionLayer {
     /// The record expiry `tower-sessions` computes, and the cookie's `Max-Age`. Defaults to
     /// [`Expiry::OnSessionEnd`]; prefer the store's idle and absolute timeouts.
     pub fn expiry(mut self, expiry: Expiry) -> Self {
-        self.manager = self.manager.with_expiry(expiry);
+        self.expiry = expiry;
+        self
+    }
+
+    /// The circuit breaker in front of the store. Defaults to [`CircuitBreaker::default`]: after
+    /// 5 consecutive outage errors of a store that had connected, requests that need the
+    /// session answer `503` at once for 1 s (or until the client reconnects), then one request
+    /// probes the store. A store still making its first connection never opens it.
+    pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.breaker = Arc::new(Breaker::new(breaker));
         self
     }
 
@@ -146,7 +183,7 @@ impl<S> Layer<S> for SessionLayer {
         SessionGuard<<SessionManagerLayer<BackendAsStore, SignedCookie> as Layer<S>>::Service>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        SessionGuard::new(self.manager.layer(inner), self.cookie.clone())
+        SessionGuard::new(self.manager().layer(inner), self.cookie.clone())
     }
 }
 

@@ -176,6 +176,7 @@
 //! | watch check interval | 250 ms | [`watch_interval`](RedisStore::watch_interval) | one batched check per interval for all watches (standalone: one round trip of script calls of at most 500 keys; Cluster: pipelined `HMGET`s, then `GET`s of the epochs, two round trips); a watch resolves within about this plus the check |
 //! | loads per coalesced script call | 64 | — | one script call never runs long while Redis serves nobody else |
 //! | create attempts on id collisions | 8 | — | a broken random source fails with [`Error::Collision`] instead of looping |
+//! | circuit breaker | open after 5 consecutive outage errors, for 1 s | [`SessionLayer::circuit_breaker`] | an outage answers 503 at once instead of holding every request for a timeout; never opened by a store still making its first connection |
 //!
 //! The memory store has the same limits; its per-user index is ordered by expiry, so pruning
 //! and evicting never rescan it, and expired records are swept as the store doubles.
@@ -207,6 +208,13 @@
 //! to Redis and is not affected. A session revoked while its request ran is answered 401 with a
 //! cleared cookie, and is never written back. Watches keep waiting through an outage (an
 //! outage ends no session).
+//!
+//! The layer's circuit breaker ([`SessionLayer::circuit_breaker`], the client's
+//! [`CircuitBreaker`](redtower_client::CircuitBreaker): 5 consecutive outage errors, 1 s
+//! cool-down by default) then answers those 503s at once instead of after a timeout each: no
+//! store call until the cool-down ends or the client reconnects, then one request probes the
+//! store and its success closes the breaker. The user API ([`UserSessions`]) is called by
+//! handlers and is not behind the breaker.
 //!
 //! A fresh [`Redis`](redtower_client::Redis) handle (a process that just started) waits for its
 //! first connection before the first command, up to the command timeout: the first requests

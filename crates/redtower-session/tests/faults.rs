@@ -11,12 +11,12 @@ use std::{
 };
 
 use axum::http::StatusCode;
-use conformance::app::{app, send};
+use conformance::app::{Counting, app, app_with, login_as, send};
 use fred::interfaces::ClientLike as _;
 use futures::TryStreamExt as _;
-use redtower_client::{Redis, RedisConfig};
+use redtower_client::{CircuitBreaker, Redis, RedisConfig};
 use redtower_session::{RedisStore, UserSessions, tower_sessions::cookie::Key};
-use redtower_testkit::{FaultProxy, unique_prefix};
+use redtower_testkit::{Fault, FaultProxy, unique_prefix};
 use serde_json::json;
 use tower_sessions_core::{SessionStore as _, session::Id};
 
@@ -504,4 +504,70 @@ impl Model {
             _ => {}
         }
     }
+}
+
+/// Redis stops answering: after the breaker's failures, requests that need the session answer
+/// 503 without reaching the store; once the client has reconnected, one request probes the
+/// store, and sessions are served again (the user was never logged out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_opens_the_breaker_and_a_reconnect_closes_it() {
+    let server = redtower_testkit::shared();
+    let proxy = FaultProxy::start(server.port()).unwrap();
+    let config = RedisConfig::from_url(&proxy.url())
+        .unwrap()
+        .key_prefix(unique_prefix("session-breaker"))
+        .command_timeout(Duration::from_millis(200))
+        .max_command_attempts(1);
+    let redis = Redis::new(config).unwrap();
+    redis.wait_ready(Duration::from_secs(10)).await.unwrap();
+    let store = Counting::new(RedisStore::new(redis.clone(), SECRET).unwrap());
+    let breaker = CircuitBreaker::default()
+        .failures(3)
+        .cool_down(Duration::from_secs(3600));
+    let (router, _) = app_with(store.clone(), Key::generate(), |layer| {
+        layer.circuit_breaker(breaker)
+    });
+    let cookie = login_as(&router, "alice").await;
+
+    proxy.set(Fault::BlackHole);
+    for i in 0..3 {
+        let r = send(&router, "GET", "/whoami", Some(&cookie), None).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "failure {i}");
+    }
+    // Open: answered without calling the store.
+    let calls = store.calls();
+    for _ in 0..5 {
+        let r = send(&router, "GET", "/whoami", Some(&cookie), None).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(
+        store.calls(),
+        calls,
+        "the open breaker kept requests off the store"
+    );
+
+    // Redis answers again and the client reconnects: long before the cool-down ends, one
+    // request probes the store and closes the breaker.
+    let connections = redis.connections();
+    proxy.set(Fault::PassThrough);
+    proxy.reset_all();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.connections() == connections {
+        assert!(Instant::now() < deadline, "the client did not reconnect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut served = None;
+    for attempt in 0..50 {
+        let r = send(&router, "GET", "/whoami", Some(&cookie), None).await;
+        if r.status == StatusCode::OK {
+            served = Some((attempt, r.text));
+            break;
+        }
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, user) = served.expect("served again after the reconnect");
+    assert_eq!(user, "alice", "the session survived the outage");
+    let r = send(&router, "GET", "/whoami", Some(&cookie), None).await;
+    assert_eq!(r.status, StatusCode::OK, "closed");
 }

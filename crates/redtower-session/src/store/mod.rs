@@ -1,10 +1,11 @@
 //! Where sessions live: the [`SessionBackend`] trait, [`RedisStore`] and [`MemoryStore`], and
 //! what both share (timeouts and limits, the conversion to `tower-sessions`' interface).
 
-use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
+use std::{collections::HashMap, fmt, future::Future, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
+use redtower_client::breaker::Breaker;
 use tower_sessions_core::{
     SessionStore,
     session::{Id, Record},
@@ -86,6 +87,19 @@ pub trait SessionBackend: UserSessions {
     ///
     /// When the store fails.
     async fn delete_record(&self, id: &Id) -> Result<()>;
+
+    /// How many times the store's Redis client has connected
+    /// ([`Redis::connections`](redtower_client::Redis::connections)): the layer's circuit
+    /// breaker ends its cool-down early when this moves. `0` for an in-process store.
+    fn connections(&self) -> u64 {
+        0
+    }
+
+    /// Whether the store has ever connected. Failures before the first connection are not an
+    /// outage and never open the layer's circuit breaker. `true` for an in-process store.
+    fn has_connected(&self) -> bool {
+        true
+    }
 }
 
 // Forwarded by hand rather than through `#[async_trait]`, so an `Arc<dyn SessionBackend>`
@@ -125,6 +139,14 @@ impl<T: SessionBackend + ?Sized> SessionBackend for Arc<T> {
         Self: 'f,
     {
         (**self).delete_record(id)
+    }
+
+    fn connections(&self) -> u64 {
+        (**self).connections()
+    }
+
+    fn has_connected(&self) -> bool {
+        (**self).has_connected()
     }
 }
 
@@ -196,30 +218,75 @@ impl<T: UserSessions + ?Sized> UserSessions for Arc<T> {
 /// Public only in name (this module is private): it appears as a type parameter of
 /// [`SessionLayer`](crate::SessionLayer)'s service.
 #[derive(Clone)]
-pub struct BackendAsStore(pub(crate) Arc<dyn SessionBackend>);
+pub struct BackendAsStore {
+    store: Arc<dyn SessionBackend>,
+    breaker: Arc<Breaker>,
+}
 
 impl fmt::Debug for BackendAsStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
+        self.store.fmt(f)
+    }
+}
+
+impl BackendAsStore {
+    pub(crate) fn new(store: Arc<dyn SessionBackend>, breaker: Arc<Breaker>) -> Self {
+        Self { store, breaker }
+    }
+
+    /// Runs one store call through the circuit breaker. Only an outage of a store that had
+    /// connected counts as a failure; any other answer (a session gone, data too large) is the
+    /// store working.
+    async fn guarded<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
+        if !self.breaker.allow(self.store.connections()).is_allowed() {
+            return Err(Error::CircuitOpen);
+        }
+        let result = call.await;
+        match &result {
+            Err(e) if e.is_outage() => {
+                if self.store.has_connected() && self.breaker.failure(self.store.connections()) {
+                    tracing::warn!(
+                        target: "redtower::session",
+                        error = %e,
+                        cool_down_ms = self.breaker.cool_down().as_millis(),
+                        "session store unavailable; requests that need the session answer 503"
+                    );
+                }
+            }
+            _ => {
+                if self.breaker.success() {
+                    tracing::info!(target: "redtower::session", "session store is back");
+                }
+            }
+        }
+        result
     }
 }
 
 #[async_trait]
 impl SessionStore for BackendAsStore {
     async fn create(&self, record: &mut Record) -> session_store::Result<()> {
-        self.0.create_record(record).await.map_err(to_store_error)
+        self.guarded(self.store.create_record(record))
+            .await
+            .map_err(to_store_error)
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        self.0.save_record(record).await.map_err(to_store_error)
+        self.guarded(self.store.save_record(record))
+            .await
+            .map_err(to_store_error)
     }
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
-        self.0.load_record(id).await.map_err(to_store_error)
+        self.guarded(self.store.load_record(id))
+            .await
+            .map_err(to_store_error)
     }
 
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
-        self.0.delete_record(id).await.map_err(to_store_error)
+        self.guarded(self.store.delete_record(id))
+            .await
+            .map_err(to_store_error)
     }
 }
 

@@ -457,6 +457,14 @@ impl SessionBackend for RedisStore {
     async fn delete_record(&self, id: &Id) -> Result<()> {
         self.delete_inner(id).await
     }
+
+    fn connections(&self) -> u64 {
+        self.redis().connections()
+    }
+
+    fn has_connected(&self) -> bool {
+        self.redis().has_connected()
+    }
 }
 
 fn parse_i64(s: &str) -> i64 {

@@ -170,6 +170,15 @@ async fn slow<S: UserSessions + Clone>(
 }
 
 pub fn app<S: SessionBackend + Clone>(store: S, key: Key) -> (Router, AppState<S>) {
+    app_with(store, key, |layer| layer)
+}
+
+/// [`app`] with the session layer configured by `configure`.
+pub fn app_with<S: SessionBackend + Clone>(
+    store: S,
+    key: Key,
+    configure: impl FnOnce(SessionLayer) -> SessionLayer,
+) -> (Router, AppState<S>) {
     let state = AppState {
         store: store.clone(),
         loaded: Arc::new(Notify::new()),
@@ -190,7 +199,7 @@ pub fn app<S: SessionBackend + Clone>(store: S, key: Key) -> (Router, AppState<S
         .route("/logout-others", post(logout_others::<S>))
         .route("/slow", post(slow::<S>))
         .route("/slow-login", post(slow_login::<S>))
-        .layer(SessionLayer::new(store, key))
+        .layer(configure(SessionLayer::new(store, key)))
         .with_state(state.clone());
     (router, state)
 }
@@ -312,6 +321,12 @@ impl<S: SessionBackend + Clone> SessionBackend for Counting<S> {
     async fn delete_record(&self, id: &Id) -> redtower_session::Result<()> {
         self.hit();
         self.inner.delete_record(id).await
+    }
+    fn connections(&self) -> u64 {
+        self.inner.connections()
+    }
+    fn has_connected(&self) -> bool {
+        self.inner.has_connected()
     }
 }
 
