@@ -160,6 +160,7 @@ fn reset_every_keeps_closing_live_connections_until_stopped() {
                 Instant::now() < deadline,
                 "a live connection was never reset"
             );
+            // The poll interval of a wait bounded by `deadline`.
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -167,6 +168,9 @@ fn reset_every_keeps_closing_live_connections_until_stopped() {
     resets.stop();
     let after = proxy.resets();
     let mut kept = connect(proxy.port());
+    // Five reset intervals: long enough for a loop that did not stop to close `kept`, which is
+    // what the assertions below would then catch (`stop` joined the thread, so a correct loop
+    // cannot).
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(call(&mut kept, &["PING"]).as_deref(), Some("+PONG\r\n"));
     assert_eq!(proxy.resets(), after, "no reset after stop");
