@@ -2,6 +2,7 @@
 
 use std::{fmt, time::Duration};
 
+use redtower_client::TraceContext;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// A job type: a serde payload with a stable name.
@@ -269,6 +270,42 @@ pub(crate) struct Record {
     pub(crate) started: Option<u64>,
     #[serde(default, deserialize_with = "null_u64")]
     pub(crate) fin: Option<u64>,
+    /// The W3C trace context of the span that added the job (see [`trace_field`]).
+    #[serde(
+        rename = "tc",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "trace_field"
+    )]
+    pub(crate) trace: Option<TraceContext>,
+}
+
+/// The record's `tc` field: a [`TraceContext`] as its encoded text (at most
+/// [`TraceContext::MAX_ENCODED_LEN`] bytes). Reading is lenient: a record without the field
+/// (written before it existed, or without the `opentelemetry` feature), or with one that is
+/// not a valid context, loads with none; a bad context never fails its job.
+pub(crate) mod trace_field {
+    use redtower_client::TraceContext;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(
+        cx: &Option<TraceContext>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match cx {
+            Some(cx) => s.serialize_str(&cx.encode()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<TraceContext>, D::Error> {
+        Ok(match Option::<serde_json::Value>::deserialize(d)? {
+            Some(serde_json::Value::String(s)) => TraceContext::decode(&s),
+            _ => None,
+        })
+    }
 }
 
 // Lua's cjson writes a missing value as `null` and may write integers as floats.

@@ -151,6 +151,32 @@
 //! `redtower_jobs_{enqueued,started,completed,failed,retried,dead,released,lease_lost}_total`,
 //! histograms `redtower_jobs_wait_seconds` and `redtower_jobs_run_seconds`, and the gauge
 //! `redtower_jobs_clock_skew_seconds` (a worker's clock minus the store's, set when it starts).
+//!
+//! # Tracing
+//!
+//! Spans, under the target `redtower::jobs`, at INFO, with low-cardinality fields only (the
+//! job id is on the job's own spans):
+//!
+//! | span | when | fields |
+//! |---|---|---|
+//! | `redtower.jobs.enqueue` | one [`Queue::add`] / [`add_bulk`](Queue::add_bulk) call | `queue`, `job.name`, `job.count`, `otel.kind = producer`; recorded at the end: `job.id` (single adds), `outcome` = `new` \| `duplicate` \| `existing` \| `error` |
+//! | `redtower.jobs.run` | one attempt, from fetch to settlement; the handler runs in it | `queue`, `job.name`, `job.id`, `job.attempt`, `otel.kind = consumer`; recorded once settled: `outcome` = `completed` \| `retrying` \| `dead` \| `released` \| `lease_lost`, and `otel.status_code = error` for a failed attempt |
+//! | `redtower.jobs.hook` | one [`on_completed`](Worker::on_completed) / [`on_failed`](Worker::on_failed) hook, a child of the attempt's span | `hook` = `completed` \| `failed` |
+//!
+//! An attempt's span is a root in the worker's process (it is not a child of the worker's
+//! loop). With the `opentelemetry` feature, each job carries the W3C trace context of the
+//! span that added it (`traceparent` and `tracestate`, in the record's `tc` field as one line
+//! of at most 568 bytes, see [`TraceContext`](redtower_client::TraceContext)), and each
+//! attempt's span is that span's child in OpenTelemetry: the request that enqueued a job and
+//! every attempt of it, on any worker, are one trace. Without the feature nothing is stored.
+//! Records written without the field (older ones, producers without the feature) load as
+//! before, and a stored context that is not valid is ignored: it never fails the job.
+//!
+//! # Features
+//!
+//! * `opentelemetry`: store and restore W3C trace context (above), through
+//!   `redtower-client/opentelemetry` (opentelemetry 0.33, tracing-opentelemetry 0.34). The app
+//!   installs the OpenTelemetry layer and exporter.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod clock;

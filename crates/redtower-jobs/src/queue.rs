@@ -10,6 +10,7 @@ use std::{
 };
 
 use futures::stream::BoxStream;
+use tracing::Instrument;
 
 use crate::{
     Error, Result,
@@ -272,16 +273,29 @@ impl<J: Job> Queue<J> {
     /// error (the job may or may not have been added after a timeout: retry with the same
     /// idempotency key to find out without adding it twice).
     pub async fn add_with(&self, job: J, options: JobOptions) -> Result<JobId> {
-        let new = self.prepare(&job, options)?;
-        let mut out = self
-            .shared
-            .store
-            .enqueue(&self.shared.name, vec![new])
-            .await?;
-        let first = out
-            .pop()
-            .ok_or_else(|| Error::Protocol("empty enqueue reply".into()))?;
+        let span = enqueue_span(&self.shared.name, J::NAME, 1);
+        let result = async {
+            let new = self.prepare(&job, options)?;
+            let mut out = self
+                .shared
+                .store
+                .enqueue(&self.shared.name, vec![new])
+                .await?;
+            out.pop()
+                .ok_or_else(|| Error::Protocol("empty enqueue reply".into()))
+        }
+        .instrument(span.clone())
+        .await;
+        let first = match result {
+            Ok(first) => first,
+            Err(e) => {
+                span.record("outcome", "error");
+                return Err(e);
+            }
+        };
         let id = first.id().clone();
+        span.record("job.id", id.as_str());
+        span.record("outcome", enqueued_outcome(&first));
         if matches!(first, Enqueued::New(_)) {
             metrics::counter!("redtower_jobs_enqueued_total", "queue" => self.shared.name.clone())
                 .increment(1);
@@ -299,12 +313,26 @@ impl<J: Job> Queue<J> {
         &self,
         jobs: impl IntoIterator<Item = (J, JobOptions)>,
     ) -> Result<Vec<JobId>> {
-        let batch = jobs
-            .into_iter()
-            .map(|(j, o)| self.prepare(&j, o))
-            .collect::<Result<Vec<_>>>()?;
-        let out = self.shared.store.enqueue(&self.shared.name, batch).await?;
+        let jobs: Vec<_> = jobs.into_iter().collect();
+        let span = enqueue_span(&self.shared.name, J::NAME, jobs.len());
+        let result = async {
+            let batch = jobs
+                .into_iter()
+                .map(|(j, o)| self.prepare(&j, o))
+                .collect::<Result<Vec<_>>>()?;
+            self.shared.store.enqueue(&self.shared.name, batch).await
+        }
+        .instrument(span.clone())
+        .await;
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => {
+                span.record("outcome", "error");
+                return Err(e);
+            }
+        };
         let n = out.iter().filter(|e| matches!(e, Enqueued::New(_))).count();
+        span.record("outcome", if n > 0 { "new" } else { "existing" });
         metrics::counter!("redtower_jobs_enqueued_total", "queue" => self.shared.name.clone())
             .increment(n as u64);
         Ok(out.into_iter().map(|e| e.id().clone()).collect())
@@ -341,7 +369,35 @@ impl<J: Job> Queue<J> {
             delay: o.delay.unwrap_or_default(),
             unique_key: o.unique_key,
             idempotency_key: o.idempotency_key,
+            // The enqueue span's context (this runs inside it): the worker's span for the job
+            // becomes its child.
+            #[cfg(feature = "opentelemetry")]
+            trace: redtower_client::TraceContext::current(),
+            #[cfg(not(feature = "opentelemetry"))]
+            trace: None,
         })
+    }
+}
+
+/// The span of one add call (see the crate docs, "Tracing").
+fn enqueue_span(queue: &str, name: &str, jobs: usize) -> tracing::Span {
+    tracing::info_span!(
+        target: "redtower::jobs",
+        "redtower.jobs.enqueue",
+        otel.kind = "producer",
+        queue,
+        job.name = name,
+        job.count = jobs,
+        job.id = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    )
+}
+
+fn enqueued_outcome(e: &Enqueued) -> &'static str {
+    match e {
+        Enqueued::New(_) => "new",
+        Enqueued::Duplicate(_) => "duplicate",
+        Enqueued::Existing(_) => "existing",
     }
 }
 

@@ -176,6 +176,7 @@ impl QueueState {
             backoff: rec.backoff,
             waited: Duration::from_millis(now.saturating_sub(rec.created)),
             invalid: None,
+            trace: rec.trace,
         })
     }
 
@@ -584,6 +585,7 @@ impl QueueStore for MemoryStore {
                         uniq: j.unique_key.clone(),
                         started: None,
                         fin: None,
+                        trace: j.trace,
                     };
                     if let Some(u) = j.unique_key {
                         q.uniq.insert(u, id);

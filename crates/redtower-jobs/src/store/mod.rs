@@ -3,6 +3,7 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use futures::stream::BoxStream;
+use redtower_client::TraceContext;
 
 use crate::{
     Result,
@@ -40,6 +41,10 @@ pub struct NewJob {
     /// re-sent by the client after a lost reply, as it does with in-flight commands after a
     /// reconnect, never adds twice), with a random id per call.
     pub idempotency_key: Option<String>,
+    /// The W3C trace context to store with the job, so that the worker's span for it joins
+    /// this trace. [`Queue`](crate::Queue) sets it to the current span's context with the
+    /// `opentelemetry` feature; `None` stores nothing.
+    pub trace: Option<TraceContext>,
 }
 
 impl NewJob {
@@ -55,6 +60,7 @@ impl NewJob {
             delay: Duration::ZERO,
             unique_key: None,
             idempotency_key: None,
+            trace: None,
         }
     }
 
@@ -62,6 +68,13 @@ impl NewJob {
     #[must_use]
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Sets [`trace`](Self::trace).
+    #[must_use]
+    pub fn trace(mut self, cx: TraceContext) -> Self {
+        self.trace = Some(cx);
         self
     }
 }
@@ -242,6 +255,9 @@ pub struct Fetched {
     /// raw record). A worker fails such a job for good with this reason; other jobs of the
     /// same fetch are not affected.
     pub invalid: Option<String>,
+    /// The W3C trace context stored with the job, if any: the worker's span for the attempt
+    /// is its child (with the `opentelemetry` feature).
+    pub trace: Option<TraceContext>,
 }
 
 impl Fetched {
@@ -256,6 +272,7 @@ impl Fetched {
             backoff: Backoff::fixed(Duration::ZERO),
             waited: Duration::ZERO,
             invalid: Some(reason),
+            trace: None,
         }
     }
 }

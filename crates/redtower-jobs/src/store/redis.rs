@@ -5,7 +5,7 @@ use std::{sync::LazyLock, time::Duration};
 
 use fred::types::Value;
 use futures::stream::BoxStream;
-use redtower_client::{Key, Redis, Script};
+use redtower_client::{Key, Redis, Script, TraceContext};
 
 use super::{
     Counts, Enqueued, Fetched, Lease, NewJob, QueueStore, Settle, Settled, Waiter, WorkReply,
@@ -190,6 +190,8 @@ struct RecordTail<'a> {
     prio: u32,
     stalls: u32,
     uniq: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tc: Option<String>,
 }
 
 fn text(v: Value) -> Result<String> {
@@ -349,6 +351,7 @@ fn fetched(queue: &str, job: Value, now: u64) -> Result<Fetched> {
         backoff: rec.backoff,
         waited: Duration::from_millis(now.saturating_sub(rec.created)),
         invalid: None,
+        trace: rec.trace,
     })
 }
 
@@ -383,6 +386,7 @@ impl QueueStore for RedisStore {
                 prio: j.priority,
                 stalls: 0,
                 uniq: j.unique_key.as_deref(),
+                tc: j.trace.as_ref().map(TraceContext::encode),
             })
             .map_err(Error::Serialize)?;
             // A caller's idempotency key: its marker, by its (1-based) index in KEYS.
