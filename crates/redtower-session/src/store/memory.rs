@@ -454,9 +454,7 @@ impl MemoryStore {
 #[async_trait]
 impl SessionStore for MemoryStore {
     async fn create(&self, record: &mut Record) -> session_store::Result<()> {
-        let result = self.create_inner(record);
-        crate::outcome::created(&result);
-        result.map_err(to_store_error)
+        self.create_inner(record).map_err(to_store_error)
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
@@ -464,9 +462,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
-        let found = self.load_inner(id);
-        crate::outcome::loaded(&found);
-        found.map_err(to_store_error)
+        self.load_inner(id).map_err(to_store_error)
     }
 
     async fn delete(&self, id: &Id) -> session_store::Result<()> {

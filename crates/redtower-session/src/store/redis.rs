@@ -424,9 +424,7 @@ impl RedisStore {
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn create(&self, record: &mut Record) -> session_store::Result<()> {
-        let result = self.create_inner(record).await;
-        crate::outcome::created(&result);
-        result.map_err(to_store_error)
+        self.create_inner(record).await.map_err(to_store_error)
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
@@ -434,9 +432,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
-        let found = self.load_inner(id).await;
-        crate::outcome::loaded(&found);
-        found.map_err(to_store_error)
+        self.load_inner(id).await.map_err(to_store_error)
     }
 
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
