@@ -260,3 +260,71 @@ async fn an_order_is_one_trace_over_redis() {
 async fn an_order_is_one_trace_in_memory() {
     order_is_one_trace(services(None)).await;
 }
+
+/// Sends `req` under a fresh caller trace; returns the response and that trace's id.
+async fn traced(router: &axum::Router, mut req: Request<Body>) -> (http::Response<Body>, TraceId) {
+    let trace_id = TraceId::from(rand::random::<u128>() | 1);
+    let parent = SpanId::from(rand::random::<u64>() | 1);
+    req.headers_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{parent}-01").parse().unwrap(),
+    );
+    (router.clone().oneshot(req).await.unwrap(), trace_id)
+}
+
+async fn outcome_of(trace_id: TraceId, span: &str) -> Option<String> {
+    let trace = wait_for_trace(trace_id, &[span]).await;
+    attr(trace.one(span), "outcome")
+}
+
+/// The layers' spans record what they did: the response cache (miss, then hit) and the
+/// session (none, new, loaded), each in the request's trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layer_spans_record_their_outcomes() {
+    exporter();
+    let services = services(None);
+    let router = app(&services).unwrap();
+    let featured = || {
+        let mut req = request("GET", "/products/featured", Body::empty());
+        req.headers_mut()
+            .insert("host", "shop.example".parse().unwrap());
+        req
+    };
+    for want in ["miss", "hit"] {
+        let (res, trace_id) = traced(&router, featured()).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(
+            outcome_of(trace_id, "redtower.cache").await.as_deref(),
+            Some(want)
+        );
+    }
+
+    let (res, trace_id) = traced(&router, request("GET", "/me", Body::empty())).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        outcome_of(trace_id, "redtower.session").await.as_deref(),
+        Some("none")
+    );
+    let login = request("POST", "/login", Body::from(r#"{"user":"ada"}"#));
+    let (res, trace_id) = traced(&router, login).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        outcome_of(trace_id, "redtower.session").await.as_deref(),
+        Some("new")
+    );
+    let cookie = res.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut me = request("GET", "/me", Body::empty());
+    me.headers_mut().insert("cookie", cookie.parse().unwrap());
+    let (res, trace_id) = traced(&router, me).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        outcome_of(trace_id, "redtower.session").await.as_deref(),
+        Some("loaded")
+    );
+}
