@@ -64,7 +64,9 @@ where
             "redtower.session",
             outcome = tracing::field::Empty,
         );
-        let fut = span.in_scope(|| self.inner.call(req)).instrument(span.clone());
+        let fut = span
+            .in_scope(|| self.inner.call(req))
+            .instrument(span.clone());
         let cookie = self.cookie.clone();
         Box::pin(outcome::FLAGS.scope(Cell::new(0), async move {
             let res = fut.await;

@@ -82,9 +82,8 @@ impl Telemetry {
 /// When the exporter cannot be built, a filter does not parse, or a subscriber is already
 /// installed.
 pub fn init() -> Result<Telemetry, TelemetryError> {
-    let logs = tracing_subscriber::fmt::layer().with_filter(
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    );
+    let logs = tracing_subscriber::fmt::layer()
+        .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")));
     let endpoint = std::env::var(OTLP_ENDPOINT)
         .ok()
         .filter(|v| !v.trim().is_empty());

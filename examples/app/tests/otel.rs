@@ -52,12 +52,9 @@ fn services(redis_url: Option<&str>) -> Services {
     if let Some(url) = redis_url {
         vars.push(("REDIS_URL", url.to_owned()));
     }
-    let config = Config::from_lookup(|k| {
-        vars.iter()
-            .find(|(n, _)| *n == k)
-            .map(|(_, v)| v.clone())
-    })
-    .unwrap();
+    let config =
+        Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))
+            .unwrap();
     Services::new(config).unwrap()
 }
 
@@ -211,7 +208,10 @@ async fn order_is_one_trace(services: Services) {
     )
     .await;
     let http = trace.one("POST /orders");
-    assert_eq!(http.parent_span_id, caller_span, "a child of the caller's span");
+    assert_eq!(
+        http.parent_span_id, caller_span,
+        "a child of the caller's span"
+    );
     assert!(http.parent_span_is_remote);
     assert_eq!(attr(http, "http.route").as_deref(), Some("/orders"));
     assert_eq!(
@@ -240,10 +240,18 @@ async fn order_is_one_trace(services: Services) {
     assert_eq!(attr(publish, "outcome").as_deref(), Some("published"));
     let deliver = trace.one("redtower.pubsub.deliver");
     assert_eq!(deliver.parent_span_id, publish.span_context.span_id());
-    assert!(deliver.parent_span_is_remote, "the parent came with the event");
+    assert!(
+        deliver.parent_span_is_remote,
+        "the parent came with the event"
+    );
 
     // The stream's own span is not part of the order's trace.
-    assert!(trace.spans.iter().all(|s| s.name != "redtower.pubsub.subscribe"));
+    assert!(
+        trace
+            .spans
+            .iter()
+            .all(|s| s.name != "redtower.pubsub.subscribe")
+    );
 
     drop(sse);
     worker.shutdown().await.unwrap();
