@@ -262,3 +262,62 @@ fn grafana_dashboard_queries_only_recorded_metrics() {
         );
     }
 }
+
+/// The binary with `METRICS_ADDR`: `/metrics` on its own listener, without a token, showing
+/// the traffic of the app's address; no `/metrics` on the app's address.
+#[test]
+fn the_binary_serves_metrics_on_the_admin_address() {
+    use std::{
+        io::{BufRead, BufReader, Read, Write},
+        net::TcpStream,
+        process::{Command, Stdio},
+    };
+
+    let free_port = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (port, admin) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_redtower-example"))
+        .env_remove("REDIS_URL")
+        .env_remove("METRICS_TOKEN")
+        .env("BIND", format!("127.0.0.1:{port}"))
+        .env("METRICS_ADDR", format!("127.0.0.1:{admin}"))
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("listening on") {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the app exited early"
+        );
+    }
+    let get = |port: u16, path: &str| {
+        let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            tcp,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        tcp.read_to_string(&mut response).unwrap();
+        response
+    };
+    assert!(get(port, "/api/hello").starts_with("HTTP/1.1 200"));
+    assert!(get(port, "/metrics").starts_with("HTTP/1.1 404"));
+    let scraped = get(admin, "/metrics");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(scraped.starts_with("HTTP/1.1 200"), "{scraped}");
+    assert!(
+        scraped.contains(r#"redtower_ratelimit_allowed_total{policy="api"} 1"#),
+        "{scraped}"
+    );
+}
