@@ -29,7 +29,9 @@ pub struct Example {
 
 /// The path of example `name` of `package`, built next to the running test binary (`cargo
 /// test` builds a package's examples before its tests); built with `cargo build --example`
-/// when it is not there (a run filtered with `--test`).
+/// when it is not there. A run filtered with `--test` builds no example, so it uses the binary
+/// an earlier build left: run `cargo test` unfiltered (or `cargo build --examples`) after
+/// editing an example.
 pub fn example_path(package: &str, name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
