@@ -291,14 +291,19 @@ impl HttpStream {
         header(&self.headers, name)
     }
 
-    /// Reads the body line by line until a line satisfies `matches` (returned), the stream
-    /// ends, or nothing arrives for 30 s (both `None`).
+    /// Reads the body line by line until a line satisfies `matches` (returned) or the server
+    /// ends the stream (`None`).
+    ///
+    /// # Panics
+    ///
+    /// When nothing arrives for 30 s, or the connection fails.
     pub fn line(&mut self, matches: impl Fn(&str) -> bool) -> Option<String> {
         let mut line = String::new();
         loop {
             line.clear();
             match self.reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return None,
+                Ok(0) => return None,
+                Err(e) => panic!("reading the stream: {e}"),
                 Ok(_) if matches(line.trim_end()) => return Some(line.trim_end().to_owned()),
                 Ok(_) => {}
             }
