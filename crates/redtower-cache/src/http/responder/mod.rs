@@ -249,10 +249,10 @@ impl Responder {
         {
             return Some("HOST");
         }
-        if self.settings.credentials == Credentials::Bypass {
-            if session_cookie(&parts.headers, &self.settings.session_cookies).is_some() {
-                return Some("SESSION-COOKIE");
-            }
+        if self.settings.credentials == Credentials::Bypass
+            && session_cookie(&parts.headers, &self.settings.session_cookies).is_some()
+        {
+            return Some("SESSION-COOKIE");
         }
         None
     }
