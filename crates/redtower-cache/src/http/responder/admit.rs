@@ -335,7 +335,8 @@ impl Responder {
         let settings = &self.settings;
         let cc = &s.cc;
         let explicit_stale = cc.swr.is_some() || cc.sie.is_some();
-        let no_stale = (cc.must_revalidate || cc.s_maxage.is_some()) && !explicit_stale;
+        let no_stale =
+            cc.no_cache || ((cc.must_revalidate || cc.s_maxage.is_some()) && !explicit_stale);
         let (swr, sie) = if no_stale {
             (Duration::ZERO, Duration::ZERO)
         } else {
