@@ -136,14 +136,14 @@
 //! | 3.3, 3.4 Incomplete, partial | not stored: 206 responses and bodies that fail or exceed [`max_body`](ResponseCacheLayer::max_body) pass through |
 //! | 3.5 Authorization | requests with `Authorization` store and reuse only `public`, `s-maxage` and `must-revalidate` responses (or per [`Credentials`]) |
 //! | 4 Constructing responses | one `Range` from a fresh full response (206, RFC 9110 14.2); client conditionals answered from the entry (304) |
-//! | 4.1 Vary | the first response is stored under the values of the headers it names; the URI's Vary record leads later requests (on any instance) to their variant; `Vary: *` never matches; `Accept-Encoding` compared by the set of codings accepted |
+//! | 4.1 Vary | the first response is stored under the values of the headers it names; the URI's Vary record leads later requests (on any instance) to their variant; `Vary: *` never matches; values compared without list whitespace, `Accept-Language` without case or order, `Accept-Encoding` by the set of codings accepted |
 //! | 4.2 Freshness | a targeted field (RFC 9213: the layer's own, then `CDN-Cache-Control`) replaces `Cache-Control` and `Expires`; `s-maxage`, `max-age`, `Expires - Date` (dates read leniently), heuristic from `Last-Modified` as an option, else the route's TTL |
 //! | 4.2.3 Age | the origin's `Age` (its first value) counts toward the entry's age and the `Age` sent |
 //! | 4.2.4 Serving stale | only within `stale-while-revalidate` / `stale-if-error` (the response's or the route's), never for `must-revalidate`, `proxy-revalidate`, `no-cache`, `s-maxage` without them |
 //! | 4.3 Validation | a stale entry with the handler's validators is revalidated with `If-None-Match` / `If-Modified-Since`; `304` refreshes it, anything else replaces it; kept for [`revalidate_window`](ResponseCacheLayer::revalidate_window) past its stale windows |
 //! | 4.4 Invalidation | a non-error response to any unsafe method invalidates its URI and same-host `Location` / `Content-Location` ([`invalidate_on_unsafe`](ResponseCacheLayer::invalidate_on_unsafe)) |
 //! | 5.2.1 Request directives | `no-store` bypasses, `no-cache` / `max-age=0` / `Pragma: no-cache` refetch, `max-age` bounds the age served |
-//! | 5.2.2 Response directives | `no-store`, `private`, `no-cache` (stored only to be revalidated), `must-revalidate`, `proxy-revalidate`, `public`, `s-maxage`, `max-age`, `stale-while-revalidate`, `stale-if-error` |
+//! | 5.2.2 Response directives | `no-store` (yields to `must-understand` for a known status), `private`, `no-cache` (stored only to be revalidated), `must-revalidate`, `proxy-revalidate`, `public` (any understood status, heuristic lifetime), `s-maxage`, `max-age`, `stale-while-revalidate`, `stale-if-error` |
 //!
 //! # Limits
 //!
