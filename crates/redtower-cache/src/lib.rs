@@ -121,7 +121,7 @@
 //!   `If-Modified-Since`) are answered with 304 from the cache without calling the handler. A
 //!   stale entry with the handler's own `ETag` or `Last-Modified` is revalidated with a
 //!   conditional request; a `304` refreshes it without a body.
-//! * Responses carry `Age`, `X-Cache: HIT|MISS|STALE|BYPASS` and an RFC 9211 `Cache-Status`
+//! * Responses carry `Age`, `X-Cache: HIT|MISS|STALE|REVALIDATED|BYPASS` and an RFC 9211 `Cache-Status`
 //!   with a reason (`SET-COOKIE`, `PRIVATE`, `TOO-LARGE`, `AUTHORIZATION`, ...).
 //! * `stale-if-error`: a 5xx or an error from the handler is replaced by the stale entry
 //!   within the window.

@@ -36,8 +36,9 @@ use crate::{
 /// What the leader of a fill got from the handler.
 pub(super) enum Lead<B: Body> {
     /// A storable response, already read, and the `Set-Cookie` values that only the request
-    /// that fetched it gets (the stored entry never holds them).
-    Entry(Entry, Vec<HeaderValue>),
+    /// that fetched it gets (the stored entry never holds them); `true` when it is a stored
+    /// entry a `304` revalidated.
+    Entry(Entry, Vec<HeaderValue>, bool),
     /// Not storable: passed through (reason).
     Pass(Response<ResponseBody<B>>, &'static str),
 }
@@ -146,7 +147,10 @@ impl Responder {
         parts.headers = headers;
         let body = stored.body.clone();
         match self.storable(parts.status, &parts.headers, body.len(), req) {
-            Ok(s) => self.admit(parts, body, s, fill),
+            Ok(s) => match self.admit(parts, body, s, fill) {
+                (Lead::Entry(e, cookies, _), outcome) => (Lead::Entry(e, cookies, true), outcome),
+                other => other,
+            },
             Err(reason) => {
                 parts.headers.remove(header::CONTENT_LENGTH);
                 let resp = Response::from_parts(parts, ResponseBody::full(body));
@@ -190,7 +194,7 @@ impl Responder {
                 record,
             }))
         };
-        (Lead::Entry(entry, cookies), outcome)
+        (Lead::Entry(entry, cookies, false), outcome)
     }
 
     /// Whether a response (status, headers, at least `least` body bytes) to `req` may be
