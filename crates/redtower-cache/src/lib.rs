@@ -219,8 +219,9 @@
 //! One span per request through [`ResponseCacheLayer`], `redtower.cache` (target
 //! `redtower::cache`, DEBUG, so it costs nothing unless asked for), around the lookup, the
 //! fill and the inner service. Its one field, recorded when the response is ready, is
-//! `outcome` = `hit` \| `miss` \| `stale` \| `bypass` (as `X-Cache`), or `none` when the
-//! response carries no cache status. No key, URI or header value is ever a field.
+//! `outcome` = `hit` \| `miss` \| `stale` \| `bypass` \| `revalidated` (as `X-Cache`), or
+//! `none` when the response carries no cache status. No key, URI or header value is ever a
+//! field.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;

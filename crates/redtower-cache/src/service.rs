@@ -98,6 +98,7 @@ fn outcome(headers: &http::HeaderMap) -> &'static str {
         Some(b"MISS") => "miss",
         Some(b"STALE") => "stale",
         Some(b"BYPASS") => "bypass",
+        Some(b"REVALIDATED") => "revalidated",
         _ => "none",
     }
 }
