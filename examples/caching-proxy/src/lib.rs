@@ -56,6 +56,10 @@ pub enum ProxyError {
     Io(#[from] std::io::Error),
 }
 
+/// How long after its freshness ends [`cache_layer`] serves a response when the origin fails:
+/// 10 s.
+pub const GRACE: Duration = Duration::from_secs(10);
+
 /// The response cache configured for a shared proxy cache:
 ///
 /// * only the origin's freshness counts (`Cache-Control: s-maxage`/`max-age`, `Expires`): the
@@ -65,10 +69,15 @@ pub enum ProxyError {
 /// * error statuses the RFC lets a cache store (404, 405, 410, 414, 501) are stored when the
 ///   origin gives them a lifetime, with no default lifetime of their own.
 ///
+/// * a stale response is served for up to [`GRACE`] when the origin cannot be reached, times out
+///   or answers 5xx (like Varnish's grace), unless the response forbids it (`must-revalidate`,
+///   `proxy-revalidate`, `s-maxage`) or states its own `stale-if-error`.
+///
 /// `Authorization` requests keep the layer's default ([`redtower_cache::Credentials::Bypass`]),
 /// as RFC 9111 3.5 asks of a shared cache. Adjust further with the layer's own setters.
 pub fn cache_layer(cache: Cache) -> ResponseCacheLayer {
     ResponseCacheLayer::new(cache, Duration::ZERO)
+        .stale_if_error(GRACE)
         .query(QueryKey::Sorted)
         .session_cookies(Vec::<String>::new())
         .negative_ttl(Duration::ZERO)

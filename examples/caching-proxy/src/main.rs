@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! caching-proxy [--listen ADDR] [--upstream URL] [--host NAME]... [--max-body BYTES]
-//!               [--timeout SECS]
+//!               [--timeout SECS] [--stale-if-error SECS]
 //! ```
 //!
 //! Each flag falls back to an environment variable: `LISTEN` (default `127.0.0.1:8080`),
@@ -18,7 +18,7 @@ use redtower_client::{Redis, RedisConfig};
 use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "usage: caching-proxy [--listen ADDR] [--upstream URL] [--host NAME]... \
-                     [--max-body BYTES] [--timeout SECS] (env: LISTEN, UPSTREAM, CACHE_HOSTS, REDIS_URL)";
+                     [--max-body BYTES] [--timeout SECS] [--stale-if-error SECS] (env: LISTEN, UPSTREAM, CACHE_HOSTS, REDIS_URL)";
 
 #[derive(Debug)]
 struct Args {
@@ -27,6 +27,7 @@ struct Args {
     hosts: Vec<String>,
     max_body: Option<usize>,
     timeout: Option<Duration>,
+    grace: Option<Duration>,
 }
 
 fn parse_args() -> Result<Args, ProxyError> {
@@ -44,6 +45,7 @@ fn parse_args() -> Result<Args, ProxyError> {
             .unwrap_or_default(),
         max_body: None,
         timeout: None,
+        grace: None,
     };
     let mut it = env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -66,6 +68,7 @@ fn parse_args() -> Result<Args, ProxyError> {
                 args.max_body = Some(usize::try_from(number(&value)?).unwrap_or(usize::MAX));
             }
             "--timeout" => args.timeout = Some(Duration::from_secs(number(&value)?)),
+            "--stale-if-error" => args.grace = Some(Duration::from_secs(number(&value)?)),
             _ => return Err(ProxyError::Config(format!("unknown flag {flag}; {USAGE}"))),
         }
     }
@@ -92,6 +95,9 @@ async fn main() -> Result<(), ProxyError> {
     let mut layer = cache_layer(Cache::new(store));
     if !args.hosts.is_empty() {
         layer = layer.hosts(&args.hosts);
+    }
+    if let Some(grace) = args.grace {
+        layer = layer.stale_if_error(grace);
     }
     if let Some(max) = args.max_body {
         layer = layer.max_body(max);

@@ -40,6 +40,7 @@ usage: cargo xtask cache-conformance --suite DIR [options]
   --release          build and run the proxy in release mode (default: debug)
   --redis URL        run the proxy on the Redis store at URL (default: the memory store)
   --id TEST          run one test and print the suite's dump of it; writes nothing
+  --results FILE     score this result file of the suite's CLI instead of running it
   --failures FILE    also write the failing required and optimal test ids, one a line,
                      with the reason, to FILE
   --no-write         print the table only";
@@ -59,6 +60,7 @@ struct Options {
     redis: Option<String>,
     id: Option<String>,
     failures: Option<PathBuf>,
+    results: Option<PathBuf>,
     write: bool,
 }
 
@@ -80,6 +82,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--redis" => o.redis = Some(value()?),
             "--id" => o.id = Some(value()?),
             "--failures" => o.failures = Some(PathBuf::from(value()?)),
+            "--results" => o.results = Some(PathBuf::from(value()?)),
             "--no-write" => o.write = false,
             "-h" | "--help" => return Err(USAGE.to_owned()),
             _ => return Err(format!("unknown option {a}\n{USAGE}")),
@@ -111,78 +114,13 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     let out_dir = target_dir(&root).join("cache-conformance");
     fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
 
-    let profile = if o.release { "release" } else { "debug" };
-    eprintln!("xtask: building the caching proxy ({profile})");
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut build = vec![
-        "build",
-        "-p",
-        "redtower-caching-proxy",
-        "--bin",
-        "caching-proxy",
-    ];
-    if o.release {
-        build.push("--release");
-    }
-    deps::run(&cargo, &build)?;
-    let proxy_bin = target_dir(&root).join(profile).join("caching-proxy");
-
-    let origin_port = free_port()?;
-    let mut origin = Command::new("node");
-    origin
-        .arg("test-engine/server/server.mjs")
-        .current_dir(&suite)
-        .env("npm_config_protocol", "http")
-        .env("npm_config_port", origin_port.to_string())
-        .env("npm_config_pidfile", out_dir.join("origin.pid"));
-    let mut origin = Proc::spawn("origin", origin_port, origin, &out_dir)?;
-    origin.wait_ready()?;
-
-    let proxy_port = free_port()?;
-    let mut proxy = Command::new(&proxy_bin);
-    proxy
-        .args(["--listen", &format!("127.0.0.1:{proxy_port}")])
-        .args(["--upstream", &format!("http://127.0.0.1:{origin_port}")])
-        .env_remove("REDIS_URL")
-        .env(
-            "RUST_LOG",
-            env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        );
-    if let Some(url) = &o.redis {
-        proxy.env("REDIS_URL", url);
-    }
-    let mut proxy = Proc::spawn("proxy", proxy_port, proxy, &out_dir)?;
-    proxy.wait_ready()?;
-
-    let base = format!("http://127.0.0.1:{proxy_port}");
-    eprintln!("xtask: running the suite against {base} (origin on port {origin_port})");
-    let started = Instant::now();
-    let cli = Command::new("node")
-        .args(["--no-warnings", "test-engine/cli.mjs"])
-        .current_dir(&suite)
-        .env("npm_config_base", &base)
-        .env("npm_config_id", o.id.as_deref().unwrap_or(""))
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("node: {e}"))?;
-    proxy.check_alive()?;
-    drop(proxy);
-    drop(origin);
-    let stdout = String::from_utf8_lossy(&cli.stdout).into_owned();
-    if !cli.status.success() {
-        return Err(format!(
-            "the suite's CLI failed ({}):\n{stdout}",
-            cli.status
-        ));
-    }
-    if o.id.is_some() {
-        print!("{stdout}");
-        return Ok(());
-    }
-    eprintln!("xtask: the suite ran in {:.0?}", started.elapsed());
-    let results = out_dir.join("results.json");
-    fs::write(&results, &stdout).map_err(|e| e.to_string())?;
+    let results = match &o.results {
+        Some(file) => file.clone(),
+        None => match run_suite(&o, &suite, &root, &out_dir)? {
+            Some(file) => file,
+            None => return Ok(()),
+        },
+    };
 
     let script = out_dir.join("score.mjs");
     fs::write(&script, SCORE_MJS).map_err(|e| e.to_string())?;
@@ -203,16 +141,11 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         None => "memory store",
     };
     let reasons = reasons();
-    let md = render(
-        &scored,
-        &reasons,
-        &suite_commit(&suite),
-        &revision(&root),
-        store,
-    );
-    println!("{}", table(&scored, store));
+    let rev = revision(&root);
+    let md = render(&scored, &reasons, &suite_commit(&suite), &rev, store);
+    println!("{}", table(&scored, store, &rev));
     if let Some(path) = &o.failures {
-        fs::write(path, failure_list(&scored, &reasons, store)).map_err(|e| e.to_string())?;
+        fs::write(path, failure_list(&scored, &reasons, store, &rev)).map_err(|e| e.to_string())?;
         eprintln!("xtask: wrote {}", path.display());
     }
     if o.write {
@@ -220,6 +153,91 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         eprintln!("xtask: wrote {OUT}");
     }
     Ok(())
+}
+
+/// Builds and starts the proxy and the suite's origin, runs the suite's CLI; returns the result
+/// file (`None` for a single `--id` run, whose dump is printed).
+fn run_suite(
+    o: &Options,
+    suite: &Path,
+    root: &Path,
+    out_dir: &Path,
+) -> Result<Option<PathBuf>, String> {
+    let profile = if o.release { "release" } else { "debug" };
+    eprintln!("xtask: building the caching proxy ({profile})");
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut build = vec![
+        "build",
+        "-p",
+        "redtower-caching-proxy",
+        "--bin",
+        "caching-proxy",
+    ];
+    if o.release {
+        build.push("--release");
+    }
+    deps::run(&cargo, &build)?;
+    let proxy_bin = target_dir(root).join(profile).join("caching-proxy");
+
+    let origin_port = free_port()?;
+    let mut origin = Command::new("node");
+    origin
+        .arg("test-engine/server/server.mjs")
+        .current_dir(suite)
+        .env("npm_config_protocol", "http")
+        .env("npm_config_port", origin_port.to_string())
+        .env("npm_config_pidfile", out_dir.join("origin.pid"));
+    let mut origin = Proc::spawn("origin", origin_port, origin, out_dir)?;
+    origin.wait_ready()?;
+
+    let proxy_port = free_port()?;
+    let mut proxy = Command::new(&proxy_bin);
+    proxy
+        .args(["--listen", &format!("127.0.0.1:{proxy_port}")])
+        .args(["--upstream", &format!("http://127.0.0.1:{origin_port}")])
+        .env_remove("REDIS_URL")
+        .env(
+            "RUST_LOG",
+            env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+    if let Some(url) = &o.redis {
+        proxy.env("REDIS_URL", url);
+    }
+    let mut proxy = Proc::spawn("proxy", proxy_port, proxy, out_dir)?;
+    proxy.wait_ready()?;
+
+    let base = format!("http://127.0.0.1:{proxy_port}");
+    eprintln!("xtask: running the suite against {base} (origin on port {origin_port})");
+    let started = Instant::now();
+    let cli = Command::new("node")
+        .args(["--no-warnings", "test-engine/cli.mjs"])
+        .current_dir(suite)
+        .env("npm_config_base", &base)
+        // `npm run` would set the package.json default (`""`: every test) as well.
+        .env("npm_package_config_id", "")
+        .env("npm_config_id", o.id.as_deref().unwrap_or(""))
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("node: {e}"))?;
+    proxy.check_alive()?;
+    drop(proxy);
+    drop(origin);
+    let stdout = String::from_utf8_lossy(&cli.stdout).into_owned();
+    if !cli.status.success() {
+        return Err(format!(
+            "the suite's CLI failed ({}):\n{stdout}",
+            cli.status
+        ));
+    }
+    if o.id.is_some() {
+        print!("{stdout}");
+        return Ok(None);
+    }
+    eprintln!("xtask: the suite ran in {:.0?}", started.elapsed());
+    let results = out_dir.join("results.json");
+    fs::write(&results, &stdout).map_err(|e| e.to_string())?;
+    Ok(Some(results))
 }
 
 fn workspace_root() -> PathBuf {
@@ -294,7 +312,8 @@ fn revision(root: &Path) -> String {
     if dirty { format!("{rev}+") } else { rev }
 }
 
-/// `id -> reason` from `reasons.txt` (`<id> <reason>` per line, `#` comments).
+/// `id -> reason` from `reasons.txt` (`<id> <reason>` per line, `#` comments; an id ending in
+/// `*` stands for every id it is a prefix of).
 fn reasons() -> BTreeMap<String, String> {
     REASONS
         .lines()
@@ -314,11 +333,11 @@ fn s<'a>(v: &'a Value, k: &str) -> &'a str {
 }
 
 fn pct(a: u64, b: u64) -> u64 {
-    if b == 0 { 0 } else { (a * 100 + b / 2) / b }
+    (a * 100 + b / 2).checked_div(b).unwrap_or(0)
 }
 
 /// The score table (Markdown), ours first, the others by required then required + optimal.
-fn table(scored: &Value, store: &str) -> String {
+fn table(scored: &Value, store: &str, rev: &str) -> String {
     let counts = &scored["counts"];
     let (req, opt) = (n(counts, "required"), n(counts, "optimal"));
     let mut caches: Vec<&Value> = scored["caches"]
@@ -339,18 +358,22 @@ fn table(scored: &Value, store: &str) -> String {
     );
     for (i, c) in ours.into_iter().chain(caches).enumerate() {
         let (r, o) = (n(c, "required"), n(c, "optimal"));
-        let (name, kind) = if i == 0 {
+        let (name, kind, version) = if i == 0 {
             (
                 "**redtower** (`examples/caching-proxy`)".to_owned(),
                 format!("this run, {store}"),
+                format!("`{rev}`"),
             )
         } else {
-            (s(c, "name").to_owned(), s(c, "type").to_owned())
+            (
+                s(c, "name").to_owned(),
+                s(c, "type").to_owned(),
+                s(c, "version").to_owned(),
+            )
         };
         let _ = writeln!(
             t,
-            "| {name} | {kind} | {} | {r} ({}%) | {} ({}%) |",
-            s(c, "version"),
+            "| {name} | {kind} | {version} | {r} ({}%) | {} ({}%) |",
             pct(r, req),
             r + o,
             pct(r + o, req + opt)
@@ -363,15 +386,26 @@ fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
 }
 
-fn failure_rows(scored: &Value, kind: &str) -> Vec<&Value> {
+fn failure_rows<'a>(scored: &'a Value, kind: &str) -> Vec<&'a Value> {
     scored["failures"]
         .as_array()
         .map(|a| a.iter().filter(|f| s(f, "kind") == kind).collect())
         .unwrap_or_default()
 }
 
+/// The reason of `id`: its own line, else the longest `prefix*` line matching it.
 fn reason_of<'a>(reasons: &'a BTreeMap<String, String>, id: &str) -> &'a str {
-    reasons.get(id).map_or("TODO reason", String::as_str)
+    if let Some(r) = reasons.get(id) {
+        return r;
+    }
+    reasons
+        .iter()
+        .filter_map(|(k, r)| {
+            let prefix = k.strip_suffix('*')?;
+            id.starts_with(prefix).then_some((prefix.len(), r))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map_or("TODO reason", |(_, r)| r.as_str())
 }
 
 fn render(
@@ -401,7 +435,7 @@ fn render(
          Reproduce: `cargo xtask cache-conformance --suite /path/to/cache-tests` (Node.js \
          needed; not part of `cargo xtask test`).\n\n"
     );
-    md.push_str(&table(scored, store));
+    md.push_str(&table(scored, store, rev));
     for (kind, title) in [("required", "Required"), ("optimal", "Optimal")] {
         let rows = failure_rows(scored, kind);
         let _ = write!(
@@ -433,8 +467,13 @@ fn render(
     md
 }
 
-fn failure_list(scored: &Value, reasons: &BTreeMap<String, String>, store: &str) -> String {
-    let mut out = table(scored, store);
+fn failure_list(
+    scored: &Value,
+    reasons: &BTreeMap<String, String>,
+    store: &str,
+    rev: &str,
+) -> String {
+    let mut out = table(scored, store, rev);
     for kind in ["required", "optimal"] {
         let _ = writeln!(out, "\n# {kind}");
         for f in failure_rows(scored, kind) {
