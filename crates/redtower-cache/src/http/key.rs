@@ -1,4 +1,4 @@
-//! What identifies a cached response: the request URI, the declared and learned headers.
+//! What identifies a cached response: the request URI, and the headers its variant is keyed on.
 
 use std::{borrow::Cow, sync::Arc};
 
@@ -105,17 +105,8 @@ pub enum Credentials {
 #[derive(Debug, Clone)]
 pub(crate) struct RequestKey {
     pub(crate) key: Key,
-    /// The header names the variant was keyed on (declared + learned), sorted.
-    names: Option<Arc<[HeaderName]>>,
     /// The `Accept-Encoding` bucket, when keyed on it (see [`accepted_codings`]).
     pub(crate) accepted: Option<u8>,
-}
-
-impl RequestKey {
-    /// The header names the variant was keyed on (declared + learned), sorted.
-    pub(crate) fn names(&self) -> &[HeaderName] {
-        self.names.as_deref().unwrap_or_default()
-    }
 }
 
 /// The digest of the primary (URI) canonical key of a request (the group of its entries).
@@ -308,7 +299,6 @@ pub(crate) fn request_key(
     if names.is_none() && per_user.is_none() {
         return RequestKey {
             key: Key::new(c),
-            names,
             accepted: None,
         };
     }
@@ -342,7 +332,6 @@ pub(crate) fn request_key(
     }
     RequestKey {
         key: Key::split(c, split),
-        names,
         accepted,
     }
 }
