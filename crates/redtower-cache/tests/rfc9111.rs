@@ -51,6 +51,9 @@ macro_rules! all_scenarios {
             single_ranges_are_served_from_a_full_response,
             set_cookie_storing_is_an_option,
             heuristic_freshness_is_an_option,
+            authorization_reuses_only_responses_that_allow_it,
+            no_cache_responses_are_revalidated_before_each_use,
+            expires_dates_are_read_leniently,
         );
     };
 }
@@ -612,4 +615,79 @@ async fn heuristic_freshness_is_an_option(cache: Cache) {
     send(&svc, "GET", "/on", &[]).await;
     let second = send(&svc, "GET", "/on", &[]).await;
     assert_eq!((second.x_cache(), second.text()), ("HIT", "1"));
+}
+
+/// RFC 9111 3.5: a request with `Authorization` stores and reuses only responses that are
+/// `public` or carry `s-maxage` or `must-revalidate`.
+async fn authorization_reuses_only_responses_that_allow_it(cache: Cache) {
+    let origin = Origin::default();
+    let svc = app(&layer(&cache), &origin, |n, req| {
+        let cc = match req.uri().path() {
+            "/public" => "public, max-age=60",
+            "/shared" => "s-maxage=60",
+            _ => "max-age=60",
+        };
+        reply(200, &[("cache-control", cc)], n.to_string())
+    });
+    let auth = [("authorization", "Bearer alice")];
+    for uri in ["/public", "/shared"] {
+        send(&svc, "GET", uri, &auth).await;
+        let second = send(&svc, "GET", uri, &auth).await;
+        assert_eq!(second.x_cache(), "HIT", "{uri}");
+    }
+    assert_eq!(origin.calls(), 2);
+    send(&svc, "GET", "/plain", &auth).await;
+    let second = send(&svc, "GET", "/plain", &auth).await;
+    assert_eq!((second.x_cache(), second.text()), ("MISS", "4"));
+    // Stored for requests without `Authorization`, but never reused for one with it.
+    send(&svc, "GET", "/plain", &[]).await;
+    assert_eq!(send(&svc, "GET", "/plain", &[]).await.x_cache(), "HIT");
+    assert_eq!(send(&svc, "GET", "/plain", &auth).await.text(), "6");
+}
+
+/// RFC 9111 5.2.2.4: a `no-cache` response with a validator is stored, and revalidated before
+/// each reuse.
+async fn no_cache_responses_are_revalidated_before_each_use(cache: Cache) {
+    let origin = Origin::default();
+    let conditional = Arc::new(AtomicUsize::new(0));
+    let seen = conditional.clone();
+    let svc = app(&layer(&cache), &origin, move |n, req| {
+        if req.headers().contains_key(header::IF_NONE_MATCH) {
+            seen.fetch_add(1, Ordering::SeqCst);
+            return reply(304, &[("cache-control", "no-cache")], Body::empty());
+        }
+        reply(
+            200,
+            &[("cache-control", "no-cache"), ("etag", "\"v1\"")],
+            format!("body {n}"),
+        )
+    });
+    assert_eq!(get(&svc, &[]).await.text(), "body 1");
+    for _ in 0..2 {
+        let got = get(&svc, &[]).await;
+        assert_eq!((got.status, got.text()), (StatusCode::OK, "body 1"));
+    }
+    assert_eq!(conditional.load(Ordering::SeqCst), 2);
+    assert_eq!(origin.calls(), 3);
+}
+
+/// RFC 9110 5.6.7: `Expires` dates in any case, or with a wrong weekday, still count.
+async fn expires_dates_are_read_leniently(cache: Cache) {
+    for (i, expires) in [
+        "THU, 18 Aug 2050 02:01:18 GMT",
+        "Thu, 18 AUG 2050 02:01:18 gMT",
+        "Thu Aug  8 02:01:18 2050",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let origin = Origin::default();
+        let svc = app(&layer(&cache), &origin, move |n, _| {
+            reply(200, &[("expires", expires)], n.to_string())
+        });
+        let uri = format!("/expires-{i}");
+        send(&svc, "GET", &uri, &[]).await;
+        let second = send(&svc, "GET", &uri, &[]).await;
+        assert_eq!((second.x_cache(), second.text()), ("HIT", "1"), "{expires}");
+    }
 }

@@ -89,8 +89,10 @@ impl QueryKey {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Credentials {
-    /// Bypass the cache (neither read nor store). The default, as RFC 9111 3.5 asks of shared
-    /// caches.
+    /// The default, as RFC 9111 3.5 asks of shared caches: a request with a session cookie
+    /// bypasses the cache (neither read nor store); a request with `Authorization` is answered
+    /// only from, and only stores, responses that allow it (`public`, `s-maxage`,
+    /// `must-revalidate`), and goes to the handler otherwise.
     #[default]
     Bypass,
     /// Cache per credential: the `Authorization` value and session cookie are hashed into the

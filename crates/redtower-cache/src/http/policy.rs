@@ -194,8 +194,8 @@ pub(crate) fn explicit_lifetime(
 }
 
 /// An HTTP date (RFC 9110 5.6.7: IMF-fixdate, RFC 850, asctime), read leniently as
-/// recipients should: surrounding space, a missing or lowercase `GMT`, `UTC`, and a
-/// two-digit year are accepted.
+/// recipients should: surrounding space, any case, `UTC` for `GMT`, and a weekday that does
+/// not match the date are accepted.
 pub(crate) fn parse_date(v: &str) -> Option<std::time::SystemTime> {
     let v = v.trim();
     if let Ok(t) = httpdate::parse_http_date(v) {
@@ -218,7 +218,19 @@ pub(crate) fn parse_date(v: &str) -> Option<std::time::SystemTime> {
         }
         prev_alpha = c.is_ascii_alphabetic();
     }
-    httpdate::parse_http_date(&format!("{fixed} GMT")).ok()
+    let fixed = if fixed.contains(',') {
+        format!("{fixed} GMT")
+    } else {
+        fixed // asctime: no zone
+    };
+    if let Ok(t) = httpdate::parse_http_date(&fixed) {
+        return Some(t);
+    }
+    // A weekday that does not match the date: the date counts.
+    let rest = fixed.get(3..)?;
+    ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+        .iter()
+        .find_map(|day| httpdate::parse_http_date(&format!("{day}{rest}")).ok())
 }
 
 /// The heuristic lifetime (RFC 9111 4.2.2) of a response with `Last-Modified`: `fraction` of
@@ -357,6 +369,23 @@ mod tests {
             .collect();
         assert_eq!(names, ["accept-encoding", "accept-language"]);
         assert_eq!(vary(&headers(&[("vary", "accept, *")])), None);
+    }
+
+    #[test]
+    fn dates_are_read_leniently() {
+        let want = parse_date("Thu, 18 Aug 2050 02:01:18 GMT").unwrap();
+        for v in [
+            "THU, 18 Aug 2050 02:01:18 GMT",
+            "Thu, 18 AUG 2050 02:01:18 GMT",
+            "Thu, 18 Aug 2050 02:01:18 gMT",
+            " Thu, 18 Aug 2050 02:01:18 GMT ",
+            "Thu Aug 18 02:01:18 2050",
+            "Thursday, 18-Aug-50 02:01:18 GMT",
+        ] {
+            assert_eq!(parse_date(v), Some(want), "{v}");
+        }
+        assert!(parse_date("Thu Aug  8 02:01:18 2050").is_some());
+        assert_eq!(parse_date("0"), None);
     }
 
     #[test]

@@ -17,8 +17,11 @@ use crate::{
     ResponseBody,
     body::{Collected, collect_capped},
     cache::{Outcome, StoreAt},
-    envelope::{Entry, FLAG_ETAG_GENERATED, FLAG_NEGATIVE, FLAG_NO_STALE, FLAG_VARY_RECORD},
+    envelope::{
+        Entry, FLAG_AUTHORIZED, FLAG_ETAG_GENERATED, FLAG_NEGATIVE, FLAG_NO_STALE, FLAG_VARY_RECORD,
+    },
     http::{
+        Credentials,
         key::{IDENTITY, RequestKey, coding_acceptable},
         policy::{
             Directives, cacheable_status, explicit_lifetime, heuristic_lifetime, negative_status,
@@ -229,8 +232,19 @@ impl Responder {
         if cc.private {
             return Err("PRIVATE");
         }
-        if cc.no_cache {
+        let validators =
+            headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
+        let revalidates = validators && !settings.revalidate_window.is_zero();
+        // `no-cache`: stored only to be revalidated before each use (RFC 9111 5.2.2.4).
+        if cc.no_cache && !revalidates {
             return Err("NO-CACHE");
+        }
+        // RFC 9111 3.5: a response to a request with `Authorization` only when it allows it.
+        if settings.credentials == Credentials::Bypass
+            && req.headers.contains_key(header::AUTHORIZATION)
+            && !authorized(&cc)
+        {
+            return Err("AUTHORIZATION");
         }
         if !settings.store_set_cookie && headers.contains_key(header::SET_COOKIE) {
             return Err("SET-COOKIE");
@@ -244,6 +258,7 @@ impl Responder {
         }
         let age = origin_age(headers);
         let lifetime = match explicit {
+            _ if cc.no_cache => Duration::ZERO,
             Some(l) => l,
             None if negative && !heuristic => settings.negative_ttl.unwrap_or_default(),
             None => match settings.heuristic {
@@ -253,9 +268,7 @@ impl Responder {
         }
         .saturating_sub(age)
         .min(MAX_TTL);
-        let validators =
-            headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
-        if lifetime.is_zero() && (!validators || settings.revalidate_window.is_zero()) {
+        if lifetime.is_zero() && !revalidates {
             return Err("NO-FRESHNESS");
         }
         if least > settings.max_body {
@@ -342,6 +355,9 @@ impl Responder {
         if no_stale {
             flags |= FLAG_NO_STALE;
         }
+        if authorized(cc) {
+            flags |= FLAG_AUTHORIZED;
+        }
         let (headers, etag_generated) = stored_headers(parts.headers, cc, &body);
         if etag_generated {
             flags |= FLAG_ETAG_GENERATED;
@@ -372,6 +388,11 @@ impl Responder {
             .min(MAX_TTL);
         (entry, keep)
     }
+}
+
+/// Whether a response may answer requests with `Authorization` (RFC 9111 3.5).
+fn authorized(cc: &Directives) -> bool {
+    cc.public || cc.s_maxage.is_some() || cc.must_revalidate
 }
 
 /// The Vary record of a URI: the names its responses vary on beyond the declared key headers,

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     ResponseBody,
     cache::{Filled, Outcome},
-    envelope::{Entry, FLAG_ETAG_GENERATED, FLAG_VARY_RECORD},
+    envelope::{Entry, FLAG_AUTHORIZED, FLAG_ETAG_GENERATED, FLAG_VARY_RECORD},
     http::key::{RequestKey, primary},
     key::short,
 };
@@ -92,7 +92,11 @@ impl Responder {
             let resp = call(inner, Request::from_parts(parts, body)).await?;
             return Ok(self.decorate(resp.map(ResponseBody::inner), Served::Miss("HEAD"), None));
         }
-        let Stored { fallback, validate } = stored;
+        let Stored {
+            fallback,
+            validate,
+            authorization,
+        } = stored;
         let leader = {
             let responder = self.clone();
             let key = key.clone();
@@ -119,6 +123,8 @@ impl Responder {
         let led = match filled {
             // Another instance stored the URI's Vary record: fetch this variant here.
             Filled::Shared(e, f) if e.flags & FLAG_VARY_RECORD != 0 => f().await.0,
+            // Shared with a request with `Authorization` only when the response allows it.
+            Filled::Shared(e, f) if authorization && e.flags & FLAG_AUTHORIZED == 0 => f().await.0,
             Filled::Shared(e, _) => {
                 return Ok(self.respond(&e, &conditionals, false, Served::Coalesced));
             }

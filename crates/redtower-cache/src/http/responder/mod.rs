@@ -17,7 +17,7 @@ use super::{
 use crate::{
     Cache, ResponseBody,
     cache::{Freshness, freshness},
-    envelope::{Entry, FLAG_ETAG_GENERATED, FLAG_VARY_RECORD},
+    envelope::{Entry, FLAG_AUTHORIZED, FLAG_ETAG_GENERATED, FLAG_VARY_RECORD},
 };
 
 mod admit;
@@ -117,6 +117,12 @@ impl Responder {
                 .await
                 .filter(|e| e.flags & FLAG_VARY_RECORD == 0);
         }
+        // RFC 9111 3.5: a request with `Authorization` reuses only responses that allow it.
+        let authorization = self.settings.credentials == Credentials::Bypass
+            && parts.headers.contains_key(header::AUTHORIZATION);
+        if authorization {
+            found = found.filter(|e| e.flags & FLAG_AUTHORIZED != 0);
+        }
         let now = self.cache.now_ms();
         let fresh = |e: &Entry| {
             let too_old = req_cc
@@ -180,7 +186,11 @@ impl Responder {
             body,
             key,
             conditionals,
-            Stored { fallback, validate },
+            Stored {
+                fallback,
+                validate,
+                authorization,
+            },
             seen,
             head,
         ))
@@ -239,13 +249,10 @@ impl Responder {
         {
             return Some("HOST");
         }
-        if self.settings.credentials == Credentials::Bypass {
-            if parts.headers.contains_key(header::AUTHORIZATION) {
-                return Some("AUTHORIZATION");
-            }
-            if session_cookie(&parts.headers, &self.settings.session_cookies).is_some() {
-                return Some("SESSION-COOKIE");
-            }
+        if self.settings.credentials == Credentials::Bypass
+            && session_cookie(&parts.headers, &self.settings.session_cookies).is_some()
+        {
+            return Some("SESSION-COOKIE");
         }
         None
     }
@@ -256,6 +263,8 @@ impl Responder {
 pub(super) struct Stored {
     pub(super) fallback: Option<Arc<Entry>>,
     pub(super) validate: Option<Arc<Entry>>,
+    /// The request carries `Authorization` (and the route does not key on it).
+    pub(super) authorization: bool,
 }
 
 /// Whether an entry has a validator of the handler's (an `ETag` it did not generate, or a
