@@ -81,6 +81,8 @@ pub fn cache_layer(cache: Cache) -> ResponseCacheLayer {
         .query(QueryKey::Sorted)
         .session_cookies(Vec::<String>::new())
         .negative_ttl(Duration::ZERO)
+        .store_set_cookie(true)
+        .heuristic_freshness(0.1)
         .route_name("proxy")
 }
 
