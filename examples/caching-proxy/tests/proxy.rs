@@ -55,6 +55,18 @@ async fn cacheable(State(o): State<Origin>, headers: HeaderMap) -> Response<Body
         .unwrap()
 }
 
+/// 200 with a one-second lifetime the first time, 503 afterwards.
+async fn flaky(State(o): State<Origin>) -> Response<Body> {
+    let n = o.calls.fetch_add(1, Ordering::SeqCst) + 1;
+    let builder = Response::builder();
+    let builder = if n == 1 {
+        builder.header("cache-control", "max-age=1")
+    } else {
+        builder.status(StatusCode::SERVICE_UNAVAILABLE)
+    };
+    builder.body(Body::from(format!("response {n}"))).unwrap()
+}
+
 async fn echo_method(State(o): State<Origin>, req: Request<Body>) -> String {
     o.calls.fetch_add(1, Ordering::SeqCst);
     let method = req.method().clone();
@@ -75,6 +87,7 @@ async fn origin() -> (Origin, SocketAddr) {
     let app = Router::new()
         .route("/cacheable", get(cacheable))
         .route("/echo", any(echo_method))
+        .route("/flaky", get(flaky))
         .with_state(o.clone());
     (o, serve(app).await)
 }
@@ -188,6 +201,22 @@ async fn any_method_query_and_body_are_forwarded() {
         assert_eq!(reply.body, format!("{method} b=2&a=1 payload"));
     }
     assert_eq!(o.calls(), 6);
+}
+
+#[tokio::test]
+async fn a_stale_response_stands_in_for_an_origin_error_within_the_grace() {
+    let (o, origin) = origin().await;
+    let p = proxy(origin, Cache::new(MemoryStore::new())).await;
+
+    assert_eq!(get_via(p, "/flaky").await.body, "response 1");
+    // The entry turns stale when the wall clock passes its one-second lifetime: there is no
+    // event to wait for, only time.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let reply = get_via(p, "/flaky").await;
+    assert_eq!(o.calls(), 2, "the stale entry was refetched");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, "response 1");
+    assert_eq!(reply.headers["x-cache"], "STALE");
 }
 
 #[tokio::test]

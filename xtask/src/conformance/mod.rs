@@ -562,3 +562,51 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_is_the_exact_line_else_the_longest_prefix() {
+        let reasons: BTreeMap<String, String> = [
+            ("vary-*", "any vary"),
+            ("vary-normalise-*", "normalising"),
+            ("vary-match", "exact"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(reason_of(&reasons, "vary-match"), "exact");
+        assert_eq!(reason_of(&reasons, "vary-normalise-space"), "normalising");
+        assert_eq!(reason_of(&reasons, "vary-omit"), "any vary");
+        assert_eq!(reason_of(&reasons, "age-parse-suffix"), "TODO reason");
+    }
+
+    #[test]
+    fn the_bundled_reasons_all_have_text() {
+        let reasons = reasons();
+        assert!(reasons.len() > 5);
+        assert!(reasons.values().all(|r| r.len() > 10));
+    }
+
+    #[test]
+    fn the_table_puts_this_run_first_and_sorts_the_others() {
+        let scored = serde_json::json!({
+            "counts": { "required": 160, "optimal": 105, "check": 100 },
+            "caches": [
+                { "name": "redtower", "type": "this run", "version": "", "required": 80, "optimal": 10 },
+                { "name": "low", "type": "rev-proxy", "version": "1", "required": 90, "optimal": 50 },
+                { "name": "high", "type": "rev-proxy", "version": "2", "required": 132, "optimal": 70 },
+            ],
+            "failures": [],
+        });
+        let t = table(&scored, "memory store", "abc");
+        let rows: Vec<&str> = t.lines().skip(2).collect();
+        assert!(rows[0].starts_with("| **redtower**"), "{t}");
+        assert!(rows[0].contains("| 80 (50%) | 90 (34%) |"), "{t}");
+        assert!(rows[1].starts_with("| high |"), "{t}");
+        assert!(rows[1].contains("| 132 (83%) | 202 (76%) |"), "{t}");
+        assert!(rows[2].starts_with("| low |"), "{t}");
+    }
+}
