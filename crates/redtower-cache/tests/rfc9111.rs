@@ -54,6 +54,9 @@ macro_rules! all_scenarios {
             authorization_reuses_only_responses_that_allow_it,
             no_cache_responses_are_revalidated_before_each_use,
             expires_dates_are_read_leniently,
+            must_understand_overrides_no_store_for_known_statuses,
+            unknown_content_codings_are_replayed_as_they_are,
+            vary_values_are_normalised,
         );
     };
 }
@@ -690,4 +693,83 @@ async fn expires_dates_are_read_leniently(cache: Cache) {
         let second = send(&svc, "GET", &uri, &[]).await;
         assert_eq!((second.x_cache(), second.text()), ("HIT", "1"), "{expires}");
     }
+}
+
+/// RFC 9111 5.2.2.3: `must-understand` lets a status the cache implements be stored despite
+/// `no-store`; an unknown status stays unstored.
+async fn must_understand_overrides_no_store_for_known_statuses(cache: Cache) {
+    for (status, stored) in [(200, true), (599, false)] {
+        let origin = Origin::default();
+        let svc = app(&layer(&cache), &origin, move |n, _| {
+            reply(
+                status,
+                &[("cache-control", "max-age=60, no-store, must-understand")],
+                n.to_string(),
+            )
+        });
+        let uri = format!("/understood-{status}");
+        send(&svc, "GET", &uri, &[]).await;
+        assert_eq!(
+            send(&svc, "GET", &uri, &[]).await.text() == "1",
+            stored,
+            "{status}"
+        );
+    }
+}
+
+/// A `Content-Encoding` the cache does not know is stored and replayed as the origin sent it
+/// (keyed only on what `Vary` names); a known one is keyed on `Accept-Encoding`.
+async fn unknown_content_codings_are_replayed_as_they_are(cache: Cache) {
+    let origin = Origin::default();
+    let svc = app(&layer(&cache), &origin, |n, req| {
+        let coding = if req.uri().path() == "/gzip" {
+            "gzip"
+        } else {
+            "x-custom"
+        };
+        reply(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("content-encoding", coding),
+            ],
+            n.to_string(),
+        )
+    });
+    send(&svc, "GET", "/custom", &[]).await;
+    let second = send(&svc, "GET", "/custom", &[("accept-encoding", "br")]).await;
+    assert_eq!(
+        (second.text(), second.header("content-encoding")),
+        ("1", "x-custom")
+    );
+    // gzip to a request that does not accept it is never replayed.
+    send(&svc, "GET", "/gzip", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(
+        send(&svc, "GET", "/gzip", &[("accept-encoding", "gzip")])
+            .await
+            .text(),
+        "2"
+    );
+    assert_eq!(send(&svc, "GET", "/gzip", &[]).await.text(), "3");
+}
+
+/// List members are compared without surrounding space, and `Accept-Language` without case
+/// or order, when matching a stored variant.
+async fn vary_values_are_normalised(cache: Cache) {
+    let origin = Origin::default();
+    let svc = app(&layer(&cache), &origin, |n, _| {
+        reply(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("vary", "Accept-Language, Foo"),
+            ],
+            n.to_string(),
+        )
+    });
+    get(&svc, &[("accept-language", "en, de"), ("foo", "1,2")]).await;
+    let same = get(&svc, &[("accept-language", "De, EN"), ("foo", " 1, 2 ")]).await;
+    assert_eq!((same.x_cache(), same.text()), ("HIT", "1"));
+    let other = get(&svc, &[("accept-language", "en, de"), ("foo", "2,1")]).await;
+    assert_eq!(other.text(), "2");
 }

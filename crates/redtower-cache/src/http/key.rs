@@ -232,6 +232,19 @@ pub(crate) fn accepted_codings(value: Option<&[u8]>) -> u8 {
     accepted
 }
 
+/// Whether every coding in these `Content-Encoding` values is one the cache tells apart
+/// (see [`accepted_codings`]).
+pub(crate) fn codings_known(content_encoding: &[&[u8]]) -> bool {
+    content_encoding.iter().all(|value| {
+        value.split(|b| *b == b',').all(|coding| {
+            let coding = coding.trim_ascii().to_ascii_lowercase();
+            coding.is_empty()
+                || matches!(coding.as_slice(), b"x-gzip" | b"x-compress")
+                || CODINGS.iter().any(|c| c.as_bytes() == coding)
+        })
+    })
+}
+
 /// Whether a response with these `Content-Encoding` values is acceptable to every request of
 /// the bucket `accepted` (see [`accepted_codings`]). No header is `identity`; an unknown coding
 /// is never acceptable.
@@ -258,17 +271,39 @@ pub(crate) fn coding_acceptable(content_encoding: &[&[u8]], accepted: u8) -> boo
     any || accepted & IDENTITY != 0
 }
 
+/// A request header's value as keyed: its lines joined with `,`, list members trimmed of
+/// surrounding space (`" 1, 2 "`, `"1,2"` and the lines `1` and `2` are one value), and for
+/// `Accept-Language` lowercased and sorted (`"en, De"` and `"de, en"` are one value).
 fn header_values(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
     let mut values = headers.get_all(name).iter().peekable();
-    values.peek()?;
-    let mut out = Vec::new();
-    for (i, v) in values.enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(v.as_bytes());
+    let first = values.next()?;
+    let language = *name == header::ACCEPT_LANGUAGE;
+    let plain = |v: &[u8]| {
+        !v.contains(&b',')
+            && v.first().is_none_or(|b| !b.is_ascii_whitespace())
+            && v.last().is_none_or(|b| !b.is_ascii_whitespace())
+            && !(language && v.iter().any(u8::is_ascii_uppercase))
+    };
+    if values.peek().is_none() && plain(first.as_bytes()) {
+        return Some(first.as_bytes().to_vec());
     }
-    Some(out)
+    let mut members: Vec<Vec<u8>> = std::iter::once(first)
+        .chain(values)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|m| {
+            let m = m.trim_ascii();
+            if language {
+                m.to_ascii_lowercase()
+            } else {
+                m.to_vec()
+            }
+        })
+        .filter(|m| !m.is_empty())
+        .collect();
+    if language {
+        members.sort_unstable();
+    }
+    Some(members.join(&b","[..]))
 }
 
 /// The cookie values of `names` in the request, hashed.
@@ -432,6 +467,33 @@ mod tests {
             proptest::prop_assert!(mask < 1 << CODINGS.len());
             let _ = coding_acceptable(&[&v], mask);
         }
+    }
+
+    #[test]
+    fn keyed_values_are_normalised() {
+        let names: Arc<[HeaderName]> = Arc::from(vec![
+            header::ACCEPT_LANGUAGE,
+            HeaderName::from_static("foo"),
+        ]);
+        let key = |h: &[(&str, &str)]| {
+            request_key(
+                &parts("/p", h),
+                &QueryKey::Sorted,
+                Some(names.clone()),
+                None,
+            )
+            .key
+            .digest()
+            .to_owned()
+        };
+        let a = key(&[("accept-language", "en, de"), ("foo", "1,2")]);
+        assert_eq!(a, key(&[("accept-language", "De,eN"), ("foo", " 1, 2 ")]));
+        assert_eq!(
+            a,
+            key(&[("accept-language", " en ,  de"), ("foo", "1"), ("foo", "2")])
+        );
+        assert_ne!(a, key(&[("accept-language", "en, de"), ("foo", "2,1")]));
+        assert_ne!(a, key(&[("accept-language", "en"), ("foo", "1,2")]));
     }
 
     #[test]

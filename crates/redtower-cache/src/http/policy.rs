@@ -12,6 +12,7 @@ pub(crate) struct Directives {
     pub(crate) private: bool,
     pub(crate) public: bool,
     pub(crate) must_revalidate: bool,
+    pub(crate) must_understand: bool,
     pub(crate) max_age: Option<u64>,
     pub(crate) s_maxage: Option<u64>,
     pub(crate) swr: Option<u64>,
@@ -69,6 +70,7 @@ impl Directives {
                     },
                     "public" => d.public = true,
                     "must-revalidate" | "proxy-revalidate" => d.must_revalidate = true,
+                    "must-understand" => d.must_understand = true,
                     // A malformed max-age is treated as stale (RFC 9111 4.2.1).
                     "max-age" => d.max_age = Some(secs().unwrap_or(0)),
                     "s-maxage" => d.s_maxage = Some(secs().unwrap_or(0)),
@@ -96,7 +98,14 @@ fn valid_dictionary(s: &str) -> bool {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(&b));
         let value = value.split(';').next().unwrap_or_default();
-        key_ok && !value.is_empty() && !value.starts_with([' ', '\t'])
+        let integer = matches!(
+            key,
+            "max-age" | "s-maxage" | "stale-while-revalidate" | "stale-if-error"
+        );
+        key_ok
+            && !value.is_empty()
+            && !value.starts_with([' ', '\t'])
+            && (!integer || value.bytes().all(|b| b.is_ascii_digit()))
     })
 }
 
@@ -161,6 +170,16 @@ pub(crate) fn understood_status(status: StatusCode) -> bool {
     (200..600).contains(&status.as_u16()) && !matches!(status.as_u16(), 206 | 304)
 }
 
+/// Statuses whose caching requirements the cache implements, for `must-understand` (RFC 9111
+/// 5.2.2.3): the final statuses of RFC 9110 and other registered ones.
+pub(crate) fn known_status(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200..=205 | 300..=305 | 307 | 308 | 400..=417 | 421..=426 | 428 | 429 | 431 | 451
+            | 500..=505 | 511
+    )
+}
+
 /// Statuses stored only when the route opts in to negative caching.
 pub(crate) fn negative_status(status: StatusCode) -> bool {
     matches!(status.as_u16(), 404 | 405 | 410 | 414 | 501)
@@ -194,19 +213,15 @@ pub(crate) fn explicit_lifetime(
 }
 
 /// An HTTP date (RFC 9110 5.6.7: IMF-fixdate, RFC 850, asctime), read leniently as
-/// recipients should: surrounding space, any case, `UTC` for `GMT`, and a weekday that does
-/// not match the date are accepted.
+/// recipients should: surrounding space, any case, and a weekday that does not match the date
+/// are accepted (another zone, such as `UTC`, is not: the date is invalid).
 pub(crate) fn parse_date(v: &str) -> Option<std::time::SystemTime> {
     let v = v.trim();
     if let Ok(t) = httpdate::parse_http_date(v) {
         return Some(t);
     }
     let upper = v.to_ascii_uppercase();
-    let base = upper
-        .strip_suffix(" GMT")
-        .or_else(|| upper.strip_suffix(" UTC"))
-        .unwrap_or(&upper)
-        .trim();
+    let base = upper.strip_suffix(" GMT").unwrap_or(&upper).trim();
     // Title-case the day and month names again ("MON" -> "Mon").
     let mut fixed = String::with_capacity(base.len() + 4);
     let mut prev_alpha = false;
@@ -385,7 +400,15 @@ mod tests {
             assert_eq!(parse_date(v), Some(want), "{v}");
         }
         assert!(parse_date("Thu Aug  8 02:01:18 2050").is_some());
-        assert_eq!(parse_date("0"), None);
+        for invalid in [
+            "0",
+            "Thu, 18 Aug 2050 02:01:18 UTC",
+            "Thu, 18 Aug 50 02:01:18 GMT",
+            "Thu, 18-Aug-2050 02:01:18 GMT",
+            "Thu 18 Aug 2050 02:01:18 GMT",
+        ] {
+            assert_eq!(parse_date(invalid), None, "{invalid}");
+        }
     }
 
     #[test]

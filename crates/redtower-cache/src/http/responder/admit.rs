@@ -22,10 +22,10 @@ use crate::{
     },
     http::{
         Credentials,
-        key::{IDENTITY, RequestKey, coding_acceptable},
+        key::{IDENTITY, RequestKey, coding_acceptable, codings_known},
         policy::{
-            Directives, cacheable_status, explicit_lifetime, heuristic_lifetime, negative_status,
-            origin_age, understood_status, vary,
+            Directives, cacheable_status, explicit_lifetime, heuristic_lifetime, known_status,
+            negative_status, origin_age, understood_status, vary,
         },
         settings::sort_names,
     },
@@ -218,15 +218,22 @@ impl Responder {
         };
         let negative = negative_status(status);
         let heuristic = cacheable_status(status);
-        // RFC 9111 3: any final status the cache understands, given explicit freshness; the
-        // heuristically cacheable ones (and, when opted in, the negative ones) without.
+        let guessed = settings
+            .heuristic
+            .and_then(|f| heuristic_lifetime(headers, f, now));
+        // RFC 9111 3: any final status the cache understands, given explicit freshness or
+        // `public` (with a heuristic lifetime); the heuristically cacheable ones without (the
+        // negative ones when opted in, or given a heuristic lifetime).
         if !(heuristic
-            || (negative && settings.negative_ttl.is_some())
-            || (explicit.is_some() && understood_status(status)))
+            || (negative && (settings.negative_ttl.is_some() || guessed.is_some()))
+            || ((explicit.is_some() || (cc.public && guessed.is_some()))
+                && understood_status(status)))
         {
             return Err("STATUS");
         }
-        if cc.no_store {
+        // `must-understand` (RFC 9111 5.2.2.3): `no-store` yields for a status whose
+        // requirements the cache implements.
+        if cc.no_store && !(cc.must_understand && known_status(status)) {
             return Err("NO-STORE");
         }
         if cc.private {
@@ -260,11 +267,10 @@ impl Responder {
         let lifetime = match explicit {
             _ if cc.no_cache => Duration::ZERO,
             Some(l) => l,
-            None if negative && !heuristic => settings.negative_ttl.unwrap_or_default(),
-            None => match settings.heuristic {
-                Some(f) => heuristic_lifetime(headers, f, now).unwrap_or(settings.ttl),
-                None => settings.ttl,
-            },
+            None if heuristic => guessed.unwrap_or(settings.ttl),
+            None if negative => guessed.unwrap_or(settings.negative_ttl.unwrap_or_default()),
+            // `public`, another status: only a heuristic lifetime, never the route's TTL.
+            None => guessed.unwrap_or_default(),
         }
         .saturating_sub(age)
         .min(MAX_TTL);
@@ -307,7 +313,10 @@ impl Responder {
             .iter()
             .map(HeaderValue::as_bytes)
             .collect();
-        if !coding_acceptable(&codings, IDENTITY)
+        // A coding the cache does not know is the origin's own choice: replayed as it is.
+        let known = codings_known(&codings);
+        if known
+            && !coding_acceptable(&codings, IDENTITY)
             && !declared.contains(&header::ACCEPT_ENCODING)
             && !extra.contains(&header::ACCEPT_ENCODING)
         {
@@ -324,7 +333,7 @@ impl Responder {
             (at, Some((base, extra)))
         };
         match at.accepted {
-            Some(accepted) if !coding_acceptable(&codings, accepted) => Err("ENCODING"),
+            Some(accepted) if known && !coding_acceptable(&codings, accepted) => Err("ENCODING"),
             _ => Ok((at, record)),
         }
     }
@@ -335,7 +344,8 @@ impl Responder {
         let settings = &self.settings;
         let cc = &s.cc;
         let explicit_stale = cc.swr.is_some() || cc.sie.is_some();
-        let no_stale = (cc.must_revalidate || cc.s_maxage.is_some()) && !explicit_stale;
+        let no_stale =
+            cc.no_cache || ((cc.must_revalidate || cc.s_maxage.is_some()) && !explicit_stale);
         let (swr, sie) = if no_stale {
             (Duration::ZERO, Duration::ZERO)
         } else {

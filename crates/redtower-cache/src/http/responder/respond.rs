@@ -48,7 +48,11 @@ impl Conditionals {
         let get = |n: header::HeaderName| e.headers.get(n).and_then(|v| v.to_str().ok());
         match (&self.if_none_match, &self.if_modified_since) {
             (Some(inm), _) => none_match(inm, get(header::ETAG)),
-            (None, Some(ims)) => not_modified_since(ims, get(header::LAST_MODIFIED)),
+            // Without `Last-Modified`, the stored `Date` stands for it (RFC 9110 13.1.3).
+            (None, Some(ims)) => not_modified_since(
+                ims,
+                get(header::LAST_MODIFIED).or_else(|| get(header::DATE)),
+            ),
             (None, None) => false,
         }
     }
