@@ -57,6 +57,7 @@ macro_rules! all_scenarios {
             must_understand_overrides_no_store_for_known_statuses,
             unknown_content_codings_are_replayed_as_they_are,
             vary_values_are_normalised,
+            stale_if_error_wins_over_a_storable_5xx,
         );
     };
 }
@@ -772,4 +773,29 @@ async fn vary_values_are_normalised(cache: Cache) {
     assert_eq!((same.x_cache(), same.text()), ("HIT", "1"));
     let other = get(&svc, &[("accept-language", "en, de"), ("foo", "2,1")]).await;
     assert_eq!(other.text(), "2");
+}
+
+/// Within a stale-if-error window a 5xx is answered with the stale entry and not stored, even
+/// when it states a lifetime of its own.
+async fn stale_if_error_wins_over_a_storable_5xx(cache: Cache) {
+    let origin = Origin::default();
+    let svc = app(
+        &layer(&cache).stale_if_error(Duration::from_secs(60)),
+        &origin,
+        |n, _| {
+            if n == 1 {
+                reply(200, &[("cache-control", "max-age=1")], "fine")
+            } else {
+                reply(500, &[("cache-control", "max-age=60")], "broken")
+            }
+        },
+    );
+    assert_eq!(get(&svc, &[]).await.text(), "fine");
+    until_stale().await;
+    for _ in 0..2 {
+        let got = get(&svc, &[]).await;
+        assert_eq!((got.status, got.text()), (StatusCode::OK, "fine"));
+        assert_eq!(got.x_cache(), "STALE");
+    }
+    assert_eq!(origin.calls(), 3);
 }

@@ -387,6 +387,50 @@ mod tests {
     }
 
     #[test]
+    fn targeted_fields_must_be_valid_dictionaries() {
+        let cdn = [HeaderName::from_static("cdn-cache-control")];
+        let targeted =
+            |v: &'static str| Directives::targeted(&headers(&[("cdn-cache-control", v)]), &cdn);
+        assert_eq!(targeted("max-age=60").unwrap().max_age, Some(60));
+        assert!(targeted("no-store, max-age=60").unwrap().no_store);
+        for invalid in [
+            "max-age =60",
+            "max-age= 60",
+            "max-age=\"60\"",
+            "Max-Age=60",
+            "max-age=6.5",
+            "",
+        ] {
+            assert_eq!(targeted(invalid), None, "{invalid:?}");
+        }
+        assert_eq!(Directives::targeted(&HeaderMap::new(), &cdn), None);
+    }
+
+    #[test]
+    fn age_uses_the_first_value() {
+        assert_eq!(
+            origin_age(&headers(&[("age", "7200, 0")])),
+            Duration::from_secs(7200)
+        );
+        assert_eq!(
+            origin_age(&headers(&[("age", "0"), ("age", "7200")])),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn statuses() {
+        for s in [200, 302, 400, 500, 599, 299] {
+            assert!(understood_status(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        for s in [206, 304, 101] {
+            assert!(!understood_status(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        assert!(known_status(StatusCode::OK));
+        assert!(!known_status(StatusCode::from_u16(599).unwrap()));
+    }
+
+    #[test]
     fn dates_are_read_leniently() {
         let want = parse_date("Thu, 18 Aug 2050 02:01:18 GMT").unwrap();
         for v in [

@@ -105,8 +105,18 @@ impl Responder {
             if let Some(e) = &validate {
                 add_validators(req.headers_mut(), e);
             }
+            // The end of the window in which a 5xx is answered with the stale entry instead.
+            let stale_until = fallback.as_ref().map(|e| e.error_until.max(e.stale_until));
             move || async move {
                 match call(inner, req).await {
+                    // Not stored, even with a lifetime of its own: the stale entry answers.
+                    Ok(resp)
+                        if resp.status().is_server_error()
+                            && stale_until.is_some_and(|t| responder.cache.now_ms() < t) =>
+                    {
+                        let resp = resp.map(ResponseBody::inner);
+                        (Ok(Lead::Pass(resp, "SERVER-ERROR")), Outcome::Nothing)
+                    }
                     Ok(resp) => {
                         let (lead, outcome) =
                             fetched(&responder, resp, validate.as_deref(), &copy, &key).await;
