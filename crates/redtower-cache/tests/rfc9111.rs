@@ -58,6 +58,7 @@ macro_rules! all_scenarios {
             unknown_content_codings_are_replayed_as_they_are,
             vary_values_are_normalised,
             stale_if_error_wins_over_a_storable_5xx,
+            partial_responses_are_stored_for_their_range,
         );
     };
 }
@@ -798,4 +799,43 @@ async fn stale_if_error_wins_over_a_storable_5xx(cache: Cache) {
         assert_eq!(got.x_cache(), "STALE");
     }
     assert_eq!(origin.calls(), 3);
+}
+
+/// RFC 9111 3.3: a 206 answering a `Range` request is stored for that `Range` and reused for
+/// the same one; a full response stored later serves every range.
+async fn partial_responses_are_stored_for_their_range(cache: Cache) {
+    let origin = Origin::default();
+    let svc = app(&layer(&cache), &origin, |n, req| {
+        match req
+            .headers()
+            .get(header::RANGE)
+            .map(|v| v.to_str().unwrap())
+        {
+            Some("bytes=-5") => reply(
+                206,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("content-range", "bytes 5-9/10"),
+                ],
+                "56789",
+            ),
+            Some(_) => reply(206, &[("content-range", "bytes 0-1/10")], "01"),
+            None => reply(200, &[("cache-control", "max-age=60")], format!("full {n}")),
+        }
+    });
+    let tail = [("range", "bytes=-5")];
+    let first = get(&svc, &tail).await;
+    assert_eq!(
+        (first.status, first.text()),
+        (StatusCode::PARTIAL_CONTENT, "56789")
+    );
+    let second = get(&svc, &tail).await;
+    assert_eq!((second.x_cache(), second.text()), ("HIT", "56789"));
+    assert_eq!(second.header("content-range"), "bytes 5-9/10");
+    // A 206 without freshness is not stored; another range is another entry.
+    get(&svc, &[("range", "bytes=0-1")]).await;
+    assert_eq!(get(&svc, &[("range", "bytes=0-1")]).await.x_cache(), "MISS");
+    assert_eq!(origin.calls(), 3);
+    // Never served for a request without `Range`.
+    assert_eq!(get(&svc, &[]).await.text(), "full 4");
 }

@@ -36,8 +36,9 @@ use crate::{
 /// What the leader of a fill got from the handler.
 pub(super) enum Lead<B: Body> {
     /// A storable response, already read, and the `Set-Cookie` values that only the request
-    /// that fetched it gets (the stored entry never holds them).
-    Entry(Entry, Vec<HeaderValue>),
+    /// that fetched it gets (the stored entry never holds them); `true` when it is a stored
+    /// entry a `304` revalidated.
+    Entry(Entry, Vec<HeaderValue>, bool),
     /// Not storable: passed through (reason).
     Pass(Response<ResponseBody<B>>, &'static str),
 }
@@ -146,7 +147,10 @@ impl Responder {
         parts.headers = headers;
         let body = stored.body.clone();
         match self.storable(parts.status, &parts.headers, body.len(), req) {
-            Ok(s) => self.admit(parts, body, s, fill),
+            Ok(s) => match self.admit(parts, body, s, fill) {
+                (Lead::Entry(e, cookies, _), outcome) => (Lead::Entry(e, cookies, true), outcome),
+                other => other,
+            },
             Err(reason) => {
                 parts.headers.remove(header::CONTENT_LENGTH);
                 let resp = Response::from_parts(parts, ResponseBody::full(body));
@@ -190,7 +194,7 @@ impl Responder {
                 record,
             }))
         };
-        (Lead::Entry(entry, cookies), outcome)
+        (Lead::Entry(entry, cookies, false), outcome)
     }
 
     /// Whether a response (status, headers, at least `least` body bytes) to `req` may be
@@ -218,6 +222,9 @@ impl Responder {
         };
         let negative = negative_status(status);
         let heuristic = cacheable_status(status);
+        // A 206 answering a `Range` request: stored for that `Range` (RFC 9111 3.3).
+        let partial =
+            status == StatusCode::PARTIAL_CONTENT && req.headers.contains_key(header::RANGE);
         let guessed = settings
             .heuristic
             .and_then(|f| heuristic_lifetime(headers, f, now));
@@ -227,7 +234,7 @@ impl Responder {
         if !(heuristic
             || (negative && (settings.negative_ttl.is_some() || guessed.is_some()))
             || ((explicit.is_some() || (cc.public && guessed.is_some()))
-                && understood_status(status)))
+                && (understood_status(status) || partial)))
         {
             return Err("STATUS");
         }
@@ -256,7 +263,7 @@ impl Responder {
         if !settings.store_set_cookie && headers.contains_key(header::SET_COOKIE) {
             return Err("SET-COOKIE");
         }
-        let (at, record) = self.placement(headers, req)?;
+        let (at, record) = self.placement(headers, req, partial)?;
         if headers
             .get(header::CONTENT_TYPE)
             .is_some_and(|ct| ct.as_bytes().starts_with(b"text/event-stream"))
@@ -300,6 +307,7 @@ impl Responder {
         &self,
         headers: &HeaderMap,
         req: &request::Parts,
+        partial: bool,
     ) -> Result<(RequestKey, Option<Record>), &'static str> {
         let Some(vary) = vary(headers) else {
             return Err("VARY-STAR");
@@ -324,6 +332,13 @@ impl Responder {
             extra.push(header::ACCEPT_ENCODING);
         }
         sort_names(&mut extra);
+        if partial {
+            // Keyed on the `Range` (and the declared headers) only.
+            if !extra.is_empty() {
+                return Err("PARTIAL-VARY");
+            }
+            return Ok((self.request_key(req, Some(&[header::RANGE])), None));
+        }
         let base = self.request_key(req, None);
         let (at, record) = if extra.is_empty() {
             (base, None)

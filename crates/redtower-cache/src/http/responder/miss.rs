@@ -143,8 +143,13 @@ impl Responder {
         };
         let stale_ok = |e: &Entry| self.cache.now_ms() < e.error_until.max(e.stale_until);
         match led {
-            Ok(Lead::Entry(e, cookies)) => {
-                let mut resp = self.respond(&e, &conditionals, false, Served::Stored);
+            Ok(Lead::Entry(e, cookies, revalidated)) => {
+                let served = if revalidated {
+                    Served::Revalidated
+                } else {
+                    Served::Stored
+                };
+                let mut resp = self.respond(&e, &conditionals, false, served);
                 // The `Set-Cookie` of a stored response goes to this request only.
                 for cookie in cookies {
                     resp.headers_mut().append(header::SET_COOKIE, cookie);

@@ -24,6 +24,8 @@ pub(super) enum Served {
     Stale,
     StaleError(u16),
     Stored,
+    /// A stale entry the handler confirmed with a `304`.
+    Revalidated,
     Miss(&'static str),
     Bypass(&'static str),
 }
@@ -249,6 +251,11 @@ impl Responder {
                 ttl(&mut status, e);
                 status.push("; detail=STALE-IF-ERROR");
                 "STALE"
+            }
+            (Served::Revalidated, Some(e)) => {
+                status.push("; fwd=stale; fwd-status=304; stored; ");
+                ttl(&mut status, e);
+                "REVALIDATED"
             }
             (Served::Stored, Some(e)) => {
                 status.push("; fwd=uri-miss; stored; ");
