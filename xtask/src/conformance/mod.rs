@@ -424,7 +424,7 @@ fn render(
         md,
         "How the response cache does on [cache-tests](https://github.com/http-tests/cache-tests) \
          (the suite behind [cache-tests.fyi](https://cache-tests.fyi), commit `{suite}`), run \
-         through `examples/caching-proxy` (the layer as `caching_proxy::cache_layer` configures \
+         through `examples/caching-proxy` (the layer as `redtower_caching_proxy::cache_layer` configures \
          it for a shared proxy cache, {store}) at redtower `{rev}`. Every cache, ours and the \
          published results in the suite's `results/`, is scored the same way, with the suite's \
          own `determineTestResult`: a test passes only if its `depends_on` prerequisites pass \
