@@ -674,6 +674,19 @@ async fn no_cache_responses_are_revalidated_before_each_use(cache: Cache) {
     }
     assert_eq!(conditional.load(Ordering::SeqCst), 2);
     assert_eq!(origin.calls(), 3);
+    // `max-age=0` is not an ask to revalidate: not stored, even with a validator.
+    let origin = Origin::default();
+    let svc = app(&layer(&cache), &origin, |n, req| {
+        assert!(!req.headers().contains_key(header::IF_NONE_MATCH));
+        reply(
+            200,
+            &[("cache-control", "max-age=0"), ("etag", "\"v1\"")],
+            n.to_string(),
+        )
+    });
+    send(&svc, "GET", "/zero", &[]).await;
+    let second = send(&svc, "GET", "/zero", &[]).await;
+    assert_eq!((second.x_cache(), second.text()), ("MISS", "2"));
 }
 
 /// RFC 9110 5.6.7: `Expires` dates in any case, or with a wrong weekday, still count.

@@ -281,7 +281,10 @@ impl Responder {
         }
         .saturating_sub(age)
         .min(MAX_TTL);
-        if lifetime.is_zero() && !revalidates {
+        // Stale at once: stored only when `no-cache` asks for revalidation before each use (a
+        // `max-age=0` response would cost a write per request for nothing when the handler
+        // does not answer conditionals).
+        if lifetime.is_zero() && !(cc.no_cache && revalidates) {
             return Err("NO-FRESHNESS");
         }
         if least > settings.max_body {
