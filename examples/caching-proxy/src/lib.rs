@@ -9,7 +9,9 @@
 //! As a proxy it follows RFC 9110 7.6: hop-by-hop fields (`Connection` and the fields it lists,
 //! `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`) are removed in both
 //! directions, and `Via` gets this hop appended in both directions. The `Host` the client sent
-//! is passed on (the cache keys on it), like Varnish does.
+//! is passed on (the cache keys on it), like Varnish does; when the router is served with
+//! connection info (`into_make_service_with_connect_info::<SocketAddr>()`), the client's address
+//! is appended to `X-Forwarded-For`.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), redtower_caching_proxy::ProxyError> {
@@ -23,9 +25,9 @@
 //! # Ok(()) }
 //! ```
 
-use std::{convert::Infallible, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
-use axum::{Router, body::Body};
+use axum::{Router, body::Body, extract::ConnectInfo};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version,
     header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VIA},
@@ -141,7 +143,8 @@ impl Proxy {
     }
 
     /// The proxy as an axum [`Router`]: every method and path goes through `layer` to the
-    /// upstream.
+    /// upstream. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` to pass
+    /// the client's address on in `X-Forwarded-For`.
     pub fn router(self, layer: ResponseCacheLayer) -> Router {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -189,6 +192,9 @@ impl Forward {
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
         append_via(&mut parts.headers, received);
+        if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+            append_forwarded_for(&mut parts.headers, *peer);
+        }
         let method = parts.method.clone();
         let upstream = Request::from_parts(parts, body);
         let res = match tokio::time::timeout(self.proxy.timeout, self.client.request(upstream))
@@ -251,6 +257,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Appends the client's address to `X-Forwarded-For`, as Varnish and nginx do.
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    const XFF: &str = "x-forwarded-for";
+    let ip = peer.ip().to_string();
+    let value = match headers.get(XFF).and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(XFF, value);
+    }
+}
+
 /// Appends this hop (`<received protocol version> redtower`) to `Via` (RFC 9110 7.6.3).
 pub fn append_via(headers: &mut HeaderMap, received: Version) {
     let hop = match received {
@@ -289,6 +308,15 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["cache-control"]);
+    }
+
+    #[test]
+    fn the_client_address_is_appended_to_x_forwarded_for() {
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, "10.0.0.2:5000".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "10.0.0.2");
+        append_forwarded_for(&mut h, "[::1]:5000".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "10.0.0.2, ::1");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! `REDIS_*` variables of `redtower_client::RedisConfig`) selects the Redis store, shared by
 //! every instance pointing at that Redis; without it the cache is in memory.
 
-use std::{env, sync::Arc, time::Duration};
+use std::{env, net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
 use redtower_cache::{Cache, CacheStore, MemoryStore, RedisStore};
 use redtower_caching_proxy::{Proxy, ProxyError, cache_layer};
@@ -53,6 +53,17 @@ fn parse_args() -> Result<Args, ProxyError> {
             println!("{USAGE}");
             std::process::exit(0);
         }
+        const FLAGS: [&str; 6] = [
+            "--listen",
+            "--upstream",
+            "--host",
+            "--max-body",
+            "--timeout",
+            "--stale-if-error",
+        ];
+        if !FLAGS.contains(&flag.as_str()) {
+            return Err(ProxyError::Config(format!("unknown flag {flag}; {USAGE}")));
+        }
         let value = it
             .next()
             .ok_or_else(|| ProxyError::Config(format!("{flag} needs a value; {USAGE}")))?;
@@ -79,7 +90,17 @@ fn parse_args() -> Result<Args, ProxyError> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), ProxyError> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("caching-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), ProxyError> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -116,10 +137,36 @@ async fn main() -> Result<(), ProxyError> {
         redis = env::var_os("REDIS_URL").is_some(),
         "caching proxy listening"
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown())
+    .await?;
     Ok(())
+}
+
+/// Resolves on Ctrl-C or, on Unix, `SIGTERM` (what container runtimes send).
+async fn shutdown() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -96,7 +96,11 @@ async fn proxy(origin: SocketAddr, cache: Cache) -> SocketAddr {
     let app = Proxy::new(&format!("http://{origin}"))
         .unwrap()
         .router(cache_layer(cache));
-    serve(app).await
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
 }
 
 struct Reply {
@@ -173,6 +177,7 @@ async fn hop_by_hop_fields_are_removed_and_via_is_appended_both_ways() {
     }
     assert_eq!(seen["x-end-to-end"], "kept");
     assert_eq!(all(&seen, "via"), ["1.0 client-side", "1.1 redtower"]);
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
 
     for r in [reply, get_via(p, "/cacheable").await] {
         for name in ["x-private", "keep-alive", "proxy-authenticate"] {
