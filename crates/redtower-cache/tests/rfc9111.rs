@@ -814,8 +814,8 @@ async fn stale_if_error_wins_over_a_storable_5xx(cache: Cache) {
     assert_eq!(origin.calls(), 3);
 }
 
-/// RFC 9111 3.3: a 206 answering a `Range` request is stored for that `Range` and reused for
-/// the same one; a full response stored later serves every range.
+/// RFC 9111 3.3: a 206 answering a `Range` request is stored as the URI's partial entry and
+/// serves every range it covers; a full response stored later serves every range.
 async fn partial_responses_are_stored_for_their_range(cache: Cache) {
     let origin = Origin::default();
     let svc = app(&layer(&cache), &origin, |n, req| {
@@ -845,9 +845,25 @@ async fn partial_responses_are_stored_for_their_range(cache: Cache) {
     let second = get(&svc, &tail).await;
     assert_eq!((second.x_cache(), second.text()), ("HIT", "56789"));
     assert_eq!(second.header("content-range"), "bytes 5-9/10");
-    // A 206 without freshness is not stored; another range is another entry.
+    for (range, part, content_range) in [
+        ("bytes=6-8", "678", "bytes 6-8/10"),
+        ("bytes=7-", "789", "bytes 7-9/10"),
+        ("bytes=-2", "89", "bytes 8-9/10"),
+    ] {
+        let got = get(&svc, &[("range", range)]).await;
+        assert_eq!(got.status, StatusCode::PARTIAL_CONTENT, "{range}");
+        assert_eq!(
+            (got.text(), got.header("content-range")),
+            (part, content_range)
+        );
+        assert_eq!(got.header("content-length"), part.len().to_string());
+    }
+    assert_eq!(origin.calls(), 1);
+    // A range the part does not hold goes to the handler (whose 206 without freshness is not
+    // stored: the part stays).
     get(&svc, &[("range", "bytes=0-1")]).await;
     assert_eq!(get(&svc, &[("range", "bytes=0-1")]).await.x_cache(), "MISS");
+    assert_eq!(get(&svc, &tail).await.x_cache(), "HIT");
     assert_eq!(origin.calls(), 3);
     // Never served for a request without `Range`.
     assert_eq!(get(&svc, &[]).await.text(), "full 4");

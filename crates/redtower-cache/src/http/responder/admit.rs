@@ -336,11 +336,11 @@ impl Responder {
         }
         sort_names(&mut extra);
         if partial {
-            // Keyed on the `Range` (and the declared headers) only.
+            // The URI's one partial entry (keyed on the declared headers only).
             if !extra.is_empty() {
                 return Err("PARTIAL-VARY");
             }
-            return Ok((self.request_key(req, Some(&[header::RANGE])), None));
+            return Ok((self.partial_key(req), None));
         }
         let base = self.request_key(req, None);
         let (at, record) = if extra.is_empty() {

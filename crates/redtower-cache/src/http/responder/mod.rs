@@ -149,7 +149,7 @@ impl Responder {
                 return Ok(resp);
             }
             if !varied && !parts.headers.contains_key(header::IF_RANGE) {
-                let ranged = self.request_key(&parts, Some(&[header::RANGE]));
+                let ranged = self.partial_key(&parts);
                 let part = if force {
                     None
                 } else {
@@ -160,11 +160,14 @@ impl Responder {
                         && fresh(e)
                         && (!authorization || e.flags & FLAG_AUTHORIZED != 0)
                 });
-                let conditionals = Conditionals::take(&mut parts.headers);
-                if let Some(e) = part {
+                if let Some(resp) = part
+                    .as_deref()
+                    .and_then(|e| self.respond_range(e, range.as_bytes(), head))
+                {
                     self.cache.record("hit", self.route());
-                    return Ok(self.respond(&e, &conditionals, head, Served::Hit));
+                    return Ok(resp);
                 }
+                let conditionals = Conditionals::take(&mut parts.headers);
                 if !head {
                     self.cache.record("miss", self.route());
                     let stored = Stored {
@@ -245,6 +248,17 @@ impl Responder {
             head,
         ))
         .await
+    }
+
+    /// The key of the URI's stored partial response (one per URI and declared header values,
+    /// whatever `Range` fetched it).
+    pub(super) fn partial_key(&self, parts: &Parts) -> RequestKey {
+        let mut copy = Request::new(()).into_parts().0;
+        copy.uri = parts.uri.clone();
+        copy.headers = parts.headers.clone();
+        copy.headers
+            .insert(header::RANGE, http::HeaderValue::from_static("partial"));
+        self.request_key(&copy, Some(&[header::RANGE]))
     }
 
     /// The key of `parts` (already rewritten by [`key`](Self::key)) on the declared key
