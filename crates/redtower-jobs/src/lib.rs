@@ -185,15 +185,21 @@ mod event;
 mod handler;
 mod job;
 mod queue;
+mod schedule;
 mod store;
 mod worker;
 
+/// Time zones for [`Schedule::time_zone`] (the `chrono-tz` crate).
+pub use chrono_tz;
 pub use clock::{Clock, ClockSkew};
 pub use error::{Error, Result};
 pub use event::{EventKind, QueueEvent};
 pub use handler::{Handler, JobContext, JobError, JobRequest, ServiceHandler};
 pub use job::{Backoff, Job, JobId, JobInfo, JobState};
 pub use queue::{AddJob, JobOptions, MAX_PRIORITY, Queue};
+pub use schedule::{
+    CatchUp, Fire, Schedule, SchedulerInfo, SchedulerPass, SchedulerSpec, StoredScheduler,
+};
 pub use store::{
     Counts, Enqueued, Fetched, Lease, MemoryStore, NewJob, QueueStore, RedisStore, Retention,
     Settle, Settled, Waiter, WorkReply, WorkRequest,

@@ -117,7 +117,10 @@ async fn enqueue_and_run(store: Arc<dyn QueueStore>) {
     for (run, (attempt, outcome)) in runs.iter().zip([("1", "retrying"), ("2", "completed")]) {
         assert_eq!(run.span_context.trace_id(), trace_id, "same trace");
         assert_eq!(run.parent_span_id, enqueue.span_context.span_id());
-        assert!(run.parent_span_is_remote, "the parent came through the store");
+        assert!(
+            run.parent_span_is_remote,
+            "the parent came through the store"
+        );
         assert_eq!(attr(run, "job.attempt").as_deref(), Some(attempt));
         assert_eq!(attr(run, "outcome").as_deref(), Some(outcome));
         assert_eq!(attr(run, "job.id"), Some(id.to_string()));

@@ -218,12 +218,12 @@ async fn old_and_bad_trace_fields_load() {
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let oversized = format!("{tp};a={}", "b".repeat(600));
     let tails = [
-        String::new(),                               // an old record: no field
-        r#","tc":"not a traceparent""#.to_owned(),   // garbage
-        format!(r#","tc":"{oversized}""#),           // over the bound
-        r#","tc":42"#.to_owned(),                    // not a string
-        r#","tc":null"#.to_owned(),                  // null, as Lua may write it
-        format!(r#","tc":"{tp};rojo=1""#),           // valid
+        String::new(),                             // an old record: no field
+        r#","tc":"not a traceparent""#.to_owned(), // garbage
+        format!(r#","tc":"{oversized}""#),         // over the bound
+        r#","tc":42"#.to_owned(),                  // not a string
+        r#","tc":null"#.to_owned(),                // null, as Lua may write it
+        format!(r#","tc":"{tp};rojo=1""#),         // valid
     ];
     let mut ids = Vec::new();
     for (n, tail) in tails.iter().enumerate() {

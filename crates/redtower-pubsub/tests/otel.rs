@@ -59,7 +59,9 @@ async fn publish_then_deliver(pubsub: PubSub) {
         panic!("no event");
     };
     assert_eq!(event.id(), &id);
-    let cx = event.trace_context().expect("the publish stored its context");
+    let cx = event
+        .trace_context()
+        .expect("the publish stored its context");
 
     // The stream writes the event: its delivery span.
     let mut seen = String::new();
@@ -84,11 +86,7 @@ async fn publish_then_deliver(pubsub: PubSub) {
     // The stored context names the publish span.
     assert_eq!(
         cx.traceparent(),
-        format!(
-            "00-{}-{}-01",
-            trace_id,
-            publish.span_context.span_id()
-        )
+        format!("00-{}-{}-01", trace_id, publish.span_context.span_id())
     );
     let deliver = named(&spans, "redtower.pubsub.deliver");
     assert_eq!(deliver.len(), 1);

@@ -4,11 +4,11 @@
 use std::{collections::HashMap, panic::AssertUnwindSafe};
 
 use futures::FutureExt;
-use tracing::Instrument;
 use tokio::{
     task::{self, JoinSet},
     time::Instant,
 };
+use tracing::Instrument;
 
 use super::{Finished, Outcome, Worker};
 use crate::{

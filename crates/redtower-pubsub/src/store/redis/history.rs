@@ -103,12 +103,14 @@ impl History {
                 }
             }
             let data = data.ok_or_else(bad)?;
-            events.push(Arc::new(Event::new(
-                EventId::from_parts(epoch.clone(), offset),
-                self.channel.clone(),
-                Arc::from(data),
-            )
-            .with_trace(trace)));
+            events.push(Arc::new(
+                Event::new(
+                    EventId::from_parts(epoch.clone(), offset),
+                    self.channel.clone(),
+                    Arc::from(data),
+                )
+                .with_trace(trace),
+            ));
         }
         Ok(Read {
             epoch: Some(epoch),
