@@ -58,7 +58,9 @@ const EVENTS: usize = 10;
 /// end), `:done` and `:dead` (ZSET by finish time, trimmed by retention), `:lease` (HASH id →
 /// fence `<batch>.<start ms>.<i>`, the part of a lease token that the store checks), `:uniq` (HASH dedup key → id), `:meta` (paused), `:wake` (LIST, the signal
 /// idle workers block on), `:events` (STREAM, capped) and `:seq` (ids and tokens). They are not
-/// given TTLs: retention bounds them.
+/// given TTLs: retention bounds them. Job schedulers: `:sspec` (HASH id → spec), `:snext`
+/// (ZSET id → next tick), `:sstate` (HASH id → version and run count), and one marker per
+/// fired tick, `:tick:<scheduler>:<tick ms>` → job id (kept for the idempotency window).
 ///
 /// Cloning is cheap.
 ///
