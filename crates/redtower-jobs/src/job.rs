@@ -424,3 +424,36 @@ impl JobInfo {
         serde_json::from_str(&self.data).ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn record(tail: &str) -> Record {
+        let raw = format!(
+            r#"{{"id":"1","name":"n","data":"{{}}","attempt":0,"max":3,"backoff":{{"k":"fixed","ms":10}},"prio":0,"seq":1,"created":1{tail}}}"#
+        );
+        serde_json::from_str(&raw).unwrap()
+    }
+
+    #[test]
+    fn the_trace_field_is_optional_and_lenient() {
+        assert_eq!(record("").trace, None);
+        assert_eq!(record(r#","tc":null"#).trace, None);
+        assert_eq!(record(r#","tc":7"#).trace, None);
+        assert_eq!(record(r#","tc":{"traceparent":"x"}"#).trace, None);
+        assert_eq!(record(r#","tc":"00-zz""#).trace, None);
+        let long = format!(r#","tc":"{TP};{}""#, "a".repeat(1000));
+        assert_eq!(record(&long).trace, None);
+        let cx = TraceContext::new(TP, Some("k=v")).unwrap();
+        let rec = record(&format!(r#","tc":"{TP};k=v""#));
+        assert_eq!(rec.trace.as_ref(), Some(&cx));
+        // Written back only when present.
+        let text = serde_json::to_string(&rec).unwrap();
+        assert!(text.contains(&format!(r#""tc":"{TP};k=v""#)), "{text}");
+        let plain = serde_json::to_string(&record("")).unwrap();
+        assert!(!plain.contains("\"tc\""), "{plain}");
+    }
+}

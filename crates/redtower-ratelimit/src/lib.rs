@@ -119,6 +119,16 @@
 //! header. [`MissingKey::Allow`] lets such requests through instead; [`KeyExtractorExt::or`]
 //! falls back to another key.
 //!
+//! # Tracing
+//!
+//! One span per request through the layer, `redtower.ratelimit` (target `redtower::ratelimit`,
+//! DEBUG, so it costs nothing unless asked for), around the decision and the inner service.
+//! Its one field, recorded once the decision is made, is `outcome` = `allowed` \| `limited`
+//! \| `bypass` (no key and [`MissingKey::Allow`], or no policy) \| `rejected` (no key and
+//! [`MissingKey::Reject`], or a cost above every allowance) \| `fail_open` \| `fail_closed`
+//! (the [failure policy](FailurePolicy) answered; the local fallback records its decision).
+//! No subject, key or address is ever a field.
+//!
 //! # Features
 //!
 //! * `testing`: test helpers, never needed in production: `ManualClock`, and the `clock`

@@ -28,6 +28,8 @@ use crate::{
 };
 
 const TARGET: &str = "redtower::ratelimit";
+/// The layer's span (see the crate docs, "Tracing").
+const SPAN: &str = "redtower.ratelimit";
 
 /// The rate limiting service built by [`RateLimitLayer`]. See the [crate docs](crate).
 pub struct RateLimit<S> {
@@ -189,7 +191,11 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let span = tracing::debug_span!(target: TARGET, "rate_limit");
+        let span = tracing::debug_span!(
+            target: TARGET,
+            SPAN,
+            outcome = tracing::field::Empty,
+        );
         let step = span.in_scope(|| prepare(&self.shared, req));
         let kind = match step {
             Step::Respond(res) => Kind::Ready {
@@ -330,6 +336,7 @@ fn prepare<B>(shared: &Shared, req: Request<B>) -> Step<B> {
             Err(rejection) => match settings.missing_key {
                 MissingKey::Allow => None,
                 MissingKey::Reject => {
+                    outcome("rejected");
                     tracing::debug!(target: TARGET, reason = rejection.reason, "no rate limit key");
                     return Step::Respond(simple_problem(rejection.status, rejection.reason));
                 }
@@ -337,6 +344,7 @@ fn prepare<B>(shared: &Shared, req: Request<B>) -> Step<B> {
         }
     };
     let Some(subject) = subject else {
+        outcome("bypass");
         return Step::Pass(Request::from_parts(parts, body), None);
     };
     let cost = match &settings.cost {
@@ -344,6 +352,7 @@ fn prepare<B>(shared: &Shared, req: Request<B>) -> Step<B> {
         Cost::Dynamic(f) => f(&parts).max(1),
     };
     if policies.iter().any(|p| cost > p.quota().capacity()) {
+        outcome("rejected");
         return Step::Respond(simple_problem(
             StatusCode::TOO_MANY_REQUESTS,
             "the request costs more than the rate limit can ever allow",
@@ -351,6 +360,7 @@ fn prepare<B>(shared: &Shared, req: Request<B>) -> Step<B> {
     }
     if let Some(decision) = shared.denied.get(|| cache_key(&subject, set), cost) {
         count("redtower_ratelimit_local_cache_hit_total", policies);
+        outcome("limited");
         tracing::debug!(target: TARGET, outcome = "limited", cached = true, "rate limited (denied cache)");
         return Step::Respond(limited(settings, set, &decision));
     }
@@ -377,6 +387,18 @@ fn prepare<B>(shared: &Shared, req: Request<B>) -> Step<B> {
             decided(shared, pending, result)
         }
         None => Step::Check(pending),
+    }
+}
+
+/// Records the request's outcome on the layer's span: the current one, since decisions are
+/// made in it (when it is disabled, the current span is another layer's, left alone).
+fn outcome(outcome: &'static str) {
+    let span = tracing::Span::current();
+    if span
+        .metadata()
+        .is_some_and(|m| m.name() == SPAN && m.target() == TARGET)
+    {
+        span.record("outcome", outcome);
     }
 }
 
@@ -443,10 +465,12 @@ fn decided<B>(shared: &Shared, pending: Pending<B>, result: Result<Decision, Err
         Err(_) => match settings.failure {
             FailurePolicy::FailOpen => {
                 count("redtower_ratelimit_fail_open_total", policies);
+                outcome("fail_open");
                 return Step::Pass(Request::from_parts(parts, body), None);
             }
             FailurePolicy::FailClosed => {
                 count("redtower_ratelimit_fail_closed_total", policies);
+                outcome("fail_closed");
                 let mut res = simple_problem(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "rate limiting is temporarily unavailable",
@@ -465,6 +489,7 @@ fn decided<B>(shared: &Shared, pending: Pending<B>, result: Result<Decision, Err
         shared
             .denied
             .insert(cache_key(&subject, &set), cost, &decision);
+        outcome("limited");
         tracing::debug!(
             target: TARGET,
             outcome = "limited",
@@ -473,6 +498,7 @@ fn decided<B>(shared: &Shared, pending: Pending<B>, result: Result<Decision, Err
         );
         return Step::Respond(limited(settings, &set, &decision));
     }
+    outcome("allowed");
     tracing::trace!(target: TARGET, outcome = "allowed", remaining = decision.remaining(), "allowed");
     parts.extensions.insert(decision.clone());
     Step::Pass(Request::from_parts(parts, body), Some((decision, set)))

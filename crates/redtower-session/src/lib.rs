@@ -220,6 +220,16 @@
 //! first connection before the first command, up to the command timeout: the first requests
 //! are decided by Redis, not answered 503.
 //!
+//! # Tracing
+//!
+//! One span per request through [`SessionLayer`], `redtower.session` (target
+//! `redtower::session`, DEBUG, so it costs nothing unless asked for), around the inner
+//! service (the session is loaded lazily, when a handler reads it). Its one field, recorded at
+//! the end of the request, is `outcome` = `loaded` (a session was found) \| `new` (one was
+//! created) \| `expired` (the cookie named no live session) \| `none` (no session was read)
+//! \| `revoked` (the session ended during the request) \| `error` (the store was
+//! unavailable). No session id, user or cookie is ever a field.
+//!
 //! # Features
 //!
 //! * `rustls`: TLS for Redis, forwarded to `redtower-client`.

@@ -266,9 +266,9 @@ impl BackendAsStore {
 #[async_trait]
 impl SessionStore for BackendAsStore {
     async fn create(&self, record: &mut Record) -> session_store::Result<()> {
-        self.guarded(self.store.create_record(record))
-            .await
-            .map_err(to_store_error)
+        let result = self.guarded(self.store.create_record(record)).await;
+        outcome::created(&result);
+        result.map_err(to_store_error)
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
@@ -278,9 +278,9 @@ impl SessionStore for BackendAsStore {
     }
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
-        self.guarded(self.store.load_record(id))
-            .await
-            .map_err(to_store_error)
+        let found = self.guarded(self.store.load_record(id)).await;
+        outcome::loaded(&found);
+        found.map_err(to_store_error)
     }
 
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
