@@ -550,6 +550,8 @@ pub(crate) async fn run_pass(store: &dyn QueueStore, queue: &str) -> Result<Sche
     let mut pass = SchedulerPass::default();
     let (now, due, upcoming) = store.due_schedulers(queue, DUE_BATCH).await?;
     let mut soonest = upcoming;
+    // Plan every due scheduler, then fire them all at once (pipelined on one connection).
+    let mut plans = Vec::with_capacity(due.len());
     for s in due {
         let Some(next) = s.next else { continue };
         let spec: SchedulerSpec = match serde_json::from_str(&s.spec) {
@@ -566,25 +568,27 @@ pub(crate) async fn run_pass(store: &dyn QueueStore, queue: &str) -> Result<Sche
                 continue;
             }
         };
-        let fire = Fire {
-            id: s.id.clone(),
-            version: s.version,
-            expected_next: next,
-            ticks: plan.fire.clone(),
-            next: plan.next,
-            job: spec.job(),
-        };
-        match store.fire_scheduler(queue, fire).await? {
+        let fire = Fire::new(&s, plan.fire.clone(), plan.next, spec.job());
+        plans.push((s.id, plan, fire));
+    }
+    let fired = futures::future::join_all(
+        plans
+            .iter()
+            .map(|(_, _, fire)| store.fire_scheduler(queue, fire.clone())),
+    )
+    .await;
+    for ((id, plan, _), result) in plans.into_iter().zip(fired) {
+        match result? {
             Some(ids) => {
-                for (tick, id) in plan.fire.iter().zip(ids) {
-                    pass.added.push((s.id.clone(), *tick, id));
+                for (tick, job) in plan.fire.iter().zip(ids) {
+                    pass.added.push((id.clone(), *tick, job));
                 }
                 if let Some(n) = plan.next {
                     soonest = Some(soonest.map_or(n, |x: u64| x.min(n)));
                 }
             }
             None => {
-                tracing::debug!(target: "redtower::jobs", queue, scheduler = s.id, "tick fired elsewhere");
+                tracing::debug!(target: "redtower::jobs", queue, scheduler = id, "tick fired elsewhere");
                 soonest = Some(now);
             }
         }
