@@ -129,6 +129,14 @@
 //! (the [failure policy](FailurePolicy) answered; the local fallback records its decision).
 //! No subject, key or address is ever a field.
 //!
+//! # Examples
+//!
+//! In [`examples/`](https://github.com/redtower-rs/redtower/tree/main/crates/redtower-ratelimit/examples), each a complete axum program:
+//!
+//! * `memory.rs`: one route limited per client IP with the in-process [`MemoryStore`];
+//! * `redis.rs`: the same with [`RedisStore`] (`REDIS_URL`), the limit shared by every
+//!   instance.
+//!
 //! # Features
 //!
 //! * `testing`: test helpers, never needed in production: `ManualClock`, and the `clock`
