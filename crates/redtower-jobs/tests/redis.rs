@@ -81,12 +81,25 @@ async fn all_keys_share_the_queue_tag() {
         .unwrap()
         .jobs;
     assert_eq!(jobs.len(), 1);
+    // A job scheduler and a fired tick: its keys and the tick marker share the tag too.
+    queue
+        .schedule(
+            "every:{y}",
+            redtower_jobs::Schedule::every(Duration::from_secs(3600)),
+            conformance::Welcome { to: "c".into() },
+        )
+        .await
+        .unwrap();
+    assert_eq!(queue.run_schedulers().await.unwrap().added.len(), 1);
     let keys: Vec<String> = redis
         .scan(&redis.keyspace().pattern())
         .try_collect()
         .await
         .unwrap();
     assert!(keys.len() >= 7, "{keys:?}");
+    for part in [":sspec", ":snext", ":sstate", ":tick:"] {
+        assert!(keys.iter().any(|k| k.contains(part)), "{part} in {keys:?}");
+    }
     let tag = redis.keyspace().namespace("q").key("mail:{x}");
     for k in &keys {
         assert!(

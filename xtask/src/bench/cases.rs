@@ -202,6 +202,7 @@ pub(crate) const GOALS: &[Goal] = &[
     info("stacked/l1", "plain/app", "plain"),
     info("stacked/memory", "plain/app", "plain"),
     info("jobs/single", "jobs/single-bullmq", "BullMQ"),
+    info("jobs/sched", "jobs/sched-bullmq", "BullMQ"),
 ];
 
 /// Rows whose Redis commands per request should be exactly 1 (single-layer scenarios).

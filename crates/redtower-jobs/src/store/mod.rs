@@ -9,6 +9,7 @@ use crate::{
     Result,
     event::QueueEvent,
     job::{Backoff, JobId, JobInfo, JobState},
+    schedule::{Fire, StoredScheduler},
 };
 
 mod memory;
@@ -386,6 +387,39 @@ pub trait QueueStore: fmt::Debug + Send + Sync + 'static {
     /// The queue's event stream, from the moment this returns (advisory: bounded, may skip
     /// under load).
     async fn events(&self, queue: &str) -> Result<BoxStream<'static, Result<QueueEvent>>>;
+
+    /// Creates or replaces the scheduler `id` of `queue` with `spec` (opaque JSON). A spec
+    /// equal to the stored one changes nothing (`false`: its next tick and run count stay); a
+    /// new or changed one is stored with version + 1, a run count of 0 and `first` as its next
+    /// tick (`None`: finished at once).
+    async fn upsert_scheduler(
+        &self,
+        queue: &str,
+        id: &str,
+        spec: String,
+        first: Option<u64>,
+    ) -> Result<bool>;
+
+    /// Deletes the scheduler `id` (jobs it added stay). `false` if it does not exist.
+    async fn remove_scheduler(&self, queue: &str, id: &str) -> Result<bool>;
+
+    /// Every scheduler of `queue`, by id.
+    async fn schedulers(&self, queue: &str) -> Result<Vec<StoredScheduler>>;
+
+    /// The store's time (ms), up to `limit` schedulers whose next tick is at or before it
+    /// (earliest first), and the earliest next tick after it, if any.
+    async fn due_schedulers(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<(u64, Vec<StoredScheduler>, Option<u64>)>;
+
+    /// Applies `fire` atomically if the scheduler's version and next tick are still those it
+    /// names: one job per tick (each under an idempotency marker derived from the scheduler
+    /// and the tick), then the new next tick and run count. Returns the jobs' ids, or `None`
+    /// when the compare-and-set failed (another process fired, the spec changed, or a tick is
+    /// later than the store's time) and nothing was changed.
+    async fn fire_scheduler(&self, queue: &str, fire: Fire) -> Result<Option<Vec<JobId>>>;
 }
 
 /// A shared store is a store: an `Arc<dyn QueueStore>` chosen at run time (or an `Arc` of a
@@ -445,6 +479,36 @@ impl<T: QueueStore + ?Sized> QueueStore for Arc<T> {
 
     async fn events(&self, queue: &str) -> Result<BoxStream<'static, Result<QueueEvent>>> {
         (**self).events(queue).await
+    }
+
+    async fn upsert_scheduler(
+        &self,
+        queue: &str,
+        id: &str,
+        spec: String,
+        first: Option<u64>,
+    ) -> Result<bool> {
+        (**self).upsert_scheduler(queue, id, spec, first).await
+    }
+
+    async fn remove_scheduler(&self, queue: &str, id: &str) -> Result<bool> {
+        (**self).remove_scheduler(queue, id).await
+    }
+
+    async fn schedulers(&self, queue: &str) -> Result<Vec<StoredScheduler>> {
+        (**self).schedulers(queue).await
+    }
+
+    async fn due_schedulers(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<(u64, Vec<StoredScheduler>, Option<u64>)> {
+        (**self).due_schedulers(queue, limit).await
+    }
+
+    async fn fire_scheduler(&self, queue: &str, fire: Fire) -> Result<Option<Vec<JobId>>> {
+        (**self).fire_scheduler(queue, fire).await
     }
 }
 
