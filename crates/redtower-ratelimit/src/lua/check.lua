@@ -158,7 +158,7 @@ while b < #req do
     reply[r] = pack('>Bddd', allowed, remaining, reset, retry)
   end
   if admitted then
-    reply[head] = '\1'
+    reply[head] = pack('>Bd', 1, now)
     for i = 1, np do
       local k = pk[i]
       cur[k] = pv[i]
@@ -166,7 +166,7 @@ while b < #req do
       wt[k] = pt[i]
     end
   else
-    reply[head] = '\0'
+    reply[head] = pack('>Bd', 0, now)
   end
 end
 for k = 1, #KEYS do

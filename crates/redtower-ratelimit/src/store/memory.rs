@@ -207,6 +207,7 @@ impl MemoryStore {
             };
             (decision, sweep)
         };
+        let decision = decision.checked_at(now);
         if sweep {
             // Every so often one shard, in turn, drops its expired counters, so traffic on any
             // subject eventually sweeps them all.
@@ -221,6 +222,67 @@ impl MemoryStore {
         }
         decision
     }
+}
+
+impl MemoryStore {
+    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, Shard> {
+        let hash = self.inner.hasher.hash_one(key);
+        // A poisoned lock only means another thread panicked mid-update of plain data.
+        self.inner.shards[(hash as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`peek`](crate::RateLimitStore::peek), synchronously.
+    pub fn peek_now(&self, subject: &Subject, policies: &[Policy]) -> Decision {
+        let now = self.now_micros();
+        let shard = self.shard(subject.as_str());
+        let entries = shard.subjects.get(subject.as_str());
+        let outcomes = policies.iter().map(|p| {
+            let state = entries.and_then(|e| live(e, p.name(), now));
+            model::peek(p.quota(), state, now)
+        });
+        Decision::new(policies, outcomes).checked_at(now)
+    }
+
+    /// [`reset`](crate::RateLimitStore::reset), synchronously.
+    pub fn reset_now(&self, subject: &Subject, policies: &[Policy]) {
+        let mut shard = self.shard(subject.as_str());
+        if let Some(entries) = shard.subjects.get_mut(subject.as_str()) {
+            entries.retain(|e| !policies.iter().any(|p| p.name() == e.0));
+            if entries.is_empty() {
+                shard.subjects.remove(subject.as_str());
+            }
+        }
+    }
+
+    /// [`refund`](crate::RateLimitStore::refund), synchronously.
+    pub fn refund_now(&self, subject: &Subject, decision: &Decision, cost: u32) {
+        let now = self.now_micros();
+        let mut shard = self.shard(subject.as_str());
+        let Some(entries) = shard.subjects.get_mut(subject.as_str()) else {
+            return;
+        };
+        for p in decision.consumed() {
+            let state = live(entries, p.name(), now);
+            let Some(update) =
+                model::refund(p.quota(), state, now, decision.at_micros(), u64::from(cost))
+            else {
+                continue;
+            };
+            if let Some(e) = entries.iter_mut().find(|e| e.0 == p.name()) {
+                *e = (p.name(), update.state, now.saturating_add(update.ttl_us));
+            }
+        }
+    }
+}
+
+/// A policy's state, unless it has expired.
+fn live(entries: &Entries, name: &str, now: u64) -> Option<State> {
+    entries
+        .iter()
+        .find(|e| e.0 == name && e.2 > now)
+        .map(|e| e.1)
 }
 
 /// When a subject's counters stop mattering: the latest expiry among them.
@@ -304,5 +366,19 @@ impl crate::RateLimitStore for MemoryStore {
         cost: u32,
     ) -> Option<Result<Decision>> {
         Some(Ok(self.check_now(subject, policies, cost)))
+    }
+
+    async fn peek(&self, subject: &Subject, policies: &[Policy]) -> Result<Decision> {
+        Ok(self.peek_now(subject, policies))
+    }
+
+    async fn reset(&self, subject: &Subject, policies: &[Policy]) -> Result<()> {
+        self.reset_now(subject, policies);
+        Ok(())
+    }
+
+    async fn refund(&self, subject: &Subject, decision: &Decision, cost: u32) -> Result<()> {
+        self.refund_now(subject, decision, cost);
+        Ok(())
     }
 }

@@ -49,6 +49,45 @@ pub trait RateLimitStore: fmt::Debug + Send + Sync + 'static {
         None
     }
 
+    /// Reads what `subject` has left under `policies` without consuming anything. Each
+    /// policy's outcome says whether a request of one unit would be admitted now (and if not,
+    /// when), the units left and the time until full, as they are now; the decision is
+    /// admitted when a one-unit request would be.
+    ///
+    /// # Errors
+    ///
+    /// When the backend cannot answer; [`Error::Unsupported`](crate::Error::Unsupported) from
+    /// a store that does not implement it (the default).
+    async fn peek(&self, subject: &Subject, policies: &[Policy]) -> Result<Decision> {
+        let _ = (subject, policies);
+        Err(crate::Error::Unsupported("peek"))
+    }
+
+    /// Forgets `subject`'s counters of `policies`: the subject starts over with a full
+    /// allowance (a support desk unlocking an account, a successful login clearing the
+    /// failed-login limit).
+    ///
+    /// # Errors
+    ///
+    /// As [`peek`](Self::peek).
+    async fn reset(&self, subject: &Subject, policies: &[Policy]) -> Result<()> {
+        let _ = (subject, policies);
+        Err(crate::Error::Unsupported("reset"))
+    }
+
+    /// Gives back the `cost` units an admitted request consumed (`decision` is the one
+    /// [`check`](Self::check) returned for it). Atomic, never below a full allowance, in the
+    /// request's own window (see the crate docs, "Counting by outcome"): a denied decision, or
+    /// a policy that did not consume (a shadow policy that said no), gives nothing back.
+    ///
+    /// # Errors
+    ///
+    /// As [`peek`](Self::peek).
+    async fn refund(&self, subject: &Subject, decision: &Decision, cost: u32) -> Result<()> {
+        let _ = (subject, decision, cost);
+        Err(crate::Error::Unsupported("refund"))
+    }
+
     /// Whether the store's backend has ever been reached: `false` only while a freshly
     /// started process is still making its first connection (not an outage). The default,
     /// for stores with nothing to connect to, is `true`.
@@ -99,6 +138,18 @@ impl<T: RateLimitStore + ?Sized> RateLimitStore for Arc<T> {
         (**self).try_check_now(subject, policies, cost)
     }
 
+    async fn peek(&self, subject: &Subject, policies: &[Policy]) -> Result<Decision> {
+        (**self).peek(subject, policies).await
+    }
+
+    async fn reset(&self, subject: &Subject, policies: &[Policy]) -> Result<()> {
+        (**self).reset(subject, policies).await
+    }
+
+    async fn refund(&self, subject: &Subject, decision: &Decision, cost: u32) -> Result<()> {
+        (**self).refund(subject, decision, cost).await
+    }
+
     fn has_connected(&self) -> bool {
         (**self).has_connected()
     }
@@ -134,6 +185,7 @@ impl<T: RateLimitStore + ?Sized> RateLimitStore for Arc<T> {
 pub struct Decision {
     allowed: bool,
     policies: Arc<[PolicyDecision]>,
+    at_us: u64,
 }
 
 /// One policy's part of a [`Decision`].
@@ -203,7 +255,23 @@ impl Decision {
         Self {
             allowed,
             policies: list,
+            at_us: 0,
         }
+    }
+
+    /// Records the instant the store decided at, by its own clock (µs since the Unix epoch):
+    /// a [refund](RateLimitStore::refund) finds the request's window from it. Stores set it;
+    /// 0 (the default) means unknown.
+    #[must_use]
+    pub fn checked_at(mut self, micros: u64) -> Self {
+        self.at_us = micros;
+        self
+    }
+
+    /// The instant the store decided at, by its clock (µs since the Unix epoch; 0 when the
+    /// store did not say).
+    pub fn at_micros(&self) -> u64 {
+        self.at_us
     }
 
     /// Whether the request is admitted.
@@ -246,6 +314,16 @@ impl Decision {
         enforcing
             .min_by_key(|d| (d.allowed(), d.remaining(), std::cmp::Reverse(d.reset())))
             .or_else(|| self.policies.first())
+    }
+
+    /// The policies that consumed units for this request (what a refund gives back to): none
+    /// when it was denied; otherwise every policy that admitted it.
+    pub fn consumed(&self) -> impl Iterator<Item = &Policy> {
+        let allowed = self.allowed;
+        self.policies
+            .iter()
+            .filter(move |d| allowed && d.allowed())
+            .map(PolicyDecision::policy)
     }
 
     /// Units left under the most restrictive policy.

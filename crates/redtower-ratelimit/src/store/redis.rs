@@ -24,6 +24,15 @@ use crate::{Algorithm, Decision, Error, Outcome, Policy, Result, Subject, store:
 /// The check script; its arguments and reply are specified on [`Sender`].
 static CHECK: LazyLock<Script> =
     LazyLock::new(|| Script::new("ratelimit_check", include_str!("../lua/check.lua")));
+/// Reads a subject's counters and the instant, for [`RedisStore::peek`](crate::RateLimitStore::peek).
+static PEEK: LazyLock<Script> =
+    LazyLock::new(|| Script::new("ratelimit_peek", include_str!("../lua/peek.lua")));
+/// Deletes a subject's counters.
+static RESET: LazyLock<Script> =
+    LazyLock::new(|| Script::new("ratelimit_reset", include_str!("../lua/reset.lua")));
+/// Gives back what an admitted request consumed.
+static REFUND: LazyLock<Script> =
+    LazyLock::new(|| Script::new("ratelimit_refund", include_str!("../lua/refund.lua")));
 
 /// Counters in Redis, shared by every instance of the application.
 ///
@@ -106,7 +115,7 @@ enum PolicyArgs {
     },
 }
 
-/// One request's part of the reply: admitted, then 4 values per policy.
+/// One request's part of the reply: admitted, the instant, then 4 values per policy.
 type Reply = Result<Part, FredError>;
 
 /// A request's part of a batch's reply, shared with the other requests of the batch.
@@ -445,7 +454,9 @@ impl RedisStore {
 ///   above, each a 16-bit unsigned big-endian integer. A batch whose numbers do not fit in 16
 ///   bits is sent one request at a time.
 ///
-/// The reply is one bulk string: per request, in order, admitted (one byte, 0 or 1), then per
+/// The reply is one bulk string: per request, in order, admitted (one byte, 0 or 1) and the
+/// instant it was checked at (µs since the Unix epoch, a double: what a
+/// [refund](crate::RateLimitStore::refund) of it needs to find its window), then per
 /// policy allowed (one byte, 0 or 1), remaining, reset µs and retry µs, each an IEEE 754
 /// double, big-endian (`struct.pack('>Bddd', ...)`; exact, as every value is an integer below
 /// 2^53). It does not repeat each request's number of policies: the sender knows it, and
@@ -505,11 +516,11 @@ impl Sender {
             Ok(flat) => Arc::<[i64]>::from(flat),
             Err(e) => return calls.iter().map(|_| Err(e.clone())).collect(),
         };
-        // Split the flat values: per call, 1 + 4 per policy (`unpack` checked the lengths).
+        // Split the flat values: per call, 2 + 4 per policy (`unpack` checked the lengths).
         let mut out = Vec::with_capacity(calls.len());
         let mut at = 0;
         for c in &calls {
-            let len = 1 + 4 * c.keys.len();
+            let len = 2 + 4 * c.keys.len();
             out.push(Ok(Part {
                 flat: flat.clone(),
                 at,
@@ -665,10 +676,11 @@ fn unpack(reply: &Value, calls: &[Call]) -> Result<Vec<i64>, FredError> {
         let v = f64::from_be_bytes(*raw);
         (v.fract() == 0.0 && v.abs() < 9_007_199_254_740_992.0).then_some(v as i64)
     };
-    let mut flat = Vec::with_capacity(calls.iter().map(|c| 1 + 4 * c.keys.len()).sum());
+    let mut flat = Vec::with_capacity(calls.iter().map(|c| 2 + 4 * c.keys.len()).sum());
     let mut rest = bytes;
     for c in calls {
         flat.push(flag(&mut rest).ok_or_else(bad)?);
+        flat.push(number(&mut rest).ok_or_else(bad)?);
         for _ in 0..c.keys.len() {
             flat.push(flag(&mut rest).ok_or_else(bad)?);
             for _ in 0..3 {
@@ -686,16 +698,16 @@ fn unpack(reply: &Value, calls: &[Call]) -> Result<Vec<i64>, FredError> {
 fn decide(policies: &[Policy], reply: Reply) -> Result<Decision> {
     let part = reply.map_err(|e| Error::Redis(e.into()))?;
     let reply = part.values();
-    if reply.len() != 1 + 4 * policies.len() || reply.iter().any(|&v| v < 0) {
+    if reply.len() != 2 + 4 * policies.len() || reply.iter().any(|&v| v < 0) {
         return Err(Error::Reply(format!("{reply:?}")));
     }
-    let outcomes = reply[1..].chunks_exact(4).map(|c| Outcome {
+    let outcomes = reply[2..].chunks_exact(4).map(|c| Outcome {
         allowed: c[0] == 1,
         remaining: c[1] as u64,
         reset_us: c[2] as u64,
         retry_after_us: c[3] as u64,
     });
-    let decision = Decision::new(policies, outcomes);
+    let decision = Decision::new(policies, outcomes).checked_at(reply[1] as u64);
     if decision.is_allowed() != (reply[0] == 1) {
         return Err(Error::Reply(format!("inconsistent verdict: {reply:?}")));
     }
@@ -703,6 +715,87 @@ fn decide(policies: &[Policy], reply: Reply) -> Result<Decision> {
 }
 
 impl RedisStore {
+    /// `ARGV[1]` of every script: the test clock's time, or `''` for Redis `TIME`.
+    fn now_arg(&self) -> Value {
+        match &self.clock {
+            Some(c) => Value::Integer(c.now_micros() as i64),
+            None => Value::from_static_str(""),
+        }
+    }
+
+    async fn peek_redis(&self, subject: &Subject, policies: &[Policy]) -> Result<Decision> {
+        if policies.is_empty() {
+            return Ok(Decision::new(policies, []));
+        }
+        self.wait_ready().await?;
+        let call = self.call(subject, policies, 1);
+        let reply: Vec<Value> = PEEK
+            .run_with(
+                &self.redis,
+                &self.options,
+                call.keys.to_vec(),
+                vec![self.now_arg()],
+            )
+            .await?;
+        let bad = || Error::Reply(format!("peek reply of {} values", reply.len()));
+        if reply.len() != 1 + policies.len() {
+            return Err(bad());
+        }
+        let now = match &reply[0] {
+            Value::String(s) => s.parse::<u64>().ok(),
+            Value::Bytes(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()),
+            Value::Integer(i) => u64::try_from(*i).ok(),
+            _ => None,
+        }
+        .ok_or_else(bad)?;
+        let outcomes = policies.iter().zip(&reply[1..]).map(|(p, v)| {
+            let state = match v {
+                Value::String(s) => crate::model::parse_state(p.quota().algorithm(), s.as_bytes()),
+                Value::Bytes(b) => crate::model::parse_state(p.quota().algorithm(), b),
+                _ => None,
+            };
+            crate::model::peek(p.quota(), state, now)
+        });
+        Ok(Decision::new(policies, outcomes).checked_at(now))
+    }
+
+    async fn reset_redis(&self, subject: &Subject, policies: &[Policy]) -> Result<()> {
+        if policies.is_empty() {
+            return Ok(());
+        }
+        self.wait_ready().await?;
+        let call = self.call(subject, policies, 1);
+        let _: Value = RESET
+            .run_with(
+                &self.redis,
+                &self.options,
+                call.keys.to_vec(),
+                Vec::<Value>::new(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn refund_redis(&self, subject: &Subject, decision: &Decision, cost: u32) -> Result<()> {
+        let consumed: SmallVec<[Policy; 2]> = decision.consumed().copied().collect();
+        if consumed.is_empty() || cost == 0 {
+            return Ok(());
+        }
+        self.wait_ready().await?;
+        let call = self.call(subject, &consumed, cost);
+        let mut args = Vec::with_capacity(2 + 4 * consumed.len());
+        args.push(self.now_arg());
+        args.push(Value::Integer(decision.at_micros() as i64));
+        for p in &call.policies {
+            args.push(Value::from_static_str(p.code()));
+            args.extend(p.numbers().map(Value::Integer));
+        }
+        let _: Value = REFUND
+            .run_with(&self.redis, &self.options, call.keys.to_vec(), args)
+            .await?;
+        Ok(())
+    }
+
     /// One call as its own script call. Boxed, so that the (large) future of an uncoalesced
     /// call is not part of every check's future.
     async fn send_one(&self, call: Call) -> Reply {
@@ -750,6 +843,18 @@ impl crate::RateLimitStore for RedisStore {
             None => self.send_one(call).await,
         };
         decide(policies, reply)
+    }
+
+    async fn peek(&self, subject: &Subject, policies: &[Policy]) -> Result<Decision> {
+        self.peek_redis(subject, policies).await
+    }
+
+    async fn reset(&self, subject: &Subject, policies: &[Policy]) -> Result<()> {
+        self.reset_redis(subject, policies).await
+    }
+
+    async fn refund(&self, subject: &Subject, decision: &Decision, cost: u32) -> Result<()> {
+        self.refund_redis(subject, decision, cost).await
     }
 
     /// Once the first connection has been made and the script load tried: until then the
@@ -830,11 +935,13 @@ mod tests {
     /// One policy's part of a reply: allowed, remaining, reset, retry.
     type Packed1 = (u8, f64, f64, f64);
 
-    /// A reply as `check.lua` packs it: per call, admitted, then per policy `>Bddd`.
+    /// A reply as `check.lua` packs it: per call, admitted and the instant (`>Bd`), then per
+    /// policy `>Bddd`.
     fn packed(calls: &[(u8, &[Packed1])]) -> Value {
         let mut out = Vec::new();
         for (admitted, policies) in calls {
             out.push(*admitted);
+            out.extend_from_slice(&42.0f64.to_be_bytes());
             for (allowed, remaining, reset, retry) in *policies {
                 out.push(*allowed);
                 for v in [remaining, reset, retry] {
@@ -864,11 +971,13 @@ mod tests {
             unpack(&reply, &calls).unwrap(),
             [
                 1,
+                42,
                 1,
                 4,
                 250_000,
                 0,
                 0,
+                42,
                 1,
                 0,
                 9_007_199_254_740_991,
@@ -888,7 +997,7 @@ mod tests {
         assert!(unpack(&one(1, 3.0), &calls).is_ok());
         // fred hands a bulk string that is valid UTF-8 over as a string.
         let text = Value::String(Str::from_inner(packed_bytes(&one(1, 0.0))).unwrap());
-        assert_eq!(unpack(&text, &calls).unwrap(), [1, 1, 0, 0, 0]);
+        assert_eq!(unpack(&text, &calls).unwrap(), [1, 42, 1, 0, 0, 0]);
         // One request short, one too many, a flag that is not 0 or 1, a number that is not
         // an exact integer, another type.
         assert!(unpack(&one(1, 3.0), &[call(&["a:x"], G), call(&["a:x"], G)]).is_err());
