@@ -1,0 +1,311 @@
+//! Layer features on every backend (memory, Redis standalone, Redis Cluster), with two
+//! instances sharing one store where it applies: counting by outcome (refunds), tiers chosen
+//! per request, peek and reset through the layer's handle, allow and deny lists.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{Router, body::Body, extract::ConnectInfo, routing::get};
+use http::{Request, StatusCode, request::Parts};
+use redtower_client::{Redis, RedisConfig};
+use redtower_ratelimit::{
+    ClientIp, Global, IpLists, MemoryStore, Policy, Quota, RateLimitLayer, RateLimitStore,
+    RedisStore, RefundWhen, Subject, nonzero,
+};
+use redtower_testkit::unique_prefix;
+use tower::ServiceExt;
+
+/// Which store two instances share.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Memory,
+    Standalone,
+    Cluster,
+}
+
+/// Two stores on one backend, as two instances of an application would hold them.
+async fn two_stores(backend: Backend, test: &str) -> [Arc<dyn RateLimitStore>; 2] {
+    match backend {
+        Backend::Memory => {
+            let store = MemoryStore::new();
+            [Arc::new(store.clone()), Arc::new(store)]
+        }
+        Backend::Standalone | Backend::Cluster => {
+            let url = match backend {
+                Backend::Standalone => redtower_testkit::shared_url(),
+                _ => redtower_testkit::shared_cluster().url(),
+            };
+            // One prefix for both instances: they share the counters.
+            let prefix = unique_prefix(test);
+            let mut out = Vec::new();
+            for _ in 0..2 {
+                let redis =
+                    Redis::new(RedisConfig::from_url(&url).unwrap().key_prefix(&prefix)).unwrap();
+                redis.wait_ready(Duration::from_secs(20)).await.unwrap();
+                out.push(Arc::new(RedisStore::new(redis)) as Arc<dyn RateLimitStore>);
+            }
+            [out[0].clone(), out[1].clone()]
+        }
+    }
+}
+
+fn get_from(path: &str, peer: &str) -> Request<Body> {
+    let peer: SocketAddr = peer.parse().unwrap();
+    Request::get(path)
+        .extension(ConnectInfo(peer))
+        .body(Body::empty())
+        .unwrap()
+}
+
+async fn status(app: &Router, req: Request<Body>) -> StatusCode {
+    app.clone().oneshot(req).await.unwrap().status()
+}
+
+/// A login route: `?ok` succeeds, anything else is a failed attempt (401).
+fn login_app(layer: RateLimitLayer) -> Router {
+    Router::new()
+        .route(
+            "/login",
+            get(|parts: Parts| async move {
+                if parts.uri.query() == Some("ok") {
+                    StatusCode::OK
+                } else {
+                    StatusCode::UNAUTHORIZED
+                }
+            }),
+        )
+        .layer(layer)
+}
+
+/// Failed logins only: successes are refunded before their response leaves, so across two
+/// instances exactly `burst` failures pass, then everything is denied (a denied success is
+/// not refunded), and a reset through the handle opens the door again.
+async fn login_counts_failed_attempts_only(backend: Backend) {
+    let stores = two_stores(backend, "login").await;
+    let quota = Quota::per_hour(nonzero!(1)).burst(nonzero!(3));
+    let layers = stores.map(|s| {
+        RateLimitLayer::new(s, Policy::new("login", quota))
+            .key(Global)
+            .refund_when(RefundWhen::Successful)
+    });
+    let handle = layers[0].handle();
+    let apps = layers.map(login_app);
+    let peer = "192.0.2.1:1000";
+    for i in 0..10 {
+        let app = &apps[i % 2];
+        assert_eq!(
+            status(app, get_from("/login?ok", peer)).await,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        handle.peek(&Subject::global()).await.unwrap().remaining(),
+        Some(3)
+    );
+    for i in 0..3 {
+        let app = &apps[i % 2];
+        assert_eq!(
+            status(app, get_from("/login", peer)).await,
+            StatusCode::UNAUTHORIZED,
+            "{backend:?}: failure {i} is within the limit"
+        );
+    }
+    for (i, app) in apps.iter().enumerate() {
+        assert_eq!(
+            status(app, get_from("/login", peer)).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{backend:?}: instance {i}, a fourth failure"
+        );
+        assert_eq!(
+            status(app, get_from("/login?ok", peer)).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{backend:?}: instance {i}, denied even with the right password"
+        );
+    }
+    let peeked = handle.peek(&Subject::global()).await.unwrap();
+    assert!(!peeked.is_allowed());
+    assert_eq!(peeked.remaining(), Some(0));
+    handle.reset(&Subject::global()).await.unwrap();
+    // Instance 0's handle dropped instance 0's cached denial.
+    assert_eq!(
+        status(&apps[0], get_from("/login", peer)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        handle.peek(&Subject::global()).await.unwrap().remaining(),
+        Some(2)
+    );
+}
+
+/// The opposite count: only successful requests count.
+async fn failed_requests_can_be_skipped(backend: Backend) {
+    let stores = two_stores(backend, "skipfailed").await;
+    let layers = stores.map(|s| {
+        RateLimitLayer::new(
+            s,
+            Policy::new("ok-only", Quota::per_hour(nonzero!(2)).fixed_window()),
+        )
+        .key(Global)
+        .refund_when(RefundWhen::Failed)
+    });
+    let apps = layers.map(login_app);
+    let peer = "192.0.2.1:1000";
+    for i in 0..6 {
+        assert_eq!(
+            status(&apps[i % 2], get_from("/login", peer)).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        status(&apps[0], get_from("/login?ok", peer)).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&apps[1], get_from("/login?ok", peer)).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&apps[0], get_from("/login?ok", peer)).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{backend:?}"
+    );
+}
+
+#[derive(Clone, Copy)]
+enum Tier {
+    Free,
+    Pro,
+}
+
+/// A tier per request, from an extension; the counter is shared between tiers, and the new
+/// quota applies to the very next request.
+async fn tier_is_chosen_per_request(backend: Backend) {
+    let stores = two_stores(backend, "tiers").await;
+    let layers = stores.map(|s| {
+        RateLimitLayer::new(
+            s,
+            Policy::new("hourly", Quota::per_hour(nonzero!(2)).fixed_window()),
+        )
+        .tier(
+            "pro",
+            [Policy::new(
+                "hourly",
+                Quota::per_hour(nonzero!(5)).fixed_window(),
+            )],
+        )
+        .quota_for(|parts: &Parts| match parts.extensions.get::<Tier>()? {
+            Tier::Pro => Some("pro"),
+            Tier::Free => None,
+        })
+        .key(Global)
+        .denied_cache(0)
+    });
+    let apps = layers.map(|l| Router::new().route("/", get(|| async { "ok" })).layer(l));
+    let with = |tier: Tier| {
+        let mut r = get_from("/", "192.0.2.1:1");
+        r.extensions_mut().insert(tier);
+        r
+    };
+    assert_eq!(status(&apps[0], with(Tier::Free)).await, StatusCode::OK);
+    assert_eq!(status(&apps[1], with(Tier::Free)).await, StatusCode::OK);
+    assert_eq!(
+        status(&apps[0], with(Tier::Free)).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Upgraded: the same counter (2 used), a quota of 5, on the other instance too.
+    for i in 0..3 {
+        assert_eq!(
+            status(&apps[(i + 1) % 2], with(Tier::Pro)).await,
+            StatusCode::OK,
+            "{backend:?} {i}"
+        );
+    }
+    assert_eq!(
+        status(&apps[0], with(Tier::Pro)).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+/// Deny wins over allow, an allowed address is not limited, and both lists reload.
+async fn allow_and_deny_lists_reload(backend: Backend) {
+    let [store, _] = two_stores(backend, "lists").await;
+    let lists = IpLists::new();
+    lists.set_allow(["10.0.0.0/8".parse().unwrap()]);
+    lists.set_deny([
+        "203.0.113.0/24".parse().unwrap(),
+        "10.9.0.0/16".parse().unwrap(),
+    ]);
+    let layer = RateLimitLayer::new(store, Quota::per_hour(nonzero!(1)))
+        .ip_lists(lists.clone(), ClientIp::peer());
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(layer);
+    for _ in 0..5 {
+        assert_eq!(
+            status(&app, get_from("/", "10.1.2.3:1")).await,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        status(&app, get_from("/", "10.9.0.1:1")).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(&app, get_from("/", "203.0.113.7:1")).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(&app, get_from("/", "198.51.100.1:1")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&app, get_from("/", "198.51.100.1:1")).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{backend:?}: not listed, limited"
+    );
+    lists.set_deny([]);
+    lists.set_allow(["198.51.100.0/24".parse().unwrap()]);
+    assert_eq!(
+        status(&app, get_from("/", "203.0.113.7:1")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&app, get_from("/", "198.51.100.1:1")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&app, get_from("/", "10.1.2.3:1")).await,
+        StatusCode::OK,
+        "first request of a no-longer-allowed address"
+    );
+    assert_eq!(
+        status(&app, get_from("/", "10.1.2.3:1")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+macro_rules! on_every_backend {
+    ($($test:ident),*) => {
+        mod memory {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(Backend::Memory).await })*
+        }
+        mod standalone {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(Backend::Standalone).await })*
+        }
+        mod cluster {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(Backend::Cluster).await })*
+        }
+    };
+}
+
+on_every_backend!(
+    login_counts_failed_attempts_only,
+    failed_requests_can_be_skipped,
+    tier_is_chosen_per_request,
+    allow_and_deny_lists_reload
+);
