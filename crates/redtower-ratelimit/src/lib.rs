@@ -193,6 +193,7 @@
 //!   crate's own tests enable it.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod concurrency;
 mod error;
 mod extra;
 mod failure;
@@ -204,6 +205,7 @@ mod response;
 mod service;
 mod store;
 
+pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer, LeaseBody};
 pub use error::{ConfigError, Error, Result};
 pub use extra::{IpLists, QuotaFor, RateLimitHandle, RefundWhen};
 pub use failure::{FailurePolicy, MissingKey};
@@ -221,4 +223,4 @@ pub use response::{Headers, ResponseBody, too_many_requests};
 pub use service::{RateLimit, ResponseFuture};
 #[cfg(feature = "testing")]
 pub use store::ManualClock;
-pub use store::{Decision, MemoryStore, PolicyDecision, RateLimitStore, RedisStore};
+pub use store::{Acquired, Decision, MemoryStore, PolicyDecision, RateLimitStore, RedisStore};

@@ -283,6 +283,105 @@ async fn allow_and_deny_lists_reload(backend: Backend) {
     );
 }
 
+/// At most two exports in flight per subject across two instances; a lease ends with the
+/// response body, or when the request is dropped.
+async fn concurrency_is_limited_across_instances(backend: Backend) {
+    use std::num::NonZeroU32;
+    use tokio::sync::{Semaphore, mpsc};
+    let stores = two_stores(backend, "concurrency").await;
+    let gate = Arc::new(Semaphore::new(0));
+    let (entered_tx, mut entered) = mpsc::unbounded_channel::<()>();
+    let apps = stores.map(|s| {
+        let (gate, entered_tx) = (gate.clone(), entered_tx.clone());
+        let export = move || {
+            let (gate, entered_tx) = (gate.clone(), entered_tx.clone());
+            async move {
+                let _ = entered_tx.send(());
+                gate.acquire().await.unwrap().forget();
+                "csv"
+            }
+        };
+        Router::new().route("/export", get(export)).layer(
+            redtower_ratelimit::ConcurrencyLimitLayer::new(
+                s,
+                "exports",
+                NonZeroU32::new(2).unwrap(),
+            )
+            .key(Global),
+        )
+    });
+    let spawn = |app: Router| {
+        tokio::spawn(async move {
+            let res = app
+                .oneshot(get_from("/export", "192.0.2.1:1"))
+                .await
+                .unwrap();
+            let status = res.status();
+            let body = http_body_util::BodyExt::collect(res.into_body())
+                .await
+                .unwrap();
+            (status, body.to_bytes())
+        })
+    };
+    let first = spawn(apps[0].clone());
+    let second = spawn(apps[1].clone());
+    entered.recv().await.unwrap();
+    entered.recv().await.unwrap();
+    for app in &apps {
+        assert_eq!(
+            status(app, get_from("/export", "192.0.2.1:1")).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{backend:?}: a third export while two run"
+        );
+    }
+    // One export ends: its body has been read to the end, and its lease is released.
+    gate.add_permits(1);
+    let (finished, _, rest) = futures::future::select_all([first, second]).await;
+    let (s, body) = finished.unwrap();
+    assert_eq!((s, &body[..]), (StatusCode::OK, &b"csv"[..]));
+    // The release is sent once the body ends, on its own task: wait for it by retrying (a
+    // 429 means it has not landed yet), each retry after a short pause.
+    let third = eventually_admitted(&apps[1], backend, &mut entered).await;
+    // Dropping an export in flight releases its lease too.
+    third.abort();
+    let _ = third.await;
+    let fourth = eventually_admitted(&apps[0], backend, &mut entered).await;
+    gate.add_permits(10);
+    let _ = fourth.await;
+    for h in rest {
+        assert_eq!(h.await.unwrap().0, StatusCode::OK);
+    }
+}
+
+/// Sends an export (spawned) until one is admitted; returns its task, blocked in the handler.
+async fn eventually_admitted(
+    app: &Router,
+    backend: Backend,
+    entered: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+) -> tokio::task::JoinHandle<()> {
+    for _ in 0..200 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let app2 = app.clone();
+        let task = tokio::spawn(async move {
+            let res = app2
+                .oneshot(get_from("/export", "192.0.2.1:1"))
+                .await
+                .unwrap();
+            let _ = tx.send(res.status());
+            let _ = http_body_util::BodyExt::collect(res.into_body()).await;
+        });
+        tokio::select! {
+            _ = entered.recv() => return task,
+            status = rx => {
+                assert_eq!(status.unwrap(), StatusCode::TOO_MANY_REQUESTS, "{backend:?}");
+                // The release runs on a spawned task that no event here observes.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    panic!("{backend:?}: a released lease was never given back");
+}
+
 macro_rules! on_every_backend {
     ($($test:ident),*) => {
         mod memory {
@@ -307,5 +406,6 @@ on_every_backend!(
     login_counts_failed_attempts_only,
     failed_requests_can_be_skipped,
     tier_is_chosen_per_request,
-    allow_and_deny_lists_reload
+    allow_and_deny_lists_reload,
+    concurrency_is_limited_across_instances
 );

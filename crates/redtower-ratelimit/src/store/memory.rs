@@ -71,6 +71,9 @@ struct Inner {
     base: tokio::time::Instant,
     clock: Option<ManualClock>,
     next_sweep: AtomicUsize,
+    /// Concurrency leases: per subject and limit name, each lease's token and expiry (µs).
+    /// Only subjects with a request in flight are held.
+    leases: Mutex<HashMap<(String, &'static str), Vec<(u64, u64)>>>,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -146,6 +149,7 @@ impl MemoryStore {
                 base: tokio::time::Instant::now(),
                 clock,
                 next_sweep: AtomicUsize::new(0),
+                leases: Mutex::default(),
             }),
         }
     }
@@ -379,6 +383,44 @@ impl crate::RateLimitStore for MemoryStore {
 
     async fn refund(&self, subject: &Subject, decision: &Decision, cost: u32) -> Result<()> {
         self.refund_now(subject, decision, cost);
+        Ok(())
+    }
+
+    async fn acquire(
+        &self,
+        subject: &Subject,
+        name: &'static str,
+        max: u32,
+        ttl: std::time::Duration,
+        token: u64,
+    ) -> Result<crate::Acquired> {
+        let now = self.now_micros();
+        let ttl = u64::try_from(ttl.as_micros()).unwrap_or(u64::MAX);
+        let mut leases = self.inner.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let held = leases
+            .entry((subject.as_str().to_owned(), name))
+            .or_default();
+        held.retain(|&(t, e)| e > now && t != token);
+        let taken = held.len() < max as usize;
+        if taken {
+            held.push((token, now.saturating_add(ttl)));
+        }
+        let n = u32::try_from(held.len()).unwrap_or(u32::MAX);
+        if held.is_empty() {
+            leases.remove(&(subject.as_str().to_owned(), name));
+        }
+        Ok(crate::Acquired { taken, held: n })
+    }
+
+    async fn release(&self, subject: &Subject, name: &'static str, token: u64) -> Result<()> {
+        let mut leases = self.inner.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (subject.as_str().to_owned(), name);
+        if let Some(held) = leases.get_mut(&key) {
+            held.retain(|&(t, _)| t != token);
+            if held.is_empty() {
+                leases.remove(&key);
+            }
+        }
         Ok(())
     }
 }

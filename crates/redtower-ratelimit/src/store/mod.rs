@@ -88,6 +88,38 @@ pub trait RateLimitStore: fmt::Debug + Send + Sync + 'static {
         Err(crate::Error::Unsupported("refund"))
     }
 
+    /// Takes one of at most `max` concurrent leases of `subject` named `name` (a
+    /// [concurrency limit](crate::ConcurrencyLimitLayer)), held under `token` (unique per
+    /// request) until [`release`](Self::release) or until `ttl` has passed (a crashed instance
+    /// does not hold leases forever). Expired leases are dropped first. Returns whether the
+    /// lease was taken and how many are held.
+    ///
+    /// # Errors
+    ///
+    /// As [`peek`](Self::peek).
+    async fn acquire(
+        &self,
+        subject: &Subject,
+        name: &'static str,
+        max: u32,
+        ttl: Duration,
+        token: u64,
+    ) -> Result<Acquired> {
+        let _ = (subject, name, max, ttl, token);
+        Err(crate::Error::Unsupported("acquire"))
+    }
+
+    /// Gives back the lease `token` of `subject` named `name`. Releasing a lease already gone
+    /// (expired, released) is no error.
+    ///
+    /// # Errors
+    ///
+    /// As [`peek`](Self::peek).
+    async fn release(&self, subject: &Subject, name: &'static str, token: u64) -> Result<()> {
+        let _ = (subject, name, token);
+        Err(crate::Error::Unsupported("release"))
+    }
+
     /// Whether the store's backend has ever been reached: `false` only while a freshly
     /// started process is still making its first connection (not an outage). The default,
     /// for stores with nothing to connect to, is `true`.
@@ -150,6 +182,21 @@ impl<T: RateLimitStore + ?Sized> RateLimitStore for Arc<T> {
         (**self).refund(subject, decision, cost).await
     }
 
+    async fn acquire(
+        &self,
+        subject: &Subject,
+        name: &'static str,
+        max: u32,
+        ttl: Duration,
+        token: u64,
+    ) -> Result<Acquired> {
+        (**self).acquire(subject, name, max, ttl, token).await
+    }
+
+    async fn release(&self, subject: &Subject, name: &'static str, token: u64) -> Result<()> {
+        (**self).release(subject, name, token).await
+    }
+
     fn has_connected(&self) -> bool {
         (**self).has_connected()
     }
@@ -161,6 +208,15 @@ impl<T: RateLimitStore + ?Sized> RateLimitStore for Arc<T> {
     fn connections(&self) -> u64 {
         (**self).connections()
     }
+}
+
+/// The answer of [`RateLimitStore::acquire`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acquired {
+    /// Whether the lease was taken.
+    pub taken: bool,
+    /// Leases of the subject held after the call (this one included when taken).
+    pub held: u32,
 }
 
 /// The result of checking one request against its policies. Cheap to clone.

@@ -30,6 +30,12 @@ static PEEK: LazyLock<Script> =
 /// Deletes a subject's counters.
 static RESET: LazyLock<Script> =
     LazyLock::new(|| Script::new("ratelimit_reset", include_str!("../lua/reset.lua")));
+/// Takes a concurrency lease.
+static ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new("ratelimit_acquire", include_str!("../lua/acquire.lua")));
+/// Gives a concurrency lease back.
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new("ratelimit_release", include_str!("../lua/release.lua")));
 /// Gives back what an admitted request consumed.
 static REFUND: LazyLock<Script> =
     LazyLock::new(|| Script::new("ratelimit_refund", include_str!("../lua/refund.lua")));
@@ -855,6 +861,49 @@ impl crate::RateLimitStore for RedisStore {
 
     async fn refund(&self, subject: &Subject, decision: &Decision, cost: u32) -> Result<()> {
         self.refund_redis(subject, decision, cost).await
+    }
+
+    async fn acquire(
+        &self,
+        subject: &Subject,
+        name: &'static str,
+        max: u32,
+        ttl: Duration,
+        token: u64,
+    ) -> Result<crate::Acquired> {
+        self.wait_ready().await?;
+        let key = self.key(subject, name);
+        let ttl = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX).max(1);
+        let args = vec![
+            self.now_arg(),
+            Value::Integer(i64::from(max)),
+            Value::Integer(ttl),
+            Value::from(token.to_string()),
+        ];
+        let reply: Vec<i64> = ACQUIRE
+            .run_with(&self.redis, &self.options, vec![key.into_string()], args)
+            .await?;
+        match reply[..] {
+            [taken, held] => Ok(crate::Acquired {
+                taken: taken == 1,
+                held: u32::try_from(held).unwrap_or(u32::MAX),
+            }),
+            _ => Err(Error::Reply(format!("acquire reply {reply:?}"))),
+        }
+    }
+
+    async fn release(&self, subject: &Subject, name: &'static str, token: u64) -> Result<()> {
+        self.wait_ready().await?;
+        let key = self.key(subject, name);
+        let _: Value = RELEASE
+            .run_with(
+                &self.redis,
+                &self.options,
+                vec![key.into_string()],
+                vec![Value::from(token.to_string())],
+            )
+            .await?;
+        Ok(())
     }
 
     /// Once the first connection has been made and the script load tried: until then the

@@ -364,6 +364,54 @@ pub async fn check_refund_gives_back_in_the_same_window(
     assert_eq!(store.peek(&s, &p).await.unwrap().remaining(), Some(2));
 }
 
+pub async fn check_concurrency_leases(store: impl RateLimitStore, clock: ManualClock) {
+    clock.set_micros(T0);
+    let s = subject("leases");
+    let ttl = Duration::from_secs(10);
+    let take = |token: u64| store.acquire(&s, "inflight", 2, ttl, token);
+    assert_eq!(
+        take(1).await.unwrap(),
+        redtower_ratelimit::Acquired {
+            taken: true,
+            held: 1
+        }
+    );
+    assert!(take(2).await.unwrap().taken);
+    let full = take(3).await.unwrap();
+    assert!(!full.taken);
+    assert_eq!(full.held, 2);
+    // Taking a lease again under the same token holds it once.
+    assert_eq!(
+        take(2).await.unwrap(),
+        redtower_ratelimit::Acquired {
+            taken: true,
+            held: 2
+        }
+    );
+    store.release(&s, "inflight", 1).await.unwrap();
+    store.release(&s, "inflight", 1).await.unwrap();
+    assert!(take(3).await.unwrap().taken);
+    assert!(!take(4).await.unwrap().taken);
+    // Another subject, another limit name: independent.
+    assert!(
+        store
+            .acquire(&subject("other"), "inflight", 2, ttl, 4)
+            .await
+            .unwrap()
+            .taken
+    );
+    assert!(store.acquire(&s, "exports", 1, ttl, 4).await.unwrap().taken);
+    // Leases that were never released run out.
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(
+        take(5).await.unwrap(),
+        redtower_ratelimit::Acquired {
+            taken: true,
+            held: 1
+        }
+    );
+}
+
 /// `conformance!(make)` where `make` is an expression of type `fn(ManualClock) -> impl Store`.
 #[macro_export]
 macro_rules! conformance {
@@ -379,7 +427,8 @@ macro_rules! conformance {
             check_subjects_are_independent,
             check_peek_does_not_consume,
             check_reset_gives_a_full_allowance,
-            check_refund_gives_back_in_the_same_window
+            check_refund_gives_back_in_the_same_window,
+            check_concurrency_leases
         );
     };
     (@one $flavor:meta, $make:expr, $($check:ident),*) => {$(
