@@ -38,8 +38,11 @@ use crate::{Decision, Policy, RateLimitStore, Result, Subject};
 /// # let _ = layer;
 /// ```
 ///
-/// Policies of the same name in different tiers share one counter per subject: a user who
-/// upgrades keeps what they used and gets the new quota on their next request.
+/// Policies of the same name in different tiers share one counter per subject, and the new
+/// quota applies from the subject's next request. What carries over depends on the algorithm:
+/// a window's count (2 used of 100 is 2 used of 10,000), GCRA's time debt (a bucket emptied
+/// under one tier reads as empty under another, until it refills at the new rate). Give the
+/// tiers' policies different names for separate counters (an upgrade then starts full).
 pub trait QuotaFor: Send + Sync + 'static {
     /// The tier of this request.
     fn quota_for(&self, parts: &Parts) -> Option<&'static str>;

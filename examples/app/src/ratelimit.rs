@@ -114,9 +114,9 @@ impl RateLimits {
                 .saturating_mul(NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN)),
             period: config.api_rate.period,
         };
-        // Both plans count in the "api" counter: an upgrade takes effect on the next request.
+        // Each plan has its own counter: an upgrade starts with the pro plan's full allowance.
         let api_limit = RateLimitLayer::new(self.store.clone(), policy("api", config.api_rate)?)
-            .tier("pro", [policy("api", pro)?])
+            .tier("pro", [policy("api-pro", pro)?])
             .quota_for(|parts: &axum::http::request::Parts| {
                 match parts.extensions.get::<Plan>()? {
                     Plan::Pro => Some("pro"),
