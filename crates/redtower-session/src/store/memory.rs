@@ -18,6 +18,7 @@ use super::{SessionBackend, Settings, from_unix_ms, ms, to_store_error, unix_ms}
 use crate::{
     Error, Result, SessionInfo, UserSessions,
     keys::{Keys, valid_handle},
+    telemetry,
     user::{Binding, binding_of},
     watch::{SessionWatch, Watches},
 };
@@ -570,6 +571,7 @@ impl UserSessions for MemoryStore {
             .is_some_and(|(b, _)| b.user == user);
         if owned {
             st.kill(handle);
+            telemetry::revoked("one", 1);
         }
         Ok(owned)
     }
@@ -591,6 +593,7 @@ impl UserSessions for MemoryStore {
                 n += 1;
             }
         }
+        telemetry::revoked("all", n);
         Ok(n)
     }
 
@@ -631,6 +634,7 @@ impl UserSessions for MemoryStore {
                 n += 1;
             }
         }
+        telemetry::revoked("others", n);
         Ok(n)
     }
 
