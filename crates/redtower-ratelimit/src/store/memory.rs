@@ -23,6 +23,8 @@ const SWEEP_EVERY: u64 = 256;
 const MAX_SUBJECTS: usize = 100_000;
 
 type Entries = Vec<(&'static str, State, u64)>;
+/// Concurrency leases per subject and limit name: each lease's token and expiry (µs).
+type Leases = HashMap<(String, &'static str), Vec<(u64, u64)>>;
 
 #[derive(Default)]
 struct Shard {
@@ -73,7 +75,7 @@ struct Inner {
     next_sweep: AtomicUsize,
     /// Concurrency leases: per subject and limit name, each lease's token and expiry (µs).
     /// Only subjects with a request in flight are held.
-    leases: Mutex<HashMap<(String, &'static str), Vec<(u64, u64)>>>,
+    leases: Mutex<Leases>,
 }
 
 impl fmt::Debug for MemoryStore {
