@@ -90,6 +90,14 @@
 //!   reject.
 //! * **Tiers per request** ([`QuotaFor`], [`RateLimitLayer::tier`]): plan tiers chosen from a
 //!   request extension an authentication layer set; a tier's policies replace the route's.
+//! * **Per-subject overrides** ([`Policy::overridable`], [`RedisStore::set_override`]): an
+//!   operator changes one subject's limit at run time (an override hash per subject, read by
+//!   the check script in the same round trip, never cached), effective on the subject's next
+//!   request on every instance. Windows keep their count under the new limit; GCRA keeps its
+//!   time debt and refills at the new rate.
+//! * **Concurrency limit** ([`ConcurrencyLimitLayer`]): at most N requests in flight per
+//!   subject across instances (leases with an expiry, released when the response body ends
+//!   or the request is dropped).
 //! * **Peek and reset** ([`RateLimitLayer::handle`], [`RateLimitStore::peek`],
 //!   [`RateLimitStore::reset`]): what a subject has left, without consuming; a fresh allowance.
 //! * **Counting by outcome** ([`RateLimitLayer::refund_when`]): see below.

@@ -76,6 +76,8 @@ struct Inner {
     /// Concurrency leases: per subject and limit name, each lease's token and expiry (µs).
     /// Only subjects with a request in flight are held.
     leases: Mutex<Leases>,
+    /// Per-subject limits of overridable policies: (subject, policy name) -> limit.
+    overrides: Mutex<HashMap<(String, String), std::num::NonZeroU32>>,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -152,6 +154,7 @@ impl MemoryStore {
                 clock,
                 next_sweep: AtomicUsize::new(0),
                 leases: Mutex::default(),
+                overrides: Mutex::default(),
             }),
         }
     }
@@ -183,8 +186,80 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    /// Sets (or with `None`, removes) the limit of the [overridable](Policy::overridable)
+    /// policy named `policy` for `subject`: it applies to the subject's next check. The
+    /// override keeps the policy's period and algorithm, with a burst of `limit`.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use redtower_ratelimit::{MemoryStore, Policy, Quota, Subject, nonzero};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let store = MemoryStore::new();
+    /// let p = [Policy::new("api", Quota::per_hour(nonzero!(1)).fixed_window()).overridable(true)];
+    /// let vip = Subject::new("vip");
+    /// assert!(store.check_now(&vip, &p, 1).is_allowed());
+    /// assert!(!store.check_now(&vip, &p, 1).is_allowed());
+    /// store.set_override(&vip, "api", NonZeroU32::new(3));
+    /// assert!(store.check_now(&vip, &p, 1).is_allowed());
+    /// # }
+    /// ```
+    pub fn set_override(
+        &self,
+        subject: &Subject,
+        policy: &str,
+        limit: Option<std::num::NonZeroU32>,
+    ) {
+        let mut map = self
+            .inner
+            .overrides
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let key = (subject.as_str().to_owned(), policy.to_owned());
+        match limit {
+            Some(limit) => {
+                map.insert(key, limit);
+            }
+            None => {
+                map.remove(&key);
+            }
+        }
+    }
+
+    /// `policies` with the subject's overrides applied (only overridable ones are looked up).
+    fn effective<'p>(
+        &self,
+        subject: &Subject,
+        policies: &'p [Policy],
+    ) -> std::borrow::Cow<'p, [Policy]> {
+        if !policies.iter().any(Policy::is_overridable) {
+            return std::borrow::Cow::Borrowed(policies);
+        }
+        let map = self
+            .inner
+            .overrides
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        policies
+            .iter()
+            .map(|p| {
+                let limit = p
+                    .is_overridable()
+                    .then(|| map.get(&(subject.as_str().to_owned(), p.name().to_owned())))
+                    .flatten();
+                match limit {
+                    Some(l) => Policy::new(p.name(), p.quota().overridden(*l))
+                        .shadow(p.is_shadow())
+                        .overridable(true),
+                    None => *p,
+                }
+            })
+            .collect()
+    }
+
     /// Checks synchronously (the store never waits).
     pub fn check_now(&self, subject: &Subject, policies: &[Policy], cost: u32) -> Decision {
+        let policies = &*self.effective(subject, policies);
         let now = self.now_micros();
         let cost = u64::from(cost);
         let key = subject.as_str();
@@ -241,6 +316,7 @@ impl MemoryStore {
 
     /// [`peek`](crate::RateLimitStore::peek), synchronously.
     pub fn peek_now(&self, subject: &Subject, policies: &[Policy]) -> Decision {
+        let policies = &*self.effective(subject, policies);
         let now = self.now_micros();
         let shard = self.shard(subject.as_str());
         let entries = shard.subjects.get(subject.as_str());
@@ -412,6 +488,16 @@ impl crate::RateLimitStore for MemoryStore {
             leases.remove(&(subject.as_str().to_owned(), name));
         }
         Ok(crate::Acquired { taken, held: n })
+    }
+
+    async fn set_override(
+        &self,
+        subject: &Subject,
+        policy: &str,
+        limit: Option<std::num::NonZeroU32>,
+    ) -> Result<()> {
+        MemoryStore::set_override(self, subject, policy, limit);
+        Ok(())
     }
 
     async fn release(&self, subject: &Subject, name: &'static str, token: u64) -> Result<()> {

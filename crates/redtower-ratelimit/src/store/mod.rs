@@ -120,6 +120,23 @@ pub trait RateLimitStore: fmt::Debug + Send + Sync + 'static {
         Err(crate::Error::Unsupported("release"))
     }
 
+    /// Sets (or with `None`, removes) the per-subject limit of the
+    /// [overridable](Policy::overridable) policy named `policy`: the subject's next check on
+    /// any instance uses it (see [`RedisStore::set_override`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`peek`](Self::peek).
+    async fn set_override(
+        &self,
+        subject: &Subject,
+        policy: &str,
+        limit: Option<std::num::NonZeroU32>,
+    ) -> Result<()> {
+        let _ = (subject, policy, limit);
+        Err(crate::Error::Unsupported("set_override"))
+    }
+
     /// Whether the store's backend has ever been reached: `false` only while a freshly
     /// started process is still making its first connection (not an outage). The default,
     /// for stores with nothing to connect to, is `true`.
@@ -195,6 +212,15 @@ impl<T: RateLimitStore + ?Sized> RateLimitStore for Arc<T> {
 
     async fn release(&self, subject: &Subject, name: &'static str, token: u64) -> Result<()> {
         (**self).release(subject, name, token).await
+    }
+
+    async fn set_override(
+        &self,
+        subject: &Subject,
+        policy: &str,
+        limit: Option<std::num::NonZeroU32>,
+    ) -> Result<()> {
+        (**self).set_override(subject, policy, limit).await
     }
 
     fn has_connected(&self) -> bool {

@@ -91,6 +91,8 @@ struct Call {
     slot: u16,
     keys: SmallVec<[Str; 2]>,
     policies: SmallVec<[PolicyArgs; 2]>,
+    /// The subject's override hash, when a policy is overridable.
+    overrides: Option<Str>,
 }
 
 /// One policy of one request as the script takes it (see the protocol on [`Sender`]): its
@@ -107,6 +109,20 @@ enum PolicyArgs {
         tolerance: i64,
         /// `cost × t`: how far this request moves it.
         increment: i64,
+    },
+    /// A policy whose limit a subject's override hash may replace: the script reads the
+    /// override and computes the numbers above itself.
+    Override {
+        shadow: bool,
+        algorithm: Algorithm,
+        /// The field of the override hash.
+        name: &'static str,
+        /// The default limit, period (µs), capacity (burst, or the limit) and this request's
+        /// units.
+        limit: i64,
+        period: i64,
+        capacity: i64,
+        cost: i64,
     },
     /// A fixed or sliding window.
     Window {
@@ -265,6 +281,53 @@ impl RedisStore {
         self.ns.key(subject.segment()).push(policy)
     }
 
+    /// The hash of `subject`'s overrides (field: policy name, value: its limit), in the
+    /// subject's slot: `<prefix>:rl:{<subject>}:#ov` (`#` is never in a policy name).
+    pub fn overrides_key(&self, subject: &Subject) -> String {
+        let mut key = self.ns.key_with_room(subject.segment(), 4).into_string();
+        key.push_str(":#ov");
+        key
+    }
+
+    /// Sets (or with `None`, removes) the limit of the [overridable](Policy::overridable)
+    /// policy named `policy` for `subject`, for every instance at once: the next check of the
+    /// subject reads it (`HSET <overrides_key> <policy> <limit>` does the same from any Redis
+    /// client). The override keeps the policy's period and algorithm, with a burst of
+    /// `limit`; a value that is not a whole number from 1 to 2^32 - 1, or too large for the
+    /// exact arithmetic, is ignored (the default applies). The hash has no TTL: operators own
+    /// it.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails.
+    pub async fn set_override(
+        &self,
+        subject: &Subject,
+        policy: &str,
+        limit: Option<std::num::NonZeroU32>,
+    ) -> Result<()> {
+        let key = self.overrides_key(subject);
+        let client = self.redis.client();
+        match limit {
+            Some(limit) => {
+                let _: Value = fred::interfaces::HashesInterface::hset(
+                    client,
+                    key,
+                    (policy.to_owned(), i64::from(limit.get())),
+                )
+                .await
+                .map_err(redtower_client::Error::from)?;
+            }
+            None => {
+                let _: Value =
+                    fred::interfaces::HashesInterface::hdel(client, key, policy.to_owned())
+                        .await
+                        .map_err(redtower_client::Error::from)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The namespace of every key of this store (for SCAN).
     pub fn namespace(&self) -> &Namespace {
         &self.ns
@@ -280,6 +343,17 @@ impl PolicyArgs {
         // nothing panics or wraps negative).
         let clamp = |v: u64| i64::try_from(v.min(1 << 53)).unwrap_or(i64::MAX);
         let shadow = p.is_shadow();
+        if p.is_overridable() {
+            return Self::Override {
+                shadow,
+                algorithm: q.algorithm(),
+                name: p.name(),
+                limit: clamp(u64::from(q.limit().get())),
+                period: clamp(q.period_us()),
+                capacity: clamp(u64::from(q.capacity())),
+                cost: clamp(cost),
+            };
+        }
         let window = |sliding| Self::Window {
             shadow,
             sliding,
@@ -302,9 +376,39 @@ impl PolicyArgs {
         }
     }
 
-    /// The algorithm's code in the protocol: `g`, `f` or `s`, upper case in shadow mode.
+    /// The code argument: [`code`](Self::code), or for an overridable policy
+    /// `o<algorithm code>:<name>:<default limit>` (`O` in shadow mode).
+    fn code_arg(&self) -> Value {
+        match *self {
+            Self::Override {
+                shadow,
+                algorithm,
+                name,
+                limit,
+                ..
+            } => {
+                let algo = match algorithm {
+                    Algorithm::Gcra => 'g',
+                    Algorithm::FixedWindow => 'f',
+                    Algorithm::SlidingWindow => 's',
+                };
+                let o = if shadow { 'O' } else { 'o' };
+                Value::from(format!("{o}{algo}:{name}:{limit}"))
+            }
+            _ => Value::from_static_str(self.code()),
+        }
+    }
+
+    fn is_override(&self) -> bool {
+        matches!(self, Self::Override { .. })
+    }
+
+    /// The algorithm's code in the protocol: `g`, `f` or `s`, upper case in shadow mode
+    /// (`o` or `O` for an overridable policy, see [`code_arg`](Self::code_arg)).
     fn code(&self) -> &'static str {
         match *self {
+            Self::Override { shadow: false, .. } => "o",
+            Self::Override { shadow: true, .. } => "O",
             Self::Gcra { shadow: false, .. } => "g",
             Self::Gcra { shadow: true, .. } => "G",
             Self::Window {
@@ -345,6 +449,12 @@ impl PolicyArgs {
                 cost,
                 ..
             } => [limit, period, cost],
+            Self::Override {
+                period,
+                capacity,
+                cost,
+                ..
+            } => [period, capacity, cost],
         }
     }
 }
@@ -375,11 +485,16 @@ impl RedisStore {
             // The last key reuses the prefix's buffer.
             keys.push(key(base, last));
         }
+        let overrides = policies
+            .iter()
+            .any(Policy::is_overridable)
+            .then(|| Str::from(self.overrides_key(subject)));
         let policies = policies.iter().map(|p| PolicyArgs::new(p, cost)).collect();
         Call {
             slot,
             keys,
             policies,
+            overrides,
         }
     }
 
@@ -454,10 +569,15 @@ impl RedisStore {
 ///   * `g` (GCRA): emission interval `t` (µs), tolerance `τ = capacity × t` (µs), increment
 ///     `cost × t` (µs);
 ///   * `f` (fixed window) or `s` (sliding window): limit, period (µs), cost;
-///   * upper case (`G`, `F`, `S`): the same policy in shadow mode (evaluated, never denies).
+///   * upper case (`G`, `F`, `S`): the same policy in shadow mode (evaluated, never denies);
+///   * `o<code>:<name>:<limit>` (`O` in shadow mode): an [overridable](Policy::overridable)
+///     policy of algorithm `<code>` (`g`, `f`, `s`), its numbers period (µs), default
+///     capacity and cost; the script reads field `<name>` of the subject's override hash and
+///     computes the numbers above from it (or from the default `<limit>`).
 /// * `ARGV[3 + 4P]`: the requests, packed as bytes: per request its number of policies `n`,
 ///   then per policy the index (from 0) of its key in `KEYS` and of its policy in the list
-///   above, each a 16-bit unsigned big-endian integer. A batch whose numbers do not fit in 16
+///   above (for an overridable policy, then the index of the subject's override hash in
+///   `KEYS`), each a 16-bit unsigned big-endian integer. A batch whose numbers do not fit in 16
 ///   bits is sent one request at a time.
 ///
 /// The reply is one bulk string: per request, in order, admitted (one byte, 0 or 1) and the
@@ -502,7 +622,7 @@ impl Sender {
         });
         args.push(Value::Integer(policies.len() as i64));
         for p in &policies {
-            args.push(Value::from_static_str(p.code()));
+            args.push(p.code_arg());
             args.extend(p.numbers().map(Value::Integer));
         }
         args.push(Value::Bytes(requests.into()));
@@ -587,6 +707,12 @@ impl Packed {
                         policies.len() - 1
                     }
                 })?;
+                if policy.is_override() {
+                    let Some(ov) = &c.overrides else {
+                        return None;
+                    };
+                    push(keys.index(ov))?;
+                }
             }
         }
         Some(Self {
@@ -788,6 +914,10 @@ impl RedisStore {
             return Ok(());
         }
         self.wait_ready().await?;
+        // A refund gives back by the policies' default quotas (exact for windows, which give
+        // back units; an overridden GCRA policy gives back default emission intervals).
+        let consumed: SmallVec<[Policy; 2]> =
+            consumed.iter().map(|p| p.overridable(false)).collect();
         let call = self.call(subject, &consumed, cost);
         let mut args = Vec::with_capacity(2 + 4 * consumed.len());
         args.push(self.now_arg());
@@ -892,6 +1022,15 @@ impl crate::RateLimitStore for RedisStore {
         }
     }
 
+    async fn set_override(
+        &self,
+        subject: &Subject,
+        policy: &str,
+        limit: Option<std::num::NonZeroU32>,
+    ) -> Result<()> {
+        RedisStore::set_override(self, subject, policy, limit).await
+    }
+
     async fn release(&self, subject: &Subject, name: &'static str, token: u64) -> Result<()> {
         self.wait_ready().await?;
         let key = self.key(subject, name);
@@ -931,6 +1070,7 @@ mod tests {
             slot: 0,
             keys: keys.iter().map(|k| Str::from(*k)).collect(),
             policies: std::iter::repeat_n(policy, keys.len()).collect(),
+            overrides: None,
         }
     }
 

@@ -412,6 +412,87 @@ pub async fn check_concurrency_leases(store: impl RateLimitStore, clock: ManualC
     );
 }
 
+pub async fn check_per_subject_overrides(store: impl RateLimitStore, clock: ManualClock) {
+    use std::num::NonZeroU32;
+    clock.set_micros(T0);
+    for (i, q) in [
+        Quota::per_hour(nonzero!(2)),
+        Quota::per_hour(nonzero!(2)).fixed_window(),
+        Quota::per_hour(nonzero!(2)).sliding_window(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        clock.set_micros(T0);
+        let p = [
+            Policy::new("ov", q).overridable(true),
+            Policy::new("plain", Quota::per_hour(nonzero!(100))),
+        ];
+        let (vip, other) = (subject(&format!("vip{i}")), subject(&format!("other{i}")));
+        for _ in 0..2 {
+            assert!(ok(&store, &vip, &p, 1).await.is_allowed());
+            assert!(ok(&store, &other, &p, 1).await.is_allowed());
+        }
+        assert!(!ok(&store, &vip, &p, 1).await.is_allowed(), "algorithm {i}");
+        store
+            .set_override(&vip, "ov", NonZeroU32::new(5))
+            .await
+            .unwrap();
+        if i == 0 {
+            // GCRA keeps its time debt (a full hour, under either limit); the override refills
+            // one unit every 12 minutes instead of every 30.
+            assert!(!ok(&store, &vip, &p, 1).await.is_allowed());
+            clock.advance(Duration::from_secs(12 * 60));
+            assert!(
+                ok(&store, &vip, &p, 1).await.is_allowed(),
+                "refilled at the new rate"
+            );
+            assert!(
+                !ok(&store, &other, &p, 1).await.is_allowed(),
+                "not overridden"
+            );
+        } else {
+            // Windows keep their count: 3 more under a limit of 5, none for another subject.
+            for n in 0..3u64 {
+                let d = ok(&store, &vip, &p, 1).await;
+                assert!(
+                    d.is_allowed(),
+                    "algorithm {i}, request {n} under the override"
+                );
+                assert_eq!(d.get("ov").unwrap().remaining(), 2 - n, "algorithm {i}");
+            }
+            assert!(
+                !ok(&store, &other, &p, 1).await.is_allowed(),
+                "algorithm {i}: not overridden"
+            );
+        }
+        assert!(!ok(&store, &vip, &p, 1).await.is_allowed());
+        // Lowered, then removed: back to the default.
+        store
+            .set_override(&vip, "ov", NonZeroU32::new(1))
+            .await
+            .unwrap();
+        assert!(!ok(&store, &vip, &p, 1).await.is_allowed());
+        store.set_override(&vip, "ov", None).await.unwrap();
+        assert_eq!(
+            store
+                .peek(&vip, &p)
+                .await
+                .unwrap()
+                .get("ov")
+                .unwrap()
+                .remaining(),
+            0
+        );
+        // A policy that is not overridable ignores overrides.
+        store
+            .set_override(&other, "plain", NonZeroU32::new(1))
+            .await
+            .unwrap();
+        assert!(ok(&store, &other, &[p[1]], 1).await.is_allowed());
+    }
+}
+
 /// `conformance!(make)` where `make` is an expression of type `fn(ManualClock) -> impl Store`.
 #[macro_export]
 macro_rules! conformance {
@@ -428,7 +509,8 @@ macro_rules! conformance {
             check_peek_does_not_consume,
             check_reset_gives_a_full_allowance,
             check_refund_gives_back_in_the_same_window,
-            check_concurrency_leases
+            check_concurrency_leases,
+            check_per_subject_overrides
         );
     };
     (@one $flavor:meta, $make:expr, $($check:ident),*) => {$(
