@@ -98,6 +98,11 @@
 //! * **Concurrency limit** ([`ConcurrencyLimitLayer`]): at most N requests in flight per
 //!   subject across instances (leases with an expiry, released when the response body ends
 //!   or the request is dropped).
+//! * **Leased quotas** ([`LeasedStore`], opt-in for the hottest routes): an instance takes a
+//!   slice of a subject's quota in one store call and decides locally until it is used or its
+//!   lease ends, returning what it did not use. Slices are counted when taken, so the
+//!   instances together never admit more than the limit (within the bound
+//!   `limit + instances × slice`); the cost is up to a slice per instance held unused.
 //! * **Peek and reset** ([`RateLimitLayer::handle`], [`RateLimitStore::peek`],
 //!   [`RateLimitStore::reset`]): what a subject has left, without consuming; a fresh allowance.
 //! * **Counting by outcome** ([`RateLimitLayer::refund_when`]): see below.
@@ -215,6 +220,7 @@ mod extra;
 mod failure;
 mod key;
 mod layer;
+mod leased;
 mod model;
 mod quota;
 mod response;
@@ -230,6 +236,7 @@ pub use key::{
     KeyExtractorExt, KeyRejection, Or, PeerIp, Subject,
 };
 pub use layer::{LimitedResponse, RateLimitLayer};
+pub use leased::LeasedStore;
 pub use model::Outcome;
 pub use quota::{Algorithm, Policy, Quota};
 /// The circuit breaker settings of [`RateLimitLayer::circuit_breaker`] (the one breaker every

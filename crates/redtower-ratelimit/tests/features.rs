@@ -382,6 +382,50 @@ async fn eventually_admitted(
     panic!("{backend:?}: a released lease was never given back");
 }
 
+/// Leased quotas over two instances: each takes slices of 3 from a limit of 10 per hour and
+/// decides locally; together they admit at most the limit (here exactly the limit: the last
+/// units are checked exactly), well within the documented `limit + instances x slice`; unused
+/// units go back.
+async fn leased_quotas_stay_within_the_bound(backend: Backend) {
+    use redtower_ratelimit::LeasedStore;
+    let stores = two_stores(backend, "leased").await;
+    let leased = stores
+        .clone()
+        .map(|s| LeasedStore::new(s, 3, Duration::from_secs(60)));
+    let p = [Policy::new(
+        "hot",
+        Quota::per_hour(nonzero!(10)).fixed_window(),
+    )];
+    let s = Subject::new("hot-subject");
+    let mut admitted = [0u32; 2];
+    for i in 0..30 {
+        if leased[i % 2].check(&s, &p, 1).await.unwrap().is_allowed() {
+            admitted[i % 2] += 1;
+        }
+    }
+    let total = admitted[0] + admitted[1];
+    assert!(total <= 10 + 2 * 3, "{backend:?}: the bound");
+    assert_eq!(total, 10, "{backend:?}: {admitted:?}");
+    // The shared counter is used up exactly.
+    let exact = RateLimitLayer::new(stores[0].clone(), p[0]).handle();
+    assert_eq!(exact.peek(&s).await.unwrap().remaining(), Some(0));
+
+    // Unused units go back: a slice of 3 taken for 1 request returns 2.
+    let fresh = Subject::new("returned");
+    assert!(leased[0].check(&fresh, &p, 1).await.unwrap().is_allowed());
+    assert_eq!(
+        exact.peek(&fresh).await.unwrap().remaining(),
+        Some(7),
+        "{backend:?}: slice taken"
+    );
+    leased[0].flush().await.unwrap();
+    assert_eq!(
+        exact.peek(&fresh).await.unwrap().remaining(),
+        Some(9),
+        "{backend:?}: returned"
+    );
+}
+
 macro_rules! on_every_backend {
     ($($test:ident),*) => {
         mod memory {
@@ -407,5 +451,6 @@ on_every_backend!(
     failed_requests_can_be_skipped,
     tier_is_chosen_per_request,
     allow_and_deny_lists_reload,
-    concurrency_is_limited_across_instances
+    concurrency_is_limited_across_instances,
+    leased_quotas_stay_within_the_bound
 );

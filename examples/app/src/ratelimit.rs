@@ -19,8 +19,8 @@ use axum::{
 };
 use redtower_client::Redis;
 use redtower_ratelimit::{
-    ClientIp, ConcurrencyLimitLayer, Policy, Quota, RateLimitLayer, RateLimitStore, RefundWhen,
-    Subject,
+    ClientIp, ConcurrencyLimitLayer, LeasedStore, Policy, Quota, RateLimitLayer, RateLimitStore,
+    RefundWhen, Subject,
 };
 use serde_json::{Value, json};
 
@@ -102,7 +102,9 @@ impl RateLimits {
     }
 
     /// `GET /api/hello`, limited per client IP at `API_RATE_LIMIT` (100 times that on the
-    /// `pro` plan), and `GET /api/export`, at most 2 in flight per client IP.
+    /// `pro` plan), `GET /api/leased` (the same limit, its own counter, with leased quotas:
+    /// slices of up to 100 units for 1 s), and `GET /api/export`, at most 2 in flight per
+    /// client IP.
     pub(crate) fn routes<S>(&self, config: &Config) -> Result<Router<S>, BuildError>
     where
         S: Clone + Send + Sync + 'static,
@@ -132,7 +134,14 @@ impl RateLimits {
             NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN),
         )
         .key(self.client_ip.clone());
+        // The hot-route variant: slices of up to 100 units leased for 1 s, decided in process.
+        let leased = LeasedStore::new(self.store.clone(), 100, Duration::from_secs(1));
+        let leased_limit = RateLimitLayer::new(leased, policy("api-leased", config.api_rate)?)
+            .key(self.client_ip.clone())
+            .legacy_headers(true)
+            .build()?;
         Ok(Router::new()
+            .route("/api/leased", get(hello).layer(leased_limit))
             .route(
                 "/api/hello",
                 get(hello)
