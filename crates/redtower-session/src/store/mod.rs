@@ -169,6 +169,19 @@ impl<T: UserSessions + ?Sized> UserSessions for Arc<T> {
         (**self).list(user, current)
     }
 
+    fn list_and_expired<'a, 'b, 'f>(
+        &'a self,
+        user: &'b str,
+        current: Option<Id>,
+    ) -> BoxFuture<'f, Result<(Vec<SessionInfo>, Vec<String>)>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        (**self).list_and_expired(user, current)
+    }
+
     fn revoke<'a, 'b, 'c, 'f>(
         &'a self,
         user: &'b str,
