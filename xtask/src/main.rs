@@ -11,12 +11,23 @@
 //!   starts its own `redis-server`, the example app and the baselines, and writes
 //!   `BENCHMARKS.md` and `benchmarks.svg`.
 //!
+//! * `cargo xtask msrv`: fails when a dependency of a public crate, as locked, needs a newer
+//!   Rust than the declared `rust-version` (see `msrv.rs`).
+//! * `cargo xtask public-api [--bless]`: each public crate's public API against its committed
+//!   `public-api.txt` (see `public_api.rs`).
+//! * `cargo xtask readme [--bless]`: each public crate's README opens with the first example of
+//!   its crate docs (see `readme.rs`).
+//!
 //! Extra arguments after `test` go to `cargo test` (e.g. `cargo xtask test -p redtower-client`).
 
 use std::{env, process::ExitCode};
 
 mod bench;
 mod deps;
+mod meta;
+mod msrv;
+mod public_api;
+mod readme;
 
 fn main() -> ExitCode {
     let mut args = env::args().skip(1);
@@ -26,9 +37,14 @@ fn main() -> ExitCode {
         "test" => deps::ensure_deps().and_then(|()| test(&rest)),
         "ensure-deps" => deps::ensure_deps(),
         "bench" => bench::main(&rest),
-        _ => {
-            Err("usage: cargo xtask <test [cargo test args]|ensure-deps|bench [--help]>".to_owned())
-        }
+        "msrv" => msrv::main(&rest),
+        "public-api" => public_api::main(&rest),
+        "readme" => readme::main(&rest),
+        _ => Err(
+            "usage: cargo xtask <test [cargo test args]|ensure-deps|bench [--help]|msrv\
+                  |public-api [--bless] [-p CRATE]|readme [--bless]>"
+                .to_owned(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
