@@ -17,6 +17,8 @@
 //!   `public-api.txt` (see `public_api.rs`).
 //! * `cargo xtask readme [--bless]`: each public crate's README opens with the first example of
 //!   its crate docs (see `readme.rs`).
+//! * `cargo xtask package-list`: each public crate's package holds its licenses and README and
+//!   none of the repository-only files (see `package.rs`).
 //!
 //! Extra arguments after `test` go to `cargo test` (e.g. `cargo xtask test -p redtower-client`).
 
@@ -26,6 +28,7 @@ mod bench;
 mod deps;
 mod meta;
 mod msrv;
+mod package;
 mod public_api;
 mod readme;
 
@@ -40,9 +43,10 @@ fn main() -> ExitCode {
         "msrv" => msrv::main(&rest),
         "public-api" => public_api::main(&rest),
         "readme" => readme::main(&rest),
+        "package-list" => package::main(&rest),
         _ => Err(
             "usage: cargo xtask <test [cargo test args]|ensure-deps|bench [--help]|msrv\
-                  |public-api [--bless] [-p CRATE]|readme [--bless]>"
+                  |public-api [--bless] [-p CRATE]|readme [--bless]|package-list>"
                 .to_owned(),
         ),
     };
