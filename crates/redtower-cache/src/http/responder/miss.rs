@@ -129,10 +129,10 @@ impl Responder {
         let resp = call(inner, req).await?;
         if let Some(group) = group {
             let s = resp.status();
-            if s.is_success() || s.is_redirection() {
-                if let Err(error) = self.cache.invalidate_group(&group).await {
-                    tracing::debug!(target: "redtower::cache", route = self.route(), %error, "invalidation after an unsafe request failed");
-                }
+            if (s.is_success() || s.is_redirection())
+                && let Err(error) = self.cache.invalidate_group(&group).await
+            {
+                tracing::debug!(target: "redtower::cache", route = self.route(), %error, "invalidation after an unsafe request failed");
             }
         }
         Ok(resp.map(ResponseBody::inner))

@@ -136,10 +136,10 @@ impl Responder {
     /// URI the handler sees.
     fn key(&self, parts: &mut Parts) -> RequestKey {
         let settings = &self.settings;
-        if settings.query.filters() {
-            if let Some(uri) = settings.query.rewrite(&parts.uri) {
-                parts.uri = uri;
-            }
+        if settings.query.filters()
+            && let Some(uri) = settings.query.rewrite(&parts.uri)
+        {
+            parts.uri = uri;
         }
         let per_user = (settings.credentials == Credentials::PerUser)
             .then_some(settings.session_cookies.as_slice());
