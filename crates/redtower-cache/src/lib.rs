@@ -171,6 +171,13 @@
 //! See [`RedisStore`]: `rt:c:{<h>}` entries, `rt:c:{<h>}:lk` fill locks, `rt:c:{<h>}:ix`
 //! variant indexes and `rt:c:t:{<tag>}` tag generations, all with TTLs.
 //!
+//! # Examples
+//!
+//! In [`examples/`](https://github.com/redtower-rs/redtower/tree/main/crates/redtower-cache/examples), each a complete axum program:
+//!
+//! * `response_cache.rs`: one slow route behind [`ResponseCacheLayer`], in process or over
+//!   Redis (`REDIS_URL`).
+//!
 //! # Metrics
 //!
 //! `redtower_cache_requests_total{cache,route,outcome,reason}` (`hit|stale|miss|bypass`, with

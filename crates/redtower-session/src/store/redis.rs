@@ -24,6 +24,7 @@ use super::{SessionBackend, Settings, from_unix_ms, ms, to_store_error, unix_ms}
 use crate::{
     ConfigError, Error, Result, SessionInfo, SessionMeta, UserSessions,
     keys::{Keys, bucket_of, valid_handle},
+    telemetry,
     user::binding_of,
     watch::{SessionWatch, Watches},
 };
@@ -530,6 +531,9 @@ impl UserSessions for RedisStore {
                 vec![user.to_owned()],
             )
             .await?;
+        if n == 1 {
+            telemetry::revoked("one", 1);
+        }
         Ok(n == 1)
     }
 
@@ -552,7 +556,9 @@ impl UserSessions for RedisStore {
                 ],
             )
             .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        let n = u64::try_from(n).unwrap_or(0);
+        telemetry::revoked("all", n);
+        Ok(n)
     }
 
     async fn revoke_others(&self, user: &str, current: &Id) -> Result<u64> {
@@ -584,7 +590,9 @@ impl UserSessions for RedisStore {
                 ],
             )
             .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        let n = u64::try_from(n).unwrap_or(0);
+        telemetry::revoked("others", n);
+        Ok(n)
     }
 
     fn watch(&self, id: &Id) -> Result<SessionWatch> {
