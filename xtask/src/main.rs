@@ -14,6 +14,15 @@
 //!   test suite, through `examples/caching-proxy`; writes `crates/redtower-cache/CONFORMANCE.md`
 //!   (needs Node.js and a checkout of the suite; not part of `test`).
 //!
+//! * `cargo xtask msrv`: fails when a dependency of a public crate, as locked, needs a newer
+//!   Rust than the declared `rust-version` (see `msrv.rs`).
+//! * `cargo xtask public-api [--bless]`: each public crate's public API against its committed
+//!   `public-api.txt` (see `public_api.rs`).
+//! * `cargo xtask readme [--bless]`: each public crate's README opens with the first example of
+//!   its crate docs (see `readme.rs`).
+//! * `cargo xtask package-list`: each public crate's package holds its licenses and README and
+//!   none of the repository-only files (see `package.rs`).
+//!
 //! Extra arguments after `test` go to `cargo test` (e.g. `cargo xtask test -p redtower-client`).
 
 use std::{env, process::ExitCode};
@@ -21,6 +30,11 @@ use std::{env, process::ExitCode};
 mod bench;
 mod conformance;
 mod deps;
+mod meta;
+mod msrv;
+mod package;
+mod public_api;
+mod readme;
 
 fn main() -> ExitCode {
     let mut args = env::args().skip(1);
@@ -31,8 +45,14 @@ fn main() -> ExitCode {
         "ensure-deps" => deps::ensure_deps(),
         "bench" => bench::main(&rest),
         "cache-conformance" => conformance::main(&rest),
+        "msrv" => msrv::main(&rest),
+        "public-api" => public_api::main(&rest),
+        "readme" => readme::main(&rest),
+        "package-list" => package::main(&rest),
         _ => Err(
-            "usage: cargo xtask <test [cargo test args]|ensure-deps|bench [--help]|cache-conformance --suite DIR [--help]>"
+            "usage: cargo xtask <test [cargo test args]|ensure-deps|bench [--help]|msrv\
+                  |public-api [--bless] [-p CRATE]|readme [--bless]|package-list\
+                  |cache-conformance --suite DIR [--help]>"
                 .to_owned(),
         ),
     };

@@ -291,10 +291,10 @@ async fn connection(addr: SocketAddr, deadline: Instant, expect: Option<&'static
                 let at = find(head, b"content-length: ").expect("content-length") + 16;
                 let digits = head[at..].iter().take_while(|b| b.is_ascii_digit());
                 let len = digits.fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
-                if let Some(x) = expect {
-                    if find(head, x).is_none() {
-                        seen.unexpected += 1;
-                    }
+                if let Some(x) = expect
+                    && find(head, x).is_none()
+                {
+                    seen.unexpected += 1;
                 }
                 break (end + 4, len);
             }

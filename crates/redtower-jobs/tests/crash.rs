@@ -197,10 +197,10 @@ async fn chaos_workers_crash_and_redis_restarts() {
     let mut kills = 0;
     loop {
         let c = queue.counts().await;
-        if let Ok(c) = c {
-            if c.completed == u64::from(N) {
-                break;
-            }
+        if let Ok(c) = c
+            && c.completed == u64::from(N)
+        {
+            break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(25),

@@ -472,13 +472,11 @@ impl KeyExtractor for ClientIp {
 /// becomes the IPv4 network it maps (`::ffff:10.0.0.0/104` is `10.0.0.0/8`); every network
 /// is truncated to its prefix.
 fn canonical_net(net: IpNet) -> IpNet {
-    if let IpNet::V6(v6) = net {
-        if let (Some(v4), Some(len)) = (v6.addr().to_ipv4_mapped(), v6.prefix_len().checked_sub(96))
-        {
-            if let Ok(v4) = ipnet::Ipv4Net::new(v4, len) {
-                return IpNet::V4(v4).trunc();
-            }
-        }
+    if let IpNet::V6(v6) = net
+        && let (Some(v4), Some(len)) = (v6.addr().to_ipv4_mapped(), v6.prefix_len().checked_sub(96))
+        && let Ok(v4) = ipnet::Ipv4Net::new(v4, len)
+    {
+        return IpNet::V4(v4).trunc();
     }
     net.trunc()
 }

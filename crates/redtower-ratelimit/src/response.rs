@@ -128,10 +128,8 @@ pub(crate) fn write_headers_with(
         push_u64(&mut buf, ceil_secs(now.saturating_add(d.reset())));
         end(&buf, &X_RESET);
     }
-    if draft {
-        if let Some(v) = policy {
-            headers.insert(RATELIMIT_POLICY.clone(), v.clone());
-        }
+    if draft && let Some(v) = policy {
+        headers.insert(RATELIMIT_POLICY.clone(), v.clone());
     }
     let all = Bytes::copy_from_slice(&buf);
     // Policy names are checked when the layer is built (`Segment::strict`) and the rest is

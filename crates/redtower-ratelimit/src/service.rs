@@ -313,19 +313,18 @@ fn limited(settings: &Settings, set: &PolicySet, decision: &Decision) -> Respons
 }
 
 fn resolve<'a>(shared: &'a Shared, parts: &Parts) -> &'a Arc<PolicySet> {
-    if let Some(f) = &shared.settings.quota_for {
-        if let Some(set) = f.quota_for(parts).and_then(|name| shared.tiers.get(name)) {
-            return set;
-        }
+    if let Some(f) = &shared.settings.quota_for
+        && let Some(set) = f.quota_for(parts).and_then(|name| shared.tiers.get(name))
+    {
+        return set;
     }
-    if !shared.routes.is_empty() {
-        if let Some(set) = parts
+    if !shared.routes.is_empty()
+        && let Some(set) = parts
             .extensions
             .get::<MatchedPath>()
             .and_then(|m| shared.routes.get(m.as_str()))
-        {
-            return set;
-        }
+    {
+        return set;
     }
     &shared.policies
 }
@@ -623,11 +622,11 @@ where
     // A fresh process waits for its first connection before the layer's timeout starts: the
     // wait is bounded by the store (the client's command timeout), and a store that could not
     // connect at all is unreachable, not failing (the breaker does not count it).
-    if !settings.store.has_connected() {
-        if let Err(error) = settings.store.first_connection().await {
-            failed_once(&shared, &error);
-            return next(&shared, inner, pending, Err(error));
-        }
+    if !settings.store.has_connected()
+        && let Err(error) = settings.store.first_connection().await
+    {
+        failed_once(&shared, &error);
+        return next(&shared, inner, pending, Err(error));
     }
     let (subject, policies, cost) = (&pending.subject, &pending.set.list, pending.cost);
     let call = settings.store.check(subject, policies, cost);

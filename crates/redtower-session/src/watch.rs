@@ -132,10 +132,8 @@ async fn run(mut running: Running, check: Check, interval: Duration) {
                 .and_then(|&i| alive.get(i))
                 .copied()
                 .unwrap_or(true);
-            if !live {
-                if let Some((_, tx)) = st.entries.remove(&key) {
-                    let _ = tx.send(());
-                }
+            if !live && let Some((_, tx)) = st.entries.remove(&key) {
+                let _ = tx.send(());
             }
         }
     }

@@ -332,14 +332,14 @@ impl RedisSentinel {
             {
                 promoted_at = Some(now);
             }
-            if let Some(promoted_at) = promoted_at {
-                if self.try_master_port() == Some(replica.port()) {
-                    return Promotion {
-                        promoted_at,
-                        switched_at: now,
-                        port: replica.port(),
-                    };
-                }
+            if let Some(promoted_at) = promoted_at
+                && self.try_master_port() == Some(replica.port())
+            {
+                return Promotion {
+                    promoted_at,
+                    switched_at: now,
+                    port: replica.port(),
+                };
             }
             assert!(
                 started.elapsed() < timeout,

@@ -24,8 +24,11 @@
 //! ```
 //! use redtower::client::Keyspace;
 //!
-//! let key = Keyspace::default().namespace("demo").key("user-1");
-//! assert_eq!(key.as_str(), "rt:demo:{user-1}");
+//! fn main() {
+//!     // Every key: <prefix>:<namespace>:{<tag>}:..., one Cluster hash tag, user input escaped.
+//!     let key = Keyspace::default().namespace("demo").key("user-1");
+//!     assert_eq!(key.as_str(), "rt:demo:{user-1}");
+//! }
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -114,11 +114,11 @@ where
 }
 
 async fn scrape(State(scrape): State<Scrape>, headers: HeaderMap) -> Response {
-    if let Some(token) = &scrape.token {
-        if !token.authorizes(&headers) {
-            let error = ApiError::new(StatusCode::UNAUTHORIZED, "a bearer token is required");
-            return ([(header::WWW_AUTHENTICATE, "Bearer")], error).into_response();
-        }
+    if let Some(token) = &scrape.token
+        && !token.authorizes(&headers)
+    {
+        let error = ApiError::new(StatusCode::UNAUTHORIZED, "a bearer token is required");
+        return ([(header::WWW_AUTHENTICATE, "Bearer")], error).into_response();
     }
     // Histograms are drained here too, so a scrape sees every sample recorded before it.
     scrape.handle.run_upkeep();

@@ -364,13 +364,12 @@ impl Cache {
     }
 
     async fn release(&self, key: &Key, token: Option<&LockToken>) {
-        if let Some(token) = token {
-            if let Err(e) = self
+        if let Some(token) = token
+            && let Err(e) = self
                 .guard(self.inner.store.unlock(key.entry(), token))
                 .await
-            {
-                self.fail_open("unlock", &e);
-            }
+        {
+            self.fail_open("unlock", &e);
         }
     }
 

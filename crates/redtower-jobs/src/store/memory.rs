@@ -297,10 +297,10 @@ impl QueueState {
     }
 
     fn drop_uniq(&mut self, id: u64) {
-        if let Some(u) = self.jobs.get(&id).and_then(|r| r.uniq.clone()) {
-            if self.uniq.get(&u) == Some(&id) {
-                self.uniq.remove(&u);
-            }
+        if let Some(u) = self.jobs.get(&id).and_then(|r| r.uniq.clone())
+            && self.uniq.get(&u) == Some(&id)
+        {
+            self.uniq.remove(&u);
         }
     }
 
@@ -389,10 +389,10 @@ impl QueueState {
             }
             Vec::new()
         };
-        if let Some(rid) = req.request_id {
-            if settled_any || !jobs.is_empty() {
-                self.remember(rid, &settled, &jobs, req.lease, now);
-            }
+        if let Some(rid) = req.request_id
+            && (settled_any || !jobs.is_empty())
+        {
+            self.remember(rid, &settled, &jobs, req.lease, now);
         }
         WorkReply {
             settled,

@@ -211,10 +211,10 @@ impl Worker {
                 }
             };
             // The store decides dead versus retry (a lease may have changed the count).
-            if s == Settled::Dead {
-                if let Outcome::Retrying { error, .. } = outcome {
-                    outcome = Outcome::Dead { error };
-                }
+            if s == Settled::Dead
+                && let Outcome::Retrying { error, .. } = outcome
+            {
+                outcome = Outcome::Dead { error };
             }
             tracing::debug!(target: "redtower::jobs", queue = %self.queue, id = %r.job.lease.id, outcome = ?s, "job settled");
             if hooks.is_empty() {

@@ -294,12 +294,12 @@ async fn wait_loop(w: Arc<Worker>, idle: Arc<IdleSignal>) {
             }
         }
         let timeout = Duration::from_millis(idle.hint_ms.load(Ordering::Relaxed).max(1));
-        if let Some(x) = waiter.as_mut() {
-            if let Err(e) = x.wait(timeout).await {
-                tracing::debug!(target: "redtower::jobs", error = %e, "blocking wait failed");
-                waiter = None;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+        if let Some(x) = waiter.as_mut()
+            && let Err(e) = x.wait(timeout).await
+        {
+            tracing::debug!(target: "redtower::jobs", error = %e, "blocking wait failed");
+            waiter = None;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         idle.wake.notify_one();
     }

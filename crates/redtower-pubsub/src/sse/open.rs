@@ -190,12 +190,12 @@ impl Drop for Permit {
     fn drop(&mut self) {
         let mut counts = self.connections.lock();
         counts.total = counts.total.saturating_sub(1);
-        if let Some(key) = &self.key {
-            if let Some(n) = counts.per_key.get_mut(key) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    counts.per_key.remove(key);
-                }
+        if let Some(key) = &self.key
+            && let Some(n) = counts.per_key.get_mut(key)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.per_key.remove(key);
             }
         }
     }

@@ -186,7 +186,7 @@ impl MemoryStore {
         state.ops += 1;
         let full =
             !state.channels.contains_key(channel) && state.channels.len() >= settings.max_channels;
-        if state.ops % 1024 == 0 || full {
+        if state.ops.is_multiple_of(1024) || full {
             let ttl = settings.history_ttl;
             // Kept: channels with a subscriber, and histories that have not expired.
             state.channels.retain(|_, slot| {

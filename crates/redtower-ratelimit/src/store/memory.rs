@@ -271,7 +271,7 @@ impl MemoryStore {
                 .unwrap_or_else(|e| e.into_inner());
             let shard = &mut *guard;
             shard.checks = shard.checks.wrapping_add(1);
-            let sweep = shard.checks % SWEEP_EVERY == 0;
+            let sweep = shard.checks.is_multiple_of(SWEEP_EVERY);
             let decision = match shard.subjects.get_mut(key) {
                 Some(entries) => apply(entries, policies, now, cost),
                 None => {

@@ -251,12 +251,11 @@ impl MemoryStore {
 
 impl State {
     fn kill(&mut self, handle: &str) {
-        if let Some(rec) = self.records.remove(handle) {
-            if let Some((b, _)) = rec.bound {
-                if let Some(u) = self.users.get_mut(&b.user) {
-                    u.index.remove(handle);
-                }
-            }
+        if let Some(rec) = self.records.remove(handle)
+            && let Some((b, _)) = rec.bound
+            && let Some(u) = self.users.get_mut(&b.user)
+        {
+            u.index.remove(handle);
         }
     }
 

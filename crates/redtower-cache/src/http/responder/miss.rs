@@ -37,10 +37,10 @@ fn head_of(parts: &Parts) -> Parts {
 /// Makes a request conditional on a stored entry's validators (RFC 9111 4.3.1): its `ETag`
 /// (unless the cache generated it) and `Last-Modified`.
 fn add_validators(headers: &mut HeaderMap, e: &Entry) {
-    if e.flags & FLAG_ETAG_GENERATED == 0 {
-        if let Some(etag) = e.headers.get(header::ETAG) {
-            headers.insert(header::IF_NONE_MATCH, etag.clone());
-        }
+    if e.flags & FLAG_ETAG_GENERATED == 0
+        && let Some(etag) = e.headers.get(header::ETAG)
+    {
+        headers.insert(header::IF_NONE_MATCH, etag.clone());
     }
     if let Some(lm) = e.headers.get(header::LAST_MODIFIED) {
         headers.insert(header::IF_MODIFIED_SINCE, lm.clone());

@@ -289,10 +289,10 @@ impl Responder {
     /// URI the handler sees.
     fn key(&self, parts: &mut Parts) -> RequestKey {
         let settings = &self.settings;
-        if settings.query.filters() {
-            if let Some(uri) = settings.query.rewrite(&parts.uri) {
-                parts.uri = uri;
-            }
+        if settings.query.filters()
+            && let Some(uri) = settings.query.rewrite(&parts.uri)
+        {
+            parts.uri = uri;
         }
         self.request_key(parts, None)
     }

@@ -85,12 +85,12 @@ impl RedisWaiter {
 
 impl Drop for RedisWaiter {
     fn drop(&mut self) {
-        if let Some(c) = self.client.take() {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let _ = c.quit().await;
-                });
-            }
+        if let Some(c) = self.client.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = c.quit().await;
+            });
         }
     }
 }

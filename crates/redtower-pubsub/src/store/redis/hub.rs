@@ -270,10 +270,8 @@ impl Drop for Guard {
             let _slots = hub.lock();
             self.slot.refs.fetch_sub(1, Ordering::AcqRel) == 1
         };
-        if last {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(linger(self.hub.clone(), self.slot.clone()));
-            }
+        if last && let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(linger(self.hub.clone(), self.slot.clone()));
         }
     }
 }
