@@ -77,6 +77,11 @@ impl Key {
         }
     }
 
+    /// The primary part of the canonical bytes (the URI).
+    pub(crate) fn primary(&self) -> &[u8] {
+        &self.canonical[..self.split]
+    }
+
     /// The canonical bytes: the L1 key.
     pub(crate) fn canonical(&self) -> &[u8] {
         &self.canonical

@@ -2,7 +2,7 @@
 
 use std::{
     fmt,
-    sync::{Arc, RwLock, atomic::AtomicBool},
+    sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
 
@@ -11,8 +11,11 @@ use tower_layer::Layer;
 
 use crate::{
     Cache, Credentials, QueryKey, ResponseCache,
-    http::{Hosts, Responder, RouteSettings, normalize_host},
+    http::{Hosts, Responder, RouteSettings, normalize_host, vary_memo},
 };
+
+/// `CDN-Cache-Control` (RFC 9213).
+const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
 
 /// A [`Layer`] that caches a route's `GET` responses in a [`Cache`] (Redis or memory), shared
 /// by every instance.
@@ -45,6 +48,10 @@ impl ResponseCacheLayer {
     /// The default number of distinct hosts a layer caches when no list is configured: 8.
     pub const DEFAULT_MAX_HOSTS: usize = 8;
 
+    /// How long, by default, a response with validators is kept after it stops being fresh,
+    /// for conditional revalidation: 5 minutes.
+    pub const DEFAULT_REVALIDATE_WINDOW: Duration = Duration::from_secs(300);
+
     /// Caches responses in `cache`, fresh for `ttl` when the response states no freshness of
     /// its own (`s-maxage`, `max-age`, `Expires` take precedence).
     pub fn new(cache: Cache, ttl: Duration) -> Self {
@@ -63,8 +70,13 @@ impl ResponseCacheLayer {
             route: "default",
             status_name: "redtower".to_owned(),
             hosts: Hosts::first_seen(Self::DEFAULT_MAX_HOSTS),
-            names: RwLock::new(Arc::from(Vec::new())),
-            has_names: AtomicBool::new(false),
+            targeted: vec![CDN_CACHE_CONTROL],
+            revalidate_window: Self::DEFAULT_REVALIDATE_WINDOW,
+            store_set_cookie: false,
+            heuristic: None,
+            names: None,
+            vary_memo: vary_memo(),
+            varies: AtomicBool::new(false),
         };
         settings.reset_names();
         Self {
@@ -189,8 +201,10 @@ impl ResponseCacheLayer {
     }
 
     /// Request headers the route's response depends on: each value gets its own entry.
-    /// `Vary` names of a response are learned and added automatically, but declaring them
-    /// keeps the very first request of each instance from missing. `Accept-Encoding` is
+    /// A response's `Vary` names need not be declared (RFC 9111 4.1): the first response is
+    /// stored under the values of the headers it names, and its URI records those names, so
+    /// later requests find their variant (one read once this process has seen the URI's
+    /// names). Declaring them saves that record. `Vary: *` is never stored. `Accept-Encoding` is
     /// bucketed by the set of codings it accepts (`br`, `compress`, `deflate`, `gzip`,
     /// `identity`, `zstd`; `q=0` excludes one, `*` stands for the unlisted ones; no header
     /// accepts only `identity`), and a response is stored in a bucket only when every request
@@ -244,10 +258,79 @@ impl ResponseCacheLayer {
         self.edit(|c| c.tags = tags)
     }
 
-    /// Whether a successful `POST`, `PUT`, `PATCH` or `DELETE` through this layer invalidates
-    /// the entries of its URI (RFC 9111 4.4). Defaults to `true`.
+    /// Whether a non-error response to an unsafe request through this layer (any method but
+    /// `GET`, `HEAD`, `OPTIONS`, `TRACE`, `PROPFIND`, `SEARCH` and `REPORT`) invalidates the
+    /// entries of its URI, and of its `Location` and `Content-Location` on the same host
+    /// (RFC 9111 4.4). Defaults to `true`.
     pub fn invalidate_on_unsafe(self, on: bool) -> Self {
         self.edit(|c| c.invalidate_unsafe = on)
+    }
+
+    /// A targeted cache-control field (RFC 9213) for this cache alone, such as
+    /// `Redtower-Cache-Control`: when a response carries it with a valid value, its directives
+    /// decide storing and freshness here and `Cache-Control` and `Expires` are ignored, so an
+    /// application can give its own cache a lifetime different from what browsers and CDNs
+    /// see. It takes precedence over `CDN-Cache-Control`. Calling it again replaces the field.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use http::HeaderName;
+    /// use redtower_cache::{Cache, MemoryStore, ResponseCacheLayer};
+    ///
+    /// let cache = Cache::new(MemoryStore::new());
+    /// // The handler answers `Cache-Control: no-cache` (browsers) and
+    /// // `Redtower-Cache-Control: max-age=60` (this cache).
+    /// let layer = ResponseCacheLayer::new(cache, Duration::ZERO)
+    ///     .targeted_cache_control(HeaderName::from_static("redtower-cache-control"));
+    /// # let _ = layer;
+    /// ```
+    pub fn targeted_cache_control(self, field: impl Into<HeaderName>) -> Self {
+        let field = field.into();
+        self.edit(|c| {
+            c.targeted.retain(|f| *f == CDN_CACHE_CONTROL);
+            c.targeted.insert(0, field);
+        })
+    }
+
+    /// Whether this cache obeys `CDN-Cache-Control` (RFC 9213): when a response carries it
+    /// with a valid value (and no field set with
+    /// [`targeted_cache_control`](Self::targeted_cache_control) is present), its directives
+    /// replace `Cache-Control` and `Expires` here. Defaults to `true`: the layer is a shared
+    /// cache in front of the application, as a CDN is.
+    pub fn cdn_cache_control(self, on: bool) -> Self {
+        self.edit(|c| {
+            c.targeted.retain(|f| *f != CDN_CACHE_CONTROL);
+            if on {
+                c.targeted.push(CDN_CACHE_CONTROL);
+            }
+        })
+    }
+
+    /// How long a response with a validator of the handler's (`ETag` or `Last-Modified`) is
+    /// kept after it stops being fresh (beyond any stale window), so the next request
+    /// revalidates it with a conditional request (`If-None-Match`, `If-Modified-Since`) and a
+    /// `304 Not Modified` refreshes it without a body (RFC 9111 4.3). Defaults to
+    /// [`DEFAULT_REVALIDATE_WINDOW`](Self::DEFAULT_REVALIDATE_WINDOW) (5 minutes); zero keeps
+    /// nothing past freshness.
+    pub fn revalidate_window(self, window: Duration) -> Self {
+        self.edit(|c| c.revalidate_window = window)
+    }
+
+    /// Whether responses with `Set-Cookie` are stored. Defaults to `false`: an application's
+    /// response that sets a cookie is usually personal. With `true` (the RFC 9111 behaviour,
+    /// for a shared proxy), the response is stored without its `Set-Cookie` fields: the
+    /// request that fetched it gets them, every later one does not.
+    pub fn store_set_cookie(self, on: bool) -> Self {
+        self.edit(|c| c.store_set_cookie = on)
+    }
+
+    /// Heuristic freshness (RFC 9111 4.2.2): a response with `Last-Modified` and no explicit
+    /// lifetime is fresh for this fraction of the time since it was last modified (10% is the
+    /// customary value), instead of the route's TTL. Defaults to off: an application route's
+    /// TTL is usually the better guess.
+    pub fn heuristic_freshness(self, fraction: f64) -> Self {
+        let fraction = (fraction.is_finite() && fraction > 0.0).then_some(fraction);
+        self.edit(|c| c.heuristic = fraction)
     }
 
     /// The `route` label of this layer's metrics (use the route template, never a raw URI).

@@ -102,20 +102,48 @@
 //!   length-prefixed and hashed (SHA-256); the full digest is stored in the entry and checked
 //!   on read.
 //! * Stored: `GET` responses with status 200, 203, 204, 300, 301 or 308 (404, 405, 410, 414 and
-//!   501 with [`negative_ttl`](ResponseCacheLayer::negative_ttl)), freshness from `s-maxage`,
-//!   `max-age`, `Expires` or the route's TTL.
-//! * Never stored: `no-store`, `private`, `no-cache`, `Set-Cookie`, `Vary: *`,
+//!   501 with [`negative_ttl`](ResponseCacheLayer::negative_ttl)), and any other final status
+//!   but 206 and 304 when the response states its freshness; freshness from a targeted field
+//!   (`CDN-Cache-Control`, [`targeted_cache_control`](ResponseCacheLayer::targeted_cache_control)),
+//!   else `s-maxage`, `max-age`, `Expires`, else the route's TTL (or
+//!   [`heuristic_freshness`](ResponseCacheLayer::heuristic_freshness)).
+//! * Never stored: `no-store`, `private`, `Set-Cookie` (unless
+//!   [`store_set_cookie`](ResponseCacheLayer::store_set_cookie)), `Vary: *`,
 //!   `text/event-stream`, bodies over [`max_body`](ResponseCacheLayer::max_body) (those stream
-//!   through untouched). Qualified `no-cache="h"`/`private="h"` strip `h` before storing.
-//! * Bypassed: requests with `Authorization` or a session cookie (unless
-//!   [`Credentials`] says otherwise), `Cache-Control: no-store`, `Range`. Request `no-cache` /
-//!   `max-age=0` refetch; `max-age=N` refuses older entries.
+//!   through untouched), `no-cache` without a validator. Qualified `no-cache="h"`/`private="h"`
+//!   strip `h` before storing.
+//! * Bypassed: requests with a session cookie (unless [`Credentials`] says otherwise),
+//!   `Cache-Control: no-store`. Requests with `Authorization` reuse and store only `public`,
+//!   `s-maxage` and `must-revalidate` responses. Request `no-cache` / `max-age=0` refetch;
+//!   `max-age=N` refuses older entries. One `Range` is served from a fresh full response;
+//!   other `Range` requests go to the handler.
 //! * An `ETag` is generated when storing if the handler set none; `If-None-Match` (and
-//!   `If-Modified-Since`) are answered with 304 from the cache without calling the handler.
-//! * Responses carry `Age`, `X-Cache: HIT|MISS|STALE|BYPASS` and an RFC 9211 `Cache-Status`
+//!   `If-Modified-Since`) are answered with 304 from the cache without calling the handler. A
+//!   stale entry with the handler's own `ETag` or `Last-Modified` is revalidated with a
+//!   conditional request; a `304` refreshes it without a body.
+//! * Responses carry `Age`, `X-Cache: HIT|MISS|STALE|REVALIDATED|BYPASS` and an RFC 9211 `Cache-Status`
 //!   with a reason (`SET-COOKIE`, `PRIVATE`, `TOO-LARGE`, `AUTHORIZATION`, ...).
 //! * `stale-if-error`: a 5xx or an error from the handler is replaced by the stale entry
 //!   within the window.
+//!
+//! ## RFC 9111, section by section
+//!
+//! | section | what the layer does |
+//! | --- | --- |
+//! | 3 Storing | `GET` only; the heuristically cacheable statuses always, any other final status but 206 and 304 with explicit freshness; not `no-store`, `private`, `Vary: *` |
+//! | 3.1 Header fields | hop-by-hop fields, `Age`, `Set-Cookie` and qualified `no-cache`/`private` fields are not stored; `Set-Cookie` responses only with [`store_set_cookie`](ResponseCacheLayer::store_set_cookie) (default off for application routes) |
+//! | 3.2 Updating | a `304`'s fields replace the stored ones, except `Content-Length` and hop-by-hop fields |
+//! | 3.3, 3.4 Incomplete, partial | not stored: 206 responses and bodies that fail or exceed [`max_body`](ResponseCacheLayer::max_body) pass through |
+//! | 3.5 Authorization | requests with `Authorization` store and reuse only `public`, `s-maxage` and `must-revalidate` responses (or per [`Credentials`]) |
+//! | 4 Constructing responses | one `Range` from a fresh full response (206, RFC 9110 14.2); client conditionals answered from the entry (304) |
+//! | 4.1 Vary | the first response is stored under the values of the headers it names; the URI's Vary record leads later requests (on any instance) to their variant; `Vary: *` never matches; values compared without list whitespace, `Accept-Language` without case or order, `Accept-Encoding` by the set of codings accepted |
+//! | 4.2 Freshness | a targeted field (RFC 9213: the layer's own, then `CDN-Cache-Control`) replaces `Cache-Control` and `Expires`; `s-maxage`, `max-age`, `Expires - Date` (dates read leniently), heuristic from `Last-Modified` as an option, else the route's TTL |
+//! | 4.2.3 Age | the origin's `Age` (its first value) counts toward the entry's age and the `Age` sent |
+//! | 4.2.4 Serving stale | only within `stale-while-revalidate` / `stale-if-error` (the response's or the route's), never for `must-revalidate`, `proxy-revalidate`, `no-cache`, `s-maxage` without them |
+//! | 4.3 Validation | a stale entry with the handler's validators is revalidated with `If-None-Match` / `If-Modified-Since`; `304` refreshes it, anything else replaces it; kept for [`revalidate_window`](ResponseCacheLayer::revalidate_window) past its stale windows |
+//! | 4.4 Invalidation | a non-error response to any unsafe method invalidates its URI and same-host `Location` / `Content-Location` ([`invalidate_on_unsafe`](ResponseCacheLayer::invalidate_on_unsafe)) |
+//! | 5.2.1 Request directives | `no-store` bypasses, `no-cache` / `max-age=0` / `Pragma: no-cache` refetch, `max-age` bounds the age served |
+//! | 5.2.2 Response directives | `no-store` (yields to `must-understand` for a known status), `private`, `no-cache` (stored only to be revalidated), `must-revalidate`, `proxy-revalidate`, `public` (any understood status, heuristic lifetime), `s-maxage`, `max-age`, `stale-while-revalidate`, `stale-if-error` |
 //!
 //! # Limits
 //!

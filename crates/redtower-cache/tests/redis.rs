@@ -427,6 +427,62 @@ mod specific {
         }
     }
 
+    /// A response that varies on an undeclared header: once this layer has seen the URI's
+    /// Vary names, a hit is still one `GET`; a layer that has not reads the URI's Vary record
+    /// first (two `GET`s), once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hit_on_a_variant_is_one_get() {
+        let server = RedisServer::start();
+        let redis = handle(&server.url(), "vary-get").await;
+        let cache = Cache::new(RedisStore::new(redis));
+        let app = |cache: Cache| {
+            Router::new().route(
+                "/lang",
+                get(|headers: axum::http::HeaderMap| async move {
+                    let lang = headers
+                        .get("accept-language")
+                        .map_or("none", |v| v.to_str().unwrap())
+                        .to_owned();
+                    ([("vary", "Accept-Language")], lang)
+                })
+                .layer(ResponseCacheLayer::new(cache, Duration::from_secs(60))),
+            )
+        };
+        let send_lang = |app: Router, lang: &'static str| async move {
+            let resp = app
+                .oneshot(
+                    Request::get("/lang")
+                        .header("accept-language", lang)
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let x = resp.headers()["x-cache"].to_str().unwrap().to_owned();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (x, String::from_utf8(body.to_vec()).unwrap())
+        };
+        let one = app(cache.clone());
+        assert_eq!(send_lang(one.clone(), "en").await.0, "MISS");
+        server.cmd(&["CONFIG", "RESETSTAT"]);
+        for _ in 0..10 {
+            assert_eq!(
+                send_lang(one.clone(), "en").await,
+                ("HIT".to_owned(), "en".to_owned())
+            );
+        }
+        let stats = server.cmd(&["INFO", "commandstats"]).as_text().unwrap();
+        assert_eq!(calls_of(&stats, "get"), 10, "{stats}");
+        // Another instance: the record, then the variant; then the variant alone.
+        let two = app(cache);
+        server.cmd(&["CONFIG", "RESETSTAT"]);
+        for _ in 0..3 {
+            assert_eq!(send_lang(two.clone(), "en").await.0, "HIT");
+        }
+        let stats = server.cmd(&["INFO", "commandstats"]).as_text().unwrap();
+        assert_eq!(calls_of(&stats, "get"), 4, "{stats}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn scripts_are_reloaded_after_script_flush() {
         let server = RedisServer::start();

@@ -7,7 +7,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use tokio::time::Instant;
 
 use super::{
-    Cache, Filled, Freshness, Outcome,
+    Cache, Filled, Freshness, Outcome, StoreAt,
     flight::{FlightGuard, Role},
     freshness,
     stats::bump,
@@ -271,6 +271,32 @@ impl Cache {
                 self.store_fetched(key, tags, tag_gens, token, entry, ttl)
                     .await,
             ),
+            Outcome::StoreAt(store_at) => {
+                let StoreAt {
+                    entry,
+                    ttl,
+                    at,
+                    record,
+                } = *store_at;
+                let mut token = token;
+                let mut fenced = |k: &Key| {
+                    if k.canonical() == key.canonical() {
+                        token.take()
+                    } else {
+                        None
+                    }
+                };
+                if let Some((record_key, record)) = record {
+                    let t = fenced(&record_key);
+                    self.store_fetched(&record_key, tags, tag_gens.clone(), t, record, ttl)
+                        .await;
+                }
+                let same = at.canonical() == key.canonical();
+                let t = fenced(&at);
+                let stored = self.store_fetched(&at, tags, tag_gens, t, entry, ttl).await;
+                self.release(key, token).await;
+                same.then_some(stored)
+            }
             Outcome::Share(entry) => {
                 self.release(key, token).await;
                 Some(Arc::new(entry))

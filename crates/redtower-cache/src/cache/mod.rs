@@ -112,10 +112,22 @@ pub(crate) fn freshness(e: &Entry, now: u64) -> Freshness {
 pub(crate) enum Outcome {
     /// Store it for this long and share it with waiters.
     Store(Entry, Duration),
+    /// Store it for this long under `at` (a response that varies on request headers the
+    /// fill's key lacked, or no longer does), and `record` (the URI's Vary record) under its
+    /// key; shared with waiters only when `at` is the fill's key.
+    StoreAt(Box<StoreAt>),
     /// Share it with this instance's waiters, but do not store it.
     Share(Entry),
     /// Neither (errors, private responses): waiters fetch for themselves.
     Nothing,
+}
+
+/// See [`Outcome::StoreAt`].
+pub(crate) struct StoreAt {
+    pub(crate) entry: Entry,
+    pub(crate) ttl: Duration,
+    pub(crate) at: Key,
+    pub(crate) record: Option<(Key, Entry)>,
 }
 
 /// How a request got its value from [`Cache::fill`].

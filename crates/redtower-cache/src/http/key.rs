@@ -1,4 +1,4 @@
-//! What identifies a cached response: the request URI, the declared and learned headers.
+//! What identifies a cached response: the request URI, and the headers its variant is keyed on.
 
 use std::{borrow::Cow, sync::Arc};
 
@@ -89,8 +89,10 @@ impl QueryKey {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Credentials {
-    /// Bypass the cache (neither read nor store). The default, as RFC 9111 3.5 asks of shared
-    /// caches.
+    /// The default, as RFC 9111 3.5 asks of shared caches: a request with a session cookie
+    /// bypasses the cache (neither read nor store); a request with `Authorization` is answered
+    /// only from, and only stores, responses that allow it (`public`, `s-maxage`,
+    /// `must-revalidate`), and goes to the handler otherwise.
     #[default]
     Bypass,
     /// Cache per credential: the `Authorization` value and session cookie are hashed into the
@@ -105,17 +107,8 @@ pub enum Credentials {
 #[derive(Debug, Clone)]
 pub(crate) struct RequestKey {
     pub(crate) key: Key,
-    /// The header names the variant was keyed on (declared + learned), sorted.
-    names: Option<Arc<[HeaderName]>>,
     /// The `Accept-Encoding` bucket, when keyed on it (see [`accepted_codings`]).
     pub(crate) accepted: Option<u8>,
-}
-
-impl RequestKey {
-    /// The header names the variant was keyed on (declared + learned), sorted.
-    pub(crate) fn names(&self) -> &[HeaderName] {
-        self.names.as_deref().unwrap_or_default()
-    }
 }
 
 /// The digest of the primary (URI) canonical key of a request (the group of its entries).
@@ -239,6 +232,19 @@ pub(crate) fn accepted_codings(value: Option<&[u8]>) -> u8 {
     accepted
 }
 
+/// Whether every coding in these `Content-Encoding` values is one the cache tells apart
+/// (see [`accepted_codings`]).
+pub(crate) fn codings_known(content_encoding: &[&[u8]]) -> bool {
+    content_encoding.iter().all(|value| {
+        value.split(|b| *b == b',').all(|coding| {
+            let coding = coding.trim_ascii().to_ascii_lowercase();
+            coding.is_empty()
+                || matches!(coding.as_slice(), b"x-gzip" | b"x-compress")
+                || CODINGS.iter().any(|c| c.as_bytes() == coding)
+        })
+    })
+}
+
 /// Whether a response with these `Content-Encoding` values is acceptable to every request of
 /// the bucket `accepted` (see [`accepted_codings`]). No header is `identity`; an unknown coding
 /// is never acceptable.
@@ -265,17 +271,39 @@ pub(crate) fn coding_acceptable(content_encoding: &[&[u8]], accepted: u8) -> boo
     any || accepted & IDENTITY != 0
 }
 
+/// A request header's value as keyed: its lines joined with `,`, list members trimmed of
+/// surrounding space (`" 1, 2 "`, `"1,2"` and the lines `1` and `2` are one value), and for
+/// `Accept-Language` lowercased and sorted (`"en, De"` and `"de, en"` are one value).
 fn header_values(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
     let mut values = headers.get_all(name).iter().peekable();
-    values.peek()?;
-    let mut out = Vec::new();
-    for (i, v) in values.enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(v.as_bytes());
+    let first = values.next()?;
+    let language = *name == header::ACCEPT_LANGUAGE;
+    let plain = |v: &[u8]| {
+        !v.contains(&b',')
+            && v.first().is_none_or(|b| !b.is_ascii_whitespace())
+            && v.last().is_none_or(|b| !b.is_ascii_whitespace())
+            && !(language && v.iter().any(u8::is_ascii_uppercase))
+    };
+    if values.peek().is_none() && plain(first.as_bytes()) {
+        return Some(first.as_bytes().to_vec());
     }
-    Some(out)
+    let mut members: Vec<Vec<u8>> = std::iter::once(first)
+        .chain(values)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|m| {
+            let m = m.trim_ascii();
+            if language {
+                m.to_ascii_lowercase()
+            } else {
+                m.to_vec()
+            }
+        })
+        .filter(|m| !m.is_empty())
+        .collect();
+    if language {
+        members.sort_unstable();
+    }
+    Some(members.join(&b","[..]))
 }
 
 /// The cookie values of `names` in the request, hashed.
@@ -308,7 +336,6 @@ pub(crate) fn request_key(
     if names.is_none() && per_user.is_none() {
         return RequestKey {
             key: Key::new(c),
-            names,
             accepted: None,
         };
     }
@@ -342,7 +369,6 @@ pub(crate) fn request_key(
     }
     RequestKey {
         key: Key::split(c, split),
-        names,
         accepted,
     }
 }
@@ -441,6 +467,33 @@ mod tests {
             proptest::prop_assert!(mask < 1 << CODINGS.len());
             let _ = coding_acceptable(&[&v], mask);
         }
+    }
+
+    #[test]
+    fn keyed_values_are_normalised() {
+        let names: Arc<[HeaderName]> = Arc::from(vec![
+            header::ACCEPT_LANGUAGE,
+            HeaderName::from_static("foo"),
+        ]);
+        let key = |h: &[(&str, &str)]| {
+            request_key(
+                &parts("/p", h),
+                &QueryKey::Sorted,
+                Some(names.clone()),
+                None,
+            )
+            .key
+            .digest()
+            .to_owned()
+        };
+        let a = key(&[("accept-language", "en, de"), ("foo", "1,2")]);
+        assert_eq!(a, key(&[("accept-language", "De,eN"), ("foo", " 1, 2 ")]));
+        assert_eq!(
+            a,
+            key(&[("accept-language", " en ,  de"), ("foo", "1"), ("foo", "2")])
+        );
+        assert_ne!(a, key(&[("accept-language", "en, de"), ("foo", "2,1")]));
+        assert_ne!(a, key(&[("accept-language", "en"), ("foo", "1,2")]));
     }
 
     #[test]

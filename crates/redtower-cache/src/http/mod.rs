@@ -10,4 +10,4 @@ mod settings;
 pub(crate) use key::normalize_host;
 pub use key::{Credentials, QueryKey};
 pub(crate) use responder::Responder;
-pub(crate) use settings::{Hosts, RouteSettings};
+pub(crate) use settings::{Hosts, RouteSettings, vary_memo};

@@ -12,6 +12,7 @@ pub(crate) struct Directives {
     pub(crate) private: bool,
     pub(crate) public: bool,
     pub(crate) must_revalidate: bool,
+    pub(crate) must_understand: bool,
     pub(crate) max_age: Option<u64>,
     pub(crate) s_maxage: Option<u64>,
     pub(crate) swr: Option<u64>,
@@ -22,8 +23,30 @@ pub(crate) struct Directives {
 
 impl Directives {
     pub(crate) fn parse(headers: &HeaderMap) -> Self {
+        Self::parse_values(headers.get_all(header::CACHE_CONTROL))
+    }
+
+    /// The directives of the first targeted field (RFC 9213) in `fields` that the response
+    /// carries with a valid, non-empty value; `None` when there is none (then `Cache-Control`
+    /// and `Expires` apply).
+    pub(crate) fn targeted(headers: &HeaderMap, fields: &[HeaderName]) -> Option<Self> {
+        fields.iter().find_map(|field| {
+            let values = headers.get_all(field);
+            let mut any = false;
+            for v in &values {
+                let text = v.to_str().ok()?;
+                if !valid_dictionary(text) {
+                    return None;
+                }
+                any |= !text.trim().is_empty();
+            }
+            any.then(|| Self::parse_values(values))
+        })
+    }
+
+    fn parse_values(values: http::header::GetAll<'_, http::HeaderValue>) -> Self {
         let mut d = Self::default();
-        for value in headers.get_all(header::CACHE_CONTROL) {
+        for value in values {
             let Ok(value) = value.to_str() else {
                 // Unparseable: be conservative.
                 d.no_store = true;
@@ -47,6 +70,7 @@ impl Directives {
                     },
                     "public" => d.public = true,
                     "must-revalidate" | "proxy-revalidate" => d.must_revalidate = true,
+                    "must-understand" => d.must_understand = true,
                     // A malformed max-age is treated as stale (RFC 9111 4.2.1).
                     "max-age" => d.max_age = Some(secs().unwrap_or(0)),
                     "s-maxage" => d.s_maxage = Some(secs().unwrap_or(0)),
@@ -58,6 +82,31 @@ impl Directives {
         }
         d
     }
+}
+
+/// Whether a targeted field's value has the shape of a Structured Fields dictionary (RFC 8941):
+/// `key[=value]` members, keys lowercase tokens, no space around `=`.
+fn valid_dictionary(s: &str) -> bool {
+    split_directives(s).into_iter().all(|item| {
+        let item = item.trim_matches([' ', '\t']);
+        let (key, value) = item.split_once('=').unwrap_or((item, "1"));
+        let key_ok = key
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'*')
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(&b));
+        let value = value.split(';').next().unwrap_or_default();
+        let integer = matches!(
+            key,
+            "max-age" | "s-maxage" | "stale-while-revalidate" | "stale-if-error"
+        );
+        key_ok
+            && !value.is_empty()
+            && !value.starts_with([' ', '\t'])
+            && (!integer || value.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 /// Splits on commas outside quotes.
@@ -114,6 +163,23 @@ pub(crate) fn cacheable_status(status: StatusCode) -> bool {
     matches!(status.as_u16(), 200 | 203 | 204 | 300 | 301 | 308)
 }
 
+/// Final statuses the cache understands well enough to store when the response states its
+/// freshness explicitly (RFC 9111 3): all but `206` (a part: ranges are served from full
+/// responses) and `304` (it updates a stored response, 4.3.4).
+pub(crate) fn understood_status(status: StatusCode) -> bool {
+    (200..600).contains(&status.as_u16()) && !matches!(status.as_u16(), 206 | 304)
+}
+
+/// Statuses whose caching requirements the cache implements, for `must-understand` (RFC 9111
+/// 5.2.2.3): the final statuses of RFC 9110 and other registered ones.
+pub(crate) fn known_status(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200..=205 | 300..=305 | 307 | 308 | 400..=417 | 421..=426 | 428 | 429 | 431 | 451
+            | 500..=505 | 511
+    )
+}
+
 /// Statuses stored only when the route opts in to negative caching.
 pub(crate) fn negative_status(status: StatusCode) -> bool {
     matches!(status.as_u16(), 404 | 405 | 410 | 414 | 501)
@@ -130,18 +196,14 @@ pub(crate) fn explicit_lifetime(
         return Some(Duration::from_secs(s));
     }
     let expires = headers.get(header::EXPIRES)?;
-    let Some(expires) = expires
-        .to_str()
-        .ok()
-        .and_then(|v| httpdate::parse_http_date(v).ok())
-    else {
+    let Some(expires) = expires.to_str().ok().and_then(parse_date) else {
         // An invalid Expires (such as "0") means already expired.
         return Some(Duration::ZERO);
     };
     let date = headers
         .get(header::DATE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .and_then(parse_date)
         .unwrap_or_else(|| {
             UNIX_EPOCH
                 .checked_add(Duration::from_millis(now_ms))
@@ -150,12 +212,69 @@ pub(crate) fn explicit_lifetime(
     Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
 }
 
-/// The `Age` the origin already reported.
+/// An HTTP date (RFC 9110 5.6.7: IMF-fixdate, RFC 850, asctime), read leniently as
+/// recipients should: surrounding space, any case, and a weekday that does not match the date
+/// are accepted (another zone, such as `UTC`, is not: the date is invalid).
+pub(crate) fn parse_date(v: &str) -> Option<std::time::SystemTime> {
+    let v = v.trim();
+    if let Ok(t) = httpdate::parse_http_date(v) {
+        return Some(t);
+    }
+    let upper = v.to_ascii_uppercase();
+    let base = upper.strip_suffix(" GMT").unwrap_or(&upper).trim();
+    // Title-case the day and month names again ("MON" -> "Mon").
+    let mut fixed = String::with_capacity(base.len() + 4);
+    let mut prev_alpha = false;
+    for c in base.chars() {
+        if c.is_ascii_alphabetic() && prev_alpha {
+            fixed.push(c.to_ascii_lowercase());
+        } else {
+            fixed.push(c);
+        }
+        prev_alpha = c.is_ascii_alphabetic();
+    }
+    let fixed = if fixed.contains(',') {
+        format!("{fixed} GMT")
+    } else {
+        fixed // asctime: no zone
+    };
+    if let Ok(t) = httpdate::parse_http_date(&fixed) {
+        return Some(t);
+    }
+    // A weekday that does not match the date: the date counts.
+    let rest = fixed.get(3..)?;
+    ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+        .iter()
+        .find_map(|day| httpdate::parse_http_date(&format!("{day}{rest}")).ok())
+}
+
+/// The heuristic lifetime (RFC 9111 4.2.2) of a response with `Last-Modified`: `fraction` of
+/// the time between it and the response's `Date` (or now).
+pub(crate) fn heuristic_lifetime(
+    headers: &HeaderMap,
+    fraction: f64,
+    now_ms: u64,
+) -> Option<Duration> {
+    let lm = parse_date(headers.get(header::LAST_MODIFIED)?.to_str().ok()?)?;
+    let date = headers
+        .get(header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_date)
+        .unwrap_or_else(|| {
+            UNIX_EPOCH
+                .checked_add(Duration::from_millis(now_ms))
+                .unwrap_or(UNIX_EPOCH)
+        });
+    let since = date.duration_since(lm).ok()?;
+    Some(since.mul_f64(fraction.min(1.0)))
+}
+
+/// The `Age` the origin already reported: the first value (`Age: 7200, 0` is 7200).
 pub(crate) fn origin_age(headers: &HeaderMap) -> Duration {
     headers
         .get(header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| delta_seconds(v.trim()))
+        .and_then(|v| delta_seconds(v.split(',').next().unwrap_or_default().trim()))
         .map_or(Duration::ZERO, Duration::from_secs)
 }
 
@@ -265,6 +384,75 @@ mod tests {
             .collect();
         assert_eq!(names, ["accept-encoding", "accept-language"]);
         assert_eq!(vary(&headers(&[("vary", "accept, *")])), None);
+    }
+
+    #[test]
+    fn targeted_fields_must_be_valid_dictionaries() {
+        let cdn = [HeaderName::from_static("cdn-cache-control")];
+        let targeted =
+            |v: &'static str| Directives::targeted(&headers(&[("cdn-cache-control", v)]), &cdn);
+        assert_eq!(targeted("max-age=60").unwrap().max_age, Some(60));
+        assert!(targeted("no-store, max-age=60").unwrap().no_store);
+        for invalid in [
+            "max-age =60",
+            "max-age= 60",
+            "max-age=\"60\"",
+            "Max-Age=60",
+            "max-age=6.5",
+            "",
+        ] {
+            assert_eq!(targeted(invalid), None, "{invalid:?}");
+        }
+        assert_eq!(Directives::targeted(&HeaderMap::new(), &cdn), None);
+    }
+
+    #[test]
+    fn age_uses_the_first_value() {
+        assert_eq!(
+            origin_age(&headers(&[("age", "7200, 0")])),
+            Duration::from_secs(7200)
+        );
+        assert_eq!(
+            origin_age(&headers(&[("age", "0"), ("age", "7200")])),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn statuses() {
+        for s in [200, 302, 400, 500, 599, 299] {
+            assert!(understood_status(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        for s in [206, 304, 101] {
+            assert!(!understood_status(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        assert!(known_status(StatusCode::OK));
+        assert!(!known_status(StatusCode::from_u16(599).unwrap()));
+    }
+
+    #[test]
+    fn dates_are_read_leniently() {
+        let want = parse_date("Thu, 18 Aug 2050 02:01:18 GMT").unwrap();
+        for v in [
+            "THU, 18 Aug 2050 02:01:18 GMT",
+            "Thu, 18 AUG 2050 02:01:18 GMT",
+            "Thu, 18 Aug 2050 02:01:18 gMT",
+            " Thu, 18 Aug 2050 02:01:18 GMT ",
+            "Thu Aug 18 02:01:18 2050",
+            "Thursday, 18-Aug-50 02:01:18 GMT",
+        ] {
+            assert_eq!(parse_date(v), Some(want), "{v}");
+        }
+        assert!(parse_date("Thu Aug  8 02:01:18 2050").is_some());
+        for invalid in [
+            "0",
+            "Thu, 18 Aug 2050 02:01:18 UTC",
+            "Thu, 18 Aug 50 02:01:18 GMT",
+            "Thu, 18-Aug-2050 02:01:18 GMT",
+            "Thu 18 Aug 2050 02:01:18 GMT",
+        ] {
+            assert_eq!(parse_date(invalid), None, "{invalid}");
+        }
     }
 
     #[test]

@@ -31,10 +31,29 @@ pub(crate) struct RouteSettings {
     pub(crate) route: &'static str,
     pub(crate) status_name: String,
     pub(crate) hosts: Hosts,
-    /// `Vary` names learned from responses, added to `key_headers` (sorted, merged).
-    pub(crate) names: RwLock<Arc<[HeaderName]>>,
-    /// Whether `names` is non-empty: routes that vary on nothing skip the lock per request.
-    pub(crate) has_names: AtomicBool,
+    /// The targeted cache-control fields (RFC 9213) this cache obeys, first found wins.
+    pub(crate) targeted: Vec<HeaderName>,
+    /// How long an entry with validators is kept after it stops being fresh, for conditional
+    /// revalidation.
+    pub(crate) revalidate_window: Duration,
+    /// Whether responses with `Set-Cookie` are stored (without it).
+    pub(crate) store_set_cookie: bool,
+    /// The fraction of `Date - Last-Modified` used as heuristic freshness (`None`: off).
+    pub(crate) heuristic: Option<f64>,
+    /// The declared `key_headers`, sorted (the names of every first lookup).
+    pub(crate) names: Option<Arc<[HeaderName]>>,
+    /// Per URI (the primary canonical key): the `Vary` names its stored responses vary on
+    /// beyond `names`, as last seen in this process, so a hit on a variant is one read.
+    pub(crate) vary_memo: moka::sync::Cache<Vec<u8>, Arc<[HeaderName]>>,
+    /// Whether `vary_memo` was ever written: routes whose responses never vary skip it.
+    pub(crate) varies: AtomicBool,
+}
+
+/// The most URIs whose `Vary` names a layer remembers.
+const VARY_MEMO: u64 = 10_000;
+
+pub(crate) fn vary_memo() -> moka::sync::Cache<Vec<u8>, Arc<[HeaderName]>> {
+    moka::sync::Cache::new(VARY_MEMO)
 }
 
 impl Clone for RouteSettings {
@@ -54,8 +73,13 @@ impl Clone for RouteSettings {
             route: self.route,
             status_name: self.status_name.clone(),
             hosts: self.hosts.clone(),
-            names: RwLock::new(self.names().unwrap_or_else(|| Arc::from(Vec::new()))),
-            has_names: AtomicBool::new(self.has_names.load(Ordering::Acquire)),
+            targeted: self.targeted.clone(),
+            revalidate_window: self.revalidate_window,
+            store_set_cookie: self.store_set_cookie,
+            heuristic: self.heuristic,
+            names: self.names.clone(),
+            vary_memo: vary_memo(),
+            varies: AtomicBool::new(false),
         }
     }
 }
@@ -138,45 +162,43 @@ impl Hosts {
 }
 
 impl RouteSettings {
-    /// The header names requests are keyed on (declared and learned), or `None` for none.
+    /// The declared key header names (sorted), or `None` for none.
     pub(crate) fn names(&self) -> Option<Arc<[HeaderName]>> {
-        if !self.has_names.load(Ordering::Acquire) {
+        self.names.clone()
+    }
+
+    /// The `Vary` names remembered for the URI whose primary canonical key is `primary`.
+    pub(crate) fn remembered(&self, primary: &[u8]) -> Option<Arc<[HeaderName]>> {
+        if !self.varies.load(Ordering::Relaxed) {
             return None;
         }
-        let names = self
-            .names
-            .read()
-            .map(|n| n.clone())
-            .unwrap_or_else(|p| p.into_inner().clone());
-        Some(names)
+        self.vary_memo.get(primary)
     }
 
-    /// Adds `Vary` names to the key names. Returns whether any was new.
-    pub(crate) fn learn(&self, vary: &[HeaderName]) -> bool {
-        let mut guard = self
-            .names
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if vary.iter().all(|n| guard.contains(n)) {
-            return false;
+    /// Remembers (or, with `None`, forgets) the `Vary` names of a URI.
+    pub(crate) fn remember(&self, primary: &[u8], names: Option<Arc<[HeaderName]>>) {
+        match names {
+            Some(names) => {
+                self.varies.store(true, Ordering::Relaxed);
+                self.vary_memo.insert(primary.to_vec(), names);
+            }
+            None if self.varies.load(Ordering::Relaxed) => self.vary_memo.invalidate(primary),
+            None => {}
         }
-        let mut all: Vec<HeaderName> = guard.iter().cloned().chain(vary.iter().cloned()).collect();
-        sort_names(&mut all);
-        *guard = Arc::from(all);
-        self.has_names.store(true, Ordering::Release);
-        true
     }
 
-    /// Starts the key names over from the declared `key_headers` (after a setting changed).
+    /// Recomputes the sorted key names from `key_headers` (after a setting changed).
     pub(crate) fn reset_names(&mut self) {
         let mut names = self.key_headers.clone();
         sort_names(&mut names);
-        self.has_names = AtomicBool::new(!names.is_empty());
-        self.names = RwLock::new(Arc::from(names));
+        self.names = (!names.is_empty()).then(|| Arc::from(names));
+        self.vary_memo = vary_memo();
+        self.varies = AtomicBool::new(false);
     }
 }
 
-fn sort_names(names: &mut Vec<HeaderName>) {
+/// Sorts and dedups header names.
+pub(crate) fn sort_names(names: &mut Vec<HeaderName>) {
     names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     names.dedup();
 }

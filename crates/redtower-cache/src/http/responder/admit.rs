@@ -1,9 +1,12 @@
-//! Whether a handler response is stored (RFC 9111 section 3), and the entry built from it.
+//! Whether a handler response is stored (RFC 9111 section 3), where (its variant), and the
+//! entry built from it; a `304` to a revalidation updates the stored entry (4.3.4).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, header, response::Parts};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header, request, response::Parts,
+};
 use http_body::Body;
 
 use super::{
@@ -13,13 +16,18 @@ use super::{
 use crate::{
     ResponseBody,
     body::{Collected, collect_capped},
-    cache::Outcome,
-    envelope::{Entry, FLAG_ETAG_GENERATED, FLAG_NEGATIVE, FLAG_NO_STALE},
+    cache::{Outcome, StoreAt},
+    envelope::{
+        Entry, FLAG_AUTHORIZED, FLAG_ETAG_GENERATED, FLAG_NEGATIVE, FLAG_NO_STALE, FLAG_VARY_RECORD,
+    },
     http::{
-        key::{IDENTITY, RequestKey, coding_acceptable},
+        Credentials,
+        key::{IDENTITY, RequestKey, coding_acceptable, codings_known},
         policy::{
-            Directives, cacheable_status, explicit_lifetime, negative_status, origin_age, vary,
+            Directives, cacheable_status, explicit_lifetime, heuristic_lifetime, known_status,
+            negative_status, origin_age, understood_status, vary,
         },
+        settings::sort_names,
     },
     key::{Canonical, short},
     store::MAX_TTL,
@@ -27,15 +35,17 @@ use crate::{
 
 /// What the leader of a fill got from the handler.
 pub(super) enum Lead<B: Body> {
-    /// A storable response, already read.
-    Entry(Entry),
+    /// A storable response, already read, and the `Set-Cookie` values that only the request
+    /// that fetched it gets (the stored entry never holds them); `true` when it is a stored
+    /// entry a `304` revalidated.
+    Entry(Entry, Vec<HeaderValue>, bool),
     /// Not storable: passed through (reason).
     Pass(Response<ResponseBody<B>>, &'static str),
 }
 
 /// A response whose headers allow storing it, and what they say.
 struct Storable {
-    /// The response's `Cache-Control`.
+    /// The directives this cache obeys (a targeted field's, or `Cache-Control`).
     cc: Directives,
     /// A status stored only as a negative result (404, ...).
     negative: bool,
@@ -43,7 +53,18 @@ struct Storable {
     lifetime: Duration,
     /// When it was received, unix ms.
     now: u64,
+    /// The `Age` the origin reported (counts toward the entry's age).
+    age: Duration,
+    /// Whether it carries a validator of the handler's (`ETag`, `Last-Modified`).
+    validators: bool,
+    /// Where it is stored: its key, and the URI's Vary record (key and names) when it varies
+    /// on headers beyond the declared ones.
+    at: RequestKey,
+    record: Option<Record>,
 }
+
+/// A URI's Vary record: its key (on the declared headers only) and the extra names.
+type Record = (RequestKey, Arc<[HeaderName]>);
 
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
@@ -57,12 +78,19 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 impl Responder {
-    /// Decides whether a handler response is stored (RFC 9111 section 3) and reads its body.
-    pub(super) async fn analyze<B>(&self, resp: Response<B>, key: &RequestKey) -> (Lead<B>, Outcome)
+    /// Decides whether a handler response to `req` (fetched under `fill`) is stored (RFC 9111
+    /// section 3) and where, and reads its body.
+    pub(super) async fn analyze<B>(
+        &self,
+        resp: Response<B>,
+        req: &request::Parts,
+        fill: &RequestKey,
+    ) -> (Lead<B>, Outcome)
     where
         B: Body<Data = Bytes>,
     {
-        let storable = match self.storable(&resp, key) {
+        let least = usize::try_from(resp.body().size_hint().lower()).unwrap_or(usize::MAX);
+        let storable = match self.storable(resp.status(), resp.headers(), least, req) {
             Ok(s) => s,
             Err(reason) => {
                 let resp = resp.map(ResponseBody::inner);
@@ -81,56 +109,178 @@ impl Responder {
                 return (Lead::Pass(resp, "BODY-ERROR"), Outcome::Nothing);
             }
         };
-        let (entry, keep) = self.entry(parts, body, &storable, key);
-        (Lead::Entry(entry.clone()), Outcome::Store(entry, keep))
+        self.admit(parts, body, storable, fill)
     }
 
-    /// Whether the response's status and headers allow storing it under `key`; if not, the
-    /// reason (for `Cache-Status` and metrics). Learns `Vary` names the key lacked.
-    fn storable<B: Body>(
+    /// A `304 Not Modified` answering the revalidation of `stored`: its headers replace the
+    /// stored ones (RFC 9111 3.2 and 4.3.4; never `Content-Length` nor hop-by-hop fields), and
+    /// the result is stored (or not) like a full response with the stored body.
+    pub(super) fn revalidated<B: Body>(
         &self,
-        resp: &Response<B>,
-        key: &RequestKey,
+        not_modified: Parts,
+        stored: &Entry,
+        req: &request::Parts,
+        fill: &RequestKey,
+    ) -> (Lead<B>, Outcome) {
+        let mut headers = stored.headers.clone();
+        if stored.flags & FLAG_ETAG_GENERATED != 0 {
+            // Generated again from the (same) body unless the 304 names one.
+            headers.remove(header::ETAG);
+        }
+        let mut replaced: Vec<&HeaderName> = Vec::new();
+        for (name, value) in &not_modified.headers {
+            if *name == header::CONTENT_LENGTH
+                || HOP_BY_HOP.contains(&name.as_str())
+                || *name == X_CACHE
+                || *name == CACHE_STATUS
+            {
+                continue;
+            }
+            if !replaced.contains(&name) {
+                headers.remove(name);
+                replaced.push(name);
+            }
+            headers.append(name.clone(), value.clone());
+        }
+        let mut parts = not_modified;
+        parts.status = stored.status;
+        parts.headers = headers;
+        let body = stored.body.clone();
+        match self.storable(parts.status, &parts.headers, body.len(), req) {
+            Ok(s) => match self.admit(parts, body, s, fill) {
+                (Lead::Entry(e, cookies, _), outcome) => (Lead::Entry(e, cookies, true), outcome),
+                other => other,
+            },
+            Err(reason) => {
+                parts.headers.remove(header::CONTENT_LENGTH);
+                let resp = Response::from_parts(parts, ResponseBody::full(body));
+                (Lead::Pass(resp, reason), Outcome::Nothing)
+            }
+        }
+    }
+
+    /// The entry (and the outcome of the fill) of a storable response.
+    fn admit<B: Body>(
+        &self,
+        parts: Parts,
+        body: Bytes,
+        s: Storable,
+        fill: &RequestKey,
+    ) -> (Lead<B>, Outcome) {
+        let cookies: Vec<HeaderValue> = parts
+            .headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .cloned()
+            .collect();
+        let (entry, keep) = self.entry(parts, body, &s);
+        let primary = s.at.key.primary().to_vec();
+        let outcome = if s.record.is_none() && s.at.key.canonical() == fill.key.canonical() {
+            self.settings.remember(&primary, None);
+            Outcome::Store(entry.clone(), keep)
+        } else {
+            let record = s.record.map(|(base, names)| {
+                let record = vary_record(&entry, &base, &names);
+                self.settings.remember(&primary, Some(names));
+                (base.key, record)
+            });
+            if record.is_none() {
+                self.settings.remember(&primary, None);
+            }
+            Outcome::StoreAt(Box::new(StoreAt {
+                entry: entry.clone(),
+                ttl: keep,
+                at: s.at.key,
+                record,
+            }))
+        };
+        (Lead::Entry(entry, cookies, false), outcome)
+    }
+
+    /// Whether a response (status, headers, at least `least` body bytes) to `req` may be
+    /// stored, and how; if not, the reason (for `Cache-Status` and metrics).
+    fn storable(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        least: usize,
+        req: &request::Parts,
     ) -> Result<Storable, &'static str> {
         let settings = &self.settings;
-        let status = resp.status();
+        let now = self.cache.now_ms();
+        // A targeted field (RFC 9213) replaces `Cache-Control` and `Expires` for this cache.
+        let (cc, explicit) = match Directives::targeted(headers, &settings.targeted) {
+            Some(d) => {
+                let explicit = d.s_maxage.or(d.max_age).map(Duration::from_secs);
+                (d, explicit)
+            }
+            None => {
+                let d = Directives::parse(headers);
+                let explicit = explicit_lifetime(&d, headers, now);
+                (d, explicit)
+            }
+        };
         let negative = negative_status(status);
-        if !(cacheable_status(status) || (negative && settings.negative_ttl.is_some())) {
+        let heuristic = cacheable_status(status);
+        let guessed = settings
+            .heuristic
+            .and_then(|f| heuristic_lifetime(headers, f, now));
+        // RFC 9111 3: any final status the cache understands, given explicit freshness or
+        // `public` (with a heuristic lifetime); the heuristically cacheable ones without (the
+        // negative ones when opted in, or given a heuristic lifetime).
+        if !(heuristic
+            || (negative && (settings.negative_ttl.is_some() || guessed.is_some()))
+            || ((explicit.is_some() || (cc.public && guessed.is_some()))
+                && understood_status(status)))
+        {
             return Err("STATUS");
         }
-        let headers = resp.headers();
-        let cc = Directives::parse(headers);
-        if cc.no_store {
+        // `must-understand` (RFC 9111 5.2.2.3): `no-store` yields for a status whose
+        // requirements the cache implements.
+        if cc.no_store && !(cc.must_understand && known_status(status)) {
             return Err("NO-STORE");
         }
         if cc.private {
             return Err("PRIVATE");
         }
-        if cc.no_cache {
+        let validators =
+            headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
+        let revalidates = validators && !settings.revalidate_window.is_zero();
+        // `no-cache`: stored only to be revalidated before each use (RFC 9111 5.2.2.4).
+        if cc.no_cache && !revalidates {
             return Err("NO-CACHE");
         }
-        if headers.contains_key(header::SET_COOKIE) {
+        // RFC 9111 3.5: a response to a request with `Authorization` only when it allows it.
+        if settings.credentials == Credentials::Bypass
+            && req.headers.contains_key(header::AUTHORIZATION)
+            && !authorized(&cc)
+        {
+            return Err("AUTHORIZATION");
+        }
+        if !settings.store_set_cookie && headers.contains_key(header::SET_COOKIE) {
             return Err("SET-COOKIE");
         }
-        self.key_covers(headers, key)?;
+        let (at, record) = self.placement(headers, req)?;
         if headers
             .get(header::CONTENT_TYPE)
             .is_some_and(|ct| ct.as_bytes().starts_with(b"text/event-stream"))
         {
             return Err("STREAM");
         }
-        let now = self.cache.now_ms();
-        let lifetime = explicit_lifetime(&cc, headers, now)
-            .unwrap_or(match (negative, settings.negative_ttl) {
-                (true, Some(n)) => n,
-                _ => settings.ttl,
-            })
-            .saturating_sub(origin_age(headers))
-            .min(MAX_TTL);
-        if lifetime.is_zero() {
+        let age = origin_age(headers);
+        let lifetime = match explicit {
+            _ if cc.no_cache => Duration::ZERO,
+            Some(l) => l,
+            None if heuristic => guessed.unwrap_or(settings.ttl),
+            None if negative => guessed.unwrap_or(settings.negative_ttl.unwrap_or_default()),
+            // `public`, another status: only a heuristic lifetime, never the route's TTL.
+            None => guessed.unwrap_or_default(),
+        }
+        .saturating_sub(age)
+        .min(MAX_TTL);
+        if lifetime.is_zero() && !revalidates {
             return Err("NO-FRESHNESS");
         }
-        let least = usize::try_from(resp.body().size_hint().lower()).unwrap_or(usize::MAX);
         if least > settings.max_body {
             return Err("TOO-LARGE");
         }
@@ -139,55 +289,67 @@ impl Responder {
             negative,
             lifetime,
             now,
+            age,
+            validators,
+            at,
+            record,
         })
     }
 
-    /// Whether `key` was built from every request header the response varies on: its `Vary`
-    /// names, and `Accept-Encoding` for an encoded response (whose coding every request of
-    /// the key's bucket must accept). Names the key lacked are learned, so the next request
-    /// is keyed on them and stores.
-    fn key_covers(&self, headers: &HeaderMap, key: &RequestKey) -> Result<(), &'static str> {
+    /// Where a response to `req` is stored (RFC 9111 4.1): keyed on the declared key headers
+    /// and the headers its `Vary` names (plus `Accept-Encoding` for an encoded response, whose
+    /// coding every request of the key's bucket must accept). When it varies beyond the
+    /// declared headers, the URI's Vary record (under the declared-only key) lists the names.
+    fn placement(
+        &self,
+        headers: &HeaderMap,
+        req: &request::Parts,
+    ) -> Result<(RequestKey, Option<Record>), &'static str> {
         let Some(vary) = vary(headers) else {
             return Err("VARY-STAR");
         };
-        if !vary.iter().all(|n| key.names().contains(n)) {
-            // The key did not include these headers: learn them; the next request stores.
-            self.settings.learn(&vary);
-            return Err("VARY-LEARNED");
-        }
+        let declared = self.settings.names();
+        let declared = declared.as_deref().unwrap_or_default();
+        let mut extra: Vec<HeaderName> =
+            vary.into_iter().filter(|n| !declared.contains(n)).collect();
         let codings: Vec<&[u8]> = headers
             .get_all(header::CONTENT_ENCODING)
             .iter()
             .map(HeaderValue::as_bytes)
             .collect();
-        match key.accepted {
-            // Stored under the request's `Accept-Encoding` bucket: only a coding every request
-            // of the bucket accepts.
-            Some(accepted) if !coding_acceptable(&codings, accepted) => Err("ENCODING"),
-            Some(_) => Ok(()),
-            // Encoded, but not keyed on `Accept-Encoding` (the response did not say `Vary`):
-            // key on it from now on, as if it had.
-            None if !coding_acceptable(&codings, IDENTITY) => {
-                self.settings.learn(&[header::ACCEPT_ENCODING]);
-                Err("VARY-LEARNED")
-            }
-            None => Ok(()),
+        // A coding the cache does not know is the origin's own choice: replayed as it is.
+        let known = codings_known(&codings);
+        if known
+            && !coding_acceptable(&codings, IDENTITY)
+            && !declared.contains(&header::ACCEPT_ENCODING)
+            && !extra.contains(&header::ACCEPT_ENCODING)
+        {
+            // Encoded without saying `Vary: Accept-Encoding`: key on it as if it had.
+            extra.push(header::ACCEPT_ENCODING);
+        }
+        sort_names(&mut extra);
+        let base = self.request_key(req, None);
+        let (at, record) = if extra.is_empty() {
+            (base, None)
+        } else {
+            let extra: Arc<[HeaderName]> = Arc::from(extra);
+            let at = self.request_key(req, Some(&extra));
+            (at, Some((base, extra)))
+        };
+        match at.accepted {
+            Some(accepted) if known && !coding_acceptable(&codings, accepted) => Err("ENCODING"),
+            _ => Ok((at, record)),
         }
     }
 
     /// The entry of a storable response, and how long the store keeps it (freshness plus
-    /// the longer stale window).
-    fn entry(
-        &self,
-        parts: Parts,
-        body: Bytes,
-        s: &Storable,
-        key: &RequestKey,
-    ) -> (Entry, Duration) {
+    /// the longest of the stale windows and, with validators, the revalidation window).
+    fn entry(&self, parts: Parts, body: Bytes, s: &Storable) -> (Entry, Duration) {
         let settings = &self.settings;
         let cc = &s.cc;
         let explicit_stale = cc.swr.is_some() || cc.sie.is_some();
-        let no_stale = (cc.must_revalidate || cc.s_maxage.is_some()) && !explicit_stale;
+        let no_stale =
+            cc.no_cache || ((cc.must_revalidate || cc.s_maxage.is_some()) && !explicit_stale);
         let (swr, sie) = if no_stale {
             (Duration::ZERO, Duration::ZERO)
         } else {
@@ -207,25 +369,69 @@ impl Responder {
         if no_stale {
             flags |= FLAG_NO_STALE;
         }
+        if authorized(cc) {
+            flags |= FLAG_AUTHORIZED;
+        }
         let (headers, etag_generated) = stored_headers(parts.headers, cc, &body);
         if etag_generated {
             flags |= FLAG_ETAG_GENERATED;
         }
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let fresh_until = s.now.saturating_add(ms(s.lifetime));
+        let revalidate = if s.validators {
+            settings.revalidate_window
+        } else {
+            Duration::ZERO
+        };
         let entry = Entry {
             flags,
             status: parts.status,
-            stored_at: s.now,
+            // The origin's `Age` counts toward the entry's age (RFC 9111 4.2.3).
+            stored_at: s.now.saturating_sub(ms(s.age)),
             fresh_until,
             stale_until: fresh_until.saturating_add(ms(swr)),
             error_until: fresh_until.saturating_add(ms(sie)),
-            key_digest: *key.key.digest(),
+            key_digest: *s.at.key.digest(),
             tags: Vec::new(),
             headers,
             body,
         };
-        (entry, s.lifetime.saturating_add(swr.max(sie)))
+        let keep = s
+            .lifetime
+            .saturating_add(swr.max(sie).max(revalidate))
+            .min(MAX_TTL);
+        (entry, keep)
+    }
+}
+
+/// Whether a response may answer requests with `Authorization` (RFC 9111 3.5).
+fn authorized(cc: &Directives) -> bool {
+    cc.public || cc.s_maxage.is_some() || cc.must_revalidate
+}
+
+/// The Vary record of a URI: the names its responses vary on beyond the declared key headers,
+/// under the declared-only key `base`, living as long as the response stored with it.
+fn vary_record(entry: &Entry, base: &RequestKey, names: &[HeaderName]) -> Entry {
+    let list = names
+        .iter()
+        .map(HeaderName::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&list) {
+        headers.insert(header::VARY, v);
+    }
+    Entry {
+        flags: FLAG_VARY_RECORD,
+        status: StatusCode::OK,
+        stored_at: entry.stored_at,
+        fresh_until: entry.fresh_until,
+        stale_until: entry.stale_until,
+        error_until: entry.error_until,
+        key_digest: *base.key.digest(),
+        tags: Vec::new(),
+        headers,
+        body: Bytes::new(),
     }
 }
 

@@ -4,12 +4,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, header, request::Parts};
+use http::{
+    HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header, request::Parts,
+};
 use http_body::Body;
 use tower_service::Service;
 
 use super::{
-    Responder,
+    Responder, Stored,
     admit::Lead,
     call,
     respond::{Conditionals, Served},
@@ -17,10 +19,51 @@ use super::{
 use crate::{
     ResponseBody,
     cache::{Filled, Outcome},
-    envelope::Entry,
+    envelope::{Entry, FLAG_AUTHORIZED, FLAG_ETAG_GENERATED, FLAG_VARY_RECORD},
     http::key::{RequestKey, primary},
     key::short,
 };
+
+/// A copy of a request's method, URI and headers (what keys and storing decisions read).
+fn head_of(parts: &Parts) -> Parts {
+    let (mut copy, ()) = Request::new(()).into_parts();
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy
+}
+
+/// Makes a request conditional on a stored entry's validators (RFC 9111 4.3.1): its `ETag`
+/// (unless the cache generated it) and `Last-Modified`.
+fn add_validators(headers: &mut HeaderMap, e: &Entry) {
+    if e.flags & FLAG_ETAG_GENERATED == 0 {
+        if let Some(etag) = e.headers.get(header::ETAG) {
+            headers.insert(header::IF_NONE_MATCH, etag.clone());
+        }
+    }
+    if let Some(lm) = e.headers.get(header::LAST_MODIFIED) {
+        headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+    }
+}
+
+/// Answers a fetch under `key`: a `304` to a revalidation updates `validate`; anything else
+/// is analyzed as a new response.
+async fn fetched<B: http_body::Body<Data = Bytes>>(
+    responder: &Responder,
+    resp: Response<B>,
+    validate: Option<&Entry>,
+    req: &Parts,
+    key: &RequestKey,
+) -> (Lead<B>, Outcome) {
+    match validate {
+        Some(stored) if resp.status() == StatusCode::NOT_MODIFIED => {
+            let (parts, _) = resp.into_parts();
+            responder.revalidated(parts, stored, req, key)
+        }
+        _ => responder.analyze(resp, req, key).await,
+    }
+}
 
 impl Responder {
     /// A miss: fill through single-flight, store when allowed, or serve stale on errors.
@@ -32,7 +75,7 @@ impl Responder {
         body: ReqBody,
         key: RequestKey,
         conditionals: Conditionals,
-        fallback: Option<Arc<Entry>>,
+        stored: Stored,
         seen: u64,
         head: bool,
     ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
@@ -49,14 +92,34 @@ impl Responder {
             let resp = call(inner, Request::from_parts(parts, body)).await?;
             return Ok(self.decorate(resp.map(ResponseBody::inner), Served::Miss("HEAD"), None));
         }
+        let Stored {
+            fallback,
+            validate,
+            authorization,
+        } = stored;
         let leader = {
             let responder = self.clone();
             let key = key.clone();
-            let req = Request::from_parts(parts, body);
+            let copy = head_of(&parts);
+            let mut req = Request::from_parts(parts, body);
+            if let Some(e) = &validate {
+                add_validators(req.headers_mut(), e);
+            }
+            // The end of the window in which a 5xx is answered with the stale entry instead.
+            let stale_until = fallback.as_ref().map(|e| e.error_until.max(e.stale_until));
             move || async move {
                 match call(inner, req).await {
+                    // Not stored, even with a lifetime of its own: the stale entry answers.
+                    Ok(resp)
+                        if resp.status().is_server_error()
+                            && stale_until.is_some_and(|t| responder.cache.now_ms() < t) =>
+                    {
+                        let resp = resp.map(ResponseBody::inner);
+                        (Ok(Lead::Pass(resp, "SERVER-ERROR")), Outcome::Nothing)
+                    }
                     Ok(resp) => {
-                        let (lead, outcome) = responder.analyze(resp, &key).await;
+                        let (lead, outcome) =
+                            fetched(&responder, resp, validate.as_deref(), &copy, &key).await;
                         (Ok(lead), outcome)
                     }
                     Err(e) => (Err(e), Outcome::Nothing),
@@ -68,6 +131,10 @@ impl Responder {
             .fill(&key.key, &self.settings.tags, seen, leader)
             .await;
         let led = match filled {
+            // Another instance stored the URI's Vary record: fetch this variant here.
+            Filled::Shared(e, f) if e.flags & FLAG_VARY_RECORD != 0 => f().await.0,
+            // Shared with a request with `Authorization` only when the response allows it.
+            Filled::Shared(e, f) if authorization && e.flags & FLAG_AUTHORIZED == 0 => f().await.0,
             Filled::Shared(e, _) => {
                 return Ok(self.respond(&e, &conditionals, false, Served::Coalesced));
             }
@@ -76,7 +143,19 @@ impl Responder {
         };
         let stale_ok = |e: &Entry| self.cache.now_ms() < e.error_until.max(e.stale_until);
         match led {
-            Ok(Lead::Entry(e)) => Ok(self.respond(&e, &conditionals, false, Served::Stored)),
+            Ok(Lead::Entry(e, cookies, revalidated)) => {
+                let served = if revalidated {
+                    Served::Revalidated
+                } else {
+                    Served::Stored
+                };
+                let mut resp = self.respond(&e, &conditionals, false, served);
+                // The `Set-Cookie` of a stored response goes to this request only.
+                for cookie in cookies {
+                    resp.headers_mut().append(header::SET_COOKIE, cookie);
+                }
+                Ok(resp)
+            }
             Ok(Lead::Pass(resp, reason)) => match fallback {
                 Some(stale) if resp.status().is_server_error() && stale_ok(&stale) => {
                     self.cache.record("stale", self.route());
@@ -105,7 +184,8 @@ impl Responder {
         }
     }
 
-    /// Non-GET methods pass through; successful unsafe ones invalidate their URI.
+    /// Non-GET methods pass through; a non-error response to an unsafe one invalidates its
+    /// URI and its `Location` and `Content-Location` on the same host (RFC 9111 4.4).
     pub(super) async fn other_method<S, ReqBody, ResBody>(
         &self,
         inner: S,
@@ -115,23 +195,32 @@ impl Responder {
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
         ResBody: Body<Data = Bytes>,
     {
-        let unsafe_method = matches!(
-            *req.method(),
-            Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+        let unsafe_method = !matches!(
+            req.method().as_str(),
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PROPFIND" | "SEARCH" | "REPORT"
         );
-        let group = (unsafe_method && self.settings.invalidate_unsafe).then(|| {
-            let (parts, _) = Request::new(()).into_parts();
-            let mut parts: Parts = parts;
+        let target = (unsafe_method && self.settings.invalidate_unsafe).then(|| {
+            let (mut parts, ()) = Request::new(()).into_parts();
             parts.uri = req.uri().clone();
             parts.headers = req.headers().clone();
-            short(&primary(&parts, &self.settings.query))
+            parts
         });
         let resp = call(inner, req).await?;
-        if let Some(group) = group {
+        if let Some(mut parts) = target {
             let s = resp.status();
-            if s.is_success() || s.is_redirection() {
-                if let Err(error) = self.cache.invalidate_group(&group).await {
-                    tracing::debug!(target: "redtower::cache", route = self.route(), %error, "invalidation after an unsafe request failed");
+            if !(s.is_client_error() || s.is_server_error()) {
+                let mut groups = vec![short(&primary(&parts, &self.settings.query))];
+                for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                    let Some(uri) = same_host(&parts, resp.headers().get(name)) else {
+                        continue;
+                    };
+                    parts.uri = uri;
+                    groups.push(short(&primary(&parts, &self.settings.query)));
+                }
+                for group in groups {
+                    if let Err(error) = self.cache.invalidate_group(&group).await {
+                        tracing::debug!(target: "redtower::cache", route = self.route(), %error, "invalidation after an unsafe request failed");
+                    }
                 }
             }
         }
@@ -145,6 +234,7 @@ impl Responder {
         mut parts: Parts,
         key: RequestKey,
         seen: u64,
+        stale: Option<Arc<Entry>>,
     ) where
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
         S::Future: Send + 'static,
@@ -157,6 +247,11 @@ impl Responder {
         parts.method = Method::GET;
         parts.headers.remove(header::IF_NONE_MATCH);
         parts.headers.remove(header::IF_MODIFIED_SINCE);
+        let validate = stale.filter(|e| super::has_validators(e));
+        if let Some(e) = &validate {
+            add_validators(&mut parts.headers, e);
+        }
+        let copy = head_of(&parts);
         let responder = self.clone();
         self.cache.spawn_refresh(
             key.key.clone(),
@@ -164,10 +259,36 @@ impl Responder {
             self.settings.tags.clone(),
             move || async move {
                 match call(inner, Request::from_parts(parts, ReqBody::default())).await {
-                    Ok(resp) => responder.analyze(resp, &key).await.1,
+                    Ok(resp) => {
+                        fetched(&responder, resp, validate.as_deref(), &copy, &key)
+                            .await
+                            .1
+                    }
                     Err(_) => Outcome::Nothing,
                 }
             },
         );
+    }
+}
+
+/// The URI of a `Location` / `Content-Location` value when it is on the request's host
+/// (relative, or absolute with the same authority).
+fn same_host(req: &Parts, value: Option<&HeaderValue>) -> Option<Uri> {
+    let uri: Uri = value?.to_str().ok()?.trim().parse().ok()?;
+    match uri.authority() {
+        None => uri.path_and_query().is_some().then_some(uri),
+        Some(authority) => {
+            let host = req
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri.authority().map(http::uri::Authority::as_str))?;
+            authority
+                .as_str()
+                .eq_ignore_ascii_case(host)
+                .then(|| uri.path_and_query().cloned())
+                .flatten()
+                .and_then(|pq| Uri::try_from(pq.as_str()).ok())
+        }
     }
 }

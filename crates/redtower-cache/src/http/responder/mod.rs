@@ -4,18 +4,20 @@
 use std::{fmt, sync::Arc};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, header, request::Parts};
+use http::{HeaderMap, HeaderName, Method, Request, Response, header, request::Parts};
 use http_body::Body;
 use tower_service::Service;
 
 use super::{
     Credentials, RouteSettings,
     key::{RequestKey, request_host, request_key, session_cookie},
-    policy::Directives,
+    policy::{Directives, vary},
+    settings::sort_names,
 };
 use crate::{
     Cache, ResponseBody,
     cache::{Freshness, freshness},
+    envelope::{Entry, FLAG_AUTHORIZED, FLAG_ETAG_GENERATED, FLAG_VARY_RECORD},
 };
 
 mod admit;
@@ -90,17 +92,63 @@ impl Responder {
             let resp = call(inner, Request::from_parts(parts, body)).await?;
             return Ok(self.decorate(resp.map(ResponseBody::inner), Served::Bypass(reason), None));
         }
-        let key = self.key(&mut parts);
+        let base = self.key(&mut parts);
         let head = method == Method::HEAD;
         let force = forces_refetch(&req_cc, &parts.headers);
-        let found = if force {
+        let tags = &self.settings.tags;
+        // A URI whose responses vary on headers beyond the declared ones: its variant's key
+        // straight away when this process has seen its Vary names, else through its record.
+        let mut key = match self.settings.remembered(base.key.primary()) {
+            Some(extra) => self.request_key(&parts, Some(&extra)),
+            None => base,
+        };
+        let mut found = if force {
             None
         } else {
-            self.cache.read(&key.key, &self.settings.tags).await
+            self.cache.read(&key.key, tags).await
         };
-        let conditionals = Conditionals::take(&mut parts.headers);
+        if let Some(extra) = found.as_deref().and_then(vary_record) {
+            self.settings
+                .remember(key.key.primary(), Some(extra.clone()));
+            key = self.request_key(&parts, Some(&extra));
+            found = self
+                .cache
+                .read(&key.key, tags)
+                .await
+                .filter(|e| e.flags & FLAG_VARY_RECORD == 0);
+        }
+        // RFC 9111 3.5: a request with `Authorization` reuses only responses that allow it.
+        let authorization = self.settings.credentials == Credentials::Bypass
+            && parts.headers.contains_key(header::AUTHORIZATION);
+        if authorization {
+            found = found.filter(|e| e.flags & FLAG_AUTHORIZED != 0);
+        }
         let now = self.cache.now_ms();
+        let fresh = |e: &Entry| {
+            let too_old = req_cc
+                .max_age
+                .is_some_and(|m| secs(now.saturating_sub(e.stored_at)) > m);
+            freshness(e, now) == Freshness::Fresh && !too_old
+        };
+        if let Some(range) = parts.headers.get(header::RANGE) {
+            // Ranges are served from a fresh full response (RFC 9110 14.2); anything else goes
+            // to the handler as it is, and is not stored.
+            let served = found
+                .as_deref()
+                .filter(|e| fresh(e) && !parts.headers.contains_key(header::IF_RANGE))
+                .and_then(|e| self.respond_range(e, range.as_bytes(), head));
+            if let Some(resp) = served {
+                self.cache.record("hit", self.route());
+                return Ok(resp);
+            }
+            let reason = "RANGE";
+            self.cache.record_reason("bypass", self.route(), reason);
+            let resp = call(inner, Request::from_parts(parts, body)).await?;
+            return Ok(self.decorate(resp.map(ResponseBody::inner), Served::Bypass(reason), None));
+        }
+        let conditionals = Conditionals::take(&mut parts.headers);
         let mut fallback = None;
+        let mut validate = None;
         // Only a fill newer than this counts as shareable: for a forced refetch, one that lands
         // after the request arrived.
         let mut seen = if force { now } else { 0 };
@@ -120,16 +168,57 @@ impl Responder {
                 }
                 Freshness::Stale if !too_old => {
                     self.cache.record("stale", self.route());
-                    self.refresh(inner, parts, key, seen);
+                    self.refresh(inner, parts, key, seen, Some(e.clone()));
                     return Ok(self.respond(&e, &conditionals, head, Served::Stale));
                 }
-                Freshness::Stale | Freshness::ErrorOnly => fallback = Some(e),
-                _ => {}
+                Freshness::Stale | Freshness::ErrorOnly => {
+                    validate = has_validators(&e).then(|| e.clone());
+                    fallback = Some(e);
+                }
+                _ => validate = has_validators(&e).then_some(e),
             }
         }
         self.cache.record("miss", self.route());
         // The miss path is boxed so the hit path's future stays small.
-        Box::pin(self.miss(inner, parts, body, key, conditionals, fallback, seen, head)).await
+        Box::pin(self.miss(
+            inner,
+            parts,
+            body,
+            key,
+            conditionals,
+            Stored {
+                fallback,
+                validate,
+                authorization,
+            },
+            seen,
+            head,
+        ))
+        .await
+    }
+
+    /// The key of `parts` (already rewritten by [`key`](Self::key)) on the declared key
+    /// headers and `extra` names.
+    pub(super) fn request_key(&self, parts: &Parts, extra: Option<&[HeaderName]>) -> RequestKey {
+        let settings = &self.settings;
+        let per_user = (settings.credentials == Credentials::PerUser)
+            .then_some(settings.session_cookies.as_slice());
+        let names = match extra {
+            Some(extra) if !extra.is_empty() => {
+                let mut all: Vec<HeaderName> = settings
+                    .names()
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .chain(extra)
+                    .cloned()
+                    .collect();
+                sort_names(&mut all);
+                Some(Arc::from(all))
+            }
+            _ => settings.names(),
+        };
+        request_key(parts, &settings.query, names, per_user)
     }
 
     /// The request's key; strips the query parameters the route does not key on from the
@@ -141,17 +230,12 @@ impl Responder {
                 parts.uri = uri;
             }
         }
-        let per_user = (settings.credentials == Credentials::PerUser)
-            .then_some(settings.session_cookies.as_slice());
-        request_key(parts, &settings.query, settings.names(), per_user)
+        self.request_key(parts, None)
     }
 
     fn bypass_reason(&self, parts: &Parts, req_cc: &Directives) -> Option<&'static str> {
         if req_cc.no_store {
             return Some("REQUEST-NO-STORE");
-        }
-        if parts.headers.contains_key(header::RANGE) {
-            return Some("RANGE");
         }
         // A `Host` that is not text is never cached (nor keyed as "no host").
         if parts
@@ -165,16 +249,37 @@ impl Responder {
         {
             return Some("HOST");
         }
-        if self.settings.credentials == Credentials::Bypass {
-            if parts.headers.contains_key(header::AUTHORIZATION) {
-                return Some("AUTHORIZATION");
-            }
-            if session_cookie(&parts.headers, &self.settings.session_cookies).is_some() {
-                return Some("SESSION-COOKIE");
-            }
+        if self.settings.credentials == Credentials::Bypass
+            && session_cookie(&parts.headers, &self.settings.session_cookies).is_some()
+        {
+            return Some("SESSION-COOKIE");
         }
         None
     }
+}
+
+/// The stored entry a miss found (not fresh): served when the handler fails (`fallback`),
+/// revalidated with its validators (`validate`).
+pub(super) struct Stored {
+    pub(super) fallback: Option<Arc<Entry>>,
+    pub(super) validate: Option<Arc<Entry>>,
+    /// The request carries `Authorization` (and the route does not key on it).
+    pub(super) authorization: bool,
+}
+
+/// Whether an entry has a validator of the handler's (an `ETag` it did not generate, or a
+/// `Last-Modified`).
+fn has_validators(e: &Entry) -> bool {
+    (e.flags & FLAG_ETAG_GENERATED == 0 && e.headers.contains_key(header::ETAG))
+        || e.headers.contains_key(header::LAST_MODIFIED)
+}
+
+/// The names of a Vary record (see [`FLAG_VARY_RECORD`]); `None` for a response.
+fn vary_record(e: &Entry) -> Option<Arc<[HeaderName]>> {
+    if e.flags & FLAG_VARY_RECORD == 0 {
+        return None;
+    }
+    Some(Arc::from(vary(&e.headers).unwrap_or_default()))
 }
 
 /// Whether the request asks for a refetch (`no-cache`, `max-age=0`, `Pragma: no-cache`).

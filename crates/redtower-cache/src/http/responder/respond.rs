@@ -24,6 +24,8 @@ pub(super) enum Served {
     Stale,
     StaleError(u16),
     Stored,
+    /// A stale entry the handler confirmed with a `304`.
+    Revalidated,
     Miss(&'static str),
     Bypass(&'static str),
 }
@@ -48,10 +50,41 @@ impl Conditionals {
         let get = |n: header::HeaderName| e.headers.get(n).and_then(|v| v.to_str().ok());
         match (&self.if_none_match, &self.if_modified_since) {
             (Some(inm), _) => none_match(inm, get(header::ETAG)),
-            (None, Some(ims)) => not_modified_since(ims, get(header::LAST_MODIFIED)),
+            // Without `Last-Modified`, the stored `Date` stands for it (RFC 9110 13.1.3).
+            (None, Some(ims)) => not_modified_since(
+                ims,
+                get(header::LAST_MODIFIED).or_else(|| get(header::DATE)),
+            ),
             (None, None) => false,
         }
     }
+}
+
+/// The first and last byte of a `Range: bytes=a-b` (or `a-`, or `-n`) of a body of `len`
+/// bytes; `None` for several ranges, another unit, or an unsatisfiable range.
+fn single_range(value: &str, len: u64) -> Option<(u64, u64)> {
+    let (unit, spec) = value.trim().split_once('=')?;
+    if !unit.trim().eq_ignore_ascii_case("bytes") || spec.contains(',') || len == 0 {
+        return None;
+    }
+    let (first, last) = spec.trim().split_once('-')?;
+    let digits = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    if first.trim().is_empty() {
+        let n = digits(last)?;
+        return (n > 0).then(|| (len.saturating_sub(n), len - 1));
+    }
+    let start = digits(first)?;
+    let end = if last.trim().is_empty() {
+        len - 1
+    } else {
+        digits(last)?.min(len - 1)
+    };
+    (start < len && start <= end).then_some((start, end))
 }
 
 pub(super) fn secs(ms: u64) -> u64 {
@@ -105,6 +138,40 @@ impl Responder {
         self.decorate(resp, served, Some(e))
     }
 
+    /// A `206 Partial Content` with the one byte range `range` (a `Range` value) of a stored
+    /// full `200` response (RFC 9110 14.2). `None` when the range is not one satisfiable
+    /// `bytes` range (the request then goes to the handler as it is).
+    pub(super) fn respond_range<B: Body>(
+        &self,
+        e: &Entry,
+        range: &[u8],
+        head: bool,
+    ) -> Option<Response<ResponseBody<B>>> {
+        if e.status != StatusCode::OK {
+            return None;
+        }
+        let len = u64::try_from(e.body.len()).ok()?;
+        let (start, end) = single_range(std::str::from_utf8(range).ok()?, len)?;
+        let (from, to) = (usize::try_from(start).ok()?, usize::try_from(end).ok()?);
+        let part = e.body.slice(from..=to);
+        let length = HeaderValue::from(part.len());
+        let body = if head {
+            ResponseBody::empty()
+        } else {
+            ResponseBody::full(part)
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let headers = resp.headers_mut();
+        for (name, value) in &e.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        headers.insert(header::CONTENT_LENGTH, length);
+        let content_range = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")).ok()?;
+        headers.insert(header::CONTENT_RANGE, content_range);
+        Some(self.decorate(resp, Served::Hit, Some(e)))
+    }
+
     /// Like [`respond`](Self::respond), for an entry nobody else holds: its headers and body
     /// are moved into the response instead of copied.
     pub(super) fn respond_owned<B: Body>(
@@ -135,10 +202,9 @@ impl Responder {
         let h = resp.headers_mut();
         h.reserve(3);
         if let Some(e) = e {
-            let age = match served {
-                Served::Stored => 0,
-                _ => secs(now.saturating_sub(e.stored_at)),
-            };
+            // Includes the `Age` the origin reported (RFC 9111 4.2.3: the entry's stored_at
+            // is that much earlier than its receipt).
+            let age = secs(now.saturating_sub(e.stored_at));
             h.insert(header::AGE, small_number(age));
         }
         h.insert(X_CACHE.clone(), HeaderValue::from_static(x));
@@ -185,6 +251,11 @@ impl Responder {
                 ttl(&mut status, e);
                 status.push("; detail=STALE-IF-ERROR");
                 "STALE"
+            }
+            (Served::Revalidated, Some(e)) => {
+                status.push("; fwd=stale; fwd-status=304; stored; ");
+                ttl(&mut status, e);
+                "REVALIDATED"
             }
             (Served::Stored, Some(e)) => {
                 status.push("; fwd=uri-miss; stored; ");
