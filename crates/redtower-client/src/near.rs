@@ -642,8 +642,9 @@ fn is_permanent(error: &fred::error::Error) -> bool {
 
 impl<V: Clone + Send + Sync + 'static> Dispatcher<V> {
     async fn run(mut self) {
-        // Tracking is (re-)enabled when this is set and the connection is up.
-        let mut enable = true;
+        // Tracking is (re-)enabled when this is set and the connection is up; the first
+        // connection's own reconnect event sets it.
+        let mut enable = false;
         let mut retry = tokio::time::Instant::now();
         loop {
             let wake = tokio::time::sleep_until(retry);
