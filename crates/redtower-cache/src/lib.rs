@@ -124,8 +124,8 @@
 //! * Bypassed: requests with a session cookie (unless [`Credentials`] says otherwise),
 //!   `Cache-Control: no-store`. Requests with `Authorization` reuse and store only `public`,
 //!   `s-maxage` and `must-revalidate` responses. Request `no-cache` / `max-age=0` refetch;
-//!   `max-age=N` refuses older entries. One `Range` is served from a fresh full response;
-//!   other `Range` requests go to the handler.
+//!   `max-age=N` refuses older entries. One `Range` is served from a fresh full response, or
+//!   from a stored 206 that covers it; other `Range` requests go to the handler.
 //! * An `ETag` is generated when storing if the handler set none; `If-None-Match` (and
 //!   `If-Modified-Since`) are answered with 304 from the cache without calling the handler. A
 //!   stale entry with the handler's own `ETag` or `Last-Modified` is revalidated with a
@@ -142,7 +142,7 @@
 //! | 3 Storing | `GET` only; the heuristically cacheable statuses always, any other final status but 206 and 304 with explicit freshness; not `no-store`, `private`, `Vary: *` |
 //! | 3.1 Header fields | hop-by-hop fields, `Age`, `Set-Cookie` and qualified `no-cache`/`private` fields are not stored; `Set-Cookie` responses only with [`store_set_cookie`](ResponseCacheLayer::store_set_cookie) (default off for application routes) |
 //! | 3.2 Updating | a `304`'s fields replace the stored ones, except `Content-Length` and hop-by-hop fields |
-//! | 3.3, 3.4 Incomplete, partial | not stored: 206 responses and bodies that fail or exceed [`max_body`](ResponseCacheLayer::max_body) pass through |
+//! | 3.3, 3.4 Incomplete, partial | a 206 answering a `Range` request (with explicit freshness) is stored as the URI's one partial entry and serves every single range it covers; parts are not combined; bodies that fail or exceed [`max_body`](ResponseCacheLayer::max_body) pass through unstored |
 //! | 3.5 Authorization | requests with `Authorization` store and reuse only `public`, `s-maxage` and `must-revalidate` responses (or per [`Credentials`]) |
 //! | 4 Constructing responses | one `Range` from a fresh full response (206, RFC 9110 14.2); client conditionals answered from the entry (304) |
 //! | 4.1 Vary | the first response is stored under the values of the headers it names; the URI's Vary record leads later requests (on any instance) to their variant; `Vary: *` never matches; values compared without list whitespace, `Accept-Language` without case or order, `Accept-Encoding` by the set of codings accepted |
@@ -208,6 +208,13 @@
 //!
 //! See [`RedisStore`]: `rt:c:{<h>}` entries, `rt:c:{<h>}:lk` fill locks, `rt:c:{<h>}:ix`
 //! variant indexes and `rt:c:t:{<tag>}` tag generations, all with TTLs.
+//!
+//! # Examples
+//!
+//! In [`examples/`](https://github.com/redtower-rs/redtower/tree/main/crates/redtower-cache/examples), each a complete axum program:
+//!
+//! * `response_cache.rs`: one slow route behind [`ResponseCacheLayer`], in process or over
+//!   Redis (`REDIS_URL`).
 //!
 //! # Metrics
 //!

@@ -58,6 +58,7 @@ macro_rules! all_scenarios {
             unknown_content_codings_are_replayed_as_they_are,
             vary_values_are_normalised,
             stale_if_error_wins_over_a_storable_5xx,
+            partial_responses_are_stored_for_their_range,
         );
     };
 }
@@ -673,6 +674,19 @@ async fn no_cache_responses_are_revalidated_before_each_use(cache: Cache) {
     }
     assert_eq!(conditional.load(Ordering::SeqCst), 2);
     assert_eq!(origin.calls(), 3);
+    // `max-age=0` is not an ask to revalidate: not stored, even with a validator.
+    let origin = Origin::default();
+    let svc = app(&layer(&cache), &origin, |n, req| {
+        assert!(!req.headers().contains_key(header::IF_NONE_MATCH));
+        reply(
+            200,
+            &[("cache-control", "max-age=0"), ("etag", "\"v1\"")],
+            n.to_string(),
+        )
+    });
+    send(&svc, "GET", "/zero", &[]).await;
+    let second = send(&svc, "GET", "/zero", &[]).await;
+    assert_eq!((second.x_cache(), second.text()), ("MISS", "2"));
 }
 
 /// RFC 9110 5.6.7: `Expires` dates in any case, or with a wrong weekday, still count.
@@ -798,4 +812,59 @@ async fn stale_if_error_wins_over_a_storable_5xx(cache: Cache) {
         assert_eq!(got.x_cache(), "STALE");
     }
     assert_eq!(origin.calls(), 3);
+}
+
+/// RFC 9111 3.3: a 206 answering a `Range` request is stored as the URI's partial entry and
+/// serves every range it covers; a full response stored later serves every range.
+async fn partial_responses_are_stored_for_their_range(cache: Cache) {
+    let origin = Origin::default();
+    let svc = app(&layer(&cache), &origin, |n, req| {
+        match req
+            .headers()
+            .get(header::RANGE)
+            .map(|v| v.to_str().unwrap())
+        {
+            Some("bytes=-5") => reply(
+                206,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("content-range", "bytes 5-9/10"),
+                ],
+                "56789",
+            ),
+            Some(_) => reply(206, &[("content-range", "bytes 0-1/10")], "01"),
+            None => reply(200, &[("cache-control", "max-age=60")], format!("full {n}")),
+        }
+    });
+    let tail = [("range", "bytes=-5")];
+    let first = get(&svc, &tail).await;
+    assert_eq!(
+        (first.status, first.text()),
+        (StatusCode::PARTIAL_CONTENT, "56789")
+    );
+    let second = get(&svc, &tail).await;
+    assert_eq!((second.x_cache(), second.text()), ("HIT", "56789"));
+    assert_eq!(second.header("content-range"), "bytes 5-9/10");
+    for (range, part, content_range) in [
+        ("bytes=6-8", "678", "bytes 6-8/10"),
+        ("bytes=7-", "789", "bytes 7-9/10"),
+        ("bytes=-2", "89", "bytes 8-9/10"),
+    ] {
+        let got = get(&svc, &[("range", range)]).await;
+        assert_eq!(got.status, StatusCode::PARTIAL_CONTENT, "{range}");
+        assert_eq!(
+            (got.text(), got.header("content-range")),
+            (part, content_range)
+        );
+        assert_eq!(got.header("content-length"), part.len().to_string());
+    }
+    assert_eq!(origin.calls(), 1);
+    // A range the part does not hold goes to the handler (whose 206 without freshness is not
+    // stored: the part stays).
+    get(&svc, &[("range", "bytes=0-1")]).await;
+    assert_eq!(get(&svc, &[("range", "bytes=0-1")]).await.x_cache(), "MISS");
+    assert_eq!(get(&svc, &tail).await.x_cache(), "HIT");
+    assert_eq!(origin.calls(), 3);
+    // Never served for a request without `Range`.
+    assert_eq!(get(&svc, &[]).await.text(), "full 4");
 }

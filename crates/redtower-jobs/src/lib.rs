@@ -145,6 +145,14 @@
 //! Use `maxmemory-policy noeviction` (an evicted queue key loses jobs) and AOF for durability
 //! across Redis restarts.
 //!
+//! # Examples
+//!
+//! In [`examples/`](https://github.com/redtower-rs/redtower/tree/main/crates/redtower-jobs/examples):
+//!
+//! * `email_queue.rs`: an axum producer (`POST /emails`, `GET /jobs/{id}`) and its
+//!   [`Worker`] in one program, in process or over Redis (`REDIS_URL`);
+//! * `crash_worker.rs`: a worker that hangs in its job, for the crash test (`tests/crash.rs`).
+//!
 //! # Metrics
 //!
 //! Through the [`metrics`] facade, labelled by `queue`: counters

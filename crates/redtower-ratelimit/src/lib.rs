@@ -119,6 +119,14 @@
 //! header. [`MissingKey::Allow`] lets such requests through instead; [`KeyExtractorExt::or`]
 //! falls back to another key.
 //!
+//! # Examples
+//!
+//! In [`examples/`](https://github.com/redtower-rs/redtower/tree/main/crates/redtower-ratelimit/examples), each a complete axum program:
+//!
+//! * `memory.rs`: one route limited per client IP with the in-process [`MemoryStore`];
+//! * `redis.rs`: the same with [`RedisStore`] (`REDIS_URL`), the limit shared by every
+//!   instance.
+//!
 //! # Features
 //!
 //! * `testing`: test helpers, never needed in production: `ManualClock`, and the `clock`

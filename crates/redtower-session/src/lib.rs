@@ -220,6 +220,25 @@
 //! first connection before the first command, up to the command timeout: the first requests
 //! are decided by Redis, not answered 503.
 //!
+//! # Metrics
+//!
+//! Through the `metrics` facade, labelled by fixed words only (never a user or a session id):
+//!
+//! * `redtower_session_store_calls_total{op,outcome}`: the [`SessionLayer`]'s store calls,
+//!   `op` one of `load`, `create`, `save`, `delete`; `outcome` one of `found` and `missing`
+//!   (loads), `ok` (other operations), `gone` (a write to a session deleted, expired or revoked
+//!   meanwhile), `unavailable` (an outage, or the circuit breaker open), `error`;
+//! * `redtower_session_revoked_total{scope}`: sessions ended through [`UserSessions`] by
+//!   [`RedisStore`] and [`MemoryStore`], `scope` one of `one` (`revoke`), `all` (`revoke_all`)
+//!   and `others` (`revoke_others`).
+//!
+//! # Examples
+//!
+//! In [`examples/`](https://github.com/redtower-rs/redtower/tree/main/crates/redtower-session/examples), each a complete axum program:
+//!
+//! * `login.rs`: login, logout and "log out everywhere", in process or over Redis
+//!   (`REDIS_URL`).
+//!
 //! # Features
 //!
 //! * `rustls`: TLS for Redis, forwarded to `redtower-client`.
@@ -234,6 +253,7 @@ mod layer;
 mod outcome;
 mod service;
 mod store;
+mod telemetry;
 mod user;
 mod watch;
 

@@ -11,6 +11,8 @@
 //! * [`LogBuffer`]: log output kept in memory, for tests that assert what was logged.
 //! * [`shared`] and [`shared_cluster`]: one server of each kind per test binary, for tests
 //!   that only need isolation by key prefix ([`unique_prefix`]).
+//! * [`Example`]: a crate's example program started on a free port, with a minimal HTTP/1.1
+//!   client ([`HttpResponse`], [`HttpStream`]) for tests that run the examples.
 //!
 //! Every server runs under a small `sh` supervisor that holds a pipe from the test process:
 //! when the test process exits for any reason, even `SIGKILL`, the pipe closes and the
@@ -24,6 +26,7 @@
 //! Needs `redis-server` 7 on the `PATH` (`cargo xtask test` installs it when missing).
 
 mod cluster;
+mod example;
 mod logs;
 mod monitor;
 mod process;
@@ -34,6 +37,7 @@ mod server;
 mod shared;
 
 pub use cluster::RedisCluster;
+pub use example::{Example, HttpResponse, HttpStream, example_path};
 pub use logs::LogBuffer;
 pub use monitor::Monitor;
 pub use process::free_port;

@@ -4,6 +4,8 @@ use std::{net::SocketAddr, num::NonZeroU32, time::Duration};
 
 use redtower_client::RedisConfig;
 
+use crate::prometheus::MetricsToken;
+
 /// A `<count>/<duration>` rate such as `100/1h` or `10/1m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
@@ -99,6 +101,20 @@ pub struct Config {
     /// in that time the app starts anyway, degraded (one warning; each layer follows its
     /// failure policy and `/health` answers 503 until Redis is reached).
     pub redis_connect_wait: Duration,
+    /// `METRICS_TOKEN` (16+ characters): serve `GET /metrics` on the app's address to
+    /// `Authorization: Bearer <token>` only. Default none: no `/metrics` there.
+    pub metrics_token: Option<MetricsToken>,
+    /// `METRICS_ADDR`: serve `GET /metrics` without a token on this separate admin address.
+    /// Default none.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Whether `/metrics` is served anywhere (`METRICS_TOKEN` or `METRICS_ADDR` set): only
+    /// then is a metrics recorder installed.
+    pub fn metrics_enabled(&self) -> bool {
+        self.metrics_token.is_some() || self.metrics_addr.is_some()
+    }
 }
 
 /// The longest `REDIS_CONNECT_WAIT`.
@@ -194,6 +210,21 @@ impl Config {
             }
             other => other,
         };
+        let metrics_token = match get("METRICS_TOKEN") {
+            None => None,
+            Some(token) => Some(MetricsToken::new(token.trim()).ok_or_else(|| {
+                format!(
+                    "METRICS_TOKEN must have at least {} characters",
+                    MetricsToken::MIN_LEN
+                )
+            })?),
+        };
+        let metrics_addr = match get("METRICS_ADDR") {
+            None => None,
+            Some(addr) => Some(addr.trim().parse::<SocketAddr>().map_err(|_| {
+                format!("METRICS_ADDR: {addr:?} is not an address such as 127.0.0.1:9100")
+            })?),
+        };
         let bind = get("BIND").unwrap_or_else(|| "127.0.0.1:3000".into());
         bind.parse::<SocketAddr>()
             .map_err(|_| format!("BIND: {bind:?} is not an address such as 127.0.0.1:3000"))?;
@@ -229,6 +260,8 @@ impl Config {
                     format!("REDIS_CONNECT_WAIT: {v:?} is not a duration such as 5s or 500ms, up to 1h")
                 })?,
             },
+            metrics_token,
+            metrics_addr,
         })
     }
 }
@@ -288,6 +321,7 @@ mod tests {
         assert!(c.near_cache);
         assert!(!c.cache_l1);
         assert_eq!(c.order_ship_delay, Duration::from_millis(2000));
+        assert!(!c.metrics_enabled());
         let env = |pairs: &'static [(&'static str, &'static str)]| {
             move |k: &str| {
                 pairs
@@ -311,6 +345,8 @@ mod tests {
             &[("SESSION_SECRET", "short")],
             &[("WORKER", "maybe")],
             &[("BIND", "nowhere")],
+            &[("METRICS_TOKEN", "short")],
+            &[("METRICS_ADDR", "nowhere")],
         ] {
             assert!(Config::from_lookup(env(bad)).is_err(), "{bad:?}");
         }

@@ -17,6 +17,8 @@
 //! * [`events`]: `GET|POST /events/{channel}`: pub/sub to the browser over SSE;
 //! * [`orders`]: `POST /orders`, a `ship-order` job with delay, attempts and backoff, run by a
 //!   worker; `GET /orders/{id}`;
+//! * [`prometheus`]: `GET /metrics`, every crate's metrics for Prometheus, behind a bearer
+//!   token (`METRICS_TOKEN`) or on a separate admin address (`METRICS_ADDR`); off by default;
 //! * [`probes`] (benchmark probes, for the load harness): `GET /plain`, `GET /whoami`,
 //!   `GET /api/stacked` (no layer, a session read alone, and the rate limit + session + cache
 //!   stacked) and `GET /stats`.
@@ -45,6 +47,7 @@ pub mod error;
 pub mod events;
 pub mod orders;
 pub mod probes;
+pub mod prometheus;
 pub mod ratelimit;
 pub mod sessions;
 
@@ -70,6 +73,8 @@ pub struct ServicesInner {
     sessions: sessions::Sessions,
     events: events::Events,
     shipping: orders::Shipping,
+    /// The Prometheus handle, when `/metrics` is served somewhere.
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl std::fmt::Debug for ServicesInner {
@@ -137,7 +142,10 @@ impl Services {
         let sessions = sessions::Sessions::new(&config, redis_ref, &limits)?;
         let events = events::Events::new(&config, redis_ref, &limits)?;
         let shipping = orders::Shipping::new(&config, redis_ref, events.pubsub().clone());
+        // Installed before any request, so every metric from the first one on is recorded.
+        let metrics = config.metrics_enabled().then(prometheus::handle);
         Ok(Self(Arc::new(ServicesInner {
+            metrics,
             cache: cache::ResponseCache::new(&config, redis_ref),
             limits,
             sessions,
@@ -198,6 +206,14 @@ impl Services {
     }
 }
 
+/// `GET /metrics` without a token, to serve on the admin address `METRICS_ADDR`; `None` when
+/// it is not set.
+pub fn metrics_router(services: &Services) -> Option<Router> {
+    services.config.metrics_addr?;
+    let handle = services.metrics.clone()?;
+    Some(prometheus::routes(handle, None))
+}
+
 /// The app's router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so
 /// rate limits see client addresses.
 ///
@@ -225,6 +241,13 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
         )
         .merge(probes::session_routes(services)?);
     let with_session = services.sessions.layer(with_session);
+    // `GET /metrics` here only behind `METRICS_TOKEN`.
+    let public = match (&services.metrics, &config.metrics_token) {
+        (Some(handle), Some(token)) => {
+            public.merge(prometheus::routes(handle.clone(), Some(token.clone())))
+        }
+        _ => public,
+    };
     Ok(public
         .merge(with_session)
         .fallback(error::not_found)

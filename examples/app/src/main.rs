@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use redtower_example::{Config, Services, app, shutdown_signal};
+use redtower_example::{Config, Services, app, metrics_router, shutdown_signal};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -18,6 +18,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let worker = config.worker.then(|| services.start_worker());
     let router = app(&services)?;
 
+    if let (Some(addr), Some(metrics)) = (config.metrics_addr, metrics_router(&services)) {
+        // The admin address: `GET /metrics` without a token, stopped with the process.
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, metrics).await {
+                tracing::warn!(%error, "the metrics listener stopped");
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(&config.bind).await?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
     let stop = services.shutdown_token();

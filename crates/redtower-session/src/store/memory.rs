@@ -18,6 +18,7 @@ use super::{SessionBackend, Settings, from_unix_ms, ms, to_store_error, unix_ms}
 use crate::{
     Error, Result, SessionInfo, UserSessions,
     keys::{Keys, valid_handle},
+    telemetry,
     user::{Binding, binding_of},
     watch::{SessionWatch, Watches},
 };
@@ -547,6 +548,7 @@ impl UserSessions for MemoryStore {
             .is_some_and(|(b, _)| b.user == user);
         if owned {
             st.kill(handle);
+            telemetry::revoked("one", 1);
         }
         Ok(owned)
     }
@@ -568,6 +570,7 @@ impl UserSessions for MemoryStore {
                 n += 1;
             }
         }
+        telemetry::revoked("all", n);
         Ok(n)
     }
 
@@ -608,6 +611,7 @@ impl UserSessions for MemoryStore {
                 n += 1;
             }
         }
+        telemetry::revoked("others", n);
         Ok(n)
     }
 

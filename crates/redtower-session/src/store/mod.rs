@@ -12,7 +12,7 @@ use tower_sessions_core::{
     session_store,
 };
 
-use crate::{Error, Result, SessionInfo, SessionWatch, UserSessions, outcome};
+use crate::{Error, Result, SessionInfo, SessionWatch, UserSessions, outcome, telemetry};
 
 mod memory;
 mod redis;
@@ -266,27 +266,27 @@ impl BackendAsStore {
 #[async_trait]
 impl SessionStore for BackendAsStore {
     async fn create(&self, record: &mut Record) -> session_store::Result<()> {
-        self.guarded(self.store.create_record(record))
-            .await
-            .map_err(to_store_error)
+        let result = self.guarded(self.store.create_record(record)).await;
+        telemetry::store_call("create", result.as_ref().map(Some));
+        result.map_err(to_store_error)
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        self.guarded(self.store.save_record(record))
-            .await
-            .map_err(to_store_error)
+        let result = self.guarded(self.store.save_record(record)).await;
+        telemetry::store_call("save", result.as_ref().map(Some));
+        result.map_err(to_store_error)
     }
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
-        self.guarded(self.store.load_record(id))
-            .await
-            .map_err(to_store_error)
+        let result = self.guarded(self.store.load_record(id)).await;
+        telemetry::store_call("load", result.as_ref().map(Option::as_ref));
+        result.map_err(to_store_error)
     }
 
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
-        self.guarded(self.store.delete_record(id))
-            .await
-            .map_err(to_store_error)
+        let result = self.guarded(self.store.delete_record(id)).await;
+        telemetry::store_call("delete", result.as_ref().map(Some));
+        result.map_err(to_store_error)
     }
 }
 

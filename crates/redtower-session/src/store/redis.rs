@@ -24,6 +24,7 @@ use super::{SessionBackend, Settings, from_unix_ms, ms, to_store_error, unix_ms}
 use crate::{
     ConfigError, Error, Result, SessionInfo, SessionMeta, UserSessions,
     keys::{Keys, bucket_of, valid_handle},
+    telemetry,
     user::binding_of,
     watch::{SessionWatch, Watches},
 };
@@ -606,7 +607,11 @@ impl UserSessions for RedisStore {
             )
             .await;
         self.forget(&record);
-        Ok(n? == 1)
+        let n = n?;
+        if n == 1 {
+            telemetry::revoked("one", 1);
+        }
+        Ok(n == 1)
     }
 
     async fn revoke_all(&self, user: &str) -> Result<u64> {
@@ -631,7 +636,9 @@ impl UserSessions for RedisStore {
             .await;
         // Every cached session of the user is checked against this epoch.
         self.forget(&epoch);
-        Ok(u64::try_from(n?).unwrap_or(0))
+        let n = u64::try_from(n?).unwrap_or(0);
+        telemetry::revoked("all", n);
+        Ok(n)
     }
 
     async fn revoke_others(&self, user: &str, current: &Id) -> Result<u64> {
@@ -668,7 +675,9 @@ impl UserSessions for RedisStore {
         for key in &forget {
             self.forget(key);
         }
-        Ok(u64::try_from(n?).unwrap_or(0))
+        let n = u64::try_from(n?).unwrap_or(0);
+        telemetry::revoked("others", n);
+        Ok(n)
     }
 
     fn watch(&self, id: &Id) -> Result<SessionWatch> {

@@ -222,6 +222,9 @@ impl Responder {
         };
         let negative = negative_status(status);
         let heuristic = cacheable_status(status);
+        // A 206 answering a `Range` request: stored for that `Range` (RFC 9111 3.3).
+        let partial =
+            status == StatusCode::PARTIAL_CONTENT && req.headers.contains_key(header::RANGE);
         let guessed = settings
             .heuristic
             .and_then(|f| heuristic_lifetime(headers, f, now));
@@ -231,7 +234,7 @@ impl Responder {
         if !(heuristic
             || (negative && (settings.negative_ttl.is_some() || guessed.is_some()))
             || ((explicit.is_some() || (cc.public && guessed.is_some()))
-                && understood_status(status)))
+                && (understood_status(status) || partial)))
         {
             return Err("STATUS");
         }
@@ -260,7 +263,7 @@ impl Responder {
         if !settings.store_set_cookie && headers.contains_key(header::SET_COOKIE) {
             return Err("SET-COOKIE");
         }
-        let (at, record) = self.placement(headers, req)?;
+        let (at, record) = self.placement(headers, req, partial)?;
         if headers
             .get(header::CONTENT_TYPE)
             .is_some_and(|ct| ct.as_bytes().starts_with(b"text/event-stream"))
@@ -278,7 +281,10 @@ impl Responder {
         }
         .saturating_sub(age)
         .min(MAX_TTL);
-        if lifetime.is_zero() && !revalidates {
+        // Stale at once: stored only when `no-cache` asks for revalidation before each use (a
+        // `max-age=0` response would cost a write per request for nothing when the handler
+        // does not answer conditionals).
+        if lifetime.is_zero() && !(cc.no_cache && revalidates) {
             return Err("NO-FRESHNESS");
         }
         if least > settings.max_body {
@@ -304,6 +310,7 @@ impl Responder {
         &self,
         headers: &HeaderMap,
         req: &request::Parts,
+        partial: bool,
     ) -> Result<(RequestKey, Option<Record>), &'static str> {
         let Some(vary) = vary(headers) else {
             return Err("VARY-STAR");
@@ -328,6 +335,13 @@ impl Responder {
             extra.push(header::ACCEPT_ENCODING);
         }
         sort_names(&mut extra);
+        if partial {
+            // The URI's one partial entry (keyed on the declared headers only).
+            if !extra.is_empty() {
+                return Err("PARTIAL-VARY");
+            }
+            return Ok((self.partial_key(req), None));
+        }
         let base = self.request_key(req, None);
         let (at, record) = if extra.is_empty() {
             (base, None)

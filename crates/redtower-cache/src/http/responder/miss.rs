@@ -97,6 +97,9 @@ impl Responder {
             validate,
             authorization,
         } = stored;
+        // A `Range` request fills the URI's partial entry: a fill shared with it may hold
+        // another range.
+        let range = parts.headers.get(header::RANGE).cloned();
         let leader = {
             let responder = self.clone();
             let key = key.clone();
@@ -133,6 +136,15 @@ impl Responder {
         let led = match filled {
             // Another instance stored the URI's Vary record: fetch this variant here.
             Filled::Shared(e, f) if e.flags & FLAG_VARY_RECORD != 0 => f().await.0,
+            Filled::Shared(e, f) if range.is_some() => {
+                match range
+                    .as_ref()
+                    .and_then(|r| self.respond_range(&e, r.as_bytes(), false))
+                {
+                    Some(resp) => return Ok(resp),
+                    None => f().await.0,
+                }
+            }
             // Shared with a request with `Authorization` only when the response allows it.
             Filled::Shared(e, f) if authorization && e.flags & FLAG_AUTHORIZED == 0 => f().await.0,
             Filled::Shared(e, _) => {

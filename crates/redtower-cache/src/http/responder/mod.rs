@@ -4,7 +4,7 @@
 use std::{fmt, sync::Arc};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, Method, Request, Response, header, request::Parts};
+use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, header, request::Parts};
 use http_body::Body;
 use tower_service::Service;
 
@@ -98,8 +98,13 @@ impl Responder {
         let tags = &self.settings.tags;
         // A URI whose responses vary on headers beyond the declared ones: its variant's key
         // straight away when this process has seen its Vary names, else through its record.
+        // Whether the key has names beyond the declared ones (a URI whose responses vary).
+        let mut varied = false;
         let mut key = match self.settings.remembered(base.key.primary()) {
-            Some(extra) => self.request_key(&parts, Some(&extra)),
+            Some(extra) => {
+                varied = true;
+                self.request_key(&parts, Some(&extra))
+            }
             None => base,
         };
         let mut found = if force {
@@ -111,6 +116,7 @@ impl Responder {
             self.settings
                 .remember(key.key.primary(), Some(extra.clone()));
             key = self.request_key(&parts, Some(&extra));
+            varied = true;
             found = self
                 .cache
                 .read(&key.key, tags)
@@ -131,8 +137,9 @@ impl Responder {
             freshness(e, now) == Freshness::Fresh && !too_old
         };
         if let Some(range) = parts.headers.get(header::RANGE) {
-            // Ranges are served from a fresh full response (RFC 9110 14.2); anything else goes
-            // to the handler as it is, and is not stored.
+            // Ranges are served from a fresh full response (RFC 9110 14.2), or from a stored
+            // partial response to the same `Range` (RFC 9111 3.3); anything else goes to the
+            // handler, and a 206 it answers is stored for that `Range`.
             let served = found
                 .as_deref()
                 .filter(|e| fresh(e) && !parts.headers.contains_key(header::IF_RANGE))
@@ -140,6 +147,52 @@ impl Responder {
             if let Some(resp) = served {
                 self.cache.record("hit", self.route());
                 return Ok(resp);
+            }
+            if !varied && !parts.headers.contains_key(header::IF_RANGE) {
+                let ranged = self.partial_key(&parts);
+                let part = if force {
+                    None
+                } else {
+                    self.cache.read(&ranged.key, tags).await
+                };
+                let part = part.filter(|e| {
+                    e.status == StatusCode::PARTIAL_CONTENT
+                        && fresh(e)
+                        && (!authorization || e.flags & FLAG_AUTHORIZED != 0)
+                });
+                if let Some(resp) = part
+                    .as_deref()
+                    .and_then(|e| self.respond_range(e, range.as_bytes(), head))
+                {
+                    self.cache.record("hit", self.route());
+                    return Ok(resp);
+                }
+                let conditionals = Conditionals::take(&mut parts.headers);
+                if !head {
+                    self.cache.record("miss", self.route());
+                    let stored = Stored {
+                        fallback: None,
+                        validate: None,
+                        authorization,
+                    };
+                    return Box::pin(self.miss(
+                        inner,
+                        parts,
+                        body,
+                        ranged,
+                        conditionals,
+                        stored,
+                        if force { now } else { 0 },
+                        head,
+                    ))
+                    .await;
+                }
+                let resp = call(inner, Request::from_parts(parts, body)).await?;
+                return Ok(self.decorate(
+                    resp.map(ResponseBody::inner),
+                    Served::Miss("HEAD"),
+                    None,
+                ));
             }
             let reason = "RANGE";
             self.cache.record_reason("bypass", self.route(), reason);
@@ -195,6 +248,17 @@ impl Responder {
             head,
         ))
         .await
+    }
+
+    /// The key of the URI's stored partial response (one per URI and declared header values,
+    /// whatever `Range` fetched it).
+    pub(super) fn partial_key(&self, parts: &Parts) -> RequestKey {
+        let mut copy = Request::new(()).into_parts().0;
+        copy.uri = parts.uri.clone();
+        copy.headers = parts.headers.clone();
+        copy.headers
+            .insert(header::RANGE, http::HeaderValue::from_static("partial"));
+        self.request_key(&copy, Some(&[header::RANGE]))
     }
 
     /// The key of `parts` (already rewritten by [`key`](Self::key)) on the declared key

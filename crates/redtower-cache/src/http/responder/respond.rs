@@ -60,6 +60,22 @@ impl Conditionals {
     }
 }
 
+/// The first and last byte and the complete length of a `Content-Range: bytes a-b/len`.
+fn content_range(value: &str) -> Option<(u64, u64, u64)> {
+    let (unit, rest) = value.trim().split_once(' ')?;
+    if !unit.eq_ignore_ascii_case("bytes") {
+        return None;
+    }
+    let (span, len) = rest.trim().split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    let (first, last, len) = (
+        first.trim().parse().ok()?,
+        last.trim().parse().ok()?,
+        len.trim().parse().ok()?,
+    );
+    (first <= last && last < len).then_some((first, last, len))
+}
+
 /// The first and last byte of a `Range: bytes=a-b` (or `a-`, or `-n`) of a body of `len`
 /// bytes; `None` for several ranges, another unit, or an unsatisfiable range.
 fn single_range(value: &str, len: u64) -> Option<(u64, u64)> {
@@ -139,20 +155,32 @@ impl Responder {
     }
 
     /// A `206 Partial Content` with the one byte range `range` (a `Range` value) of a stored
-    /// full `200` response (RFC 9110 14.2). `None` when the range is not one satisfiable
-    /// `bytes` range (the request then goes to the handler as it is).
+    /// full `200` response (RFC 9110 14.2), or of a stored `206` whose part covers it. `None`
+    /// when the range is not one satisfiable `bytes` range the entry holds (the request then
+    /// goes to the handler).
     pub(super) fn respond_range<B: Body>(
         &self,
         e: &Entry,
         range: &[u8],
         head: bool,
     ) -> Option<Response<ResponseBody<B>>> {
-        if e.status != StatusCode::OK {
+        let held = u64::try_from(e.body.len()).ok()?;
+        // Where the stored bytes start in the representation, and its length.
+        let (offset, len) = match e.status {
+            StatusCode::OK => (0, held),
+            StatusCode::PARTIAL_CONTENT => {
+                let (first, last, len) =
+                    content_range(e.headers.get(header::CONTENT_RANGE)?.to_str().ok()?)?;
+                (last.checked_sub(first)? + 1 == held).then_some((first, len))?
+            }
+            _ => return None,
+        };
+        let (start, end) = single_range(std::str::from_utf8(range).ok()?, len)?;
+        if start < offset || end >= offset + held {
             return None;
         }
-        let len = u64::try_from(e.body.len()).ok()?;
-        let (start, end) = single_range(std::str::from_utf8(range).ok()?, len)?;
-        let (from, to) = (usize::try_from(start).ok()?, usize::try_from(end).ok()?);
+        let from = usize::try_from(start - offset).ok()?;
+        let to = usize::try_from(end - offset).ok()?;
         let part = e.body.slice(from..=to);
         let length = HeaderValue::from(part.len());
         let body = if head {
