@@ -71,10 +71,13 @@ impl Sessions {
         } = SessionKeys::derive(&secret);
         let store: Arc<dyn SessionBackend> = match redis {
             None => Arc::new(redtower_session::MemoryStore::new()),
-            Some(redis) => Arc::new(redtower_session::RedisStore::new(
-                redis.clone(),
-                store_secret,
-            )?),
+            Some(redis) => Arc::new(
+                redtower_session::RedisStore::new(redis.clone(), store_secret)?.near_cache(
+                    config
+                        .near_cache
+                        .then(|| redtower_client::NearCacheConfig::new("sessions")),
+                )?,
+            ),
         };
         // The audit log: logins, revocations and expiries, as `tracing` events.
         let users: Arc<dyn SessionBackend> = Arc::new(WithEvents::new(store, audit));
