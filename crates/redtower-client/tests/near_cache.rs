@@ -131,7 +131,7 @@ async fn racing_reads_and_writes(url: &str) {
                 let seen: u64 = load(&near, &keys[k]).await.unwrap().parse().unwrap();
                 assert!(seen >= floor, "stale read of {}: {seen} < {floor}", keys[k]);
                 reads += 1;
-                if reads % 16 == 0 {
+                if reads.is_multiple_of(16) {
                     tokio::task::yield_now().await;
                 }
             }

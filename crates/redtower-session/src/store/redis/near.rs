@@ -135,11 +135,10 @@ impl SessionTier {
             seen,
             epoch: stamp.zip(epoch_key),
         });
-        if let Some((_, epoch_key)) = &fields.epoch {
-            if self.cache.get(epoch_key).is_none() {
+        if let Some((_, epoch_key)) = &fields.epoch
+            && self.cache.get(epoch_key).is_none() {
                 self.read_epoch(epoch_key).await?;
             }
-        }
         match self.servable(&fields, touch_ms) {
             Some(true) => {
                 self.cache
