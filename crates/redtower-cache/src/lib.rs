@@ -227,6 +227,9 @@ mod future;
 mod http;
 mod key;
 mod layer;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod purge;
 mod service;
 mod store;
 
