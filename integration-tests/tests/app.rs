@@ -656,6 +656,7 @@ async fn probe_routes_on_redis_without_l1() {
             ("API_RATE_LIMIT", "4/1h"),
             ("WORKER", "off"),
             ("CACHE_L1", "off"),
+            ("NEAR_CACHE", "off"),
         ],
     )
     .await;

@@ -306,6 +306,7 @@ async fn sentinel_failover_under_load_keeps_every_count() {
             ("WORKER", "off"),
             // Every cache hit then comes from Redis, not from the in-process copy.
             ("CACHE_L1", "off"),
+            ("NEAR_CACHE", "off"),
         ],
     )
     .await;

@@ -40,12 +40,12 @@
 //! # async fn run() -> Result<(), redtower_client::Error> {
 //! use std::time::Duration;
 //! use redtower_cache::{Cache, RedisStore, ResponseCacheLayer};
-//! use redtower_client::{Redis, RedisConfig};
+//! use redtower_client::{NearCacheConfig, Redis, RedisConfig};
 //!
 //! let redis = Redis::new(RedisConfig::from_env()?)?;
-//! let cache = Cache::builder(RedisStore::new(redis))
-//!     .l1(10_000, Duration::from_secs(1)) // optional in-process tier
-//!     .build();
+//! // Optional coherent in-process tier, kept up to date by Redis client tracking.
+//! let store = RedisStore::new(redis).near_cache(Some(NearCacheConfig::new("cache")));
+//! let cache = Cache::new(store);
 //! let layer = ResponseCacheLayer::new(cache, Duration::from_secs(300));
 //! # let _ = layer;
 //! # Ok(()) }
@@ -89,8 +89,17 @@
 //!   ([`CacheStore::ready`]), so they share fills with the other instances from the start.
 //! * **Invalidation** by key ([`Cache::invalidate`], and unsafe requests through the layer) and
 //!   by tag in O(1) ([`Cache::invalidate_tag`]: tags hold generations; entries record them).
+//! * Optional **tracked in-process tier** ([`RedisStore::near_cache`]): entries and tag
+//!   generations this instance read are kept in process and dropped the moment Redis reports
+//!   their key changed (client tracking, RESP3), whoever changed it. Consistency with it on:
+//!   this instance's own fills and invalidations are visible to it at once; another
+//!   instance's fill, [`Cache::invalidate`] or [`Cache::invalidate_tag`] is visible here once
+//!   its invalidation push arrived (after the writer's reply, one push delay); a lost tracking
+//!   connection, a reconnect or a Cluster topology change empties the tier until tracking is
+//!   back. Without RESP3/`CLIENT TRACKING` it turns itself off with one warning.
 //! * Optional in-process **L1** ([`CacheBuilder::l1`]) with a short TTL, keyed by the full
-//!   canonical key: an L1 hit computes no digest and no store key.
+//!   canonical key: an L1 hit computes no digest and no store key, but another instance's
+//!   change is seen up to one TTL late. Keep it for servers without client tracking.
 //!
 //! # The response cache ([`ResponseCacheLayer`])
 //!
@@ -159,6 +168,7 @@
 //! | lifetime in the store | 365 days ([`Cache::MAX_TTL`]); longer `max-age`, `Expires`, TTLs are cut | — | header values up to `u64::MAX` saturate instead of overflowing |
 //! | bytes in the memory store | 64 MiB, least useful evicted ([`MemoryStore::DEFAULT_MAX_BYTES`]) | [`MemoryStore::with_max_bytes`] | a process-wide bound |
 //! | bytes in Redis | Redis' `maxmemory` (see below) | the Redis you give [`RedisStore::new`] | the only bound across instances |
+//! | tracked tier | off; when on, 10,000 entries / 64 MiB / 60 s max age by default | [`RedisStore::near_cache`] | a change elsewhere is seen one invalidation push late (at worst the max age, if a push is lost while the connection looks up) |
 //! | L1 entries | off; when on, `max_entries` for a TTL kept between 1 ms and 60 s | [`CacheBuilder::l1`] | an invalidation elsewhere is seen at most one L1 TTL late |
 //! | fill lock held / waited for | 5 s / 3 s | [`CacheBuilder::lock_ttl`], [`CacheBuilder::lock_wait`] | a crashed filler never blocks others for long |
 //! | store command | 500 ms, then fail open | [`RedisStore::timeout`] | an outage adds little latency |

@@ -518,6 +518,19 @@ impl Redis {
         Ok(client)
     }
 
+    /// A new RESP3 client of its own (same configuration otherwise), not yet connected, for
+    /// the near-cache's tracked reads: its event receivers must exist before it connects.
+    /// Follows Sentinel switches like every dedicated connection.
+    pub(crate) fn tracked_client(&self, broadcast_capacity: usize) -> Result<Client> {
+        let mut builder = self.inner.builder.clone();
+        builder
+            .with_config(|c| c.version = fred::types::RespVersion::RESP3)
+            .with_performance_config(|p| p.broadcast_channel_capacity = broadcast_capacity);
+        let client = builder.build()?;
+        self.follow_switches(&client);
+        Ok(client)
+    }
+
     pub(crate) fn scripts(&self) -> &ScriptRegistry {
         &self.inner.scripts
     }

@@ -18,6 +18,9 @@
 //! * [`batch::Coalescer`]: concurrent calls made during one round trip leave together as the
 //!   next batch (one `MGET` for many `GET`s, one script call for many checks). The `batch`
 //!   and `breaker` modules are building blocks for stores; an app needs neither.
+//! * [`NearCache`]: a bounded in-process tier of Redis key -> value kept coherent by Redis'
+//!   client tracking (RESP3 pushes), flushed whenever the tracked connection is lost or moved;
+//!   what it guarantees is in the [`near`] module docs.
 //! * [`enum@Error`]: one error type whose [`ErrorKind`] tells timeouts, outages, Cluster and
 //!   script errors apart, for the layers' failure policies.
 //!
@@ -47,6 +50,7 @@
 //! | pub/sub messages buffered per subscriber | 4096 | [`RedisConfig::pubsub_buffer`] | a slow reader loses messages (and repairs them from history) instead of growing memory |
 //! | unresponsive connection | 10 s | [`RedisConfig::unresponsive_timeout`] | a half-open TCP connection is replaced |
 //! | key segment | [`Segment::MAX_LEN`] (128) bytes, longer values hashed | - | user input can neither grow keys nor forge another key or slot |
+//! | near-cache entries / bytes / age | 10,000 / 64 MiB / 60 s per tier | [`NearCacheConfig`] | memory is bounded and a lost push is outlived by at most the age |
 //! | calls per coalesced batch | set by each store (64 in the layers) | [`batch::Coalescer::new`] | one command carries a bounded amount of work |
 //!
 //! # Features
@@ -62,6 +66,7 @@ mod config;
 mod error;
 mod health;
 pub mod keyspace;
+pub mod near;
 mod script;
 
 pub use breaker::CircuitBreaker;
@@ -70,6 +75,7 @@ pub use config::RedisConfig;
 pub use error::{Error, ErrorKind, Result};
 pub use health::{ConnectionState, Health, HealthStatus};
 pub use keyspace::{Key, KeyError, KeyPattern, Keyspace, Namespace, Segment};
+pub use near::{NearCache, NearCacheConfig, NearCacheStats, Ticket};
 pub use script::Script;
 
 pub use fred;

@@ -56,6 +56,14 @@ impl ServerOptions {
         self
     }
 
+    /// An extra configuration directive with several values, `--name v1 v2 ..` (e.g.
+    /// `rename-command HELLO hello-off`).
+    pub fn arg_values(mut self, name: &str, values: &[&str]) -> Self {
+        self.args.push(format!("--{name}"));
+        self.args.extend(values.iter().map(|v| (*v).to_owned()));
+        self
+    }
+
     /// Starts the server.
     ///
     /// # Panics

@@ -1,7 +1,9 @@
 //! Response caching: `GET /products/featured`, a slow "database" call behind
 //! [`ResponseCacheLayer`] (300 s, then 60 s of stale-while-revalidate).
 //!
-//! Environment: `CACHE_L1` (with Redis, also keep hot entries in process for 500 ms),
+//! Environment: `NEAR_CACHE` (with Redis, keep entries this instance read in process,
+//! invalidated by Redis client tracking), `CACHE_L1` (with Redis, also keep hot entries in
+//! process for 500 ms, for servers without tracking),
 //! `CACHE_HOSTS` (the `Host` values the cache serves), `FEATURED_DELAY_MS` (the simulated
 //! database).
 
@@ -37,17 +39,25 @@ struct Featured {
 }
 
 impl ResponseCache {
-    /// The cache: in process without Redis; in Redis, with hot entries also kept in process
-    /// for 500 ms unless `CACHE_L1` is off.
+    /// The cache: in process without Redis; in Redis, with the entries this instance read
+    /// kept in a tracked in-process tier unless `NEAR_CACHE` is off, and in a 500 ms L1 when
+    /// `CACHE_L1` is on.
     pub(crate) fn new(config: &Config, redis: Option<&Redis>) -> Self {
         let cache = match redis {
             None => Cache::new(redtower_cache::MemoryStore::new()),
-            Some(redis) if config.cache_l1 => {
-                Cache::builder(redtower_cache::RedisStore::new(redis.clone()))
-                    .l1(1_000, Duration::from_millis(500))
-                    .build()
+            Some(redis) => {
+                let store = redtower_cache::RedisStore::new(redis.clone()).near_cache(
+                    config
+                        .near_cache
+                        .then(|| redtower_client::NearCacheConfig::new("cache")),
+                );
+                let builder = Cache::builder(store);
+                if config.cache_l1 {
+                    builder.l1(1_000, Duration::from_millis(500)).build()
+                } else {
+                    builder.build()
+                }
             }
-            Some(redis) => Cache::new(redtower_cache::RedisStore::new(redis.clone())),
         };
         Self {
             cache,

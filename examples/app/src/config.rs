@@ -81,8 +81,13 @@ pub struct Config {
     pub order_ship_delay: Duration,
     /// `FEATURED_DELAY_MS`, default 100.
     pub featured_delay: Duration,
-    /// `CACHE_L1` (`on`/`off`), default on: with Redis, keep hot cache entries in process for
-    /// 500 ms too. Off sends every cache read to Redis.
+    /// `NEAR_CACHE` (`on`/`off`), default on: with Redis, keep cache entries and session
+    /// records this instance read in process, invalidated by Redis itself (client tracking)
+    /// the moment any instance changes them. Off sends every cache read and session load to
+    /// Redis.
+    pub near_cache: bool,
+    /// `CACHE_L1` (`on`/`off`), default off: with Redis, also keep hot cache entries in process
+    /// for 500 ms, not invalidated by other instances (for servers without client tracking).
     pub cache_l1: bool,
     /// `COOKIE_SECURE` (`on`/`off`): mark cookies `Secure`. Default off, since the app serves
     /// plain HTTP on loopback; turn it on behind TLS.
@@ -237,7 +242,8 @@ impl Config {
             worker: switch("WORKER", true)?,
             order_ship_delay: ms("ORDER_SHIP_DELAY_MS", 2000)?,
             featured_delay: ms("FEATURED_DELAY_MS", 100)?,
-            cache_l1: switch("CACHE_L1", true)?,
+            near_cache: switch("NEAR_CACHE", true)?,
+            cache_l1: switch("CACHE_L1", false)?,
             cookie_secure: switch("COOKIE_SECURE", false)?,
             cache_hosts: get("CACHE_HOSTS")
                 .map(|list| {
@@ -312,7 +318,8 @@ mod tests {
         assert!(c.redis.is_none());
         assert_eq!(c.bind, "127.0.0.1:3000");
         assert!(c.worker);
-        assert!(c.cache_l1);
+        assert!(c.near_cache);
+        assert!(!c.cache_l1);
         assert_eq!(c.order_ship_delay, Duration::from_millis(2000));
         assert!(!c.metrics_enabled());
         let env = |pairs: &'static [(&'static str, &'static str)]| {

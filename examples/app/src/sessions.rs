@@ -70,10 +70,13 @@ impl Sessions {
         } = SessionKeys::derive(&secret);
         let users: Arc<dyn SessionBackend> = match redis {
             None => Arc::new(redtower_session::MemoryStore::new()),
-            Some(redis) => Arc::new(redtower_session::RedisStore::new(
-                redis.clone(),
-                store_secret,
-            )?),
+            Some(redis) => Arc::new(
+                redtower_session::RedisStore::new(redis.clone(), store_secret)?.near_cache(
+                    config
+                        .near_cache
+                        .then(|| redtower_client::NearCacheConfig::new("sessions")),
+                )?,
+            ),
         };
         // One layer type whichever store was chosen.
         let layer = SessionLayer::new(users.clone(), key).secure(config.cookie_secure);

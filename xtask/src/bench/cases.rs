@@ -4,10 +4,13 @@
 /// A server of the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Server {
-    /// The example app on Redis, `CACHE_L1=off`: every layer goes to Redis.
+    /// The example app on Redis, `NEAR_CACHE=off CACHE_L1=off`: every layer goes to Redis.
     AppRedis,
-    /// The example app on Redis with its default in-process L1 cache in front.
+    /// The example app on Redis with the 500 ms TTL L1 cache in front (`NEAR_CACHE=off`).
     AppRedisL1,
+    /// The example app on Redis with its default tracked in-process tier (`NEAR_CACHE=on`)
+    /// in front of the cache and the session loads.
+    AppRedisNear,
     /// The example app without `REDIS_URL`: in-process backends.
     AppMemory,
     /// The Node original (express + ioredis), `benches/node`.
@@ -31,6 +34,7 @@ impl Server {
         match self {
             Self::AppRedis => "app-redis",
             Self::AppRedisL1 => "app-redis-l1",
+            Self::AppRedisNear => "app-redis-near",
             Self::AppMemory => "app-memory",
             Self::Node => "node-express",
             Self::Naive => "naive-limiter",
@@ -53,7 +57,10 @@ impl Server {
 
     /// Whether requests need a logged-in cookie from `POST /login`.
     pub(crate) fn is_app(self) -> bool {
-        matches!(self, Self::AppRedis | Self::AppRedisL1 | Self::AppMemory)
+        matches!(
+            self,
+            Self::AppRedis | Self::AppRedisL1 | Self::AppRedisNear | Self::AppMemory
+        )
     }
 }
 
@@ -108,13 +115,16 @@ pub(crate) const CASES: &[Case] = &[
     case("hello/node", "rate limit /api/hello", "Node original", Node, "/api/hello", false, false),
     case("cache/redis", "cache hit /products/featured", "Redis (no L1)", AppRedis, "/products/featured", false, true),
     case("cache/l1", "cache hit /products/featured", "Redis + L1", AppRedisL1, "/products/featured", false, true),
+    case("cache/near", "cache hit /products/featured", "Redis + tracked tier", AppRedisNear, "/products/featured", false, true),
     case("cache/memory", "cache hit /products/featured", "memory", AppMemory, "/products/featured", false, true),
     case("cache/node", "cache hit /products/featured", "Node original", Node, "/products/featured", false, false),
     case("session/redis", "session read /whoami", "Redis", AppRedis, "/whoami", true, true),
+    case("session/near", "session read /whoami", "Redis + tracked tier", AppRedisNear, "/whoami", true, true),
     case("session/memory", "session read /whoami", "memory", AppMemory, "/whoami", true, true),
     case("session/ts", "session read /whoami", "tower-sessions-redis-store", TowerSessions, "/whoami", true, false),
     case("stacked/redis", "stacked /api/stacked", "Redis (no L1)", AppRedis, "/api/stacked", true, true),
     case("stacked/l1", "stacked /api/stacked", "Redis + L1", AppRedisL1, "/api/stacked", true, true),
+    case("stacked/near", "stacked /api/stacked", "Redis + tracked tier", AppRedisNear, "/api/stacked", true, true),
     case("stacked/memory", "stacked /api/stacked", "memory", AppMemory, "/api/stacked", true, true),
 ];
 
@@ -170,6 +180,14 @@ pub(crate) const GOALS: &[Goal] = &[
         1.5,
     ),
     goal("stacked/redis", "plain/app", "plain", 0.4),
+    goal("cache/near", "plain/app", "plain", 0.9),
+    goal(
+        "session/near",
+        "session/ts",
+        "tower-sessions-redis-store",
+        2.5,
+    ),
+    goal("stacked/near", "plain/app", "plain", 0.5),
     goal("jobs/bulk", "jobs/bulk-bullmq", "BullMQ", 2.0),
     goal("jobs/process", "jobs/process-bullmq", "BullMQ", 2.0),
     info("plain/app", "plain/node", "Node"),

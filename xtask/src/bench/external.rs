@@ -1,6 +1,7 @@
 //! The scenarios measured by the crates' own load programs, run as they are and read from
-//! their output: SSE fan-out (`redtower-pubsub`'s `load` bench) and jobs against BullMQ
-//! (`redtower-jobs`'s `jobs` bench).
+//! their output: SSE fan-out (`redtower-pubsub`'s `load` bench), jobs against BullMQ
+//! (`redtower-jobs`'s `jobs` bench) and the near-cache's invalidation delay
+//! (`redtower-client`'s `near` bench).
 
 use std::{
     path::{Path, PathBuf},
@@ -162,6 +163,43 @@ pub(crate) fn jobs(exe: &Path, crate_dir: &Path, n: u32) -> Result<Vec<Row>, Str
         }
     }
     Ok(rows)
+}
+
+/// The near-cache's invalidation delay (a write on instance A to the key's disappearance from
+/// instance B's tracked tier) and Redis' own round trip, read from the bench's `RESULT {json}`
+/// line.
+pub(crate) fn near(exe: &Path, crate_dir: &Path) -> Result<Vec<Row>, String> {
+    let text = run(exe, crate_dir, &[])?;
+    let result: serde_json::Value = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("RESULT "))
+        .find_map(|j| serde_json::from_str(j).ok())
+        .ok_or_else(|| format!("no RESULT line in the near bench output:\n{text}"))?;
+    let samples = result["samples"].as_u64().unwrap_or(0);
+    let mut delay = row(
+        "near/invalidation",
+        "near-cache invalidation delay",
+        "write on A to gone from B's tier",
+        true,
+        "ms",
+    );
+    delay.p50_ms = result["delay_p50_ms"].as_f64();
+    delay.p99_ms = result["delay_p99_ms"].as_f64();
+    delay.note = format!(
+        "{samples} samples, loopback; max {:.3} ms",
+        result["delay_max_ms"].as_f64().unwrap_or(0.0)
+    );
+    let mut rtt = row(
+        "near/rtt",
+        "near-cache invalidation delay",
+        "Redis round trip (PING)",
+        false,
+        "ms",
+    );
+    rtt.p50_ms = result["rtt_p50_ms"].as_f64();
+    rtt.p99_ms = result["rtt_p99_ms"].as_f64();
+    rtt.note = "the same client and server, for scale".to_owned();
+    Ok(vec![delay, rtt])
 }
 
 #[cfg(test)]

@@ -229,6 +229,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     let pubsub_dir = root.join("crates/redtower-pubsub");
     let want_sse = opts.wants("sse", "sse fan-out");
     let want_jobs = opts.wants("jobs", "jobs");
+    let want_near = opts.wants("near", "near-cache invalidation delay");
     let cases: Vec<&cases::Case> = cases::CASES
         .iter()
         .filter(|c| opts.wants(c.id, c.scenario))
@@ -264,15 +265,24 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         }
         let sse = external::build_bench(&cargo, "redtower-pubsub", "load")?;
         let jobs = external::build_bench(&cargo, "redtower-jobs", "jobs")?;
-        std::fs::write(&exes, format!("{}\n{}\n", sse.display(), jobs.display()))
-            .map_err(|e| e.to_string())?;
+        let near = external::build_bench(&cargo, "redtower-client", "near")?;
+        std::fs::write(
+            &exes,
+            format!(
+                "{}\n{}\n{}\n",
+                sse.display(),
+                jobs.display(),
+                near.display()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
     }
     if !opts.measure {
         return Ok(());
     }
     let listed = std::fs::read_to_string(&exes).unwrap_or_default();
     let mut listed = listed.lines().map(PathBuf::from);
-    let (sse_exe, jobs_exe) = (listed.next(), listed.next());
+    let (sse_exe, jobs_exe, near_exe) = (listed.next(), listed.next(), listed.next());
 
     let layout = if opts.pin {
         procs::pin()?
@@ -301,6 +311,10 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     if want_jobs {
         let exe = jobs_exe.ok_or("the jobs bench was not built: run without --no-build")?;
         rows.extend(external::jobs(&exe, &jobs_dir, opts.jobs)?);
+    }
+    if want_near {
+        let exe = near_exe.ok_or("the near bench was not built: run without --no-build")?;
+        rows.extend(external::near(&exe, &root.join("crates/redtower-client"))?);
     }
     machine.load_after = loadavg();
 

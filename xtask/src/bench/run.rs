@@ -41,10 +41,19 @@ fn start(server: Server, bins: &Bins<'_>, redis: u16, logs: &Path) -> Result<Pro
             .env_remove("REDIS_URL");
         match server {
             Server::AppRedis => {
-                cmd.env("REDIS_URL", &redis_url).env("CACHE_L1", "off");
+                cmd.env("REDIS_URL", &redis_url)
+                    .env("CACHE_L1", "off")
+                    .env("NEAR_CACHE", "off");
             }
             Server::AppRedisL1 => {
-                cmd.env("REDIS_URL", &redis_url).env("CACHE_L1", "on");
+                cmd.env("REDIS_URL", &redis_url)
+                    .env("CACHE_L1", "on")
+                    .env("NEAR_CACHE", "off");
+            }
+            Server::AppRedisNear => {
+                cmd.env("REDIS_URL", &redis_url)
+                    .env("CACHE_L1", "off")
+                    .env("NEAR_CACHE", "on");
             }
             _ => {}
         }

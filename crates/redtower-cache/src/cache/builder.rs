@@ -28,6 +28,11 @@ impl CacheBuilder {
     /// exchange an invalidation made by another instance (or a newer fill) may be seen up to
     /// `ttl` late, so keep it short. Invalidations made through this `Cache` clear its own L1
     /// at once. Defaults to no L1.
+    ///
+    /// With a Redis store, prefer its coherent tier
+    /// ([`RedisStore::near_cache`](crate::RedisStore::near_cache)): it is invalidated by Redis
+    /// itself, so another instance's change is seen at once rather than one TTL late. Keep
+    /// this L1 for servers without client tracking (RESP2-only, tracking disabled).
     pub fn l1(mut self, max_entries: u64, ttl: Duration) -> Self {
         self.l1 = Some((max_entries, ttl.clamp(Duration::from_millis(1), MAX_L1_TTL)));
         self

@@ -211,7 +211,10 @@ impl Cache {
     /// Invalidates every entry filled under `tag`, on every instance, in O(1): one delete of the
     /// tag's generation. Entries are dropped lazily (their next read is a miss). This
     /// instance's L1 is cleared of tagged entries at once; other instances' L1 entries live at
-    /// most the L1 TTL.
+    /// most the L1 TTL. Other instances' tracked tiers
+    /// ([`RedisStore::near_cache`](crate::RedisStore::near_cache)) drop the tag's generation
+    /// as soon as Redis' invalidation push reaches them, so their next read of a tagged entry
+    /// is a miss.
     ///
     /// # Errors
     ///

@@ -13,7 +13,7 @@ use std::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use redtower_client::{
-    Key, Namespace, Redis, Script,
+    Key, Namespace, NearCache, NearCacheConfig, Redis, Script,
     fred::{
         interfaces::{ClientLike, KeysInterface, SetsInterface, SortedSetsInterface},
         types::{Expiration, SetOptions, Value, config::Options},
@@ -92,6 +92,16 @@ pub struct RedisStore {
     /// Whether the client has been fully connected once (see [`CacheStore::ready`]).
     settled: Arc<AtomicBool>,
     max_variants: usize,
+    /// The tracked tier (entries and tag generations by Redis key), when turned on.
+    near: Option<Near>,
+}
+
+/// The tracked tier and the coalescing queue of the reads that fill it (sent on the tracked
+/// connection, so Redis tracks each key read).
+#[derive(Clone)]
+struct Near {
+    cache: NearCache<Bytes>,
+    reads: Option<Arc<Reads>>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -149,6 +159,7 @@ impl RedisStore {
             coalesce: true,
             settled: Arc::new(AtomicBool::new(false)),
             max_variants: Self::DEFAULT_MAX_VARIANTS,
+            near: None,
         };
         store.configure();
         store
@@ -166,7 +177,66 @@ impl RedisStore {
         self
     }
 
+    /// Puts a coherent in-process tier in front of this store (see
+    /// [`NearCache`](redtower_client::NearCache)): entries and tag generations read on this
+    /// instance are kept in process and dropped as soon as Redis reports the key changed, by
+    /// any instance (a fill, an [`invalidate`](crate::Cache::invalidate),
+    /// an [`invalidate_tag`](crate::Cache::invalidate_tag), an expiry). A hit then costs no
+    /// round trip. `None` turns it off (the default).
+    ///
+    /// Consistency with the tier on: a change made through *this* store is visible to this
+    /// instance at once; a change made elsewhere is visible here once its invalidation push
+    /// arrived (one push delay after the writer's reply, on loopback well under a millisecond),
+    /// and at the latest after the tier's maximum age. While tracking is not established
+    /// (start-up, a reconnect, a Cluster topology change) the tier is empty and every read goes
+    /// to Redis. On a server without RESP3 or `CLIENT TRACKING` the tier turns itself off with
+    /// one warning, and reads go to Redis.
+    ///
+    /// Must be called inside a Tokio runtime (the tier's connection starts at once).
+    ///
+    /// ```no_run
+    /// # fn run(redis: redtower_client::Redis) {
+    /// use redtower_cache::RedisStore;
+    /// use redtower_client::NearCacheConfig;
+    ///
+    /// let store = RedisStore::new(redis)
+    ///     .near_cache(Some(NearCacheConfig::new("cache").max_bytes(128 << 20)));
+    /// # let _ = store;
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime.
+    #[must_use]
+    pub fn near_cache(mut self, config: Option<NearCacheConfig>) -> Self {
+        self.near = config.map(|config| Near {
+            cache: NearCache::new(&self.redis, config, Bytes::len).expect(
+                "the near-cache's client builds from a configuration that already built one",
+            ),
+            reads: None,
+        });
+        self.configure();
+        self
+    }
+
+    /// The tracked tier, when [turned on](Self::near_cache): for its statistics and state.
+    pub fn near(&self) -> Option<&NearCache<Bytes>> {
+        self.near.as_ref().map(|n| &n.cache)
+    }
+
     fn configure(&mut self) {
+        let options = self.command_options();
+        let (coalesce, cluster) = (self.coalesce, self.redis.is_cluster());
+        if let Some(near) = &mut self.near {
+            near.reads = coalesce.then(|| {
+                Arc::new(Reads::new(
+                    near.cache.tracked_client().clone(),
+                    options,
+                    cluster,
+                ))
+            });
+        }
         self.options = self.command_options();
         self.reads = self.coalesce.then(|| {
             Arc::new(Reads::new(
@@ -222,6 +292,62 @@ impl RedisStore {
 
     fn tag_key_for(&self, tag: &str) -> Key {
         self.tags.key(tag)
+    }
+
+    /// A read through the tracked tier: a hit, or a read on the tracked connection whose value
+    /// is kept unless an invalidation raced it. `Err(key)` while the tier does not serve: the
+    /// caller reads from the main connection.
+    async fn near_get(
+        &self,
+        near: &Near,
+        key: Key,
+    ) -> std::result::Result<Result<Option<Bytes>>, Key> {
+        if let Some(hit) = near.cache.get(key.as_str()) {
+            return Ok(Ok(Some(hit)));
+        }
+        // Taken before the read is sent: see `NearCache::insert`.
+        let ticket = near.cache.ticket(key.as_str());
+        if !ticket.is_tracked() {
+            return Err(key);
+        }
+        let name = key.as_str().to_owned();
+        let value = match &near.reads {
+            Some(reads) => match reads.get(key).await {
+                Ok(r) => r.map_err(fred),
+                Err(key) => self.near_read_one(near, &ticket, key).await,
+            },
+            None => self.near_read_one(near, &ticket, key).await,
+        };
+        let value = match value {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        if let Some(bytes) = &value {
+            near.cache.insert(ticket, &name, bytes.clone());
+        }
+        Ok(Ok(value))
+    }
+
+    async fn near_read_one(
+        &self,
+        near: &Near,
+        ticket: &redtower_client::Ticket,
+        key: Key,
+    ) -> redtower_client::Result<Option<Bytes>> {
+        let client = near.cache.client_for(ticket).with_options(&self.options);
+        Box::pin(client.get::<Option<Bytes>, _>(key))
+            .await
+            .map_err(fred)
+    }
+
+    /// Drops `keys` from this instance's tier at once (their pushes come after the write's
+    /// reply), and voids reads of them in flight.
+    fn near_forget<'k>(&self, keys: impl IntoIterator<Item = &'k str>) {
+        if let Some(near) = &self.near {
+            for key in keys {
+                near.cache.invalidate(key);
+            }
+        }
     }
 
     async fn bounded<T>(&self, fut: impl Future<Output = redtower_client::Result<T>>) -> Result<T> {
@@ -287,6 +413,12 @@ impl CacheStore for RedisStore {
 
     async fn get(&self, key: &EntryKey) -> Result<Option<Bytes>> {
         let mut k = self.entry_key(key);
+        if let Some(near) = &self.near {
+            match self.near_get(near, k).await {
+                Ok(r) => return r,
+                Err(back) => k = back,
+            }
+        }
         // The hit path: fred's own per-command timeout (`options`) bounds it, so no second
         // timer is armed here.
         if let Some(reads) = &self.reads {
@@ -322,8 +454,10 @@ impl CacheStore for RedisStore {
             Value::from(key.variant().unwrap_or("").to_owned()),
             Value::from(self.max_variants.to_string()),
         ];
-        let n: i64 = self.bounded(PUT.run(&self.redis, keys, args)).await?;
-        Ok(n == 1)
+        let n: Result<i64> = self.bounded(PUT.run(&self.redis, keys.clone(), args)).await;
+        // Also on an error: the script may have run.
+        self.near_forget([keys[0].as_str()]);
+        Ok(n? == 1)
     }
 
     async fn invalidate(&self, group: &str) -> Result<()> {
@@ -353,9 +487,12 @@ impl CacheStore for RedisStore {
             keys.push(self.entries.key(group).push(v.as_str()).into_string());
         }
         // Same hash tag: one multi-key DEL is valid on a Cluster.
-        self.bounded(async move { client.del::<i64, _>(keys).await.map_err(fred) })
-            .await?;
-        Ok(())
+        let forget = keys.clone();
+        let deleted = self
+            .bounded(async move { client.del::<i64, _>(keys).await.map_err(fred) })
+            .await;
+        self.near_forget(forget.iter().map(String::as_str));
+        deleted.map(|_| ())
     }
 
     async fn try_lock(&self, key: &EntryKey, ttl: Duration) -> Result<Option<LockToken>> {
@@ -397,7 +534,23 @@ impl CacheStore for RedisStore {
         let reads = tags.iter().map(|t| {
             let client = client.clone();
             let k = self.tag_key_for(t);
-            async move { client.get::<Option<String>, _>(k).await.map_err(fred) }
+            async move {
+                let k = match &self.near {
+                    Some(near) => match self.near_get(near, k).await {
+                        Ok(r) => {
+                            return r
+                                .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                                .map_err(|e| match e {
+                                    Error::Redis(e) => e,
+                                    other => redtower_client::Error::reply(other.to_string()),
+                                });
+                        }
+                        Err(k) => k,
+                    },
+                    None => k,
+                };
+                client.get::<Option<String>, _>(k).await.map_err(fred)
+            }
         });
         let values = self
             .bounded(async move { futures::future::try_join_all(reads).await })
@@ -421,15 +574,23 @@ impl CacheStore for RedisStore {
         });
         let values = self
             .bounded(async move { futures::future::try_join_all(runs).await })
-            .await?;
-        Ok(values.into_iter().map(|s| s.parse().unwrap_or(0)).collect())
+            .await;
+        let keys: Vec<Key> = tags.iter().map(|t| self.tag_key_for(t)).collect();
+        self.near_forget(keys.iter().map(Key::as_str));
+        Ok(values?
+            .into_iter()
+            .map(|s| s.parse().unwrap_or(0))
+            .collect())
     }
 
     async fn bump_tag(&self, tag: &str) -> Result<()> {
         let k = self.tag_key_for(tag);
         let client = self.redis.client().with_options(&self.options);
-        self.bounded(async move { client.unlink::<i64, _>(k).await.map_err(fred) })
-            .await?;
-        Ok(())
+        let forget = k.clone();
+        let unlinked = self
+            .bounded(async move { client.unlink::<i64, _>(k).await.map_err(fred) })
+            .await;
+        self.near_forget([forget.as_str()]);
+        unlinked.map(|_| ())
     }
 }

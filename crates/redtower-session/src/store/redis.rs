@@ -31,6 +31,7 @@ use crate::{
 
 mod alive;
 mod loads;
+mod near;
 
 use alive::alive_batch;
 use loads::{Loaded, Loads, MAX_BATCH, load_batch, short_reply};
@@ -107,6 +108,8 @@ struct Inner {
     coalesce: bool,
     /// Revocation watches (started on the first watch; a setting change starts new ones).
     watches: OnceLock<Arc<Watches>>,
+    /// The tracked in-process tier, when turned on.
+    near: Option<near::SessionTier>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -148,8 +151,56 @@ impl RedisStore {
                 loads: OnceLock::new(),
                 coalesce: true,
                 watches: OnceLock::new(),
+                near: None,
             }),
         })
+    }
+
+    /// Puts a coherent in-process tier in front of session loads (see
+    /// [`NearCache`](redtower_client::NearCache)). `None` turns it off (the default).
+    ///
+    /// A load is answered in process when this instance read the record (and its user's
+    /// revocation epoch) on its tracked connection and Redis has not reported either changed
+    /// since, and the load script would change nothing (no touch due: see
+    /// [`touch_interval`](Self::touch_interval)); otherwise the load script runs as without a
+    /// tier. Consistency with the tier on:
+    ///
+    /// * a save, logout, revoke, revoke-all or revoke-others through *this* store drops the
+    ///   session (or the user's epoch) from this instance's tier before the call returns;
+    /// * the same on another instance reaches this tier with Redis' invalidation push, sent
+    ///   when the change is made, so a request here is refused from the moment the push is
+    ///   applied (one push delay after the revoking call's reply; on loopback well under a
+    ///   millisecond). A request already being answered from the tier at that moment
+    ///   completes, as one that read Redis just before the revocation would;
+    /// * while tracking is not established (start-up, a lost or re-made connection, a Cluster
+    ///   topology change) the tier is empty and every load runs the script;
+    /// * on a server without RESP3 or `CLIENT TRACKING` the tier turns itself off with one
+    ///   warning.
+    ///
+    /// Must be called inside a Tokio runtime (the tier's connection starts at once).
+    ///
+    /// # Errors
+    ///
+    /// When the tier's client cannot be built.
+    pub fn near_cache(mut self, config: Option<redtower_client::NearCacheConfig>) -> Result<Self> {
+        let tier = match config {
+            Some(config) => Some(near::SessionTier::new(&self.inner.redis, config)?),
+            None => None,
+        };
+        Arc::make_mut(&mut self.inner).near = tier;
+        Ok(self)
+    }
+
+    /// The tracked tier, when [turned on](Self::near_cache): for its statistics and state.
+    pub fn near(&self) -> Option<&redtower_client::NearCache<impl Clone + Send + Sync + 'static>> {
+        self.inner.near.as_ref().map(near::SessionTier::cache)
+    }
+
+    /// Drops `key` from this instance's tier at once (after a write of this store).
+    fn forget(&self, key: &Key) {
+        if let Some(tier) = &self.inner.near {
+            tier.forget(key);
+        }
     }
 
     fn settings_mut(&mut self) -> &mut Settings {
@@ -348,6 +399,21 @@ impl RedisStore {
         if !self.inner.redis.has_connected() {
             Box::pin(self.ready()).await?;
         }
+        if let Some(tier) = &self.inner.near {
+            match Box::pin(tier.load(&key, ms(self.inner.settings.touch_interval))).await {
+                Ok(near::Found::Hit(fields)) => {
+                    return Ok(Some(Record {
+                        id: *id,
+                        data: serde_json::from_str(&fields.data)?,
+                        expiry_date: from_unix_ms(fields.expiry),
+                    }));
+                }
+                Ok(near::Found::Missing) => return Ok(None),
+                // The script decides (and touches, or deletes a revoked session).
+                Ok(near::Found::Script) => {}
+                Err(e) => return Err(Error::Redis(e.into())),
+            }
+        }
         let loaded = if self.inner.coalesce {
             match self.loads().call(key).await {
                 Ok(r) => r,
@@ -395,17 +461,22 @@ impl RedisStore {
         } = &*self.inner;
         let data = settings.encode(&record.data)?;
         self.ready().await?;
-        let reply: String = SAVE
+        let key = keys.record(&record.id);
+        let reply: Result<String> = SAVE
             .run(
                 redis,
-                vec![keys.record(&record.id)],
+                vec![key.clone()],
                 vec![
                     Value::from(data),
                     unix_ms(record.expiry_date).into(),
                     settings.idle_ms().into(),
                 ],
             )
-            .await?;
+            .await
+            .map_err(Error::from);
+        // Also on an error: the script may have run.
+        self.forget(&key);
+        let reply = reply?;
         if reply == "GONE" {
             return Err(Error::Gone);
         }
@@ -415,9 +486,12 @@ impl RedisStore {
     async fn delete_inner(&self, id: &Id) -> Result<()> {
         let Inner { redis, keys, .. } = &*self.inner;
         self.ready().await?;
-        let _: i64 = DELETE
-            .run(redis, vec![keys.record(id)], Vec::<Value>::new())
-            .await?;
+        let key = keys.record(id);
+        let deleted: redtower_client::Result<i64> = DELETE
+            .run(redis, vec![key.clone()], Vec::<Value>::new())
+            .await;
+        self.forget(&key);
+        deleted?;
         Ok(())
     }
 }
@@ -524,13 +598,16 @@ impl UserSessions for RedisStore {
         let Inner { redis, keys, .. } = &*self.inner;
         let bucket = keys.user_bucket(user);
         self.ready().await?;
-        let n: i64 = REVOKE
+        let record = keys.record_by_handle(bucket, handle);
+        let n: redtower_client::Result<i64> = REVOKE
             .run(
                 redis,
-                vec![keys.record_by_handle(bucket, handle), keys.index(user)],
+                vec![record.clone(), keys.index(user)],
                 vec![user.to_owned()],
             )
-            .await?;
+            .await;
+        self.forget(&record);
+        let n = n?;
         if n == 1 {
             telemetry::revoked("one", 1);
         }
@@ -545,18 +622,21 @@ impl UserSessions for RedisStore {
             ..
         } = &*self.inner;
         self.ready().await?;
-        let n: i64 = REVOKE_ALL
+        let epoch = keys.epoch(user);
+        let n: redtower_client::Result<i64> = REVOKE_ALL
             .run(
                 redis,
-                vec![keys.epoch(user), keys.index(user)],
+                vec![epoch.clone(), keys.index(user)],
                 vec![
                     Value::from(keys.record_prefix(keys.user_bucket(user))),
                     ms(settings.absolute).into(),
                     settings.max_per_user_arg().into(),
                 ],
             )
-            .await?;
-        let n = u64::try_from(n).unwrap_or(0);
+            .await;
+        // Every cached session of the user is checked against this epoch.
+        self.forget(&epoch);
+        let n = u64::try_from(n?).unwrap_or(0);
         telemetry::revoked("all", n);
         Ok(n)
     }
@@ -578,10 +658,12 @@ impl UserSessions for RedisStore {
             keys.record_by_handle(bucket, "none")
         };
         self.ready().await?;
-        let n: i64 = REVOKE_OTHERS
+        let epoch = keys.epoch(user);
+        let forget = [epoch.clone(), current.clone()];
+        let n: redtower_client::Result<i64> = REVOKE_OTHERS
             .run(
                 redis,
-                vec![keys.epoch(user), keys.index(user), current],
+                vec![epoch, keys.index(user), current],
                 vec![
                     Value::from(keys.record_prefix(bucket)),
                     ms(settings.absolute).into(),
@@ -589,8 +671,11 @@ impl UserSessions for RedisStore {
                     settings.max_per_user_arg().into(),
                 ],
             )
-            .await?;
-        let n = u64::try_from(n).unwrap_or(0);
+            .await;
+        for key in &forget {
+            self.forget(key);
+        }
+        let n = u64::try_from(n?).unwrap_or(0);
         telemetry::revoked("others", n);
         Ok(n)
     }
