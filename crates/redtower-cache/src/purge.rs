@@ -28,10 +28,10 @@
 //! cache.set("price:tea", &8u32, Duration::from_secs(60)).await.unwrap();
 //! let app: Router = Router::new()
 //!     // .route(..) the application's own routes
-//!     .merge(purge::router(cache.clone(), PurgeAuth::bearer("s3cret").unwrap()));
+//!     .merge(purge::router(cache.clone(), PurgeAuth::bearer("a-long-random-token").unwrap()));
 //!
 //! let purge = Request::post("/cache/purge")
-//!     .header(header::AUTHORIZATION, "Bearer s3cret")
+//!     .header(header::AUTHORIZATION, "Bearer a-long-random-token")
 //!     .header(header::CONTENT_TYPE, "application/json")
 //!     .body(Body::from(r#"{"keys":["price:tea"],"tags":["product:42"]}"#))
 //!     .unwrap();
