@@ -99,7 +99,7 @@ async fn check_routes(app: &TestApp, backend: &str) {
         );
         assert_eq!(
             res.json::<Value>().await.unwrap(),
-            json!({"hello": "world"})
+            json!({"hello": "world", "plan": "free"})
         );
     }
     let limited = c.get(app.url("/api/hello")).send().await.unwrap();
@@ -116,6 +116,17 @@ async fn check_routes(app: &TestApp, backend: &str) {
             .unwrap()
             .starts_with("application/problem+json")
     );
+    // The pro plan (from a header the stand-in authentication layer reads) has its own,
+    // 100 times larger, allowance.
+    let pro = c
+        .get(app.url("/api/hello"))
+        .header("x-demo-plan", "pro")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pro.status(), StatusCode::OK);
+    assert_eq!(pro.headers()["x-ratelimit-limit"], "300");
+    assert_eq!(pro.headers()["x-ratelimit-remaining"], "299");
 
     // Sessions.
     let (status, _) = json_of(c.get(app.url("/me")).send().await.unwrap()).await;

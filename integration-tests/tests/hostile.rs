@@ -73,6 +73,53 @@ async fn logins_are_limited_per_user_and_per_ip_on_redis() {
     logins_are_limited_per_user_and_per_ip(Some(&redtower_testkit::shared_url())).await;
 }
 
+/// Only failed logins count toward `LOGIN_FAILURE_RATE_LIMIT`: successful ones are given
+/// back, so any number of them pass; past the failures, even a good login is refused.
+async fn only_failed_logins_count(redis: Option<&str>) {
+    let app = TestApp::spawn(
+        redis,
+        &unique_prefix("login-failures"),
+        &[
+            ("LOGIN_FAILURE_RATE_LIMIT", "2/1h"),
+            ("LOGIN_RATE_LIMIT", "100/1h"),
+        ],
+    )
+    .await;
+    for i in 0..6 {
+        assert_eq!(
+            login(&browser(), &app, &format!("user{i}")).await,
+            StatusCode::OK,
+            "successful login {i}"
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            login(&browser(), &app, "no spaces allowed").await,
+            StatusCode::BAD_REQUEST
+        );
+    }
+    assert_eq!(
+        login(&browser(), &app, "no spaces allowed").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        login(&browser(), &app, "alice").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "locked after two failures"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_failed_logins_count_in_memory() {
+    only_failed_logins_count(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_failed_logins_count_on_redis() {
+    only_failed_logins_count(Some(&redtower_testkit::shared_url())).await;
+}
+
 async fn a_publish_with_an_idempotency_key_happens_once(redis: Option<&str>) {
     let app = TestApp::spawn(redis, &unique_prefix("publish-key"), &[]).await;
     let alice = browser();

@@ -10,12 +10,16 @@
 //!   `cargo xtask bench --help`): installs `wrk` and the Node baseline's packages when missing,
 //!   starts its own `redis-server`, the example app and the baselines, and writes
 //!   `BENCHMARKS.md` and `benchmarks.svg`.
+//! * `cargo xtask cache-conformance --suite DIR`: the response cache on the public HTTP cache
+//!   test suite, through `examples/caching-proxy`; writes `crates/redtower-cache/CONFORMANCE.md`
+//!   (needs Node.js and a checkout of the suite; not part of `test`).
 //!
 //! Extra arguments after `test` go to `cargo test` (e.g. `cargo xtask test -p redtower-client`).
 
 use std::{env, process::ExitCode};
 
 mod bench;
+mod conformance;
 mod deps;
 
 fn main() -> ExitCode {
@@ -26,9 +30,11 @@ fn main() -> ExitCode {
         "test" => deps::ensure_deps().and_then(|()| test(&rest)),
         "ensure-deps" => deps::ensure_deps(),
         "bench" => bench::main(&rest),
-        _ => {
-            Err("usage: cargo xtask <test [cargo test args]|ensure-deps|bench [--help]>".to_owned())
-        }
+        "cache-conformance" => conformance::main(&rest),
+        _ => Err(
+            "usage: cargo xtask <test [cargo test args]|ensure-deps|bench [--help]|cache-conformance --suite DIR [--help]>"
+                .to_owned(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -232,6 +232,15 @@
 //! `redtower_cache_coalesced_total{cache}`, `redtower_cache_lock_wait_seconds{cache}` and
 //! `redtower_cache_fail_open_total{cache,op}`, through the `metrics` facade. Routes are labelled
 //! with [`route_name`](ResponseCacheLayer::route_name), never the raw URI.
+//!
+//! # Tracing
+//!
+//! One span per request through [`ResponseCacheLayer`], `redtower.cache` (target
+//! `redtower::cache`, DEBUG, so it costs nothing unless asked for), around the lookup, the
+//! fill and the inner service. Its one field, recorded when the response is ready, is
+//! `outcome` = `hit` \| `miss` \| `stale` \| `bypass` \| `revalidated` (as `X-Cache`), or
+//! `none` when the response carries no cache status. No key, URI or header value is ever a
+//! field.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::{ResponseBody, ResponseFuture, http::Responder};
 
@@ -71,6 +72,33 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let responder = self.responder.clone();
-        ResponseFuture::new(Box::pin(responder.handle(inner, req)))
+        let span = tracing::debug_span!(
+            target: "redtower::cache",
+            "redtower.cache",
+            outcome = tracing::field::Empty,
+        );
+        if span.is_disabled() {
+            return ResponseFuture::new(Box::pin(responder.handle(inner, req)));
+        }
+        let handled = responder.handle(inner, req).instrument(span.clone());
+        ResponseFuture::new(Box::pin(async move {
+            let res = handled.await;
+            if let Ok(res) = &res {
+                span.record("outcome", outcome(res.headers()));
+            }
+            res
+        }))
+    }
+}
+
+/// The span's `outcome`, from the response's `X-Cache` (see the crate docs, "Tracing").
+fn outcome(headers: &http::HeaderMap) -> &'static str {
+    match headers.get("x-cache").map(http::HeaderValue::as_bytes) {
+        Some(b"HIT") => "hit",
+        Some(b"MISS") => "miss",
+        Some(b"STALE") => "stale",
+        Some(b"BYPASS") => "bypass",
+        Some(b"REVALIDATED") => "revalidated",
+        _ => "none",
     }
 }

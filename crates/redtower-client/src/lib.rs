@@ -23,6 +23,8 @@
 //!   what it guarantees is in the [`near`] module docs.
 //! * [`enum@Error`]: one error type whose [`ErrorKind`] tells timeouts, outages, Cluster and
 //!   script errors apart, for the layers' failure policies.
+//! * [`TraceContext`]: a bounded W3C trace context (`traceparent`, `tracestate`) that jobs and
+//!   events carry through Redis, so work done later joins the trace that asked for it.
 //!
 //! ```no_run
 //! use redtower_client::{Redis, RedisConfig};
@@ -57,6 +59,10 @@
 //!
 //! * `rustls`: TLS (`rediss://`) through rustls with the ring provider. Without it a TLS URL is a
 //!   configuration error.
+//! * `opentelemetry`: [`TraceContext::current`] and [`TraceContext::set_parent_of`], through
+//!   `tracing-opentelemetry` and the W3C `TraceContextPropagator` (opentelemetry 0.33).
+//!   Without it the type is still there (stores read and write it), but nothing captures a
+//!   context.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod batch;
@@ -68,6 +74,7 @@ mod health;
 pub mod keyspace;
 pub mod near;
 mod script;
+pub mod trace;
 
 pub use breaker::CircuitBreaker;
 pub use client::Redis;
@@ -77,5 +84,6 @@ pub use health::{ConnectionState, Health, HealthStatus};
 pub use keyspace::{Key, KeyError, KeyPattern, Keyspace, Namespace, Segment};
 pub use near::{NearCache, NearCacheConfig, NearCacheStats, Ticket};
 pub use script::Script;
+pub use trace::TraceContext;
 
 pub use fred;

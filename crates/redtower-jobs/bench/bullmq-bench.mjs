@@ -35,6 +35,25 @@ async function single(q) {
   return N / ((performance.now() - t) / 1000);
 }
 
+// Job schedulers: NS schedulers (every hour) upserted 50 in flight, until each one's first job
+// is in the queue (upsertJobScheduler adds it).
+async function schedulers(q, NS) {
+  const t = performance.now();
+  for (let i = 0; i < NS; i += INFLIGHT) {
+    const adds = [];
+    for (let j = i; j < Math.min(NS, i + INFLIGHT); j++) {
+      adds.push(q.upsertJobScheduler('s' + j, { every: 3600000 }, { name: 'noop', data: { n: j }, opts }));
+    }
+    await Promise.all(adds);
+  }
+  for (;;) {
+    const c = await q.getJobCounts('wait', 'delayed', 'prioritized');
+    if (c.wait + c.delayed + c.prioritized >= NS) break;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  return NS / ((performance.now() - t) / 1000);
+}
+
 async function processing(q, name) {
   let done = 0;
   let resolve;
@@ -61,6 +80,9 @@ const q3 = await fresh('bench-process');
 await bulk(q3);
 const processRate = await processing(q3, 'bench-process');
 await q3.obliterate({ force: true });
-await Promise.all([q1.close(), q2.close(), q3.close()]);
-console.log(JSON.stringify({ bulk: bulkRate, single: singleRate, process: processRate }));
+const q4 = await fresh('bench-sched');
+const schedRate = await schedulers(q4, Math.max(1, Math.floor(N / 10)));
+await q4.obliterate({ force: true });
+await Promise.all([q1.close(), q2.close(), q3.close(), q4.close()]);
+console.log(JSON.stringify({ bulk: bulkRate, single: singleRate, process: processRate, schedulers: schedRate }));
 process.exit(0);

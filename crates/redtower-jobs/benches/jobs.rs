@@ -1,5 +1,7 @@
 //! redtower-jobs versus BullMQ on the same fresh Redis, in the same run: 50,000 no-op jobs,
-//! bulk enqueue, single enqueue (50 in flight) and processing at concurrency 50.
+//! bulk enqueue, single enqueue (50 in flight) and processing at concurrency 50; and job
+//! schedulers: `N / 10` schedulers (every hour) created 50 in flight until each one's first
+//! tick is a job in the queue (BullMQ: `upsertJobScheduler`, which adds the first job).
 //!
 //! Run with: `cargo bench -p redtower-jobs --bench jobs` (BullMQ runs too when
 //! `crates/redtower-jobs/bench/node_modules` exists: `npm ci` in that folder). `N=...` changes
@@ -7,7 +9,7 @@
 //!
 //! Besides the human lines, it prints one machine-readable line per scenario, starting with
 //! `RESULT ` and followed by one JSON object:
-//! `{"bench":"redtower-jobs","scenario":"bulk_enqueue"|"single_enqueue"|"processing_c50",
+//! `{"bench":"redtower-jobs","scenario":"bulk_enqueue"|"single_enqueue"|"processing_c50"|"scheduler_first_tick",
 //! "jobs":N,"redtower_per_s":..,"bullmq_per_s":..|null,"ratio":..|null,
 //! "round_trips_per_job":..|null,"load_avg_1m":..|null}` (`ratio` = redtower / BullMQ, measured
 //! in the same run; `load_avg_1m` read when the scenario ended).
@@ -22,7 +24,7 @@ use std::{
 
 use futures::future::join_all;
 use redtower_client::{Redis, RedisConfig};
-use redtower_jobs::{Job, JobContext, JobError, JobOptions, Queue, RedisStore, Worker};
+use redtower_jobs::{Job, JobContext, JobError, JobOptions, Queue, RedisStore, Schedule, Worker};
 use redtower_testkit::RedisServer;
 use serde::{Deserialize, Serialize};
 
@@ -97,6 +99,32 @@ async fn single(queue: &Queue<Noop>, n: u32) -> f64 {
                 .map(|&n| async move { queue.add(Noop { n }).await.unwrap() }),
         )
         .await;
+    }
+    f64::from(n) / t.elapsed().as_secs_f64()
+}
+
+/// `n` schedulers created 50 in flight, then passes until each one's first tick is a job:
+/// schedulers (with their first job) per second.
+async fn schedulers(store: &RedisStore, n: u32) -> f64 {
+    let queue = Queue::<Noop>::new(store.clone(), "bench-sched");
+    let t = Instant::now();
+    let all: Vec<u32> = (0..n).collect();
+    for chunk in all.chunks(50) {
+        join_all(chunk.iter().map(|&i| {
+            let queue = &queue;
+            async move {
+                let every = Schedule::every(Duration::from_secs(3600));
+                queue
+                    .schedule(&format!("s{i}"), every, Noop { n: i })
+                    .await
+                    .unwrap()
+            }
+        }))
+        .await;
+    }
+    let mut added = 0;
+    while added < n as usize {
+        added += queue.run_schedulers().await.unwrap().added.len();
     }
     f64::from(n) / t.elapsed().as_secs_f64()
 }
@@ -212,12 +240,15 @@ async fn main() {
     let q = Queue::<Noop>::new(store.clone(), "bench-process");
     bulk(&q, n).await;
     let (rt_process, rtt) = processing(&store, &server, n).await;
+    let n_sched = (n / 10).max(1);
+    let rt_sched = schedulers(&store, n_sched).await;
     let ours_load = load_avg();
     server.cmd(&["FLUSHALL"]);
 
     println!(
         "redtower-jobs ({n} jobs): bulk {rt_bulk:.0}/s, single {rt_single:.0}/s, processing {rt_process:.0}/s, {rtt:.3} scripts per processed job"
     );
+    println!("redtower-jobs ({n_sched} schedulers): created with their first tick {rt_sched:.0}/s");
     let b = bullmq(server.port(), n);
     let load = load_avg().or(ours_load);
     let get = |k: &str| {
@@ -226,6 +257,7 @@ async fn main() {
             .and_then(serde_json::Value::as_f64)
     };
     let (ob, os, op) = (get("bulk"), get("single"), get("process"));
+    let osched = get("schedulers");
     if let (Some(bb), Some(bs), Some(bp)) = (ob, os, op) {
         println!(
             "BullMQ        ({n} jobs): bulk {bb:.0}/s, single {bs:.0}/s, processing {bp:.0}/s"
@@ -249,5 +281,16 @@ async fn main() {
     println!(
         "{}",
         result_line("processing_c50", n, rt_process, op, Some(rtt), load)
+    );
+    println!(
+        "{}",
+        result_line(
+            "scheduler_first_tick",
+            n_sched,
+            rt_sched,
+            osched,
+            None,
+            load
+        )
     );
 }

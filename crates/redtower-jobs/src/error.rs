@@ -22,6 +22,9 @@ pub enum Error {
     /// An option is out of range (for example zero attempts).
     #[error("invalid job option: {0}")]
     InvalidOption(&'static str),
+    /// A [`Schedule`](crate::Schedule) is not valid (a cron expression that does not parse).
+    #[error("invalid schedule: {0}")]
+    InvalidSchedule(String),
     /// The store answered something this version does not understand.
     #[error("unexpected reply from the store: {0}")]
     Protocol(String),

@@ -2,6 +2,7 @@
 
 use std::{fmt, time::Duration};
 
+use redtower_client::TraceContext;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// A job type: a serde payload with a stable name.
@@ -269,6 +270,42 @@ pub(crate) struct Record {
     pub(crate) started: Option<u64>,
     #[serde(default, deserialize_with = "null_u64")]
     pub(crate) fin: Option<u64>,
+    /// The W3C trace context of the span that added the job (see [`trace_field`]).
+    #[serde(
+        rename = "tc",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "trace_field"
+    )]
+    pub(crate) trace: Option<TraceContext>,
+}
+
+/// The record's `tc` field: a [`TraceContext`] as its encoded text (at most
+/// [`TraceContext::MAX_ENCODED_LEN`] bytes). Reading is lenient: a record without the field
+/// (written before it existed, or without the `opentelemetry` feature), or with one that is
+/// not a valid context, loads with none; a bad context never fails its job.
+pub(crate) mod trace_field {
+    use redtower_client::TraceContext;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(
+        cx: &Option<TraceContext>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match cx {
+            Some(cx) => s.serialize_str(&cx.encode()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<TraceContext>, D::Error> {
+        Ok(match Option::<serde_json::Value>::deserialize(d)? {
+            Some(serde_json::Value::String(s)) => TraceContext::decode(&s),
+            _ => None,
+        })
+    }
 }
 
 // Lua's cjson writes a missing value as `null` and may write integers as floats.
@@ -385,5 +422,38 @@ impl JobInfo {
             return None;
         }
         serde_json::from_str(&self.data).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn record(tail: &str) -> Record {
+        let raw = format!(
+            r#"{{"id":"1","name":"n","data":"{{}}","attempt":0,"max":3,"backoff":{{"k":"fixed","ms":10}},"prio":0,"seq":1,"created":1{tail}}}"#
+        );
+        serde_json::from_str(&raw).unwrap()
+    }
+
+    #[test]
+    fn the_trace_field_is_optional_and_lenient() {
+        assert_eq!(record("").trace, None);
+        assert_eq!(record(r#","tc":null"#).trace, None);
+        assert_eq!(record(r#","tc":7"#).trace, None);
+        assert_eq!(record(r#","tc":{"traceparent":"x"}"#).trace, None);
+        assert_eq!(record(r#","tc":"00-zz""#).trace, None);
+        let long = format!(r#","tc":"{TP};{}""#, "a".repeat(1000));
+        assert_eq!(record(&long).trace, None);
+        let cx = TraceContext::new(TP, Some("k=v")).unwrap();
+        let rec = record(&format!(r#","tc":"{TP};k=v""#));
+        assert_eq!(rec.trace.as_ref(), Some(&cx));
+        // Written back only when present.
+        let text = serde_json::to_string(&rec).unwrap();
+        assert!(text.contains(&format!(r#""tc":"{TP};k=v""#)), "{text}");
+        let plain = serde_json::to_string(&record("")).unwrap();
+        assert!(!plain.contains("\"tc\""), "{plain}");
     }
 }

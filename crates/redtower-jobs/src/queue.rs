@@ -10,12 +10,14 @@ use std::{
 };
 
 use futures::stream::BoxStream;
+use tracing::Instrument;
 
 use crate::{
     Error, Result,
     clock::{Clock, ClockSkew},
     event::QueueEvent,
     job::{Backoff, Job, JobId, JobInfo, JobState},
+    schedule::{Schedule, SchedulerInfo, SchedulerPass, SchedulerSpec},
     store::{Counts, Enqueued, NewJob, QueueStore},
 };
 
@@ -272,16 +274,29 @@ impl<J: Job> Queue<J> {
     /// error (the job may or may not have been added after a timeout: retry with the same
     /// idempotency key to find out without adding it twice).
     pub async fn add_with(&self, job: J, options: JobOptions) -> Result<JobId> {
-        let new = self.prepare(&job, options)?;
-        let mut out = self
-            .shared
-            .store
-            .enqueue(&self.shared.name, vec![new])
-            .await?;
-        let first = out
-            .pop()
-            .ok_or_else(|| Error::Protocol("empty enqueue reply".into()))?;
+        let span = enqueue_span(&self.shared.name, J::NAME, 1);
+        let result = async {
+            let new = self.prepare(&job, options)?;
+            let mut out = self
+                .shared
+                .store
+                .enqueue(&self.shared.name, vec![new])
+                .await?;
+            out.pop()
+                .ok_or_else(|| Error::Protocol("empty enqueue reply".into()))
+        }
+        .instrument(span.clone())
+        .await;
+        let first = match result {
+            Ok(first) => first,
+            Err(e) => {
+                span.record("outcome", "error");
+                return Err(e);
+            }
+        };
         let id = first.id().clone();
+        span.record("job.id", id.as_str());
+        span.record("outcome", enqueued_outcome(&first));
         if matches!(first, Enqueued::New(_)) {
             metrics::counter!("redtower_jobs_enqueued_total", "queue" => self.shared.name.clone())
                 .increment(1);
@@ -299,12 +314,26 @@ impl<J: Job> Queue<J> {
         &self,
         jobs: impl IntoIterator<Item = (J, JobOptions)>,
     ) -> Result<Vec<JobId>> {
-        let batch = jobs
-            .into_iter()
-            .map(|(j, o)| self.prepare(&j, o))
-            .collect::<Result<Vec<_>>>()?;
-        let out = self.shared.store.enqueue(&self.shared.name, batch).await?;
+        let jobs: Vec<_> = jobs.into_iter().collect();
+        let span = enqueue_span(&self.shared.name, J::NAME, jobs.len());
+        let result = async {
+            let batch = jobs
+                .into_iter()
+                .map(|(j, o)| self.prepare(&j, o))
+                .collect::<Result<Vec<_>>>()?;
+            self.shared.store.enqueue(&self.shared.name, batch).await
+        }
+        .instrument(span.clone())
+        .await;
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => {
+                span.record("outcome", "error");
+                return Err(e);
+            }
+        };
         let n = out.iter().filter(|e| matches!(e, Enqueued::New(_))).count();
+        span.record("outcome", if n > 0 { "new" } else { "existing" });
         metrics::counter!("redtower_jobs_enqueued_total", "queue" => self.shared.name.clone())
             .increment(n as u64);
         Ok(out.into_iter().map(|e| e.id().clone()).collect())
@@ -341,7 +370,130 @@ impl<J: Job> Queue<J> {
             delay: o.delay.unwrap_or_default(),
             unique_key: o.unique_key,
             idempotency_key: o.idempotency_key,
+            // The enqueue span's context (this runs inside it): the worker's span for the job
+            // becomes its child.
+            #[cfg(feature = "opentelemetry")]
+            trace: redtower_client::TraceContext::current(),
+            #[cfg(not(feature = "opentelemetry"))]
+            trace: None,
         })
+    }
+}
+
+impl<J: Job> Queue<J> {
+    /// Creates or updates the job scheduler `id` of this queue: on every tick of `schedule`,
+    /// `job` is added (exactly once per tick, whatever the number of processes running
+    /// schedulers; see [`Schedule`] and the crate docs, "Job schedulers"). Upsert by id: calling
+    /// it again with the same schedule and job (every process does at start-up) changes
+    /// nothing, and the scheduler keeps its next tick and run count; a changed schedule or job
+    /// replaces it and starts afresh (run count 0, next tick computed from now). Returns
+    /// whether anything changed.
+    ///
+    /// Ticks are fired by [`Worker`](crate::Worker)s of the queue (any of them; see
+    /// [`Worker::schedulers`](crate::Worker::schedulers)) or by
+    /// [`run_schedulers`](Self::run_schedulers).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redtower_jobs::{Job, JobContext, JobError, MemoryStore, Queue, Schedule, Worker};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Sweep;
+    /// # impl Job for Sweep { const NAME: &'static str = "sweep"; }
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), redtower_jobs::Error> {
+    /// let store = MemoryStore::new();
+    /// let sweeps = Queue::<Sweep>::new(store.clone(), "maintenance");
+    /// // Every minute; BullMQ's upsertJobScheduler('sweep', { every: 60000 }, ...).
+    /// sweeps.schedule("abandoned-orders", Schedule::every(Duration::from_secs(60)), Sweep).await?;
+    /// // Or on a cron expression in a time zone:
+    /// let nightly = Schedule::cron("0 30 3 * * *")?.time_zone(redtower_jobs::chrono_tz::Europe::Paris);
+    /// sweeps.schedule("nightly", nightly, Sweep).await?;
+    ///
+    /// let worker = Worker::new(store.clone(), "maintenance")
+    ///     .handle::<Sweep>(|_: Sweep, _: JobContext| async { Ok::<(), JobError>(()) })
+    ///     .start();
+    /// tokio::time::sleep(Duration::from_secs(150)).await; // paused clock: instant
+    /// assert_eq!(sweeps.counts().await?.completed, 3); // ticks at 0, 60 and 120 s
+    /// let list = sweeps.schedulers().await?;
+    /// assert_eq!(list.len(), 2);
+    /// assert_eq!(list[0].id, "abandoned-orders");
+    /// assert_eq!(list[0].count, 3);
+    /// worker.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`add_with`](Self::add_with) (the job is checked the same way), and store errors.
+    pub async fn schedule(&self, id: &str, schedule: Schedule, job: J) -> Result<bool> {
+        self.schedule_with(id, schedule, job, JobOptions::default())
+            .await
+    }
+
+    /// [`schedule`](Self::schedule) with options for every job it adds (attempts, backoff,
+    /// priority; a delay, dedup or idempotency key is refused: each tick's job has its own
+    /// idempotency key, derived from the scheduler and the tick).
+    ///
+    /// # Errors
+    ///
+    /// As [`schedule`](Self::schedule); [`Error::InvalidOption`] for a delay, dedup key or
+    /// idempotency key, or a scheduler id over 1024 bytes.
+    pub async fn schedule_with(
+        &self,
+        id: &str,
+        schedule: Schedule,
+        job: J,
+        options: JobOptions,
+    ) -> Result<bool> {
+        if options.delay.is_some()
+            || options.unique_key.is_some()
+            || options.idempotency_key.is_some()
+        {
+            return Err(Error::InvalidOption(
+                "a scheduled job takes no delay, dedup key or idempotency key",
+            ));
+        }
+        if id.len() > 1024 {
+            return Err(Error::InvalidOption("scheduler id is over 1024 bytes"));
+        }
+        let job = self.prepare(&job, options)?;
+        let spec = SchedulerSpec {
+            schedule,
+            name: job.name,
+            data: job.data,
+            max_attempts: job.max_attempts,
+            backoff: job.backoff,
+            priority: job.priority,
+        };
+        let text = serde_json::to_string(&spec).map_err(Error::Serialize)?;
+        // The first tick, from the store's clock (read through the queue, so on its node).
+        let now = self.shared.store.time(&self.shared.name).await?;
+        let first = spec.schedule.first_tick(now)?;
+        self.shared
+            .store
+            .upsert_scheduler(&self.shared.name, id, text, first)
+            .await
+    }
+}
+
+/// The span of one add call (see the crate docs, "Tracing").
+fn enqueue_span(queue: &str, name: &str, jobs: usize) -> tracing::Span {
+    tracing::info_span!(
+        target: "redtower::jobs",
+        "redtower.jobs.enqueue",
+        otel.kind = "producer",
+        queue,
+        job.name = name,
+        job.count = jobs,
+        job.id = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    )
+}
+
+fn enqueued_outcome(e: &Enqueued) -> &'static str {
+    match e {
+        Enqueued::New(_) => "new",
+        Enqueued::Duplicate(_) => "duplicate",
+        Enqueued::Existing(_) => "existing",
     }
 }
 
@@ -435,6 +587,45 @@ impl<J> Queue<J> {
     /// Store errors.
     pub async fn resume(&self) -> Result<()> {
         self.shared.store.set_paused(&self.shared.name, false).await
+    }
+
+    /// The queue's job schedulers, by id.
+    ///
+    /// # Errors
+    ///
+    /// Store errors; [`Error::Protocol`] for a stored spec this version cannot read.
+    pub async fn schedulers(&self) -> Result<Vec<SchedulerInfo>> {
+        self.shared
+            .store
+            .schedulers(&self.shared.name)
+            .await?
+            .into_iter()
+            .map(SchedulerInfo::from_stored)
+            .collect()
+    }
+
+    /// Deletes the job scheduler `id` (jobs it added stay). `false` if it does not exist.
+    ///
+    /// # Errors
+    ///
+    /// Store errors.
+    pub async fn remove_scheduler(&self, id: &str) -> Result<bool> {
+        self.shared
+            .store
+            .remove_scheduler(&self.shared.name, id)
+            .await
+    }
+
+    /// Runs one pass over the queue's due schedulers: each due tick adds its job, exactly
+    /// once whichever process runs the pass. Workers do this on their own; call it to fire
+    /// ticks from a process that runs no worker of the queue.
+    ///
+    /// # Errors
+    ///
+    /// Store errors (a pass that fails part-way fired what it reported to the store; the next
+    /// pass goes on from there).
+    pub async fn run_schedulers(&self) -> Result<SchedulerPass> {
+        crate::schedule::run_pass(self.shared.store.as_ref(), &self.shared.name).await
     }
 
     /// The queue's events from now on, for any process (Redis: a capped stream read with

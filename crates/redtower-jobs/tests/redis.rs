@@ -81,12 +81,25 @@ async fn all_keys_share_the_queue_tag() {
         .unwrap()
         .jobs;
     assert_eq!(jobs.len(), 1);
+    // A job scheduler and a fired tick: its keys and the tick marker share the tag too.
+    queue
+        .schedule(
+            "every:{y}",
+            redtower_jobs::Schedule::every(Duration::from_secs(3600)),
+            conformance::Welcome { to: "c".into() },
+        )
+        .await
+        .unwrap();
+    assert_eq!(queue.run_schedulers().await.unwrap().added.len(), 1);
     let keys: Vec<String> = redis
         .scan(&redis.keyspace().pattern())
         .try_collect()
         .await
         .unwrap();
     assert!(keys.len() >= 7, "{keys:?}");
+    for part in [":sspec", ":snext", ":sstate", ":tick:"] {
+        assert!(keys.iter().any(|k| k.contains(part)), "{part} in {keys:?}");
+    }
     let tag = redis.keyspace().namespace("q").key("mail:{x}");
     for k in &keys {
         assert!(
@@ -180,4 +193,105 @@ async fn idempotency_markers_expire() {
         let r = ttl(k.clone()).await;
         assert!(r > 0 && r <= 60_000, "{k}: {r}");
     }
+}
+
+/// Records written before the trace context existed (no `tc`), and records whose `tc` is not a
+/// valid context (garbage, oversized, not a string), load and run like any other: the context
+/// is ignored, never the job. A valid one survives the Lua rewrite of a failed attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_and_bad_trace_fields_load() {
+    use fred::interfaces::HashesInterface;
+    use redtower_client::TraceContext;
+    use redtower_jobs::{Job, Queue, Settle, Settled, WorkRequest};
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Task {
+        n: u32,
+    }
+    impl Job for Task {
+        const NAME: &'static str = "task";
+    }
+
+    let prefix = unique_prefix("trace-fields");
+    let redis = Redis::new(
+        RedisConfig::from_url(&redtower_testkit::shared_url())
+            .unwrap()
+            .key_prefix(prefix),
+    )
+    .unwrap();
+    redis.wait_ready(Duration::from_secs(10)).await.unwrap();
+    let store = RedisStore::new(redis.clone());
+    let queue = Queue::<Task>::new(store.clone(), "q");
+    let jobs_key = redis
+        .keyspace()
+        .namespace("q")
+        .key("q")
+        .push("jobs")
+        .into_string();
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let oversized = format!("{tp};a={}", "b".repeat(600));
+    let tails = [
+        String::new(),                             // an old record: no field
+        r#","tc":"not a traceparent""#.to_owned(), // garbage
+        format!(r#","tc":"{oversized}""#),         // over the bound
+        r#","tc":42"#.to_owned(),                  // not a string
+        r#","tc":null"#.to_owned(),                // null, as Lua may write it
+        format!(r#","tc":"{tp};rojo=1""#),         // valid
+    ];
+    let mut ids = Vec::new();
+    for (n, tail) in tails.iter().enumerate() {
+        let id = queue.add(Task { n: n as u32 }).await.unwrap();
+        let raw = format!(
+            r#"{{"id":"{id}","seq":{id},"created":1,"name":"task","data":"{{\"n\":{n}}}","attempt":0,"max":3,"backoff":{{"k":"fixed","ms":10}},"prio":0,"stalls":0,"uniq":null{tail}}}"#
+        );
+        redis
+            .client()
+            .hset::<(), _, _>(jobs_key.as_str(), (id.to_string(), raw))
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let lease = Duration::from_secs(30);
+    let jobs = store
+        .work("q", WorkRequest::new(vec![], 10, lease))
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(jobs.len(), tails.len());
+    let valid = TraceContext::new(tp, Some("rojo=1")).unwrap();
+    for (i, job) in jobs.iter().enumerate() {
+        assert_eq!(job.invalid, None, "job {i} decodes");
+        assert_eq!(job.name, "task");
+        let want = (i == tails.len() - 1).then(|| valid.clone());
+        assert_eq!(job.trace, want, "job {i}");
+        assert!(queue.get(&ids[i]).await.unwrap().is_some());
+    }
+    // Fail the valid one: the script rewrites its record (cjson), and the context stays.
+    let last = jobs.last().unwrap().lease.clone();
+    let retry = Settle::Retry {
+        delay: Duration::ZERO,
+        error: "again".into(),
+    };
+    let reply = store
+        .work("q", WorkRequest::new(vec![(last, retry)], 0, lease))
+        .await
+        .unwrap();
+    assert_eq!(reply.settled, vec![Settled::Retrying]);
+    let again = store
+        .work("q", WorkRequest::new(vec![], 10, lease))
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].trace.as_ref(), Some(&valid));
+    // The others complete as usual.
+    let done: Vec<_> = jobs[..tails.len() - 1]
+        .iter()
+        .map(|j| (j.lease.clone(), Settle::Complete))
+        .collect();
+    let reply = store
+        .work("q", WorkRequest::new(done, 0, lease))
+        .await
+        .unwrap();
+    assert!(reply.settled.iter().all(|s| *s == Settled::Completed));
 }

@@ -2,6 +2,8 @@
 
 use std::{fmt, str::FromStr, sync::Arc};
 
+use redtower_client::TraceContext;
+
 use crate::Channel;
 
 /// The position of an event in its channel: `<epoch>:<offset>`.
@@ -216,6 +218,8 @@ pub struct Event {
     id: EventId,
     channel: Channel,
     data: Arc<str>,
+    /// The W3C trace context of the span that published it, if it was stored.
+    trace: Option<TraceContext>,
     /// The single-channel SSE frame, encoded once for every client.
     frame: std::sync::OnceLock<bytes::Bytes>,
 }
@@ -244,8 +248,21 @@ impl Event {
             id,
             channel,
             data,
+            trace: None,
             frame: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The event with the trace context it was published with.
+    pub(crate) fn with_trace(mut self, trace: Option<TraceContext>) -> Self {
+        self.trace = trace;
+        self
+    }
+
+    /// The W3C trace context of the span that published the event, when the publisher stored
+    /// one (the `opentelemetry` feature); delivery spans are its children.
+    pub fn trace_context(&self) -> Option<&TraceContext> {
+        self.trace.as_ref()
     }
 
     /// `id: <id>` and `data: <data>` as an SSE frame, encoded on first use.

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use crate::{
     Channel, EventId, PubSubStore, PublishToken, Replay, ReplayLimit, Result, Subscription,
 };
@@ -126,9 +128,36 @@ impl PubSub {
         json: impl Into<Arc<str>>,
         token: &PublishToken,
     ) -> Result<EventId> {
+        let span = tracing::info_span!(
+            target: "redtower::pubsub",
+            "redtower.pubsub.publish",
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        // The publish span's context, stored with the event: delivery spans are its children.
+        #[cfg(feature = "opentelemetry")]
+        let trace = span.in_scope(redtower_client::TraceContext::current);
+        #[cfg(not(feature = "opentelemetry"))]
+        let trace = None;
         let started = std::time::Instant::now();
-        let result = self.store.publish(channel, json.into(), token).await;
+        let result = self
+            .store
+            .publish_traced(channel, json.into(), token, trace.as_ref())
+            .instrument(span.clone())
+            .await;
         metrics::histogram!("redtower_pubsub_publish_seconds").record(started.elapsed());
+        span.record(
+            "outcome",
+            match &result {
+                Ok(_) => "published",
+                Err(e) if e.is_limit() => "refused",
+                Err(_) => "error",
+            },
+        );
+        if matches!(&result, Err(e) if !e.is_limit()) {
+            span.record("otel.status_code", "error");
+        }
         match &result {
             Ok(id) => {
                 metrics::counter!("redtower_pubsub_published_total").increment(1);

@@ -67,6 +67,9 @@ pub enum Error {
     /// The script's reply did not have the expected shape.
     #[error("unexpected rate limit script reply: {0}")]
     Reply(String),
+    /// The store does not offer this operation (a custom store that did not implement it).
+    #[error("this rate limit store does not support {0}")]
+    Unsupported(&'static str),
 }
 
 impl Error {
@@ -76,7 +79,7 @@ impl Error {
         match self {
             Self::Redis(e) => e.is_outage(),
             Self::Timeout(_) | Self::CircuitOpen => true,
-            Self::Reply(_) => false,
+            Self::Reply(_) | Self::Unsupported(_) => false,
         }
     }
 }

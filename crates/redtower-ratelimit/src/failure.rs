@@ -135,6 +135,13 @@ impl DeniedCache {
         Some(Decision::new(&policies, outcomes))
     }
 
+    /// Forgets the denial held for `key` (after a reset).
+    pub(crate) fn remove(&self, key: u64) {
+        if let Some(entries) = &self.entries {
+            entries.invalidate(&key);
+        }
+    }
+
     pub(crate) fn insert(&self, key: u64, cost: u32, decision: &Decision) {
         let Some(entries) = &self.entries else {
             return;

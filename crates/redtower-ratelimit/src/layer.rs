@@ -14,9 +14,9 @@ use tower_layer::Layer;
 use redtower_client::breaker::Breaker;
 
 use crate::{
-    CircuitBreaker, ConfigError, Decision, FailurePolicy, Headers, KeyExtractor, MemoryStore,
-    MissingKey, PeerIp, Policy, RateLimit, RateLimitStore, failure::DeniedCache,
-    quota::validate_set, response::policy_header,
+    CircuitBreaker, ClientIp, ConfigError, Decision, FailurePolicy, Headers, IpLists, KeyExtractor,
+    MemoryStore, MissingKey, PeerIp, Policy, QuotaFor, RateLimit, RateLimitHandle, RateLimitStore,
+    RefundWhen, failure::DeniedCache, quota::validate_set, response::policy_header,
 };
 
 /// The weight of a request.
@@ -47,6 +47,10 @@ pub(crate) struct Settings {
     pub(crate) missing_key: MissingKey,
     pub(crate) limited: Option<LimitedResponse>,
     pub(crate) shadow: bool,
+    pub(crate) tiers: Arc<HashMap<&'static str, Arc<[Policy]>>>,
+    pub(crate) quota_for: Option<Arc<dyn QuotaFor>>,
+    pub(crate) refund: Option<RefundWhen>,
+    pub(crate) lists: Option<(IpLists, Arc<ClientIp>)>,
 }
 
 /// A set of policies applied together, with what every response for it repeats, computed once.
@@ -99,6 +103,8 @@ pub(crate) struct Shared {
     pub(crate) policies: Arc<PolicySet>,
     /// Per `MatchedPath`.
     pub(crate) routes: HashMap<String, Arc<PolicySet>>,
+    /// Per tier name.
+    pub(crate) tiers: HashMap<&'static str, Arc<PolicySet>>,
     pub(crate) breaker: Breaker,
     pub(crate) denied: DeniedCache,
     pub(crate) fallback: MemoryStore,
@@ -180,6 +186,10 @@ impl RateLimitLayer {
                 missing_key: MissingKey::Reject,
                 limited: None,
                 shadow: false,
+                tiers: Arc::new(HashMap::new()),
+                quota_for: None,
+                refund: None,
+                lists: None,
             }),
             shared: Arc::default(),
         }
@@ -318,8 +328,67 @@ impl RateLimitLayer {
                 for list in routes.values_mut() {
                     *list = list.iter().map(|p| p.shadow(true)).collect();
                 }
+                let tiers = Arc::make_mut(&mut c.tiers);
+                for list in tiers.values_mut() {
+                    *list = list.iter().map(|p| p.shadow(true)).collect();
+                }
             }
         })
+    }
+
+    /// Declares the tier `name`: its policies replace the route's (or the layer's) for the
+    /// requests that [`quota_for`](Self::quota_for) puts in it. See [`QuotaFor`].
+    pub fn tier(self, name: &'static str, policies: impl IntoIterator<Item = Policy>) -> Self {
+        let list: Arc<[Policy]> = policies.into_iter().collect();
+        self.edit(|c| {
+            let list: Arc<[Policy]> = list.iter().map(|p| Self::mark(*p, c.shadow)).collect();
+            Arc::make_mut(&mut c.tiers).insert(name, list);
+        })
+    }
+
+    /// Chooses a [tier](Self::tier) per request (plan tiers from an extension the
+    /// authentication layer set). Defaults to none: the route's or the layer's policies.
+    pub fn quota_for(self, f: impl QuotaFor) -> Self {
+        let f: Arc<dyn QuotaFor> = Arc::new(f);
+        self.edit(|c| c.quota_for = Some(f))
+    }
+
+    /// Counts requests by outcome: an admitted request whose response `when` accepts gives
+    /// its units back before the response leaves (one more store call for those responses).
+    /// Defaults to none (every admitted request counts). See the crate docs, "Counting by
+    /// outcome".
+    ///
+    /// ```
+    /// use redtower_ratelimit::{MemoryStore, Quota, RateLimitLayer, RefundWhen, nonzero};
+    ///
+    /// // At most 5 failed logins per 15 minutes; successful ones do not count.
+    /// let login = RateLimitLayer::new(MemoryStore::new(), Quota::per_minute(nonzero!(1)).burst(nonzero!(5)))
+    ///     .refund_when(RefundWhen::Successful);
+    /// # let _ = login;
+    /// ```
+    pub fn refund_when(self, when: RefundWhen) -> Self {
+        self.edit(|c| c.refund = Some(when))
+    }
+
+    /// Allow and deny lists, matched against the client address `ip` finds (the same
+    /// [`ClientIp`] settings as the key, usually): an allowed address skips limiting, a denied
+    /// one is answered 403 before anything else. Reload them through the [`IpLists`] handle.
+    /// Defaults to none.
+    pub fn ip_lists(self, lists: IpLists, ip: ClientIp) -> Self {
+        let ip = Arc::new(ip);
+        self.edit(|c| c.lists = Some((lists, ip)))
+    }
+
+    /// A handle on this layer's counters: [peek and reset](RateLimitHandle) from handlers or
+    /// admin routes.
+    pub fn handle(&self) -> RateLimitHandle {
+        RateLimitHandle {
+            store: self.settings.store.clone(),
+            policies: self.settings.policies.clone(),
+            routes: self.settings.routes.clone(),
+            tiers: self.settings.tiers.clone(),
+            shared: self.shared.clone(),
+        }
     }
 
     /// Checks the configuration and prepares the shared state.
@@ -344,6 +413,12 @@ impl RateLimitLayer {
                 .routes
                 .iter()
                 .map(|(path, list)| (path.clone(), Arc::new(PolicySet::new(list, headers))))
+                .collect(),
+            tiers: self
+                .settings
+                .tiers
+                .iter()
+                .map(|(name, list)| (*name, Arc::new(PolicySet::new(list, headers))))
                 .collect(),
             breaker: Breaker::new(self.settings.breaker),
             denied: DeniedCache::new(self.settings.denied_cache),
@@ -370,7 +445,12 @@ impl RateLimitLayer {
         if !self.settings.policies.is_empty() {
             validate_set(&self.settings.policies, cost)?;
         }
-        for list in self.settings.routes.values() {
+        for list in self
+            .settings
+            .routes
+            .values()
+            .chain(self.settings.tiers.values())
+        {
             validate_set(list, cost)?;
         }
         Ok(())

@@ -88,9 +88,88 @@
 //!   one take the same path.
 //! * **Shadow mode** per policy ([`Policy::shadow`]) or per layer: evaluate and record, never
 //!   reject.
+//! * **Tiers per request** ([`QuotaFor`], [`RateLimitLayer::tier`]): plan tiers chosen from a
+//!   request extension an authentication layer set; a tier's policies replace the route's.
+//! * **Per-subject overrides** ([`Policy::overridable`], [`RedisStore::set_override`]): an
+//!   operator changes one subject's limit at run time (an override hash per subject, read by
+//!   the check script in the same round trip, never cached), effective on the subject's next
+//!   request on every instance. Windows keep their count under the new limit; GCRA keeps its
+//!   time debt and refills at the new rate.
+//! * **Concurrency limit** ([`ConcurrencyLimitLayer`]): at most N requests in flight per
+//!   subject across instances (leases with an expiry, released when the response body ends
+//!   or the request is dropped).
+//! * **Leased quotas** ([`LeasedStore`], opt-in for the hottest routes): an instance takes a
+//!   slice of a subject's quota in one store call and decides locally until it is used or its
+//!   lease ends, returning what it did not use. Slices are counted when taken, so the
+//!   instances together never admit more than the limit (within the bound
+//!   `limit + instances × slice`); the cost is up to a slice per instance held unused.
+//! * **Peek and reset** ([`RateLimitLayer::handle`], [`RateLimitStore::peek`],
+//!   [`RateLimitStore::reset`]): what a subject has left, without consuming; a fresh allowance.
+//! * **Counting by outcome** ([`RateLimitLayer::refund_when`]): see below.
+//! * **Allow and deny lists** ([`IpLists`], [`RateLimitLayer::ip_lists`]): CIDR lists,
+//!   reloadable at run time; allowed addresses skip limiting, denied ones get 403.
+//!
+//! None of these costs anything on a layer that does not use it: the request path only
+//! tests an `Option` for each.
+//!
+//! # Counting by outcome
+//!
+//! With [`RateLimitLayer::refund_when`], an admitted request whose response qualifies (by
+//! status: [`RefundWhen::Successful`] is express-rate-limit's `skipSuccessfulRequests`,
+//! [`RefundWhen::Failed`] its `skipFailedRequests`) gives its units back with one more store
+//! call ([`RateLimitStore::refund`], one script on Redis), awaited (bounded by the layer's
+//! timeout) before the response leaves: the client's next request already sees it. A login
+//! limit that counts failed attempts only:
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use axum::{Router, body::Body, extract::ConnectInfo, routing::get};
+//! use http::{Request, StatusCode, Uri};
+//! use redtower_ratelimit::{MemoryStore, Quota, RateLimitLayer, RefundWhen, nonzero};
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let limit = RateLimitLayer::new(MemoryStore::new(), Quota::per_hour(nonzero!(1)).burst(nonzero!(2)))
+//!     .refund_when(RefundWhen::Successful);
+//! let login = |uri: Uri| async move {
+//!     if uri.query() == Some("right") { StatusCode::OK } else { StatusCode::UNAUTHORIZED }
+//! };
+//! let app = Router::new().route("/login", get(login)).layer(limit);
+//! let send = |q: &'static str| {
+//!     let peer: SocketAddr = "203.0.113.7:50000".parse().unwrap();
+//!     let req = Request::get(format!("/login?{q}")).extension(ConnectInfo(peer)).body(Body::empty()).unwrap();
+//!     let app = app.clone();
+//!     async move { app.oneshot(req).await.unwrap().status() }
+//! };
+//! for _ in 0..5 {
+//!     assert_eq!(send("right").await, StatusCode::OK); // successes are given back
+//! }
+//! assert_eq!(send("wrong").await, StatusCode::UNAUTHORIZED);
+//! assert_eq!(send("wrong").await, StatusCode::UNAUTHORIZED);
+//! assert_eq!(send("right").await, StatusCode::TOO_MANY_REQUESTS); // two failures: locked
+//! # }
+//! ```
+//!
+//! What a refund gives back, per algorithm (the same on every store; atomic in one script on
+//! Redis, so exact across instances):
+//!
+//! | Algorithm | Refund of `cost` units of a request checked at `at` |
+//! | --- | --- |
+//! | GCRA | the theoretical arrival time moves back by `cost` emission intervals, never before now: never more than a full bucket, and only what the request still holds (a request whose units have already come back gives nothing) |
+//! | Fixed window | the count of the request's window drops by `cost`, never below 0, only while that window is current (after it, the request no longer counts anyway) |
+//! | Sliding window | the count of the request's window drops by `cost`, never below 0, while that window is the current one or the previous one (where it still weighs) |
+//!
+//! A denied request is never refunded (it consumed nothing), nor is a policy that did not
+//! consume (a shadow policy that said no). A request decided by the
+//! [local fallback](FailurePolicy::LocalFallback) is not refunded, nor one whose response
+//! never came (the future was dropped): it counts. The [denied cache](RateLimitLayer::denied_cache)
+//! keeps answering a subject denied before a refund until its retry time (set it to 0 for a
+//! route where that matters). A refund is one attempt, never re-sent (a re-sent refund would
+//! give back twice); a failed refund is logged (WARN) and the request counts.
 //! * **Observability**: `tracing` (target `redtower::ratelimit`) and `metrics` counters
 //!   `redtower_ratelimit_{allowed,limited,shadow_limited,fail_open,fail_closed,fallback,local_cache_hit}_total`,
-//!   labelled by `policy` (never by subject).
+//!   labelled by `policy` (never by subject), and unlabelled `redtower_ratelimit_refunded_total`
+//!   and `redtower_ratelimit_denied_ip_total`.
 //!
 //! # Limits
 //!
@@ -119,6 +198,17 @@
 //! header. [`MissingKey::Allow`] lets such requests through instead; [`KeyExtractorExt::or`]
 //! falls back to another key.
 //!
+//! # Tracing
+//!
+//! One span per request through the layer, `redtower.ratelimit` (target `redtower::ratelimit`,
+//! DEBUG, so it costs nothing unless asked for), around the decision and the inner service.
+//! Its one field, recorded once the decision is made, is `outcome` = `allowed` \| `limited`
+//! \| `bypass` (no key and [`MissingKey::Allow`], no policy, or an address on the allow-list
+//! of [`IpLists`]) \| `denied` (an address on the deny-list) \| `rejected` (no key and
+//! [`MissingKey::Reject`], or a cost above every allowance) \| `fail_open` \| `fail_closed`
+//! (the [failure policy](FailurePolicy) answered; the local fallback records its decision).
+//! No subject, key or address is ever a field.
+//!
 //! # Examples
 //!
 //! In [`examples/`](https://github.com/redtower-rs/redtower/tree/main/crates/redtower-ratelimit/examples), each a complete axum program:
@@ -135,23 +225,29 @@
 //!   crate's own tests enable it.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod concurrency;
 mod error;
+mod extra;
 mod failure;
 mod key;
 mod layer;
+mod leased;
 mod model;
 mod quota;
 mod response;
 mod service;
 mod store;
 
+pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer, LeaseBody};
 pub use error::{ConfigError, Error, Result};
+pub use extra::{IpLists, QuotaFor, RateLimitHandle, RefundWhen};
 pub use failure::{FailurePolicy, MissingKey};
 pub use key::{
     BearerToken, ClientIp, ForwardedHeader, FromExtension, Global, Header, KeyExtractor,
     KeyExtractorExt, KeyRejection, Or, PeerIp, Subject,
 };
 pub use layer::{LimitedResponse, RateLimitLayer};
+pub use leased::LeasedStore;
 pub use model::Outcome;
 pub use quota::{Algorithm, Policy, Quota};
 /// The circuit breaker settings of [`RateLimitLayer::circuit_breaker`] (the one breaker every
@@ -161,4 +257,4 @@ pub use response::{Headers, ResponseBody, too_many_requests};
 pub use service::{RateLimit, ResponseFuture};
 #[cfg(feature = "testing")]
 pub use store::ManualClock;
-pub use store::{Decision, MemoryStore, PolicyDecision, RateLimitStore, RedisStore};
+pub use store::{Acquired, Decision, MemoryStore, PolicyDecision, RateLimitStore, RedisStore};

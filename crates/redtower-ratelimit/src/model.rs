@@ -212,6 +212,126 @@ fn sliding(quota: &Quota, state: Option<State>, now: u64, cost: u64) -> (Outcome
     (outcome, update)
 }
 
+/// What a request of one unit would be told at `now`, without consuming anything: `allowed`
+/// and `retry_after_us` of a one-unit request, `remaining` and `reset_us` as they are now
+/// (what a request of no cost would see).
+pub(crate) fn peek(quota: &Quota, state: Option<State>, now: u64) -> Outcome {
+    let (one, _) = evaluate(quota, state, now, 1);
+    let (none, _) = evaluate(quota, state, now, 0);
+    Outcome {
+        allowed: one.allowed,
+        remaining: none.remaining,
+        reset_us: none.reset_us,
+        retry_after_us: one.retry_after_us,
+    }
+}
+
+/// Gives back `cost` units that a request admitted at `at` consumed, at `now` (`at <= now`).
+/// Returns the state to store, `None` when there is nothing to give back (what the request
+/// consumed no longer counts), and `Some(update)` with a TTL of 0 when the counter can go.
+///
+/// * GCRA: the arrival time moves back by `cost` emission intervals, never before `now` (a
+///   full bucket stays full): exactly what the request still holds.
+/// * Fixed window: the request's window's count drops by `cost` (never below 0), only while
+///   that window is the current one; later it no longer counts anyway.
+/// * Sliding window: the count of the request's window drops by `cost` (never below 0), while
+///   that window is the current or the previous one (where it still weighs).
+pub(crate) fn refund(
+    quota: &Quota,
+    state: Option<State>,
+    now: u64,
+    at: u64,
+    cost: u64,
+) -> Option<Update> {
+    match (quota.algorithm(), state?) {
+        (Algorithm::Gcra, State::Gcra { tat }) => {
+            if tat <= now {
+                return None;
+            }
+            let t = quota.emission_interval_us().max(1);
+            let new = tat.saturating_sub(cost.saturating_mul(t)).max(now);
+            Some(Update {
+                state: State::Gcra { tat: new },
+                ttl_us: new - now,
+            })
+        }
+        (
+            Algorithm::FixedWindow,
+            State::Window {
+                window,
+                count,
+                prev,
+            },
+        ) => {
+            let p = quota.period_us().max(1);
+            let w = now / p;
+            (window == at / p && window == w).then(|| Update {
+                state: State::Window {
+                    window,
+                    count: count.saturating_sub(cost),
+                    prev,
+                },
+                ttl_us: window_end(w, 1, p, now),
+            })
+        }
+        (
+            Algorithm::SlidingWindow,
+            State::Window {
+                window,
+                count,
+                prev,
+            },
+        ) => {
+            let p = quota.period_us().max(1);
+            let (w, w0) = (now / p, at / p);
+            let state = if window == w0 && (w == w0 || w == w0 + 1) {
+                State::Window {
+                    window,
+                    count: count.saturating_sub(cost),
+                    prev,
+                }
+            } else if window == w0 + 1 && w == window {
+                State::Window {
+                    window,
+                    count,
+                    prev: prev.saturating_sub(cost),
+                }
+            } else {
+                return None;
+            };
+            Some(Update {
+                state,
+                ttl_us: window_end(window, 2, p, now),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A state as the Redis script stores it: GCRA `<tat>`, windows `<window> <count> <prev>`.
+/// `None` for a value of another shape (what the script reads as no state).
+pub(crate) fn parse_state(algorithm: Algorithm, raw: &[u8]) -> Option<State> {
+    let text = std::str::from_utf8(raw).ok()?;
+    match algorithm {
+        Algorithm::Gcra => {
+            let tat = text
+                .parse::<u64>()
+                .ok()
+                .or_else(|| text.parse::<f64>().ok().map(|f| f as u64))?;
+            Some(State::Gcra { tat })
+        }
+        Algorithm::FixedWindow | Algorithm::SlidingWindow => {
+            let mut it = text.split(' ').map(|n| n.parse::<u64>().ok());
+            let (window, count, prev) = (it.next()??, it.next()??, it.next()??);
+            it.next().is_none().then_some(State::Window {
+                window,
+                count,
+                prev,
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -230,6 +230,7 @@ pub struct Policy {
     name: &'static str,
     quota: Quota,
     shadow: bool,
+    overridable: bool,
 }
 
 impl Policy {
@@ -240,7 +241,25 @@ impl Policy {
             name,
             quota,
             shadow: false,
+            overridable: false,
         }
+    }
+
+    /// Per-subject overrides: the limit of this policy for a subject can be changed at run
+    /// time, by an operator, with [`RedisStore::set_override`](crate::RedisStore::set_override)
+    /// (or `HSET` on the subject's override hash, see there) or
+    /// [`MemoryStore::set_override`](crate::MemoryStore::set_override). The override is read
+    /// in the same script call as the check (no cache), so a change applies to the subject's
+    /// next request on every instance. Defaults to `false` (no extra read).
+    #[must_use]
+    pub const fn overridable(mut self, on: bool) -> Self {
+        self.overridable = on;
+        self
+    }
+
+    /// Whether per-subject overrides apply.
+    pub const fn is_overridable(&self) -> bool {
+        self.overridable
     }
 
     /// Shadow (dry-run) mode: evaluated and recorded (metrics, logs, headers), never rejects.
@@ -296,6 +315,18 @@ impl From<Quota> for Policy {
     /// A policy named `default`.
     fn from(quota: Quota) -> Self {
         Policy::new("default", quota)
+    }
+}
+
+impl Quota {
+    /// This quota with `limit` per the same period and algorithm, and a burst of `limit` (a
+    /// per-subject override).
+    pub(crate) fn overridden(&self, limit: NonZeroU32) -> Self {
+        Self {
+            limit,
+            burst: None,
+            ..*self
+        }
     }
 }
 

@@ -20,7 +20,8 @@ use tracing::Instrument;
 
 use crate::{
     Decision, Error, FailurePolicy, Headers, MissingKey, Policy, RateLimitLayer, RateLimitStore,
-    Subject,
+    RefundWhen, Subject,
+    extra::Listed,
     layer::{Cost, OutcomeCounters, PolicySet, Settings, Shared},
     response::{
         ResponseBody, set_retry_after, simple_problem, too_many_requests, write_headers_with,
@@ -28,6 +29,8 @@ use crate::{
 };
 
 const TARGET: &str = "redtower::ratelimit";
+/// The layer's span (see the crate docs, "Tracing").
+const SPAN: &str = "redtower.ratelimit";
 
 /// The rate limiting service built by [`RateLimitLayer`]. See the [crate docs](crate).
 pub struct RateLimit<S> {
@@ -101,9 +104,11 @@ pin_project! {
             #[pin]
             fut: F,
             headers: Option<(Decision, Arc<PolicySet>, Headers)>,
+            refund: Option<Box<Ticket>>,
             span: tracing::Span,
         },
         Waiting { fut: BoxFuture<Waited<F, B>>, span: tracing::Span },
+        Refunding { fut: BoxFuture<()>, res: Option<Response<ResponseBody<B>>> },
         Done,
     }
 }
@@ -115,7 +120,37 @@ enum Waited<F, B> {
     Call {
         fut: F,
         headers: Option<(Decision, Arc<PolicySet>, Headers)>,
+        refund: Option<Box<Ticket>>,
     },
+}
+
+/// An admitted request of a layer that [counts by outcome](crate::RateLimitLayer::refund_when):
+/// what it gives back if its response qualifies.
+pub(crate) struct Ticket {
+    store: Arc<dyn RateLimitStore>,
+    subject: Subject,
+    decision: Decision,
+    cost: u32,
+    when: RefundWhen,
+    timeout: std::time::Duration,
+}
+
+impl Ticket {
+    /// The refund, bounded by the layer's timeout; a failure is logged, never the response's.
+    async fn refund(self) {
+        let call = self.store.refund(&self.subject, &self.decision, self.cost);
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(())) => {
+                metrics::counter!("redtower_ratelimit_refunded_total").increment(1);
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(target: TARGET, %error, "rate limit refund failed; the request still counts");
+            }
+            Err(_) => {
+                tracing::warn!(target: TARGET, "rate limit refund timed out; the request may still count");
+            }
+        }
+    }
 }
 
 impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
@@ -137,12 +172,18 @@ where
                     Some(res) => return Poll::Ready(Ok(res)),
                     None => panic!("ResponseFuture polled after completion"),
                 },
-                KindProj::Inner { fut, headers, span } => {
+                KindProj::Inner {
+                    fut,
+                    headers,
+                    refund,
+                    span,
+                } => {
                     let res = {
                         let _entered = span.enter();
                         std::task::ready!(fut.poll(cx))
                     };
                     let headers = headers.take();
+                    let refund = refund.take();
                     self.as_mut().project().kind.set(Kind::Done);
                     let mut res = res?;
                     if let Some((decision, set, which)) = headers {
@@ -153,16 +194,37 @@ where
                             set.policy_header.as_ref(),
                         );
                     }
-                    return Poll::Ready(Ok(res.map(ResponseBody::inner)));
+                    let res = res.map(ResponseBody::inner);
+                    match refund {
+                        Some(ticket) if ticket.when.applies(res.status()) => Kind::Refunding {
+                            fut: Box::pin(ticket.refund()),
+                            res: Some(res),
+                        },
+                        _ => return Poll::Ready(Ok(res)),
+                    }
+                }
+                KindProj::Refunding { fut, res } => {
+                    std::task::ready!(fut.as_mut().poll(cx));
+                    let res = res.take();
+                    self.as_mut().project().kind.set(Kind::Done);
+                    match res {
+                        Some(res) => return Poll::Ready(Ok(res)),
+                        None => panic!("ResponseFuture polled after completion"),
+                    }
                 }
                 KindProj::Waiting { fut, span } => match std::task::ready!(fut.as_mut().poll(cx)) {
                     Waited::Respond(res) => {
                         self.as_mut().project().kind.set(Kind::Done);
                         return Poll::Ready(Ok(res));
                     }
-                    Waited::Call { fut, headers } => Kind::Inner {
+                    Waited::Call {
                         fut,
                         headers,
+                        refund,
+                    } => Kind::Inner {
+                        fut,
+                        headers,
+                        refund,
                         span: mem::replace(span, tracing::Span::none()),
                     },
                 },
@@ -189,16 +251,25 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let span = tracing::debug_span!(target: TARGET, "rate_limit");
+        let span = tracing::debug_span!(
+            target: TARGET,
+            SPAN,
+            outcome = tracing::field::Empty,
+        );
         let step = span.in_scope(|| prepare(&self.shared, req));
         let kind = match step {
             Step::Respond(res) => Kind::Ready {
                 res: Some(respond(res)),
             },
-            Step::Pass(req, decision) => {
+            Step::Pass(req, decision, refund) => {
                 let headers = decision.map(|(d, set)| (d, set, self.shared.settings.headers));
                 let fut = span.in_scope(|| self.inner.call(req));
-                Kind::Inner { fut, headers, span }
+                Kind::Inner {
+                    fut,
+                    headers,
+                    refund,
+                    span,
+                }
             }
             Step::Check(pending) => {
                 // Keep the service that was polled ready; leave a fresh clone in its place.
@@ -242,6 +313,11 @@ fn limited(settings: &Settings, set: &PolicySet, decision: &Decision) -> Respons
 }
 
 fn resolve<'a>(shared: &'a Shared, parts: &Parts) -> &'a Arc<PolicySet> {
+    if let Some(f) = &shared.settings.quota_for {
+        if let Some(set) = f.quota_for(parts).and_then(|name| shared.tiers.get(name)) {
+            return set;
+        }
+    }
     if !shared.routes.is_empty() {
         if let Some(set) = parts
             .extensions
@@ -300,8 +376,12 @@ enum Step<B> {
     /// Answer this; the inner service is not called.
     Respond(Response<Bytes>),
     /// Call the inner service (with the decision in the request's extensions), and write the
-    /// decision's headers into its response.
-    Pass(Request<B>, Option<(Decision, Arc<PolicySet>)>),
+    /// decision's headers into its response (and refund it if its response qualifies).
+    Pass(
+        Request<B>,
+        Option<(Decision, Arc<PolicySet>)>,
+        Option<Box<Ticket>>,
+    ),
     /// Wait for the store.
     Check(Pending<B>),
 }
@@ -320,6 +400,21 @@ struct Pending<B> {
 fn prepare<B>(shared: &Shared, req: Request<B>) -> Step<B> {
     let settings = &shared.settings;
     let (parts, body) = req.into_parts();
+    if let Some((lists, ip)) = &settings.lists {
+        match ip.client_addr(&parts).map(|a| lists.classify(a)) {
+            Some(Listed::Denied) => {
+                metrics::counter!("redtower_ratelimit_denied_ip_total").increment(1);
+                tracing::debug!(target: TARGET, outcome = "denied", "address on the deny-list");
+                outcome("denied");
+                return Step::Respond(simple_problem(StatusCode::FORBIDDEN, "forbidden"));
+            }
+            Some(Listed::Allowed) => {
+                outcome("bypass");
+                return Step::Pass(Request::from_parts(parts, body), None, None);
+            }
+            _ => {}
+        }
+    }
     let set = resolve(shared, &parts);
     let policies = &set.list;
     let subject = if policies.is_empty() {
@@ -330,6 +425,7 @@ fn prepare<B>(shared: &Shared, req: Request<B>) -> Step<B> {
             Err(rejection) => match settings.missing_key {
                 MissingKey::Allow => None,
                 MissingKey::Reject => {
+                    outcome("rejected");
                     tracing::debug!(target: TARGET, reason = rejection.reason, "no rate limit key");
                     return Step::Respond(simple_problem(rejection.status, rejection.reason));
                 }
@@ -337,13 +433,15 @@ fn prepare<B>(shared: &Shared, req: Request<B>) -> Step<B> {
         }
     };
     let Some(subject) = subject else {
-        return Step::Pass(Request::from_parts(parts, body), None);
+        outcome("bypass");
+        return Step::Pass(Request::from_parts(parts, body), None, None);
     };
     let cost = match &settings.cost {
         Cost::Fixed(n) => *n,
         Cost::Dynamic(f) => f(&parts).max(1),
     };
     if policies.iter().any(|p| cost > p.quota().capacity()) {
+        outcome("rejected");
         return Step::Respond(simple_problem(
             StatusCode::TOO_MANY_REQUESTS,
             "the request costs more than the rate limit can ever allow",
@@ -351,6 +449,7 @@ fn prepare<B>(shared: &Shared, req: Request<B>) -> Step<B> {
     }
     if let Some(decision) = shared.denied.get(|| cache_key(&subject, set), cost) {
         count("redtower_ratelimit_local_cache_hit_total", policies);
+        outcome("limited");
         tracing::debug!(target: TARGET, outcome = "limited", cached = true, "rate limited (denied cache)");
         return Step::Respond(limited(settings, set, &decision));
     }
@@ -380,9 +479,21 @@ fn prepare<B>(shared: &Shared, req: Request<B>) -> Step<B> {
     }
 }
 
+/// Records the request's outcome on the layer's span: the current one, since decisions are
+/// made in it (when it is disabled, the current span is another layer's, left alone).
+fn outcome(outcome: &'static str) {
+    let span = tracing::Span::current();
+    if span
+        .metadata()
+        .is_some_and(|m| m.name() == SPAN && m.target() == TARGET)
+    {
+        span.record("outcome", outcome);
+    }
+}
+
 /// Keys the denied cache: the subject and the policy set (by address: sets live as long as the
 /// layer).
-fn cache_key(subject: &Subject, set: &PolicySet) -> u64 {
+pub(crate) fn cache_key(subject: &Subject, set: &PolicySet) -> u64 {
     FIXED_HASHER.hash_one((subject, Arc::as_ptr(&set.list) as *const Policy as usize))
 }
 
@@ -438,15 +549,18 @@ fn decided<B>(shared: &Shared, pending: Pending<B>, result: Result<Decision, Err
         cost,
     } = pending;
     let policies = &set.list;
+    let from_store = result.is_ok();
     let decision = match result {
         Ok(decision) => decision,
         Err(_) => match settings.failure {
             FailurePolicy::FailOpen => {
                 count("redtower_ratelimit_fail_open_total", policies);
-                return Step::Pass(Request::from_parts(parts, body), None);
+                outcome("fail_open");
+                return Step::Pass(Request::from_parts(parts, body), None, None);
             }
             FailurePolicy::FailClosed => {
                 count("redtower_ratelimit_fail_closed_total", policies);
+                outcome("fail_closed");
                 let mut res = simple_problem(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "rate limiting is temporarily unavailable",
@@ -465,6 +579,7 @@ fn decided<B>(shared: &Shared, pending: Pending<B>, result: Result<Decision, Err
         shared
             .denied
             .insert(cache_key(&subject, &set), cost, &decision);
+        outcome("limited");
         tracing::debug!(
             target: TARGET,
             outcome = "limited",
@@ -473,9 +588,25 @@ fn decided<B>(shared: &Shared, pending: Pending<B>, result: Result<Decision, Err
         );
         return Step::Respond(limited(settings, &set, &decision));
     }
+    outcome("allowed");
     tracing::trace!(target: TARGET, outcome = "allowed", remaining = decision.remaining(), "allowed");
     parts.extensions.insert(decision.clone());
-    Step::Pass(Request::from_parts(parts, body), Some((decision, set)))
+    // Counting by outcome: only what the store itself counted is given back to it.
+    let refund = settings.refund.filter(|_| from_store).map(|when| {
+        Box::new(Ticket {
+            store: settings.store.clone(),
+            subject,
+            decision: decision.clone(),
+            cost,
+            when,
+            timeout: settings.timeout,
+        })
+    });
+    Step::Pass(
+        Request::from_parts(parts, body),
+        Some((decision, set)),
+        refund,
+    )
 }
 
 /// The store call of a request that has to wait for it, bounded by the layer's timeout, and
@@ -520,9 +651,10 @@ where
     let settings = &shared.settings;
     match decided(shared, pending, result) {
         Step::Respond(res) => Waited::Respond(respond(res)),
-        Step::Pass(req, decision) => Waited::Call {
+        Step::Pass(req, decision, refund) => Waited::Call {
             fut: inner.call(req),
             headers: decision.map(|(d, set)| (d, set, settings.headers)),
+            refund,
         },
         // `decided` never asks to wait again.
         Step::Check(_) => Waited::Respond(respond(simple_problem(

@@ -12,6 +12,12 @@
 //!   revokes the user's oldest session, so no flood of logins grows Redis or the index.
 //! * [`UserSessions::watch`]: a future that resolves within about 250 ms of a session ending
 //!   (revoked, logged out, expired) on any instance, to end live streams (SSE) bound to it.
+//! * The session list shows each session's device in a readable form
+//!   ([`SessionInfo::device`], from [`device_name`]: "Firefox 128 on Windows"), and
+//!   `revoke(user, handle)` signs that one device out.
+//! * [`WithEvents`]: a store wrapper that reports logins, revocations and expiries to a hook
+//!   ([`SessionEvents`]) for audit logs; [`SessionEvent::Expired`] says exactly when an expiry
+//!   is reported.
 //! * [`SessionLayer`]: `SessionManagerLayer` with signed cookies and secure defaults that
 //!   answers 401 (and clears the cookie) when a session is revoked mid-request, and 503 when
 //!   Redis is down, instead of a bare 500.
@@ -220,6 +226,16 @@
 //! first connection before the first command, up to the command timeout: the first requests
 //! are decided by Redis, not answered 503.
 //!
+//! # Tracing
+//!
+//! One span per request through [`SessionLayer`], `redtower.session` (target
+//! `redtower::session`, DEBUG, so it costs nothing unless asked for), around the inner
+//! service (the session is loaded lazily, when a handler reads it). Its one field, recorded at
+//! the end of the request, is `outcome` = `loaded` (a session was found) \| `new` (one was
+//! created) \| `expired` (the cookie named no live session) \| `none` (no session was read)
+//! \| `revoked` (the session ended during the request) \| `error` (the store was
+//! unavailable). No session id, user or cookie is ever a field.
+//!
 //! # Metrics
 //!
 //! Through the `metrics` facade, labelled by fixed words only (never a user or a session id):
@@ -246,7 +262,9 @@
 //!   API.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod device;
 mod error;
+mod events;
 mod extract;
 mod keys;
 mod layer;
@@ -257,7 +275,9 @@ mod telemetry;
 mod user;
 mod watch;
 
+pub use device::device_name;
 pub use error::{ConfigError, Error, Result};
+pub use events::{SessionEvent, SessionEvents, WithEvents};
 pub use extract::{AuthSession, SessionRejection, status_for};
 pub use layer::SessionLayer;
 pub use service::SessionGuard;

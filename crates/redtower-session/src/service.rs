@@ -11,6 +11,7 @@ use std::{
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::{layer::CookieSettings, outcome};
 
@@ -58,10 +59,21 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let fut = self.inner.call(req);
+        let span = tracing::debug_span!(
+            target: "redtower::session",
+            "redtower.session",
+            outcome = tracing::field::Empty,
+        );
+        let fut = span
+            .in_scope(|| self.inner.call(req))
+            .instrument(span.clone());
         let cookie = self.cookie.clone();
         Box::pin(outcome::FLAGS.scope(Cell::new(0), async move {
-            let res = fut.await?;
+            let res = fut.await;
+            if !span.is_disabled() {
+                span.record("outcome", outcome::name(outcome::current()));
+            }
+            let res = res?;
             if !res.status().is_server_error() {
                 return Ok(res);
             }

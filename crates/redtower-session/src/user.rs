@@ -58,6 +58,12 @@ impl SessionMeta {
         self
     }
 
+    /// A readable name of the device, from the user agent ([`device_name`](crate::device_name)):
+    /// `None` without a user agent.
+    pub fn device(&self) -> Option<String> {
+        self.user_agent.as_deref().map(crate::device_name)
+    }
+
     /// The `User-Agent` header of a request plus a peer address (e.g. axum's
     /// `ConnectInfo<SocketAddr>`; pass `None` when unknown). Proxy headers are not trusted.
     pub fn from_headers(headers: &http::HeaderMap, ip: Option<IpAddr>) -> Self {
@@ -169,6 +175,10 @@ pub struct SessionInfo {
     pub expires_at: OffsetDateTime,
     /// User agent at login.
     pub user_agent: Option<String>,
+    /// A readable name of the device, from the user agent at login (`Firefox 128 on
+    /// Windows`, see [`device_name`](crate::device_name)).
+    #[serde(default)]
+    pub device: Option<String>,
     /// IP at login.
     pub ip: Option<String>,
     /// Whether this is the session of the request that asked.
@@ -196,6 +206,21 @@ pub trait UserSessions: std::fmt::Debug + Send + Sync + 'static {
     ///
     /// When Redis fails.
     async fn list(&self, user: &str, current: Option<Id>) -> Result<Vec<SessionInfo>>;
+
+    /// [`list`](Self::list), plus the handles of the sessions this call found expired and
+    /// pruned from the index (what [`WithEvents`](crate::WithEvents) reports as
+    /// [`SessionEvent::Expired`](crate::SessionEvent::Expired)). The default reports none.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails.
+    async fn list_and_expired(
+        &self,
+        user: &str,
+        current: Option<Id>,
+    ) -> Result<(Vec<SessionInfo>, Vec<String>)> {
+        Ok((self.list(user, current).await?, Vec::new()))
+    }
 
     /// Revokes the session `handle` of `user`. Returns whether it existed. A handle of
     /// another user, or garbage, revokes nothing. (When the reply was lost and the command

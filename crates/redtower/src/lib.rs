@@ -11,7 +11,9 @@
 //!
 //! Each feature module re-exports its crate (`redtower-ratelimit`, ...), so
 //! `redtower::ratelimit::RateLimitLayer` and `redtower_ratelimit::RateLimitLayer` are the same
-//! type. `full` enables all of them; `rustls` enables `rediss://`.
+//! type. `full` enables all of them; `rustls` enables `rediss://`; `opentelemetry` stores the
+//! W3C trace context with each job and event, so a worker's span and an SSE delivery join the
+//! trace that enqueued or published them (see each crate's "Tracing" section for its spans).
 //!
 //! # Limits
 //!

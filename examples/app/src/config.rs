@@ -66,6 +66,9 @@ pub struct Config {
     pub login_rate: Rate,
     /// `LOGIN_USER_RATE_LIMIT`, default `10/1m`: `POST /login` per user name, whatever the IP.
     pub login_user_rate: Rate,
+    /// `LOGIN_FAILURE_RATE_LIMIT`, default `5/15m`: failed `POST /login` attempts (answers of
+    /// 400 and above) per client IP; successful logins are given back.
+    pub login_failure_rate: Rate,
     /// `PUBLISH_RATE_LIMIT`, default `60/1m`: `POST /events/{channel}` per logged-in user.
     pub publish_rate: Rate,
     /// `PUBLISH_IP_RATE_LIMIT`, default `300/1m`: `POST /events/{channel}` per client network
@@ -245,6 +248,7 @@ impl Config {
             order_rate: rate("ORDER_RATE_LIMIT", "10/1m")?,
             login_rate: rate("LOGIN_RATE_LIMIT", "20/1m")?,
             login_user_rate: rate("LOGIN_USER_RATE_LIMIT", "10/1m")?,
+            login_failure_rate: rate("LOGIN_FAILURE_RATE_LIMIT", "5/15m")?,
             publish_rate: rate("PUBLISH_RATE_LIMIT", "60/1m")?,
             publish_ip_rate: rate("PUBLISH_IP_RATE_LIMIT", "300/1m")?,
             trusted_proxies,

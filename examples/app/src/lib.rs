@@ -50,6 +50,7 @@ pub mod probes;
 pub mod prometheus;
 pub mod ratelimit;
 pub mod sessions;
+pub mod telemetry;
 
 pub use config::{Config, Rate};
 
@@ -252,6 +253,8 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
         .merge(with_session)
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        // One `http.request` span per request, around every layer (see `telemetry`).
+        .layer(axum::middleware::from_fn(telemetry::trace_request))
         .with_state(services.clone())
         // `/plain` goes through no layer at all, not even the body limit.
         .merge(probes::plain_router()))

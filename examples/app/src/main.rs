@@ -2,14 +2,12 @@
 
 use std::net::SocketAddr;
 
-use redtower_example::{Config, Services, app, metrics_router, shutdown_signal};
-use tracing_subscriber::EnvFilter;
+use redtower_example::{Config, Services, app, metrics_router, shutdown_signal, telemetry};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    // Logs; and OTLP trace export only when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let telemetry = telemetry::init()?;
     let config = Config::from_env()?;
     let services = Services::new(config.clone())?;
     // Accept traffic once Redis answers (or REDIS_CONNECT_WAIT has passed), so the first
@@ -45,5 +43,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let report = worker.shutdown().await?;
         tracing::info!(?report, "worker stopped");
     }
+    telemetry.shutdown().await;
     Ok(())
 }

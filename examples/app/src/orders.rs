@@ -5,6 +5,10 @@
 //! Orders are kept in Redis (a hash per order, with a TTL) when the app runs over Redis, so
 //! every instance sees the same order.
 //!
+//! A job scheduler on the same queue adds a `sweep-abandoned-orders` job every minute (exactly
+//! once per minute however many instances run a worker); the job publishes `{"sweep": ...}` on
+//! `order:updates`, which the page shows.
+//!
 //! Environment: `ORDER_RATE_LIMIT` (`POST /orders` per client IP), `ORDER_SHIP_DELAY_MS`,
 //! `WORKER` (run the worker in this process).
 
@@ -18,7 +22,7 @@ use axum::{
 };
 use fred::interfaces::{HashesInterface, KeysInterface, TransactionInterface};
 use redtower_client::{Namespace, Redis, fred};
-use redtower_jobs::{Backoff, Job, JobContext, JobError, Queue, Worker, WorkerHandle};
+use redtower_jobs::{Backoff, Job, JobContext, JobError, Queue, Schedule, Worker, WorkerHandle};
 use redtower_pubsub::PubSub;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -50,6 +54,17 @@ pub struct ShipOrder {
 impl Job for ShipOrder {
     const NAME: &'static str = "ship-order";
 }
+
+/// The `sweep-abandoned-orders` job, added by the scheduler [`SWEEP_SCHEDULER`] every minute.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepAbandonedOrders;
+
+impl Job for SweepAbandonedOrders {
+    const NAME: &'static str = "sweep-abandoned-orders";
+}
+
+/// The id of the scheduler that adds [`SweepAbandonedOrders`] every minute.
+pub const SWEEP_SCHEDULER: &str = "abandoned-orders";
 
 /// The order desk: the `ship-order` queue, the orders, and where their updates are published.
 #[derive(Clone)]
@@ -108,12 +123,29 @@ impl Shipping {
         let on_done = self.clone();
         let on_dead = self.clone();
         let runner = self.clone();
+        let sweeper = self.clone();
+        // Upsert by id: every instance does it at start, the scheduler is stored once and
+        // keeps its next tick; any worker fires it, each minute adds one job.
+        let sweeps = Queue::<SweepAbandonedOrders>::new(store.clone(), SHIP_QUEUE);
+        tokio::spawn(async move {
+            let every = Schedule::every(Duration::from_secs(60));
+            if let Err(error) = sweeps
+                .schedule(SWEEP_SCHEDULER, every, SweepAbandonedOrders)
+                .await
+            {
+                tracing::warn!(%error, "could not store the abandoned-orders scheduler");
+            }
+        });
         Worker::new(store, SHIP_QUEUE)
             .concurrency(16)
             .timeout(Duration::from_secs(30))
             .handle::<ShipOrder>(move |job: ShipOrder, ctx: JobContext| {
                 let shipping = runner.clone();
                 async move { shipping.ship(job, ctx).await }
+            })
+            .handle::<SweepAbandonedOrders>(move |_: SweepAbandonedOrders, ctx: JobContext| {
+                let shipping = sweeper.clone();
+                async move { shipping.sweep(ctx).await }
             })
             .on_completed(move |finished| {
                 let shipping = on_done.clone();
@@ -157,6 +189,21 @@ impl Shipping {
             )));
         }
         tracing::info!(order = %job.order_id, item = %job.item, "order shipped");
+        Ok(())
+    }
+
+    /// The scheduled sweep: where a real shop would cancel orders left unpaid, this one
+    /// announces that it ran.
+    async fn sweep(&self, ctx: JobContext) -> Result<(), JobError> {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let update = json!({ "sweep": { "at": at, "job": ctx.id().as_str() } });
+        self.0
+            .pubsub
+            .publish(ORDER_UPDATES, &update)
+            .await
+            .map_err(JobError::retry)?;
         Ok(())
     }
 

@@ -18,7 +18,8 @@ use axum::{
 use redtower_client::Redis;
 use redtower_ratelimit::Policy;
 use redtower_session::{
-    AuthSession, SessionBackend, SessionLayer, SessionMeta, UserSessions, bind_user,
+    AuthSession, SessionBackend, SessionEvent, SessionLayer, SessionMeta, UserSessions, WithEvents,
+    bind_user,
     tower_sessions::{Session, cookie::Key},
 };
 use serde::Deserialize;
@@ -68,7 +69,7 @@ impl Sessions {
             cookie: key,
             store: store_secret,
         } = SessionKeys::derive(&secret);
-        let users: Arc<dyn SessionBackend> = match redis {
+        let store: Arc<dyn SessionBackend> = match redis {
             None => Arc::new(redtower_session::MemoryStore::new()),
             Some(redis) => Arc::new(
                 redtower_session::RedisStore::new(redis.clone(), store_secret)?.near_cache(
@@ -78,6 +79,8 @@ impl Sessions {
                 )?,
             ),
         };
+        // The audit log: logins, revocations and expiries, as `tracing` events.
+        let users: Arc<dyn SessionBackend> = Arc::new(WithEvents::new(store, audit));
         // One layer type whichever store was chosen.
         let layer = SessionLayer::new(users.clone(), key).secure(config.cookie_secure);
         Ok(Self {
@@ -113,8 +116,19 @@ impl Sessions {
             .accounts
             .limits
             .per_client("login", config.login_rate)?;
+        // Failed attempts only (a bad user name, over the per-user limit): successful logins
+        // are given back.
+        let failed_logins = self
+            .accounts
+            .limits
+            .failures_per_client("login-failed", config.login_failure_rate)?;
         Ok(Router::new()
-            .route("/login", post(login).layer(login_limit))
+            .route(
+                "/login",
+                post(login)
+                    .layer::<_, std::convert::Infallible>(failed_logins)
+                    .layer(login_limit),
+            )
             .route("/me", get(me))
             .route("/logout", post(logout))
             .route("/me/sessions", get(my_sessions))
@@ -181,6 +195,26 @@ fn valid_user(user: &str) -> bool {
         && user
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.-@".contains(&b))
+}
+
+/// The audit log of sessions (target `audit`).
+fn audit(event: &SessionEvent) {
+    match event {
+        SessionEvent::Login { user, handle, meta } => {
+            let device = meta.device();
+            tracing::info!(target: "audit", %user, %handle, device, ip = meta.ip, "login");
+        }
+        SessionEvent::Revoked { user, handle } => {
+            tracing::info!(target: "audit", %user, %handle, "session revoked");
+        }
+        SessionEvent::RevokedAll { user, count, kept } => {
+            tracing::info!(target: "audit", %user, count, kept, "sessions revoked");
+        }
+        SessionEvent::Expired { user, handle } => {
+            tracing::info!(target: "audit", %user, %handle, "session expired");
+        }
+        other => tracing::info!(target: "audit", event = ?other, "session event"),
+    }
 }
 
 async fn login(

@@ -113,6 +113,7 @@ pub(crate) const CASES: &[Case] = &[
     case("hello/governor", "rate limit /api/hello", "tower_governor, minimal app, no headers (default)", Governor, "/api/hello", false, false),
     case("hello/governor-hdr", "rate limit /api/hello", "tower_governor, minimal app, use_headers", GovernorHeaders, "/api/hello", false, false),
     case("hello/node", "rate limit /api/hello", "Node original", Node, "/api/hello", false, false),
+    case("leased/redis", "rate limit /api/leased", "Redis, leased slices of 100 for 1 s", AppRedis, "/api/leased", false, true),
     case("cache/redis", "cache hit /products/featured", "Redis (no L1)", AppRedis, "/products/featured", false, true),
     case("cache/l1", "cache hit /products/featured", "Redis + L1", AppRedisL1, "/products/featured", false, true),
     case("cache/near", "cache hit /products/featured", "Redis + tracked tier", AppRedisNear, "/products/featured", false, true),
@@ -159,6 +160,7 @@ const fn info(num: &'static str, den: &'static str, versus: &'static str) -> Goa
 /// The targets, then informative ratios.
 pub(crate) const GOALS: &[Goal] = &[
     goal("hello/redis", "plain/app", "plain", 0.6),
+    goal("leased/redis", "plain/app", "plain", 0.9),
     goal("hello/redis", "hello/naive", "naive Rust", 1.0),
     goal("hello/redis", "hello/node", "Node", 5.0),
     // The same minimal app and the same response (no rate limit headers): only the limiter
@@ -220,6 +222,7 @@ pub(crate) const GOALS: &[Goal] = &[
     info("stacked/l1", "plain/app", "plain"),
     info("stacked/memory", "plain/app", "plain"),
     info("jobs/single", "jobs/single-bullmq", "BullMQ"),
+    info("jobs/sched", "jobs/sched-bullmq", "BullMQ"),
 ];
 
 /// Rows whose Redis commands per request should be exactly 1 (single-layer scenarios).

@@ -133,6 +133,11 @@ pub(crate) fn jobs(exe: &Path, crate_dir: &Path, n: u32) -> Result<Vec<Row>, Str
         ("bulk", "bulk_enqueue", "jobs: bulk enqueue"),
         ("single", "single_enqueue", "jobs: enqueue, 50 in flight"),
         ("process", "processing_c50", "jobs: process, concurrency 50"),
+        (
+            "sched",
+            "scheduler_first_tick",
+            "jobs: schedulers created with their first tick, 50 in flight",
+        ),
     ] {
         let Some(result) = results.iter().find(|r| r["scenario"] == key) else {
             continue;

@@ -2,7 +2,7 @@
 //! clock (so tests can pause and advance time).
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -21,6 +21,7 @@ use crate::{
     Result,
     event::{EventKind, QueueEvent},
     job::{JobId, JobInfo, JobState, Record},
+    schedule::{Fire, StoredScheduler},
 };
 
 const PRIO: u64 = 1 << 32;
@@ -93,6 +94,21 @@ impl ZSet {
     }
 }
 
+/// A job scheduler (see [`QueueStore::upsert_scheduler`]).
+#[derive(Debug)]
+struct Sched {
+    spec: String,
+    version: u64,
+    count: u64,
+    next: Option<u64>,
+}
+
+impl Sched {
+    fn stored(&self, id: &str) -> StoredScheduler {
+        StoredScheduler::new(id, self.spec.clone(), self.version, self.count, self.next)
+    }
+}
+
 /// One queue: its jobs, the sets that order them, and what makes calls safe to repeat.
 #[derive(Debug)]
 struct QueueState {
@@ -113,6 +129,8 @@ struct QueueState {
     replay: HashMap<String, Replay>,
     replay_exp: BTreeSet<(u64, String)>,
     paused: bool,
+    /// Job schedulers by id.
+    scheds: BTreeMap<String, Sched>,
     wake: watch::Sender<u64>,
     events: broadcast::Sender<QueueEvent>,
 }
@@ -134,6 +152,7 @@ impl QueueState {
             replay: HashMap::new(),
             replay_exp: BTreeSet::new(),
             paused: false,
+            scheds: BTreeMap::new(),
             wake: watch::channel(0).0,
             events: broadcast::channel(cap.max(1)).0,
         }
@@ -161,6 +180,57 @@ impl QueueState {
         }
     }
 
+    /// Adds one job (see [`QueueStore::enqueue`]); `true` when it went to ready.
+    fn add(&mut self, j: NewJob, now: u64, expires: u64) -> (Enqueued, bool) {
+        // In process, a call is never re-sent: only a caller's key has a marker.
+        let idem = j.idempotency_key.clone();
+        if let Some((id, _)) = idem.as_ref().and_then(|k| self.idem.get(k)) {
+            return (Enqueued::Existing(JobId::new(id.to_string())), false);
+        }
+        if let Some(&existing) = j.unique_key.as_ref().and_then(|u| self.uniq.get(u)) {
+            if let Some(idem) = idem {
+                self.idem.insert(idem.clone(), (existing, expires));
+                self.idem_exp.insert((expires, idem));
+            }
+            return (Enqueued::Duplicate(JobId::new(existing.to_string())), false);
+        }
+        self.seq += 1;
+        let id = self.seq;
+        let rec = Record {
+            id: id.to_string(),
+            name: j.name,
+            data: j.data,
+            attempt: 0,
+            max: j.max_attempts,
+            backoff: j.backoff,
+            prio: j.priority,
+            seq: id,
+            created: now,
+            stalls: 0,
+            err: None,
+            uniq: j.unique_key.clone(),
+            started: None,
+            fin: None,
+            trace: j.trace,
+        };
+        if let Some(u) = j.unique_key {
+            self.uniq.insert(u, id);
+        }
+        if let Some(idem) = idem {
+            self.idem.insert(idem.clone(), (id, expires));
+            self.idem_exp.insert((expires, idem));
+        }
+        self.emit(EventKind::Added, &rec);
+        self.jobs.insert(id, rec);
+        let ready = j.delay.is_zero();
+        if ready {
+            self.ready_add(id);
+        } else {
+            self.sched_add(id, now.saturating_add(ms(j.delay)));
+        }
+        (Enqueued::New(JobId::new(id.to_string())), ready)
+    }
+
     /// The job `id` as handed out under `token`.
     fn fetched(&self, id: u64, token: String, now: u64) -> Option<Fetched> {
         let rec = self.jobs.get(&id)?.clone();
@@ -176,6 +246,7 @@ impl QueueState {
             backoff: rec.backoff,
             waited: Duration::from_millis(now.saturating_sub(rec.created)),
             invalid: None,
+            trace: rec.trace,
         })
     }
 
@@ -555,52 +626,9 @@ impl QueueStore for MemoryStore {
             let out = jobs
                 .into_iter()
                 .map(|j| {
-                    // In process, a call is never re-sent: only a caller's key has a marker.
-                    let idem = j.idempotency_key.clone();
-                    if let Some((id, _)) = idem.as_ref().and_then(|k| q.idem.get(k)) {
-                        return Enqueued::Existing(JobId::new(id.to_string()));
-                    }
-                    if let Some(&existing) = j.unique_key.as_ref().and_then(|u| q.uniq.get(u)) {
-                        if let Some(idem) = idem {
-                            q.idem.insert(idem.clone(), (existing, expires));
-                            q.idem_exp.insert((expires, idem));
-                        }
-                        return Enqueued::Duplicate(JobId::new(existing.to_string()));
-                    }
-                    q.seq += 1;
-                    let id = q.seq;
-                    let rec = Record {
-                        id: id.to_string(),
-                        name: j.name,
-                        data: j.data,
-                        attempt: 0,
-                        max: j.max_attempts,
-                        backoff: j.backoff,
-                        prio: j.priority,
-                        seq: id,
-                        created: now,
-                        stalls: 0,
-                        err: None,
-                        uniq: j.unique_key.clone(),
-                        started: None,
-                        fin: None,
-                    };
-                    if let Some(u) = j.unique_key {
-                        q.uniq.insert(u, id);
-                    }
-                    if let Some(idem) = idem {
-                        q.idem.insert(idem.clone(), (id, expires));
-                        q.idem_exp.insert((expires, idem));
-                    }
-                    q.emit(EventKind::Added, &rec);
-                    q.jobs.insert(id, rec);
-                    if j.delay.is_zero() {
-                        q.ready_add(id);
-                        woke = true;
-                    } else {
-                        q.sched_add(id, now.saturating_add(ms(j.delay)));
-                    }
-                    Enqueued::New(JobId::new(id.to_string()))
+                    let (e, w) = q.add(j, now, expires);
+                    woke |= w;
+                    e
                 })
                 .collect();
             if woke {
@@ -764,6 +792,96 @@ impl QueueStore for MemoryStore {
             }
         })
         .boxed())
+    }
+
+    async fn upsert_scheduler(
+        &self,
+        queue: &str,
+        id: &str,
+        spec: String,
+        first: Option<u64>,
+    ) -> Result<bool> {
+        Ok(self.with(queue, |q, _| {
+            let version = match q.scheds.get(id) {
+                Some(s) if s.spec == spec => return false,
+                Some(s) => s.version + 1,
+                None => 1,
+            };
+            q.scheds.insert(
+                id.to_owned(),
+                Sched {
+                    spec,
+                    version,
+                    count: 0,
+                    next: first,
+                },
+            );
+            true
+        }))
+    }
+
+    async fn remove_scheduler(&self, queue: &str, id: &str) -> Result<bool> {
+        Ok(self.with(queue, |q, _| q.scheds.remove(id).is_some()))
+    }
+
+    async fn schedulers(&self, queue: &str) -> Result<Vec<StoredScheduler>> {
+        Ok(self.with(queue, |q, _| {
+            q.scheds.iter().map(|(id, s)| s.stored(id)).collect()
+        }))
+    }
+
+    async fn due_schedulers(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<(u64, Vec<StoredScheduler>, Option<u64>)> {
+        Ok(self.with(queue, |q, now| {
+            let mut due: Vec<_> = q
+                .scheds
+                .iter()
+                .filter(|(_, s)| s.next.is_some_and(|n| n <= now))
+                .map(|(id, s)| s.stored(id))
+                .collect();
+            due.sort_by_key(|s| s.next);
+            due.truncate(limit);
+            let later = q
+                .scheds
+                .values()
+                .filter_map(|s| s.next.filter(|n| *n > now))
+                .min();
+            (now, due, later)
+        }))
+    }
+
+    async fn fire_scheduler(&self, queue: &str, fire: Fire) -> Result<Option<Vec<JobId>>> {
+        Ok(self.with(queue, |q, now| {
+            // In process there is no re-send: the compare-and-set under the lock is enough.
+            let applies = q
+                .scheds
+                .get(&fire.id)
+                .is_some_and(|s| s.version == fire.version && s.next == Some(fire.expected_next));
+            if !applies || fire.ticks.iter().any(|t| *t > now) {
+                return None;
+            }
+            q.expire(now);
+            let mut ids = Vec::with_capacity(fire.ticks.len());
+            for _ in &fire.ticks {
+                let mut job = fire.job.clone();
+                job.delay = Duration::ZERO;
+                job.unique_key = None;
+                job.idempotency_key = None;
+                let (e, _) = q.add(job, now, now);
+                ids.push(e.id().clone());
+            }
+            if !ids.is_empty() {
+                q.wake();
+            }
+            if let Some(s) = q.scheds.get_mut(&fire.id) {
+                s.count += ids.len() as u64;
+                s.next = fire.next;
+            }
+            Some(ids)
+        }))
     }
 }
 

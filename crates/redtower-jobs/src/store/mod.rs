@@ -3,11 +3,13 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use futures::stream::BoxStream;
+use redtower_client::TraceContext;
 
 use crate::{
     Result,
     event::QueueEvent,
     job::{Backoff, JobId, JobInfo, JobState},
+    schedule::{Fire, StoredScheduler},
 };
 
 mod memory;
@@ -40,6 +42,10 @@ pub struct NewJob {
     /// re-sent by the client after a lost reply, as it does with in-flight commands after a
     /// reconnect, never adds twice), with a random id per call.
     pub idempotency_key: Option<String>,
+    /// The W3C trace context to store with the job, so that the worker's span for it joins
+    /// this trace. [`Queue`](crate::Queue) sets it to the current span's context with the
+    /// `opentelemetry` feature; `None` stores nothing.
+    pub trace: Option<TraceContext>,
 }
 
 impl NewJob {
@@ -55,6 +61,7 @@ impl NewJob {
             delay: Duration::ZERO,
             unique_key: None,
             idempotency_key: None,
+            trace: None,
         }
     }
 
@@ -62,6 +69,13 @@ impl NewJob {
     #[must_use]
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Sets [`trace`](Self::trace).
+    #[must_use]
+    pub fn trace(mut self, cx: TraceContext) -> Self {
+        self.trace = Some(cx);
         self
     }
 }
@@ -242,6 +256,9 @@ pub struct Fetched {
     /// raw record). A worker fails such a job for good with this reason; other jobs of the
     /// same fetch are not affected.
     pub invalid: Option<String>,
+    /// The W3C trace context stored with the job, if any: the worker's span for the attempt
+    /// is its child (with the `opentelemetry` feature).
+    pub trace: Option<TraceContext>,
 }
 
 impl Fetched {
@@ -256,6 +273,7 @@ impl Fetched {
             backoff: Backoff::fixed(Duration::ZERO),
             waited: Duration::ZERO,
             invalid: Some(reason),
+            trace: None,
         }
     }
 }
@@ -369,6 +387,39 @@ pub trait QueueStore: fmt::Debug + Send + Sync + 'static {
     /// The queue's event stream, from the moment this returns (advisory: bounded, may skip
     /// under load).
     async fn events(&self, queue: &str) -> Result<BoxStream<'static, Result<QueueEvent>>>;
+
+    /// Creates or replaces the scheduler `id` of `queue` with `spec` (opaque JSON). A spec
+    /// equal to the stored one changes nothing (`false`: its next tick and run count stay); a
+    /// new or changed one is stored with version + 1, a run count of 0 and `first` as its next
+    /// tick (`None`: finished at once).
+    async fn upsert_scheduler(
+        &self,
+        queue: &str,
+        id: &str,
+        spec: String,
+        first: Option<u64>,
+    ) -> Result<bool>;
+
+    /// Deletes the scheduler `id` (jobs it added stay). `false` if it does not exist.
+    async fn remove_scheduler(&self, queue: &str, id: &str) -> Result<bool>;
+
+    /// Every scheduler of `queue`, by id.
+    async fn schedulers(&self, queue: &str) -> Result<Vec<StoredScheduler>>;
+
+    /// The store's time (ms), up to `limit` schedulers whose next tick is at or before it
+    /// (earliest first), and the earliest next tick after it, if any.
+    async fn due_schedulers(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<(u64, Vec<StoredScheduler>, Option<u64>)>;
+
+    /// Applies `fire` atomically if the scheduler's version and next tick are still those it
+    /// names: one job per tick (each under an idempotency marker derived from the scheduler
+    /// and the tick), then the new next tick and run count. Returns the jobs' ids, or `None`
+    /// when the compare-and-set failed (another process fired, the spec changed, or a tick is
+    /// later than the store's time) and nothing was changed.
+    async fn fire_scheduler(&self, queue: &str, fire: Fire) -> Result<Option<Vec<JobId>>>;
 }
 
 /// A shared store is a store: an `Arc<dyn QueueStore>` chosen at run time (or an `Arc` of a
@@ -428,6 +479,36 @@ impl<T: QueueStore + ?Sized> QueueStore for Arc<T> {
 
     async fn events(&self, queue: &str) -> Result<BoxStream<'static, Result<QueueEvent>>> {
         (**self).events(queue).await
+    }
+
+    async fn upsert_scheduler(
+        &self,
+        queue: &str,
+        id: &str,
+        spec: String,
+        first: Option<u64>,
+    ) -> Result<bool> {
+        (**self).upsert_scheduler(queue, id, spec, first).await
+    }
+
+    async fn remove_scheduler(&self, queue: &str, id: &str) -> Result<bool> {
+        (**self).remove_scheduler(queue, id).await
+    }
+
+    async fn schedulers(&self, queue: &str) -> Result<Vec<StoredScheduler>> {
+        (**self).schedulers(queue).await
+    }
+
+    async fn due_schedulers(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<(u64, Vec<StoredScheduler>, Option<u64>)> {
+        (**self).due_schedulers(queue, limit).await
+    }
+
+    async fn fire_scheduler(&self, queue: &str, fire: Fire) -> Result<Option<Vec<JobId>>> {
+        (**self).fire_scheduler(queue, fire).await
     }
 }
 

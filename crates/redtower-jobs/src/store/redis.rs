@@ -5,7 +5,7 @@ use std::{sync::LazyLock, time::Duration};
 
 use fred::types::Value;
 use futures::stream::BoxStream;
-use redtower_client::{Key, Redis, Script};
+use redtower_client::{Key, Redis, Script, TraceContext};
 
 use super::{
     Counts, Enqueued, Fetched, Lease, NewJob, QueueStore, Settle, Settled, Waiter, WorkReply,
@@ -15,6 +15,7 @@ use crate::{
     Error, Result,
     event::QueueEvent,
     job::{JobId, JobInfo, JobState, Record},
+    schedule::{Fire, StoredScheduler},
 };
 
 mod events;
@@ -40,6 +41,7 @@ static ENQUEUE: LazyLock<Script> = script!("jobs_enqueue", "enqueue");
 static WORK: LazyLock<Script> = script!("jobs_work", "work");
 static EXTEND: LazyLock<Script> = script!("jobs_extend", "extend");
 static ADMIN: LazyLock<Script> = script!("jobs_admin", "admin");
+static SCHEDULE: LazyLock<Script> = script!("jobs_schedule", "schedule");
 
 const PARTS: [&str; 12] = [
     "jobs", "ready", "sched", "active", "done", "dead", "lease", "uniq", "meta", "wake", "events",
@@ -56,7 +58,9 @@ const EVENTS: usize = 10;
 /// end), `:done` and `:dead` (ZSET by finish time, trimmed by retention), `:lease` (HASH id →
 /// fence `<batch>.<start ms>.<i>`, the part of a lease token that the store checks), `:uniq` (HASH dedup key → id), `:meta` (paused), `:wake` (LIST, the signal
 /// idle workers block on), `:events` (STREAM, capped) and `:seq` (ids and tokens). They are not
-/// given TTLs: retention bounds them.
+/// given TTLs: retention bounds them. Job schedulers: `:sspec` (HASH id → spec), `:snext`
+/// (ZSET id → next tick), `:sstate` (HASH id → version and run count), and one marker per
+/// fired tick, `:tick:<scheduler>:<tick ms>` → job id (kept for the idempotency window).
 ///
 /// Cloning is cheap.
 ///
@@ -129,6 +133,18 @@ impl RedisStore {
         PARTS.iter().map(|p| base.clone().push(*p)).collect()
     }
 
+    /// Runs the schedule script (`op` and its arguments; `extra` keys after the scheduler
+    /// keys).
+    async fn schedule(&self, queue: &str, extra: Vec<Key>, args: Vec<Value>) -> Result<Value> {
+        let base = self.base(queue);
+        let mut keys = self.keys(queue);
+        keys.extend(["sspec", "snext", "sstate"].map(|p| base.clone().push(p)));
+        keys.extend(extra);
+        let mut argv = vec![Value::from(int(self.events_max_len))];
+        argv.extend(args);
+        self.run(&SCHEDULE, keys, argv).await
+    }
+
     async fn admin(&self, queue: &str, args: Vec<Value>) -> Result<Value> {
         let mut argv = vec![Value::from(int(self.events_max_len))];
         argv.extend(args);
@@ -190,6 +206,8 @@ struct RecordTail<'a> {
     prio: u32,
     stalls: u32,
     uniq: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tc: Option<String>,
 }
 
 fn text(v: Value) -> Result<String> {
@@ -349,6 +367,7 @@ fn fetched(queue: &str, job: Value, now: u64) -> Result<Fetched> {
         backoff: rec.backoff,
         waited: Duration::from_millis(now.saturating_sub(rec.created)),
         invalid: None,
+        trace: rec.trace,
     })
 }
 
@@ -383,6 +402,7 @@ impl QueueStore for RedisStore {
                 prio: j.priority,
                 stalls: 0,
                 uniq: j.unique_key.as_deref(),
+                tc: j.trace.as_ref().map(TraceContext::encode),
             })
             .map_err(Error::Serialize)?;
             // A caller's idempotency key: its marker, by its (1-based) index in KEYS.
@@ -544,4 +564,142 @@ impl QueueStore for RedisStore {
         let key = self.keys(queue).swap_remove(EVENTS);
         events::read(self.redis.clone(), key).await
     }
+
+    async fn upsert_scheduler(
+        &self,
+        queue: &str,
+        id: &str,
+        spec: String,
+        first: Option<u64>,
+    ) -> Result<bool> {
+        let first: Value = first.map_or_else(|| "".into(), |t| int(t).into());
+        let v = self
+            .schedule(
+                queue,
+                vec![],
+                vec!["upsert".into(), id.into(), spec.into(), first],
+            )
+            .await?;
+        Ok(num(&v)? == 1)
+    }
+
+    async fn remove_scheduler(&self, queue: &str, id: &str) -> Result<bool> {
+        let v = self
+            .schedule(queue, vec![], vec!["remove".into(), id.into()])
+            .await?;
+        Ok(num(&v)? == 1)
+    }
+
+    async fn schedulers(&self, queue: &str) -> Result<Vec<StoredScheduler>> {
+        let v = self.schedule(queue, vec![], vec!["list".into()]).await?;
+        v.into_array().into_iter().map(scheduler_row).collect()
+    }
+
+    async fn due_schedulers(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<(u64, Vec<StoredScheduler>, Option<u64>)> {
+        let v = self
+            .schedule(
+                queue,
+                vec![],
+                vec![
+                    "due".into(),
+                    i64::try_from(limit).unwrap_or(i64::MAX).into(),
+                ],
+            )
+            .await?;
+        let mut it = v.into_array().into_iter();
+        let (Some(now), Some(rows), Some(later)) = (it.next(), it.next(), it.next()) else {
+            return Err(Error::Protocol("due schedulers reply".into()));
+        };
+        let now = text(now)?
+            .parse()
+            .map_err(|_| Error::Protocol("due schedulers time".into()))?;
+        let rows = rows
+            .into_array()
+            .into_iter()
+            .map(scheduler_row)
+            .collect::<Result<Vec<_>>>()?;
+        let later = later.into_string().and_then(|s| s.parse::<f64>().ok());
+        Ok((now, rows, later.map(|f| f as u64)))
+    }
+
+    async fn fire_scheduler(&self, queue: &str, fire: Fire) -> Result<Option<Vec<JobId>>> {
+        let base = self.base(queue);
+        let markers: Vec<Key> = fire
+            .ticks
+            .iter()
+            .map(|t| {
+                base.clone()
+                    .push("tick")
+                    .push(fire.id.as_str())
+                    .push(t.to_string().as_str())
+            })
+            .collect();
+        let j = &fire.job;
+        let tail = serde_json::to_string(&RecordTail {
+            name: &j.name,
+            data: &j.data,
+            attempt: 0,
+            max: j.max_attempts,
+            backoff: &j.backoff,
+            prio: j.priority,
+            stalls: 0,
+            uniq: None,
+            tc: None,
+        })
+        .map_err(Error::Serialize)?;
+        let mut argv: Vec<Value> = vec![
+            "fire".into(),
+            fire.id.as_str().into(),
+            int(fire.version).into(),
+            int(fire.expected_next).into(),
+            fire.next.map_or_else(|| "".into(), |t| int(t).into()),
+            ms(self.idempotency_window).max(1).into(),
+            j.name.as_str().into(),
+            tail.get(1..).unwrap_or_default().into(),
+            i64::from(j.priority).into(),
+            (fire.ticks.len() as i64).into(),
+        ];
+        argv.extend(fire.ticks.iter().map(|t| Value::from(int(*t))));
+        let v = self.schedule(queue, markers, argv).await?;
+        if v.is_null() {
+            return Ok(None);
+        }
+        Ok(Some(
+            v.into_array()
+                .into_iter()
+                .map(|id| text(id).map(JobId::new))
+                .collect::<Result<_>>()?,
+        ))
+    }
+}
+
+/// One scheduler row of the schedule script: id, spec, version, count, next ('' when none).
+fn scheduler_row(row: Value) -> Result<StoredScheduler> {
+    let mut it = row.into_array().into_iter();
+    let (Some(id), Some(spec), Some(version), Some(count), Some(next)) =
+        (it.next(), it.next(), it.next(), it.next(), it.next())
+    else {
+        return Err(Error::Protocol("scheduler row".into()));
+    };
+    let number = |v: Value| -> Result<u64> {
+        text(v)?
+            .parse()
+            .map_err(|_| Error::Protocol("scheduler row number".into()))
+    };
+    let next = next
+        .into_string()
+        .filter(|s| !s.is_empty())
+        .and_then(|s| s.parse::<f64>().ok())
+        .map(|f| f as u64);
+    Ok(StoredScheduler {
+        id: text(id)?,
+        spec: text(spec)?,
+        version: number(version)?,
+        count: number(count)?,
+        next,
+    })
 }

@@ -8,6 +8,7 @@ use tokio::{
     task::{self, JoinSet},
     time::Instant,
 };
+use tracing::Instrument;
 
 use super::{Finished, Outcome, Worker};
 use crate::{
@@ -21,6 +22,42 @@ pub(super) struct Running {
     pub(super) job: Fetched,
     started: Instant,
     abort: task::AbortHandle,
+    /// The attempt's `redtower.jobs.run` span, open until the attempt is settled.
+    span: tracing::Span,
+}
+
+/// The span of one attempt (see the crate docs, "Tracing"): a root in this process, whose
+/// OpenTelemetry parent is the span that added the job (its stored trace context), with the
+/// `opentelemetry` feature.
+fn run_span(queue: &str, job: &Fetched) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: "redtower::jobs",
+        parent: None,
+        "redtower.jobs.run",
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        queue,
+        job.name = job.name.as_str(),
+        job.id = job.lease.id.as_str(),
+        job.attempt = job.attempt,
+        outcome = tracing::field::Empty,
+    );
+    #[cfg(feature = "opentelemetry")]
+    if let Some(cx) = &job.trace {
+        cx.set_parent_of(&span);
+    }
+    span
+}
+
+/// The `outcome` of a settled attempt.
+fn settled_outcome(s: Settled) -> &'static str {
+    match s {
+        Settled::Completed => "completed",
+        Settled::Retrying => "retrying",
+        Settled::Dead => "dead",
+        Settled::Released => "released",
+        _ => "lease_lost",
+    }
 }
 
 impl Worker {
@@ -52,6 +89,7 @@ impl Worker {
                 Box::pin(async move { Err(JobError::fatal(msg)) })
             }
         };
+        let span = run_span(&self.queue, &job);
         let timeout = self.timeout;
         let fut = async move {
             let run = AssertUnwindSafe(fut).catch_unwind();
@@ -71,13 +109,14 @@ impl Worker {
                 Err(JobError::retry(format!("handler panicked: {msg}")))
             })
         };
-        let abort = tasks.spawn(fut);
+        let abort = tasks.spawn(fut.instrument(span.clone()));
         running.insert(
             abort.id(),
             Running {
                 job,
                 started: Instant::now(),
                 abort,
+                span,
             },
         );
     }
@@ -143,6 +182,10 @@ impl Worker {
         let q = self.queue.to_string();
         for ((r, _, outcome), s) in batch.into_iter().zip(settled) {
             let run_time = r.started.elapsed();
+            r.span.record("outcome", settled_outcome(s));
+            if matches!(s, Settled::Retrying | Settled::Dead) {
+                r.span.record("otel.status_code", "error");
+            }
             let name = match s {
                 Settled::Completed => "redtower_jobs_completed_total",
                 Settled::Retrying => "redtower_jobs_retried_total",
@@ -187,8 +230,19 @@ impl Worker {
                 run_time,
                 outcome,
             };
+            let kind = if s == Settled::Completed {
+                "completed"
+            } else {
+                "failed"
+            };
             for hook in hooks {
-                tokio::spawn(hook(finished.clone()));
+                let span = tracing::info_span!(
+                    target: "redtower::jobs",
+                    parent: &r.span,
+                    "redtower.jobs.hook",
+                    hook = kind,
+                );
+                tokio::spawn(hook(finished.clone()).instrument(span));
             }
         }
     }
@@ -204,6 +258,7 @@ impl Worker {
                 let q = self.queue.to_string();
                 running.retain(|_, r| {
                     if lost.contains(&r.job.lease.id) {
+                        r.span.record("outcome", "lease_lost");
                         tracing::warn!(target: "redtower::jobs", queue = %q, id = %r.job.lease.id, "lease lost; cancelling the job");
                         metrics::counter!("redtower_jobs_lease_lost_total", "queue" => q.clone()).increment(1);
                         r.abort.abort();

@@ -131,6 +131,7 @@ pub struct Worker {
     on_completed: Vec<Hook>,
     on_failed: Vec<Hook>,
     clock: Clock,
+    schedulers: bool,
 }
 
 impl fmt::Debug for Worker {
@@ -170,6 +171,7 @@ impl Worker {
             on_completed: Vec::new(),
             on_failed: Vec::new(),
             clock: Clock::system(),
+            schedulers: true,
         }
     }
 
@@ -224,6 +226,16 @@ impl Worker {
     /// Retention of completed and dead jobs. Defaults to [`Retention::default`].
     pub fn retention(mut self, r: Retention) -> Self {
         self.retention = r;
+        self
+    }
+
+    /// Whether this worker fires the ticks of its queue's job schedulers (see
+    /// [`Queue::schedule`](crate::Queue::schedule)). Defaults to `true`: any number of workers
+    /// may, each tick adds one job whichever fires it. A worker checks when the earliest tick
+    /// it knows of is due, and at least every [`poll_interval`](Self::poll_interval) (a
+    /// scheduler added elsewhere is seen within it).
+    pub fn schedulers(mut self, on: bool) -> Self {
+        self.schedulers = on;
         self
     }
 

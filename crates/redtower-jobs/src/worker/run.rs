@@ -50,6 +50,10 @@ impl Worker {
         let me = Arc::new(self);
         // Reporting only, in its own task so that a slow store never delays the first fetch.
         let skew_check = AbortOnDrop(tokio::spawn(report_skew(me.clone())));
+        // The queue's job schedulers, in their own task: a pass never delays a fetch.
+        let schedulers = me
+            .schedulers
+            .then(|| AbortOnDrop(tokio::spawn(scheduler_loop(me.clone()))));
         let idle = Arc::new(IdleSignal::new(me.poll_interval));
         // Aborted when this task ends, even when it is itself aborted.
         let waiter = AbortOnDrop(tokio::spawn(wait_loop(me.clone(), idle.clone())));
@@ -97,6 +101,7 @@ impl Worker {
 
         drop(waiter);
         drop(skew_check);
+        drop(schedulers);
         state.land_inflight(&me).await;
         let LoopState {
             running,
@@ -214,6 +219,29 @@ impl Drop for AbortOnDrop {
 }
 
 /// Compares the worker's clock with the store's and reports the difference.
+/// Fires the queue's due scheduler ticks, then sleeps until the earliest next tick (at most
+/// the poll interval); after a store error, backs off (100 ms, doubling, at most 5 s).
+async fn scheduler_loop(w: Arc<Worker>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let pause = match crate::schedule::run_pass(w.store.as_ref(), &w.queue).await {
+            Ok(pass) => {
+                backoff = Duration::from_millis(100);
+                pass.next_due
+                    .map_or(w.poll_interval, |d| d.min(w.poll_interval))
+                    .max(Duration::from_millis(1))
+            }
+            Err(e) => {
+                tracing::warn!(target: "redtower::jobs", queue = %w.queue, error = %e, "scheduler pass failed; trying again");
+                let b = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                b
+            }
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
 async fn report_skew(w: Arc<Worker>) {
     match w.clock.skew(w.store.time(&w.queue)).await {
         Ok(skew) => {

@@ -16,7 +16,11 @@
 -- ARGV[1]: a fresh epoch, used when the history is gone; ARGV[2]: data; ARGV[3]: the most
 -- events the history keeps; ARGV[4]: TTL in ms; ARGV[5]: the pub/sub channel; ARGV[6]: '1'
 -- for SPUBLISH; ARGV[7]: the token window in ms; ARGV[8]: the most bytes of data the history
--- keeps (the newest event always stays); ARGV[9]: this publish's token.
+-- keeps (the newest event always stays); ARGV[9]: this publish's token; ARGV[10]: the W3C
+-- trace context of the publishing span, one line (`<traceparent>[;<tracestate>]`, at most 568
+-- bytes, checked by the client), or '' for none.
+-- With a trace context, the history entry gets a field `t` after `d`, and the message is
+-- prefixed with '^<trace context>\n' (an epoch never starts with '^').
 local seen = redis.call('HGET', KEYS[3], ARGV[9]) or redis.call('HGET', KEYS[4], ARGV[9])
 if seen then
   local e, o = string.match(seen, '^([^:]+):(%d+)$')
@@ -32,7 +36,12 @@ if not epoch then
   redis.call('HSET', KEYS[1], 'e', epoch, 'b', 0)
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
-redis.call('XADD', KEYS[2], offset .. '-0', 'd', ARGV[2])
+local trace = ARGV[10] or ''
+if trace ~= '' then
+  redis.call('XADD', KEYS[2], offset .. '-0', 'd', ARGV[2], 't', trace)
+else
+  redis.call('XADD', KEYS[2], offset .. '-0', 'd', ARGV[2])
+end
 -- Trim exactly, oldest first, to the most events and bytes kept.
 local bytes = redis.call('HINCRBY', KEYS[1], 'b', string.len(ARGV[2]))
 local len = redis.call('XLEN', KEYS[2])
@@ -67,6 +76,9 @@ end
 redis.call('HSET', KEYS[3], ARGV[9], epoch .. ':' .. offset)
 redis.call('PEXPIRE', KEYS[3], 2 * window)
 local message = epoch .. ':' .. offset .. ':' .. ARGV[2]
+if trace ~= '' then
+  message = '^' .. trace .. '\n' .. message
+end
 if ARGV[6] == '1' then
   redis.call('SPUBLISH', ARGV[5], message)
 else

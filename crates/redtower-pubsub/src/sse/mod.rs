@@ -15,6 +15,7 @@ use axum::{
 };
 use http::{HeaderValue, StatusCode, header, request::Parts};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{Access, AllowAll, Channel, ChannelAuthorizer, PubSub, PublishToken, auth::Named};
 
@@ -406,9 +407,26 @@ impl SseEndpoint {
 
     async fn serve(&self, req: Request, options: Option<StreamOptions>) -> Response {
         let (mut parts, _body) = req.into_parts();
-        match self.open(&mut parts, options).await {
-            Ok(response) => response,
-            Err(rejection) => rejection.into_response(),
+        let span = tracing::info_span!(
+            target: TARGET,
+            "redtower.pubsub.subscribe",
+            outcome = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+        );
+        let opened = self
+            .open(&mut parts, options)
+            .instrument(span.clone())
+            .await;
+        match opened {
+            Ok(response) => {
+                span.record("outcome", "open");
+                response
+            }
+            Err(rejection) => {
+                span.record("outcome", "rejected");
+                span.record("http.response.status_code", rejection.status().as_u16());
+                rejection.into_response()
+            }
         }
     }
 

@@ -122,6 +122,28 @@ impl Drop for Access {
     }
 }
 
+/// The `redtower.pubsub.deliver` span of one event written to a stream (DEBUG, so off unless
+/// asked for): a child of the span that published the event when it carries that span's trace
+/// context (the `opentelemetry` feature), else a root. It marks the moment of delivery.
+fn delivered(event: &Event, path: &'static str) {
+    let span = tracing::debug_span!(
+        target: TARGET,
+        parent: None,
+        "redtower.pubsub.deliver",
+        otel.kind = "consumer",
+        path,
+    );
+    if span.is_disabled() {
+        return;
+    }
+    #[cfg(feature = "opentelemetry")]
+    if let Some(cx) = event.trace_context() {
+        cx.set_parent_of(&span);
+    }
+    #[cfg(not(feature = "opentelemetry"))]
+    let _ = event;
+}
+
 pub(crate) async fn open(
     inner: Arc<Inner>,
     channels: Vec<Channel>,
@@ -441,6 +463,7 @@ impl Conn {
         }
         self.pos[i] = Pos::At(event.id().clone());
         self.sent.increment(1);
+        delivered(event, "live");
         if self.multi {
             self.write_event(buf, i, event);
             Some(InOrder::Written)
@@ -537,8 +560,10 @@ impl Conn {
                     self.pos[i] = Pos::At(event.id().clone());
                     if self.multi {
                         self.write_event(buf, i, &event);
+                        delivered(&event, "replay");
                     } else {
                         buf.extend_from_slice(event.sse_frame());
+                        delivered(&event, "replay");
                     }
                 }
                 self.sent.increment(n);

@@ -7,9 +7,11 @@ use std::{
     time::Duration,
 };
 
+use redtower_client::TraceContext;
 use tokio::{sync::broadcast, time::Instant};
 
 use super::{Delivery, PubSubStore, Replay, ReplayLimit, Subscription};
+
 use crate::{Channel, Event, EventId, PublishToken, Result};
 
 /// The in-process backend: one `tokio::sync::broadcast` per channel and a bounded history, for
@@ -238,6 +240,16 @@ impl PubSubStore for MemoryStore {
         data: Arc<str>,
         token: &PublishToken,
     ) -> Result<EventId> {
+        self.publish_traced(channel, data, token, None).await
+    }
+
+    async fn publish_traced(
+        &self,
+        channel: &Channel,
+        data: Arc<str>,
+        token: &PublishToken,
+        trace: Option<&TraceContext>,
+    ) -> Result<EventId> {
         let settings = &self.inner.settings;
         if data.len() > settings.max_payload {
             return Err(crate::Error::PayloadTooLarge {
@@ -256,7 +268,8 @@ impl PubSubStore for MemoryStore {
         let id = EventId::from_parts(slot.epoch.clone(), slot.offset);
         slot.tokens.push_back((now, token.clone()));
         slot.token_ids.insert(token.clone(), id.clone());
-        let event = Arc::new(Event::new(id.clone(), channel.clone(), data));
+        let event =
+            Arc::new(Event::new(id.clone(), channel.clone(), data).with_trace(trace.cloned()));
         slot.bytes += event.data().len();
         slot.history.push_back(event.clone());
         while slot.history.len() > 1

@@ -4,6 +4,8 @@ use std::{fmt, sync::Arc};
 
 use tokio::sync::broadcast;
 
+use redtower_client::TraceContext;
+
 use crate::{Channel, Event, EventId, PublishToken, Result};
 
 #[cfg(feature = "memory")]
@@ -95,6 +97,21 @@ pub trait PubSubStore: fmt::Debug + Send + Sync + 'static {
         token: &PublishToken,
     ) -> Result<EventId>;
 
+    /// [`publish`](Self::publish), storing `trace` (the W3C trace context of the publishing
+    /// span) with the event, in its history entry and its live message, so that subscribers
+    /// get it back in [`Event::trace_context`]. Both built-in stores keep it; the default
+    /// publishes without it, for stores that have nowhere to keep it.
+    async fn publish_traced(
+        &self,
+        channel: &Channel,
+        data: Arc<str>,
+        token: &PublishToken,
+        trace: Option<&TraceContext>,
+    ) -> Result<EventId> {
+        let _ = trace;
+        self.publish(channel, data, token).await
+    }
+
     /// Subscribes to the channel's live events. When this returns, every event published
     /// afterwards is delivered to the subscription, so a caller may subscribe first and then
     /// [`replay`](Self::replay) without missing anything in between.
@@ -127,6 +144,16 @@ impl<T: PubSubStore + ?Sized> PubSubStore for Arc<T> {
         token: &PublishToken,
     ) -> Result<EventId> {
         (**self).publish(channel, data, token).await
+    }
+
+    async fn publish_traced(
+        &self,
+        channel: &Channel,
+        data: Arc<str>,
+        token: &PublishToken,
+        trace: Option<&TraceContext>,
+    ) -> Result<EventId> {
+        (**self).publish_traced(channel, data, token, trace).await
     }
 
     async fn subscribe(&self, channel: &Channel) -> Result<Subscription> {

@@ -11,7 +11,7 @@ use std::{
 };
 
 use fred::types::Value;
-use redtower_client::{Redis, Script};
+use redtower_client::{Redis, Script, TraceContext};
 
 use super::{PubSubStore, Replay, ReplayLimit, Subscription};
 use crate::{Channel, EventId, PublishToken, Result};
@@ -247,6 +247,16 @@ impl PubSubStore for RedisStore {
         data: Arc<str>,
         token: &PublishToken,
     ) -> Result<EventId> {
+        self.publish_traced(channel, data, token, None).await
+    }
+
+    async fn publish_traced(
+        &self,
+        channel: &Channel,
+        data: Arc<str>,
+        token: &PublishToken,
+        trace: Option<&TraceContext>,
+    ) -> Result<EventId> {
         let hub = &self.hub;
         if data.len() > hub.settings.max_payload {
             return Err(crate::Error::PayloadTooLarge {
@@ -277,6 +287,7 @@ impl PubSubStore for RedisStore {
                     millis(hub.settings.dedup_window).to_string(),
                     hub.settings.history_bytes.to_string(),
                     token.as_str().to_owned(),
+                    trace.map(TraceContext::encode).unwrap_or_default(),
                 ],
             )
             .await?;

@@ -372,3 +372,44 @@ pub async fn publish_route(make: Make) {
     // The refused publish left nothing behind.
     assert_eq!(pubsub.latest("readonly").await.unwrap(), None);
 }
+
+/// A W3C trace context published with an event comes back with it, live and from the
+/// history; an event published without one has none.
+pub async fn trace_context_travels_with_events(make: Make) {
+    use redtower_client::TraceContext;
+    use redtower_pubsub::{PublishToken, Received, Replay};
+
+    let pubsub = make(Opts::default()).await;
+    let channel = Channel::new("traced-events").unwrap();
+    let mut sub = pubsub.subscribe(channel.as_str()).await.unwrap();
+    let cx = TraceContext::new(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        Some("rojo=00f067aa0ba902b7,congo=a;b:c"),
+    )
+    .unwrap();
+    let first = pubsub
+        .store()
+        .publish_traced(&channel, Arc::from("1"), &PublishToken::random(), Some(&cx))
+        .await
+        .unwrap();
+    let second = pubsub.publish(channel.as_str(), &2).await.unwrap();
+    for (id, want) in [(&first, Some(&cx)), (&second, None)] {
+        match tokio::time::timeout(WAIT, sub.recv()).await.unwrap() {
+            Received::Event(event) => {
+                assert_eq!(event.id(), id);
+                assert_eq!(event.trace_context(), want, "live event {id}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let before = EventId::new(first.epoch(), first.offset() - 1).unwrap();
+    match pubsub.replay(channel.as_str(), &before, 10).await.unwrap() {
+        Replay::Events(events) => {
+            assert_eq!(events.len(), 2);
+            assert_eq!(events[0].trace_context(), Some(&cx));
+            assert_eq!(events[0].data(), "1");
+            assert_eq!(events[1].trace_context(), None);
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -38,6 +38,7 @@ macro_rules! conformance {
             server_owned_channels_refuse_http_publish,
             hostile_last_event_ids,
             replay_byte_cap_per_open,
+            trace_context_travels_with_events,
         );
     };
     ($make:expr; $($name:ident),* $(,)?) => {

@@ -50,11 +50,17 @@ local function drops_at(prev, p, k)
   return p - m
 end
 
--- The batch's policies (see the protocol), parsed once: code, its three numbers, enforcing.
-local sa, sx, sy, sz, se = {}, {}, {}, {}, {}
+-- The batch's policies (see the protocol), parsed once: code, its three numbers, enforcing;
+-- for an overridable policy its override field and default limit.
+local sa, sx, sy, sz, se, so, sl = {}, {}, {}, {}, {}, {}, {}
 local a = 3
 for s = 1, tonumber(ARGV[2]) do
   local algo = ARGV[a]
+  if #algo > 1 then
+    local o, al, name, lim = string.match(algo, '^([oO])(%a):(.+):(%d+)$')
+    so[s], sl[s] = name, tonumber(lim)
+    if o == 'O' then algo = string.upper(al) else algo = al end
+  end
   sa[s] = algo
   sx[s], sy[s], sz[s] = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   se[s] = algo == 'g' or algo == 'f' or algo == 's'
@@ -87,6 +93,26 @@ while b < #req do
     local k, s = k1 * 256 + k2 + 1, s1 * 256 + s2 + 1
     b = b + 4
     local algo, x, y, z = sa[s], sx[s], sy[s], sz[s]
+    if so[s] then
+      -- Overridable: x = period, y = default capacity, z = cost; the subject's override
+      -- hash (the key whose index follows) may replace the limit (and the capacity).
+      local o1, o2 = byte(req, b, b + 1)
+      b = b + 2
+      local lim, cap = sl[s], y
+      local ov = tonumber(redis.call('HGET', KEYS[o1 * 256 + o2 + 1], so[s]) or '')
+      if ov and ov >= 1 and ov <= 4294967295 and ov == floor(ov) then lim, cap = ov, ov end
+      if algo == 'g' or algo == 'G' then
+        local t = idiv(x + lim - 1, lim)
+        if cap * t >= 4503599627370496 then
+          lim, cap = sl[s], y
+          t = idiv(x + lim - 1, lim)
+        end
+        x, y, z = t, cap * t, z * t
+      else
+        if algo ~= 'f' and algo ~= 'F' and lim * x >= 9007199254740992 then lim = sl[s] end
+        x, y, z = lim, x, z
+      end
+    end
     local raw = cur[k]
     local allowed, remaining, reset, retry
     if algo == 'g' or algo == 'G' then
@@ -158,7 +184,7 @@ while b < #req do
     reply[r] = pack('>Bddd', allowed, remaining, reset, retry)
   end
   if admitted then
-    reply[head] = '\1'
+    reply[head] = pack('>Bd', 1, now)
     for i = 1, np do
       local k = pk[i]
       cur[k] = pv[i]
@@ -166,7 +192,7 @@ while b < #req do
       wt[k] = pt[i]
     end
   else
-    reply[head] = '\0'
+    reply[head] = pack('>Bd', 0, now)
   end
 end
 for k = 1, #KEYS do

@@ -23,6 +23,8 @@ const SWEEP_EVERY: u64 = 256;
 const MAX_SUBJECTS: usize = 100_000;
 
 type Entries = Vec<(&'static str, State, u64)>;
+/// Concurrency leases per subject and limit name: each lease's token and expiry (µs).
+type Leases = HashMap<(String, &'static str), Vec<(u64, u64)>>;
 
 #[derive(Default)]
 struct Shard {
@@ -71,6 +73,11 @@ struct Inner {
     base: tokio::time::Instant,
     clock: Option<ManualClock>,
     next_sweep: AtomicUsize,
+    /// Concurrency leases: per subject and limit name, each lease's token and expiry (µs).
+    /// Only subjects with a request in flight are held.
+    leases: Mutex<Leases>,
+    /// Per-subject limits of overridable policies: (subject, policy name) -> limit.
+    overrides: Mutex<HashMap<(String, String), std::num::NonZeroU32>>,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -146,6 +153,8 @@ impl MemoryStore {
                 base: tokio::time::Instant::now(),
                 clock,
                 next_sweep: AtomicUsize::new(0),
+                leases: Mutex::default(),
+                overrides: Mutex::default(),
             }),
         }
     }
@@ -177,8 +186,80 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    /// Sets (or with `None`, removes) the limit of the [overridable](Policy::overridable)
+    /// policy named `policy` for `subject`: it applies to the subject's next check. The
+    /// override keeps the policy's period and algorithm, with a burst of `limit`.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use redtower_ratelimit::{MemoryStore, Policy, Quota, Subject, nonzero};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let store = MemoryStore::new();
+    /// let p = [Policy::new("api", Quota::per_hour(nonzero!(1)).fixed_window()).overridable(true)];
+    /// let vip = Subject::new("vip");
+    /// assert!(store.check_now(&vip, &p, 1).is_allowed());
+    /// assert!(!store.check_now(&vip, &p, 1).is_allowed());
+    /// store.set_override(&vip, "api", NonZeroU32::new(3));
+    /// assert!(store.check_now(&vip, &p, 1).is_allowed());
+    /// # }
+    /// ```
+    pub fn set_override(
+        &self,
+        subject: &Subject,
+        policy: &str,
+        limit: Option<std::num::NonZeroU32>,
+    ) {
+        let mut map = self
+            .inner
+            .overrides
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let key = (subject.as_str().to_owned(), policy.to_owned());
+        match limit {
+            Some(limit) => {
+                map.insert(key, limit);
+            }
+            None => {
+                map.remove(&key);
+            }
+        }
+    }
+
+    /// `policies` with the subject's overrides applied (only overridable ones are looked up).
+    fn effective<'p>(
+        &self,
+        subject: &Subject,
+        policies: &'p [Policy],
+    ) -> std::borrow::Cow<'p, [Policy]> {
+        if !policies.iter().any(Policy::is_overridable) {
+            return std::borrow::Cow::Borrowed(policies);
+        }
+        let map = self
+            .inner
+            .overrides
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        policies
+            .iter()
+            .map(|p| {
+                let limit = p
+                    .is_overridable()
+                    .then(|| map.get(&(subject.as_str().to_owned(), p.name().to_owned())))
+                    .flatten();
+                match limit {
+                    Some(l) => Policy::new(p.name(), p.quota().overridden(*l))
+                        .shadow(p.is_shadow())
+                        .overridable(true),
+                    None => *p,
+                }
+            })
+            .collect()
+    }
+
     /// Checks synchronously (the store never waits).
     pub fn check_now(&self, subject: &Subject, policies: &[Policy], cost: u32) -> Decision {
+        let policies = &*self.effective(subject, policies);
         let now = self.now_micros();
         let cost = u64::from(cost);
         let key = subject.as_str();
@@ -207,6 +288,7 @@ impl MemoryStore {
             };
             (decision, sweep)
         };
+        let decision = decision.checked_at(now);
         if sweep {
             // Every so often one shard, in turn, drops its expired counters, so traffic on any
             // subject eventually sweeps them all.
@@ -221,6 +303,68 @@ impl MemoryStore {
         }
         decision
     }
+}
+
+impl MemoryStore {
+    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, Shard> {
+        let hash = self.inner.hasher.hash_one(key);
+        // A poisoned lock only means another thread panicked mid-update of plain data.
+        self.inner.shards[(hash as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`peek`](crate::RateLimitStore::peek), synchronously.
+    pub fn peek_now(&self, subject: &Subject, policies: &[Policy]) -> Decision {
+        let policies = &*self.effective(subject, policies);
+        let now = self.now_micros();
+        let shard = self.shard(subject.as_str());
+        let entries = shard.subjects.get(subject.as_str());
+        let outcomes = policies.iter().map(|p| {
+            let state = entries.and_then(|e| live(e, p.name(), now));
+            model::peek(p.quota(), state, now)
+        });
+        Decision::new(policies, outcomes).checked_at(now)
+    }
+
+    /// [`reset`](crate::RateLimitStore::reset), synchronously.
+    pub fn reset_now(&self, subject: &Subject, policies: &[Policy]) {
+        let mut shard = self.shard(subject.as_str());
+        if let Some(entries) = shard.subjects.get_mut(subject.as_str()) {
+            entries.retain(|e| !policies.iter().any(|p| p.name() == e.0));
+            if entries.is_empty() {
+                shard.subjects.remove(subject.as_str());
+            }
+        }
+    }
+
+    /// [`refund`](crate::RateLimitStore::refund), synchronously.
+    pub fn refund_now(&self, subject: &Subject, decision: &Decision, cost: u32) {
+        let now = self.now_micros();
+        let mut shard = self.shard(subject.as_str());
+        let Some(entries) = shard.subjects.get_mut(subject.as_str()) else {
+            return;
+        };
+        for p in decision.consumed() {
+            let state = live(entries, p.name(), now);
+            let Some(update) =
+                model::refund(p.quota(), state, now, decision.at_micros(), u64::from(cost))
+            else {
+                continue;
+            };
+            if let Some(e) = entries.iter_mut().find(|e| e.0 == p.name()) {
+                *e = (p.name(), update.state, now.saturating_add(update.ttl_us));
+            }
+        }
+    }
+}
+
+/// A policy's state, unless it has expired.
+fn live(entries: &Entries, name: &str, now: u64) -> Option<State> {
+    entries
+        .iter()
+        .find(|e| e.0 == name && e.2 > now)
+        .map(|e| e.1)
 }
 
 /// When a subject's counters stop mattering: the latest expiry among them.
@@ -304,5 +448,67 @@ impl crate::RateLimitStore for MemoryStore {
         cost: u32,
     ) -> Option<Result<Decision>> {
         Some(Ok(self.check_now(subject, policies, cost)))
+    }
+
+    async fn peek(&self, subject: &Subject, policies: &[Policy]) -> Result<Decision> {
+        Ok(self.peek_now(subject, policies))
+    }
+
+    async fn reset(&self, subject: &Subject, policies: &[Policy]) -> Result<()> {
+        self.reset_now(subject, policies);
+        Ok(())
+    }
+
+    async fn refund(&self, subject: &Subject, decision: &Decision, cost: u32) -> Result<()> {
+        self.refund_now(subject, decision, cost);
+        Ok(())
+    }
+
+    async fn acquire(
+        &self,
+        subject: &Subject,
+        name: &'static str,
+        max: u32,
+        ttl: std::time::Duration,
+        token: u64,
+    ) -> Result<crate::Acquired> {
+        let now = self.now_micros();
+        let ttl = u64::try_from(ttl.as_micros()).unwrap_or(u64::MAX);
+        let mut leases = self.inner.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let held = leases
+            .entry((subject.as_str().to_owned(), name))
+            .or_default();
+        held.retain(|&(t, e)| e > now && t != token);
+        let taken = held.len() < max as usize;
+        if taken {
+            held.push((token, now.saturating_add(ttl)));
+        }
+        let n = u32::try_from(held.len()).unwrap_or(u32::MAX);
+        if held.is_empty() {
+            leases.remove(&(subject.as_str().to_owned(), name));
+        }
+        Ok(crate::Acquired { taken, held: n })
+    }
+
+    async fn set_override(
+        &self,
+        subject: &Subject,
+        policy: &str,
+        limit: Option<std::num::NonZeroU32>,
+    ) -> Result<()> {
+        MemoryStore::set_override(self, subject, policy, limit);
+        Ok(())
+    }
+
+    async fn release(&self, subject: &Subject, name: &'static str, token: u64) -> Result<()> {
+        let mut leases = self.inner.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (subject.as_str().to_owned(), name);
+        if let Some(held) = leases.get_mut(&key) {
+            held.retain(|&(t, _)| t != token);
+            if held.is_empty() {
+                leases.remove(&key);
+            }
+        }
+        Ok(())
     }
 }

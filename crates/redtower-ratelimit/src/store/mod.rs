@@ -49,6 +49,94 @@ pub trait RateLimitStore: fmt::Debug + Send + Sync + 'static {
         None
     }
 
+    /// Reads what `subject` has left under `policies` without consuming anything. Each
+    /// policy's outcome says whether a request of one unit would be admitted now (and if not,
+    /// when), the units left and the time until full, as they are now; the decision is
+    /// admitted when a one-unit request would be.
+    ///
+    /// # Errors
+    ///
+    /// When the backend cannot answer; [`Error::Unsupported`](crate::Error::Unsupported) from
+    /// a store that does not implement it (the default).
+    async fn peek(&self, subject: &Subject, policies: &[Policy]) -> Result<Decision> {
+        let _ = (subject, policies);
+        Err(crate::Error::Unsupported("peek"))
+    }
+
+    /// Forgets `subject`'s counters of `policies`: the subject starts over with a full
+    /// allowance (a support desk unlocking an account, a successful login clearing the
+    /// failed-login limit).
+    ///
+    /// # Errors
+    ///
+    /// As [`peek`](Self::peek).
+    async fn reset(&self, subject: &Subject, policies: &[Policy]) -> Result<()> {
+        let _ = (subject, policies);
+        Err(crate::Error::Unsupported("reset"))
+    }
+
+    /// Gives back the `cost` units an admitted request consumed (`decision` is the one
+    /// [`check`](Self::check) returned for it). Atomic, never below a full allowance, in the
+    /// request's own window (see the crate docs, "Counting by outcome"): a denied decision, or
+    /// a policy that did not consume (a shadow policy that said no), gives nothing back.
+    ///
+    /// # Errors
+    ///
+    /// As [`peek`](Self::peek).
+    async fn refund(&self, subject: &Subject, decision: &Decision, cost: u32) -> Result<()> {
+        let _ = (subject, decision, cost);
+        Err(crate::Error::Unsupported("refund"))
+    }
+
+    /// Takes one of at most `max` concurrent leases of `subject` named `name` (a
+    /// [concurrency limit](crate::ConcurrencyLimitLayer)), held under `token` (unique per
+    /// request) until [`release`](Self::release) or until `ttl` has passed (a crashed instance
+    /// does not hold leases forever). Expired leases are dropped first. Returns whether the
+    /// lease was taken and how many are held.
+    ///
+    /// # Errors
+    ///
+    /// As [`peek`](Self::peek).
+    async fn acquire(
+        &self,
+        subject: &Subject,
+        name: &'static str,
+        max: u32,
+        ttl: Duration,
+        token: u64,
+    ) -> Result<Acquired> {
+        let _ = (subject, name, max, ttl, token);
+        Err(crate::Error::Unsupported("acquire"))
+    }
+
+    /// Gives back the lease `token` of `subject` named `name`. Releasing a lease already gone
+    /// (expired, released) is no error.
+    ///
+    /// # Errors
+    ///
+    /// As [`peek`](Self::peek).
+    async fn release(&self, subject: &Subject, name: &'static str, token: u64) -> Result<()> {
+        let _ = (subject, name, token);
+        Err(crate::Error::Unsupported("release"))
+    }
+
+    /// Sets (or with `None`, removes) the per-subject limit of the
+    /// [overridable](Policy::overridable) policy named `policy`: the subject's next check on
+    /// any instance uses it (see [`RedisStore::set_override`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`peek`](Self::peek).
+    async fn set_override(
+        &self,
+        subject: &Subject,
+        policy: &str,
+        limit: Option<std::num::NonZeroU32>,
+    ) -> Result<()> {
+        let _ = (subject, policy, limit);
+        Err(crate::Error::Unsupported("set_override"))
+    }
+
     /// Whether the store's backend has ever been reached: `false` only while a freshly
     /// started process is still making its first connection (not an outage). The default,
     /// for stores with nothing to connect to, is `true`.
@@ -99,6 +187,42 @@ impl<T: RateLimitStore + ?Sized> RateLimitStore for Arc<T> {
         (**self).try_check_now(subject, policies, cost)
     }
 
+    async fn peek(&self, subject: &Subject, policies: &[Policy]) -> Result<Decision> {
+        (**self).peek(subject, policies).await
+    }
+
+    async fn reset(&self, subject: &Subject, policies: &[Policy]) -> Result<()> {
+        (**self).reset(subject, policies).await
+    }
+
+    async fn refund(&self, subject: &Subject, decision: &Decision, cost: u32) -> Result<()> {
+        (**self).refund(subject, decision, cost).await
+    }
+
+    async fn acquire(
+        &self,
+        subject: &Subject,
+        name: &'static str,
+        max: u32,
+        ttl: Duration,
+        token: u64,
+    ) -> Result<Acquired> {
+        (**self).acquire(subject, name, max, ttl, token).await
+    }
+
+    async fn release(&self, subject: &Subject, name: &'static str, token: u64) -> Result<()> {
+        (**self).release(subject, name, token).await
+    }
+
+    async fn set_override(
+        &self,
+        subject: &Subject,
+        policy: &str,
+        limit: Option<std::num::NonZeroU32>,
+    ) -> Result<()> {
+        (**self).set_override(subject, policy, limit).await
+    }
+
     fn has_connected(&self) -> bool {
         (**self).has_connected()
     }
@@ -110,6 +234,15 @@ impl<T: RateLimitStore + ?Sized> RateLimitStore for Arc<T> {
     fn connections(&self) -> u64 {
         (**self).connections()
     }
+}
+
+/// The answer of [`RateLimitStore::acquire`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acquired {
+    /// Whether the lease was taken.
+    pub taken: bool,
+    /// Leases of the subject held after the call (this one included when taken).
+    pub held: u32,
 }
 
 /// The result of checking one request against its policies. Cheap to clone.
@@ -134,6 +267,7 @@ impl<T: RateLimitStore + ?Sized> RateLimitStore for Arc<T> {
 pub struct Decision {
     allowed: bool,
     policies: Arc<[PolicyDecision]>,
+    at_us: u64,
 }
 
 /// One policy's part of a [`Decision`].
@@ -203,7 +337,23 @@ impl Decision {
         Self {
             allowed,
             policies: list,
+            at_us: 0,
         }
+    }
+
+    /// Records the instant the store decided at, by its own clock (µs since the Unix epoch):
+    /// a [refund](RateLimitStore::refund) finds the request's window from it. Stores set it;
+    /// 0 (the default) means unknown.
+    #[must_use]
+    pub fn checked_at(mut self, micros: u64) -> Self {
+        self.at_us = micros;
+        self
+    }
+
+    /// The instant the store decided at, by its clock (µs since the Unix epoch; 0 when the
+    /// store did not say).
+    pub fn at_micros(&self) -> u64 {
+        self.at_us
     }
 
     /// Whether the request is admitted.
@@ -246,6 +396,16 @@ impl Decision {
         enforcing
             .min_by_key(|d| (d.allowed(), d.remaining(), std::cmp::Reverse(d.reset())))
             .or_else(|| self.policies.first())
+    }
+
+    /// The policies that consumed units for this request (what a refund gives back to): none
+    /// when it was denied; otherwise every policy that admitted it.
+    pub fn consumed(&self) -> impl Iterator<Item = &Policy> {
+        let allowed = self.allowed;
+        self.policies
+            .iter()
+            .filter(move |d| allowed && d.allowed())
+            .map(PolicyDecision::policy)
     }
 
     /// Units left under the most restrictive policy.

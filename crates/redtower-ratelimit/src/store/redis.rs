@@ -24,6 +24,21 @@ use crate::{Algorithm, Decision, Error, Outcome, Policy, Result, Subject, store:
 /// The check script; its arguments and reply are specified on [`Sender`].
 static CHECK: LazyLock<Script> =
     LazyLock::new(|| Script::new("ratelimit_check", include_str!("../lua/check.lua")));
+/// Reads a subject's counters and the instant, for [`RedisStore::peek`](crate::RateLimitStore::peek).
+static PEEK: LazyLock<Script> =
+    LazyLock::new(|| Script::new("ratelimit_peek", include_str!("../lua/peek.lua")));
+/// Deletes a subject's counters.
+static RESET: LazyLock<Script> =
+    LazyLock::new(|| Script::new("ratelimit_reset", include_str!("../lua/reset.lua")));
+/// Takes a concurrency lease.
+static ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new("ratelimit_acquire", include_str!("../lua/acquire.lua")));
+/// Gives a concurrency lease back.
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new("ratelimit_release", include_str!("../lua/release.lua")));
+/// Gives back what an admitted request consumed.
+static REFUND: LazyLock<Script> =
+    LazyLock::new(|| Script::new("ratelimit_refund", include_str!("../lua/refund.lua")));
 
 /// Counters in Redis, shared by every instance of the application.
 ///
@@ -76,6 +91,8 @@ struct Call {
     slot: u16,
     keys: SmallVec<[Str; 2]>,
     policies: SmallVec<[PolicyArgs; 2]>,
+    /// The subject's override hash, when a policy is overridable.
+    overrides: Option<Str>,
 }
 
 /// One policy of one request as the script takes it (see the protocol on [`Sender`]): its
@@ -93,6 +110,20 @@ enum PolicyArgs {
         /// `cost × t`: how far this request moves it.
         increment: i64,
     },
+    /// A policy whose limit a subject's override hash may replace: the script reads the
+    /// override and computes the numbers above itself.
+    Override {
+        shadow: bool,
+        algorithm: Algorithm,
+        /// The field of the override hash.
+        name: &'static str,
+        /// The default limit, period (µs), capacity (burst, or the limit) and this request's
+        /// units.
+        limit: i64,
+        period: i64,
+        capacity: i64,
+        cost: i64,
+    },
     /// A fixed or sliding window.
     Window {
         shadow: bool,
@@ -106,7 +137,7 @@ enum PolicyArgs {
     },
 }
 
-/// One request's part of the reply: admitted, then 4 values per policy.
+/// One request's part of the reply: admitted, the instant, then 4 values per policy.
 type Reply = Result<Part, FredError>;
 
 /// A request's part of a batch's reply, shared with the other requests of the batch.
@@ -250,6 +281,53 @@ impl RedisStore {
         self.ns.key(subject.segment()).push(policy)
     }
 
+    /// The hash of `subject`'s overrides (field: policy name, value: its limit), in the
+    /// subject's slot: `<prefix>:rl:{<subject>}:#ov` (`#` is never in a policy name).
+    pub fn overrides_key(&self, subject: &Subject) -> String {
+        let mut key = self.ns.key_with_room(subject.segment(), 4).into_string();
+        key.push_str(":#ov");
+        key
+    }
+
+    /// Sets (or with `None`, removes) the limit of the [overridable](Policy::overridable)
+    /// policy named `policy` for `subject`, for every instance at once: the next check of the
+    /// subject reads it (`HSET <overrides_key> <policy> <limit>` does the same from any Redis
+    /// client). The override keeps the policy's period and algorithm, with a burst of
+    /// `limit`; a value that is not a whole number from 1 to 2^32 - 1, or too large for the
+    /// exact arithmetic, is ignored (the default applies). The hash has no TTL: operators own
+    /// it.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails.
+    pub async fn set_override(
+        &self,
+        subject: &Subject,
+        policy: &str,
+        limit: Option<std::num::NonZeroU32>,
+    ) -> Result<()> {
+        let key = self.overrides_key(subject);
+        let client = self.redis.client();
+        match limit {
+            Some(limit) => {
+                let _: Value = fred::interfaces::HashesInterface::hset(
+                    client,
+                    key,
+                    (policy.to_owned(), i64::from(limit.get())),
+                )
+                .await
+                .map_err(redtower_client::Error::from)?;
+            }
+            None => {
+                let _: Value =
+                    fred::interfaces::HashesInterface::hdel(client, key, policy.to_owned())
+                        .await
+                        .map_err(redtower_client::Error::from)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The namespace of every key of this store (for SCAN).
     pub fn namespace(&self) -> &Namespace {
         &self.ns
@@ -265,6 +343,17 @@ impl PolicyArgs {
         // nothing panics or wraps negative).
         let clamp = |v: u64| i64::try_from(v.min(1 << 53)).unwrap_or(i64::MAX);
         let shadow = p.is_shadow();
+        if p.is_overridable() {
+            return Self::Override {
+                shadow,
+                algorithm: q.algorithm(),
+                name: p.name(),
+                limit: clamp(u64::from(q.limit().get())),
+                period: clamp(q.period_us()),
+                capacity: clamp(u64::from(q.capacity())),
+                cost: clamp(cost),
+            };
+        }
         let window = |sliding| Self::Window {
             shadow,
             sliding,
@@ -287,9 +376,39 @@ impl PolicyArgs {
         }
     }
 
-    /// The algorithm's code in the protocol: `g`, `f` or `s`, upper case in shadow mode.
+    /// The code argument: [`code`](Self::code), or for an overridable policy
+    /// `o<algorithm code>:<name>:<default limit>` (`O` in shadow mode).
+    fn code_arg(&self) -> Value {
+        match *self {
+            Self::Override {
+                shadow,
+                algorithm,
+                name,
+                limit,
+                ..
+            } => {
+                let algo = match algorithm {
+                    Algorithm::Gcra => 'g',
+                    Algorithm::FixedWindow => 'f',
+                    Algorithm::SlidingWindow => 's',
+                };
+                let o = if shadow { 'O' } else { 'o' };
+                Value::from(format!("{o}{algo}:{name}:{limit}"))
+            }
+            _ => Value::from_static_str(self.code()),
+        }
+    }
+
+    fn is_override(&self) -> bool {
+        matches!(self, Self::Override { .. })
+    }
+
+    /// The algorithm's code in the protocol: `g`, `f` or `s`, upper case in shadow mode
+    /// (`o` or `O` for an overridable policy, see [`code_arg`](Self::code_arg)).
     fn code(&self) -> &'static str {
         match *self {
+            Self::Override { shadow: false, .. } => "o",
+            Self::Override { shadow: true, .. } => "O",
             Self::Gcra { shadow: false, .. } => "g",
             Self::Gcra { shadow: true, .. } => "G",
             Self::Window {
@@ -330,6 +449,12 @@ impl PolicyArgs {
                 cost,
                 ..
             } => [limit, period, cost],
+            Self::Override {
+                period,
+                capacity,
+                cost,
+                ..
+            } => [period, capacity, cost],
         }
     }
 }
@@ -360,11 +485,16 @@ impl RedisStore {
             // The last key reuses the prefix's buffer.
             keys.push(key(base, last));
         }
+        let overrides = policies
+            .iter()
+            .any(Policy::is_overridable)
+            .then(|| Str::from(self.overrides_key(subject)));
         let policies = policies.iter().map(|p| PolicyArgs::new(p, cost)).collect();
         Call {
             slot,
             keys,
             policies,
+            overrides,
         }
     }
 
@@ -439,13 +569,20 @@ impl RedisStore {
 ///   * `g` (GCRA): emission interval `t` (µs), tolerance `τ = capacity × t` (µs), increment
 ///     `cost × t` (µs);
 ///   * `f` (fixed window) or `s` (sliding window): limit, period (µs), cost;
-///   * upper case (`G`, `F`, `S`): the same policy in shadow mode (evaluated, never denies).
+///   * upper case (`G`, `F`, `S`): the same policy in shadow mode (evaluated, never denies);
+///   * `o<code>:<name>:<limit>` (`O` in shadow mode): an [overridable](Policy::overridable)
+///     policy of algorithm `<code>` (`g`, `f`, `s`), its numbers period (µs), default
+///     capacity and cost; the script reads field `<name>` of the subject's override hash and
+///     computes the numbers above from it (or from the default `<limit>`).
 /// * `ARGV[3 + 4P]`: the requests, packed as bytes: per request its number of policies `n`,
 ///   then per policy the index (from 0) of its key in `KEYS` and of its policy in the list
-///   above, each a 16-bit unsigned big-endian integer. A batch whose numbers do not fit in 16
+///   above (for an overridable policy, then the index of the subject's override hash in
+///   `KEYS`), each a 16-bit unsigned big-endian integer. A batch whose numbers do not fit in 16
 ///   bits is sent one request at a time.
 ///
-/// The reply is one bulk string: per request, in order, admitted (one byte, 0 or 1), then per
+/// The reply is one bulk string: per request, in order, admitted (one byte, 0 or 1) and the
+/// instant it was checked at (µs since the Unix epoch, a double: what a
+/// [refund](crate::RateLimitStore::refund) of it needs to find its window), then per
 /// policy allowed (one byte, 0 or 1), remaining, reset µs and retry µs, each an IEEE 754
 /// double, big-endian (`struct.pack('>Bddd', ...)`; exact, as every value is an integer below
 /// 2^53). It does not repeat each request's number of policies: the sender knows it, and
@@ -485,7 +622,7 @@ impl Sender {
         });
         args.push(Value::Integer(policies.len() as i64));
         for p in &policies {
-            args.push(Value::from_static_str(p.code()));
+            args.push(p.code_arg());
             args.extend(p.numbers().map(Value::Integer));
         }
         args.push(Value::Bytes(requests.into()));
@@ -505,11 +642,11 @@ impl Sender {
             Ok(flat) => Arc::<[i64]>::from(flat),
             Err(e) => return calls.iter().map(|_| Err(e.clone())).collect(),
         };
-        // Split the flat values: per call, 1 + 4 per policy (`unpack` checked the lengths).
+        // Split the flat values: per call, 2 + 4 per policy (`unpack` checked the lengths).
         let mut out = Vec::with_capacity(calls.len());
         let mut at = 0;
         for c in &calls {
-            let len = 1 + 4 * c.keys.len();
+            let len = 2 + 4 * c.keys.len();
             out.push(Ok(Part {
                 flat: flat.clone(),
                 at,
@@ -570,6 +707,12 @@ impl Packed {
                         policies.len() - 1
                     }
                 })?;
+                if policy.is_override() {
+                    let Some(ov) = &c.overrides else {
+                        return None;
+                    };
+                    push(keys.index(ov))?;
+                }
             }
         }
         Some(Self {
@@ -665,10 +808,11 @@ fn unpack(reply: &Value, calls: &[Call]) -> Result<Vec<i64>, FredError> {
         let v = f64::from_be_bytes(*raw);
         (v.fract() == 0.0 && v.abs() < 9_007_199_254_740_992.0).then_some(v as i64)
     };
-    let mut flat = Vec::with_capacity(calls.iter().map(|c| 1 + 4 * c.keys.len()).sum());
+    let mut flat = Vec::with_capacity(calls.iter().map(|c| 2 + 4 * c.keys.len()).sum());
     let mut rest = bytes;
     for c in calls {
         flat.push(flag(&mut rest).ok_or_else(bad)?);
+        flat.push(number(&mut rest).ok_or_else(bad)?);
         for _ in 0..c.keys.len() {
             flat.push(flag(&mut rest).ok_or_else(bad)?);
             for _ in 0..3 {
@@ -686,16 +830,16 @@ fn unpack(reply: &Value, calls: &[Call]) -> Result<Vec<i64>, FredError> {
 fn decide(policies: &[Policy], reply: Reply) -> Result<Decision> {
     let part = reply.map_err(|e| Error::Redis(e.into()))?;
     let reply = part.values();
-    if reply.len() != 1 + 4 * policies.len() || reply.iter().any(|&v| v < 0) {
+    if reply.len() != 2 + 4 * policies.len() || reply.iter().any(|&v| v < 0) {
         return Err(Error::Reply(format!("{reply:?}")));
     }
-    let outcomes = reply[1..].chunks_exact(4).map(|c| Outcome {
+    let outcomes = reply[2..].chunks_exact(4).map(|c| Outcome {
         allowed: c[0] == 1,
         remaining: c[1] as u64,
         reset_us: c[2] as u64,
         retry_after_us: c[3] as u64,
     });
-    let decision = Decision::new(policies, outcomes);
+    let decision = Decision::new(policies, outcomes).checked_at(reply[1] as u64);
     if decision.is_allowed() != (reply[0] == 1) {
         return Err(Error::Reply(format!("inconsistent verdict: {reply:?}")));
     }
@@ -703,6 +847,91 @@ fn decide(policies: &[Policy], reply: Reply) -> Result<Decision> {
 }
 
 impl RedisStore {
+    /// `ARGV[1]` of every script: the test clock's time, or `''` for Redis `TIME`.
+    fn now_arg(&self) -> Value {
+        match &self.clock {
+            Some(c) => Value::Integer(c.now_micros() as i64),
+            None => Value::from_static_str(""),
+        }
+    }
+
+    async fn peek_redis(&self, subject: &Subject, policies: &[Policy]) -> Result<Decision> {
+        if policies.is_empty() {
+            return Ok(Decision::new(policies, []));
+        }
+        self.wait_ready().await?;
+        let call = self.call(subject, policies, 1);
+        let reply: Vec<Value> = PEEK
+            .run_with(
+                &self.redis,
+                &self.options,
+                call.keys.to_vec(),
+                vec![self.now_arg()],
+            )
+            .await?;
+        let bad = || Error::Reply(format!("peek reply of {} values", reply.len()));
+        if reply.len() != 1 + policies.len() {
+            return Err(bad());
+        }
+        let now = match &reply[0] {
+            Value::String(s) => s.parse::<u64>().ok(),
+            Value::Bytes(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()),
+            Value::Integer(i) => u64::try_from(*i).ok(),
+            _ => None,
+        }
+        .ok_or_else(bad)?;
+        let outcomes = policies.iter().zip(&reply[1..]).map(|(p, v)| {
+            let state = match v {
+                Value::String(s) => crate::model::parse_state(p.quota().algorithm(), s.as_bytes()),
+                Value::Bytes(b) => crate::model::parse_state(p.quota().algorithm(), b),
+                _ => None,
+            };
+            crate::model::peek(p.quota(), state, now)
+        });
+        Ok(Decision::new(policies, outcomes).checked_at(now))
+    }
+
+    async fn reset_redis(&self, subject: &Subject, policies: &[Policy]) -> Result<()> {
+        if policies.is_empty() {
+            return Ok(());
+        }
+        self.wait_ready().await?;
+        let call = self.call(subject, policies, 1);
+        let _: Value = RESET
+            .run_with(
+                &self.redis,
+                &self.options,
+                call.keys.to_vec(),
+                Vec::<Value>::new(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn refund_redis(&self, subject: &Subject, decision: &Decision, cost: u32) -> Result<()> {
+        let consumed: SmallVec<[Policy; 2]> = decision.consumed().copied().collect();
+        if consumed.is_empty() || cost == 0 {
+            return Ok(());
+        }
+        self.wait_ready().await?;
+        // A refund gives back by the policies' default quotas (exact for windows, which give
+        // back units; an overridden GCRA policy gives back default emission intervals).
+        let consumed: SmallVec<[Policy; 2]> =
+            consumed.iter().map(|p| p.overridable(false)).collect();
+        let call = self.call(subject, &consumed, cost);
+        let mut args = Vec::with_capacity(2 + 4 * consumed.len());
+        args.push(self.now_arg());
+        args.push(Value::Integer(decision.at_micros() as i64));
+        for p in &call.policies {
+            args.push(Value::from_static_str(p.code()));
+            args.extend(p.numbers().map(Value::Integer));
+        }
+        let _: Value = REFUND
+            .run_with(&self.redis, &self.options, call.keys.to_vec(), args)
+            .await?;
+        Ok(())
+    }
+
     /// One call as its own script call. Boxed, so that the (large) future of an uncoalesced
     /// call is not part of every check's future.
     async fn send_one(&self, call: Call) -> Reply {
@@ -752,6 +981,70 @@ impl crate::RateLimitStore for RedisStore {
         decide(policies, reply)
     }
 
+    async fn peek(&self, subject: &Subject, policies: &[Policy]) -> Result<Decision> {
+        self.peek_redis(subject, policies).await
+    }
+
+    async fn reset(&self, subject: &Subject, policies: &[Policy]) -> Result<()> {
+        self.reset_redis(subject, policies).await
+    }
+
+    async fn refund(&self, subject: &Subject, decision: &Decision, cost: u32) -> Result<()> {
+        self.refund_redis(subject, decision, cost).await
+    }
+
+    async fn acquire(
+        &self,
+        subject: &Subject,
+        name: &'static str,
+        max: u32,
+        ttl: Duration,
+        token: u64,
+    ) -> Result<crate::Acquired> {
+        self.wait_ready().await?;
+        let key = self.key(subject, name);
+        let ttl = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX).max(1);
+        let args = vec![
+            self.now_arg(),
+            Value::Integer(i64::from(max)),
+            Value::Integer(ttl),
+            Value::from(token.to_string()),
+        ];
+        let reply: Vec<i64> = ACQUIRE
+            .run_with(&self.redis, &self.options, vec![key.into_string()], args)
+            .await?;
+        match reply[..] {
+            [taken, held] => Ok(crate::Acquired {
+                taken: taken == 1,
+                held: u32::try_from(held).unwrap_or(u32::MAX),
+            }),
+            _ => Err(Error::Reply(format!("acquire reply {reply:?}"))),
+        }
+    }
+
+    async fn set_override(
+        &self,
+        subject: &Subject,
+        policy: &str,
+        limit: Option<std::num::NonZeroU32>,
+    ) -> Result<()> {
+        RedisStore::set_override(self, subject, policy, limit).await
+    }
+
+    async fn release(&self, subject: &Subject, name: &'static str, token: u64) -> Result<()> {
+        self.wait_ready().await?;
+        let key = self.key(subject, name);
+        let _: Value = RELEASE
+            .run_with(
+                &self.redis,
+                &self.options,
+                vec![key.into_string()],
+                vec![Value::from(token.to_string())],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Once the first connection has been made and the script load tried: until then the
     /// layer waits for [`first_connection`](crate::RateLimitStore::first_connection) before
     /// its own timeout starts.
@@ -777,6 +1070,7 @@ mod tests {
             slot: 0,
             keys: keys.iter().map(|k| Str::from(*k)).collect(),
             policies: std::iter::repeat_n(policy, keys.len()).collect(),
+            overrides: None,
         }
     }
 
@@ -830,11 +1124,13 @@ mod tests {
     /// One policy's part of a reply: allowed, remaining, reset, retry.
     type Packed1 = (u8, f64, f64, f64);
 
-    /// A reply as `check.lua` packs it: per call, admitted, then per policy `>Bddd`.
+    /// A reply as `check.lua` packs it: per call, admitted and the instant (`>Bd`), then per
+    /// policy `>Bddd`.
     fn packed(calls: &[(u8, &[Packed1])]) -> Value {
         let mut out = Vec::new();
         for (admitted, policies) in calls {
             out.push(*admitted);
+            out.extend_from_slice(&42.0f64.to_be_bytes());
             for (allowed, remaining, reset, retry) in *policies {
                 out.push(*allowed);
                 for v in [remaining, reset, retry] {
@@ -864,11 +1160,13 @@ mod tests {
             unpack(&reply, &calls).unwrap(),
             [
                 1,
+                42,
                 1,
                 4,
                 250_000,
                 0,
                 0,
+                42,
                 1,
                 0,
                 9_007_199_254_740_991,
@@ -888,7 +1186,7 @@ mod tests {
         assert!(unpack(&one(1, 3.0), &calls).is_ok());
         // fred hands a bulk string that is valid UTF-8 over as a string.
         let text = Value::String(Str::from_inner(packed_bytes(&one(1, 0.0))).unwrap());
-        assert_eq!(unpack(&text, &calls).unwrap(), [1, 1, 0, 0, 0]);
+        assert_eq!(unpack(&text, &calls).unwrap(), [1, 42, 1, 0, 0, 0]);
         // One request short, one too many, a flag that is not 0 or 1, a number that is not
         // an exact integer, another type.
         assert!(unpack(&one(1, 3.0), &[call(&["a:x"], G), call(&["a:x"], G)]).is_err());

@@ -499,19 +499,41 @@ impl UserSessions for MemoryStore {
     }
 
     async fn list(&self, user: &str, current: Option<Id>) -> Result<Vec<SessionInfo>> {
+        Ok(self.list_and_expired(user, current).await?.0)
+    }
+
+    async fn list_and_expired(
+        &self,
+        user: &str,
+        current: Option<Id>,
+    ) -> Result<(Vec<SessionInfo>, Vec<String>)> {
         let now = self.now();
         let current = current.map(|id| self.keys().handle(&id));
         let mut st = self.lock();
-        let handles: Vec<String> = match st.users.get_mut(user) {
+        let (mut expired, handles) = match st.users.get_mut(user) {
             Some(u) => {
+                let expired = u.index.expired(now);
                 u.index.prune(now);
-                u.index.handles()
+                (expired, u.index.handles())
             }
-            None => return Ok(Vec::new()),
+            None => return Ok((Vec::new(), Vec::new())),
         };
+        // An index entry past its expiry whose record is not live (the record may still be
+        // held: this store has no TTLs).
+        expired.retain(|h| !st.is_live(h, now));
+        for h in &expired {
+            st.records.remove(h);
+        }
         let mut out = Vec::new();
         for h in handles {
+            let timed_out = st
+                .records
+                .get(&h)
+                .is_some_and(|rec| now >= rec.e || now >= rec.x);
             let Some(rec) = st.live(&h, now) else {
+                if timed_out {
+                    expired.push(h.clone());
+                }
                 if let Some(u) = st.users.get_mut(user) {
                     u.index.remove(&h);
                 }
@@ -527,13 +549,14 @@ impl UserSessions for MemoryStore {
                 created_at: from_unix_ms(rec.c),
                 last_seen_at: from_unix_ms(rec.a),
                 expires_at: from_unix_ms(rec.e),
+                device: meta.device(),
                 user_agent: meta.user_agent,
                 ip: meta.ip,
                 handle: h,
             });
         }
         out.sort_by_key(|i| i.created_at);
-        Ok(out)
+        Ok((out, expired))
     }
 
     async fn revoke(&self, user: &str, handle: &str) -> Result<bool> {

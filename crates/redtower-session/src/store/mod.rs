@@ -169,6 +169,19 @@ impl<T: UserSessions + ?Sized> UserSessions for Arc<T> {
         (**self).list(user, current)
     }
 
+    fn list_and_expired<'a, 'b, 'f>(
+        &'a self,
+        user: &'b str,
+        current: Option<Id>,
+    ) -> BoxFuture<'f, Result<(Vec<SessionInfo>, Vec<String>)>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        (**self).list_and_expired(user, current)
+    }
+
     fn revoke<'a, 'b, 'c, 'f>(
         &'a self,
         user: &'b str,
@@ -267,6 +280,7 @@ impl BackendAsStore {
 impl SessionStore for BackendAsStore {
     async fn create(&self, record: &mut Record) -> session_store::Result<()> {
         let result = self.guarded(self.store.create_record(record)).await;
+        outcome::created(&result);
         telemetry::store_call("create", result.as_ref().map(Some));
         result.map_err(to_store_error)
     }
@@ -279,6 +293,7 @@ impl SessionStore for BackendAsStore {
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
         let result = self.guarded(self.store.load_record(id)).await;
+        outcome::loaded(&result);
         telemetry::store_call("load", result.as_ref().map(Option::as_ref));
         result.map_err(to_store_error)
     }

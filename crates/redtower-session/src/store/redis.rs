@@ -553,6 +553,14 @@ impl UserSessions for RedisStore {
     }
 
     async fn list(&self, user: &str, current: Option<Id>) -> Result<Vec<SessionInfo>> {
+        Ok(self.list_and_expired(user, current).await?.0)
+    }
+
+    async fn list_and_expired(
+        &self,
+        user: &str,
+        current: Option<Id>,
+    ) -> Result<(Vec<SessionInfo>, Vec<String>)> {
         let Inner {
             redis,
             keys,
@@ -560,7 +568,7 @@ impl UserSessions for RedisStore {
             ..
         } = &*self.inner;
         self.ready().await?;
-        let rows: Vec<Vec<String>> = LIST
+        let reply: Vec<Value> = LIST
             .run(
                 redis,
                 vec![keys.index(user), keys.epoch(user)],
@@ -570,6 +578,15 @@ impl UserSessions for RedisStore {
                 ],
             )
             .await?;
+        let mut reply = reply.into_iter();
+        let rows: Vec<Vec<String>> = match reply.next() {
+            Some(v) => v.convert().map_err(redtower_client::Error::from)?,
+            None => Vec::new(),
+        };
+        let expired: Vec<String> = match reply.next() {
+            Some(v) => v.convert().map_err(redtower_client::Error::from)?,
+            None => Vec::new(),
+        };
         let current = current.map(|id| keys.handle(&id));
         let mut out: Vec<SessionInfo> = rows
             .into_iter()
@@ -582,13 +599,14 @@ impl UserSessions for RedisStore {
                     created_at: from_unix_ms(parse_i64(&c)),
                     last_seen_at: from_unix_ms(parse_i64(&a)),
                     expires_at: from_unix_ms(parse_i64(&e)),
+                    device: meta.device(),
                     user_agent: meta.user_agent,
                     ip: meta.ip,
                 }
             })
             .collect();
         out.sort_by_key(|i| i.created_at);
-        Ok(out)
+        Ok((out, expired))
     }
 
     async fn revoke(&self, user: &str, handle: &str) -> Result<bool> {

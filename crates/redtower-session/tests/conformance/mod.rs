@@ -234,6 +234,100 @@ pub async fn check_bind_and_list<B: Backend>(b: B) {
     }
 }
 
+const FIREFOX: &str =
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 Firefox/128.0";
+
+/// Device names in the list, and the event hook: login, sign out this device, log out my
+/// other devices, expiry found by the index cleanup (once).
+pub async fn check_events_and_device_names<B: Backend>(b: B) {
+    use redtower_session::{SessionEvent, WithEvents};
+    use std::sync::{Arc, Mutex};
+    let s = b
+        .store(Opts {
+            idle: Some(Duration::from_millis(1000)),
+            ..Opts::default()
+        })
+        .await;
+    let log: Arc<Mutex<Vec<SessionEvent>>> = Arc::default();
+    let sink = log.clone();
+    let w = WithEvents::new(s.clone(), move |e: &SessionEvent| {
+        sink.lock().unwrap().push(e.clone())
+    });
+    let take = || std::mem::take(&mut *log.lock().unwrap());
+    let mut a1 = bound("alice", FIREFOX);
+    w.create_record(&mut a1).await.unwrap();
+    let mut a2 = bound("alice", "curl/8.5.0");
+    w.create_record(&mut a2).await.unwrap();
+    let mut anon = record(vec![("n", json!(1))], HOUR);
+    w.create_record(&mut anon).await.unwrap();
+    let (h1, h2) = (w.handle(&a1.id), w.handle(&a2.id));
+    let events = take();
+    assert_eq!(events.len(), 2, "one login per bound session: {events:?}");
+    assert!(
+        matches!(&events[0], SessionEvent::Login { user, handle, meta }
+        if user == "alice" && *handle == h1 && meta.user_agent.as_deref() == Some(FIREFOX))
+    );
+
+    let list = w.list("alice", Some(a1.id)).await.unwrap();
+    let mut devices: Vec<_> = list.iter().map(|i| i.device.clone().unwrap()).collect();
+    devices.sort();
+    assert_eq!(devices, ["Firefox 128 on Windows", "curl 8"]);
+    assert!(take().is_empty(), "listing live sessions reports nothing");
+
+    // Sign out this device.
+    assert!(w.revoke("alice", &h1).await.unwrap());
+    assert!(
+        !w.revoke("alice", &h1).await.unwrap(),
+        "already gone: no second event"
+    );
+    assert_eq!(
+        take(),
+        [SessionEvent::Revoked {
+            user: "alice".into(),
+            handle: h1.clone()
+        }]
+    );
+    assert!(!alive(&s, &a1.id).await);
+
+    // Expiry: the idle timeout runs out on the backend's own clock (Redis TIME, or the paused
+    // Tokio clock of the memory store), which no event announces: sleep past it. A younger
+    // session keeps the index alive (on Redis the index expires with a user's last session,
+    // and with it what could report that one).
+    sleep_ms(700).await;
+    let mut young = bound("alice", FIREFOX);
+    w.create_record(&mut young).await.unwrap();
+    let _ = take();
+    sleep_ms(600).await; // 1.3 s after a2's last use, 0.6 s after the young one's
+    let left = w.list("alice", None).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].handle, w.handle(&young.id));
+    assert_eq!(
+        take(),
+        [SessionEvent::Expired {
+            user: "alice".into(),
+            handle: h2.clone()
+        }]
+    );
+    assert_eq!(w.list("alice", None).await.unwrap().len(), 1);
+    assert!(take().is_empty(), "an expiry is reported once");
+
+    // Log out my other devices.
+    let mut a3 = bound("alice", FIREFOX);
+    w.create_record(&mut a3).await.unwrap();
+    let mut a4 = bound("alice", FIREFOX);
+    w.create_record(&mut a4).await.unwrap();
+    let _ = take();
+    assert_eq!(w.revoke_others("alice", &a3.id).await.unwrap(), 2);
+    assert_eq!(
+        take(),
+        [SessionEvent::RevokedAll {
+            user: "alice".into(),
+            count: 2,
+            kept: Some(w.handle(&a3.id)),
+        }]
+    );
+}
+
 pub async fn check_revoke_one<B: Backend>(b: B) {
     let s = b.store(Opts::default()).await;
     let a1 = create(&s, bound("alice", "UA1")).await;
@@ -562,6 +656,7 @@ macro_rules! conformance {
             check_race_touch_vs_revoke_all, check_race_login_vs_login,
             check_index_hygiene, check_delete_prunes_index,
             check_sessions_per_user_are_capped, check_default_cap_is_100, check_revoke_others,
-            check_watch_ends_with_the_session, check_watches_are_capped);
+            check_watch_ends_with_the_session, check_watches_are_capped,
+            check_events_and_device_names);
     };
 }

@@ -6,6 +6,7 @@ use std::{
     time::Duration,
 };
 
+use redtower_client::TraceContext;
 use tokio::sync::{broadcast, mpsc};
 
 use super::{TARGET, history::History, hub::Counters};
@@ -87,7 +88,7 @@ async fn run(mut task: ChannelTask, mut inbox: mpsc::UnboundedReceiver<Msg>) {
 
 impl ChannelTask {
     async fn on_raw(&mut self, raw: &str) {
-        let Some((id, data)) = parse_message(raw) else {
+        let Some((id, data, trace)) = parse_message(raw) else {
             tracing::warn!(target: TARGET, channel = %self.history.channel(), "ignoring a malformed pub/sub message");
             return;
         };
@@ -112,7 +113,8 @@ impl ChannelTask {
                 return;
             }
         }
-        let event = Event::new(id.clone(), self.history.channel().clone(), Arc::from(data));
+        let event = Event::new(id.clone(), self.history.channel().clone(), Arc::from(data))
+            .with_trace(trace);
         self.last = Some(id);
         let _ = self.tx.send(Delivery::Event(Arc::new(event)));
     }
@@ -164,12 +166,21 @@ impl ChannelTask {
     }
 }
 
-/// `<epoch>:<offset>:<data>`.
-fn parse_message(raw: &str) -> Option<(EventId, &str)> {
+/// `<epoch>:<offset>:<data>`, after `^<trace context>\n` when the publisher stored one (an
+/// epoch never starts with `^`). A trace context that does not decode is dropped, never the
+/// event.
+fn parse_message(raw: &str) -> Option<(EventId, &str, Option<TraceContext>)> {
+    let (trace, raw) = match raw.strip_prefix('^') {
+        Some(rest) => {
+            let (trace, raw) = rest.split_once('\n')?;
+            (TraceContext::decode(trace), raw)
+        }
+        None => (None, raw),
+    };
     let (epoch, rest) = raw.split_once(':')?;
     let (offset, data) = rest.split_once(':')?;
     let id = EventId::new(epoch, offset.parse().ok()?).ok()?;
-    Some((id, data))
+    Some((id, data, trace))
 }
 
 #[cfg(test)]
@@ -178,9 +189,19 @@ mod tests {
 
     #[test]
     fn messages_parse() {
-        let (id, data) = parse_message("abc:12:{\"a\":\"x:y\"}").unwrap();
+        let (id, data, trace) = parse_message("abc:12:{\"a\":\"x:y\"}").unwrap();
         assert_eq!(id.to_string(), "abc:12");
         assert_eq!(data, "{\"a\":\"x:y\"}");
+        assert_eq!(trace, None);
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let raw = format!("^{tp};a=b:c\nabc:13:[1]");
+        let (id, data, trace) = parse_message(&raw).unwrap();
+        assert_eq!((id.to_string().as_str(), data), ("abc:13", "[1]"));
+        assert_eq!(trace, TraceContext::new(tp, Some("a=b:c")));
+        // A bad context is dropped, the event kept.
+        let (id, _, trace) = parse_message("^00-nope\nabc:14:1").unwrap();
+        assert_eq!((id.offset(), trace), (14, None));
+        assert!(parse_message("^00-no-newline").is_none());
         assert!(parse_message("abc:x:1").is_none());
         assert!(parse_message("abc").is_none());
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use fred::types::Value;
-use redtower_client::{Key, Redis};
+use redtower_client::{Key, Redis, TraceContext};
 
 use super::HISTORY;
 use crate::{Channel, Event, EventId, Replay, ReplayLimit, Result};
@@ -93,18 +93,24 @@ impl History {
                 .and_then(|(o, _)| o.parse::<u64>().ok())
                 .ok_or_else(bad)?;
             let mut fields = fields.into_array().into_iter();
-            let mut data = None;
+            let (mut data, mut trace) = (None, None);
             while let (Some(k), Some(v)) = (fields.next(), fields.next()) {
-                if k.as_str().as_deref() == Some("d") {
-                    data = v.into_string();
+                match k.as_str().as_deref() {
+                    Some("d") => data = v.into_string(),
+                    // A bad context is dropped, never the event.
+                    Some("t") => trace = v.as_str().and_then(|t| TraceContext::decode(&t)),
+                    _ => {}
                 }
             }
             let data = data.ok_or_else(bad)?;
-            events.push(Arc::new(Event::new(
-                EventId::from_parts(epoch.clone(), offset),
-                self.channel.clone(),
-                Arc::from(data),
-            )));
+            events.push(Arc::new(
+                Event::new(
+                    EventId::from_parts(epoch.clone(), offset),
+                    self.channel.clone(),
+                    Arc::from(data),
+                )
+                .with_trace(trace),
+            ));
         }
         Ok(Read {
             epoch: Some(epoch),

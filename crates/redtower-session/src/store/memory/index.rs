@@ -43,6 +43,15 @@ impl Index {
         }
     }
 
+    /// The entries that expired by `now` (`ZRANGEBYSCORE -inf now`).
+    pub(super) fn expired(&self, now: i64) -> Vec<String> {
+        self.order
+            .iter()
+            .take_while(|(e, _)| *e <= now)
+            .map(|(_, h)| h.clone())
+            .collect()
+    }
+
     /// Drops the entries that expired by `now` (`ZREMRANGEBYSCORE -inf now`).
     pub(super) fn prune(&mut self, now: i64) {
         while self.order.first().is_some_and(|(e, _)| *e <= now) {

@@ -1,0 +1,254 @@
+//! Job schedulers: upsert by id, catch-up, limits, cron in a time zone, exactly one job per
+//! tick (compare-and-set).
+
+use std::{
+    collections::HashMap,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use redtower_jobs::{CatchUp, Fire, NewJob, Schedule, Worker};
+
+use super::{Store, Welcome, queue, w, wait_for};
+
+const HOUR: u64 = 3_600_000;
+
+fn ago(now_ms: u64, ms: u64) -> std::time::SystemTime {
+    UNIX_EPOCH + Duration::from_millis(now_ms - ms)
+}
+
+/// Upsert by id: the same spec again changes nothing (the next tick and run count stay), a
+/// changed one starts afresh; list and remove.
+pub async fn scheduler_upsert_list_remove(store: Store, q: &str) {
+    let queue = queue(&store, q);
+    let hourly = Schedule::every(Duration::from_millis(HOUR));
+    assert!(queue.schedule("s", hourly.clone(), w("a")).await.unwrap());
+    let pass = queue.run_schedulers().await.unwrap();
+    assert_eq!(pass.added.len(), 1, "the first tick of `every` is at once");
+    assert!(queue.run_schedulers().await.unwrap().added.is_empty());
+    assert!(!queue.schedule("s", hourly.clone(), w("a")).await.unwrap());
+    let list = queue.schedulers().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!((list[0].id.as_str(), list[0].count), ("s", 1));
+    let tick = pass.added[0].1;
+    assert_eq!(
+        list[0].next,
+        Some(UNIX_EPOCH + Duration::from_millis(tick + HOUR))
+    );
+    assert_eq!(list[0].schedule, hourly);
+    let job = queue.get(&pass.added[0].2).await.unwrap().unwrap();
+    assert_eq!(job.decode::<Welcome>().unwrap(), w("a"));
+
+    // A changed job: replaced, run count 0, first tick again at once.
+    assert!(queue.schedule("s", hourly.clone(), w("b")).await.unwrap());
+    assert_eq!(queue.schedulers().await.unwrap()[0].count, 0);
+    assert_eq!(queue.run_schedulers().await.unwrap().added.len(), 1);
+
+    assert!(queue.schedule("t", hourly, w("c")).await.unwrap());
+    let ids: Vec<_> = queue
+        .schedulers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, ["s", "t"]);
+    assert!(queue.remove_scheduler("s").await.unwrap());
+    assert!(!queue.remove_scheduler("s").await.unwrap());
+    assert_eq!(queue.schedulers().await.unwrap().len(), 1);
+    assert_eq!(queue.counts().await.unwrap().ready, 2, "jobs added stay");
+}
+
+/// Ticks missed while nothing ran: none (default), the last, or all within a bound.
+pub async fn scheduler_catch_up(store: Store, q: &str) {
+    let queue = queue(&store, q);
+    let now = store.time(q).await.unwrap();
+    let start = ago(now, 3 * HOUR + HOUR / 2);
+    let every = Schedule::every(Duration::from_millis(HOUR)).start(start);
+    let s0 = now - 3 * HOUR - HOUR / 2;
+    queue.schedule("none", every.clone(), w("n")).await.unwrap();
+    queue
+        .schedule("last", every.clone().catch_up(CatchUp::Last), w("l"))
+        .await
+        .unwrap();
+    let all = CatchUp::All {
+        within: Duration::from_millis(24 * HOUR),
+    };
+    queue
+        .schedule("all", every.clone().catch_up(all), w("a"))
+        .await
+        .unwrap();
+    let pass = queue.run_schedulers().await.unwrap();
+    let mut by: HashMap<&str, Vec<u64>> = HashMap::new();
+    for (s, tick, _) in &pass.added {
+        by.entry(s.as_str()).or_default().push(*tick);
+    }
+    assert_eq!(by.get("none"), None, "missed ticks add nothing");
+    assert_eq!(by["last"], vec![s0 + 3 * HOUR]);
+    assert_eq!(by["all"], vec![s0, s0 + HOUR, s0 + 2 * HOUR, s0 + 3 * HOUR]);
+    for s in queue.schedulers().await.unwrap() {
+        assert_eq!(
+            s.next,
+            Some(UNIX_EPOCH + Duration::from_millis(s0 + 4 * HOUR)),
+            "{}: resumes at the next tick",
+            s.id
+        );
+    }
+    assert!(queue.run_schedulers().await.unwrap().added.is_empty());
+    assert_eq!(queue.counts().await.unwrap().ready, 5);
+}
+
+/// A run limit and an end finish the scheduler; it stays listed without a next tick.
+pub async fn scheduler_limit_and_end(store: Store, q: &str) {
+    let queue = queue(&store, q);
+    let now = store.time(q).await.unwrap();
+    let all = CatchUp::All {
+        within: Duration::from_millis(24 * HOUR),
+    };
+    let every = Schedule::every(Duration::from_millis(HOUR))
+        .start(ago(now, 5 * HOUR + 1))
+        .catch_up(all);
+    queue
+        .schedule("limited", every.clone().limit(2), w("l"))
+        .await
+        .unwrap();
+    queue
+        .schedule("ended", every.end(ago(now, 3 * HOUR)), w("e"))
+        .await
+        .unwrap();
+    let pass = queue.run_schedulers().await.unwrap();
+    let count = |id: &str| pass.added.iter().filter(|(s, _, _)| s == id).count();
+    assert_eq!(count("limited"), 2);
+    assert_eq!(count("ended"), 3, "ticks at -5 h, -4 h and -3 h");
+    for s in queue.schedulers().await.unwrap() {
+        assert_eq!(s.next, None, "{} is finished", s.id);
+    }
+    assert!(queue.run_schedulers().await.unwrap().added.is_empty());
+    // An end already past: stored finished, never fires.
+    queue
+        .schedule(
+            "past",
+            Schedule::every(Duration::from_secs(1)).end(ago(now, HOUR)),
+            w("p"),
+        )
+        .await
+        .unwrap();
+    assert!(queue.run_schedulers().await.unwrap().added.is_empty());
+}
+
+/// A cron expression in a time zone fires on its wall-clock ticks (here every hour in Berlin:
+/// whole UTC hours, as Berlin is a whole-hour offset).
+pub async fn scheduler_cron_in_time_zone(store: Store, q: &str) {
+    let queue = queue(&store, q);
+    let now = store.time(q).await.unwrap();
+    let start = now - 5 * HOUR / 2;
+    let cron = Schedule::cron("0 0 * * * *")
+        .unwrap()
+        .time_zone(redtower_jobs::chrono_tz::Europe::Berlin)
+        .start(UNIX_EPOCH + Duration::from_millis(start))
+        .catch_up(CatchUp::All {
+            within: Duration::from_millis(24 * HOUR),
+        });
+    queue.schedule("hourly", cron, w("h")).await.unwrap();
+    let ticks: Vec<u64> = queue
+        .run_schedulers()
+        .await
+        .unwrap()
+        .added
+        .into_iter()
+        .map(|(_, t, _)| t)
+        .collect();
+    let expected: Vec<u64> = (start.div_ceil(HOUR)..=now / HOUR)
+        .map(|h| h * HOUR)
+        .collect();
+    assert_eq!(ticks, expected);
+    let next = queue.schedulers().await.unwrap()[0].next.unwrap();
+    assert_eq!(
+        next,
+        UNIX_EPOCH + Duration::from_millis((now / HOUR + 1) * HOUR)
+    );
+}
+
+/// Firing is a compare-and-set on the version and next tick read: of two processes that read
+/// the same due tick, one adds the job; a re-sent fire adds nothing; a process that read the
+/// tick and died before firing changed nothing, and the next pass fires it.
+pub async fn scheduler_fire_is_exactly_once(store: Store, q: &str) {
+    let queue = queue(&store, q);
+    queue
+        .schedule("s", Schedule::every(Duration::from_millis(HOUR)), w("a"))
+        .await
+        .unwrap();
+    // Two instances read the due scheduler; one of them dies before firing.
+    let (_, a, _) = store.due_schedulers(q, 10).await.unwrap();
+    let (now, b, _) = store.due_schedulers(q, 10).await.unwrap();
+    assert_eq!(a, b);
+    let s = &b[0];
+    let tick = s.next.unwrap();
+    assert!(tick <= now);
+    let fire = Fire::new(
+        s,
+        vec![tick],
+        Some(tick + HOUR),
+        NewJob::new("welcome", r#"{"to":"a"}"#),
+    );
+    let first = store.fire_scheduler(q, fire.clone()).await.unwrap();
+    assert_eq!(first.as_ref().map(Vec::len), Some(1));
+    assert_eq!(
+        store.fire_scheduler(q, fire.clone()).await.unwrap(),
+        None,
+        "a second fire of the same tick (another instance, or a re-send) adds nothing"
+    );
+    // A stale version (the spec changed meanwhile) is refused too.
+    queue
+        .schedule(
+            "s",
+            Schedule::every(Duration::from_millis(2 * HOUR)),
+            w("a"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.fire_scheduler(q, fire).await.unwrap(), None);
+    // A tick later than the store's clock is refused (a node whose clock is behind).
+    let (_, due, _) = store.due_schedulers(q, 10).await.unwrap();
+    let s = &due[0];
+    let future = Fire::new(
+        s,
+        vec![now + 10 * HOUR],
+        None,
+        NewJob::new("welcome", r#"{"to":"a"}"#),
+    );
+    assert_eq!(store.fire_scheduler(q, future).await.unwrap(), None);
+    // The instance that died left nothing behind: the next pass fires the changed scheduler.
+    assert_eq!(queue.run_schedulers().await.unwrap().added.len(), 1);
+    assert_eq!(queue.counts().await.unwrap().ready, 2);
+}
+
+/// Workers fire their queue's schedulers on their own.
+pub async fn workers_fire_schedulers(store: Store, q: &str) {
+    let queue = queue(&store, q);
+    queue
+        .schedule("s", Schedule::every(Duration::from_millis(HOUR)), w("a"))
+        .await
+        .unwrap();
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            Worker::new(store.clone(), q)
+                .poll_interval(Duration::from_millis(50))
+                .handle::<Welcome>(|_: Welcome, _| async { Ok::<(), redtower_jobs::JobError>(()) })
+                .start()
+        })
+        .collect();
+    wait_for("the tick's job completed", || async {
+        queue.counts().await.unwrap().completed == 1
+    })
+    .await;
+    for w in workers {
+        w.shutdown().await.unwrap();
+    }
+    let c = queue.counts().await.unwrap();
+    assert_eq!(
+        (c.ready, c.active, c.completed),
+        (0, 0, 1),
+        "one job for the tick"
+    );
+    assert_eq!(queue.schedulers().await.unwrap()[0].count, 1);
+}
