@@ -394,3 +394,56 @@ async fn tracking_mode_push_volume() {
         "{bcast_pushes} vs {default_pushes}"
     );
 }
+
+/// A Cluster slot moves to another primary: a read answered `MOVED` makes the client re-read
+/// the topology, and the whole tier is flushed (keys of other slots too) before it serves
+/// again; tracking then works on the new owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_move_flushes_the_tier() {
+    let cluster = RedisCluster::start();
+    let a = handle(&cluster.url()).await;
+    let b = handle(&cluster.url()).await;
+    let near = tier(&b, NearCacheConfig::new("move"));
+    assert!(near.wait_ready(READY).await);
+    let (moved, other) = ("rt:t:{move}:k", "rt:t:{stay}:k");
+    let slot = fred::util::redis_keyslot(b"move");
+    assert_ne!(fred::util::redis_keyslot(b"stay"), slot);
+    let from = cluster.node_for_slot(slot);
+    let to = cluster
+        .nodes()
+        .iter()
+        .find(|n| n.port() != from.port())
+        .expect("another primary");
+    set(&a, moved, "v1").await;
+    set(&a, other, "o1").await;
+    near.sync().await.unwrap();
+    assert_eq!(load(&near, moved).await.as_deref(), Some("v1"));
+    assert_eq!(load(&near, other).await.as_deref(), Some("o1"));
+    assert!(near.contains(moved) && near.contains(other));
+    let id = |n: &RedisServer| n.cmd(&["CLUSTER", "MYID"]).as_text().unwrap();
+    let (from_id, to_id) = (id(from), id(to));
+    let slot_arg = slot.to_string();
+    to.cmd(&["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &from_id]);
+    from.cmd(&["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &to_id]);
+    let port = to.port().to_string();
+    from.cmd(&["MIGRATE", "127.0.0.1", &port, moved, "0", "5000"]);
+    for node in cluster.nodes() {
+        node.cmd(&["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]);
+    }
+    let flushes = near.stats().flushes;
+    // B's next read of the moved key goes to the old owner, is answered MOVED, and fred
+    // re-reads the topology: a cluster change.
+    assert_eq!(load(&near, moved).await.as_deref(), Some("v1"));
+    until(&near, "the flush", |n| n.stats().flushes > flushes).await;
+    assert!(
+        !near.contains(other),
+        "a key of another slot survived the flush"
+    );
+    assert!(near.wait_ready(READY).await);
+    // Tracking works on the new owner.
+    assert_eq!(load(&near, moved).await.as_deref(), Some("v1"));
+    set(&a, moved, "v2").await;
+    near.sync().await.unwrap();
+    assert_eq!(near.get(moved), None);
+    assert_eq!(load(&near, moved).await.as_deref(), Some("v2"));
+}
