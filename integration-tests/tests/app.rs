@@ -423,6 +423,80 @@ async fn every_route_on_redis() {
     app.stop().await;
 }
 
+/// `/products/featured` names its products in `Surrogate-Key` (stripped before it leaves);
+/// `POST /cache/purge` (only with `CACHE_PURGE_TOKEN`, only with the token) purges it by tag
+/// on every instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_purge_by_surrogate_key_on_two_instances() {
+    let url = redtower_testkit::shared_url();
+    let prefix = unique_prefix("purge");
+    let token = "purge-token-for-tests";
+    // The near-cache tier sees another instance's purge one invalidation push later; off
+    // here so B's next read after A's purge is decided by Redis alone.
+    let a = TestApp::spawn(
+        Some(&url),
+        &prefix,
+        &[
+            ("CACHE_PURGE_TOKEN", token),
+            ("WORKER", "off"),
+            ("NEAR_CACHE", "off"),
+        ],
+    )
+    .await;
+    let b = TestApp::spawn(Some(&url), &prefix, &[("NEAR_CACHE", "off")]).await;
+    let c = browser();
+    let featured = |app: &TestApp| {
+        c.get(app.url("/products/featured"))
+            .header("host", "shop.example")
+            .send()
+    };
+    let first = featured(&a).await.unwrap();
+    assert_eq!(first.headers()["x-cache"], "MISS");
+    assert!(first.headers().get("surrogate-key").is_none());
+    let hit = featured(&b).await.unwrap();
+    assert_eq!(hit.headers()["x-cache"], "HIT");
+    assert!(hit.headers().get("surrogate-key").is_none());
+
+    let purge = |app: &TestApp, auth: Option<&str>| {
+        let mut req = c
+            .post(app.url("/cache/purge"))
+            .json(&json!({"tags": ["product:2"]}));
+        if let Some(t) = auth {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    assert_eq!(
+        purge(&a, None).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        purge(&a, Some("purge-token-for-test"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // B has no token configured: no purge endpoint at all.
+    assert_eq!(
+        purge(&b, Some(token)).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(featured(&b).await.unwrap().headers()["x-cache"], "HIT");
+
+    let (status, body) = json_of(purge(&a, Some(token)).await.unwrap()).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"keys": 0, "tags": 1}))
+    );
+    assert_eq!(featured(&b).await.unwrap().headers()["x-cache"], "MISS");
+    assert_eq!(featured(&a).await.unwrap().headers()["x-cache"], "HIT");
+    let (_, stats) = json_of(c.get(b.url("/stats")).send().await.unwrap()).await;
+    assert_eq!(stats, json!({"featured_db_calls": 1}));
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_everything_through_redis() {
     let url = redtower_testkit::shared_url();

@@ -23,6 +23,9 @@ pub enum Error {
     /// The store was skipped: its circuit breaker is open after an outage.
     #[error("cache store skipped while its circuit breaker is open")]
     CircuitOpen,
+    /// A value given to [`Cache::set`](crate::Cache::set) could not be serialized to JSON.
+    #[error("value could not be serialized: {0}")]
+    Serialize(#[source] serde_json::Error),
 }
 
 impl Error {
@@ -31,6 +34,7 @@ impl Error {
         match self {
             Self::Redis(e) => e.is_outage(),
             Self::Timeout(_) | Self::CircuitOpen => true,
+            Self::Serialize(_) => false,
         }
     }
 }

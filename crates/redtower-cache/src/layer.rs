@@ -66,6 +66,7 @@ impl ResponseCacheLayer {
             credentials: Credentials::Bypass,
             session_cookies: vec!["id".to_owned()],
             tags: Vec::new(),
+            tag_header: None,
             invalidate_unsafe: true,
             route: "default",
             status_name: "redtower".to_owned(),
@@ -256,6 +257,45 @@ impl ResponseCacheLayer {
     {
         let tags = tags.into_iter().map(Into::into).collect();
         self.edit(|c| c.tags = tags)
+    }
+
+    /// Reads tags from this response field (`Surrogate-Key`, Fastly's and Varnish's
+    /// convention, space separated; or `Cache-Tag`, Cloudflare's, comma separated: both
+    /// separators are accepted) and adds them to the stored entry, next to
+    /// [`tags`](Self::tags), for [`Cache::invalidate_tag`] and the
+    /// purge router (`purge::router`, feature `axum`). The field is removed from every response that leaves
+    /// the layer (stored, passed through or served from the cache), so it never reaches
+    /// clients. At most 32 tags per response, each at most 128 bytes of visible ASCII;
+    /// others are dropped (logged at debug level). Defaults to off: the field passes through
+    /// untouched (a CDN in front may want it).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// use axum::{Router, body::Body, routing::get};
+    /// use http::{HeaderName, Request};
+    /// use redtower_cache::{Cache, MemoryStore, ResponseCacheLayer};
+    /// use tower::ServiceExt;
+    ///
+    /// let cache = Cache::new(MemoryStore::new());
+    /// let app = Router::new().route(
+    ///     "/products/42",
+    ///     get(|| async { ([("surrogate-key", "product:42 products")], "tea") }).layer(
+    ///         ResponseCacheLayer::new(cache.clone(), Duration::from_secs(300))
+    ///             .tag_header(HeaderName::from_static("surrogate-key")),
+    ///     ),
+    /// );
+    /// let get = || Request::get("/products/42").body(Body::empty()).unwrap();
+    /// let first = app.clone().oneshot(get()).await.unwrap();
+    /// assert!(first.headers().get("surrogate-key").is_none()); // stripped
+    /// assert_eq!(app.clone().oneshot(get()).await.unwrap().headers()["x-cache"], "HIT");
+    ///
+    /// cache.invalidate_tag("product:42").await.unwrap();
+    /// assert_eq!(app.clone().oneshot(get()).await.unwrap().headers()["x-cache"], "MISS");
+    /// # }
+    /// ```
+    pub fn tag_header(self, name: HeaderName) -> Self {
+        self.edit(|c| c.tag_header = Some(name))
     }
 
     /// Whether a non-error response to an unsafe request through this layer (any method but

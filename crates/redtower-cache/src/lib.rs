@@ -89,6 +89,13 @@
 //!   ([`CacheStore::ready`]), so they share fills with the other instances from the start.
 //! * **Invalidation** by key ([`Cache::invalidate`], and unsafe requests through the layer) and
 //!   by tag in O(1) ([`Cache::invalidate_tag`]: tags hold generations; entries record them).
+//!   Responses tag themselves with `Surrogate-Key` / `Cache-Tag`
+//!   ([`ResponseCacheLayer::tag_header`]; the field is stripped), and operators or a CMS
+//!   webhook purge keys and tags over HTTP with the `purge` router (feature `axum`:
+//!   `POST /cache/purge`, bearer token).
+//! * **Write-through and batch reads** for cache-aside users: [`Cache::set`] /
+//!   [`Cache::set_tagged`] store a value read back by every instance, [`Cache::get_many`] reads
+//!   many keys in one pipelined batch.
 //! * Optional **tracked in-process tier** ([`RedisStore::near_cache`]): entries and tag
 //!   generations this instance read are kept in process and dropped the moment Redis reports
 //!   their key changed (client tracking, RESP3), whoever changed it. Consistency with it on:
@@ -169,6 +176,8 @@
 //! | bytes in the memory store | 64 MiB, least useful evicted ([`MemoryStore::DEFAULT_MAX_BYTES`]) | [`MemoryStore::with_max_bytes`] | a process-wide bound |
 //! | bytes in Redis | Redis' `maxmemory` (see below) | the Redis you give [`RedisStore::new`] | the only bound across instances |
 //! | tracked tier | off; when on, 10,000 entries / 64 MiB / 60 s max age by default | [`RedisStore::near_cache`] | a change elsewhere is seen one invalidation push late (at worst the max age, if a push is lost while the connection looks up) |
+//! | tags from a response's tag field | 32 per response, 128 bytes each (visible ASCII); others dropped | [`ResponseCacheLayer::tag_header`] (off by default) | a handler's field must not make unbounded tag keys or entries |
+//! | purge request (`purge` router) | 100 keys and tags, keys 1 KiB, tags 128 bytes, 64 KiB body; 400 / 413 beyond | — | one request may not start unbounded work |
 //! | L1 entries | off; when on, `max_entries` for a TTL kept between 1 ms and 60 s | [`CacheBuilder::l1`] | an invalidation elsewhere is seen at most one L1 TTL late |
 //! | fill lock held / waited for | 5 s / 3 s | [`CacheBuilder::lock_ttl`], [`CacheBuilder::lock_wait`] | a crashed filler never blocks others for long |
 //! | store command | 500 ms, then fail open | [`RedisStore::timeout`] | an outage adds little latency |
@@ -246,6 +255,9 @@ mod future;
 mod http;
 mod key;
 mod layer;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod purge;
 mod service;
 mod store;
 

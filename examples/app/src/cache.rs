@@ -1,11 +1,14 @@
 //! Response caching: `GET /products/featured`, a slow "database" call behind
-//! [`ResponseCacheLayer`] (300 s, then 60 s of stale-while-revalidate).
+//! [`ResponseCacheLayer`] (300 s, then 60 s of stale-while-revalidate). Responses name what
+//! they show in `Surrogate-Key` (`products product:1 ...`): the layer records those tags on
+//! the entry and strips the field; `POST /cache/purge` (on when `CACHE_PURGE_TOKEN` is set)
+//! purges by tag on every instance.
 //!
 //! Environment: `NEAR_CACHE` (with Redis, keep entries this instance read in process,
 //! invalidated by Redis client tracking), `CACHE_L1` (with Redis, also keep hot entries in
 //! process for 500 ms, for servers without tracking),
 //! `CACHE_HOSTS` (the `Host` values the cache serves), `FEATURED_DELAY_MS` (the simulated
-//! database).
+//! database), `CACHE_PURGE_TOKEN` (the purge endpoint's bearer token).
 
 use std::{
     sync::{
@@ -16,7 +19,11 @@ use std::{
 };
 
 use axum::{Json, Router, extract::State, routing::get};
-use redtower_cache::{Cache, Credentials, ResponseCacheLayer};
+use http::HeaderName;
+use redtower_cache::{
+    Cache, Credentials, ResponseCacheLayer,
+    purge::{self, PurgeAuth},
+};
 use redtower_client::Redis;
 use serde_json::{Value, json};
 
@@ -29,7 +36,12 @@ pub(crate) struct ResponseCache {
     /// `CACHE_HOSTS`: the `Host` values the cache serves (none declared: the first 8 seen).
     hosts: Vec<String>,
     featured: Featured,
+    /// `CACHE_PURGE_TOKEN`: the purge endpoint's auth (none: no endpoint).
+    purge: Option<PurgeAuth>,
 }
+
+/// The response field naming the tags of a response (Fastly's and Varnish's convention).
+const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
 
 /// The state of `GET /products/featured`: cloning is one reference-count bump.
 #[derive(Debug, Clone)]
@@ -66,12 +78,18 @@ impl ResponseCache {
                 db_calls: Arc::default(),
                 delay: config.featured_delay,
             },
+            // The token's length is checked by `Config`.
+            purge: config
+                .cache_purge_token
+                .as_ref()
+                .and_then(|t| PurgeAuth::bearer(t).ok()),
         }
     }
 
-    /// A response cache layer keeping answers `ttl`, for the hosts of `CACHE_HOSTS`.
+    /// A response cache layer keeping answers `ttl`, for the hosts of `CACHE_HOSTS`, tagged
+    /// by the handlers' `Surrogate-Key`.
     pub(crate) fn layer(&self, ttl: Duration) -> ResponseCacheLayer {
-        let layer = ResponseCacheLayer::new(self.cache.clone(), ttl);
+        let layer = ResponseCacheLayer::new(self.cache.clone(), ttl).tag_header(SURROGATE_KEY);
         if self.hosts.is_empty() {
             layer
         } else {
@@ -84,7 +102,7 @@ impl ResponseCache {
         self.featured.db_calls.load(Ordering::Relaxed)
     }
 
-    /// `GET /products/featured`, cached.
+    /// `GET /products/featured`, cached; `POST /cache/purge` when `CACHE_PURGE_TOKEN` is set.
     pub(crate) fn routes<S>(&self) -> Router<S>
     where
         S: Clone + Send + Sync + 'static,
@@ -97,19 +115,30 @@ impl ResponseCache {
             // The featured list is the same for everyone, logged in or not.
             .credentials(Credentials::Shared)
             .route_name("/products/featured");
-        Router::new()
+        let routes = Router::new()
             .route("/products/featured", get(featured).layer(featured_cache))
-            .with_state(self.featured.clone())
+            .with_state(self.featured.clone());
+        match &self.purge {
+            Some(auth) => routes.merge(purge::router(self.cache.clone(), auth.clone())),
+            None => routes,
+        }
     }
 }
 
 /// The "database query" the cache protects.
-async fn featured(State(featured): State<Featured>) -> Json<Value> {
+async fn featured(
+    State(featured): State<Featured>,
+) -> ([(HeaderName, &'static str); 1], Json<Value>) {
     featured.db_calls.fetch_add(1, Ordering::Relaxed);
     tokio::time::sleep(featured.delay).await;
-    Json(json!([
-        {"id": 1, "name": "Rust mug", "price_cents": 1200},
-        {"id": 2, "name": "Ferris plush", "price_cents": 2400},
-        {"id": 3, "name": "Tower of Redis poster", "price_cents": 900},
-    ]))
+    // What the answer shows: purging any of these tags purges it.
+    let tags = [(SURROGATE_KEY, "products product:1 product:2 product:3")];
+    (
+        tags,
+        Json(json!([
+            {"id": 1, "name": "Rust mug", "price_cents": 1200},
+            {"id": 2, "name": "Ferris plush", "price_cents": 2400},
+            {"id": 3, "name": "Tower of Redis poster", "price_cents": 900},
+        ])),
+    )
 }

@@ -99,6 +99,10 @@ pub struct Config {
     /// `shop.example,www.shop.example`); requests for other hosts bypass it. Default none
     /// declared: the cache serves the first 8 hosts it sees and bypasses the rest.
     pub cache_hosts: Vec<String>,
+    /// `CACHE_PURGE_TOKEN` (16+ characters): serve `POST /cache/purge` (keys and tags, see
+    /// `redtower_cache::purge`) to `Authorization: Bearer <token>` only. Default none: no
+    /// purge endpoint.
+    pub cache_purge_token: Option<String>,
     /// `REDIS_CONNECT_WAIT` (`5s`, `500ms`, `0`), default 5 s: with Redis, how long the app
     /// waits for its first connection before it accepts traffic. When Redis is not reachable
     /// in that time the app starts anyway, degraded (one warning; each layer follows its
@@ -222,6 +226,12 @@ impl Config {
                 )
             })?),
         };
+        let cache_purge_token = match get("CACHE_PURGE_TOKEN").map(|t| t.trim().to_owned()) {
+            Some(t) if t.len() < 16 => {
+                return Err("CACHE_PURGE_TOKEN must have at least 16 characters".into());
+            }
+            other => other,
+        };
         let metrics_addr = match get("METRICS_ADDR") {
             None => None,
             Some(addr) => Some(addr.trim().parse::<SocketAddr>().map_err(|_| {
@@ -264,6 +274,7 @@ impl Config {
                     format!("REDIS_CONNECT_WAIT: {v:?} is not a duration such as 5s or 500ms, up to 1h")
                 })?,
             },
+            cache_purge_token,
             metrics_token,
             metrics_addr,
         })
@@ -350,6 +361,7 @@ mod tests {
             &[("WORKER", "maybe")],
             &[("BIND", "nowhere")],
             &[("METRICS_TOKEN", "short")],
+            &[("CACHE_PURGE_TOKEN", "short")],
             &[("METRICS_ADDR", "nowhere")],
         ] {
             assert!(Config::from_lookup(env(bad)).is_err(), "{bad:?}");

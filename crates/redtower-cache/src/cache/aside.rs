@@ -259,7 +259,7 @@ fn decode<T: DeserializeOwned>(e: &Entry) -> Result<T, serde_json::Error> {
     serde_json::from_slice(&e.body)
 }
 
-fn aside_key(key: &str) -> Key {
+pub(super) fn aside_key(key: &str) -> Key {
     let mut c = Canonical::new("aside");
     c.push(key.as_bytes());
     Key::new(c)

@@ -320,6 +320,13 @@ impl Cache {
         ttl: Duration,
     ) -> Arc<Entry> {
         let store = &self.inner.store;
+        // Tags the fetched value carries itself (a response's tag field), beyond the fill's.
+        let own: Vec<String> = entry
+            .tags
+            .drain(..)
+            .map(|(t, _)| t)
+            .filter(|t| !tags.contains(t))
+            .collect();
         let Some(before) = before else {
             // Tags unknown (store down): share locally, never store untagged.
             self.release(key, token).await;
@@ -340,6 +347,18 @@ impl Cache {
                 }
             }
             entry.tags = tags.iter().cloned().zip(before).collect();
+        }
+        if !own.is_empty() {
+            // Their generations as of now: an invalidation between the fetch and this read
+            // is not seen (the window is one round trip).
+            match self.guard(store.ensure_tags(&own, ttl)).await {
+                Ok(generations) => entry.tags.extend(own.into_iter().zip(generations)),
+                Err(e) => {
+                    self.fail_open("tags", &e);
+                    self.release(key, token).await;
+                    return Arc::new(entry);
+                }
+            }
         }
         let entry = Arc::new(entry);
         match entry.encode() {

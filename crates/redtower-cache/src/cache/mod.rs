@@ -29,6 +29,7 @@ mod flight;
 mod guard;
 mod read;
 mod stats;
+mod write;
 
 pub use aside::Fetch;
 pub use builder::CacheBuilder;
@@ -195,11 +196,16 @@ impl Cache {
     /// Invalidates one group (a cache-aside key's entry, or every variant of a URI), in the
     /// store and in this instance's L1.
     pub(crate) async fn invalidate_group(&self, group: &str) -> Result<()> {
+        self.invalidate_l1_group(group);
+        self.guard(self.inner.store.invalidate(group)).await
+    }
+
+    /// Drops one group's entries from this instance's L1 (if there is one).
+    pub(crate) fn invalidate_l1_group(&self, group: &str) {
         if let Some(l1) = &self.inner.l1 {
             let group = group.to_owned();
             let _ = l1.invalidate_entries_if(move |_, v| v.key.group() == group);
         }
-        self.guard(self.inner.store.invalidate(group)).await
     }
 
     /// Invalidates every entry filled under `tag`, on every instance, in O(1): one delete of the

@@ -6,6 +6,7 @@ mod key;
 mod policy;
 mod responder;
 mod settings;
+mod tags;
 
 pub(crate) use key::normalize_host;
 pub use key::{Credentials, QueryKey};

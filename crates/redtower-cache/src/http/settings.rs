@@ -27,6 +27,8 @@ pub(crate) struct RouteSettings {
     pub(crate) credentials: Credentials,
     pub(crate) session_cookies: Vec<String>,
     pub(crate) tags: Vec<String>,
+    /// The response field whose tags are added to the stored entry (and stripped).
+    pub(crate) tag_header: Option<HeaderName>,
     pub(crate) invalidate_unsafe: bool,
     pub(crate) route: &'static str,
     pub(crate) status_name: String,
@@ -69,6 +71,7 @@ impl Clone for RouteSettings {
             credentials: self.credentials,
             session_cookies: self.session_cookies.clone(),
             tags: self.tags.clone(),
+            tag_header: self.tag_header.clone(),
             invalidate_unsafe: self.invalidate_unsafe,
             route: self.route,
             status_name: self.status_name.clone(),

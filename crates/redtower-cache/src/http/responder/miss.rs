@@ -51,21 +51,51 @@ fn add_validators(headers: &mut HeaderMap, e: &Entry) {
 /// is analyzed as a new response.
 async fn fetched<B: http_body::Body<Data = Bytes>>(
     responder: &Responder,
-    resp: Response<B>,
+    mut resp: Response<B>,
     validate: Option<&Entry>,
     req: &Parts,
     key: &RequestKey,
 ) -> (Lead<B>, Outcome) {
-    match validate {
+    let tags = responder.take_tags(resp.headers_mut());
+    let (lead, outcome) = match validate {
         Some(stored) if resp.status() == StatusCode::NOT_MODIFIED => {
             let (parts, _) = resp.into_parts();
             responder.revalidated(parts, stored, req, key)
         }
         _ => responder.analyze(resp, req, key).await,
+    };
+    (lead, with_tags(outcome, tags))
+}
+
+/// Adds a response's own tags to the entry it stores: recorded as pending (generation 0)
+/// until the fill stores the entry with their current generations.
+fn with_tags(outcome: Outcome, tags: Vec<String>) -> Outcome {
+    if tags.is_empty() {
+        return outcome;
+    }
+    let pending = |entry: &mut Entry| entry.tags = tags.iter().map(|t| (t.clone(), 0)).collect();
+    match outcome {
+        Outcome::Store(mut entry, ttl) => {
+            pending(&mut entry);
+            Outcome::Store(entry, ttl)
+        }
+        Outcome::StoreAt(mut at) => {
+            pending(&mut at.entry);
+            Outcome::StoreAt(at)
+        }
+        other => other,
     }
 }
 
 impl Responder {
+    /// Removes the route's tag field from a handler's response and returns its tags.
+    pub(super) fn take_tags(&self, headers: &mut HeaderMap) -> Vec<String> {
+        match &self.settings.tag_header {
+            Some(name) => crate::http::tags::take(headers, name, self.route()),
+            None => Vec::new(),
+        }
+    }
+
     /// A miss: fill through single-flight, store when allowed, or serve stale on errors.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn miss<S, ReqBody, ResBody>(
@@ -89,7 +119,8 @@ impl Responder {
     {
         if head {
             // HEAD is never stored; only served from a stored GET.
-            let resp = call(inner, Request::from_parts(parts, body)).await?;
+            let mut resp = call(inner, Request::from_parts(parts, body)).await?;
+            self.take_tags(resp.headers_mut());
             return Ok(self.decorate(resp.map(ResponseBody::inner), Served::Miss("HEAD"), None));
         }
         let Stored {
@@ -217,7 +248,8 @@ impl Responder {
             parts.headers = req.headers().clone();
             parts
         });
-        let resp = call(inner, req).await?;
+        let mut resp = call(inner, req).await?;
+        self.take_tags(resp.headers_mut());
         if let Some(mut parts) = target {
             let s = resp.status();
             if !(s.is_client_error() || s.is_server_error()) {
