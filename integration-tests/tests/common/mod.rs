@@ -54,6 +54,7 @@ impl TestApp {
         for limit in [
             "LOGIN_RATE_LIMIT",
             "LOGIN_USER_RATE_LIMIT",
+            "LOGIN_FAILURE_RATE_LIMIT",
             "PUBLISH_RATE_LIMIT",
         ] {
             vars.entry(limit.into())
