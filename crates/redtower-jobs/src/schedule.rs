@@ -314,13 +314,15 @@ impl Schedule {
         let mut after = None;
         // Jump over ticks older than every kept one at once (a long outage of a fast schedule).
         if let (Kind::Every(ms), Some(x)) = (&self.kind, t)
-            && !matches!(self.catch_up, CatchUp::Last) && x < oldest_kept {
-                let k = (oldest_kept - x).div_ceil(*ms);
-                t = k
-                    .checked_mul(*ms)
-                    .and_then(|d| x.checked_add(d))
-                    .filter(|t| self.end.is_none_or(|e| *t <= e));
-            }
+            && !matches!(self.catch_up, CatchUp::Last)
+            && x < oldest_kept
+        {
+            let k = (oldest_kept - x).div_ceil(*ms);
+            t = k
+                .checked_mul(*ms)
+                .and_then(|d| x.checked_add(d))
+                .filter(|t| self.end.is_none_or(|e| *t <= e));
+        }
         while let Some(x) = t {
             if x > now {
                 after = Some(x);

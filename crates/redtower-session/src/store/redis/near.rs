@@ -136,9 +136,10 @@ impl SessionTier {
             epoch: stamp.zip(epoch_key),
         });
         if let Some((_, epoch_key)) = &fields.epoch
-            && self.cache.get(epoch_key).is_none() {
-                self.read_epoch(epoch_key).await?;
-            }
+            && self.cache.get(epoch_key).is_none()
+        {
+            self.read_epoch(epoch_key).await?;
+        }
         match self.servable(&fields, touch_ms) {
             Some(true) => {
                 self.cache
