@@ -59,7 +59,7 @@
 //!
 //! * `rustls`: TLS (`rediss://`) through rustls with the ring provider. Without it a TLS URL is a
 //!   configuration error.
-//! * `opentelemetry`: [`TraceContext::current`] and [`TraceContext::set_parent_of`], through
+//! * `opentelemetry`: `TraceContext::current` and `TraceContext::set_parent_of`, through
 //!   `tracing-opentelemetry` and the W3C `TraceContextPropagator` (opentelemetry 0.33).
 //!   Without it the type is still there (stores read and write it), but nothing captures a
 //!   context.

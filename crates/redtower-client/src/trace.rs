@@ -4,9 +4,9 @@
 //!
 //! The type itself has no dependencies: stores keep and load it as text
 //! ([`encode`](TraceContext::encode) / [`decode`](TraceContext::decode)). With the
-//! `opentelemetry` feature, [`TraceContext::current`] captures the current `tracing` span's
+//! `opentelemetry` feature, `TraceContext::current` captures the current `tracing` span's
 //! OpenTelemetry context through the W3C `TraceContextPropagator`, and
-//! [`TraceContext::set_parent_of`] makes a span its child (both through
+//! `TraceContext::set_parent_of` makes a span its child (both through
 //! `tracing-opentelemetry`).
 //!
 //! Everything read back is checked again: a stored context comes from Redis, so a
