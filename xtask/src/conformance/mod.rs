@@ -551,6 +551,8 @@ impl Proc {
                     self.name, self.port
                 ));
             }
+            // Polled: the origin and the proxy are other processes, which announce nothing
+            // when they start listening; the wait is bounded by `deadline`.
             thread::sleep(Duration::from_millis(50));
         }
     }
