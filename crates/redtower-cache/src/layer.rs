@@ -11,7 +11,7 @@ use tower_layer::Layer;
 
 use crate::{
     Cache, Credentials, QueryKey, ResponseCache,
-    http::{Hosts, Responder, RouteSettings, normalize_host, vary_memo},
+    http::{Hosts, Responder, RouteSettings, normalize_host, tag_memo, vary_memo},
 };
 
 /// `CDN-Cache-Control` (RFC 9213).
@@ -78,6 +78,7 @@ impl ResponseCacheLayer {
             names: None,
             vary_memo: vary_memo(),
             varies: AtomicBool::new(false),
+            tag_memo: tag_memo(),
         };
         settings.reset_names();
         Self {

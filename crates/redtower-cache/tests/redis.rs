@@ -427,6 +427,56 @@ mod specific {
         }
     }
 
+    /// Tags from a response header: a hit reads the entry and the tags' generations together,
+    /// in one `MGET` (the layer remembers each URI's tags), where reading the entry first and
+    /// its tags after would take two round trips. A layer that has not seen the URI learns its
+    /// tags on its first hit. A purge of one of the tags is still seen at once.
+    ///
+    /// (A current-thread runtime, so that the reads a request queues together always leave in
+    /// one batch.)
+    #[tokio::test]
+    async fn a_hit_with_response_tags_is_one_mget() {
+        let server = RedisServer::start();
+        let redis = handle(&server.url(), "tag-mget").await;
+        let cache = Cache::new(RedisStore::new(redis));
+        let app = |cache: Cache| {
+            Router::new().route(
+                "/featured",
+                get(|| async { ([("surrogate-key", "products product:1 product:2")], "[1,2]") })
+                    .layer(
+                        ResponseCacheLayer::new(cache, Duration::from_secs(60))
+                            .tag_header(axum::http::HeaderName::from_static("surrogate-key")),
+                    ),
+            )
+        };
+        let one = app(cache.clone());
+        assert_eq!(send(&one, "/featured").await.1, "MISS");
+        server.cmd(&["CONFIG", "RESETSTAT"]);
+        for _ in 0..10 {
+            assert_eq!(send(&one, "/featured").await.1, "HIT");
+        }
+        let stats = server.cmd(&["INFO", "commandstats"]).as_text().unwrap();
+        assert_eq!(calls_of(&stats, "mget"), 10, "{stats}");
+        assert_eq!(calls_of(&stats, "get"), 0, "{stats}");
+
+        // Another instance: the entry, then its tags (learned); then one MGET per hit.
+        let two = app(cache.clone());
+        server.cmd(&["CONFIG", "RESETSTAT"]);
+        for _ in 0..3 {
+            assert_eq!(send(&two, "/featured").await.1, "HIT");
+        }
+        let stats = server.cmd(&["INFO", "commandstats"]).as_text().unwrap();
+        assert_eq!(
+            calls_of(&stats, "mget") + calls_of(&stats, "get"),
+            4,
+            "{stats}"
+        );
+
+        cache.invalidate_tag("product:2").await.unwrap();
+        assert_eq!(send(&one, "/featured").await.1, "MISS");
+        assert_eq!(send(&two, "/featured").await.1, "HIT");
+    }
+
     /// A response that varies on an undeclared header: once this layer has seen the URI's
     /// Vary names, a hit is still one `GET`; a layer that has not reads the URI's Vary record
     /// first (two `GET`s), once.

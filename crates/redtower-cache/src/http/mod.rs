@@ -11,4 +11,4 @@ mod tags;
 pub(crate) use key::normalize_host;
 pub use key::{Credentials, QueryKey};
 pub(crate) use responder::Responder;
-pub(crate) use settings::{Hosts, RouteSettings, vary_memo};
+pub(crate) use settings::{Hosts, RouteSettings, tag_memo, vary_memo};

@@ -49,6 +49,10 @@ pub(crate) struct RouteSettings {
     pub(crate) vary_memo: moka::sync::Cache<Vec<u8>, Arc<[HeaderName]>>,
     /// Whether `vary_memo` was ever written: routes whose responses never vary skip it.
     pub(crate) varies: AtomicBool,
+    /// Per URI (the primary canonical key): the tags its last stored response listed in the
+    /// [`tag_header`](Self::tag_header), as last seen in this process, so a hit reads their
+    /// generations together with the entry (one round trip) instead of after it.
+    pub(crate) tag_memo: moka::sync::Cache<Vec<u8>, Arc<[String]>>,
 }
 
 /// The most URIs whose `Vary` names a layer remembers.
@@ -56,6 +60,13 @@ const VARY_MEMO: u64 = 10_000;
 
 pub(crate) fn vary_memo() -> moka::sync::Cache<Vec<u8>, Arc<[HeaderName]>> {
     moka::sync::Cache::new(VARY_MEMO)
+}
+
+/// The most URIs whose response tags a layer remembers.
+const TAG_MEMO: u64 = 10_000;
+
+pub(crate) fn tag_memo() -> moka::sync::Cache<Vec<u8>, Arc<[String]>> {
+    moka::sync::Cache::new(TAG_MEMO)
 }
 
 impl Clone for RouteSettings {
@@ -83,6 +94,7 @@ impl Clone for RouteSettings {
             names: self.names.clone(),
             vary_memo: vary_memo(),
             varies: AtomicBool::new(false),
+            tag_memo: tag_memo(),
         }
     }
 }
@@ -187,6 +199,36 @@ impl RouteSettings {
             }
             None if self.varies.load(Ordering::Relaxed) => self.vary_memo.invalidate(primary),
             None => {}
+        }
+    }
+
+    /// The tags to validate on a lookup of the URI whose primary canonical key is `primary`:
+    /// the route's own, plus those its responses' tag field listed when last seen here.
+    pub(crate) fn lookup_tags(&self, primary: &[u8]) -> std::borrow::Cow<'_, [String]> {
+        if self.tag_header.is_none() {
+            return std::borrow::Cow::Borrowed(&self.tags);
+        }
+        match self.tag_memo.get(primary) {
+            Some(own) => {
+                let mut tags = self.tags.clone();
+                tags.extend(own.iter().filter(|t| !self.tags.contains(t)).cloned());
+                std::borrow::Cow::Owned(tags)
+            }
+            None => std::borrow::Cow::Borrowed(&self.tags),
+        }
+    }
+
+    /// Remembers the tags a URI's stored response listed in the tag field (beyond the
+    /// route's own); none forgets them.
+    pub(crate) fn remember_tags<'t>(&self, primary: &[u8], tags: impl Iterator<Item = &'t String>) {
+        if self.tag_header.is_none() {
+            return;
+        }
+        let own: Vec<String> = tags.filter(|t| !self.tags.contains(t)).cloned().collect();
+        if own.is_empty() {
+            self.tag_memo.invalidate(primary);
+        } else if self.tag_memo.get(primary).as_deref() != Some(&own[..]) {
+            self.tag_memo.insert(primary.to_vec(), Arc::from(own));
         }
     }
 

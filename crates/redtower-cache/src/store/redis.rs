@@ -62,7 +62,7 @@ static ENSURE_TAG: LazyLock<Script> =
 ///
 /// | operation | changes state | re-sent? | why it is safe |
 /// | --- | --- | --- | --- |
-/// | `get` (`GET`/`MGET`), `tag_generations` (`GET`) | no | no (one attempt, fail-fast) | reads |
+/// | `get`, `tag_generations` (`GET`/`MGET`) | no | no (one attempt, fail-fast) | reads |
 /// | `put` (script `cache_put`) | entry, lock, variant index | yes | idempotent: a re-send finds its own lock released and its own bytes stored and answers 1 again |
 /// | `unlock` (script `cache_unlock`) | deletes the lock | yes | compare-and-delete fenced by the token: a re-send finds the lock gone or another holder's |
 /// | `ensure_tags` (script `cache_ensure_tag`) | creates a generation, extends its TTL | yes | create-if-missing: a re-send returns the generation the first run created |
@@ -544,6 +544,19 @@ impl CacheStore for RedisStore {
                                     Error::Redis(e) => e,
                                     other => redtower_client::Error::reply(other.to_string()),
                                 });
+                        }
+                        Err(k) => k,
+                    },
+                    None => k,
+                };
+                // Through the read queue: queued in the same pass as the entry's read, so on a
+                // standalone server entry and generations leave as one `MGET`.
+                let k = match &self.reads {
+                    Some(reads) => match reads.get(k).await {
+                        Ok(r) => {
+                            return r
+                                .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                                .map_err(fred);
                         }
                         Err(k) => k,
                     },

@@ -58,11 +58,17 @@ async fn fetched<B: http_body::Body<Data = Bytes>>(
 ) -> (Lead<B>, Outcome) {
     let tags = responder.take_tags(resp.headers_mut());
     let (lead, outcome) = match validate {
+        // The stored entry keeps its tags.
         Some(stored) if resp.status() == StatusCode::NOT_MODIFIED => {
             let (parts, _) = resp.into_parts();
             responder.revalidated(parts, stored, req, key)
         }
-        _ => responder.analyze(resp, req, key).await,
+        _ => {
+            responder
+                .settings
+                .remember_tags(key.key.primary(), tags.iter());
+            responder.analyze(resp, req, key).await
+        }
     };
     (lead, with_tags(outcome, tags))
 }

@@ -95,7 +95,10 @@ impl Responder {
         let base = self.key(&mut parts);
         let head = method == Method::HEAD;
         let force = forces_refetch(&req_cc, &parts.headers);
-        let tags = &self.settings.tags;
+        // The route's tags and the URI's remembered response tags: their generations are read
+        // together with the entry.
+        let tags = self.settings.lookup_tags(base.key.primary());
+        let tags = &tags[..];
         // A URI whose responses vary on headers beyond the declared ones: its variant's key
         // straight away when this process has seen its Vary names, else through its record.
         // Whether the key has names beyond the declared ones (a URI whose responses vary).
@@ -122,6 +125,14 @@ impl Responder {
                 .read(&key.key, tags)
                 .await
                 .filter(|e| e.flags & FLAG_VARY_RECORD == 0);
+        }
+        if let Some(e) = &found
+            && self.settings.tag_header.is_some()
+            && e.tags.iter().any(|(t, _)| !tags.contains(t))
+        {
+            // Stored by another instance (or before a restart): learn its tags for next time.
+            self.settings
+                .remember_tags(key.key.primary(), e.tags.iter().map(|(t, _)| t));
         }
         // RFC 9111 3.5: a request with `Authorization` reuses only responses that allow it.
         let authorization = self.settings.credentials == Credentials::Bypass
