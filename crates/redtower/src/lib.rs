@@ -11,7 +11,9 @@
 //!
 //! Each feature module re-exports its crate (`redtower-ratelimit`, ...), so
 //! `redtower::ratelimit::RateLimitLayer` and `redtower_ratelimit::RateLimitLayer` are the same
-//! type. `full` enables all of them; `rustls` enables `rediss://`; `opentelemetry` stores the
+//! type. `full` enables all of them (and `axum`); `axum` adds the feature crates' axum routers
+//! (`redtower::cache::purge`, the cache's authenticated purge router); `rustls` enables
+//! `rediss://`; `opentelemetry` stores the
 //! W3C trace context with each job and event, so a worker's span and an SSE delivery join the
 //! trace that enqueued or published them (see each crate's "Tracing" section for its spans).
 //!
@@ -53,3 +55,18 @@ pub use redtower_pubsub as pubsub;
 #[cfg(feature = "jobs")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jobs")))]
 pub use redtower_jobs as jobs;
+
+#[cfg(all(test, feature = "cache", feature = "axum"))]
+mod tests {
+    /// The `axum` feature reaches the cache's purge router through the facade.
+    #[test]
+    fn the_cache_purge_router_is_reachable() {
+        use crate::cache::{
+            Cache, MemoryStore,
+            purge::{self, PurgeAuth},
+        };
+        assert!(PurgeAuth::bearer("short").is_err(), "short tokens are refused");
+        let auth = PurgeAuth::bearer("a-long-random-token").unwrap();
+        let _router = purge::router::<()>(Cache::new(MemoryStore::new()), auth);
+    }
+}
