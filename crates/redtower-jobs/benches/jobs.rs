@@ -1,18 +1,25 @@
-//! redtower-jobs versus BullMQ on the same fresh Redis, in the same run: 50,000 no-op jobs,
-//! bulk enqueue, single enqueue (50 in flight) and processing at concurrency 50; and job
-//! schedulers: `N / 10` schedulers (every hour) created 50 in flight until each one's first
-//! tick is a job in the queue (BullMQ: `upsertJobScheduler`, which adds the first job).
+//! redtower-jobs versus BullMQ and apalis, each on a fresh Redis, in the same run: `N` no-op
+//! jobs (default 50,000), bulk enqueue (batches of 1,000), single enqueue (50 in flight) and
+//! processing at concurrency 50; and job schedulers (redtower-jobs and BullMQ): `N / 10`
+//! schedulers (every hour) created 50 in flight until each one's first tick is a job in the
+//! queue, then repeatable jobs: `N / 10` schedulers every second run by one worker at
+//! concurrency 50, tick jobs completed per second over 5 s and redis-server's CPU per tick.
+//! `ROUNDS` rounds (default 3), the systems taking turns, each round starting with the next.
 //!
-//! Run with: `cargo bench -p redtower-jobs --bench jobs` (BullMQ runs too when
-//! `crates/redtower-jobs/bench/node_modules` exists: `npm ci` in that folder). `N=...` changes
-//! the job count.
+//! Run with: `cargo bench -p redtower-jobs --bench jobs`. BullMQ runs when
+//! `crates/redtower-jobs/bench/node_modules` exists (`npm ci` in that folder); apalis when the
+//! `apalis-jobs` binary of `benches/baselines` is built (`cargo build --release -p
+//! redtower-baselines --bin apalis-jobs`, or its path in `APALIS_BENCH`).
+//! `JOBS_COMMANDSTATS=1` prints the commands Redis ran in each redtower-jobs phase.
 //!
 //! Besides the human lines, it prints one machine-readable line per scenario, starting with
-//! `RESULT ` and followed by one JSON object:
-//! `{"bench":"redtower-jobs","scenario":"bulk_enqueue"|"single_enqueue"|"processing_c50"|"scheduler_first_tick",
-//! "jobs":N,"redtower_per_s":..,"bullmq_per_s":..|null,"ratio":..|null,
-//! "round_trips_per_job":..|null,"load_avg_1m":..|null}` (`ratio` = redtower / BullMQ, measured
-//! in the same run; `load_avg_1m` read when the scenario ended).
+//! `RESULT ` and followed by one JSON object: `bench`, `scenario` (`bulk_enqueue`,
+//! `single_enqueue`, `processing_c50`, `scheduler_first_tick`, `scheduler_ticks`), `jobs`,
+//! `rounds`, the medians `redtower_per_s`, `bullmq_per_s`, `apalis_per_s` (`null` when not
+//! run), `ratio` (redtower / BullMQ) and `ratio_apalis` (redtower / apalis), each round's
+//! numbers (`*_rounds`), `apalis_nolock_per_s` (processing with apalis' per-task locks off),
+//! `round_trips_per_job` (processing), `redis_cpu_us_per_job` (redtower's enqueue and ticks),
+//! `bullmq_redis_cpu_us_per_job` (ticks) and `load_avg_1m` at the end of the run.
 
 use std::{
     sync::{
@@ -166,7 +173,11 @@ async fn ticks(store: &RedisStore, server: &RedisServer, n: u32) -> (f64, f64) {
         })
         .start();
     tokio::time::sleep(TICKS_WARMUP).await;
-    let (before, cpu, t) = (done.load(Ordering::Relaxed), redis_cpu(server), Instant::now());
+    let (before, cpu, t) = (
+        done.load(Ordering::Relaxed),
+        redis_cpu(server),
+        Instant::now(),
+    );
     tokio::time::sleep(Duration::from_secs(TICKS_SECS)).await;
     let jobs = (done.load(Ordering::Relaxed) - before).max(1) as f64;
     let rate = jobs / t.elapsed().as_secs_f64();
@@ -331,7 +342,10 @@ fn apalis(n: u32) -> Option<serde_json::Value> {
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let parsed = text.lines().last().and_then(|l| serde_json::from_str(l).ok());
+    let parsed = text
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok());
     if parsed.is_none() {
         eprintln!(
             "apalis failed: {text}{}",

@@ -178,8 +178,7 @@ pub(crate) fn jobs(
         if what == "ticks" {
             r.note = format!(
                 "{} schedulers; redis-server CPU {} µs per tick",
-                result["jobs"],
-                result["redis_cpu_us_per_job"]
+                result["jobs"], result["redis_cpu_us_per_job"]
             );
         }
         rows.push(r);

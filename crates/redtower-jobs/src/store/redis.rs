@@ -260,9 +260,9 @@ impl RedisStore {
                 None => groups.push((queue, vec![i], vec![job])),
             }
         }
-        let calls = groups.into_iter().map(|(queue, idx, jobs)| async move {
-            (idx, self.enqueue_call(&queue, jobs).await)
-        });
+        let calls = groups
+            .into_iter()
+            .map(|(queue, idx, jobs)| async move { (idx, self.enqueue_call(&queue, jobs).await) });
         let mut out: Vec<Option<Result<Enqueued>>> = (0..n).map(|_| None).collect();
         for (idx, result) in futures::future::join_all(calls).await {
             match result {
