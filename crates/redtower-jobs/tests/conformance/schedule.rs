@@ -260,17 +260,19 @@ pub async fn many_due_schedulers_fire_together(store: Store, q: &str) {
     let all: Vec<u32> = (0..250).collect();
     for chunk in all.chunks(50) {
         futures::future::join_all(chunk.iter().map(|i| {
-            queue.schedule(
-                &format!("s{i}"),
-                Schedule::every(Duration::from_millis(HOUR)),
-                w("a"),
-            )
+            let queue = &queue;
+            async move {
+                queue
+                    .schedule(
+                        &format!("s{i}"),
+                        Schedule::every(Duration::from_millis(HOUR)),
+                        w("a"),
+                    )
+                    .await
+                    .unwrap()
+            }
         }))
-        .await
-        .into_iter()
-        .for_each(|r| {
-            r.unwrap();
-        });
+        .await;
     }
     let worker = Worker::new(store.clone(), q)
         .poll_interval(Duration::from_millis(HOUR))
