@@ -1,6 +1,9 @@
 // BullMQ side of the redtower-jobs benchmark. Usage: REDIS_PORT=6390 N=50000 node bullmq-bench.mjs
-// Prints one JSON line: jobs/s for bulk enqueue, single enqueue and processing at concurrency 50.
+// Prints one JSON line: jobs/s for bulk enqueue, single enqueue and processing at concurrency 50,
+// schedulers created with their first job per second, and repeatable jobs (tick jobs/s and
+// redis-server CPU µs per tick).
 import { Queue, Worker } from 'bullmq';
+import { Redis } from 'ioredis';
 
 const port = Number(process.env.REDIS_PORT ?? 6379);
 const N = Number(process.env.N ?? 50000);
@@ -54,6 +57,47 @@ async function schedulers(q, NS) {
   return NS / ((performance.now() - t) / 1000);
 }
 
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+const admin = new Redis({ host: '127.0.0.1', port, lazyConnect: true });
+
+async function redisCpu() {
+  const info = await admin.info('cpu');
+  let s = 0;
+  for (const l of info.split('\n')) {
+    if (l.startsWith('used_cpu_sys:') || l.startsWith('used_cpu_user:')) s += Number(l.split(':')[1]);
+  }
+  return s;
+}
+
+// Repeatable jobs: NS schedulers every second (upserted 50 in flight), one worker at concurrency
+// 50 with a no-op handler; over 5 s after a 2 s warm-up, the tick jobs completed per second and
+// redis-server's CPU per tick (the same measure as redtower-jobs').
+async function ticks(q, name, NS) {
+  for (let i = 0; i < NS; i += INFLIGHT) {
+    const adds = [];
+    for (let j = i; j < Math.min(NS, i + INFLIGHT); j++) {
+      adds.push(q.upsertJobScheduler('t' + j, { every: 1000 }, { name: 'noop', data: { n: j }, opts }));
+    }
+    await Promise.all(adds);
+  }
+  let done = 0;
+  const worker = new Worker(name, async () => {}, { connection, concurrency: 50 });
+  worker.on('completed', () => {
+    done += 1;
+  });
+  await sleep(2000);
+  const before = done;
+  const cpu = await redisCpu();
+  const t = performance.now();
+  await sleep(5000);
+  const jobs = Math.max(1, done - before);
+  const rate = jobs / ((performance.now() - t) / 1000);
+  const us = ((await redisCpu()) - cpu) * 1e6 / jobs;
+  await worker.close();
+  return { rate, us };
+}
+
 async function processing(q, name) {
   let done = 0;
   let resolve;
@@ -83,6 +127,18 @@ await q3.obliterate({ force: true });
 const q4 = await fresh('bench-sched');
 const schedRate = await schedulers(q4, Math.max(1, Math.floor(N / 10)));
 await q4.obliterate({ force: true });
-await Promise.all([q1.close(), q2.close(), q3.close(), q4.close()]);
-console.log(JSON.stringify({ bulk: bulkRate, single: singleRate, process: processRate, schedulers: schedRate }));
+const q5 = await fresh('bench-ticks');
+const t = await ticks(q5, 'bench-ticks', Math.max(1, Math.floor(N / 10)));
+await q5.obliterate({ force: true }).catch(() => {});
+await Promise.all([q1.close(), q2.close(), q3.close(), q4.close(), q5.close(), admin.quit()]);
+console.log(
+  JSON.stringify({
+    bulk: bulkRate,
+    single: singleRate,
+    process: processRate,
+    schedulers: schedRate,
+    ticks: t.rate,
+    ticks_redis_us: t.us,
+  }),
+);
 process.exit(0);

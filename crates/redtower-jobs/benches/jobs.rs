@@ -1,18 +1,25 @@
-//! redtower-jobs versus BullMQ on the same fresh Redis, in the same run: 50,000 no-op jobs,
-//! bulk enqueue, single enqueue (50 in flight) and processing at concurrency 50; and job
-//! schedulers: `N / 10` schedulers (every hour) created 50 in flight until each one's first
-//! tick is a job in the queue (BullMQ: `upsertJobScheduler`, which adds the first job).
+//! redtower-jobs versus BullMQ and apalis, each on a fresh Redis, in the same run: `N` no-op
+//! jobs (default 50,000), bulk enqueue (batches of 1,000), single enqueue (50 in flight) and
+//! processing at concurrency 50; and job schedulers (redtower-jobs and BullMQ): `N / 10`
+//! schedulers (every hour) created 50 in flight until each one's first tick is a job in the
+//! queue, then repeatable jobs: `N / 10` schedulers every second run by one worker at
+//! concurrency 50, tick jobs completed per second over 5 s and redis-server's CPU per tick.
+//! `ROUNDS` rounds (default 3), the systems taking turns, each round starting with the next.
 //!
-//! Run with: `cargo bench -p redtower-jobs --bench jobs` (BullMQ runs too when
-//! `crates/redtower-jobs/bench/node_modules` exists: `npm ci` in that folder). `N=...` changes
-//! the job count.
+//! Run with: `cargo bench -p redtower-jobs --bench jobs`. BullMQ runs when
+//! `crates/redtower-jobs/bench/node_modules` exists (`npm ci` in that folder); apalis when the
+//! `apalis-jobs` binary of `benches/baselines` is built (`cargo build --release -p
+//! redtower-baselines --bin apalis-jobs`, or its path in `APALIS_BENCH`).
+//! `JOBS_COMMANDSTATS=1` prints the commands Redis ran in each redtower-jobs phase.
 //!
 //! Besides the human lines, it prints one machine-readable line per scenario, starting with
-//! `RESULT ` and followed by one JSON object:
-//! `{"bench":"redtower-jobs","scenario":"bulk_enqueue"|"single_enqueue"|"processing_c50"|"scheduler_first_tick",
-//! "jobs":N,"redtower_per_s":..,"bullmq_per_s":..|null,"ratio":..|null,
-//! "round_trips_per_job":..|null,"load_avg_1m":..|null}` (`ratio` = redtower / BullMQ, measured
-//! in the same run; `load_avg_1m` read when the scenario ended).
+//! `RESULT ` and followed by one JSON object: `bench`, `scenario` (`bulk_enqueue`,
+//! `single_enqueue`, `processing_c50`, `scheduler_first_tick`, `scheduler_ticks`), `jobs`,
+//! `rounds`, the medians `redtower_per_s`, `bullmq_per_s`, `apalis_per_s` (`null` when not
+//! run), `ratio` (redtower / BullMQ) and `ratio_apalis` (redtower / apalis), each round's
+//! numbers (`*_rounds`), `apalis_nolock_per_s` (processing with apalis' per-task locks off),
+//! `round_trips_per_job` (processing), `redis_cpu_us_per_job` (redtower's enqueue and ticks),
+//! `bullmq_redis_cpu_us_per_job` (ticks) and `load_avg_1m` at the end of the run.
 
 use std::{
     sync::{
@@ -129,6 +136,56 @@ async fn schedulers(store: &RedisStore, n: u32) -> f64 {
     f64::from(n) / t.elapsed().as_secs_f64()
 }
 
+/// Seconds of the measured window of [`ticks`], after [`TICKS_WARMUP`].
+const TICKS_SECS: u64 = 5;
+const TICKS_WARMUP: Duration = Duration::from_secs(2);
+
+/// Repeatable jobs: `n` schedulers every second (created 50 in flight), one worker at
+/// concurrency 50 with a no-op handler firing them; over [`TICKS_SECS`] after a warm-up, the
+/// tick jobs completed per second (`n` when every tick is on time) and redis-server's CPU per
+/// tick (firing it, adding its job and running it).
+async fn ticks(store: &RedisStore, server: &RedisServer, n: u32) -> (f64, f64) {
+    let queue = Queue::<Noop>::new(store.clone(), "bench-ticks");
+    let all: Vec<u32> = (0..n).collect();
+    for chunk in all.chunks(50) {
+        join_all(chunk.iter().map(|&i| {
+            let queue = &queue;
+            async move {
+                let every = Schedule::every(Duration::from_secs(1));
+                queue
+                    .schedule(&format!("t{i}"), every, Noop { n: i })
+                    .await
+                    .unwrap()
+            }
+        }))
+        .await;
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let d2 = done.clone();
+    let worker = Worker::new(store.clone(), "bench-ticks")
+        .concurrency(50)
+        .handle::<Noop>(|_j: Noop, _c: JobContext| async { Ok::<(), JobError>(()) })
+        .on_completed(move |_| {
+            let d = d2.clone();
+            async move {
+                d.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .start();
+    tokio::time::sleep(TICKS_WARMUP).await;
+    let (before, cpu, t) = (
+        done.load(Ordering::Relaxed),
+        redis_cpu(server),
+        Instant::now(),
+    );
+    tokio::time::sleep(Duration::from_secs(TICKS_SECS)).await;
+    let jobs = (done.load(Ordering::Relaxed) - before).max(1) as f64;
+    let rate = jobs / t.elapsed().as_secs_f64();
+    let us = (redis_cpu(server) - cpu) * 1e6 / jobs;
+    worker.shutdown().await.unwrap();
+    (rate, us)
+}
+
 async fn processing(store: &RedisStore, server: &RedisServer, n: u32) -> (f64, f64) {
     let done = Arc::new(AtomicU64::new(0));
     let notify = Arc::new(tokio::sync::Notify::new());
@@ -183,42 +240,181 @@ fn load_avg() -> Option<f64> {
         .ok()
 }
 
-fn result_line(
-    scenario: &str,
-    n: u32,
-    ours: f64,
-    bullmq: Option<f64>,
-    rtt: Option<f64>,
-    load: Option<f64>,
-) -> String {
-    let json = serde_json::json!({
-        "bench": "redtower-jobs",
-        "scenario": scenario,
-        "jobs": n,
-        "redtower_per_s": ours.round(),
-        "bullmq_per_s": bullmq.map(f64::round),
-        "ratio": bullmq.map(|b| (ours / b * 100.0).round() / 100.0),
-        "round_trips_per_job": rtt.map(|r| (r * 1000.0).round() / 1000.0),
-        "load_avg_1m": load,
-    });
-    format!("RESULT {json}")
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        f64::midpoint(v[m - 1], v[m])
+    })
 }
 
-fn bullmq(port: u16, n: u32) -> Option<serde_json::Value> {
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// One scenario's numbers over all rounds, one entry per round and system.
+#[derive(Default)]
+struct Scenario {
+    ours: Vec<f64>,
+    bullmq: Vec<f64>,
+    apalis: Vec<f64>,
+    apalis_nolock: Vec<f64>,
+    rtt: Vec<f64>,
+    redis_us: Vec<f64>,
+    bullmq_redis_us: Vec<f64>,
+}
+
+impl Scenario {
+    fn result_line(&self, scenario: &str, n: u32, rounds: usize, load: Option<f64>) -> String {
+        let ours = median(self.ours.clone()).unwrap_or(0.0);
+        let bullmq = median(self.bullmq.clone());
+        let apalis = median(self.apalis.clone());
+        let json = serde_json::json!({
+            "bench": "redtower-jobs",
+            "scenario": scenario,
+            "jobs": n,
+            "rounds": rounds,
+            "redtower_per_s": ours.round(),
+            "redtower_rounds": self.ours.iter().map(|r| r.round()).collect::<Vec<_>>(),
+            "bullmq_rounds": self.bullmq.iter().map(|r| r.round()).collect::<Vec<_>>(),
+            "apalis_rounds": self.apalis.iter().map(|r| r.round()).collect::<Vec<_>>(),
+            "bullmq_per_s": bullmq.map(f64::round),
+            "ratio": bullmq.map(|b| round2(ours / b)),
+            "apalis_per_s": apalis.map(f64::round),
+            "ratio_apalis": apalis.map(|a| round2(ours / a)),
+            "apalis_nolock_per_s": median(self.apalis_nolock.clone()).map(f64::round),
+            "round_trips_per_job": median(self.rtt.clone()).map(|r| (r * 1000.0).round() / 1000.0),
+            "redis_cpu_us_per_job": median(self.redis_us.clone()).map(|r| (r * 10.0).round() / 10.0),
+            "bullmq_redis_cpu_us_per_job": median(self.bullmq_redis_us.clone()).map(|r| (r * 10.0).round() / 10.0),
+            "load_avg_1m": load,
+        });
+        format!("RESULT {json}")
+    }
+}
+
+fn bullmq(n: u32) -> Option<serde_json::Value> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/bench");
     if !std::path::Path::new(dir).join("node_modules").exists() {
         eprintln!("BullMQ skipped: run `npm ci` in {dir}");
         return None;
     }
+    let server = RedisServer::start();
     let out = std::process::Command::new("node")
         .arg("bullmq-bench.mjs")
         .current_dir(dir)
-        .env("REDIS_PORT", port.to_string())
+        .env("REDIS_PORT", server.port().to_string())
         .env("N", n.to_string())
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.lines().last()?).ok()
+}
+
+/// The apalis side: the `apalis-jobs` binary of `benches/baselines`, from `APALIS_BENCH` or
+/// the workspace's release build.
+fn apalis(n: u32) -> Option<serde_json::Value> {
+    let exe = std::env::var_os("APALIS_BENCH")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+                || std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")),
+                std::path::PathBuf::from,
+            );
+            target.join("release/apalis-jobs")
+        });
+    if !exe.exists() {
+        eprintln!(
+            "apalis skipped: no {} (cargo build --release -p redtower-baselines --bin apalis-jobs, or set APALIS_BENCH)",
+            exe.display()
+        );
+        return None;
+    }
+    let server = RedisServer::start();
+    let out = std::process::Command::new(&exe)
+        .env("REDIS_PORT", server.port().to_string())
+        .env("N", n.to_string())
+        .env("APALIS_LOCKS", "both")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let parsed = text
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok());
+    if parsed.is_none() {
+        eprintln!(
+            "apalis failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parsed
+}
+
+fn reset_stats(server: &RedisServer) {
+    if std::env::var_os("JOBS_COMMANDSTATS").is_some() {
+        server.cmd(&["CONFIG", "RESETSTAT"]);
+    }
+}
+
+/// With `JOBS_COMMANDSTATS=1`: the commands Redis ran since [`reset_stats`] (scripts' own
+/// commands included).
+fn print_stats(server: &RedisServer, what: &str) {
+    if std::env::var_os("JOBS_COMMANDSTATS").is_some() {
+        let stats = server
+            .cmd(&["INFO", "commandstats"])
+            .as_text()
+            .unwrap_or_default();
+        println!("redtower-jobs {what}, INFO commandstats:");
+        for line in stats.lines().filter(|l| l.starts_with("cmdstat_")) {
+            println!("  {line}");
+        }
+    }
+}
+
+/// One round of redtower-jobs on a fresh redis-server.
+async fn ours(n: u32, s: &mut [Scenario; 5]) {
+    let server = RedisServer::start();
+    let redis = Redis::new(RedisConfig::from_url(&server.url()).unwrap()).unwrap();
+    redis.wait_ready(Duration::from_secs(10)).await.unwrap();
+    let store = RedisStore::new(redis);
+    let per_job = |cpu: f64| cpu * 1e6 / f64::from(n);
+
+    let q = Queue::<Noop>::new(store.clone(), "bench-bulk");
+    reset_stats(&server);
+    let cpu = redis_cpu(&server);
+    let rt_bulk = bulk(&q, n).await;
+    s[0].redis_us.push(per_job(redis_cpu(&server) - cpu));
+    print_stats(&server, "bulk enqueue");
+    let q = Queue::<Noop>::new(store.clone(), "bench-single");
+    reset_stats(&server);
+    let cpu = redis_cpu(&server);
+    let rt_single = single(&q, n).await;
+    s[1].redis_us.push(per_job(redis_cpu(&server) - cpu));
+    print_stats(&server, "single enqueue");
+    let q = Queue::<Noop>::new(store.clone(), "bench-process");
+    bulk(&q, n).await;
+    let (rt_process, rtt) = processing(&store, &server, n).await;
+    let n_sched = (n / 10).max(1);
+    let rt_sched = schedulers(&store, n_sched).await;
+    let (rt_ticks, ticks_us) = ticks(&store, &server, n_sched).await;
+    s[4].ours.push(rt_ticks);
+    s[4].redis_us.push(ticks_us);
+    println!(
+        "redtower-jobs ({n_sched} schedulers every 1 s): {rt_ticks:.0} tick jobs/s, redis-server CPU {ticks_us:.1} µs per tick"
+    );
+    println!(
+        "redtower-jobs ({n} jobs): bulk {rt_bulk:.0}/s, single {rt_single:.0}/s, processing {rt_process:.0}/s, {rtt:.3} scripts per processed job; {n_sched} schedulers with their first tick {rt_sched:.0}/s"
+    );
+    s[0].ours.push(rt_bulk);
+    s[1].ours.push(rt_single);
+    s[2].ours.push(rt_process);
+    s[2].rtt.push(rtt);
+    s[3].ours.push(rt_sched);
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -227,70 +423,63 @@ async fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(50_000);
-    let server = RedisServer::start();
-    let redis = Redis::new(RedisConfig::from_url(&server.url()).unwrap()).unwrap();
-    redis.wait_ready(Duration::from_secs(10)).await.unwrap();
-    let store = RedisStore::new(redis);
-
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     println!("load average at start: {:?}", load_avg());
-    let q = Queue::<Noop>::new(store.clone(), "bench-bulk");
-    let rt_bulk = bulk(&q, n).await;
-    let q = Queue::<Noop>::new(store.clone(), "bench-single");
-    let rt_single = single(&q, n).await;
-    let q = Queue::<Noop>::new(store.clone(), "bench-process");
-    bulk(&q, n).await;
-    let (rt_process, rtt) = processing(&store, &server, n).await;
-    let n_sched = (n / 10).max(1);
-    let rt_sched = schedulers(&store, n_sched).await;
-    let ours_load = load_avg();
-    server.cmd(&["FLUSHALL"]);
-
-    println!(
-        "redtower-jobs ({n} jobs): bulk {rt_bulk:.0}/s, single {rt_single:.0}/s, processing {rt_process:.0}/s, {rtt:.3} scripts per processed job"
-    );
-    println!("redtower-jobs ({n_sched} schedulers): created with their first tick {rt_sched:.0}/s");
-    let b = bullmq(server.port(), n);
-    let load = load_avg().or(ours_load);
-    let get = |k: &str| {
-        b.as_ref()
+    let mut s: [Scenario; 5] = Default::default();
+    let get = |v: &Option<serde_json::Value>, k: &str| {
+        v.as_ref()
             .and_then(|b| b.get(k))
             .and_then(serde_json::Value::as_f64)
     };
-    let (ob, os, op) = (get("bulk"), get("single"), get("process"));
-    let osched = get("schedulers");
-    if let (Some(bb), Some(bs), Some(bp)) = (ob, os, op) {
-        println!(
-            "BullMQ        ({n} jobs): bulk {bb:.0}/s, single {bs:.0}/s, processing {bp:.0}/s"
-        );
-        println!(
-            "ratio redtower/BullMQ: bulk {:.2}x, single {:.2}x, processing {:.2}x",
-            rt_bulk / bb,
-            rt_single / bs,
-            rt_process / bp
-        );
+    for round in 0..rounds {
+        // The systems take turns, each round starting with the next one.
+        for turn in 0..3 {
+            match (round + turn) % 3 {
+                0 => ours(n, &mut s).await,
+                1 => {
+                    let b = bullmq(n);
+                    for (i, k) in ["bulk", "single", "process", "schedulers", "ticks"]
+                        .iter()
+                        .enumerate()
+                    {
+                        s[i].bullmq.extend(get(&b, k));
+                    }
+                    s[4].bullmq_redis_us.extend(get(&b, "ticks_redis_us"));
+                    if let Some(b) = b {
+                        println!("BullMQ        ({n} jobs): {b}");
+                    }
+                }
+                _ => {
+                    let a = apalis(n);
+                    for (i, k) in ["bulk", "single", "process"].iter().enumerate() {
+                        s[i].apalis.extend(get(&a, k));
+                    }
+                    s[2].apalis_nolock.extend(get(&a, "process_nolock"));
+                    if let Some(a) = a {
+                        println!("apalis        ({n} jobs): {a}");
+                    }
+                }
+            }
+        }
     }
+    let load = load_avg();
     println!("load average at end: {load:?}");
-    println!(
-        "{}",
-        result_line("bulk_enqueue", n, rt_bulk, ob, None, load)
-    );
-    println!(
-        "{}",
-        result_line("single_enqueue", n, rt_single, os, None, load)
-    );
-    println!(
-        "{}",
-        result_line("processing_c50", n, rt_process, op, Some(rtt), load)
-    );
-    println!(
-        "{}",
-        result_line(
-            "scheduler_first_tick",
-            n_sched,
-            rt_sched,
-            osched,
-            None,
-            load
-        )
-    );
+    let n_sched = (n / 10).max(1);
+    for (i, name) in [
+        "bulk_enqueue",
+        "single_enqueue",
+        "processing_c50",
+        "scheduler_first_tick",
+        "scheduler_ticks",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let jobs = if i >= 3 { n_sched } else { n };
+        println!("{}", s[i].result_line(name, jobs, rounds, load));
+    }
 }

@@ -109,7 +109,7 @@
 //!
 //! | script | changes state? | idempotent under re-send? | how |
 //! |---|---|---|---|
-//! | enqueue | yes | yes | every call carries a random id: its answer is kept for up to a minute and a re-send of the call is answered from it; a caller's idempotency key leaves a marker `key → id` for the [idempotency window](RedisStore::idempotency_window), so a retried add answers the first job's id |
+//! | enqueue | yes | yes | every call (an `add_bulk`, or the single adds coalesced into it) carries a random id: its answer is kept for up to a minute and a re-send of the call is answered from it; a caller's idempotency key leaves a marker `key → id` for the [idempotency window](RedisStore::idempotency_window), so a retried add answers the first job's id |
 //! | work (settle + fetch) | yes | yes | every request carries an id; its answer (settlement codes, leases handed out) is kept for its lease (10 s .. the window) and a re-send is answered from it; leases are fencing tokens, so without the record a re-send is fenced (stale), never a second settlement |
 //! | extend | yes (deadlines) | yes | fenced by the lease token; a re-send sets the same deadline a moment later |
 //! | admin: pause, resume | yes | yes | set / clear a flag |
@@ -184,7 +184,8 @@
 //! | add-call answers kept | 1 min, about 110 bytes + 8 per job | (at most the window) |
 //! | work answers kept | the lease, 10 s .. the window; about 100 bytes + 40 per job | (follows the lease) |
 //! | completed / dead jobs | 1,000 for 24 h / 10,000 for 30 days | [`Retention`] |
-//! | events | about 1,000 entries | [`RedisStore::events_max_len`] |
+//! | events | about 1,000 entries (the completions of one work exchange, or the adds of one call, share an entry: up to 100 events each) | [`RedisStore::events_max_len`] |
+//! | single adds sharing one enqueue call | 200, two calls on the wire at a time | [`RedisStore::coalesce_adds`] |
 //! | backoff delay | 1 h (exponential), never above 100 years | [`Backoff::max`] |
 //! | lease, poll interval, grace, timeout | 30 s, 5 s, 10 s, none; at most a year | [`Worker`] |
 //! | concurrency | 10; 1 ..= 100,000 | [`Worker::concurrency`] |

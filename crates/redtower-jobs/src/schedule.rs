@@ -550,7 +550,12 @@ pub struct SchedulerPass {
 pub(crate) async fn run_pass(store: &dyn QueueStore, queue: &str) -> Result<SchedulerPass> {
     let mut pass = SchedulerPass::default();
     let (now, due, upcoming) = store.due_schedulers(queue, DUE_BATCH).await?;
-    let mut soonest = upcoming;
+    // A full batch may have left due schedulers behind: the next pass is due at once.
+    let mut soonest = if due.len() >= DUE_BATCH {
+        Some(now)
+    } else {
+        upcoming
+    };
     // Plan every due scheduler, then fire them all at once (pipelined on one connection).
     let mut plans = Vec::with_capacity(due.len());
     for s in due {

@@ -192,6 +192,9 @@ pub(crate) const GOALS: &[Goal] = &[
     goal("stacked/near", "plain/app", "plain", 0.5),
     goal("jobs/bulk", "jobs/bulk-bullmq", "BullMQ", 2.0),
     goal("jobs/process", "jobs/process-bullmq", "BullMQ", 2.0),
+    goal("jobs/bulk", "jobs/bulk-apalis", "apalis", 1.2),
+    goal("jobs/single", "jobs/single-apalis", "apalis", 1.2),
+    goal("jobs/process", "jobs/process-apalis", "apalis", 1.0),
     info("plain/app", "plain/node", "Node"),
     info("plain/router", "plain/app", "plain"),
     info("hello/redis", "plain/router", "/stats"),
@@ -223,6 +226,7 @@ pub(crate) const GOALS: &[Goal] = &[
     info("stacked/memory", "plain/app", "plain"),
     info("jobs/single", "jobs/single-bullmq", "BullMQ"),
     info("jobs/sched", "jobs/sched-bullmq", "BullMQ"),
+    info("jobs/ticks", "jobs/ticks-bullmq", "BullMQ"),
 ];
 
 /// Rows whose Redis commands per request should be exactly 1 (single-layer scenarios).

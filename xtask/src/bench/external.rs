@@ -116,10 +116,20 @@ pub(crate) fn sse(exe: &Path, crate_dir: &Path, conns: u32, secs: u32) -> Result
     Ok(r)
 }
 
-/// Jobs: redtower-jobs and BullMQ on the same fresh Redis, `n` no-op jobs each, read from the
-/// bench's `RESULT {json}` lines.
-pub(crate) fn jobs(exe: &Path, crate_dir: &Path, n: u32) -> Result<Vec<Row>, String> {
-    let text = run(exe, crate_dir, &[("N", n.to_string())])?;
+/// Jobs: redtower-jobs, BullMQ and apalis, each on a fresh Redis, `n` no-op jobs each, rounds
+/// alternating, read from the bench's `RESULT {json}` lines (medians of the rounds). `apalis`
+/// is the `apalis-jobs` binary of `benches/baselines`.
+pub(crate) fn jobs(
+    exe: &Path,
+    crate_dir: &Path,
+    n: u32,
+    apalis: Option<&Path>,
+) -> Result<Vec<Row>, String> {
+    let mut env = vec![("N", n.to_string())];
+    if let Some(apalis) = apalis {
+        env.push(("APALIS_BENCH", apalis.display().to_string()));
+    }
+    let text = run(exe, crate_dir, &env)?;
     let results: Vec<serde_json::Value> = text
         .lines()
         .filter_map(|l| l.strip_prefix("RESULT "))
@@ -128,6 +138,11 @@ pub(crate) fn jobs(exe: &Path, crate_dir: &Path, n: u32) -> Result<Vec<Row>, Str
     if results.is_empty() {
         return Err(format!("no RESULT line in the jobs bench output:\n{text}"));
     }
+    let rounds = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+            .unwrap_or_default()
+    };
     let mut rows = Vec::new();
     for (what, key, scenario) in [
         ("bulk", "bulk_enqueue", "jobs: bulk enqueue"),
@@ -137,6 +152,11 @@ pub(crate) fn jobs(exe: &Path, crate_dir: &Path, n: u32) -> Result<Vec<Row>, Str
             "sched",
             "scheduler_first_tick",
             "jobs: schedulers created with their first tick, 50 in flight",
+        ),
+        (
+            "ticks",
+            "scheduler_ticks",
+            "jobs: repeatable jobs, schedulers every 1 s, tick jobs run",
         ),
     ] {
         let Some(result) = results.iter().find(|r| r["scenario"] == key) else {
@@ -150,9 +170,16 @@ pub(crate) fn jobs(exe: &Path, crate_dir: &Path, n: u32) -> Result<Vec<Row>, Str
             "jobs/s",
         );
         r.rate = result["redtower_per_s"].as_f64();
+        r.rounds = rounds(&result["redtower_rounds"]);
         r.round_trips = result["round_trips_per_job"].as_f64();
         if r.round_trips.is_some() {
             r.note = "round trips = scripts per processed job".to_owned();
+        }
+        if what == "ticks" {
+            r.note = format!(
+                "{} schedulers; redis-server CPU {} µs per tick",
+                result["jobs"], result["redis_cpu_us_per_job"]
+            );
         }
         rows.push(r);
         if let Some(bullmq) = result["bullmq_per_s"].as_f64() {
@@ -164,7 +191,31 @@ pub(crate) fn jobs(exe: &Path, crate_dir: &Path, n: u32) -> Result<Vec<Row>, Str
                 "jobs/s",
             );
             b.rate = Some(bullmq);
+            b.rounds = rounds(&result["bullmq_rounds"]);
+            if what == "ticks" {
+                b.note = format!(
+                    "redis-server CPU {} µs per tick",
+                    result["bullmq_redis_cpu_us_per_job"]
+                );
+            }
             rows.push(b);
+        }
+        if let Some(apalis) = result["apalis_per_s"].as_f64() {
+            let mut a = row(
+                &format!("jobs/{what}-apalis"),
+                scenario,
+                "apalis (apalis-redis, defaults)",
+                false,
+                "jobs/s",
+            );
+            a.rate = Some(apalis);
+            a.rounds = rounds(&result["apalis_rounds"]);
+            if let Some(nolock) = result["apalis_nolock_per_s"].as_f64() {
+                a.note = format!(
+                    "default per-task locks (an LREM of the whole queue per task); {nolock:.0} jobs/s with lock_tasks(false)"
+                );
+            }
+            rows.push(a);
         }
     }
     Ok(rows)

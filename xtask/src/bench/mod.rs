@@ -54,6 +54,7 @@ const BINARIES: &[&str] = &[
     "governor",
     "memory-limiter",
     "tower-sessions-redis",
+    "apalis-jobs",
 ];
 
 /// The run's settings.
@@ -310,7 +311,13 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     }
     if want_jobs {
         let exe = jobs_exe.ok_or("the jobs bench was not built: run without --no-build")?;
-        rows.extend(external::jobs(&exe, &jobs_dir, opts.jobs)?);
+        let apalis = logs.join("bin").join("apalis-jobs");
+        rows.extend(external::jobs(
+            &exe,
+            &jobs_dir,
+            opts.jobs,
+            apalis.exists().then_some(apalis.as_path()),
+        )?);
     }
     if want_near {
         let exe = near_exe.ok_or("the near bench was not built: run without --no-build")?;

@@ -8,6 +8,11 @@
 --   (`...:idem:<key>`), set to the job's id for `keep_ms` (the store's idempotency window).
 --   A later add with the same key (the caller retrying) finds it and answers with the first
 --   job's id (code 2) without adding anything.
+-- One call may carry many jobs (an `add_bulk`, or the single adds the client coalesced while
+-- an earlier call was on the wire). Its writes are batched: the ids come from one `INCR` and
+-- one `INCRBY` of the sequence, the records go in one `HSET` and the ready entries in one
+-- `ZADD` per 256 jobs, and the `added` events in one stream entry per 100 jobs (repeated id,
+-- name, attempt fields; the reader yields one event per job, as for completions).
 -- ARGV: ev_max, n, keep_ms, call_keep_ms, then n x (name, record_tail, max_attempts,
 --       key_index | 0, priority, delay_ms, uniq)
 -- record_tail is the record's JSON without its opening brace and without id, seq and created.
@@ -29,7 +34,9 @@ end
 
 local out = {}
 local ids = {}
-local woke = false
+local first, seq = nil, nil
+local recs, ready, sched, events = {}, {}, {}, {}
+local earliest = nil
 for i = 0, n - 1 do
   local b = 5 + i * 7
   local ki = tonumber(ARGV[b + 3])
@@ -47,25 +54,63 @@ for i = 0, n - 1 do
     out[#out + 1] = existing
     out[#out + 1] = 0
   else
-    local seq = redis.call('INCR', K_SEQ)
+    -- The first new job takes its id with `INCR`, the others count on from it; one `INCRBY`
+    -- after the loop moves the sequence past them.
+    if first then
+      seq = seq + 1
+    else
+      seq = redis.call('INCR', K_SEQ)
+      first = seq
+    end
     local id = tostring(seq)
-    local rec = { name = ARGV[b], attempt = 0, prio = tonumber(ARGV[b + 4]), seq = seq }
     if uniq ~= '' then redis.call('HSET', K_UNIQ, uniq, id) end
-    redis.call('HSET', K_JOBS, id,
-      '{"id":"' .. id .. '","seq":' .. seq .. ',"created":' .. n2s(now) .. ',' .. ARGV[b + 1])
+    recs[#recs + 1] = id
+    recs[#recs + 1] = '{"id":"' .. id .. '","seq":' .. id .. ',"created":' .. now_s .. ','
+      .. ARGV[b + 1]
     if idem then redis.call('SET', idem, id, 'PX', keep) end
     local delay = tonumber(ARGV[b + 5])
     if delay > 0 then
-      sched_add(id, now + delay)
+      local due = now + delay
+      sched[#sched + 1] = n2s(due)
+      sched[#sched + 1] = id
+      if earliest == nil or due < earliest then earliest = due end
     else
-      ready_add(id, rec)
-      woke = true
+      local prio = ARGV[b + 4]
+      -- The score is priority * 2^32 + seq (see `ready_add`); without a priority, the id.
+      if prio == '0' then
+        ready[#ready + 1] = id
+      else
+        ready[#ready + 1] = n2s(tonumber(prio) * PRIO + seq)
+      end
+      ready[#ready + 1] = id
     end
-    emit('added', id, rec, nil)
+    local m = #events
+    events[m + 1] = 'id'
+    events[m + 2] = id
+    events[m + 3] = 'name'
+    events[m + 4] = ARGV[b]
+    events[m + 5] = 'attempt'
+    events[m + 6] = '0'
     out[#out + 1] = id
     out[#out + 1] = 1
   end
   ids[#ids + 1] = out[#out - 1]
+end
+if first and seq > first then redis.call('INCRBY', K_SEQ, seq - first) end
+if #recs > 0 then multi('HSET', K_JOBS, recs) end
+local woke = #ready > 0
+if woke then multi('ZADD', K_READY, ready) end
+if #sched > 0 then
+  -- Wakes a waiting worker when a job becomes the earliest due one.
+  local head = redis.call('ZRANGE', K_SCHED, 0, 0, 'WITHSCORES')
+  multi('ZADD', K_SCHED, sched)
+  if head[2] == nil or tonumber(head[2]) > earliest then woke = true end
+end
+if EV_MAX > 0 then
+  for i = 1, #events, 600 do
+    redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EV_MAX_S, '*', 'e', 'added',
+      unpack(events, i, math.min(i + 599, #events)))
+  end
 end
 if woke then wake() end
 redis.call('SET', K_CALL, table.concat(ids, ' '), 'PX', call_keep)

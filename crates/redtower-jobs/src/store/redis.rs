@@ -1,11 +1,17 @@
 //! [`RedisStore`]: the production backend. Every state change is one Lua script using Redis
 //! `TIME`; every key of a queue shares one hash tag (`rt:q:{<queue>}:<structure>`).
 
-use std::{sync::LazyLock, time::Duration};
+use std::{
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use fred::types::Value;
 use futures::stream::BoxStream;
-use redtower_client::{Key, Redis, Script, TraceContext};
+use redtower_client::{
+    Key, Redis, Script, TraceContext,
+    batch::{Coalescer, Uncoalesced},
+};
 
 use super::{
     Counts, Enqueued, Fetched, Lease, NewJob, QueueStore, Settle, Settled, Waiter, WorkReply,
@@ -50,6 +56,11 @@ const PARTS: [&str; 12] = [
 const WAKE: usize = 9;
 const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
 const EVENTS: usize = 10;
+/// At most this many single adds share one enqueue call.
+const MAX_COALESCED_ADDS: usize = 200;
+
+/// Single adds waiting for the enqueue call ahead of them: (queue, job) in, its result out.
+type Adds = Coalescer<(String, NewJob), Result<Enqueued>>;
 
 /// The Redis backend of [`QueueStore`].
 ///
@@ -78,6 +89,8 @@ pub struct RedisStore {
     redis: Redis,
     events_max_len: u64,
     idempotency_window: Duration,
+    coalesce_adds: bool,
+    adds: Option<Arc<Adds>>,
 }
 
 impl RedisStore {
@@ -87,7 +100,44 @@ impl RedisStore {
             redis,
             events_max_len: 1_000,
             idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
+            coalesce_adds: true,
+            adds: None,
         }
+        .configure()
+    }
+
+    /// Whether concurrent single adds share enqueue calls (default on): an add that arrives
+    /// while an earlier add's call is on the wire leaves with the others that arrived
+    /// meanwhile, as one script call (at most 200 adds, two calls on the wire at a time). A
+    /// lone add leaves at once, so an idle queue pays nothing in latency; under load the
+    /// records, ready entries and `added` events of a call are written in batches (see
+    /// `add_bulk`), which is most of an add's cost in Redis. Each add still gets its own
+    /// answer; the call is re-sent safely as a whole (its answer is kept, see
+    /// [`idempotency_window`](Self::idempotency_window)), and when it fails, every add in it
+    /// fails with its error.
+    #[must_use]
+    pub fn coalesce_adds(mut self, on: bool) -> Self {
+        self.coalesce_adds = on;
+        self.configure()
+    }
+
+    /// Rebuilds the coalescer of single adds for the current settings (its calls use a copy of
+    /// the store without one, so it holds no reference to itself).
+    fn configure(mut self) -> Self {
+        self.adds = self.coalesce_adds.then(|| {
+            let plain = Self {
+                adds: None,
+                ..self.clone()
+            };
+            Arc::new(
+                Coalescer::new(MAX_COALESCED_ADDS, move |items: Vec<(String, NewJob)>| {
+                    let store = plain.clone();
+                    async move { store.enqueue_coalesced(items).await }
+                })
+                .in_flight(2),
+            )
+        });
+        self
     }
 
     /// How long the idempotency key of an add is remembered (see
@@ -107,16 +157,17 @@ impl RedisStore {
     #[must_use]
     pub fn idempotency_window(mut self, window: Duration) -> Self {
         self.idempotency_window = window.max(Duration::from_secs(1));
-        self
+        self.configure()
     }
 
     /// The approximate cap (`MAXLEN ~`) of each queue's event stream, in entries; `0` turns
     /// events off. Defaults to 1,000. An entry is one event, except that the completions of
-    /// one worker exchange share an entry (up to 100 of them).
+    /// one worker exchange share an entry, and so do the `added` events of one enqueue call
+    /// (up to 100 of them per entry).
     #[must_use]
     pub fn events_max_len(mut self, n: u64) -> Self {
         self.events_max_len = n;
-        self
+        self.configure()
     }
 
     /// The Redis handle.
@@ -193,6 +244,127 @@ impl RedisStore {
     async fn run(&self, script: &Script, keys: Vec<Key>, argv: Vec<Value>) -> Result<Value> {
         self.redis.first_connection().await?;
         Ok(script.run::<Value, _, _>(&self.redis, keys, argv).await?)
+    }
+
+    /// The single adds of one coalesced batch: one enqueue call per queue (a batch usually
+    /// holds one), all at once; the results in the items' order.
+    async fn enqueue_coalesced(&self, items: Vec<(String, NewJob)>) -> Vec<Result<Enqueued>> {
+        let n = items.len();
+        let mut groups: Vec<(String, Vec<usize>, Vec<NewJob>)> = Vec::new();
+        for (i, (queue, job)) in items.into_iter().enumerate() {
+            match groups.iter_mut().find(|g| g.0 == queue) {
+                Some(g) => {
+                    g.1.push(i);
+                    g.2.push(job);
+                }
+                None => groups.push((queue, vec![i], vec![job])),
+            }
+        }
+        let calls = groups
+            .into_iter()
+            .map(|(queue, idx, jobs)| async move { (idx, self.enqueue_call(&queue, jobs).await) });
+        let mut out: Vec<Option<Result<Enqueued>>> = (0..n).map(|_| None).collect();
+        for (idx, result) in futures::future::join_all(calls).await {
+            match result {
+                Ok(done) => {
+                    for (i, e) in idx.into_iter().zip(done) {
+                        out[i] = Some(Ok(e));
+                    }
+                }
+                Err(e) => {
+                    for i in idx {
+                        out[i] = Some(Err(same_error(&e)));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Protocol("short enqueue reply".to_owned()))))
+            .collect()
+    }
+
+    /// One enqueue script call for `jobs` (an `add_bulk`, or coalesced single adds).
+    async fn enqueue_call(&self, queue: &str, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let base = self.base(queue);
+        let mut keys = self.keys(queue);
+        // The call's own marker: a re-send of this very request finds it.
+        keys.push(base.clone().push("add").push(super::random_key().as_str()));
+        let mut argv: Vec<Value> = Vec::with_capacity(4 + jobs.len() * 7);
+        argv.push(int(self.events_max_len).into());
+        argv.push((jobs.len() as i64).into());
+        argv.push(ms(self.idempotency_window).max(1).into());
+        argv.push(
+            ms(super::random_key_window(self.idempotency_window))
+                .max(1)
+                .into(),
+        );
+        for j in jobs {
+            // The record minus its opening brace and the fields the script adds (id, seq,
+            // created), so the script stores it without a JSON round trip.
+            let tail = serde_json::to_string(&RecordTail {
+                name: &j.name,
+                data: &j.data,
+                attempt: 0,
+                max: j.max_attempts,
+                backoff: &j.backoff,
+                prio: j.priority,
+                stalls: 0,
+                uniq: j.unique_key.as_deref(),
+                tc: j.trace.as_ref().map(TraceContext::encode),
+            })
+            .map_err(Error::Serialize)?;
+            // A caller's idempotency key: its marker, by its (1-based) index in KEYS.
+            let key_index = match &j.idempotency_key {
+                Some(key) => {
+                    keys.push(base.clone().push("idem").push(key.as_str()));
+                    keys.len() as i64
+                }
+                None => 0,
+            };
+            argv.push(j.name.into());
+            argv.push(tail.get(1..).unwrap_or_default().into());
+            argv.push(i64::from(j.max_attempts).into());
+            argv.push(key_index.into());
+            argv.push(i64::from(j.priority).into());
+            argv.push(ms(j.delay).into());
+            argv.push(j.unique_key.unwrap_or_default().into());
+        }
+        let reply: Value = self.run(&ENQUEUE, keys, argv).await?;
+        let flat = reply.into_array();
+        let mut out = Vec::with_capacity(flat.len() / 2);
+        let mut it = flat.into_iter();
+        while let (Some(id), Some(new)) = (it.next(), it.next()) {
+            let id = JobId::new(text(id)?);
+            out.push(match num(&new)? {
+                1 => Enqueued::New(id),
+                2 => Enqueued::Existing(id),
+                _ => Enqueued::Duplicate(id),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// A copy of `e` for each add of a failed coalesced call (errors are not `Clone`).
+fn same_error(e: &Error) -> Error {
+    match e {
+        Error::Redis(redtower_client::Error::Redis { kind, source }) => {
+            Error::Redis(redtower_client::Error::Redis {
+                kind: *kind,
+                source: source.clone(),
+            })
+        }
+        Error::Redis(other) => Error::Redis(redtower_client::Error::reply(other.to_string())),
+        Error::PayloadTooLarge { size, limit } => Error::PayloadTooLarge {
+            size: *size,
+            limit: *limit,
+        },
+        Error::InvalidOption(what) => Error::InvalidOption(what),
+        Error::InvalidSchedule(what) => Error::InvalidSchedule(what.clone()),
+        other => Error::Protocol(other.to_string()),
     }
 }
 
@@ -373,67 +545,21 @@ fn fetched(queue: &str, job: Value, now: u64) -> Result<Fetched> {
 
 #[async_trait::async_trait]
 impl QueueStore for RedisStore {
-    async fn enqueue(&self, queue: &str, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
-        if jobs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let base = self.base(queue);
-        let mut keys = self.keys(queue);
-        // The call's own marker: a re-send of this very request finds it.
-        keys.push(base.clone().push("add").push(super::random_key().as_str()));
-        let mut argv: Vec<Value> = Vec::with_capacity(4 + jobs.len() * 7);
-        argv.push(int(self.events_max_len).into());
-        argv.push((jobs.len() as i64).into());
-        argv.push(ms(self.idempotency_window).max(1).into());
-        argv.push(
-            ms(super::random_key_window(self.idempotency_window))
-                .max(1)
-                .into(),
-        );
-        for j in jobs {
-            // The record minus its opening brace and the fields the script adds (id, seq,
-            // created), so the script stores it without a JSON round trip.
-            let tail = serde_json::to_string(&RecordTail {
-                name: &j.name,
-                data: &j.data,
-                attempt: 0,
-                max: j.max_attempts,
-                backoff: &j.backoff,
-                prio: j.priority,
-                stalls: 0,
-                uniq: j.unique_key.as_deref(),
-                tc: j.trace.as_ref().map(TraceContext::encode),
-            })
-            .map_err(Error::Serialize)?;
-            // A caller's idempotency key: its marker, by its (1-based) index in KEYS.
-            let key_index = match &j.idempotency_key {
-                Some(key) => {
-                    keys.push(base.clone().push("idem").push(key.as_str()));
-                    keys.len() as i64
+    async fn enqueue(&self, queue: &str, mut jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        if let (Some(adds), 1) = (&self.adds, jobs.len()) {
+            let job = jobs.pop().expect("one job");
+            match adds.call((queue.to_owned(), job)).await {
+                Ok(result) => return result.map(|e| vec![e]),
+                // No runtime to batch on: the add goes on its own.
+                Err(Uncoalesced::NotSent((_, job))) => jobs.push(job),
+                Err(Uncoalesced::Dropped) => {
+                    return Err(Error::Redis(redtower_client::Error::reply(
+                        "the enqueue call carrying this add was dropped before it answered",
+                    )));
                 }
-                None => 0,
-            };
-            argv.push(j.name.into());
-            argv.push(tail.get(1..).unwrap_or_default().into());
-            argv.push(i64::from(j.max_attempts).into());
-            argv.push(key_index.into());
-            argv.push(i64::from(j.priority).into());
-            argv.push(ms(j.delay).into());
-            argv.push(j.unique_key.unwrap_or_default().into());
+            }
         }
-        let reply: Value = self.run(&ENQUEUE, keys, argv).await?;
-        let flat = reply.into_array();
-        let mut out = Vec::with_capacity(flat.len() / 2);
-        let mut it = flat.into_iter();
-        while let (Some(id), Some(new)) = (it.next(), it.next()) {
-            let id = JobId::new(text(id)?);
-            out.push(match num(&new)? {
-                1 => Enqueued::New(id),
-                2 => Enqueued::Existing(id),
-                _ => Enqueued::Duplicate(id),
-            });
-        }
-        Ok(out)
+        self.enqueue_call(queue, jobs).await
     }
 
     async fn work(&self, queue: &str, req: WorkRequest) -> Result<WorkReply> {

@@ -252,3 +252,44 @@ pub async fn workers_fire_schedulers(store: Store, q: &str) {
     );
     assert_eq!(queue.schedulers().await.unwrap()[0].count, 1);
 }
+
+/// A worker fires every due scheduler when more are due than one pass takes (100): the next
+/// pass follows at once instead of waiting for the next tick or the poll interval.
+pub async fn many_due_schedulers_fire_together(store: Store, q: &str) {
+    let queue = queue(&store, q);
+    let all: Vec<u32> = (0..250).collect();
+    for chunk in all.chunks(50) {
+        futures::future::join_all(chunk.iter().map(|i| {
+            let queue = &queue;
+            async move {
+                queue
+                    .schedule(
+                        &format!("s{i}"),
+                        Schedule::every(Duration::from_millis(HOUR)),
+                        w("a"),
+                    )
+                    .await
+                    .unwrap()
+            }
+        }))
+        .await;
+    }
+    let worker = Worker::new(store.clone(), q)
+        .poll_interval(Duration::from_millis(HOUR))
+        .concurrency(50)
+        .handle::<Welcome>(|_: Welcome, _| async { Ok::<(), redtower_jobs::JobError>(()) })
+        .start();
+    wait_for("every scheduler's first tick completed", || async {
+        queue.counts().await.unwrap().completed == 250
+    })
+    .await;
+    worker.shutdown().await.unwrap();
+    assert!(
+        queue
+            .schedulers()
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.count == 1)
+    );
+}
