@@ -1,7 +1,10 @@
 //! redtower-jobs versus BullMQ on the same fresh Redis, in the same run: 50,000 no-op jobs,
 //! bulk enqueue, single enqueue (50 in flight) and processing at concurrency 50; and job
 //! schedulers: `N / 10` schedulers (every hour) created 50 in flight until each one's first
-//! tick is a job in the queue (BullMQ: `upsertJobScheduler`, which adds the first job).
+//! tick is a job in the queue (BullMQ: `upsertJobScheduler`, which adds the first job); and
+//! flows: `N / 100` flows of one parent and 10 children (on another queue), added 50 in
+//! flight while workers (concurrency 50 per queue) run, until every parent completed (BullMQ:
+//! `FlowProducer.add`).
 //!
 //! Run with: `cargo bench -p redtower-jobs --bench jobs` (BullMQ runs too when
 //! `crates/redtower-jobs/bench/node_modules` exists: `npm ci` in that folder). `N=...` changes
@@ -9,7 +12,7 @@
 //!
 //! Besides the human lines, it prints one machine-readable line per scenario, starting with
 //! `RESULT ` and followed by one JSON object:
-//! `{"bench":"redtower-jobs","scenario":"bulk_enqueue"|"single_enqueue"|"processing_c50"|"scheduler_first_tick",
+//! `{"bench":"redtower-jobs","scenario":"bulk_enqueue"|"single_enqueue"|"processing_c50"|"scheduler_first_tick"|"flows_1p10c",
 //! "jobs":N,"redtower_per_s":..,"bullmq_per_s":..|null,"ratio":..|null,
 //! "round_trips_per_job":..|null,"load_avg_1m":..|null}` (`ratio` = redtower / BullMQ, measured
 //! in the same run; `load_avg_1m` read when the scenario ended).
@@ -24,7 +27,9 @@ use std::{
 
 use futures::future::join_all;
 use redtower_client::{Redis, RedisConfig};
-use redtower_jobs::{Job, JobContext, JobError, JobOptions, Queue, RedisStore, Schedule, Worker};
+use redtower_jobs::{
+    Flow, Job, JobContext, JobError, JobOptions, Queue, RedisStore, Schedule, Worker,
+};
 use redtower_testkit::RedisServer;
 use serde::{Deserialize, Serialize};
 
@@ -127,6 +132,52 @@ async fn schedulers(store: &RedisStore, n: u32) -> f64 {
         added += queue.run_schedulers().await.unwrap().added.len();
     }
     f64::from(n) / t.elapsed().as_secs_f64()
+}
+
+/// `nf` flows of one parent and 10 children (another queue), added 50 in flight while a
+/// worker per queue (concurrency 50) runs, until every parent completed: flows per second.
+async fn flows(store: &RedisStore, nf: u32) -> f64 {
+    let parents = Queue::<Noop>::new(store.clone(), "bench-flow");
+    let kids = Queue::<Noop>::new(store.clone(), "bench-flow-kids");
+    let done = Arc::new(AtomicU64::new(0));
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let (d2, n2) = (done.clone(), notify.clone());
+    let kid_worker = Worker::new(store.clone(), "bench-flow-kids")
+        .concurrency(50)
+        .handle::<Noop>(|_j: Noop, _c: JobContext| async { Ok::<(), JobError>(()) })
+        .start();
+    let parent_worker = Worker::new(store.clone(), "bench-flow")
+        .concurrency(50)
+        .handle::<Noop>(|_j: Noop, _c: JobContext| async { Ok::<(), JobError>(()) })
+        .on_completed(move |_| {
+            let (d, nt) = (d2.clone(), n2.clone());
+            async move {
+                if d.fetch_add(1, Ordering::Relaxed) + 1 == u64::from(nf) {
+                    nt.notify_one();
+                }
+            }
+        })
+        .start();
+    let t = Instant::now();
+    let all: Vec<u32> = (0..nf).collect();
+    for chunk in all.chunks(50) {
+        join_all(chunk.iter().map(|&i| {
+            let (parents, kids) = (&parents, &kids);
+            async move {
+                let mut flow = Flow::new(parents, Noop { n: i });
+                for k in 0..10 {
+                    flow = flow.child(format!("c{k}"), kids, Noop { n: k });
+                }
+                flow.add().await.unwrap()
+            }
+        }))
+        .await;
+    }
+    notify.notified().await;
+    let rate = f64::from(nf) / t.elapsed().as_secs_f64();
+    kid_worker.shutdown().await.unwrap();
+    parent_worker.shutdown().await.unwrap();
+    rate
 }
 
 async fn processing(store: &RedisStore, server: &RedisServer, n: u32) -> (f64, f64) {
@@ -242,6 +293,8 @@ async fn main() {
     let (rt_process, rtt) = processing(&store, &server, n).await;
     let n_sched = (n / 10).max(1);
     let rt_sched = schedulers(&store, n_sched).await;
+    let n_flows = (n / 100).max(1);
+    let rt_flows = flows(&store, n_flows).await;
     let ours_load = load_avg();
     server.cmd(&["FLUSHALL"]);
 
@@ -249,6 +302,7 @@ async fn main() {
         "redtower-jobs ({n} jobs): bulk {rt_bulk:.0}/s, single {rt_single:.0}/s, processing {rt_process:.0}/s, {rtt:.3} scripts per processed job"
     );
     println!("redtower-jobs ({n_sched} schedulers): created with their first tick {rt_sched:.0}/s");
+    println!("redtower-jobs ({n_flows} flows of 1 parent + 10 children): {rt_flows:.0} flows/s");
     let b = bullmq(server.port(), n);
     let load = load_avg().or(ours_load);
     let get = |k: &str| {
@@ -258,6 +312,13 @@ async fn main() {
     };
     let (ob, os, op) = (get("bulk"), get("single"), get("process"));
     let osched = get("schedulers");
+    let oflows = get("flows");
+    if let Some(bf) = oflows {
+        println!(
+            "BullMQ        ({n_flows} flows): {bf:.0} flows/s; ratio {:.2}x",
+            rt_flows / bf
+        );
+    }
     if let (Some(bb), Some(bs), Some(bp)) = (ob, os, op) {
         println!(
             "BullMQ        ({n} jobs): bulk {bb:.0}/s, single {bs:.0}/s, processing {bp:.0}/s"
@@ -292,5 +353,9 @@ async fn main() {
             None,
             load
         )
+    );
+    println!(
+        "{}",
+        result_line("flows_1p10c", n_flows, rt_flows, oflows, None, load)
     );
 }
