@@ -258,7 +258,7 @@
 //! after step 1: a worker of `P` finds the flow unsealed after
 //! [`Worker::flow_unsealed_after`] (30 s) and adds the missing children from the stored specs
 //! (idempotency keys make the ones already added count once), then seals it. Re-adding a flow
-//! with the same [`Flow::id`] returns its ids. The `flow_chaos` test runs 150 flows of 6
+//! with the same [`Flow::id`] returns its ids. The `flow_chaos` test runs 300 flows of 6
 //! children through three worker processes killed with `SIGKILL` at random: every parent
 //! completes, none before its children, none more often than its lost leases explain.
 //!

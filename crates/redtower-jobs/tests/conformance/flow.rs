@@ -485,7 +485,7 @@ pub async fn flow_half_added_is_finished_by_a_worker(store: Store, q: &str) {
 /// Bad flows are refused before anything is stored.
 pub async fn flow_limits(store: Store, q: &str) {
     let ship = Queue::<Ship>::new(store.clone(), q);
-    let picks = Queue::<Pick>::new(store.clone(), &format!("{q}-pick"));
+    let picks = Queue::<Pick>::new(store.clone(), format!("{q}-pick"));
     let none = Flow::new(&ship, Ship { order: 1 }).add().await;
     assert!(matches!(none, Err(redtower_jobs::Error::InvalidOption(_))));
     let dup = Flow::new(&ship, Ship { order: 1 })
