@@ -539,7 +539,7 @@ async fn add_children(
     Ok(ids)
 }
 
-/// What one [`relay`] pass did.
+/// What one flow relay pass did ([`Queue::relay_flows`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RelayReport {
