@@ -138,7 +138,13 @@ pub(crate) fn jobs(exe: &Path, crate_dir: &Path, n: u32) -> Result<Vec<Row>, Str
             "scheduler_first_tick",
             "jobs: schedulers created with their first tick, 50 in flight",
         ),
+        (
+            "flows",
+            "flows_1p10c",
+            "jobs: flows of 1 parent + 10 children, 50 in flight, until every parent completed",
+        ),
     ] {
+        let unit = if what == "flows" { "flows/s" } else { "jobs/s" };
         let Some(result) = results.iter().find(|r| r["scenario"] == key) else {
             continue;
         };
@@ -147,7 +153,7 @@ pub(crate) fn jobs(exe: &Path, crate_dir: &Path, n: u32) -> Result<Vec<Row>, Str
             scenario,
             "redtower-jobs",
             true,
-            "jobs/s",
+            unit,
         );
         r.rate = result["redtower_per_s"].as_f64();
         r.round_trips = result["round_trips_per_job"].as_f64();
@@ -161,7 +167,7 @@ pub(crate) fn jobs(exe: &Path, crate_dir: &Path, n: u32) -> Result<Vec<Row>, Str
                 scenario,
                 "BullMQ",
                 false,
-                "jobs/s",
+                unit,
             );
             b.rate = Some(bullmq);
             rows.push(b);
