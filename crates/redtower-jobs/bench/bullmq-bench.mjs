@@ -1,8 +1,8 @@
 // BullMQ side of the redtower-jobs benchmark. Usage: REDIS_PORT=6390 N=50000 node bullmq-bench.mjs
 // Prints one JSON line: jobs/s for bulk enqueue, single enqueue and processing at concurrency 50,
-// schedulers created with their first job per second, and repeatable jobs (tick jobs/s and
-// redis-server CPU µs per tick).
-import { Queue, Worker } from 'bullmq';
+// schedulers created with their first job per second, repeatable jobs (tick jobs/s and
+// redis-server CPU µs per tick), and flows (1 parent + 10 children) completed per second.
+import { FlowProducer, Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 
 const port = Number(process.env.REDIS_PORT ?? 6379);
@@ -98,6 +98,43 @@ async function ticks(q, name, NS) {
   return { rate, us };
 }
 
+// Flows: NF flows of one parent ('bench-flow') and 10 children ('bench-flow-kids'), added 50
+// in flight with FlowProducer while workers (concurrency 50 each) run both queues, until every
+// parent completed: flows per second.
+async function flows(NF) {
+  const pq = await fresh('bench-flow');
+  const cq = await fresh('bench-flow-kids');
+  const producer = new FlowProducer({ connection });
+  let done = 0;
+  let resolve;
+  const finished = new Promise((r) => (resolve = r));
+  const kids = new Worker('bench-flow-kids', async () => {}, { connection, concurrency: 50 });
+  const parents = new Worker('bench-flow', async () => {}, { connection, concurrency: 50 });
+  parents.on('completed', () => {
+    done += 1;
+    if (done === NF) resolve();
+  });
+  const t = performance.now();
+  for (let i = 0; i < NF; i += INFLIGHT) {
+    const adds = [];
+    for (let j = i; j < Math.min(NF, i + INFLIGHT); j++) {
+      const children = [];
+      for (let k = 0; k < 10; k++) {
+        children.push({ name: 'child', queueName: 'bench-flow-kids', data: { n: j, k }, opts });
+      }
+      adds.push(producer.add({ name: 'parent', queueName: 'bench-flow', data: { n: j }, opts, children }));
+    }
+    await Promise.all(adds);
+  }
+  await finished;
+  const rate = NF / ((performance.now() - t) / 1000);
+  await Promise.all([kids.close(), parents.close(), producer.close()]);
+  await pq.obliterate({ force: true });
+  await cq.obliterate({ force: true });
+  await Promise.all([pq.close(), cq.close()]);
+  return rate;
+}
+
 async function processing(q, name) {
   let done = 0;
   let resolve;
@@ -130,6 +167,7 @@ await q4.obliterate({ force: true });
 const q5 = await fresh('bench-ticks');
 const t = await ticks(q5, 'bench-ticks', Math.max(1, Math.floor(N / 10)));
 await q5.obliterate({ force: true }).catch(() => {});
+const flowRate = await flows(Math.max(1, Math.floor(N / 100)));
 await Promise.all([q1.close(), q2.close(), q3.close(), q4.close(), q5.close(), admin.quit()]);
 console.log(
   JSON.stringify({
@@ -139,6 +177,7 @@ console.log(
     schedulers: schedRate,
     ticks: t.rate,
     ticks_redis_us: t.us,
+    flows: flowRate,
   }),
 );
 process.exit(0);

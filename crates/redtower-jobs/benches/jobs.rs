@@ -3,7 +3,10 @@
 //! processing at concurrency 50; and job schedulers (redtower-jobs and BullMQ): `N / 10`
 //! schedulers (every hour) created 50 in flight until each one's first tick is a job in the
 //! queue, then repeatable jobs: `N / 10` schedulers every second run by one worker at
-//! concurrency 50, tick jobs completed per second over 5 s and redis-server's CPU per tick.
+//! concurrency 50, tick jobs completed per second over 5 s and redis-server's CPU per tick;
+//! and flows (redtower-jobs and BullMQ): `N / 100` flows of one parent and 10 children (on
+//! another queue), added 50 in flight while workers (concurrency 50 per queue) run, until
+//! every parent completed (BullMQ: `FlowProducer.add`).
 //! `ROUNDS` rounds (default 3), the systems taking turns, each round starting with the next.
 //!
 //! Run with: `cargo bench -p redtower-jobs --bench jobs`. BullMQ runs when
@@ -14,11 +17,12 @@
 //!
 //! Besides the human lines, it prints one machine-readable line per scenario, starting with
 //! `RESULT ` and followed by one JSON object: `bench`, `scenario` (`bulk_enqueue`,
-//! `single_enqueue`, `processing_c50`, `scheduler_first_tick`, `scheduler_ticks`), `jobs`,
-//! `rounds`, the medians `redtower_per_s`, `bullmq_per_s`, `apalis_per_s` (`null` when not
-//! run), `ratio` (redtower / BullMQ) and `ratio_apalis` (redtower / apalis), each round's
-//! numbers (`*_rounds`), `apalis_nolock_per_s` (processing with apalis' per-task locks off),
-//! `round_trips_per_job` (processing), `redis_cpu_us_per_job` (redtower's enqueue and ticks),
+//! `single_enqueue`, `processing_c50`, `scheduler_first_tick`, `scheduler_ticks`,
+//! `flows_1p10c`), `jobs` (flows for `flows_1p10c`), `rounds`, the medians `redtower_per_s`,
+//! `bullmq_per_s`, `apalis_per_s` (`null` when not run), `ratio` (redtower / BullMQ) and
+//! `ratio_apalis` (redtower / apalis), each round's numbers (`*_rounds`),
+//! `apalis_nolock_per_s` (processing with apalis' per-task locks off), `round_trips_per_job`
+//! (processing), `redis_cpu_us_per_job` (redtower's enqueue and ticks),
 //! `bullmq_redis_cpu_us_per_job` (ticks) and `load_avg_1m` at the end of the run.
 
 use std::{
@@ -31,7 +35,9 @@ use std::{
 
 use futures::future::join_all;
 use redtower_client::{Redis, RedisConfig};
-use redtower_jobs::{Job, JobContext, JobError, JobOptions, Queue, RedisStore, Schedule, Worker};
+use redtower_jobs::{
+    Flow, Job, JobContext, JobError, JobOptions, Queue, RedisStore, Schedule, Worker,
+};
 use redtower_testkit::RedisServer;
 use serde::{Deserialize, Serialize};
 
@@ -184,6 +190,52 @@ async fn ticks(store: &RedisStore, server: &RedisServer, n: u32) -> (f64, f64) {
     let us = (redis_cpu(server) - cpu) * 1e6 / jobs;
     worker.shutdown().await.unwrap();
     (rate, us)
+}
+
+/// `nf` flows of one parent and 10 children (another queue), added 50 in flight while a
+/// worker per queue (concurrency 50) runs, until every parent completed: flows per second.
+async fn flows(store: &RedisStore, nf: u32) -> f64 {
+    let parents = Queue::<Noop>::new(store.clone(), "bench-flow");
+    let kids = Queue::<Noop>::new(store.clone(), "bench-flow-kids");
+    let done = Arc::new(AtomicU64::new(0));
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let (d2, n2) = (done.clone(), notify.clone());
+    let kid_worker = Worker::new(store.clone(), "bench-flow-kids")
+        .concurrency(50)
+        .handle::<Noop>(|_j: Noop, _c: JobContext| async { Ok::<(), JobError>(()) })
+        .start();
+    let parent_worker = Worker::new(store.clone(), "bench-flow")
+        .concurrency(50)
+        .handle::<Noop>(|_j: Noop, _c: JobContext| async { Ok::<(), JobError>(()) })
+        .on_completed(move |_| {
+            let (d, nt) = (d2.clone(), n2.clone());
+            async move {
+                if d.fetch_add(1, Ordering::Relaxed) + 1 == u64::from(nf) {
+                    nt.notify_one();
+                }
+            }
+        })
+        .start();
+    let t = Instant::now();
+    let all: Vec<u32> = (0..nf).collect();
+    for chunk in all.chunks(50) {
+        join_all(chunk.iter().map(|&i| {
+            let (parents, kids) = (&parents, &kids);
+            async move {
+                let mut flow = Flow::new(parents, Noop { n: i });
+                for k in 0..10 {
+                    flow = flow.child(format!("c{k}"), kids, Noop { n: k });
+                }
+                flow.add().await.unwrap()
+            }
+        }))
+        .await;
+    }
+    notify.notified().await;
+    let rate = f64::from(nf) / t.elapsed().as_secs_f64();
+    kid_worker.shutdown().await.unwrap();
+    parent_worker.shutdown().await.unwrap();
+    rate
 }
 
 async fn processing(store: &RedisStore, server: &RedisServer, n: u32) -> (f64, f64) {
@@ -377,7 +429,7 @@ fn print_stats(server: &RedisServer, what: &str) {
 }
 
 /// One round of redtower-jobs on a fresh redis-server.
-async fn ours(n: u32, s: &mut [Scenario; 5]) {
+async fn ours(n: u32, s: &mut [Scenario; 6]) {
     let server = RedisServer::start();
     let redis = Redis::new(RedisConfig::from_url(&server.url()).unwrap()).unwrap();
     redis.wait_ready(Duration::from_secs(10)).await.unwrap();
@@ -415,6 +467,10 @@ async fn ours(n: u32, s: &mut [Scenario; 5]) {
     s[2].ours.push(rt_process);
     s[2].rtt.push(rtt);
     s[3].ours.push(rt_sched);
+    let n_flows = (n / 100).max(1);
+    let rt_flows = flows(&store, n_flows).await;
+    s[5].ours.push(rt_flows);
+    println!("redtower-jobs ({n_flows} flows of 1 parent + 10 children): {rt_flows:.0} flows/s");
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -429,7 +485,7 @@ async fn main() {
         .unwrap_or(3)
         .max(1);
     println!("load average at start: {:?}", load_avg());
-    let mut s: [Scenario; 5] = Default::default();
+    let mut s: [Scenario; 6] = Default::default();
     let get = |v: &Option<serde_json::Value>, k: &str| {
         v.as_ref()
             .and_then(|b| b.get(k))
@@ -442,7 +498,7 @@ async fn main() {
                 0 => ours(n, &mut s).await,
                 1 => {
                     let b = bullmq(n);
-                    for (i, k) in ["bulk", "single", "process", "schedulers", "ticks"]
+                    for (i, k) in ["bulk", "single", "process", "schedulers", "ticks", "flows"]
                         .iter()
                         .enumerate()
                     {
@@ -468,18 +524,23 @@ async fn main() {
     }
     let load = load_avg();
     println!("load average at end: {load:?}");
-    let n_sched = (n / 10).max(1);
+    let (n_sched, n_flows) = ((n / 10).max(1), (n / 100).max(1));
     for (i, name) in [
         "bulk_enqueue",
         "single_enqueue",
         "processing_c50",
         "scheduler_first_tick",
         "scheduler_ticks",
+        "flows_1p10c",
     ]
     .iter()
     .enumerate()
     {
-        let jobs = if i >= 3 { n_sched } else { n };
+        let jobs = match i {
+            0..3 => n,
+            3 | 4 => n_sched,
+            _ => n_flows,
+        };
         println!("{}", s[i].result_line(name, jobs, rounds, load));
     }
 }

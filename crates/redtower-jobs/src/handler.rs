@@ -2,7 +2,10 @@
 
 use std::{fmt, future::Future, marker::PhantomData, pin::Pin, sync::Arc, time::Duration};
 
-use crate::job::{Job, JobId};
+use crate::{
+    flow::{ChildResult, MAX_CHILD_RESULT},
+    job::{Job, JobId},
+};
 
 /// Why an attempt failed, and what to do about it. Any `std::error::Error` converts into a
 /// retryable `JobError`, so `?` works in handlers.
@@ -100,15 +103,20 @@ struct CtxInner {
     name: String,
     attempt: u32,
     max_attempts: u32,
+    /// A flow parent's children's outcomes.
+    children: Vec<ChildResult>,
+    /// A flow child's result for its parent (JSON text).
+    flow_result: std::sync::Mutex<Option<String>>,
 }
 
 impl JobContext {
-    pub(crate) fn new(
+    pub(crate) fn with_children(
         queue: Arc<str>,
         id: JobId,
         name: String,
         attempt: u32,
         max_attempts: u32,
+        children: Vec<ChildResult>,
     ) -> Self {
         Self {
             inner: Arc::new(CtxInner {
@@ -117,8 +125,58 @@ impl JobContext {
                 name,
                 attempt,
                 max_attempts,
+                children,
+                flow_result: std::sync::Mutex::new(None),
             }),
         }
+    }
+
+    /// For a flow parent: its children's outcomes (completed ones with the result each set,
+    /// failed ones under [`ChildFailure::Continue`](crate::ChildFailure::Continue); ignored
+    /// failures are left out), in the order the flow listed them. Empty for other jobs.
+    pub fn children(&self) -> &[ChildResult] {
+        &self.inner.children
+    }
+
+    /// For a flow parent: the result of child `key` decoded as `T`, if it completed with one.
+    pub fn child_result<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+        self.inner
+            .children
+            .iter()
+            .find(|c| c.key == key)
+            .and_then(ChildResult::decode)
+    }
+
+    /// For a flow child: the value its parent reads (see [`children`](Self::children)) if
+    /// this attempt completes. A later call replaces it; other jobs ignore it.
+    ///
+    /// # Errors
+    ///
+    /// A fatal [`JobError`] when the value does not serialize or its JSON is over
+    /// [`MAX_CHILD_RESULT`](crate::MAX_CHILD_RESULT) bytes (return it with `?`).
+    pub fn set_flow_result<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<(), JobError> {
+        let text = serde_json::to_string(value)
+            .map_err(|e| JobError::fatal(format!("flow result does not serialize: {e}")))?;
+        if text.len() > MAX_CHILD_RESULT {
+            return Err(JobError::fatal(format!(
+                "flow result is {} bytes, over the limit of {MAX_CHILD_RESULT}",
+                text.len()
+            )));
+        }
+        *self
+            .inner
+            .flow_result
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(text);
+        Ok(())
+    }
+
+    pub(crate) fn take_flow_result(&self) -> Option<String> {
+        self.inner
+            .flow_result
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// The queue's name.

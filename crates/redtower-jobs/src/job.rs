@@ -215,11 +215,14 @@ pub enum JobState {
     /// Failed for good: out of attempts, failed permanently, or lost too often (kept under the
     /// dead retention).
     Dead,
+    /// A flow parent waiting for its children (see [`Flow`](crate::Flow)).
+    WaitingChildren,
 }
 
 impl JobState {
     /// Every state, in life order.
-    pub const ALL: [JobState; 5] = [
+    pub const ALL: [JobState; 6] = [
+        JobState::WaitingChildren,
         JobState::Scheduled,
         JobState::Ready,
         JobState::Active,
@@ -234,6 +237,7 @@ impl JobState {
             JobState::Active => "active",
             JobState::Completed => "completed",
             JobState::Dead => "dead",
+            JobState::WaitingChildren => "waiting",
         }
     }
 
@@ -278,6 +282,47 @@ pub(crate) struct Record {
         with = "trace_field"
     )]
     pub(crate) trace: Option<TraceContext>,
+    /// A flow child's parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) fp: Option<crate::flow::FlowParent>,
+    /// A flow parent's child keys, while it waits for them.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_list"
+    )]
+    pub(crate) fw: Option<Vec<String>>,
+    /// A flow parent's child specs, until its flow is sealed.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "null_string"
+    )]
+    pub(crate) fspec: Option<String>,
+    /// A flow parent's children's outcomes, once they are final.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_kids"
+    )]
+    pub(crate) kids: Option<Vec<crate::flow::KidRecord>>,
+}
+
+// Lua's cjson writes an empty table as `{}`: an empty list.
+fn lenient_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    Ok(match Option::<serde_json::Value>::deserialize(d)? {
+        Some(v @ serde_json::Value::Array(_)) => serde_json::from_value(v).ok(),
+        _ => None,
+    })
+}
+
+fn lenient_kids<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<crate::flow::KidRecord>>, D::Error> {
+    Ok(match Option::<serde_json::Value>::deserialize(d)? {
+        Some(v @ serde_json::Value::Array(_)) => serde_json::from_value(v).ok(),
+        _ => None,
+    })
 }
 
 /// The record's `tc` field: a [`TraceContext`] as its encoded text (at most

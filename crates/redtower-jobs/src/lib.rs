@@ -109,7 +109,7 @@
 //!
 //! | script | changes state? | idempotent under re-send? | how |
 //! |---|---|---|---|
-//! | enqueue | yes | yes | every call (an `add_bulk`, or the single adds coalesced into it) carries a random id: its answer is kept for up to a minute and a re-send of the call is answered from it; a caller's idempotency key leaves a marker `key → id` for the [idempotency window](RedisStore::idempotency_window), so a retried add answers the first job's id |
+//! | enqueue | yes | yes | every call (an `add_bulk`, or the single adds coalesced into it) carries a random id: its answer is kept for up to a minute and a re-send of the call is answered from it; a caller's idempotency key leaves a marker `key → id` for the [idempotency window](RedisStore::idempotency_window), so a retried add answers the first job's id (a flow's children carry keys derived from their parent and child key, so adding them again adds each once) |
 //! | work (settle + fetch) | yes | yes | every request carries an id; its answer (settlement codes, leases handed out) is kept for its lease (10 s .. the window) and a re-send is answered from it; leases are fencing tokens, so without the record a re-send is fenced (stale), never a second settlement |
 //! | extend | yes (deadlines) | yes | fenced by the lease token; a re-send sets the same deadline a moment later |
 //! | admin: pause, resume | yes | yes | set / clear a flag |
@@ -118,6 +118,13 @@
 //! | schedule: upsert, remove | yes | yes | a re-send finds the spec it stored / nothing to delete |
 //! | schedule: fire | yes | yes | compare-and-set on the version and next tick read: a re-send finds the next tick moved on and adds nothing; each tick's job also leaves a marker (scheduler id + tick time) for the idempotency window |
 //! | schedule: due, list | no | yes | read only |
+//! | flow: parent | yes | yes | the parent's idempotency key ([`Flow::id`]) or, without one, a random id per call leaves a marker naming the parent: a re-send answers it and adds nothing |
+//! | flow: seal | yes | yes | removes the parent from the unsealed set: a re-send finds it gone |
+//! | flow: take (outbox) | yes (lease times) | yes | a re-send leases the same messages again: a message is only ever delivered again, never lost |
+//! | flow: deliver | yes | yes | each child's dependency is resolved once (its field is no longer pending after the first delivery), and a parent that no longer waits is skipped: a re-send or a re-delivery changes nothing |
+//! | flow: ack | yes | yes | deletes messages: a re-send finds them gone |
+//! | flow: unsealed | no | yes | read only |
+//! | work, admin remove (flow children) | yes | yes | a flow child's final state is written to its outbox in the same script that makes it final, under the script's own guard above |
 //!
 //! A worker re-sends a failed exchange with the same request id, so a settlement whose reply
 //! was lost is reported once and its [`on_completed`](Worker::on_completed) /
@@ -173,6 +180,98 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Flows
+//!
+//! A [`Flow`] is a parent job that runs once its children are final, like BullMQ's
+//! `FlowProducer`. Children may be on other queues; each has a key, unique in the flow, and a
+//! [`ChildFailure`] policy: fail the parent at once (the default), ignore the failure, or
+//! continue with partial results once every child is final. A child hands a value to its
+//! parent with [`JobContext::set_flow_result`]; the parent reads every child's outcome with
+//! [`JobContext::children`] (or one with [`JobContext::child_result`]). While it waits, the
+//! parent is in [`JobState::WaitingChildren`] (listed and counted like other states).
+//!
+//! ```
+//! use redtower_jobs::{ChildFailure, Flow, Job, JobContext, JobError, JobOptions, MemoryStore, Queue, Worker};
+//! # #[derive(serde::Serialize, serde::Deserialize)] struct Invoice { order: u64 }
+//! # impl Job for Invoice { const NAME: &'static str = "invoice"; }
+//! # #[derive(serde::Serialize, serde::Deserialize)] struct Price { sku: String }
+//! # impl Job for Price { const NAME: &'static str = "price"; }
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), redtower_jobs::Error> {
+//! let store = MemoryStore::new();
+//! let invoices = Queue::<Invoice>::new(store.clone(), "invoices");
+//! let prices = Queue::<Price>::new(store.clone(), "prices");
+//! let ids = Flow::new(&invoices, Invoice { order: 7 })
+//!     .child("tea", &prices, Price { sku: "tea".into() })
+//!     // A missing price is not fatal: the invoice is made without it.
+//!     .child_with("gift", &prices, Price { sku: "gift".into() }, JobOptions::new().attempts(1), ChildFailure::Continue)
+//!     .add()
+//!     .await?;
+//!
+//! let w1 = Worker::new(store.clone(), "prices")
+//!     .handle::<Price>(|p: Price, ctx: JobContext| async move {
+//!         if p.sku == "gift" { return Err(JobError::fatal("no price")); }
+//!         ctx.set_flow_result(&450u32)?;
+//!         Ok(())
+//!     })
+//!     .start();
+//! let w2 = Worker::new(store.clone(), "invoices")
+//!     .handle::<Invoice>(|_: Invoice, ctx: JobContext| async move {
+//!         let tea: Option<u32> = ctx.child_result("tea");
+//!         assert_eq!(tea, Some(450));
+//!         assert_eq!(ctx.children().len(), 2); // "gift" is there, as failed
+//!         Ok(())
+//!     })
+//!     .start();
+//! # tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+//! # assert_eq!(invoices.get(&ids.parent).await?.unwrap().state, redtower_jobs::JobState::Completed);
+//! # w1.shutdown().await?; w2.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! **How queues are coordinated without cross-slot scripts.** Every queue has its own hash
+//! tag, so no script touches two queues. A flow is a small saga of single-queue steps:
+//!
+//! 1. *Parent* (on the parent's queue `P`): one script adds the parent record in
+//!    `WaitingChildren` (`rt:q:{P}:fwait`), one dependency field per child in
+//!    `rt:q:{P}:fdeps` (`<parent>␀<key>` → pending with its policy, `<parent>␀#` → the count
+//!    still pending) and marks the flow unsealed (`:funseal`, the child specs kept in the
+//!    parent record).
+//! 2. *Children* (one enqueue per child queue `C`): each child's record names its parent
+//!    (queue, id, key); its idempotency key is derived from the parent and the key.
+//! 3. *Seal* (on `P`): drops the specs.
+//!
+//! When a child becomes final (completed, dead from failures or lost leases, or removed before
+//! it finished), the script that makes it final also writes a message to *its own* queue's
+//! outbox (`rt:q:{C}:fout` and `:fmsg`). A relay, which every worker of `C` runs right after it
+//! settles a flow child and every poll interval, takes due messages (leasing them for 5 s),
+//! delivers them to `P` with one script per parent queue, then acknowledges them on `C`. The
+//! delivery resolves each child once: a dependency no longer pending, or a parent no longer
+//! waiting, is skipped. When the last one resolves, the outcomes move into the parent's record
+//! and the parent becomes ready; a failure under [`ChildFailure::FailParent`] makes it dead at
+//! once.
+//!
+//! **Crashes and re-sends are harmless.** A process killed after a child became final and
+//! before the relay: the message waits in the outbox for any worker of `C`. Killed after the
+//! delivery and before the acknowledgement: the message comes back after its lease and its
+//! second delivery changes nothing. A re-sent script finds the same guards. A creator killed
+//! after step 1: a worker of `P` finds the flow unsealed after
+//! [`Worker::flow_unsealed_after`] (30 s) and adds the missing children from the stored specs
+//! (idempotency keys make the ones already added count once), then seals it. Re-adding a flow
+//! with the same [`Flow::id`] returns its ids. The `flow_chaos` test runs 300 flows of 6
+//! children through three worker processes killed with `SIGKILL` at random: every parent
+//! completes, none before its children, none more often than its lost leases explain.
+//!
+//! **BullMQ traps, and what happens here.** A failed child never strands its parent (there is
+//! always a policy, and stall deaths and removals count as failures); a removed child is a
+//! final state the parent hears about; a child retried after its parent was removed runs to
+//! the end and its report is dropped; a `Continue` parent waits for every child (it is not
+//! released by the first failure). Retrying a dead child by hand does not revive a parent that
+//! failed; retry the parent.
+//!
+//! Limits: up to [`MAX_CHILDREN`] children per flow, results up to [`MAX_CHILD_RESULT`]; a
+//! flow is one level (a parent is not itself a child of another flow).
+//!
 //! # Limits
 //!
 //! | what | default | setting |
@@ -193,6 +292,13 @@
 //! | ticks added per scheduler and pass (catch-up) | 100, the rest on the next passes | (fixed) |
 //! | scheduler passes of a worker | at the earliest next tick, at least every poll interval | [`Worker::schedulers`] |
 //! | tick markers kept | the idempotency window, about 100 bytes each | [`RedisStore::idempotency_window`] |
+//! | children per flow | 1 ..= 1,000 | [`MAX_CHILDREN`] |
+//! | child key | 1 ..= 256 bytes, no NUL | [`MAX_CHILD_KEY`] |
+//! | a child's result for its parent | 64 KiB of JSON | [`MAX_CHILD_RESULT`] |
+//! | a waiting parent's dependencies | one hash field per child (its result once resolved), deleted when the parent is released, fails or is removed | (follows the flow) |
+//! | outbox messages | one per flow child that finished and is not yet relayed (its result included) | (relayed within a poll interval) |
+//! | flow re-added by [`Flow::id`] | within the idempotency window | [`RedisStore::idempotency_window`] |
+//! | half-added flow finished by a worker | after 30 s | [`Worker::flow_unsealed_after`] |
 //!
 //! # Redis
 //!
@@ -205,12 +311,14 @@
 //!
 //! * `email_queue.rs`: an axum producer (`POST /emails`, `GET /jobs/{id}`) and its
 //!   [`Worker`] in one program, in process or over Redis (`REDIS_URL`);
-//! * `crash_worker.rs`: a worker that hangs in its job, for the crash test (`tests/crash.rs`).
+//! * `crash_worker.rs`: a worker that hangs in its job, for the crash test (`tests/crash.rs`);
+//! * `flow_instance.rs`: the worker process of the flow chaos test (`tests/flow_chaos.rs`).
 //!
 //! # Metrics
 //!
 //! Through the [`metrics`] facade, labelled by `queue`: counters
 //! `redtower_jobs_{enqueued,scheduled,started,completed,failed,retried,dead,released,lease_lost}_total`,
+//! `redtower_jobs_flows_added_total`,
 //! histograms `redtower_jobs_wait_seconds` and `redtower_jobs_run_seconds`, and the gauge
 //! `redtower_jobs_clock_skew_seconds` (a worker's clock minus the store's, set when it starts).
 //!
@@ -244,6 +352,7 @@
 mod clock;
 mod error;
 mod event;
+mod flow;
 mod handler;
 mod job;
 mod queue;
@@ -256,6 +365,10 @@ pub use chrono_tz;
 pub use clock::{Clock, ClockSkew};
 pub use error::{Error, Result};
 pub use event::{EventKind, QueueEvent};
+pub use flow::{
+    ChildFailure, ChildOutcome, ChildResult, ChildStatus, Flow, FlowDep, FlowIds, FlowMessage,
+    FlowParent, MAX_CHILD_KEY, MAX_CHILD_RESULT, MAX_CHILDREN, RelayReport,
+};
 pub use handler::{Handler, JobContext, JobError, JobRequest, ServiceHandler};
 pub use job::{Backoff, Job, JobId, JobInfo, JobState};
 pub use queue::{AddJob, JobOptions, MAX_PRIORITY, Queue};

@@ -339,6 +339,11 @@ impl<J: Job> Queue<J> {
         Ok(out.into_iter().map(|e| e.id().clone()).collect())
     }
 
+    /// The stored form of `job` with options `o`, checked (payload size, attempts, keys).
+    pub(crate) fn prepare_job(&self, job: &J, o: JobOptions) -> Result<NewJob> {
+        self.prepare(job, o)
+    }
+
     fn prepare(&self, job: &J, o: JobOptions) -> Result<NewJob> {
         let data = serde_json::to_string(job).map_err(Error::Serialize)?;
         if data.len() > self.shared.max_payload {
@@ -376,6 +381,7 @@ impl<J: Job> Queue<J> {
             trace: redtower_client::TraceContext::current(),
             #[cfg(not(feature = "opentelemetry"))]
             trace: None,
+            flow_parent: None,
         })
     }
 }

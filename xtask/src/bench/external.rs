@@ -158,7 +158,13 @@ pub(crate) fn jobs(
             "scheduler_ticks",
             "jobs: repeatable jobs, schedulers every 1 s, tick jobs run",
         ),
+        (
+            "flows",
+            "flows_1p10c",
+            "jobs: flows of 1 parent + 10 children, 50 in flight, until every parent completed",
+        ),
     ] {
+        let unit = if what == "flows" { "flows/s" } else { "jobs/s" };
         let Some(result) = results.iter().find(|r| r["scenario"] == key) else {
             continue;
         };
@@ -167,7 +173,7 @@ pub(crate) fn jobs(
             scenario,
             "redtower-jobs",
             true,
-            "jobs/s",
+            unit,
         );
         r.rate = result["redtower_per_s"].as_f64();
         r.rounds = rounds(&result["redtower_rounds"]);
@@ -188,7 +194,7 @@ pub(crate) fn jobs(
                 scenario,
                 "BullMQ",
                 false,
-                "jobs/s",
+                unit,
             );
             b.rate = Some(bullmq);
             b.rounds = rounds(&result["bullmq_rounds"]);

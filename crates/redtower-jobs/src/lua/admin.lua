@@ -9,17 +9,20 @@
 -- A bad record (not JSON, a field out of range) never fails a call: remove deletes it, retry
 -- answers 0, get and list return the raw text for the client to show.
 -- ARGV: ev_max, op, ...
+-- Flows (see flow.lua): remove of a waiting parent drops its dependencies; remove of an
+-- unfinished flow child tells its parent through the outbox ('removed').
 local op = ARGV[2]
+K_FWAIT, K_FDEPS, K_FOUT, K_FMSG, K_FUNSEAL = KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17]
 if op == 'time' then return now end
 if op == 'counts' then
   return { redis.call('ZCARD', K_SCHED), redis.call('ZCARD', K_READY),
     redis.call('ZCARD', K_ACTIVE), redis.call('ZCARD', K_DONE), redis.call('ZCARD', K_DEAD),
-    redis.call('HGET', K_META, 'paused') == '1' and 1 or 0 }
+    redis.call('HGET', K_META, 'paused') == '1' and 1 or 0, redis.call('ZCARD', K_FWAIT) }
 end
 
 local sets = { active = K_ACTIVE, ready = K_READY, scheduled = K_SCHED, completed = K_DONE,
-  dead = K_DEAD }
-local order = { 'active', 'ready', 'scheduled', 'completed', 'dead' }
+  dead = K_DEAD, waiting = K_FWAIT }
+local order = { 'active', 'ready', 'scheduled', 'waiting', 'completed', 'dead' }
 
 local function locate(id)
   for _, st in ipairs(order) do
@@ -81,7 +84,19 @@ elseif op == 'remove' then
   local raw = redis.call('HGET', K_JOBS, id)
   if not raw then return 0 end
   local rec = decode(raw)
-  if rec then drop_uniq(id, rec) end
+  if rec then
+    drop_uniq(id, rec)
+    if type(rec.fw) == 'table' then
+      local fields = { id .. '\0#' }
+      for _, k in ipairs(rec.fw) do fields[#fields + 1] = id .. '\0' .. k end
+      multi('HDEL', K_FDEPS, fields)
+      redis.call('ZREM', K_FUNSEAL, id)
+    end
+    if rec.fp ~= nil and not redis.call('ZSCORE', K_DONE, id)
+      and not redis.call('ZSCORE', K_DEAD, id) then
+      flow_out(id, rec, 'r', nil, nil)
+    end
+  end
   for _, st in ipairs(order) do redis.call('ZREM', sets[st], id) end
   redis.call('HDEL', K_LEASE, id)
   redis.call('HDEL', K_JOBS, id)

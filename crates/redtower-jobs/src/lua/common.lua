@@ -11,6 +11,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local function n2s(x) return string.format('%.0f', x) end
 local now_s = n2s(now)
+-- Flow keys (see flow.lua), set by the scripts that declare them.
+local K_FWAIT, K_FDEPS, K_FOUT, K_FMSG, K_FUNSEAL
 
 -- One command for many arguments: `cmd key a1 a2 ...`, in chunks that stay below Lua's
 -- stack limit for `unpack`.
@@ -131,9 +133,25 @@ local function trim(set, keep_n, keep_age)
   end
 end
 
+-- A flow child's final state (c completed, d dead, r removed) goes to its own queue's outbox
+-- in the same script that made it final; a relay delivers it to the parent's queue (flow.lua).
+local function flow_out(id, rec, st, err, res)
+  if type(rec.fp) ~= 'table' or not K_FOUT then return end
+  local mid = id .. ':' .. now_s .. ':' .. st
+  local m = { q = rec.fp.q, p = rec.fp.p, k = rec.fp.k, i = id, s = st }
+  if present(err) then m.e = err end
+  if present(res) then m.v = res end
+  redis.call('HSET', K_FMSG, mid, cjson.encode(m))
+  redis.call('ZADD', K_FOUT, now_s, mid)
+end
+
 -- Moves a job out of the active set into done/dead; the caller trims the set once per call.
 -- The finish time is the set's score; the record is rewritten only when it changed (dirty).
-local function finish(id, rec, set, keep_n, dirty)
+-- `result`: a flow child's result (JSON text), for its parent.
+local function finish(id, rec, set, keep_n, dirty, result)
+  if rec.fp ~= nil then
+    if set == K_DONE then flow_out(id, rec, 'c', nil, result) else flow_out(id, rec, 'd', rec.err, nil) end
+  end
   drop_uniq(id, rec)
   if keep_n <= 0 then
     redis.call('HDEL', K_JOBS, id)

@@ -12,7 +12,7 @@
 -- ARGV: ev_max, lease_ms, fetch_n, max_stalls, keep_done_n, keep_done_age_ms, keep_dead_n,
 --       keep_dead_age_ms, n_settle, window_ms, then n_settle x (id, token, kind, a, b)
 -- kind: c = complete (a job without a dedup key; a = its attempt, b = its name, as fetched),
---       u = complete (read the record), r = retry (a = delay_ms, b = error),
+--       u = complete (read the record; b = a flow child's result or ''), r = retry (a = delay_ms, b = error),
 --       f = fail (b = error), x = release
 -- The record's `attempt` counts attempts that ended in a failure; a running or completed
 -- attempt is not in it (a fetch does not rewrite the record, a completion keeps it as it is).
@@ -26,6 +26,8 @@ local keep_dead_n, keep_dead_age = tonumber(ARGV[7]), tonumber(ARGV[8])
 local n_settle = tonumber(ARGV[9])
 local window = ARGV[10]
 local K_REPLAY = KEYS[13]
+-- A flow child's outbox (see flow.lua).
+K_FOUT, K_FMSG = KEYS[14], KEYS[15]
 
 -- How long until the next scheduled job is due or the next lease ends (-1: none).
 local function next_hint()
@@ -113,7 +115,7 @@ for i = 0, n_settle - 1 do
       elseif rec then
         if kind == 'u' then
           rec.attempt = rec.attempt + 1
-          finish(id, rec, K_DONE, keep_done_n, false)
+          finish(id, rec, K_DONE, keep_done_n, false, ARGV[b + 4])
           emit_completed(id, rec.name, rec.attempt)
           code = 1
         elseif kind == 'x' then

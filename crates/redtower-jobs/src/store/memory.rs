@@ -20,9 +20,12 @@ use super::{
 use crate::{
     Result,
     event::{EventKind, QueueEvent},
+    flow::{FlowDep, FlowMessage},
     job::{JobId, JobInfo, JobState, Record},
     schedule::{Fire, StoredScheduler},
 };
+
+mod flow;
 
 const PRIO: u64 = 1 << 32;
 /// How long the idempotency key of an add and the answer to a work request are kept (as
@@ -133,6 +136,8 @@ struct QueueState {
     scheds: BTreeMap<String, Sched>,
     wake: watch::Sender<u64>,
     events: broadcast::Sender<QueueEvent>,
+    /// Flows: waiting parents, their dependencies, the outbox.
+    flow: flow::FlowState,
 }
 
 impl QueueState {
@@ -155,6 +160,7 @@ impl QueueState {
             scheds: BTreeMap::new(),
             wake: watch::channel(0).0,
             events: broadcast::channel(cap.max(1)).0,
+            flow: flow::FlowState::default(),
         }
     }
 
@@ -212,6 +218,10 @@ impl QueueState {
             started: None,
             fin: None,
             trace: j.trace,
+            fp: j.flow_parent,
+            fw: None,
+            fspec: None,
+            kids: None,
         };
         if let Some(u) = j.unique_key {
             self.uniq.insert(u, id);
@@ -247,6 +257,13 @@ impl QueueState {
             waited: Duration::from_millis(now.saturating_sub(rec.created)),
             invalid: None,
             trace: rec.trace,
+            flow_child: rec.fp.is_some(),
+            children: rec
+                .kids
+                .unwrap_or_default()
+                .into_iter()
+                .map(crate::flow::KidRecord::into_result)
+                .collect(),
         })
     }
 
@@ -304,7 +321,16 @@ impl QueueState {
         }
     }
 
-    fn finish(&mut self, id: u64, dead: bool, now: u64, r: &Retention) {
+    /// `result`: a completed flow child's result, for its parent.
+    fn finish(&mut self, id: u64, dead: bool, now: u64, r: &Retention, result: Option<String>) {
+        if self.jobs.get(&id).is_some_and(|rec| rec.fp.is_some()) {
+            let status = if dead {
+                crate::flow::ChildStatus::Dead
+            } else {
+                crate::flow::ChildStatus::Completed
+            };
+            self.flow_out(id, status, result, now);
+        }
         self.drop_uniq(id);
         let (keep_n, keep_age) = if dead {
             (r.dead_count, r.dead_age)
@@ -348,6 +374,7 @@ impl QueueState {
             (JobState::Active, &self.active),
             (JobState::Ready, &self.ready),
             (JobState::Scheduled, &self.sched),
+            (JobState::WaitingChildren, &self.flow.waiting),
             (JobState::Completed, &self.done),
             (JobState::Dead, &self.dead),
         ]
@@ -439,11 +466,15 @@ impl QueueState {
             return Settled::Stale;
         };
         match settle {
-            Settle::Complete => {
+            Settle::Complete | Settle::CompleteFlowChild { .. } => {
                 let mut rec = rec.clone();
                 // The stored record keeps counting failed attempts only (as in Redis).
                 rec.attempt = rec.attempt.saturating_add(1);
-                self.finish(id, false, now, retention);
+                let result = match settle {
+                    Settle::CompleteFlowChild { flow_result } => flow_result,
+                    _ => None,
+                };
+                self.finish(id, false, now, retention, result);
                 self.emit(EventKind::Completed, &rec);
                 Settled::Completed
             }
@@ -468,7 +499,7 @@ impl QueueState {
                 rec.started = Some(started);
                 rec.err = Some(error);
                 let mut rec = rec.clone();
-                self.finish(id, true, now, retention);
+                self.finish(id, true, now, retention, None);
                 rec.fin = Some(now);
                 self.emit(EventKind::Dead, &rec);
                 Settled::Dead
@@ -506,7 +537,7 @@ impl QueueState {
                     rec.stalls
                 ));
                 let rec = rec.clone();
-                self.finish(*id, true, now, retention);
+                self.finish(*id, true, now, retention, None);
                 self.emit(EventKind::Dead, &rec);
             } else {
                 let rec = rec.clone();
@@ -670,6 +701,7 @@ impl QueueStore for MemoryStore {
             completed: q.done.len(),
             dead: q.dead.len(),
             paused: q.paused,
+            waiting_children: q.flow.waiting.len(),
         }))
     }
 
@@ -691,6 +723,7 @@ impl QueueStore for MemoryStore {
                 JobState::Active => &q.active,
                 JobState::Completed => &q.done,
                 JobState::Dead => &q.dead,
+                JobState::WaitingChildren => &q.flow.waiting,
             };
             let ids: Vec<u64> = if matches!(state, JobState::Completed | JobState::Dead) {
                 set.by_score
@@ -743,12 +776,18 @@ impl QueueStore for MemoryStore {
     }
 
     async fn remove(&self, queue: &str, id: &JobId) -> Result<bool> {
-        Ok(self.with(queue, |q, _| {
+        Ok(self.with(queue, |q, now| {
             let Some(id) = parse_id(id) else {
                 return false;
             };
             if !q.jobs.contains_key(&id) {
                 return false;
+            }
+            if q.flow.waiting.score.contains_key(&id) {
+                q.drop_deps(id);
+            }
+            if !q.done.score.contains_key(&id) && !q.dead.score.contains_key(&id) {
+                q.flow_out(id, crate::flow::ChildStatus::Removed, None, now);
             }
             q.drop_uniq(id);
             for set in [
@@ -882,6 +921,61 @@ impl QueueStore for MemoryStore {
             }
             Some(ids)
         }))
+    }
+
+    async fn add_parent(
+        &self,
+        queue: &str,
+        job: NewJob,
+        deps: Vec<FlowDep>,
+        spec: String,
+    ) -> Result<Enqueued> {
+        Ok(self.with(queue, |q, now| {
+            q.expire(now);
+            q.add_parent(job, deps, spec, now, now.saturating_add(ms(WINDOW)))
+        }))
+    }
+
+    async fn seal_parent(&self, queue: &str, id: &JobId) -> Result<()> {
+        if let Some(id) = parse_id(id) {
+            self.with(queue, |q, _| q.seal_parent(id));
+        }
+        Ok(())
+    }
+
+    async fn unsealed_parents(
+        &self,
+        queue: &str,
+        older_than: Duration,
+        limit: usize,
+    ) -> Result<Vec<(JobId, String)>> {
+        Ok(self.with(queue, |q, now| q.unsealed_parents(older_than, limit, now)))
+    }
+
+    async fn take_outbox(
+        &self,
+        queue: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<FlowMessage>> {
+        Ok(self.with(queue, |q, now| q.take_outbox(limit, lease, now)))
+    }
+
+    async fn deliver(
+        &self,
+        parent_queue: &str,
+        child_queue: &str,
+        messages: Vec<FlowMessage>,
+        retention: Retention,
+    ) -> Result<Vec<u8>> {
+        Ok(self.with(parent_queue, |q, now| {
+            q.deliver(child_queue, messages, &retention, now)
+        }))
+    }
+
+    async fn ack_outbox(&self, queue: &str, ids: Vec<String>) -> Result<()> {
+        self.with(queue, |q, _| q.ack_outbox(ids));
+        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@ use redtower_client::TraceContext;
 use crate::{
     Result,
     event::QueueEvent,
+    flow::{ChildResult, FlowDep, FlowMessage, FlowParent},
     job::{Backoff, JobId, JobInfo, JobState},
     schedule::{Fire, StoredScheduler},
 };
@@ -46,6 +47,9 @@ pub struct NewJob {
     /// this trace. [`Queue`](crate::Queue) sets it to the current span's context with the
     /// `opentelemetry` feature; `None` stores nothing.
     pub trace: Option<TraceContext>,
+    /// For a flow child: its parent (see [`Flow`](crate::Flow)). Its final state (completed,
+    /// dead, removed) goes to its queue's outbox, for the parent's queue.
+    pub flow_parent: Option<FlowParent>,
 }
 
 impl NewJob {
@@ -62,6 +66,7 @@ impl NewJob {
             unique_key: None,
             idempotency_key: None,
             trace: None,
+            flow_parent: None,
         }
     }
 
@@ -134,6 +139,14 @@ pub enum Settle {
     },
     /// Not run to the end (shutdown): back to ready at once, the attempt is not counted.
     Release,
+    /// Done, for a flow child: `flow_result` (JSON text, at most
+    /// [`MAX_CHILD_RESULT`](crate::MAX_CHILD_RESULT) bytes) is handed to its parent with its
+    /// final state. Stored only in the flow's outbox message and then in the parent's record
+    /// (not with the child).
+    CompleteFlowChild {
+        /// The result set with [`JobContext::set_flow_result`](crate::JobContext::set_flow_result).
+        flow_result: Option<String>,
+    },
 }
 
 /// What happened to one settlement.
@@ -259,6 +272,11 @@ pub struct Fetched {
     /// The W3C trace context stored with the job, if any: the worker's span for the attempt
     /// is its child (with the `opentelemetry` feature).
     pub trace: Option<TraceContext>,
+    /// Whether the job is a flow child (its completion is reported with
+    /// [`Settle::CompleteFlowChild`], and the worker relays its final state).
+    pub flow_child: bool,
+    /// For a flow parent: its children's outcomes (the ignored failures left out).
+    pub children: Vec<ChildResult>,
 }
 
 impl Fetched {
@@ -274,6 +292,8 @@ impl Fetched {
             waited: Duration::ZERO,
             invalid: Some(reason),
             trace: None,
+            flow_child: false,
+            children: Vec::new(),
         }
     }
 }
@@ -306,6 +326,8 @@ pub struct Counts {
     pub dead: u64,
     /// Whether the queue is paused.
     pub paused: bool,
+    /// Flow parents waiting for their children.
+    pub waiting_children: u64,
 }
 
 impl Counts {
@@ -317,6 +339,7 @@ impl Counts {
             JobState::Active => self.active,
             JobState::Completed => self.completed,
             JobState::Dead => self.dead,
+            JobState::WaitingChildren => self.waiting_children,
         }
     }
 }
@@ -420,6 +443,55 @@ pub trait QueueStore: fmt::Debug + Send + Sync + 'static {
     /// when the compare-and-set failed (another process fired, the spec changed, or a tick is
     /// later than the store's time) and nothing was changed.
     async fn fire_scheduler(&self, queue: &str, fire: Fire) -> Result<Option<Vec<JobId>>>;
+
+    /// Flows: adds `job` to `queue` as a parent waiting for `deps` (its children, not added
+    /// yet), unsealed, keeping `spec` (opaque) until [`seal_parent`](Self::seal_parent). An
+    /// idempotency key of `job` seen within the window answers the first parent
+    /// ([`Enqueued::Existing`]) and adds nothing.
+    async fn add_parent(
+        &self,
+        queue: &str,
+        job: NewJob,
+        deps: Vec<FlowDep>,
+        spec: String,
+    ) -> Result<Enqueued>;
+
+    /// Flows: marks parent `id`'s children as all added (drops its spec). No-op if sealed.
+    async fn seal_parent(&self, queue: &str, id: &JobId) -> Result<()>;
+
+    /// Flows: up to `limit` parents of `queue` unsealed for longer than `older_than`, with
+    /// their specs.
+    async fn unsealed_parents(
+        &self,
+        queue: &str,
+        older_than: Duration,
+        limit: usize,
+    ) -> Result<Vec<(JobId, String)>>;
+
+    /// Flows: up to `limit` messages of `queue`'s outbox that are due, each leased for
+    /// `lease` (not handed out again before it ends unless acknowledged).
+    async fn take_outbox(
+        &self,
+        queue: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<FlowMessage>>;
+
+    /// Flows: resolves children of `child_queue` in their parents on `parent_queue`, each
+    /// once (a message for a child already resolved, or whose parent no longer waits, changes
+    /// nothing). A parent whose last child resolves becomes ready; one whose child failed
+    /// under [`ChildFailure::FailParent`](crate::ChildFailure::FailParent) dead (kept under
+    /// `retention`). Per message: 0 no change, 1 recorded, 2 parent ready, 3 parent dead.
+    async fn deliver(
+        &self,
+        parent_queue: &str,
+        child_queue: &str,
+        messages: Vec<FlowMessage>,
+        retention: Retention,
+    ) -> Result<Vec<u8>>;
+
+    /// Flows: deletes delivered messages from `queue`'s outbox.
+    async fn ack_outbox(&self, queue: &str, ids: Vec<String>) -> Result<()>;
 }
 
 /// A shared store is a store: an `Arc<dyn QueueStore>` chosen at run time (or an `Arc` of a
@@ -509,6 +581,54 @@ impl<T: QueueStore + ?Sized> QueueStore for Arc<T> {
 
     async fn fire_scheduler(&self, queue: &str, fire: Fire) -> Result<Option<Vec<JobId>>> {
         (**self).fire_scheduler(queue, fire).await
+    }
+
+    async fn add_parent(
+        &self,
+        queue: &str,
+        job: NewJob,
+        deps: Vec<FlowDep>,
+        spec: String,
+    ) -> Result<Enqueued> {
+        (**self).add_parent(queue, job, deps, spec).await
+    }
+
+    async fn seal_parent(&self, queue: &str, id: &JobId) -> Result<()> {
+        (**self).seal_parent(queue, id).await
+    }
+
+    async fn unsealed_parents(
+        &self,
+        queue: &str,
+        older_than: Duration,
+        limit: usize,
+    ) -> Result<Vec<(JobId, String)>> {
+        (**self).unsealed_parents(queue, older_than, limit).await
+    }
+
+    async fn take_outbox(
+        &self,
+        queue: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<FlowMessage>> {
+        (**self).take_outbox(queue, limit, lease).await
+    }
+
+    async fn deliver(
+        &self,
+        parent_queue: &str,
+        child_queue: &str,
+        messages: Vec<FlowMessage>,
+        retention: Retention,
+    ) -> Result<Vec<u8>> {
+        (**self)
+            .deliver(parent_queue, child_queue, messages, retention)
+            .await
+    }
+
+    async fn ack_outbox(&self, queue: &str, ids: Vec<String>) -> Result<()> {
+        (**self).ack_outbox(queue, ids).await
     }
 }
 

@@ -14,12 +14,13 @@ use redtower_client::{
 };
 
 use super::{
-    Counts, Enqueued, Fetched, Lease, NewJob, QueueStore, Settle, Settled, Waiter, WorkReply,
-    WorkRequest,
+    Counts, Enqueued, Fetched, Lease, NewJob, QueueStore, Retention, Settle, Settled, Waiter,
+    WorkReply, WorkRequest,
 };
 use crate::{
     Error, Result,
     event::QueueEvent,
+    flow::{FlowDep, FlowMessage},
     job::{JobId, JobInfo, JobState, Record},
     schedule::{Fire, StoredScheduler},
 };
@@ -48,11 +49,14 @@ static WORK: LazyLock<Script> = script!("jobs_work", "work");
 static EXTEND: LazyLock<Script> = script!("jobs_extend", "extend");
 static ADMIN: LazyLock<Script> = script!("jobs_admin", "admin");
 static SCHEDULE: LazyLock<Script> = script!("jobs_schedule", "schedule");
+static FLOW: LazyLock<Script> = script!("jobs_flow", "flow");
 
 const PARTS: [&str; 12] = [
     "jobs", "ready", "sched", "active", "done", "dead", "lease", "uniq", "meta", "wake", "events",
     "seq",
 ];
+/// Flow keys (see `lua/flow.lua`): KEYS[13..17] of the admin and flow scripts.
+const FLOW_PARTS: [&str; 5] = ["fwait", "fdeps", "fout", "fmsg", "funseal"];
 const WAKE: usize = 9;
 const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
 const EVENTS: usize = 10;
@@ -184,6 +188,25 @@ impl RedisStore {
         PARTS.iter().map(|p| base.clone().push(*p)).collect()
     }
 
+    /// The queue's keys followed by its flow keys.
+    fn flow_keys(&self, queue: &str) -> Vec<Key> {
+        let base = self.base(queue);
+        PARTS
+            .iter()
+            .chain(FLOW_PARTS.iter())
+            .map(|p| base.clone().push(*p))
+            .collect()
+    }
+
+    /// Runs the flow script (`op` and its arguments; `extra` keys after the flow keys).
+    async fn flow(&self, queue: &str, extra: Vec<Key>, args: Vec<Value>) -> Result<Value> {
+        let mut keys = self.flow_keys(queue);
+        keys.extend(extra);
+        let mut argv = vec![Value::from(int(self.events_max_len))];
+        argv.extend(args);
+        self.run(&FLOW, keys, argv).await
+    }
+
     /// Runs the schedule script (`op` and its arguments; `extra` keys after the scheduler
     /// keys).
     async fn schedule(&self, queue: &str, extra: Vec<Key>, args: Vec<Value>) -> Result<Value> {
@@ -199,7 +222,7 @@ impl RedisStore {
     async fn admin(&self, queue: &str, args: Vec<Value>) -> Result<Value> {
         let mut argv = vec![Value::from(int(self.events_max_len))];
         argv.extend(args);
-        self.run(&ADMIN, self.keys(queue), argv).await
+        self.run(&ADMIN, self.flow_keys(queue), argv).await
     }
 
     /// The keys and arguments of the work script for `req` (see `lua/work.lua`).
@@ -218,7 +241,11 @@ impl RedisStore {
         argv.push(ms(super::replay_window(req.lease, self.idempotency_window)).into());
         let mut keys = self.keys(queue);
         let request_id = req.request_id.unwrap_or_else(super::random_key);
-        keys.push(self.base(queue).push("x").push(request_id.as_str()));
+        let base = self.base(queue);
+        keys.push(base.clone().push("x").push(request_id.as_str()));
+        // A flow child's outbox (KEYS[14], KEYS[15]).
+        keys.push(base.clone().push("fout"));
+        keys.push(base.push("fmsg"));
         for (lease, s) in req.settle {
             let token = Token::parse(&lease.token);
             argv.push(lease.id.as_str().into());
@@ -229,6 +256,9 @@ impl RedisStore {
                 (Settle::Retry { delay, error }, _) => ("r", ms(delay).into(), error.into()),
                 (Settle::Fail { error }, _) => ("f", 0.into(), error.into()),
                 (Settle::Release, _) => ("x", 0.into(), "".into()),
+                (Settle::CompleteFlowChild { flow_result }, _) => {
+                    ("u", 0.into(), flow_result.unwrap_or_default().into())
+                }
             };
             argv.push(kind.into());
             argv.push(a);
@@ -314,6 +344,8 @@ impl RedisStore {
                 stalls: 0,
                 uniq: j.unique_key.as_deref(),
                 tc: j.trace.as_ref().map(TraceContext::encode),
+                // A flow child's parent (queue, id, key): its final state goes to the outbox.
+                fp: j.flow_parent.as_ref(),
             })
             .map_err(Error::Serialize)?;
             // A caller's idempotency key: its marker, by its (1-based) index in KEYS.
@@ -380,6 +412,8 @@ struct RecordTail<'a> {
     uniq: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tc: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fp: Option<&'a crate::flow::FlowParent>,
 }
 
 fn text(v: Value) -> Result<String> {
@@ -530,8 +564,22 @@ fn fetched(queue: &str, job: Value, now: u64) -> Result<Fetched> {
     Ok(Fetched {
         lease: Lease {
             id: JobId::new(id),
-            token: Token::format(&tok, attempt, rec.uniq.is_some(), &rec.name),
+            // A flow child completes through the record (its outbox message), like a job
+            // with a dedup key.
+            token: Token::format(
+                &tok,
+                attempt,
+                rec.uniq.is_some() || rec.fp.is_some(),
+                &rec.name,
+            ),
         },
+        flow_child: rec.fp.is_some(),
+        children: rec
+            .kids
+            .unwrap_or_default()
+            .into_iter()
+            .map(crate::flow::KidRecord::into_result)
+            .collect(),
         name: rec.name,
         data: rec.data,
         attempt,
@@ -600,6 +648,7 @@ impl QueueStore for RedisStore {
             completed: n(3),
             dead: n(4),
             paused: n(5) == 1,
+            waiting_children: n(6),
         })
     }
 
@@ -775,6 +824,7 @@ impl QueueStore for RedisStore {
             stalls: 0,
             uniq: None,
             tc: None,
+            fp: None,
         })
         .map_err(Error::Serialize)?;
         let mut argv: Vec<Value> = vec![
@@ -800,6 +850,175 @@ impl QueueStore for RedisStore {
                 .map(|id| text(id).map(JobId::new))
                 .collect::<Result<_>>()?,
         ))
+    }
+
+    async fn add_parent(
+        &self,
+        queue: &str,
+        job: NewJob,
+        deps: Vec<FlowDep>,
+        spec: String,
+    ) -> Result<Enqueued> {
+        let tail = serde_json::to_string(&RecordTail {
+            name: &job.name,
+            data: &job.data,
+            attempt: 0,
+            max: job.max_attempts,
+            backoff: &job.backoff,
+            prio: job.priority,
+            stalls: 0,
+            uniq: None,
+            tc: job.trace.as_ref().map(TraceContext::encode),
+            fp: job.flow_parent.as_ref(),
+        })
+        .map_err(Error::Serialize)?;
+        let base = self.base(queue);
+        // The caller's idempotency key, or one for this call only (a re-send finds it).
+        let marker = match &job.idempotency_key {
+            Some(k) => base.push("idem").push(k.as_str()),
+            None => base.push("add").push(super::random_key().as_str()),
+        };
+        let keep = if job.idempotency_key.is_some() {
+            self.idempotency_window
+        } else {
+            super::random_key_window(self.idempotency_window)
+        };
+        let mut argv: Vec<Value> = vec![
+            "parent".into(),
+            ms(keep).max(1).into(),
+            job.name.as_str().into(),
+            tail.get(1..).unwrap_or_default().into(),
+            i64::from(job.priority).into(),
+            (deps.len() as i64).into(),
+            spec.into(),
+        ];
+        for d in &deps {
+            argv.push(d.key.as_str().into());
+            argv.push(d.policy_code().into());
+        }
+        let v = self.flow(queue, vec![marker], argv).await?.into_array();
+        let mut it = v.into_iter();
+        let (Some(id), Some(code)) = (it.next(), it.next()) else {
+            return Err(Error::Protocol("flow parent reply".into()));
+        };
+        let id = JobId::new(text(id)?);
+        Ok(if num(&code)? == 1 {
+            Enqueued::New(id)
+        } else {
+            Enqueued::Existing(id)
+        })
+    }
+
+    async fn seal_parent(&self, queue: &str, id: &JobId) -> Result<()> {
+        self.flow(queue, vec![], vec!["seal".into(), id.as_str().into()])
+            .await?;
+        Ok(())
+    }
+
+    async fn unsealed_parents(
+        &self,
+        queue: &str,
+        older_than: Duration,
+        limit: usize,
+    ) -> Result<Vec<(JobId, String)>> {
+        let v = self
+            .flow(
+                queue,
+                vec![],
+                vec![
+                    "unsealed".into(),
+                    ms(older_than).into(),
+                    i64::try_from(limit).unwrap_or(i64::MAX).into(),
+                ],
+            )
+            .await?;
+        v.into_array()
+            .into_iter()
+            .map(|row| {
+                let mut it = row.into_array().into_iter();
+                match (it.next(), it.next()) {
+                    (Some(id), Some(spec)) => Ok((JobId::new(text(id)?), text(spec)?)),
+                    _ => Err(Error::Protocol("unsealed flow row".into())),
+                }
+            })
+            .collect()
+    }
+
+    async fn take_outbox(
+        &self,
+        queue: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<FlowMessage>> {
+        let v = self
+            .flow(
+                queue,
+                vec![],
+                vec![
+                    "take".into(),
+                    ms(lease).max(1).into(),
+                    i64::try_from(limit).unwrap_or(i64::MAX).into(),
+                ],
+            )
+            .await?;
+        let mut out = Vec::new();
+        for row in v.into_array() {
+            let mut it = row.into_array().into_iter();
+            let (Some(id), Some(msg)) = (it.next(), it.next()) else {
+                return Err(Error::Protocol("outbox row".into()));
+            };
+            let (id, msg) = (text(id)?, text(msg)?);
+            match serde_json::from_str::<crate::flow::MessageRecord>(&msg) {
+                Ok(m) => out.push(m.into_message(id)),
+                Err(e) => {
+                    // Not deliverable: dropped, so that it does not come back for ever.
+                    tracing::warn!(target: "redtower::jobs", queue, id, error = %e, "bad flow outbox message; dropping it");
+                    self.ack_outbox(queue, vec![id]).await?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn deliver(
+        &self,
+        parent_queue: &str,
+        child_queue: &str,
+        messages: Vec<FlowMessage>,
+        retention: Retention,
+    ) -> Result<Vec<u8>> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut argv: Vec<Value> = vec![
+            "deliver".into(),
+            int(retention.dead_count).into(),
+            child_queue.into(),
+            (messages.len() as i64).into(),
+        ];
+        for m in messages {
+            argv.push(m.parent.id.as_str().into());
+            argv.push(m.parent.key.into());
+            argv.push(m.child.as_str().into());
+            argv.push(m.status.code().into());
+            argv.push(m.error.unwrap_or_default().into());
+            argv.push(m.result.unwrap_or_default().into());
+        }
+        let v = self.flow(parent_queue, vec![], argv).await?;
+        v.into_array()
+            .iter()
+            .map(|c| num(c).map(|c| u8::try_from(c).unwrap_or(0)))
+            .collect()
+    }
+
+    async fn ack_outbox(&self, queue: &str, ids: Vec<String>) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut argv: Vec<Value> = vec!["ack".into()];
+        argv.extend(ids.into_iter().map(Value::from));
+        self.flow(queue, vec![], argv).await?;
+        Ok(())
     }
 }
 

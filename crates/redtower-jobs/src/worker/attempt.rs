@@ -20,6 +20,8 @@ use crate::{
 /// A job being run by the worker.
 pub(super) struct Running {
     pub(super) job: Fetched,
+    /// The handler's context (a flow child's result is read from it).
+    ctx: JobContext,
     started: Instant,
     abort: task::AbortHandle,
     /// The attempt's `redtower.jobs.run` span, open until the attempt is settled.
@@ -63,7 +65,7 @@ fn settled_outcome(s: Settled) -> &'static str {
 impl Worker {
     pub(super) fn spawn(
         &self,
-        job: Fetched,
+        mut job: Fetched,
         tasks: &mut JoinSet<Result<(), JobError>>,
         running: &mut HashMap<task::Id, Running>,
     ) {
@@ -71,19 +73,21 @@ impl Worker {
         metrics::counter!("redtower_jobs_started_total", "queue" => q.clone()).increment(1);
         metrics::histogram!("redtower_jobs_wait_seconds", "queue" => q)
             .record(job.waited.as_secs_f64());
-        let ctx = JobContext::new(
+        let ctx = JobContext::with_children(
             self.queue.clone(),
             job.lease.id.clone(),
             job.name.clone(),
             job.attempt,
             job.max_attempts,
+            std::mem::take(&mut job.children),
         );
+        let handler_ctx = ctx.clone();
         let fut: crate::handler::BoxFuture = match (&job.invalid, self.handlers.get(&job.name)) {
             (Some(reason), _) => {
                 let msg = format!("bad job record: {reason}");
                 Box::pin(async move { Err(JobError::fatal(msg)) })
             }
-            (None, Some(h)) => h(&job.data, ctx),
+            (None, Some(h)) => h(&job.data, handler_ctx),
             (None, None) => {
                 let msg = format!("no handler for job `{}` in this worker", job.name);
                 Box::pin(async move { Err(JobError::fatal(msg)) })
@@ -114,6 +118,7 @@ impl Worker {
             abort.id(),
             Running {
                 job,
+                ctx,
                 started: Instant::now(),
                 abort,
                 span,
@@ -143,6 +148,12 @@ impl Worker {
             return;
         };
         let (settle, outcome) = match result {
+            Ok(()) if r.job.flow_child => (
+                Settle::CompleteFlowChild {
+                    flow_result: r.ctx.take_flow_result(),
+                },
+                Outcome::Completed,
+            ),
             Ok(()) => (Settle::Complete, Outcome::Completed),
             Err(e) if e.is_retryable() => {
                 let delay = e
@@ -181,6 +192,10 @@ impl Worker {
     ) {
         let q = self.queue.to_string();
         for ((r, _, outcome), s) in batch.into_iter().zip(settled) {
+            if r.job.flow_child && matches!(s, Settled::Completed | Settled::Dead) {
+                // Its final state is in the outbox: relay it now.
+                self.flow_relay.notify_one();
+            }
             let run_time = r.started.elapsed();
             r.span.record("outcome", settled_outcome(s));
             if matches!(s, Settled::Retrying | Settled::Dead) {

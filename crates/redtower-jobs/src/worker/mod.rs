@@ -132,6 +132,9 @@ pub struct Worker {
     on_failed: Vec<Hook>,
     clock: Clock,
     schedulers: bool,
+    /// Signals the flow relay (see `run::flow_loop`) that a flow child was settled.
+    flow_relay: Arc<tokio::sync::Notify>,
+    flow_unsealed_after: Duration,
 }
 
 impl fmt::Debug for Worker {
@@ -172,6 +175,8 @@ impl Worker {
             on_failed: Vec::new(),
             clock: Clock::system(),
             schedulers: true,
+            flow_relay: Arc::new(tokio::sync::Notify::new()),
+            flow_unsealed_after: crate::flow::UNSEALED_AFTER,
         }
     }
 
@@ -285,6 +290,15 @@ impl Worker {
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.on_failed.push(Arc::new(move |f| Box::pin(hook(f))));
+        self
+    }
+
+    /// How long a [`Flow`](crate::Flow) whose parent is on this queue may stay half added
+    /// (its creator stopped between adding the parent and adding the children) before this
+    /// worker adds the missing children. Defaults to 30 s; keep it well below the store's
+    /// idempotency window (children are added once per window).
+    pub fn flow_unsealed_after(mut self, d: Duration) -> Self {
+        self.flow_unsealed_after = d;
         self
     }
 

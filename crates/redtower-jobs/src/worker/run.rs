@@ -54,6 +54,8 @@ impl Worker {
         let schedulers = me
             .schedulers
             .then(|| AbortOnDrop(tokio::spawn(scheduler_loop(me.clone()))));
+        // Flows: relays the final states of this queue's flow children to their parents.
+        let flows = AbortOnDrop(tokio::spawn(flow_loop(me.clone())));
         let idle = Arc::new(IdleSignal::new(me.poll_interval));
         // Aborted when this task ends, even when it is itself aborted.
         let waiter = AbortOnDrop(tokio::spawn(wait_loop(me.clone(), idle.clone())));
@@ -100,6 +102,7 @@ impl Worker {
         }
 
         drop(waiter);
+        drop(flows);
         drop(skew_check);
         drop(schedulers);
         state.land_inflight(&me).await;
@@ -239,6 +242,39 @@ async fn scheduler_loop(w: Arc<Worker>) {
             }
         };
         tokio::time::sleep(pause).await;
+    }
+}
+
+/// Relays this queue's flow outbox (see [`crate::flow`]) when a flow child was settled, and
+/// every poll interval (children that died of lost leases or were removed, relays that
+/// crashed, flows left unsealed); after a store error, backs off (100 ms, doubling, at most
+/// 5 s).
+async fn flow_loop(w: Arc<Worker>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let pause = match crate::flow::relay(
+            w.store.as_ref(),
+            &w.queue,
+            w.retention,
+            w.flow_unsealed_after,
+        )
+        .await
+        {
+            Ok(_) => {
+                backoff = Duration::from_millis(100);
+                w.poll_interval
+            }
+            Err(e) => {
+                tracing::warn!(target: "redtower::jobs", queue = %w.queue, error = %e, "flow relay failed; trying again");
+                let b = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                b
+            }
+        };
+        tokio::select! {
+            () = w.flow_relay.notified() => {}
+            () = tokio::time::sleep(pause) => {}
+        }
     }
 }
 
