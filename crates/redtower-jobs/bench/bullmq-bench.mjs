@@ -1,5 +1,7 @@
 // BullMQ side of the redtower-jobs benchmark. Usage: REDIS_PORT=6390 N=50000 node bullmq-bench.mjs
-// Prints one JSON line: jobs/s for bulk enqueue, single enqueue and processing at concurrency 50.
+// Prints one JSON line: jobs/s for bulk enqueue, single enqueue and processing at concurrency 50,
+// job schedulers, and a rate-limited queue (limiter 100 per 100 ms: steady start rate after the
+// first window, and throughput over the whole run).
 import { Queue, Worker } from 'bullmq';
 
 const port = Number(process.env.REDIS_PORT ?? 6379);
@@ -70,6 +72,33 @@ async function processing(q, name) {
   return rate;
 }
 
+// Rate-limited queue: M jobs, limiter { max: 100, duration: 100 } (1,000/s), concurrency 50.
+async function rateLimited(M) {
+  const name = 'bench-rate';
+  const q = await fresh(name);
+  for (let i = 0; i < M; i += BATCH) {
+    const jobs = [];
+    for (let j = i; j < Math.min(M, i + BATCH); j++) jobs.push({ name: 'noop', data: { n: j }, opts });
+    await q.addBulk(jobs);
+  }
+  const starts = [];
+  let resolve;
+  const finished = new Promise((r) => (resolve = r));
+  const t = performance.now();
+  const worker = new Worker(name, async () => {
+    starts.push(performance.now());
+    if (starts.length === M) resolve();
+  }, { connection, concurrency: 50, limiter: { max: 100, duration: 100 } });
+  await finished;
+  const total = M / ((performance.now() - t) / 1000);
+  await worker.close();
+  starts.sort((a, b) => a - b);
+  const steady = (M - 100) / ((starts[M - 1] - starts[0]) / 1000);
+  await q.obliterate({ force: true });
+  await q.close();
+  return { steady, total };
+}
+
 const q1 = await fresh('bench-bulk');
 const bulkRate = await bulk(q1);
 await q1.obliterate({ force: true });
@@ -83,6 +112,10 @@ await q3.obliterate({ force: true });
 const q4 = await fresh('bench-sched');
 const schedRate = await schedulers(q4, Math.max(1, Math.floor(N / 10)));
 await q4.obliterate({ force: true });
+const rate = await rateLimited(Math.max(1000, Math.floor(N / 10)));
 await Promise.all([q1.close(), q2.close(), q3.close(), q4.close()]);
-console.log(JSON.stringify({ bulk: bulkRate, single: singleRate, process: processRate, schedulers: schedRate }));
+console.log(JSON.stringify({
+  bulk: bulkRate, single: singleRate, process: processRate, schedulers: schedRate,
+  rate_steady: rate.steady, rate_total: rate.total,
+}));
 process.exit(0);

@@ -7,12 +7,21 @@
 //! `crates/redtower-jobs/bench/node_modules` exists: `npm ci` in that folder). `N=...` changes
 //! the job count.
 //!
+//! Rate-limited queue: `max(N / 10, 1000)` jobs on a queue limited to 1,000 starts a second
+//! (redtower: `QueueLimits::rate(100, 100 ms)`; BullMQ: `limiter: { max: 100, duration: 100 }`),
+//! one worker at concurrency 50. Reported: the steady rate (starts after the first burst of
+//! 100, over the time from the first start to the last) against the limit (`accuracy`), and
+//! the throughput (jobs over the whole run, burst included).
+//!
 //! Besides the human lines, it prints one machine-readable line per scenario, starting with
 //! `RESULT ` and followed by one JSON object:
 //! `{"bench":"redtower-jobs","scenario":"bulk_enqueue"|"single_enqueue"|"processing_c50"|"scheduler_first_tick",
 //! "jobs":N,"redtower_per_s":..,"bullmq_per_s":..|null,"ratio":..|null,
 //! "round_trips_per_job":..|null,"load_avg_1m":..|null}` (`ratio` = redtower / BullMQ, measured
-//! in the same run; `load_avg_1m` read when the scenario ended).
+//! in the same run; `load_avg_1m` read when the scenario ended). The rate-limited scenario
+//! (`"rate_limited_1000_per_s"`) reports the steady rate as `redtower_per_s` / `bullmq_per_s`
+//! and adds `limit_per_s`, `redtower_accuracy`, `bullmq_accuracy` (steady rate / limit) and
+//! `redtower_throughput_per_s`, `bullmq_throughput_per_s`.
 
 use std::{
     sync::{
@@ -24,7 +33,9 @@ use std::{
 
 use futures::future::join_all;
 use redtower_client::{Redis, RedisConfig};
-use redtower_jobs::{Job, JobContext, JobError, JobOptions, Queue, RedisStore, Schedule, Worker};
+use redtower_jobs::{
+    Job, JobContext, JobError, JobOptions, Queue, QueueLimits, RedisStore, Schedule, Worker,
+};
 use redtower_testkit::RedisServer;
 use serde::{Deserialize, Serialize};
 
@@ -173,6 +184,47 @@ async fn processing(store: &RedisStore, server: &RedisServer, n: u32) -> (f64, f
     (rate, rtt)
 }
 
+/// The rate limit of the rate-limited scenario: `RATE_MAX` starts per `RATE_WINDOW`.
+const RATE_MAX: u32 = 100;
+const RATE_WINDOW: Duration = Duration::from_millis(100);
+
+/// `m` jobs through a queue limited to `RATE_MAX` per `RATE_WINDOW`: (steady start rate after
+/// the first burst, throughput over the whole run).
+async fn rate_limited(store: &RedisStore, m: u32) -> (f64, f64) {
+    let queue = Queue::<Noop>::new(store.clone(), "bench-rate");
+    queue
+        .set_limits(QueueLimits::new().rate(RATE_MAX, RATE_WINDOW))
+        .await
+        .unwrap();
+    bulk(&queue, m).await;
+    let starts = Arc::new(std::sync::Mutex::new(Vec::with_capacity(m as usize)));
+    let done = Arc::new(AtomicU64::new(0));
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let (s2, d2, n2) = (starts.clone(), done.clone(), notify.clone());
+    let t = Instant::now();
+    let worker = Worker::new(store.clone(), "bench-rate")
+        .concurrency(50)
+        .handle::<Noop>(move |_j: Noop, _c: JobContext| {
+            let (s, d, nt) = (s2.clone(), d2.clone(), n2.clone());
+            async move {
+                s.lock().unwrap().push(Instant::now());
+                if d.fetch_add(1, Ordering::Relaxed) + 1 == u64::from(m) {
+                    nt.notify_one();
+                }
+                Ok::<(), JobError>(())
+            }
+        })
+        .start();
+    notify.notified().await;
+    let total = f64::from(m) / t.elapsed().as_secs_f64();
+    worker.shutdown().await.unwrap();
+    let mut starts = starts.lock().unwrap().clone();
+    starts.sort();
+    let span = starts[starts.len() - 1] - starts[0];
+    let steady = f64::from(m - RATE_MAX) / span.as_secs_f64();
+    (steady, total)
+}
+
 /// The 1-minute load average (Linux), for the record.
 fn load_avg() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
@@ -242,6 +294,8 @@ async fn main() {
     let (rt_process, rtt) = processing(&store, &server, n).await;
     let n_sched = (n / 10).max(1);
     let rt_sched = schedulers(&store, n_sched).await;
+    let n_rate = (n / 10).max(1000);
+    let (rt_rate, rt_rate_total) = rate_limited(&store, n_rate).await;
     let ours_load = load_avg();
     server.cmd(&["FLUSHALL"]);
 
@@ -258,6 +312,14 @@ async fn main() {
     };
     let (ob, os, op) = (get("bulk"), get("single"), get("process"));
     let osched = get("schedulers");
+    let (orate, orate_total) = (get("rate_steady"), get("rate_total"));
+    let limit = f64::from(RATE_MAX) / RATE_WINDOW.as_secs_f64();
+    println!(
+        "rate-limited queue ({n_rate} jobs, limit {limit:.0}/s): redtower-jobs steady {rt_rate:.1}/s ({:.2}% of the limit), throughput {rt_rate_total:.1}/s; BullMQ steady {:?}/s, throughput {:?}/s",
+        rt_rate / limit * 100.0,
+        orate.map(|r| (r * 10.0).round() / 10.0),
+        orate_total.map(|r| (r * 10.0).round() / 10.0),
+    );
     if let (Some(bb), Some(bs), Some(bp)) = (ob, os, op) {
         println!(
             "BullMQ        ({n} jobs): bulk {bb:.0}/s, single {bs:.0}/s, processing {bp:.0}/s"
@@ -282,6 +344,23 @@ async fn main() {
         "{}",
         result_line("processing_c50", n, rt_process, op, Some(rtt), load)
     );
+    let round2 = |x: f64| (x * 100.0).round() / 100.0;
+    let rate_json = serde_json::json!({
+        "bench": "redtower-jobs",
+        "scenario": "rate_limited_1000_per_s",
+        "jobs": n_rate,
+        "limit_per_s": limit,
+        "redtower_per_s": round2(rt_rate),
+        "bullmq_per_s": orate.map(round2),
+        "ratio": orate_total.map(|b| round2(rt_rate_total / b)),
+        "redtower_accuracy": (rt_rate / limit * 10_000.0).round() / 10_000.0,
+        "bullmq_accuracy": orate.map(|b| (b / limit * 10_000.0).round() / 10_000.0),
+        "redtower_throughput_per_s": round2(rt_rate_total),
+        "bullmq_throughput_per_s": orate_total.map(round2),
+        "round_trips_per_job": null,
+        "load_avg_1m": load,
+    });
+    println!("RESULT {rate_json}");
     println!(
         "{}",
         result_line(

@@ -278,6 +278,9 @@ pub(crate) struct Record {
         with = "trace_field"
     )]
     pub(crate) trace: Option<TraceContext>,
+    /// The job's fair group, if any (`g`).
+    #[serde(rename = "g", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) group: Option<String>,
 }
 
 /// The record's `tc` field: a [`TraceContext`] as its encoded text (at most

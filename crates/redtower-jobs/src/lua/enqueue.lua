@@ -8,13 +8,18 @@
 --   (`...:idem:<key>`), set to the job's id for `keep_ms` (the store's idempotency window).
 --   A later add with the same key (the caller retrying) finds it and answers with the first
 --   job's id (code 2) without adding anything.
+-- Fair turns: each job's `seq` (its place among jobs of equal priority) is its turn,
+-- max(V, the last turn of its group) + 1 (see quota.lua; ungrouped jobs are one group, meta
+-- `fu`). KEYS[14] is the group-turn ZSET. A turn is never above the `seq` counter, so jobs added
+-- by schedulers (numbered from the counter) never jump ahead of waiting ones.
 -- ARGV: ev_max, n, keep_ms, call_keep_ms, then n x (name, record_tail, max_attempts,
---       key_index | 0, priority, delay_ms, uniq)
+--       key_index | 0, priority, delay_ms, uniq, group | '')
 -- record_tail is the record's JSON without its opening brace and without id, seq and created.
 -- Returns a flat array: id, 1 (new) | 0 (duplicate by dedup key) | 2 (already added), ...
 local n = tonumber(ARGV[2])
 local keep, call_keep = ARGV[3], ARGV[4]
 local K_CALL = KEYS[13]
+local K_GF = KEYS[14]
 
 local prev = redis.call('GET', K_CALL)
 if prev then
@@ -30,8 +35,15 @@ end
 local out = {}
 local ids = {}
 local woke = false
+local MV = redis.call('HMGET', K_META, 'vt', 'fu')
+local V = tonumber(MV[1])
+if not V then
+  V = tonumber(redis.call('GET', K_SEQ)) or 0
+  redis.call('HSET', K_META, 'vt', n2s(V))
+end
+local fu, fu_dirty, fg = tonumber(MV[2]) or 0, false, {}
 for i = 0, n - 1 do
-  local b = 5 + i * 7
+  local b = 5 + i * 8
   local ki = tonumber(ARGV[b + 3])
   local idem = nil
   if ki > 0 then idem = KEYS[ki] end
@@ -49,10 +61,20 @@ for i = 0, n - 1 do
   else
     local seq = redis.call('INCR', K_SEQ)
     local id = tostring(seq)
-    local rec = { name = ARGV[b], attempt = 0, prio = tonumber(ARGV[b + 4]), seq = seq }
+    local group, turn = ARGV[b + 7], nil
+    if group == '' then
+      turn = math.max(V, fu) + 1
+      fu, fu_dirty = turn, true
+    else
+      local f = fg[group]
+      if f == nil then f = tonumber(redis.call('ZSCORE', K_GF, group)) or 0 end
+      turn = math.max(V, f) + 1
+      fg[group] = turn
+    end
+    local rec = { name = ARGV[b], attempt = 0, prio = tonumber(ARGV[b + 4]), seq = turn }
     if uniq ~= '' then redis.call('HSET', K_UNIQ, uniq, id) end
     redis.call('HSET', K_JOBS, id,
-      '{"id":"' .. id .. '","seq":' .. seq .. ',"created":' .. n2s(now) .. ',' .. ARGV[b + 1])
+      '{"id":"' .. id .. '","seq":' .. n2s(turn) .. ',"created":' .. n2s(now) .. ',' .. ARGV[b + 1])
     if idem then redis.call('SET', idem, id, 'PX', keep) end
     local delay = tonumber(ARGV[b + 5])
     if delay > 0 then
@@ -68,5 +90,7 @@ for i = 0, n - 1 do
   ids[#ids + 1] = out[#out - 1]
 end
 if woke then wake() end
+if fu_dirty then redis.call('HSET', K_META, 'fu', n2s(fu)) end
+for g, f in pairs(fg) do redis.call('ZADD', K_GF, n2s(f), g) end
 redis.call('SET', K_CALL, table.concat(ids, ' '), 'PX', call_keep)
 return out

@@ -9,6 +9,7 @@ use crate::{
     Result,
     event::QueueEvent,
     job::{Backoff, JobId, JobInfo, JobState},
+    quota::QueueLimits,
     schedule::{Fire, StoredScheduler},
 };
 
@@ -46,6 +47,10 @@ pub struct NewJob {
     /// this trace. [`Queue`](crate::Queue) sets it to the current span's context with the
     /// `opentelemetry` feature; `None` stores nothing.
     pub trace: Option<TraceContext>,
+    /// The job's fair group (e.g. a tenant): workers take jobs round-robin across groups
+    /// (see [`QueueLimits`](crate::QueueLimits)). `None`: the queue's ungrouped jobs, which
+    /// share one turn like a group.
+    pub group: Option<String>,
 }
 
 impl NewJob {
@@ -62,7 +67,15 @@ impl NewJob {
             unique_key: None,
             idempotency_key: None,
             trace: None,
+            group: None,
         }
+    }
+
+    /// Sets [`group`](Self::group).
+    #[must_use]
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
     }
 
     /// Sets [`idempotency_key`](Self::idempotency_key).
@@ -134,6 +147,16 @@ pub enum Settle {
     },
     /// Not run to the end (shutdown): back to ready at once, the attempt is not counted.
     Release,
+    /// Not run because of a rate limit (the handler's
+    /// [`JobError::rate_limited`](crate::JobError::rate_limited), or a
+    /// [`StartLimiter`](crate::StartLimiter)): ready again after `delay`, in its old place;
+    /// the attempt is not counted.
+    Delay {
+        /// How long the job waits.
+        delay: Duration,
+        /// Whether no job of the queue starts for `delay` either (any worker).
+        pause_queue: bool,
+    },
 }
 
 /// What happened to one settlement.
@@ -150,6 +173,8 @@ pub enum Settled {
     Dead,
     /// Back in ready.
     Released,
+    /// Delayed by a rate limit, without using an attempt.
+    Delayed,
 }
 
 /// Retention of finished jobs: each kept while both limits hold.
@@ -420,6 +445,13 @@ pub trait QueueStore: fmt::Debug + Send + Sync + 'static {
     /// when the compare-and-set failed (another process fired, the spec changed, or a tick is
     /// later than the store's time) and nothing was changed.
     async fn fire_scheduler(&self, queue: &str, fire: Fire) -> Result<Option<Vec<JobId>>>;
+
+    /// Stores the queue-wide limits of `queue`, enforced by [`work`](Self::work) for every
+    /// worker of the queue (see [`QueueLimits`](crate::QueueLimits)).
+    async fn set_limits(&self, queue: &str, limits: QueueLimits) -> Result<()>;
+
+    /// The stored limits of `queue` (none set: [`QueueLimits::default`]).
+    async fn limits(&self, queue: &str) -> Result<QueueLimits>;
 }
 
 /// A shared store is a store: an `Arc<dyn QueueStore>` chosen at run time (or an `Arc` of a
@@ -509,6 +541,14 @@ impl<T: QueueStore + ?Sized> QueueStore for Arc<T> {
 
     async fn fire_scheduler(&self, queue: &str, fire: Fire) -> Result<Option<Vec<JobId>>> {
         (**self).fire_scheduler(queue, fire).await
+    }
+
+    async fn set_limits(&self, queue: &str, limits: QueueLimits) -> Result<()> {
+        (**self).set_limits(queue, limits).await
+    }
+
+    async fn limits(&self, queue: &str) -> Result<QueueLimits> {
+        (**self).limits(queue).await
     }
 }
 

@@ -37,10 +37,26 @@ macro_rules! script {
     };
 }
 
+/// A script that also uses the quota prelude (fair groups, per-group limits).
+macro_rules! quota_script {
+    ($name:literal, $file:literal) => {
+        LazyLock::new(|| {
+            Script::new(
+                $name,
+                concat!(
+                    include_str!("../lua/common.lua"),
+                    include_str!("../lua/quota.lua"),
+                    include_str!(concat!("../lua/", $file, ".lua"))
+                ),
+            )
+        })
+    };
+}
+
 static ENQUEUE: LazyLock<Script> = script!("jobs_enqueue", "enqueue");
-static WORK: LazyLock<Script> = script!("jobs_work", "work");
+static WORK: LazyLock<Script> = quota_script!("jobs_work", "work");
 static EXTEND: LazyLock<Script> = script!("jobs_extend", "extend");
-static ADMIN: LazyLock<Script> = script!("jobs_admin", "admin");
+static ADMIN: LazyLock<Script> = quota_script!("jobs_admin", "admin");
 static SCHEDULE: LazyLock<Script> = script!("jobs_schedule", "schedule");
 
 const PARTS: [&str; 12] = [
@@ -48,6 +64,8 @@ const PARTS: [&str; 12] = [
     "seq",
 ];
 const WAKE: usize = 9;
+/// The keys of fair groups (see `lua/quota.lua`).
+const GROUP_PARTS: [&str; 4] = ["gturn", "gheld", "gact", "gjob"];
 const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
 const EVENTS: usize = 10;
 
@@ -61,6 +79,10 @@ const EVENTS: usize = 10;
 /// given TTLs: retention bounds them. Job schedulers: `:sspec` (HASH id → spec), `:snext`
 /// (ZSET id → next tick), `:sstate` (HASH id → version and run count), and one marker per
 /// fired tick, `:tick:<scheduler>:<tick ms>` → job id (kept for the idempotency window).
+/// Quotas ([`QueueLimits`](crate::QueueLimits)): limits, the rate state and the turn counters
+/// are fields of `:meta`; fair groups use `:gturn` (ZSET group → its last turn, pruned once
+/// the queue's turn passes it), and with a per-group limit `:gact` (HASH group → running jobs),
+/// `:gjob` (HASH running job → group) and `:gheld` (ZSET of jobs waiting for their group).
 ///
 /// Cloning is cheap.
 ///
@@ -133,6 +155,11 @@ impl RedisStore {
         PARTS.iter().map(|p| base.clone().push(*p)).collect()
     }
 
+    fn group_keys(&self, queue: &str) -> impl Iterator<Item = Key> {
+        let base = self.base(queue);
+        GROUP_PARTS.into_iter().map(move |p| base.clone().push(p))
+    }
+
     /// Runs the schedule script (`op` and its arguments; `extra` keys after the scheduler
     /// keys).
     async fn schedule(&self, queue: &str, extra: Vec<Key>, args: Vec<Value>) -> Result<Value> {
@@ -148,7 +175,9 @@ impl RedisStore {
     async fn admin(&self, queue: &str, args: Vec<Value>) -> Result<Value> {
         let mut argv = vec![Value::from(int(self.events_max_len))];
         argv.extend(args);
-        self.run(&ADMIN, self.keys(queue), argv).await
+        let mut keys = self.keys(queue);
+        keys.extend(self.group_keys(queue));
+        self.run(&ADMIN, keys, argv).await
     }
 
     /// The keys and arguments of the work script for `req` (see `lua/work.lua`).
@@ -168,6 +197,7 @@ impl RedisStore {
         let mut keys = self.keys(queue);
         let request_id = req.request_id.unwrap_or_else(super::random_key);
         keys.push(self.base(queue).push("x").push(request_id.as_str()));
+        keys.extend(self.group_keys(queue));
         for (lease, s) in req.settle {
             let token = Token::parse(&lease.token);
             argv.push(lease.id.as_str().into());
@@ -178,6 +208,11 @@ impl RedisStore {
                 (Settle::Retry { delay, error }, _) => ("r", ms(delay).into(), error.into()),
                 (Settle::Fail { error }, _) => ("f", 0.into(), error.into()),
                 (Settle::Release, _) => ("x", 0.into(), "".into()),
+                (Settle::Delay { delay, pause_queue }, _) => (
+                    "d",
+                    ms(delay).into(),
+                    if pause_queue { "1" } else { "0" }.into(),
+                ),
             };
             argv.push(kind.into());
             argv.push(a);
@@ -208,6 +243,8 @@ struct RecordTail<'a> {
     uniq: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tc: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    g: Option<&'a str>,
 }
 
 fn text(v: Value) -> Result<String> {
@@ -310,6 +347,7 @@ fn work_reply(queue: &str, reply: Value) -> Result<WorkReply> {
                 2 => Settled::Retrying,
                 3 => Settled::Dead,
                 4 => Settled::Released,
+                5 => Settled::Delayed,
                 _ => Settled::Stale,
             })
         })
@@ -381,7 +419,8 @@ impl QueueStore for RedisStore {
         let mut keys = self.keys(queue);
         // The call's own marker: a re-send of this very request finds it.
         keys.push(base.clone().push("add").push(super::random_key().as_str()));
-        let mut argv: Vec<Value> = Vec::with_capacity(4 + jobs.len() * 7);
+        keys.push(base.clone().push(GROUP_PARTS[0]));
+        let mut argv: Vec<Value> = Vec::with_capacity(4 + jobs.len() * 8);
         argv.push(int(self.events_max_len).into());
         argv.push((jobs.len() as i64).into());
         argv.push(ms(self.idempotency_window).max(1).into());
@@ -403,6 +442,7 @@ impl QueueStore for RedisStore {
                 stalls: 0,
                 uniq: j.unique_key.as_deref(),
                 tc: j.trace.as_ref().map(TraceContext::encode),
+                g: j.group.as_deref(),
             })
             .map_err(Error::Serialize)?;
             // A caller's idempotency key: its marker, by its (1-based) index in KEYS.
@@ -420,6 +460,7 @@ impl QueueStore for RedisStore {
             argv.push(i64::from(j.priority).into());
             argv.push(ms(j.delay).into());
             argv.push(j.unique_key.unwrap_or_default().into());
+            argv.push(j.group.unwrap_or_default().into());
         }
         let reply: Value = self.run(&ENQUEUE, keys, argv).await?;
         let flat = reply.into_array();
@@ -554,6 +595,41 @@ impl QueueStore for RedisStore {
         Ok(())
     }
 
+    async fn set_limits(&self, queue: &str, limits: crate::QueueLimits) -> Result<()> {
+        let (n, per) = limits.rate.unwrap_or((0, Duration::ZERO));
+        let args: Vec<Value> = vec![
+            "limits".into(),
+            i64::from(n).into(),
+            ms(per).into(),
+            i64::from(limits.concurrency.unwrap_or(0)).into(),
+            i64::from(limits.group_concurrency.unwrap_or(0)).into(),
+        ];
+        self.admin(queue, args).await?;
+        Ok(())
+    }
+
+    async fn limits(&self, queue: &str) -> Result<crate::QueueLimits> {
+        let v = self
+            .admin(queue, vec!["getlimits".into()])
+            .await?
+            .into_array();
+        let get = |i: usize| {
+            v.get(i)
+                .and_then(|x| x.as_str().and_then(|s| s.parse::<u64>().ok()))
+                .filter(|n| *n > 0)
+        };
+        let mut out = crate::QueueLimits::new();
+        if let (Some(n), Some(per)) = (get(0), get(1)) {
+            out.rate = Some((
+                u32::try_from(n).unwrap_or(u32::MAX),
+                Duration::from_millis(per),
+            ));
+        }
+        out.concurrency = get(2).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        out.group_concurrency = get(3).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        Ok(out)
+    }
+
     async fn time(&self, queue: &str) -> Result<u64> {
         // Through the admin script, so the TIME is the queue's node's (Cluster).
         let v = self.admin(queue, vec!["time".into()]).await?;
@@ -649,6 +725,7 @@ impl QueueStore for RedisStore {
             stalls: 0,
             uniq: None,
             tc: None,
+            g: None,
         })
         .map_err(Error::Serialize)?;
         let mut argv: Vec<Value> = vec![

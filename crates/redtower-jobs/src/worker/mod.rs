@@ -132,6 +132,7 @@ pub struct Worker {
     on_failed: Vec<Hook>,
     clock: Clock,
     schedulers: bool,
+    start_limiter: Option<Arc<dyn crate::StartLimiter>>,
 }
 
 impl fmt::Debug for Worker {
@@ -172,6 +173,7 @@ impl Worker {
             on_failed: Vec::new(),
             clock: Clock::system(),
             schedulers: true,
+            start_limiter: None,
         }
     }
 
@@ -236,6 +238,17 @@ impl Worker {
     /// scheduler added elsewhere is seen within it).
     pub fn schedulers(mut self, on: bool) -> Self {
         self.schedulers = on;
+        self
+    }
+
+    /// A quota asked before each job starts (see [`StartLimiter`](crate::StartLimiter)): a
+    /// job it refuses is ready again after the wait it names, in its place, without using an
+    /// attempt (settled as [`Settled::Delayed`](crate::Settled::Delayed)). Use it for a quota
+    /// shared with other code, such as an HTTP route's rate limit; for a limit of the queue
+    /// alone, [`Queue::set_limits`](crate::Queue::set_limits) is cheaper (no extra round
+    /// trip). Defaults to none.
+    pub fn start_limiter(mut self, limiter: impl crate::StartLimiter) -> Self {
+        self.start_limiter = Some(Arc::new(limiter));
         self
     }
 
