@@ -292,7 +292,7 @@ pub async fn start_limiter_defers_jobs(store: Store, q: &str) {
     #[async_trait::async_trait]
     impl StartLimiter for EveryOther {
         async fn check(&self, _job: JobStart<'_>) -> StartDecision {
-            if self.0.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+            if self.0.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
                 StartDecision::Wait {
                     retry_after: Duration::from_millis(50),
                     pause_queue: false,
