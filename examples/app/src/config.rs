@@ -340,6 +340,7 @@ mod tests {
         assert!(c.near_cache);
         assert!(!c.cache_l1);
         assert_eq!(c.order_ship_delay, Duration::from_millis(2000));
+        assert_eq!(c.carrier_rate.count.get(), 50);
         assert!(!c.metrics_enabled());
         let env = |pairs: &'static [(&'static str, &'static str)]| {
             move |k: &str| {
