@@ -582,7 +582,7 @@ impl<J> Queue<J> {
 
     /// Stores the queue's limits (start rate, concurrency, per-group concurrency), enforced by
     /// the store for every worker of the queue, on any process; replaces the limits set
-    /// before. See [`QueueLimits`] for an example and the rules.
+    /// before. See [`QueueLimits`](crate::QueueLimits) for an example and the rules.
     ///
     /// # Errors
     ///

@@ -1,14 +1,14 @@
 //! One quota for HTTP routes and job workers: a [`SharedQuota`] is a
-//! [`StartLimiter`](crate::jobs::StartLimiter) that spends a `redtower-ratelimit`
-//! [`Policy`](crate::ratelimit::Policy) from a
-//! [`RateLimitStore`](crate::ratelimit::RateLimitStore), so a
+//! [`StartLimiter`] that spends a `redtower-ratelimit`
+//! [`Policy`] from a
+//! [`RateLimitStore`], so a
 //! [`RateLimitLayer`](crate::ratelimit::RateLimitLayer) on a route and a
 //! [`Worker`](crate::jobs::Worker) draw from one budget ("the payment provider allows 100
 //! calls a second, shared by the API and the workers").
 //!
 //! The route and the worker share a budget when they use the same store (the same Redis and
 //! key prefix), the same policy (by name) and the same subject: with the layer's
-//! [`Global`](crate::ratelimit::Global) key, [`Subject::global`](crate::ratelimit::Subject::global),
+//! [`Global`](crate::ratelimit::Global) key, [`Subject::global`],
 //! the default here.
 //!
 //! ```
