@@ -1,7 +1,9 @@
 // BullMQ side of the redtower-jobs benchmark. Usage: REDIS_PORT=6390 N=50000 node bullmq-bench.mjs
 // Prints one JSON line: jobs/s for bulk enqueue, single enqueue and processing at concurrency 50,
 // schedulers created with their first job per second, repeatable jobs (tick jobs/s and
-// redis-server CPU µs per tick), and flows (1 parent + 10 children) completed per second.
+// redis-server CPU µs per tick), flows (1 parent + 10 children) completed per second, and a
+// rate-limited queue (limiter 100 per 100 ms: steady start rate after the first window, and
+// throughput over the whole run).
 import { FlowProducer, Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 
@@ -151,6 +153,33 @@ async function processing(q, name) {
   return rate;
 }
 
+// Rate-limited queue: M jobs, limiter { max: 100, duration: 100 } (1,000/s), concurrency 50.
+async function rateLimited(M) {
+  const name = 'bench-rate';
+  const q = await fresh(name);
+  for (let i = 0; i < M; i += BATCH) {
+    const jobs = [];
+    for (let j = i; j < Math.min(M, i + BATCH); j++) jobs.push({ name: 'noop', data: { n: j }, opts });
+    await q.addBulk(jobs);
+  }
+  const starts = [];
+  let resolve;
+  const finished = new Promise((r) => (resolve = r));
+  const t = performance.now();
+  const worker = new Worker(name, async () => {
+    starts.push(performance.now());
+    if (starts.length === M) resolve();
+  }, { connection, concurrency: 50, limiter: { max: 100, duration: 100 } });
+  await finished;
+  const total = M / ((performance.now() - t) / 1000);
+  await worker.close();
+  starts.sort((a, b) => a - b);
+  const steady = (M - 100) / ((starts[M - 1] - starts[0]) / 1000);
+  await q.obliterate({ force: true });
+  await q.close();
+  return { steady, total };
+}
+
 const q1 = await fresh('bench-bulk');
 const bulkRate = await bulk(q1);
 await q1.obliterate({ force: true });
@@ -168,6 +197,7 @@ const q5 = await fresh('bench-ticks');
 const t = await ticks(q5, 'bench-ticks', Math.max(1, Math.floor(N / 10)));
 await q5.obliterate({ force: true }).catch(() => {});
 const flowRate = await flows(Math.max(1, Math.floor(N / 100)));
+const rate = await rateLimited(Math.max(1000, Math.floor(N / 10)));
 await Promise.all([q1.close(), q2.close(), q3.close(), q4.close(), q5.close(), admin.quit()]);
 console.log(
   JSON.stringify({
@@ -178,6 +208,8 @@ console.log(
     ticks: t.rate,
     ticks_redis_us: t.us,
     flows: flowRate,
+    rate_steady: rate.steady,
+    rate_total: rate.total,
   }),
 );
 process.exit(0);

@@ -15,6 +15,12 @@
 //! redtower-baselines --bin apalis-jobs`, or its path in `APALIS_BENCH`).
 //! `JOBS_COMMANDSTATS=1` prints the commands Redis ran in each redtower-jobs phase.
 //!
+//! Rate-limited queue: `max(N / 10, 1000)` jobs on a queue limited to 1,000 starts a second
+//! (redtower: `QueueLimits::rate(100, 100 ms)`; BullMQ: `limiter: { max: 100, duration: 100 }`),
+//! one worker at concurrency 50. Reported: the steady rate (starts after the first burst of
+//! 100, over the time from the first start to the last) against the limit (`accuracy`), and
+//! the throughput (jobs over the whole run, burst included).
+//!
 //! Besides the human lines, it prints one machine-readable line per scenario, starting with
 //! `RESULT ` and followed by one JSON object: `bench`, `scenario` (`bulk_enqueue`,
 //! `single_enqueue`, `processing_c50`, `scheduler_first_tick`, `scheduler_ticks`,
@@ -24,6 +30,10 @@
 //! `apalis_nolock_per_s` (processing with apalis' per-task locks off), `round_trips_per_job`
 //! (processing), `redis_cpu_us_per_job` (redtower's enqueue and ticks),
 //! `bullmq_redis_cpu_us_per_job` (ticks) and `load_avg_1m` at the end of the run.
+//! The rate-limited scenario (`rate_limited_1000_per_s`) reports the steady rate as
+//! `redtower_per_s` / `bullmq_per_s` and adds `limit_per_s`, `redtower_accuracy`,
+//! `bullmq_accuracy` (steady rate / limit) and `redtower_throughput_per_s`,
+//! `bullmq_throughput_per_s` (medians over the rounds).
 
 use std::{
     sync::{
@@ -36,7 +46,7 @@ use std::{
 use futures::future::join_all;
 use redtower_client::{Redis, RedisConfig};
 use redtower_jobs::{
-    Flow, Job, JobContext, JobError, JobOptions, Queue, RedisStore, Schedule, Worker,
+    Flow, Job, JobContext, JobError, JobOptions, Queue, QueueLimits, RedisStore, Schedule, Worker,
 };
 use redtower_testkit::RedisServer;
 use serde::{Deserialize, Serialize};
@@ -282,6 +292,47 @@ async fn processing(store: &RedisStore, server: &RedisServer, n: u32) -> (f64, f
     (rate, rtt)
 }
 
+/// The rate limit of the rate-limited scenario: `RATE_MAX` starts per `RATE_WINDOW`.
+const RATE_MAX: u32 = 100;
+const RATE_WINDOW: Duration = Duration::from_millis(100);
+
+/// `m` jobs through a queue limited to `RATE_MAX` per `RATE_WINDOW`: (steady start rate after
+/// the first burst, throughput over the whole run).
+async fn rate_limited(store: &RedisStore, m: u32) -> (f64, f64) {
+    let queue = Queue::<Noop>::new(store.clone(), "bench-rate");
+    queue
+        .set_limits(QueueLimits::new().rate(RATE_MAX, RATE_WINDOW))
+        .await
+        .unwrap();
+    bulk(&queue, m).await;
+    let starts = Arc::new(std::sync::Mutex::new(Vec::with_capacity(m as usize)));
+    let done = Arc::new(AtomicU64::new(0));
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let (s2, d2, n2) = (starts.clone(), done.clone(), notify.clone());
+    let t = Instant::now();
+    let worker = Worker::new(store.clone(), "bench-rate")
+        .concurrency(50)
+        .handle::<Noop>(move |_j: Noop, _c: JobContext| {
+            let (s, d, nt) = (s2.clone(), d2.clone(), n2.clone());
+            async move {
+                s.lock().unwrap().push(Instant::now());
+                if d.fetch_add(1, Ordering::Relaxed) + 1 == u64::from(m) {
+                    nt.notify_one();
+                }
+                Ok::<(), JobError>(())
+            }
+        })
+        .start();
+    notify.notified().await;
+    let total = f64::from(m) / t.elapsed().as_secs_f64();
+    worker.shutdown().await.unwrap();
+    let mut starts = starts.lock().unwrap().clone();
+    starts.sort();
+    let span = starts[starts.len() - 1] - starts[0];
+    let steady = f64::from(m - RATE_MAX) / span.as_secs_f64();
+    (steady, total)
+}
+
 /// The 1-minute load average (Linux), for the record.
 fn load_avg() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
@@ -319,6 +370,9 @@ struct Scenario {
     rtt: Vec<f64>,
     redis_us: Vec<f64>,
     bullmq_redis_us: Vec<f64>,
+    /// The rate-limited scenario's throughput over the whole run (burst included).
+    total: Vec<f64>,
+    bullmq_total: Vec<f64>,
 }
 
 impl Scenario {
@@ -429,7 +483,7 @@ fn print_stats(server: &RedisServer, what: &str) {
 }
 
 /// One round of redtower-jobs on a fresh redis-server.
-async fn ours(n: u32, s: &mut [Scenario; 6]) {
+async fn ours(n: u32, s: &mut [Scenario; 7]) {
     let server = RedisServer::start();
     let redis = Redis::new(RedisConfig::from_url(&server.url()).unwrap()).unwrap();
     redis.wait_ready(Duration::from_secs(10)).await.unwrap();
@@ -471,6 +525,15 @@ async fn ours(n: u32, s: &mut [Scenario; 6]) {
     let rt_flows = flows(&store, n_flows).await;
     s[5].ours.push(rt_flows);
     println!("redtower-jobs ({n_flows} flows of 1 parent + 10 children): {rt_flows:.0} flows/s");
+    let n_rate = (n / 10).max(1000);
+    let (rt_rate, rt_rate_total) = rate_limited(&store, n_rate).await;
+    s[6].ours.push(rt_rate);
+    s[6].total.push(rt_rate_total);
+    let limit = f64::from(RATE_MAX) / RATE_WINDOW.as_secs_f64();
+    println!(
+        "redtower-jobs rate-limited queue ({n_rate} jobs, limit {limit:.0}/s): steady {rt_rate:.1}/s ({:.2}% of the limit), throughput {rt_rate_total:.1}/s",
+        rt_rate / limit * 100.0,
+    );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -485,7 +548,7 @@ async fn main() {
         .unwrap_or(3)
         .max(1);
     println!("load average at start: {:?}", load_avg());
-    let mut s: [Scenario; 6] = Default::default();
+    let mut s: [Scenario; 7] = Default::default();
     let get = |v: &Option<serde_json::Value>, k: &str| {
         v.as_ref()
             .and_then(|b| b.get(k))
@@ -505,6 +568,8 @@ async fn main() {
                         s[i].bullmq.extend(get(&b, k));
                     }
                     s[4].bullmq_redis_us.extend(get(&b, "ticks_redis_us"));
+                    s[6].bullmq.extend(get(&b, "rate_steady"));
+                    s[6].bullmq_total.extend(get(&b, "rate_total"));
                     if let Some(b) = b {
                         println!("BullMQ        ({n} jobs): {b}");
                     }
@@ -543,4 +608,28 @@ async fn main() {
         };
         println!("{}", s[i].result_line(name, jobs, rounds, load));
     }
+    let n_rate = (n / 10).max(1000);
+    let limit = f64::from(RATE_MAX) / RATE_WINDOW.as_secs_f64();
+    let (rate, bullmq_rate) = (median(s[6].ours.clone()), median(s[6].bullmq.clone()));
+    let (total, bullmq_total) = (
+        median(s[6].total.clone()),
+        median(s[6].bullmq_total.clone()),
+    );
+    let rate_json = serde_json::json!({
+        "bench": "redtower-jobs",
+        "scenario": "rate_limited_1000_per_s",
+        "jobs": n_rate,
+        "rounds": rounds,
+        "limit_per_s": limit,
+        "redtower_per_s": rate.map(round2),
+        "bullmq_per_s": bullmq_rate.map(round2),
+        "ratio": total.zip(bullmq_total).map(|(r, b)| round2(r / b)),
+        "redtower_accuracy": rate.map(|r| (r / limit * 10_000.0).round() / 10_000.0),
+        "bullmq_accuracy": bullmq_rate.map(|b| (b / limit * 10_000.0).round() / 10_000.0),
+        "redtower_throughput_per_s": total.map(round2),
+        "bullmq_throughput_per_s": bullmq_total.map(round2),
+        "round_trips_per_job": null,
+        "load_avg_1m": load,
+    });
+    println!("RESULT {rate_json}");
 }

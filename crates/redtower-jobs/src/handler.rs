@@ -24,6 +24,8 @@ use crate::{
 pub struct JobError {
     message: String,
     retry: Option<Option<Duration>>,
+    /// Rate limited: (delay, whether the whole queue waits).
+    limited: Option<(Duration, bool)>,
 }
 
 impl JobError {
@@ -32,7 +34,66 @@ impl JobError {
         Self {
             message: error.to_string(),
             retry: Some(None),
+            limited: None,
         }
+    }
+
+    /// Not a failure: an upstream said "too many requests, come back in `delay`". The job is
+    /// ready again after `delay`, in its place, and the attempt is not counted (it is not
+    /// retried early, and `on_failed` hooks do not run). Add
+    /// [`pause_queue`](Self::pause_queue) when the limit is the whole queue's: then no job of
+    /// the queue starts, on any worker, for `delay` either.
+    ///
+    /// ```
+    /// use std::{sync::atomic::{AtomicBool, Ordering}, time::Duration};
+    /// use redtower_jobs::{Job, JobContext, JobError, MemoryStore, Queue, Worker};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Charge;
+    /// # impl Job for Charge { const NAME: &'static str = "charge"; }
+    ///
+    /// static LIMITED_ONCE: AtomicBool = AtomicBool::new(false);
+    ///
+    /// async fn charge(_: Charge, _ctx: JobContext) -> Result<(), JobError> {
+    ///     if !LIMITED_ONCE.swap(true, Ordering::SeqCst) {
+    ///         // HTTP 429 with `Retry-After: 2`: every charge waits, no attempt is used.
+    ///         return Err(JobError::rate_limited(Duration::from_secs(2)).pause_queue());
+    ///     }
+    ///     Ok(())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), redtower_jobs::Error> {
+    /// let store = MemoryStore::new();
+    /// let charges = Queue::<Charge>::new(store.clone(), "charges");
+    /// let id = charges.add(Charge).attempts(1).await?;
+    /// let worker = Worker::new(store, "charges").handle::<Charge>(charge).start();
+    /// tokio::time::sleep(Duration::from_secs(3)).await;
+    /// // One attempt allowed, yet it completed: the rate-limited run did not count.
+    /// assert_eq!(charges.get(&id).await?.unwrap().state, redtower_jobs::JobState::Completed);
+    /// worker.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn rate_limited(delay: Duration) -> Self {
+        Self {
+            message: format!("rate limited for {delay:?}"),
+            retry: Some(Some(delay)),
+            limited: Some((delay, false)),
+        }
+    }
+
+    /// For a [`rate_limited`](Self::rate_limited) error: the whole queue waits for the delay
+    /// too (no job of it starts on any worker before then). No effect on other errors.
+    #[must_use]
+    pub fn pause_queue(mut self) -> Self {
+        if let Some((d, _)) = self.limited {
+            self.limited = Some((d, true));
+        }
+        self
+    }
+
+    /// For a [`rate_limited`](Self::rate_limited) error: the delay, and whether the whole queue
+    /// waits.
+    pub fn rate_limit(&self) -> Option<(Duration, bool)> {
+        self.limited
     }
 
     /// A permanent failure: the job is dead at once, whatever attempts are left.
@@ -40,6 +101,7 @@ impl JobError {
         Self {
             message: error.to_string(),
             retry: None,
+            limited: None,
         }
     }
 
@@ -48,6 +110,9 @@ impl JobError {
     pub fn after(mut self, delay: Duration) -> Self {
         if self.retry.is_some() {
             self.retry = Some(Some(delay));
+        }
+        if self.limited.is_some() {
+            self.limited = self.limited.map(|(_, p)| (delay, p));
         }
         self
     }
@@ -86,6 +151,7 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
         Self {
             message,
             retry: Some(None),
+            limited: None,
         }
     }
 }

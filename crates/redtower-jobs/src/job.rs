@@ -282,6 +282,9 @@ pub(crate) struct Record {
         with = "trace_field"
     )]
     pub(crate) trace: Option<TraceContext>,
+    /// The job's fair group, if any (`g`).
+    #[serde(rename = "g", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) group: Option<String>,
     /// A flow child's parent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) fp: Option<crate::flow::FlowParent>,

@@ -125,6 +125,11 @@
 //! | flow: ack | yes | yes | deletes messages: a re-send finds them gone |
 //! | flow: unsealed | no | yes | read only |
 //! | work, admin remove (flow children) | yes | yes | a flow child's final state is written to its outbox in the same script that makes it final, under the script's own guard above |
+//! | work: rate-limited settle ([`JobError::rate_limited`], a [`StartLimiter`]'s refusal) | yes | yes | fenced by the lease token like every settlement (a re-send is answered from the request's record, or is stale); the queue's hold is the latest of the deadlines set, so setting it again changes nothing |
+//! | work: queue limits and fair groups | yes (rate state, group counts) | yes | the rate state and group counts move only with the jobs handed out, which a re-send answers from the request's record without fetching again |
+//! | enqueue: group turns | yes | yes | part of the add, under its call marker |
+//! | admin: set limits | yes | yes | stores the same values again |
+//! | admin: get limits | no | yes | read only |
 //!
 //! A worker re-sends a failed exchange with the same request id, so a settlement whose reply
 //! was lost is reported once and its [`on_completed`](Worker::on_completed) /
@@ -272,6 +277,47 @@
 //! Limits: up to [`MAX_CHILDREN`] children per flow, results up to [`MAX_CHILD_RESULT`]; a
 //! flow is one level (a parent is not itself a child of another flow).
 //!
+//! # Quotas: rate, concurrency, fair groups, one budget with HTTP
+//!
+//! * [`Queue::set_limits`] stores a queue-wide start rate and a concurrency limit (across all
+//!   workers on any number of processes) and a per-group concurrency limit. The work script
+//!   enforces them atomically with Redis `TIME`: a fetch takes only what fits and the reply
+//!   says when the next start fits, so workers sleep exactly that long; waiting jobs use no
+//!   attempt. See [`QueueLimits`].
+//! * A handler returns [`JobError::rate_limited`] when an upstream says "come back later":
+//!   the job waits that long without using an attempt, and with
+//!   [`pause_queue`](JobError::pause_queue) the whole queue waits too.
+//! * [`AddJob::group`] puts a job in a fair group (a tenant, a user): groups take turns, so a
+//!   burst of one does not delay the others.
+//! * A [`StartLimiter`] on a worker ([`Worker::start_limiter`]) is asked before each job
+//!   starts: the facade crate `redtower` (features `jobs` and `ratelimit`) implements it over
+//!   a `redtower-ratelimit` policy, so one quota covers an HTTP route and a queue's jobs.
+//!
+//! ```
+//! use std::time::Duration;
+//! use redtower_jobs::{Job, JobContext, JobError, MemoryStore, Queue, QueueLimits, Worker};
+//! # #[derive(serde::Serialize, serde::Deserialize)] struct Export { user: u32 }
+//! # impl Job for Export { const NAME: &'static str = "export"; }
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), redtower_jobs::Error> {
+//! let store = MemoryStore::new();
+//! let exports = Queue::<Export>::new(store.clone(), "exports");
+//! // 10 starts a second and 4 at once across all workers; one running export per user.
+//! exports
+//!     .set_limits(QueueLimits::new().rate(10, Duration::from_secs(1)).concurrency(4).group_concurrency(1))
+//!     .await?;
+//! for user in [1, 1, 1, 2] {
+//!     exports.add(Export { user }).group(format!("user-{user}")).await?;
+//! }
+//! let worker = Worker::new(store, "exports")
+//!     .handle::<Export>(|_e: Export, _c: JobContext| async { Ok::<(), JobError>(()) })
+//!     .start();
+//! tokio::time::sleep(Duration::from_secs(2)).await;
+//! assert_eq!(exports.counts().await?.completed, 4);
+//! worker.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Limits
 //!
 //! | what | default | setting |
@@ -299,6 +345,11 @@
 //! | outbox messages | one per flow child that finished and is not yet relayed (its result included) | (relayed within a poll interval) |
 //! | flow re-added by [`Flow::id`] | within the idempotency window | [`RedisStore::idempotency_window`] |
 //! | half-added flow finished by a worker | after 30 s | [`Worker::flow_unsealed_after`] |
+//! | queue start rate | none; 1 ..= 2^32 - 1 starts per 1 ms ..= a year | [`QueueLimits::rate`] |
+//! | queue concurrency (all workers) | none; at least 1 | [`QueueLimits::concurrency`] |
+//! | running jobs per group | none; at least 1 | [`QueueLimits::group_concurrency`] |
+//! | group name | 256 bytes, no bytes 0 or 1 | [`MAX_GROUP_LEN`] |
+//! | group state | one turn entry per group with jobs ahead of the queue's turn; while a per-group limit is set, one count per group with running jobs, one entry per running grouped job and per held job | (follows the jobs) |
 //!
 //! # Redis
 //!
@@ -356,10 +407,13 @@ mod flow;
 mod handler;
 mod job;
 mod queue;
+mod quota;
 mod schedule;
 mod store;
 mod worker;
 
+/// The `async-trait` crate, for implementing [`StartLimiter`] (and the store traits).
+pub use async_trait;
 /// Time zones for [`Schedule::time_zone`] (the `chrono-tz` crate).
 pub use chrono_tz;
 pub use clock::{Clock, ClockSkew};
@@ -372,6 +426,7 @@ pub use flow::{
 pub use handler::{Handler, JobContext, JobError, JobRequest, ServiceHandler};
 pub use job::{Backoff, Job, JobId, JobInfo, JobState};
 pub use queue::{AddJob, JobOptions, MAX_PRIORITY, Queue};
+pub use quota::{JobStart, MAX_GROUP_LEN, QueueLimits, StartDecision, StartLimiter};
 pub use schedule::{
     CatchUp, Fire, Schedule, SchedulerInfo, SchedulerPass, SchedulerSpec, StoredScheduler,
 };

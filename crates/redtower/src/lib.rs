@@ -8,6 +8,7 @@
 //! | `session` | `session` | a tower-sessions store with a per-user index and "log out everywhere" |
 //! | `pubsub` | `pubsub` | publish through Redis, stream to browsers over SSE with resume |
 //! | `jobs` | `jobs` | typed background jobs: delays, attempts, backoff, workers |
+//! | [`quota`] | `jobs` and `ratelimit` | one rate-limit policy shared by HTTP routes and job starts |
 //!
 //! Each feature module re-exports its crate (`redtower-ratelimit`, ...), so
 //! `redtower::ratelimit::RateLimitLayer` and `redtower_ratelimit::RateLimitLayer` are the same
@@ -55,6 +56,10 @@ pub use redtower_pubsub as pubsub;
 #[cfg(feature = "jobs")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jobs")))]
 pub use redtower_jobs as jobs;
+
+#[cfg(all(feature = "jobs", feature = "ratelimit"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "jobs", feature = "ratelimit"))))]
+pub mod quota;
 
 #[cfg(all(test, feature = "cache", feature = "axum"))]
 mod tests {

@@ -62,6 +62,9 @@ pub struct Config {
     pub api_rate: Rate,
     /// `ORDER_RATE_LIMIT`, default `10/1m`.
     pub order_rate: Rate,
+    /// `CARRIER_RATE_LIMIT`, default `50/1s`: calls to the shipping carrier, one budget for
+    /// `GET /carrier/quote` (all clients) and the `ship-order` jobs (all workers).
+    pub carrier_rate: Rate,
     /// `LOGIN_RATE_LIMIT`, default `20/1m`: `POST /login` per client IP.
     pub login_rate: Rate,
     /// `LOGIN_USER_RATE_LIMIT`, default `10/1m`: `POST /login` per user name, whatever the IP.
@@ -246,6 +249,7 @@ impl Config {
             redis,
             api_rate: rate("API_RATE_LIMIT", "100/1h")?,
             order_rate: rate("ORDER_RATE_LIMIT", "10/1m")?,
+            carrier_rate: rate("CARRIER_RATE_LIMIT", "50/1s")?,
             login_rate: rate("LOGIN_RATE_LIMIT", "20/1m")?,
             login_user_rate: rate("LOGIN_USER_RATE_LIMIT", "10/1m")?,
             login_failure_rate: rate("LOGIN_FAILURE_RATE_LIMIT", "5/15m")?,
@@ -336,6 +340,7 @@ mod tests {
         assert!(c.near_cache);
         assert!(!c.cache_l1);
         assert_eq!(c.order_ship_delay, Duration::from_millis(2000));
+        assert_eq!(c.carrier_rate.count.get(), 50);
         assert!(!c.metrics_enabled());
         let env = |pairs: &'static [(&'static str, &'static str)]| {
             move |k: &str| {

@@ -142,7 +142,7 @@ impl Services {
         let limits = ratelimit::RateLimits::new(&config, redis_ref);
         let sessions = sessions::Sessions::new(&config, redis_ref, &limits)?;
         let events = events::Events::new(&config, redis_ref, &limits)?;
-        let shipping = orders::Shipping::new(&config, redis_ref, events.pubsub().clone());
+        let shipping = orders::Shipping::new(&config, redis_ref, events.pubsub().clone(), &limits)?;
         // Installed before any request, so every metric from the first one on is recorded.
         let metrics = config.metrics_enabled().then(prometheus::handle);
         Ok(Self(Arc::new(ServicesInner {

@@ -9,8 +9,15 @@
 //! once per minute however many instances run a worker); the job publishes `{"sweep": ...}` on
 //! `order:updates`, which the page shows.
 //!
-//! Environment: `ORDER_RATE_LIMIT` (`POST /orders` per client IP), `ORDER_SHIP_DELAY_MS`,
-//! `WORKER` (run the worker in this process).
+//! One quota for HTTP and workers: the shipping carrier allows `CARRIER_RATE_LIMIT` calls
+//! (default 50 a second) from the whole shop. `GET /carrier/quote` (a call to the carrier) and
+//! every `ship-order` job (which books the carrier) spend the same policy, through
+//! [`SharedQuota`]: when the budget is spent, requests get 429 and jobs wait for the retry time
+//! without using an attempt. `ship-order` jobs are grouped by customer (their email), so one
+//! customer's burst of orders does not hold up everyone else's.
+//!
+//! Environment: `ORDER_RATE_LIMIT` (`POST /orders` per client IP), `CARRIER_RATE_LIMIT`,
+//! `ORDER_SHIP_DELAY_MS`, `WORKER` (run the worker in this process).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -21,16 +28,21 @@ use axum::{
     routing::{get, post},
 };
 use fred::interfaces::{HashesInterface, KeysInterface, TransactionInterface};
+use redtower::quota::SharedQuota;
 use redtower_client::{Namespace, Redis, fred};
-use redtower_jobs::{Backoff, Job, JobContext, JobError, Queue, Schedule, Worker, WorkerHandle};
+use redtower_jobs::{
+    Backoff, Job, JobContext, JobError, JobStart, Queue, Schedule, StartDecision, StartLimiter,
+    Worker, WorkerHandle,
+};
 use redtower_pubsub::PubSub;
+use redtower_ratelimit::Policy;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::{
     BuildError, Config,
     error::{ApiError, AppJson},
-    ratelimit::RateLimits,
+    ratelimit::{RateLimits, policy},
 };
 
 /// The channel order updates are published on.
@@ -76,12 +88,38 @@ struct ShippingInner {
     pubsub: PubSub,
     /// `ORDER_SHIP_DELAY_MS`: how long a `ship-order` job waits before it runs.
     ship_delay: Duration,
+    /// The carrier's calls (`CARRIER_RATE_LIMIT`), shared by `GET /carrier/quote` and the
+    /// `ship-order` jobs.
+    carrier: Policy,
+    /// The same policy as a job-start quota.
+    carrier_quota: SharedQuota,
+}
+
+/// Spends the carrier's budget for `ship-order` jobs only (the sweep does not call it).
+#[derive(Debug)]
+struct CarrierQuota(SharedQuota);
+
+#[redtower_jobs::async_trait::async_trait]
+impl StartLimiter for CarrierQuota {
+    async fn check(&self, job: JobStart<'_>) -> StartDecision {
+        if job.name == ShipOrder::NAME {
+            self.0.check(job).await
+        } else {
+            StartDecision::Start
+        }
+    }
 }
 
 impl Shipping {
     /// The queue and orders in process without Redis, else in Redis (shared by every
     /// instance); updates are published on `pubsub`.
-    pub(crate) fn new(config: &Config, redis: Option<&Redis>, pubsub: PubSub) -> Self {
+    pub(crate) fn new(
+        config: &Config,
+        redis: Option<&Redis>,
+        pubsub: PubSub,
+        limits: &RateLimits,
+    ) -> Result<Self, BuildError> {
+        let carrier = policy("carrier", config.carrier_rate)?;
         let (queue, orders) = match redis {
             None => (
                 Queue::new(redtower_jobs::MemoryStore::new(), SHIP_QUEUE),
@@ -92,15 +130,18 @@ impl Shipping {
                 Orders::redis(redis.clone()),
             ),
         };
-        Self(Arc::new(ShippingInner {
+        Ok(Self(Arc::new(ShippingInner {
             queue,
             orders,
             pubsub,
             ship_delay: config.order_ship_delay,
-        }))
+            carrier,
+            carrier_quota: SharedQuota::new(limits.store(), carrier),
+        })))
     }
 
-    /// `POST /orders` (limited per client IP at `ORDER_RATE_LIMIT`) and `GET /orders/{id}`.
+    /// `POST /orders` (limited per client IP at `ORDER_RATE_LIMIT`), `GET /orders/{id}` and
+    /// `GET /carrier/quote` (the carrier's budget, shared with the worker).
     pub(crate) fn routes<S>(
         &self,
         config: &Config,
@@ -110,9 +151,11 @@ impl Shipping {
         S: Clone + Send + Sync + 'static,
     {
         let order_limit = limits.per_client("orders", config.order_rate)?;
+        let carrier_limit = limits.global(self.0.carrier)?;
         Ok(Router::new()
             .route("/orders", post(place_order).layer(order_limit))
             .route("/orders/{id}", get(get_order))
+            .route("/carrier/quote", get(carrier_quote).layer(carrier_limit))
             .with_state(self.clone()))
     }
 
@@ -139,6 +182,9 @@ impl Shipping {
         Worker::new(store, SHIP_QUEUE)
             .concurrency(16)
             .timeout(Duration::from_secs(30))
+            // Each `ship-order` job books the carrier: it spends the budget `GET
+            // /carrier/quote` spends, and waits (no attempt used) when it is gone.
+            .start_limiter(CarrierQuota(self.0.carrier_quota.clone()))
             .handle::<ShipOrder>(move |job: ShipOrder, ctx: JobContext| {
                 let shipping = runner.clone();
                 async move { shipping.ship(job, ctx).await }
@@ -242,6 +288,12 @@ async fn place_order(
             "email is not an address",
         ));
     }
+    if body.email.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "email is not an address",
+        ));
+    }
     if body.item.is_empty() || body.item.len() > 200 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -259,6 +311,8 @@ async fn place_order(
         tracing::warn!(%error, "creating an order failed");
         ApiError::unavailable()
     })?;
+    // Orders of one customer take turns with everyone else's (a fair group per customer).
+    let customer = body.email.clone();
     let job = ShipOrder {
         order_id: order_id.clone(),
         email: body.email,
@@ -271,6 +325,7 @@ async fn place_order(
         .add(job)
         // One job per order, however often this add is sent again.
         .idempotency_key(order_id.as_str())
+        .group(customer)
         .delay(shipping.0.ship_delay)
         .attempts(3)
         .backoff(Backoff::exponential(Duration::from_millis(200)))
@@ -283,6 +338,12 @@ async fn place_order(
         StatusCode::ACCEPTED,
         Json(json!({ "order_id": order_id, "job_id": job_id.to_string() })),
     ))
+}
+
+/// `GET /carrier/quote`: what shipping costs, from the carrier (a call that spends the
+/// carrier's budget, shared with the `ship-order` jobs).
+async fn carrier_quote() -> Json<Value> {
+    Json(json!({ "carrier": "demo-carrier", "price_cents": 499, "days": 2 }))
 }
 
 async fn get_order(

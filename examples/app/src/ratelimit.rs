@@ -19,8 +19,8 @@ use axum::{
 };
 use redtower_client::Redis;
 use redtower_ratelimit::{
-    ClientIp, ConcurrencyLimitLayer, LeasedStore, Policy, Quota, RateLimitLayer, RateLimitStore,
-    RefundWhen, Subject,
+    ClientIp, ConcurrencyLimitLayer, Global, LeasedStore, Policy, Quota, RateLimitLayer,
+    RateLimitStore, RefundWhen, Subject,
 };
 use serde_json::{Value, json};
 
@@ -49,6 +49,19 @@ impl RateLimits {
             Some(redis) => Arc::new(redtower_ratelimit::RedisStore::new(redis.clone())),
         };
         Self { store, client_ip }
+    }
+
+    /// The store every limit counts in.
+    pub(crate) fn store(&self) -> Arc<dyn RateLimitStore> {
+        self.store.clone()
+    }
+
+    /// A layer spending `policy` for everyone at once (the [`Global`] subject): a budget
+    /// shared with whatever else spends it, such as job workers.
+    pub(crate) fn global(&self, policy: Policy) -> Result<RateLimitLayer, BuildError> {
+        Ok(RateLimitLayer::new(self.store.clone(), policy)
+            .key(Global)
+            .build()?)
     }
 
     /// How a client's address is found (`TRUSTED_PROXIES`).

@@ -8,11 +8,17 @@
 --     (it never runs the job a second time).
 -- A bad record (not JSON, a field out of range) never fails a call: remove deletes it, retry
 -- answers 0, get and list return the raw text for the client to show.
+--   limits: stores the queue limits (meta fields, see quota.lua); dropping the per-group
+--     limit puts held jobs back to ready and forgets the group counts. A re-send stores the
+--     same values.
+-- Read only: getlimits.
+-- KEYS[13..17]: the flow keys (see flow.lua); KEYS[18..21]: the group keys (see quota.lua).
 -- ARGV: ev_max, op, ...
 -- Flows (see flow.lua): remove of a waiting parent drops its dependencies; remove of an
 -- unfinished flow child tells its parent through the outbox ('removed').
 local op = ARGV[2]
 K_FWAIT, K_FDEPS, K_FOUT, K_FMSG, K_FUNSEAL = KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17]
+K_GF, K_GHELD, K_GACT, K_GJOB = KEYS[18], KEYS[19], KEYS[20], KEYS[21]
 if op == 'time' then return now end
 if op == 'counts' then
   return { redis.call('ZCARD', K_SCHED), redis.call('ZCARD', K_READY),
@@ -100,7 +106,38 @@ elseif op == 'remove' then
   for _, st in ipairs(order) do redis.call('ZREM', sets[st], id) end
   redis.call('HDEL', K_LEASE, id)
   redis.call('HDEL', K_JOBS, id)
+  if groups_done({ id }) then wake() end
+  if rec and type(rec.g) == 'string' then
+    redis.call('ZREM', K_GHELD, held_member(rec.g, id, rec.prio * PRIO + rec.seq))
+  end
   return 1
+elseif op == 'limits' then
+  -- ARGV[3..6]: rl_n, rl_ms, conc, gconc; 0 = none.
+  local names = { 'rl_n', 'rl_ms', 'conc', 'gconc' }
+  for i, f in ipairs(names) do
+    local v = tonumber(ARGV[2 + i])
+    if v and v > 0 then redis.call('HSET', K_META, f, ARGV[2 + i]) else redis.call('HDEL', K_META, f) end
+  end
+  if not (tonumber(ARGV[3]) and tonumber(ARGV[3]) > 0) then redis.call('HDEL', K_META, 'tat') end
+  if not (tonumber(ARGV[6]) and tonumber(ARGV[6]) > 0) then
+    -- No per-group limit: held jobs go back to ready, counts are dropped.
+    while true do
+      local h = redis.call('ZRANGE', K_GHELD, 0, 99)
+      if #h == 0 then break end
+      redis.call('ZREM', K_GHELD, unpack(h))
+      for _, m in ipairs(h) do
+        local hid = string.match(m, '[^%z]*%z[^%z]*%z(.*)')
+        local hraw = hid and redis.call('HGET', K_JOBS, hid)
+        local hrec = hraw and decode(hraw)
+        if hrec then ready_add(hid, hrec) end
+      end
+    end
+    redis.call('DEL', K_GACT, K_GJOB)
+  end
+  wake()
+  return 1
+elseif op == 'getlimits' then
+  return redis.call('HMGET', K_META, 'rl_n', 'rl_ms', 'conc', 'gconc')
 elseif op == 'pause' then
   redis.call('HSET', K_META, 'paused', '1')
   return 1

@@ -13,13 +13,19 @@
 -- one `INCRBY` of the sequence, the records go in one `HSET` and the ready entries in one
 -- `ZADD` per 256 jobs, and the `added` events in one stream entry per 100 jobs (repeated id,
 -- name, attempt fields; the reader yields one event per job, as for completions).
+-- Fair turns: each job's `seq` (its place among jobs of equal priority) is its turn,
+-- max(V, the last turn of its group) + 1 (see quota.lua; ungrouped jobs are one group, meta
+-- `fu`). KEYS[14] is the group-turn ZSET. A turn is never above the `seq` counter, so jobs added
+-- by schedulers (numbered from the counter) never jump ahead of waiting ones. The ready score
+-- is priority * 2^32 + turn.
 -- ARGV: ev_max, n, keep_ms, call_keep_ms, then n x (name, record_tail, max_attempts,
---       key_index | 0, priority, delay_ms, uniq)
+--       key_index | 0, priority, delay_ms, uniq, group | '')
 -- record_tail is the record's JSON without its opening brace and without id, seq and created.
 -- Returns a flat array: id, 1 (new) | 0 (duplicate by dedup key) | 2 (already added), ...
 local n = tonumber(ARGV[2])
 local keep, call_keep = ARGV[3], ARGV[4]
 local K_CALL = KEYS[13]
+local K_GF = KEYS[14]
 
 local prev = redis.call('GET', K_CALL)
 if prev then
@@ -37,8 +43,15 @@ local ids = {}
 local first, seq = nil, nil
 local recs, ready, sched, events = {}, {}, {}, {}
 local earliest = nil
+local MV = redis.call('HMGET', K_META, 'vt', 'fu')
+local V = tonumber(MV[1])
+if not V then
+  V = tonumber(redis.call('GET', K_SEQ)) or 0
+  redis.call('HSET', K_META, 'vt', n2s(V))
+end
+local fu, fu_dirty, fg = tonumber(MV[2]) or 0, false, {}
 for i = 0, n - 1 do
-  local b = 5 + i * 7
+  local b = 5 + i * 8
   local ki = tonumber(ARGV[b + 3])
   local idem = nil
   if ki > 0 then idem = KEYS[ki] end
@@ -63,9 +76,20 @@ for i = 0, n - 1 do
       first = seq
     end
     local id = tostring(seq)
+    local group, turn = ARGV[b + 7], nil
+    if group == '' then
+      turn = math.max(V, fu) + 1
+      fu, fu_dirty = turn, true
+    else
+      local f = fg[group]
+      if f == nil then f = tonumber(redis.call('ZSCORE', K_GF, group)) or 0 end
+      turn = math.max(V, f) + 1
+      fg[group] = turn
+    end
+    local turn_s = n2s(turn)
     if uniq ~= '' then redis.call('HSET', K_UNIQ, uniq, id) end
     recs[#recs + 1] = id
-    recs[#recs + 1] = '{"id":"' .. id .. '","seq":' .. id .. ',"created":' .. now_s .. ','
+    recs[#recs + 1] = '{"id":"' .. id .. '","seq":' .. turn_s .. ',"created":' .. now_s .. ','
       .. ARGV[b + 1]
     if idem then redis.call('SET', idem, id, 'PX', keep) end
     local delay = tonumber(ARGV[b + 5])
@@ -76,11 +100,11 @@ for i = 0, n - 1 do
       if earliest == nil or due < earliest then earliest = due end
     else
       local prio = ARGV[b + 4]
-      -- The score is priority * 2^32 + seq (see `ready_add`); without a priority, the id.
+      -- The score is priority * 2^32 + turn (see `ready_add`); without a priority, the turn.
       if prio == '0' then
-        ready[#ready + 1] = id
+        ready[#ready + 1] = turn_s
       else
-        ready[#ready + 1] = n2s(tonumber(prio) * PRIO + seq)
+        ready[#ready + 1] = n2s(tonumber(prio) * PRIO + turn)
       end
       ready[#ready + 1] = id
     end
@@ -113,5 +137,7 @@ if EV_MAX > 0 then
   end
 end
 if woke then wake() end
+if fu_dirty then redis.call('HSET', K_META, 'fu', n2s(fu)) end
+for g, f in pairs(fg) do redis.call('ZADD', K_GF, n2s(f), g) end
 redis.call('SET', K_CALL, table.concat(ids, ' '), 'PX', call_keep)
 return out

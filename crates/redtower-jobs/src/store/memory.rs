@@ -112,6 +112,58 @@ impl Sched {
     }
 }
 
+/// Limits and fair groups of one queue (as the Redis store's meta fields and group keys).
+#[derive(Debug, Default)]
+struct Quota {
+    limits: crate::QueueLimits,
+    /// GCRA: the theoretical arrival time of the next start, in µs.
+    tat: f64,
+    /// No job starts before this (ms).
+    hold: u64,
+    /// The highest turn handed to a worker.
+    vt: u64,
+    /// The last turn of ungrouped jobs.
+    fu: u64,
+    /// Group → its last turn (kept while above `vt`).
+    gturn: HashMap<String, u64>,
+    /// Jobs held while their group was full: (group, ready score, id).
+    gheld: BTreeSet<(String, u64, u64)>,
+    /// Group → running jobs; running job → group (while the per-group limit is set).
+    gact: HashMap<String, u32>,
+    gjob: HashMap<u64, String>,
+    /// A held job went back to ready in this call.
+    woke: bool,
+}
+
+impl Quota {
+    /// The turn of a new job of `group`: max(V, the group's last turn) + 1.
+    fn turn(&mut self, group: Option<&str>) -> u64 {
+        let last = match group {
+            None => &mut self.fu,
+            Some(g) => self.gturn.entry(g.to_owned()).or_insert(0),
+        };
+        let t = self.vt.max(*last) + 1;
+        *last = t;
+        t
+    }
+
+    fn set_limits(&mut self, limits: crate::QueueLimits) -> Vec<u64> {
+        if limits.rate.is_none() {
+            self.tat = 0.0;
+        }
+        self.limits = limits;
+        if limits.group_concurrency.is_none() {
+            self.gact.clear();
+            self.gjob.clear();
+            return std::mem::take(&mut self.gheld)
+                .into_iter()
+                .map(|(_, _, id)| id)
+                .collect();
+        }
+        Vec::new()
+    }
+}
+
 /// One queue: its jobs, the sets that order them, and what makes calls safe to repeat.
 #[derive(Debug)]
 struct QueueState {
@@ -132,6 +184,8 @@ struct QueueState {
     replay: HashMap<String, Replay>,
     replay_exp: BTreeSet<(u64, String)>,
     paused: bool,
+    /// Limits and fair groups (see `QueueLimits`).
+    quota: Quota,
     /// Job schedulers by id.
     scheds: BTreeMap<String, Sched>,
     wake: watch::Sender<u64>,
@@ -157,6 +211,7 @@ impl QueueState {
             replay: HashMap::new(),
             replay_exp: BTreeSet::new(),
             paused: false,
+            quota: Quota::default(),
             scheds: BTreeMap::new(),
             wake: watch::channel(0).0,
             events: broadcast::channel(cap.max(1)).0,
@@ -202,6 +257,7 @@ impl QueueState {
         }
         self.seq += 1;
         let id = self.seq;
+        let turn = self.quota.turn(j.group.as_deref());
         let rec = Record {
             id: id.to_string(),
             name: j.name,
@@ -210,7 +266,7 @@ impl QueueState {
             max: j.max_attempts,
             backoff: j.backoff,
             prio: j.priority,
-            seq: id,
+            seq: turn,
             created: now,
             stalls: 0,
             err: None,
@@ -222,6 +278,7 @@ impl QueueState {
             fw: None,
             fspec: None,
             kids: None,
+            group: j.group,
         };
         if let Some(u) = j.unique_key {
             self.uniq.insert(u, id);
@@ -408,23 +465,103 @@ impl QueueState {
         }
         let promoted = self.promote_due(now);
         let reclaimed = self.reclaim_expired(now, req.max_stalls, &req.retention);
-        let jobs = if req.fetch > 0 && !self.paused {
-            self.lease_ready(req.fetch, req.lease, now)
+        if self.quota.limits.concurrency.is_some()
+            && (settled_any || reclaimed)
+            && self.ready.len() > 0
+        {
+            self.wake();
+        }
+        let (want, limit_hint) = if req.fetch > 0 && !self.paused {
+            self.allowed(req.fetch, now)
         } else {
-            if promoted || reclaimed {
+            (0, None)
+        };
+        let jobs = if want > 0 {
+            let jobs = self.lease_ready(want, req.lease, now);
+            if let Some((_, per)) = self.quota.limits.rate {
+                let (n, _) = self.quota.limits.rate.unwrap_or((1, per));
+                let step = ms(per) as f64 * 1000.0 / f64::from(n.max(1));
+                let now_us = now as f64 * 1000.0;
+                self.quota.tat = self.quota.tat.max(now_us) + jobs.len() as f64 * step;
+            }
+            jobs
+        } else {
+            if promoted || reclaimed || self.quota.woke {
                 self.wake();
             }
             Vec::new()
         };
+        self.quota.woke = false;
         if let Some(rid) = req.request_id
             && (settled_any || !jobs.is_empty())
         {
             self.remember(rid, &settled, &jobs, req.lease, now);
         }
+        let next_due = match (self.next_due(now), limit_hint) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         WorkReply {
             settled,
             jobs,
-            next_due: self.next_due(now),
+            next_due,
+        }
+    }
+
+    /// How many jobs a fetch of `fetch` may start under the queue's limits, and when more may
+    /// start if a rate limit or hold stopped it.
+    fn allowed(&self, fetch: usize, now: u64) -> (usize, Option<Duration>) {
+        let q = &self.quota;
+        if q.hold > now {
+            return (0, Some(Duration::from_millis(q.hold - now)));
+        }
+        let mut want = fetch;
+        if let Some(c) = q.limits.concurrency {
+            want = want.min((c as usize).saturating_sub(self.active.len() as usize));
+        }
+        let mut hint = None;
+        if want > 0
+            && let Some((n, per)) = q.limits.rate
+        {
+            let period = ms(per) as f64 * 1000.0;
+            let step = period / f64::from(n.max(1));
+            let now_us = now as f64 * 1000.0;
+            let tat = q.tat.max(now_us);
+            let fit = ((now_us + period - tat) / step + 1e-9).floor().max(0.0) as usize;
+            if fit < want {
+                want = fit;
+                let wait = tat + want as f64 * step + step - period - now_us;
+                hint = Some(Duration::from_millis((wait / 1000.0).ceil().max(0.0) as u64));
+            }
+        }
+        (want, hint)
+    }
+
+    /// Job `id` stopped running: its group's count goes down and one held job of the group
+    /// goes back to ready.
+    fn group_done(&mut self, id: u64) {
+        let Some(g) = self.quota.gjob.remove(&id) else {
+            return;
+        };
+        if let Some(n) = self.quota.gact.get_mut(&g) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.quota.gact.remove(&g);
+            }
+        }
+        let first = self
+            .quota
+            .gheld
+            .range((g.clone(), 0, 0)..)
+            .take_while(|(hg, _, _)| *hg == g)
+            .find(|_| true)
+            .cloned();
+        if let Some(key) = first {
+            self.quota.gheld.remove(&key);
+            if self.jobs.contains_key(&key.2) {
+                self.ready_add(key.2);
+                self.quota.woke = true;
+            }
         }
     }
 
@@ -462,6 +599,7 @@ impl QueueState {
         };
         self.lease.remove(&id);
         self.active.rem(id);
+        self.group_done(id);
         let Some(rec) = self.jobs.get_mut(&id) else {
             return Settled::Stale;
         };
@@ -484,6 +622,21 @@ impl QueueState {
                 self.wake();
                 self.emit(EventKind::Released, &rec);
                 Settled::Released
+            }
+            Settle::Delay { delay, pause_queue } => {
+                let rec = rec.clone();
+                let until = now.saturating_add(ms(delay));
+                if delay.is_zero() {
+                    self.ready_add(id);
+                    self.wake();
+                } else {
+                    self.sched_add(id, until);
+                }
+                if pause_queue {
+                    self.quota.hold = self.quota.hold.max(until);
+                }
+                self.emit(EventKind::Released, &rec);
+                Settled::Delayed
             }
             Settle::Retry { delay, error } if rec.attempt.saturating_add(1) < rec.max => {
                 rec.attempt += 1;
@@ -523,6 +676,7 @@ impl QueueState {
         let expired = self.active.due(now, 100);
         for id in &expired {
             self.active.rem(*id);
+            self.group_done(*id);
             let lost = self.lease.remove(id);
             let Some(rec) = self.jobs.get_mut(id) else {
                 continue;
@@ -552,10 +706,22 @@ impl QueueState {
     fn lease_ready(&mut self, fetch: usize, lease: Duration, now: u64) -> Vec<Fetched> {
         let mut jobs = Vec::new();
         while jobs.len() < fetch {
-            let Some((_, id)) = self.ready.first() else {
+            let Some((score, id)) = self.ready.first() else {
                 break;
             };
             self.ready.rem(id);
+            self.quota.vt = self.quota.vt.max(score % PRIO);
+            if let Some(limit) = self.quota.limits.group_concurrency
+                && let Some(g) = self.jobs.get(&id).and_then(|r| r.group.clone())
+            {
+                let n = self.quota.gact.entry(g.clone()).or_insert(0);
+                if *n >= limit {
+                    self.quota.gheld.insert((g, score, id));
+                    continue;
+                }
+                *n += 1;
+                self.quota.gjob.insert(id, g);
+            }
             self.seq += 1;
             let token = self.seq.to_string();
             let Some(job) = self.fetched(id, token.clone(), now) else {
@@ -565,6 +731,8 @@ impl QueueState {
             self.active.add(id, now.saturating_add(ms(lease).max(1)));
             jobs.push(job);
         }
+        let vt = self.quota.vt;
+        self.quota.gturn.retain(|_, t| *t > vt);
         if jobs.len() == fetch && self.ready.len() > 0 {
             // More are ready: another idle worker may take them.
             self.wake();
@@ -800,9 +968,29 @@ impl QueueStore for MemoryStore {
                 set.rem(id);
             }
             q.lease.remove(&id);
+            q.group_done(id);
+            q.quota.gheld.retain(|(_, _, held)| *held != id);
             q.jobs.remove(&id);
+            if std::mem::take(&mut q.quota.woke) {
+                q.wake();
+            }
             true
         }))
+    }
+
+    async fn set_limits(&self, queue: &str, limits: crate::QueueLimits) -> Result<()> {
+        limits.validate()?;
+        self.with(queue, |q, _| {
+            for id in q.quota.set_limits(limits) {
+                q.ready_add(id);
+            }
+            q.wake();
+        });
+        Ok(())
+    }
+
+    async fn limits(&self, queue: &str) -> Result<crate::QueueLimits> {
+        Ok(self.with(queue, |q, _| q.quota.limits))
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {

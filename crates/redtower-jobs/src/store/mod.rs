@@ -10,6 +10,7 @@ use crate::{
     event::QueueEvent,
     flow::{ChildResult, FlowDep, FlowMessage, FlowParent},
     job::{Backoff, JobId, JobInfo, JobState},
+    quota::QueueLimits,
     schedule::{Fire, StoredScheduler},
 };
 
@@ -50,6 +51,10 @@ pub struct NewJob {
     /// For a flow child: its parent (see [`Flow`](crate::Flow)). Its final state (completed,
     /// dead, removed) goes to its queue's outbox, for the parent's queue.
     pub flow_parent: Option<FlowParent>,
+    /// The job's fair group (e.g. a tenant): workers take jobs round-robin across groups
+    /// (see [`QueueLimits`](crate::QueueLimits)). `None`: the queue's ungrouped jobs, which
+    /// share one turn like a group.
+    pub group: Option<String>,
 }
 
 impl NewJob {
@@ -67,7 +72,15 @@ impl NewJob {
             idempotency_key: None,
             trace: None,
             flow_parent: None,
+            group: None,
         }
+    }
+
+    /// Sets [`group`](Self::group).
+    #[must_use]
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
     }
 
     /// Sets [`idempotency_key`](Self::idempotency_key).
@@ -147,6 +160,16 @@ pub enum Settle {
         /// The result set with [`JobContext::set_flow_result`](crate::JobContext::set_flow_result).
         flow_result: Option<String>,
     },
+    /// Not run because of a rate limit (the handler's
+    /// [`JobError::rate_limited`](crate::JobError::rate_limited), or a
+    /// [`StartLimiter`](crate::StartLimiter)): ready again after `delay`, in its old place;
+    /// the attempt is not counted.
+    Delay {
+        /// How long the job waits.
+        delay: Duration,
+        /// Whether no job of the queue starts for `delay` either (any worker).
+        pause_queue: bool,
+    },
 }
 
 /// What happened to one settlement.
@@ -163,6 +186,8 @@ pub enum Settled {
     Dead,
     /// Back in ready.
     Released,
+    /// Delayed by a rate limit, without using an attempt.
+    Delayed,
 }
 
 /// Retention of finished jobs: each kept while both limits hold.
@@ -492,6 +517,12 @@ pub trait QueueStore: fmt::Debug + Send + Sync + 'static {
 
     /// Flows: deletes delivered messages from `queue`'s outbox.
     async fn ack_outbox(&self, queue: &str, ids: Vec<String>) -> Result<()>;
+    /// Stores the queue-wide limits of `queue`, enforced by [`work`](Self::work) for every
+    /// worker of the queue (see [`QueueLimits`](crate::QueueLimits)).
+    async fn set_limits(&self, queue: &str, limits: QueueLimits) -> Result<()>;
+
+    /// The stored limits of `queue` (none set: [`QueueLimits::default`]).
+    async fn limits(&self, queue: &str) -> Result<QueueLimits>;
 }
 
 /// A shared store is a store: an `Arc<dyn QueueStore>` chosen at run time (or an `Arc` of a
@@ -629,6 +660,14 @@ impl<T: QueueStore + ?Sized> QueueStore for Arc<T> {
 
     async fn ack_outbox(&self, queue: &str, ids: Vec<String>) -> Result<()> {
         (**self).ack_outbox(queue, ids).await
+    }
+
+    async fn set_limits(&self, queue: &str, limits: QueueLimits) -> Result<()> {
+        (**self).set_limits(queue, limits).await
+    }
+
+    async fn limits(&self, queue: &str) -> Result<QueueLimits> {
+        (**self).limits(queue).await
     }
 }
 

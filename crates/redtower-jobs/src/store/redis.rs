@@ -44,10 +44,26 @@ macro_rules! script {
     };
 }
 
+/// A script that also uses the quota prelude (fair groups, per-group limits).
+macro_rules! quota_script {
+    ($name:literal, $file:literal) => {
+        LazyLock::new(|| {
+            Script::new(
+                $name,
+                concat!(
+                    include_str!("../lua/common.lua"),
+                    include_str!("../lua/quota.lua"),
+                    include_str!(concat!("../lua/", $file, ".lua"))
+                ),
+            )
+        })
+    };
+}
+
 static ENQUEUE: LazyLock<Script> = script!("jobs_enqueue", "enqueue");
-static WORK: LazyLock<Script> = script!("jobs_work", "work");
+static WORK: LazyLock<Script> = quota_script!("jobs_work", "work");
 static EXTEND: LazyLock<Script> = script!("jobs_extend", "extend");
-static ADMIN: LazyLock<Script> = script!("jobs_admin", "admin");
+static ADMIN: LazyLock<Script> = quota_script!("jobs_admin", "admin");
 static SCHEDULE: LazyLock<Script> = script!("jobs_schedule", "schedule");
 static FLOW: LazyLock<Script> = script!("jobs_flow", "flow");
 
@@ -58,6 +74,8 @@ const PARTS: [&str; 12] = [
 /// Flow keys (see `lua/flow.lua`): KEYS[13..17] of the admin and flow scripts.
 const FLOW_PARTS: [&str; 5] = ["fwait", "fdeps", "fout", "fmsg", "funseal"];
 const WAKE: usize = 9;
+/// The keys of fair groups (see `lua/quota.lua`).
+const GROUP_PARTS: [&str; 4] = ["gturn", "gheld", "gact", "gjob"];
 const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
 const EVENTS: usize = 10;
 /// At most this many single adds share one enqueue call.
@@ -76,6 +94,10 @@ type Adds = Coalescer<(String, NewJob), Result<Enqueued>>;
 /// given TTLs: retention bounds them. Job schedulers: `:sspec` (HASH id → spec), `:snext`
 /// (ZSET id → next tick), `:sstate` (HASH id → version and run count), and one marker per
 /// fired tick, `:tick:<scheduler>:<tick ms>` → job id (kept for the idempotency window).
+/// Quotas ([`QueueLimits`](crate::QueueLimits)): limits, the rate state and the turn counters
+/// are fields of `:meta`; fair groups use `:gturn` (ZSET group → its last turn, pruned once
+/// the queue's turn passes it), and with a per-group limit `:gact` (HASH group → running jobs),
+/// `:gjob` (HASH running job → group) and `:gheld` (ZSET of jobs waiting for their group).
 ///
 /// Cloning is cheap.
 ///
@@ -207,6 +229,11 @@ impl RedisStore {
         self.run(&FLOW, keys, argv).await
     }
 
+    fn group_keys(&self, queue: &str) -> impl Iterator<Item = Key> {
+        let base = self.base(queue);
+        GROUP_PARTS.into_iter().map(move |p| base.clone().push(p))
+    }
+
     /// Runs the schedule script (`op` and its arguments; `extra` keys after the scheduler
     /// keys).
     async fn schedule(&self, queue: &str, extra: Vec<Key>, args: Vec<Value>) -> Result<Value> {
@@ -222,7 +249,10 @@ impl RedisStore {
     async fn admin(&self, queue: &str, args: Vec<Value>) -> Result<Value> {
         let mut argv = vec![Value::from(int(self.events_max_len))];
         argv.extend(args);
-        self.run(&ADMIN, self.flow_keys(queue), argv).await
+        // The flow keys (KEYS[13..17]), then the group keys (KEYS[18..21]).
+        let mut keys = self.flow_keys(queue);
+        keys.extend(self.group_keys(queue));
+        self.run(&ADMIN, keys, argv).await
     }
 
     /// The keys and arguments of the work script for `req` (see `lua/work.lua`).
@@ -243,9 +273,10 @@ impl RedisStore {
         let request_id = req.request_id.unwrap_or_else(super::random_key);
         let base = self.base(queue);
         keys.push(base.clone().push("x").push(request_id.as_str()));
-        // A flow child's outbox (KEYS[14], KEYS[15]).
+        // A flow child's outbox (KEYS[14], KEYS[15]), then the group keys (KEYS[16..19]).
         keys.push(base.clone().push("fout"));
         keys.push(base.push("fmsg"));
+        keys.extend(self.group_keys(queue));
         for (lease, s) in req.settle {
             let token = Token::parse(&lease.token);
             argv.push(lease.id.as_str().into());
@@ -259,6 +290,11 @@ impl RedisStore {
                 (Settle::CompleteFlowChild { flow_result }, _) => {
                     ("u", 0.into(), flow_result.unwrap_or_default().into())
                 }
+                (Settle::Delay { delay, pause_queue }, _) => (
+                    "d",
+                    ms(delay).into(),
+                    if pause_queue { "1" } else { "0" }.into(),
+                ),
             };
             argv.push(kind.into());
             argv.push(a);
@@ -322,7 +358,9 @@ impl RedisStore {
         let mut keys = self.keys(queue);
         // The call's own marker: a re-send of this very request finds it.
         keys.push(base.clone().push("add").push(super::random_key().as_str()));
-        let mut argv: Vec<Value> = Vec::with_capacity(4 + jobs.len() * 7);
+        // The group-turn ZSET (KEYS[14]).
+        keys.push(base.clone().push(GROUP_PARTS[0]));
+        let mut argv: Vec<Value> = Vec::with_capacity(4 + jobs.len() * 8);
         argv.push(int(self.events_max_len).into());
         argv.push((jobs.len() as i64).into());
         argv.push(ms(self.idempotency_window).max(1).into());
@@ -346,6 +384,7 @@ impl RedisStore {
                 tc: j.trace.as_ref().map(TraceContext::encode),
                 // A flow child's parent (queue, id, key): its final state goes to the outbox.
                 fp: j.flow_parent.as_ref(),
+                g: j.group.as_deref(),
             })
             .map_err(Error::Serialize)?;
             // A caller's idempotency key: its marker, by its (1-based) index in KEYS.
@@ -363,6 +402,7 @@ impl RedisStore {
             argv.push(i64::from(j.priority).into());
             argv.push(ms(j.delay).into());
             argv.push(j.unique_key.unwrap_or_default().into());
+            argv.push(j.group.unwrap_or_default().into());
         }
         let reply: Value = self.run(&ENQUEUE, keys, argv).await?;
         let flat = reply.into_array();
@@ -414,6 +454,8 @@ struct RecordTail<'a> {
     tc: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fp: Option<&'a crate::flow::FlowParent>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    g: Option<&'a str>,
 }
 
 fn text(v: Value) -> Result<String> {
@@ -516,6 +558,7 @@ fn work_reply(queue: &str, reply: Value) -> Result<WorkReply> {
                 2 => Settled::Retrying,
                 3 => Settled::Dead,
                 4 => Settled::Released,
+                5 => Settled::Delayed,
                 _ => Settled::Stale,
             })
         })
@@ -729,6 +772,41 @@ impl QueueStore for RedisStore {
         Ok(())
     }
 
+    async fn set_limits(&self, queue: &str, limits: crate::QueueLimits) -> Result<()> {
+        let (n, per) = limits.rate.unwrap_or((0, Duration::ZERO));
+        let args: Vec<Value> = vec![
+            "limits".into(),
+            i64::from(n).into(),
+            ms(per).into(),
+            i64::from(limits.concurrency.unwrap_or(0)).into(),
+            i64::from(limits.group_concurrency.unwrap_or(0)).into(),
+        ];
+        self.admin(queue, args).await?;
+        Ok(())
+    }
+
+    async fn limits(&self, queue: &str) -> Result<crate::QueueLimits> {
+        let v = self
+            .admin(queue, vec!["getlimits".into()])
+            .await?
+            .into_array();
+        let get = |i: usize| {
+            v.get(i)
+                .and_then(|x| x.as_str().and_then(|s| s.parse::<u64>().ok()))
+                .filter(|n| *n > 0)
+        };
+        let mut out = crate::QueueLimits::new();
+        if let (Some(n), Some(per)) = (get(0), get(1)) {
+            out.rate = Some((
+                u32::try_from(n).unwrap_or(u32::MAX),
+                Duration::from_millis(per),
+            ));
+        }
+        out.concurrency = get(2).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        out.group_concurrency = get(3).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        Ok(out)
+    }
+
     async fn time(&self, queue: &str) -> Result<u64> {
         // Through the admin script, so the TIME is the queue's node's (Cluster).
         let v = self.admin(queue, vec!["time".into()]).await?;
@@ -825,6 +903,7 @@ impl QueueStore for RedisStore {
             uniq: None,
             tc: None,
             fp: None,
+            g: None,
         })
         .map_err(Error::Serialize)?;
         let mut argv: Vec<Value> = vec![
@@ -870,6 +949,7 @@ impl QueueStore for RedisStore {
             uniq: None,
             tc: job.trace.as_ref().map(TraceContext::encode),
             fp: job.flow_parent.as_ref(),
+            g: job.group.as_deref(),
         })
         .map_err(Error::Serialize)?;
         let base = self.base(queue);

@@ -58,6 +58,7 @@ fn settled_outcome(s: Settled) -> &'static str {
         Settled::Retrying => "retrying",
         Settled::Dead => "dead",
         Settled::Released => "released",
+        Settled::Delayed => "rate_limited",
         _ => "lease_lost",
     }
 }
@@ -95,6 +96,37 @@ impl Worker {
         };
         let span = run_span(&self.queue, &job);
         let timeout = self.timeout;
+        // A start limiter is asked first: a refusal is a rate-limited attempt (not counted).
+        let fut: crate::handler::BoxFuture = match &self.start_limiter {
+            Some(limiter) if job.invalid.is_none() => {
+                let limiter = limiter.clone();
+                let (queue, id, name, attempt) = (
+                    self.queue.clone(),
+                    job.lease.id.clone(),
+                    job.name.clone(),
+                    job.attempt,
+                );
+                Box::pin(async move {
+                    let start = crate::JobStart {
+                        queue: &queue,
+                        id: &id,
+                        name: &name,
+                        attempt,
+                    };
+                    match limiter.check(start).await {
+                        crate::StartDecision::Wait {
+                            retry_after,
+                            pause_queue,
+                        } => {
+                            let e = JobError::rate_limited(retry_after);
+                            Err(if pause_queue { e.pause_queue() } else { e })
+                        }
+                        _ => fut.await,
+                    }
+                })
+            }
+            _ => fut,
+        };
         let fut = async move {
             let run = AssertUnwindSafe(fut).catch_unwind();
             let res = match timeout {
@@ -147,6 +179,12 @@ impl Worker {
         let Some(r) = running.remove(&id) else {
             return;
         };
+        if let Err(e) = &result
+            && let Some((delay, pause_queue)) = e.rate_limit()
+        {
+            pending.push((r, Settle::Delay { delay, pause_queue }, None));
+            return;
+        }
         let (settle, outcome) = match result {
             Ok(()) if r.job.flow_child => (
                 Settle::CompleteFlowChild {
@@ -206,6 +244,7 @@ impl Worker {
                 Settled::Retrying => "redtower_jobs_retried_total",
                 Settled::Dead => "redtower_jobs_dead_total",
                 Settled::Released => "redtower_jobs_released_total",
+                Settled::Delayed => "redtower_jobs_rate_limited_total",
                 _ => "redtower_jobs_lease_lost_total",
             };
             metrics::counter!(name, "queue" => q.clone()).increment(1);

@@ -135,6 +135,7 @@ pub struct Worker {
     /// Signals the flow relay (see `run::flow_loop`) that a flow child was settled.
     flow_relay: Arc<tokio::sync::Notify>,
     flow_unsealed_after: Duration,
+    start_limiter: Option<Arc<dyn crate::StartLimiter>>,
 }
 
 impl fmt::Debug for Worker {
@@ -177,6 +178,7 @@ impl Worker {
             schedulers: true,
             flow_relay: Arc::new(tokio::sync::Notify::new()),
             flow_unsealed_after: crate::flow::UNSEALED_AFTER,
+            start_limiter: None,
         }
     }
 
@@ -241,6 +243,17 @@ impl Worker {
     /// scheduler added elsewhere is seen within it).
     pub fn schedulers(mut self, on: bool) -> Self {
         self.schedulers = on;
+        self
+    }
+
+    /// A quota asked before each job starts (see [`StartLimiter`](crate::StartLimiter)): a
+    /// job it refuses is ready again after the wait it names, in its place, without using an
+    /// attempt (settled as [`Settled::Delayed`](crate::Settled::Delayed)). Use it for a quota
+    /// shared with other code, such as an HTTP route's rate limit; for a limit of the queue
+    /// alone, [`Queue::set_limits`](crate::Queue::set_limits) is cheaper (no extra round
+    /// trip). Defaults to none.
+    pub fn start_limiter(mut self, limiter: impl crate::StartLimiter) -> Self {
+        self.start_limiter = Some(Arc::new(limiter));
         self
     }
 

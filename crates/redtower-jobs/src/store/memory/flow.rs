@@ -73,6 +73,7 @@ impl QueueState {
             fw: Some(deps.iter().map(|d| d.key.clone()).collect()),
             fspec: Some(spec),
             kids: None,
+            group: job.group,
         };
         if let Some(idem) = job.idempotency_key {
             self.idem.insert(idem.clone(), (id, expires));
