@@ -9,6 +9,7 @@ use crate::{
     Result,
     event::QueueEvent,
     job::{Backoff, JobId, JobInfo, JobState},
+    progress::OutputKind,
     schedule::{Fire, StoredScheduler},
 };
 
@@ -420,6 +421,24 @@ pub trait QueueStore: fmt::Debug + Send + Sync + 'static {
     /// when the compare-and-set failed (another process fired, the spec changed, or a tick is
     /// later than the store's time) and nothing was changed.
     async fn fire_scheduler(&self, queue: &str, fire: Fire) -> Result<Option<Vec<JobId>>>;
+
+    /// Stores the job's progress or result (`value`, JSON text within the limits the caller
+    /// checked) if `lease` still holds the job: `false` (nothing written) when it does not.
+    /// The value is kept with the job and deleted with it (removal, retention).
+    ///
+    /// The default refuses: a store of your own keeps no outputs until it implements this.
+    async fn put_output(
+        &self,
+        queue: &str,
+        lease: &Lease,
+        kind: OutputKind,
+        value: String,
+    ) -> Result<bool> {
+        let _ = (queue, lease, kind, value);
+        Err(crate::Error::Protocol(
+            "this store does not keep job progress or results".into(),
+        ))
+    }
 }
 
 /// A shared store is a store: an `Arc<dyn QueueStore>` chosen at run time (or an `Arc` of a
@@ -509,6 +528,16 @@ impl<T: QueueStore + ?Sized> QueueStore for Arc<T> {
 
     async fn fire_scheduler(&self, queue: &str, fire: Fire) -> Result<Option<Vec<JobId>>> {
         (**self).fire_scheduler(queue, fire).await
+    }
+
+    async fn put_output(
+        &self,
+        queue: &str,
+        lease: &Lease,
+        kind: OutputKind,
+        value: String,
+    ) -> Result<bool> {
+        (**self).put_output(queue, lease, kind, value).await
     }
 }
 
