@@ -8,6 +8,7 @@
 //! | `session` | `session` | a tower-sessions store with a per-user index and "log out everywhere" |
 //! | `pubsub` | `pubsub` | publish through Redis, stream to browsers over SSE with resume |
 //! | `jobs` | `jobs` | typed background jobs: delays, attempts, backoff, workers |
+//! | [`job_events`] | `jobs` + `pubsub` | a worker's job events (progress, results, failures) on a pub/sub channel per job, resumable over SSE |
 //!
 //! Each feature module re-exports its crate (`redtower-ratelimit`, ...), so
 //! `redtower::ratelimit::RateLimitLayer` and `redtower_ratelimit::RateLimitLayer` are the same
@@ -53,3 +54,7 @@ pub use redtower_pubsub as pubsub;
 #[cfg(feature = "jobs")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jobs")))]
 pub use redtower_jobs as jobs;
+
+#[cfg(all(feature = "jobs", feature = "pubsub"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "jobs", feature = "pubsub"))))]
+pub mod job_events;
