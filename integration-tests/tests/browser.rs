@@ -1,5 +1,7 @@
 //! A real browser (headless Chromium through ChromeDriver) drives the example app's page: logs
-//! in, places an order, and sees the `shipped` update arrive live over SSE.
+//! in, places an order, sees its shipping steps and the `shipped` update arrive live over SSE,
+//! and after its order stream is dropped mid-way and the page reloaded, sees every step exactly
+//! once (resumed from `Last-Event-ID`).
 
 use std::{
     process::{Child, Command, Stdio},
@@ -22,6 +24,17 @@ impl Drop for Driver {
     }
 }
 
+/// The shipping steps the page shows, in order.
+async fn steps(browser: &fantoccini::Client) -> Result<Vec<String>, fantoccini::error::CmdError> {
+    let steps = browser
+        .execute(
+            "return Array.from(document.querySelectorAll('#steps li.step')).map(li => li.textContent);",
+            Vec::new(),
+        )
+        .await?;
+    Ok(serde_json::from_value(steps).expect("a list of steps"))
+}
+
 fn chromium() -> String {
     for candidate in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
         if std::path::Path::new(candidate).exists() {
@@ -34,7 +47,16 @@ fn chromium() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_logs_in_orders_and_sees_the_shipped_update() {
     // The app, on the in-process backends, as the README's first command runs it.
-    let app = TestApp::spawn(None, "", &[("ORDER_SHIP_DELAY_MS", "300")]).await;
+    // Steps 1.5 s apart: the test drops the order's stream after the first one.
+    let app = TestApp::spawn(
+        None,
+        "",
+        &[
+            ("ORDER_SHIP_DELAY_MS", "300"),
+            ("ORDER_STEP_DELAY_MS", "1500"),
+        ],
+    )
+    .await;
 
     let port = redtower_testkit::free_port();
     let _driver = Driver(
@@ -92,6 +114,19 @@ async fn page_logs_in_orders_and_sees_the_shipped_update() {
             ))
             .await?;
         browser.find(Locator::Id("order")).await?.click().await?;
+        // The first step arrives live on the order's own stream; then the stream is dropped
+        // (as a lost connection would), mid-way through the job.
+        browser
+            .wait()
+            .at_most(Duration::from_secs(15))
+            .for_element(Locator::XPath("//ul[@id='steps']/li[text()='packed']"))
+            .await?;
+        browser
+            .execute(
+                "for (const s of window.orderStreams.values()) s.close();",
+                Vec::new(),
+            )
+            .await?;
         // Pending first, then the live update flips it to shipped without a reload.
         browser
             .wait()
@@ -116,6 +151,33 @@ async fn page_logs_in_orders_and_sees_the_shipped_update() {
         assert_eq!(text, &format!("{order_id}: shipped"));
         let log = browser.find(Locator::Id("log")).await?.text().await?;
         assert!(log.contains("\"status\":\"shipped\""), "{log}");
+
+        // The dropped stream missed the last steps (they are 1.5 s apart).
+        let before = steps(&browser).await?;
+        assert!(
+            !before.is_empty() && before.len() < 3,
+            "the stream was dropped mid-way: {before:?}"
+        );
+        // Reload: the page restores what it saw and a new EventSource resumes after the last
+        // step it got (`?last_event_id=`): the rest comes from the channel's history.
+        browser.refresh().await?;
+        browser
+            .wait()
+            .at_most(Duration::from_secs(15))
+            .for_element(Locator::Css("#steps li.tracking"))
+            .await?;
+        let after = steps(&browser).await?;
+        assert_eq!(
+            after,
+            ["packed", "label printed", "shipped"],
+            "every step exactly once"
+        );
+        let tracking = browser
+            .find(Locator::Css("#steps li.tracking"))
+            .await?
+            .text()
+            .await?;
+        assert!(tracking.starts_with("tracking TRK-"), "{tracking}");
         Ok::<_, fantoccini::error::CmdError>(())
     }
     .await;

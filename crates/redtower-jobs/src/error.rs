@@ -19,6 +19,18 @@ pub enum Error {
         /// The limit ([`Queue::max_payload`](crate::Queue::max_payload)).
         limit: usize,
     },
+    /// A progress value or result is larger than its limit
+    /// ([`MAX_PROGRESS_BYTES`](crate::MAX_PROGRESS_BYTES),
+    /// [`MAX_RESULT_BYTES`](crate::MAX_RESULT_BYTES)).
+    #[error("job {what} is {size} bytes, over the limit of {limit} bytes")]
+    ValueTooLarge {
+        /// `"progress"` or `"result"`.
+        what: &'static str,
+        /// The serialized size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// An option is out of range (for example zero attempts).
     #[error("invalid job option: {0}")]
     InvalidOption(&'static str),

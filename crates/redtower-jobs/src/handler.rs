@@ -2,9 +2,13 @@
 
 use std::{fmt, future::Future, marker::PhantomData, pin::Pin, sync::Arc, time::Duration};
 
+use serde::Serialize;
+
 use crate::{
+    Result,
     flow::{ChildResult, MAX_CHILD_RESULT},
     job::{Job, JobId},
+    progress::{JobEvent, JobEventKind, MAX_PROGRESS_BYTES, OutputKind, Reporter, bounded_json},
 };
 
 /// Why an attempt failed, and what to do about it. Any `std::error::Error` converts into a
@@ -173,6 +177,8 @@ struct CtxInner {
     children: Vec<ChildResult>,
     /// A flow child's result for its parent (JSON text).
     flow_result: std::sync::Mutex<Option<String>>,
+    /// Where progress goes (set by the worker).
+    reporter: Option<Reporter>,
 }
 
 impl JobContext {
@@ -193,6 +199,7 @@ impl JobContext {
                 max_attempts,
                 children,
                 flow_result: std::sync::Mutex::new(None),
+                reporter: None,
             }),
         }
     }
@@ -245,6 +252,14 @@ impl JobContext {
             .take()
     }
 
+    /// Reports progress through `reporter` (a context just built, not shared yet).
+    pub(crate) fn with_reporter(mut self, reporter: Reporter) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.reporter = Some(reporter);
+        }
+        self
+    }
+
     /// The queue's name.
     pub fn queue(&self) -> &str {
         &self.inner.queue
@@ -274,23 +289,93 @@ impl JobContext {
     pub fn is_last_attempt(&self) -> bool {
         self.inner.attempt >= self.inner.max_attempts
     }
+
+    /// Reports progress: a number or a small JSON value (at most
+    /// [`MAX_PROGRESS_BYTES`](crate::MAX_PROGRESS_BYTES) as JSON), stored with the job
+    /// ([`JobInfo::progress`](crate::JobInfo::progress), kept across attempts and trimmed
+    /// with the job) and then sent to the worker's [`JobEvents`](crate::JobEvents) sink.
+    ///
+    /// The write is fenced by the attempt's lease: an attempt that lost its lease (it ran too
+    /// long, its worker was partitioned, the job was removed) changes nothing and gets
+    /// `Ok(false)`; stop working then. One call is one store round trip: report steps, not
+    /// every byte. A re-sent write (after a reconnect) writes the same value again.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redtower_jobs::{Job, JobContext, JobError, MemoryStore, Queue, Worker};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Ship;
+    /// # impl Job for Ship { const NAME: &'static str = "ship"; }
+    ///
+    /// async fn ship(_: Ship, ctx: JobContext) -> Result<(), JobError> {
+    ///     for step in ["packed", "label printed", "shipped"] {
+    ///         ctx.progress(serde_json::json!({ "step": step })).await?;
+    ///     }
+    ///     Ok(())
+    /// }
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new();
+    /// let q = Queue::<Ship>::new(store.clone(), "ship");
+    /// let w = Worker::new(store, "ship").handle::<Ship>(ship).start();
+    /// let id = q.add(Ship).await?;
+    /// q.wait::<()>(&id, Duration::from_secs(5)).await?;
+    /// let info = q.get(&id).await?.unwrap();
+    /// assert_eq!(info.progress, Some(serde_json::json!({ "step": "shipped" })));
+    /// w.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ValueTooLarge`](crate::Error::ValueTooLarge) above the limit (nothing is
+    /// stored), [`Error::Serialize`](crate::Error::Serialize), and store errors.
+    pub async fn progress(&self, value: impl Serialize) -> Result<bool> {
+        let value = serde_json::to_value(&value).map_err(crate::Error::Serialize)?;
+        let json = bounded_json(&value, "progress", MAX_PROGRESS_BYTES)?;
+        let Some(r) = &self.inner.reporter else {
+            return Ok(false);
+        };
+        let stored = r
+            .store
+            .put_output(&self.inner.queue, &r.lease, OutputKind::Progress, json)
+            .await?;
+        if stored && let Some(events) = &r.events {
+            let event = JobEvent::new(
+                self.inner.queue.clone(),
+                self.inner.id.clone(),
+                self.inner.name.clone(),
+                self.inner.attempt,
+                JobEventKind::Progress { value },
+            );
+            events.publish(&event).await;
+        }
+        Ok(stored)
+    }
 }
 
-/// A job handler: implemented for `async fn(J, JobContext) -> Result<(), JobError>` and
-/// closures of that shape.
+/// A job handler: implemented for `async fn(J, JobContext) -> Result<T, JobError>` and
+/// closures of that shape, where `T` is `()` or any `Serialize` value: the value of the
+/// attempt that completes the job is stored as its result (at most
+/// [`MAX_RESULT_BYTES`](crate::MAX_RESULT_BYTES) as JSON; `()` stores nothing), read by
+/// [`Queue::wait`](crate::Queue::wait) and [`Queue::get`](crate::Queue::get).
 pub trait Handler<J>: Clone + Send + Sync + 'static {
+    /// The value a successful attempt returns.
+    type Output: Serialize + Send + 'static;
+
     /// The future of one attempt.
-    type Future: Future<Output = Result<(), JobError>> + Send + 'static;
+    type Future: Future<Output = std::result::Result<Self::Output, JobError>> + Send + 'static;
 
     /// Runs one attempt.
     fn call(&self, job: J, ctx: JobContext) -> Self::Future;
 }
 
-impl<J, F, Fut> Handler<J> for F
+impl<J, F, Fut, T> Handler<J> for F
 where
     F: Fn(J, JobContext) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+    Fut: Future<Output = std::result::Result<T, JobError>> + Send + 'static,
+    T: Serialize + Send + 'static,
 {
+    type Output = T;
     type Future = Fut;
 
     fn call(&self, job: J, ctx: JobContext) -> Fut {
@@ -336,11 +421,13 @@ impl<S, J> ServiceHandler<S, J> {
 impl<S, J> Handler<J> for ServiceHandler<S, J>
 where
     J: Job,
-    S: tower_service::Service<JobRequest<J>, Response = ()> + Clone + Send + Sync + 'static,
+    S: tower_service::Service<JobRequest<J>> + Clone + Send + Sync + 'static,
+    S::Response: Serialize + Send + 'static,
     S::Error: Into<JobError>,
     S::Future: Send + 'static,
 {
-    type Future = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send>>;
+    type Output = S::Response;
+    type Future = Pin<Box<dyn Future<Output = std::result::Result<S::Response, JobError>> + Send>>;
 
     fn call(&self, job: J, ctx: JobContext) -> Self::Future {
         let mut svc = self.service.clone();
@@ -353,7 +440,9 @@ where
     }
 }
 
-pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send>>;
+/// An erased attempt: its result as JSON text (`None` for `null`, which `()` serializes to).
+pub(crate) type BoxFuture =
+    Pin<Box<dyn Future<Output = std::result::Result<Option<String>, JobError>> + Send>>;
 
 /// A handler with its payload type erased: decodes, then runs.
 pub(crate) type ErasedHandler = Arc<dyn Fn(&str, JobContext) -> BoxFuture + Send + Sync>;
@@ -361,7 +450,17 @@ pub(crate) type ErasedHandler = Arc<dyn Fn(&str, JobContext) -> BoxFuture + Send
 pub(crate) fn erase<J: Job, H: Handler<J>>(h: H) -> ErasedHandler {
     Arc::new(move |data: &str, ctx: JobContext| -> BoxFuture {
         match serde_json::from_str::<J>(data) {
-            Ok(job) => Box::pin(h.call(job, ctx)),
+            Ok(job) => {
+                let run = h.call(job, ctx);
+                Box::pin(async move {
+                    let out = run.await?;
+                    match serde_json::to_string(&out) {
+                        Ok(json) if json == "null" => Ok(None),
+                        Ok(json) => Ok(Some(json)),
+                        Err(e) => Err(JobError::fatal(format!("result does not serialize: {e}"))),
+                    }
+                })
+            }
             Err(e) => {
                 let msg = format!("payload does not deserialize as job `{}`: {e}", J::NAME);
                 Box::pin(async move { Err(JobError::fatal(msg)) })

@@ -309,6 +309,13 @@ pub(crate) struct Record {
         deserialize_with = "lenient_kids"
     )]
     pub(crate) kids: Option<Vec<crate::flow::KidRecord>>,
+    /// The last progress value (JSON text): kept here by the memory store, next to the
+    /// record by the Redis store (never in the record's text).
+    #[serde(skip)]
+    pub(crate) progress: Option<String>,
+    /// The completing attempt's result (JSON text), as `progress`.
+    #[serde(skip)]
+    pub(crate) result: Option<String>,
 }
 
 // Lua's cjson writes an empty table as `{}`: an empty list.
@@ -408,6 +415,16 @@ pub struct JobInfo {
     pub due_at_ms: Option<u64>,
     /// The dedup key, if any.
     pub unique_key: Option<String>,
+    /// The last progress value the handler reported
+    /// ([`JobContext::progress`](crate::JobContext::progress)), kept across attempts; `None`
+    /// before any. Filled by [`Queue::get`](crate::Queue::get) (not by
+    /// [`Queue::list`](crate::Queue::list)).
+    pub progress: Option<serde_json::Value>,
+    /// The value the handler returned when it completed the job (`None` for `()` and before
+    /// completion). A failed job's error is [`last_error`](Self::last_error). Filled by
+    /// [`Queue::get`](crate::Queue::get) (not by [`Queue::list`](crate::Queue::list)); kept
+    /// and trimmed with the job (its [`Retention`](crate::Retention)).
+    pub result: Option<serde_json::Value>,
 }
 
 impl JobInfo {
@@ -440,6 +457,14 @@ impl JobInfo {
             finished_at_ms: rec.fin,
             due_at_ms: due,
             unique_key: rec.uniq,
+            progress: rec
+                .progress
+                .as_deref()
+                .and_then(|p| serde_json::from_str(p).ok()),
+            result: rec
+                .result
+                .as_deref()
+                .and_then(|r| serde_json::from_str(r).ok()),
         }
     }
 
@@ -461,6 +486,8 @@ impl JobInfo {
             finished_at_ms: None,
             due_at_ms: None,
             unique_key: None,
+            progress: None,
+            result: None,
         }
     }
 

@@ -130,6 +130,7 @@
 //! | enqueue: group turns | yes | yes | part of the add, under its call marker |
 //! | admin: set limits | yes | yes | stores the same values again |
 //! | admin: get limits | no | yes | read only |
+//! | output (progress, result) | yes (one field of the job) | yes | fenced by the lease token: a holder's re-send writes the same value again (a handler's calls are sequential, so it never lands after a later one); a lease that no longer holds the job writes nothing |
 //!
 //! A worker re-sends a failed exchange with the same request id, so a settlement whose reply
 //! was lost is reported once and its [`on_completed`](Worker::on_completed) /
@@ -318,6 +319,51 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Progress, results and job events
+//!
+//! A handler reports progress with [`JobContext::progress`] (a number or a small JSON value)
+//! and may return a value (`Result<T: Serialize, JobError>`; `()` stores nothing): both are
+//! stored with the job, fenced by the attempt's lease, shown by [`Queue::get`]
+//! ([`JobInfo::progress`], [`JobInfo::result`]) and trimmed with it by [`Retention`].
+//! [`Queue::wait`] returns the result (typed), the failure of a dead job, or a timeout.
+//! [`Worker::events`] sends each job's events (progress, completed, retried, failed) to a
+//! [`JobEvents`] sink of yours; the `redtower` facade has one that publishes them per job
+//! over `redtower-pubsub`, resumable by browsers over SSE.
+//!
+//! ```
+//! use std::time::Duration;
+//! use redtower_jobs::{Job, JobContext, JobError, JobEvent, MemoryStore, Queue, Worker};
+//! # #[derive(serde::Serialize, serde::Deserialize)] struct Export { rows: u32 }
+//! # impl Job for Export { const NAME: &'static str = "export"; }
+//!
+//! async fn export(job: Export, ctx: JobContext) -> Result<String, JobError> {
+//!     for done in [25, 50, 75, 100] {
+//!         ctx.progress(done).await?; // percent
+//!     }
+//!     Ok(format!("s3://exports/{}-rows.csv", job.rows))
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = MemoryStore::new();
+//! let exports = Queue::<Export>::new(store.clone(), "exports");
+//! let worker = Worker::new(store, "exports")
+//!     .handle::<Export>(export)
+//!     .events(|e: &JobEvent| println!("{}", serde_json::to_string(e).unwrap()))
+//!     .start();
+//! let id = exports.add(Export { rows: 10 }).await?;
+//! let url: String = exports.wait(&id, Duration::from_secs(60)).await?;
+//! assert_eq!(url, "s3://exports/10-rows.csv");
+//! worker.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! On Redis the values live in the queue's jobs hash next to the record (`p:<id>`,
+//! `r:<id>`), so they share its hash tag and go with it (trimming, removal). A wait listens to
+//! the queue's event stream (one reader per [`Queue`] handle, shared by its waits) and
+//! re-reads its job when an event names it, or every second as a net: a wait longer than the
+//! retention of finished jobs ends in [`WaitError::Gone`], never a failure.
+//!
 //! # Limits
 //!
 //! | what | default | setting |
@@ -350,6 +396,8 @@
 //! | running jobs per group | none; at least 1 | [`QueueLimits::group_concurrency`] |
 //! | group name | 256 bytes, no bytes 0 or 1 | [`MAX_GROUP_LEN`] |
 //! | group state | one turn entry per group with jobs ahead of the queue's turn; while a per-group limit is set, one count per group with running jobs, one entry per running grouped job and per held job | (follows the jobs) |
+//! | progress value | 4 KiB of JSON ([`Error::ValueTooLarge`] beyond), the last one kept per job | [`MAX_PROGRESS_BYTES`] |
+//! | result | 64 KiB of JSON (the attempt fails for good beyond), kept with the job | [`MAX_RESULT_BYTES`] |
 //!
 //! # Redis
 //!
@@ -406,6 +454,7 @@ mod event;
 mod flow;
 mod handler;
 mod job;
+mod progress;
 mod queue;
 mod quota;
 mod schedule;
@@ -425,6 +474,9 @@ pub use flow::{
 };
 pub use handler::{Handler, JobContext, JobError, JobRequest, ServiceHandler};
 pub use job::{Backoff, Job, JobId, JobInfo, JobState};
+pub use progress::{
+    JobEvent, JobEventKind, JobEvents, MAX_PROGRESS_BYTES, MAX_RESULT_BYTES, OutputKind, WaitError,
+};
 pub use queue::{AddJob, JobOptions, MAX_PRIORITY, Queue};
 pub use quota::{JobStart, MAX_GROUP_LEN, QueueLimits, StartDecision, StartLimiter};
 pub use schedule::{

@@ -99,20 +99,22 @@ impl JobOptions {
     }
 }
 
-struct Shared {
-    store: Arc<dyn QueueStore>,
-    name: String,
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn QueueStore>,
+    pub(crate) name: String,
     attempts: u32,
     backoff: Backoff,
     max_payload: usize,
     clock: Clock,
+    /// The event reader shared by this handle's waits ([`Queue::wait`]).
+    pub(crate) finished: Arc<crate::progress::FinishedWatch>,
 }
 
 /// The producer and admin handle of one queue for job type `J`. Cloning is cheap.
 ///
 /// See the [crate docs](crate) for an example.
 pub struct Queue<J> {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     _job: PhantomData<fn(J)>,
 }
 
@@ -168,6 +170,7 @@ impl<J: Job> Queue<J> {
                 backoff: Backoff::default(),
                 max_payload: 256 * 1024,
                 clock: Clock::system(),
+                finished: Arc::default(),
             }),
             _job: PhantomData,
         }
@@ -185,6 +188,7 @@ impl<J: Job> Queue<J> {
                 backoff: old.backoff,
                 max_payload: old.max_payload,
                 clock: old.clock.clone(),
+                finished: old.finished.clone(),
             };
             f(&mut s);
             self.shared = Arc::new(s);

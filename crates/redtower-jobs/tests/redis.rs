@@ -295,3 +295,53 @@ async fn old_and_bad_trace_fields_load() {
         .unwrap();
     assert!(reply.settled.iter().all(|s| *s == Settled::Completed));
 }
+
+/// Progress and results live in the queue's jobs hash next to their record (`p:<id>`,
+/// `r:<id>`) and go with it: trimmed by retention, deleted by removal; nothing else is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_are_deleted_with_their_job() {
+    use fred::interfaces::HashesInterface;
+    use redtower_jobs::{JobContext, JobError, Queue, Retention, Worker};
+
+    let redis = Redis::new(
+        RedisConfig::from_url(&redtower_testkit::shared_url())
+            .unwrap()
+            .key_prefix(unique_prefix("outputs-trim")),
+    )
+    .unwrap();
+    redis.wait_ready(Duration::from_secs(10)).await.unwrap();
+    let store = RedisStore::new(redis.clone());
+    let queue = Queue::<conformance::Welcome>::new(store.clone(), "out");
+    let worker = Worker::new(store, "out")
+        .poll_interval(Duration::from_millis(50))
+        .retention(Retention {
+            completed_count: 2,
+            ..Retention::default()
+        })
+        .handle::<conformance::Welcome>(|job: conformance::Welcome, ctx: JobContext| async move {
+            ctx.progress(100).await?;
+            Ok::<_, JobError>(job.to)
+        })
+        .start();
+    let mut ids = Vec::new();
+    for to in ["a", "b", "c", "d"] {
+        let id = queue
+            .add(conformance::Welcome { to: to.into() })
+            .await
+            .unwrap();
+        let got: String = queue.wait(&id, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(got, to);
+        ids.push(id);
+    }
+    worker.shutdown().await.unwrap();
+    assert!(queue.remove(&ids[3]).await.unwrap());
+    let key = redis.keyspace().namespace("q").key("out").push("jobs");
+    let mut fields: Vec<String> = redis.client().hkeys(key.as_str()).await.unwrap();
+    fields.sort();
+    // Only "c" is left ("a" and "b" trimmed, two kept, "d" removed): its record, progress
+    // and result.
+    let c = ids[2].as_str();
+    let mut want = vec![c.to_owned(), format!("p:{c}"), format!("r:{c}")];
+    want.sort();
+    assert_eq!(fields, want);
+}

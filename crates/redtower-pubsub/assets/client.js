@@ -7,16 +7,19 @@
 //   });
 //   // later: stream.close();
 //
+// `lastEventId` resumes a stream a previous page saw up to (kept, say, in sessionStorage):
+// the events after it are replayed from the channel's history first.
+//
 // A native EventSource reconnects by itself after network errors and resumes with
 // Last-Event-ID, but gives up for good on any non-200 answer (a 502 from a proxy during a
 // deploy, a 503 while Redis is down). This helper recreates it with a growing, jittered delay.
 // A 403 also closes it: recreate stops after `maxAttempts` failed opens in a row.
-export function subscribe(url, { onEvent, onResync, onRevoked, onOpen, maxAttempts = Infinity } = {}) {
+export function subscribe(url, { onEvent, onResync, onRevoked, onOpen, maxAttempts = Infinity, lastEventId: resumeFrom = null } = {}) {
   let source = null;
   let attempts = 0;
   let closed = false;
   let timer = null;
-  let lastEventId = null;
+  let lastEventId = resumeFrom;
 
   const open = () => {
     if (closed) return;

@@ -9,6 +9,7 @@
 //! | `pubsub` | `pubsub` | publish through Redis, stream to browsers over SSE with resume |
 //! | `jobs` | `jobs` | typed background jobs: delays, attempts, backoff, workers |
 //! | [`quota`] | `jobs` and `ratelimit` | one rate-limit policy shared by HTTP routes and job starts |
+//! | [`job_events`] | `jobs` + `pubsub` | a worker's job events (progress, results, failures) on a pub/sub channel per job, resumable over SSE |
 //!
 //! Each feature module re-exports its crate (`redtower-ratelimit`, ...), so
 //! `redtower::ratelimit::RateLimitLayer` and `redtower_ratelimit::RateLimitLayer` are the same
@@ -60,6 +61,10 @@ pub use redtower_jobs as jobs;
 #[cfg(all(feature = "jobs", feature = "ratelimit"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "jobs", feature = "ratelimit"))))]
 pub mod quota;
+
+#[cfg(all(feature = "jobs", feature = "pubsub"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "jobs", feature = "pubsub"))))]
+pub mod job_events;
 
 #[cfg(all(test, feature = "cache", feature = "axum"))]
 mod tests {

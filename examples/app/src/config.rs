@@ -85,6 +85,9 @@ pub struct Config {
     pub worker: bool,
     /// `ORDER_SHIP_DELAY_MS`, default 2000.
     pub order_ship_delay: Duration,
+    /// `ORDER_STEP_DELAY_MS`, default 500: the pause between a `ship-order` job's progress
+    /// steps ("packed", "label printed", "shipped").
+    pub order_step_delay: Duration,
     /// `FEATURED_DELAY_MS`, default 100.
     pub featured_delay: Duration,
     /// `NEAR_CACHE` (`on`/`off`), default on: with Redis, keep cache entries and session
@@ -259,6 +262,7 @@ impl Config {
             session_secret,
             worker: switch("WORKER", true)?,
             order_ship_delay: ms("ORDER_SHIP_DELAY_MS", 2000)?,
+            order_step_delay: ms("ORDER_STEP_DELAY_MS", 500)?,
             featured_delay: ms("FEATURED_DELAY_MS", 100)?,
             near_cache: switch("NEAR_CACHE", true)?,
             cache_l1: switch("CACHE_L1", false)?,
@@ -341,6 +345,7 @@ mod tests {
         assert!(!c.cache_l1);
         assert_eq!(c.order_ship_delay, Duration::from_millis(2000));
         assert_eq!(c.carrier_rate.count.get(), 50);
+        assert_eq!(c.order_step_delay, Duration::from_millis(500));
         assert!(!c.metrics_enabled());
         let env = |pairs: &'static [(&'static str, &'static str)]| {
             move |k: &str| {

@@ -16,7 +16,8 @@
 //!   sessions with revocation;
 //! * [`events`]: `GET|POST /events/{channel}`: pub/sub to the browser over SSE;
 //! * [`orders`]: `POST /orders`, a `ship-order` job with delay, attempts and backoff, run by a
-//!   worker; `GET /orders/{id}`;
+//!   worker; `GET /orders/{id}`; `GET /orders/{id}/events`, the job's progress steps and
+//!   result over SSE for the session that placed the order;
 //! * [`prometheus`]: `GET /metrics`, every crate's metrics for Prometheus, behind a bearer
 //!   token (`METRICS_TOKEN`) or on a separate admin address (`METRICS_ADDR`); off by default;
 //! * [`probes`] (benchmark probes, for the load harness): `GET /plain`, `GET /whoami`,
@@ -142,7 +143,13 @@ impl Services {
         let limits = ratelimit::RateLimits::new(&config, redis_ref);
         let sessions = sessions::Sessions::new(&config, redis_ref, &limits)?;
         let events = events::Events::new(&config, redis_ref, &limits)?;
-        let shipping = orders::Shipping::new(&config, redis_ref, events.pubsub().clone(), &limits)?;
+        let shipping = orders::Shipping::new(
+            &config,
+            redis_ref,
+            events.pubsub().clone(),
+            &limits,
+            events.shutdown_token(),
+        )?;
         // Installed before any request, so every metric from the first one on is recorded.
         let metrics = config.metrics_enabled().then(prometheus::handle);
         Ok(Self(Arc::new(ServicesInner {
@@ -232,7 +239,7 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
         .merge(probes::public_routes())
         .merge(services.cache.routes())
         .merge(services.limits.routes(config)?)
-        .merge(services.shipping.routes(config, &services.limits)?);
+        .merge(services.shipping.routes());
     let with_session = Router::new()
         .merge(services.sessions.routes(config)?)
         .merge(
@@ -240,6 +247,7 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
                 .events
                 .session_routes(services.sessions.users().clone()),
         )
+        .merge(services.shipping.session_routes(config, &services.limits)?)
         .merge(probes::session_routes(services)?);
     let with_session = services.sessions.layer(with_session);
     // `GET /metrics` here only behind `METRICS_TOKEN`.

@@ -5,6 +5,11 @@
 //! Orders are kept in Redis (a hash per order, with a TTL) when the app runs over Redis, so
 //! every instance sees the same order.
 //!
+//! The job reports its steps ("packed", "label printed", "shipped") as progress and returns a
+//! tracking number as its result; the worker publishes each job's events on a pub/sub channel
+//! of its own (`job:orders:<job id>`, with history), which `GET /orders/{id}/events` streams
+//! over SSE, resumable from `Last-Event-ID`, to the session that placed the order only.
+//!
 //! A job scheduler on the same queue adds a `sweep-abandoned-orders` job every minute (exactly
 //! once per minute however many instances run a worker); the job publishes `{"sweep": ...}` on
 //! `order:updates`, which the page shows.
@@ -17,32 +22,35 @@
 //! customer's burst of orders does not hold up everyone else's.
 //!
 //! Environment: `ORDER_RATE_LIMIT` (`POST /orders` per client IP), `CARRIER_RATE_LIMIT`,
-//! `ORDER_SHIP_DELAY_MS`, `WORKER` (run the worker in this process).
+//! `ORDER_SHIP_DELAY_MS`, `ORDER_STEP_DELAY_MS`, `WORKER` (run the worker in this process).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::{Path, Request, State},
     http::StatusCode,
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use fred::interfaces::{HashesInterface, KeysInterface, TransactionInterface};
-use redtower::quota::SharedQuota;
+use redtower::{job_events::PubSubJobEvents, quota::SharedQuota};
 use redtower_client::{Namespace, Redis, fred};
 use redtower_jobs::{
     Backoff, Job, JobContext, JobError, JobStart, Queue, Schedule, StartDecision, StartLimiter,
     Worker, WorkerHandle,
 };
-use redtower_pubsub::PubSub;
+use redtower_pubsub::{PubSub, SseEndpoint, StreamOptions};
 use redtower_ratelimit::Policy;
+use redtower_session::tower_sessions::Session;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tower::ServiceExt;
 
 use crate::{
     BuildError, Config,
     error::{ApiError, AppJson},
-    ratelimit::{RateLimits, policy},
+    ratelimit::{RateLimits, client_network, policy},
 };
 
 /// The channel order updates are published on.
@@ -88,6 +96,13 @@ struct ShippingInner {
     pubsub: PubSub,
     /// `ORDER_SHIP_DELAY_MS`: how long a `ship-order` job waits before it runs.
     ship_delay: Duration,
+    /// `ORDER_STEP_DELAY_MS`: the pause between the job's progress steps.
+    step_delay: Duration,
+    /// Publishes each job's events on its own channel (`job:orders:<job id>`).
+    job_events: PubSubJobEvents,
+    /// Streams a job's channel (`GET /orders/{id}/events`): `/{channel}` inside, reached only
+    /// through [`order_events`], which checks the session first.
+    job_stream: Router,
     /// The carrier's calls (`CARRIER_RATE_LIMIT`), shared by `GET /carrier/quote` and the
     /// `ship-order` jobs.
     carrier: Policy,
@@ -118,8 +133,10 @@ impl Shipping {
         redis: Option<&Redis>,
         pubsub: PubSub,
         limits: &RateLimits,
+        shutdown: redtower_pubsub::CancellationToken,
     ) -> Result<Self, BuildError> {
         let carrier = policy("carrier", config.carrier_rate)?;
+        let client_ip = limits.client_ip().clone();
         let (queue, orders) = match redis {
             None => (
                 Queue::new(redtower_jobs::MemoryStore::new(), SHIP_QUEUE),
@@ -130,19 +147,47 @@ impl Shipping {
                 Orders::redis(redis.clone()),
             ),
         };
+        // Streams are counted per client network, as on `/events/{channel}`.
+        let sse = SseEndpoint::new(pubsub.clone())
+            .max_connections(crate::events::MAX_STREAMS)
+            .shutdown(shutdown)
+            .on_open(
+                move |parts: &http::request::Parts, _: &[redtower_pubsub::Channel]| match client_ip
+                    .client_addr(parts)
+                {
+                    Some(ip) => StreamOptions::new().client_key(client_network(ip)),
+                    None => StreamOptions::new(),
+                },
+            );
+        let job_stream = Router::new().route("/{channel}", sse.method_router());
         Ok(Self(Arc::new(ShippingInner {
             queue,
             orders,
+            job_events: PubSubJobEvents::new(pubsub.clone()),
             pubsub,
             ship_delay: config.order_ship_delay,
+            step_delay: config.order_step_delay,
+            job_stream,
             carrier,
             carrier_quota: SharedQuota::new(limits.store(), carrier),
         })))
     }
 
-    /// `POST /orders` (limited per client IP at `ORDER_RATE_LIMIT`), `GET /orders/{id}` and
-    /// `GET /carrier/quote` (the carrier's budget, shared with the worker).
-    pub(crate) fn routes<S>(
+    /// `GET /orders/{id}`, which reads no session.
+    pub(crate) fn routes<S>(&self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        Router::new()
+            .route("/orders/{id}", get(get_order))
+            .with_state(self.clone())
+    }
+
+    /// `POST /orders` (limited per client IP at `ORDER_RATE_LIMIT`), which records the order
+    /// in the session that placed it, `GET /orders/{id}/events`, its job's events for that
+    /// session only, and `GET /carrier/quote` (the carrier's budget, shared with the worker);
+    /// to be served under the session layer.
+    pub(crate) fn session_routes<S>(
         &self,
         config: &Config,
         limits: &RateLimits,
@@ -154,7 +199,7 @@ impl Shipping {
         let carrier_limit = limits.global(self.0.carrier)?;
         Ok(Router::new()
             .route("/orders", post(place_order).layer(order_limit))
-            .route("/orders/{id}", get(get_order))
+            .route("/orders/{id}/events", get(order_events))
             .route("/carrier/quote", get(carrier_quote).layer(carrier_limit))
             .with_state(self.clone()))
     }
@@ -180,6 +225,8 @@ impl Shipping {
             }
         });
         Worker::new(store, SHIP_QUEUE)
+            // Progress, retries and the result of each job, on its own channel.
+            .events(self.0.job_events.clone())
             .concurrency(16)
             .timeout(Duration::from_secs(30))
             // Each `ship-order` job books the carrier: it spends the budget `GET
@@ -219,8 +266,9 @@ impl Shipping {
             .start()
     }
 
-    /// The job handler: fails the first `fail_times` attempts, then "ships".
-    async fn ship(&self, job: ShipOrder, ctx: JobContext) -> Result<(), JobError> {
+    /// The job handler: fails the first `fail_times` attempts, then "ships" in three steps,
+    /// each reported as progress, and returns the tracking number (the job's result).
+    async fn ship(&self, job: ShipOrder, ctx: JobContext) -> Result<Value, JobError> {
         let order = Order {
             order_id: job.order_id.clone(),
             status: OrderStatus::Pending,
@@ -234,8 +282,18 @@ impl Shipping {
                 job.fail_times
             )));
         }
+        for (i, step) in ORDER_STEPS.iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(self.0.step_delay).await;
+            }
+            // Stored with the job and published on its channel; `false`: this attempt lost
+            // the job (it runs again elsewhere), so stop.
+            if !ctx.progress(json!({ "step": step })).await? {
+                return Err(JobError::retry("lease lost"));
+            }
+        }
         tracing::info!(order = %job.order_id, item = %job.item, "order shipped");
-        Ok(())
+        Ok(json!({ "tracking": format!("TRK-{}", ctx.id()) }))
     }
 
     /// The scheduled sweep: where a real shop would cancel orders left unpaid, this one
@@ -270,6 +328,18 @@ impl Shipping {
     }
 }
 
+/// The progress steps of a `ship-order` job, in order.
+pub const ORDER_STEPS: [&str; 3] = ["packed", "label printed", "shipped"];
+
+/// The session key of the orders a session placed (order id → job id).
+const PLACED: &str = "placed_orders";
+/// The most orders a session remembers (the oldest are forgotten: their events are then
+/// refused to it as well).
+pub const MAX_ORDERS_PER_SESSION: usize = 20;
+
+/// The orders a session placed, oldest first: (order id, job id).
+type Placed = Vec<(String, String)>;
+
 #[derive(Debug, Deserialize)]
 struct OrderBody {
     email: String,
@@ -280,6 +350,7 @@ struct OrderBody {
 
 async fn place_order(
     State(shipping): State<Shipping>,
+    session: Session,
     AppJson(body): AppJson<OrderBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if !body.email.contains('@') || body.email.len() > 254 {
@@ -334,6 +405,19 @@ async fn place_order(
             tracing::warn!(%error, "enqueueing an order failed");
             ApiError::unavailable()
         })?;
+    // This session, and only it, may follow the order's events.
+    let mut placed: Placed = session
+        .get(PLACED)
+        .await
+        .map_err(|e| crate::sessions::session_error(&e))?
+        .unwrap_or_default();
+    placed.push((order_id.clone(), job_id.to_string()));
+    let excess = placed.len().saturating_sub(MAX_ORDERS_PER_SESSION);
+    placed.drain(..excess);
+    session
+        .insert(PLACED, placed)
+        .await
+        .map_err(|e| crate::sessions::session_error(&e))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "order_id": order_id, "job_id": job_id.to_string() })),
@@ -360,6 +444,68 @@ async fn get_order(
             tracing::warn!(%error, "reading an order failed");
             Err(ApiError::unavailable())
         }
+    }
+}
+
+/// `GET /orders/{id}/events`: the SSE stream of the order's job events (progress steps,
+/// retries, the result), replayed from `Last-Event-ID` (or `?last_event_id=`) without gaps.
+/// Only the session that placed the order may read it: any other gets 404, as for an order
+/// that does not exist.
+async fn order_events(
+    State(shipping): State<Shipping>,
+    session: Session,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let placed: Placed = match session.get(PLACED).await {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => return crate::sessions::session_error(&e).into_response(),
+    };
+    let Some((_, job_id)) = placed.iter().find(|(order, _)| *order == id) else {
+        return ApiError::not_found("no such order").into_response();
+    };
+    let channel = match shipping
+        .0
+        .job_events
+        .channel(SHIP_QUEUE, &redtower_jobs::JobId::new(job_id.as_str()))
+    {
+        Ok(c) => c,
+        Err(_) => return ApiError::not_found("no such order").into_response(),
+    };
+    // Served by the inner router's `/{channel}` route: same query (`last_event_id`), same
+    // headers (`Last-Event-ID`) and extensions (the peer address, for the stream limits).
+    let (mut parts, body) = request.into_parts();
+    let mut query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    // A first open (no `Last-Event-ID`, no `last_event_id`) starts with the job's history:
+    // a page that opens its stream after the job began still sees every step.
+    let resumes = parts.headers.contains_key("last-event-id") || query.contains("last_event_id=");
+    if !resumes {
+        match shipping.0.pubsub.latest(channel.as_str()).await {
+            Ok(Some(latest)) => {
+                if let Ok(start) = redtower_pubsub::EventId::new(latest.epoch(), 0) {
+                    let sep = if query.is_empty() { '?' } else { '&' };
+                    query = format!("{query}{sep}last_event_id={start}");
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, "reading an order's event history failed");
+                return ApiError::unavailable().into_response();
+            }
+        }
+    }
+    parts.uri = match format!("/{}{query}", channel.as_str()).parse() {
+        Ok(uri) => uri,
+        Err(_) => return ApiError::not_found("no such order").into_response(),
+    };
+    let request = Request::from_parts(parts, body);
+    match shipping.0.job_stream.clone().oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
     }
 }
 

@@ -43,7 +43,8 @@ if op == 'get' then
   local raw = redis.call('HGET', K_JOBS, id)
   if not raw then return {} end
   local st, sc = locate(id)
-  return { raw, st or 'ready', sc or '-1', redis.call('HGET', K_LEASE, id) or '' }
+  return { raw, st or 'ready', sc or '-1', redis.call('HGET', K_LEASE, id) or '',
+    redis.call('HGET', K_JOBS, 'p:' .. id) or '', redis.call('HGET', K_JOBS, 'r:' .. id) or '' }
 elseif op == 'list' then
   local st, off, lim = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
   local ids
@@ -105,7 +106,7 @@ elseif op == 'remove' then
   end
   for _, st in ipairs(order) do redis.call('ZREM', sets[st], id) end
   redis.call('HDEL', K_LEASE, id)
-  redis.call('HDEL', K_JOBS, id)
+  redis.call('HDEL', K_JOBS, id, 'p:' .. id, 'r:' .. id)
   if groups_done({ id }) then wake() end
   if rec and type(rec.g) == 'string' then
     redis.call('ZREM', K_GHELD, held_member(rec.g, id, rec.prio * PRIO + rec.seq))

@@ -115,12 +115,27 @@ local function drop_uniq(id, rec)
   end
 end
 
+-- Progress and results (`p:<id>`, `r:<id>` in the jobs hash, see output.lua) go with their
+-- job; only queues that ever stored one (`meta` `out`) pay for the lookup.
+local has_outputs = nil
+local function drop_outputs(ids)
+  if has_outputs == nil then has_outputs = redis.call('HEXISTS', K_META, 'out') == 1 end
+  if not has_outputs then return end
+  local fields = {}
+  for _, id in ipairs(ids) do
+    fields[#fields + 1] = 'p:' .. id
+    fields[#fields + 1] = 'r:' .. id
+  end
+  multi('HDEL', K_JOBS, fields)
+end
+
 local function trim(set, keep_n, keep_age)
   if keep_age > 0 then
     local old = redis.call('ZRANGEBYSCORE', set, '-inf', n2s(now - keep_age), 'LIMIT', 0, 100)
     if #old > 0 then
       multi('ZREM', set, old)
       multi('HDEL', K_JOBS, old)
+      drop_outputs(old)
     end
   end
   local excess = redis.call('ZCARD', set) - keep_n
@@ -129,6 +144,7 @@ local function trim(set, keep_n, keep_age)
     if #ids > 0 then
       multi('ZREM', set, ids)
       multi('HDEL', K_JOBS, ids)
+      drop_outputs(ids)
     end
   end
 end
@@ -155,6 +171,7 @@ local function finish(id, rec, set, keep_n, dirty, result)
   drop_uniq(id, rec)
   if keep_n <= 0 then
     redis.call('HDEL', K_JOBS, id)
+    drop_outputs({ id })
     return
   end
   if dirty then redis.call('HSET', K_JOBS, id, cjson.encode(rec)) end

@@ -111,6 +111,7 @@ for i = 0, n_settle - 1 do
         done_batch[#done_batch + 1] = id
       else
         redis.call('HDEL', K_JOBS, id)
+        drop_outputs({ id })
       end
       emit_completed(id, ARGV[b + 4], ARGV[b + 3])
       code = 1

@@ -22,6 +22,7 @@ use crate::{
     event::{EventKind, QueueEvent},
     flow::{FlowDep, FlowMessage},
     job::{JobId, JobInfo, JobState, Record},
+    progress::OutputKind,
     schedule::{Fire, StoredScheduler},
 };
 
@@ -279,6 +280,8 @@ impl QueueState {
             fspec: None,
             kids: None,
             group: j.group,
+            progress: None,
+            result: None,
         };
         if let Some(u) = j.unique_key {
             self.uniq.insert(u, id);
@@ -1077,6 +1080,31 @@ impl QueueStore for MemoryStore {
                 .filter_map(|s| s.next.filter(|n| *n > now))
                 .min();
             (now, due, later)
+        }))
+    }
+
+    async fn put_output(
+        &self,
+        queue: &str,
+        lease: &Lease,
+        kind: OutputKind,
+        value: String,
+    ) -> Result<bool> {
+        Ok(self.with(queue, |q, _| {
+            let Some(id) = parse_id(&lease.id) else {
+                return false;
+            };
+            if q.lease.get(&id).is_none_or(|(t, _)| *t != lease.token) {
+                return false;
+            }
+            let Some(rec) = q.jobs.get_mut(&id) else {
+                return false;
+            };
+            match kind {
+                OutputKind::Progress => rec.progress = Some(value),
+                _ => rec.result = Some(value),
+            }
+            true
         }))
     }
 

@@ -10,6 +10,7 @@ use crate::{
     event::QueueEvent,
     flow::{ChildResult, FlowDep, FlowMessage, FlowParent},
     job::{Backoff, JobId, JobInfo, JobState},
+    progress::OutputKind,
     quota::QueueLimits,
     schedule::{Fire, StoredScheduler},
 };
@@ -517,12 +518,31 @@ pub trait QueueStore: fmt::Debug + Send + Sync + 'static {
 
     /// Flows: deletes delivered messages from `queue`'s outbox.
     async fn ack_outbox(&self, queue: &str, ids: Vec<String>) -> Result<()>;
+
     /// Stores the queue-wide limits of `queue`, enforced by [`work`](Self::work) for every
     /// worker of the queue (see [`QueueLimits`](crate::QueueLimits)).
     async fn set_limits(&self, queue: &str, limits: QueueLimits) -> Result<()>;
 
     /// The stored limits of `queue` (none set: [`QueueLimits::default`]).
     async fn limits(&self, queue: &str) -> Result<QueueLimits>;
+
+    /// Stores the job's progress or result (`value`, JSON text within the limits the caller
+    /// checked) if `lease` still holds the job: `false` (nothing written) when it does not.
+    /// The value is kept with the job and deleted with it (removal, retention).
+    ///
+    /// The default refuses: a store of your own keeps no outputs until it implements this.
+    async fn put_output(
+        &self,
+        queue: &str,
+        lease: &Lease,
+        kind: OutputKind,
+        value: String,
+    ) -> Result<bool> {
+        let _ = (queue, lease, kind, value);
+        Err(crate::Error::Protocol(
+            "this store does not keep job progress or results".into(),
+        ))
+    }
 }
 
 /// A shared store is a store: an `Arc<dyn QueueStore>` chosen at run time (or an `Arc` of a
@@ -668,6 +688,16 @@ impl<T: QueueStore + ?Sized> QueueStore for Arc<T> {
 
     async fn limits(&self, queue: &str) -> Result<QueueLimits> {
         (**self).limits(queue).await
+    }
+
+    async fn put_output(
+        &self,
+        queue: &str,
+        lease: &Lease,
+        kind: OutputKind,
+        value: String,
+    ) -> Result<bool> {
+        (**self).put_output(queue, lease, kind, value).await
     }
 }
 

@@ -22,6 +22,7 @@ use crate::{
     event::QueueEvent,
     flow::{FlowDep, FlowMessage},
     job::{JobId, JobInfo, JobState, Record},
+    progress::OutputKind,
     schedule::{Fire, StoredScheduler},
 };
 
@@ -66,6 +67,7 @@ static EXTEND: LazyLock<Script> = script!("jobs_extend", "extend");
 static ADMIN: LazyLock<Script> = quota_script!("jobs_admin", "admin");
 static SCHEDULE: LazyLock<Script> = script!("jobs_schedule", "schedule");
 static FLOW: LazyLock<Script> = script!("jobs_flow", "flow");
+static OUTPUT: LazyLock<Script> = script!("jobs_output", "output");
 
 const PARTS: [&str; 12] = [
     "jobs", "ready", "sched", "active", "done", "dead", "lease", "uniq", "meta", "wake", "events",
@@ -709,13 +711,16 @@ impl QueueStore for RedisStore {
         let state = JobState::from_code(&text(state)?).unwrap_or(JobState::Ready);
         let score = score.as_f64().unwrap_or(-1.0);
         let lease = lease.into_string().unwrap_or_default();
-        Ok(Some(info_or_stub(
-            id.as_str(),
-            &text(raw)?,
-            state,
-            score,
-            &lease,
-        )))
+        let mut info = info_or_stub(id.as_str(), &text(raw)?, state, score, &lease);
+        // The outputs (see `lua/output.lua`): JSON text, '' when none.
+        let mut output = || {
+            it.next()
+                .and_then(Value::into_string)
+                .and_then(|s| serde_json::from_str(&s).ok())
+        };
+        info.progress = output();
+        info.result = output();
+        Ok(Some(info))
     }
 
     async fn list(
@@ -877,6 +882,28 @@ impl QueueStore for RedisStore {
             .collect::<Result<Vec<_>>>()?;
         let later = later.into_string().and_then(|s| s.parse::<f64>().ok());
         Ok((now, rows, later.map(|f| f as u64)))
+    }
+
+    async fn put_output(
+        &self,
+        queue: &str,
+        lease: &Lease,
+        kind: OutputKind,
+        value: String,
+    ) -> Result<bool> {
+        let kind = match kind {
+            OutputKind::Progress => "p",
+            _ => "r",
+        };
+        let argv: Vec<Value> = vec![
+            int(self.events_max_len).into(),
+            kind.into(),
+            lease.id.as_str().into(),
+            Token::parse(&lease.token).fence.into(),
+            value.into(),
+        ];
+        let v = self.run(&OUTPUT, self.keys(queue), argv).await?;
+        Ok(num(&v)? == 1)
     }
 
     async fn fire_scheduler(&self, queue: &str, fire: Fire) -> Result<Option<Vec<JobId>>> {

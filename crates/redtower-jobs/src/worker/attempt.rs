@@ -14,6 +14,7 @@ use super::{Finished, Outcome, Worker};
 use crate::{
     Result,
     handler::{JobContext, JobError},
+    progress::{JobEvent, JobEventKind, MAX_RESULT_BYTES, OutputKind, Reporter, ResultSlot},
     store::{Fetched, Lease, Settle, Settled},
 };
 
@@ -26,6 +27,8 @@ pub(super) struct Running {
     abort: task::AbortHandle,
     /// The attempt's `redtower.jobs.run` span, open until the attempt is settled.
     span: tracing::Span,
+    /// The result the attempt stored (JSON text), for its completion event.
+    result: ResultSlot,
 }
 
 /// The span of one attempt (see the crate docs, "Tracing"): a root in this process, whose
@@ -81,7 +84,12 @@ impl Worker {
             job.attempt,
             job.max_attempts,
             std::mem::take(&mut job.children),
-        );
+        )
+        .with_reporter(Reporter {
+            store: self.store.clone(),
+            lease: job.lease.clone(),
+            events: self.events.clone(),
+        });
         let handler_ctx = ctx.clone();
         let fut: crate::handler::BoxFuture = match (&job.invalid, self.handlers.get(&job.name)) {
             (Some(reason), _) => {
@@ -127,6 +135,11 @@ impl Worker {
             }
             _ => fut,
         };
+        let result = ResultSlot::default();
+        let slot = result.clone();
+        let store = self.store.clone();
+        let queue = self.queue.clone();
+        let lease = job.lease.clone();
         let fut = async move {
             let run = AssertUnwindSafe(fut).catch_unwind();
             let res = match timeout {
@@ -145,6 +158,27 @@ impl Worker {
                 Err(JobError::retry(format!("handler panicked: {msg}")))
             })
         };
+        // A result is stored (fenced by the lease) before the attempt is settled; `()`
+        // stores nothing and costs nothing.
+        let fut = async move {
+            let Some(json) = fut.await? else {
+                return Ok(());
+            };
+            if json.len() > MAX_RESULT_BYTES {
+                return Err(JobError::fatal(format!(
+                    "result is {} bytes, over the limit of {MAX_RESULT_BYTES} bytes",
+                    json.len()
+                )));
+            }
+            store
+                .put_output(&queue, &lease, OutputKind::Result, json.clone())
+                .await
+                .map_err(|e| JobError::retry(format!("storing the result failed: {e}")))?;
+            if let Ok(mut s) = slot.lock() {
+                *s = Some(json);
+            }
+            Ok(())
+        };
         let abort = tasks.spawn(fut.instrument(span.clone()));
         running.insert(
             abort.id(),
@@ -154,6 +188,7 @@ impl Worker {
                 started: Instant::now(),
                 abort,
                 span,
+                result,
             },
         );
     }
@@ -269,6 +304,32 @@ impl Worker {
                 && let Outcome::Retrying { error, .. } = outcome
             {
                 outcome = Outcome::Dead { error };
+            }
+            if let Some(events) = &self.events {
+                let kind =
+                    match &outcome {
+                        Outcome::Completed => JobEventKind::Completed {
+                            result: r.result.lock().ok().and_then(|s| {
+                                s.as_deref().and_then(|j| serde_json::from_str(j).ok())
+                            }),
+                        },
+                        Outcome::Retrying { error, delay } => JobEventKind::Retried {
+                            error: error.clone(),
+                            delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        },
+                        Outcome::Dead { error } => JobEventKind::Failed {
+                            error: error.clone(),
+                        },
+                    };
+                let event = JobEvent::new(
+                    self.queue.clone(),
+                    r.job.lease.id.clone(),
+                    r.job.name.clone(),
+                    r.job.attempt,
+                    kind,
+                );
+                let events = events.clone();
+                tokio::spawn(async move { events.publish(&event).await });
             }
             tracing::debug!(target: "redtower::jobs", queue = %self.queue, id = %r.job.lease.id, outcome = ?s, "job settled");
             if hooks.is_empty() {

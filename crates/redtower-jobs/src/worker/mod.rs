@@ -136,6 +136,8 @@ pub struct Worker {
     flow_relay: Arc<tokio::sync::Notify>,
     flow_unsealed_after: Duration,
     start_limiter: Option<Arc<dyn crate::StartLimiter>>,
+    /// Where job events go ([`Worker::events`]).
+    events: Option<Arc<dyn crate::progress::JobEvents>>,
 }
 
 impl fmt::Debug for Worker {
@@ -179,23 +181,27 @@ impl Worker {
             flow_relay: Arc::new(tokio::sync::Notify::new()),
             flow_unsealed_after: crate::flow::UNSEALED_AFTER,
             start_limiter: None,
+            events: None,
         }
     }
 
-    /// Runs jobs of type `J` with `handler`, an `async fn(J, JobContext) -> Result<(),
-    /// JobError>` (or a closure of that shape). Replaces an earlier handler for `J::NAME`.
+    /// Runs jobs of type `J` with `handler`, an `async fn(J, JobContext) -> Result<T,
+    /// JobError>` (or a closure of that shape), where `T` is `()` or a `Serialize` result
+    /// stored with the job (see [`Handler`]). Replaces an earlier handler for `J::NAME`.
     pub fn handle<J: Job>(mut self, handler: impl Handler<J>) -> Self {
         self.handlers
             .insert(J::NAME.to_owned(), erase::<J, _>(handler));
         self
     }
 
-    /// Runs jobs of type `J` with a `tower::Service<JobRequest<J>, Response = ()>`, so tower
-    /// layers (timeouts, concurrency limits, tracing) compose with handlers.
+    /// Runs jobs of type `J` with a `tower::Service<JobRequest<J>>` whose response is `()` or
+    /// a `Serialize` result (see [`Handler`]), so tower layers (timeouts, concurrency limits,
+    /// tracing) compose with handlers.
     pub fn service<J, S>(self, service: S) -> Self
     where
         J: Job,
-        S: tower_service::Service<JobRequest<J>, Response = ()> + Clone + Send + Sync + 'static,
+        S: tower_service::Service<JobRequest<J>> + Clone + Send + Sync + 'static,
+        S::Response: serde::Serialize + Send + 'static,
         S::Error: Into<JobError>,
         S::Future: Send + 'static,
     {
@@ -312,6 +318,15 @@ impl Worker {
     /// idempotency window (children are added once per window).
     pub fn flow_unsealed_after(mut self, d: Duration) -> Self {
         self.flow_unsealed_after = d;
+        self
+    }
+
+    /// Reports job events to `sink`: progress as handlers report it
+    /// ([`JobContext::progress`](crate::JobContext::progress)), and every settled attempt
+    /// (completed with its result, retried, failed). See [`JobEvents`](crate::JobEvents) for
+    /// the delivery rules and an example. Defaults to none.
+    pub fn events(mut self, sink: impl crate::progress::JobEvents) -> Self {
+        self.events = Some(Arc::new(sink));
         self
     }
 

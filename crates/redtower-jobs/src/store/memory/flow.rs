@@ -74,6 +74,8 @@ impl QueueState {
             fspec: Some(spec),
             kids: None,
             group: job.group,
+            progress: None,
+            result: None,
         };
         if let Some(idem) = job.idempotency_key {
             self.idem.insert(idem.clone(), (id, expires));
