@@ -243,6 +243,7 @@
 //! field.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod bans;
 mod body;
 mod cache;
 #[cfg(feature = "testing")]
@@ -261,6 +262,7 @@ pub mod purge;
 mod service;
 mod store;
 
+pub use bans::Bans;
 pub use body::ResponseBody;
 pub use cache::{Cache, CacheBuilder, CacheStats, Fetch};
 pub use error::{Error, FetchError, Result};
