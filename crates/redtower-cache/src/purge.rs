@@ -1,18 +1,23 @@
 //! Purge over HTTP: an authenticated axum [`Router`] that an operator or a CMS webhook calls
-//! to invalidate cache-aside keys and tags (response tags come from
-//! [`ResponseCacheLayer::tag_header`](crate::ResponseCacheLayer::tag_header)).
+//! to invalidate cache-aside keys, tags (response tags come from
+//! [`ResponseCacheLayer::tag_header`](crate::ResponseCacheLayer::tag_header)) and prefixes.
 //!
 //! `POST /cache/purge` with `Authorization: Bearer <token>` and a JSON body
-//! `{"keys": ["price:tea"], "tags": ["product:42"]}` (either list may be absent, not both
-//! empty) answers `200 {"keys": 1, "tags": 1}` once every purge is done. Purges go to the
-//! store through [`Cache::invalidate`] and [`Cache::invalidate_tag`], so on Redis they take
-//! effect on every instance at once (each instance's in-process L1 keeps a purged entry for
-//! at most its TTL; the instance serving the purge drops it at once).
+//! `{"keys": ["price:tea"], "tags": ["product:42"], "prefixes": ["/products/"]}` (any list may
+//! be absent, not all empty) answers `200 {"keys": 1, "tags": 1, "prefixes": 1}` once every
+//! purge is done. Purges go to the store through [`Cache::invalidate`],
+//! [`Cache::invalidate_tag`] and [`Cache::invalidate_prefix`], so on Redis they take effect on
+//! every instance at once (each instance's in-process L1 keeps a purged entry for at most its
+//! TTL; the instance serving the purge drops it at once).
+//!
+//! A prefix matches a cache-aside key (`"price:"`) or the path and query of a cached
+//! response's request URI (`"/products/"`, on every host); see [`bans`](crate::bans). Prefixes
+//! need a cache built with [`prefix_purge`](crate::CacheBuilder::prefix_purge).
 //!
 //! | answer | when |
 //! | --- | --- |
 //! | 401 | no `Authorization: Bearer` token, or a wrong one (compared in constant time) |
-//! | 400 | not JSON, unknown fields, both lists empty, more than 100 items, an empty key, a key over 1024 bytes or a tag over 128 bytes |
+//! | 400 | not JSON, unknown fields, all lists empty, more than 100 items, an empty key or prefix, a key or prefix over 1024 bytes, a tag over 128 bytes, or prefixes on a cache without [`prefix_purge`](crate::CacheBuilder::prefix_purge) |
 //! | 413 | a body over 64 KiB |
 //! | 503 | the store failed: some purges may not have happened (retry: purging is idempotent) |
 //!
@@ -56,11 +61,15 @@ use crate::Cache;
 /// The path the router serves.
 pub const PATH: &str = "/cache/purge";
 
-/// The most keys and tags one request may purge together.
+/// The most keys, tags and prefixes one request may purge together.
 pub const MAX_ITEMS: usize = 100;
 
 /// The longest cache-aside key accepted, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
+
+/// The longest prefix accepted, in bytes
+/// ([`bans::MAX_PREFIX_LEN`](crate::bans::MAX_PREFIX_LEN)).
+pub const MAX_PREFIX_LEN: usize = crate::bans::MAX_PREFIX_LEN;
 
 /// The longest tag accepted, in bytes (the longest a response's tag field can add).
 pub const MAX_TAG_LEN: usize = 128;
@@ -132,15 +141,27 @@ struct PurgeRequest {
     keys: Vec<String>,
     #[serde(default)]
     tags: Vec<String>,
+    #[serde(default)]
+    prefixes: Vec<String>,
 }
 
 impl PurgeRequest {
-    fn validate(&self) -> Result<(), &'static str> {
-        if self.keys.is_empty() && self.tags.is_empty() {
-            return Err("nothing to purge: give keys or tags");
+    fn validate(&self, cache: &Cache) -> Result<(), &'static str> {
+        if self.keys.is_empty() && self.tags.is_empty() && self.prefixes.is_empty() {
+            return Err("nothing to purge: give keys, tags or prefixes");
         }
-        if self.keys.len() + self.tags.len() > MAX_ITEMS {
-            return Err("too many keys and tags (at most 100)");
+        if self.keys.len() + self.tags.len() + self.prefixes.len() > MAX_ITEMS {
+            return Err("too many keys, tags and prefixes (at most 100)");
+        }
+        if self
+            .prefixes
+            .iter()
+            .any(|p| p.is_empty() || p.len() > MAX_PREFIX_LEN)
+        {
+            return Err("a prefix is empty or longer than 1024 bytes");
+        }
+        if !self.prefixes.is_empty() && !cache.prefix_purge() {
+            return Err("prefix purge is not turned on for this cache");
         }
         if self
             .keys
@@ -193,16 +214,28 @@ async fn purge(cache: &Cache, auth: &PurgeAuth, headers: &HeaderMap, body: &[u8]
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid body: {e}")),
     };
-    if let Err(message) = req.validate() {
+    if let Err(message) = req.validate(cache) {
         return error(StatusCode::BAD_REQUEST, message);
     }
     let keys = futures::future::join_all(req.keys.iter().map(|k| cache.invalidate(k)));
     let tags = futures::future::join_all(req.tags.iter().map(|t| cache.invalidate_tag(t)));
-    let (keys, tags) = futures::join!(keys, tags);
-    if let Some(e) = keys.into_iter().chain(tags).find_map(Result::err) {
+    let prefixes =
+        futures::future::join_all(req.prefixes.iter().map(|p| cache.invalidate_prefix(p)));
+    let (keys, tags, prefixes) = futures::join!(keys, tags, prefixes);
+    if let Some(e) = keys
+        .into_iter()
+        .chain(tags)
+        .chain(prefixes)
+        .find_map(Result::err)
+    {
         tracing::warn!(target: "redtower::cache", error = %e, "purge failed");
         return error(StatusCode::SERVICE_UNAVAILABLE, "cache store failed; retry");
     }
-    tracing::info!(target: "redtower::cache", keys = req.keys.len(), tags = req.tags.len(), "purged");
-    Json(serde_json::json!({ "keys": req.keys.len(), "tags": req.tags.len() })).into_response()
+    tracing::info!(target: "redtower::cache", keys = req.keys.len(), tags = req.tags.len(), prefixes = req.prefixes.len(), "purged");
+    Json(serde_json::json!({
+        "keys": req.keys.len(),
+        "tags": req.tags.len(),
+        "prefixes": req.prefixes.len(),
+    }))
+    .into_response()
 }
