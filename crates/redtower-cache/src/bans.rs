@@ -10,6 +10,19 @@
 //! * a response: the path and query of the request URI (`/products/` matches
 //!   `/products/42?page=2` on every host).
 //!
+//! A ban covers the entries stored until it: on Redis, until its time by Redis' clock plus
+//! [`RedisStore::clock_skew`](crate::RedisStore::clock_skew) (1 s by default), compared with
+//! the time each instance stored the entry. A response's time of storing counts the origin's
+//! `Age` back, so a response that arrives already aged is banned if the ban is newer than its
+//! age; such a route refetches until its responses are younger than the ban.
+//!
+//! A fetch that started before a ban and stores its value after it is not banned (as with
+//! tags): purge after the data changed, as CMS webhooks do.
+//!
+//! On a Redis that evicts (`allkeys-*`), a lost ban list with a live version bans every entry
+//! stored before the last ban; only the loss of the version key itself (read with every entry,
+//! so the least likely to be evicted) would forget bans.
+//!
 //! [`CacheStore::ban_prefix`]: crate::CacheStore::ban_prefix
 //! [`CacheStore::bans`]: crate::CacheStore::bans
 
@@ -145,9 +158,16 @@ mod tests {
             .push(b"/products/42")
             .push(b"?")
             .push(b"page=2");
-        assert_eq!(target(c.as_bytes()).unwrap().concat(), b"/products/42?page=2");
+        assert_eq!(
+            target(c.as_bytes()).unwrap().concat(),
+            b"/products/42?page=2"
+        );
         let mut c = Canonical::new("http");
-        c.push(b"GET").push(b"http").push(b"h").push(b"/a").push(b"");
+        c.push(b"GET")
+            .push(b"http")
+            .push(b"h")
+            .push(b"/a")
+            .push(b"");
         assert_eq!(target(c.as_bytes()).unwrap().concat(), b"/a");
         assert!(target(b"\0\0").is_none());
     }

@@ -474,7 +474,12 @@ async fn purge_router_purges_prefixes_on_every_instance(one: Cache, two: Cache) 
     let layer = |c: &Cache| ResponseCacheLayer::new(c.clone(), MIN);
     let a = app(&layer(&one), &calls, origin);
     let b = app(&layer(&two), &calls, origin);
-    let paths = ["/products/1", "/products/2?page=2", "/productsale", "/about"];
+    let paths = [
+        "/products/1",
+        "/products/2?page=2",
+        "/productsale",
+        "/about",
+    ];
     for p in paths {
         assert_eq!(x_cache(&send(&a, "GET", p).await.0), "MISS");
         assert_eq!(x_cache(&send(&b, "GET", p).await.0), "HIT");

@@ -176,6 +176,15 @@ fn parse(reply: Value) -> Result<(Bytes, Bans)> {
         Value::Null => Vec::new(),
         _ => return Err(bad("list")),
     };
+    if flat.is_empty() && !version.is_empty() {
+        // A version without its list: the list was evicted. Ban everything stored before the
+        // last ban (the version is its time in microseconds, or later).
+        let last = version
+            .split_once(':')
+            .and_then(|(v, _)| v.parse::<u64>().ok())
+            .unwrap_or(u64::MAX);
+        bans.horizon = bans.horizon.max(last / 1000 + 1);
+    }
     let mut it = flat.into_iter();
     while let (Some(p), Some(t)) = (it.next(), it.next()) {
         let p = text(p).ok_or_else(|| bad("prefix"))?;
