@@ -109,22 +109,26 @@ pub(crate) fn starts_with(parts: &[&[u8]], mut prefix: &[u8]) -> bool {
 /// The text a ban's prefix is matched against, read from a key's canonical bytes (see
 /// `key::Canonical`): the key of a cache-aside value (`aside`, key), or the path and query of
 /// a response's URI (`http`, method, scheme, host, path, `?` or empty, query). `None` for
-/// anything else (never banned by prefix, only by the horizon).
-pub(crate) fn target(canonical: &[u8]) -> Option<[&[u8]; 3]> {
+/// anything else (never banned by prefix, only by the horizon). The text ends with
+/// [`END`], so that a "prefix" ending with it matches one key exactly.
+pub(crate) fn target(canonical: &[u8]) -> Option<[&[u8]; 4]> {
     let mut parts = Parts(canonical);
     match parts.next()? {
-        b"aside" => Some([parts.next()?, b"", b""]),
+        b"aside" => Some([parts.next()?, b"", b"", END]),
         b"http" => {
             let (_method, _scheme, _host) = (parts.next()?, parts.next()?, parts.next()?);
             let path = parts.next()?;
             match parts.next()? {
-                b"?" => Some([path, b"?", parts.next()?]),
-                _ => Some([path, b"", b""]),
+                b"?" => Some([path, b"?", parts.next()?, END]),
+                _ => Some([path, b"", b"", END]),
             }
         }
         _ => None,
     }
 }
+
+/// The end of a ban target: a NUL byte, which no URI holds.
+pub(crate) const END: &[u8] = b"\0";
 
 /// The length-prefixed components of canonical bytes.
 struct Parts<'a>(&'a [u8]);
@@ -150,7 +154,7 @@ mod tests {
     fn targets_of_keys() {
         let mut c = Canonical::new("aside");
         c.push(b"price:tea");
-        assert_eq!(target(c.as_bytes()).unwrap().concat(), b"price:tea");
+        assert_eq!(target(c.as_bytes()).unwrap().concat(), b"price:tea\0");
         let mut c = Canonical::new("http");
         c.push(b"GET")
             .push(b"https")
@@ -160,7 +164,7 @@ mod tests {
             .push(b"page=2");
         assert_eq!(
             target(c.as_bytes()).unwrap().concat(),
-            b"/products/42?page=2"
+            b"/products/42?page=2\0"
         );
         let mut c = Canonical::new("http");
         c.push(b"GET")
@@ -168,7 +172,7 @@ mod tests {
             .push(b"h")
             .push(b"/a")
             .push(b"");
-        assert_eq!(target(c.as_bytes()).unwrap().concat(), b"/a");
+        assert_eq!(target(c.as_bytes()).unwrap().concat(), b"/a\0");
         assert!(target(b"\0\0").is_none());
     }
 

@@ -21,6 +21,10 @@
 //! | 413 | a body over 64 KiB |
 //! | 503 | the store failed: some purges may not have happened (retry: purging is idempotent) |
 //!
+//! The `PURGE` method, as Varnish and Souin take it, is [`PurgeMethodLayer`]: `PURGE /some/path`
+//! with the same bearer token invalidates that path and query's responses
+//! ([`Cache::invalidate_uri`]).
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! use std::time::Duration;
@@ -44,6 +48,13 @@
 //! assert_eq!(cache.get_many::<u32>(&["price:tea"]).await, [None]);
 //! # }
 //! ```
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
 
 use axum::{
     Json, Router,
@@ -181,6 +192,15 @@ impl PurgeRequest {
     }
 }
 
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(serde_json::json!({ "error": "missing or wrong bearer token" })),
+    )
+        .into_response()
+}
+
 fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
@@ -203,12 +223,7 @@ where
 
 async fn purge(cache: &Cache, auth: &PurgeAuth, headers: &HeaderMap, body: &[u8]) -> Response {
     if !auth.allows(headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(serde_json::json!({ "error": "missing or wrong bearer token" })),
-        )
-            .into_response();
+        return unauthorized();
     }
     let req: PurgeRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
@@ -238,4 +253,136 @@ async fn purge(cache: &Cache, auth: &PurgeAuth, headers: &HeaderMap, body: &[u8]
         "prefixes": req.prefixes.len(),
     }))
     .into_response()
+}
+
+/// The method `PURGE`.
+fn purge_method() -> &'static http::Method {
+    static PURGE: std::sync::LazyLock<http::Method> = std::sync::LazyLock::new(|| {
+        http::Method::from_bytes(b"PURGE").expect("PURGE is a valid method token")
+    });
+    &PURGE
+}
+
+/// A layer answering `PURGE <path>` requests itself: with the purge token, it invalidates the
+/// responses of that path and query on every host and instance ([`Cache::invalidate_uri`],
+/// which needs [`prefix_purge`](crate::CacheBuilder::prefix_purge)) and answers
+/// `200 {"purged": "<path and query>"}`; without it 401. Every other request goes to the
+/// inner service untouched (one comparison of the method). Put it around the whole router, so
+/// it sees every path:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::time::Duration;
+/// use axum::{Router, body::Body, routing::get};
+/// use http::{Method, Request, StatusCode, header};
+/// use redtower_cache::{Cache, MemoryStore, ResponseCacheLayer, purge::{PurgeAuth, PurgeMethodLayer}};
+/// use tower::ServiceExt;
+///
+/// let cache = Cache::builder(MemoryStore::new()).prefix_purge(true).build();
+/// let auth = PurgeAuth::bearer("a-long-random-token").unwrap();
+/// let app = Router::new()
+///     .route("/products/42", get(|| async { "tea" }))
+///     .layer(ResponseCacheLayer::new(cache.clone(), Duration::from_secs(60)))
+///     .layer(PurgeMethodLayer::new(cache, auth));
+///
+/// let get = || Request::get("/products/42").body(Body::empty()).unwrap();
+/// app.clone().oneshot(get()).await.unwrap();
+/// assert_eq!(app.clone().oneshot(get()).await.unwrap().headers()["x-cache"], "HIT");
+/// let purge = Request::builder()
+///     .method(Method::from_bytes(b"PURGE").unwrap())
+///     .uri("/products/42")
+///     .header(header::AUTHORIZATION, "Bearer a-long-random-token")
+///     .body(Body::empty())
+///     .unwrap();
+/// assert_eq!(app.clone().oneshot(purge).await.unwrap().status(), StatusCode::OK);
+/// assert_eq!(app.clone().oneshot(get()).await.unwrap().headers()["x-cache"], "MISS");
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct PurgeMethodLayer {
+    cache: Cache,
+    auth: PurgeAuth,
+}
+
+impl PurgeMethodLayer {
+    /// Answers `PURGE` requests authenticated by `auth` by purging from `cache`.
+    pub fn new(cache: Cache, auth: PurgeAuth) -> Self {
+        Self { cache, auth }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for PurgeMethodLayer {
+    type Service = PurgeMethod<S>;
+
+    fn layer(&self, inner: S) -> PurgeMethod<S> {
+        PurgeMethod {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`PurgeMethodLayer`].
+#[derive(Debug, Clone)]
+pub struct PurgeMethod<S> {
+    inner: S,
+    layer: PurgeMethodLayer,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for PurgeMethod<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.method() != purge_method() {
+            return Box::pin(self.inner.call(req));
+        }
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            if !layer.auth.allows(req.headers()) {
+                return Ok(unauthorized());
+            }
+            let target = req
+                .uri()
+                .path_and_query()
+                .map_or("/", http::uri::PathAndQuery::as_str);
+            if target.len() > MAX_PREFIX_LEN {
+                return Ok(error(
+                    StatusCode::BAD_REQUEST,
+                    "path longer than 1024 bytes",
+                ));
+            }
+            match layer.cache.invalidate_uri(target).await {
+                Ok(()) => {
+                    tracing::info!(target: "redtower::cache", "purged one path");
+                    Ok(Json(serde_json::json!({ "purged": target })).into_response())
+                }
+                Err(crate::Error::PrefixPurgeOff) => Ok(error(
+                    StatusCode::BAD_REQUEST,
+                    "prefix purge is not turned on for this cache",
+                )),
+                Err(e) => {
+                    tracing::warn!(target: "redtower::cache", error = %e, "purge failed");
+                    Ok(error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "cache store failed; retry",
+                    ))
+                }
+            }
+        })
+    }
 }

@@ -17,7 +17,7 @@ use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, header}
 use http_body_util::BodyExt;
 use redtower_cache::{
     Cache, MemoryStore, RedisStore, ResponseCacheLayer,
-    purge::{self, PurgeAuth},
+    purge::{self, PurgeAuth, PurgeMethodLayer},
 };
 use redtower_client::{Redis, RedisConfig};
 use redtower_testkit::unique_prefix;
@@ -49,6 +49,7 @@ macro_rules! all_scenarios {
             purge_router_refuses_bad_tokens_and_bad_bodies,
             purge_router_purges_prefixes_on_every_instance,
             prefixes_need_prefix_purge,
+            purge_method_purges_one_path_on_every_instance,
             set_is_read_by_every_instance,
             set_tagged_values_are_purged_by_tag,
             get_many_reads_values_in_order_across_slots,
@@ -528,4 +529,62 @@ async fn prefixes_need_prefix_purge(one: Cache, _two: Cache) {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("prefix purge is not turned on"), "{body}");
     assert!(one.prefix_purge());
+}
+
+/// `PURGE <path>` (through `PurgeMethodLayer`, with the token) on one instance purges that
+/// path's response on both instances and nothing else (not a longer path sharing its
+/// prefix); without the token it is refused and purges nothing.
+async fn purge_method_purges_one_path_on_every_instance(one: Cache, two: Cache) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let router = |c: &Cache| {
+        let calls = calls.clone();
+        let handler = move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { "product" }
+        };
+        Router::new()
+            .route("/products/{id}", axum::routing::get(handler))
+            .layer(ResponseCacheLayer::new(c.clone(), MIN))
+            .layer(PurgeMethodLayer::new(
+                c.clone(),
+                PurgeAuth::bearer(TOKEN).unwrap(),
+            ))
+    };
+    let (a, b) = (router(&one), router(&two));
+    let call = |app: &Router, method: &str, uri: &str, token: Option<&str>| {
+        let mut req = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(uri)
+            .header(header::HOST, "shop.test");
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        app.clone().oneshot(req.body(Body::empty()).unwrap())
+    };
+    let x = |app: &Router, uri: &'static str| {
+        let resp = call(app, "GET", uri, None);
+        async move { x_cache(resp.await.unwrap().headers()).to_owned() }
+    };
+    for p in ["/products/1", "/products/10"] {
+        assert_eq!(x(&a, p).await, "MISS");
+        assert_eq!(x(&b, p).await, "HIT");
+    }
+    let refused = call(&a, "PURGE", "/products/1", None).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(x(&b, "/products/1").await, "HIT");
+
+    let purged = call(&a, "PURGE", "/products/1", Some(TOKEN)).await.unwrap();
+    assert_eq!(purged.status(), StatusCode::OK);
+    let body = purged.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], br#"{"purged":"/products/1"}"#);
+    // Entries stored in the ban's own millisecond are banned too: let the clock move on so
+    // that the refill below is not.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(x(&b, "/products/1").await, "MISS");
+    assert_eq!(x(&a, "/products/1").await, "HIT");
+    assert_eq!(x(&a, "/products/10").await, "HIT");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // Other methods pass through to the application (which has no POST route).
+    let post = call(&a, "POST", "/products/1", None).await.unwrap();
+    assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
 }

@@ -45,11 +45,16 @@ impl Cache {
     /// [`MAX_PREFIX_LEN`](crate::bans::MAX_PREFIX_LEN) bytes, and store failures: the ban may not
     /// have been recorded (retry: banning twice is harmless).
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<()> {
-        if !self.inner.settings.prefix_purge {
-            return Err(Error::PrefixPurgeOff);
-        }
         if prefix.len() > MAX_PREFIX_LEN {
             return Err(Error::PrefixTooLong);
+        }
+        self.ban(prefix).await
+    }
+
+    /// Records a ban of `prefix` in the store and drops matching entries from this L1.
+    async fn ban(&self, prefix: &str) -> Result<()> {
+        if !self.inner.settings.prefix_purge {
+            return Err(Error::PrefixPurgeOff);
         }
         if let Some(l1) = &self.inner.l1 {
             let prefix = prefix.to_owned();
@@ -58,6 +63,26 @@ impl Cache {
             });
         }
         self.inner.store.ban_prefix(prefix).await
+    }
+
+    /// Invalidates the responses of one path and query (`"/products/42"`, `"/search?q=tea"`),
+    /// on every host and every instance, and the cache-aside value whose key is exactly
+    /// `path_and_query`: [`invalidate_prefix`](Self::invalidate_prefix) for that one key (one
+    /// ban). The query is matched as the cache keys it: parameters a route's
+    /// [`QueryKey`](crate::QueryKey) leaves out are not part of it. This is what the `PURGE`
+    /// method of [`purge::PurgeMethodLayer`](crate::purge::PurgeMethodLayer) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`invalidate_prefix`](Self::invalidate_prefix).
+    pub async fn invalidate_uri(&self, path_and_query: &str) -> Result<()> {
+        if path_and_query.len() > MAX_PREFIX_LEN {
+            return Err(Error::PrefixTooLong);
+        }
+        let mut exact = String::with_capacity(path_and_query.len() + 1);
+        exact.push_str(path_and_query);
+        exact.push('\0');
+        self.ban(&exact).await
     }
 
     /// Whether lookups honour prefix bans (see
