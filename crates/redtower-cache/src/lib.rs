@@ -92,7 +92,8 @@
 //!   Responses tag themselves with `Surrogate-Key` / `Cache-Tag`
 //!   ([`ResponseCacheLayer::tag_header`]; the field is stripped), and operators or a CMS
 //!   webhook purge keys, tags and prefixes over HTTP with the `purge` router (feature `axum`:
-//!   `POST /cache/purge`, bearer token).
+//!   `POST /cache/purge`, bearer token), or one path with the `PURGE` method
+//!   ([`purge::PurgeMethodLayer`]).
 //! * **Purge by prefix** ([`Cache::invalidate_prefix`], opt-in with
 //!   [`CacheBuilder::prefix_purge`]): `"/products/"` invalidates every response whose request
 //!   path starts with it, `"price:"` every cache-aside key, on every instance at once, in O(1)
