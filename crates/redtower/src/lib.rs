@@ -65,7 +65,10 @@ mod tests {
             Cache, MemoryStore,
             purge::{self, PurgeAuth},
         };
-        assert!(PurgeAuth::bearer("short").is_err(), "short tokens are refused");
+        assert!(
+            PurgeAuth::bearer("short").is_err(),
+            "short tokens are refused"
+        );
         let auth = PurgeAuth::bearer("a-long-random-token").unwrap();
         let _router = purge::router::<()>(Cache::new(MemoryStore::new()), auth);
     }

@@ -564,48 +564,49 @@ impl CacheStore for RedisStore {
     }
 
     async fn tag_generations(&self, tags: &[String]) -> Result<Vec<u64>> {
+        let generation = |v: Option<Bytes>| {
+            v.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+                .unwrap_or(0)
+        };
+        let keys: Vec<Key> = tags.iter().map(|t| self.tag_key_for(t)).collect();
+        // The common case: every tag through the read queue at once, queued in the same pass
+        // as the entry's read, so on a standalone server entry and generations leave as one
+        // `MGET` (and no per-tag future is built).
+        let keys = match (&self.near, &self.reads) {
+            (None, Some(reads)) => match reads.get_many(keys).await {
+                Ok(replies) => {
+                    return replies
+                        .into_iter()
+                        .map(|r| r.map(generation).map_err(|e| fred(e).into()))
+                        .collect();
+                }
+                Err(keys) => keys,
+            },
+            _ => keys,
+        };
         let client = self.redis.client().with_options(&self.options);
-        let reads = tags.iter().map(|t| {
+        let reads = keys.into_iter().map(|k| {
             let client = client.clone();
-            let k = self.tag_key_for(t);
             async move {
                 let k = match &self.near {
                     Some(near) => match self.near_get(near, k).await {
                         Ok(r) => {
-                            return r
-                                .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
-                                .map_err(|e| match e {
-                                    Error::Redis(e) => e,
-                                    other => redtower_client::Error::reply(other.to_string()),
-                                });
+                            return r.map_err(|e| match e {
+                                Error::Redis(e) => e,
+                                other => redtower_client::Error::reply(other.to_string()),
+                            });
                         }
                         Err(k) => k,
                     },
                     None => k,
                 };
-                // Through the read queue: queued in the same pass as the entry's read, so on a
-                // standalone server entry and generations leave as one `MGET`.
-                let k = match &self.reads {
-                    Some(reads) => match reads.get(k).await {
-                        Ok(r) => {
-                            return r
-                                .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
-                                .map_err(fred);
-                        }
-                        Err(k) => k,
-                    },
-                    None => k,
-                };
-                client.get::<Option<String>, _>(k).await.map_err(fred)
+                client.get::<Option<Bytes>, _>(k).await.map_err(fred)
             }
         });
         let values = self
             .bounded(async move { futures::future::try_join_all(reads).await })
             .await?;
-        Ok(values
-            .into_iter()
-            .map(|v| v.and_then(|s| s.parse().ok()).unwrap_or(0))
-            .collect())
+        Ok(values.into_iter().map(generation).collect())
     }
 
     async fn ensure_tags(&self, tags: &[String], ttl: Duration) -> Result<Vec<u64>> {
