@@ -487,12 +487,25 @@ async fn cache_purge_by_surrogate_key_on_two_instances() {
     let (status, body) = json_of(purge(&a, Some(token)).await.unwrap()).await;
     assert_eq!(
         (status, body),
-        (StatusCode::OK, json!({"keys": 0, "tags": 1}))
+        (StatusCode::OK, json!({"keys": 0, "prefixes": 0, "tags": 1}))
     );
     assert_eq!(featured(&b).await.unwrap().headers()["x-cache"], "MISS");
     assert_eq!(featured(&a).await.unwrap().headers()["x-cache"], "HIT");
     let (_, stats) = json_of(c.get(b.url("/stats")).send().await.unwrap()).await;
     assert_eq!(stats, json!({"featured_db_calls": 1}));
+
+    // By path prefix: every response under `/products/`, on every instance.
+    let by_prefix = c
+        .post(a.url("/cache/purge"))
+        .bearer_auth(token)
+        .json(&json!({"prefixes": ["/products/"]}))
+        .send();
+    let (status, body) = json_of(by_prefix.await.unwrap()).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"keys": 0, "prefixes": 1, "tags": 0}))
+    );
+    assert_eq!(featured(&b).await.unwrap().headers()["x-cache"], "MISS");
     a.stop().await;
     b.stop().await;
 }

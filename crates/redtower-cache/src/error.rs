@@ -23,6 +23,19 @@ pub enum Error {
     /// The store was skipped: its circuit breaker is open after an outage.
     #[error("cache store skipped while its circuit breaker is open")]
     CircuitOpen,
+    /// The store does not implement this operation (a [`CacheStore`](crate::CacheStore)
+    /// written before it existed).
+    #[error("the cache store does not support {0}")]
+    Unsupported(&'static str),
+    /// [`Cache::invalidate_prefix`](crate::Cache::invalidate_prefix) on a cache built without
+    /// [`prefix_purge`](crate::CacheBuilder::prefix_purge): its lookups would not honour the
+    /// ban.
+    #[error("prefix purge is not turned on for this cache (CacheBuilder::prefix_purge)")]
+    PrefixPurgeOff,
+    /// A prefix given to [`Cache::invalidate_prefix`](crate::Cache::invalidate_prefix) is
+    /// longer than [`MAX_PREFIX_LEN`](crate::bans::MAX_PREFIX_LEN).
+    #[error("prefix too long (at most 1024 bytes)")]
+    PrefixTooLong,
     /// A value given to [`Cache::set`](crate::Cache::set) could not be serialized to JSON.
     #[error("value could not be serialized: {0}")]
     Serialize(#[source] serde_json::Error),
@@ -34,7 +47,10 @@ impl Error {
         match self {
             Self::Redis(e) => e.is_outage(),
             Self::Timeout(_) | Self::CircuitOpen => true,
-            Self::Serialize(_) => false,
+            Self::Serialize(_)
+            | Self::Unsupported(_)
+            | Self::PrefixPurgeOff
+            | Self::PrefixTooLong => false,
         }
     }
 }

@@ -91,8 +91,14 @@
 //!   by tag in O(1) ([`Cache::invalidate_tag`]: tags hold generations; entries record them).
 //!   Responses tag themselves with `Surrogate-Key` / `Cache-Tag`
 //!   ([`ResponseCacheLayer::tag_header`]; the field is stripped), and operators or a CMS
-//!   webhook purge keys and tags over HTTP with the `purge` router (feature `axum`:
-//!   `POST /cache/purge`, bearer token).
+//!   webhook purge keys, tags and prefixes over HTTP with the `purge` router (feature `axum`:
+//!   `POST /cache/purge`, bearer token), or one path with the `PURGE` method
+//!   ([`purge::PurgeMethodLayer`]).
+//! * **Purge by prefix** ([`Cache::invalidate_prefix`], opt-in with
+//!   [`CacheBuilder::prefix_purge`]): `"/products/"` invalidates every response whose request
+//!   path starts with it, `"price:"` every cache-aside key, on every instance at once, in O(1)
+//!   (Varnish-style bans, evaluated lazily on lookup; see [`bans`]). Off, lookups do no ban
+//!   work; on, a hit reads a few more bytes in the same round trip.
 //! * **Write-through and batch reads** for cache-aside users: [`Cache::set`] /
 //!   [`Cache::set_tagged`] store a value read back by every instance, [`Cache::get_many`] reads
 //!   many keys in one pipelined batch.
@@ -177,7 +183,8 @@
 //! | bytes in Redis | Redis' `maxmemory` (see below) | the Redis you give [`RedisStore::new`] | the only bound across instances |
 //! | tracked tier | off; when on, 10,000 entries / 64 MiB / 60 s max age by default | [`RedisStore::near_cache`] | a change elsewhere is seen one invalidation push late (at worst the max age, if a push is lost while the connection looks up) |
 //! | tags from a response's tag field | 32 per response, 128 bytes each (visible ASCII); others dropped | [`ResponseCacheLayer::tag_header`] (off by default) | a handler's field must not make unbounded tag keys or entries |
-//! | purge request (`purge` router) | 100 keys and tags, keys 1 KiB, tags 128 bytes, 64 KiB body; 400 / 413 beyond | — | one request may not start unbounded work |
+//! | purge request (`purge` router) | 100 keys, tags and prefixes, keys and prefixes 1 KiB, tags 128 bytes, 64 KiB body; 400 / 413 beyond | — | one request may not start unbounded work |
+//! | prefix bans | 1,000 per store ([`bans::MAX_BANS`]), each kept 365 days; past the bound the oldest is folded into a horizon that bans every older entry (more misses, never a banned entry served); prefixes 1 KiB | — | one list read with each entry must stay small; a purge loop cannot grow it |
 //! | L1 entries | off; when on, `max_entries` for a TTL kept between 1 ms and 60 s | [`CacheBuilder::l1`] | an invalidation elsewhere is seen at most one L1 TTL late |
 //! | fill lock held / waited for | 5 s / 3 s | [`CacheBuilder::lock_ttl`], [`CacheBuilder::lock_wait`] | a crashed filler never blocks others for long |
 //! | store command | 500 ms, then fail open | [`RedisStore::timeout`] | an outage adds little latency |
@@ -243,6 +250,7 @@
 //! field.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod bans;
 mod body;
 mod cache;
 #[cfg(feature = "testing")]
@@ -261,6 +269,7 @@ pub mod purge;
 mod service;
 mod store;
 
+pub use bans::Bans;
 pub use body::ResponseBody;
 pub use cache::{Cache, CacheBuilder, CacheStats, Fetch};
 pub use error::{Error, FetchError, Result};

@@ -142,3 +142,51 @@ async fn a_tier_hit_costs_no_round_trip() {
     );
     assert!(store.near().unwrap().stats().hits >= 1000);
 }
+
+/// With prefix purge on, a tier hit still sends nothing to Redis (the ban list's version is
+/// tracked like an entry), and a prefix purge on one instance is seen by the other once its
+/// invalidation push is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_purge_through_the_tier() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("near");
+    let instance = |skew: Duration| {
+        let (url, prefix) = (server.url(), prefix.clone());
+        async move {
+            let (_, store) = instance(&url, &prefix).await;
+            let store = store.clock_skew(skew);
+            (
+                Cache::builder(store.clone()).prefix_purge(true).build(),
+                store,
+            )
+        }
+    };
+    // No clock allowance on A, the banning instance: B's refill below is then not banned.
+    let (a, _) = instance(Duration::ZERO).await;
+    let (b, store_b) = instance(Duration::ZERO).await;
+    let near_b = store_b.near().unwrap();
+    assert_eq!(fetch(&b, "price:tea", 1).await, 1);
+    assert_eq!(fetch(&b, "stock:tea", 1).await, 1);
+    a.invalidate_prefix("other:").await.unwrap();
+    near_b.sync().await.unwrap();
+    assert_eq!(fetch(&b, "price:tea", 9).await, 1);
+    near_b.sync().await.unwrap();
+
+    let commands = |s: &RedisServer| -> u64 {
+        let info = s.cmd(&["INFO", "stats"]).as_text().unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    };
+    let before = commands(&server);
+    for _ in 0..1000 {
+        assert_eq!(fetch(&b, "price:tea", 9).await, 1);
+    }
+    assert!(commands(&server) - before <= 3, "hits reached Redis");
+
+    a.invalidate_prefix("price:").await.unwrap();
+    near_b.sync().await.unwrap();
+    assert_eq!(fetch(&b, "price:tea", 2).await, 2);
+    assert_eq!(fetch(&b, "stock:tea", 9).await, 1);
+}

@@ -17,7 +17,7 @@ use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, header}
 use http_body_util::BodyExt;
 use redtower_cache::{
     Cache, MemoryStore, RedisStore, ResponseCacheLayer,
-    purge::{self, PurgeAuth},
+    purge::{self, PurgeAuth, PurgeMethodLayer},
 };
 use redtower_client::{Redis, RedisConfig};
 use redtower_testkit::unique_prefix;
@@ -47,6 +47,9 @@ macro_rules! all_scenarios {
             without_tag_header_the_field_passes_through,
             purge_router_purges_keys_and_tags_on_every_instance,
             purge_router_refuses_bad_tokens_and_bad_bodies,
+            purge_router_purges_prefixes_on_every_instance,
+            prefixes_need_prefix_purge,
+            purge_method_purges_one_path_on_every_instance,
             set_is_read_by_every_instance,
             set_tagged_values_are_purged_by_tag,
             get_many_reads_values_in_order_across_slots,
@@ -59,7 +62,7 @@ mod memory {
 
     async fn make(_test: &str) -> (Cache, Cache) {
         let store = Arc::new(MemoryStore::new());
-        (Cache::new(store.clone()), Cache::new(store))
+        (build(store.clone()), build(store))
     }
 
     all_scenarios!(make);
@@ -68,7 +71,13 @@ mod memory {
 async fn connect(url: &str, prefix: &str) -> Cache {
     let redis = Redis::new(RedisConfig::from_url(url).unwrap().key_prefix(prefix)).unwrap();
     redis.wait_ready(Duration::from_secs(20)).await.unwrap();
-    Cache::new(RedisStore::new(redis))
+    // No clock allowance: both instances and Redis share this host's clock.
+    build(RedisStore::new(redis).clock_skew(Duration::ZERO))
+}
+
+/// A cache with prefix purge on, as each instance of an application using it is built.
+fn build(store: impl redtower_cache::CacheStore) -> Cache {
+    Cache::builder(store).prefix_purge(true).build()
 }
 
 async fn pair(url: &str, test: &str) -> (Cache, Cache) {
@@ -296,7 +305,7 @@ async fn purge_router_purges_keys_and_tags_on_every_instance(one: Cache, two: Ca
     let (status, body) = call_purge(&router, Some(TOKEN), r#"{"keys":["a"],"tags":["t2"]}"#).await;
     assert_eq!(
         (status, body.as_str()),
-        (StatusCode::OK, r#"{"keys":1,"tags":1}"#)
+        (StatusCode::OK, r#"{"keys":1,"prefixes":0,"tags":1}"#)
     );
 
     for c in [&two, &one] {
@@ -341,6 +350,11 @@ async fn purge_router_refuses_bad_tokens_and_bad_bodies(one: Cache, two: Cache) 
         "not json".to_owned(),
         "{}".to_owned(),
         r#"{"keys":[],"tags":[]}"#.to_owned(),
+        r#"{"keys":[],"tags":[],"prefixes":[]}"#.to_owned(),
+        r#"{"prefixes":[""]}"#.to_owned(),
+        r#"{"prefixes":"k"}"#.to_owned(),
+        serde_json::json!({ "prefixes": ["k".repeat(1025)] }).to_string(),
+        serde_json::json!({ "keys": ["k"], "prefixes": (0..100).map(|i| i.to_string()).collect::<Vec<_>>() }).to_string(),
         r#"{"keys":[""]}"#.to_owned(),
         r#"{"keys":"k"}"#.to_owned(),
         r#"{"keys":["k"],"prefix":"k"}"#.to_owned(),
@@ -361,7 +375,8 @@ async fn purge_router_refuses_bad_tokens_and_bad_bodies(one: Cache, two: Cache) 
     // The bounds themselves are accepted.
     let at_bounds = serde_json::json!({
         "keys": ["k".repeat(1024)],
-        "tags": (0..99).map(|i| format!("{i}{}", "t".repeat(100))).collect::<Vec<_>>(),
+        "prefixes": ["unused:".repeat(146)],
+        "tags": (0..98).map(|i| format!("{i}{}", "t".repeat(100))).collect::<Vec<_>>(),
     });
     assert_eq!(
         call_purge(&router, Some(TOKEN), at_bounds.to_string())
@@ -449,4 +464,127 @@ async fn get_many_reads_values_in_order_across_slots(one: Cache, two: Cache) {
         [None, None, Some(1)]
     );
     assert!(two.get_many::<usize>(&[] as &[&str]).await.is_empty());
+}
+
+/// A prefix purge through the router on one instance: the responses under the path prefix and
+/// the cache-aside values under the key prefix are misses on both instances at once; the
+/// others stay hits; refills are served again. Exact origin counts.
+async fn purge_router_purges_prefixes_on_every_instance(one: Cache, two: Cache) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = |req: &Request<Body>| reply(&[], req.uri().path());
+    let layer = |c: &Cache| ResponseCacheLayer::new(c.clone(), MIN);
+    let a = app(&layer(&one), &calls, origin);
+    let b = app(&layer(&two), &calls, origin);
+    let paths = [
+        "/products/1",
+        "/products/2?page=2",
+        "/productsale",
+        "/about",
+    ];
+    for p in paths {
+        assert_eq!(x_cache(&send(&a, "GET", p).await.0), "MISS");
+        assert_eq!(x_cache(&send(&b, "GET", p).await.0), "HIT");
+    }
+    one.set("price:tea", &8u32, MIN).await.unwrap();
+    one.set("stock:tea", &3u32, MIN).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+
+    let router: Router = purge::router(one.clone(), PurgeAuth::bearer(TOKEN).unwrap());
+    let (status, body) = call_purge(
+        &router,
+        Some(TOKEN),
+        r#"{"prefixes":["/products/","price:"]}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, r#"{"keys":0,"prefixes":2,"tags":0}"#)
+    );
+    assert_eq!(
+        two.get_many::<u32>(&["price:tea", "stock:tea"]).await,
+        [None, Some(3)]
+    );
+    // Entries stored in the ban's own millisecond are banned too: let the clock move on so
+    // that the refills below are not.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let want = [
+        ("/products/1", "MISS"),
+        ("/products/2?page=2", "MISS"),
+        ("/productsale", "HIT"),
+        ("/about", "HIT"),
+    ];
+    for (p, x) in want {
+        assert_eq!(x_cache(&send(&b, "GET", p).await.0), x, "{p}");
+        assert_eq!(x_cache(&send(&a, "GET", p).await.0), "HIT", "{p}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 6);
+}
+
+/// A cache without prefix purge refuses prefixes (its lookups would not honour them) and
+/// purges nothing.
+async fn prefixes_need_prefix_purge(one: Cache, _two: Cache) {
+    let off = Cache::new(MemoryStore::new());
+    let router: Router = purge::router(off, PurgeAuth::bearer(TOKEN).unwrap());
+    let (status, body) = call_purge(&router, Some(TOKEN), r#"{"prefixes":["/"]}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("prefix purge is not turned on"), "{body}");
+    assert!(one.prefix_purge());
+}
+
+/// `PURGE <path>` (through `PurgeMethodLayer`, with the token) on one instance purges that
+/// path's response on both instances and nothing else (not a longer path sharing its
+/// prefix); without the token it is refused and purges nothing.
+async fn purge_method_purges_one_path_on_every_instance(one: Cache, two: Cache) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let router = |c: &Cache| {
+        let calls = calls.clone();
+        let handler = move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { "product" }
+        };
+        Router::new()
+            .route("/products/{id}", axum::routing::get(handler))
+            .layer(ResponseCacheLayer::new(c.clone(), MIN))
+            .layer(PurgeMethodLayer::new(
+                c.clone(),
+                PurgeAuth::bearer(TOKEN).unwrap(),
+            ))
+    };
+    let (a, b) = (router(&one), router(&two));
+    let call = |app: &Router, method: &str, uri: &str, token: Option<&str>| {
+        let mut req = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(uri)
+            .header(header::HOST, "shop.test");
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        app.clone().oneshot(req.body(Body::empty()).unwrap())
+    };
+    let x = |app: &Router, uri: &'static str| {
+        let resp = call(app, "GET", uri, None);
+        async move { x_cache(resp.await.unwrap().headers()).to_owned() }
+    };
+    for p in ["/products/1", "/products/10"] {
+        assert_eq!(x(&a, p).await, "MISS");
+        assert_eq!(x(&b, p).await, "HIT");
+    }
+    let refused = call(&a, "PURGE", "/products/1", None).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(x(&b, "/products/1").await, "HIT");
+
+    let purged = call(&a, "PURGE", "/products/1", Some(TOKEN)).await.unwrap();
+    assert_eq!(purged.status(), StatusCode::OK);
+    let body = purged.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], br#"{"purged":"/products/1"}"#);
+    // Entries stored in the ban's own millisecond are banned too: let the clock move on so
+    // that the refill below is not.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(x(&b, "/products/1").await, "MISS");
+    assert_eq!(x(&a, "/products/1").await, "HIT");
+    assert_eq!(x(&a, "/products/10").await, "HIT");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // Other methods pass through to the application (which has no POST route).
+    let post = call(&a, "POST", "/products/1", None).await.unwrap();
+    assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
 }

@@ -2,7 +2,7 @@
 //! [`ResponseCacheLayer`] (300 s, then 60 s of stale-while-revalidate). Responses name what
 //! they show in `Surrogate-Key` (`products product:1 ...`): the layer records those tags on
 //! the entry and strips the field; `POST /cache/purge` (on when `CACHE_PURGE_TOKEN` is set)
-//! purges by tag on every instance.
+//! purges by tag or by path prefix on every instance.
 //!
 //! Environment: `NEAR_CACHE` (with Redis, keep entries this instance read in process,
 //! invalidated by Redis client tracking), `CACHE_L1` (with Redis, also keep hot entries in
@@ -56,14 +56,18 @@ impl ResponseCache {
     /// `CACHE_L1` is on.
     pub(crate) fn new(config: &Config, redis: Option<&Redis>) -> Self {
         let cache = match redis {
-            None => Cache::new(redtower_cache::MemoryStore::new()),
+            // Prefix purge on every instance (`POST /cache/purge {"prefixes":[..]}` is served
+            // only where `CACHE_PURGE_TOKEN` is set, but every instance must honour it).
+            None => Cache::builder(redtower_cache::MemoryStore::new())
+                .prefix_purge(true)
+                .build(),
             Some(redis) => {
                 let store = redtower_cache::RedisStore::new(redis.clone()).near_cache(
                     config
                         .near_cache
                         .then(|| redtower_client::NearCacheConfig::new("cache")),
                 );
-                let builder = Cache::builder(store);
+                let builder = Cache::builder(store).prefix_purge(true);
                 if config.cache_l1 {
                     builder.l1(1_000, Duration::from_millis(500)).build()
                 } else {

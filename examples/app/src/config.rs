@@ -105,7 +105,7 @@ pub struct Config {
     /// `shop.example,www.shop.example`); requests for other hosts bypass it. Default none
     /// declared: the cache serves the first 8 hosts it sees and bypasses the rest.
     pub cache_hosts: Vec<String>,
-    /// `CACHE_PURGE_TOKEN` (16+ characters): serve `POST /cache/purge` (keys and tags, see
+    /// `CACHE_PURGE_TOKEN` (16+ characters): serve `POST /cache/purge` (keys, tags and prefixes, see
     /// `redtower_cache::purge`) to `Authorization: Bearer <token>` only. Default none: no
     /// purge endpoint.
     pub cache_purge_token: Option<String>,

@@ -94,6 +94,23 @@ impl CacheBuilder {
         self
     }
 
+    /// Whether lookups honour prefix bans, so that
+    /// [`Cache::invalidate_prefix`](crate::Cache::invalidate_prefix) works. Turn it on for
+    /// every instance sharing the store (an instance without it keeps serving banned entries).
+    ///
+    /// Cost on a hit from the store: on Redis, one more small key (the ban list's version, a
+    /// few bytes) in the same round trip as the entry (the coalesced `MGET`, or the tracked
+    /// near-cache, where it usually costs nothing), a check of the entry's key against each
+    /// ban, and, once per change of the list per instance, one read of the list. Off, a
+    /// lookup does no ban work at all. L1 hits ([`l1`](Self::l1)) never check bans: another
+    /// instance's purge reaches this L1 after at most its TTL.
+    ///
+    /// Defaults to off.
+    pub fn prefix_purge(mut self, on: bool) -> Self {
+        self.settings.prefix_purge = on;
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> Cache {
         let l1 = self.l1.map(|(max, ttl)| {

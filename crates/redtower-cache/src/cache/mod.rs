@@ -23,6 +23,7 @@ use crate::{
 };
 
 mod aside;
+mod bans;
 mod builder;
 mod fill;
 mod flight;
@@ -73,6 +74,7 @@ struct Settings {
     poll_min: Duration,
     poll_max: Duration,
     breaker: CircuitBreaker,
+    prefix_purge: bool,
 }
 
 impl fmt::Debug for Cache {
@@ -176,6 +178,7 @@ impl Cache {
                 poll_min: Duration::from_millis(10),
                 poll_max: Duration::from_millis(100),
                 breaker: CircuitBreaker::default(),
+                prefix_purge: false,
             },
         }
     }

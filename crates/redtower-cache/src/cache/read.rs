@@ -43,7 +43,8 @@ impl Cache {
                 futures::try_join!(store.get(store_key), store.tag_generations(tags))
             }
         };
-        let (bytes, generations) = match self.guard(read).await {
+        // Prefix bans, when on, are read in the same round trip (see `bans.rs`).
+        let ((bytes, generations), bans) = match self.guard(self.with_bans(read)).await {
             Ok(r) => r,
             Err(e) => {
                 self.fail_open("get", &e);
@@ -64,6 +65,9 @@ impl Cache {
         };
         if entry.key_digest != *digest {
             tracing::debug!(target: "redtower::cache", cache = self.name(), "cache key collision; treating as a miss");
+            return None;
+        }
+        if self.banned(key, &entry, bans.as_deref()) {
             return None;
         }
         if !entry.tags.is_empty() && !self.tags_valid(&entry, tags, &generations).await {

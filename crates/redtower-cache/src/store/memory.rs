@@ -13,7 +13,7 @@ use moka::{Expiry, sync::Cache as Moka};
 use tokio::time::Instant;
 
 use super::{CacheStore, EntryKey, LockToken, MAX_TTL, later, new_generation};
-use crate::Result;
+use crate::{Result, bans::Bans};
 
 #[derive(Clone)]
 struct Stored {
@@ -70,6 +70,8 @@ struct Inner {
     /// Per group: each variant and its entry's deadline.
     index: Mutex<HashMap<String, HashMap<String, Instant>>>,
     tags: Mutex<HashMap<String, (u64, Instant)>>,
+    /// The prefix bans: copied on write, so a read is one `Arc` clone.
+    bans: Mutex<Arc<Bans>>,
     anchor_ms: u64,
     anchor: Instant,
 }
@@ -116,6 +118,7 @@ impl MemoryStore {
                 locks: Mutex::default(),
                 index: Mutex::default(),
                 tags: Mutex::default(),
+                bans: Mutex::new(Bans::none()),
                 anchor_ms,
                 anchor: Instant::now(),
             }),
@@ -312,5 +315,19 @@ impl CacheStore for MemoryStore {
     async fn bump_tag(&self, tag: &str) -> Result<()> {
         lock(&self.inner.tags).remove(tag);
         Ok(())
+    }
+
+    async fn ban_prefix(&self, prefix: &str) -> Result<()> {
+        let now = self.now_ms();
+        let max_age = u64::try_from(MAX_TTL.as_millis()).unwrap_or(u64::MAX);
+        let mut bans = lock(&self.inner.bans);
+        let mut next = Bans::clone(&bans);
+        next.add(prefix, now, now, max_age);
+        *bans = Arc::new(next);
+        Ok(())
+    }
+
+    async fn bans(&self) -> Result<Arc<Bans>> {
+        Ok(lock(&self.inner.bans).clone())
     }
 }

@@ -5,7 +5,7 @@ use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::Result;
+use crate::{Result, bans::Bans};
 
 pub(crate) mod memory;
 pub(crate) mod redis;
@@ -152,6 +152,25 @@ pub trait CacheStore: fmt::Debug + Send + Sync + 'static {
     /// Invalidates every entry filled under `tag` in O(1): drops the tag's generation, so no
     /// stored entry matches it any more (the next fill draws a new random one).
     async fn bump_tag(&self, tag: &str) -> Result<()>;
+
+    /// Bans every entry whose key starts with `prefix` and that was stored until now (see
+    /// [`bans`](crate::bans)): records `(prefix, now)` in the store's one bounded ban list, so
+    /// every instance's next read of such an entry is a miss. Past
+    /// [`MAX_BANS`](crate::bans::MAX_BANS) the oldest ban is folded into the list's horizon
+    /// (every entry stored before it is banned): more misses, never a banned entry served.
+    ///
+    /// The default refuses with [`Error::Unsupported`](crate::Error::Unsupported) (a store
+    /// written before prefix bans); [`bans`](Self::bans) then has nothing to report.
+    async fn ban_prefix(&self, prefix: &str) -> Result<()> {
+        let _ = prefix;
+        Err(crate::Error::Unsupported("prefix bans"))
+    }
+
+    /// The current bans (read together with an entry, so a hit stays one round trip). The
+    /// default has none.
+    async fn bans(&self) -> Result<Arc<Bans>> {
+        Ok(Bans::none())
+    }
 }
 
 /// The future of a forwarded store operation: the inner store's own (boxed) future.
@@ -290,6 +309,23 @@ impl<T: CacheStore + ?Sized> CacheStore for Arc<T> {
         Self: 'f,
     {
         (**self).bump_tag(tag)
+    }
+
+    fn ban_prefix<'s, 'p, 'f>(&'s self, prefix: &'p str) -> Forwarded<'f, ()>
+    where
+        's: 'f,
+        'p: 'f,
+        Self: 'f,
+    {
+        (**self).ban_prefix(prefix)
+    }
+
+    fn bans<'s, 'f>(&'s self) -> Forwarded<'f, Arc<Bans>>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        (**self).bans()
     }
 }
 

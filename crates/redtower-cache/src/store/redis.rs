@@ -23,6 +23,7 @@ use redtower_client::{
 use super::{CacheStore, EntryKey, LockToken, new_generation, ttl_ms};
 use crate::{Error, Result};
 
+mod bans;
 mod reads;
 
 use reads::Reads;
@@ -45,6 +46,8 @@ static ENSURE_TAG: LazyLock<Script> =
 /// | `rt:c:{<h>}:ix` | the variants of `<h>` (for invalidation and the [`max_variants`](Self::max_variants) bound): a sorted set scored by each variant's expiry, unix ms | longest variant |
 /// | `rt:c:{<h>}[:<v>]:lk` | the fill lock (`SET NX PX`, fencing token) | lock TTL |
 /// | `rt:c:t:{<tag>}` | a tag's generation | longest entry filled under it |
+/// | `rt:c:b:{bans}` | the version of the prefix ban list (`<version>:<horizon>`), read with each entry by a cache with [`prefix_purge`](crate::CacheBuilder::prefix_purge) | [`Cache::MAX_TTL`](crate::Cache::MAX_TTL) after the last ban |
+/// | `rt:c:b:{bans}:l` | the prefix bans (hash: prefix -> ban time, unix ms), at most [`MAX_BANS`](crate::bans::MAX_BANS) | same |
 ///
 /// An entry, its variants, index and lock share the hash tag `<h>`, so each script touches one
 /// slot. Tags live in their own slots and are only read or written one at a time.
@@ -68,6 +71,8 @@ static ENSURE_TAG: LazyLock<Script> =
 /// | `ensure_tags` (script `cache_ensure_tag`) | creates a generation, extends its TTL | yes | create-if-missing: a re-send returns the generation the first run created |
 /// | `try_lock` (`SET NX PX`) | takes the lock | no (one attempt) | a re-send would find its own lock and report it held by another: sent once; a lost reply fails open and the lock expires after its TTL |
 /// | `invalidate` (`ZRANGE` + `DEL`), `bump_tag` (`UNLINK`) | deletes | no (one attempt) | deleting twice is deleting once |
+/// | `ban_prefix` (script `cache_ban`) | adds a ban, drops covered ones, bumps the list's version | yes | a re-send re-records the same prefix a few ms later: it also bans the entries stored in between (misses, never a banned entry served) |
+/// | `bans` (`GET` of the version; script `cache_bans` when it moved) | no | no | reads |
 ///
 /// ```no_run
 /// use redtower_cache::{Cache, RedisStore};
@@ -94,6 +99,10 @@ pub struct RedisStore {
     max_variants: usize,
     /// The tracked tier (entries and tag generations by Redis key), when turned on.
     near: Option<Near>,
+    /// The prefix ban keys and the list last read.
+    bans: Arc<bans::BanState>,
+    /// See [`clock_skew`](Self::clock_skew).
+    clock_skew: Duration,
 }
 
 /// The tracked tier and the coalescing queue of the reads that fill it (sent on the tracked
@@ -149,6 +158,7 @@ impl RedisStore {
     pub fn new(redis: Redis) -> Self {
         let entries = redis.keyspace().namespace("c");
         let tags = redis.keyspace().namespace("c:t");
+        let bans = Arc::new(bans::BanState::new(&redis.keyspace().namespace("c:b")));
         let mut store = Self {
             redis,
             entries,
@@ -160,9 +170,27 @@ impl RedisStore {
             settled: Arc::new(AtomicBool::new(false)),
             max_variants: Self::DEFAULT_MAX_VARIANTS,
             near: None,
+            bans,
+            clock_skew: Self::DEFAULT_CLOCK_SKEW,
         };
         store.configure();
         store
+    }
+
+    /// The default [`clock_skew`](Self::clock_skew): 1 s.
+    pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(1);
+
+    /// How far the clocks of the instances sharing this store may be from Redis' clock, for
+    /// prefix bans ([`Cache::invalidate_prefix`](crate::Cache::invalidate_prefix)). A ban is
+    /// recorded at Redis' time plus this allowance, and an entry carries its instance's time of
+    /// storing; an entry stored up to this long after the ban is banned too, so an instance
+    /// whose clock runs ahead cannot keep an older entry alive. In exchange, entries refilled
+    /// under a banned prefix within this time of the ban are misses again (one more fill).
+    /// Defaults to [`DEFAULT_CLOCK_SKEW`](Self::DEFAULT_CLOCK_SKEW) (1 s).
+    #[must_use]
+    pub fn clock_skew(mut self, skew: Duration) -> Self {
+        self.clock_skew = skew.min(Duration::from_secs(3600));
+        self
     }
 
     /// Whether concurrent reads are coalesced (default `true`): `GET`s that requests issue
@@ -376,6 +404,12 @@ impl RedisStore {
     pub fn tag_key(&self, tag: &str) -> Key {
         self.tag_key_for(tag)
     }
+
+    /// The Redis keys of the prefix ban list's version and of the list.
+    pub fn ban_keys(&self) -> (Key, Key) {
+        let (v, l) = self.ban_key_refs();
+        (v.clone(), l.clone())
+    }
 }
 
 fn now_ms() -> u64 {
@@ -530,48 +564,49 @@ impl CacheStore for RedisStore {
     }
 
     async fn tag_generations(&self, tags: &[String]) -> Result<Vec<u64>> {
+        let generation = |v: Option<Bytes>| {
+            v.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+                .unwrap_or(0)
+        };
+        let keys: Vec<Key> = tags.iter().map(|t| self.tag_key_for(t)).collect();
+        // The common case: every tag through the read queue at once, queued in the same pass
+        // as the entry's read, so on a standalone server entry and generations leave as one
+        // `MGET` (and no per-tag future is built).
+        let keys = match (&self.near, &self.reads) {
+            (None, Some(reads)) => match reads.get_many(keys).await {
+                Ok(replies) => {
+                    return replies
+                        .into_iter()
+                        .map(|r| r.map(generation).map_err(|e| fred(e).into()))
+                        .collect();
+                }
+                Err(keys) => keys,
+            },
+            _ => keys,
+        };
         let client = self.redis.client().with_options(&self.options);
-        let reads = tags.iter().map(|t| {
+        let reads = keys.into_iter().map(|k| {
             let client = client.clone();
-            let k = self.tag_key_for(t);
             async move {
                 let k = match &self.near {
                     Some(near) => match self.near_get(near, k).await {
                         Ok(r) => {
-                            return r
-                                .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
-                                .map_err(|e| match e {
-                                    Error::Redis(e) => e,
-                                    other => redtower_client::Error::reply(other.to_string()),
-                                });
+                            return r.map_err(|e| match e {
+                                Error::Redis(e) => e,
+                                other => redtower_client::Error::reply(other.to_string()),
+                            });
                         }
                         Err(k) => k,
                     },
                     None => k,
                 };
-                // Through the read queue: queued in the same pass as the entry's read, so on a
-                // standalone server entry and generations leave as one `MGET`.
-                let k = match &self.reads {
-                    Some(reads) => match reads.get(k).await {
-                        Ok(r) => {
-                            return r
-                                .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
-                                .map_err(fred);
-                        }
-                        Err(k) => k,
-                    },
-                    None => k,
-                };
-                client.get::<Option<String>, _>(k).await.map_err(fred)
+                client.get::<Option<Bytes>, _>(k).await.map_err(fred)
             }
         });
         let values = self
             .bounded(async move { futures::future::try_join_all(reads).await })
             .await?;
-        Ok(values
-            .into_iter()
-            .map(|v| v.and_then(|s| s.parse().ok()).unwrap_or(0))
-            .collect())
+        Ok(values.into_iter().map(generation).collect())
     }
 
     async fn ensure_tags(&self, tags: &[String], ttl: Duration) -> Result<Vec<u64>> {
@@ -605,5 +640,13 @@ impl CacheStore for RedisStore {
             .await;
         self.near_forget([forget.as_str()]);
         unlinked.map(|_| ())
+    }
+
+    async fn ban_prefix(&self, prefix: &str) -> Result<()> {
+        self.record_ban(prefix).await
+    }
+
+    async fn bans(&self) -> Result<Arc<crate::Bans>> {
+        self.read_bans().await
     }
 }

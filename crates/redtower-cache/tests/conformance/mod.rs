@@ -13,7 +13,10 @@ use std::{
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redtower_cache::{Cache, CacheStore, EntryKey, FetchError, LockToken, Result};
+use redtower_cache::{
+    Cache, CacheStore, EntryKey, Error, FetchError, LockToken, Result,
+    bans::{self, Bans},
+};
 
 const MIN: Duration = Duration::from_secs(60);
 
@@ -51,6 +54,10 @@ macro_rules! all_conformance {
             concurrent_get_or_fetch_runs_the_fetcher_once,
             a_fill_landing_before_the_lock_is_shared,
             a_fill_landing_while_waiting_for_the_lock_is_shared,
+            a_ban_covers_older_entries_under_its_prefix,
+            a_ban_replaces_the_bans_it_covers,
+            the_ban_list_is_bounded_and_over_invalidates,
+            invalidate_prefix_misses_matching_keys_only,
         );
     };
 }
@@ -576,4 +583,101 @@ pub(crate) async fn a_fill_landing_while_waiting_for_the_lock_is_shared(store: i
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     let stats = cache.stats();
     assert_eq!((stats.fetches, stats.remote_fills), (1, 1));
+}
+
+/// Whether `bans` cover a key stored at `stored_at`.
+fn banned(bans: &Bans, key: &str, stored_at: u64) -> bool {
+    bans.bans(&[key.as_bytes()], stored_at)
+}
+
+/// A ban covers entries stored until it whose key starts with its prefix, and nothing else;
+/// entries stored well after it (beyond any clock allowance) are not covered.
+pub(crate) async fn a_ban_covers_older_entries_under_its_prefix(store: impl CacheStore) {
+    assert!(store.bans().await.unwrap().is_empty());
+    let before = store.now_ms();
+    store.ban_prefix("/products/").await.unwrap();
+    let bans = store.bans().await.unwrap();
+    assert_eq!(bans.prefixes.len(), 1);
+    assert_eq!(bans.horizon, 0);
+    assert!(banned(&bans, "/products/42?page=2", before));
+    assert!(banned(&bans, "/products/", before));
+    assert!(!banned(&bans, "/products", before));
+    assert!(!banned(&bans, "/about", before));
+    let hour_later = before + 3_600_000;
+    assert!(!banned(&bans, "/products/42", hour_later));
+    // Read again: the same list (on Redis, from this instance's copy of it).
+    assert_eq!(store.bans().await.unwrap(), bans);
+}
+
+/// A ban of a shorter prefix replaces the bans of longer ones it covers.
+pub(crate) async fn a_ban_replaces_the_bans_it_covers(store: impl CacheStore) {
+    store.ban_prefix("price:tea:").await.unwrap();
+    store.ban_prefix("price:cup:").await.unwrap();
+    store.ban_prefix("stock:").await.unwrap();
+    assert_eq!(store.bans().await.unwrap().prefixes.len(), 3);
+    store.ban_prefix("price:").await.unwrap();
+    let mut prefixes: Vec<String> = store
+        .bans()
+        .await
+        .unwrap()
+        .prefixes
+        .iter()
+        .map(|(p, _)| p.clone())
+        .collect();
+    prefixes.sort();
+    assert_eq!(prefixes, ["price:", "stock:"]);
+}
+
+/// Past `MAX_BANS` the oldest ban is dropped and folded into the horizon: entries stored
+/// before it are banned whatever their key (more misses, never a banned entry served).
+pub(crate) async fn the_ban_list_is_bounded_and_over_invalidates(store: impl CacheStore) {
+    let before = store.now_ms();
+    for i in 0..=bans::MAX_BANS {
+        store.ban_prefix(&format!("k{i}:")).await.unwrap();
+    }
+    let list = store.bans().await.unwrap();
+    assert_eq!(list.prefixes.len(), bans::MAX_BANS);
+    assert!(list.horizon >= before);
+    // One of the oldest bans went into the horizon: every prefix's old entries are still
+    // banned, and so is any other old entry.
+    assert!((0..=bans::MAX_BANS).all(|i| banned(&list, &format!("k{i}:x"), before)));
+    assert!(banned(&list, "k0:x", before));
+    assert!(banned(&list, "unrelated", before));
+    assert!(!banned(&list, "unrelated", before + 3_600_000));
+}
+
+/// Through the cache: a prefix purge makes the matching cache-aside values misses (on the
+/// next read), leaves the others, and a refill is served again.
+pub(crate) async fn invalidate_prefix_misses_matching_keys_only(store: impl CacheStore) {
+    let store = Arc::new(store);
+    let off = Cache::new(store.clone());
+    assert!(matches!(
+        off.invalidate_prefix("price:").await,
+        Err(Error::PrefixPurgeOff)
+    ));
+    let cache = Cache::builder(store).prefix_purge(true).build();
+    for key in ["price:tea", "price:cup", "stock:tea"] {
+        cache.set(key, &1u32, MIN).await.unwrap();
+    }
+    cache.invalidate_prefix("price:").await.unwrap();
+    assert_eq!(
+        cache
+            .get_many::<u32>(&["price:tea", "price:cup", "stock:tea"])
+            .await,
+        [None, None, Some(1)]
+    );
+    assert!(matches!(
+        cache.invalidate_prefix(&"p".repeat(1025)).await,
+        Err(Error::PrefixTooLong)
+    ));
+    // A later fill is served: poll, since entries stored within the store's clock allowance
+    // of the ban (on Redis, `RedisStore::clock_skew`, 1 s by default) are banned too.
+    for _ in 0..400 {
+        cache.set("price:tea", &2u32, MIN).await.unwrap();
+        if cache.get_many::<u32>(&["price:tea"]).await == [Some(2)] {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("a value stored after the ban was never served");
 }

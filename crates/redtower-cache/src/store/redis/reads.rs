@@ -63,6 +63,40 @@ impl Reads {
         }
     }
 
+    /// Queues reads of `keys` for the next batch at once (one batch on a standalone
+    /// server) and returns their replies in order. `Err(keys)` when they could not be queued:
+    /// the caller reads them on its own.
+    pub(crate) async fn get_many(&self, keys: Vec<Key>) -> Result<Vec<Reply>, Vec<Key>> {
+        let queued_at = Instant::now();
+        let mut waits = Vec::with_capacity(keys.len());
+        let mut keys = keys.into_iter();
+        while let Some(key) = keys.next() {
+            let slot = if self.cluster { key.slot() } else { 0 };
+            let read = Read {
+                key,
+                slot,
+                queued: queued_at,
+            };
+            match self.coalescer.queue(read) {
+                Ok(wait) => waits.push(Some(wait)),
+                // Only before the queue's task runs (no runtime), so nothing was queued yet.
+                Err(redtower_client::batch::Uncoalesced::NotSent(read)) if waits.is_empty() => {
+                    return Err(std::iter::once(read.key).chain(keys).collect());
+                }
+                // The queue's task went away meanwhile: this read fails like a dropped batch.
+                Err(_) => waits.push(None),
+            }
+        }
+        let mut replies = Vec::with_capacity(waits.len());
+        for wait in waits {
+            replies.push(match wait {
+                Some(wait) => wait.await.unwrap_or_else(|| Err(dropped())),
+                None => Err(dropped()),
+            });
+        }
+        Ok(replies)
+    }
+
     /// Reads `key` in the next batch. `Err(key)` when it could not be queued: the caller
     /// reads it on its own.
     pub(crate) async fn get(&self, key: Key) -> Result<Reply, Key> {
@@ -75,10 +109,7 @@ impl Reads {
         match self.coalescer.call(read).await {
             Ok(r) => Ok(r),
             Err(redtower_client::batch::Uncoalesced::NotSent(read)) => Err(read.key),
-            Err(redtower_client::batch::Uncoalesced::Dropped) => Ok(Err(FredError::new(
-                FredErrorKind::Canceled,
-                "the read's batch was dropped",
-            ))),
+            Err(redtower_client::batch::Uncoalesced::Dropped) => Ok(Err(dropped())),
         }
     }
 }
@@ -119,6 +150,10 @@ impl Reader {
             .map(|r| r.unwrap_or_else(|| Err(short_reply())))
             .collect()
     }
+}
+
+fn dropped() -> FredError {
+    FredError::new(FredErrorKind::Canceled, "the read's batch was dropped")
 }
 
 fn timed_out() -> FredError {
