@@ -368,6 +368,30 @@ impl RedisStore {
             .map_err(fred)
     }
 
+    /// Reads one key the way entries are read: the tracked tier, the coalesced read queue,
+    /// or one `GET`. On the hit path fred's own per-command timeout (`options`) bounds it, so
+    /// no second timer is armed here.
+    pub(crate) async fn read_key(&self, mut k: Key) -> Result<Option<Bytes>> {
+        if let Some(near) = &self.near {
+            match self.near_get(near, k).await {
+                Ok(r) => return r,
+                Err(back) => k = back,
+            }
+        }
+        if let Some(reads) = &self.reads {
+            match reads.get(k).await {
+                Ok(r) => return Ok(r.map_err(fred)?),
+                // Not queued (no runtime for the queue's task): read directly.
+                Err(back) => k = back,
+            }
+        }
+        let client = self.redis.client().with_options(&self.options);
+        // Boxed, so that fred's (large) future is not part of every coalesced read's future.
+        Ok(Box::pin(client.get::<Option<Bytes>, _>(k))
+            .await
+            .map_err(fred)?)
+    }
+
     /// Drops `keys` from this instance's tier at once (their pushes come after the write's
     /// reply), and voids reads of them in flight.
     fn near_forget<'k>(&self, keys: impl IntoIterator<Item = &'k str>) {
@@ -446,27 +470,7 @@ impl CacheStore for RedisStore {
     }
 
     async fn get(&self, key: &EntryKey) -> Result<Option<Bytes>> {
-        let mut k = self.entry_key(key);
-        if let Some(near) = &self.near {
-            match self.near_get(near, k).await {
-                Ok(r) => return r,
-                Err(back) => k = back,
-            }
-        }
-        // The hit path: fred's own per-command timeout (`options`) bounds it, so no second
-        // timer is armed here.
-        if let Some(reads) = &self.reads {
-            match reads.get(k).await {
-                Ok(r) => return Ok(r.map_err(fred)?),
-                // Not queued (no runtime for the queue's task): read directly.
-                Err(back) => k = back,
-            }
-        }
-        let client = self.redis.client().with_options(&self.options);
-        // Boxed, so that fred's (large) future is not part of every coalesced read's future.
-        Ok(Box::pin(client.get::<Option<Bytes>, _>(k))
-            .await
-            .map_err(fred)?)
+        self.read_key(self.entry_key(key)).await
     }
 
     async fn put(
@@ -584,28 +588,10 @@ impl CacheStore for RedisStore {
             },
             _ => keys,
         };
-        let client = self.redis.client().with_options(&self.options);
-        let reads = keys.into_iter().map(|k| {
-            let client = client.clone();
-            async move {
-                let k = match &self.near {
-                    Some(near) => match self.near_get(near, k).await {
-                        Ok(r) => {
-                            return r.map_err(|e| match e {
-                                Error::Redis(e) => e,
-                                other => redtower_client::Error::reply(other.to_string()),
-                            });
-                        }
-                        Err(k) => k,
-                    },
-                    None => k,
-                };
-                client.get::<Option<Bytes>, _>(k).await.map_err(fred)
-            }
-        });
-        let values = self
-            .bounded(async move { futures::future::try_join_all(reads).await })
-            .await?;
+        let reads = keys.into_iter().map(|k| self.read_key(k));
+        let values = tokio::time::timeout(self.timeout, futures::future::try_join_all(reads))
+            .await
+            .map_err(|_| Error::Timeout(self.timeout))??;
         Ok(values.into_iter().map(generation).collect())
     }
 

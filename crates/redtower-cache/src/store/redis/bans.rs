@@ -8,15 +8,9 @@
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use redtower_client::{
-    Key, Namespace, Script,
-    fred::{
-        interfaces::{ClientLike, KeysInterface},
-        types::Value,
-    },
-};
+use redtower_client::{Key, Namespace, Script, fred::types::Value};
 
-use super::{RedisStore, fred};
+use super::RedisStore;
 use crate::{
     Error, Result,
     bans::{Bans, MAX_BANS},
@@ -112,23 +106,7 @@ impl RedisStore {
 
     /// The version, read like an entry: the tracked tier, the coalesced queue, or one `GET`.
     async fn read_version(&self) -> Result<Option<Bytes>> {
-        let mut k = self.bans.version.clone();
-        if let Some(near) = &self.near {
-            match self.near_get(near, k).await {
-                Ok(r) => return r,
-                Err(back) => k = back,
-            }
-        }
-        if let Some(reads) = &self.reads {
-            match reads.get(k).await {
-                Ok(r) => return Ok(r.map_err(fred)?),
-                Err(back) => k = back,
-            }
-        }
-        let client = self.redis.client().with_options(&self.options);
-        Ok(Box::pin(client.get::<Option<Bytes>, _>(k))
-            .await
-            .map_err(fred)?)
+        self.read_key(self.bans.version.clone()).await
     }
 }
 
