@@ -190,3 +190,64 @@ async fn prefix_purge_through_the_tier() {
     assert_eq!(fetch(&b, "price:tea", 2).await, 2);
     assert_eq!(fetch(&b, "stock:tea", 9).await, 1);
 }
+
+/// A key read while it does not exist is held in the tier as absent: a hit whose tag was never
+/// purged, with prefix purge on and no purge yet, sends nothing to Redis (neither the tag's
+/// generation nor the ban list's version exists). The first purge on another instance creates
+/// those keys, and that creation reaches this tier like any write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absent_keys_are_held_and_dropped_when_created() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("near");
+    let instance = || {
+        let (url, prefix) = (server.url(), prefix.clone());
+        async move {
+            let (_, store) = instance(&url, &prefix).await;
+            (
+                Cache::builder(store.clone()).prefix_purge(true).build(),
+                store,
+            )
+        }
+    };
+    let (a, _) = instance().await;
+    let (b, store_b) = instance().await;
+    let near_b = store_b.near().unwrap();
+    assert_eq!(fetch_tagged(&b, "menu:tea", 1).await, 1);
+    near_b.sync().await.unwrap();
+    assert_eq!(fetch_tagged(&b, "menu:tea", 9).await, 1);
+    near_b.sync().await.unwrap();
+
+    let commands = |s: &RedisServer| -> u64 {
+        let info = s.cmd(&["INFO", "stats"]).as_text().unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    };
+    let mut monitor = server.monitor();
+    let before = commands(&server);
+    for _ in 0..1000 {
+        assert_eq!(fetch_tagged(&b, "menu:tea", 9).await, 1);
+    }
+    let seen = monitor.take();
+    assert!(
+        commands(&server) - before <= 3,
+        "hits reached Redis: {:?}",
+        &seen[..seen.len().min(20)]
+    );
+
+    // The first purges create the tag's generation and the ban list's version: B's tier
+    // drops its absences once the pushes are delivered.
+    a.invalidate_tag("menu").await.unwrap();
+    near_b.sync().await.unwrap();
+    assert_eq!(fetch_tagged(&b, "menu:tea", 2).await, 2);
+    a.invalidate_prefix("menu:").await.unwrap();
+    near_b.sync().await.unwrap();
+    assert_eq!(fetch_tagged(&b, "menu:tea", 3).await, 3);
+
+    // A missing entry read on B, then written on A: B reads A's value, not the absence.
+    assert_eq!(b.get_many::<u32>(&["fresh"]).await, vec![None]);
+    a.set("fresh", &5u32, TTL).await.unwrap();
+    near_b.sync().await.unwrap();
+    assert_eq!(b.get_many::<u32>(&["fresh"]).await, vec![Some(5)]);
+}

@@ -109,7 +109,9 @@ pub struct RedisStore {
 /// connection, so Redis tracks each key read).
 #[derive(Clone)]
 struct Near {
-    cache: NearCache<Bytes>,
+    /// A key's value, or `None` for a key that does not exist: Redis tracks a read of a
+    /// missing key like any other, so its creation drops the absence as it would a value.
+    cache: NearCache<Option<Bytes>>,
     reads: Option<Arc<Reads>>,
 }
 
@@ -239,9 +241,10 @@ impl RedisStore {
     #[must_use]
     pub fn near_cache(mut self, config: Option<NearCacheConfig>) -> Self {
         self.near = config.map(|config| Near {
-            cache: NearCache::new(&self.redis, config, Bytes::len).expect(
-                "the near-cache's client builds from a configuration that already built one",
-            ),
+            cache: NearCache::new(&self.redis, config, |v: &Option<Bytes>| {
+                v.as_ref().map_or(0, Bytes::len)
+            })
+            .expect("the near-cache's client builds from a configuration that already built one"),
             reads: None,
         });
         self.configure();
@@ -249,7 +252,10 @@ impl RedisStore {
     }
 
     /// The tracked tier, when [turned on](Self::near_cache): for its statistics and state.
-    pub fn near(&self) -> Option<&NearCache<Bytes>> {
+    /// It holds each key's value, or `None` for a key read while it did not exist (the tag
+    /// generation of a tag never purged, the ban list's version before the first prefix
+    /// purge): hits read neither from Redis.
+    pub fn near(&self) -> Option<&NearCache<Option<Bytes>>> {
         self.near.as_ref().map(|n| &n.cache)
     }
 
@@ -331,7 +337,7 @@ impl RedisStore {
         key: Key,
     ) -> std::result::Result<Result<Option<Bytes>>, Key> {
         if let Some(hit) = near.cache.get(key.as_str()) {
-            return Ok(Ok(Some(hit)));
+            return Ok(Ok(hit));
         }
         // Taken before the read is sent: see `NearCache::insert`.
         let ticket = near.cache.ticket(key.as_str());
@@ -350,9 +356,7 @@ impl RedisStore {
             Ok(v) => v,
             Err(e) => return Ok(Err(e.into())),
         };
-        if let Some(bytes) = &value {
-            near.cache.insert(ticket, &name, bytes.clone());
-        }
+        near.cache.insert(ticket, &name, value.clone());
         Ok(Ok(value))
     }
 
