@@ -393,6 +393,33 @@ mod specific {
         }
     }
 
+    /// Concurrent hits of a few hot keys: a batch sends each key once and shares its reply,
+    /// so Redis looks up far fewer keys than there are reads (and each read still gets its
+    /// own key's value, checked by `concurrent_reads`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_reads_each_hot_key_once() {
+        let server = RedisServer::start();
+        let redis = handle(&server.url(), "dedup").await;
+        let cache = Cache::new(RedisStore::new(redis));
+        concurrent_reads(&cache, 5, 50).await;
+        server.cmd(&["CONFIG", "RESETSTAT"]);
+        concurrent_reads(&cache, 5, 2000).await;
+        let stats = server.cmd(&["INFO", "stats"]).as_text().unwrap();
+        let lookups: u64 = ["keyspace_hits:", "keyspace_misses:"]
+            .iter()
+            .map(|field| {
+                stats
+                    .lines()
+                    .find_map(|l| l.strip_prefix(field))
+                    .map_or(0, |n| n.trim().parse::<u64>().unwrap())
+            })
+            .sum();
+        assert!(
+            lookups < 1000,
+            "2,000 concurrent hits of 5 keys made {lookups} key lookups"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn coalesced_hits_on_a_cluster_each_get_their_own_value() {
         let cluster = redtower_testkit::shared_cluster();

@@ -2,7 +2,10 @@
 //! flight leave together as one `MGET` (one per hash slot on a Cluster), through the client's
 //! [`Coalescer`](redtower_client::batch::Coalescer).
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use redtower_client::{
@@ -167,15 +170,40 @@ fn short_reply() -> FredError {
     )
 }
 
-/// One `GET` for one key, one `MGET` for several (all of one slot).
+/// One `GET` for one key, one `MGET` for several (all of one slot). A key that several reads
+/// of the batch ask for is sent once and its reply shared: on a hot route, the concurrent hits
+/// of one URI read the same entry, tag generations and ban version, so the `MGET` carries
+/// each of them once however many requests wait on it.
 async fn one_slot<C: KeysInterface>(client: &C, batch: Vec<Read>) -> Vec<Reply> {
     if let [read] = batch.as_slice() {
         return vec![client.get::<Option<Bytes>, _>(&read.key).await];
     }
     let n = batch.len();
-    let keys: Vec<&Key> = batch.iter().map(|r| &r.key).collect();
-    match client.mget::<Vec<Option<Bytes>>, _>(keys).await {
-        Ok(values) if values.len() == n => values.into_iter().map(Ok).collect(),
+    // For each read, the position of its key among the distinct keys sent.
+    let mut distinct: Vec<&Key> = Vec::with_capacity(n);
+    let mut positions: HashMap<&str, usize> = HashMap::with_capacity(n);
+    let slots: Vec<usize> = batch
+        .iter()
+        .map(|r| {
+            *positions.entry(r.key.as_str()).or_insert_with(|| {
+                distinct.push(&r.key);
+                distinct.len() - 1
+            })
+        })
+        .collect();
+    let sent = distinct.len();
+    let values = if sent == 1 {
+        client
+            .get::<Option<Bytes>, _>(distinct[0])
+            .await
+            .map(|v| vec![v])
+    } else {
+        client.mget::<Vec<Option<Bytes>>, _>(distinct).await
+    };
+    match values {
+        Ok(values) if values.len() == sent => {
+            slots.into_iter().map(|i| Ok(values[i].clone())).collect()
+        }
         Ok(_) => (0..n).map(|_| Err(short_reply())).collect(),
         Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
     }
