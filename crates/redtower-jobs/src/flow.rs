@@ -6,7 +6,9 @@
 
 use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 
+use redtower_client::TraceContext;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tracing::Instrument;
 
 use crate::{
     Error, Result,
@@ -277,11 +279,16 @@ struct ChildSpec {
     backoff: Backoff,
     prio: u32,
     delay_ms: u64,
+    /// The W3C trace context of the flow's span (encoded), so that the child's attempts join
+    /// the trace that added the flow, also when a worker finishes adding it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tc: Option<String>,
 }
 
 impl ChildSpec {
     fn new_job(&self, parent_queue: &str, parent: &JobId) -> NewJob {
         let mut job = NewJob::new(self.name.clone(), self.data.clone());
+        job.trace = self.tc.as_deref().and_then(TraceContext::decode);
         job.max_attempts = self.max;
         job.backoff = self.backoff;
         job.priority = self.prio;
@@ -453,6 +460,7 @@ impl Flow {
             backoff: j.backoff,
             prio: j.priority,
             delay_ms: u64::try_from(j.delay.as_millis()).unwrap_or(u64::MAX),
+            tc: None,
         });
         self.children.push(spec);
         self.policies.push(on_failure);
@@ -469,8 +477,38 @@ impl Flow {
     /// [`Error::InvalidOption`] (no children, more than [`MAX_CHILDREN`], duplicate or bad
     /// keys), payload errors, and store errors.
     pub async fn add(self) -> Result<FlowIds> {
-        let parent = self.parent?;
-        let children = self.children.into_iter().collect::<Result<Vec<_>>>()?;
+        let name = self
+            .parent
+            .as_ref()
+            .map_or("", |p| p.name.as_str())
+            .to_owned();
+        let span = tracing::info_span!(
+            target: "redtower::jobs",
+            "redtower.jobs.flow",
+            otel.kind = "producer",
+            queue = self.queue.as_str(),
+            job.name = name.as_str(),
+            flow.children = self.children.len(),
+            job.id = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let result = self.add_in_span().instrument(span.clone()).await;
+        match &result {
+            Ok(ids) => {
+                span.record("job.id", ids.parent.as_str());
+                span.record("outcome", if ids.existing { "existing" } else { "new" });
+            }
+            Err(_) => {
+                span.record("outcome", "error");
+            }
+        }
+        result
+    }
+
+    /// [`add`](Self::add), inside its span.
+    async fn add_in_span(self) -> Result<FlowIds> {
+        let mut parent = self.parent?;
+        let mut children = self.children.into_iter().collect::<Result<Vec<_>>>()?;
         if children.is_empty() {
             return Err(Error::InvalidOption("a flow needs at least one child"));
         }
@@ -490,6 +528,17 @@ impl Flow {
                 return Err(Error::InvalidOption("child keys must be unique in a flow"));
             }
         }
+        // The parent and every child carry this span's context: their attempts, on any
+        // worker, join the trace that added the flow.
+        #[cfg(feature = "opentelemetry")]
+        let trace = TraceContext::current();
+        #[cfg(not(feature = "opentelemetry"))]
+        let trace: Option<TraceContext> = None;
+        let tc = trace.as_ref().map(TraceContext::encode);
+        for c in &mut children {
+            c.tc.clone_from(&tc);
+        }
+        parent.trace = trace;
         let deps: Vec<FlowDep> = children
             .iter()
             .zip(&self.policies)

@@ -429,6 +429,7 @@
 //! | span | when | fields |
 //! |---|---|---|
 //! | `redtower.jobs.enqueue` | one [`Queue::add`] / [`add_bulk`](Queue::add_bulk) call | `queue`, `job.name`, `job.count`, `otel.kind = producer`; recorded at the end: `job.id` (single adds), `outcome` = `new` \| `duplicate` \| `existing` \| `error` |
+//! | `redtower.jobs.flow` | one [`Flow::add`] call | `queue` and `job.name` (the parent's), `flow.children`, `otel.kind = producer`; recorded at the end: `job.id` (the parent's), `outcome` = `new` \| `existing` \| `error` |
 //! | `redtower.jobs.run` | one attempt, from fetch to settlement; the handler runs in it | `queue`, `job.name`, `job.id`, `job.attempt`, `otel.kind = consumer`; recorded once settled: `outcome` = `completed` \| `retrying` \| `dead` \| `released` \| `lease_lost`, and `otel.status_code = error` for a failed attempt |
 //! | `redtower.jobs.hook` | one [`on_completed`](Worker::on_completed) / [`on_failed`](Worker::on_failed) hook, a child of the attempt's span | `hook` = `completed` \| `failed` |
 //!
@@ -437,7 +438,10 @@
 //! span that added it (`traceparent` and `tracestate`, in the record's `tc` field as one line
 //! of at most 568 bytes, see [`TraceContext`](redtower_client::TraceContext)), and each
 //! attempt's span is that span's child in OpenTelemetry: the request that enqueued a job and
-//! every attempt of it, on any worker, are one trace. Without the feature nothing is stored.
+//! every attempt of it, on any worker, are one trace. A flow's parent and children carry the
+//! context of its `redtower.jobs.flow` span (kept with the child specs, so children a worker
+//! adds to a half-added flow join it too): the request, the children's attempts and the
+//! parent's are one trace. Without the feature nothing is stored.
 //! Records written without the field (older ones, producers without the feature) load as
 //! before, and a stored context that is not valid is ignored: it never fails the job.
 //!

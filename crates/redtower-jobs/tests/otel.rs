@@ -1,6 +1,7 @@
 //! With the `opentelemetry` feature: the worker's span for a job is the OpenTelemetry child of
 //! the span that enqueued it, on memory and on Redis (a real server from the testkit), and
-//! every attempt of a retried job joins the same trace.
+//! every attempt of a retried job joins the same trace; a flow's children and parent join the
+//! trace of the span that added the flow.
 #![cfg(feature = "opentelemetry")]
 
 use std::{sync::Arc, time::Duration};
@@ -9,7 +10,7 @@ use opentelemetry::trace::{SpanId, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use redtower_client::{Redis, RedisConfig};
 use redtower_jobs::{
-    Backoff, Job, JobContext, JobError, MemoryStore, Queue, QueueStore, RedisStore, Worker,
+    Backoff, Flow, Job, JobContext, JobError, MemoryStore, Queue, QueueStore, RedisStore, Worker,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -23,6 +24,15 @@ struct Ship {
 
 impl Job for Ship {
     const NAME: &'static str = "ship";
+}
+
+#[derive(Serialize, Deserialize)]
+struct Pick {
+    sku: String,
+}
+
+impl Job for Pick {
+    const NAME: &'static str = "pick";
 }
 
 /// A subscriber exporting every span to memory, as this thread's default (the tests run on
@@ -163,6 +173,188 @@ async fn no_context_is_a_root(store: Arc<dyn QueueStore>) {
     let run = named(&spans, "redtower.jobs.run")[0];
     assert_eq!(run.parent_span_id, SpanId::INVALID);
     assert_eq!(attr(run, "job.id"), Some(id.to_string()));
+}
+
+/// A flow added under a request span: one `redtower.jobs.flow` span, the request's child;
+/// every child's attempt and the parent's are its children (on their own queues), all in the
+/// request's trace. Adding the same flow again is recorded as `existing`.
+async fn flow_is_one_trace(store: Arc<dyn QueueStore>) {
+    let (exporter, provider, _guard) = otel();
+    let shipping = Queue::<Ship>::new(store.clone(), "flow-ship");
+    let picking = Queue::<Pick>::new(store.clone(), "flow-pick");
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let pickers = Worker::new(store.clone(), "flow-pick")
+        .handle::<Pick>(|p: Pick, ctx: JobContext| async move {
+            ctx.set_flow_result(&p.sku)?;
+            Ok::<_, JobError>(())
+        })
+        .start();
+    let shippers = Worker::new(store, "flow-ship")
+        .handle::<Ship>(|_: Ship, ctx: JobContext| async move {
+            assert_eq!(ctx.children().len(), 2);
+            Ok::<_, JobError>(())
+        })
+        .on_completed(move |_| {
+            let tx = done_tx.clone();
+            async move {
+                let _ = tx.send(());
+            }
+        })
+        .start();
+
+    let request = tracing::info_span!("request");
+    let flow = || {
+        Flow::new(&shipping, Ship { fail_first: false })
+            .id("order-1")
+            .child("mug", &picking, Pick { sku: "MUG".into() })
+            .child("card", &picking, Pick { sku: "CARD".into() })
+    };
+    let ids = flow().add().instrument(request.clone()).await.unwrap();
+    drop(request);
+    done_rx.recv().await.unwrap();
+    // The same flow again, in a span of its own: nothing is added.
+    let again = tracing::info_span!("retry");
+    let same = flow().add().instrument(again.clone()).await.unwrap();
+    drop(again);
+    assert!(same.existing);
+    assert_eq!(same.parent, ids.parent);
+    pickers.shutdown().await.unwrap();
+    shippers.shutdown().await.unwrap();
+    provider.force_flush().unwrap();
+
+    let spans = exporter.get_finished_spans().unwrap();
+    let request = named(&spans, "request")[0];
+    let trace_id = request.span_context.trace_id();
+    let flows = named(&spans, "redtower.jobs.flow");
+    assert_eq!(flows.len(), 2);
+    let flow = flows
+        .iter()
+        .find(|s| s.span_context.trace_id() == trace_id)
+        .expect("the first add's span is in the request's trace");
+    assert_eq!(flow.parent_span_id, request.span_context.span_id());
+    assert_eq!(attr(flow, "outcome").as_deref(), Some("new"));
+    assert_eq!(attr(flow, "job.id"), Some(ids.parent.to_string()));
+    assert_eq!(attr(flow, "queue").as_deref(), Some("flow-ship"));
+    assert_eq!(attr(flow, "job.name").as_deref(), Some("ship"));
+    assert_eq!(attr(flow, "flow.children").as_deref(), Some("2"));
+    let retry = named(&spans, "retry")[0];
+    let second = flows
+        .iter()
+        .find(|s| s.parent_span_id == retry.span_context.span_id())
+        .expect("the second add's span is the retry's child");
+    assert_eq!(attr(second, "outcome").as_deref(), Some("existing"));
+    assert_eq!(attr(second, "job.id"), Some(ids.parent.to_string()));
+
+    let runs = named(&spans, "redtower.jobs.run");
+    assert_eq!(
+        runs.len(),
+        3,
+        "two children and the parent, one attempt each"
+    );
+    let mut expected: Vec<(String, String)> = ids
+        .children
+        .iter()
+        .map(|(_, id)| ("flow-pick".to_owned(), id.to_string()))
+        .collect();
+    expected.push(("flow-ship".to_owned(), ids.parent.to_string()));
+    expected.sort();
+    let mut seen: Vec<(String, String)> = runs
+        .iter()
+        .map(|r| (attr(r, "queue").unwrap(), attr(r, "job.id").unwrap()))
+        .collect();
+    seen.sort();
+    assert_eq!(seen, expected);
+    for run in runs {
+        assert_eq!(run.span_context.trace_id(), trace_id, "same trace");
+        assert_eq!(run.parent_span_id, flow.span_context.span_id());
+        assert!(
+            run.parent_span_is_remote,
+            "the parent came through the store"
+        );
+        assert_eq!(attr(run, "outcome").as_deref(), Some("completed"));
+    }
+}
+
+/// A flow whose creator stopped after adding the parent: the worker that adds its children
+/// from the stored specs gives them the flow's trace context (kept in the specs).
+async fn half_added_flow_keeps_the_trace(store: Arc<dyn QueueStore>) {
+    use opentelemetry::trace::TraceId;
+    let (exporter, provider, _guard) = otel();
+    let trace_id = TraceId::from(rand::random::<u128>() | 1);
+    let flow_span = SpanId::from(rand::random::<u64>() | 1);
+    let traceparent = format!("00-{trace_id}-{flow_span}-01");
+    // Step 1 of `Flow::add` only, as a creator killed right after it leaves it.
+    let backoff = serde_json::to_value(Backoff::default()).unwrap();
+    let spec = serde_json::json!([{
+        "queue": "half-pick", "key": "mug", "name": "pick", "data": r#"{"sku":"MUG"}"#,
+        "max": 3, "backoff": backoff, "prio": 0, "delay_ms": 0, "tc": traceparent,
+    }]);
+    let parent = store
+        .add_parent(
+            "half-ship",
+            redtower_jobs::NewJob::new("ship", r#"{"fail_first":false}"#),
+            vec![redtower_jobs::FlowDep::new(
+                "mug",
+                redtower_jobs::ChildFailure::FailParent,
+            )],
+            spec.to_string(),
+        )
+        .await
+        .unwrap();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let shippers = Worker::new(store.clone(), "half-ship")
+        .poll_interval(Duration::from_millis(50))
+        .flow_unsealed_after(Duration::from_millis(100))
+        .handle::<Ship>(|_: Ship, _: JobContext| async { Ok::<_, JobError>(()) })
+        .on_completed(move |_| {
+            let tx = done_tx.clone();
+            async move {
+                let _ = tx.send(());
+            }
+        })
+        .start();
+    let pickers = Worker::new(store, "half-pick")
+        .handle::<Pick>(|_: Pick, _: JobContext| async { Ok::<_, JobError>(()) })
+        .start();
+    done_rx.recv().await.unwrap();
+    shippers.shutdown().await.unwrap();
+    pickers.shutdown().await.unwrap();
+    provider.force_flush().unwrap();
+
+    let spans = exporter.get_finished_spans().unwrap();
+    let runs = named(&spans, "redtower.jobs.run");
+    let pick = runs
+        .iter()
+        .find(|r| attr(r, "queue").as_deref() == Some("half-pick"))
+        .expect("the child ran");
+    assert_eq!(pick.span_context.trace_id(), trace_id);
+    assert_eq!(pick.parent_span_id, flow_span);
+    assert!(pick.parent_span_is_remote);
+    let ship = runs
+        .iter()
+        .find(|r| attr(r, "queue").as_deref() == Some("half-ship"))
+        .expect("the parent ran");
+    assert_eq!(attr(ship, "job.id"), Some(parent.id().to_string()));
+}
+
+#[tokio::test]
+async fn memory_half_added_flow_keeps_the_trace() {
+    half_added_flow_keeps_the_trace(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn redis_half_added_flow_keeps_the_trace() {
+    half_added_flow_keeps_the_trace(redis_store("otel-half").await).await;
+}
+
+#[tokio::test]
+async fn memory_flow_jobs_are_children_of_the_flow_span() {
+    flow_is_one_trace(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn redis_flow_jobs_are_children_of_the_flow_span() {
+    flow_is_one_trace(redis_store("otel-flow").await).await;
 }
 
 #[tokio::test]

@@ -81,9 +81,11 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `SESSION_SECRET` (64+ characters), or `None`: a random one per process.
     pub session_secret: Option<String>,
-    /// `WORKER` (`on`/`off`), default on.
+    /// `WORKER` (`on`/`off`), default on: run the order workers (queues `orders` and
+    /// `order-prep`) in this process.
     pub worker: bool,
-    /// `ORDER_SHIP_DELAY_MS`, default 2000.
+    /// `ORDER_SHIP_DELAY_MS`, default 2000: the delay before an order's preparation jobs
+    /// (`reserve-stock`, `charge-payment`) start; `ship-order` runs once both are done.
     pub order_ship_delay: Duration,
     /// `ORDER_STEP_DELAY_MS`, default 500: the pause between a `ship-order` job's progress
     /// steps ("packed", "label printed", "shipped").

@@ -15,9 +15,10 @@
 //! * [`sessions`]: `/login`, `/me`, `/me/sessions`, `/logout-others`, `/logout-everywhere`:
 //!   sessions with revocation;
 //! * [`events`]: `GET|POST /events/{channel}`: pub/sub to the browser over SSE;
-//! * [`orders`]: `POST /orders`, a `ship-order` job with delay, attempts and backoff, run by a
-//!   worker; `GET /orders/{id}`; `GET /orders/{id}/events`, the job's progress steps and
-//!   result over SSE for the session that placed the order;
+//! * [`orders`]: `POST /orders`, a flow of jobs: `ship-order` (attempts, backoff, a group
+//!   per customer) after its children `reserve-stock` and `charge-payment` (delayed), run by
+//!   workers; `GET /orders/{id}`; `GET /orders/{id}/events`, the shipping job's progress steps
+//!   and result over SSE for the session that placed the order;
 //! * [`prometheus`]: `GET /metrics`, every crate's metrics for Prometheus, behind a bearer
 //!   token (`METRICS_TOKEN`) or on a separate admin address (`METRICS_ADDR`); off by default;
 //! * [`probes`] (benchmark probes, for the load harness): `GET /plain`, `GET /whoami`,
@@ -38,7 +39,6 @@ use axum::{
     routing::get,
 };
 use redtower_client::Redis;
-use redtower_jobs::WorkerHandle;
 use redtower_pubsub::CancellationToken;
 use serde_json::json;
 
@@ -54,6 +54,7 @@ pub mod sessions;
 pub mod telemetry;
 
 pub use config::{Config, Rate};
+pub use orders::Workers;
 
 /// The largest body `POST /events/{channel}` and the JSON routes accept.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -207,10 +208,24 @@ impl Services {
         &self.config
     }
 
-    /// Starts the `ship-order` worker in this process. Stop it with
-    /// [`WorkerHandle::shutdown`], which hands unfinished jobs back to the queue.
-    pub fn start_worker(&self) -> WorkerHandle {
+    /// Starts the order workers in this process (`orders`: `ship-order` and the sweep;
+    /// `order-prep`: `reserve-stock` and `charge-payment`). Stop them with
+    /// [`Workers::shutdown`], which hands unfinished jobs back to the queues.
+    pub fn start_worker(&self) -> Workers {
         self.shipping.start_worker()
+    }
+
+    /// The job counts of one of the order queues ([`orders::SHIP_QUEUE`],
+    /// [`orders::PREP_QUEUE`]), for dashboards and tests.
+    ///
+    /// # Errors
+    ///
+    /// When the store fails.
+    pub async fn queue_counts(
+        &self,
+        queue: &str,
+    ) -> Result<redtower_jobs::Counts, redtower_jobs::Error> {
+        self.shipping.counts(queue).await
     }
 }
 

@@ -1,35 +1,66 @@
-//! Orders, shipped by a background job: `POST /orders` records an order and enqueues a
-//! `ship-order` job (with delay, attempts and backoff), a worker runs it and publishes the
-//! outcome on `order:updates`, `GET /orders/{id}` shows where the order is.
+//! Orders, prepared and shipped by a flow of background jobs: `POST /orders` records an
+//! order and adds a [`Flow`]: a `ship-order` job (the parent) that runs once its two children
+//! on the `order-prep` queue are done, `reserve-stock` (child key `stock`) and
+//! `charge-payment` (child key `payment`). Workers run them and publish the outcome on
+//! `order:updates`; `GET /orders/{id}` shows where the order is.
 //!
 //! Orders are kept in Redis (a hash per order, with a TTL) when the app runs over Redis, so
 //! every instance sees the same order.
 //!
-//! The job reports its steps ("packed", "label printed", "shipped") as progress and returns a
-//! tracking number as its result; the worker publishes each job's events on a pub/sub channel
-//! of its own (`job:orders:<job id>`, with history), which `GET /orders/{id}/events` streams
-//! over SSE, resumable from `Last-Event-ID`, to the session that placed the order only.
+//! **Preparation.** Each child hands its parent a small result
+//! ([`JobContext::set_flow_result`]): the stock reservation (`RES-...`) and the payment
+//! (`PAY-...`). `ship-order` reads them ([`JobContext::child_result`]), records them with the
+//! order and returns them in its result next to the tracking number. Both children are added
+//! with [`ChildFailure::Continue`]: a failed child (the card declined, stock not reserved after
+//! its attempts) does not fail the parent behind the shop's back; `ship-order` runs once both
+//! are final, sees the failure, undoes what the other child did (releases the reservation,
+//! refunds the payment) and fails for good without shipping, so the order becomes `failed`
+//! through the same path as every other failure: the `failed` event on its job's stream, the
+//! worker's failure hook, the order's status and error, `order:updates`. (With
+//! [`ChildFailure::FailParent`] the parent would be dead without running, decided by the
+//! `order-prep` worker's relay: no attempt of `ship-order` would report it, and nothing would
+//! undo the other child.)
 //!
-//! A job scheduler on the same queue adds a `sweep-abandoned-orders` job every minute (exactly
-//! once per minute however many instances run a worker); the job publishes `{"sweep": ...}` on
-//! `order:updates`, which the page shows.
+//! **Shipping.** `ship-order` reports its steps ("packed", "label printed", "shipped") as
+//! progress and returns `{"tracking", "reservation", "payment"}` as its result; the worker
+//! publishes each `ship-order` job's events on a pub/sub channel of its own
+//! (`job:orders:<job id>`, with history), which `GET /orders/{id}/events` streams over SSE,
+//! resumable from `Last-Event-ID`, to the session that placed the order only. It has 3
+//! attempts with exponential backoff (`fail_times` in the order makes its first attempts fail,
+//! to show retries); so has each child.
+//!
+//! **Placing twice.** An `Idempotency-Key` header names the placement: the order id is derived
+//! from it and the customer's email, so a re-sent `POST /orders` finds the same order and adds
+//! nothing. The flow is added with the order id as its [`Flow::id`] (adding it again within
+//! the queue's idempotency window, 5 minutes, returns the first flow's ids, also when the
+//! first request stopped half way), and the order records its job once added, so a re-send
+//! any time later while the order is kept (24 h) is answered from the order. Without the
+//! header every `POST` is a new order.
+//!
+//! A job scheduler on the `orders` queue adds a `sweep-abandoned-orders` job every minute
+//! (exactly once per minute however many instances run a worker); the job publishes
+//! `{"sweep": ...}` on `order:updates`, which the page shows.
 //!
 //! One quota for HTTP and workers: the shipping carrier allows `CARRIER_RATE_LIMIT` calls
 //! (default 50 a second) from the whole shop. `GET /carrier/quote` (a call to the carrier) and
 //! every `ship-order` job (which books the carrier) spend the same policy, through
 //! [`SharedQuota`]: when the budget is spent, requests get 429 and jobs wait for the retry time
-//! without using an attempt. `ship-order` jobs are grouped by customer (their email), so one
-//! customer's burst of orders does not hold up everyone else's.
+//! without using an attempt. The quota is checked as the job starts, before it reads its
+//! children, so an order whose preparation failed spends one unit too. `ship-order` jobs are
+//! grouped by customer (their email), so one customer's burst of orders does not hold up
+//! everyone else's.
 //!
 //! Environment: `ORDER_RATE_LIMIT` (`POST /orders` per client IP), `CARRIER_RATE_LIMIT`,
-//! `ORDER_SHIP_DELAY_MS`, `ORDER_STEP_DELAY_MS`, `WORKER` (run the worker in this process).
+//! `ORDER_SHIP_DELAY_MS` (the delay before an order's preparation starts: the children's
+//! delay, as a flow's parent starts when its children are done), `ORDER_STEP_DELAY_MS`,
+//! `WORKER` (run the `orders` and `order-prep` workers in this process).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
     extract::{Path, Request, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -37,8 +68,8 @@ use fred::interfaces::{HashesInterface, KeysInterface, TransactionInterface};
 use redtower::{job_events::PubSubJobEvents, quota::SharedQuota};
 use redtower_client::{Namespace, Redis, fred};
 use redtower_jobs::{
-    Backoff, Job, JobContext, JobError, JobStart, Queue, Schedule, StartDecision, StartLimiter,
-    Worker, WorkerHandle,
+    Backoff, ChildFailure, ChildOutcome, Flow, Job, JobContext, JobError, JobOptions, JobStart,
+    Queue, Schedule, ShutdownReport, StartDecision, StartLimiter, Worker, WorkerHandle,
 };
 use redtower_pubsub::{PubSub, SseEndpoint, StreamOptions};
 use redtower_ratelimit::Policy;
@@ -55,10 +86,16 @@ use crate::{
 
 /// The channel order updates are published on.
 pub const ORDER_UPDATES: &str = "order:updates";
-/// The queue of `ship-order` jobs.
+/// The queue of `ship-order` jobs (the flows' parents) and of the sweep.
 pub const SHIP_QUEUE: &str = "orders";
+/// The queue of the preparation jobs (`reserve-stock`, `charge-payment`: the flows' children).
+pub const PREP_QUEUE: &str = "order-prep";
+/// The child key of `reserve-stock` in an order's flow.
+pub const STOCK: &str = "stock";
+/// The child key of `charge-payment` in an order's flow.
+pub const PAYMENT: &str = "payment";
 
-/// The `ship-order` job.
+/// The `ship-order` job: the parent of an order's flow.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShipOrder {
     /// The order.
@@ -75,6 +112,48 @@ impl Job for ShipOrder {
     const NAME: &'static str = "ship-order";
 }
 
+/// The `reserve-stock` job (child [`STOCK`]): puts the item aside for the order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReserveStock {
+    /// The order.
+    pub order_id: String,
+    /// What to reserve.
+    pub item: String,
+}
+
+impl Job for ReserveStock {
+    const NAME: &'static str = "reserve-stock";
+}
+
+/// The `charge-payment` job (child [`PAYMENT`]): charges the customer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChargePayment {
+    /// The order.
+    pub order_id: String,
+    /// The customer.
+    pub email: String,
+    /// Decline the charge (to show a failed preparation).
+    pub decline: bool,
+}
+
+impl Job for ChargePayment {
+    const NAME: &'static str = "charge-payment";
+}
+
+/// What `reserve-stock` hands its parent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockReserved {
+    /// The reservation id (`RES-...`).
+    pub reservation: String,
+}
+
+/// What `charge-payment` hands its parent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentCaptured {
+    /// The payment id (`PAY-...`).
+    pub payment: String,
+}
+
 /// The `sweep-abandoned-orders` job, added by the scheduler [`SWEEP_SCHEDULER`] every minute.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SweepAbandonedOrders;
@@ -86,15 +165,31 @@ impl Job for SweepAbandonedOrders {
 /// The id of the scheduler that adds [`SweepAbandonedOrders`] every minute.
 pub const SWEEP_SCHEDULER: &str = "abandoned-orders";
 
-/// The order desk: the `ship-order` queue, the orders, and where their updates are published.
+/// The attempts of every job of an order (each child and the parent).
+const ATTEMPTS: u32 = 3;
+
+/// The retry schedule of every job of an order.
+fn backoff() -> Backoff {
+    Backoff::exponential(Duration::from_millis(200))
+}
+
+/// An order's tracking number: stable across the attempts of its `ship-order` job.
+fn tracking_number(job: &redtower_jobs::JobId) -> String {
+    format!("TRK-{job}")
+}
+
+/// The order desk: the queues, the orders, and where their updates are published.
 #[derive(Clone)]
 pub(crate) struct Shipping(Arc<ShippingInner>);
 
 struct ShippingInner {
     queue: Queue<ShipOrder>,
+    /// `reserve-stock` and `charge-payment` jobs, both on [`PREP_QUEUE`].
+    stock: Queue<ReserveStock>,
+    payments: Queue<ChargePayment>,
     orders: Orders,
     pubsub: PubSub,
-    /// `ORDER_SHIP_DELAY_MS`: how long a `ship-order` job waits before it runs.
+    /// `ORDER_SHIP_DELAY_MS`: how long an order waits before its preparation starts.
     ship_delay: Duration,
     /// `ORDER_STEP_DELAY_MS`: the pause between the job's progress steps.
     step_delay: Duration,
@@ -125,8 +220,33 @@ impl StartLimiter for CarrierQuota {
     }
 }
 
+/// The order workers of this process: `ship-order` (and the sweep) on [`SHIP_QUEUE`], the
+/// preparation jobs on [`PREP_QUEUE`].
+#[derive(Debug)]
+pub struct Workers {
+    ship: WorkerHandle,
+    prep: WorkerHandle,
+}
+
+impl Workers {
+    /// Stops both workers, handing their unfinished jobs back to their queues; what they did,
+    /// added up.
+    ///
+    /// # Errors
+    ///
+    /// When a hand-back failed (the jobs then return after their lease).
+    pub async fn shutdown(self) -> Result<ShutdownReport, redtower_jobs::Error> {
+        let (ship, prep) = tokio::join!(self.ship.shutdown(), self.prep.shutdown());
+        let (ship, prep) = (ship?, prep?);
+        let mut report = ShutdownReport::default();
+        report.finished_in_grace = ship.finished_in_grace + prep.finished_in_grace;
+        report.released = ship.released + prep.released;
+        Ok(report)
+    }
+}
+
 impl Shipping {
-    /// The queue and orders in process without Redis, else in Redis (shared by every
+    /// The queues and orders in process without Redis, else in Redis (shared by every
     /// instance); updates are published on `pubsub`.
     pub(crate) fn new(
         config: &Config,
@@ -137,13 +257,13 @@ impl Shipping {
     ) -> Result<Self, BuildError> {
         let carrier = policy("carrier", config.carrier_rate)?;
         let client_ip = limits.client_ip().clone();
-        let (queue, orders) = match redis {
+        let (store, orders): (Arc<dyn redtower_jobs::QueueStore>, _) = match redis {
             None => (
-                Queue::new(redtower_jobs::MemoryStore::new(), SHIP_QUEUE),
+                Arc::new(redtower_jobs::MemoryStore::new()),
                 Orders::memory(),
             ),
             Some(redis) => (
-                Queue::new(redtower_jobs::RedisStore::new(redis.clone()), SHIP_QUEUE),
+                Arc::new(redtower_jobs::RedisStore::new(redis.clone())),
                 Orders::redis(redis.clone()),
             ),
         };
@@ -161,7 +281,9 @@ impl Shipping {
             );
         let job_stream = Router::new().route("/{channel}", sse.method_router());
         Ok(Self(Arc::new(ShippingInner {
-            queue,
+            queue: Queue::new(store.clone(), SHIP_QUEUE),
+            stock: Queue::new(store.clone(), PREP_QUEUE),
+            payments: Queue::new(store, PREP_QUEUE),
             orders,
             job_events: PubSubJobEvents::new(pubsub.clone()),
             pubsub,
@@ -204,9 +326,51 @@ impl Shipping {
             .with_state(self.clone()))
     }
 
-    /// Starts the `ship-order` worker in this process. Stop it with
-    /// [`WorkerHandle::shutdown`], which hands unfinished jobs back to the queue.
-    pub(crate) fn start_worker(&self) -> WorkerHandle {
+    /// The job counts of one of the order queues ([`SHIP_QUEUE`], [`PREP_QUEUE`]).
+    pub(crate) async fn counts(
+        &self,
+        queue: &str,
+    ) -> Result<redtower_jobs::Counts, redtower_jobs::Error> {
+        if queue == SHIP_QUEUE {
+            self.0.queue.counts().await
+        } else {
+            Queue::<ReserveStock>::new(self.0.queue.store().clone(), queue)
+                .counts()
+                .await
+        }
+    }
+
+    /// Starts the order workers in this process: `ship-order` (and the sweep) on `orders`,
+    /// `reserve-stock` and `charge-payment` on `order-prep` (whose worker also relays the
+    /// children's outcomes to their parents). Stop them with [`Workers::shutdown`], which
+    /// hands unfinished jobs back to the queues.
+    pub(crate) fn start_worker(&self) -> Workers {
+        Workers {
+            prep: self.start_prep_worker(),
+            ship: self.start_ship_worker(),
+        }
+    }
+
+    /// The `order-prep` worker.
+    fn start_prep_worker(&self) -> WorkerHandle {
+        let stock = self.clone();
+        let payments = self.clone();
+        Worker::new(self.0.queue.store().clone(), PREP_QUEUE)
+            .concurrency(16)
+            .timeout(Duration::from_secs(30))
+            .handle::<ReserveStock>(move |job: ReserveStock, ctx: JobContext| {
+                let shipping = stock.clone();
+                async move { shipping.reserve_stock(job, ctx).await }
+            })
+            .handle::<ChargePayment>(move |job: ChargePayment, ctx: JobContext| {
+                let shipping = payments.clone();
+                async move { shipping.charge_payment(job, ctx).await }
+            })
+            .start()
+    }
+
+    /// The `orders` worker: `ship-order` and the sweep.
+    fn start_ship_worker(&self) -> WorkerHandle {
         let store = self.0.queue.store().clone();
         let on_done = self.clone();
         let on_dead = self.clone();
@@ -244,9 +408,10 @@ impl Shipping {
                 let shipping = on_done.clone();
                 async move {
                     if let Some(job) = finished.decode::<ShipOrder>() {
-                        shipping
-                            .announce(&job.order_id, OrderStatus::Shipped, finished.attempt)
-                            .await;
+                        let mut order = Order::new(&job.order_id, OrderStatus::Shipped);
+                        order.attempts = finished.attempt;
+                        order.tracking = Some(tracking_number(&finished.id));
+                        shipping.announce(&order).await;
                     }
                 }
             })
@@ -257,23 +422,53 @@ impl Shipping {
                         return;
                     }
                     if let Some(job) = finished.decode::<ShipOrder>() {
-                        shipping
-                            .announce(&job.order_id, OrderStatus::Failed, finished.attempt)
-                            .await;
+                        let mut order = Order::new(&job.order_id, OrderStatus::Failed);
+                        order.attempts = finished.attempt;
+                        order.error = finished.error().map(str::to_owned);
+                        shipping.announce(&order).await;
                     }
                 }
             })
             .start()
     }
 
-    /// The job handler: fails the first `fail_times` attempts, then "ships" in three steps,
-    /// each reported as progress, and returns the tracking number (the job's result).
-    async fn ship(&self, job: ShipOrder, ctx: JobContext) -> Result<Value, JobError> {
-        let order = Order {
-            order_id: job.order_id.clone(),
-            status: OrderStatus::Pending,
-            attempts: ctx.attempt(),
+    /// The `reserve-stock` handler: reserves the item and hands the reservation to the parent.
+    async fn reserve_stock(&self, job: ReserveStock, ctx: JobContext) -> Result<Value, JobError> {
+        let reserved = StockReserved {
+            reservation: format!("RES-{}", ctx.id()),
         };
+        ctx.set_flow_result(&reserved)?;
+        tracing::info!(order = %job.order_id, item = %job.item, reservation = %reserved.reservation, "stock reserved");
+        Ok(json!(reserved))
+    }
+
+    /// The `charge-payment` handler: charges the customer (or declines, for good: a declined
+    /// card is not retried) and hands the payment to the parent.
+    async fn charge_payment(&self, job: ChargePayment, ctx: JobContext) -> Result<Value, JobError> {
+        if job.decline {
+            return Err(JobError::fatal("card declined"));
+        }
+        let captured = PaymentCaptured {
+            payment: format!("PAY-{}", ctx.id()),
+        };
+        ctx.set_flow_result(&captured)?;
+        tracing::info!(order = %job.order_id, payment = %captured.payment, "payment captured");
+        Ok(json!(captured))
+    }
+
+    /// The `ship-order` handler, run once both children are final: fails for good if either
+    /// failed (after undoing the other), else fails the first `fail_times` attempts, then
+    /// "ships" in three steps, each reported as progress, and returns the tracking number
+    /// with the children's results (the job's result).
+    async fn ship(&self, job: ShipOrder, ctx: JobContext) -> Result<Value, JobError> {
+        let (stock, payment) = match preparation(&job, &ctx) {
+            Ok(prepared) => prepared,
+            Err(why) => return Err(JobError::fatal(why)),
+        };
+        let mut order = Order::new(&job.order_id, OrderStatus::Pending);
+        order.attempts = ctx.attempt();
+        order.reservation = Some(stock.reservation.clone());
+        order.payment = Some(payment.payment.clone());
         self.0.orders.put(&order).await.map_err(JobError::retry)?;
         if ctx.attempt() <= job.fail_times {
             return Err(JobError::retry(format!(
@@ -293,7 +488,11 @@ impl Shipping {
             }
         }
         tracing::info!(order = %job.order_id, item = %job.item, "order shipped");
-        Ok(json!({ "tracking": format!("TRK-{}", ctx.id()) }))
+        Ok(json!({
+            "tracking": tracking_number(ctx.id()),
+            "reservation": stock.reservation,
+            "payment": payment.payment,
+        }))
     }
 
     /// The scheduled sweep: where a real shop would cancel orders left unpaid, this one
@@ -311,21 +510,55 @@ impl Shipping {
         Ok(())
     }
 
-    /// Records the final status and publishes it on `order:updates`.
-    async fn announce(&self, order_id: &str, status: OrderStatus, attempts: u32) {
-        let order = Order {
-            order_id: order_id.to_owned(),
-            status,
-            attempts,
-        };
-        if let Err(error) = self.0.orders.put(&order).await {
+    /// Records the final status (and its details) and publishes it on `order:updates`.
+    async fn announce(&self, order: &Order) {
+        let order_id = order.order_id.as_str();
+        if let Err(error) = self.0.orders.put(order).await {
             tracing::warn!(order = %order_id, %error, "could not record the order status");
         }
-        let update = json!({ "orderId": order_id, "status": status });
+        let update = json!({ "orderId": order_id, "status": order.status });
         if let Err(error) = self.0.pubsub.publish(ORDER_UPDATES, &update).await {
             tracing::warn!(order = %order_id, %error, "could not publish the order update");
         }
     }
+}
+
+/// What the children of a `ship-order` job prepared: the reservation and the payment, or,
+/// when either child failed, why the order cannot ship (after undoing what the other did).
+fn preparation(
+    job: &ShipOrder,
+    ctx: &JobContext,
+) -> Result<(StockReserved, PaymentCaptured), String> {
+    let stock = ctx.child_result::<StockReserved>(STOCK);
+    let payment = ctx.child_result::<PaymentCaptured>(PAYMENT);
+    if let (Some(stock), Some(payment)) = (stock.clone(), payment.clone()) {
+        return Ok((stock, payment));
+    }
+    let mut why: Vec<String> = [STOCK, PAYMENT]
+        .iter()
+        .map(|key| {
+            let outcome = ctx.children().iter().find(|c| c.key == *key);
+            match outcome.map(|c| &c.outcome) {
+                Some(ChildOutcome::Failed { error }) => format!("{key} {error}"),
+                Some(ChildOutcome::Completed { .. }) => String::new(),
+                _ => format!("{key} missing"),
+            }
+        })
+        .filter(|w| !w.is_empty())
+        .collect();
+    if why.is_empty() {
+        why.push("a child completed without its result".to_owned());
+    }
+    // Undo what went through: the order will not ship.
+    if let Some(stock) = stock {
+        tracing::info!(order = %job.order_id, reservation = %stock.reservation, "stock reservation released");
+        why.push(format!("reservation {} released", stock.reservation));
+    }
+    if let Some(payment) = payment {
+        tracing::info!(order = %job.order_id, payment = %payment.payment, "payment refunded");
+        why.push(format!("payment {} refunded", payment.payment));
+    }
+    Err(why.join("; "))
 }
 
 /// The progress steps of a `ship-order` job, in order.
@@ -346,11 +579,45 @@ struct OrderBody {
     item: String,
     #[serde(default)]
     fail_times: u32,
+    /// Decline the payment (the order then fails without shipping).
+    #[serde(default)]
+    decline_payment: bool,
+}
+
+/// The order id a placement names with its `Idempotency-Key` (1 to 64 of `A-Z a-z 0-9 _ -`),
+/// scoped by the customer: the same key and email give the same order. `None` without the
+/// header.
+fn keyed_order_id(headers: &HeaderMap, email: &str) -> Result<Option<String>, ApiError> {
+    use sha2::{Digest, Sha256};
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| {
+            (1..=64).contains(&k.len())
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+        .ok_or_else(|| {
+            ApiError::bad_request("Idempotency-Key must be 1 to 64 of A-Z a-z 0-9 _ -")
+        })?;
+    let digest = Sha256::new()
+        .chain_update(b"order\0")
+        .chain_update(email.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(key.as_bytes())
+        .finalize();
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest[..8]);
+    Ok(Some(format!("ord-{:016x}", u64::from_be_bytes(id))))
 }
 
 async fn place_order(
     State(shipping): State<Shipping>,
     session: Session,
+    headers: HeaderMap,
     AppJson(body): AppJson<OrderBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if !body.email.contains('@') || body.email.len() > 254 {
@@ -377,51 +644,114 @@ async fn place_order(
             "fail_times is at most 10",
         ));
     }
-    let order_id = format!("ord-{:016x}", rand::random::<u64>());
-    shipping.0.orders.create(&order_id).await.map_err(|error| {
-        tracing::warn!(%error, "creating an order failed");
-        ApiError::unavailable()
-    })?;
-    // Orders of one customer take turns with everyone else's (a fair group per customer).
-    let customer = body.email.clone();
-    let job = ShipOrder {
-        order_id: order_id.clone(),
-        email: body.email,
-        item: body.item,
-        fail_times: body.fail_times,
+    let order_id = match keyed_order_id(&headers, &body.email)? {
+        Some(id) => id,
+        None => format!("ord-{:016x}", rand::random::<u64>()),
     };
-    let job_id = shipping
+    let unavailable = |error: &dyn std::fmt::Display, what: &str| {
+        tracing::warn!(%error, "{what} failed");
+        ApiError::unavailable()
+    };
+    // A new pending order, or the one this placement made before (same `Idempotency-Key`).
+    let order = shipping
         .0
-        .queue
-        .add(job)
-        // One job per order, however often this add is sent again.
-        .idempotency_key(order_id.as_str())
-        .group(customer)
-        .delay(shipping.0.ship_delay)
-        .attempts(3)
-        .backoff(Backoff::exponential(Duration::from_millis(200)))
+        .orders
+        .create(&order_id)
         .await
-        .map_err(|error| {
-            tracing::warn!(%error, "enqueueing an order failed");
-            ApiError::unavailable()
-        })?;
-    // This session, and only it, may follow the order's events.
+        .map_err(|e| unavailable(&e, "creating an order"))?;
+    let job_id = match order.job_id {
+        // Placed before: its flow is there, add nothing.
+        Some(job_id) => job_id,
+        None => {
+            let job_id = shipping
+                .add_flow(&order_id, body)
+                .await
+                .map_err(|e| unavailable(&e, "adding an order's flow"))?;
+            shipping
+                .0
+                .orders
+                .set_job(&order_id, &job_id)
+                .await
+                .map_err(|e| unavailable(&e, "recording an order's job"))?;
+            job_id
+        }
+    };
+    // The sessions that placed the order, and only they, may follow its events.
     let mut placed: Placed = session
         .get(PLACED)
         .await
         .map_err(|e| crate::sessions::session_error(&e))?
         .unwrap_or_default();
-    placed.push((order_id.clone(), job_id.to_string()));
-    let excess = placed.len().saturating_sub(MAX_ORDERS_PER_SESSION);
-    placed.drain(..excess);
-    session
-        .insert(PLACED, placed)
-        .await
-        .map_err(|e| crate::sessions::session_error(&e))?;
+    if !placed.iter().any(|(order, _)| *order == order_id) {
+        placed.push((order_id.clone(), job_id.clone()));
+        let excess = placed.len().saturating_sub(MAX_ORDERS_PER_SESSION);
+        placed.drain(..excess);
+        session
+            .insert(PLACED, placed)
+            .await
+            .map_err(|e| crate::sessions::session_error(&e))?;
+    }
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "order_id": order_id, "job_id": job_id.to_string() })),
+        Json(json!({ "order_id": order_id, "job_id": job_id })),
     ))
+}
+
+impl Shipping {
+    /// Adds the order's flow: `ship-order` (grouped by customer, 3 attempts with backoff)
+    /// after `reserve-stock` and `charge-payment` (each delayed by `ORDER_SHIP_DELAY_MS`, 3
+    /// attempts with backoff, failures passed on to the parent). Adding it again with the
+    /// same order id within the queue's idempotency window adds nothing. Returns the parent's
+    /// job id.
+    async fn add_flow(
+        &self,
+        order_id: &str,
+        body: OrderBody,
+    ) -> Result<String, redtower_jobs::Error> {
+        let inner = &self.0;
+        // Orders of one customer take turns with everyone else's (a fair group per customer).
+        let mut ship = JobOptions::new().attempts(ATTEMPTS).backoff(backoff());
+        ship.group = Some(body.email.clone());
+        let prep = JobOptions::new()
+            .delay(inner.ship_delay)
+            .attempts(ATTEMPTS)
+            .backoff(backoff());
+        let stock = ReserveStock {
+            order_id: order_id.to_owned(),
+            item: body.item.clone(),
+        };
+        let payment = ChargePayment {
+            order_id: order_id.to_owned(),
+            email: body.email.clone(),
+            decline: body.decline_payment,
+        };
+        let parent = ShipOrder {
+            order_id: order_id.to_owned(),
+            email: body.email,
+            item: body.item,
+            fail_times: body.fail_times,
+        };
+        let ids = Flow::new_with(&inner.queue, parent, ship)
+            // One flow per order, however often this add is sent again.
+            .id(order_id)
+            .child_with(
+                STOCK,
+                &inner.stock,
+                stock,
+                prep.clone(),
+                ChildFailure::Continue,
+            )
+            .child_with(
+                PAYMENT,
+                &inner.payments,
+                payment,
+                prep,
+                ChildFailure::Continue,
+            )
+            .add()
+            .await?;
+        Ok(ids.parent.to_string())
+    }
 }
 
 /// `GET /carrier/quote`: what shipping costs, from the carrier (a call that spends the
@@ -554,6 +884,70 @@ pub struct Order {
     pub status: OrderStatus,
     /// Shipping attempts made so far.
     pub attempts: u32,
+    /// Its `ship-order` job (the flow's parent), once added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// The stock reservation (`reserve-stock`'s result), once shipping started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<String>,
+    /// The payment (`charge-payment`'s result), once shipping started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<String>,
+    /// The tracking number, once shipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<String>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Order {
+    /// Order `order_id` with `status`, no attempt and no details.
+    pub fn new(order_id: &str, status: OrderStatus) -> Self {
+        Self {
+            order_id: order_id.to_owned(),
+            status,
+            attempts: 0,
+            job_id: None,
+            reservation: None,
+            payment: None,
+            tracking: None,
+            error: None,
+        }
+    }
+
+    /// The details (every field but the id, status and attempts) as hash fields, the set
+    /// ones only.
+    fn details(&self) -> Vec<(&'static str, String)> {
+        [
+            ("job_id", &self.job_id),
+            ("reservation", &self.reservation),
+            ("payment", &self.payment),
+            ("tracking", &self.tracking),
+            ("error", &self.error),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.clone().map(|v| (name, v)))
+        .collect()
+    }
+
+    /// `self` with `update`'s status and attempts, and each of its details that is set.
+    fn merge(mut self, update: &Order) -> Self {
+        self.status = update.status;
+        self.attempts = update.attempts;
+        for (mine, theirs) in [
+            (&mut self.job_id, &update.job_id),
+            (&mut self.reservation, &update.reservation),
+            (&mut self.payment, &update.payment),
+            (&mut self.tracking, &update.tracking),
+            (&mut self.error, &update.error),
+        ] {
+            if theirs.is_some() {
+                mine.clone_from(theirs);
+            }
+        }
+        self
+    }
 }
 
 /// The order store: in-process, or Redis.
@@ -582,21 +976,34 @@ impl Orders {
         Self::Redis(redis, ns)
     }
 
-    /// Records a new pending order.
+    /// Records a new pending order, unless order `order_id` exists; returns it as stored.
     ///
     /// # Errors
     ///
     /// When Redis fails.
-    pub async fn create(&self, order_id: &str) -> Result<(), redtower_client::Error> {
-        self.put(&Order {
-            order_id: order_id.to_owned(),
-            status: OrderStatus::Pending,
-            attempts: 0,
-        })
-        .await
+    pub async fn create(&self, order_id: &str) -> Result<Order, redtower_client::Error> {
+        let new = Order::new(order_id, OrderStatus::Pending);
+        match self {
+            Self::Memory(orders) => Ok(orders
+                .entry(order_id.to_owned())
+                .or_insert(new)
+                .into_value()),
+            Self::Redis(redis, ns) => {
+                let key = ns.key(order_id);
+                let tx = redis.client().multi();
+                let _: () = tx
+                    .hsetnx(key.as_str(), "status", new.status.as_str())
+                    .await?;
+                let _: () = tx.hsetnx(key.as_str(), "attempts", 0).await?;
+                let _: () = tx.expire(key.as_str(), ttl_secs(), None).await?;
+                let _: () = tx.exec(true).await?;
+                Ok(self.get(order_id).await?.unwrap_or(new))
+            }
+        }
     }
 
-    /// Stores `order` as it is now.
+    /// Stores `order`'s status and attempts, and each of its details that is set (details
+    /// stored before are kept).
     ///
     /// # Errors
     ///
@@ -604,23 +1011,63 @@ impl Orders {
     pub async fn put(&self, order: &Order) -> Result<(), redtower_client::Error> {
         match self {
             Self::Memory(orders) => {
-                orders.insert(order.order_id.clone(), order.clone());
+                orders
+                    .entry(order.order_id.clone())
+                    .and_compute_with(|stored| {
+                        let merged = match stored {
+                            Some(stored) => stored.into_value().merge(order),
+                            None => order.clone(),
+                        };
+                        moka::ops::compute::Op::Put(merged)
+                    });
                 Ok(())
             }
             Self::Redis(redis, ns) => {
                 let key = ns.key(order.order_id.as_str());
+                let mut fields = vec![
+                    ("status", order.status.as_str().to_owned()),
+                    ("attempts", order.attempts.to_string()),
+                ];
+                fields.extend(order.details());
                 let tx = redis.client().multi();
-                let _: () = tx
-                    .hset(
-                        key.as_str(),
-                        [
-                            ("status", order.status.as_str().to_owned()),
-                            ("attempts", order.attempts.to_string()),
-                        ],
-                    )
-                    .await?;
-                let ttl = i64::try_from(ORDER_TTL.as_secs()).unwrap_or(i64::MAX);
-                let _: () = tx.expire(key.as_str(), ttl, None).await?;
+                let _: () = tx.hset(key.as_str(), fields).await?;
+                let _: () = tx.expire(key.as_str(), ttl_secs(), None).await?;
+                let _: () = tx.exec(true).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Records the job of order `order_id` (its flow's parent), leaving the rest as it is.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails.
+    pub async fn set_job(
+        &self,
+        order_id: &str,
+        job_id: &str,
+    ) -> Result<(), redtower_client::Error> {
+        match self {
+            Self::Memory(orders) => {
+                orders
+                    .entry(order_id.to_owned())
+                    .and_compute_with(|stored| {
+                        let mut order = stored.map_or_else(
+                            || Order::new(order_id, OrderStatus::Pending),
+                            moka::Entry::into_value,
+                        );
+                        order.job_id = Some(job_id.to_owned());
+                        moka::ops::compute::Op::Put(order)
+                    });
+                Ok(())
+            }
+            Self::Redis(redis, ns) => {
+                let key = ns.key(order_id);
+                let tx = redis.client().multi();
+                let _: () = tx.hset(key.as_str(), [("job_id", job_id)]).await?;
+                let _: () = tx.hsetnx(key.as_str(), "status", "pending").await?;
+                let _: () = tx.expire(key.as_str(), ttl_secs(), None).await?;
                 let _: () = tx.exec(true).await?;
                 Ok(())
             }
@@ -637,7 +1084,8 @@ impl Orders {
             Self::Memory(orders) => Ok(orders.get(order_id)),
             Self::Redis(redis, ns) => {
                 let key = ns.key(order_id);
-                let fields: HashMap<String, String> = redis.client().hgetall(key.as_str()).await?;
+                let mut fields: HashMap<String, String> =
+                    redis.client().hgetall(key.as_str()).await?;
                 let status = fields.get("status").and_then(|s| OrderStatus::parse(s));
                 Ok(status.map(|status| Order {
                     order_id: order_id.to_owned(),
@@ -646,8 +1094,18 @@ impl Orders {
                         .get("attempts")
                         .and_then(|a| a.parse().ok())
                         .unwrap_or(0),
+                    job_id: fields.remove("job_id"),
+                    reservation: fields.remove("reservation"),
+                    payment: fields.remove("payment"),
+                    tracking: fields.remove("tracking"),
+                    error: fields.remove("error"),
                 }))
             }
         }
     }
+}
+
+/// [`ORDER_TTL`] in seconds.
+fn ttl_secs() -> i64 {
+    i64::try_from(ORDER_TTL.as_secs()).unwrap_or(i64::MAX)
 }

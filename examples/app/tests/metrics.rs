@@ -31,7 +31,8 @@ const EXPECTED: &[&str] = &[
     "redtower_session_revoked_total",
     "redtower_pubsub_published_total",
     "redtower_pubsub_sse_connections",
-    "redtower_jobs_enqueued_total",
+    // An order is a flow (the app adds no single job).
+    "redtower_jobs_flows_added_total",
     "redtower_jobs_started_total",
     "redtower_jobs_completed_total",
 ];

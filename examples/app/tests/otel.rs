@@ -1,9 +1,10 @@
 //! OpenTelemetry end to end: `POST /orders` makes ONE trace holding the HTTP request, the
-//! enqueue, the worker's run of the job (another task, through the job's stored trace
-//! context), the publish of the "shipped" event and its delivery to an open SSE stream
-//! (through the event's stored trace context). On a testkit Redis and on the in-process
-//! backends. Spans go to the SDK's in-memory exporter; the assertions are on trace ids and
-//! parent links, never on timing.
+//! adding of the order's flow, the workers' runs of its three jobs (the `reserve-stock` and
+//! `charge-payment` children and the `ship-order` parent, on other tasks, through the jobs'
+//! stored trace context), the publish of the "shipped" event and its delivery to an open SSE
+//! stream (through the event's stored trace context). On a testkit Redis and on the
+//! in-process backends. Spans go to the SDK's in-memory exporter; the assertions are on trace
+//! ids and parent links, never on timing.
 
 use std::{
     collections::HashMap,
@@ -125,6 +126,11 @@ impl Trace {
 
 /// The spans of `trace_id` once every one of `names` is among them.
 async fn wait_for_trace(trace_id: TraceId, names: &[&str]) -> Trace {
+    wait_for_spans(trace_id, names, 1).await
+}
+
+/// The spans of `trace_id` once every one of `names` is among them, at least `each` times.
+async fn wait_for_spans(trace_id: TraceId, names: &[&str], each: usize) -> Trace {
     let started = Instant::now();
     loop {
         let spans: Vec<SpanData> = exporter()
@@ -133,7 +139,10 @@ async fn wait_for_trace(trace_id: TraceId, names: &[&str]) -> Trace {
             .into_iter()
             .filter(|s| s.span_context.trace_id() == trace_id)
             .collect();
-        if names.iter().all(|n| spans.iter().any(|s| s.name == *n)) {
+        if names
+            .iter()
+            .all(|n| spans.iter().filter(|s| s.name == *n).count() >= each)
+        {
             return Trace { spans };
         }
         let have: Vec<_> = spans.iter().map(|s| s.name.to_string()).collect();
@@ -199,7 +208,7 @@ async fn order_is_one_trace(services: Services) {
             // The `http.request` span, exported under its `otel.name`.
             "POST /orders",
             "redtower.ratelimit",
-            "redtower.jobs.enqueue",
+            "redtower.jobs.flow",
             "redtower.jobs.run",
             "redtower.jobs.hook",
             "redtower.pubsub.publish",
@@ -207,6 +216,16 @@ async fn order_is_one_trace(services: Services) {
         ],
     )
     .await;
+    // One run per job of the flow: the two children's and the parent's.
+    let trace = match trace
+        .spans
+        .iter()
+        .filter(|s| s.name == "redtower.jobs.run")
+        .count()
+    {
+        3 => trace,
+        _ => wait_for_spans(trace_id, &["redtower.jobs.run"], 3).await,
+    };
     let http = trace.one("POST /orders");
     assert_eq!(
         http.parent_span_id, caller_span,
@@ -223,17 +242,54 @@ async fn order_is_one_trace(services: Services) {
     assert!(trace.descends(limit, http), "{:#?}", trace.names());
     assert_eq!(attr(limit, "outcome").as_deref(), Some("allowed"));
 
-    let enqueue = trace.one("redtower.jobs.enqueue");
-    assert!(trace.descends(enqueue, http), "{:#?}", trace.names());
-    assert_eq!(attr(enqueue, "job.id"), Some(job_id.clone()));
-    assert_eq!(attr(enqueue, "outcome").as_deref(), Some("new"));
+    // The flow: added under the request; its parent is the `ship-order` job.
+    let flow = trace.one("redtower.jobs.flow");
+    assert!(trace.descends(flow, http), "{:#?}", trace.names());
+    assert_eq!(attr(flow, "job.id"), Some(job_id.clone()));
+    assert_eq!(attr(flow, "queue").as_deref(), Some("orders"));
+    assert_eq!(attr(flow, "job.name").as_deref(), Some("ship-order"));
+    assert_eq!(attr(flow, "flow.children").as_deref(), Some("2"));
+    assert_eq!(attr(flow, "outcome").as_deref(), Some("new"));
+    // No single add: the flow adds the order's jobs.
+    assert!(
+        trace
+            .spans
+            .iter()
+            .all(|s| s.name != "redtower.jobs.enqueue"),
+        "{:#?}",
+        trace.names()
+    );
 
-    // The worker's span: on another task, a child of the enqueue span through the job.
-    let run = trace.one("redtower.jobs.run");
-    assert_eq!(run.parent_span_id, enqueue.span_context.span_id());
-    assert!(run.parent_span_is_remote, "the parent came with the job");
+    // The workers' spans: on other tasks, each a child of the flow's span through its job;
+    // the children on `order-prep`, the parent on `orders`.
+    let runs: Vec<&SpanData> = trace
+        .spans
+        .iter()
+        .filter(|s| s.name == "redtower.jobs.run")
+        .collect();
+    let mut jobs: Vec<(String, String)> = runs
+        .iter()
+        .map(|r| (attr(r, "queue").unwrap(), attr(r, "job.name").unwrap()))
+        .collect();
+    jobs.sort();
+    assert_eq!(
+        jobs,
+        [
+            ("order-prep".to_owned(), "charge-payment".to_owned()),
+            ("order-prep".to_owned(), "reserve-stock".to_owned()),
+            ("orders".to_owned(), "ship-order".to_owned()),
+        ]
+    );
+    for run in &runs {
+        assert_eq!(run.parent_span_id, flow.span_context.span_id());
+        assert!(run.parent_span_is_remote, "the parent came with the job");
+        assert_eq!(attr(run, "outcome").as_deref(), Some("completed"));
+    }
+    let run = *runs
+        .iter()
+        .find(|r| attr(r, "queue").as_deref() == Some("orders"))
+        .unwrap();
     assert_eq!(attr(run, "job.id"), Some(job_id));
-    assert_eq!(attr(run, "outcome").as_deref(), Some("completed"));
 
     // The hook publishes the shipped event under the run (so do the job's progress events, on
     // its own channel); the delivery on `order:updates` is the shipped publish's child.

@@ -13,7 +13,7 @@ pub(crate) const SECRET: &str =
 pub(crate) struct TestApp {
     pub(crate) base: String,
     pub(crate) services: Services,
-    pub(crate) worker: Option<redtower_jobs::WorkerHandle>,
+    pub(crate) worker: Option<redtower_example::Workers>,
 }
 
 impl TestApp {
