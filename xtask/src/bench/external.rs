@@ -163,6 +163,11 @@ pub(crate) fn jobs(
             "flows_1p10c",
             "jobs: flows of 1 parent + 10 children, 50 in flight, until every parent completed",
         ),
+        (
+            "rate",
+            "rate_limited_1000_per_s",
+            "jobs: queue limited to 1,000 starts/s, steady rate",
+        ),
     ] {
         let unit = if what == "flows" { "flows/s" } else { "jobs/s" };
         let Some(result) = results.iter().find(|r| r["scenario"] == key) else {
@@ -187,6 +192,9 @@ pub(crate) fn jobs(
                 result["jobs"], result["redis_cpu_us_per_job"]
             );
         }
+        if what == "rate" {
+            r.note = rate_note(result, "redtower");
+        }
         rows.push(r);
         if let Some(bullmq) = result["bullmq_per_s"].as_f64() {
             let mut b = row(
@@ -198,6 +206,9 @@ pub(crate) fn jobs(
             );
             b.rate = Some(bullmq);
             b.rounds = rounds(&result["bullmq_rounds"]);
+            if what == "rate" {
+                b.note = rate_note(result, "bullmq");
+            }
             if what == "ticks" {
                 b.note = format!(
                     "redis-server CPU {} µs per tick",
@@ -225,6 +236,19 @@ pub(crate) fn jobs(
         }
     }
     Ok(rows)
+}
+
+/// The note of a rate-limited queue's row: how close its steady rate came to the limit, and
+/// its throughput over the whole run (the first window's burst included).
+fn rate_note(result: &serde_json::Value, who: &str) -> String {
+    format!(
+        "accuracy {:.2} % of the {} jobs/s limit; {:.0} jobs/s over the whole run",
+        result[format!("{who}_accuracy")].as_f64().unwrap_or(0.0) * 100.0,
+        result["limit_per_s"],
+        result[format!("{who}_throughput_per_s")]
+            .as_f64()
+            .unwrap_or(0.0),
+    )
 }
 
 /// The near-cache's invalidation delay (a write on instance A to the key's disappearance from
