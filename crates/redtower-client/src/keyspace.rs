@@ -319,8 +319,25 @@ impl KeyPattern {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Segment<'a>(Cow<'a, str>);
 
+/// The bytes kept as they are in a segment: `[A-Za-z0-9-_.@+=,/!~]`, one lookup per byte (keys
+/// are built on every request's hot path).
+const PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'_' | b'.' | b'@' | b'+' | b'=' | b',' | b'/' | b'!' | b'~'
+            );
+        b += 1;
+    }
+    t
+};
+
 fn is_plain(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-_.@+=,/!~".contains(&b)
+    PLAIN[usize::from(b)]
 }
 
 /// Whether `raw` is its own segment text: 1 to [`Segment::MAX_LEN`] plain bytes.
@@ -343,7 +360,7 @@ impl<'a> Segment<'a> {
             return Segment(Cow::Borrowed("%"));
         }
         if kept_as_is(raw) {
-            // All plain ASCII, so valid UTF-8.
+            // All plain ASCII, so valid UTF-8 (`from_utf8_lossy` borrows it as it is).
             return Segment(String::from_utf8_lossy(raw));
         }
         let escaped_len: usize = raw.iter().map(|&b| if is_plain(b) { 1 } else { 3 }).sum();

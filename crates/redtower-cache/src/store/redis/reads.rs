@@ -2,10 +2,7 @@
 //! flight leave together as one `MGET` (one per hash slot on a Cluster), through the client's
 //! [`Coalescer`](redtower_client::batch::Coalescer).
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redtower_client::{
@@ -179,16 +176,20 @@ async fn one_slot<C: KeysInterface>(client: &C, batch: Vec<Read>) -> Vec<Reply> 
         return vec![client.get::<Option<Bytes>, _>(&read.key).await];
     }
     let n = batch.len();
-    // For each read, the position of its key among the distinct keys sent.
+    // For each read, the position of its key among the distinct keys sent. A batch holds at
+    // most `MAX_BATCH` reads and, on a hot route, a few distinct keys: a scan of those beats
+    // hashing every key.
     let mut distinct: Vec<&Key> = Vec::with_capacity(n);
-    let mut positions: HashMap<&str, usize> = HashMap::with_capacity(n);
     let slots: Vec<usize> = batch
         .iter()
         .map(|r| {
-            *positions.entry(r.key.as_str()).or_insert_with(|| {
-                distinct.push(&r.key);
-                distinct.len() - 1
-            })
+            distinct
+                .iter()
+                .position(|k| *k == &r.key)
+                .unwrap_or_else(|| {
+                    distinct.push(&r.key);
+                    distinct.len() - 1
+                })
         })
         .collect();
     let sent = distinct.len();
