@@ -277,7 +277,7 @@ pub fn app(services: &Services) -> Result<Router, BuildError> {
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         // One `http.request` span per request, around every layer (see `telemetry`).
-        .layer(axum::middleware::from_fn(telemetry::trace_request))
+        .layer(telemetry::trace_requests())
         .with_state(services.clone())
         // `/plain` goes through no layer at all, not even the body limit.
         .merge(probes::plain_router()))

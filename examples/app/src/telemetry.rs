@@ -7,22 +7,27 @@
 //! other `OTEL_*` variables itself (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_SERVICE_NAME`,
 //! headers, timeout); the service name defaults to `redtower-example`.
 //!
-//! What ends up in a trace: [`trace_request`]'s `http.request` span for each request (exported
+//! What ends up in a trace: [`trace_requests`]' `http.request` span for each request (exported
 //! as `<method> <route>`, a child of the caller's `traceparent`, if any), the layers' spans (`redtower.ratelimit`,
 //! `redtower.session`, `redtower.cache`: DEBUG, exported as `OTEL_TRACES_FILTER` allows, by
 //! default `info,redtower=debug`), `redtower.jobs.enqueue`, the worker's `redtower.jobs.run`
 //! for each attempt (its child through the job's stored trace context, on whichever instance
 //! runs it), and `redtower.pubsub.publish` / `redtower.pubsub.deliver` for events.
 
+use std::time::Duration;
+
 use axum::{
     extract::{MatchedPath, Request},
-    middleware::Next,
     response::Response,
 };
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use redtower_client::TraceContext;
-use tracing::{Instrument, Subscriber};
+use tower_http::{
+    classify::{ServerErrorsAsFailures, SharedClassifier},
+    trace::TraceLayer,
+};
+use tracing::{Span, Subscriber};
 use tracing_subscriber::{
     EnvFilter, Layer, layer::SubscriberExt, registry::LookupSpan, util::SubscriberInitExt,
 };
@@ -124,34 +129,63 @@ where
     tracing_opentelemetry::layer().with_tracer(provider.tracer("redtower-example"))
 }
 
-/// Middleware: an `http.request` span per request (INFO, `otel.kind = server`, exported as
-/// `<method> <route>`, such as `POST /orders`), a child of the request's W3C `traceparent` when it carries a valid
-/// one; the route template, never the raw path, and the response status.
-pub async fn trace_request(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
-    let method = req.method().as_str().to_owned();
+/// The request tracing layer of [`trace_requests`].
+pub type RequestTraceLayer = TraceLayer<
+    SharedClassifier<ServerErrorsAsFailures>,
+    fn(&Request) -> Span,
+    (),
+    fn(&Response, Duration, &Span),
+    (),
+    (),
+    (),
+>;
+
+/// An `http.request` span per request (INFO, `otel.kind = server`, exported as
+/// `<method> <route>`, such as `POST /orders`), a child of the request's W3C `traceparent` when
+/// it carries a valid one; the route template, never the raw path, and the response status.
+/// tower-http's [`TraceLayer`] with this app's span and no events of its own: when the span is
+/// filtered out (`RUST_LOG=warn` and no collector), a request pays for nothing but the check.
+pub fn trace_requests() -> RequestTraceLayer {
+    TraceLayer::new_for_http()
+        .make_span_with(request_span as fn(&Request) -> Span)
+        .on_request(())
+        .on_response(record_status as fn(&Response, Duration, &Span))
+        .on_body_chunk(())
+        .on_eos(())
+        .on_failure(())
+}
+
+/// The span of one request; its fields are only computed when the span is enabled.
+fn request_span(req: &Request) -> Span {
+    let route = || {
+        req.extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", MatchedPath::as_str)
+    };
+    let method = req.method().as_str();
     let span = tracing::info_span!(
         "http.request",
         otel.kind = "server",
-        otel.name = format!("{method} {route}"),
+        otel.name = format!("{method} {}", route()),
         http.request.method = method,
-        http.route = route,
+        http.route = route(),
         http.response.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
-    if let Some(parent) = caller_context(req.headers()) {
+    if !span.is_disabled()
+        && let Some(parent) = caller_context(req.headers())
+    {
         parent.set_parent_of(&span);
     }
-    let res = next.run(req).instrument(span.clone()).await;
+    span
+}
+
+/// Records the response's status on the request's span.
+fn record_status(res: &Response, _latency: Duration, span: &Span) {
     span.record("http.response.status_code", res.status().as_u16());
     if res.status().is_server_error() {
         span.record("otel.status_code", "error");
     }
-    res
 }
 
 /// The caller's W3C trace context (`traceparent`, `tracestate`), when it sent a valid one.
