@@ -484,7 +484,8 @@ pub use progress::{
 pub use queue::{AddJob, JobOptions, MAX_PRIORITY, Queue};
 pub use quota::{JobStart, MAX_GROUP_LEN, QueueLimits, StartDecision, StartLimiter};
 pub use schedule::{
-    CatchUp, Fire, Schedule, SchedulerInfo, SchedulerPass, SchedulerSpec, StoredScheduler,
+    CatchUp, Fire, FirstTick, Schedule, SchedulerInfo, SchedulerPass, SchedulerSpec,
+    StoredScheduler,
 };
 pub use store::{
     Counts, Enqueued, Fetched, Lease, MemoryStore, NewJob, QueueStore, RedisStore, Retention,

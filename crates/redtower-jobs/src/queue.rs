@@ -17,7 +17,7 @@ use crate::{
     clock::{Clock, ClockSkew},
     event::QueueEvent,
     job::{Backoff, Job, JobId, JobInfo, JobState},
-    schedule::{Schedule, SchedulerInfo, SchedulerPass, SchedulerSpec},
+    schedule::{FirstTick, Schedule, SchedulerInfo, SchedulerPass, SchedulerSpec},
     store::{Counts, Enqueued, NewJob, QueueStore},
 };
 
@@ -484,9 +484,17 @@ impl<J: Job> Queue<J> {
             priority: job.priority,
         };
         let text = serde_json::to_string(&spec).map_err(Error::Serialize)?;
-        // The first tick, from the store's clock (read through the queue, so on its node).
-        let now = self.shared.store.time(&self.shared.name).await?;
-        let first = spec.schedule.first_tick(now)?;
+        // The first tick, from the store's clock: `every` without a start or an end ticks first
+        // when the upsert runs; other schedules read the clock first (through the queue, so on
+        // its node).
+        let first = if spec.schedule.first_tick_is_now() {
+            FirstTick::Now
+        } else {
+            let now = self.shared.store.time(&self.shared.name).await?;
+            spec.schedule
+                .first_tick(now)?
+                .map_or(FirstTick::Never, FirstTick::At)
+        };
         self.shared
             .store
             .upsert_scheduler(&self.shared.name, id, text, first)

@@ -236,6 +236,12 @@ impl Schedule {
 
     /// The first tick: at or after the start when there is one (possibly before `now`: such
     /// ticks are missed, see [`CatchUp`]), else at or after `now` (ms since the epoch).
+    /// The first tick when it needs no clock: `every` without a start or an end ticks first
+    /// at the store's time of the upsert.
+    pub(crate) fn first_tick_is_now(&self) -> bool {
+        matches!(self.kind, Kind::Every(_)) && self.start.is_none() && self.end.is_none()
+    }
+
     pub(crate) fn first_tick(&self, now: u64) -> Result<Option<u64>> {
         let from = self.start.unwrap_or(now);
         let t = match &self.kind {
@@ -389,6 +395,33 @@ fn parse_cron(expr: &str) -> Result<Cron> {
 pub(crate) struct Plan {
     pub(crate) fire: Vec<u64>,
     pub(crate) next: Option<u64>,
+}
+
+/// A new scheduler's first tick, as [`QueueStore::upsert_scheduler`](crate::QueueStore::upsert_scheduler)
+/// stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FirstTick {
+    /// At this time, in ms since the Unix epoch (store clock).
+    At(u64),
+    /// At the store's time when the upsert runs: the first tick of
+    /// [`Schedule::every`] without a start or an end, known without reading the store's clock
+    /// first (one round trip instead of two).
+    Now,
+    /// None: the scheduler is finished at once (its end is before its first tick).
+    Never,
+}
+
+impl FirstTick {
+    /// The first tick, given the store's time when the upsert runs.
+    #[must_use]
+    pub fn resolve(self, now: u64) -> Option<u64> {
+        match self {
+            Self::At(t) => Some(t),
+            Self::Now => Some(now),
+            Self::Never => None,
+        }
+    }
 }
 
 /// A scheduler as stored: its id, its spec (opaque JSON: the [`Schedule`] and the job

@@ -345,3 +345,48 @@ async fn outputs_are_deleted_with_their_job() {
     want.sort();
     assert_eq!(fields, want);
 }
+
+/// `Queue::schedule` with `Schedule::every` and no start or end is one round trip: the script
+/// takes its own time as the first tick (`FirstTick::Now`), so the clock is not read before; a
+/// cron schedule reads the clock first. The first tick of `every` is still due at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_every_scheduler_is_one_round_trip() {
+    use redtower_jobs::{Job, Queue, Schedule};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    struct Tick;
+    impl Job for Tick {
+        const NAME: &'static str = "tick";
+    }
+
+    let server = redtower_testkit::RedisServer::start();
+    let store = connect(&server.url(), "sched-rt").await;
+    let queue = Queue::<Tick>::new(store, "sched-rt");
+    // Warm the connection and load the scripts (the clock is read through the admin script).
+    queue
+        .schedule("warm", Schedule::every(Duration::from_secs(60)), Tick)
+        .await
+        .unwrap();
+    let hourly = || Schedule::cron("0 0 * * * *").unwrap();
+    queue.schedule("warm-cron", hourly(), Tick).await.unwrap();
+    let mut monitor = server.monitor();
+    assert!(
+        queue
+            .schedule("every", Schedule::every(Duration::from_secs(60)), Tick)
+            .await
+            .unwrap()
+    );
+    let every = monitor.take();
+    assert_eq!(every.len(), 1, "one script: {every:?}");
+    assert!(every[0].starts_with("\"EVALSHA\""), "{every:?}");
+
+    assert!(queue.schedule("cron", hourly(), Tick).await.unwrap());
+    let cron = monitor.take();
+    assert_eq!(cron.len(), 2, "the clock, then the script: {cron:?}");
+    assert!(cron[0].ends_with("\"time\""), "{cron:?}");
+
+    // The first tick of `every` is due at once: one pass adds its job (and the warm-up's).
+    let pass = queue.run_schedulers().await.unwrap();
+    assert_eq!(pass.added.len(), 2, "{pass:?}");
+}

@@ -27,8 +27,10 @@ local function row(id)
 end
 
 if op == 'upsert' then
+  -- `first`: a tick in ms, `now` (this script's time) or '' (finished at once).
   local id, spec, first = ARGV[3], ARGV[4], ARGV[5]
   if redis.call('HGET', K_SPEC, id) == spec then return 0 end
+  if first == 'now' then first = now_s end
   local v = state_of(id)
   redis.call('HSET', K_SPEC, id, spec)
   redis.call('HSET', K_STATE, id, n2s(v + 1) .. ' 0')

@@ -23,7 +23,7 @@ use crate::{
     flow::{FlowDep, FlowMessage},
     job::{JobId, JobInfo, JobState, Record},
     progress::OutputKind,
-    schedule::{Fire, StoredScheduler},
+    schedule::{Fire, FirstTick, StoredScheduler},
 };
 
 mod flow;
@@ -1029,9 +1029,9 @@ impl QueueStore for MemoryStore {
         queue: &str,
         id: &str,
         spec: String,
-        first: Option<u64>,
+        first: FirstTick,
     ) -> Result<bool> {
-        Ok(self.with(queue, |q, _| {
+        Ok(self.with(queue, |q, now| {
             let version = match q.scheds.get(id) {
                 Some(s) if s.spec == spec => return false,
                 Some(s) => s.version + 1,
@@ -1043,7 +1043,7 @@ impl QueueStore for MemoryStore {
                     spec,
                     version,
                     count: 0,
-                    next: first,
+                    next: first.resolve(now),
                 },
             );
             true

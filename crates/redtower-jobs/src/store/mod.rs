@@ -12,7 +12,7 @@ use crate::{
     job::{Backoff, JobId, JobInfo, JobState},
     progress::OutputKind,
     quota::QueueLimits,
-    schedule::{Fire, StoredScheduler},
+    schedule::{Fire, FirstTick, StoredScheduler},
 };
 
 mod memory;
@@ -440,13 +440,14 @@ pub trait QueueStore: fmt::Debug + Send + Sync + 'static {
     /// Creates or replaces the scheduler `id` of `queue` with `spec` (opaque JSON). A spec
     /// equal to the stored one changes nothing (`false`: its next tick and run count stay); a
     /// new or changed one is stored with version + 1, a run count of 0 and `first` as its next
-    /// tick (`None`: finished at once).
+    /// tick ([`FirstTick::Now`]: the store's time as the upsert runs; [`FirstTick::Never`]:
+    /// finished at once).
     async fn upsert_scheduler(
         &self,
         queue: &str,
         id: &str,
         spec: String,
-        first: Option<u64>,
+        first: FirstTick,
     ) -> Result<bool>;
 
     /// Deletes the scheduler `id` (jobs it added stay). `false` if it does not exist.
@@ -609,7 +610,7 @@ impl<T: QueueStore + ?Sized> QueueStore for Arc<T> {
         queue: &str,
         id: &str,
         spec: String,
-        first: Option<u64>,
+        first: FirstTick,
     ) -> Result<bool> {
         (**self).upsert_scheduler(queue, id, spec, first).await
     }

@@ -23,7 +23,7 @@ use crate::{
     flow::{FlowDep, FlowMessage},
     job::{JobId, JobInfo, JobState, Record},
     progress::OutputKind,
-    schedule::{Fire, StoredScheduler},
+    schedule::{Fire, FirstTick, StoredScheduler},
 };
 
 mod events;
@@ -828,9 +828,13 @@ impl QueueStore for RedisStore {
         queue: &str,
         id: &str,
         spec: String,
-        first: Option<u64>,
+        first: FirstTick,
     ) -> Result<bool> {
-        let first: Value = first.map_or_else(|| "".into(), |t| int(t).into());
+        let first: Value = match first {
+            FirstTick::At(t) => int(t).into(),
+            FirstTick::Now => "now".into(),
+            FirstTick::Never => "".into(),
+        };
         let v = self
             .schedule(
                 queue,
