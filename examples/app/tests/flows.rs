@@ -327,9 +327,19 @@ async fn resent_adds_nothing(server: Option<&RedisServer>) {
     // The first request stopped between adding the flow and recording it with the order:
     // the re-send finds the same flow by its id (the order id) and records it.
     if let Some(server) = server {
-        let keys = server
-            .cmd(&["KEYS", &format!("*:orders:{{{order_id}}}")])
-            .into_array();
+        let pattern = format!("*:orders:{{{order_id}}}");
+        let (mut keys, mut cursor) = (Vec::new(), "0".to_owned());
+        loop {
+            let mut reply = server
+                .cmd(&["SCAN", &cursor, "MATCH", &pattern, "COUNT", "1000"])
+                .into_array()
+                .into_iter();
+            cursor = reply.next().and_then(|c| c.as_text()).unwrap();
+            keys.extend(reply.next().unwrap().into_array());
+            if cursor == "0" {
+                break;
+            }
+        }
         assert_eq!(keys.len(), 1, "{keys:?}");
         let key = keys[0].as_text().unwrap();
         assert_eq!(server.cmd(&["HDEL", &key, "job_id"]).as_int(), Some(1));
