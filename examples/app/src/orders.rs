@@ -29,9 +29,10 @@
 //! attempts with exponential backoff (`fail_times` in the order makes its first attempts fail,
 //! to show retries); so has each child.
 //!
-//! **Placing twice.** An `Idempotency-Key` header names the placement: the order id is derived
-//! from it and the customer's email, so a re-sent `POST /orders` finds the same order and adds
-//! nothing. The flow is added with the order id as its [`Flow::id`] (adding it again within
+//! **Placing twice.** An `Idempotency-Key` header (16 to 64 characters, unguessable: a UUID)
+//! names the placement: the order id is derived from it and the customer's email, so a re-sent
+//! `POST /orders` finds the same order and adds nothing; the session that re-sends it may
+//! follow the order's events too (the key is the client's proof of placing it). The flow is added with the order id as its [`Flow::id`] (adding it again within
 //! the queue's idempotency window, 5 minutes, returns the first flow's ids, also when the
 //! first request stopped half way), and the order records its job once added, so a re-send
 //! any time later while the order is kept (24 h) is answered from the order. Without the
@@ -584,9 +585,11 @@ struct OrderBody {
     decline_payment: bool,
 }
 
-/// The order id a placement names with its `Idempotency-Key` (1 to 64 of `A-Z a-z 0-9 _ -`),
-/// scoped by the customer: the same key and email give the same order. `None` without the
-/// header.
+/// The order id a placement names with its `Idempotency-Key` (16 to 64 of `A-Z a-z 0-9 _ -`,
+/// such as a UUID), scoped by the customer: the same key and email give the same order.
+/// `None` without the header. The key is what lets a re-send (also from a client whose
+/// session cookie was lost with the first response) follow the order's events, so it must be
+/// one nobody can guess: a short one is refused.
 fn keyed_order_id(headers: &HeaderMap, email: &str) -> Result<Option<String>, ApiError> {
     use sha2::{Digest, Sha256};
     let Some(value) = headers.get("idempotency-key") else {
@@ -596,12 +599,12 @@ fn keyed_order_id(headers: &HeaderMap, email: &str) -> Result<Option<String>, Ap
         .to_str()
         .ok()
         .filter(|k| {
-            (1..=64).contains(&k.len())
+            (16..=64).contains(&k.len())
                 && k.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         })
         .ok_or_else(|| {
-            ApiError::bad_request("Idempotency-Key must be 1 to 64 of A-Z a-z 0-9 _ -")
+            ApiError::bad_request("Idempotency-Key must be 16 to 64 of A-Z a-z 0-9 _ -")
         })?;
     let digest = Sha256::new()
         .chain_update(b"order\0")

@@ -180,7 +180,7 @@ async fn next_update(updates: &mut Stream) -> Value {
 async fn ships_after_preparation(server: Option<&RedisServer>) {
     let (services, router) = start(server).await;
     let body = json!({"email": "ada@example.com", "item": "book", "fail_times": 1});
-    let (status, placed, cookie) = place(&router, body, None, Some("ada-1")).await;
+    let (status, placed, cookie) = place(&router, body, None, Some("ada-1-7e3f9a0b2c4d")).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{placed}");
     let order_id = placed["order_id"].as_str().unwrap().to_owned();
     let job_id = placed["job_id"].as_str().unwrap().to_owned();
@@ -303,15 +303,23 @@ async fn a_declined_payment_fails_the_order_without_shipping_on_redis() {
 async fn resent_adds_nothing(server: Option<&RedisServer>) {
     let (services, router) = start(server).await;
     let body = json!({"email": "cy@example.com", "item": "mug"});
-    let (status, first, cookie) = place(&router, body.clone(), None, Some("cart-7")).await;
+    let (status, first, cookie) =
+        place(&router, body.clone(), None, Some("cart-7-5b0e1c2d3f4a")).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{first}");
     let order_id = first["order_id"].as_str().unwrap().to_owned();
     // The same placement again: from the same session, and from a client whose first
     // response (and its cookie) was lost.
-    let (status, again, _) = place(&router, body.clone(), cookie.as_deref(), Some("cart-7")).await;
+    let (status, again, _) = place(
+        &router,
+        body.clone(),
+        cookie.as_deref(),
+        Some("cart-7-5b0e1c2d3f4a"),
+    )
+    .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(again, first);
-    let (status, lost, other) = place(&router, body.clone(), None, Some("cart-7")).await;
+    let (status, lost, other) =
+        place(&router, body.clone(), None, Some("cart-7-5b0e1c2d3f4a")).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(lost, first);
     let one_flow = |ship: redtower_jobs::Counts, prep: redtower_jobs::Counts, n: u64| {
@@ -344,7 +352,8 @@ async fn resent_adds_nothing(server: Option<&RedisServer>) {
         let key = keys[0].as_text().unwrap();
         assert_eq!(server.cmd(&["HDEL", &key, "job_id"]).as_int(), Some(1));
         assert!(order(&router, &order_id).await.get("job_id").is_none());
-        let (status, resumed, _) = place(&router, body.clone(), None, Some("cart-7")).await;
+        let (status, resumed, _) =
+            place(&router, body.clone(), None, Some("cart-7-5b0e1c2d3f4a")).await;
         assert_eq!(status, StatusCode::ACCEPTED);
         assert_eq!(resumed, first);
         assert_eq!(order(&router, &order_id).await["job_id"], first["job_id"]);
@@ -356,9 +365,12 @@ async fn resent_adds_nothing(server: Option<&RedisServer>) {
     }
 
     // Another key is another order; a bad key is refused.
-    let (_, second, _) = place(&router, body.clone(), None, Some("cart-8")).await;
+    let (_, second, _) = place(&router, body.clone(), None, Some("cart-8-5b0e1c2d3f4a")).await;
     assert_ne!(second["order_id"], first["order_id"]);
-    let (status, _, _) = place(&router, body.clone(), None, Some("no spaces")).await;
+    let (status, _, _) = place(&router, body.clone(), None, Some("no spaces in a key")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A key short enough to guess would let others follow the order: refused.
+    let (status, _, _) = place(&router, body.clone(), None, Some("cart-9")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     one_flow(
         services.queue_counts(SHIP_QUEUE).await.unwrap(),
