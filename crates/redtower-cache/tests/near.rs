@@ -43,6 +43,15 @@ async fn fetch_tagged(cache: &Cache, key: &str, value: u32) -> u32 {
         .unwrap()
 }
 
+/// The commands the server has processed so far (`INFO stats`).
+fn commands_processed(server: &RedisServer) -> u64 {
+    let info = server.cmd(&["INFO", "stats"]).as_text().unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
 async fn two_instances_stay_coherent(url: &str) {
     let prefix = unique_prefix("near");
     let (a, store_a) = instance(url, &prefix).await;
@@ -119,21 +128,14 @@ async fn a_tier_hit_costs_no_round_trip() {
     assert_eq!(fetch(&cache, "hot", 7).await, 7);
     store.near().unwrap().sync().await.unwrap();
     assert_eq!(fetch(&cache, "hot", 0).await, 7);
-    let commands = |s: &RedisServer| -> u64 {
-        let info = s.cmd(&["INFO", "stats"]).as_text().unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("total_commands_processed:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap()
-    };
     let mut monitor = server.monitor();
-    let before = commands(&server);
+    let before = commands_processed(&server);
     for _ in 0..1000 {
         assert_eq!(fetch(&cache, "hot", 0).await, 7);
     }
     // The first INFO counts; a flush of the tier at start-up (the first connection's
     // event) may cost a re-read.
-    let after = commands(&server);
+    let after = commands_processed(&server);
     let seen = monitor.take();
     assert!(
         after - before <= 3,
@@ -172,18 +174,14 @@ async fn prefix_purge_through_the_tier() {
     assert_eq!(fetch(&b, "price:tea", 9).await, 1);
     near_b.sync().await.unwrap();
 
-    let commands = |s: &RedisServer| -> u64 {
-        let info = s.cmd(&["INFO", "stats"]).as_text().unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("total_commands_processed:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap()
-    };
-    let before = commands(&server);
+    let before = commands_processed(&server);
     for _ in 0..1000 {
         assert_eq!(fetch(&b, "price:tea", 9).await, 1);
     }
-    assert!(commands(&server) - before <= 3, "hits reached Redis");
+    assert!(
+        commands_processed(&server) - before <= 3,
+        "hits reached Redis"
+    );
 
     a.invalidate_prefix("price:").await.unwrap();
     near_b.sync().await.unwrap();
@@ -217,21 +215,14 @@ async fn absent_keys_are_held_and_dropped_when_created() {
     assert_eq!(fetch_tagged(&b, "menu:tea", 9).await, 1);
     near_b.sync().await.unwrap();
 
-    let commands = |s: &RedisServer| -> u64 {
-        let info = s.cmd(&["INFO", "stats"]).as_text().unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("total_commands_processed:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap()
-    };
     let mut monitor = server.monitor();
-    let before = commands(&server);
+    let before = commands_processed(&server);
     for _ in 0..1000 {
         assert_eq!(fetch_tagged(&b, "menu:tea", 9).await, 1);
     }
     let seen = monitor.take();
     assert!(
-        commands(&server) - before <= 3,
+        commands_processed(&server) - before <= 3,
         "hits reached Redis: {:?}",
         &seen[..seen.len().min(20)]
     );
