@@ -147,7 +147,9 @@
 //! zone; optional start, end and run limit) one job is added, exactly once per tick across any
 //! number of processes. Every [`Worker`] fires its queue's due ticks (or call
 //! [`Queue::run_schedulers`]); ticks missed while no process ran are dropped, or the last one
-//! or all within a bound are added ([`CatchUp`]).
+//! or all within a bound are added ([`CatchUp`]). Storing a scheduler is one round trip for
+//! `every` without a start or an end (its first tick is the store's time as the upsert runs,
+//! [`FirstTick::Now`]); other schedules read the store's clock first to compute it.
 //!
 //! **How a tick is exactly once.** A pass reads the due schedulers together with the store's
 //! time (Redis `TIME`: local clocks never decide), computes the ticks to fire and the next
