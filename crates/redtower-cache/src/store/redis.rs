@@ -252,9 +252,10 @@ impl RedisStore {
     }
 
     /// The tracked tier, when [turned on](Self::near_cache): for its statistics and state.
-    /// It holds each key's value, or `None` for a key read while it did not exist (the tag
-    /// generation of a tag never purged, the ban list's version before the first prefix
-    /// purge): hits read neither from Redis.
+    /// It holds each key's value, and `None` for a tag generation or the ban list's version
+    /// read while it did not exist (a tag never purged, no prefix purge yet): hits read neither
+    /// from Redis. An entry read while absent is not held: a request that waited for another
+    /// instance's fill reads the entry again and must find it.
     pub fn near(&self) -> Option<&NearCache<Option<Bytes>>> {
         self.near.as_ref().map(|n| &n.cache)
     }
@@ -335,6 +336,7 @@ impl RedisStore {
         &self,
         near: &Near,
         key: Key,
+        hold_absent: bool,
     ) -> std::result::Result<Result<Option<Bytes>>, Key> {
         if let Some(hit) = near.cache.get(key.as_str()) {
             return Ok(Ok(hit));
@@ -356,7 +358,9 @@ impl RedisStore {
             Ok(v) => v,
             Err(e) => return Ok(Err(e.into())),
         };
-        near.cache.insert(ticket, &name, value.clone());
+        if value.is_some() || hold_absent {
+            near.cache.insert(ticket, &name, value.clone());
+        }
         Ok(Ok(value))
     }
 
@@ -375,9 +379,14 @@ impl RedisStore {
     /// Reads one key the way entries are read: the tracked tier, the coalesced read queue,
     /// or one `GET`. On the hit path fred's own per-command timeout (`options`) bounds it, so
     /// no second timer is armed here.
-    pub(crate) async fn read_key(&self, mut k: Key) -> Result<Option<Bytes>> {
+    ///
+    /// `hold_absent`: whether the tier may keep "absent" for the key (tag generations and the
+    /// ban version, read on every hit). Never for entries: a request that waited for another
+    /// instance's fill reads the entry again, and must not find an absence that the fill's
+    /// invalidation push has not dropped yet.
+    pub(crate) async fn read_key(&self, mut k: Key, hold_absent: bool) -> Result<Option<Bytes>> {
         if let Some(near) = &self.near {
-            match self.near_get(near, k).await {
+            match self.near_get(near, k, hold_absent).await {
                 Ok(r) => return r,
                 Err(back) => k = back,
             }
@@ -474,7 +483,7 @@ impl CacheStore for RedisStore {
     }
 
     async fn get(&self, key: &EntryKey) -> Result<Option<Bytes>> {
-        self.read_key(self.entry_key(key)).await
+        self.read_key(self.entry_key(key), false).await
     }
 
     async fn put(
@@ -592,7 +601,7 @@ impl CacheStore for RedisStore {
             },
             _ => keys,
         };
-        let reads = keys.into_iter().map(|k| self.read_key(k));
+        let reads = keys.into_iter().map(|k| self.read_key(k, true));
         let values = tokio::time::timeout(self.timeout, futures::future::try_join_all(reads))
             .await
             .map_err(|_| Error::Timeout(self.timeout))??;

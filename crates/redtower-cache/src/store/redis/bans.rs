@@ -106,7 +106,7 @@ impl RedisStore {
 
     /// The version, read like an entry: the tracked tier, the coalesced queue, or one `GET`.
     async fn read_version(&self) -> Result<Option<Bytes>> {
-        self.read_key(self.bans.version.clone()).await
+        self.read_key(self.bans.version.clone(), true).await
     }
 }
 
