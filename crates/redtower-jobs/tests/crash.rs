@@ -3,7 +3,6 @@
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
     process::Stdio,
     sync::{
         Arc, Mutex,
@@ -37,22 +36,6 @@ async fn connect(url: &str, prefix: &str) -> Redis {
     redis
 }
 
-/// The `crash_worker` example binary, built next to this test (cargo builds examples for
-/// `cargo test`); built on demand otherwise.
-fn crash_worker() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    let bin = dir.join("crash_worker");
-    if !bin.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "redtower-jobs", "--example", "crash_worker"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    bin
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_worker_job_is_reprocessed_once_and_stale_token_rejected() {
     let url = redtower_testkit::shared_url();
@@ -62,14 +45,17 @@ async fn sigkilled_worker_job_is_reprocessed_once_and_stale_token_rejected() {
     let queue = Queue::<Crash>::new(store.clone(), "crash");
     let id = queue.add(Crash { n: 1 }).await.unwrap();
 
-    let mut child = tokio::process::Command::new(crash_worker())
-        .env("REDIS_URL", &url)
-        .env("JOBS_PREFIX", &prefix)
-        .env("JOBS_QUEUE", "crash")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = tokio::process::Command::new(redtower_testkit::example_path(
+        "redtower-jobs",
+        "crash_worker",
+    ))
+    .env("REDIS_URL", &url)
+    .env("JOBS_PREFIX", &prefix)
+    .env("JOBS_QUEUE", "crash")
+    .stdout(Stdio::piped())
+    .kill_on_drop(true)
+    .spawn()
+    .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
         .await

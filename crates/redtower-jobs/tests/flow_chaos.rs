@@ -4,17 +4,16 @@
 //! children are complete, and none runs more often than its lost leases explain (a release
 //! counted twice would run it again without a lost lease).
 
-use std::{collections::HashMap, path::PathBuf, process::Stdio, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use fred::interfaces::{ListInterface, SortedSetsInterface};
 use redtower_client::{Redis, RedisConfig};
 use redtower_jobs::{Flow, Job, JobState, Queue, RedisStore};
 use redtower_testkit::unique_prefix;
 use serde::{Deserialize, Serialize};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
+use tokio::process::Child;
+
+mod instance;
 
 #[derive(Serialize, Deserialize)]
 struct Parent {
@@ -37,39 +36,9 @@ impl Job for Kid {
 const FLOWS: u64 = 300;
 const CHILDREN: u64 = 6;
 
-/// The `flow_instance` example binary, built next to this test (cargo builds examples for
-/// `cargo test`); built on demand otherwise.
-fn instance_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    let bin = dir.join("flow_instance");
-    if !bin.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "redtower-jobs", "--example", "flow_instance"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    bin
-}
-
 /// Starts an instance and waits until its workers run (it prints `ready`).
 async fn spawn(url: &str, prefix: &str) -> Child {
-    let mut child = Command::new(instance_bin())
-        .env("REDIS_URL", url)
-        .env("JOBS_PREFIX", prefix)
-        .env("JOBS_QUEUE", "flows")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("instance started")
-        .unwrap();
-    assert_eq!(line.as_deref(), Some("ready"));
-    child
+    instance::spawn("flow_instance", url, prefix, "flows").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //! and restarted at random (all three at once now and then), fire a 50 ms schedule of 200
 //! runs. Exactly one job per tick: 200 consecutive ticks, one job each, no tick twice.
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::time::Duration;
 
 use fred::interfaces::KeysInterface;
 use futures::TryStreamExt;
@@ -10,10 +10,9 @@ use redtower_client::{Redis, RedisConfig};
 use redtower_jobs::{Job, JobState, Queue, RedisStore};
 use redtower_testkit::unique_prefix;
 use serde::{Deserialize, Serialize};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
+use tokio::process::Child;
+
+mod instance;
 
 #[derive(Serialize, Deserialize)]
 struct Tick;
@@ -22,45 +21,9 @@ impl Job for Tick {
     const NAME: &'static str = "tick";
 }
 
-/// The `schedule_instance` example binary, built next to this test (cargo builds examples for
-/// `cargo test`); built on demand otherwise.
-fn instance_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    let bin = dir.join("schedule_instance");
-    if !bin.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-p",
-                "redtower-jobs",
-                "--example",
-                "schedule_instance",
-            ])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    bin
-}
-
 /// Starts an instance and waits until it has upserted the scheduler (it prints `ready`).
 async fn spawn(url: &str, prefix: &str) -> Child {
-    let mut child = Command::new(instance_bin())
-        .env("REDIS_URL", url)
-        .env("JOBS_PREFIX", prefix)
-        .env("JOBS_QUEUE", "sched")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("instance started")
-        .unwrap();
-    assert_eq!(line.as_deref(), Some("ready"));
-    child
+    instance::spawn("schedule_instance", url, prefix, "sched").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
