@@ -374,21 +374,7 @@ impl RedisStore {
         for j in jobs {
             // The record minus its opening brace and the fields the script adds (id, seq,
             // created), so the script stores it without a JSON round trip.
-            let tail = serde_json::to_string(&RecordTail {
-                name: &j.name,
-                data: &j.data,
-                attempt: 0,
-                max: j.max_attempts,
-                backoff: &j.backoff,
-                prio: j.priority,
-                stalls: 0,
-                uniq: j.unique_key.as_deref(),
-                tc: j.trace.as_ref().map(TraceContext::encode),
-                // A flow child's parent (queue, id, key): its final state goes to the outbox.
-                fp: j.flow_parent.as_ref(),
-                g: j.group.as_deref(),
-            })
-            .map_err(Error::Serialize)?;
+            let tail = serde_json::to_string(&RecordTail::of(&j)).map_err(Error::Serialize)?;
             // A caller's idempotency key: its marker, by its (1-based) index in KEYS.
             let key_index = match &j.idempotency_key {
                 Some(key) => {
@@ -458,6 +444,26 @@ struct RecordTail<'a> {
     fp: Option<&'a crate::flow::FlowParent>,
     #[serde(skip_serializing_if = "Option::is_none")]
     g: Option<&'a str>,
+}
+
+impl<'a> RecordTail<'a> {
+    /// The tail of a new job's record (first attempt, no stalls).
+    fn of(j: &'a NewJob) -> Self {
+        Self {
+            name: &j.name,
+            data: &j.data,
+            attempt: 0,
+            max: j.max_attempts,
+            backoff: &j.backoff,
+            prio: j.priority,
+            stalls: 0,
+            uniq: j.unique_key.as_deref(),
+            tc: j.trace.as_ref().map(TraceContext::encode),
+            // A flow child's parent (queue, id, key): its final state goes to the outbox.
+            fp: j.flow_parent.as_ref(),
+            g: j.group.as_deref(),
+        }
+    }
 }
 
 fn text(v: Value) -> Result<String> {
@@ -923,18 +929,13 @@ impl QueueStore for RedisStore {
             })
             .collect();
         let j = &fire.job;
+        // A tick's job carries none of a caller's per-job keys (dedup, trace, flow, group).
         let tail = serde_json::to_string(&RecordTail {
-            name: &j.name,
-            data: &j.data,
-            attempt: 0,
-            max: j.max_attempts,
-            backoff: &j.backoff,
-            prio: j.priority,
-            stalls: 0,
             uniq: None,
             tc: None,
             fp: None,
             g: None,
+            ..RecordTail::of(j)
         })
         .map_err(Error::Serialize)?;
         let mut argv: Vec<Value> = vec![
