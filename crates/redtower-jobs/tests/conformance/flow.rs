@@ -58,7 +58,8 @@ fn pickers(store: &Store, q: &str) -> WorkerHandle {
         .start()
 }
 
-fn shippers(store: &Store, q: &str, seen: &Seen) -> WorkerHandle {
+/// A worker of parents that records each run with its children's outcomes, not started.
+fn shipper(store: &Store, q: &str, seen: &Seen) -> Worker {
     let seen = seen.clone();
     Worker::new(store.clone(), q)
         .poll_interval(Duration::from_millis(50))
@@ -74,7 +75,10 @@ fn shippers(store: &Store, q: &str, seen: &Seen) -> WorkerHandle {
                 Ok::<_, JobError>(())
             }
         })
-        .start()
+}
+
+fn shippers(store: &Store, q: &str, seen: &Seen) -> WorkerHandle {
+    shipper(store, q, seen).start()
 }
 
 fn completed(result: &str) -> ChildOutcome {
@@ -443,25 +447,9 @@ pub async fn flow_half_added_is_finished_by_a_worker(store: Store, q: &str) {
         .await
         .unwrap();
     let seen = Seen::default();
-    let shipper = {
-        let seen = seen.clone();
-        Worker::new(store.clone(), &pq)
-            .poll_interval(Duration::from_millis(50))
-            .flow_unsealed_after(Duration::from_millis(100))
-            .handle::<Ship>(move |s: Ship, ctx: JobContext| {
-                let seen = seen.clone();
-                async move {
-                    let kids = ctx
-                        .children()
-                        .iter()
-                        .map(|c| (c.key.clone(), c.outcome.clone()))
-                        .collect();
-                    seen.lock().unwrap().push((s.order, kids));
-                    Ok::<_, JobError>(())
-                }
-            })
-            .start()
-    };
+    let shipper = shipper(&store, &pq, &seen)
+        .flow_unsealed_after(Duration::from_millis(100))
+        .start();
     let picker = pickers(&store, &cq);
     wait_for("the half-added flow completed", || async {
         state(&store, &pq, parent.id()).await == Some(JobState::Completed)
