@@ -589,8 +589,8 @@ pub(crate) async fn run_pass(store: &dyn QueueStore, queue: &str) -> Result<Sche
     } else {
         upcoming
     };
-    // Plan every due scheduler, then fire them all at once (pipelined on one connection).
-    let mut plans = Vec::with_capacity(due.len());
+    // Plan every due scheduler, then fire them all in one store call.
+    let (mut plans, mut fires) = (Vec::with_capacity(due.len()), Vec::with_capacity(due.len()));
     for s in due {
         let Some(next) = s.next else { continue };
         let spec: SchedulerSpec = match serde_json::from_str(&s.spec) {
@@ -607,17 +607,12 @@ pub(crate) async fn run_pass(store: &dyn QueueStore, queue: &str) -> Result<Sche
                 continue;
             }
         };
-        let fire = Fire::new(&s, plan.fire.clone(), plan.next, spec.job());
-        plans.push((s.id, plan, fire));
+        fires.push(Fire::new(&s, plan.fire.clone(), plan.next, spec.job()));
+        plans.push((s.id, plan));
     }
-    let fired = futures::future::join_all(
-        plans
-            .iter()
-            .map(|(_, _, fire)| store.fire_scheduler(queue, fire.clone())),
-    )
-    .await;
-    for ((id, plan, _), result) in plans.into_iter().zip(fired) {
-        match result? {
+    let fired = store.fire_schedulers(queue, fires).await?;
+    for ((id, plan), result) in plans.into_iter().zip(fired) {
+        match result {
             Some(ids) => {
                 for (tick, job) in plan.fire.iter().zip(ids) {
                     pass.added.push((id.clone(), *tick, job));

@@ -62,11 +62,19 @@ local function emit_completed(id, name, attempt)
   end
 end
 
-local function flush_completed()
-  for i = 1, #done_events, 600 do
-    redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EV_MAX_S, '*', 'e', 'completed',
-      unpack(done_events, i, math.min(i + 599, #done_events)))
+-- Writes events of one kind as few stream entries: `events` is a flat list of (`id`, id,
+-- `name`, name, `attempt`, attempt) fields, up to 100 jobs per entry.
+local function xadd_batched(kind, events)
+  if EV_MAX > 0 then
+    for i = 1, #events, 600 do
+      redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EV_MAX_S, '*', 'e', kind,
+        unpack(events, i, math.min(i + 599, #events)))
+    end
   end
+end
+
+local function flush_completed()
+  xadd_batched('completed', done_events)
 end
 
 local function wake()

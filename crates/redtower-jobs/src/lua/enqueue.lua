@@ -130,12 +130,7 @@ if #sched > 0 then
   multi('ZADD', K_SCHED, sched)
   if head[2] == nil or tonumber(head[2]) > earliest then woke = true end
 end
-if EV_MAX > 0 then
-  for i = 1, #events, 600 do
-    redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EV_MAX_S, '*', 'e', 'added',
-      unpack(events, i, math.min(i + 599, #events)))
-  end
-end
+xadd_batched('added', events)
 if woke then wake() end
 if fu_dirty then redis.call('HSET', K_META, 'fu', n2s(fu)) end
 for g, f in pairs(fg) do redis.call('ZADD', K_GF, n2s(f), g) end

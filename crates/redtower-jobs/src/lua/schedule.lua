@@ -4,7 +4,8 @@
 -- (`:tick:<scheduler>:<tick ms>`). ARGV[2] is the operation.
 -- Changes state: upsert (spec, state, next), remove (all three), fire (jobs, state, next).
 -- Idempotent under re-send:
--- * upsert: a re-send finds the spec it stored and changes nothing.
+-- * upsert: a re-send finds the specs it stored and changes nothing (a call holds at most one
+--   upsert per scheduler).
 -- * remove: a re-send finds nothing to delete.
 -- * fire: compare-and-set on the version and the next tick read by the caller; the first run
 --   moves the next tick on, so a re-send fails the check and adds nothing (answers false). Each
@@ -27,19 +28,27 @@ local function row(id)
 end
 
 if op == 'upsert' then
-  -- `first`: a tick in ms, `now` (this script's time) or '' (finished at once).
-  local id, spec, first = ARGV[3], ARGV[4], ARGV[5]
-  if redis.call('HGET', K_SPEC, id) == spec then return 0 end
-  if first == 'now' then first = now_s end
-  local v = state_of(id)
-  redis.call('HSET', K_SPEC, id, spec)
-  redis.call('HSET', K_STATE, id, n2s(v + 1) .. ' 0')
-  if first ~= '' then
-    redis.call('ZADD', K_NEXT, first, id)
-  else
-    redis.call('ZREM', K_NEXT, id)
+  -- ARGV[3] upserts, applied in order, each (id, spec, first): `first` is a tick in ms, `now`
+  -- (this script's time) or '' (finished at once). Answers 1 (changed) or 0 per upsert.
+  local out = {}
+  for i = 1, tonumber(ARGV[3]) do
+    local id, spec, first = ARGV[1 + 3 * i], ARGV[2 + 3 * i], ARGV[3 + 3 * i]
+    if redis.call('HGET', K_SPEC, id) == spec then
+      out[i] = 0
+    else
+      if first == 'now' then first = now_s end
+      local v = state_of(id)
+      redis.call('HSET', K_SPEC, id, spec)
+      redis.call('HSET', K_STATE, id, n2s(v + 1) .. ' 0')
+      if first ~= '' then
+        redis.call('ZADD', K_NEXT, first, id)
+      else
+        redis.call('ZREM', K_NEXT, id)
+      end
+      out[i] = 1
+    end
   end
-  return 1
+  return out
 elseif op == 'remove' then
   local id = ARGV[3]
   redis.call('ZREM', K_NEXT, id)
@@ -61,40 +70,65 @@ elseif op == 'due' then
   return out
 end
 
--- fire. ARGV: 3 id, 4 version, 5 expected next, 6 new next | '', 7 keep_ms, 8 name,
--- 9 record tail, 10 priority, 11 n ticks, then the ticks; KEYS[16..] their markers.
-local id = ARGV[3]
-local v, c = state_of(id)
-if v ~= tonumber(ARGV[4]) then return false end
-local score = redis.call('ZSCORE', K_NEXT, id)
-if not score or tonumber(score) ~= tonumber(ARGV[5]) then return false end
-local n = tonumber(ARGV[11])
-for i = 1, n do
-  -- A tick later than this node's clock (a failover to a node whose clock is behind): not yet.
-  if tonumber(ARGV[11 + i]) > now then return false end
-end
-local keep, name, tail, prio = ARGV[7], ARGV[8], ARGV[9], tonumber(ARGV[10])
-local out = {}
-for i = 1, n do
-  local marker = KEYS[15 + i]
-  local jid = redis.call('GET', marker)
-  if not jid then
-    local seq = redis.call('INCR', K_SEQ)
-    jid = tostring(seq)
-    local rec = { name = name, attempt = 0, prio = prio, seq = seq }
-    redis.call('HSET', K_JOBS, jid,
-      '{"id":"' .. jid .. '","seq":' .. seq .. ',"created":' .. now_s .. ',' .. tail)
-    ready_add(jid, rec)
-    emit('added', jid, rec, nil)
-    redis.call('SET', marker, jid, 'PX', keep)
+-- fire: the fires of one scheduler pass, each applied on its own. ARGV: 3 keep_ms, 4 number of
+-- fires, then per fire: id, version, expected next, new next | '', name, record tail,
+-- priority, n ticks, the ticks; KEYS[16..] the ticks' markers, fire after fire. Answers per
+-- fire its jobs' ids, or false when its compare-and-set failed (nothing of it changed).
+local keep, nf = ARGV[3], tonumber(ARGV[4])
+local a, m = 5, 16
+local out, events = {}, {}
+
+-- One fire: its arguments from ARGV[a], its markers from KEYS[m].
+local function fire(a, m)
+  local id = ARGV[a]
+  local v, c = state_of(id)
+  if v ~= tonumber(ARGV[a + 1]) then return false end
+  local score = redis.call('ZSCORE', K_NEXT, id)
+  if not score or tonumber(score) ~= tonumber(ARGV[a + 2]) then return false end
+  local n = tonumber(ARGV[a + 7])
+  for i = 1, n do
+    -- A tick later than this node's clock (a failover to a node whose clock is behind): not
+    -- yet.
+    if tonumber(ARGV[a + 7 + i]) > now then return false end
   end
-  out[#out + 1] = jid
+  local name, tail, prio = ARGV[a + 4], ARGV[a + 5], tonumber(ARGV[a + 6])
+  local ids = {}
+  for i = 1, n do
+    local marker = KEYS[m + i - 1]
+    local jid = redis.call('GET', marker)
+    if not jid then
+      local seq = redis.call('INCR', K_SEQ)
+      jid = tostring(seq)
+      redis.call('HSET', K_JOBS, jid,
+        '{"id":"' .. jid .. '","seq":' .. seq .. ',"created":' .. now_s .. ',' .. tail)
+      ready_add(jid, { prio = prio, seq = seq })
+      local e = #events
+      events[e + 1] = 'id'
+      events[e + 2] = jid
+      events[e + 3] = 'name'
+      events[e + 4] = name
+      events[e + 5] = 'attempt'
+      events[e + 6] = '0'
+      redis.call('SET', marker, jid, 'PX', keep)
+    end
+    ids[#ids + 1] = jid
+  end
+  redis.call('HSET', K_STATE, id, n2s(v) .. ' ' .. n2s(c + n))
+  if ARGV[a + 3] ~= '' then
+    redis.call('ZADD', K_NEXT, ARGV[a + 3], id)
+  else
+    redis.call('ZREM', K_NEXT, id)
+  end
+  return ids
 end
-if n > 0 then wake() end
-redis.call('HSET', K_STATE, id, n2s(v) .. ' ' .. n2s(c + n))
-if ARGV[6] ~= '' then
-  redis.call('ZADD', K_NEXT, ARGV[6], id)
-else
-  redis.call('ZREM', K_NEXT, id)
+
+for f = 1, nf do
+  local n = tonumber(ARGV[a + 7])
+  out[f] = fire(a, m)
+  a, m = a + 8 + n, m + n
+end
+if #events > 0 then
+  xadd_batched('added', events)
+  wake()
 end
 return out

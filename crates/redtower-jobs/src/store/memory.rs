@@ -196,6 +196,36 @@ struct QueueState {
 }
 
 impl QueueState {
+    /// Applies one scheduler fire (see [`QueueStore::fire_schedulers`]).
+    fn fire(&mut self, fire: Fire, now: u64) -> Option<Vec<JobId>> {
+        // In process there is no re-send: the compare-and-set under the lock is enough.
+        let applies = self
+            .scheds
+            .get(&fire.id)
+            .is_some_and(|s| s.version == fire.version && s.next == Some(fire.expected_next));
+        if !applies || fire.ticks.iter().any(|t| *t > now) {
+            return None;
+        }
+        self.expire(now);
+        let mut ids = Vec::with_capacity(fire.ticks.len());
+        for _ in &fire.ticks {
+            let mut job = fire.job.clone();
+            job.delay = Duration::ZERO;
+            job.unique_key = None;
+            job.idempotency_key = None;
+            let (e, _) = self.add(job, now, now);
+            ids.push(e.id().clone());
+        }
+        if !ids.is_empty() {
+            self.wake();
+        }
+        if let Some(s) = self.scheds.get_mut(&fire.id) {
+            s.count += ids.len() as u64;
+            s.next = fire.next;
+        }
+        Some(ids)
+    }
+
     fn new(cap: usize) -> Self {
         Self {
             seq: 0,
@@ -1108,34 +1138,13 @@ impl QueueStore for MemoryStore {
         }))
     }
 
-    async fn fire_scheduler(&self, queue: &str, fire: Fire) -> Result<Option<Vec<JobId>>> {
+    async fn fire_schedulers(
+        &self,
+        queue: &str,
+        fires: Vec<Fire>,
+    ) -> Result<Vec<Option<Vec<JobId>>>> {
         Ok(self.with(queue, |q, now| {
-            // In process there is no re-send: the compare-and-set under the lock is enough.
-            let applies = q
-                .scheds
-                .get(&fire.id)
-                .is_some_and(|s| s.version == fire.version && s.next == Some(fire.expected_next));
-            if !applies || fire.ticks.iter().any(|t| *t > now) {
-                return None;
-            }
-            q.expire(now);
-            let mut ids = Vec::with_capacity(fire.ticks.len());
-            for _ in &fire.ticks {
-                let mut job = fire.job.clone();
-                job.delay = Duration::ZERO;
-                job.unique_key = None;
-                job.idempotency_key = None;
-                let (e, _) = q.add(job, now, now);
-                ids.push(e.id().clone());
-            }
-            if !ids.is_empty() {
-                q.wake();
-            }
-            if let Some(s) = q.scheds.get_mut(&fire.id) {
-                s.count += ids.len() as u64;
-                s.next = fire.next;
-            }
-            Some(ids)
+            fires.into_iter().map(|fire| q.fire(fire, now)).collect()
         }))
     }
 

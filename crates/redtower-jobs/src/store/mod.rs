@@ -464,12 +464,17 @@ pub trait QueueStore: fmt::Debug + Send + Sync + 'static {
         limit: usize,
     ) -> Result<(u64, Vec<StoredScheduler>, Option<u64>)>;
 
-    /// Applies `fire` atomically if the scheduler's version and next tick are still those it
-    /// names: one job per tick (each under an idempotency marker derived from the scheduler
-    /// and the tick), then the new next tick and run count. Returns the jobs' ids, or `None`
-    /// when the compare-and-set failed (another process fired, the spec changed, or a tick is
-    /// later than the store's time) and nothing was changed.
-    async fn fire_scheduler(&self, queue: &str, fire: Fire) -> Result<Option<Vec<JobId>>>;
+    /// Applies each of `fires` (one scheduler pass, in one call) atomically if its scheduler's
+    /// version and next tick are still those it names: one job per tick (each under an
+    /// idempotency marker derived from the scheduler and the tick), then the new next tick and
+    /// run count. Returns, per fire in order, the jobs' ids, or `None` when its
+    /// compare-and-set failed (another process fired, the spec changed, or a tick is later
+    /// than the store's time) and nothing of it was changed.
+    async fn fire_schedulers(
+        &self,
+        queue: &str,
+        fires: Vec<Fire>,
+    ) -> Result<Vec<Option<Vec<JobId>>>>;
 
     /// Flows: adds `job` to `queue` as a parent waiting for `deps` (its children, not added
     /// yet), unsealed, keeping `spec` (opaque) until [`seal_parent`](Self::seal_parent). An
@@ -631,8 +636,12 @@ impl<T: QueueStore + ?Sized> QueueStore for Arc<T> {
         (**self).due_schedulers(queue, limit).await
     }
 
-    async fn fire_scheduler(&self, queue: &str, fire: Fire) -> Result<Option<Vec<JobId>>> {
-        (**self).fire_scheduler(queue, fire).await
+    async fn fire_schedulers(
+        &self,
+        queue: &str,
+        fires: Vec<Fire>,
+    ) -> Result<Vec<Option<Vec<JobId>>>> {
+        (**self).fire_schedulers(queue, fires).await
     }
 
     async fn add_parent(

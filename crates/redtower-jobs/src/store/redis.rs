@@ -86,6 +86,13 @@ const MAX_COALESCED_ADDS: usize = 200;
 /// Single adds waiting for the enqueue call ahead of them: (queue, job) in, its result out.
 type Adds = Coalescer<(String, NewJob), Result<Enqueued>>;
 
+/// One scheduler upsert: id, spec, first tick.
+type Upsert = (String, String, FirstTick);
+
+/// Scheduler upserts waiting for the schedule call ahead of them: (queue, upsert) in, whether
+/// it changed the scheduler out.
+type Upserts = Coalescer<(String, Upsert), Result<bool>>;
+
 /// The Redis backend of [`QueueStore`].
 ///
 /// Keys of queue `email` (prefix `rt`): `rt:q:{email}:jobs` (HASH id → record),
@@ -119,6 +126,7 @@ pub struct RedisStore {
     idempotency_window: Duration,
     coalesce_adds: bool,
     adds: Option<Arc<Adds>>,
+    upserts: Option<Arc<Upserts>>,
 }
 
 impl RedisStore {
@@ -130,6 +138,7 @@ impl RedisStore {
             idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
             coalesce_adds: true,
             adds: None,
+            upserts: None,
         }
         .configure()
     }
@@ -143,24 +152,39 @@ impl RedisStore {
     /// answer; the call is re-sent safely as a whole (its answer is kept, see
     /// [`idempotency_window`](Self::idempotency_window)), and when it fails, every add in it
     /// fails with its error.
+    ///
+    /// Concurrent scheduler upserts ([`Queue::schedule`](crate::Queue::schedule)) share
+    /// schedule calls the same way (each upsert is applied on its own, in arrival order; a
+    /// re-send finds the specs it stored and changes nothing).
     #[must_use]
     pub fn coalesce_adds(mut self, on: bool) -> Self {
         self.coalesce_adds = on;
         self.configure()
     }
 
-    /// Rebuilds the coalescer of single adds for the current settings (its calls use a copy of
-    /// the store without one, so it holds no reference to itself).
+    /// Rebuilds the coalescers of single adds and upserts for the current settings (their
+    /// calls use a copy of the store without them, so they hold no reference to themselves).
     fn configure(mut self) -> Self {
+        let plain = Self {
+            adds: None,
+            upserts: None,
+            ..self.clone()
+        };
         self.adds = self.coalesce_adds.then(|| {
-            let plain = Self {
-                adds: None,
-                ..self.clone()
-            };
+            let plain = plain.clone();
             Arc::new(
                 Coalescer::new(MAX_COALESCED_ADDS, move |items: Vec<(String, NewJob)>| {
                     let store = plain.clone();
                     async move { store.enqueue_coalesced(items).await }
+                })
+                .in_flight(2),
+            )
+        });
+        self.upserts = self.coalesce_adds.then(|| {
+            Arc::new(
+                Coalescer::new(MAX_COALESCED_ADDS, move |items: Vec<(String, Upsert)>| {
+                    let store = plain.clone();
+                    async move { store.upsert_coalesced(items).await }
                 })
                 .in_flight(2),
             )
@@ -314,41 +338,68 @@ impl RedisStore {
         Ok(script.run::<Value, _, _>(&self.redis, keys, argv).await?)
     }
 
-    /// The single adds of one coalesced batch: one enqueue call per queue (a batch usually
-    /// holds one), all at once; the results in the items' order.
+    /// The single adds of one coalesced batch, one enqueue call per queue.
     async fn enqueue_coalesced(&self, items: Vec<(String, NewJob)>) -> Vec<Result<Enqueued>> {
-        let n = items.len();
-        let mut groups: Vec<(String, Vec<usize>, Vec<NewJob>)> = Vec::new();
-        for (i, (queue, job)) in items.into_iter().enumerate() {
-            match groups.iter_mut().find(|g| g.0 == queue) {
-                Some(g) => {
-                    g.1.push(i);
-                    g.2.push(job);
-                }
-                None => groups.push((queue, vec![i], vec![job])),
+        per_queue(items, |queue, jobs| async move {
+            self.enqueue_call(&queue, jobs).await
+        })
+        .await
+    }
+
+    /// The upserts of one coalesced batch, one call per queue. A scheduler upserted twice in
+    /// the batch has its later upsert in a call after the first one's: a re-send of a call
+    /// holding both would apply the earlier spec again.
+    async fn upsert_coalesced(&self, items: Vec<(String, Upsert)>) -> Vec<Result<bool>> {
+        let mut rounds: Vec<Vec<(usize, (String, Upsert))>> = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let free = rounds.iter().position(|r| {
+                !r.iter()
+                    .any(|(_, (q, u))| *q == item.0 && u.0 == (item.1).0)
+            });
+            match free {
+                Some(r) => rounds[r].push((i, item)),
+                None => rounds.push(vec![(i, item)]),
             }
         }
-        let calls = groups
-            .into_iter()
-            .map(|(queue, idx, jobs)| async move { (idx, self.enqueue_call(&queue, jobs).await) });
-        let mut out: Vec<Option<Result<Enqueued>>> = (0..n).map(|_| None).collect();
-        for (idx, result) in futures::future::join_all(calls).await {
-            match result {
-                Ok(done) => {
-                    for (i, e) in idx.into_iter().zip(done) {
-                        out[i] = Some(Ok(e));
-                    }
-                }
-                Err(e) => {
-                    for i in idx {
-                        out[i] = Some(Err(same_error(&e)));
-                    }
-                }
-            }
+        let mut out: Vec<(usize, Result<bool>)> = Vec::new();
+        for round in rounds {
+            let (idx, items): (Vec<usize>, Vec<_>) = round.into_iter().unzip();
+            let done = per_queue(items, |queue, upserts| async move {
+                self.upsert_call(&queue, upserts).await
+            })
+            .await;
+            out.extend(idx.into_iter().zip(done));
         }
-        out.into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(Error::Protocol("short enqueue reply".to_owned()))))
-            .collect()
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// One schedule call applying `upserts` in order (see `lua/schedule.lua`): whether each
+    /// changed its scheduler.
+    async fn upsert_call(&self, queue: &str, upserts: Vec<Upsert>) -> Result<Vec<bool>> {
+        let n = upserts.len();
+        let mut argv: Vec<Value> = Vec::with_capacity(2 + 3 * n);
+        argv.push("upsert".into());
+        argv.push((n as i64).into());
+        for (id, spec, first) in upserts {
+            argv.push(id.into());
+            argv.push(spec.into());
+            argv.push(match first {
+                FirstTick::At(t) => int(t).into(),
+                FirstTick::Now => "now".into(),
+                FirstTick::Never => "".into(),
+            });
+        }
+        let v = self.schedule(queue, vec![], argv).await?;
+        let out = v
+            .into_array()
+            .iter()
+            .map(|v| num(v).map(|n| n == 1))
+            .collect::<Result<Vec<_>>>()?;
+        if out.len() != n {
+            return Err(Error::Protocol("upsert schedulers reply".into()));
+        }
+        Ok(out)
     }
 
     /// One enqueue script call for `jobs` (an `add_bulk`, or coalesced single adds).
@@ -408,7 +459,50 @@ impl RedisStore {
     }
 }
 
-/// A copy of `e` for each add of a failed coalesced call (errors are not `Clone`).
+/// The items of one coalesced batch, `(queue, item)`: one `call` per queue (a batch usually
+/// holds one), all at once; the results in the items' order. When a call fails, each of its
+/// items gets its error.
+async fn per_queue<T, R, F, Fut>(items: Vec<(String, T)>, call: F) -> Vec<Result<R>>
+where
+    F: Fn(String, Vec<T>) -> Fut,
+    Fut: Future<Output = Result<Vec<R>>>,
+{
+    let n = items.len();
+    let mut groups: Vec<(String, Vec<usize>, Vec<T>)> = Vec::new();
+    for (i, (queue, item)) in items.into_iter().enumerate() {
+        match groups.iter_mut().find(|g| g.0 == queue) {
+            Some(g) => {
+                g.1.push(i);
+                g.2.push(item);
+            }
+            None => groups.push((queue, vec![i], vec![item])),
+        }
+    }
+    let calls = groups.into_iter().map(|(queue, idx, items)| {
+        let call = &call;
+        async move { (idx, call(queue, items).await) }
+    });
+    let mut out: Vec<Option<Result<R>>> = (0..n).map(|_| None).collect();
+    for (idx, result) in futures::future::join_all(calls).await {
+        match result {
+            Ok(done) => {
+                for (i, r) in idx.into_iter().zip(done) {
+                    out[i] = Some(Ok(r));
+                }
+            }
+            Err(e) => {
+                for i in idx {
+                    out[i] = Some(Err(same_error(&e)));
+                }
+            }
+        }
+    }
+    out.into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(Error::Protocol("short coalesced reply".to_owned()))))
+        .collect()
+}
+
+/// A copy of `e` for each item of a failed coalesced call (errors are not `Clone`).
 fn same_error(e: &Error) -> Error {
     match e {
         Error::Redis(redtower_client::Error::Redis { kind, source }) => {
@@ -836,19 +930,22 @@ impl QueueStore for RedisStore {
         spec: String,
         first: FirstTick,
     ) -> Result<bool> {
-        let first: Value = match first {
-            FirstTick::At(t) => int(t).into(),
-            FirstTick::Now => "now".into(),
-            FirstTick::Never => "".into(),
-        };
-        let v = self
-            .schedule(
-                queue,
-                vec![],
-                vec!["upsert".into(), id.into(), spec.into(), first],
-            )
-            .await?;
-        Ok(num(&v)? == 1)
+        let mut upsert = (id.to_owned(), spec, first);
+        if let Some(upserts) = &self.upserts {
+            match upserts.call((queue.to_owned(), upsert)).await {
+                Ok(result) => return result,
+                // No runtime to batch on: the upsert goes on its own.
+                Err(Uncoalesced::NotSent((_, u))) => upsert = u,
+                Err(Uncoalesced::Dropped) => {
+                    return Err(Error::Redis(redtower_client::Error::reply(
+                        "the schedule call carrying this upsert was dropped before it answered",
+                    )));
+                }
+            }
+        }
+        let mut out = self.upsert_call(queue, vec![upsert]).await?;
+        out.pop()
+            .ok_or_else(|| Error::Protocol("upsert schedulers reply".into()))
     }
 
     async fn remove_scheduler(&self, queue: &str, id: &str) -> Result<bool> {
@@ -916,51 +1013,71 @@ impl QueueStore for RedisStore {
         Ok(num(&v)? == 1)
     }
 
-    async fn fire_scheduler(&self, queue: &str, fire: Fire) -> Result<Option<Vec<JobId>>> {
+    async fn fire_schedulers(
+        &self,
+        queue: &str,
+        fires: Vec<Fire>,
+    ) -> Result<Vec<Option<Vec<JobId>>>> {
+        if fires.is_empty() {
+            return Ok(Vec::new());
+        }
         let base = self.base(queue);
-        let markers: Vec<Key> = fire
-            .ticks
-            .iter()
-            .map(|t| {
-                base.clone()
-                    .push("tick")
-                    .push(fire.id.as_str())
-                    .push(t.to_string().as_str())
-            })
-            .collect();
-        let j = &fire.job;
-        // A tick's job carries none of a caller's per-job keys (dedup, trace, flow, group).
-        let tail = serde_json::to_string(&RecordTail {
-            uniq: None,
-            tc: None,
-            fp: None,
-            g: None,
-            ..RecordTail::of(j)
-        })
-        .map_err(Error::Serialize)?;
+        let mut markers = Vec::new();
         let mut argv: Vec<Value> = vec![
             "fire".into(),
-            fire.id.as_str().into(),
-            int(fire.version).into(),
-            int(fire.expected_next).into(),
-            fire.next.map_or_else(|| "".into(), |t| int(t).into()),
             ms(self.idempotency_window).max(1).into(),
-            j.name.as_str().into(),
-            tail.get(1..).unwrap_or_default().into(),
-            i64::from(j.priority).into(),
-            (fire.ticks.len() as i64).into(),
+            (fires.len() as i64).into(),
         ];
-        argv.extend(fire.ticks.iter().map(|t| Value::from(int(*t))));
-        let v = self.schedule(queue, markers, argv).await?;
-        if v.is_null() {
-            return Ok(None);
+        for fire in &fires {
+            let j = &fire.job;
+            // A tick's job carries none of a caller's per-job keys (dedup, trace, flow, group).
+            let tail = serde_json::to_string(&RecordTail {
+                uniq: None,
+                tc: None,
+                fp: None,
+                g: None,
+                ..RecordTail::of(j)
+            })
+            .map_err(Error::Serialize)?;
+            argv.extend([
+                fire.id.as_str().into(),
+                int(fire.version).into(),
+                int(fire.expected_next).into(),
+                fire.next.map_or_else(|| "".into(), |t| int(t).into()),
+                j.name.as_str().into(),
+                tail.get(1..).unwrap_or_default().into(),
+                i64::from(j.priority).into(),
+                (fire.ticks.len() as i64).into(),
+            ]);
+            for t in &fire.ticks {
+                argv.push(int(*t).into());
+                markers.push(
+                    base.clone()
+                        .push("tick")
+                        .push(fire.id.as_str())
+                        .push(t.to_string().as_str()),
+                );
+            }
         }
-        Ok(Some(
-            v.into_array()
-                .into_iter()
-                .map(|id| text(id).map(JobId::new))
-                .collect::<Result<_>>()?,
-        ))
+        let v = self.schedule(queue, markers, argv).await?;
+        let out: Vec<Option<Vec<JobId>>> = v
+            .into_array()
+            .into_iter()
+            .map(|ids| {
+                if ids.is_null() {
+                    return Ok(None);
+                }
+                ids.into_array()
+                    .into_iter()
+                    .map(|id| text(id).map(JobId::new))
+                    .collect::<Result<_>>()
+                    .map(Some)
+            })
+            .collect::<Result<_>>()?;
+        if out.len() != fires.len() {
+            return Err(Error::Protocol("fire schedulers reply".into()));
+        }
+        Ok(out)
     }
 
     async fn add_parent(

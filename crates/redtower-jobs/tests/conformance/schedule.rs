@@ -6,7 +6,7 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
-use redtower_jobs::{CatchUp, Fire, NewJob, Schedule, Worker};
+use redtower_jobs::{CatchUp, Fire, JobId, NewJob, Schedule, Worker};
 
 use super::{Store, Welcome, queue, w, wait_for};
 
@@ -56,6 +56,35 @@ pub async fn scheduler_upsert_list_remove(store: Store, q: &str) {
     assert!(!queue.remove_scheduler("s").await.unwrap());
     assert_eq!(queue.schedulers().await.unwrap().len(), 1);
     assert_eq!(queue.counts().await.unwrap().ready, 2, "jobs added stay");
+}
+
+/// Concurrent upserts (a store may send them together): each gets its own answer, and a
+/// scheduler upserted twice at once ends with the later spec, each upsert having changed it.
+pub async fn concurrent_scheduler_upserts(store: Store, q: &str) {
+    let queue = queue(&store, q);
+    let hourly = Schedule::every(Duration::from_millis(HOUR));
+    let upsert_all = |to: &'static str| {
+        futures::future::join_all((0..40).map(|i| {
+            let (queue, hourly) = (&queue, hourly.clone());
+            async move { queue.schedule(&format!("s{i:02}"), hourly, w(to)).await }
+        }))
+    };
+    let first = upsert_all("a").await;
+    assert!(first.iter().all(|r| matches!(r, Ok(true))), "{first:?}");
+    let again = upsert_all("a").await;
+    assert!(again.iter().all(|r| matches!(r, Ok(false))), "{again:?}");
+    let (b, c, same) = tokio::join!(
+        queue.schedule("s00", hourly.clone(), w("b")),
+        queue.schedule("s00", hourly.clone(), w("c")),
+        queue.schedule("s01", hourly.clone(), w("a")),
+    );
+    assert_eq!((b.unwrap(), c.unwrap(), same.unwrap()), (true, true, false));
+    let list = queue.schedulers().await.unwrap();
+    assert_eq!(list.len(), 40);
+    let to = |i: usize| serde_json::from_str::<Welcome>(&list[i].data).unwrap();
+    assert_eq!((to(0), to(1)), (w("c"), w("a")));
+    // Every scheduler's first tick is due at once: one pass fires them all.
+    assert_eq!(queue.run_schedulers().await.unwrap().added.len(), 40);
 }
 
 /// Ticks missed while nothing ran: none (default), the last, or all within a bound.
@@ -190,10 +219,10 @@ pub async fn scheduler_fire_is_exactly_once(store: Store, q: &str) {
         Some(tick + HOUR),
         NewJob::new("welcome", r#"{"to":"a"}"#),
     );
-    let first = store.fire_scheduler(q, fire.clone()).await.unwrap();
+    let first = fire_one(&store, q, fire.clone()).await;
     assert_eq!(first.as_ref().map(Vec::len), Some(1));
     assert_eq!(
-        store.fire_scheduler(q, fire.clone()).await.unwrap(),
+        fire_one(&store, q, fire.clone()).await,
         None,
         "a second fire of the same tick (another instance, or a re-send) adds nothing"
     );
@@ -206,7 +235,7 @@ pub async fn scheduler_fire_is_exactly_once(store: Store, q: &str) {
         )
         .await
         .unwrap();
-    assert_eq!(store.fire_scheduler(q, fire).await.unwrap(), None);
+    assert_eq!(fire_one(&store, q, fire.clone()).await, None);
     // A tick later than the store's clock is refused (a node whose clock is behind).
     let (_, due, _) = store.due_schedulers(q, 10).await.unwrap();
     let s = &due[0];
@@ -216,10 +245,38 @@ pub async fn scheduler_fire_is_exactly_once(store: Store, q: &str) {
         None,
         NewJob::new("welcome", r#"{"to":"a"}"#),
     );
-    assert_eq!(store.fire_scheduler(q, future).await.unwrap(), None);
-    // The instance that died left nothing behind: the next pass fires the changed scheduler.
-    assert_eq!(queue.run_schedulers().await.unwrap().added.len(), 1);
+    assert_eq!(fire_one(&store, q, future.clone()).await, None);
+    // In one call, each fire stands alone: the refused ones change nothing, the current one
+    // adds its job.
+    let (now, due, _) = store.due_schedulers(q, 10).await.unwrap();
+    let tick = due[0].next.unwrap();
+    assert!(tick <= now);
+    let current = Fire::new(
+        &due[0],
+        vec![tick],
+        Some(tick + 2 * HOUR),
+        NewJob::new("welcome", r#"{"to":"a"}"#),
+    );
+    let fired = store
+        .fire_schedulers(q, vec![fire, current.clone(), future])
+        .await
+        .unwrap();
+    assert_eq!(fired.len(), 3);
+    assert_eq!((&fired[0], &fired[2]), (&None, &None));
+    assert_eq!(fired[1].as_ref().map(Vec::len), Some(1));
     assert_eq!(queue.counts().await.unwrap().ready, 2);
+    // The instance that died left nothing behind, and the fire moved the next tick on: a pass
+    // now adds nothing.
+    assert!(queue.run_schedulers().await.unwrap().added.is_empty());
+    assert_eq!(fire_one(&store, q, current).await, None);
+    assert_eq!(queue.counts().await.unwrap().ready, 2);
+}
+
+/// One fire, in a call of its own.
+async fn fire_one(store: &Store, q: &str, fire: Fire) -> Option<Vec<JobId>> {
+    let mut fired = store.fire_schedulers(q, vec![fire]).await.unwrap();
+    assert_eq!(fired.len(), 1);
+    fired.pop().unwrap()
 }
 
 /// Workers fire their queue's schedulers on their own.
