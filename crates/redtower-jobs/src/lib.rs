@@ -148,8 +148,11 @@
 //! number of processes. Every [`Worker`] fires its queue's due ticks (or call
 //! [`Queue::run_schedulers`]); ticks missed while no process ran are dropped, or the last one
 //! or all within a bound are added ([`CatchUp`]). Storing a scheduler is one round trip for
-//! `every` without a start or an end (its first tick is the store's time as the upsert runs,
-//! [`FirstTick::Now`]); other schedules read the store's clock first to compute it.
+//! `every` without a start or an end: its first tick is the store's time as the upsert runs,
+//! and the upsert adds that tick's job in the same atomic step ([`FirstTick::Now`]), so the
+//! first job is queued when [`Queue::schedule`] returns. Other schedules read the store's
+//! clock first to compute their first tick, which a pass fires. Concurrent upserts on one
+//! [`RedisStore`] share script calls, and a pass fires all its due schedulers in one call.
 //!
 //! **How a tick is exactly once.** A pass reads the due schedulers together with the store's
 //! time (Redis `TIME`: local clocks never decide), computes the ticks to fire and the next

@@ -408,9 +408,24 @@ impl<J: Job> Queue<J> {
     /// replaces it and starts afresh (run count 0, next tick computed from now). Returns
     /// whether anything changed.
     ///
-    /// Ticks are fired by [`Worker`](crate::Worker)s of the queue (any of them; see
-    /// [`Worker::schedulers`](crate::Worker::schedulers)) or by
+    /// [`Schedule::every`] without a start or an end ticks first as the upsert runs: the
+    /// upsert adds that job itself, atomically (as BullMQ's `upsertJobScheduler` does), so it
+    /// is queued when this returns. Later ticks are fired by [`Worker`](crate::Worker)s of the
+    /// queue (any of them; see [`Worker::schedulers`](crate::Worker::schedulers)) or by
     /// [`run_schedulers`](Self::run_schedulers).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redtower_jobs::{Job, MemoryStore, Queue, Schedule};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Sweep;
+    /// # impl Job for Sweep { const NAME: &'static str = "sweep"; }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), redtower_jobs::Error> {
+    /// let sweeps = Queue::<Sweep>::new(MemoryStore::new(), "maintenance");
+    /// sweeps.schedule("abandoned-orders", Schedule::every(Duration::from_secs(60)), Sweep).await?;
+    /// assert_eq!(sweeps.counts().await?.ready, 1); // the first tick's job
+    /// # Ok(()) }
+    /// ```
     ///
     /// ```
     /// use std::time::Duration;
@@ -485,20 +500,28 @@ impl<J: Job> Queue<J> {
         };
         let text = serde_json::to_string(&spec).map_err(Error::Serialize)?;
         // The first tick, from the store's clock: `every` without a start or an end ticks first
-        // when the upsert runs; other schedules read the clock first (through the queue, so on
-        // its node).
-        let first = if spec.schedule.first_tick_is_now() {
-            FirstTick::Now
-        } else {
-            let now = self.shared.store.time(&self.shared.name).await?;
-            spec.schedule
-                .first_tick(now)?
-                .map_or(FirstTick::Never, FirstTick::At)
+        // when the upsert runs, which adds that tick's job; other schedules read the clock
+        // first (through the queue, so on its node).
+        let first = match spec.schedule.first_tick_now(|| spec.job()) {
+            Some(first) => first,
+            None => {
+                let now = self.shared.store.time(&self.shared.name).await?;
+                spec.schedule
+                    .first_tick(now)?
+                    .map_or(FirstTick::Never, FirstTick::At)
+            }
         };
-        self.shared
+        let adds_job = matches!(first, FirstTick::Now { .. });
+        let changed = self
+            .shared
             .store
             .upsert_scheduler(&self.shared.name, id, text, first)
-            .await
+            .await?;
+        if changed && adds_job {
+            metrics::counter!("redtower_jobs_scheduled_total", "queue" => self.shared.name.to_string())
+                .increment(1);
+        }
+        Ok(changed)
     }
 }
 

@@ -234,14 +234,26 @@ impl Schedule {
         self
     }
 
-    /// The first tick: at or after the start when there is one (possibly before `now`: such
-    /// ticks are missed, see [`CatchUp`]), else at or after `now` (ms since the epoch).
     /// The first tick when it needs no clock: `every` without a start or an end ticks first
-    /// at the store's time of the upsert.
-    pub(crate) fn first_tick_is_now(&self) -> bool {
-        matches!(self.kind, Kind::Every(_)) && self.start.is_none() && self.end.is_none()
+    /// at the store's time of the upsert, which adds that tick's job (`job`).
+    pub(crate) fn first_tick_now(&self, job: impl FnOnce() -> NewJob) -> Option<FirstTick> {
+        let Kind::Every(ms) = self.kind else {
+            return None;
+        };
+        if self.start.is_some() || self.end.is_some() {
+            return None;
+        }
+        Some(match self.limit {
+            Some(0) => FirstTick::Never,
+            limit => FirstTick::Now {
+                job: Box::new(job()),
+                then: (limit != Some(1)).then_some(Duration::from_millis(ms)),
+            },
+        })
     }
 
+    /// The first tick: at or after the start when there is one (possibly before `now`: such
+    /// ticks are missed, see [`CatchUp`]), else at or after `now` (ms since the epoch).
     pub(crate) fn first_tick(&self, now: u64) -> Result<Option<u64>> {
         let from = self.start.unwrap_or(now);
         let t = match &self.kind {
@@ -399,26 +411,34 @@ pub(crate) struct Plan {
 
 /// A new scheduler's first tick, as [`QueueStore::upsert_scheduler`](crate::QueueStore::upsert_scheduler)
 /// stores it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum FirstTick {
     /// At this time, in ms since the Unix epoch (store clock).
     At(u64),
-    /// At the store's time when the upsert runs: the first tick of
-    /// [`Schedule::every`] without a start or an end, known without reading the store's clock
-    /// first (one round trip instead of two).
-    Now,
-    /// None: the scheduler is finished at once (its end is before its first tick).
+    /// At the store's time when the upsert runs, and the upsert adds this tick's job itself:
+    /// the first tick of [`Schedule::every`] without a start or an end, known without reading
+    /// the store's clock first (one round trip instead of two), and queued when
+    /// [`Queue::schedule`](crate::Queue::schedule) returns.
+    Now {
+        /// The tick's job (without delay; it carries none of a caller's per-job keys).
+        job: Box<NewJob>,
+        /// The next tick, this long after the first; `None`: the scheduler is finished after
+        /// this job (a run limit of 1).
+        then: Option<Duration>,
+    },
+    /// None: the scheduler is finished at once (its end is before its first tick, or its run
+    /// limit is 0).
     Never,
 }
 
 impl FirstTick {
     /// The first tick, given the store's time when the upsert runs.
     #[must_use]
-    pub fn resolve(self, now: u64) -> Option<u64> {
+    pub fn resolve(&self, now: u64) -> Option<u64> {
         match self {
-            Self::At(t) => Some(t),
-            Self::Now => Some(now),
+            Self::At(t) => Some(*t),
+            Self::Now { .. } => Some(now),
             Self::Never => None,
         }
     }
@@ -525,7 +545,7 @@ pub struct SchedulerSpec {
 }
 
 impl SchedulerSpec {
-    fn job(&self) -> NewJob {
+    pub(crate) fn job(&self) -> NewJob {
         let mut job = NewJob::new(self.name.clone(), self.data.clone());
         job.max_attempts = self.max_attempts;
         job.backoff = self.backoff;

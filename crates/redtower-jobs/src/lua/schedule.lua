@@ -2,10 +2,11 @@
 -- spec JSON), KEYS[14] `:snext` (ZSET id → next tick ms; absent when finished), KEYS[15]
 -- `:sstate` (HASH id → '<version> <count>'), then for fire one tick marker per tick
 -- (`:tick:<scheduler>:<tick ms>`). ARGV[2] is the operation.
--- Changes state: upsert (spec, state, next), remove (all three), fire (jobs, state, next).
+-- Changes state: upsert (spec, state, next; the first tick's job for `now`), remove (all
+-- three), fire (jobs, state, next).
 -- Idempotent under re-send:
--- * upsert: a re-send finds the specs it stored and changes nothing (a call holds at most one
---   upsert per scheduler).
+-- * upsert: a re-send finds the specs it stored and changes nothing, adding no job (a call
+--   holds at most one upsert per scheduler).
 -- * remove: a re-send finds nothing to delete.
 -- * fire: compare-and-set on the version and the next tick read by the caller; the first run
 --   moves the next tick on, so a re-send fails the check and adds nothing (answers false). Each
@@ -27,19 +28,51 @@ local function row(id)
   return { id, redis.call('HGET', K_SPEC, id) or '', n2s(v), n2s(c), score or '' }
 end
 
+-- Adds the job of one tick (record, ready entry, its `added` event in `events`): its id.
+local events = {}
+local function add_tick_job(name, tail, prio)
+  local seq = redis.call('INCR', K_SEQ)
+  local jid = tostring(seq)
+  redis.call('HSET', K_JOBS, jid,
+    '{"id":"' .. jid .. '","seq":' .. seq .. ',"created":' .. now_s .. ',' .. tail)
+  ready_add(jid, { prio = tonumber(prio), seq = seq })
+  local e = #events
+  events[e + 1] = 'id'
+  events[e + 2] = jid
+  events[e + 3] = 'name'
+  events[e + 4] = name
+  events[e + 5] = 'attempt'
+  events[e + 6] = '0'
+  return jid
+end
+
+local function flush_tick_jobs()
+  if #events > 0 then
+    xadd_batched('added', events)
+    wake()
+  end
+end
+
 if op == 'upsert' then
-  -- ARGV[3] upserts, applied in order, each (id, spec, first): `first` is a tick in ms, `now`
-  -- (this script's time) or '' (finished at once). Answers 1 (changed) or 0 per upsert.
+  -- ARGV[3] upserts, applied in order, each (id, spec, first, name, tail, priority, step):
+  -- `first` is a tick in ms, '' (finished at once) or `now`: this script's time, whose job
+  -- (name, record tail, priority) is added here, the next tick `step` ms later ('':
+  -- finished). Answers 1 (changed) or 0 per upsert.
   local out = {}
   for i = 1, tonumber(ARGV[3]) do
-    local id, spec, first = ARGV[1 + 3 * i], ARGV[2 + 3 * i], ARGV[3 + 3 * i]
+    local b = 7 * i - 3
+    local id, spec, first = ARGV[b], ARGV[b + 1], ARGV[b + 2]
     if redis.call('HGET', K_SPEC, id) == spec then
       out[i] = 0
     else
-      if first == 'now' then first = now_s end
-      local v = state_of(id)
+      local v, count = state_of(id), 0
+      if first == 'now' then
+        add_tick_job(ARGV[b + 3], ARGV[b + 4], ARGV[b + 5])
+        count = 1
+        first = ARGV[b + 6] == '' and '' or n2s(now + tonumber(ARGV[b + 6]))
+      end
       redis.call('HSET', K_SPEC, id, spec)
-      redis.call('HSET', K_STATE, id, n2s(v + 1) .. ' 0')
+      redis.call('HSET', K_STATE, id, n2s(v + 1) .. ' ' .. count)
       if first ~= '' then
         redis.call('ZADD', K_NEXT, first, id)
       else
@@ -48,6 +81,7 @@ if op == 'upsert' then
       out[i] = 1
     end
   end
+  flush_tick_jobs()
   return out
 elseif op == 'remove' then
   local id = ARGV[3]
@@ -76,7 +110,7 @@ end
 -- fire its jobs' ids, or false when its compare-and-set failed (nothing of it changed).
 local keep, nf = ARGV[3], tonumber(ARGV[4])
 local a, m = 5, 16
-local out, events = {}, {}
+local out = {}
 
 -- One fire: its arguments from ARGV[a], its markers from KEYS[m].
 local function fire(a, m)
@@ -91,24 +125,13 @@ local function fire(a, m)
     -- yet.
     if tonumber(ARGV[a + 7 + i]) > now then return false end
   end
-  local name, tail, prio = ARGV[a + 4], ARGV[a + 5], tonumber(ARGV[a + 6])
+  local name, tail, prio = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
   local ids = {}
   for i = 1, n do
     local marker = KEYS[m + i - 1]
     local jid = redis.call('GET', marker)
     if not jid then
-      local seq = redis.call('INCR', K_SEQ)
-      jid = tostring(seq)
-      redis.call('HSET', K_JOBS, jid,
-        '{"id":"' .. jid .. '","seq":' .. seq .. ',"created":' .. now_s .. ',' .. tail)
-      ready_add(jid, { prio = prio, seq = seq })
-      local e = #events
-      events[e + 1] = 'id'
-      events[e + 2] = jid
-      events[e + 3] = 'name'
-      events[e + 4] = name
-      events[e + 5] = 'attempt'
-      events[e + 6] = '0'
+      jid = add_tick_job(name, tail, prio)
       redis.call('SET', marker, jid, 'PX', keep)
     end
     ids[#ids + 1] = jid
@@ -127,8 +150,5 @@ for f = 1, nf do
   out[f] = fire(a, m)
   a, m = a + 8 + n, m + n
 end
-if #events > 0 then
-  xadd_batched('added', events)
-  wake()
-end
+flush_tick_jobs()
 return out

@@ -196,6 +196,19 @@ struct QueueState {
 }
 
 impl QueueState {
+    /// Adds the job of one scheduler tick (no delay, none of a caller's per-job keys).
+    fn add_tick_job(&mut self, mut job: NewJob, now: u64) -> JobId {
+        job.delay = Duration::ZERO;
+        job.unique_key = None;
+        job.idempotency_key = None;
+        job.group = None;
+        job.trace = None;
+        job.flow_parent = None;
+        let (e, _) = self.add(job, now, now);
+        self.wake();
+        e.id().clone()
+    }
+
     /// Applies one scheduler fire (see [`QueueStore::fire_schedulers`]).
     fn fire(&mut self, fire: Fire, now: u64) -> Option<Vec<JobId>> {
         // In process there is no re-send: the compare-and-set under the lock is enough.
@@ -207,18 +220,11 @@ impl QueueState {
             return None;
         }
         self.expire(now);
-        let mut ids = Vec::with_capacity(fire.ticks.len());
-        for _ in &fire.ticks {
-            let mut job = fire.job.clone();
-            job.delay = Duration::ZERO;
-            job.unique_key = None;
-            job.idempotency_key = None;
-            let (e, _) = self.add(job, now, now);
-            ids.push(e.id().clone());
-        }
-        if !ids.is_empty() {
-            self.wake();
-        }
+        let ids: Vec<JobId> = fire
+            .ticks
+            .iter()
+            .map(|_| self.add_tick_job(fire.job.clone(), now))
+            .collect();
         if let Some(s) = self.scheds.get_mut(&fire.id) {
             s.count += ids.len() as u64;
             s.next = fire.next;
@@ -1067,13 +1073,21 @@ impl QueueStore for MemoryStore {
                 Some(s) => s.version + 1,
                 None => 1,
             };
+            let (count, next) = match first {
+                FirstTick::Now { job, then } => {
+                    q.expire(now);
+                    q.add_tick_job(*job, now);
+                    (1, then.map(|d| now.saturating_add(ms(d))))
+                }
+                first => (0, first.resolve(now)),
+            };
             q.scheds.insert(
                 id.to_owned(),
                 Sched {
                     spec,
                     version,
-                    count: 0,
-                    next: first.resolve(now),
+                    count,
+                    next,
                 },
             );
             true

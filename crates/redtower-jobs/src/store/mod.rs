@@ -440,8 +440,9 @@ pub trait QueueStore: fmt::Debug + Send + Sync + 'static {
     /// Creates or replaces the scheduler `id` of `queue` with `spec` (opaque JSON). A spec
     /// equal to the stored one changes nothing (`false`: its next tick and run count stay); a
     /// new or changed one is stored with version + 1, a run count of 0 and `first` as its next
-    /// tick ([`FirstTick::Now`]: the store's time as the upsert runs; [`FirstTick::Never`]:
-    /// finished at once).
+    /// tick ([`FirstTick::Never`]: finished at once). [`FirstTick::Now`] fires the first tick
+    /// in the same atomic step: its job is added at the store's time, the run count is 1 and
+    /// the next tick is `then` later (none: finished).
     async fn upsert_scheduler(
         &self,
         queue: &str,

@@ -378,17 +378,32 @@ impl RedisStore {
     /// changed its scheduler.
     async fn upsert_call(&self, queue: &str, upserts: Vec<Upsert>) -> Result<Vec<bool>> {
         let n = upserts.len();
-        let mut argv: Vec<Value> = Vec::with_capacity(2 + 3 * n);
+        let mut argv: Vec<Value> = Vec::with_capacity(2 + 7 * n);
         argv.push("upsert".into());
         argv.push((n as i64).into());
         for (id, spec, first) in upserts {
             argv.push(id.into());
             argv.push(spec.into());
-            argv.push(match first {
-                FirstTick::At(t) => int(t).into(),
-                FirstTick::Now => "now".into(),
-                FirstTick::Never => "".into(),
-            });
+            // The first tick, then the job it adds in the upsert (name, tail, priority) and the
+            // step to the next tick (`now` only).
+            let no_job = || ["", "", "0", ""].map(Value::from);
+            match first {
+                FirstTick::Now { job, then } => argv.extend([
+                    "now".into(),
+                    job.name.as_str().into(),
+                    tick_tail(&job)?.into(),
+                    i64::from(job.priority).into(),
+                    then.map_or_else(|| "".into(), |d| ms(d).max(1).into()),
+                ]),
+                FirstTick::At(t) => {
+                    argv.push(int(t).into());
+                    argv.extend(no_job());
+                }
+                FirstTick::Never => {
+                    argv.push("".into());
+                    argv.extend(no_job());
+                }
+            }
         }
         let v = self.schedule(queue, vec![], argv).await?;
         let out = v
@@ -457,6 +472,22 @@ impl RedisStore {
         }
         Ok(out)
     }
+}
+
+/// The record tail of a scheduler tick's job (the record minus its opening brace and the
+/// fields the script adds): it carries none of a caller's per-job keys (dedup, trace, flow,
+/// group).
+fn tick_tail(job: &NewJob) -> Result<String> {
+    let mut tail = serde_json::to_string(&RecordTail {
+        uniq: None,
+        tc: None,
+        fp: None,
+        g: None,
+        ..RecordTail::of(job)
+    })
+    .map_err(Error::Serialize)?;
+    tail.remove(0);
+    Ok(tail)
 }
 
 /// The items of one coalesced batch, `(queue, item)`: one `call` per queue (a batch usually
@@ -1030,22 +1061,14 @@ impl QueueStore for RedisStore {
         ];
         for fire in &fires {
             let j = &fire.job;
-            // A tick's job carries none of a caller's per-job keys (dedup, trace, flow, group).
-            let tail = serde_json::to_string(&RecordTail {
-                uniq: None,
-                tc: None,
-                fp: None,
-                g: None,
-                ..RecordTail::of(j)
-            })
-            .map_err(Error::Serialize)?;
+            let tail = tick_tail(j)?;
             argv.extend([
                 fire.id.as_str().into(),
                 int(fire.version).into(),
                 int(fire.expected_next).into(),
                 fire.next.map_or_else(|| "".into(), |t| int(t).into()),
                 j.name.as_str().into(),
-                tail.get(1..).unwrap_or_default().into(),
+                tail.into(),
                 i64::from(j.priority).into(),
                 (fire.ticks.len() as i64).into(),
             ]);

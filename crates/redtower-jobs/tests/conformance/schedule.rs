@@ -6,7 +6,7 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
-use redtower_jobs::{CatchUp, Fire, JobId, NewJob, Schedule, Worker};
+use redtower_jobs::{CatchUp, Fire, JobId, JobState, NewJob, Schedule, Worker};
 
 use super::{Store, Welcome, queue, w, wait_for};
 
@@ -22,26 +22,27 @@ pub async fn scheduler_upsert_list_remove(store: Store, q: &str) {
     let queue = queue(&store, q);
     let hourly = Schedule::every(Duration::from_millis(HOUR));
     assert!(queue.schedule("s", hourly.clone(), w("a")).await.unwrap());
-    let pass = queue.run_schedulers().await.unwrap();
-    assert_eq!(pass.added.len(), 1, "the first tick of `every` is at once");
+    // The first tick of `every` is the upsert's own time: the upsert added its job.
+    let jobs = queue.list(JobState::Ready, 0, 10).await.unwrap();
+    assert_eq!(jobs.len(), 1, "the first tick's job");
+    assert_eq!(jobs[0].decode::<Welcome>().unwrap(), w("a"));
     assert!(queue.run_schedulers().await.unwrap().added.is_empty());
     assert!(!queue.schedule("s", hourly.clone(), w("a")).await.unwrap());
     let list = queue.schedulers().await.unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!((list[0].id.as_str(), list[0].count), ("s", 1));
-    let tick = pass.added[0].1;
+    let tick = jobs[0].created_at_ms;
     assert_eq!(
         list[0].next,
         Some(UNIX_EPOCH + Duration::from_millis(tick + HOUR))
     );
     assert_eq!(list[0].schedule, hourly);
-    let job = queue.get(&pass.added[0].2).await.unwrap().unwrap();
-    assert_eq!(job.decode::<Welcome>().unwrap(), w("a"));
 
-    // A changed job: replaced, run count 0, first tick again at once.
+    // A changed job: replaced, its first tick again at once (the run count is that job's).
     assert!(queue.schedule("s", hourly.clone(), w("b")).await.unwrap());
-    assert_eq!(queue.schedulers().await.unwrap()[0].count, 0);
-    assert_eq!(queue.run_schedulers().await.unwrap().added.len(), 1);
+    assert_eq!(queue.schedulers().await.unwrap()[0].count, 1);
+    assert_eq!(queue.counts().await.unwrap().ready, 2);
+    assert!(queue.run_schedulers().await.unwrap().added.is_empty());
 
     assert!(queue.schedule("t", hourly, w("c")).await.unwrap());
     let ids: Vec<_> = queue
@@ -55,7 +56,7 @@ pub async fn scheduler_upsert_list_remove(store: Store, q: &str) {
     assert!(queue.remove_scheduler("s").await.unwrap());
     assert!(!queue.remove_scheduler("s").await.unwrap());
     assert_eq!(queue.schedulers().await.unwrap().len(), 1);
-    assert_eq!(queue.counts().await.unwrap().ready, 2, "jobs added stay");
+    assert_eq!(queue.counts().await.unwrap().ready, 3, "jobs added stay");
 }
 
 /// Concurrent upserts (a store may send them together): each gets its own answer, and a
@@ -83,8 +84,9 @@ pub async fn concurrent_scheduler_upserts(store: Store, q: &str) {
     assert_eq!(list.len(), 40);
     let to = |i: usize| serde_json::from_str::<Welcome>(&list[i].data).unwrap();
     assert_eq!((to(0), to(1)), (w("c"), w("a")));
-    // Every scheduler's first tick is due at once: one pass fires them all.
-    assert_eq!(queue.run_schedulers().await.unwrap().added.len(), 40);
+    // Each upsert that changed a scheduler added its first tick's job.
+    assert_eq!(queue.counts().await.unwrap().ready, 42);
+    assert!(queue.run_schedulers().await.unwrap().added.is_empty());
 }
 
 /// Ticks missed while nothing ran: none (default), the last, or all within a bound.
@@ -202,8 +204,13 @@ pub async fn scheduler_cron_in_time_zone(store: Store, q: &str) {
 /// tick and died before firing changed nothing, and the next pass fires it.
 pub async fn scheduler_fire_is_exactly_once(store: Store, q: &str) {
     let queue = queue(&store, q);
+    // From a start (a moment ago): the first tick is due, for a pass to fire.
+    let start = store.time(q).await.unwrap() - 10;
+    let every = |ms: u64, start: u64| {
+        Schedule::every(Duration::from_millis(ms)).start(UNIX_EPOCH + Duration::from_millis(start))
+    };
     queue
-        .schedule("s", Schedule::every(Duration::from_millis(HOUR)), w("a"))
+        .schedule("s", every(HOUR, start), w("a"))
         .await
         .unwrap();
     // Two instances read the due scheduler; one of them dies before firing.
@@ -228,11 +235,7 @@ pub async fn scheduler_fire_is_exactly_once(store: Store, q: &str) {
     );
     // A stale version (the spec changed meanwhile) is refused too.
     queue
-        .schedule(
-            "s",
-            Schedule::every(Duration::from_millis(2 * HOUR)),
-            w("a"),
-        )
+        .schedule("s", every(2 * HOUR, start + 1), w("a"))
         .await
         .unwrap();
     assert_eq!(fire_one(&store, q, fire.clone()).await, None);
