@@ -18,8 +18,10 @@
 -- `fu`). KEYS[14] is the group-turn ZSET. A turn is never above the `seq` counter, so jobs added
 -- by schedulers (numbered from the counter) never jump ahead of waiting ones. The ready score
 -- is priority * 2^32 + turn.
--- ARGV: ev_max, n, keep_ms, call_keep_ms, then n x (name, record_tail, max_attempts,
---       key_index | 0, priority, delay_ms, uniq, group | '')
+-- ARGV: ev_max, n, keep_ms, call_keep_ms, width (2 or 7), then n x (name, record_tail,
+--       key_index | 0, priority, delay_ms, uniq, group | ''). A call whose jobs have no
+--       idempotency key, dedup key, group, priority or delay (most adds) has width 2: each job
+--       is only its name and record tail.
 -- record_tail is the record's JSON without its opening brace and without id, seq and created.
 -- Returns a flat array: id, 1 (new) | 0 (duplicate by dedup key) | 2 (already added), ...
 local n = tonumber(ARGV[2])
@@ -50,12 +52,16 @@ if not V then
   redis.call('HSET', K_META, 'vt', n2s(V))
 end
 local fu, fu_dirty, fg = tonumber(MV[2]) or 0, false, {}
+local width = tonumber(ARGV[5])
 for i = 0, n - 1 do
-  local b = 5 + i * 8
-  local ki = tonumber(ARGV[b + 3])
+  local b = 6 + i * width
+  local ki, prio, delay, uniq, group = 0, '0', 0, '', ''
+  if width > 2 then
+    ki, prio, delay = tonumber(ARGV[b + 2]), ARGV[b + 3], tonumber(ARGV[b + 4])
+    uniq, group = ARGV[b + 5], ARGV[b + 6]
+  end
   local idem = nil
   if ki > 0 then idem = KEYS[ki] end
-  local uniq = ARGV[b + 6]
   local again = idem and redis.call('GET', idem)
   local existing = nil
   if not again and uniq ~= '' then existing = redis.call('HGET', K_UNIQ, uniq) end
@@ -76,7 +82,7 @@ for i = 0, n - 1 do
       first = seq
     end
     local id = tostring(seq)
-    local group, turn = ARGV[b + 7], nil
+    local turn = nil
     if group == '' then
       turn = math.max(V, fu) + 1
       fu, fu_dirty = turn, true
@@ -92,14 +98,12 @@ for i = 0, n - 1 do
     recs[#recs + 1] = '{"id":"' .. id .. '","seq":' .. turn_s .. ',"created":' .. now_s .. ','
       .. ARGV[b + 1]
     if idem then redis.call('SET', idem, id, 'PX', keep) end
-    local delay = tonumber(ARGV[b + 5])
     if delay > 0 then
       local due = now + delay
       sched[#sched + 1] = n2s(due)
       sched[#sched + 1] = id
       if earliest == nil or due < earliest then earliest = due end
     else
-      local prio = ARGV[b + 4]
       -- The score is priority * 2^32 + turn (see `ready_add`); without a priority, the turn.
       if prio == '0' then
         ready[#ready + 1] = turn_s

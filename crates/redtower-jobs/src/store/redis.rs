@@ -428,7 +428,16 @@ impl RedisStore {
         keys.push(base.clone().push("add").push(super::random_key().as_str()));
         // The group-turn ZSET (KEYS[14]).
         keys.push(base.clone().push(GROUP_PARTS[0]));
-        let mut argv: Vec<Value> = Vec::with_capacity(4 + jobs.len() * 8);
+        // Jobs with none of the per-job options send only their name and record tail.
+        let plain = jobs.iter().all(|j| {
+            j.idempotency_key.is_none()
+                && j.unique_key.is_none()
+                && j.group.is_none()
+                && j.priority == 0
+                && j.delay.is_zero()
+        });
+        let width = if plain { 2 } else { 7 };
+        let mut argv: Vec<Value> = Vec::with_capacity(5 + jobs.len() * width);
         argv.push(int(self.events_max_len).into());
         argv.push((jobs.len() as i64).into());
         argv.push(ms(self.idempotency_window).max(1).into());
@@ -437,10 +446,17 @@ impl RedisStore {
                 .max(1)
                 .into(),
         );
+        argv.push((width as i64).into());
         for j in jobs {
             // The record minus its opening brace and the fields the script adds (id, seq,
             // created), so the script stores it without a JSON round trip.
-            let tail = serde_json::to_string(&RecordTail::of(&j)).map_err(Error::Serialize)?;
+            let mut tail = serde_json::to_string(&RecordTail::of(&j)).map_err(Error::Serialize)?;
+            tail.remove(0);
+            argv.push(j.name.into());
+            argv.push(tail.into());
+            if plain {
+                continue;
+            }
             // A caller's idempotency key: its marker, by its (1-based) index in KEYS.
             let key_index = match &j.idempotency_key {
                 Some(key) => {
@@ -449,9 +465,6 @@ impl RedisStore {
                 }
                 None => 0,
             };
-            argv.push(j.name.into());
-            argv.push(tail.get(1..).unwrap_or_default().into());
-            argv.push(i64::from(j.max_attempts).into());
             argv.push(key_index.into());
             argv.push(i64::from(j.priority).into());
             argv.push(ms(j.delay).into());
