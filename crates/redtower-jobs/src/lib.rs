@@ -162,10 +162,13 @@
 //! same tick: the second fire fails the check and adds nothing. A process killed between
 //! reading and firing changed nothing: the next pass of any process fires the tick. A fire
 //! re-sent by the client fails the check too, and each tick's job leaves a marker
-//! `rt:q:{<queue>}:tick:<scheduler>:<tick ms>` naming it, so no replay adds it twice. The
-//! scheduler's keys (`:sspec`, `:snext`, `:sstate`) share the queue's hash tag (Cluster-safe).
-//! The `schedule_chaos` test runs three scheduler processes killed with `SIGKILL` at random
-//! (now and then all three at once) over 200 ticks of 50 ms: 200 jobs, one per tick.
+//! `rt:q:{<queue>}:tick:<scheduler>:<tick ms>` naming it, so no replay adds it twice. The first
+//! tick of an `every` without a start is the upsert's own: the script that stores a new or
+//! changed spec adds its job and stores the next tick in the same step, and a re-sent upsert
+//! finds its spec stored and adds nothing. The scheduler's keys (`:sspec`, `:snext`,
+//! `:sstate`) share the queue's hash tag (Cluster-safe). The `schedule_chaos` test runs three
+//! scheduler processes, each upserting the scheduler as it starts, killed with `SIGKILL` at
+//! random (now and then all three at once) over 200 ticks of 50 ms: 200 jobs, one per tick.
 //!
 //! ```
 //! use std::time::Duration;
