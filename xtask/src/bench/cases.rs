@@ -192,6 +192,8 @@ pub(crate) const GOALS: &[Goal] = &[
     goal("stacked/near", "plain/app", "plain", 0.5),
     goal("jobs/bulk", "jobs/bulk-bullmq", "BullMQ", 2.0),
     goal("jobs/process", "jobs/process-bullmq", "BullMQ", 2.0),
+    goal("jobs/sched", "jobs/sched-bullmq", "BullMQ", 2.0),
+    goal("jobs/flows", "jobs/flows-bullmq", "BullMQ", 2.0),
     goal("jobs/bulk", "jobs/bulk-apalis", "apalis", 1.2),
     goal("jobs/single", "jobs/single-apalis", "apalis", 1.2),
     goal("jobs/process", "jobs/process-apalis", "apalis", 1.0),
@@ -225,7 +227,6 @@ pub(crate) const GOALS: &[Goal] = &[
     info("stacked/l1", "plain/app", "plain"),
     info("stacked/memory", "plain/app", "plain"),
     info("jobs/single", "jobs/single-bullmq", "BullMQ"),
-    info("jobs/sched", "jobs/sched-bullmq", "BullMQ"),
     info("jobs/ticks", "jobs/ticks-bullmq", "BullMQ"),
 ];
 

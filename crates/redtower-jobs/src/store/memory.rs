@@ -196,15 +196,18 @@ struct QueueState {
 }
 
 impl QueueState {
-    /// Adds the job of one scheduler tick (no delay, none of a caller's per-job keys).
-    fn add_tick_job(&mut self, mut job: NewJob, now: u64) -> JobId {
+    /// Adds the job of one scheduler tick (no delay, none of a caller's per-job keys). A fired
+    /// tick has a marker, kept for the idempotency window as the Redis store's
+    /// `:tick:<scheduler>:<tick>` key: a tick fired again (the spec changed, its schedule
+    /// repeats the tick) answers the job it added first.
+    fn add_tick_job(&mut self, mut job: NewJob, marker: Option<String>, now: u64) -> JobId {
         job.delay = Duration::ZERO;
         job.unique_key = None;
-        job.idempotency_key = None;
+        job.idempotency_key = marker;
         job.group = None;
         job.trace = None;
         job.flow_parent = None;
-        let (e, _) = self.add(job, now, now);
+        let (e, _) = self.add(job, now, now.saturating_add(ms(WINDOW)));
         self.wake();
         e.id().clone()
     }
@@ -223,7 +226,11 @@ impl QueueState {
         let ids: Vec<JobId> = fire
             .ticks
             .iter()
-            .map(|_| self.add_tick_job(fire.job.clone(), now))
+            .map(|tick| {
+                // Apart from callers' keys (a NUL byte leads).
+                let marker = format!("\0tick:{}:{tick}", fire.id);
+                self.add_tick_job(fire.job.clone(), Some(marker), now)
+            })
             .collect();
         if let Some(s) = self.scheds.get_mut(&fire.id) {
             s.count += ids.len() as u64;
@@ -1076,7 +1083,7 @@ impl QueueStore for MemoryStore {
             let (count, next) = match first {
                 FirstTick::Now { job, then } => {
                     q.expire(now);
-                    q.add_tick_job(*job, now);
+                    q.add_tick_job(*job, None, now);
                     (1, then.map(|d| now.saturating_add(ms(d))))
                 }
                 first => (0, first.resolve(now)),

@@ -273,6 +273,22 @@ pub async fn scheduler_fire_is_exactly_once(store: Store, q: &str) {
     assert!(queue.run_schedulers().await.unwrap().added.is_empty());
     assert_eq!(fire_one(&store, q, current).await, None);
     assert_eq!(queue.counts().await.unwrap().ready, 2);
+    // A changed spec that repeats the first fired tick (the same start): the tick's job is
+    // the one it added first, not a second one.
+    queue
+        .schedule("s", every(HOUR, start), w("b"))
+        .await
+        .unwrap();
+    let (_, due, _) = store.due_schedulers(q, 10).await.unwrap();
+    assert_eq!(due[0].next, Some(start));
+    let again = Fire::new(
+        &due[0],
+        vec![start],
+        Some(start + HOUR),
+        NewJob::new("welcome", r#"{"to":"b"}"#),
+    );
+    assert_eq!(fire_one(&store, q, again).await, first);
+    assert_eq!(queue.counts().await.unwrap().ready, 2);
 }
 
 /// One fire, in a call of its own.
