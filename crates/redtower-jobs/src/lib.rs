@@ -115,7 +115,8 @@
 //! | admin: pause, resume | yes | yes | set / clear a flag |
 //! | admin: remove, retry | yes | yes | a re-send finds the job already gone / no longer dead (answers `false`) |
 //! | admin: time, counts, get, list | no | yes | read only |
-//! | schedule: upsert, remove | yes | yes | a re-send finds the spec it stored / nothing to delete |
+//! | schedule: upsert | yes | yes | every call (one upsert, or concurrent ones coalesced) carries a random id: its answers are kept for up to a minute and a re-send of the call is answered from them, adding no job |
+//! | schedule: remove | yes | yes | a re-send finds nothing to delete |
 //! | schedule: fire | yes | yes | compare-and-set on the version and next tick read: a re-send finds the next tick moved on and adds nothing; each tick's job also leaves a marker (scheduler id + tick time) for the idempotency window |
 //! | schedule: due, list | no | yes | read only |
 //! | flow: parent | yes | yes | the parent's idempotency key ([`Flow::id`]) or, without one, a random id per call leaves a marker naming the parent: a re-send answers it and adds nothing |
@@ -163,9 +164,9 @@
 //! reading and firing changed nothing: the next pass of any process fires the tick. A fire
 //! re-sent by the client fails the check too, and each tick's job leaves a marker
 //! `rt:q:{<queue>}:tick:<scheduler>:<tick ms>` naming it, so no replay adds it twice. The first
-//! tick of an `every` without a start is the upsert's own: the script that stores a new or
-//! changed spec adds its job and stores the next tick in the same step, and a re-sent upsert
-//! finds its spec stored and adds nothing. The scheduler's keys (`:sspec`, `:snext`,
+//! tick of an `every` without a start or an end is the upsert's own: the script that stores a
+//! new or changed spec adds its job and stores the next tick in the same step (no tick marker),
+//! and a re-sent upsert call is answered from its call marker and adds nothing. The scheduler's keys (`:sspec`, `:snext`,
 //! `:sstate`) share the queue's hash tag (Cluster-safe). The `schedule_chaos` test runs three
 //! scheduler processes, each upserting the scheduler as it starts, killed with `SIGKILL` at
 //! random (now and then all three at once) over 200 ticks of 50 ms: 200 jobs, one per tick.

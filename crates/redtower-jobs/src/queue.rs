@@ -405,7 +405,8 @@ impl<J: Job> Queue<J> {
     /// schedulers; see [`Schedule`] and the crate docs, "Job schedulers"). Upsert by id: calling
     /// it again with the same schedule and job (every process does at start-up) changes
     /// nothing, and the scheduler keeps its next tick and run count; a changed schedule or job
-    /// replaces it and starts afresh (run count 0, next tick computed from now). Returns
+    /// replaces it and starts afresh (run count 0, first tick computed from now; for `every`
+    /// without a start or an end, that tick's job is added at once, see below). Returns
     /// whether anything changed.
     ///
     /// [`Schedule::every`] without a start or an end ticks first as the upsert runs: the
@@ -464,8 +465,9 @@ impl<J: Job> Queue<J> {
     }
 
     /// [`schedule`](Self::schedule) with options for every job it adds (attempts, backoff,
-    /// priority; a delay, dedup or idempotency key is refused: each tick's job has its own
-    /// idempotency key, derived from the scheduler and the tick).
+    /// priority; a delay, dedup or idempotency key is refused: each tick a pass fires has its
+    /// own marker, derived from the scheduler and the tick, and the first tick of an `every`
+    /// is added by the upsert itself).
     ///
     /// # Errors
     ///
@@ -696,8 +698,8 @@ impl<J> Queue<J> {
     ///
     /// # Errors
     ///
-    /// Store errors (a pass that fails part-way fired what it reported to the store; the next
-    /// pass goes on from there).
+    /// Store errors (a pass whose fires went in several store calls may have applied some of
+    /// them; the next pass goes on from there).
     pub async fn run_schedulers(&self) -> Result<SchedulerPass> {
         crate::schedule::run_pass(self.shared.store.as_ref(), &self.shared.name).await
     }

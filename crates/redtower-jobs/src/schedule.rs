@@ -427,8 +427,8 @@ pub enum FirstTick {
         /// this job (a run limit of 1).
         then: Option<Duration>,
     },
-    /// None: the scheduler is finished at once (its end is before its first tick, or its run
-    /// limit is 0).
+    /// None: the scheduler is finished at once (its end is before its first tick, or it is an
+    /// `every` from now with a run limit of 0).
     Never,
 }
 

@@ -193,6 +193,31 @@ async fn lost_work_replies_settle_once_and_strand_nothing() {
     assert_eq!(job.attempts_made, 1, "the failure counted once");
 }
 
+/// SCHEDULE upsert: the reply of an upsert that added the first tick's job is lost, the client
+/// re-sends it: the re-send is answered from the call's marker (`true`, as the first run
+/// answered), one job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_upsert_reply_adds_one_first_job() {
+    let rig = rig("lost-upsert").await;
+    let queue = Queue::<Task>::new(rig.store.clone(), "sched");
+    let every = || redtower_jobs::Schedule::every(Duration::from_secs(3600));
+    // Loads the schedule script (a lost reply must be the script's, not a NOSCRIPT retry).
+    Queue::<Task>::new(rig.store.clone(), "warm-sched")
+        .schedule("w", every(), Task { n: 0, fail: false })
+        .await
+        .unwrap();
+    rig.proxy.lose_next_reply();
+    let changed = queue
+        .schedule("s", every(), Task { n: 1, fail: false })
+        .await
+        .unwrap();
+    assert_eq!(rig.proxy.lost_replies(), 1);
+    assert!(changed, "the re-send answers as the first run did");
+    assert_eq!(rig.direct.counts("sched").await.unwrap().ready, 1);
+    let list = queue.schedulers().await.unwrap();
+    assert_eq!((list.len(), list[0].count), (1, 1));
+}
+
 /// EXTEND and the admin operations: a lost reply and a re-send leave the state of one run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_extend_and_admin_replies() {

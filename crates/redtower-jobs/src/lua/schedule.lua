@@ -5,8 +5,8 @@
 -- Changes state: upsert (spec, state, next; the first tick's job for `now`), remove (all
 -- three), fire (jobs, state, next).
 -- Idempotent under re-send:
--- * upsert: a re-send finds the specs it stored and changes nothing, adding no job (a call
---   holds at most one upsert per scheduler).
+-- * upsert: the call carries a marker key (KEYS[16], `:ups:<random id>`); the first run keeps
+--   its answers there for `call_keep_ms` and a re-send is answered from it, changing nothing.
 -- * remove: a re-send finds nothing to delete.
 -- * fire: compare-and-set on the version and the next tick read by the caller; the first run
 --   moves the next tick on, so a re-send fails the check and adds nothing (answers false). Each
@@ -54,13 +54,19 @@ local function flush_tick_jobs()
 end
 
 if op == 'upsert' then
-  -- ARGV[3] upserts, applied in order, each (id, spec, first, name, tail, priority, step):
-  -- `first` is a tick in ms, '' (finished at once) or `now`: this script's time, whose job
-  -- (name, record tail, priority) is added here, the next tick `step` ms later ('':
-  -- finished). Answers 1 (changed) or 0 per upsert.
+  -- ARGV[3] upserts, applied in order, ARGV[4] call_keep_ms, then each upsert (id, spec,
+  -- first, name, tail, priority, step): `first` is a tick in ms, '' (finished at once) or
+  -- `now`: this script's time, whose job (name, record tail, priority) is added here, the next
+  -- tick `step` ms later ('': finished). Answers 1 (changed) or 0 per upsert.
+  local prev = redis.call('GET', KEYS[16])
+  if prev then
+    local out = {}
+    for a in string.gmatch(prev, '%d') do out[#out + 1] = tonumber(a) end
+    return out
+  end
   local out = {}
   for i = 1, tonumber(ARGV[3]) do
-    local b = 7 * i - 3
+    local b = 7 * i - 2
     local id, spec, first = ARGV[b], ARGV[b + 1], ARGV[b + 2]
     if redis.call('HGET', K_SPEC, id) == spec then
       out[i] = 0
@@ -82,6 +88,7 @@ if op == 'upsert' then
     end
   end
   flush_tick_jobs()
+  redis.call('SET', KEYS[16], table.concat(out), 'PX', ARGV[4])
   return out
 elseif op == 'remove' then
   local id = ARGV[3]

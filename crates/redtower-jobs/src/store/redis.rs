@@ -80,6 +80,9 @@ const WAKE: usize = 9;
 const GROUP_PARTS: [&str; 4] = ["gturn", "gheld", "gact", "gjob"];
 const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
 const EVENTS: usize = 10;
+/// At most this many tick jobs are added by one schedule call of a scheduler pass.
+const MAX_TICKS_PER_CALL: usize = 1_000;
+
 /// At most this many single adds share one enqueue call.
 const MAX_COALESCED_ADDS: usize = 200;
 
@@ -102,7 +105,8 @@ type Upserts = Coalescer<(String, Upsert), Result<bool>>;
 /// idle workers block on), `:events` (STREAM, capped) and `:seq` (ids and tokens). They are not
 /// given TTLs: retention bounds them. Job schedulers: `:sspec` (HASH id → spec), `:snext`
 /// (ZSET id → next tick), `:sstate` (HASH id → version and run count), and one marker per
-/// fired tick, `:tick:<scheduler>:<tick ms>` → job id (kept for the idempotency window).
+/// tick a pass fired, `:tick:<scheduler>:<tick ms>` → job id (kept for the idempotency window;
+/// the first tick of an `every`, added by its upsert, has none).
 /// Quotas ([`QueueLimits`](crate::QueueLimits)): limits, the rate state and the turn counters
 /// are fields of `:meta`; fair groups use `:gturn` (ZSET group → its last turn, pruned once
 /// the queue's turn passes it), and with a per-group limit `:gact` (HASH group → running jobs),
@@ -154,8 +158,8 @@ impl RedisStore {
     /// fails with its error.
     ///
     /// Concurrent scheduler upserts ([`Queue::schedule`](crate::Queue::schedule)) share
-    /// schedule calls the same way (each upsert is applied on its own, in arrival order; a
-    /// re-send finds the specs it stored and changes nothing).
+    /// schedule calls the same way (each upsert is applied on its own, and a re-sent call is
+    /// answered from its marker, as an add call is).
     #[must_use]
     pub fn coalesce_adds(mut self, on: bool) -> Self {
         self.coalesce_adds = on;
@@ -200,7 +204,8 @@ impl RedisStore {
     /// An add with a key leaves one marker (`rt:q:{<queue>}:idem:<key>`, about 120 bytes) for
     /// this long. Every add call (one job or a batch) also leaves one marker with its answer
     /// (`rt:q:{<queue>}:add:<random id>`, about 110 bytes plus 8 per job) for at most a
-    /// minute, for the client's own re-send of that call. A queue holds about `calls per
+    /// minute, for the client's own re-send of that call; so does every scheduler upsert call
+    /// (`:ups:<random id>`, one byte per upsert). A queue holds about `calls per
     /// second x 60 s` of the latter, plus the keyed adds of the last window.
     ///
     /// Work requests are answered again when re-sent for the lease length, at least 10 s and
@@ -214,8 +219,8 @@ impl RedisStore {
 
     /// The approximate cap (`MAXLEN ~`) of each queue's event stream, in entries; `0` turns
     /// events off. Defaults to 1,000. An entry is one event, except that the completions of
-    /// one worker exchange share an entry, and so do the `added` events of one enqueue call
-    /// (up to 100 of them per entry).
+    /// one worker exchange share an entry, and so do the `added` events of one enqueue or
+    /// schedule call (up to 100 of them per entry).
     #[must_use]
     pub fn events_max_len(mut self, n: u64) -> Self {
         self.events_max_len = n;
@@ -338,6 +343,63 @@ impl RedisStore {
         Ok(script.run::<Value, _, _>(&self.redis, keys, argv).await?)
     }
 
+    /// One schedule call applying `fires` (see `lua/schedule.lua`): per fire, its jobs' ids or
+    /// `None` when its compare-and-set failed.
+    async fn fire_call(&self, queue: &str, fires: &[Fire]) -> Result<Vec<Option<Vec<JobId>>>> {
+        if fires.is_empty() {
+            return Ok(Vec::new());
+        }
+        let base = self.base(queue);
+        let mut markers = Vec::new();
+        let mut argv: Vec<Value> = vec![
+            "fire".into(),
+            ms(self.idempotency_window).max(1).into(),
+            (fires.len() as i64).into(),
+        ];
+        for fire in fires {
+            let j = &fire.job;
+            let tail = tick_tail(j)?;
+            argv.extend([
+                fire.id.as_str().into(),
+                int(fire.version).into(),
+                int(fire.expected_next).into(),
+                fire.next.map_or_else(|| "".into(), |t| int(t).into()),
+                j.name.as_str().into(),
+                tail.into(),
+                i64::from(j.priority).into(),
+                (fire.ticks.len() as i64).into(),
+            ]);
+            for t in &fire.ticks {
+                argv.push(int(*t).into());
+                markers.push(
+                    base.clone()
+                        .push("tick")
+                        .push(fire.id.as_str())
+                        .push(t.to_string().as_str()),
+                );
+            }
+        }
+        let v = self.schedule(queue, markers, argv).await?;
+        let out: Vec<Option<Vec<JobId>>> = v
+            .into_array()
+            .into_iter()
+            .map(|ids| {
+                if ids.is_null() {
+                    return Ok(None);
+                }
+                ids.into_array()
+                    .into_iter()
+                    .map(|id| text(id).map(JobId::new))
+                    .collect::<Result<_>>()
+                    .map(Some)
+            })
+            .collect::<Result<_>>()?;
+        if out.len() != fires.len() {
+            return Err(Error::Protocol("fire schedulers reply".into()));
+        }
+        Ok(out)
+    }
+
     /// The single adds of one coalesced batch, one enqueue call per queue.
     async fn enqueue_coalesced(&self, items: Vec<(String, NewJob)>) -> Vec<Result<Enqueued>> {
         per_queue(items, |queue, jobs| async move {
@@ -346,41 +408,26 @@ impl RedisStore {
         .await
     }
 
-    /// The upserts of one coalesced batch, one call per queue. A scheduler upserted twice in
-    /// the batch has its later upsert in a call after the first one's: a re-send of a call
-    /// holding both would apply the earlier spec again.
+    /// The upserts of one coalesced batch, one call per queue.
     async fn upsert_coalesced(&self, items: Vec<(String, Upsert)>) -> Vec<Result<bool>> {
-        let mut rounds: Vec<Vec<(usize, (String, Upsert))>> = Vec::new();
-        for (i, item) in items.into_iter().enumerate() {
-            let free = rounds.iter().position(|r| {
-                !r.iter()
-                    .any(|(_, (q, u))| *q == item.0 && u.0 == (item.1).0)
-            });
-            match free {
-                Some(r) => rounds[r].push((i, item)),
-                None => rounds.push(vec![(i, item)]),
-            }
-        }
-        let mut out: Vec<(usize, Result<bool>)> = Vec::new();
-        for round in rounds {
-            let (idx, items): (Vec<usize>, Vec<_>) = round.into_iter().unzip();
-            let done = per_queue(items, |queue, upserts| async move {
-                self.upsert_call(&queue, upserts).await
-            })
-            .await;
-            out.extend(idx.into_iter().zip(done));
-        }
-        out.sort_by_key(|(i, _)| *i);
-        out.into_iter().map(|(_, r)| r).collect()
+        per_queue(items, |queue, upserts| async move {
+            self.upsert_call(&queue, upserts).await
+        })
+        .await
     }
 
     /// One schedule call applying `upserts` in order (see `lua/schedule.lua`): whether each
     /// changed its scheduler.
     async fn upsert_call(&self, queue: &str, upserts: Vec<Upsert>) -> Result<Vec<bool>> {
         let n = upserts.len();
-        let mut argv: Vec<Value> = Vec::with_capacity(2 + 7 * n);
+        let mut argv: Vec<Value> = Vec::with_capacity(3 + 7 * n);
         argv.push("upsert".into());
         argv.push((n as i64).into());
+        argv.push(
+            ms(super::random_key_window(self.idempotency_window))
+                .max(1)
+                .into(),
+        );
         for (id, spec, first) in upserts {
             argv.push(id.into());
             argv.push(spec.into());
@@ -405,7 +452,12 @@ impl RedisStore {
                 }
             }
         }
-        let v = self.schedule(queue, vec![], argv).await?;
+        // The call's own marker: a re-send of this very request is answered from it.
+        let marker = self
+            .base(queue)
+            .push("ups")
+            .push(super::random_key().as_str());
+        let v = self.schedule(queue, vec![marker], argv).await?;
         let out = v
             .into_array()
             .iter()
@@ -1062,56 +1114,23 @@ impl QueueStore for RedisStore {
         queue: &str,
         fires: Vec<Fire>,
     ) -> Result<Vec<Option<Vec<JobId>>>> {
-        if fires.is_empty() {
-            return Ok(Vec::new());
-        }
-        let base = self.base(queue);
-        let mut markers = Vec::new();
-        let mut argv: Vec<Value> = vec![
-            "fire".into(),
-            ms(self.idempotency_window).max(1).into(),
-            (fires.len() as i64).into(),
-        ];
-        for fire in &fires {
-            let j = &fire.job;
-            let tail = tick_tail(j)?;
-            argv.extend([
-                fire.id.as_str().into(),
-                int(fire.version).into(),
-                int(fire.expected_next).into(),
-                fire.next.map_or_else(|| "".into(), |t| int(t).into()),
-                j.name.as_str().into(),
-                tail.into(),
-                i64::from(j.priority).into(),
-                (fire.ticks.len() as i64).into(),
-            ]);
-            for t in &fire.ticks {
-                argv.push(int(*t).into());
-                markers.push(
-                    base.clone()
-                        .push("tick")
-                        .push(fire.id.as_str())
-                        .push(t.to_string().as_str()),
-                );
+        // Calls of at most MAX_TICKS_PER_CALL ticks (each fire stands alone, so they may be
+        // split), sent together.
+        let mut calls: Vec<&[Fire]> = Vec::new();
+        let (mut from, mut ticks) = (0, 0);
+        for (i, fire) in fires.iter().enumerate() {
+            if ticks > 0 && ticks + fire.ticks.len() > MAX_TICKS_PER_CALL {
+                calls.push(&fires[from..i]);
+                (from, ticks) = (i, 0);
             }
+            ticks += fire.ticks.len();
         }
-        let v = self.schedule(queue, markers, argv).await?;
-        let out: Vec<Option<Vec<JobId>>> = v
-            .into_array()
-            .into_iter()
-            .map(|ids| {
-                if ids.is_null() {
-                    return Ok(None);
-                }
-                ids.into_array()
-                    .into_iter()
-                    .map(|id| text(id).map(JobId::new))
-                    .collect::<Result<_>>()
-                    .map(Some)
-            })
-            .collect::<Result<_>>()?;
-        if out.len() != fires.len() {
-            return Err(Error::Protocol("fire schedulers reply".into()));
+        calls.push(&fires[from..]);
+        let fired =
+            futures::future::join_all(calls.into_iter().map(|c| self.fire_call(queue, c))).await;
+        let mut out = Vec::with_capacity(fires.len());
+        for call in fired {
+            out.extend(call?);
         }
         Ok(out)
     }

@@ -164,6 +164,59 @@ pub async fn scheduler_limit_and_end(store: Store, q: &str) {
         .await
         .unwrap();
     assert!(queue.run_schedulers().await.unwrap().added.is_empty());
+    // `every` from now with a limit of 1: the upsert adds the only job and finishes it; with a
+    // limit of 0 it is stored finished and adds none.
+    let ready = queue.counts().await.unwrap().ready;
+    let hourly = Schedule::every(Duration::from_millis(HOUR));
+    queue
+        .schedule("once", hourly.clone().limit(1), w("o"))
+        .await
+        .unwrap();
+    queue
+        .schedule("never", hourly.limit(0), w("n"))
+        .await
+        .unwrap();
+    assert_eq!(queue.counts().await.unwrap().ready, ready + 1);
+    for s in queue.schedulers().await.unwrap() {
+        assert_eq!(s.next, None, "{} is finished", s.id);
+        match s.id.as_str() {
+            "once" => assert_eq!(s.count, 1),
+            "never" => assert_eq!(s.count, 0),
+            _ => {}
+        }
+    }
+    assert!(queue.run_schedulers().await.unwrap().added.is_empty());
+}
+
+/// A pass whose due schedulers catch up many ticks (30 x 51, more than one store call of a
+/// pass carries) adds every tick's job once and moves every scheduler on.
+pub async fn a_pass_with_many_ticks(store: Store, q: &str) {
+    const MIN: u64 = 60_000;
+    let queue = queue(&store, q);
+    let now = store.time(q).await.unwrap();
+    let every = Schedule::every(Duration::from_millis(MIN))
+        .start(ago(now, 50 * MIN + 1))
+        .catch_up(CatchUp::All {
+            within: Duration::from_millis(HOUR),
+        });
+    for i in 0..30 {
+        queue
+            .schedule(&format!("s{i:02}"), every.clone(), w("a"))
+            .await
+            .unwrap();
+    }
+    let pass = queue.run_schedulers().await.unwrap();
+    assert_eq!(pass.added.len(), 30 * 51);
+    assert_eq!(queue.counts().await.unwrap().ready, 30 * 51);
+    for s in queue.schedulers().await.unwrap() {
+        assert_eq!(s.count, 51, "{}", s.id);
+        assert!(
+            s.next.unwrap() > UNIX_EPOCH + Duration::from_millis(now),
+            "{}",
+            s.id
+        );
+    }
+    assert!(queue.run_schedulers().await.unwrap().added.is_empty());
 }
 
 /// A cron expression in a time zone fires on its wall-clock ticks (here every hour in Berlin:
@@ -201,7 +254,8 @@ pub async fn scheduler_cron_in_time_zone(store: Store, q: &str) {
 
 /// Firing is a compare-and-set on the version and next tick read: of two processes that read
 /// the same due tick, one adds the job; a re-sent fire adds nothing; a process that read the
-/// tick and died before firing changed nothing, and the next pass fires it.
+/// tick and died before firing changed nothing, and a later fire of what it read applies. In
+/// one call each fire stands alone, and a tick fired again answers its first job.
 pub async fn scheduler_fire_is_exactly_once(store: Store, q: &str) {
     let queue = queue(&store, q);
     // From a start (a moment ago): the first tick is due, for a pass to fire.
@@ -301,10 +355,17 @@ async fn fire_one(store: &Store, q: &str, fire: Fire) -> Option<Vec<JobId>> {
 /// Workers fire their queue's schedulers on their own.
 pub async fn workers_fire_schedulers(store: Store, q: &str) {
     let queue = queue(&store, q);
+    // From a start (now): the first tick is due for a pass, not added by the upsert.
+    let start = UNIX_EPOCH + Duration::from_millis(store.time(q).await.unwrap());
     queue
-        .schedule("s", Schedule::every(Duration::from_millis(HOUR)), w("a"))
+        .schedule(
+            "s",
+            Schedule::every(Duration::from_millis(HOUR)).start(start),
+            w("a"),
+        )
         .await
         .unwrap();
+    assert_eq!(queue.counts().await.unwrap().ready, 0);
     let workers: Vec<_> = (0..3)
         .map(|_| {
             Worker::new(store.clone(), q)
@@ -333,6 +394,8 @@ pub async fn workers_fire_schedulers(store: Store, q: &str) {
 /// pass follows at once instead of waiting for the next tick or the poll interval.
 pub async fn many_due_schedulers_fire_together(store: Store, q: &str) {
     let queue = queue(&store, q);
+    // From a start (now): every first tick is due for a pass, not added by the upsert.
+    let start = UNIX_EPOCH + Duration::from_millis(store.time(q).await.unwrap());
     let all: Vec<u32> = (0..250).collect();
     for chunk in all.chunks(50) {
         futures::future::join_all(chunk.iter().map(|i| {
@@ -341,7 +404,7 @@ pub async fn many_due_schedulers_fire_together(store: Store, q: &str) {
                 queue
                     .schedule(
                         &format!("s{i}"),
-                        Schedule::every(Duration::from_millis(HOUR)),
+                        Schedule::every(Duration::from_millis(HOUR)).start(start),
                         w("a"),
                     )
                     .await
@@ -350,6 +413,7 @@ pub async fn many_due_schedulers_fire_together(store: Store, q: &str) {
         }))
         .await;
     }
+    assert_eq!(queue.counts().await.unwrap().ready, 0);
     let worker = Worker::new(store.clone(), q)
         .poll_interval(Duration::from_millis(HOUR))
         .concurrency(50)
