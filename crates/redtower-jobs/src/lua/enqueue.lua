@@ -112,13 +112,7 @@ for i = 0, n - 1 do
       end
       ready[#ready + 1] = id
     end
-    local m = #events
-    events[m + 1] = 'id'
-    events[m + 2] = id
-    events[m + 3] = 'name'
-    events[m + 4] = ARGV[b]
-    events[m + 5] = 'attempt'
-    events[m + 6] = '0'
+    event_fields(events, id, ARGV[b], '0')
     out[#out + 1] = id
     out[#out + 1] = 1
   end

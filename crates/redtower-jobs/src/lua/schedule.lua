@@ -36,13 +36,7 @@ local function add_tick_job(name, tail, prio)
   redis.call('HSET', K_JOBS, jid,
     '{"id":"' .. jid .. '","seq":' .. seq .. ',"created":' .. now_s .. ',' .. tail)
   ready_add(jid, { prio = tonumber(prio), seq = seq })
-  local e = #events
-  events[e + 1] = 'id'
-  events[e + 2] = jid
-  events[e + 3] = 'name'
-  events[e + 4] = name
-  events[e + 5] = 'attempt'
-  events[e + 6] = '0'
+  event_fields(events, jid, name, '0')
   return jid
 end
 
