@@ -632,6 +632,16 @@ struct Dispatcher<V> {
 
 /// Whether an error means tracking can never work against this server.
 fn is_permanent(error: &fred::error::Error) -> bool {
+    // A connection that drops or stalls (a cut in the middle of a handshake included) is never
+    // a reason to turn the tier off for good: it retries.
+    if matches!(
+        error.kind(),
+        fred::error::ErrorKind::IO
+            | fred::error::ErrorKind::Timeout
+            | fred::error::ErrorKind::Canceled
+    ) {
+        return false;
+    }
     let text = error.details().to_ascii_lowercase();
     text.contains("unknown command")
         || text.contains("unknown subcommand")
