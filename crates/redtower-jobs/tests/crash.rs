@@ -3,7 +3,6 @@
 
 use std::{
     collections::HashMap,
-    process::Stdio,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU32, Ordering},
@@ -19,7 +18,8 @@ use redtower_jobs::{
 };
 use redtower_testkit::{RedisServer, unique_prefix};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, BufReader};
+
+mod instance;
 
 #[derive(Serialize, Deserialize)]
 struct Crash {
@@ -45,23 +45,7 @@ async fn sigkilled_worker_job_is_reprocessed_once_and_stale_token_rejected() {
     let queue = Queue::<Crash>::new(store.clone(), "crash");
     let id = queue.add(Crash { n: 1 }).await.unwrap();
 
-    let mut child = tokio::process::Command::new(redtower_testkit::example_path(
-        "redtower-jobs",
-        "crash_worker",
-    ))
-    .env("REDIS_URL", &url)
-    .env("JOBS_PREFIX", &prefix)
-    .env("JOBS_QUEUE", "crash")
-    .stdout(Stdio::piped())
-    .kill_on_drop(true)
-    .spawn()
-    .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("child worker started the job")
-        .unwrap()
-        .unwrap();
+    let (mut child, line) = instance::start("crash_worker", &url, &prefix, "crash").await;
     assert_eq!(line, format!("started {id} 1"));
 
     // The child's lease token, straight from Redis.
