@@ -82,7 +82,7 @@ pub use config::RedisConfig;
 pub use error::{Error, ErrorKind, Result};
 pub use health::{ConnectionState, Health, HealthStatus};
 pub use keyspace::{Key, KeyError, KeyPattern, Keyspace, Namespace, Segment};
-pub use near::{NearCache, NearCacheConfig, NearCacheStats, Ticket};
+pub use near::{NearCache, NearCacheConfig, NearCacheStats, Stamp, Ticket};
 pub use script::Script;
 pub use trace::TraceContext;
 

@@ -157,6 +157,21 @@ impl NearCacheConfig {
         self.name
     }
 
+    /// The most entries held (see [`max_entries`](Self::max_entries)).
+    pub fn entries(&self) -> u64 {
+        self.max_entries
+    }
+
+    /// The most bytes held (see [`max_bytes`](Self::max_bytes)).
+    pub fn bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// The longest an entry is kept (see [`max_age`](Self::max_age)).
+    pub fn age(&self) -> Duration {
+        self.max_age
+    }
+
     /// The weight of one entry: its bytes, but at least `max_bytes / max_entries`, so that a
     /// budget of `max_bytes` also bounds the count.
     fn weight(&self, bytes: u64) -> u32 {
@@ -221,6 +236,44 @@ impl Ticket {
     }
 }
 
+/// The [`Ticket`]s of several keys of one [`NearCache`], taken before their reads: current
+/// while the tier has served without a break and none of the keys was invalidated since. A
+/// value *derived* from those reads (a decoded entry, a parsed record) may be kept in process
+/// and served while its stamp [is current](Self::is_current): it is then as coherent as the
+/// tier's own entries, at the cost of a few atomic loads per use. From [`NearCache::stamp`].
+///
+/// A key's generation is shared by its stripe (one of 4,096), so an invalidation of another
+/// key of the same stripe also ends the stamp: a spurious miss, never a stale hit.
+#[derive(Clone)]
+pub struct Stamp {
+    state: Arc<State>,
+    epoch: u64,
+    stripes: Box<[(usize, u64)]>,
+}
+
+impl fmt::Debug for Stamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stamp")
+            .field("cache", &self.state.name)
+            .field("keys", &self.stripes.len())
+            .field("current", &self.is_current())
+            .finish()
+    }
+}
+
+impl Stamp {
+    /// Whether the tier still serves, was not flushed, and no key of the stamp was
+    /// invalidated since it was taken.
+    pub fn is_current(&self) -> bool {
+        let state = &*self.state;
+        state.ready.load(Ordering::Acquire)
+            && state.epoch.load(Ordering::Acquire) == self.epoch
+            && self.stripes.iter().all(|&(stripe, generation)| {
+                state.stripes[stripe].load(Ordering::Acquire) == generation
+            })
+    }
+}
+
 /// The state shared by the handles and the dispatcher task.
 struct State {
     name: &'static str,
@@ -245,8 +298,22 @@ impl State {
         stripe
     }
 
-    fn bump(&self, key: &[u8]) {
-        self.stripes[self.stripe(key)].fetch_add(1, Ordering::AcqRel);
+    /// Drops `key` with `remove`, bumping its stripe before (so that no read in flight can
+    /// store its value) and after (so that no [`Stamp`] taken between the first bump and the
+    /// removal, whose read may still have found the old value, stays current).
+    fn invalidate(&self, key: &[u8], remove: impl FnOnce()) {
+        let stripe = &self.stripes[self.stripe(key)];
+        stripe.fetch_add(1, Ordering::AcqRel);
+        remove();
+        stripe.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Voids every read in flight and every [`Stamp`] with `clear` between two epoch bumps
+    /// (see [`invalidate`](Self::invalidate)).
+    fn invalidate_all(&self, clear: impl FnOnce()) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        clear();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     fn note_applied(&self) {
@@ -392,6 +459,11 @@ impl<V: Clone + Send + Sync + 'static> NearCache<V> {
         })
     }
 
+    /// The settings it was built with.
+    pub fn config(&self) -> &NearCacheConfig {
+        &self.shared.config
+    }
+
     /// The value held for `key`, if the tier is serving and holds it.
     pub fn get(&self, key: &str) -> Option<V> {
         let state = &self.shared.state;
@@ -474,14 +546,62 @@ impl<V: Clone + Send + Sync + 'static> NearCache<V> {
     /// Drops `key` here, and makes any read of it in flight unable to store its result: for a
     /// store's own writes, whose push arrives only after the write's reply.
     pub fn invalidate(&self, key: &str) {
-        self.shared.state.bump(key.as_bytes());
-        self.shared.map.invalidate(key);
+        let map = &self.shared.map;
+        self.shared
+            .state
+            .invalidate(key.as_bytes(), || map.invalidate(key));
     }
 
     /// Drops every entry here, and makes every read in flight unable to store its result.
     pub fn invalidate_all(&self) {
-        self.shared.state.epoch.fetch_add(1, Ordering::AcqRel);
-        self.shared.map.invalidate_all();
+        let map = &self.shared.map;
+        self.shared.state.invalidate_all(|| map.invalidate_all());
+    }
+
+    /// A [`Stamp`] of `keys`, to take *before* reading them (through this tier or
+    /// [`client_for`](Self::client_for)); `None` while the tier does not serve. Whatever is
+    /// derived from those reads may be served while the stamp [is
+    /// current](Stamp::is_current).
+    ///
+    /// ```no_run
+    /// use redtower_client::{NearCache, NearCacheConfig, Redis, RedisConfig};
+    ///
+    /// # async fn run() -> Result<(), redtower_client::Error> {
+    /// let redis = Redis::new(RedisConfig::from_env()?)?;
+    /// let near: NearCache<String> = NearCache::new(&redis, NearCacheConfig::new("demo"), |v: &String| v.len())?;
+    /// let stamp = near.stamp(["rt:demo:{a}"]);
+    /// let raw = near
+    ///     .get_or_load("rt:demo:{a}", |client| async move {
+    ///         use fred::interfaces::KeysInterface as _;
+    ///         client.get::<Option<String>, _>("rt:demo:{a}").await.map_err(redtower_client::Error::from)
+    ///     })
+    ///     .await?;
+    /// // Something derived from the value, costly to derive again.
+    /// let parsed: Option<usize> = raw.map(|v| v.len());
+    /// if let Some(stamp) = stamp {
+    ///     // Later: serve `parsed` while nothing changed the key.
+    ///     if stamp.is_current() {
+    ///         println!("still {parsed:?}");
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn stamp<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> Option<Stamp> {
+        let state = &self.shared.state;
+        // Generations and epoch first, readiness last, as for a ticket.
+        let stripes = keys
+            .into_iter()
+            .map(|key| {
+                let stripe = state.stripe(key.as_bytes());
+                (stripe, state.stripes[stripe].load(Ordering::Acquire))
+            })
+            .collect();
+        let epoch = state.epoch.load(Ordering::Acquire);
+        state.ready.load(Ordering::Acquire).then(|| Stamp {
+            state: state.clone(),
+            epoch,
+            stripes,
+        })
     }
 
     /// The value of `key`: from the tier, else read by `load` (given the connection to read
@@ -729,11 +849,12 @@ impl<V: Clone + Send + Sync + 'static> Dispatcher<V> {
 
     fn apply(&self, push: &fred::types::client::Invalidation) {
         for key in &push.keys {
-            // Bump before removing: see `NearCache::insert`.
-            self.state.bump(key.as_bytes());
-            if let Some(key) = key.as_str() {
-                self.map.invalidate(key);
-            }
+            // Bumps around the removal: see `NearCache::insert` and `Stamp`.
+            self.state.invalidate(key.as_bytes(), || {
+                if let Some(key) = key.as_str() {
+                    self.map.invalidate(key);
+                }
+            });
         }
         self.state
             .counters
@@ -748,8 +869,7 @@ impl<V: Clone + Send + Sync + 'static> Dispatcher<V> {
         if !keep_serving {
             self.state.ready.store(false, Ordering::Release);
         }
-        self.state.epoch.fetch_add(1, Ordering::AcqRel);
-        self.map.invalidate_all();
+        self.state.invalidate_all(|| self.map.invalidate_all());
         self.state.counters.flushes.fetch_add(1, Ordering::Relaxed);
         self.state.note_applied();
     }

@@ -14,7 +14,7 @@ use fred::{
     clients::Client,
     interfaces::{ClientLike, KeysInterface, TrackingInterface},
 };
-use redtower_client::{NearCache, NearCacheConfig, Redis, RedisConfig};
+use redtower_client::{NearCache, NearCacheConfig, Redis, RedisConfig, Stamp};
 use redtower_testkit::{Fault, FaultProxy, LogBuffer, RedisCluster, RedisSentinel, RedisServer};
 
 const READY: Duration = Duration::from_secs(10);
@@ -60,8 +60,10 @@ async fn writes_on_one_instance_reach_the_other(url: &str) {
         let new = format!("v{}", round + 1);
         set(&a, key, &old).await;
         near.sync().await.unwrap();
+        let stamp = near.stamp([key, "rt:t:{coherence}:other"]).unwrap();
         assert_eq!(load(&near, key).await.as_deref(), Some(old.as_str()));
         assert_eq!(near.get(key).as_deref(), Some(old.as_str()), "not cached");
+        assert!(stamp.is_current());
         set(&a, key, &new).await;
         near.sync().await.unwrap();
         assert_eq!(
@@ -69,6 +71,7 @@ async fn writes_on_one_instance_reach_the_other(url: &str) {
             None,
             "stale after the write and one delivery"
         );
+        assert!(!stamp.is_current(), "a stamp outlived its key's write");
         assert_eq!(load(&near, key).await.as_deref(), Some(new.as_str()));
     }
     // A delete and an expiry invalidate too.
@@ -124,11 +127,24 @@ async fn racing_reads_and_writes(url: &str) {
         readers.push(tokio::spawn(async move {
             let mut reads = 0u64;
             let mut i = r;
+            // Half the readers keep a value derived from each read (here: parsed) under a
+            // stamp taken before the read, and use it while the stamp is current.
+            let mut kept: Vec<Option<(u64, Stamp)>> = (0..KEYS).map(|_| None).collect();
             while !done.load(Ordering::Acquire) {
                 let k = i % KEYS;
                 i += 1;
                 let floor = committed[k].load(Ordering::Acquire);
-                let seen: u64 = load(&near, &keys[k]).await.unwrap().parse().unwrap();
+                let seen = match &kept[k] {
+                    Some((v, stamp)) if stamp.is_current() => *v,
+                    _ => {
+                        let stamp = near.stamp([keys[k].as_str()]);
+                        let v: u64 = load(&near, &keys[k]).await.unwrap().parse().unwrap();
+                        if r % 2 == 1 {
+                            kept[k] = stamp.map(|s| (v, s));
+                        }
+                        v
+                    }
+                };
                 assert!(seen >= floor, "stale read of {}: {seen} < {floor}", keys[k]);
                 reads += 1;
                 if reads.is_multiple_of(16) {
@@ -211,8 +227,10 @@ async fn cut_connection_flushes_the_tier() {
     for round in 0..5 {
         set(&a, key, &format!("old{round}")).await;
         near.sync().await.unwrap();
+        let stamp = near.stamp([key]).expect("the tier serves");
         assert_eq!(load(&near, key).await, Some(format!("old{round}")));
         assert!(near.contains(key));
+        assert!(stamp.is_current());
         let flushes = near.stats().flushes;
         // New connections are refused and live ones closed: the tracked connection is down
         // while A writes, so the push for this write can never arrive.
@@ -220,6 +238,8 @@ async fn cut_connection_flushes_the_tier() {
         proxy.reset_all();
         until(&near, "the flush", |n| n.stats().flushes > flushes).await;
         assert!(!near.contains(key), "a flush left the entry");
+        assert!(!stamp.is_current(), "a stamp outlived the flush");
+        assert!(near.stamp([key]).is_none(), "stamped while not tracked");
         assert_eq!(near.get(key), None, "served while not tracked");
         set(&a, key, &format!("new{round}")).await;
         proxy.set(Fault::PassThrough);

@@ -120,10 +120,24 @@ impl CacheBuilder {
                 .support_invalidation_closures()
                 .build()
         });
+        // Weighed like the tier's raw values (the entry's body and headers), within the tier's
+        // own bounds: the decoded copy of a hot entry costs about what its raw bytes do.
+        let tracked = self.store.tracked_tier().map(|tier| {
+            let floor = tier.bytes() / tier.entries().max(1);
+            moka::sync::Cache::builder()
+                .max_capacity(tier.bytes())
+                .time_to_live(tier.age())
+                .weigher(move |k: &Vec<u8>, v: &super::Tracked| {
+                    let bytes = (k.len() + v.entry.encoded_len()) as u64 + 128;
+                    u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
+                })
+                .build()
+        });
         Cache {
             inner: Arc::new(Inner {
                 store: self.store,
                 l1,
+                tracked,
                 flights: Default::default(),
                 breaker: Breaker::new(self.settings.breaker),
                 settings: self.settings,

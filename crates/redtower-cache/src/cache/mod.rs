@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use redtower_client::{CircuitBreaker, breaker::Breaker};
+use redtower_client::{CircuitBreaker, Stamp, breaker::Breaker};
 
 use crate::{
     CacheStore, Result,
@@ -50,6 +50,9 @@ pub struct Cache {
 struct Inner {
     store: Arc<dyn CacheStore>,
     l1: Option<moka::sync::Cache<Vec<u8>, L1Entry>>,
+    /// Decoded entries read through the store's tracked tier, each served while its stamp is
+    /// current (see [`CacheStore::tracked_tier`]).
+    tracked: Option<moka::sync::Cache<Vec<u8>, Tracked>>,
     flights: flight::Flights,
     settings: Settings,
     breaker: Breaker,
@@ -63,6 +66,14 @@ struct Inner {
 struct L1Entry {
     entry: Arc<Entry>,
     key: Arc<EntryKey>,
+}
+
+/// A decoded entry of the tracked tier: served while nothing changed the store keys it was
+/// read from.
+#[derive(Clone)]
+struct Tracked {
+    entry: Arc<Entry>,
+    stamp: Stamp,
 }
 
 /// The settings of a [`Cache`], set through its [`CacheBuilder`].

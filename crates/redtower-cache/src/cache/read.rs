@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{Cache, stats::bump};
+use super::{Cache, Tracked, stats::bump};
 use crate::{envelope::Entry, key::Key};
 
 impl Cache {
@@ -16,6 +16,15 @@ impl Cache {
                 bump(&self.inner.stats.l1_hits);
                 return Some(v.entry);
             }
+        }
+        if let Some(tracked) = &self.inner.tracked
+            && let Some(v) = tracked.get(key.canonical())
+        {
+            if v.stamp.is_current() {
+                bump(&self.inner.stats.near_hits);
+                return Some(v.entry);
+            }
+            tracked.invalidate(key.canonical());
         }
         self.read_store(key, tags).await
     }
@@ -36,6 +45,12 @@ impl Cache {
         let digest = key.digest();
         let store_key = key.entry();
         let store = &self.inner.store;
+        // Taken before the read: what it reads may be kept decoded while nothing changed it.
+        let stamp = self
+            .inner
+            .tracked
+            .as_ref()
+            .and_then(|_| store.stamp(store_key, tags, self.inner.settings.prefix_purge));
         let read = async {
             if tags.is_empty() {
                 Ok((store.get(store_key).await?, Vec::new()))
@@ -70,11 +85,22 @@ impl Cache {
         if self.banned(key, &entry, bans.as_deref()) {
             return None;
         }
+        // Tags the caller did not ask for are read on their own, outside the stamp.
+        let stamped = entry.tags.iter().all(|(t, _)| tags.contains(t));
         if !entry.tags.is_empty() && !self.tags_valid(&entry, tags, &generations).await {
             return None;
         }
         let entry = Arc::new(entry);
         self.l1_insert(key, &entry);
+        if let (Some(tracked), Some(stamp)) = (&self.inner.tracked, stamp)
+            && stamped
+        {
+            let value = Tracked {
+                entry: entry.clone(),
+                stamp,
+            };
+            tracked.insert(key.canonical().to_vec(), value);
+        }
         Some(entry)
     }
 

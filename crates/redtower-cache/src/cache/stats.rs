@@ -13,6 +13,9 @@ pub struct CacheStats {
     pub hits: u64,
     /// Of `hits` and `stale`, how many came from the L1.
     pub l1_hits: u64,
+    /// Of `hits` and `stale`, how many were decoded entries of the tracked tier
+    /// ([`RedisStore::near_cache`](crate::RedisStore::near_cache)), served with no store read.
+    pub near_hits: u64,
     /// Stale entries served (while a refresh runs, or because the origin failed).
     pub stale: u64,
     /// Lookups that found nothing usable.
@@ -42,6 +45,7 @@ pub struct CacheStats {
 pub(super) struct Stats {
     pub(super) hits: AtomicU64,
     pub(super) l1_hits: AtomicU64,
+    pub(super) near_hits: AtomicU64,
     pub(super) stale: AtomicU64,
     pub(super) misses: AtomicU64,
     pub(super) fetches: AtomicU64,
@@ -67,6 +71,7 @@ impl Cache {
         CacheStats {
             hits: g(&s.hits),
             l1_hits: g(&s.l1_hits),
+            near_hits: g(&s.near_hits),
             stale: g(&s.stale),
             misses: g(&s.misses),
             fetches: g(&s.fetches),

@@ -4,6 +4,7 @@ use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use redtower_client::{NearCacheConfig, Stamp};
 
 use crate::{Result, bans::Bans};
 
@@ -171,6 +172,25 @@ pub trait CacheStore: fmt::Debug + Send + Sync + 'static {
     async fn bans(&self) -> Result<Arc<Bans>> {
         Ok(Bans::none())
     }
+
+    /// The settings of the store's coherent in-process tier, when it has one
+    /// ([`RedisStore::near_cache`](crate::RedisStore::near_cache)): the [`Cache`](crate::Cache)
+    /// then also keeps *decoded* entries in process, within the same bounds (entries, bytes,
+    /// maximum age), and serves each while its [`stamp`](Self::stamp) is current. Defaults to
+    /// `None`.
+    fn tracked_tier(&self) -> Option<NearCacheConfig> {
+        None
+    }
+
+    /// A [`Stamp`] of every store key that a read of `key` with `tags` touches (the entry, the
+    /// tags' generations and, with `bans`, the ban list's version), taken *before* that read:
+    /// an entry decoded and validated from the read may be served while the stamp is current,
+    /// as coherent as the tier's raw values. `None` when the store has no tracked tier or it
+    /// does not serve now. Defaults to `None`.
+    fn stamp(&self, key: &EntryKey, tags: &[String], bans: bool) -> Option<Stamp> {
+        let _ = (key, tags, bans);
+        None
+    }
 }
 
 /// The future of a forwarded store operation: the inner store's own (boxed) future.
@@ -326,6 +346,14 @@ impl<T: CacheStore + ?Sized> CacheStore for Arc<T> {
         Self: 'f,
     {
         (**self).bans()
+    }
+
+    fn tracked_tier(&self) -> Option<NearCacheConfig> {
+        (**self).tracked_tier()
+    }
+
+    fn stamp(&self, key: &EntryKey, tags: &[String], bans: bool) -> Option<Stamp> {
+        (**self).stamp(key, tags, bans)
     }
 }
 

@@ -13,7 +13,7 @@ use std::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use redtower_client::{
-    Key, Namespace, NearCache, NearCacheConfig, Redis, Script,
+    Key, Namespace, NearCache, NearCacheConfig, Redis, Script, Stamp,
     fred::{
         interfaces::{ClientLike, KeysInterface, SetsInterface, SortedSetsInterface},
         types::{Expiration, SetOptions, Value, config::Options},
@@ -647,5 +647,24 @@ impl CacheStore for RedisStore {
 
     async fn bans(&self) -> Result<Arc<crate::Bans>> {
         self.read_bans().await
+    }
+
+    fn tracked_tier(&self) -> Option<NearCacheConfig> {
+        self.near.as_ref().map(|n| n.cache.config().clone())
+    }
+
+    fn stamp(&self, key: &EntryKey, tags: &[String], bans: bool) -> Option<Stamp> {
+        let near = &self.near.as_ref()?.cache;
+        if !near.is_ready() {
+            return None;
+        }
+        let entry = self.entry_key(key);
+        let tags: Vec<Key> = tags.iter().map(|t| self.tag_key_for(t)).collect();
+        let (version, _) = self.ban_key_refs();
+        let keys = std::iter::once(&entry)
+            .chain(&tags)
+            .chain(bans.then_some(version))
+            .map(Key::as_str);
+        near.stamp(keys)
     }
 }
