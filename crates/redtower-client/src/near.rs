@@ -184,7 +184,8 @@ impl NearCacheConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct NearCacheStats {
-    /// Reads answered from the tier.
+    /// Reads answered from the tier (and, through [`NearCache::count_derived_hit`], by values
+    /// derived from it).
     pub hits: u64,
     /// Reads the tier did not hold while serving.
     pub misses: u64,
@@ -262,6 +263,25 @@ impl fmt::Debug for Stamp {
 }
 
 impl Stamp {
+    /// This stamp and `other` (of the same tier) as one: current while both are. For a value
+    /// derived from reads whose keys are known one after the other (a record, then the key it
+    /// names), each stamp taken before its own read.
+    #[must_use]
+    pub fn and(mut self, other: &Stamp) -> Stamp {
+        debug_assert!(
+            Arc::ptr_eq(&self.state, &other.state),
+            "stamps of two tiers"
+        );
+        if other.epoch != self.epoch {
+            // A flush between the two: never current again.
+            self.epoch = u64::MAX;
+        }
+        let mut stripes = self.stripes.into_vec();
+        stripes.extend_from_slice(&other.stripes);
+        self.stripes = stripes.into_boxed_slice();
+        self
+    }
+
     /// Whether the tier still serves, was not flushed, and no key of the stamp was
     /// invalidated since it was taken.
     pub fn is_current(&self) -> bool {
@@ -556,6 +576,16 @@ impl<V: Clone + Send + Sync + 'static> NearCache<V> {
     pub fn invalidate_all(&self) {
         let map = &self.shared.map;
         self.shared.state.invalidate_all(|| map.invalidate_all());
+    }
+
+    /// Counts, in [`NearCacheStats::hits`], a hit served by a value derived from this tier
+    /// and kept under a current [`Stamp`] (which [`get`](Self::get) did not see).
+    pub fn count_derived_hit(&self) {
+        self.shared
+            .state
+            .counters
+            .hits
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// A [`Stamp`] of `keys`, to take *before* reading them (through this tier or

@@ -395,18 +395,31 @@ impl RedisStore {
     /// Loads coalesce (see [`coalesce_loads`](Self::coalesce_loads)); each request still waits
     /// for one round trip.
     async fn load_inner(&self, id: &Id) -> Result<Option<Record>> {
+        let touch_ms = ms(self.inner.settings.touch_interval);
+        if let Some(record) = self
+            .inner
+            .near
+            .as_ref()
+            .and_then(|t| t.decoded(id, touch_ms))
+        {
+            return Ok(Some(record));
+        }
         let key = self.inner.keys.record(id);
         if !self.inner.redis.has_connected() {
             Box::pin(self.ready()).await?;
         }
         if let Some(tier) = &self.inner.near {
-            match Box::pin(tier.load(&key, ms(self.inner.settings.touch_interval))).await {
-                Ok(near::Found::Hit(fields)) => {
-                    return Ok(Some(Record {
+            match Box::pin(tier.load(&key, touch_ms)).await {
+                Ok(near::Found::Hit(fields, stamp)) => {
+                    let record = Record {
                         id: *id,
                         data: serde_json::from_str(&fields.data)?,
                         expiry_date: from_unix_ms(fields.expiry),
-                    }));
+                    };
+                    if let Some(stamp) = stamp {
+                        tier.keep(&record, &fields, stamp);
+                    }
+                    return Ok(Some(record));
                 }
                 Ok(near::Found::Missing) => return Ok(None),
                 // The script decides (and touches, or deletes a revoked session).

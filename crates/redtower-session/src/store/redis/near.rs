@@ -9,6 +9,11 @@
 //! script's fast path (which changes nothing): the record exists, its epoch stamp equals the
 //! user's epoch, and its last touch is within the touch interval; otherwise the load script
 //! runs as without a tier.
+//!
+//! On top of the raw fields, the tier keeps each served record *decoded* (its data parsed),
+//! by session id, under a [`Stamp`] of the record's key and of its user's epoch key taken
+//! before they were read: while neither changed, a load is a map lookup, the time checks of
+//! the fast path and a copy of the data, with no key derivation and no parsing.
 
 use std::{
     sync::Arc,
@@ -19,7 +24,8 @@ use fred::{
     error::Error as FredError,
     interfaces::{HashesInterface, KeysInterface},
 };
-use redtower_client::{Key, NearCache, NearCacheConfig, Redis, Ticket};
+use redtower_client::{Key, NearCache, NearCacheConfig, Redis, Stamp, Ticket};
+use tower_sessions_core::session::{Id, Record};
 
 /// A value of the session tier.
 #[derive(Debug, Clone)]
@@ -45,12 +51,25 @@ pub(crate) struct RecordFields {
 #[derive(Debug, Clone)]
 pub(crate) struct SessionTier {
     cache: NearCache<Held>,
+    /// Served records, decoded, by session id (see the module docs).
+    decoded: moka::sync::Cache<Id, Decoded>,
+}
+
+/// A served record, decoded, and the stamp of the keys it was read from.
+#[derive(Debug, Clone)]
+struct Decoded {
+    record: Arc<Record>,
+    /// Expiry and last seen, unix ms (Redis time), for the fast path's time checks.
+    expiry: i64,
+    seen: i64,
+    stamp: Stamp,
 }
 
 /// What a load through the tier found.
 pub(crate) enum Found {
-    /// Answer with these fields: unchanged, unrevoked, no touch due.
-    Hit(Arc<RecordFields>),
+    /// Answer with these fields: unchanged, unrevoked, no touch due; with the stamp of the
+    /// keys they were read from, when the tier served throughout.
+    Hit(Arc<RecordFields>, Option<Stamp>),
     /// The record does not exist.
     Missing,
     /// Run the load script (a touch is due, the epoch differs, or the tier is not serving).
@@ -69,11 +88,50 @@ const SKEW_MS: i64 = 250;
 
 impl SessionTier {
     pub(crate) fn new(redis: &Redis, config: NearCacheConfig) -> redtower_client::Result<Self> {
+        let decoded = {
+            let floor = config.bytes() / config.entries().max(1);
+            moka::sync::Cache::builder()
+                .max_capacity(config.bytes())
+                .time_to_live(config.age())
+                .weigher(move |_: &Id, d: &Decoded| {
+                    // The parsed data weighs about twice its JSON.
+                    let bytes = (d.record.data.len() as u64 * 64).max(256);
+                    u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
+                })
+                .build()
+        };
         let cache = NearCache::new(redis, config, |held: &Held| match held {
             Held::Record(r) => r.data.len() + 64,
             Held::Epoch(e) => e.len(),
         })?;
-        Ok(Self { cache })
+        Ok(Self { cache, decoded })
+    }
+
+    /// The record of `id`, decoded, when the tier served it before, neither its record nor
+    /// its user's epoch changed since, and the fast path's time checks pass now.
+    pub(crate) fn decoded(&self, id: &Id, touch_ms: i64) -> Option<Record> {
+        let d = self.decoded.get(id)?;
+        let now = now_ms();
+        if now + SKEW_MS >= d.expiry || now - d.seen + SKEW_MS >= touch_ms {
+            return None;
+        }
+        if !d.stamp.is_current() {
+            self.decoded.invalidate(id);
+            return None;
+        }
+        self.cache.count_derived_hit();
+        Some(Record::clone(&d.record))
+    }
+
+    /// Keeps `record`, served from `fields` read under `stamp`, for [`decoded`](Self::decoded).
+    pub(crate) fn keep(&self, record: &Record, fields: &RecordFields, stamp: Stamp) {
+        let decoded = Decoded {
+            record: Arc::new(record.clone()),
+            expiry: fields.expiry,
+            seen: fields.seen,
+            stamp,
+        };
+        self.decoded.insert(record.id, decoded);
     }
 
     pub(crate) fn cache(&self) -> &NearCache<Held> {
@@ -104,9 +162,13 @@ impl SessionTier {
     /// A load through the tier: a hit, or one tracked `HMGET` (plus one tracked `GET` of the
     /// user's epoch when this tier does not hold it).
     pub(crate) async fn load(&self, key: &Key, touch_ms: i64) -> Result<Found, FredError> {
+        // Taken before the record's read (from the map or from Redis); the epoch key's own
+        // stamp is added once the record names it.
+        let record_stamp = self.cache.stamp([key.as_str()]);
         if let Some(Held::Record(fields)) = self.cache.get(key.as_str()) {
+            let stamp = self.with_epoch(record_stamp.clone(), &fields);
             match self.servable(&fields, touch_ms) {
-                Some(true) => return Ok(Found::Hit(fields)),
+                Some(true) => return Ok(Found::Hit(fields, stamp)),
                 Some(false) => return Ok(Found::Script),
                 None => {}
             }
@@ -135,6 +197,7 @@ impl SessionTier {
             seen,
             epoch: stamp.zip(epoch_key),
         });
+        let stamp = self.with_epoch(record_stamp, &fields);
         if let Some((_, epoch_key)) = &fields.epoch
             && self.cache.get(epoch_key).is_none()
         {
@@ -144,9 +207,19 @@ impl SessionTier {
             Some(true) => {
                 self.cache
                     .insert(ticket, key.as_str(), Held::Record(fields.clone()));
-                Ok(Found::Hit(fields))
+                Ok(Found::Hit(fields, stamp))
             }
             _ => Ok(Found::Script),
+        }
+    }
+
+    /// `stamp` (of the record's key) and a stamp of the epoch key `fields` name, taken now:
+    /// before the epoch is read from the map or from Redis.
+    fn with_epoch(&self, stamp: Option<Stamp>, fields: &RecordFields) -> Option<Stamp> {
+        let stamp = stamp?;
+        match &fields.epoch {
+            None => Some(stamp),
+            Some((_, epoch_key)) => Some(stamp.and(&self.cache.stamp([epoch_key.as_str()])?)),
         }
     }
 
