@@ -214,6 +214,13 @@ impl RedisStore {
     /// an [`invalidate_tag`](crate::Cache::invalidate_tag), an expiry). A hit then costs no
     /// round trip. `None` turns it off (the default).
     ///
+    /// The [`Cache`](crate::Cache) over this store also keeps each entry it read through the
+    /// tier *decoded* (see [`CacheStore::stamp`]), under a stamp of every key the read touched
+    /// (the entry, its tags' generations, the ban list's version): a repeated hit is a map
+    /// lookup and a few atomic loads, no key derivation and no decoding. The stamp ends when
+    /// any of those keys' pushes is applied, or the tier flushes, so decoded entries follow
+    /// exactly the consistency below. They share the tier's bounds (entries, bytes, age).
+    ///
     /// Consistency with the tier on: a change made through *this* store is visible to this
     /// instance at once; a change made elsewhere is visible here once its invalidation push
     /// arrived (one push delay after the writer's reply, on loopback well under a millisecond),

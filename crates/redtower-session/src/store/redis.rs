@@ -163,7 +163,10 @@ impl RedisStore {
     /// revocation epoch) on its tracked connection and Redis has not reported either changed
     /// since, and the load script would change nothing (no touch due: see
     /// [`touch_interval`](Self::touch_interval)); otherwise the load script runs as without a
-    /// tier. Consistency with the tier on:
+    /// tier. A record served so is also kept decoded (parsed), by session id, under a stamp of
+    /// its record key and its user's epoch key: a repeated load derives no key and parses
+    /// nothing, and the stamp ends exactly when the raw tier would drop either key.
+    /// Consistency with the tier on:
     ///
     /// * a save, logout, revoke, revoke-all or revoke-others through *this* store drops the
     ///   session (or the user's epoch) from this instance's tier before the call returns;
