@@ -27,12 +27,16 @@ use tower_sessions_core::{
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test";
 
 async fn instance(url: &str, prefix: &str) -> RedisStore {
+    // Long enough that loads within a round need no touch, so the tier serves them.
+    instance_touching(url, prefix, Duration::from_secs(30)).await
+}
+
+async fn instance_touching(url: &str, prefix: &str, touch: Duration) -> RedisStore {
     let redis = Redis::new(RedisConfig::from_url(url).unwrap().key_prefix(prefix)).unwrap();
     redis.wait_ready(Duration::from_secs(20)).await.unwrap();
     let store = RedisStore::new(redis, SECRET)
         .unwrap()
-        // Long enough that loads within a round need no touch, so the tier serves them.
-        .touch_interval(Duration::from_secs(30))
+        .touch_interval(touch)
         .near_cache(Some(NearCacheConfig::new("sessions")))
         .unwrap();
     assert!(
@@ -179,4 +183,61 @@ async fn own_revocations_are_immediate() {
         a.revoke_all("alice").await.unwrap();
         assert!(a.load(&record.id).await.unwrap().is_none());
     }
+}
+
+/// Calls of a command so far (`INFO commandstats`).
+fn calls(server: &RedisServer, command: &str) -> u64 {
+    let info = server.cmd(&["INFO", "commandstats"]).as_text().unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A hot session across touch intervals: each interval, the load that finds a touch due runs
+/// the load script, which touches, and the loads after it are served in process again. The
+/// script runs about once per interval (and per task loading at that moment), not for every
+/// load near the end of each interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_session_runs_the_script_about_once_per_touch() {
+    let server = RedisServer::start();
+    let touch = Duration::from_millis(300);
+    let store = instance_touching(&server.url(), &unique_prefix("near"), touch).await;
+    let mut record = bound("hot", 1);
+    store.create(&mut record).await.unwrap();
+    let id = record.id;
+    let before = calls(&server, "evalsha") + calls(&server, "eval");
+    const TASKS: u64 = 4;
+    let started = std::time::Instant::now();
+    let span = Duration::from_millis(900);
+    let loaders: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut loads = 0u64;
+                while started.elapsed() < span {
+                    assert_eq!(n_of(&store.load(&id).await.unwrap().unwrap()), 1);
+                    loads += 1;
+                    tokio::task::yield_now().await;
+                }
+                loads
+            })
+        })
+        .collect();
+    let mut loads = 0;
+    for l in loaders {
+        loads += l.await.unwrap();
+    }
+    let scripts = calls(&server, "evalsha") + calls(&server, "eval") - before;
+    // At most 4 touches fall in the span; each may be run by every task loading then.
+    let most = (span.as_millis() / touch.as_millis() + 1) as u64 * TASKS;
+    assert!(
+        scripts <= most,
+        "{scripts} script runs for {loads} loads (at most {most} expected)"
+    );
+    assert!(
+        loads > scripts * 4,
+        "{scripts} script runs for {loads} loads"
+    );
 }

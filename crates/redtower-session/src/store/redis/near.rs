@@ -83,8 +83,18 @@ fn now_ms() -> i64 {
 }
 
 /// Clocks of the app and of Redis may differ a little: a record within this margin of its
-/// expiry or of its touch is left to the script, which uses Redis `TIME`.
+/// expiry is left to the script, which uses Redis `TIME`.
 const SKEW_MS: i64 = 250;
+
+/// The fast path's time checks, on this process' clock: the record is not within the margin
+/// of its expiry, and no touch is due. The touch has no margin: when this clock says a touch
+/// is due, the script runs, and it touches once Redis' clock agrees (at once, with the clocks
+/// in step); a margin here would send every load of a hot session to the script, which does
+/// not touch yet, for that margin of each touch interval. A clock behind Redis' only delays a
+/// touch (last seen and the idle slide) by the difference.
+fn in_time(now: i64, expiry: i64, seen: i64, touch_ms: i64) -> bool {
+    now + SKEW_MS < expiry && now - seen < touch_ms
+}
 
 impl SessionTier {
     pub(crate) fn new(redis: &Redis, config: NearCacheConfig) -> redtower_client::Result<Self> {
@@ -112,7 +122,7 @@ impl SessionTier {
     pub(crate) fn decoded(&self, id: &Id, touch_ms: i64) -> Option<Record> {
         let d = self.decoded.get(id)?;
         let now = now_ms();
-        if now + SKEW_MS >= d.expiry || now - d.seen + SKEW_MS >= touch_ms {
+        if !in_time(now, d.expiry, d.seen, touch_ms) {
             return None;
         }
         if !d.stamp.is_current() {
@@ -146,7 +156,7 @@ impl SessionTier {
     /// Whether `fields` may be served now without the script.
     fn servable(&self, fields: &RecordFields, touch_ms: i64) -> Option<bool> {
         let now = now_ms();
-        if now + SKEW_MS >= fields.expiry || now - fields.seen + SKEW_MS >= touch_ms {
+        if !in_time(now, fields.expiry, fields.seen, touch_ms) {
             return Some(false);
         }
         match &fields.epoch {
