@@ -249,7 +249,8 @@ impl Ticket {
 pub struct Stamp {
     state: Arc<State>,
     epoch: u64,
-    stripes: Box<[(usize, u64)]>,
+    /// Shared, so that cloning a kept value with its stamp allocates nothing.
+    stripes: Arc<[(usize, u64)]>,
 }
 
 impl fmt::Debug for Stamp {
@@ -276,9 +277,12 @@ impl Stamp {
             // A flush between the two: never current again.
             self.epoch = u64::MAX;
         }
-        let mut stripes = self.stripes.into_vec();
-        stripes.extend_from_slice(&other.stripes);
-        self.stripes = stripes.into_boxed_slice();
+        self.stripes = self
+            .stripes
+            .iter()
+            .chain(other.stripes.iter())
+            .copied()
+            .collect();
         self
     }
 
@@ -555,7 +559,11 @@ impl<V: Clone + Send + Sync + 'static> NearCache<V> {
         // The dispatcher bumps before it removes: an invalidation that slipped in between the
         // check and the insert is seen here, and one that comes later removes the entry.
         if !unchanged() {
-            self.shared.map.invalidate(&key);
+            // Removed between two bumps of its stripe, like a pushed invalidation: a stamp
+            // taken while the value was in the map (whose reader may keep something derived
+            // from it) ends here, and Redis may never push for this key again.
+            let map = &self.shared.map;
+            state.invalidate(key.as_bytes(), || map.invalidate(&key));
             state.counters.discarded.fetch_add(1, Ordering::Relaxed);
             return false;
         }

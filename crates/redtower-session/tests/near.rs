@@ -169,6 +169,28 @@ async fn revocations_across_instances_sentinel() {
     revocations_reach_the_other_instance(&sentinel.url()).await;
 }
 
+/// A repeated load of an unchanged session is served decoded: one hit per load, where a load
+/// through the raw tier looks up two keys (the record and the user's epoch), so the decoded
+/// map is what answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_load_is_served_decoded() {
+    let server = RedisServer::start();
+    let a = instance(&server.url(), &unique_prefix("near")).await;
+    let near = a.near().unwrap().clone();
+    let mut record = bound("carol", 7);
+    a.create(&mut record).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(n_of(&a.load(&record.id).await.unwrap().unwrap()), 7);
+    }
+    let before = near.stats();
+    for _ in 0..100 {
+        assert_eq!(n_of(&a.load(&record.id).await.unwrap().unwrap()), 7);
+    }
+    let after = near.stats();
+    assert_eq!(after.hits - before.hits, 100, "{before:?} -> {after:?}");
+    assert_eq!(after.misses, before.misses, "{before:?} -> {after:?}");
+}
+
 /// A revocation on this instance is seen by this instance before the call returns, with no
 /// push needed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -120,8 +120,8 @@ impl CacheBuilder {
                 .support_invalidation_closures()
                 .build()
         });
-        // Weighed like the tier's raw values (the entry's body and headers), within the tier's
-        // own bounds: the decoded copy of a hot entry costs about what its raw bytes do.
+        // Weighed like the tier's raw values (the entry's body and headers), in a budget the
+        // size of the tier's: the decoded copy of a hot entry costs about what its raw bytes do.
         let tracked = self.store.tracked_tier().map(|tier| {
             let floor = tier.bytes() / tier.entries().max(1);
             moka::sync::Cache::builder()

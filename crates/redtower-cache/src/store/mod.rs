@@ -175,9 +175,9 @@ pub trait CacheStore: fmt::Debug + Send + Sync + 'static {
 
     /// The settings of the store's coherent in-process tier, when it has one
     /// ([`RedisStore::near_cache`](crate::RedisStore::near_cache)): the [`Cache`](crate::Cache)
-    /// then also keeps *decoded* entries in process, within the same bounds (entries, bytes,
-    /// maximum age), and serves each while its [`stamp`](Self::stamp) is current. Defaults to
-    /// `None`.
+    /// then also keeps *decoded* entries in process, in a budget of the same size (entries,
+    /// bytes, maximum age), and serves each while its [`stamp`](Self::stamp) is current.
+    /// Defaults to `None`.
     fn tracked_tier(&self) -> Option<NearCacheConfig> {
         None
     }

@@ -219,7 +219,9 @@ impl RedisStore {
     /// (the entry, its tags' generations, the ban list's version): a repeated hit is a map
     /// lookup and a few atomic loads, no key derivation and no decoding. The stamp ends when
     /// any of those keys' pushes is applied, or the tier flushes, so decoded entries follow
-    /// exactly the consistency below. They share the tier's bounds (entries, bytes, age).
+    /// exactly the consistency below. They have a budget of their own, the size of the tier's
+    /// (entries, bytes, maximum age): with the tier on, up to twice its `max_bytes` is held in
+    /// process.
     ///
     /// Consistency with the tier on: a change made through *this* store is visible to this
     /// instance at once; a change made elsewhere is visible here once its invalidation push
@@ -662,9 +664,6 @@ impl CacheStore for RedisStore {
 
     fn stamp(&self, key: &EntryKey, tags: &[String], bans: bool) -> Option<Stamp> {
         let near = &self.near.as_ref()?.cache;
-        if !near.is_ready() {
-            return None;
-        }
         let entry = self.entry_key(key);
         let tags: Vec<Key> = tags.iter().map(|t| self.tag_key_for(t)).collect();
         let (version, _) = self.ban_key_refs();

@@ -165,7 +165,8 @@ impl RedisStore {
     /// [`touch_interval`](Self::touch_interval)); otherwise the load script runs as without a
     /// tier. A record served so is also kept decoded (parsed), by session id, under a stamp of
     /// its record key and its user's epoch key: a repeated load derives no key and parses
-    /// nothing, and the stamp ends exactly when the raw tier would drop either key.
+    /// nothing, and the stamp ends exactly when the raw tier would drop either key. Decoded
+    /// records have a budget of their own, the size of the tier's (about twice their JSON each).
     /// Consistency with the tier on:
     ///
     /// * a save, logout, revoke, revoke-all or revoke-others through *this* store drops the

@@ -59,6 +59,8 @@ pub(crate) struct SessionTier {
 #[derive(Debug, Clone)]
 struct Decoded {
     record: Arc<Record>,
+    /// The size of the record's serialized data, for the map's byte budget.
+    bytes: usize,
     /// Expiry and last seen, unix ms (Redis time), for the fast path's time checks.
     expiry: i64,
     seen: i64,
@@ -105,7 +107,7 @@ impl SessionTier {
                 .time_to_live(config.age())
                 .weigher(move |_: &Id, d: &Decoded| {
                     // The parsed data weighs about twice its JSON.
-                    let bytes = (d.record.data.len() as u64 * 64).max(256);
+                    let bytes = d.bytes as u64 * 2 + 256;
                     u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
                 })
                 .build()
@@ -137,6 +139,7 @@ impl SessionTier {
     pub(crate) fn keep(&self, record: &Record, fields: &RecordFields, stamp: Stamp) {
         let decoded = Decoded {
             record: Arc::new(record.clone()),
+            bytes: fields.data.len(),
             expiry: fields.expiry,
             seen: fields.seen,
             stamp,
