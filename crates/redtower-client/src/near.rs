@@ -157,11 +157,6 @@ impl NearCacheConfig {
         self.name
     }
 
-    /// The most entries held (see [`max_entries`](Self::max_entries)).
-    pub fn entries(&self) -> u64 {
-        self.max_entries
-    }
-
     /// The most bytes held (see [`max_bytes`](Self::max_bytes)).
     pub fn bytes(&self) -> u64 {
         self.max_bytes
@@ -172,9 +167,19 @@ impl NearCacheConfig {
         self.max_age
     }
 
-    /// The weight of one entry: its bytes, but at least `max_bytes / max_entries`, so that a
-    /// budget of `max_bytes` also bounds the count.
-    fn weight(&self, bytes: u64) -> u32 {
+    /// The weight of one entry of `bytes` in a moka map whose capacity is
+    /// [`bytes`](Self::bytes): its bytes, but at least `max_bytes / max_entries`, so that a
+    /// budget of `max_bytes` also bounds the count. For maps of values derived from the tier,
+    /// kept within the same limits.
+    ///
+    /// ```
+    /// use redtower_client::NearCacheConfig;
+    ///
+    /// let config = NearCacheConfig::new("demo").max_entries(1_000).max_bytes(1 << 20);
+    /// assert_eq!(config.weight(30), 1_048);
+    /// assert_eq!(config.weight(5_000), 5_000);
+    /// ```
+    pub fn weight(&self, bytes: u64) -> u32 {
         let floor = self.max_bytes / self.max_entries;
         u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
     }

@@ -123,13 +123,11 @@ impl CacheBuilder {
         // Weighed like the tier's raw values (the entry's body and headers), in a budget the
         // size of the tier's: the decoded copy of a hot entry costs about what its raw bytes do.
         let tracked = self.store.tracked_tier().map(|tier| {
-            let floor = tier.bytes() / tier.entries().max(1);
             moka::sync::Cache::builder()
                 .max_capacity(tier.bytes())
                 .time_to_live(tier.age())
                 .weigher(move |k: &Vec<u8>, v: &super::Tracked| {
-                    let bytes = (k.len() + v.entry.encoded_len()) as u64 + 128;
-                    u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
+                    tier.weight((k.len() + v.entry.encoded_len()) as u64 + 128)
                 })
                 .build()
         });

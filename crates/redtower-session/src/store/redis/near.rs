@@ -101,15 +101,12 @@ fn in_time(now: i64, expiry: i64, seen: i64, touch_ms: i64) -> bool {
 impl SessionTier {
     pub(crate) fn new(redis: &Redis, config: NearCacheConfig) -> redtower_client::Result<Self> {
         let decoded = {
-            let floor = config.bytes() / config.entries().max(1);
+            let config = config.clone();
             moka::sync::Cache::builder()
                 .max_capacity(config.bytes())
                 .time_to_live(config.age())
-                .weigher(move |_: &Id, d: &Decoded| {
-                    // The parsed data weighs about twice its JSON.
-                    let bytes = d.bytes as u64 * 2 + 256;
-                    u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
-                })
+                // The parsed data weighs about twice its JSON.
+                .weigher(move |_: &Id, d: &Decoded| config.weight(d.bytes as u64 * 2 + 256))
                 .build()
         };
         let cache = NearCache::new(redis, config, |held: &Held| match held {
