@@ -10,6 +10,16 @@ impl Cache {
     /// read concurrently). Undecodable, colliding or invalidated entries are misses. Store
     /// failures are misses too (fail-open, counted).
     pub(crate) async fn read(&self, key: &Key, tags: &[String]) -> Option<Arc<Entry>> {
+        match self.read_in_process(key) {
+            Some(entry) => Some(entry),
+            None => self.read_store(key, tags).await,
+        }
+    }
+
+    /// The entry held in process for `key`: the L1's, else the tracked tier's while its stamp
+    /// is current. Such an entry needs no tag check: the L1's lifetime is its bound, and a
+    /// tracked entry's stamp covers all of its tags.
+    pub(crate) fn read_in_process(&self, key: &Key) -> Option<Arc<Entry>> {
         if let Some(l1) = &self.inner.l1 {
             // Keyed by the full canonical key: equal keys, same entry (no digest needed).
             if let Some(v) = l1.get(key.canonical()) {
@@ -17,20 +27,18 @@ impl Cache {
                 return Some(v.entry);
             }
         }
-        if let Some(tracked) = &self.inner.tracked
-            && let Some(v) = tracked.get(key.canonical())
-        {
-            if v.stamp.is_current() {
-                bump(&self.inner.stats.near_hits);
-                return Some(v.entry);
-            }
-            tracked.invalidate(key.canonical());
+        let tracked = self.inner.tracked.as_ref()?;
+        let v = tracked.get(key.canonical())?;
+        if v.stamp.is_current() {
+            bump(&self.inner.stats.near_hits);
+            return Some(v.entry);
         }
-        self.read_store(key, tags).await
+        tracked.invalidate(key.canonical());
+        None
     }
 
     /// Reads and validates an entry from the store (never the L1), and puts it in the L1.
-    pub(super) async fn read_store(&self, key: &Key, tags: &[String]) -> Option<Arc<Entry>> {
+    pub(crate) async fn read_store(&self, key: &Key, tags: &[String]) -> Option<Arc<Entry>> {
         self.read_store_counted(key, tags, true).await
     }
 

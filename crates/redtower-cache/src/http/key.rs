@@ -73,6 +73,8 @@ impl QueryKey {
 
     /// The request URI with only the keyed parameters.
     pub(crate) fn rewrite(&self, uri: &Uri) -> Option<Uri> {
+        // Nothing to drop: the URI stays as it is.
+        uri.query()?;
         let normalized = self.normalize(uri.query());
         let path = uri.path();
         let pq = match normalized {

@@ -18,6 +18,7 @@ use crate::{
     Cache, ResponseBody,
     cache::{Freshness, freshness},
     envelope::{Entry, FLAG_AUTHORIZED, FLAG_ETAG_GENERATED, FLAG_VARY_RECORD},
+    key::Key,
 };
 
 mod admit;
@@ -95,10 +96,6 @@ impl Responder {
         let base = self.key(&mut parts);
         let head = method == Method::HEAD;
         let force = forces_refetch(&req_cc, &parts.headers);
-        // The route's tags and the URI's remembered response tags: their generations are read
-        // together with the entry.
-        let tags = self.settings.lookup_tags(base.key.primary());
-        let tags = &tags[..];
         // A URI whose responses vary on headers beyond the declared ones: its variant's key
         // straight away when this process has seen its Vary names, else through its record.
         // Whether the key has names beyond the declared ones (a URI whose responses vary).
@@ -113,7 +110,7 @@ impl Responder {
         let mut found = if force {
             None
         } else {
-            self.cache.read(&key.key, tags).await
+            self.read(&key.key, true).await
         };
         if let Some(extra) = found.as_deref().and_then(vary_record) {
             self.settings
@@ -121,18 +118,9 @@ impl Responder {
             key = self.request_key(&parts, Some(&extra));
             varied = true;
             found = self
-                .cache
-                .read(&key.key, tags)
+                .read(&key.key, true)
                 .await
                 .filter(|e| e.flags & FLAG_VARY_RECORD == 0);
-        }
-        if let Some(e) = &found
-            && self.settings.tag_header.is_some()
-            && e.tags.iter().any(|(t, _)| !tags.contains(t))
-        {
-            // Stored by another instance (or before a restart): learn its tags for next time.
-            self.settings
-                .remember_tags(key.key.primary(), e.tags.iter().map(|(t, _)| t));
         }
         // RFC 9111 3.5: a request with `Authorization` reuses only responses that allow it.
         let authorization = self.settings.credentials == Credentials::Bypass
@@ -164,7 +152,7 @@ impl Responder {
                 let part = if force {
                     None
                 } else {
-                    self.cache.read(&ranged.key, tags).await
+                    self.read(&ranged.key, false).await
                 };
                 let part = part.filter(|e| {
                     e.status == StatusCode::PARTIAL_CONTENT
@@ -259,6 +247,27 @@ impl Responder {
             head,
         ))
         .await
+    }
+
+    /// Reads `key`: held in process, else from the store, with the generations of the
+    /// route's tags and of those the URI's responses listed when last seen here (looked up
+    /// only then: an entry held in process needs no tag check). With `learn`, the tags of an
+    /// entry stored by another instance (or before a restart) are remembered for next time.
+    async fn read(&self, key: &Key, learn: bool) -> Option<Arc<Entry>> {
+        if let Some(entry) = self.cache.read_in_process(key) {
+            return Some(entry);
+        }
+        let tags = self.settings.lookup_tags(key.primary());
+        let found = self.cache.read_store(key, &tags).await;
+        if let Some(e) = &found
+            && learn
+            && self.settings.tag_header.is_some()
+            && e.tags.iter().any(|(t, _)| !tags.contains(t))
+        {
+            self.settings
+                .remember_tags(key.primary(), e.tags.iter().map(|(t, _)| t));
+        }
+        found
     }
 
     /// The key of the URI's stored partial response (one per URI and declared header values,
