@@ -16,6 +16,12 @@ use axum::{Json, Router};
 use redtower_client::{Redis, RedisConfig};
 use serde_json::{Value, json};
 
+/// The example app's allocator (jemalloc), for every baseline binary: a run compares the
+/// servers' code, not their allocators.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// An error while starting a baseline.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
