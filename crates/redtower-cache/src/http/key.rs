@@ -73,9 +73,8 @@ impl QueryKey {
 
     /// The request URI with only the keyed parameters.
     pub(crate) fn rewrite(&self, uri: &Uri) -> Option<Uri> {
-        // Nothing to drop: the URI stays as it is.
-        uri.query()?;
-        let normalized = self.normalize(uri.query());
+        // Without a query there is nothing to drop: the URI stays as it is.
+        let normalized = self.normalize(Some(uri.query()?));
         let path = uri.path();
         let pq = match normalized {
             Some(q) => format!("{path}?{q}"),
