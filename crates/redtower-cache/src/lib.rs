@@ -279,4 +279,4 @@ pub use layer::ResponseCacheLayer;
 /// The circuit breaker settings of [`CacheBuilder::circuit_breaker`] (from `redtower-client`).
 pub use redtower_client::CircuitBreaker;
 pub use service::ResponseCache;
-pub use store::{CacheStore, EntryKey, LockToken, memory::MemoryStore, redis::RedisStore};
+pub use store::{CacheStore, EntryKey, LockToken, Lookup, memory::MemoryStore, redis::RedisStore};

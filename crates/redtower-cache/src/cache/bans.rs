@@ -2,8 +2,6 @@
 //! cache with [`prefix_purge`](super::CacheBuilder::prefix_purge) read the bans with the entry
 //! and treat a banned entry as a miss (see [`bans`](crate::bans)).
 
-use std::{future::Future, sync::Arc};
-
 use super::Cache;
 use crate::{
     Error, Result,
@@ -89,19 +87,6 @@ impl Cache {
     /// [`prefix_purge`](super::CacheBuilder::prefix_purge)).
     pub fn prefix_purge(&self) -> bool {
         self.inner.settings.prefix_purge
-    }
-
-    /// `read`, and the store's bans read concurrently with it when prefix purge is on (on
-    /// Redis, in the same `MGET`). Off, this is `read` and nothing else.
-    pub(super) async fn with_bans<T>(
-        &self,
-        read: impl Future<Output = Result<T>>,
-    ) -> Result<(T, Option<Arc<Bans>>)> {
-        if !self.inner.settings.prefix_purge {
-            return Ok((read.await?, None));
-        }
-        let (value, bans) = futures::try_join!(read, self.inner.store.bans())?;
-        Ok((value, Some(bans)))
     }
 
     /// Whether a ban covers `entry`, found under `key`.

@@ -59,16 +59,10 @@ impl Cache {
             .tracked
             .as_ref()
             .and_then(|_| store.stamp(store_key, tags, self.inner.settings.prefix_purge));
-        let read = async {
-            if tags.is_empty() {
-                Ok((store.get(store_key).await?, Vec::new()))
-            } else {
-                futures::try_join!(store.get(store_key), store.tag_generations(tags))
-            }
-        };
-        // Prefix bans, when on, are read in the same round trip (see `bans.rs`).
-        let ((bytes, generations), bans) = match self.guard(self.with_bans(read)).await {
-            Ok(r) => r,
+        // The entry, its tags' generations and (prefix bans on) the bans: one round trip.
+        let read = store.lookup(store_key, tags, self.inner.settings.prefix_purge);
+        let (bytes, generations, bans) = match self.guard(read).await {
+            Ok(found) => (found.value, found.generations, found.bans),
             Err(e) => {
                 self.fail_open("get", &e);
                 return None;

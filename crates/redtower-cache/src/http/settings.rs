@@ -49,8 +49,9 @@ pub(crate) struct RouteSettings {
     pub(crate) vary_memo: moka::sync::Cache<Vec<u8>, Arc<[HeaderName]>>,
     /// Whether `vary_memo` was ever written: routes whose responses never vary skip it.
     pub(crate) varies: AtomicBool,
-    /// Per URI (the primary canonical key): the tags its last stored response listed in the
-    /// [`tag_header`](Self::tag_header), as last seen in this process, so a hit reads their
+    /// Per URI (the primary canonical key): the route's tags and those its last stored
+    /// response listed in the [`tag_header`](Self::tag_header), as last seen in this process
+    /// (only for URIs whose responses list more), so a hit reads their
     /// generations together with the entry (one round trip) instead of after it.
     pub(crate) tag_memo: moka::sync::Cache<Vec<u8>, Arc<[String]>>,
 }
@@ -204,31 +205,34 @@ impl RouteSettings {
 
     /// The tags to validate on a lookup of the URI whose primary canonical key is `primary`:
     /// the route's own, plus those its responses' tag field listed when last seen here.
-    pub(crate) fn lookup_tags(&self, primary: &[u8]) -> std::borrow::Cow<'_, [String]> {
+    pub(crate) fn lookup_tags(&self, primary: &[u8]) -> LookupTags<'_> {
         if self.tag_header.is_none() {
-            return std::borrow::Cow::Borrowed(&self.tags);
+            return LookupTags::Route(&self.tags);
         }
         match self.tag_memo.get(primary) {
-            Some(own) => {
-                let mut tags = self.tags.clone();
-                tags.extend(own.iter().filter(|t| !self.tags.contains(t)).cloned());
-                std::borrow::Cow::Owned(tags)
-            }
-            None => std::borrow::Cow::Borrowed(&self.tags),
+            Some(all) => LookupTags::Learned(all),
+            None => LookupTags::Route(&self.tags),
         }
     }
 
     /// Remembers the tags a URI's stored response listed in the tag field (beyond the
-    /// route's own); none forgets them.
+    /// route's own); none forgets them. The memo keeps the whole list a lookup validates
+    /// (the route's tags, then these), so a lookup copies nothing.
     pub(crate) fn remember_tags<'t>(&self, primary: &[u8], tags: impl Iterator<Item = &'t String>) {
         if self.tag_header.is_none() {
             return;
         }
-        let own: Vec<String> = tags.filter(|t| !self.tags.contains(t)).cloned().collect();
-        if own.is_empty() {
+        let mut all = self.tags.clone();
+        let route = all.len();
+        for t in tags {
+            if !all.contains(t) {
+                all.push(t.clone());
+            }
+        }
+        if all.len() == route {
             self.tag_memo.invalidate(primary);
-        } else if self.tag_memo.get(primary).as_deref() != Some(&own[..]) {
-            self.tag_memo.insert(primary.to_vec(), Arc::from(own));
+        } else if self.tag_memo.get(primary).as_deref() != Some(&all[..]) {
+            self.tag_memo.insert(primary.to_vec(), Arc::from(all));
         }
     }
 
@@ -246,4 +250,22 @@ impl RouteSettings {
 pub(crate) fn sort_names(names: &mut Vec<HeaderName>) {
     names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     names.dedup();
+}
+
+/// The tags a lookup validates: the route's own, or those and the ones its URI's responses
+/// listed (shared with the memo that keeps them).
+pub(crate) enum LookupTags<'a> {
+    Route(&'a [String]),
+    Learned(Arc<[String]>),
+}
+
+impl std::ops::Deref for LookupTags<'_> {
+    type Target = [String];
+
+    fn deref(&self) -> &[String] {
+        match self {
+            Self::Route(tags) => tags,
+            Self::Learned(tags) => tags,
+        }
+    }
 }

@@ -173,6 +173,34 @@ pub trait CacheStore: fmt::Debug + Send + Sync + 'static {
         Ok(Bans::none())
     }
 
+    /// What one lookup of `key` reads: the entry's bytes, the current generation of each of
+    /// `tags` and, with `bans`, the current [`bans`](Self::bans), read together so a lookup
+    /// is one round trip. The default runs [`get`](Self::get),
+    /// [`tag_generations`](Self::tag_generations) and [`bans`](Self::bans) concurrently;
+    /// [`RedisStore`](crate::RedisStore) reads every key of a lookup as one coalesced read.
+    ///
+    /// ```
+    /// use redtower_cache::{CacheStore, EntryKey, MemoryStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> redtower_cache::Result<()> {
+    /// let store = MemoryStore::new();
+    /// let key = EntryKey::new("group", None);
+    /// let found = store.lookup(&key, &["products".to_owned()], true).await?;
+    /// assert!(found.value.is_none());
+    /// assert_eq!(found.generations, vec![0]);
+    /// assert!(found.bans.is_some_and(|b| b.is_empty()));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// When any of the reads fails.
+    async fn lookup(&self, key: &EntryKey, tags: &[String], bans: bool) -> Result<Lookup> {
+        lookup_each(self, key, tags, bans).await
+    }
+
     /// The settings of the store's coherent in-process tier, when it has one
     /// ([`RedisStore::near_cache`](crate::RedisStore::near_cache)): the [`Cache`](crate::Cache)
     /// then also keeps *decoded* entries in process, in a budget of the same size (entries,
@@ -191,6 +219,54 @@ pub trait CacheStore: fmt::Debug + Send + Sync + 'static {
         let _ = (key, tags, bans);
         None
     }
+}
+
+/// What one [`lookup`](CacheStore::lookup) read.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Lookup {
+    /// The entry's stored bytes, if present and not expired.
+    pub value: Option<Bytes>,
+    /// The current generation of each tag asked for, in order (0 for a tag never seen or
+    /// expired).
+    pub generations: Vec<u64>,
+    /// The current bans, when asked for.
+    pub bans: Option<Arc<Bans>>,
+}
+
+impl Lookup {
+    /// A lookup's result from its parts (for stores that implement
+    /// [`lookup`](CacheStore::lookup) themselves).
+    pub fn new(value: Option<Bytes>, generations: Vec<u64>, bans: Option<Arc<Bans>>) -> Self {
+        Self {
+            value,
+            generations,
+            bans,
+        }
+    }
+}
+
+/// [`CacheStore::lookup`] as separate concurrent reads: the entry, the tags' generations and,
+/// with `bans`, the bans.
+pub(crate) async fn lookup_each<S: CacheStore + ?Sized>(
+    store: &S,
+    key: &EntryKey,
+    tags: &[String],
+    bans: bool,
+) -> Result<Lookup> {
+    let read = async {
+        if tags.is_empty() {
+            Ok((store.get(key).await?, Vec::new()))
+        } else {
+            futures::try_join!(store.get(key), store.tag_generations(tags))
+        }
+    };
+    if !bans {
+        let (value, generations) = read.await?;
+        return Ok(Lookup::new(value, generations, None));
+    }
+    let ((value, generations), bans) = futures::try_join!(read, store.bans())?;
+    Ok(Lookup::new(value, generations, Some(bans)))
 }
 
 /// The future of a forwarded store operation: the inner store's own (boxed) future.
@@ -346,6 +422,21 @@ impl<T: CacheStore + ?Sized> CacheStore for Arc<T> {
         Self: 'f,
     {
         (**self).bans()
+    }
+
+    fn lookup<'s, 'k, 't, 'f>(
+        &'s self,
+        key: &'k EntryKey,
+        tags: &'t [String],
+        bans: bool,
+    ) -> Forwarded<'f, Lookup>
+    where
+        's: 'f,
+        'k: 'f,
+        't: 'f,
+        Self: 'f,
+    {
+        (**self).lookup(key, tags, bans)
     }
 
     fn tracked_tier(&self) -> Option<NearCacheConfig> {

@@ -20,7 +20,7 @@ use redtower_client::{
     },
 };
 
-use super::{CacheStore, EntryKey, LockToken, new_generation, ttl_ms};
+use super::{CacheStore, EntryKey, LockToken, Lookup, lookup_each, new_generation, ttl_ms};
 use crate::{Error, Result};
 
 mod bans;
@@ -65,7 +65,7 @@ static ENSURE_TAG: LazyLock<Script> =
 ///
 /// | operation | changes state | re-sent? | why it is safe |
 /// | --- | --- | --- | --- |
-/// | `get`, `tag_generations` (`GET`/`MGET`) | no | no (one attempt, fail-fast) | reads |
+/// | `get`, `tag_generations`, `lookup` (`GET`/`MGET`) | no | no (one attempt, fail-fast) | reads |
 /// | `put` (script `cache_put`) | entry, lock, variant index | yes | idempotent: a re-send finds its own lock released and its own bytes stored and answers 1 again |
 /// | `unlock` (script `cache_unlock`) | deletes the lock | yes | compare-and-delete fenced by the token: a re-send finds the lock gone or another holder's |
 /// | `ensure_tags` (script `cache_ensure_tag`) | creates a generation, extends its TTL | yes | create-if-missing: a re-send returns the generation the first run created |
@@ -590,21 +590,14 @@ impl CacheStore for RedisStore {
     }
 
     async fn tag_generations(&self, tags: &[String]) -> Result<Vec<u64>> {
-        let generation = |v: Option<Bytes>| {
-            v.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
-                .unwrap_or(0)
-        };
         let keys: Vec<Key> = tags.iter().map(|t| self.tag_key_for(t)).collect();
         // The common case: every tag through the read queue at once, queued in the same pass
         // as the entry's read, so on a standalone server entry and generations leave as one
         // `MGET` (and no per-tag future is built).
         let keys = match (&self.near, &self.reads) {
             (None, Some(reads)) => match reads.get_many(keys).await {
-                Ok(replies) => {
-                    return replies
-                        .into_iter()
-                        .map(|r| r.map(generation).map_err(|e| fred(e).into()))
-                        .collect();
+                Ok(values) => {
+                    return Ok(values.map_err(fred)?.into_iter().map(generation).collect());
                 }
                 Err(keys) => keys,
             },
@@ -658,6 +651,33 @@ impl CacheStore for RedisStore {
         self.read_bans().await
     }
 
+    async fn lookup(&self, key: &EntryKey, tags: &[String], bans: bool) -> Result<Lookup> {
+        // Without the tracked tier, every key of the lookup (entry, tag generations, ban
+        // version) is one coalesced read: one queue entry, and one `MGET` on a standalone
+        // server (one per slot on a Cluster).
+        let (None, Some(reads)) = (&self.near, &self.reads) else {
+            return lookup_each(self, key, tags, bans).await;
+        };
+        let mut keys = Vec::with_capacity(tags.len() + 2);
+        keys.push(self.entry_key(key));
+        keys.extend(tags.iter().map(|t| self.tag_key_for(t)));
+        if bans {
+            keys.push(self.ban_key_refs().0.clone());
+        }
+        let mut values = match reads.get_many(keys).await {
+            Ok(values) => values.map_err(fred)?.into_iter(),
+            // Not queued (no runtime for the queue's task): read on their own.
+            Err(_) => return lookup_each(self, key, tags, bans).await,
+        };
+        let value = values.next().flatten();
+        let generations = values.by_ref().take(tags.len()).map(generation).collect();
+        let bans = match bans {
+            true => Some(self.bans_at(values.next().flatten()).await?),
+            false => None,
+        };
+        Ok(Lookup::new(value, generations, bans))
+    }
+
     fn tracked_tier(&self) -> Option<NearCacheConfig> {
         self.near.as_ref().map(|n| n.cache.config().clone())
     }
@@ -673,4 +693,10 @@ impl CacheStore for RedisStore {
             .map(Key::as_str);
         near.stamp(keys)
     }
+}
+
+/// A tag's generation from its stored value (0 when absent or unreadable).
+fn generation(v: Option<Bytes>) -> u64 {
+    v.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+        .unwrap_or(0)
 }

@@ -45,6 +45,7 @@ macro_rules! all_conformance {
             lock_is_exclusive_and_fenced,
             lost_lock_never_clobbers_a_newer_fill,
             tag_generations,
+            a_lookup_reads_entry_tags_and_bans_together,
             get_or_fetch_caches_falsy_values,
             fetch_errors_are_never_stored,
             negative_results_only_with_negative_ttl,
@@ -247,6 +248,70 @@ pub(crate) async fn tag_generations(store: impl CacheStore) {
     let g2 = store.ensure_tags(&tags, MIN).await.unwrap();
     assert_ne!(g2[0], g[0], "a bumped tag gets a new generation");
     assert_eq!(g2[1], g[1]);
+}
+
+/// `lookup` answers what `get`, `tag_generations` and `bans` answer, read together (on a
+/// Redis Cluster, keys of several slots).
+pub(crate) async fn a_lookup_reads_entry_tags_and_bans_together(store: impl CacheStore) {
+    let k = key("lookup", None);
+    let other = key("lookup", Some("v"));
+    let tags: Vec<String> = (0..5).map(|i| format!("lookup:tag:{i}")).collect();
+    let found = store.lookup(&k, &tags, true).await.unwrap();
+    assert_eq!(found.value, None);
+    assert_eq!(found.generations, vec![0; 5]);
+    assert!(found.bans.as_deref().is_some_and(Bans::is_empty));
+
+    store
+        .put(&k, Bytes::from_static(b"entry"), MIN, None)
+        .await
+        .unwrap();
+    store
+        .put(&other, Bytes::from_static(b"variant"), MIN, None)
+        .await
+        .unwrap();
+    let generations = store.ensure_tags(&tags[1..3], MIN).await.unwrap();
+    store.ban_prefix("/lookup/").await.unwrap();
+    let found = store.lookup(&k, &tags, true).await.unwrap();
+    assert_eq!(found.value.as_deref(), Some(&b"entry"[..]));
+    assert_eq!(
+        found.generations,
+        vec![0, generations[0], generations[1], 0, 0]
+    );
+    assert_eq!(found.bans, Some(store.bans().await.unwrap()));
+    assert_eq!(found.bans.map(|b| b.prefixes.len()), Some(1));
+
+    // Without tags or bans: the entry alone (here, the variant).
+    let found = store.lookup(&other, &[], false).await.unwrap();
+    assert_eq!(found.value.as_deref(), Some(&b"variant"[..]));
+    assert!(found.generations.is_empty());
+    assert!(found.bans.is_none());
+
+    // Concurrent lookups (one coalesced batch on Redis) each get their own values.
+    let keys: Vec<EntryKey> = (0..20).map(|i| key(&format!("lookup-{i}"), None)).collect();
+    for (i, k) in keys.iter().enumerate().step_by(2) {
+        let value = Bytes::from(format!("value-{i}"));
+        store.put(k, value, MIN, None).await.unwrap();
+    }
+    let lookups = keys.iter().enumerate().map(|(i, k)| {
+        let store = &store;
+        let tags = &tags;
+        async move {
+            (
+                i,
+                store.lookup(k, &tags[i % 5..], i % 3 == 0).await.unwrap(),
+            )
+        }
+    });
+    for (i, found) in futures::future::join_all(lookups).await {
+        let expected = (i % 2 == 0).then(|| format!("value-{i}"));
+        assert_eq!(
+            found.value.map(|v| String::from_utf8(v.to_vec()).unwrap()),
+            expected
+        );
+        let all = [0, generations[0], generations[1], 0, 0];
+        assert_eq!(found.generations, all[i % 5..].to_vec(), "lookup {i}");
+        assert_eq!(found.bans.is_some(), i % 3 == 0);
+    }
 }
 
 pub(crate) async fn get_or_fetch_caches_falsy_values(store: impl CacheStore) {

@@ -80,12 +80,25 @@ impl RedisStore {
     }
 
     pub(super) async fn read_bans(&self) -> Result<Arc<Bans>> {
-        let Some(version) = self.read_version().await? else {
+        let version = self.read_version().await?;
+        self.bans_at(version).await
+    }
+
+    /// The ban list at `version` (the version key's value, read with a lookup): the list this
+    /// instance holds for it, else read once.
+    pub(super) async fn bans_at(&self, version: Option<Bytes>) -> Result<Arc<Bans>> {
+        let Some(version) = version else {
             return Ok(Bans::none());
         };
-        if let Some(bans) = self.bans.cached(&version) {
-            return Ok(bans);
+        match self.bans.cached(&version) {
+            Some(bans) => Ok(bans),
+            // Boxed: the script call's future stays out of every lookup's future.
+            None => Box::pin(self.fetch_bans(version)).await,
         }
+    }
+
+    /// Reads the list for `version` (one reader at a time).
+    async fn fetch_bans(&self, version: Bytes) -> Result<Arc<Bans>> {
         let _one = self.bans.fetch.lock().await;
         if let Some(bans) = self.bans.cached(&version) {
             return Ok(bans);

@@ -1,6 +1,10 @@
 //! Coalesced reads: `GET`s that concurrent requests issue while a read of the store is in
 //! flight leave together as one `MGET` (one per hash slot on a Cluster), through the client's
 //! [`Coalescer`](redtower_client::batch::Coalescer).
+//!
+//! One queued read carries every key of one slot that a caller needs at once (a lookup's
+//! entry, tag generations and ban version on a standalone server): one queue entry and one
+//! reply channel per lookup, however many keys it reads.
 
 use std::time::{Duration, Instant};
 
@@ -16,15 +20,16 @@ use redtower_client::{
     },
 };
 
-/// The most keys one coalesced `MGET` carries.
+/// The most reads one coalesced `MGET` carries.
 pub(crate) const MAX_BATCH: usize = 64;
 
-pub(crate) type Reply = Result<Option<Bytes>, FredError>;
+/// The values of one read's keys, in order.
+pub(crate) type Reply = Result<Vec<Option<Bytes>>, FredError>;
 
-/// One read: the key, its Cluster slot (0 on a standalone server, where one `MGET` takes any
-/// keys) and when it was queued.
+/// One read: its keys (all of one Cluster slot), that slot (0 on a standalone server, where
+/// one `MGET` takes any keys) and when it was queued.
 pub(crate) struct Read {
-    pub(crate) key: Key,
+    keys: Vec<Key>,
     slot: u16,
     queued: Instant,
 }
@@ -63,52 +68,99 @@ impl Reads {
         }
     }
 
-    /// Queues reads of `keys` for the next batch at once (one batch on a standalone
-    /// server) and returns their replies in order. `Err(keys)` when they could not be queued:
-    /// the caller reads them on its own.
-    pub(crate) async fn get_many(&self, keys: Vec<Key>) -> Result<Vec<Reply>, Vec<Key>> {
-        let queued_at = Instant::now();
-        let mut waits = Vec::with_capacity(keys.len());
-        let mut keys = keys.into_iter();
-        while let Some(key) = keys.next() {
-            let slot = if self.cluster { key.slot() } else { 0 };
-            let read = Read {
-                key,
-                slot,
-                queued: queued_at,
+    /// Reads `keys` (any slots): one queued read per slot among them (one on a standalone
+    /// server), and their values in the order of `keys`. `Err(keys)` when they could not be
+    /// queued: the caller reads them on its own.
+    pub(crate) async fn get_many(&self, keys: Vec<Key>) -> Result<Reply, Vec<Key>> {
+        let queued = Instant::now();
+        let n = keys.len();
+        if n == 0 {
+            return Ok(Ok(Vec::new()));
+        }
+        let one_slot = if self.cluster {
+            let mut slots = keys.iter().map(Key::slot);
+            let first = slots.next().unwrap_or(0);
+            slots.all(|s| s == first).then_some(first)
+        } else {
+            Some(0)
+        };
+        if let Some(slot) = one_slot {
+            let read = Read { keys, slot, queued };
+            return match self.coalescer.call(read).await {
+                Ok(r) => Ok(r.and_then(|v| {
+                    if v.len() == n {
+                        Ok(v)
+                    } else {
+                        Err(short_reply())
+                    }
+                })),
+                Err(redtower_client::batch::Uncoalesced::NotSent(read)) => Err(read.keys),
+                Err(redtower_client::batch::Uncoalesced::Dropped) => Ok(Err(dropped())),
             };
-            match self.coalescer.queue(read) {
-                Ok(wait) => waits.push(Some(wait)),
-                // Only before the queue's task runs (no runtime), so nothing was queued yet.
-                Err(redtower_client::batch::Uncoalesced::NotSent(read)) if waits.is_empty() => {
-                    return Err(std::iter::once(read.key).chain(keys).collect());
+        }
+        // A Cluster read of several slots: one queued read per slot, all queued before any is
+        // awaited so they join the same batch.
+        let mut groups: Vec<(u16, Vec<usize>, Vec<Key>)> = Vec::new();
+        for (i, key) in keys.into_iter().enumerate() {
+            let slot = key.slot();
+            match groups.iter_mut().find(|g| g.0 == slot) {
+                Some(g) => {
+                    g.1.push(i);
+                    g.2.push(key);
                 }
-                // The queue's task went away meanwhile: this read fails like a dropped batch.
-                Err(_) => waits.push(None),
+                None => groups.push((slot, vec![i], vec![key])),
             }
         }
-        let mut replies = Vec::with_capacity(waits.len());
-        for wait in waits {
-            replies.push(match wait {
+        let mut waits = Vec::with_capacity(groups.len());
+        let mut groups = groups.into_iter();
+        while let Some((slot, idx, keys)) = groups.next() {
+            match self.coalescer.queue(Read { keys, slot, queued }) {
+                Ok(wait) => waits.push((idx, Some(wait))),
+                // Only before the queue's task runs (no runtime), so nothing was queued yet.
+                Err(redtower_client::batch::Uncoalesced::NotSent(read)) if waits.is_empty() => {
+                    let mut all: Vec<(usize, Key)> = idx.into_iter().zip(read.keys).collect();
+                    all.extend(groups.flat_map(|(_, idx, keys)| idx.into_iter().zip(keys)));
+                    all.sort_by_key(|(i, _)| *i);
+                    return Err(all.into_iter().map(|(_, k)| k).collect());
+                }
+                // The queue's task went away meanwhile: this read fails like a dropped batch.
+                Err(_) => waits.push((idx, None)),
+            }
+        }
+        let mut values: Vec<Option<Bytes>> = vec![None; n];
+        for (idx, wait) in waits {
+            let got = match wait {
                 Some(wait) => wait.await.unwrap_or_else(|| Err(dropped())),
                 None => Err(dropped()),
-            });
+            };
+            match got {
+                Ok(v) if v.len() == idx.len() => {
+                    for (i, v) in idx.into_iter().zip(v) {
+                        values[i] = v;
+                    }
+                }
+                Ok(_) => return Ok(Err(short_reply())),
+                Err(e) => return Ok(Err(e)),
+            }
         }
-        Ok(replies)
+        Ok(Ok(values))
     }
 
     /// Reads `key` in the next batch. `Err(key)` when it could not be queued: the caller
     /// reads it on its own.
-    pub(crate) async fn get(&self, key: Key) -> Result<Reply, Key> {
+    pub(crate) async fn get(&self, key: Key) -> Result<Result<Option<Bytes>, FredError>, Key> {
         let slot = if self.cluster { key.slot() } else { 0 };
         let read = Read {
-            key,
+            keys: vec![key],
             slot,
             queued: Instant::now(),
         };
         match self.coalescer.call(read).await {
-            Ok(r) => Ok(r),
-            Err(redtower_client::batch::Uncoalesced::NotSent(read)) => Err(read.key),
+            Ok(r) => Ok(r.map(|mut v| v.pop().flatten())),
+            Err(redtower_client::batch::Uncoalesced::NotSent(mut read)) => match read.keys.pop() {
+                Some(key) => Err(key),
+                None => Ok(Err(dropped())),
+            },
             Err(redtower_client::batch::Uncoalesced::Dropped) => Ok(Err(dropped())),
         }
     }
@@ -168,44 +220,45 @@ fn short_reply() -> FredError {
 }
 
 /// One `GET` for one key, one `MGET` for several (all of one slot). A key that several reads
-/// of the batch ask for is sent once and its reply shared: on a hot route, the concurrent hits
+/// of the batch ask for is sent once and its value shared: on a hot route, the concurrent hits
 /// of one URI read the same entry, tag generations and ban version, so the `MGET` carries
 /// each of them once however many requests wait on it.
 async fn one_slot<C: KeysInterface>(client: &C, batch: Vec<Read>) -> Vec<Reply> {
-    if let [read] = batch.as_slice() {
-        return vec![client.get::<Option<Bytes>, _>(&read.key).await];
+    if let [read] = batch.as_slice()
+        && let [key] = read.keys.as_slice()
+    {
+        return vec![client.get::<Option<Bytes>, _>(key).await.map(|v| vec![v])];
     }
-    let n = batch.len();
-    // For each read, the position of its key among the distinct keys sent. A batch holds at
-    // most `MAX_BATCH` reads and, on a hot route, a few distinct keys: a scan of those beats
-    // hashing every key.
-    let mut distinct: Vec<&Key> = Vec::with_capacity(n);
-    let slots: Vec<usize> = batch
+    // For each key of each read, the position of that key among the distinct keys sent. A
+    // batch holds at most `MAX_BATCH` reads and, on a hot route, a few distinct keys: a scan
+    // of those beats hashing every key.
+    let mut distinct: Vec<&Key> = Vec::new();
+    let positions: Vec<Vec<usize>> = batch
         .iter()
         .map(|r| {
-            distinct
+            r.keys
                 .iter()
-                .position(|k| *k == &r.key)
-                .unwrap_or_else(|| {
-                    distinct.push(&r.key);
-                    distinct.len() - 1
+                .map(|key| {
+                    distinct.iter().position(|k| *k == key).unwrap_or_else(|| {
+                        distinct.push(key);
+                        distinct.len() - 1
+                    })
                 })
+                .collect()
         })
         .collect();
     let sent = distinct.len();
-    let values = if sent == 1 {
-        client
-            .get::<Option<Bytes>, _>(distinct[0])
-            .await
-            .map(|v| vec![v])
-    } else {
-        client.mget::<Vec<Option<Bytes>>, _>(distinct).await
+    let values = match distinct.as_slice() {
+        [] => Ok(Vec::new()),
+        [key] => client.get::<Option<Bytes>, _>(*key).await.map(|v| vec![v]),
+        _ => client.mget::<Vec<Option<Bytes>>, _>(distinct).await,
     };
     match values {
-        Ok(values) if values.len() == sent => {
-            slots.into_iter().map(|i| Ok(values[i].clone())).collect()
-        }
-        Ok(_) => (0..n).map(|_| Err(short_reply())).collect(),
-        Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        Ok(values) if values.len() == sent => positions
+            .into_iter()
+            .map(|p| Ok(p.into_iter().map(|i| values[i].clone()).collect()))
+            .collect(),
+        Ok(_) => batch.iter().map(|_| Err(short_reply())).collect(),
+        Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
     }
 }
