@@ -695,8 +695,35 @@ impl CacheStore for RedisStore {
     }
 }
 
-/// A tag's generation from its stored value (0 when absent or unreadable).
+/// A tag's generation from its stored value, decimal digits (0 when absent or unreadable).
 fn generation(v: Option<Bytes>) -> u64 {
-    v.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+    let Some(digits) = v.filter(|b| !b.is_empty()) else {
+        return 0;
+    };
+    digits
+        .iter()
+        .try_fold(0u64, |n, &c| {
+            let digit = c.checked_sub(b'0').filter(|d| *d <= 9)?;
+            n.checked_mul(10)?.checked_add(u64::from(digit))
+        })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generations_are_decimal_u64s_or_zero() {
+        let g = |s: &'static str| generation(Some(Bytes::from_static(s.as_bytes())));
+        assert_eq!(generation(None), 0);
+        assert_eq!(g(""), 0);
+        assert_eq!(g("0"), 0);
+        assert_eq!(g("42"), 42);
+        assert_eq!(g("18446744073709551615"), u64::MAX);
+        assert_eq!(g("18446744073709551616"), 0, "overflow");
+        assert_eq!(g("12a"), 0);
+        assert_eq!(g("-1"), 0);
+        assert_eq!(g(" 1"), 0);
+    }
 }
