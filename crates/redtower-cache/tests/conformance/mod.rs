@@ -286,8 +286,9 @@ pub(crate) async fn a_lookup_reads_entry_tags_and_bans_together(store: impl Cach
     assert!(found.generations.is_empty());
     assert!(found.bans.is_none());
 
-    // Concurrent lookups (one coalesced batch on Redis) each get their own values.
-    let keys: Vec<EntryKey> = (0..20).map(|i| key(&format!("lookup-{i}"), None)).collect();
+    // Concurrent lookups (coalesced batches on Redis, with more distinct keys than a batch
+    // scans) each get their own values.
+    let keys: Vec<EntryKey> = (0..48).map(|i| key(&format!("lookup-{i}"), None)).collect();
     for (i, k) in keys.iter().enumerate().step_by(2) {
         let value = Bytes::from(format!("value-{i}"));
         store.put(k, value, MIN, None).await.unwrap();

@@ -6,7 +6,10 @@
 //! entry, tag generations and ban version on a standalone server): one queue entry and one
 //! reply channel per lookup, however many keys it reads.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use redtower_client::{
@@ -22,6 +25,10 @@ use redtower_client::{
 
 /// The most reads one coalesced `MGET` carries.
 pub(crate) const MAX_BATCH: usize = 64;
+
+/// While a batch has at most this many distinct keys they are found by a scan; past it, by a
+/// map.
+const SCAN_LIMIT: usize = 32;
 
 /// The values of one read's keys, in order.
 pub(crate) type Reply = Result<Vec<Option<Bytes>>, FredError>;
@@ -229,24 +236,33 @@ async fn one_slot<C: KeysInterface>(client: &C, batch: Vec<Read>) -> Vec<Reply> 
     {
         return vec![client.get::<Option<Bytes>, _>(key).await.map(|v| vec![v])];
     }
-    // For each key of each read, the position of that key among the distinct keys sent. A
-    // batch holds at most `MAX_BATCH` reads and, on a hot route, a few distinct keys: a scan
-    // of those beats hashing every key.
+    // For each key of each read, the position of that key among the distinct keys sent. On a
+    // hot route a batch holds a few distinct keys, and a scan of those beats hashing every
+    // key; once a batch has more (reads of many tags each), they are indexed, so the cost
+    // stays linear in the batch's keys.
     let mut distinct: Vec<&Key> = Vec::new();
-    let positions: Vec<Vec<usize>> = batch
-        .iter()
-        .map(|r| {
-            r.keys
-                .iter()
-                .map(|key| {
-                    distinct.iter().position(|k| *k == key).unwrap_or_else(|| {
-                        distinct.push(key);
-                        distinct.len() - 1
-                    })
-                })
-                .collect()
-        })
-        .collect();
+    let mut index: Option<HashMap<&Key, usize>> = None;
+    let mut positions: Vec<Vec<usize>> = Vec::with_capacity(batch.len());
+    for read in &batch {
+        let mut at = Vec::with_capacity(read.keys.len());
+        for key in &read.keys {
+            let found = match &index {
+                Some(index) => index.get(key).copied(),
+                None => distinct.iter().position(|k| *k == key),
+            };
+            let i = found.unwrap_or_else(|| {
+                distinct.push(key);
+                distinct.len() - 1
+            });
+            if let Some(index) = &mut index {
+                index.insert(key, i);
+            } else if distinct.len() > SCAN_LIMIT {
+                index = Some(distinct.iter().enumerate().map(|(i, k)| (*k, i)).collect());
+            }
+            at.push(i);
+        }
+        positions.push(at);
+    }
     let sent = distinct.len();
     let values = match distinct.as_slice() {
         [] => Ok(Vec::new()),
