@@ -351,6 +351,9 @@ impl<'a> Segment<'a> {
 
     /// Escapes arbitrary text (see the [module docs](self)). Never fails.
     pub fn new(raw: &'a str) -> Self {
+        if kept_as_is(raw.as_bytes()) {
+            return Segment(Cow::Borrowed(raw));
+        }
         Self::from_bytes(raw.as_bytes())
     }
 
@@ -368,15 +371,23 @@ impl<'a> Segment<'a> {
             return Self::secret(raw);
         }
         let mut s = String::with_capacity(escaped_len);
-        for &b in raw {
-            if is_plain(b) {
-                s.push(b as char);
-            } else {
-                const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                s.push('%');
-                s.push(HEX[usize::from(b >> 4)] as char);
-                s.push(HEX[usize::from(b & 15)] as char);
-            }
+        let mut rest = raw;
+        while !rest.is_empty() {
+            // A run of plain bytes (ASCII, so valid text) goes in whole, then one escaped byte.
+            let run = rest
+                .iter()
+                .position(|&b| !is_plain(b))
+                .unwrap_or(rest.len());
+            let (plain, tail) = rest.split_at(run);
+            s.push_str(std::str::from_utf8(plain).unwrap_or_default());
+            let Some((&b, tail)) = tail.split_first() else {
+                break;
+            };
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            s.push('%');
+            s.push(HEX[usize::from(b >> 4)] as char);
+            s.push(HEX[usize::from(b & 15)] as char);
+            rest = tail;
         }
         Segment(Cow::Owned(s))
     }

@@ -137,6 +137,7 @@ impl CacheBuilder {
                 l1,
                 tracked,
                 flights: Default::default(),
+                last_decoded: Default::default(),
                 breaker: Breaker::new(self.settings.breaker),
                 settings: self.settings,
                 unreachable_logged: AtomicBool::new(false),

@@ -54,6 +54,8 @@ struct Inner {
     /// current (see [`CacheStore::tracked_tier`]).
     tracked: Option<moka::sync::Cache<Vec<u8>, Tracked>>,
     flights: flight::Flights,
+    /// The entry last decoded from the store, with its bytes (see [`read::LastDecoded`]).
+    last_decoded: read::LastDecoded,
     settings: Settings,
     breaker: Breaker,
     /// Whether "not reachable since start" was logged (once, until the store answers).

@@ -1,9 +1,14 @@
 //! Lookups: the L1, then the store; undecodable, colliding or invalidated entries are misses.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
 
 use super::{Cache, Tracked, stats::bump};
-use crate::{envelope::Entry, key::Key};
+use crate::{
+    envelope::{DecodeError, Entry},
+    key::Key,
+};
 
 impl Cache {
     /// Reads and validates an entry: L1 first, then the store (with the tags' generations
@@ -69,7 +74,7 @@ impl Cache {
             }
         };
         let bytes = bytes?;
-        let entry = match Entry::decode(&bytes) {
+        let entry = match self.inner.last_decoded.decode(bytes) {
             Ok(e) => e,
             Err(error) => {
                 if !count_corrupt {
@@ -92,7 +97,6 @@ impl Cache {
         if !entry.tags.is_empty() && !self.tags_valid(&entry, tags, &generations).await {
             return None;
         }
-        let entry = Arc::new(entry);
         self.l1_insert(key, &entry);
         if let (Some(tracked), Some(stamp)) = (&self.inner.tracked, stamp)
             && stamped
@@ -133,5 +137,67 @@ impl Cache {
                 false
             }
         }
+    }
+}
+
+/// The entry last decoded from the store, with the bytes it was decoded from.
+///
+/// The concurrent hits of one URI read the same bytes (one reply of a coalesced `MGET`,
+/// shared by every read of the batch): a read of bytes equal to the last ones shares that
+/// entry instead of decoding them again. Each read still validates the entry for itself (key
+/// digest, bans, tag generations). One entry is kept at a time, and a read that finds the
+/// memo busy decodes on its own, so it never waits.
+#[derive(Default)]
+pub(crate) struct LastDecoded(Mutex<Option<(Bytes, Arc<Entry>)>>);
+
+impl LastDecoded {
+    /// The entry `bytes` encode: the last one when the bytes are equal, else decoded (and kept).
+    pub(crate) fn decode(&self, bytes: Bytes) -> Result<Arc<Entry>, DecodeError> {
+        if let Ok(last) = self.0.try_lock()
+            && let Some((seen, entry)) = last.as_ref()
+            && *seen == bytes
+        {
+            return Ok(entry.clone());
+        }
+        let entry = Arc::new(Entry::decode(&bytes)?);
+        if let Ok(mut last) = self.0.try_lock() {
+            *last = Some((bytes, entry.clone()));
+        }
+        Ok(entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_bytes_share_one_decoded_entry() {
+        let memo = LastDecoded::default();
+        let entry = |body: &'static str| {
+            Entry {
+                flags: 0,
+                status: http::StatusCode::OK,
+                stored_at: 1_000,
+                fresh_until: 2_000,
+                stale_until: 2_000,
+                error_until: 2_000,
+                key_digest: [7; 32],
+                tags: vec![("t".to_owned(), 3)],
+                headers: http::HeaderMap::new(),
+                body: Bytes::from_static(body.as_bytes()),
+            }
+            .encode()
+            .unwrap()
+        };
+        let a = memo.decode(entry("a")).unwrap();
+        // Equal bytes from another buffer: the same entry.
+        let again = memo.decode(Bytes::from(entry("a").to_vec())).unwrap();
+        assert!(Arc::ptr_eq(&a, &again));
+        let b = memo.decode(entry("b")).unwrap();
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!(b.body, "b");
+        assert_eq!(memo.decode(entry("a")).unwrap().body, "a");
+        assert!(memo.decode(Bytes::from_static(b"not an entry")).is_err());
     }
 }

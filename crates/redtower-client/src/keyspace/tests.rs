@@ -98,6 +98,14 @@ proptest! {
         }
     }
 
+    /// Text escapes exactly as its bytes do.
+    #[test]
+    fn text_and_its_bytes_escape_alike(raw in ".{0,40}", plain in "[a-z0-9:_-]{0,40}") {
+        for text in [raw.as_str(), plain.as_str()] {
+            prop_assert_eq!(Segment::new(text), Segment::from_bytes(text.as_bytes()));
+        }
+    }
+
     /// Two different inputs never build the same key.
     #[test]
     fn different_inputs_give_different_keys(
