@@ -251,11 +251,12 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn sample() -> Entry {
+    /// An entry with a header, a tag and a body, for tests.
+    pub(crate) fn sample() -> Entry {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("application/json"));
         headers.insert("etag", HeaderValue::from_static("\"x\""));

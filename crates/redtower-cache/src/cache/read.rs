@@ -175,20 +175,9 @@ mod tests {
     fn equal_bytes_share_one_decoded_entry() {
         let memo = LastDecoded::default();
         let entry = |body: &'static str| {
-            Entry {
-                flags: 0,
-                status: http::StatusCode::OK,
-                stored_at: 1_000,
-                fresh_until: 2_000,
-                stale_until: 2_000,
-                error_until: 2_000,
-                key_digest: [7; 32],
-                tags: vec![("t".to_owned(), 3)],
-                headers: http::HeaderMap::new(),
-                body: Bytes::from_static(body.as_bytes()),
-            }
-            .encode()
-            .unwrap()
+            let mut e = crate::envelope::tests::sample();
+            e.body = Bytes::from_static(body.as_bytes());
+            e.encode().unwrap()
         };
         let a = memo.decode(entry("a")).unwrap();
         // Equal bytes from another buffer: the same entry.
