@@ -156,19 +156,9 @@ impl Reads {
     /// Reads `key` in the next batch. `Err(key)` when it could not be queued: the caller
     /// reads it on its own.
     pub(crate) async fn get(&self, key: Key) -> Result<Result<Option<Bytes>, FredError>, Key> {
-        let slot = if self.cluster { key.slot() } else { 0 };
-        let read = Read {
-            keys: vec![key],
-            slot,
-            queued: Instant::now(),
-        };
-        match self.coalescer.call(read).await {
-            Ok(r) => Ok(r.map(|mut v| v.pop().flatten())),
-            Err(redtower_client::batch::Uncoalesced::NotSent(mut read)) => match read.keys.pop() {
-                Some(key) => Err(key),
-                None => Ok(Err(dropped())),
-            },
-            Err(redtower_client::batch::Uncoalesced::Dropped) => Ok(Err(dropped())),
+        match self.get_many(vec![key]).await {
+            Ok(values) => Ok(values.map(|mut v| v.pop().flatten())),
+            Err(mut keys) => keys.pop().map_or_else(|| Ok(Err(dropped())), Err),
         }
     }
 }
