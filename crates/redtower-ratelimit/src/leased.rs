@@ -3,7 +3,7 @@
 use std::{
     collections::HashMap,
     fmt,
-    hash::{BuildHasher, RandomState},
+    hash::{BuildHasher, Hash, Hasher, RandomState},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -22,6 +22,19 @@ struct Slice {
     left: u32,
     /// When the unused units go back.
     until: Instant,
+}
+
+impl Slice {
+    /// What the subject's requests see once `used` units of this slice are spent: the
+    /// store's answer for the whole slice, with the units not used yet counted as remaining
+    /// (as if each request had been checked on its own).
+    fn decision(&self, used: u32) -> Decision {
+        let unused = u64::from(self.size.saturating_sub(used));
+        self.taken.map_outcomes(|o| Outcome {
+            remaining: o.remaining.saturating_add(unused),
+            ..*o
+        })
+    }
 }
 
 /// Leased quotas (opt-in, for the hottest routes): wraps a store so that an instance takes a
@@ -110,8 +123,12 @@ impl LeasedStore {
     }
 
     fn key(&self, subject: &Subject, policies: &[Policy]) -> u64 {
-        let names: Vec<&str> = policies.iter().map(Policy::name).collect();
-        self.inner.hasher.hash_one((subject, names))
+        let mut h = self.inner.hasher.build_hasher();
+        subject.hash(&mut h);
+        for p in policies {
+            p.name().hash(&mut h);
+        }
+        h.finish()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Subject, Slice)>> {
@@ -127,18 +144,7 @@ impl LeasedStore {
             return None;
         }
         slice.left -= cost;
-        let used = u64::from(slice.size - slice.left);
-        let outcomes: Vec<Outcome> = slice
-            .taken
-            .policies()
-            .iter()
-            .map(|d| Outcome {
-                remaining: (d.remaining() + u64::from(slice.size)).saturating_sub(used),
-                ..*d.outcome()
-            })
-            .collect();
-        let list: Vec<Policy> = slice.taken.policies().iter().map(|d| *d.policy()).collect();
-        Some(Decision::new(&list, outcomes).checked_at(slice.taken.at_micros()))
+        Some(slice.decision(slice.size - slice.left))
     }
 
     /// Returns the unused units of `slice` to the store.
@@ -195,13 +201,14 @@ impl RateLimitStore for LeasedStore {
             let taken = store.check(subject, policies, size).await?;
             if taken.is_allowed() {
                 let slice = Slice {
-                    taken: taken.clone(),
+                    taken,
                     size,
                     left: size - cost,
                     until: Instant::now() + self.inner.lease,
                 };
+                let decision = slice.decision(cost);
                 self.lock().insert(key, (subject.clone(), slice));
-                return Ok(taken);
+                return Ok(decision);
             }
         }
         // A whole slice does not fit (or no room to hold one): this request alone, exactly.

@@ -424,6 +424,19 @@ async fn leased_quotas_stay_within_the_bound(backend: Backend) {
         Some(9),
         "{backend:?}: returned"
     );
+
+    // Each request of a slice sees what an exact check would have told it, the first one
+    // (which took the slice) included.
+    let counted = Subject::new("counted");
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(leased[1].check(&counted, &p, 1).await.unwrap().remaining());
+    }
+    assert_eq!(
+        seen,
+        [Some(9), Some(8), Some(7), Some(6)],
+        "{backend:?}: remaining"
+    );
 }
 
 macro_rules! on_every_backend {

@@ -148,8 +148,13 @@ pub async fn bind_user(
 ///
 /// When the store fails (Redis down: see [`status_for`](crate::status_for)).
 pub async fn current_user(session: &Session) -> Result<Option<String>, SessionError> {
+    /// The part of a [`Binding`] this reads: the device details are skipped, not decoded.
+    #[derive(Deserialize)]
+    struct UserOf {
+        user: String,
+    }
     Ok(session
-        .get::<Binding>(USER_KEY)
+        .get::<UserOf>(USER_KEY)
         .await?
         .map(|binding| binding.user))
 }

@@ -341,6 +341,27 @@ impl Decision {
         }
     }
 
+    /// This decision with each policy's outcome replaced by `f` of it (same policies, same
+    /// instant); admitted again by the same rule as [`new`](Self::new).
+    pub(crate) fn map_outcomes(&self, mut f: impl FnMut(&Outcome) -> Outcome) -> Self {
+        let list: Arc<[PolicyDecision]> = self
+            .policies
+            .iter()
+            .map(|d| PolicyDecision {
+                policy: d.policy,
+                outcome: f(&d.outcome),
+            })
+            .collect();
+        let allowed = list
+            .iter()
+            .all(|d| d.outcome.allowed || d.policy.is_shadow());
+        Self {
+            allowed,
+            policies: list,
+            at_us: self.at_us,
+        }
+    }
+
     /// Records the instant the store decided at, by its own clock (µs since the Unix epoch):
     /// a [refund](RateLimitStore::refund) finds the request's window from it. Stores set it;
     /// 0 (the default) means unknown.
