@@ -50,8 +50,9 @@ impl Slice {
 /// not when it is used): the documented bound `limit + instances × slice` holds with room to
 /// spare; what leasing costs is the other way: up to `slice - 1` units per instance and
 /// subject may sit unused in an instance until its lease ends, so another instance may deny a
-/// request that the exact store would have admitted. Requests it admits locally get the
-/// decision that took the slice (its headers, `remaining` less the units used since).
+/// request that the exact store would have admitted. Each request admitted from a slice (the
+/// one that took it included) sees the remaining quota an exact check would have shown it: the
+/// shared count after the slice was taken, plus the slice's units not used yet.
 ///
 /// Exact mode (the plain store) stays the default; wrap the store of one route's layer:
 ///
