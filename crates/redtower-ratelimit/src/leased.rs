@@ -80,6 +80,11 @@ struct Inner {
     max_subjects: usize,
     hasher: RandomState,
     slices: Mutex<HashMap<u64, (Subject, Slice)>>,
+    /// One gate per subject whose slice is being replaced: the first request to find it used
+    /// up (or past its lease) takes the next slice while the subject's other requests wait for
+    /// it, instead of each taking a slice of its own. Entries live while a request holds or
+    /// waits for them.
+    refreshing: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl fmt::Debug for LeasedStore {
@@ -103,6 +108,7 @@ impl LeasedStore {
                 max_subjects: 10_000,
                 hasher: RandomState::new(),
                 slices: Mutex::default(),
+                refreshing: Mutex::default(),
             }),
         }
     }
@@ -119,6 +125,7 @@ impl LeasedStore {
                 max_subjects: max,
                 hasher: RandomState::new(),
                 slices: Mutex::default(),
+                refreshing: Mutex::default(),
             }),
         }
     }
@@ -134,6 +141,16 @@ impl LeasedStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Subject, Slice)>> {
         self.inner.slices.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The gate of `key`'s refresh, registered until the returned handle drops.
+    fn gate(&self, key: u64) -> Gate<'_> {
+        let gate = lock(&self.inner.refreshing).entry(key).or_default().clone();
+        Gate {
+            store: self,
+            key,
+            gate,
+        }
     }
 
     /// Admits from the subject's slice, if it has `cost` units left and its lease runs.
@@ -177,6 +194,28 @@ impl LeasedStore {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A request's hold on the refresh gate of one subject ([`LeasedStore::gate`]); the last one
+/// to let go removes the gate, so gates exist only for subjects being refreshed.
+struct Gate<'a> {
+    store: &'a LeasedStore,
+    key: u64,
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Gate<'_> {
+    fn drop(&mut self) {
+        let mut gates = lock(&self.store.inner.refreshing);
+        // Handles are cloned only under this lock: two means the map's and this one.
+        if Arc::strong_count(&self.gate) == 2 {
+            gates.remove(&self.key);
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl RateLimitStore for LeasedStore {
     async fn check(&self, subject: &Subject, policies: &[Policy], cost: u32) -> Result<Decision> {
@@ -184,6 +223,12 @@ impl RateLimitStore for LeasedStore {
             return Ok(d);
         }
         let key = self.key(subject, policies);
+        let gate = self.gate(key);
+        let _turn = gate.gate.lock().await;
+        // The request ahead of this one may have taken a new slice meanwhile.
+        if let Some(d) = self.local(subject, policies, cost) {
+            return Ok(d);
+        }
         // The subject's old slice (used up or past its lease) goes back first.
         let old = self.lock().remove(&key);
         if let Some((s, slice)) = old {
@@ -208,7 +253,10 @@ impl RateLimitStore for LeasedStore {
                     until: Instant::now() + self.inner.lease,
                 };
                 let decision = slice.decision(cost);
-                self.lock().insert(key, (subject.clone(), slice));
+                let replaced = self.lock().insert(key, (subject.clone(), slice));
+                if let Some((s, slice)) = replaced {
+                    self.give_back(&s, slice).await;
+                }
                 return Ok(decision);
             }
         }

@@ -439,6 +439,40 @@ async fn leased_quotas_stay_within_the_bound(backend: Backend) {
     );
 }
 
+/// Concurrent requests of one subject on one instance share its slices: when a slice runs
+/// out, one request takes the next while the others wait for it (instead of each taking a
+/// slice of its own and all but the last being forgotten, their units lost to the quota). Once
+/// the instance returns what it did not use, the store counts exactly the admitted requests.
+async fn leased_slices_are_taken_one_at_a_time(backend: Backend) {
+    use redtower_ratelimit::LeasedStore;
+    let [store, _] = two_stores(backend, "leased-herd").await;
+    let leased = LeasedStore::new(store.clone(), 10, Duration::from_secs(60));
+    let p = [Policy::new(
+        "herd",
+        Quota::per_hour(nonzero!(1000)).fixed_window(),
+    )];
+    let s = Subject::new("herd-subject");
+    for round in 0..3 {
+        let checks = (0..100).map(|_| {
+            let (leased, s) = (leased.clone(), s.clone());
+            tokio::spawn(async move { leased.check(&s, &p, 1).await.unwrap().is_allowed() })
+        });
+        let admitted = futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .filter(|r| *r.as_ref().unwrap())
+            .count();
+        assert_eq!(admitted, 100, "{backend:?}: round {round}");
+    }
+    leased.flush().await.unwrap();
+    let exact = RateLimitLayer::new(store, p[0]).handle();
+    assert_eq!(
+        exact.peek(&s).await.unwrap().remaining(),
+        Some(1000 - 300),
+        "{backend:?}: every unit not admitted went back"
+    );
+}
+
 macro_rules! on_every_backend {
     ($($test:ident),*) => {
         mod memory {
@@ -465,5 +499,6 @@ on_every_backend!(
     tier_is_chosen_per_request,
     allow_and_deny_lists_reload,
     concurrency_is_limited_across_instances,
-    leased_quotas_stay_within_the_bound
+    leased_quotas_stay_within_the_bound,
+    leased_slices_are_taken_one_at_a_time
 );
