@@ -102,7 +102,8 @@
 //!   slice of a subject's quota in one store call and decides locally until it is used or its
 //!   lease ends, returning what it did not use. Slices are counted when taken, so the
 //!   instances together never admit more than the limit (within the bound
-//!   `limit + instances × slice`); the cost is up to a slice per instance held unused.
+//!   `limit + instances × slice`); the cost is up to a slice per instance held unused (the
+//!   next slice is taken ahead, once half of the current one is used, and tops it up to one).
 //! * **Peek and reset** ([`RateLimitLayer::handle`], [`RateLimitStore::peek`],
 //!   [`RateLimitStore::reset`]): what a subject has left, without consuming; a fresh allowance.
 //! * **Counting by outcome** ([`RateLimitLayer::refund_when`]): see below.

@@ -473,6 +473,54 @@ async fn leased_slices_are_taken_one_at_a_time(backend: Backend) {
     );
 }
 
+/// A busy subject's next slice is taken before the current one runs out: once half of a slice
+/// of 10 is used, the store counts the next one (5 units: what tops the 5 left up to a slice)
+/// without any request waiting for it, and the requests after the first ten are decided from
+/// it.
+async fn leased_next_slice_is_taken_ahead(backend: Backend) {
+    use redtower_ratelimit::LeasedStore;
+    let [store, _] = two_stores(backend, "leased-ahead").await;
+    let leased = LeasedStore::new(store.clone(), 10, Duration::from_secs(60));
+    let p = [Policy::new(
+        "ahead",
+        Quota::per_hour(nonzero!(1000)).fixed_window(),
+    )];
+    let s = Subject::new("busy-subject");
+    let exact = RateLimitLayer::new(store, p[0]).handle();
+    let counted = || async { exact.peek(&s).await.unwrap().remaining() };
+    // Waits until the store counts at most `most` units left.
+    let settles_at = |most: u64| async move {
+        for _ in 0..500 {
+            if counted().await.is_some_and(|left| left <= most) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{backend:?}: the store never counted {most} left or fewer");
+    };
+    for i in 0..5 {
+        assert!(leased.check(&s, &p, 1).await.unwrap().is_allowed(), "{i}");
+    }
+    settles_at(985).await;
+    assert_eq!(
+        counted().await,
+        Some(985),
+        "{backend:?}: one slice taken ahead"
+    );
+    // The rest of the first slice and half of the second: no slice taken on the way.
+    let mut seen = Vec::new();
+    for _ in 5..15 {
+        seen.push(leased.check(&s, &p, 1).await.unwrap().remaining());
+    }
+    let want: Vec<_> = (985..=994).rev().map(Some).collect();
+    assert_eq!(seen, want, "{backend:?}: what each request saw");
+    // Half of the second slice used: the third is taken ahead in turn (8 to 10 units, as it
+    // tops up what the second one has left when it is taken).
+    settles_at(977).await;
+    leased.flush().await.unwrap();
+    assert_eq!(counted().await, Some(1000 - 15), "{backend:?}: returned");
+}
+
 macro_rules! on_every_backend {
     ($($test:ident),*) => {
         mod memory {
@@ -500,5 +548,6 @@ on_every_backend!(
     allow_and_deny_lists_reload,
     concurrency_is_limited_across_instances,
     leased_quotas_stay_within_the_bound,
-    leased_slices_are_taken_one_at_a_time
+    leased_slices_are_taken_one_at_a_time,
+    leased_next_slice_is_taken_ahead
 );
