@@ -439,19 +439,32 @@ async fn leased_quotas_stay_within_the_bound(backend: Backend) {
     );
 }
 
+/// One instance's store (`name` its own keys), leasing it in slices of 10 for a minute, a
+/// policy of 1,000 per hour and a subject.
+async fn one_leased_subject(
+    backend: Backend,
+    name: &'static str,
+) -> (
+    Arc<dyn RateLimitStore>,
+    redtower_ratelimit::LeasedStore,
+    [Policy; 1],
+    Subject,
+) {
+    let [store, _] = two_stores(backend, &format!("leased-{name}")).await;
+    let leased = redtower_ratelimit::LeasedStore::new(store.clone(), 10, Duration::from_secs(60));
+    let p = [Policy::new(
+        name,
+        Quota::per_hour(nonzero!(1000)).fixed_window(),
+    )];
+    (store, leased, p, Subject::new(format!("{name}-subject")))
+}
+
 /// Concurrent requests of one subject on one instance share its slices: when a slice runs
 /// out, one request takes the next while the others wait for it (instead of each taking a
 /// slice of its own and all but the last being forgotten, their units lost to the quota). Once
 /// the instance returns what it did not use, the store counts exactly the admitted requests.
 async fn leased_slices_are_taken_one_at_a_time(backend: Backend) {
-    use redtower_ratelimit::LeasedStore;
-    let [store, _] = two_stores(backend, "leased-herd").await;
-    let leased = LeasedStore::new(store.clone(), 10, Duration::from_secs(60));
-    let p = [Policy::new(
-        "herd",
-        Quota::per_hour(nonzero!(1000)).fixed_window(),
-    )];
-    let s = Subject::new("herd-subject");
+    let (store, leased, p, s) = one_leased_subject(backend, "herd").await;
     for round in 0..3 {
         let checks = (0..100).map(|_| {
             let (leased, s) = (leased.clone(), s.clone());
@@ -478,14 +491,7 @@ async fn leased_slices_are_taken_one_at_a_time(backend: Backend) {
 /// without any request waiting for it, and the requests after the first ten are decided from
 /// it.
 async fn leased_next_slice_is_taken_ahead(backend: Backend) {
-    use redtower_ratelimit::LeasedStore;
-    let [store, _] = two_stores(backend, "leased-ahead").await;
-    let leased = LeasedStore::new(store.clone(), 10, Duration::from_secs(60));
-    let p = [Policy::new(
-        "ahead",
-        Quota::per_hour(nonzero!(1000)).fixed_window(),
-    )];
-    let s = Subject::new("busy-subject");
+    let (store, leased, p, s) = one_leased_subject(backend, "ahead").await;
     let exact = RateLimitLayer::new(store, p[0]).handle();
     let counted = || async { exact.peek(&s).await.unwrap().remaining() };
     // Waits until the store counts at most `most` units left.

@@ -331,20 +331,25 @@ impl Decision {
             })
             .collect();
         assert_eq!(list.len(), policies.len(), "one outcome per policy");
+        Self::of(list, 0)
+    }
+
+    /// The decision of `list`: admitted when every policy not in shadow mode admits it.
+    fn of(list: Arc<[PolicyDecision]>, at_us: u64) -> Self {
         let allowed = list
             .iter()
             .all(|d| d.outcome.allowed || d.policy.is_shadow());
         Self {
             allowed,
             policies: list,
-            at_us: 0,
+            at_us,
         }
     }
 
     /// This decision with each policy's outcome replaced by `f` of it (same policies, same
     /// instant); admitted again by the same rule as [`new`](Self::new).
     pub(crate) fn map_outcomes(&self, mut f: impl FnMut(&Outcome) -> Outcome) -> Self {
-        let list: Arc<[PolicyDecision]> = self
+        let list = self
             .policies
             .iter()
             .map(|d| PolicyDecision {
@@ -352,14 +357,7 @@ impl Decision {
                 outcome: f(&d.outcome),
             })
             .collect();
-        let allowed = list
-            .iter()
-            .all(|d| d.outcome.allowed || d.policy.is_shadow());
-        Self {
-            allowed,
-            policies: list,
-            at_us: self.at_us,
-        }
+        Self::of(list, self.at_us)
     }
 
     /// Records the instant the store decided at, by its own clock (µs since the Unix epoch):
