@@ -40,11 +40,11 @@ impl Slice {
         self.left >= cost && now < self.until
     }
 
-    /// What the subject's requests see once `used` units of this slice are spent: the
-    /// store's answer for the whole slice, with the units not used yet counted as remaining
-    /// (as if each request had been checked on its own).
-    fn decision(&self, used: u32) -> Decision {
-        let unused = u64::from(self.size.saturating_sub(used));
+    /// What the request that just used units of this slice sees: the store's answer for the
+    /// whole slice, with the units not used yet counted as remaining (as if each request had
+    /// been checked on its own).
+    fn decision(&self) -> Decision {
+        let unused = u64::from(self.left);
         self.taken.map_outcomes(|o| Outcome {
             remaining: o.remaining.saturating_add(unused),
             ..*o
@@ -91,9 +91,9 @@ impl Held {
 /// spare; what leasing costs is the other way: up to `slice - 1` units per instance and
 /// subject (in the slice in use and the next one together, see below) may sit unused in an
 /// instance until their lease ends, so another instance may deny a request that the exact
-/// store would have admitted. Each request admitted from a slice (the one that took it included) sees the
-/// remaining quota an exact check would have shown it: the shared count after the slice was
-/// taken, plus the slice's units not used yet.
+/// store would have admitted. Each request admitted from a slice (the one that took it
+/// included) sees the remaining quota an exact check would have shown it: the shared count
+/// after the slice was taken, plus the slice's units not used yet.
 ///
 /// **Taken ahead.** Once half of a subject's slice is used, the next slice (what tops the
 /// units left up to a whole slice) is taken in a background task on the request's Tokio
@@ -212,11 +212,17 @@ impl LeasedStore {
         self.inner.slice.min(capacity).max(cost)
     }
 
-    /// Admits from the subject's slice, if it has `cost` units left and its lease runs.
+    /// Admits from the subject's slice (held at `key`, its [`key`](Self::key)), if it has
+    /// `cost` units left and its lease runs.
     /// Once the current slice is used up, the next one (if it was taken in time) takes its
     /// place; once half of the current slice is used, the next one is taken in the background.
-    fn local(&self, subject: &Subject, policies: &[Policy], cost: u32) -> Option<Decision> {
-        let key = self.key(subject, policies);
+    fn local(
+        &self,
+        key: u64,
+        subject: &Subject,
+        policies: &[Policy],
+        cost: u32,
+    ) -> Option<Decision> {
         let now = Instant::now();
         let mut slices = self.lock();
         let held = slices.get_mut(&key)?;
@@ -232,7 +238,7 @@ impl LeasedStore {
         }
         let current = &mut held.current;
         current.left -= cost;
-        let decision = current.decision(current.size - current.left);
+        let decision = current.decision();
         let refill = !held.ahead && held.next.is_none() && current.left <= current.size / 2;
         held.ahead |= refill;
         drop(slices);
@@ -370,14 +376,14 @@ impl Drop for Gate {
 #[async_trait::async_trait]
 impl RateLimitStore for LeasedStore {
     async fn check(&self, subject: &Subject, policies: &[Policy], cost: u32) -> Result<Decision> {
-        if let Some(d) = self.local(subject, policies, cost) {
+        let key = self.key(subject, policies);
+        if let Some(d) = self.local(key, subject, policies, cost) {
             return Ok(d);
         }
-        let key = self.key(subject, policies);
         let gate = self.gate(key);
         let _turn = gate.gate.lock().await;
         // The request ahead of this one may have taken a new slice meanwhile.
-        if let Some(d) = self.local(subject, policies, cost) {
+        if let Some(d) = self.local(key, subject, policies, cost) {
             return Ok(d);
         }
         // The subject's old slices (used up or past their lease) go back first.
@@ -392,7 +398,7 @@ impl RateLimitStore for LeasedStore {
             let taken = store.check(subject, policies, size).await?;
             if taken.is_allowed() {
                 let slice = Slice::new(taken, size, size - cost, self.inner.lease);
-                let decision = slice.decision(cost);
+                let decision = slice.decision();
                 let replaced = self.lock().insert(key, Held::new(subject.clone(), slice));
                 if let Some(held) = replaced {
                     self.give_back_all(held).await;
@@ -410,7 +416,8 @@ impl RateLimitStore for LeasedStore {
         policies: &[Policy],
         cost: u32,
     ) -> Option<Result<Decision>> {
-        self.local(subject, policies, cost).map(Ok)
+        self.local(self.key(subject, policies), subject, policies, cost)
+            .map(Ok)
     }
 
     async fn peek(&self, subject: &Subject, policies: &[Policy]) -> Result<Decision> {
