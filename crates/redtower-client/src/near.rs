@@ -780,6 +780,10 @@ impl<V> NearCache<V> {
     }
 }
 
+/// How long after a connection error the dispatcher turns tracking on again if no reconnect
+/// event came first.
+const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
+
 /// The one task that applies pushes and connection events, in the order it receives them.
 struct Dispatcher<V> {
     client: Client,
@@ -838,7 +842,14 @@ impl<V: Clone + Send + Sync + 'static> Dispatcher<V> {
                         }
                         tracing::debug!(target: "redtower::near", cache = self.state.name, %error, ?server, "tracked connection error: flushing");
                         self.flush(false);
+                        // Tracking comes back with the reconnect's event, which follows (the
+                        // policy retries forever). Not at once: fred replays commands queued
+                        // while the connection is down on the new connection *before* it reports
+                        // the reconnect, so tracking turned on now would serve until that event
+                        // flushed it again. The late retry covers an error reported after its
+                        // reconnect.
                         enable = true;
+                        retry = tokio::time::Instant::now() + RETRY_AFTER_ERROR;
                     }
                     Err(RecvError::Lagged(_)) => { self.flush(false); enable = true; }
                     Err(RecvError::Closed) => return,

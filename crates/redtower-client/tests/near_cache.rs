@@ -450,6 +450,10 @@ async fn a_slot_move_flushes_the_tier() {
     for node in cluster.nodes() {
         node.cmd(&["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]);
     }
+    // MIGRATE deleted the key on its old owner, which told B: once that push is applied, the
+    // key is no longer served from the tier.
+    near.sync().await.unwrap();
+    assert!(!near.contains(moved), "the migrated key stayed in the tier");
     let flushes = near.stats().flushes;
     // B's next read of the moved key goes to the old owner, is answered MOVED, and fred
     // re-reads the topology: a cluster change.
