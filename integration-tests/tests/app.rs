@@ -42,12 +42,13 @@ async fn next_event(rx: &mut mpsc::UnboundedReceiver<(String, Value)>) -> (Strin
         .expect("stream open")
 }
 
-/// The next order update on an `order:updates` stream. The scheduled sweep announces itself on
-/// the same channel (`{"sweep": ...}`, at start and then every minute); those are skipped.
+/// The next `order:updates` event about an order. The scheduled sweep announces itself on the
+/// same channel (`{"sweep": ...}`, at start and then every minute); its events are skipped, as
+/// in the example's own flow tests.
 async fn next_order_update(rx: &mut mpsc::UnboundedReceiver<(String, Value)>) -> Value {
     loop {
         let (_, update) = next_event(rx).await;
-        if update.get("sweep").is_none() {
+        if update.get("orderId").is_some() {
             return update;
         }
     }
